@@ -1,0 +1,166 @@
+#' Load tensors from a safetensors file
+#'
+#' `safe_load_file()` reads the tensors of a `.safetensors` file, and
+#' `safe_deserialize()` those of a file held in a raw vector. By default each
+#' tensor becomes a plain R array (no torch needed); `framework = "torch"`
+#' and other registered frameworks build their own tensor objects.
+#'
+#' With `framework = "r"` (the default), each dtype becomes:
+#'
+#' * F64, F32, F16, BF16 and every F8, F6 and F4 type: `double`;
+#' * I8, I16, I32, U8, U16: `integer`, except that an I32 tensor holding
+#'   -2147483648 (`NA` in R integers) is returned as `double`, with a warning;
+#' * I64, U32, U64: `double`, with a warning of class
+#'   `safetensors_warning_precision` when a value is beyond 2^53 and so not
+#'   exactly representable;
+#' * BOOL: `logical`;
+#' * C64: `complex`.
+#'
+#' A tensor of shape `(d0, d1, ...)` becomes an array with
+#' `dim = c(d0, d1, ...)`, and `x[i, j, ...]` equals Python's
+#' `t[i - 1, j - 1, ...]`. A scalar (shape `[]`) becomes a vector of length
+#' one without `dim`, with attribute `shape = integer(0)`. Each array keeps
+#' the file's dtype in attribute `"dtype"`, so [safe_save_file()] writes it
+#' back with the same dtype and bytes.
+#'
+#' @param path A path to a `.safetensors` file, a raw vector holding a whole
+#'   file, or a binary connection (opened for reading, or not yet opened; it
+#'   need not be seekable).
+#' @param buffer A raw vector holding a whole safetensors file.
+#' @param ... Passed on to the framework's tensor constructor, for example
+#'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
+#'   `"raw"`.
+#' @param framework What each tensor becomes: `"r"` (the default) for R
+#'   arrays, `"raw"` for each tensor's bytes as a raw vector with `"dtype"`
+#'   and `"shape"` attributes, or the name of a framework registered in
+#'   [safetensors_frameworks], such as `"torch"`.
+#' @param tensors Names of the tensors to read, in the order wanted. `NULL`
+#'   (the default) reads all of them, in file order.
+#' @param backend How a file is read: `"read"` (the default) copies each
+#'   tensor from the file into its R vector with positioned reads; `"mmap"`
+#'   maps the file into memory and converts from the mapping.
+#' @return A named list of tensors, in file order (or the order of
+#'   `tensors`), with two attributes as in safetensors 0.2.x: `"metadata"`,
+#'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
+#'   the file's `__metadata__` as a named list of strings), and
+#'   `"max_offset"`, the file offset just past the last tensor read.
+#' @seealso [safe_save_file()] to write files, [safe_serialize()] to write
+#'   raw vectors.
+#' @export
+#' @examples
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
+#' x <- safe_load_file(path)
+#' str(x)
+#' x$weight[1, ]
+#' attr(x, "metadata")[["__metadata__"]]
+#'
+#' # A file held in memory
+#' safe_deserialize(readBin(path, "raw", file.size(path)))$bias
+safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap")) {
+  framework <- check_framework(framework)
+  backend <- rlang::arg_match(backend)
+  check_tensor_names(tensors)
+  mode <- if (framework == "r") "array" else "raw"
+  what <- sprintf("Can't read %s.", describe_source(path))
+  res <- if (is.character(path)) {
+    check_string(path)
+    read_file_(path.expand(path), tensors, mode, backend)
+  } else if (is.raw(path)) {
+    read_raw_(path, tensors, mode)
+  } else if (inherits(path, "connection")) {
+    read_raw_(read_connection(path), tensors, mode)
+  } else {
+    st_abort(
+      "invalid_argument",
+      "{.arg path} must be a file path, a raw vector or a connection, not {.obj_type_friendly {path}}."
+    )
+  }
+  finish_load(st_check(res, what), framework, list(...))
+}
+
+#' @rdname safe_load_file
+#' @export
+safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
+  if (!is.raw(buffer)) {
+    st_abort("invalid_argument", "{.arg buffer} must be a raw vector, not {.obj_type_friendly {buffer}}.")
+  }
+  framework <- check_framework(framework)
+  check_tensor_names(tensors)
+  mode <- if (framework == "r") "array" else "raw"
+  res <- st_check(read_raw_(buffer, tensors, mode), "Can't read the raw vector.")
+  finish_load(res, framework, list(...))
+}
+
+check_tensor_names <- function(tensors, call = rlang::caller_env()) {
+  if (!is.null(tensors) && !(is.character(tensors) && !anyNA(tensors))) {
+    st_abort(
+      "invalid_argument",
+      "{.arg tensors} must be a character vector of tensor names or `NULL`, not {.obj_type_friendly {tensors}}.",
+      call = call
+    )
+  }
+}
+
+# Reads all remaining bytes of a connection, opening it (binary) if needed.
+read_connection <- function(con) {
+  if (!isOpen(con)) {
+    open(con, "rb")
+    on.exit(close(con), add = TRUE)
+  }
+  chunks <- list()
+  repeat {
+    chunk <- readBin(con, "raw", 16L * 1024L * 1024L)
+    if (length(chunk) == 0) break
+    chunks[[length(chunks) + 1L]] <- chunk
+  }
+  if (length(chunks) == 1L) chunks[[1L]] else unlist(chunks, use.names = FALSE)
+}
+
+# Attaches the 0.2.x attributes, signals conversion warnings, and builds
+# framework tensors from raw bytes where a framework was asked for.
+finish_load <- function(res, framework, args, call = rlang::caller_env()) {
+  out <- res$tensors
+  warn_conversions(names(out), res, call = call)
+  if (framework %in% c("r", "raw")) {
+    if (length(args) > 0) {
+      st_abort(
+        "invalid_argument",
+        "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
+        call = call
+      )
+    }
+  } else {
+    header <- res$header
+    at <- match(names(out), names(header))
+    constructor <- safetensors_frameworks[[framework]]$constructor
+    for (i in seq_along(out)) {
+      raw <- out[[i]]
+      attributes(raw) <- NULL
+      out[i] <- list(do.call(constructor, c(list(raw, header[[at[[i]]]]), args)))
+    }
+  }
+  attr(out, "metadata") <- res$header
+  attr(out, "max_offset") <- res$max_offset
+  out
+}
+
+warn_conversions <- function(nms, res, call = rlang::caller_env()) {
+  for (i in which(res$inexact > 0)) {
+    st_warn(
+      "precision",
+      c(
+        "Tensor {.val {nms[[i]]}} has {res$inexact[[i]]} value{?s} beyond 2^53, which double can't hold exactly.",
+        i = "They were rounded to the nearest double."
+      )
+    )
+  }
+  for (i in which(res$int_min > 0)) {
+    st_warn(
+      "type",
+      c(
+        "Tensor {.val {nms[[i]]}} holds -2147483648, which is {.code NA} in R integers.",
+        i = "It was returned as double instead of integer."
+      )
+    )
+  }
+}

@@ -1,0 +1,301 @@
+#' Save tensors to a safetensors file
+#'
+#' `safe_save_file()` writes a named list of tensors to a `.safetensors`
+#' file (or a connection), and `safe_serialize()` returns the same bytes as a
+#' raw vector. Files are written atomically: the data goes to a temporary
+#' file in the target's directory, which is flushed and then renamed over the
+#' target, so a failed save never leaves a partial file and never damages an
+#' existing one.
+#'
+#' Plain R vectors and arrays are written with these dtypes unless asked
+#' otherwise: double as F64, integer as I32, logical as BOOL, raw as U8 and
+#' complex as C64. An object's `"dtype"` attribute (set by [safe_load_file()])
+#' or the `dtype` argument selects another dtype; conversions to narrower
+#' floats (F32, F16, BF16, F8, F6, F4) round to nearest, ties to even, and a
+#' value that does not fit the target dtype (out of range, a fraction for an
+#' integer dtype, `NA` in an integer or logical vector) is an error of class
+#' `safetensors_error_conversion`. The array `dim` becomes the shape, and
+#' elements are stored so that Python's `t[i - 1, j - 1, ...]` is
+#' `x[i, j, ...]`. A vector without `dim` is a 1-D tensor, except a length-one
+#' vector with attribute `shape = integer(0)`, which is a scalar.
+#'
+#' Other objects (torch tensors, for example) are written through their
+#' [safe_tensor_meta()] and [safe_tensor_buffer()] methods, and a raw vector
+#' with `"dtype"` and `"shape"` attributes (as `framework = "raw"` returns)
+#' is written as the bytes it holds.
+#'
+#' Tensors are stored in the order given, and `metadata` first with its keys
+#' sorted, in the compact, space-padded header Python's `safetensors` writes;
+#' so saving what [safe_load_file()] returned, with the file's
+#' `__metadata__`, reproduces a file Python wrote byte for byte (when Python
+#' wrote its metadata keys in sorted order, as it always does for one key).
+#'
+#' @param tensors A named list of tensors: R vectors or arrays (double,
+#'   integer, logical, raw or complex), or objects with
+#'   [safe_tensor_meta()] and [safe_tensor_buffer()] methods. Names must be
+#'   unique and not `"__metadata__"`; the empty name is allowed.
+#' @param path A file path, or a connection (opened for writing in binary
+#'   mode, or not yet opened).
+#' @param ... Ignored, for compatibility with safetensors 0.2.x (which
+#'   accepted and ignored arguments such as `framework`). Other names give a
+#'   warning.
+#' @param metadata `NULL` (the default) for none, or a named list or
+#'   character vector of single strings, stored as the file's
+#'   `__metadata__`.
+#' @param dtype `NULL` (the default) to use each tensor's `"dtype"` attribute
+#'   or the default for its R type, a single dtype name such as `"F32"` for
+#'   all tensors, or a named character vector of dtypes for some of them.
+#' @param sync Whether to flush the file to disk (fsync) before renaming it
+#'   over the target. Default `TRUE`.
+#' @return `safe_save_file()` returns `path`, invisibly. `safe_serialize()`
+#'   returns a raw vector.
+#' @seealso [safe_load_file()]
+#' @export
+#' @examples
+#' x <- list(weight = matrix(rnorm(6), 2, 3), step = 10L, mask = c(TRUE, FALSE))
+#' path <- tempfile(fileext = ".safetensors")
+#' safe_save_file(x, path, metadata = list(format = "pt"))
+#' str(safe_load_file(path))
+#'
+#' # Store doubles as F16
+#' safe_save_file(x, path, dtype = c(weight = "F16"))
+#' safe_load_file(path)$weight
+#'
+#' bytes <- safe_serialize(x)
+#' length(bytes)
+#' unlink(path)
+safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sync = TRUE) {
+  check_ignored_dots(...)
+  check_bool(sync)
+  spec <- tensor_spec(tensors, dtype, metadata)
+  if (is.character(path)) {
+    check_string(path)
+    res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync)
+    st_check(res, sprintf("Can't write %s.", describe_source(path)))
+  } else if (inherits(path, "connection")) {
+    bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+    if (!isOpen(path)) {
+      open(path, "wb")
+      on.exit(close(path), add = TRUE)
+    }
+    writeBin(bytes, path)
+  } else {
+    st_abort(
+      "invalid_argument",
+      "{.arg path} must be a file path or a connection, not {.obj_type_friendly {path}}."
+    )
+  }
+  invisible(path)
+}
+
+#' @rdname safe_save_file
+#' @export
+safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
+  check_ignored_dots(...)
+  spec <- tensor_spec(tensors, dtype, metadata)
+  st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+}
+
+#' Raw bytes and description of a framework tensor
+#'
+#' Generics that [safe_save_file()] and [safe_serialize()] call for tensors
+#' that are not plain R vectors: `safe_tensor_meta()` describes the tensor
+#' as `list(shape, dtype)` (the shape outermost first, the dtype a
+#' safetensors name such as `"F32"`), and `safe_tensor_buffer()` returns its
+#' bytes as a raw vector, row-major and little-endian, exactly as they go in
+#' the file. Methods for `torch_tensor` are included; other packages (such as
+#' pjrt) add methods for their own classes.
+#'
+#' @param x A tensor.
+#' @return `safe_tensor_meta()`: a list with elements `shape` and `dtype`.
+#'   `safe_tensor_buffer()`: a raw vector.
+#' @export
+#' @examples
+#' # A minimal tensor class stored as raw bytes
+#' bytes_tensor <- function(bytes, shape) {
+#'   structure(list(bytes = bytes, shape = shape), class = "bytes_tensor")
+#' }
+#' safe_tensor_meta.bytes_tensor <- function(x) list(shape = x$shape, dtype = "U8")
+#' safe_tensor_buffer.bytes_tensor <- function(x) x$bytes
+#' registerS3method("safe_tensor_meta", "bytes_tensor", safe_tensor_meta.bytes_tensor)
+#' registerS3method("safe_tensor_buffer", "bytes_tensor", safe_tensor_buffer.bytes_tensor)
+#' raw <- safe_serialize(list(x = bytes_tensor(as.raw(1:6), c(2, 3))))
+#' safe_deserialize(raw)$x
+safe_tensor_buffer <- function(x) {
+  UseMethod("safe_tensor_buffer")
+}
+
+#' @rdname safe_tensor_buffer
+#' @export
+safe_tensor_meta <- function(x) {
+  UseMethod("safe_tensor_meta")
+}
+
+#' @export
+safe_tensor_buffer.default <- function(x) {
+  no_tensor_method(x, "safe_tensor_buffer")
+}
+
+#' @export
+safe_tensor_meta.default <- function(x) {
+  no_tensor_method(x, "safe_tensor_meta")
+}
+
+no_tensor_method <- function(x, generic, call = rlang::caller_env(2)) {
+  st_abort(
+    "invalid_argument",
+    c(
+      "Can't write an object of class {.cls {class(x)}} as a tensor.",
+      i = "Tensors are R vectors or arrays, or objects with a {.fn {generic}} method."
+    ),
+    call = call
+  )
+}
+
+check_ignored_dots <- function(..., call = rlang::caller_env()) {
+  nms <- names(list(...)) %||% rep("", ...length())
+  unknown <- setdiff(nms, "framework")
+  if (length(unknown) > 0) {
+    unknown[unknown == ""] <- "<unnamed>"
+    st_warn("ignored_argument", "Ignoring argument{?s} in {.arg ...}: {.arg {unknown}}.")
+  }
+}
+
+# The R type each R vector type is written as by default.
+default_dtype <- c(
+  double = "F64", integer = "I32", logical = "BOOL", raw = "U8", complex = "C64"
+)
+
+# Describes `tensors` for the Rust writer: the values, names, dtypes, shapes
+# (row-major), whether values need the column-major to row-major permutation
+# (R arrays) or are bytes to copy (framework buffers), and the metadata.
+tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
+  if (!is.list(tensors) || is.object(tensors)) {
+    st_abort(
+      "invalid_argument",
+      "{.arg tensors} must be a named list of tensors, not {.obj_type_friendly {tensors}}.",
+      call = call
+    )
+  }
+  nms <- names(tensors)
+  if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
+    st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
+  }
+  nms <- nms %||% character()
+  dup <- unique(nms[duplicated(nms)])
+  if (length(dup) > 0) {
+    st_abort(
+      "duplicate_name",
+      c("Each tensor name must be unique.", x = "Repeated: {.val {dup}}."),
+      call = call
+    )
+  }
+  if ("__metadata__" %in% nms) {
+    st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
+  }
+  dtypes <- resolve_dtypes(tensors, nms, dtype, call)
+  n <- length(tensors)
+  values <- vector("list", n)
+  shapes <- vector("list", n)
+  permute <- logical(n)
+  for (i in seq_len(n)) {
+    x <- tensors[[i]]
+    if (is.object(x)) {
+      meta <- safe_tensor_meta(x)
+      values[i] <- list(safe_tensor_buffer(x))
+      shapes[[i]] <- as.numeric(unlist(meta$shape))
+      dtypes[[i]] <- meta$dtype
+    } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && !is.null(attr(x, "dtype"))) {
+      values[i] <- list(x)
+      shapes[[i]] <- as.numeric(attr(x, "shape"))
+    } else if (typeof(x) %in% names(default_dtype)) {
+      values[i] <- list(x)
+      shapes[[i]] <- r_shape(x)
+      permute[[i]] <- TRUE
+    } else {
+      st_abort(
+        "invalid_argument",
+        "Tensor {.val {nms[[i]]}} must be an R vector or array, not {.obj_type_friendly {x}}.",
+        call = call
+      )
+    }
+    if (!dtypes[[i]] %in% safe_dtypes) {
+      st_abort(
+        "invalid_argument",
+        c("Tensor {.val {nms[[i]]}} has unknown dtype {.val {dtypes[[i]]}}.", i = "Known dtypes: {.val {safe_dtypes}}."),
+        call = call
+      )
+    }
+  }
+  metadata <- check_metadata(metadata, call)
+  list(
+    values, nms, dtypes, shapes, permute,
+    if (is.null(metadata)) NULL else names(metadata),
+    if (is.null(metadata)) NULL else unname(metadata)
+  )
+}
+
+r_shape <- function(x) {
+  dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
+}
+
+# The dtype of each tensor: the `dtype` argument, else the tensor's "dtype"
+# attribute, else the default for its R type.
+resolve_dtypes <- function(tensors, nms, dtype, call) {
+  out <- vapply(tensors, function(x) {
+    d <- attr(x, "dtype", exact = TRUE)
+    if (is_string(d)) d else default_dtype[typeof(x)] %||% NA_character_
+  }, character(1), USE.NAMES = FALSE)
+  out[is.na(out)] <- "U8"
+  if (is.null(dtype)) {
+    return(out)
+  }
+  if (!is.character(dtype) || anyNA(dtype) || length(dtype) == 0) {
+    st_abort("invalid_argument", "{.arg dtype} must be a character vector of dtype names.", call = call)
+  }
+  bad <- setdiff(dtype, safe_dtypes)
+  if (length(bad) > 0) {
+    st_abort(
+      "invalid_argument",
+      c("{.arg dtype} has unknown dtype{?s} {.val {bad}}.", i = "Known dtypes: {.val {safe_dtypes}}."),
+      call = call
+    )
+  }
+  if (is.null(names(dtype))) {
+    if (length(dtype) != 1) {
+      st_abort("invalid_argument", "{.arg dtype} must be a single dtype or a vector named by tensor.", call = call)
+    }
+    out[] <- dtype
+    return(out)
+  }
+  unknown <- setdiff(names(dtype), nms)
+  if (length(unknown) > 0) {
+    st_abort("tensor_not_found", "{.arg dtype} names tensor{?s} not in {.arg tensors}: {.val {unknown}}.", call = call)
+  }
+  out[match(names(dtype), nms)] <- unname(dtype)
+  out
+}
+
+check_metadata <- function(metadata, call) {
+  if (is.null(metadata)) {
+    return(NULL)
+  }
+  ok_values <- if (is.list(metadata)) {
+    all(vapply(metadata, function(v) is.character(v) && length(v) == 1 && !is.na(v), logical(1)))
+  } else {
+    is.character(metadata) && !anyNA(metadata)
+  }
+  if (!ok_values || (length(metadata) > 0 && (is.null(names(metadata)) || anyNA(names(metadata))))) {
+    st_abort(
+      "invalid_argument",
+      "{.arg metadata} must be a named list of single strings or a named character vector.",
+      call = call
+    )
+  }
+  out <- vapply(metadata, identity, character(1), USE.NAMES = FALSE)
+  names(out) <- names(metadata) %||% character()
+  if (anyDuplicated(names(out))) {
+    st_abort("invalid_argument", "{.arg metadata} names must be unique.", call = call)
+  }
+  out
+}

@@ -1,0 +1,32 @@
+`%||%` <- function(x, y) if (is.null(x)) y else x
+
+is_string <- function(x) {
+  is.character(x) && length(x) == 1 && !is.na(x)
+}
+
+check_string <- function(x, arg = rlang::caller_arg(x), call = rlang::caller_env()) {
+  if (!is_string(x)) {
+    st_abort(
+      "invalid_argument",
+      "{.arg {arg}} must be a single string, not {.obj_type_friendly {x}}.",
+      call = call
+    )
+  }
+}
+
+check_bool <- function(x, arg = rlang::caller_arg(x), call = rlang::caller_env()) {
+  if (!(is.logical(x) && length(x) == 1 && !is.na(x))) {
+    st_abort(
+      "invalid_argument",
+      "{.arg {arg}} must be `TRUE` or `FALSE`, not {.obj_type_friendly {x}}.",
+      call = call
+    )
+  }
+}
+
+# The dtype names of the format, in the reference implementation's order.
+safe_dtypes <- c(
+  "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3",
+  "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16",
+  "I32", "U32", "F32", "C64", "F64", "I64", "U64"
+)

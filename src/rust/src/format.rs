@@ -1,0 +1,632 @@
+//! The safetensors container: reading, validating and writing headers.
+//!
+//! Accepts exactly what the reference implementation 0.8.0 accepts, with one
+//! documented exception: a tensor name that appears twice in the header is
+//! rejected (the reference keeps the last one silently). No R types here.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::dtype::{Dtype, NAMES};
+use crate::error::{Error, Kind, Result};
+
+/// Largest header the format allows, in bytes (decimal, as the reference).
+pub const MAX_HEADER_SIZE: usize = 100_000_000;
+/// Size of the little-endian header length that starts every file.
+pub const N_LEN: usize = 8;
+
+/// One tensor's entry in a validated header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name (any string, the empty one included).
+    pub name: String,
+    /// Its element type.
+    pub dtype: Dtype,
+    /// Its shape, outermost dimension first (row-major).
+    pub shape: Vec<usize>,
+    /// Start of its bytes, relative to the data section.
+    pub begin: usize,
+    /// End (exclusive) of its bytes, relative to the data section.
+    pub end: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements (1 for a scalar). Validation guarantees no overflow.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Number of bytes of data.
+    pub fn nbytes(&self) -> usize {
+        self.end - self.begin
+    }
+}
+
+/// A validated header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Tensors in file order (sorted by byte offset).
+    pub tensors: Vec<TensorInfo>,
+    /// The `__metadata__` map, in header order, or `None` when absent or null.
+    pub metadata: Option<Vec<(String, String)>>,
+    /// Indices into `tensors` in the order the JSON lists them.
+    pub json_order: Vec<usize>,
+    /// How many tensors the JSON lists before `__metadata__`, when present.
+    pub metadata_position: Option<usize>,
+    /// The header length N (JSON plus padding).
+    pub header_len: usize,
+    /// Length of the data section in bytes.
+    pub data_len: usize,
+}
+
+impl Header {
+    /// Absolute file offset of the data section.
+    pub fn data_start(&self) -> usize {
+        N_LEN + self.header_len
+    }
+
+    /// Position of the tensor called `name`, if any.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+}
+
+/// Reads the header length from the first bytes of a file of `total_len`
+/// bytes, checking it against the limit and the file size.
+pub fn header_len(prefix: &[u8], total_len: u64) -> Result<usize> {
+    let Some(first) = prefix.get(..N_LEN) else {
+        return Err(Error::new(
+            Kind::HeaderTooSmall,
+            format!("the file has {} bytes, too few for the 8-byte header length", prefix.len()),
+        ));
+    };
+    let mut le = [0u8; N_LEN];
+    le.copy_from_slice(first);
+    let n = u64::from_le_bytes(le);
+    if n > MAX_HEADER_SIZE as u64 {
+        let mut msg = format!("the header length {n} exceeds the limit of 100,000,000 bytes");
+        if prefix.starts_with(b"version ") {
+            msg.push_str("; this looks like a Git LFS pointer file, not the data it points to");
+        }
+        return Err(Error::new(Kind::HeaderTooLarge, msg));
+    }
+    // n <= MAX_HEADER_SIZE, so neither the cast nor the addition can overflow.
+    let n = n as usize;
+    if (N_LEN + n) as u64 > total_len {
+        return Err(Error::new(
+            Kind::InvalidHeaderLength,
+            format!("the header length {n} runs past the end of the file ({total_len} bytes)"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses and validates the JSON header `json` (N bytes) of a file whose data
+/// section has `data_len` bytes.
+pub fn parse_header(json: &[u8], data_len: usize) -> Result<Header> {
+    let text = std::str::from_utf8(json)
+        .map_err(|e| Error::new(Kind::InvalidHeader, format!("the header is not valid UTF-8: {e}")))?;
+    let raw: RawHeader = serde_json::from_str(text)
+        .map_err(|e| Error::new(Kind::InvalidHeader, format!("the header is not valid JSON: {e}")))?;
+    if let Some(name) = raw.duplicate {
+        return Err(Error::tensor(
+            Kind::DuplicateName,
+            &name,
+            format!("tensor name `{name}` appears more than once in the header"),
+        ));
+    }
+    validate(raw, json.len(), data_len)
+}
+
+fn validate(raw: RawHeader, header_len: usize, data_len: usize) -> Result<Header> {
+    let mut order: Vec<usize> = (0..raw.tensors.len()).collect();
+    // Stable sort: ties (zero-size tensors) keep their JSON order.
+    order.sort_by_key(|&i| (raw.tensors[i].data_offsets.0, raw.tensors[i].data_offsets.1));
+    let mut json_order = vec![0; order.len()];
+    for (file_pos, &json_pos) in order.iter().enumerate() {
+        json_order[json_pos] = file_pos;
+    }
+    let mut slots: Vec<Option<RawTensor>> = raw.tensors.into_iter().map(Some).collect();
+    let mut tensors = Vec::with_capacity(order.len());
+    let mut expected = 0usize;
+    for &i in &order {
+        let Some(t) = slots[i].take() else { continue };
+        let (begin, end) = t.data_offsets;
+        if begin != expected || end < begin {
+            return Err(Error::tensor(
+                Kind::InvalidOffset,
+                &t.name,
+                format!(
+                    "invalid offset for tensor `{}`: data_offsets [{begin}, {end}] should start at {expected}",
+                    t.name
+                ),
+            ));
+        }
+        let numel = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let bits = numel.and_then(|n| n.checked_mul(t.dtype.bits()));
+        let Some(bits) = bits else {
+            return Err(Error::tensor(
+                Kind::Overflow,
+                &t.name,
+                format!("the size of tensor `{}` overflows", t.name),
+            ));
+        };
+        if bits % 8 != 0 {
+            return Err(Error::tensor(
+                Kind::Misaligned,
+                &t.name,
+                format!(
+                    "tensor `{}` of dtype {} has {} elements, which do not fill whole bytes",
+                    t.name,
+                    t.dtype,
+                    bits / t.dtype.bits()
+                ),
+            ));
+        }
+        if bits / 8 != end - begin {
+            return Err(Error::tensor(
+                Kind::InvalidTensorInfo,
+                &t.name,
+                format!(
+                    "tensor `{}` has dtype {} and shape {} ({} bytes) but data_offsets [{begin}, {end}] span {} bytes",
+                    t.name,
+                    t.dtype,
+                    ShapeFmt(&t.shape),
+                    bits / 8,
+                    end - begin
+                ),
+            ));
+        }
+        expected = end;
+        tensors.push(TensorInfo { name: t.name, dtype: t.dtype, shape: t.shape, begin, end });
+    }
+    if expected != data_len {
+        return Err(Error::new(
+            Kind::IncompleteBuffer,
+            format!("the data section has {data_len} bytes but the tensors cover {expected}"),
+        ));
+    }
+    Ok(Header {
+        tensors,
+        metadata: raw.metadata,
+        json_order,
+        metadata_position: raw.metadata_position,
+        header_len,
+        data_len,
+    })
+}
+
+/// A tensor to write: name, dtype and shape; offsets follow from the order.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    /// Name, unique and not `__metadata__`.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+}
+
+/// The serialized prefix of a file (length, JSON, padding) and the byte
+/// ranges of its tensors relative to the data section.
+#[derive(Debug)]
+pub struct Layout {
+    /// The first `8 + N` bytes of the file.
+    pub prefix: Vec<u8>,
+    /// `(begin, end)` for each tensor, in the order given.
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl Layout {
+    /// Total file size.
+    pub fn file_len(&self) -> Option<usize> {
+        let data = self.offsets.last().map_or(0, |o| o.1);
+        self.prefix.len().checked_add(data)
+    }
+}
+
+/// Builds the header for `tensors`, stored back to back in the order given,
+/// with `metadata` written first and its keys sorted. The JSON is compact and
+/// padded with spaces to a multiple of 8 bytes, as the reference writes it.
+pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> Result<Layout> {
+    let mut seen = HashSet::with_capacity(tensors.len());
+    for t in tensors {
+        if t.name == "__metadata__" {
+            return Err(Error::tensor(
+                Kind::InvalidArgument,
+                &t.name,
+                "a tensor can't be named `__metadata__`",
+            ));
+        }
+        if !seen.insert(t.name.as_str()) {
+            return Err(Error::tensor(
+                Kind::DuplicateName,
+                &t.name,
+                format!("tensor name `{}` appears more than once", t.name),
+            ));
+        }
+    }
+    let mut json = Vec::with_capacity(64 + tensors.len() * 96);
+    json.push(b'{');
+    let mut first = true;
+    if let Some(meta) = metadata {
+        let mut sorted: Vec<&(String, String)> = meta.iter().collect();
+        sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for w in sorted.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    format!("metadata key `{}` appears more than once", w[0].0),
+                ));
+            }
+        }
+        json.extend_from_slice(b"\"__metadata__\":{");
+        for (i, (k, v)) in sorted.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            push_json_string(&mut json, k);
+            json.push(b':');
+            push_json_string(&mut json, v);
+        }
+        json.push(b'}');
+        first = false;
+    }
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut pos = 0usize;
+    for t in tensors {
+        let numel = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let Some(numel) = numel else {
+            return Err(Error::tensor(Kind::Overflow, &t.name, format!("the size of tensor `{}` overflows", t.name)));
+        };
+        let Some(nbytes) = t.dtype.bytes_for(numel) else {
+            return Err(Error::tensor(
+                Kind::Misaligned,
+                &t.name,
+                format!(
+                    "tensor `{}` of dtype {} has {numel} elements, which do not fill whole bytes",
+                    t.name, t.dtype
+                ),
+            ));
+        };
+        let Some(end) = pos.checked_add(nbytes) else {
+            return Err(Error::tensor(Kind::Overflow, &t.name, "the total size of the tensors overflows"));
+        };
+        if !first {
+            json.push(b',');
+        }
+        first = false;
+        push_json_string(&mut json, &t.name);
+        json.extend_from_slice(b":{\"dtype\":\"");
+        json.extend_from_slice(t.dtype.name().as_bytes());
+        json.extend_from_slice(b"\",\"shape\":[");
+        for (i, d) in t.shape.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(d.to_string().as_bytes());
+        }
+        json.extend_from_slice(format!("],\"data_offsets\":[{pos},{end}]}}").as_bytes());
+        offsets.push((pos, end));
+        pos = end;
+    }
+    json.push(b'}');
+    let padded = json.len().next_multiple_of(N_LEN);
+    if padded > MAX_HEADER_SIZE {
+        return Err(Error::new(
+            Kind::HeaderTooLarge,
+            format!("the header would have {padded} bytes, over the limit of 100,000,000"),
+        ));
+    }
+    json.resize(padded, b' ');
+    let mut prefix = Vec::with_capacity(N_LEN + padded);
+    prefix.extend_from_slice(&(padded as u64).to_le_bytes());
+    prefix.extend_from_slice(&json);
+    Ok(Layout { prefix, offsets })
+}
+
+/// Appends `s` as a JSON string, escaped exactly as serde_json (and so the
+/// reference writer) escapes it.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json never fails on a &str written to a Vec.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+struct ShapeFmt<'a>(&'a [usize]);
+
+impl fmt::Display for ShapeFmt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+// ---- JSON decoding -------------------------------------------------------
+
+struct RawTensor {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+#[derive(Deserialize)]
+struct RawTensorFields {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+struct RawHeader {
+    tensors: Vec<RawTensor>,
+    metadata: Option<Vec<(String, String)>>,
+    metadata_position: Option<usize>,
+    duplicate: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Dtype {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Dtype, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dtype;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a safetensors dtype name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<Dtype, E> {
+                Dtype::from_name(s).ok_or_else(|| E::unknown_variant(s, &NAMES))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<RawHeader, D::Error> {
+        d.deserialize_map(HeaderVisitor)
+    }
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object mapping tensor names to their dtype, shape and data_offsets")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+        let mut tensors = Vec::new();
+        let mut names = HashSet::new();
+        let mut metadata = None;
+        let mut metadata_position = None;
+        let mut duplicate = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "__metadata__" {
+                if metadata_position.is_some() {
+                    return Err(de::Error::duplicate_field("__metadata__"));
+                }
+                metadata_position = Some(tensors.len());
+                metadata = map.next_value_seed(MetadataSeed)?;
+            } else {
+                let fields: RawTensorFields = map.next_value()?;
+                if !names.insert(key.clone()) && duplicate.is_none() {
+                    duplicate = Some(key.clone());
+                }
+                tensors.push(RawTensor {
+                    name: key,
+                    dtype: fields.dtype,
+                    shape: fields.shape,
+                    data_offsets: fields.data_offsets,
+                });
+            }
+        }
+        Ok(RawHeader { tensors, metadata, metadata_position, duplicate })
+    }
+}
+
+/// `__metadata__`: null, or an object of strings whose repeated keys keep the
+/// last value, as the reference does.
+struct MetadataSeed;
+
+impl<'de> DeserializeSeed<'de> for MetadataSeed {
+    type Value = Option<Vec<(String, String)>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        struct Entries(Vec<(String, String)>);
+        impl<'de> Deserialize<'de> for Entries {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Entries, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Entries;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a map of strings to strings")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                        let mut out: Vec<(String, String)> = Vec::new();
+                        while let Some((k, v)) = map.next_entry::<String, String>()? {
+                            match out.iter_mut().find(|(key, _)| *key == k) {
+                                Some(slot) => slot.1 = v,
+                                None => out.push((k, v)),
+                            }
+                        }
+                        Ok(Entries(out))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        Ok(Option::<Entries>::deserialize(d)?.map(|e| e.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(json: &str, data_len: usize) -> Vec<u8> {
+        let mut v = (json.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v.resize(v.len() + data_len, 0);
+        v
+    }
+
+    fn parse_file(buf: &[u8]) -> Result<Header> {
+        let n = header_len(buf, buf.len() as u64)?;
+        parse_header(&buf[N_LEN..N_LEN + n], buf.len() - N_LEN - n)
+    }
+
+    fn kind(json: &str, data_len: usize) -> Kind {
+        parse_file(&file(json, data_len)).unwrap_err().kind
+    }
+
+    #[test]
+    fn accepts_a_plain_file() {
+        let h = parse_file(&file(
+            r#"{"__metadata__":{"a":"b"},"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}}"#,
+            24,
+        ))
+        .unwrap();
+        assert_eq!(h.tensors.len(), 1);
+        assert_eq!(h.tensors[0].shape, vec![2, 3]);
+        assert_eq!(h.metadata, Some(vec![("a".into(), "b".into())]));
+        assert_eq!(h.metadata_position, Some(0));
+    }
+
+    #[test]
+    fn orders_tensors_by_offset_and_remembers_json_order() {
+        let h = parse_file(&file(
+            r#"{"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]},"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#,
+            4,
+        ))
+        .unwrap();
+        assert_eq!(h.tensors[0].name, "a");
+        assert_eq!(h.json_order, vec![1, 0]);
+    }
+
+    #[test]
+    fn rejects_malformed_headers_with_their_kind() {
+        assert_eq!(parse_file(&[1, 2, 3]).unwrap_err().kind, Kind::HeaderTooSmall);
+        let mut big = (100_000_001u64).to_le_bytes().to_vec();
+        big.extend_from_slice(b"{}");
+        assert_eq!(parse_file(&big).unwrap_err().kind, Kind::HeaderTooLarge);
+        let mut short = (100u64).to_le_bytes().to_vec();
+        short.extend_from_slice(b"{}");
+        assert_eq!(parse_file(&short).unwrap_err().kind, Kind::InvalidHeaderLength);
+        assert_eq!(kind("[]", 0), Kind::InvalidHeader);
+        assert_eq!(kind("{", 0), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"a":"b"}"#, 0), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"w":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}}"#, 4), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1e0],"data_offsets":[0,4]}}"#, 4), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}"#, 8), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"__metadata__":{"a":1}}"#, 0), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"__metadata__":{},"__metadata__":{}}"#, 0), Kind::InvalidHeader);
+        assert_eq!(kind("{}\0", 0), Kind::InvalidHeader);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), Kind::InvalidOffset);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 8), Kind::InvalidOffset);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4), Kind::InvalidTensorInfo);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 5), Kind::IncompleteBuffer);
+        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 3), Kind::IncompleteBuffer);
+        assert_eq!(
+            kind(r#"{"w":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, 8),
+            Kind::Overflow
+        );
+        assert_eq!(kind(r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, 2), Kind::Misaligned);
+        assert_eq!(
+            kind(
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
+                1
+            ),
+            Kind::DuplicateName
+        );
+    }
+
+    #[test]
+    fn accepts_what_the_reference_accepts() {
+        // Whitespace padding on either side, null or empty metadata, unknown
+        // fields, zero-size and scalar tensors, an empty name.
+        parse_file(&file("  {}  \n\t", 0)).unwrap();
+        parse_file(&file(r#"{"__metadata__":null}"#, 0)).unwrap();
+        let h = parse_file(&file(
+            r#"{"":{"dtype":"F32","shape":[],"data_offsets":[0,4],"x":1},"z":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}}"#,
+            4,
+        ))
+        .unwrap();
+        assert_eq!(h.tensors[0].name, "z");
+        assert_eq!(h.tensors[1].numel(), 1);
+        let h = parse_file(&file(r#"{"__metadata__":{"k":"a","k":"b"}}"#, 0)).unwrap();
+        assert_eq!(h.metadata, Some(vec![("k".into(), "b".into())]));
+    }
+
+    fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
+        TensorSpec { name: name.into(), dtype, shape: shape.to_vec() }
+    }
+
+    #[test]
+    fn writes_the_reference_golden_headers() {
+        let l = layout(&[spec("attn.0", Dtype::F32, &[1, 2, 3])], None).unwrap();
+        let mut expected = vec![64u8, 0, 0, 0, 0, 0, 0, 0];
+        expected.extend_from_slice(br#"{"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}}"#);
+        assert_eq!(l.prefix, expected);
+
+        let l = layout(&[spec("attn0", Dtype::F32, &[1, 1, 2, 3])], None).unwrap();
+        assert_eq!(&l.prefix[..8], &72u64.to_le_bytes());
+        assert!(l.prefix.ends_with(b"}}       "));
+
+        let l = layout(&[], None).unwrap();
+        assert_eq!(l.prefix, b"\x08\0\0\0\0\0\0\0{}      ".to_vec());
+
+        let meta = vec![("framework".to_string(), "pt".to_string())];
+        let l = layout(&[], Some(&meta)).unwrap();
+        assert_eq!(l.prefix, b"\x28\0\0\0\0\0\0\0{\"__metadata__\":{\"framework\":\"pt\"}}     ".to_vec());
+
+        let l = layout(&[spec("attn.0", Dtype::F4, &[1, 2])], None).unwrap();
+        assert_eq!(&l.prefix[..8], &64u64.to_le_bytes());
+        assert!(l.prefix.ends_with(b"}}    "));
+        assert_eq!(l.offsets, vec![(0, 1)]);
+    }
+
+    #[test]
+    fn writes_empty_metadata_as_valid_json_and_sorts_keys() {
+        let l = layout(&[], Some(&[])).unwrap();
+        assert!(l.prefix[8..].starts_with(b"{\"__metadata__\":{}}"));
+        let meta = vec![("b".to_string(), "2".to_string()), ("a".to_string(), "1\n\"".to_string())];
+        let l = layout(&[], Some(&meta)).unwrap();
+        assert!(l.prefix[8..].starts_with(br#"{"__metadata__":{"a":"1\n\"","b":"2"}}"#));
+    }
+
+    #[test]
+    fn rejects_bad_writes() {
+        let e = layout(&[spec("a", Dtype::U8, &[1]), spec("a", Dtype::U8, &[1])], None).unwrap_err();
+        assert_eq!(e.kind, Kind::DuplicateName);
+        let e = layout(&[spec("__metadata__", Dtype::U8, &[1])], None).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument);
+        let e = layout(&[spec("a", Dtype::F4, &[3])], None).unwrap_err();
+        assert_eq!(e.kind, Kind::Misaligned);
+    }
+
+    #[test]
+    fn written_headers_parse_back() {
+        let specs = [spec("x", Dtype::F64, &[2, 2]), spec("", Dtype::Bool, &[]), spec("e", Dtype::I8, &[0])];
+        let meta = vec![("k".to_string(), "v".to_string())];
+        let l = layout(&specs, Some(&meta)).unwrap();
+        let mut buf = l.prefix.clone();
+        buf.resize(l.file_len().unwrap(), 0);
+        let h = parse_file(&buf).unwrap();
+        let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["x", "", "e"]);
+        assert_eq!(h.metadata, Some(meta));
+    }
+}

@@ -1,0 +1,20 @@
+//! Rust core of the R package safetensors: the format, its validation, the
+//! conversion kernels and file access, with thin extendr entry points.
+
+pub mod convert;
+pub mod dtype;
+pub mod error;
+pub mod floats;
+pub mod format;
+pub mod io;
+mod load;
+mod robj;
+mod save;
+
+use extendr_api::prelude::*;
+
+extendr_module! {
+    mod safetensors;
+    use load;
+    use save;
+}

@@ -1,0 +1,255 @@
+//! The few R API operations the package needs, made safe to call from Rust.
+//!
+//! R errors raised inside an extendr call can abort the R process, so every
+//! R call here either cannot fail (its inputs are validated first) or runs
+//! under `R_tryCatchError` and comes back as a Rust error.
+
+use std::os::raw::c_void;
+
+use extendr_api::prelude::*;
+use extendr_ffi::{
+    R_DimSymbol, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_setAttrib, DATAPTR, SEXP,
+    SEXPTYPE, XLENGTH,
+};
+
+use crate::error::{Error, Kind, Result};
+
+#[allow(improper_ctypes)] // SEXP is an opaque pointer, as in extendr-ffi.
+extern "C" {
+    fn R_tryCatchError(
+        body: Option<unsafe extern "C" fn(*mut c_void) -> SEXP>,
+        bdata: *mut c_void,
+        handler: Option<unsafe extern "C" fn(SEXP, *mut c_void) -> SEXP>,
+        hdata: *mut c_void,
+    ) -> SEXP;
+    fn R_ToplevelExec(fun: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> std::os::raw::c_int;
+    fn R_CheckUserInterrupt();
+}
+
+struct AllocRequest {
+    ty: SEXPTYPE,
+    len: R_xlen_t,
+}
+
+unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
+    let req = unsafe { &*(data as *const AllocRequest) };
+    unsafe { Rf_allocVector(req.ty, req.len) }
+}
+
+unsafe extern "C" fn alloc_failed(_cond: SEXP, _data: *mut c_void) -> SEXP {
+    unsafe { R_NilValue }
+}
+
+/// Bytes per element of an R vector type.
+fn elt_size(ty: SEXPTYPE) -> usize {
+    match ty {
+        SEXPTYPE::RAWSXP => 1,
+        SEXPTYPE::LGLSXP | SEXPTYPE::INTSXP => 4,
+        SEXPTYPE::REALSXP => 8,
+        SEXPTYPE::CPLXSXP => 16,
+        _ => 8,
+    }
+}
+
+/// Memory the system can still give, from /proc/meminfo (Linux), in bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
+/// Allocations above this size are checked against available memory first,
+/// so the kernel's overcommit can't turn them into an OOM kill later.
+const CHECK_ABOVE: usize = 256 << 20;
+
+/// Allocates an R vector of `len` elements without initialising it. A
+/// request the machine can't back, or an R allocation failure, is an error.
+pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
+    let Some(bytes) = len.checked_mul(elt_size(ty)).filter(|b| *b <= isize::MAX as usize) else {
+        return Err(Error::new(Kind::Memory, format!("a vector of {len} elements is too large")));
+    };
+    if bytes > CHECK_ABOVE {
+        if let Some(avail) = available_memory() {
+            if bytes as u64 > avail {
+                return Err(Error::new(
+                    Kind::Memory,
+                    format!(
+                        "the result needs {:.1} GiB but only {:.1} GiB of memory is available",
+                        bytes as f64 / (1u64 << 30) as f64,
+                        avail as f64 / (1u64 << 30) as f64
+                    ),
+                ));
+            }
+        }
+    }
+    let mut req = AllocRequest { ty, len: len as R_xlen_t };
+    // SAFETY: the body only calls Rf_allocVector; an R error inside it is
+    // caught by R_tryCatchError and reported as R_NilValue.
+    let sexp = unsafe {
+        R_tryCatchError(
+            Some(alloc_body),
+            &mut req as *mut AllocRequest as *mut c_void,
+            Some(alloc_failed),
+            std::ptr::null_mut(),
+        )
+    };
+    if sexp == unsafe { R_NilValue } {
+        return Err(Error::new(Kind::Memory, format!("R can't allocate a vector of {bytes} bytes")));
+    }
+    // SAFETY: a fresh vector from Rf_allocVector; from_sexp protects it.
+    Ok(unsafe { Robj::from_sexp(sexp) })
+}
+
+/// The data of an R vector of `T`s (double, integer, logical, raw or
+/// complex as [f64; 2]), which must be of that element size.
+///
+/// # Safety
+/// `T` must match the vector's storage type.
+pub unsafe fn data_mut<T>(x: &mut Robj) -> &mut [T] {
+    let sexp = x.get_mut();
+    let n = unsafe { XLENGTH(sexp) } as usize;
+    if n == 0 {
+        return &mut [];
+    }
+    // SAFETY: the caller guarantees the type; R's data pointer is valid for
+    // n elements and `x` keeps the vector alive for the borrow.
+    unsafe { std::slice::from_raw_parts_mut(DATAPTR(sexp) as *mut T, n) }
+}
+
+/// The first `nbytes` bytes of a vector's data.
+///
+/// # Safety
+/// The vector must hold at least `nbytes` bytes.
+pub unsafe fn bytes_mut(x: &mut Robj, nbytes: usize) -> &mut [u8] {
+    if nbytes == 0 {
+        return &mut [];
+    }
+    // SAFETY: the caller guarantees the vector's data spans nbytes.
+    unsafe { std::slice::from_raw_parts_mut(DATAPTR(x.get_mut()) as *mut u8, nbytes) }
+}
+
+/// Read-only counterpart of [`data_mut`].
+///
+/// # Safety
+/// `T` must match the vector's storage type.
+pub unsafe fn data<T>(x: &Robj) -> &[T] {
+    let sexp = x.get();
+    let n = unsafe { XLENGTH(sexp) } as usize;
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: as in data_mut; the pointer is only read.
+    unsafe { std::slice::from_raw_parts(DATAPTR(sexp) as *const T, n) }
+}
+
+/// Checks that `s` can become an R string (no NUL bytes).
+pub fn check_r_string(s: &str, what: &str) -> Result<()> {
+    if s.contains('\0') {
+        return Err(Error::new(
+            Kind::InvalidHeader,
+            format!("{what} {:?} contains a NUL character, which R strings can't hold", s),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets attribute `name` of `x` to `value`.
+///
+/// The caller guarantees the value is valid for the attribute (for `dim`,
+/// non-negative integers whose product is the length).
+pub fn set_attr(x: &mut Robj, name: &str, value: Robj) {
+    let Ok(sym) = std::ffi::CString::new(name) else { return };
+    // SAFETY: both objects are protected by their Robj; the values were
+    // validated so Rf_setAttrib can't raise an R error.
+    unsafe {
+        let s = Rf_install(sym.as_ptr());
+        Rf_setAttrib(x.get_mut(), s, value.get());
+    }
+}
+
+/// Sets `dim` to `shape` (row-major shape order is R's `dim` order too).
+pub fn set_dim(x: &mut Robj, shape: &[usize]) -> Result<()> {
+    let mut dims = Vec::with_capacity(shape.len());
+    for &d in shape {
+        let Ok(d) = i32::try_from(d) else {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                format!("dimension {d} is larger than .Machine$integer.max, the largest R `dim`"),
+            ));
+        };
+        dims.push(d);
+    }
+    let dim = Robj::from(&dims[..]);
+    // SAFETY: validated above; the product equals the length by construction.
+    unsafe { Rf_setAttrib(x.get_mut(), R_DimSymbol, dim.get()) };
+    Ok(())
+}
+
+/// Sets `names` of a list or vector.
+pub fn set_names<'a>(x: &mut Robj, names: impl ExactSizeIterator<Item = &'a str>) {
+    let names = Strings::from_values(names);
+    // SAFETY: the lengths match by construction of the callers.
+    unsafe { Rf_setAttrib(x.get_mut(), R_NamesSymbol, names.get()) };
+}
+
+/// A shape as an R vector: integer when every extent fits, double otherwise.
+pub fn shape_robj(shape: &[usize]) -> Robj {
+    if shape.iter().all(|&d| d <= i32::MAX as usize) {
+        let v: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
+        Robj::from(&v[..])
+    } else {
+        let v: Vec<f64> = shape.iter().map(|&d| d as f64).collect();
+        Robj::from(&v[..])
+    }
+}
+
+/// A plain named list.
+pub fn named_list(names: &[&str], values: Vec<Robj>) -> Robj {
+    let mut list: Robj = List::from_values(values).into();
+    set_names(&mut list, names.iter().copied());
+    list
+}
+
+/// The error as the condition data R's `st_check()` turns into a classed
+/// error: `list(kind, message, tensor)` of class `safetensors_rust_error`.
+pub fn error_robj(e: &Error) -> Robj {
+    let tensor: Robj = match &e.tensor {
+        // Names with NUL can't reach R; the message still names them.
+        Some(t) if !t.contains('\0') => t.as_str().into(),
+        _ => ().into(),
+    };
+    let mut out = named_list(
+        &["kind", "message", "tensor", "format"],
+        vec![e.kind.class().into(), e.message.replace('\0', "\\0").into(), tensor, e.kind.is_format().into()],
+    );
+    set_attr(&mut out, "class", "safetensors_rust_error".into());
+    out
+}
+
+/// Converts a core result to what an `#[extendr]` entry point returns.
+pub fn to_r(res: Result<Robj>) -> Robj {
+    match res {
+        Ok(x) => x,
+        Err(e) => error_robj(&e),
+    }
+}
+
+unsafe extern "C" fn check_interrupt(_: *mut c_void) {
+    unsafe { R_CheckUserInterrupt() };
+}
+
+/// Errors if the user pressed Ctrl-C. R's interrupt unwinds only to
+/// R_ToplevelExec, so no Rust frame is skipped.
+pub fn check_interrupt_now() -> Result<()> {
+    // SAFETY: R_ToplevelExec runs the callback in a top-level context and
+    // returns FALSE if it was interrupted (or errored).
+    let ok = unsafe { R_ToplevelExec(Some(check_interrupt), std::ptr::null_mut()) };
+    if ok == 0 {
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The one test command (also run by CI through .ci/run):
+#
+#   bash tools/test.sh
+#
+# 1. tools/install-deps.sh            R, R packages, Python oracle
+# 2. R CMD INSTALL into a temporary library (release build; DEBUG=true in the
+#    environment gives a faster debug build)
+# 3. cargo test in src/rust           the Rust core
+# 4. testthat against the installed package (tools/run-testthat.R)
+#
+# Its last line is always "N passed, N failed, N skipped", summed over cargo
+# (ignored tests count as skipped) and testthat (expectations, as testthat's
+# own summary counts them; errors count as failed). It exits non-zero if
+# anything failed or a step broke. Works from any directory, without a
+# terminal or standard input.
+
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root" || exit 1
+exec </dev/null
+
+export CARGO_TERM_COLOR=never
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"   # the machines have 2 cores
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/safetensors-test.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+
+passed=0
+failed=0
+skipped=0
+broken=""
+
+note_broken() {
+  broken="$broken $1"
+  failed=$((failed + 1))
+}
+
+step() { printf '\n==== %s ====\n' "$*"; }
+
+# --- 1. dependencies ----------------------------------------------------------------
+step "dependencies (tools/install-deps.sh)"
+# shellcheck source=tools/install-deps.sh
+if ! . tools/install-deps.sh; then
+  note_broken "install-deps"
+fi
+
+# --- 2. install --------------------------------------------------------------------------
+lib="$work/lib"
+mkdir -p "$lib"
+installed=no
+step "R CMD INSTALL --library=$lib ."
+t0=$(date +%s)
+if command -v R >/dev/null 2>&1 &&
+   R CMD INSTALL --no-multiarch --library="$lib" . >"$work/install.log" 2>&1; then
+  installed=yes
+  grep -E '^(Using (cargo|rustc)|Building offline|No src/rust/vendor|DEBUG is set|\* DONE)' "$work/install.log"
+  echo "installed in $(( $(date +%s) - t0 )) s"
+else
+  tail -n 60 "$work/install.log" 2>/dev/null
+  echo "R CMD INSTALL failed (full log above is the last 60 lines)"
+  note_broken "install"
+fi
+
+# --- 3. cargo test -------------------------------------------------------------------------
+step "cargo test (src/rust)"
+if command -v cargo >/dev/null 2>&1; then
+  (cd src/rust && cargo test -j "$CARGO_BUILD_JOBS" 2>&1) | tee "$work/cargo.log"
+  cargo_rc=${PIPESTATUS[0]}
+  # e.g. "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ..."
+  read -r c_pass c_fail c_ign c_lines < <(
+    awk '/^test result:/ {
+           for (i = 1; i <= NF; i++) {
+             if ($(i+1) ~ /^passed/)  p += $i
+             if ($(i+1) ~ /^failed/)  f += $i
+             if ($(i+1) ~ /^ignored/) s += $i
+           }
+           n++
+         }
+         END { printf "%d %d %d %d\n", p, f, s, n }' "$work/cargo.log")
+  passed=$((passed + c_pass)); failed=$((failed + c_fail)); skipped=$((skipped + c_ign))
+  echo "cargo test: $c_pass passed, $c_fail failed, $c_ign ignored ($c_lines test binaries)"
+  if [ "$cargo_rc" -ne 0 ] && [ "$c_fail" -eq 0 ]; then
+    note_broken "cargo-test(exit $cargo_rc)"
+  fi
+else
+  echo "cargo not found"
+  note_broken "cargo-test"
+fi
+
+# --- 4. testthat ---------------------------------------------------------------------------
+step "testthat (tests/testthat, installed package)"
+if [ "$installed" = yes ]; then
+  counts="$work/testthat-counts"
+  Rscript tools/run-testthat.R "$lib" "$counts"
+  r_rc=$?
+  if [ -s "$counts" ]; then
+    read -r t_pass t_fail t_skip < "$counts"
+    passed=$((passed + t_pass)); failed=$((failed + t_fail)); skipped=$((skipped + t_skip))
+    echo "testthat: $t_pass passed, $t_fail failed, $t_skip skipped"
+  fi
+  if [ "$r_rc" -ne 0 ]; then
+    note_broken "testthat(exit $r_rc)"
+  fi
+else
+  echo "skipped: the package did not install"
+  note_broken "testthat(not run)"
+fi
+
+echo
+if [ -n "$broken" ]; then
+  echo "broken steps (each counted as one failure):$broken"
+fi
+status=0
+if [ "$failed" -gt 0 ] || [ -n "$broken" ]; then
+  status=1
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+exit "$status"
