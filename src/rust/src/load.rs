@@ -50,7 +50,7 @@ pub fn parse_backend(s: &str) -> Result<Backend> {
 
 /// Reads tensors through a source, keeping a window of small tensors.
 pub struct Reader<'a> {
-    src: &'a dyn Source,
+    pub(crate) src: &'a dyn Source,
     window: Vec<u8>,
     window_start: usize,
 }
@@ -121,7 +121,7 @@ fn merge(a: DecodeStats, b: DecodeStats) -> DecodeStats {
 }
 
 /// Fills `x` (allocated as `rt`) with the tensor at absolute offset `off`.
-fn fill(reader: &mut Reader<'_>, info: &TensorInfo, off: usize, x: &mut Robj, rt: RType) -> Result<DecodeStats> {
+pub(crate) fn fill(reader: &mut Reader<'_>, info: &TensorInfo, off: usize, x: &mut Robj, rt: RType) -> Result<DecodeStats> {
     let nbytes = info.nbytes();
     let rows = n_rows(&info.shape);
     if nbytes == 0 {
@@ -239,7 +239,7 @@ pub fn read_tensor(reader: &mut Reader<'_>, header: &Header, i: usize, mode: Mod
 
 /// Resolves requested tensor names (an R character vector or NULL for all)
 /// to positions in the header, in the order asked.
-fn select(header: &Header, names: &Robj) -> Result<Vec<usize>> {
+pub(crate) fn select(header: &Header, names: &Robj) -> Result<Vec<usize>> {
     if names.is_null() {
         return Ok((0..header.tensors.len()).collect());
     }
@@ -258,7 +258,7 @@ fn select(header: &Header, names: &Robj) -> Result<Vec<usize>> {
 }
 
 /// Checks that every name and metadata string can become an R string.
-fn check_strings(header: &Header) -> Result<()> {
+pub(crate) fn check_strings(header: &Header) -> Result<()> {
     for t in &header.tensors {
         check_r_string(&t.name, "tensor name")?;
     }
@@ -378,7 +378,7 @@ pub fn read_all(src: &dyn Source, header: &Header, which: &[usize], mode: Mode) 
     ))
 }
 
-fn raw_bytes(buf: &Robj) -> Result<&[u8]> {
+pub(crate) fn raw_bytes(buf: &Robj) -> Result<&[u8]> {
     buf.as_raw_slice().ok_or_else(|| Error::new(Kind::InvalidArgument, "the buffer must be a raw vector"))
 }
 
