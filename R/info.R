@@ -76,14 +76,15 @@ with_header <- function(path, fun, call = rlang::caller_env()) {
     on.exit(close(h), add = TRUE)
     return(fun(h))
   }
-  what <- sprintf("Can't read %s.", describe_source(path))
+  label <- if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
+  part <- list(ptr = NULL, label = label, info = NULL)
   info <- if (is.character(path)) {
     check_string(path, call = call)
     info_file_(path.expand(path))
   } else if (is.raw(path)) {
     info_raw_(path)
   } else if (inherits(path, "connection")) {
-    info_header_(read_header_bytes(path, what, call))
+    info_header_(read_header_bytes(path, part, call))
   } else {
     st_abort(
       "invalid_argument",
@@ -91,27 +92,25 @@ with_header <- function(path, fun, call = rlang::caller_env()) {
       call = call
     )
   }
-  info <- st_check(info, what, call = call)
-  label <- if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
-  part <- list(ptr = NULL, label = label, what = what, info = info)
+  part$info <- check_part(info, part, call = call)
   fun(new_handle(list(part), info$name, rep(1L, length(info$name)), "r", list(), "read",
     label = label, metadata = info$metadata, kind = "memory"
   ))
 }
 
 # Reads the header length and the header from a connection, nothing more.
-read_header_bytes <- function(con, what, call) {
+read_header_bytes <- function(con, part, call) {
   if (!isOpen(con)) {
     open(con, "rb")
     on.exit(close(con), add = TRUE)
   }
   prefix <- readBin(con, "raw", 8L)
-  n <- st_check(header_len_(prefix), what, call = call)
+  n <- check_part(header_len_(prefix), part, call = call)
   json <- readBin(con, "raw", n)
   if (length(json) < n) {
     st_abort(
       "invalid_header_length",
-      c(what, x = "The connection ended after {length(json)} of the {n} header bytes."),
+      c(cli_escape(source_what(part$label)), x = "The connection ended after {length(json)} of the {n} header bytes."),
       format = TRUE,
       call = call
     )

@@ -118,7 +118,6 @@ check_framework_args <- function(framework, args, call = rlang::caller_env()) {
 
 # Opens one file (or raw vector, or connection) as a part of a handle.
 open_part <- function(path, backend, call = rlang::caller_env()) {
-  what <- sprintf("Can't open %s.", describe_source(path))
   ptr <- if (is.character(path)) {
     check_string(path, call = call)
     open_file_(path.expand(path), backend)
@@ -133,15 +132,30 @@ open_part <- function(path, backend, call = rlang::caller_env()) {
       call = call
     )
   }
-  ptr <- st_check(ptr, what, call = call)
-  info <- st_check(handle_info_(ptr), what, call = call)
   label <- if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
-  list(
-    ptr = ptr,
-    label = label,
-    what = sprintf("Can't read %s.", describe_source(path)),
-    info = info
+  part <- list(ptr = NULL, label = label, info = NULL)
+  part$ptr <- check_part(ptr, part, "open", call = call)
+  part$info <- check_part(handle_info_(part$ptr), part, call = call)
+  part
+}
+
+# st_check() for a part, building the message only on error: cli formatting
+# takes milliseconds, far longer than reading a small tensor.
+check_part <- function(res, part, verb = "read", call = rlang::caller_env()) {
+  if (!inherits(res, "safetensors_rust_error")) {
+    return(res)
+  }
+  st_check(res, source_what(part$label, verb), call = call)
+}
+
+# "Can't read 'path'." and the like, for a part's label.
+source_what <- function(label, verb = "read") {
+  src <- switch(label,
+    "<raw vector>" = "the raw vector",
+    "<connection>" = "the connection",
+    describe_source(label)
   )
+  sprintf("Can't %s %s.", verb, src)
 }
 
 # A handle: the parts (open files), and for each visible tensor its name and
@@ -307,7 +321,7 @@ read_parts <- function(x, names, mode, call = rlang::caller_env()) {
   for (p in unique(part_of)) {
     k <- which(part_of == p)
     part <- parts[[p]]
-    res <- st_check(handle_read_(part$ptr, names[k], mode), part$what, call = call)
+    res <- check_part(handle_read_(part$ptr, names[k], mode), part, call = call)
     tensors[k] <- unname(res$tensors)
     inexact[k] <- res$inexact
     int_min[k] <- res$int_min
@@ -526,7 +540,7 @@ read_slice <- function(x, name, idx, drop, call = rlang::caller_env()) {
   }
   framework <- hget(x, "framework")
   mode <- if (framework == "r") "array" else "raw"
-  res <- st_check(handle_slice_(part$ptr, name, specs, is_range, mode), part$what, call = call)
+  res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode), part, call = call)
   out <- res$tensor
   warn_conversions(name, res, call = call)
   if (mode == "array") {

@@ -17,8 +17,7 @@ is_index_path <- function(path) {
 open_index <- function(path, framework, args, backend, call = rlang::caller_env()) {
   check_string(path, call = call)
   path <- path.expand(path)
-  what <- sprintf("Can't read %s.", describe_source(path))
-  idx <- st_check(read_index_(path), what, call = call)
+  idx <- check_part(read_index_(path), list(label = path), call = call)
   files <- sort(unique(idx$files), method = "radix")
   dir <- dirname(path)
   parts <- vector("list", length(files))
@@ -42,7 +41,7 @@ open_index <- function(path, framework, args, backend, call = rlang::caller_env(
       st_abort(
         "invalid_index",
         c(
-          what,
+          cli_escape(source_what(path)),
           x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {files[[f]]}}, which does not contain it."
         ),
         tensor = absent[[1]],

@@ -473,3 +473,60 @@ extendr_module! {
     fn info_file_;
     fn info_raw_;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A source that must be read (no memory view) and records its reads.
+    struct Counting {
+        bytes: Vec<u8>,
+        reads: RefCell<Vec<(usize, usize)>>,
+    }
+
+    impl Source for Counting {
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn view(&self, _: usize, _: usize) -> Result<Option<&[u8]>> {
+            Ok(None)
+        }
+        fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
+            self.reads.borrow_mut().push((off, buf.len()));
+            Memory(&self.bytes).read_at(off, buf)
+        }
+    }
+
+    #[test]
+    fn window_covers_only_the_tensors_asked_for() {
+        // Four U8 tensors of 100 bytes each.
+        let json = r#"{"a":{"dtype":"U8","shape":[100],"data_offsets":[0,100]},"b":{"dtype":"U8","shape":[100],"data_offsets":[100,200]},"c":{"dtype":"U8","shape":[100],"data_offsets":[200,300]},"d":{"dtype":"U8","shape":[100],"data_offsets":[300,400]}}"#;
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        bytes.extend((0..400).map(|i| (i % 251) as u8));
+        let src = Counting { bytes, reads: RefCell::new(Vec::new()) };
+        let header = io::read_header(&src).unwrap();
+        let base = header.data_start();
+        src.reads.borrow_mut().clear();
+        // Adjacent b and c come in one read; b and d apart in two; a never.
+        for (which, want) in [
+            (vec![1, 2], vec![(base + 100, 200)]),
+            (vec![3, 1], vec![(base + 300, 100), (base + 100, 100)]),
+        ] {
+            src.reads.borrow_mut().clear();
+            let mut reader = Reader::for_tensors(&src, &header, &which);
+            for &i in &which {
+                let t = &header.tensors[i];
+                let got = reader.small_or_view(base + t.begin, t.nbytes()).unwrap().unwrap().to_vec();
+                assert_eq!(got, src.bytes[base + t.begin..base + t.end]);
+            }
+            assert_eq!(*src.reads.borrow(), want);
+        }
+        // A reader over the whole source reads ahead to its end.
+        src.reads.borrow_mut().clear();
+        let mut all = Reader::new(&src);
+        all.small_or_view(base + 100, 100).unwrap();
+        assert_eq!(*src.reads.borrow(), vec![(base + 100, 300)]);
+    }
+}

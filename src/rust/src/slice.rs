@@ -392,8 +392,7 @@ impl<'a> Cursor<'a> {
             // The window covers this run and the runs after it that follow
             // closely, and nothing else.
             let mut end = off + len.min(WINDOW);
-            let mut ahead = self.ranges.clone();
-            while let Some((o, l)) = ahead.next() {
+            for (o, l) in self.ranges.clone() {
                 if o < end || o - end > GAP || o + l - off > WINDOW {
                     break;
                 }
@@ -528,7 +527,7 @@ pub fn parse_sels(specs: &List, is_range: &[i32], name: &str) -> Result<Vec<Sel>
         let vals: Vec<f64> = if let Some(v) = spec.as_real_slice() {
             v.to_vec()
         } else if let Some(v) = spec.as_integer_slice() {
-            if v.iter().any(|&x| x == i32::MIN) {
+            if v.contains(&i32::MIN) {
                 return Err(bad());
             }
             v.iter().map(|&x| x as f64).collect()
