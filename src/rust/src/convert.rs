@@ -10,7 +10,7 @@
 //! plain slices laid out as R lays out its vectors.
 
 use crate::dtype::Dtype;
-use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0};
+use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32};
 
 /// Tile edge for the blocked transposition.
 const TILE: usize = 32;
@@ -187,7 +187,7 @@ pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usiz
     match dst {
         Dst::Real(out) => match dtype {
             Dtype::F64 => run!(out, |s, i| f64::from_le_bytes(le(s, i))),
-            Dtype::F32 => run!(out, |s, i| f32::from_le_bytes(le(s, i)) as f64),
+            Dtype::F32 => run!(out, |s, i| widen_f32(u32::from_le_bytes(le(s, i)))),
             Dtype::F16 => run!(out, |s, i| decode_f16(u16::from_le_bytes(le(s, i)))),
             Dtype::BF16 => run!(out, |s, i| decode_bf16(u16::from_le_bytes(le(s, i)))),
             Dtype::F8E8M0 => run!(out, |s, i| decode_e8m0(s[i])),
@@ -247,7 +247,7 @@ pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usiz
         },
         Dst::Logical(out) => run!(out, |s, i| (s[i] != 0) as i32),
         Dst::Complex(out) => {
-            run!(out, |s, i| [f32::from_le_bytes(le(s, 2 * i)) as f64, f32::from_le_bytes(le(s, 2 * i + 1)) as f64])
+            run!(out, |s, i| [widen_f32(u32::from_le_bytes(le(s, 2 * i))), widen_f32(u32::from_le_bytes(le(s, 2 * i + 1)))])
         }
     }
     stats
@@ -380,7 +380,7 @@ pub fn encode(
     match dtype {
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
         Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
-            let f = x as f32;
+            let f = narrow_f32(x);
             (f.is_finite() || !x.is_finite()).then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
@@ -432,7 +432,7 @@ pub fn encode(
                 },
             };
             let fits = |x: f64, f: f32| f.is_finite() || !x.is_finite();
-            let (fr, fi) = (re as f32, im as f32);
+            let (fr, fi) = (narrow_f32(re), narrow_f32(im));
             (v != Num::Na && fits(re, fr) && fits(im, fi)).then(|| {
                 let mut b = [0u8; 8];
                 b[..4].copy_from_slice(&fr.to_le_bytes());
