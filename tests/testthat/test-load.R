@@ -85,16 +85,11 @@ test_that("framework = \"raw\" gives each tensor's bytes with dtype and shape", 
     bytes <- read_bytes(fixture(file))
     x <- safe_load_file(fixture(file), framework = "raw")
     start <- 8 + sum(as.numeric(bytes[1:8]) * 256^(0:7))
-    expect_identical(names(x), tensor_names(e))
-    for (i in seq_along(e$tensors)) {
-      t <- e$tensors[[i]]
+    want <- lapply(e$tensors, function(t) {
       off <- unlist(t$data_offsets)
-      expect_identical(
-        unclass(x[[i]]),
-        structure(bytes[start + seq_len(off[2] - off[1]) + off[1]], dtype = t$dtype, shape = as.integer(unlist(t$shape))),
-        label = paste0(file, ": ", t$name)
-      )
-    }
+      structure(bytes[start + seq_len(off[2] - off[1]) + off[1]], dtype = t$dtype, shape = as.integer(unlist(t$shape)))
+    })
+    expect_identical(x[seq_along(x)], setNames(want, tensor_names(e)), label = file)
   }
 })
 
