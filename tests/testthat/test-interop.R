@@ -20,7 +20,7 @@ has_ml_dtypes <- function() {
 # R tensors of dtype `d`: a scalar, a matrix, a 3-D array, zero-size ones,
 # and the extremes and special values the dtype has.
 r_tensors <- function(d) {
-  set.seed(match(d, c(numpy_dtypes, ml_dtypes_dtypes)))
+  withr::local_seed(match(d, c(numpy_dtypes, ml_dtypes_dtypes)))
   vals <- function(n) {
     switch(d,
       BOOL = runif(n) < 0.5,
