@@ -3,7 +3,8 @@
 # Idempotent: on a machine that has everything it changes nothing and does no
 # apt work. Needs root (or sudo) only when something is missing.
 #
-#   R and the R packages     Debian r-base-dev and r-cran-* packages
+#   R and the R packages     Debian r-base-dev and r-cran-* packages (and
+#                            rsync, used by tools/dev-install.sh)
 #   Rust (cargo, rustc)      must already be installed (rustup or apt);
 #                            this script only puts ~/.cargo/bin on PATH
 #   Python safetensors 0.8.0 + numpy (+ ml_dtypes for BF16/F8/F4), for the
@@ -17,7 +18,8 @@
 _st_deps_main() {
   local debs="r-base-dev r-cran-testthat r-cran-cli r-cran-r6 r-cran-rlang
     r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-withr r-cran-callr
-    r-cran-processx r-cran-jsonlite r-cran-bench"
+    r-cran-processx r-cran-jsonlite r-cran-bench
+    rsync"   # rsync: tools/dev-install.sh; not on a new machine
   local missing="" p status
 
   # --- Debian packages ---------------------------------------------------------
