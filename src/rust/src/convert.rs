@@ -346,6 +346,17 @@ fn int_in<T: TryFrom<i128>>(v: Num) -> Option<T> {
     v.int().and_then(|i| T::try_from(i).ok())
 }
 
+/// Like [`int_in`] for the 64-bit types, whose largest value has no double:
+/// the double just above it (2^63 or 2^64, what reading that largest value
+/// gives) saturates to it, so loaded extremes can be saved back.
+#[inline(always)]
+fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Option<T> {
+    match v {
+        Num::F(x) if x == max_plus_one => Some(max),
+        _ => int_in(v),
+    }
+}
+
 /// Encodes outer rows `[row0, row1)` of a tensor whose values are `src`
 /// (the whole tensor, column-major) into `out`, the row-major bytes of
 /// exactly those rows. For sub-byte dtypes `out` must start zeroed.
@@ -414,8 +425,8 @@ pub fn encode(
                 }
             });
         }
-        Dtype::I64 => run!(8, |v| int_in::<i64>(v).map(i64::to_le_bytes)),
-        Dtype::U64 => run!(8, |v| int_in::<u64>(v).map(u64::to_le_bytes)),
+        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0).map(i64::to_le_bytes)),
+        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0).map(u64::to_le_bytes)),
         Dtype::I32 => run!(4, |v| int_in::<i32>(v).map(i32::to_le_bytes)),
         Dtype::U32 => run!(4, |v| int_in::<u32>(v).map(u32::to_le_bytes)),
         Dtype::I16 => run!(2, |v| int_in::<i16>(v).map(i16::to_le_bytes)),
@@ -572,8 +583,16 @@ mod tests {
         assert!(encode_all(Dtype::Bool, Src::Integer(&[2]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
-        assert!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).is_err());
-        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).is_err());
+        // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
+        assert_eq!(
+            encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
+            i64::MAX.to_le_bytes()
+        );
+        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
+        assert_eq!(
+            encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
+            u64::MAX.to_le_bytes()
+        );
         assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
