@@ -3,7 +3,7 @@
 #   c("safetensors_error_<kind>", ["safetensors_error_format",]
 #     "safetensors_error", "rlang_error", "error", "condition")
 
-# `message` is interpolated by cli in the caller's environment (`.envir`).
+# `message` is a cli template, interpolated in the caller's environment.
 st_abort <- function(kind, message, ..., format = FALSE, call = rlang::caller_env(),
                      .envir = parent.frame()) {
   class <- c(
@@ -27,7 +27,7 @@ st_check <- function(res, what, call = rlang::caller_env()) {
   }
   st_abort(
     res$kind,
-    c(what, x = cli_escape(sentence(res$message))),
+    c(cli_escape(what), x = cli_escape(sentence(res$message))),
     tensor = res$tensor,
     format = res$format,
     call = call

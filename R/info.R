@@ -29,14 +29,14 @@
 #' @seealso [safe_open()] to read tensors lazily.
 #' @export
 #' @examples
-#' path <- tempfile(fileext = ".safetensors")
-#' safe_save_file(
-#'   list(weight = matrix(1:12 / 2, 3, 4), bias = c(0.5, -1, 2)),
-#'   path, metadata = list(format = "pt")
-#' )
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
 #' safe_info(path)
 #' safe_metadata(path)
-#' unlink(path)
+#'
+#' # Offsets address the bytes in the file
+#' info <- safe_info(path)
+#' bytes <- readBin(path, "raw", file.size(path))
+#' readBin(bytes[(info$begin[2] + 1):info$end[2]], "double", 3, size = 4)
 safe_info <- function(path) {
   res <- with_header(path, function(h) list(tab = handle_table(h), sharded = !is.null(hget(h, "index"))))
   tab <- res$tab

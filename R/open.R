@@ -77,20 +77,22 @@
 #'   header as a data frame.
 #' @export
 #' @examples
-#' path <- tempfile(fileext = ".safetensors")
-#' safe_save_file(
-#'   list(weight = matrix(1:12 / 2, 3, 4), bias = c(0.5, -1, 2)),
-#'   path, metadata = list(format = "pt")
-#' )
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
 #' h <- safe_open(path)
 #' h
 #' names(h)
 #' h$bias
-#' h$slice("weight")[2:3, ]
-#' h$slice("weight")[, seq(1, 4, by = 2), drop = FALSE]
-#' safe_slice(h, "weight", 1, )
+#' h[["weight"]]
+#'
+#' # Slices read only the selected elements
+#' h$slice("weight")[2, ]
+#' h$slice("weight")[, c(1, 3), drop = FALSE]
+#' dim(h$slice("weight"))
+#' safe_slice(h, "weight", 1, 2:3)
 #' close(h)
-#' unlink(path)
+#'
+#' # Python's f.get_slice("weight")[0:1, ::2], in R
+#' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   framework <- check_framework(framework)
   backend <- rlang::arg_match(backend)

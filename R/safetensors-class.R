@@ -35,14 +35,12 @@
 #' @format An [R6::R6Class] generator.
 #' @export
 #' @examples
-#' path <- tempfile(fileext = ".safetensors")
-#' safe_save_file(list(weight = matrix(1:6, 2), bias = c(1, 2)), path)
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
 #' f <- safetensors$new(path, framework = "r")
 #' f$keys()
 #' f$get_tensor("weight")
 #' f$metadata$bias
 #' f$max_offset
-#' unlink(path)
 safetensors <- R6::R6Class("safetensors",
   public = list(
     con = NULL,
