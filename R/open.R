@@ -65,8 +65,10 @@
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.
-#' @param ... Passed on to the framework's tensor constructor, for example
-#'   `device = "cuda"` for torch. Must be empty for `"r"` and `"raw"`.
+#' @param ... For `safe_open()`: passed on to the framework's tensor
+#'   constructor, for example `device = "cuda"` for torch; must be empty for
+#'   `"r"` and `"raw"`. For `safe_slice()`: one index per dimension of the
+#'   tensor, as for `h$slice(name)[...]` (see "Slice indices").
 #' @param backend How a file is read: `"mmap"` (the default) maps it into
 #'   memory and copies from the mapping; `"read"` reads each tensor with
 #'   positioned reads, which is faster on network filesystems where mapping

@@ -78,9 +78,10 @@ mkdir -p "$logs"
 # --- 0. what the check needs beyond tools/install-deps.sh --------------------------------
 #   devscripts   checkbashisms, for the configure and cleanup scripts
 #   tidy         HTML validation of the help pages
+#   qpdf         R CMD check's check of PDF sizes (needed even with no PDFs)
 #   pandoc       the vignettes (rmarkdown)
 missing=""
-for p in devscripts tidy pandoc; do
+for p in devscripts tidy qpdf pandoc; do
   case "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" in
     *"install ok installed"*) ;;
     *) missing="$missing $p" ;;
@@ -215,8 +216,10 @@ if [ ! -f "$logs/00check.log" ]; then
 fi
 
 # Everything that is not OK, with its detail lines.
-awk '/^\* / { show = ($0 ~ /\.\.\. (NOTE|WARNING|ERROR)/ || $0 ~ /(NOTE|WARNING|ERROR)$/) }
-     /^Status:/ { show = 1 }
+# (A result can also stand on the line after its "* checking" line.)
+awk '/^\* / { head = $0; show = ($0 ~ /\.\.\. *(NOTE|WARNING|ERROR)/); if (show) print; next }
+     /^ *(NOTE|WARNING|ERROR)$/ { show = 1; print head; print; next }
+     /^Status:/ { print; next }
      show { print }' "$logs/00check.log"
 
 status=$(grep -E '^Status:' "$logs/00check.log" | tail -n 1)
@@ -227,6 +230,30 @@ notes=$(count NOTE)
 if [ -z "$status" ]; then
   fail "no Status line in 00check.log"
   errors=1
+fi
+
+# --- 4b. HTML help pages ------------------------------------------------------------------------
+# --no-manual also skips R's validation of the HTML help pages with tidy, so
+# it is done here: each problem tidy reports counts as a note.
+step "HTML help pages (tidy)"
+if command -v tidy >/dev/null 2>&1; then
+  html_problems=$(cd "$src" && Rscript -e '
+    version <- read.dcf("DESCRIPTION", "Version")[[1]]
+    n <- 0
+    for (f in list.files("man", "[.]Rd$", full.names = TRUE)) {
+      out <- tempfile(fileext = ".html")
+      tools::Rd2HTML(f, out, package = c("safetensors", version), stages = c("build", "install", "render"))
+      res <- suppressWarnings(system2("tidy", c("-qe", "--drop-empty-elements", "no", out), stdout = TRUE, stderr = TRUE))
+      if (length(res)) cat(paste0(basename(f), ": ", res), sep = "\n", file = stderr())
+      n <- n + length(res)
+    }
+    cat(n)' 2>"$logs/tidy.log")
+  if [ -s "$logs/tidy.log" ]; then cat "$logs/tidy.log"; fi
+  html_problems=${html_problems:-1}
+  echo "$html_problems problems in the HTML help pages"
+  notes=$((notes + html_problems))
+else
+  fail "tidy is not installed; the HTML help pages were not validated"
 fi
 
 # --- 5. the Rust build in the install log ------------------------------------------------------

@@ -249,3 +249,21 @@ test_that("a loaded list works as the plain named list of 0.2.x", {
   expect_identical(as.character(jsonlite::toJSON(x["b"])), "{\"b\":[1,2,3]}")
   expect_identical(as.character(jsonlite::toJSON(x)), as.character(jsonlite::toJSON(unclass(x))))
 })
+
+test_that("a framework must be a registered name whose packages are installed", {
+  bytes <- safe_serialize(list(a = 1:3))
+  expect_error(safe_load_file(bytes, framework = 1), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(bytes, framework = c("r", "raw")), class = "safetensors_error_invalid_argument")
+  safetensors_frameworks[["needs_nothing_installed"]] <- list(
+    constructor = function(raw, meta, ...) meta$dtype,
+    packages = "a.package.that.does.not.exist"
+  )
+  withr::defer(rm("needs_nothing_installed", envir = safetensors_frameworks))
+  err <- expect_error(
+    safe_load_file(bytes, framework = "needs_nothing_installed"),
+    class = "safetensors_error_framework_not_installed"
+  )
+  expect_identical(err$package, "a.package.that.does.not.exist")
+  safetensors_frameworks[["needs_nothing_installed"]]$packages <- character()
+  expect_identical(safe_load_file(bytes, framework = "needs_nothing_installed")$a, "I32")
+})

@@ -14,6 +14,8 @@ local_progress <- function(group = 100, .env = parent.frame()) {
     ),
     .local_envir = .env
   )
+  # cli draws the bar on stderr: keep it out of the test output.
+  withr::local_message_sink(withr::local_tempfile(.local_envir = .env), .local_envir = .env)
 }
 
 # Counts calls of function `fun` of namespace `ns` while `code` runs.
