@@ -618,6 +618,21 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(debug_assertions, ignore = "100 MB of JSON: slow unoptimised; run with --release")]
+    fn header_limit_is_exact_on_write_and_read() {
+        // One tensor whose name fills the header to exactly the limit.
+        let fixed = r#"{"":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#.len();
+        let name = "n".repeat(MAX_HEADER_SIZE - fixed);
+        let l = layout(&[spec(&name, Dtype::U8, &[0])], None).unwrap();
+        assert_eq!(l.prefix.len(), N_LEN + MAX_HEADER_SIZE);
+        let h = parse_file(&l.prefix).unwrap();
+        assert_eq!(h.header_len, MAX_HEADER_SIZE);
+        let name = "n".repeat(MAX_HEADER_SIZE - fixed + 1);
+        let e = layout(&[spec(&name, Dtype::U8, &[0])], None).unwrap_err();
+        assert_eq!(e.kind, Kind::HeaderTooLarge);
+    }
+
+    #[test]
     fn written_headers_parse_back() {
         let specs = [spec("x", Dtype::F64, &[2, 2]), spec("", Dtype::Bool, &[]), spec("e", Dtype::I8, &[0])];
         let meta = vec![("k".to_string(), "v".to_string())];

@@ -177,7 +177,7 @@ pub fn set_dim(x: &mut Robj, shape: &[usize]) -> Result<()> {
     for &d in shape {
         let Ok(d) = i32::try_from(d) else {
             return Err(Error::new(
-                Kind::InvalidArgument,
+                Kind::Unsupported,
                 format!("dimension {d} is larger than .Machine$integer.max, the largest R `dim`"),
             ));
         };
