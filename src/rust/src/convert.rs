@@ -10,7 +10,7 @@
 //! plain slices laid out as R lays out its vectors.
 
 use crate::dtype::Dtype;
-use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0};
+use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32};
 
 /// Tile edge for the blocked transposition.
 const TILE: usize = 32;
@@ -192,7 +192,7 @@ pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usiz
     match dst {
         Dst::Real(out) => match dtype {
             Dtype::F64 => run!(out, |s, i| f64::from_le_bytes(le(s, i))),
-            Dtype::F32 => run!(out, |s, i| f32::from_le_bytes(le(s, i)) as f64),
+            Dtype::F32 => run!(out, |s, i| widen_f32(u32::from_le_bytes(le(s, i)))),
             Dtype::F16 => run!(out, |s, i| decode_f16(u16::from_le_bytes(le(s, i)))),
             Dtype::BF16 => run!(out, |s, i| decode_bf16(u16::from_le_bytes(le(s, i)))),
             Dtype::F8E8M0 => run!(out, |s, i| decode_e8m0(s[i])),
@@ -252,7 +252,7 @@ pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usiz
         },
         Dst::Logical(out) => run!(out, |s, i| (s[i] != 0) as i32),
         Dst::Complex(out) => {
-            run!(out, |s, i| [f32::from_le_bytes(le(s, 2 * i)) as f64, f32::from_le_bytes(le(s, 2 * i + 1)) as f64])
+            run!(out, |s, i| [widen_f32(u32::from_le_bytes(le(s, 2 * i))), widen_f32(u32::from_le_bytes(le(s, 2 * i + 1)))])
         }
     }
     stats
@@ -351,6 +351,17 @@ fn int_in<T: TryFrom<i128>>(v: Num) -> Option<T> {
     v.int().and_then(|i| T::try_from(i).ok())
 }
 
+/// Like [`int_in`] for the 64-bit types, whose largest value has no double:
+/// the double just above it (2^63 or 2^64, what reading that largest value
+/// gives) saturates to it, so loaded extremes can be saved back.
+#[inline(always)]
+fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Option<T> {
+    match v {
+        Num::F(x) if x == max_plus_one => Some(max),
+        _ => int_in(v),
+    }
+}
+
 /// Encodes outer rows `[row0, row1)` of a tensor whose values are `src`
 /// (the whole tensor, column-major) into `out`, the row-major bytes of
 /// exactly those rows. For sub-byte dtypes `out` must start zeroed.
@@ -385,7 +396,7 @@ pub fn encode(
     match dtype {
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
         Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
-            let f = x as f32;
+            let f = narrow_f32(x);
             (f.is_finite() || !x.is_finite()).then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
@@ -419,8 +430,8 @@ pub fn encode(
                 }
             });
         }
-        Dtype::I64 => run!(8, |v| int_in::<i64>(v).map(i64::to_le_bytes)),
-        Dtype::U64 => run!(8, |v| int_in::<u64>(v).map(u64::to_le_bytes)),
+        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0).map(i64::to_le_bytes)),
+        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0).map(u64::to_le_bytes)),
         Dtype::I32 => run!(4, |v| int_in::<i32>(v).map(i32::to_le_bytes)),
         Dtype::U32 => run!(4, |v| int_in::<u32>(v).map(u32::to_le_bytes)),
         Dtype::I16 => run!(2, |v| int_in::<i16>(v).map(i16::to_le_bytes)),
@@ -437,7 +448,7 @@ pub fn encode(
                 },
             };
             let fits = |x: f64, f: f32| f.is_finite() || !x.is_finite();
-            let (fr, fi) = (re as f32, im as f32);
+            let (fr, fi) = (narrow_f32(re), narrow_f32(im));
             (v != Num::Na && fits(re, fr) && fits(im, fi)).then(|| {
                 let mut b = [0u8; 8];
                 b[..4].copy_from_slice(&fr.to_le_bytes());
@@ -594,8 +605,16 @@ mod tests {
         assert!(encode_all(Dtype::Bool, Src::Integer(&[2]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
-        assert!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).is_err());
-        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).is_err());
+        // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
+        assert_eq!(
+            encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
+            i64::MAX.to_le_bytes()
+        );
+        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
+        assert_eq!(
+            encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
+            u64::MAX.to_le_bytes()
+        );
         assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
