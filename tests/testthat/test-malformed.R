@@ -91,3 +91,27 @@ test_that("R survives every malformed file in a child process", {
     )
   }
 })
+
+test_that("FIFOs, devices and directories are refused at once", {
+  skip_on_os("windows")
+  skip_if_not_installed("callr")
+  dir <- withr::local_tempdir()
+  fifo <- file.path(dir, "fifo.safetensors")
+  skip_if(system2("mkfifo", shQuote(fifo)) != 0, "mkfifo is not available")
+  # In a child with a time limit: opening a FIFO without a writer used to
+  # block for ever.
+  res <- callr::r(
+    function(paths) {
+      vapply(paths, function(p) {
+        tryCatch({
+          safetensors::safe_load_file(p)
+          NA_character_
+        }, error = function(e) class(e)[[1]])
+      }, character(1))
+    },
+    args = list(paths = c(fifo, "/dev/zero", dir)),
+    libpath = .libPaths(),
+    timeout = 60
+  )
+  expect_identical(unname(res), rep("safetensors_error_io", 3))
+})

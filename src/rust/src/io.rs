@@ -96,10 +96,19 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path` for reading with `backend`.
     pub fn open(path: &Path, backend: Backend) -> Result<FileSource> {
-        let file = File::open(path).map_err(|e| Error::io(&e, "can't open the file"))?;
+        // Non-blocking, so a FIFO can't stall the open until a writer comes
+        // (it has no effect on reads of regular files).
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io(&e, "can't open the file"))?;
         let meta = file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
         if meta.is_dir() {
             return Err(Error::new(Kind::Io, "the path is a directory, not a file"));
+        }
+        if !meta.is_file() {
+            return Err(Error::new(Kind::Io, "the path is not a regular file (a FIFO, socket or device)"));
         }
         let map = match backend {
             Backend::Read => None,
@@ -478,6 +487,21 @@ mod tests {
             assert_eq!(err.kind, Kind::FileChanged);
             std::fs::write(&p, vec![7u8; 4096]).unwrap();
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = tempdir();
+        let fifo = dir.join("f");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // With no writer, a blocking open would never return.
+        let e = FileSource::open(&fifo, Backend::Read).err().unwrap();
+        assert_eq!(e.kind, Kind::Io);
+        let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap).err().unwrap();
+        assert_eq!(e.kind, Kind::Io);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
