@@ -4,30 +4,50 @@
 # Opt-in (SAFETENSORS_TEST_LARGE=true): the files are gigabytes.
 
 # Starts `fun(...)` in child session `rs`, interrupts it after `after`
-# seconds and waits for the call to end. Returns the session's result and
-# the seconds from the interrupt to the end of the call.
+# seconds and waits for the call to end. The child notes how the call ended
+# (the class of the condition) and when; the result gives that and the
+# seconds from the interrupt to the end, as the child saw it.
 interrupt_call <- function(rs, fun, args, after = 0.7) {
-  rs$call(fun, args = args)
+  rs$call(
+    function(fun, args) {
+      tryCatch(
+        {
+          do.call(fun, args)
+          list(class = "finished", time = Sys.time())
+        },
+        error = function(e) list(class = class(e)[[1]], time = Sys.time()),
+        interrupt = function(e) list(class = "interrupt", time = Sys.time())
+      )
+    },
+    args = list(fun, args)
+  )
   Sys.sleep(after)
-  if (rs$poll_process(0) == "ready") {
-    return(list(result = rs$read(), seconds = NA_real_))
-  }
   t0 <- Sys.time()
   rs$interrupt()
-  state <- rs$poll_process(30000)
-  seconds <- as.numeric(difftime(Sys.time(), t0, units = "secs"))
-  list(result = if (state == "ready") rs$read(), seconds = seconds)
+  expect_identical(rs$poll_process(30000), "ready")
+  res <- rs$read()$result
+  list(class = res$class, seconds = as.numeric(difftime(res$time, t0, units = "secs")))
 }
 
 expect_interrupted <- function(res) {
-  expect_false(is.na(res$seconds), label = "the call was still running when interrupted")
-  err <- res$result$error
-  expect_s3_class(err$parent %||% err, "safetensors_error_interrupted")
-  # Within a second on an idle machine; allow for a busy one.
-  expect_lt(res$seconds, 2)
+  # Ours when the signal came while Rust worked, R's own when it came during
+  # the R code around the call.
+  expect_true(res$class %in% c("safetensors_error_interrupted", "interrupt"), label = res$class)
+  expect_lt(res$seconds, 1)
   if (nzchar(Sys.getenv("SAFETENSORS_TEST_TIMINGS"))) {
-    cat(sprintf("\n  interrupted call ended %.3f s after SIGINT\n", res$seconds), file = Sys.getenv("SAFETENSORS_TEST_TIMINGS"), append = TRUE)
+    cat(sprintf("%s: %.3f s\n", res$class, res$seconds), file = Sys.getenv("SAFETENSORS_TEST_TIMINGS"), append = TRUE)
   }
+}
+
+# Open file descriptors and mappings of `path` in the child: an interrupt
+# that skipped Rust's destructors would leave some behind.
+resources <- function(rs, path) {
+  rs$run(function(p) {
+    c(
+      fds = length(list.files("/proc/self/fd")),
+      maps = sum(grepl(p, readLines("/proc/self/maps"), fixed = TRUE))
+    )
+  }, list(path))
 }
 
 local_session <- function(env = parent.frame()) {
@@ -42,15 +62,17 @@ test_that("Ctrl-C stops a multi-gigabyte load; the session goes on", {
   skip_if_memory_below(8)
   n <- 375e6 # 1.5 GB of F32, 3 GB as doubles
   path <- local_sparse_file(obj(entry("x", "F32", n, 0, 4 * n)), 4 * n)
+  skip_if_not(file.exists("/proc/self/maps"), "needs /proc")
   rs <- local_session()
   load <- function(p, framework, backend) {
-    x <- safetensors::safe_load_file(p, framework = framework, backend = backend)
-    "finished"
+    safetensors::safe_load_file(p, framework = framework, backend = backend)
   }
-  for (how in list(c("r", "read"), c("r", "mmap"), c("raw", "read"))) {
+  before <- resources(rs, path)
+  for (how in list(c("r", "read"), c("r", "mmap"), c("raw", "read"), c("raw", "mmap"))) {
     res <- interrupt_call(rs, load, list(path, how[[1]], how[[2]]))
     expect_interrupted(res)
     expect_identical(rs$run(function() sum(1:10)), 55L)
+    expect_identical(resources(rs, path), before)
   }
   # The session still loads files after the interrupts.
   small <- withr::local_tempfile(fileext = ".safetensors")
@@ -70,7 +92,6 @@ test_that("Ctrl-C stops a multi-gigabyte save and leaves no file", {
   })
   save <- function(p, dtype) {
     safetensors::safe_save_file(x, p, dtype = dtype)
-    "finished"
   }
   # F16 is interrupted while converting, F64 mostly while writing or
   # flushing to disk.
