@@ -23,9 +23,11 @@
 #' the file's dtype in attribute `"dtype"`, so [safe_save_file()] writes it
 #' back with the same dtype and bytes.
 #'
-#' @param path A path to a `.safetensors` file, a raw vector holding a whole
-#'   file, or a binary connection (opened for reading, or not yet opened; it
-#'   need not be seekable).
+#' @param path A path to a `.safetensors` file, a path to a sharded
+#'   checkpoint's index (a file name ending in `.json`, such as
+#'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
+#'   binary connection (opened for reading, or not yet opened; it need not be
+#'   seekable).
 #' @param buffer A raw vector holding a whole safetensors file.
 #' @param ... Passed on to the framework's tensor constructor, for example
 #'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
@@ -35,7 +37,8 @@
 #'   and `"shape"` attributes, or the name of a framework registered in
 #'   [safetensors_frameworks], such as `"torch"`.
 #' @param tensors Names of the tensors to read, in the order wanted. `NULL`
-#'   (the default) reads all of them, in file order.
+#'   (the default) reads all of them, in file order. Only the bytes of the
+#'   tensors asked for are read from the file.
 #' @param backend How a file is read: `"read"` (the default) copies each
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
 #'   maps the file into memory and converts from the mapping.
@@ -44,6 +47,12 @@
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
 #'   the file's `__metadata__` as a named list of strings), and
 #'   `"max_offset"`, the file offset just past the last tensor read.
+#'
+#'   For a sharded checkpoint, the tensors of the index's weight map (shard
+#'   by shard, in file order within each shard), with the tensors' header
+#'   entries (offsets relative to their shard) and the first shard's
+#'   `__metadata__` as `"metadata"`, and the largest such offset in any
+#'   shard as `"max_offset"`.
 #' @seealso [safe_save_file()] to write files, [safe_serialize()] to write
 #'   raw vectors.
 #' @export
@@ -60,6 +69,9 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   framework <- check_framework(framework)
   backend <- rlang::arg_match(backend)
   check_tensor_names(tensors)
+  if (is_index_path(path)) {
+    return(load_index(path, tensors, framework, list(...), backend))
+  }
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
     check_string(path)

@@ -41,6 +41,10 @@ pub enum Kind {
     FileNotFound,
     /// The file changed size or content under an open handle.
     FileChanged,
+    /// A handle was used after it was closed.
+    Closed,
+    /// A sharded checkpoint's index file is malformed.
+    InvalidIndex,
     /// Any other operating-system I/O failure.
     Io,
     /// Not enough memory for the result.
@@ -70,6 +74,8 @@ impl Kind {
             Kind::Unsupported => "unsupported",
             Kind::FileNotFound => "file_not_found",
             Kind::FileChanged => "file_changed",
+            Kind::Closed => "closed",
+            Kind::InvalidIndex => "invalid_index",
             Kind::Io => "io",
             Kind::Memory => "memory",
             Kind::Interrupted => "interrupted",
@@ -91,6 +97,7 @@ impl Kind {
                 | Kind::Overflow
                 | Kind::Misaligned
                 | Kind::DuplicateName
+                | Kind::InvalidIndex
         )
     }
 }

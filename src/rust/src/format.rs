@@ -107,6 +107,18 @@ pub fn header_len(prefix: &[u8], total_len: u64) -> Result<usize> {
 /// Parses and validates the JSON header `json` (N bytes) of a file whose data
 /// section has `data_len` bytes.
 pub fn parse_header(json: &[u8], data_len: usize) -> Result<Header> {
+    parse_header_impl(json, Some(data_len))
+}
+
+/// Parses and validates the JSON header `json` when the length of the data
+/// section is unknown (a header read from a stream): everything is checked
+/// except that the tensors cover the data section exactly, whose length is
+/// taken to be what the tensors cover.
+pub fn parse_header_only(json: &[u8]) -> Result<Header> {
+    parse_header_impl(json, None)
+}
+
+fn parse_header_impl(json: &[u8], data_len: Option<usize>) -> Result<Header> {
     let text = std::str::from_utf8(json)
         .map_err(|e| Error::new(Kind::InvalidHeader, format!("the header is not valid UTF-8: {e}")))?;
     let raw: RawHeader = serde_json::from_str(text)
@@ -121,7 +133,7 @@ pub fn parse_header(json: &[u8], data_len: usize) -> Result<Header> {
     validate(raw, json.len(), data_len)
 }
 
-fn validate(raw: RawHeader, header_len: usize, data_len: usize) -> Result<Header> {
+fn validate(raw: RawHeader, header_len: usize, data_len: Option<usize>) -> Result<Header> {
     let mut order: Vec<usize> = (0..raw.tensors.len()).collect();
     // Stable sort: ties (zero-size tensors) keep their JSON order.
     order.sort_by_key(|&i| (raw.tensors[i].data_offsets.0, raw.tensors[i].data_offsets.1));
@@ -184,6 +196,7 @@ fn validate(raw: RawHeader, header_len: usize, data_len: usize) -> Result<Header
         expected = end;
         tensors.push(TensorInfo { name: t.name, dtype: t.dtype, shape: t.shape, begin, end });
     }
+    let data_len = data_len.unwrap_or(expected);
     if expected != data_len {
         return Err(Error::new(
             Kind::IncompleteBuffer,

@@ -30,7 +30,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Result<Mode> {
+    /// Parses a mode name.
+    pub fn parse(s: &str) -> Result<Mode> {
         match s {
             "array" => Ok(Mode::Array),
             "raw" => Ok(Mode::Raw),
@@ -53,12 +54,47 @@ pub struct Reader<'a> {
     pub(crate) src: &'a dyn Source,
     window: Vec<u8>,
     window_start: usize,
+    /// Absolute byte spans the window may cover (sorted, disjoint), so that
+    /// reading some tensors never reads the bytes of others; empty means the
+    /// whole source.
+    spans: Vec<(usize, usize)>,
 }
 
 impl<'a> Reader<'a> {
-    /// A reader over `src`.
+    /// A reader over `src` whose window may cover any of its bytes.
+    #[allow(dead_code)] // kept for readers of whole files
     pub fn new(src: &'a dyn Source) -> Reader<'a> {
-        Reader { src, window: Vec::new(), window_start: 0 }
+        Reader { src, window: Vec::new(), window_start: 0, spans: Vec::new() }
+    }
+
+    /// A reader over `src` for the tensors at `which` only: its window
+    /// never extends past the bytes of those tensors.
+    pub fn for_tensors(src: &'a dyn Source, header: &Header, which: &[usize]) -> Reader<'a> {
+        let base = header.data_start();
+        let mut spans: Vec<(usize, usize)> =
+            which.iter().map(|&i| (base + header.tensors[i].begin, base + header.tensors[i].end)).collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (b, e) in spans {
+            match merged.last_mut() {
+                Some(last) if b <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((b, e)),
+            }
+        }
+        Reader { src, window: Vec::new(), window_start: 0, spans: merged }
+    }
+
+    /// End of the span holding `off`, or of the source.
+    fn span_end(&self, off: usize) -> usize {
+        let total = self.src.len() as usize;
+        if self.spans.is_empty() {
+            return total;
+        }
+        let i = self.spans.partition_point(|s| s.1 <= off);
+        match self.spans.get(i) {
+            Some(&(b, e)) if b <= off => e.min(total),
+            _ => total,
+        }
     }
 
     /// Bytes `[off, off + n)` from the source's memory or the window, or
@@ -73,8 +109,7 @@ impl<'a> Reader<'a> {
         let end = off + n;
         let inside = off >= self.window_start && end <= self.window_start + self.window.len();
         if !inside {
-            let total = self.src.len() as usize;
-            let len = WINDOW.max(n).min(total.saturating_sub(off));
+            let len = WINDOW.max(n).min(self.span_end(off).saturating_sub(off));
             if len < n {
                 return Err(Error::new(Kind::FileChanged, "the file ended early; it was truncated after it was opened"));
             }
@@ -104,7 +139,7 @@ fn row_offset(info: &TensorInfo, r: usize) -> usize {
     r * row_len(&info.shape) * info.dtype.bits() / 8
 }
 
-fn dst_of(x: &mut Robj, rt: RType) -> Dst<'_> {
+pub(crate) fn dst_of(x: &mut Robj, rt: RType) -> Dst<'_> {
     // SAFETY: each arm matches the type the vector was allocated with.
     unsafe {
         match rt {
@@ -116,7 +151,7 @@ fn dst_of(x: &mut Robj, rt: RType) -> Dst<'_> {
     }
 }
 
-fn merge(a: DecodeStats, b: DecodeStats) -> DecodeStats {
+pub(crate) fn merge(a: DecodeStats, b: DecodeStats) -> DecodeStats {
     DecodeStats { inexact: a.inexact + b.inexact, int_min: a.int_min + b.int_min }
 }
 
@@ -286,7 +321,7 @@ pub(crate) fn check_strings(header: &Header) -> Result<()> {
     Ok(())
 }
 
-fn offset_robj(begin: usize, end: usize) -> Robj {
+pub(crate) fn offset_robj(begin: usize, end: usize) -> Robj {
     if end <= i32::MAX as usize {
         Robj::from(&[begin as i32, end as i32][..])
     } else {
@@ -374,7 +409,7 @@ pub fn info_robj(header: &Header, file_len: u64) -> Robj {
 /// Reads the tensors at `which` into a named list, returned with the header
 /// list, per-tensor conversion notes and the largest absolute end offset.
 pub fn read_all(src: &dyn Source, header: &Header, which: &[usize], mode: Mode) -> Result<Robj> {
-    let mut reader = Reader::new(src);
+    let mut reader = Reader::for_tensors(src, header, which);
     let mut values = Vec::with_capacity(which.len());
     let mut inexact = Vec::with_capacity(which.len());
     let mut int_min = Vec::with_capacity(which.len());
@@ -399,7 +434,7 @@ pub(crate) fn raw_bytes(buf: &Robj) -> Result<&[u8]> {
     buf.as_raw_slice().ok_or_else(|| Error::new(Kind::InvalidArgument, "the buffer must be a raw vector"))
 }
 
-fn read_source(src: &dyn Source, names: &Robj, mode: &str) -> Result<Robj> {
+pub(crate) fn read_source(src: &dyn Source, names: &Robj, mode: &str) -> Result<Robj> {
     let mode = Mode::parse(mode)?;
     let header = io::read_header(src)?;
     check_strings(&header)?;
@@ -454,4 +489,61 @@ extendr_module! {
     fn read_raw_;
     fn info_file_;
     fn info_raw_;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A source that must be read (no memory view) and records its reads.
+    struct Counting {
+        bytes: Vec<u8>,
+        reads: RefCell<Vec<(usize, usize)>>,
+    }
+
+    impl Source for Counting {
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn view(&self, _: usize, _: usize) -> Result<Option<&[u8]>> {
+            Ok(None)
+        }
+        fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
+            self.reads.borrow_mut().push((off, buf.len()));
+            Memory(&self.bytes).read_at(off, buf)
+        }
+    }
+
+    #[test]
+    fn window_covers_only_the_tensors_asked_for() {
+        // Four U8 tensors of 100 bytes each.
+        let json = r#"{"a":{"dtype":"U8","shape":[100],"data_offsets":[0,100]},"b":{"dtype":"U8","shape":[100],"data_offsets":[100,200]},"c":{"dtype":"U8","shape":[100],"data_offsets":[200,300]},"d":{"dtype":"U8","shape":[100],"data_offsets":[300,400]}}"#;
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        bytes.extend((0..400).map(|i| (i % 251) as u8));
+        let src = Counting { bytes, reads: RefCell::new(Vec::new()) };
+        let header = io::read_header(&src).unwrap();
+        let base = header.data_start();
+        src.reads.borrow_mut().clear();
+        // Adjacent b and c come in one read; b and d apart in two; a never.
+        for (which, want) in [
+            (vec![1, 2], vec![(base + 100, 200)]),
+            (vec![3, 1], vec![(base + 300, 100), (base + 100, 100)]),
+        ] {
+            src.reads.borrow_mut().clear();
+            let mut reader = Reader::for_tensors(&src, &header, &which);
+            for &i in &which {
+                let t = &header.tensors[i];
+                let got = reader.small_or_view(base + t.begin, t.nbytes()).unwrap().unwrap().to_vec();
+                assert_eq!(got, src.bytes[base + t.begin..base + t.end]);
+            }
+            assert_eq!(*src.reads.borrow(), want);
+        }
+        // A reader over the whole source reads ahead to its end.
+        src.reads.borrow_mut().clear();
+        let mut all = Reader::new(&src);
+        all.small_or_view(base + 100, 100).unwrap();
+        assert_eq!(*src.reads.borrow(), vec![(base + 100, 300)]);
+    }
 }
