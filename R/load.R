@@ -141,7 +141,7 @@ read_connection <- function(con) {
     if (length(chunk) == 0) break
     chunks[[length(chunks) + 1L]] <- chunk
   }
-  if (length(chunks) == 1L) chunks[[1L]] else unlist(chunks, use.names = FALSE)
+  switch(min(length(chunks), 2L) + 1L, raw(), chunks[[1L]], unlist(chunks, use.names = FALSE))
 }
 
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds

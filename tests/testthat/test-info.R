@@ -1,20 +1,3 @@
-# A file whose header is written by hand: JSON order differs from file
-# order, and the metadata is given.
-hand_made <- function(metadata = "{\"format\":\"pt\"}") {
-  json <- paste0(
-    "{\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,16]},",
-    if (!is.null(metadata)) paste0("\"__metadata__\":", metadata, ","),
-    "\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]}}"
-  )
-  header <- charToRaw(json)
-  c(
-    writeBin(length(header), raw(), size = 4, endian = "little"), raw(4),
-    header,
-    writeBin(1.5, raw(), endian = "little"),
-    writeBin(c(7L, -7L), raw(), size = 4, endian = "little")
-  )
-}
-
 test_that("safe_info() describes every tensor with absolute offsets", {
   bytes <- hand_made()
   info <- safe_info(bytes)

@@ -18,7 +18,7 @@ use extendr_api::prelude::*;
 use crate::error::{Error, Kind, Result};
 use crate::format::TensorSpec;
 use crate::io::AtomicFile;
-use crate::robj::to_r;
+use crate::robj::{self, to_r};
 use crate::save::{encode_blocks, items, plan};
 
 /// A save in progress: the temporary file, and the tensors still to write.
@@ -147,7 +147,7 @@ fn writer_commit_(w: Robj, sync: bool) -> Robj {
             ));
         }
         let size = open.prefix_len.saturating_add(open.offsets.last().map_or(0, |o| o.1));
-        open.file.commit(sync)?;
+        open.file.commit_polling(sync, &mut robj::check_interrupt_now)?;
         Ok(Robj::from(size as f64))
     })())
 }

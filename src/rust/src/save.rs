@@ -264,7 +264,7 @@ fn write_file_(
         }
         w.flush().map_err(werr)?;
         drop(w);
-        out.commit(sync)?;
+        out.commit_polling(sync, &mut robj::check_interrupt_now)?;
         Ok(Robj::from(layout.file_len().unwrap_or(0) as f64))
     })())
 }
