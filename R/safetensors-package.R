@@ -25,9 +25,9 @@
 #' checkpoints.
 #'
 #' @section Options:
-#' * `safetensors.progress`: whether loads and saves of files over 64 MiB
-#'   show a progress bar once they have run for two seconds (cli's option
-#'   `cli.progress_show_after`). Default `TRUE`. The bar is shown only in
+#' * `safetensors.progress`: whether loads and saves of more than 64 MiB of
+#'   tensors show a progress bar once they have run for two seconds (cli's
+#'   option `cli.progress_show_after`). Default `TRUE`. The bar is shown only in
 #'   interactive sessions, never in knitr documents or testthat tests (see
 #'   [rlang::is_interactive()]); set the option to `FALSE` to never show
 #'   it. With a bar, a load reads the tensors in groups of about 64 MiB and
