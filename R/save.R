@@ -67,6 +67,10 @@
 #' atomically, the index last; shards of an earlier save with a different
 #' number of shards are not removed. [safe_open()] and [safe_load_file()]
 #' read the checkpoint through its index.
+#' @section Progress:
+#' In an interactive session, saving more than 64 MiB of tensors to a file
+#' shows a progress bar once it has taken two seconds; option
+#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
 #' @seealso [safe_load_file()]
 #' @export
 #' @examples
@@ -104,8 +108,14 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
   }
   if (is.character(path)) {
     check_string(path)
-    res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync)
-    st_check(res, sprintf("Can't write %s.", describe_source(path)))
+    bar <- NULL
+    if (progress_enabled()) {
+      sizes <- spec_sizes(spec)
+      if (progress_wanted(sizes)) {
+        bar <- progress_bar("Saving", path, sum(sizes))
+      }
+    }
+    write_spec(path.expand(path), spec, sync, bar = bar, label = path)
   } else if (inherits(path, "connection")) {
     bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
     if (!isOpen(path)) {
@@ -204,7 +214,7 @@ default_dtype <- c(
 # (row-major), whether values need the column-major to row-major permutation
 # (R arrays) or are bytes to copy (framework buffers), and the metadata.
 tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
-  if (!is.list(tensors) || is.object(tensors)) {
+  if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
       "invalid_argument",
       "{.arg tensors} must be a named list of tensors, not {.obj_type_friendly {tensors}}.",

@@ -67,15 +67,7 @@ open_index <- function(path, framework, args, backend, call = rlang::caller_env(
 load_index <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
   h <- open_index(path, framework, args, backend, call = call)
   on.exit(close(h), add = TRUE)
-  nms <- if (is.null(tensors)) {
-    names(h)
-  } else {
-    vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
-  }
-  mode <- if (framework == "r") "array" else "raw"
-  res <- read_parts(h, nms, mode, call = call)
-  res$header <- combined_header(h)
-  finish_load(res, framework, args, call = call)
+  load_handle(h, tensors, framework, args, call = call)
 }
 
 # Bits per element of each dtype.
@@ -145,15 +137,12 @@ save_shards <- function(spec, path, max_shard_size, sync, call = rlang::caller_e
   } else {
     sub("\\.index\\.json$", "", path)
   }
-  shapes <- spec[[4]]
-  numel <- vapply(shapes, prod, numeric(1))
-  sizes <- ceiling(numel * unname(dtype_bits[unlist(spec[[3]])]) / 8)
+  sizes <- spec_sizes(spec)
   shard <- shard_of(sizes, limit)
   n <- max(c(0L, shard))
+  bar <- if (progress_wanted(sizes)) progress_bar("Saving", path, sum(sizes))
   write <- function(target, k) {
-    sub <- c(lapply(spec[1:5], function(v) v[k]), spec[6:7])
-    res <- rlang::exec(write_file_, target, !!!sub, sync)
-    st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
+    write_spec(target, spec_subset(spec, k), sync, bar = bar, call = call)
   }
   if (n <= 1) {
     write(base, seq_along(sizes))
