@@ -8,13 +8,14 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
-#' Reads tensors from the file at `path`.
+#' Reads tensors from the file at `path` on `threads` threads (0: the
+#' default).
 #' @noRd
-read_file_ <- function(path, names, mode, backend) .Call(wrap__read_file_, path, names, mode, backend)
+read_file_ <- function(path, names, mode, backend, threads) .Call(wrap__read_file_, path, names, mode, backend, threads)
 
 #' Reads tensors from a raw vector holding a whole file.
 #' @noRd
-read_raw_ <- function(buf, names, mode) .Call(wrap__read_raw_, buf, names, mode)
+read_raw_ <- function(buf, names, mode, threads) .Call(wrap__read_raw_, buf, names, mode, threads)
 
 #' Header facts of the file at `path`, reading the header only.
 #' @noRd
@@ -27,10 +28,10 @@ info_raw_ <- function(buf) .Call(wrap__info_raw_, buf)
 #' Writes a file at `path` atomically: a temporary file beside it, flushed,
 #' then renamed over it.
 #' @noRd
-write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync) .Call(wrap__write_file_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync)
+write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync, threads) .Call(wrap__write_file_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync, threads)
 
 #' Serializes to a raw vector, allocated once at its final size.
 #' @noRd
-serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values)
+serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
 
 # nolint end

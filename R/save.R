@@ -47,6 +47,7 @@
 #'   all tensors, or a named character vector of dtypes for some of them.
 #' @param sync Whether to flush the file to disk (fsync) before renaming it
 #'   over the target. Default `TRUE`.
+#' @inheritSection safe_load_file Threads
 #' @return `safe_save_file()` returns `path`, invisibly. `safe_serialize()`
 #'   returns a raw vector.
 #' @seealso [safe_load_file()]
@@ -70,10 +71,10 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
   spec <- tensor_spec(tensors, dtype, metadata)
   if (is.character(path)) {
     check_string(path)
-    res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync)
+    res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync, st_threads())
     st_check(res, sprintf("Can't write %s.", describe_source(path)))
   } else if (inherits(path, "connection")) {
-    bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+    bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
     if (!isOpen(path)) {
       open(path, "wb")
       on.exit(close(path), add = TRUE)
@@ -93,7 +94,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
 safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
   check_ignored_dots(...)
   spec <- tensor_spec(tensors, dtype, metadata)
-  st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+  st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
 }
 
 #' Raw bytes and description of a framework tensor

@@ -9,6 +9,8 @@
 //! axes in cache-sized tiles. No R types here: destinations and sources are
 //! plain slices laid out as R lays out its vectors.
 
+use std::marker::PhantomData;
+
 use crate::dtype::Dtype;
 use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0};
 
@@ -49,6 +51,18 @@ pub fn is_trivial_layout(shape: &[usize]) -> bool {
 /// dimension; 1 for scalars and vectors).
 pub fn row_len(shape: &[usize]) -> usize {
     shape.iter().skip(1).product()
+}
+
+/// The shape the kernels work on: `shape` without its axes of extent 1,
+/// which change neither the row-major nor the column-major order (so a
+/// `[1, 4096, 4096]` tensor is split into blocks like a matrix).
+pub fn kernel_shape(shape: &[usize]) -> Vec<usize> {
+    let squeezed: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+    if squeezed.is_empty() && !shape.is_empty() {
+        vec![1]
+    } else {
+        squeezed
+    }
 }
 
 /// Number of outer rows (the first dimension; 1 for a scalar).
@@ -142,6 +156,120 @@ pub enum Dst<'a> {
     Complex(&'a mut [[f64; 2]]),
 }
 
+/// A tensor's R vector as a pointer and length, so that several threads can
+/// each write the elements of their own outer rows (disjoint sets of
+/// elements) without holding overlapping `&mut` slices.
+pub struct Out<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+impl<T> Clone for Out<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Out<'_, T> {}
+
+// SAFETY: an `Out` is a `&mut [T]` split by rows: `decode_rows` requires
+// that threads sharing one write disjoint elements, so sending it to
+// another thread is sending part of a `&mut [T]`, which is Send for T: Send.
+unsafe impl<T: Send> Send for Out<'_, T> {}
+// SAFETY: as above; `&Out` only gives the same row-disjoint access.
+unsafe impl<T: Send> Sync for Out<'_, T> {}
+
+impl<'a, T> Out<'a, T> {
+    /// Borrows `x` for the lifetime of the `Out`.
+    pub fn new(x: &'a mut [T]) -> Self {
+        Out { ptr: x.as_mut_ptr(), len: x.len(), _borrow: PhantomData }
+    }
+
+    /// An `Out` over `len` elements at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` elements for `'a`
+    /// (dangling but aligned when `len` is 0), and only accessed through
+    /// this `Out` meanwhile.
+    pub unsafe fn from_raw(ptr: *mut T, len: usize) -> Self {
+        Out { ptr, len, _borrow: PhantomData }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements `[start, start + n)`.
+    ///
+    /// # Safety
+    /// The range must be in bounds, and nothing else may access those
+    /// elements while the slice lives.
+    #[inline(always)]
+    pub unsafe fn part(self, start: usize, n: usize) -> &'a mut [T] {
+        debug_assert!(start <= self.len && n <= self.len - start);
+        // SAFETY: in bounds and unaliased, as the caller guarantees; the
+        // pointer comes from a live `&'a mut [T]`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), n) }
+    }
+
+    /// Writes element `i`.
+    ///
+    /// # Safety
+    /// As for [`Out::part`] with the range `[i, i + 1)`.
+    #[inline(always)]
+    unsafe fn set(self, i: usize, v: T) {
+        debug_assert!(i < self.len);
+        // SAFETY: as the caller guarantees.
+        unsafe { self.ptr.add(i).write(v) }
+    }
+}
+
+/// A decode destination that threads can share (see [`decode_rows`]).
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// `double`
+    Real(Out<'a, f64>),
+    /// `integer`
+    Integer(Out<'a, i32>),
+    /// `logical`
+    Logical(Out<'a, i32>),
+    /// `complex` as (re, im) pairs
+    Complex(Out<'a, [f64; 2]>),
+}
+
+impl<'a> Target<'a> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Target::Real(o) => o.len(),
+            Target::Integer(o) | Target::Logical(o) => o.len(),
+            Target::Complex(o) => o.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<Dst<'a>> for Target<'a> {
+    fn from(d: Dst<'a>) -> Self {
+        match d {
+            Dst::Real(x) => Target::Real(Out::new(x)),
+            Dst::Integer(x) => Target::Integer(Out::new(x)),
+            Dst::Logical(x) => Target::Logical(Out::new(x)),
+            Dst::Complex(x) => Target::Complex(Out::new(x)),
+        }
+    }
+}
+
 /// What decoding noticed about the values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecodeStats {
@@ -151,10 +279,18 @@ pub struct DecodeStats {
     pub int_min: usize,
 }
 
+impl DecodeStats {
+    /// The counts of `self` and `other` added.
+    pub fn merge(self, other: DecodeStats) -> DecodeStats {
+        DecodeStats { inexact: self.inexact + other.inexact, int_min: self.int_min + other.int_min }
+    }
+}
+
+/// The first `W` bytes of `s`.
 #[inline(always)]
-fn le<const W: usize>(src: &[u8], i: usize) -> [u8; W] {
+fn arr<const W: usize>(s: &[u8]) -> [u8; W] {
     let mut b = [0u8; W];
-    b.copy_from_slice(&src[i * W..i * W + W]);
+    b.copy_from_slice(&s[..W]);
     b
 }
 
@@ -173,37 +309,75 @@ const EXACT_LIMIT: u64 = 1 << 53;
 /// Decodes outer rows `[row0, row1)` of a tensor from `src` (the bytes of
 /// exactly those rows) into `dst` (the whole tensor's R vector).
 ///
-/// The caller guarantees `src` holds the rows, `dst` holds the tensor, and
-/// `dst`'s type is the one [`r_type`] gives (or `Real` for any numeric dtype).
+/// `dst`'s type must be the one [`r_type`] gives (or `Real` for any numeric
+/// dtype); `src` must hold the rows and `dst` the whole tensor. Arguments
+/// that break these rules leave `dst` untouched.
 pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usize, dst: Dst<'_>) -> DecodeStats {
+    // SAFETY: `dst` is borrowed exclusively for this call.
+    unsafe { decode_rows(dtype, src, shape, row0, row1, Target::from(dst)) }
+}
+
+/// [`decode`] into a target that other threads may be filling too.
+///
+/// # Safety
+/// While this runs, nothing else may access the target's elements that
+/// belong to outer rows `[row0, row1)`; other threads may decode other rows
+/// of the same target.
+pub unsafe fn decode_rows(
+    dtype: Dtype,
+    src: &[u8],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    dst: Target<'_>,
+) -> DecodeStats {
     let mut stats = DecodeStats::default();
-    macro_rules! run {
-        ($out:expr, |$s:ident, $i:ident| $e:expr) => {{
-            let out = $out;
-            let $s = src;
-            for_each_index(shape, row0, row1, |$i, cm| out[cm] = $e);
-        }};
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
+    let (Some(numel), Some(need)) = (numel, need) else {
+        return stats;
+    };
+    if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel {
+        return stats;
+    }
+    // From here on every row-major index within the block and every
+    // column-major index of rows [row0, row1) is in bounds (see `kernel`).
+    macro_rules! k {
+        ($w:literal, $out:expr, |$b:ident| $e:expr) => {
+            // SAFETY: arguments validated above; row-disjointness is this
+            // function's contract.
+            unsafe { kernel::<$w, _>(src, shape, row0, row1, $out, |$b: [u8; $w]| $e) }
+        };
     }
     match dst {
-        Dst::Real(out) => match dtype {
-            Dtype::F64 => run!(out, |s, i| f64::from_le_bytes(le(s, i))),
-            Dtype::F32 => run!(out, |s, i| f32::from_le_bytes(le(s, i)) as f64),
-            Dtype::F16 => run!(out, |s, i| decode_f16(u16::from_le_bytes(le(s, i)))),
-            Dtype::BF16 => run!(out, |s, i| decode_bf16(u16::from_le_bytes(le(s, i)))),
-            Dtype::F8E8M0 => run!(out, |s, i| decode_e8m0(s[i])),
+        Target::Real(out) => match dtype {
+            Dtype::F64 => k!(8, out, |b| f64::from_le_bytes(b)),
+            Dtype::F32 => k!(4, out, |b| f32::from_le_bytes(b) as f64),
+            Dtype::F16 => k!(2, out, |b| decode_f16(u16::from_le_bytes(b))),
+            Dtype::BF16 => k!(2, out, |b| decode_bf16(u16::from_le_bytes(b))),
+            Dtype::F8E8M0 => k!(1, out, |b| decode_e8m0(b[0])),
             Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
-                let Some(c) = floats::codec(dtype) else { return stats };
-                run!(out, |s, i| c.decode(s[i] as u32))
+                let Some(c) = floats::codec(dtype) else {
+                    return stats;
+                };
+                k!(1, out, |b| c.decode(b[0] as u32))
             }
             Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
-                let Some(c) = floats::codec(dtype) else { return stats };
+                let Some(c) = floats::codec(dtype) else {
+                    return stats;
+                };
                 let bits = dtype.bits();
-                run!(out, |s, i| c.decode(packed(s, i, bits)))
+                // Packed: element by element (rare, and blocks start on
+                // byte boundaries).
+                for_each_index(shape, row0, row1, |rm, cm| {
+                    // SAFETY: cm is in rows [row0, row1), validated above.
+                    unsafe { out.set(cm, c.decode(packed(src, rm, bits))) }
+                });
             }
             Dtype::I64 => {
                 let mut inexact = 0;
-                run!(out, |s, i| {
-                    let v = i64::from_le_bytes(le(s, i));
+                k!(8, out, |b| {
+                    let v = i64::from_le_bytes(b);
                     inexact += (v.unsigned_abs() > EXACT_LIMIT) as usize;
                     v as f64
                 });
@@ -211,46 +385,191 @@ pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usiz
             }
             Dtype::U64 => {
                 let mut inexact = 0;
-                run!(out, |s, i| {
-                    let v = u64::from_le_bytes(le(s, i));
+                k!(8, out, |b| {
+                    let v = u64::from_le_bytes(b);
                     inexact += (v > EXACT_LIMIT) as usize;
                     v as f64
                 });
                 stats.inexact = inexact;
             }
-            Dtype::U32 => run!(out, |s, i| u32::from_le_bytes(le(s, i)) as f64),
-            Dtype::I32 => run!(out, |s, i| i32::from_le_bytes(le(s, i)) as f64),
-            Dtype::I16 => run!(out, |s, i| i16::from_le_bytes(le(s, i)) as f64),
-            Dtype::U16 => run!(out, |s, i| u16::from_le_bytes(le(s, i)) as f64),
-            Dtype::I8 => run!(out, |s, i| s[i] as i8 as f64),
-            Dtype::U8 => run!(out, |s, i| s[i] as f64),
-            Dtype::Bool => run!(out, |s, i| (s[i] != 0) as i32 as f64),
+            Dtype::U32 => k!(4, out, |b| u32::from_le_bytes(b) as f64),
+            Dtype::I32 => k!(4, out, |b| i32::from_le_bytes(b) as f64),
+            Dtype::I16 => k!(2, out, |b| i16::from_le_bytes(b) as f64),
+            Dtype::U16 => k!(2, out, |b| u16::from_le_bytes(b) as f64),
+            Dtype::I8 => k!(1, out, |b| b[0] as i8 as f64),
+            Dtype::U8 => k!(1, out, |b| b[0] as f64),
+            Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32 as f64),
             // C64 is always read as complex.
             Dtype::C64 => {}
         },
-        Dst::Integer(out) => match dtype {
+        Target::Integer(out) => match dtype {
             Dtype::I32 => {
-                let mut int_min = 0;
-                run!(out, |s, i| {
-                    let v = i32::from_le_bytes(le(s, i));
-                    int_min += (v == i32::MIN) as usize;
-                    v
-                });
-                stats.int_min = int_min;
+                k!(4, out, |b| i32::from_le_bytes(b));
+                stats.int_min = count_int_min(src, need);
             }
-            Dtype::I16 => run!(out, |s, i| i16::from_le_bytes(le(s, i)) as i32),
-            Dtype::U16 => run!(out, |s, i| u16::from_le_bytes(le(s, i)) as i32),
-            Dtype::I8 => run!(out, |s, i| s[i] as i8 as i32),
-            Dtype::U8 => run!(out, |s, i| s[i] as i32),
-            Dtype::Bool => run!(out, |s, i| (s[i] != 0) as i32),
+            Dtype::I16 => k!(2, out, |b| i16::from_le_bytes(b) as i32),
+            Dtype::U16 => k!(2, out, |b| u16::from_le_bytes(b) as i32),
+            Dtype::I8 => k!(1, out, |b| b[0] as i8 as i32),
+            Dtype::U8 => k!(1, out, |b| b[0] as i32),
+            Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32),
             _ => {}
         },
-        Dst::Logical(out) => run!(out, |s, i| (s[i] != 0) as i32),
-        Dst::Complex(out) => {
-            run!(out, |s, i| [f32::from_le_bytes(le(s, 2 * i)) as f64, f32::from_le_bytes(le(s, 2 * i + 1)) as f64])
+        Target::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
+        Target::Complex(out) => {
+            k!(8, out, |b| {
+                let re = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let im = f32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                [re as f64, im as f64]
+            })
         }
     }
     stats
+}
+
+/// Number of little-endian I32 values equal to `i32::MIN` in `src[..n]`.
+fn count_int_min(src: &[u8], n: usize) -> usize {
+    src[..n].chunks_exact(4).filter(|c| arr::<4>(c) == i32::MIN.to_le_bytes()).count()
+}
+
+/// Number of little-endian I32 values equal to `i32::MIN` (R's
+/// `NA_integer_`) in `src`, a whole number of I32 values.
+pub fn count_i32_min(src: &[u8]) -> usize {
+    count_int_min(src, src.len() / 4 * 4)
+}
+
+/// Edge of the square tiles the transposing kernels work in: a tile of
+/// 16 x 16 elements reads 16 runs of 16 source elements and writes 16 runs
+/// of 16 destination elements, whole cache lines for every element size
+/// used here, so no line is fetched twice however the strides alias.
+const KTILE: usize = 16;
+
+/// The decoding kernel: converts each `W`-byte element of rows
+/// `[row0, row1)` with `conv` and stores it at its column-major position.
+///
+/// # Safety
+/// `src` holds at least the rows' `W`-byte elements, `out` has exactly the
+/// tensor's element count, `row0 <= row1 <= n_rows(shape)`, and nothing else
+/// accesses `out`'s elements of these rows meanwhile.
+#[inline(always)]
+unsafe fn kernel<const W: usize, T: Copy + Default>(
+    src: &[u8],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    out: Out<'_, T>,
+    mut conv: impl FnMut([u8; W]) -> T,
+) {
+    let rl = row_len(shape);
+    let n = shape.len();
+    if n <= 1 || is_trivial_layout(shape) {
+        // Same order in the file and in R: rows [row0, row1) are the
+        // contiguous elements [row0 * rl, row1 * rl).
+        // SAFETY: in bounds by the contract; these are this call's rows.
+        let dst = unsafe { out.part(row0 * rl, (row1 - row0) * rl) };
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(W)) {
+            *d = conv(arr(s));
+        }
+        return;
+    }
+    let last = shape[n - 1];
+    // Column-major stride of the last axis.
+    let cm_last: usize = shape[..n - 1].iter().product();
+    let middle = &shape[1..n - 1];
+    let mut idx = [0usize; 8];
+    let mut idx_heap = Vec::new();
+    let idx: &mut [usize] = if middle.len() <= idx.len() {
+        &mut idx[..middle.len()]
+    } else {
+        idx_heap.resize(middle.len(), 0);
+        &mut idx_heap
+    };
+    let (mut rm_base, mut cm_base) = (0usize, 0usize);
+    loop {
+        // One 2-D transpose: rows [row0, row1) x the last axis, at this
+        // index of the middle axes.
+        // SAFETY: forwarded contract; the element (i, j) of this slab is
+        // row-major `(i - row0) * rl + rm_base + j` < (row1 - row0) * rl and
+        // column-major `i + cm_base + j * cm_last` < numel, with `i` in this
+        // call's rows.
+        unsafe { transpose::<W, T, _>(src, rm_base, rl, row1 - row0, last, out, cm_base + row0, cm_last, &mut conv) };
+        // Odometer over the middle axes, last fastest as in row-major order.
+        let mut k = middle.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            // Row-major stride of middle axis k: the product of the axes
+            // after it; column-major: the product of the axes before it.
+            let rm_stride: usize = middle[k + 1..].iter().product::<usize>() * last;
+            let cm_stride: usize = shape[..k + 1].iter().product();
+            rm_base += rm_stride;
+            cm_base += cm_stride;
+            if idx[k] < middle[k] {
+                break;
+            }
+            rm_base -= rm_stride * middle[k];
+            cm_base -= cm_stride * middle[k];
+            idx[k] = 0;
+        }
+    }
+}
+
+/// Transposes a `rows x cols` slab: element `(i, j)` is read at element
+/// `base + i * stride + j` of `src` and written to `dbase + i + j * dstride`
+/// of `out`, converted by `conv`, in 16 x 16 tiles.
+///
+/// # Safety
+/// Every such read and write is in bounds, and nothing else accesses the
+/// written elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; W]) -> T>(
+    src: &[u8],
+    base: usize,
+    stride: usize,
+    rows: usize,
+    cols: usize,
+    out: Out<'_, T>,
+    dbase: usize,
+    dstride: usize,
+    conv: &mut F,
+) {
+    let mut ib = 0;
+    while ib + KTILE <= rows {
+        let mut jb = 0;
+        while jb + KTILE <= cols {
+            let mut tile = [[T::default(); KTILE]; KTILE];
+            for i in 0..KTILE {
+                let at = (base + (ib + i) * stride + jb) * W;
+                let s = &src[at..at + KTILE * W];
+                for (col, c) in tile.iter_mut().zip(s.chunks_exact(W)) {
+                    col[i] = conv(arr(c));
+                }
+            }
+            for (j, col) in tile.iter().enumerate() {
+                // SAFETY: the caller's contract covers (ib..ib+16, jb + j).
+                unsafe { out.part(dbase + ib + (jb + j) * dstride, KTILE) }.copy_from_slice(col);
+            }
+            jb += KTILE;
+        }
+        for i in ib..ib + KTILE {
+            for j in jb..cols {
+                let v = conv(arr(&src[(base + i * stride + j) * W..]));
+                // SAFETY: the caller's contract covers (i, j).
+                unsafe { out.set(dbase + i + j * dstride, v) };
+            }
+        }
+        ib += KTILE;
+    }
+    for i in ib..rows {
+        let at = (base + i * stride) * W;
+        for (j, c) in src[at..at + cols * W].chunks_exact(W).enumerate() {
+            // SAFETY: the caller's contract covers (i, j).
+            unsafe { out.set(dbase + i + j * dstride, conv(arr(c))) };
+        }
+    }
 }
 
 /// Where encoded values come from: an R vector's data, column-major.
@@ -282,6 +601,21 @@ impl Src<'_> {
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Elements `[start, start + n)` (clamped to the vector).
+    pub fn slice(&self, start: usize, n: usize) -> Src<'_> {
+        fn sub<T>(x: &[T], start: usize, n: usize) -> &[T] {
+            let a = start.min(x.len());
+            &x[a..(a + n).min(x.len())]
+        }
+        match *self {
+            Src::Real(x) => Src::Real(sub(x, start, n)),
+            Src::Integer(x) => Src::Integer(sub(x, start, n)),
+            Src::Logical(x) => Src::Logical(sub(x, start, n)),
+            Src::Raw(x) => Src::Raw(sub(x, start, n)),
+            Src::Complex(x) => Src::Complex(sub(x, start, n)),
+        }
     }
 }
 
@@ -325,7 +659,11 @@ fn get(src: Src<'_>, cm: usize) -> Num {
         Src::Real(x) => Num::F(x[cm]),
         Src::Integer(x) | Src::Logical(x) => {
             let v = x[cm];
-            if v == i32::MIN { Num::Na } else { Num::I(v as i64) }
+            if v == i32::MIN {
+                Num::Na
+            } else {
+                Num::I(v as i64)
+            }
         }
         Src::Raw(x) => Num::I(x[cm] as i64),
         Src::Complex(x) => Num::C(x[cm][0], x[cm][1]),
@@ -351,7 +689,11 @@ fn int_in<T: TryFrom<i128>>(v: Num) -> Option<T> {
 /// exactly those rows. For sub-byte dtypes `out` must start zeroed.
 ///
 /// Floats round to nearest even; integers must be whole and in range;
-/// BOOL takes 0 and 1; NA of integer and logical vectors is rejected.
+/// BOOL takes 0 and 1; NA of integer and logical vectors is rejected. The
+/// error names the first value in R's (column-major) order that can't be
+/// encoded, whichever block it is in, so it doesn't depend on how a tensor
+/// is split into blocks or threads. Arguments that don't fit together
+/// (lengths, rows) encode nothing.
 pub fn encode(
     dtype: Dtype,
     src: Src<'_>,
@@ -360,7 +702,170 @@ pub fn encode(
     row1: usize,
     out: &mut [u8],
 ) -> Result<(), EncodeError> {
-    let mut bad: Option<EncodeError> = None;
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
+    let (Some(numel), Some(need)) = (numel, need) else {
+        return Ok(());
+    };
+    if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel {
+        return Ok(());
+    }
+    let out = &mut out[..need];
+    macro_rules! k {
+        ($w:literal, $x:expr, |$v:ident| $e:expr) => {
+            ekernel::<$w, _>($x, shape, row0, row1, out, |$v| $e)
+        };
+    }
+    let ok = match (dtype, src) {
+        (Dtype::F64, Src::Real(x)) => k!(8, x, |v| Some(v.to_le_bytes())),
+        (Dtype::F32, Src::Real(x)) => k!(4, x, |v| {
+            let f = v as f32;
+            (f.is_finite() || !v.is_finite()).then_some(f.to_le_bytes())
+        }),
+        (Dtype::F16 | Dtype::BF16, Src::Real(x)) => match floats::codec(dtype) {
+            Some(c) => k!(2, x, |v| c.encode(v).map(|b| (b as u16).to_le_bytes())),
+            None => false,
+        },
+        (Dtype::F64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as f64).to_le_bytes())),
+        (Dtype::I32, Src::Integer(x)) => k!(4, x, |v| (v != i32::MIN).then_some(v.to_le_bytes())),
+        (Dtype::I64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as i64).to_le_bytes())),
+        (Dtype::U8, Src::Raw(x)) => k!(1, x, |v| Some([v])),
+        (Dtype::Bool, Src::Logical(x)) => k!(1, x, |v| (v == 0 || v == 1).then_some([v as u8])),
+        _ => encode_generic(dtype, src, shape, row0, row1, out),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(first_bad(dtype, src).unwrap_or(EncodeError { index: 0, value: Num::Na }))
+}
+
+/// The first element of `src`, in R's order, that `dtype` can't hold.
+fn first_bad(dtype: Dtype, src: Src<'_>) -> Option<EncodeError> {
+    let mut one = [0u8; 8];
+    (0..src.len()).find_map(|i| {
+        one = [0; 8];
+        let ok = encode_generic(dtype, src.slice(i, 1), &[1], 0, 1, &mut one);
+        (!ok).then(|| EncodeError { index: i, value: get(src, i) })
+    })
+}
+
+/// The encoding kernel: element `(i, ...)` of rows `[row0, row1)`, read at
+/// its column-major position in `x`, converted by `conv` and stored at its
+/// row-major position in `out` (the rows' bytes). Returns whether `conv`
+/// accepted every value (rejected ones are stored as zeros).
+///
+/// The caller has checked that `x` holds the tensor, `out` the rows, and
+/// `row0 <= row1 <= n_rows(shape)`.
+#[inline(always)]
+fn ekernel<const W: usize, S: Copy>(
+    x: &[S],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    out: &mut [u8],
+    mut conv: impl FnMut(S) -> Option<[u8; W]>,
+) -> bool {
+    let rl = row_len(shape);
+    let n = shape.len();
+    let mut ok = true;
+    if n <= 1 || is_trivial_layout(shape) {
+        for (o, &v) in out.chunks_exact_mut(W).zip(&x[row0 * rl..row1 * rl]) {
+            let b = conv(v);
+            ok &= b.is_some();
+            o.copy_from_slice(&b.unwrap_or([0; W]));
+        }
+        return ok;
+    }
+    let last = shape[n - 1];
+    let cm_last: usize = shape[..n - 1].iter().product();
+    let middle = &shape[1..n - 1];
+    let mut idx = vec![0usize; middle.len()];
+    let (mut rm_base, mut cm_base) = (0usize, 0usize);
+    loop {
+        ok &= etranspose::<W, S, _>(x, cm_base + row0, cm_last, row1 - row0, last, out, rm_base, rl, &mut conv);
+        let mut k = middle.len();
+        loop {
+            if k == 0 {
+                return ok;
+            }
+            k -= 1;
+            idx[k] += 1;
+            let rm_stride: usize = middle[k + 1..].iter().product::<usize>() * last;
+            let cm_stride: usize = shape[..k + 1].iter().product();
+            rm_base += rm_stride;
+            cm_base += cm_stride;
+            if idx[k] < middle[k] {
+                break;
+            }
+            rm_base -= rm_stride * middle[k];
+            cm_base -= cm_stride * middle[k];
+            idx[k] = 0;
+        }
+    }
+}
+
+/// Transposes a `rows x cols` slab back to row-major: element `(i, j)` is
+/// read at `xbase + i + j * xstride` of `x` and written as `W` bytes at
+/// element `base + i * stride + j` of `out`, in 16 x 16 tiles.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn etranspose<const W: usize, S: Copy, F: FnMut(S) -> Option<[u8; W]>>(
+    x: &[S],
+    xbase: usize,
+    xstride: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [u8],
+    base: usize,
+    stride: usize,
+    conv: &mut F,
+) -> bool {
+    #[inline(always)]
+    fn put<const W: usize>(out: &mut [u8], at: usize, v: Option<[u8; W]>) -> bool {
+        out[at * W..at * W + W].copy_from_slice(&v.unwrap_or([0; W]));
+        v.is_some()
+    }
+    let mut ok = true;
+    let mut ib = 0;
+    while ib + KTILE <= rows {
+        let mut jb = 0;
+        while jb + KTILE <= cols {
+            let mut tile = [[[0u8; W]; KTILE]; KTILE];
+            for j in 0..KTILE {
+                let at = xbase + ib + (jb + j) * xstride;
+                for (row, &v) in tile.iter_mut().zip(&x[at..at + KTILE]) {
+                    let b = conv(v);
+                    ok &= b.is_some();
+                    row[j] = b.unwrap_or([0; W]);
+                }
+            }
+            for (i, row) in tile.iter().enumerate() {
+                let at = (base + (ib + i) * stride + jb) * W;
+                out[at..at + KTILE * W].copy_from_slice(row.as_flattened());
+            }
+            jb += KTILE;
+        }
+        for i in ib..ib + KTILE {
+            for j in jb..cols {
+                ok &= put(out, base + i * stride + j, conv(x[xbase + i + j * xstride]));
+            }
+        }
+        ib += KTILE;
+    }
+    for i in ib..rows {
+        for j in 0..cols {
+            ok &= put(out, base + i * stride + j, conv(x[xbase + i + j * xstride]));
+        }
+    }
+    ok
+}
+
+/// The element-by-element encoder for every dtype and R type: the
+/// reference the fast kernels are tested against, and the path for the
+/// rarer pairs. Returns whether every value could be encoded (those that
+/// couldn't are left as zero bytes).
+fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1: usize, out: &mut [u8]) -> bool {
+    let mut ok = true;
     macro_rules! run {
         ($w:literal, |$v:ident| $e:expr) => {{
             for_each_index(shape, row0, row1, |rm, cm| {
@@ -368,11 +873,7 @@ pub fn encode(
                 let enc: Option<[u8; $w]> = $e;
                 match enc {
                     Some(b) => out[rm * $w..rm * $w + $w].copy_from_slice(&b),
-                    None => {
-                        if bad.is_none() {
-                            bad = Some(EncodeError { index: cm, value: $v });
-                        }
-                    }
+                    None => ok = false,
                 }
             });
         }};
@@ -384,16 +885,22 @@ pub fn encode(
             (f.is_finite() || !x.is_finite()).then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
-            let Some(c) = floats::codec(dtype) else { return Ok(()) };
+            let Some(c) = floats::codec(dtype) else {
+                return false;
+            };
             run!(2, |v| v.real().and_then(|x| c.encode(x)).map(|b| (b as u16).to_le_bytes()))
         }
         Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
-            let Some(c) = floats::codec(dtype) else { return Ok(()) };
+            let Some(c) = floats::codec(dtype) else {
+                return false;
+            };
             run!(1, |v| v.real().and_then(|x| c.encode(x)).map(|b| [b as u8]))
         }
         Dtype::F8E8M0 => run!(1, |v| v.real().and_then(encode_e8m0).map(|b| [b])),
         Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
-            let Some(c) = floats::codec(dtype) else { return Ok(()) };
+            let Some(c) = floats::codec(dtype) else {
+                return false;
+            };
             let bits = dtype.bits();
             for_each_index(shape, row0, row1, |rm, cm| {
                 let v = get(src, cm);
@@ -406,11 +913,7 @@ pub fn encode(
                             out[pos / 8 + 1] |= (word >> 8) as u8;
                         }
                     }
-                    None => {
-                        if bad.is_none() {
-                            bad = Some(EncodeError { index: cm, value: v });
-                        }
-                    }
+                    None => ok = false,
                 }
             });
         }
@@ -441,10 +944,7 @@ pub fn encode(
             })
         }),
     }
-    match bad {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    ok
 }
 
 #[cfg(test)]
