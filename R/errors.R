@@ -3,18 +3,20 @@
 #   c("safetensors_error_<kind>", ["safetensors_error_format",]
 #     "safetensors_error", "rlang_error", "error", "condition")
 
-st_abort <- function(kind, message, ..., format = FALSE, call = rlang::caller_env()) {
+# `message` is a cli template, interpolated in the caller's environment.
+st_abort <- function(kind, message, ..., format = FALSE, call = rlang::caller_env(),
+                     .envir = parent.frame()) {
   class <- c(
     paste0("safetensors_error_", kind),
     if (isTRUE(format)) "safetensors_error_format",
     "safetensors_error"
   )
-  cli::cli_abort(message, class = class, ..., call = call)
+  cli::cli_abort(message, class = class, ..., call = call, .envir = .envir)
 }
 
-st_warn <- function(kind, message, ...) {
+st_warn <- function(kind, message, ..., .envir = parent.frame()) {
   class <- c(paste0("safetensors_warning_", kind), "safetensors_warning")
-  cli::cli_warn(message, class = class, ...)
+  cli::cli_warn(message, class = class, ..., .envir = .envir)
 }
 
 # Turns the condition data a Rust entry point returns on failure into a
@@ -25,7 +27,7 @@ st_check <- function(res, what, call = rlang::caller_env()) {
   }
   st_abort(
     res$kind,
-    c(what, x = cli_escape(sentence(res$message))),
+    c(cli_escape(what), x = cli_escape(sentence(res$message))),
     tensor = res$tensor,
     format = res$format,
     call = call

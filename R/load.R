@@ -66,7 +66,6 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   backend <- rlang::arg_match(backend)
   check_tensor_names(tensors)
   mode <- if (framework == "r") "array" else "raw"
-  what <- sprintf("Can't read %s.", describe_source(path))
   res <- if (is.character(path)) {
     check_string(path)
     read_file_(path.expand(path), tensors, mode, backend, st_threads())
@@ -80,7 +79,8 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
       "{.arg path} must be a file path, a raw vector or a connection, not {.obj_type_friendly {path}}."
     )
   }
-  finish_load(st_check(res, what), framework, list(...))
+  # The message is built only on error (cli formatting takes milliseconds).
+  finish_load(st_check(res, sprintf("Can't read %s.", describe_source(path))), framework, list(...))
 }
 
 #' @rdname safe_load_file

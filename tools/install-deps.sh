@@ -3,12 +3,14 @@
 # Idempotent: on a machine that has everything it changes nothing and does no
 # apt work. Needs root (or sudo) only when something is missing.
 #
-#   R and the R packages     Debian r-base-dev and r-cran-* packages
+#   R and the R packages     Debian r-base-dev and r-cran-* packages (and
+#                            rsync, used by tools/dev-install.sh)
 #   Rust (cargo, rustc)      must already be installed (rustup or apt);
 #                            this script only puts ~/.cargo/bin on PATH
-#   Python safetensors 0.8.0 + numpy, for the interop tests (optional;
-#                            skipped with SAFETENSORS_NO_PYTHON=1; when pip
-#                            fails those tests skip)
+#   Python safetensors 0.8.0 + numpy (+ ml_dtypes for BF16/F8/F4), for the
+#                            interop tests (optional; skipped with
+#                            SAFETENSORS_NO_PYTHON=1; when pip fails those
+#                            tests skip)
 #
 # Source it (`. tools/install-deps.sh`) to keep the PATH change, or run it.
 
@@ -16,7 +18,8 @@
 _st_deps_main() {
   local debs="r-base-dev r-cran-testthat r-cran-cli r-cran-r6 r-cran-rlang
     r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-withr r-cran-callr
-    r-cran-processx r-cran-jsonlite r-cran-bench"
+    r-cran-processx r-cran-jsonlite r-cran-bench
+    rsync"   # rsync: tools/dev-install.sh; not on a new machine
   local missing="" p status
 
   # --- Debian packages ---------------------------------------------------------
@@ -78,6 +81,13 @@ _st_deps_main() {
     if ! python3 -m pip install --quiet --disable-pip-version-check \
         "safetensors==0.8.0" numpy </dev/null; then
       echo "install-deps: WARNING: pip install failed; the Python interop tests will skip." >&2
+    fi
+  fi
+  if [ "${SAFETENSORS_NO_PYTHON:-0}" != "1" ] && command -v python3 >/dev/null 2>&1 &&
+     ! python3 -c 'import ml_dtypes' >/dev/null 2>&1; then
+    echo "install-deps: installing Python ml_dtypes with pip (BF16, F8 and F4 interop tests)"
+    if ! python3 -m pip install --quiet --disable-pip-version-check ml_dtypes </dev/null; then
+      echo "install-deps: WARNING: pip install ml_dtypes failed; the BF16/F8/F4 interop tests will skip." >&2
     fi
   fi
   return 0

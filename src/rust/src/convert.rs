@@ -12,7 +12,7 @@
 use std::marker::PhantomData;
 
 use crate::dtype::Dtype;
-use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0};
+use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32};
 
 /// Tile edge for the blocked transposition.
 const TILE: usize = 32;
@@ -352,7 +352,7 @@ pub unsafe fn decode_rows(
     match dst {
         Target::Real(out) => match dtype {
             Dtype::F64 => k!(8, out, |b| f64::from_le_bytes(b)),
-            Dtype::F32 => k!(4, out, |b| f32::from_le_bytes(b) as f64),
+            Dtype::F32 => k!(4, out, |b| widen_f32(u32::from_le_bytes(b))),
             Dtype::F16 => k!(2, out, |b| decode_f16(u16::from_le_bytes(b))),
             Dtype::BF16 => k!(2, out, |b| decode_bf16(u16::from_le_bytes(b))),
             Dtype::F8E8M0 => k!(1, out, |b| decode_e8m0(b[0])),
@@ -417,9 +417,9 @@ pub unsafe fn decode_rows(
         Target::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
         Target::Complex(out) => {
             k!(8, out, |b| {
-                let re = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                let im = f32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                [re as f64, im as f64]
+                let re = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let im = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                [widen_f32(re), widen_f32(im)]
             })
         }
     }
@@ -684,6 +684,17 @@ fn int_in<T: TryFrom<i128>>(v: Num) -> Option<T> {
     v.int().and_then(|i| T::try_from(i).ok())
 }
 
+/// Like [`int_in`] for the 64-bit types, whose largest value has no double:
+/// the double just above it (2^63 or 2^64, what reading that largest value
+/// gives) saturates to it, so loaded extremes can be saved back.
+#[inline(always)]
+fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Option<T> {
+    match v {
+        Num::F(x) if x == max_plus_one => Some(max),
+        _ => int_in(v),
+    }
+}
+
 /// Encodes outer rows `[row0, row1)` of a tensor whose values are `src`
 /// (the whole tensor, column-major) into `out`, the row-major bytes of
 /// exactly those rows. For sub-byte dtypes `out` must start zeroed.
@@ -719,7 +730,7 @@ pub fn encode(
     let ok = match (dtype, src) {
         (Dtype::F64, Src::Real(x)) => k!(8, x, |v| Some(v.to_le_bytes())),
         (Dtype::F32, Src::Real(x)) => k!(4, x, |v| {
-            let f = v as f32;
+            let f = narrow_f32(v);
             (f.is_finite() || !v.is_finite()).then_some(f.to_le_bytes())
         }),
         (Dtype::F16 | Dtype::BF16, Src::Real(x)) => match floats::codec(dtype) {
@@ -881,7 +892,7 @@ fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1
     match dtype {
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
         Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
-            let f = x as f32;
+            let f = narrow_f32(x);
             (f.is_finite() || !x.is_finite()).then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
@@ -917,8 +928,8 @@ fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1
                 }
             });
         }
-        Dtype::I64 => run!(8, |v| int_in::<i64>(v).map(i64::to_le_bytes)),
-        Dtype::U64 => run!(8, |v| int_in::<u64>(v).map(u64::to_le_bytes)),
+        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0).map(i64::to_le_bytes)),
+        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0).map(u64::to_le_bytes)),
         Dtype::I32 => run!(4, |v| int_in::<i32>(v).map(i32::to_le_bytes)),
         Dtype::U32 => run!(4, |v| int_in::<u32>(v).map(u32::to_le_bytes)),
         Dtype::I16 => run!(2, |v| int_in::<i16>(v).map(i16::to_le_bytes)),
@@ -935,7 +946,7 @@ fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1
                 },
             };
             let fits = |x: f64, f: f32| f.is_finite() || !x.is_finite();
-            let (fr, fi) = (re as f32, im as f32);
+            let (fr, fi) = (narrow_f32(re), narrow_f32(im));
             (v != Num::Na && fits(re, fr) && fits(im, fi)).then(|| {
                 let mut b = [0u8; 8];
                 b[..4].copy_from_slice(&fr.to_le_bytes());
@@ -1072,8 +1083,16 @@ mod tests {
         assert!(encode_all(Dtype::Bool, Src::Integer(&[2]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
-        assert!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).is_err());
-        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).is_err());
+        // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
+        assert_eq!(
+            encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
+            i64::MAX.to_le_bytes()
+        );
+        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
+        assert_eq!(
+            encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
+            u64::MAX.to_le_bytes()
+        );
         assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());

@@ -64,10 +64,10 @@ impl Format {
                 return if man == 0 {
                     if sign == 1 { f64::NEG_INFINITY } else { f64::INFINITY }
                 } else {
-                    f64::NAN
+                    nan_f64(sign, man, self.mbits)
                 };
             }
-            Special::Fn if exp == emask && man == mmask => return f64::NAN,
+            Special::Fn if exp == emask && man == mmask => return nan_f64(sign, man, self.mbits),
             Special::Fnuz if sign == 1 && exp == 0 && man == 0 => return f64::NAN,
             _ => {}
         }
@@ -95,9 +95,12 @@ impl Format {
         let sign_bit = 1u32 << (self.ebits + self.mbits);
         let emask = (1u32 << self.ebits) - 1;
         if v.is_nan() {
+            // Keep the NaN's sign and payload, so decoded NaNs encode to
+            // the codes they came from.
+            let sign = if v.is_sign_negative() { sign_bit } else { 0 };
             return match self.special {
-                Special::Ieee => Some((emask << self.mbits) | (1 << (self.mbits - 1))),
-                Special::Fn => Some((emask << self.mbits) | ((1 << self.mbits) - 1)),
+                Special::Ieee => Some(sign | (emask << self.mbits) | nan_mantissa(v, self.mbits)),
+                Special::Fn => Some(sign | (emask << self.mbits) | ((1 << self.mbits) - 1)),
                 Special::Fnuz => Some(sign_bit),
                 Special::None => None,
             };
@@ -135,6 +138,44 @@ impl Format {
             code |= sign_bit;
         }
         Some(code)
+    }
+}
+
+/// The f64 NaN standing for a narrower format's NaN with `sign` and
+/// mantissa `man` (`mbits` wide, not zero): the mantissa goes to the top
+/// mantissa bits, where widening IEEE conversions put it, but unlike them
+/// this does not set the quiet bit, so [`nan_mantissa`] gives `man` back and
+/// every NaN code survives a read and a write.
+fn nan_f64(sign: u32, man: u32, mbits: u32) -> f64 {
+    f64::from_bits(((sign as u64 & 1) << 63) | (0x7ff << 52) | ((man as u64) << (52 - mbits)))
+}
+
+/// The top `mbits` mantissa bits of the NaN `v`, or the quiet bit alone when
+/// those are all zero (R's `NA` keeps its payload in the low bits).
+fn nan_mantissa(v: f64, mbits: u32) -> u32 {
+    let man = ((v.to_bits() >> (52 - mbits)) & ((1 << mbits) - 1)) as u32;
+    if man == 0 { 1 << (mbits - 1) } else { man }
+}
+
+/// Widens F32 bits to f64, exactly, NaN sign and payload included.
+#[inline(always)]
+pub fn widen_f32(bits: u32) -> f64 {
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        nan_f64(bits >> 31, bits & 0x7f_ffff, 23)
+    } else {
+        f32::from_bits(bits) as f64
+    }
+}
+
+/// Narrows f64 to F32 rounding to nearest even; a NaN keeps its sign and
+/// the top of its payload (the inverse of [`widen_f32`]).
+#[inline(always)]
+pub fn narrow_f32(x: f64) -> f32 {
+    if x.is_nan() {
+        let sign = (x.is_sign_negative() as u32) << 31;
+        f32::from_bits(sign | 0x7f80_0000 | nan_mantissa(x, 23))
+    } else {
+        x as f32
     }
 }
 
@@ -227,13 +268,17 @@ pub fn encode_e8m0(v: f64) -> Option<u8> {
 /// Decodes an IEEE half from its bits.
 #[inline(always)]
 pub fn decode_f16(bits: u16) -> f64 {
-    half::f16::from_bits(bits).to_f64()
+    if bits & 0x7fff > 0x7c00 {
+        nan_f64(bits as u32 >> 15, bits as u32 & 0x3ff, 10)
+    } else {
+        half::f16::from_bits(bits).to_f64()
+    }
 }
 
 /// Decodes a bfloat16 from its bits.
 #[inline(always)]
 pub fn decode_bf16(bits: u16) -> f64 {
-    f32::from_bits((bits as u32) << 16) as f64
+    widen_f32((bits as u32) << 16)
 }
 
 #[cfg(test)]
@@ -322,6 +367,39 @@ mod tests {
         for code in 0..255u8 {
             assert_eq!(encode_e8m0(decode_e8m0(code)), Some(code));
         }
+    }
+
+    #[test]
+    fn nan_codes_round_trip_bit_for_bit() {
+        // Every NaN code of the formats with more than one, signs included.
+        for d in [Dtype::F16, Dtype::BF16, Dtype::F8E5M2, Dtype::F8E4M3, Dtype::F8E4M3Fnuz, Dtype::F8E5M2Fnuz] {
+            let codec = c(d);
+            for code in 0..1u32 << codec.format.bits() {
+                if codec.decode(code).is_nan() {
+                    assert_eq!(codec.encode(codec.decode(code)), Some(code), "{d} code {code:#x}");
+                }
+            }
+        }
+        for bits in 0..=u16::MAX {
+            let (h, b) = (decode_f16(bits), decode_bf16(bits));
+            if h.is_nan() {
+                assert_eq!(c(Dtype::F16).encode(h), Some(bits as u32), "F16 {bits:#x}");
+            }
+            if b.is_nan() {
+                assert_eq!(c(Dtype::BF16).encode(b), Some(bits as u32), "BF16 {bits:#x}");
+            }
+        }
+        for bits in [0x7f80_0001u32, 0x7fbf_ffff, 0x7fc0_0000, 0xffc0_1234, 0xff80_0001, 0x3f80_0000, 0x8000_0000] {
+            assert_eq!(narrow_f32(widen_f32(bits)).to_bits(), bits, "F32 {bits:#x}");
+        }
+        // R's NaN and NA (payload in the low bits) become the quiet NaN.
+        let na = f64::from_bits(0x7ff0_0000_0000_07a2);
+        assert_eq!(c(Dtype::F16).encode(na), Some(0x7e00));
+        assert_eq!(c(Dtype::F16).encode(f64::NAN), Some(0x7e00));
+        assert_eq!(c(Dtype::F16).encode(-f64::NAN), Some(0xfe00));
+        assert_eq!(narrow_f32(na).to_bits(), 0x7fc0_0000);
+        assert_eq!(c(Dtype::F8E4M3).encode(-f64::NAN), Some(0xff));
+        assert_eq!(c(Dtype::F8E4M3Fnuz).encode(-f64::NAN), Some(0x80));
     }
 
     #[test]

@@ -159,10 +159,11 @@ fn validate(raw: RawHeader, header_len: usize, data_len: usize) -> Result<Header
                 Kind::Misaligned,
                 &t.name,
                 format!(
-                    "tensor `{}` of dtype {} has {} elements, which do not fill whole bytes",
+                    "tensor `{}` of dtype {} has {} element{}, which do not fill whole bytes",
                     t.name,
                     t.dtype,
-                    bits / t.dtype.bits()
+                    bits / t.dtype.bits(),
+                    if bits / t.dtype.bits() == 1 { "" } else { "s" }
                 ),
             ));
         }
@@ -283,12 +284,15 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
             return Err(Error::tensor(Kind::Overflow, &t.name, format!("the size of tensor `{}` overflows", t.name)));
         };
         let Some(nbytes) = t.dtype.bytes_for(numel) else {
+            // On write this is a bad argument, not a malformed file.
             return Err(Error::tensor(
-                Kind::Misaligned,
+                Kind::InvalidArgument,
                 &t.name,
                 format!(
-                    "tensor `{}` of dtype {} has {numel} elements, which do not fill whole bytes",
-                    t.name, t.dtype
+                    "tensor `{}` of dtype {} has {numel} element{}, which do not fill whole bytes",
+                    t.name,
+                    t.dtype,
+                    if numel == 1 { "" } else { "s" }
                 ),
             ));
         };
@@ -614,7 +618,7 @@ mod tests {
         let e = layout(&[spec("__metadata__", Dtype::U8, &[1])], None).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
         let e = layout(&[spec("a", Dtype::F4, &[3])], None).unwrap_err();
-        assert_eq!(e.kind, Kind::Misaligned);
+        assert_eq!(e.kind, Kind::InvalidArgument);
     }
 
     #[test]

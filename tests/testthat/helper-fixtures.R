@@ -1,0 +1,94 @@
+# What the fixtures hold, as Python's safetensors and numpy see them
+# (fixtures/expected.json, written by fixtures/make-fixtures.py), turned into
+# the R values safe_load_file() must return.
+
+expected_fixtures <- function() {
+  if (is.null(fixture_cache$expected)) {
+    fixture_cache$expected <- jsonlite::read_json(fixture("expected.json"), simplifyVector = FALSE)
+  }
+  fixture_cache$expected
+}
+fixture_cache <- new.env()
+
+# The R type a dtype is read as (an I32 tensor holding -2^31 is double).
+r_type_of <- function(dtype, int_min = FALSE) {
+  if (dtype %in% c("I8", "I16", "U8", "U16") || (dtype == "I32" && !isTRUE(int_min))) {
+    "integer"
+  } else if (dtype == "BOOL") {
+    "logical"
+  } else if (dtype == "C64") {
+    "complex"
+  } else {
+    "double"
+  }
+}
+
+# The R array an expected.json tensor entry describes: values are row-major,
+# so they fill an array of the reversed shape, which aperm() turns around.
+expected_array <- function(t) {
+  type <- r_type_of(t$dtype, t$int_min)
+  chr <- function(v) as.character(unlist(v))
+  values <- switch(type,
+    logical = as.logical(unlist(t$values)),
+    integer = as.integer(chr(t$values)),
+    complex = complex(real = as.numeric(chr(t$values)), imaginary = as.numeric(chr(t$imag))),
+    double = as.numeric(chr(if (t$dtype %in% c("I32", "U32", "I64", "U64")) t$doubles else t$values))
+  )
+  shape <- as.integer(unlist(t$shape))
+  if (length(shape) == 0) {
+    return(structure(values, shape = integer(0)))
+  }
+  x <- array(values, dim = rev(shape))
+  if (length(shape) > 1) x <- aperm(x, rev(seq_along(shape)))
+  x
+}
+
+# Bit-exact text of each element (NaN payloads and signs aside), so that -0,
+# NaN and infinities compare as they should.
+value_bits <- function(x) {
+  dbl <- function(v) ifelse(is.nan(v), "NaN", sprintf("%a", v))
+  switch(typeof(x),
+    double = dbl(x),
+    complex = paste(dbl(Re(x)), dbl(Im(x))),
+    as.character(x)
+  )
+}
+
+# What a test compares of a loaded tensor: R type, dim, the scalar's shape
+# attribute, dtype attribute and the bits of every value.
+tensor_summary <- function(x) {
+  list(
+    type = typeof(x), dim = dim(x), shape = attr(x, "shape"),
+    dtype = attr(x, "dtype"), values = value_bits(x)
+  )
+}
+
+# Expects `x` (a loaded tensor) to be the expected.json entry `t` (one
+# expectation: testthat's comparisons are slow and there are many tensors).
+expect_tensor <- function(x, t, label = t$name) {
+  want <- expected_array(t)
+  attr(want, "dtype") <- t$dtype
+  expect_identical(tensor_summary(x), tensor_summary(want), label = label)
+}
+
+# Loads a fixture and returns the tensors and the classes of the warnings
+# raised, so tests can check both.
+load_quietly <- function(path, ...) {
+  classes <- character()
+  x <- withCallingHandlers(
+    safetensors::safe_load_file(path, ...),
+    warning = function(w) {
+      classes <<- c(classes, class(w)[[1]])
+      invokeRestart("muffleWarning")
+    }
+  )
+  list(value = x, warnings = classes)
+}
+
+read_bytes <- function(path) readBin(path, "raw", file.size(path))
+
+# The header JSON of a file as text.
+header_text <- function(bytes) {
+  n <- sum(as.numeric(bytes[1:8]) * 256^(0:7))
+  rawToChar(bytes[8 + seq_len(n)])
+}
