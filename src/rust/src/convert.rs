@@ -337,7 +337,7 @@ pub unsafe fn decode_rows(
     let (Some(numel), Some(need)) = (numel, need) else {
         return stats;
     };
-    if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel {
+    if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel || numel == 0 {
         return stats;
     }
     // From here on every row-major index within the block and every
@@ -718,7 +718,7 @@ pub fn encode(
     let (Some(numel), Some(need)) = (numel, need) else {
         return Ok(());
     };
-    if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel {
+    if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel || numel == 0 {
         return Ok(());
     }
     let out = &mut out[..need];
