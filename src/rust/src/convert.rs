@@ -1084,15 +1084,9 @@ mod tests {
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
         // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
-        assert_eq!(
-            encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
-            i64::MAX.to_le_bytes()
-        );
+        assert_eq!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(), i64::MAX.to_le_bytes());
         assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
-        assert_eq!(
-            encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
-            u64::MAX.to_le_bytes()
-        );
+        assert_eq!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(), u64::MAX.to_le_bytes());
         assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
@@ -1136,5 +1130,334 @@ mod tests {
         decode(Dtype::F6E2M3, &whole[..rb], &shape, 0, 4, Dst::Real(&mut out));
         decode(Dtype::F6E2M3, &whole[rb..], &shape, 4, 8, Dst::Real(&mut out));
         assert_eq!(out, vals);
+    }
+
+    // ---- Optimized kernels against a straightforward reference ----------
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// Shapes that exercise whole tiles, partial tiles on both edges, middle
+    /// axes, axes of extent 1 and 0, and block splits.
+    fn kernel_shapes() -> Vec<Vec<usize>> {
+        let mut v = shapes();
+        v.extend([
+            vec![16, 16],
+            vec![17, 33],
+            vec![32, 48],
+            vec![47, 16],
+            vec![16, 5],
+            vec![5, 40],
+            vec![40, 3, 37],
+            vec![3, 20, 1, 18],
+            vec![1, 37, 1, 19],
+            vec![18, 2, 3, 17],
+            vec![64, 1],
+            vec![1, 1, 70],
+            vec![2, 0, 3],
+            vec![0, 17],
+            vec![33, 0],
+            vec![200],
+        ]);
+        v
+    }
+
+    /// The value of element `i` of `bytes`, decoded one element at a time
+    /// with the scalar helpers (the reference for the decode kernels).
+    fn ref_value(dtype: Dtype, bytes: &[u8], i: usize) -> [f64; 2] {
+        let w = dtype.bits() / 8;
+        let b = |k: usize| bytes[i * w + k];
+        let u16_ = || u16::from_le_bytes([b(0), b(1)]);
+        let u32_ = |o: usize| u32::from_le_bytes([b(o), b(o + 1), b(o + 2), b(o + 3)]);
+        let u64_ = || u64::from_le_bytes(std::array::from_fn(|k| b(k)));
+        let re = match dtype {
+            Dtype::F64 => f64::from_bits(u64_()),
+            Dtype::F32 => widen_f32(u32_(0)),
+            Dtype::F16 => decode_f16(u16_()),
+            Dtype::BF16 => decode_bf16(u16_()),
+            Dtype::F8E8M0 => decode_e8m0(b(0)),
+            Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
+                floats::codec(dtype).unwrap().decode(b(0) as u32)
+            }
+            Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
+                floats::codec(dtype).unwrap().decode(packed(bytes, i, dtype.bits()))
+            }
+            Dtype::I64 => u64_() as i64 as f64,
+            Dtype::U64 => u64_() as f64,
+            Dtype::U32 => u32_(0) as f64,
+            Dtype::I32 => u32_(0) as i32 as f64,
+            Dtype::I16 => u16_() as i16 as f64,
+            Dtype::U16 => u16_() as f64,
+            Dtype::I8 => b(0) as i8 as f64,
+            Dtype::U8 => b(0) as f64,
+            Dtype::Bool => (b(0) != 0) as i32 as f64,
+            Dtype::C64 => return [widen_f32(u32_(0)), widen_f32(u32_(4))],
+        };
+        [re, 0.0]
+    }
+
+    /// Bit patterns, so NaN payloads are compared too.
+    fn bits(x: &[f64]) -> Vec<u64> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Decodes `bytes` (the whole tensor) into each R type the dtype can
+    /// become, with row blocks of `step` rows, each block on its own thread
+    /// when `threaded`.
+    fn decode_blocks(
+        dtype: Dtype,
+        rt: RType,
+        bytes: &[u8],
+        shape: &[usize],
+        step: usize,
+        threaded: bool,
+    ) -> Vec<[f64; 2]> {
+        let n: usize = shape.iter().product();
+        let rows = n_rows(shape);
+        let rl = row_len(shape);
+        let ranges: Vec<(usize, usize)> = (0..rows.max(1)).step_by(step).map(|r| (r, (r + step).min(rows))).collect();
+        let run = |target: Target<'_>| {
+            let one = |(r0, r1): (usize, usize)| {
+                let (b0, b1) = (dtype.bytes_for(r0 * rl).unwrap(), dtype.bytes_for(r1 * rl).unwrap());
+                // SAFETY: each block decodes its own rows.
+                unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) };
+            };
+            if threaded {
+                std::thread::scope(|s| {
+                    for &r in &ranges {
+                        s.spawn(move || one(r));
+                    }
+                });
+            } else {
+                ranges.iter().for_each(|&r| one(r));
+            }
+        };
+        match rt {
+            RType::Real => {
+                let mut out = vec![f64::from_bits(1); n];
+                run(Target::Real(Out::new(&mut out)));
+                out.iter().map(|&v| [v, 0.0]).collect()
+            }
+            RType::Integer | RType::Logical => {
+                let mut out = vec![-7i32; n];
+                let o = Out::new(&mut out);
+                run(if rt == RType::Integer { Target::Integer(o) } else { Target::Logical(o) });
+                out.iter().map(|&v| [v as f64, 0.0]).collect()
+            }
+            RType::Complex => {
+                let mut out = vec![[f64::from_bits(1); 2]; n];
+                run(Target::Complex(Out::new(&mut out)));
+                out
+            }
+        }
+    }
+
+    #[test]
+    fn decode_kernels_match_the_reference_for_every_dtype_shape_and_split() {
+        let mut rng = Rng(0x5eed);
+        for dtype in ALL {
+            for shape in kernel_shapes() {
+                let n: usize = shape.iter().product();
+                let Some(nbytes) = dtype.bytes_for(n) else { continue };
+                let bytes = rng.bytes(nbytes);
+                let cm = reference_cm(&shape);
+                let mut want = vec![[0.0; 2]; n];
+                for (rm, &c) in cm.iter().enumerate() {
+                    want[c] = ref_value(dtype, &bytes, rm);
+                }
+                let mut rts = vec![r_type(dtype)];
+                if dtype != Dtype::C64 && r_type(dtype) != RType::Real {
+                    rts.push(RType::Real);
+                }
+                let rows = n_rows(&shape);
+                let align = if dtype.bits() % 8 == 0 { 1 } else { 8 };
+                for rt in rts {
+                    for (step, threaded) in [(rows.max(1), false), (align, false), (3 * align, true), (16, true)] {
+                        let got = decode_blocks(dtype, rt, &bytes, &shape, step, threaded);
+                        let flat = |v: &[[f64; 2]]| bits(&v.iter().flatten().copied().collect::<Vec<_>>());
+                        // Integer and logical targets hold the same numbers.
+                        assert_eq!(flat(&got), flat(&want), "{dtype} {shape:?} {rt:?} step {step}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_counts_inexact_and_int_min_across_blocks() {
+        let shape = [20usize, 17];
+        let n = 340;
+        let mut vals: Vec<i64> = (0..n as i64).collect();
+        vals[3] = (1 << 60) + 1;
+        vals[300] = -(1 << 55) - 1;
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0.0; n];
+        let mut total = 0;
+        for r0 in (0..20).step_by(7) {
+            let r1 = (r0 + 7).min(20);
+            total += decode(Dtype::I64, &bytes[r0 * 17 * 8..r1 * 17 * 8], &shape, r0, r1, Dst::Real(&mut out)).inexact;
+        }
+        assert_eq!(total, 2);
+        let ints: Vec<u8> =
+            (0..n as i32).map(|i| if i % 50 == 0 { i32::MIN } else { i }).flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0; n];
+        assert_eq!(decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out)).int_min, 7);
+        assert_eq!(count_i32_min(&ints), 7);
+    }
+
+    /// Values that every dtype meets: small integers, fractions, extremes,
+    /// infinities, NaN and R's NA.
+    fn test_reals(rng: &mut Rng, n: usize) -> Vec<f64> {
+        let special = [
+            0.0,
+            -0.0,
+            1.0,
+            -3.0,
+            0.5,
+            255.0,
+            256.0,
+            -129.0,
+            65504.0,
+            1e39,
+            3.4e38,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_07a2),
+            9223372036854775808.0,
+            1e-40,
+        ];
+        (0..n)
+            .map(|_| {
+                let r = rng.next();
+                if r % 4 == 0 {
+                    special[(r >> 8) as usize % special.len()]
+                } else {
+                    ((r >> 16) % 200) as f64 - 100.0
+                }
+            })
+            .collect()
+    }
+
+    fn ref_encode(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> Result<Vec<u8>, EncodeError> {
+        let n: usize = shape.iter().product();
+        let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
+        let cm = reference_cm(shape);
+        let bits = dtype.bits();
+        let mut first_bad: Option<usize> = None;
+        for (rm, &c) in cm.iter().enumerate() {
+            let mut one = [0u8; 8];
+            if encode_generic(dtype, src.slice(c, 1), &[1], 0, 1, &mut one) {
+                if bits % 8 == 0 {
+                    let w = bits / 8;
+                    out[rm * w..rm * w + w].copy_from_slice(&one[..w]);
+                } else {
+                    let pos = rm * bits;
+                    let word = (one[0] as u32) << (pos % 8);
+                    out[pos / 8] |= word as u8;
+                    if word > 0xff {
+                        out[pos / 8 + 1] |= (word >> 8) as u8;
+                    }
+                }
+            } else if first_bad.is_none_or(|b| c < b) {
+                first_bad = Some(c);
+            }
+        }
+        match first_bad {
+            Some(index) => Err(EncodeError { index, value: get(src, index) }),
+            None => Ok(out),
+        }
+    }
+
+    fn encode_blocks(dtype: Dtype, src: Src<'_>, shape: &[usize], step: usize) -> Result<Vec<u8>, EncodeError> {
+        let n: usize = shape.iter().product();
+        let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
+        let rows = n_rows(shape);
+        let rl = row_len(shape);
+        let mut parts = Vec::new();
+        let mut rest = &mut out[..];
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + step).min(rows);
+            let len = dtype.bytes_for((r1 - r0) * rl).unwrap();
+            let (head, tail) = rest.split_at_mut(len);
+            parts.push((r0, r1, head));
+            rest = tail;
+            r0 = r1;
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> =
+                parts.into_iter().map(|(a, b, o)| s.spawn(move || encode(dtype, src, shape, a, b, o))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        if shape.is_empty() {
+            encode(dtype, src, shape, 0, 1, &mut out)?;
+        }
+        match results.into_iter().find_map(|r| r.err()) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    #[test]
+    fn encode_kernels_match_the_reference_for_every_dtype_shape_and_split() {
+        let mut rng = Rng(0xc0ffee);
+        for dtype in ALL {
+            for shape in kernel_shapes() {
+                let n: usize = shape.iter().product();
+                if dtype.bytes_for(n).is_none() {
+                    continue;
+                }
+                let reals = test_reals(&mut rng, n);
+                // Mostly valid values, so some tensors encode without error.
+                let clean: Vec<f64> =
+                    reals.iter().map(|&x| if x.is_finite() { (x.abs() % 4.0).floor() } else { 1.0 }).collect();
+                let ints: Vec<i32> = (0..n)
+                    .map(|_| match rng.next() % 10 {
+                        0 => i32::MIN,
+                        1 => 300,
+                        _ => (rng.next() % 3) as i32,
+                    })
+                    .collect();
+                let clean_ints: Vec<i32> = ints.iter().map(|&v| v.clamp(0, 1)).collect();
+                let raws = rng.bytes(n);
+                let cplx: Vec<[f64; 2]> = reals.iter().zip(clean.iter()).map(|(&a, &b)| [b, a]).collect();
+                let srcs = [
+                    Src::Real(&reals),
+                    Src::Real(&clean),
+                    Src::Integer(&ints),
+                    Src::Integer(&clean_ints),
+                    Src::Logical(&clean_ints),
+                    Src::Logical(&ints),
+                    Src::Raw(&raws),
+                    Src::Complex(&cplx),
+                ];
+                let rows = n_rows(&shape);
+                let align = if dtype.bits() % 8 == 0 { 1 } else { 8 };
+                for src in srcs {
+                    if matches!(src, Src::Complex(_)) && dtype != Dtype::C64 {
+                        continue;
+                    }
+                    // NaN != NaN: compare errors by index and printed value.
+                    let key = |r: Result<Vec<u8>, EncodeError>| r.map_err(|e| (e.index, format!("{:?}", e.value)));
+                    let want = key(ref_encode(dtype, src, &shape));
+                    for step in [rows.max(1), align, 3 * align, 16] {
+                        let got = key(encode_blocks(dtype, src, &shape, step));
+                        assert_eq!(got, want, "{dtype} {shape:?} step {step}");
+                    }
+                }
+            }
+        }
     }
 }
