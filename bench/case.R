@@ -94,9 +94,10 @@ framework_of <- function(x) if (x == "array") if (impl == "cran") "rarray" else 
 
 invisible(gc())
 base <- reset_peak()
+c0 <- proc.time()
 t0 <- now()
 res <- switch(paste(impl, case),
-  "ours load" = safe_load_file(rest[[1]], framework = framework_of(rest[[2]])),
+  "ours load" = safe_load_file(rest[[1]], framework = framework_of(rest[[2]]), backend = Sys.getenv("BENCH_BACKEND", "read")),
   "cran load" = safe_load_file(rest[[1]], framework = framework_of(rest[[2]])),
   "ours open_one" = safe_load_file(rest[[1]], tensors = rest[[2]]),
   "cran open_one" = {
@@ -120,11 +121,12 @@ res <- switch(paste(impl, case),
   stop("unknown case ", impl, " ", case)
 )
 elapsed <- now() - t0
+cpu <- sum((proc.time() - c0)[c("user.self", "sys.self")])
 st <- status()
 # The returned objects, attributes (the header list) included.
 out_bytes <- as.numeric(object.size(res))
 if (startsWith(case, "save_")) unlink(out)
 cat(sprintf(
-  '{"time": %.6f, "rss_peak": %.0f, "rss_base": %.0f, "out_bytes": %.0f}\n',
-  elapsed, st[["hwm"]], base, out_bytes
+  '{"time": %.6f, "cpu": %.6f, "rss_peak": %.0f, "rss_base": %.0f, "out_bytes": %.0f}\n',
+  elapsed, cpu, st[["hwm"]], base, out_bytes
 ))

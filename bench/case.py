@@ -56,6 +56,7 @@ def main():
         prep = np.fromfile(args[0], dtype=np.uint8)
 
     base = reset_peak()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     if impl == "py" and case == "load":
         res = load_file(args[0])
@@ -73,11 +74,12 @@ def main():
     else:
         raise SystemExit(f"unknown case {impl} {case}")
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     st = status()
     out_bytes = sum(int(v.nbytes) for v in res.values())
     if case.startswith("save_"):
         os.unlink(out)
-    print(json.dumps({"time": elapsed, "rss_peak": st["VmHWM"], "rss_base": base, "out_bytes": out_bytes}))
+    print(json.dumps({"time": elapsed, "cpu": cpu, "rss_peak": st["VmHWM"], "rss_base": base, "out_bytes": out_bytes}))
 
 
 if __name__ == "__main__":

@@ -131,16 +131,11 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Outer rows per job so one job reads about `JOB` bytes, a multiple of 8
-/// rows for sub-byte dtypes so jobs start on byte boundaries.
+/// Outer rows per job so one job reads about `JOB` bytes (see
+/// [`convert::block_rows`]).
 fn rows_per_job(t: &Task<'_>) -> usize {
     let row_bits = row_len(&t.shape).saturating_mul(t.info.dtype.bits()).max(1);
-    let rows = (JOB * 8 / row_bits).max(1);
-    if t.info.dtype.bits() % 8 != 0 {
-        rows.next_multiple_of(8)
-    } else {
-        rows
-    }
+    convert::block_rows(JOB * 8 / row_bits, t.info.dtype)
 }
 
 /// Byte offset of outer row `r` (of its kernel shape) within a tensor.
@@ -495,6 +490,7 @@ fn allocate<'h>(header: &'h Header, which: &[usize], mode: Mode) -> Result<(Robj
         specs.push((spec, info));
     }
     robj::check_available(total)?;
+    robj::reserve_vector_heap(total);
     let list = build(|| {
         // SAFETY: inside build; `list` is protected while its elements are
         // allocated, and each element is reachable from it once stored.
@@ -529,7 +525,6 @@ unsafe fn tasks_for<'a>(list: &'a Robj, specs: &[(Spec, &'a TensorInfo)], data_s
                 let x = VECTOR_ELT(list.get(), k as isize);
                 (DATAPTR(x), spec.len)
             };
-            advise_huge(ptr as *mut u8, robj::vec_bytes(spec.ty, len).unwrap_or(0));
             // SAFETY: the vector's data, of the spec's type and length.
             let dest = unsafe {
                 if spec.copy {
@@ -552,22 +547,6 @@ unsafe fn tasks_for<'a>(list: &'a Robj, specs: &[(Spec, &'a TensorInfo)], data_s
             }
         })
         .collect()
-}
-
-/// Asks the kernel to back large output vectors with huge pages, which
-/// makes their first-touch page faults several times cheaper.
-fn advise_huge(ptr: *mut u8, bytes: usize) {
-    const HUGE: usize = 2 << 20;
-    if bytes < 2 * HUGE || ptr.is_null() {
-        return;
-    }
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + bytes) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: an advice on whole pages inside the vector's own
-        // allocation; MADV_HUGEPAGE changes no contents or permissions.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
 }
 
 /// Replaces each I32 tensor read as integer that holds `NA_integer_`'s

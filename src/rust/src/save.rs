@@ -175,17 +175,11 @@ fn conversion_error(item: &Item<'_>, e: EncodeError) -> Error {
     )
 }
 
-/// Outer rows of `shape` per block of about `BLOCK` output bytes; a
-/// multiple of 8 for sub-byte dtypes so every block starts on a byte
-/// boundary.
+/// Outer rows of `shape` per block of about `BLOCK` output bytes (see
+/// [`convert::block_rows`]).
 fn rows_per_block(dtype: Dtype, shape: &[usize]) -> usize {
     let row_bits = row_len(shape).saturating_mul(dtype.bits()).max(1);
-    let rows = (BLOCK * 8 / row_bits).max(1);
-    if dtype.bits() % 8 != 0 {
-        rows.next_multiple_of(8)
-    } else {
-        rows
-    }
+    convert::block_rows(BLOCK * 8 / row_bits, dtype)
 }
 
 fn row_offset(dtype: Dtype, shape: &[usize], r: usize) -> usize {
@@ -205,8 +199,15 @@ fn encode_par(
 ) -> Result<()> {
     let dtype = item.spec.dtype;
     let rows = r1 - r0;
-    // Split only blocks worth a thread, on byte boundaries for sub-byte dtypes.
-    let align = if dtype.bits() % 8 != 0 { 8 } else { 1 };
+    // Split only blocks worth a thread, into whole tiles of rows where
+    // there are enough, else on byte boundaries for sub-byte dtypes.
+    let align = if rows >= 2 * convert::KTILE {
+        convert::KTILE
+    } else if dtype.bits() % 8 != 0 {
+        8
+    } else {
+        1
+    };
     let threads = threads.min(out.len() / PARALLEL_MIN_BLOCK).min(rows / align).max(1);
     if threads == 1 {
         return encode(dtype, values, shape, r0, r1, out).map_err(|e| conversion_error(item, e));
