@@ -483,14 +483,19 @@ unsafe fn set_tensor_attrs(x: SEXP, info: &TensorInfo, mode: Mode, shared: &mut 
 fn allocate<'h>(header: &'h Header, which: &[usize], mode: Mode) -> Result<(Robj, Vec<(Spec, &'h TensorInfo)>)> {
     let mut specs = Vec::with_capacity(which.len());
     let mut total = 0usize;
+    let mut large = 0usize;
     for &i in which {
         let info = &header.tensors[i];
         let spec = spec_of(info, mode)?;
-        total = total.saturating_add(robj::vec_bytes(spec.ty, spec.len)?);
+        let bytes = robj::vec_bytes(spec.ty, spec.len)?;
+        total = total.saturating_add(bytes);
+        large += (bytes >= 1 << 20) as usize;
         specs.push((spec, info));
     }
     robj::check_available(total)?;
-    robj::reserve_vector_heap(total);
+    if large >= 2 {
+        robj::reserve_vector_heap(total);
+    }
     let list = build(|| {
         // SAFETY: inside build; `list` is protected while its elements are
         // allocated, and each element is reachable from it once stored.
