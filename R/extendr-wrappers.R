@@ -8,6 +8,16 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
+#' The header length N in the first eight bytes of a file, checked against
+#' the format's limit.
+#' @noRd
+header_len_ <- function(prefix) .Call(wrap__header_len_, prefix)
+
+#' Header facts from the first `8 + N` bytes of a file whose data section
+#' was not read; its length is taken to be what the tensors cover.
+#' @noRd
+info_header_ <- function(prefix) .Call(wrap__info_header_, prefix)
+
 #' Reads tensors from the file at `path` on `threads` threads (0: the
 #' default).
 #' @noRd
@@ -25,6 +35,69 @@ info_file_ <- function(path) .Call(wrap__info_file_, path)
 #' @noRd
 info_raw_ <- function(buf) .Call(wrap__info_raw_, buf)
 
+#' Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
+#' validating its header.
+#' @noRd
+open_file_ <- function(path, backend) .Call(wrap__open_file_, path, backend)
+
+#' Opens a raw vector holding a whole file; the handle keeps it alive.
+#' @noRd
+open_raw_ <- function(buf) .Call(wrap__open_raw_, buf)
+
+#' Closes a handle: drops the file or map and releases a raw vector. Closing
+#' twice is harmless.
+#' @noRd
+close_ <- function(x) .Call(wrap__close_, x)
+
+#' Whether a handle is open.
+#' @noRd
+is_open_ <- function(x) .Call(wrap__is_open_, x)
+
+#' Header facts of an open handle (as `info_file_()` gives).
+#' @noRd
+handle_info_ <- function(x) .Call(wrap__handle_info_, x)
+
+#' The parsed header of an open handle, as safetensors 0.2.x exposed it.
+#' @noRd
+handle_header_ <- function(x) .Call(wrap__handle_header_, x)
+
+#' Reads the named tensors of an open handle in mode `"array"` or `"raw"`
+#' on `threads` threads (0: the default): `list(tensors, inexact, int_min,
+#' max_offset)`. Only those tensors' bytes are read.
+#' @noRd
+handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, names, mode, threads)
+
+#' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
+#' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
+#' as a vector of 0-based indices. Returns `list(tensor, inexact, int_min)`.
+#' @noRd
+handle_slice_ <- function(x, name, specs, is_range, mode) .Call(wrap__handle_slice_, x, name, specs, is_range, mode)
+
+#' Opens a save to `path`: validates all tensors (as `write_file_()` does,
+#' so the same errors come before any file is created), creates the
+#' temporary file beside `path` and writes the header. Tensors are encoded
+#' on `threads` threads (0: the default).
+#' @noRd
+writer_open_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__writer_open_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
+
+#' Appends tensor `i` (0-based; the tensors must come in order): the
+#' one-element lists and vectors describe it as for `write_file_()`, and
+#' must match what `writer_open_()` was given. Returns the bytes written so
+#' far, header included.
+#' @noRd
+writer_write_ <- function(w, i, tensor, name, dtype, shape, permute) .Call(wrap__writer_write_, w, i, tensor, name, dtype, shape, permute)
+
+#' Finishes a save: checks that every tensor was written, flushes (and with
+#' `sync`, fsyncs) the file and renames it over the target. Returns the file
+#' size.
+#' @noRd
+writer_commit_ <- function(w, sync) .Call(wrap__writer_commit_, w, sync)
+
+#' Abandons a save, removing its temporary file; harmless after a commit
+#' or a previous abort. Returns whether a save was abandoned.
+#' @noRd
+writer_abort_ <- function(w) .Call(wrap__writer_abort_, w)
+
 #' Writes a file at `path` atomically: a temporary file beside it, flushed,
 #' then renamed over it.
 #' @noRd
@@ -33,5 +106,14 @@ write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys
 #' Serializes to a raw vector, allocated once at its final size.
 #' @noRd
 serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
+
+#' Reads the index file at `path`: `list(names, files, metadata)`.
+#' @noRd
+read_index_ <- function(path) .Call(wrap__read_index_, path)
+
+#' Writes an index file atomically: `total_size`, and each tensor of
+#' `names` mapped to the shard in `files`.
+#' @noRd
+write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
 
 # nolint end

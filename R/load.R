@@ -23,9 +23,11 @@
 #' the file's dtype in attribute `"dtype"`, so [safe_save_file()] writes it
 #' back with the same dtype and bytes.
 #'
-#' @param path A path to a `.safetensors` file, a raw vector holding a whole
-#'   file, or a binary connection (opened for reading, or not yet opened; it
-#'   need not be seekable).
+#' @param path A path to a `.safetensors` file, a path to a sharded
+#'   checkpoint's index (a file name ending in `.json`, such as
+#'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
+#'   binary connection (opened for reading, or not yet opened; it need not be
+#'   seekable).
 #' @param buffer A raw vector holding a whole safetensors file.
 #' @param ... Passed on to the framework's tensor constructor, for example
 #'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
@@ -35,7 +37,8 @@
 #'   and `"shape"` attributes, or the name of a framework registered in
 #'   [safetensors_frameworks], such as `"torch"`.
 #' @param tensors Names of the tensors to read, in the order wanted. `NULL`
-#'   (the default) reads all of them, in file order.
+#'   (the default) reads all of them, in file order. Only the bytes of the
+#'   tensors asked for are read from the file.
 #' @param backend How a file is read: `"read"` (the default) copies each
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
 #'   maps the file into memory and converts from the mapping.
@@ -49,8 +52,23 @@
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
 #'   the file's `__metadata__` as a named list of strings), and
 #'   `"max_offset"`, the file offset just past the last tensor read.
+#'
+#'   For a sharded checkpoint, the tensors of the index's weight map (shard
+#'   by shard, in file order within each shard), with the tensors' header
+#'   entries (offsets relative to their shard) and the first shard's
+#'   `__metadata__` as `"metadata"`, and the largest such offset in any
+#'   shard as `"max_offset"`.
+#'
+#'   The list has class `c("safetensors_tensors", "list")` only so that
+#'   `print()` and `str()` sum up the `"metadata"` attribute in one line
+#'   instead of printing the whole header; in every other way it is a plain
+#'   named list (`x[1:2]`, `c()` and `lapply()` return plain lists).
+#' @section Progress:
+#' In an interactive session, loading more than 64 MiB of tensors from a
+#' file shows a progress bar once it has taken two seconds; option
+#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
 #' @seealso [safe_save_file()] to write files, [safe_serialize()] to write
-#'   raw vectors.
+#'   raw vectors, [safe_open()] to read tensors one at a time.
 #' @export
 #' @examples
 #' path <- system.file("extdata", "example.safetensors", package = "safetensors")
@@ -65,6 +83,16 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   framework <- check_framework(framework)
   backend <- rlang::arg_match(backend)
   check_tensor_names(tensors)
+  if (is_index_path(path)) {
+    return(load_index(path, tensors, framework, list(...), backend))
+  }
+  if (is.character(path) && progress_enabled()) {
+    check_string(path)
+    size <- file.size(path.expand(path))
+    if (!is.na(size) && progress_wanted(size)) {
+      return(load_file_progress(path, tensors, framework, list(...), backend))
+    }
+  }
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
     check_string(path)
@@ -118,7 +146,7 @@ read_connection <- function(con) {
     if (length(chunk) == 0) break
     chunks[[length(chunks) + 1L]] <- chunk
   }
-  if (length(chunks) == 1L) chunks[[1L]] else unlist(chunks, use.names = FALSE)
+  switch(min(length(chunks), 2L) + 1L, raw(), chunks[[1L]], unlist(chunks, use.names = FALSE))
 }
 
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds
@@ -146,7 +174,63 @@ finish_load <- function(res, framework, args, call = rlang::caller_env()) {
   }
   attr(out, "metadata") <- res$header
   attr(out, "max_offset") <- res$max_offset
+  class(out) <- c("safetensors_tensors", "list")
   out
+}
+
+# The loaded list without the attributes added by finish_load().
+strip_loaded <- function(x) {
+  attr(x, "metadata") <- NULL
+  attr(x, "max_offset") <- NULL
+  class(x) <- setdiff(class(x), "safetensors_tensors")
+  if (identical(class(x), "list")) {
+    class(x) <- NULL
+  }
+  x
+}
+
+# One line on the "metadata" attribute, for str() and print().
+describe_header <- function(x) {
+  header <- attr(x, "metadata", exact = TRUE)
+  if (!is.list(header)) {
+    return(NULL)
+  }
+  n <- sum(names(header) != "__metadata__")
+  meta <- header[["__metadata__"]]
+  sprintf(
+    "the file header: %d tensor%s%s",
+    n, if (n == 1) "" else "s",
+    if (is.null(meta)) "" else sprintf(" and `__metadata__` (%d key%s)", length(meta), if (length(meta) == 1) "" else "s")
+  )
+}
+
+#' @rawNamespace S3method(utils::str, safetensors_tensors)
+str.safetensors_tensors <- function(object, ...) {
+  indent <- list(...)$indent.str %||% " "
+  utils::str(strip_loaded(object), ...)
+  about <- describe_header(object)
+  if (!is.null(about)) {
+    cat(indent, "- attr(*, \"metadata\")= ", about, "\n", sep = "")
+  }
+  max_offset <- attr(object, "max_offset", exact = TRUE)
+  if (!is.null(max_offset)) {
+    cat(indent, "- attr(*, \"max_offset\")= ", format(max_offset, scientific = FALSE), "\n", sep = "")
+  }
+  invisible()
+}
+
+#' @export
+print.safetensors_tensors <- function(x, ...) {
+  print(strip_loaded(x), ...)
+  about <- describe_header(x)
+  if (!is.null(about)) {
+    cat("attr(,\"metadata\"): ", about, "\n", sep = "")
+  }
+  max_offset <- attr(x, "max_offset", exact = TRUE)
+  if (!is.null(max_offset)) {
+    cat("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE), "\n", sep = "")
+  }
+  invisible(x)
 }
 
 warn_conversions <- function(nms, res, call = rlang::caller_env()) {

@@ -48,8 +48,30 @@
 #' @param sync Whether to flush the file to disk (fsync) before renaming it
 #'   over the target. Default `TRUE`.
 #' @inheritSection safe_load_file Threads
-#' @return `safe_save_file()` returns `path`, invisibly. `safe_serialize()`
+#' @param max_shard_size `NULL` (the default) to write one file, or the
+#'   largest shard of a sharded checkpoint: a number of bytes, or a string
+#'   such as `"5GB"` (units B, kB, MB, GB, TB are powers of 1000; KiB, MiB,
+#'   GiB, TiB powers of 1024; case is ignored). See "Sharded checkpoints".
+#' @return `safe_save_file()` returns the path written, invisibly: `path`,
+#'   or for a sharded checkpoint the path of its index. `safe_serialize()`
 #'   returns a raw vector.
+#' @section Sharded checkpoints:
+#' With `max_shard_size`, the tensors are split, in order, into shards of at
+#' most that many bytes of tensor data (a larger tensor gets a shard of its
+#' own) and written as transformers does: for `path = "dir/model.safetensors"`
+#' (or a directory `"dir"`), shards `dir/model-00001-of-00003.safetensors`
+#' and so on, each with the same `metadata`, and the index
+#' `dir/model.safetensors.index.json`: `{"metadata": {"total_size": N},
+#' "weight_map": {tensor: shard file}}`, where `N` is the sum of the tensors'
+#' sizes in bytes. If everything fits in one shard, a single file is written
+#' at `path` and no index, as transformers does. Each file is written
+#' atomically, the index last; shards of an earlier save with a different
+#' number of shards are not removed. [safe_open()] and [safe_load_file()]
+#' read the checkpoint through its index.
+#' @section Progress:
+#' In an interactive session, saving more than 64 MiB of tensors to a file
+#' shows a progress bar once it has taken two seconds; option
+#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
 #' @seealso [safe_load_file()]
 #' @export
 #' @examples
@@ -65,14 +87,36 @@
 #' bytes <- safe_serialize(x)
 #' length(bytes)
 #' unlink(path)
-safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sync = TRUE) {
+#'
+#' # A sharded checkpoint
+#' dir <- tempfile()
+#' dir.create(dir)
+#' big <- list(a = runif(100), b = runif(100), c = runif(100))
+#' index <- safe_save_file(big, file.path(dir, "model.safetensors"), max_shard_size = 1000)
+#' list.files(dir)
+#' names(safe_load_file(index))
+#' unlink(dir, recursive = TRUE)
+safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sync = TRUE,
+                           max_shard_size = NULL) {
   check_ignored_dots(...)
   check_bool(sync)
   spec <- tensor_spec(tensors, dtype, metadata)
+  if (!is.null(max_shard_size)) {
+    if (!is.character(path)) {
+      st_abort("invalid_argument", "{.arg path} must be a file or directory path when {.arg max_shard_size} is given.")
+    }
+    return(invisible(save_shards(spec, path, max_shard_size, sync)))
+  }
   if (is.character(path)) {
     check_string(path)
-    res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync, st_threads())
-    st_check(res, sprintf("Can't write %s.", describe_source(path)))
+    bar <- NULL
+    if (progress_enabled()) {
+      sizes <- spec_sizes(spec)
+      if (progress_wanted(sizes)) {
+        bar <- progress_bar("Saving", path, sum(sizes))
+      }
+    }
+    write_spec(path.expand(path), spec, sync, bar = bar, label = path)
   } else if (inherits(path, "connection")) {
     bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
     if (!isOpen(path)) {
@@ -171,7 +215,7 @@ default_dtype <- c(
 # (row-major), whether values need the column-major to row-major permutation
 # (R arrays) or are bytes to copy (framework buffers), and the metadata.
 tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
-  if (!is.list(tensors) || is.object(tensors)) {
+  if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
       "invalid_argument",
       "{.arg tensors} must be a named list of tensors, not {.obj_type_friendly {tensors}}.",

@@ -250,3 +250,13 @@ test_that("saving what was loaded reproduces every file Python wrote, byte for b
     }
   }
 })
+
+test_that("objects with safe_tensor_meta() and safe_tensor_buffer() methods are written as their bytes", {
+  bytes_tensor <- function(bytes, shape) structure(list(bytes = bytes, shape = shape), class = "st_test_bytes")
+  registerS3method("safe_tensor_meta", "st_test_bytes", function(x) list(shape = as.list(x$shape), dtype = "U8"))
+  registerS3method("safe_tensor_buffer", "st_test_bytes", function(x) x$bytes)
+  raw <- safe_serialize(list(x = bytes_tensor(as.raw(1:6), c(2, 3))))
+  expect_identical(safe_deserialize(raw)$x, structure(matrix(1:6, 2, byrow = TRUE), dtype = "U8"))
+  err <- expect_error(safe_serialize(list(x = structure(list(), class = "st_no_methods"))), class = "safetensors_error_invalid_argument")
+  expect_match(conditionMessage(err), "st_no_methods", fixed = TRUE)
+})

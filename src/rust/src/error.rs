@@ -34,10 +34,17 @@ pub enum Kind {
     Conversion,
     /// An argument is malformed (caught in Rust after the R checks).
     InvalidArgument,
+    /// A valid file holds something R can't represent as asked, such as a
+    /// dimension over `.Machine$integer.max` in an R array.
+    Unsupported,
     /// The file does not exist.
     FileNotFound,
     /// The file changed size or content under an open handle.
     FileChanged,
+    /// A handle was used after it was closed.
+    Closed,
+    /// A sharded checkpoint's index file is malformed.
+    InvalidIndex,
     /// Any other operating-system I/O failure.
     Io,
     /// Not enough memory for the result.
@@ -64,8 +71,11 @@ impl Kind {
             Kind::InvalidSlice => "invalid_slice",
             Kind::Conversion => "conversion",
             Kind::InvalidArgument => "invalid_argument",
+            Kind::Unsupported => "unsupported",
             Kind::FileNotFound => "file_not_found",
             Kind::FileChanged => "file_changed",
+            Kind::Closed => "closed",
+            Kind::InvalidIndex => "invalid_index",
             Kind::Io => "io",
             Kind::Memory => "memory",
             Kind::Interrupted => "interrupted",
@@ -87,6 +97,7 @@ impl Kind {
                 | Kind::Overflow
                 | Kind::Misaligned
                 | Kind::DuplicateName
+                | Kind::InvalidIndex
         )
     }
 }

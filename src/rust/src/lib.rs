@@ -7,14 +7,23 @@ pub mod error;
 pub mod floats;
 pub mod format;
 pub mod io;
+mod info;
 mod load;
+mod open;
+mod progress;
 mod robj;
 mod save;
+pub mod shards;
+pub mod slice;
 
 use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use info;
     use load;
+    use open;
+    use progress;
     use save;
+    use shards;
 }

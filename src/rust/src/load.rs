@@ -18,12 +18,14 @@ use extendr_ffi::{
     SEXPTYPE, VECTOR_ELT,
 };
 
-use crate::convert::{self, decode_rows, n_rows, r_type, row_len, DecodeStats, Out, RType, Target};
+use crate::convert::{self, decode_rows, n_rows, r_type, row_len, DecodeStats, Dst, Out, RType, Target};
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::{Header, TensorInfo};
 use crate::io::{self, Backend, FileSource, Memory, Source};
-use crate::robj::{self, build, check_r_string, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym, r_vec, to_r};
+use crate::robj::{
+    self, build, check_r_string, data_mut, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym, r_vec, to_r,
+};
 
 /// Bytes of source per job: a block of rows of a large tensor, or a span of
 /// small adjacent tensors.
@@ -46,7 +48,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Result<Mode> {
+    /// Parses a mode name.
+    pub fn parse(s: &str) -> Result<Mode> {
         match s {
             "array" => Ok(Mode::Array),
             "raw" => Ok(Mode::Raw),
@@ -86,20 +89,56 @@ pub struct Reader<'a> {
     pub(crate) src: &'a dyn Source,
     window: Vec<u8>,
     window_start: usize,
+    /// Absolute byte spans the window may cover (sorted, disjoint), so that
+    /// reading some tensors never reads the bytes of others; empty means the
+    /// whole source.
+    spans: Vec<(usize, usize)>,
     threads: usize,
 }
 
 #[allow(dead_code)]
 impl<'a> Reader<'a> {
-    /// A reader over `src`, using [`default_threads`] threads.
+    /// A reader over `src` whose window may cover any of its bytes, using
+    /// [`default_threads`] threads.
     pub fn new(src: &'a dyn Source) -> Reader<'a> {
-        Reader::with_threads(src, default_threads())
+        Reader { src, window: Vec::new(), window_start: 0, spans: Vec::new(), threads: default_threads() }
     }
 
-    /// A reader over `src` that splits large tensors between `threads`
-    /// threads (1: no threads).
-    pub fn with_threads(src: &'a dyn Source, threads: usize) -> Reader<'a> {
-        Reader { src, window: Vec::new(), window_start: 0, threads: threads.max(1) }
+    /// A reader over `src` for the tensors at `which` only: its window
+    /// never extends past the bytes of those tensors.
+    pub fn for_tensors(src: &'a dyn Source, header: &Header, which: &[usize]) -> Reader<'a> {
+        let base = header.data_start();
+        let mut spans: Vec<(usize, usize)> =
+            which.iter().map(|&i| (base + header.tensors[i].begin, base + header.tensors[i].end)).collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (b, e) in spans {
+            match merged.last_mut() {
+                Some(last) if b <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((b, e)),
+            }
+        }
+        Reader { src, window: Vec::new(), window_start: 0, spans: merged, threads: default_threads() }
+    }
+
+    /// The same reader splitting large tensors between `threads` threads
+    /// (1: no threads).
+    pub fn with_threads(mut self, threads: usize) -> Reader<'a> {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// End of the span holding `off`, or of the source.
+    fn span_end(&self, off: usize) -> usize {
+        let total = self.src.len() as usize;
+        if self.spans.is_empty() {
+            return total;
+        }
+        let i = self.spans.partition_point(|s| s.1 <= off);
+        match self.spans.get(i) {
+            Some(&(b, e)) if b <= off => e.min(total),
+            _ => total,
+        }
     }
 
     /// Bytes `[off, off + n)` from the source's memory or the window, or
@@ -114,8 +153,7 @@ impl<'a> Reader<'a> {
         let end = off + n;
         let inside = off >= self.window_start && end <= self.window_start + self.window.len();
         if !inside {
-            let total = self.src.len() as usize;
-            let len = WINDOW.max(n).min(total.saturating_sub(off));
+            let len = WINDOW.max(n).min(self.span_end(off).saturating_sub(off));
             if len < n {
                 return Err(Error::new(
                     Kind::FileChanged,
@@ -394,10 +432,11 @@ fn spec_of(info: &TensorInfo, mode: Mode) -> Result<Spec> {
             for &d in &info.shape {
                 if d > i32::MAX as usize {
                     return Err(Error::tensor(
-                        Kind::InvalidArgument,
+                        Kind::Unsupported,
                         &info.name,
                         format!(
-                            "tensor `{}` has dimension {d}, larger than .Machine$integer.max, the largest R `dim`",
+                            "tensor `{}` has dimension {d}, larger than .Machine$integer.max, the largest R `dim`; \
+                             read it with `framework = \"raw\"`",
                             info.name
                         ),
                     ));
@@ -552,6 +591,24 @@ unsafe fn tasks_for<'a>(list: &'a Robj, specs: &[(Spec, &'a TensorInfo)], data_s
             }
         })
         .collect()
+}
+
+/// The data of `x`, allocated as `rt`, as a decode destination.
+pub(crate) fn dst_of(x: &mut Robj, rt: RType) -> Dst<'_> {
+    // SAFETY: each arm matches the type the vector was allocated with.
+    unsafe {
+        match rt {
+            RType::Real => Dst::Real(data_mut::<f64>(x)),
+            RType::Integer => Dst::Integer(data_mut::<i32>(x)),
+            RType::Logical => Dst::Logical(data_mut::<i32>(x)),
+            RType::Complex => Dst::Complex(data_mut::<[f64; 2]>(x)),
+        }
+    }
+}
+
+/// The counts of `a` and `b` added.
+pub(crate) fn merge(a: DecodeStats, b: DecodeStats) -> DecodeStats {
+    a.merge(b)
 }
 
 /// Replaces each I32 tensor read as integer that holds `NA_integer_`'s
@@ -819,20 +876,12 @@ pub fn read_all(src: &dyn Source, header: &Header, which: &[usize], mode: Mode) 
 
 /// [`read_all`] on up to `threads` threads.
 pub fn read_all_with(src: &dyn Source, header: &Header, which: &[usize], mode: Mode, threads: usize) -> Result<Robj> {
-    let (list, specs) = allocate(header, which, mode)?;
-    let stats = {
-        // SAFETY: `list` holds the vectors `specs` describes; nothing else
-        // touches them until the tasks are dropped.
-        let tasks = unsafe { tasks_for(&list, &specs, header.data_start()) };
-        fill_tasks(src, &tasks, threads)?
-    };
-    fix_int_min(&list, &specs, mode, &stats)?;
+    let (list, stats) = read_many(src, header, which, mode, threads)?;
     let inexact: Vec<f64> = stats.iter().map(|s| s.inexact as f64).collect();
     let int_min: Vec<f64> = stats.iter().map(|s| s.int_min as f64).collect();
-    let max_offset = which.iter().map(|&i| header.data_start() + header.tensors[i].end).max().unwrap_or(0);
+    let max_offset = max_offset(header, which);
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
-        r_set_attr(list.get(), R_NamesSymbol, r_strings(which.iter().map(|&i| header.tensors[i].name.as_str())));
         named_list_sexp(
             &["tensors", "header", "inexact", "int_min", "max_offset"],
             &mut [
@@ -844,6 +893,37 @@ pub fn read_all_with(src: &dyn Source, header: &Header, which: &[usize], mode: M
             ],
         )
     })
+}
+
+/// The largest absolute end offset of the tensors at `which`.
+pub(crate) fn max_offset(header: &Header, which: &[usize]) -> usize {
+    which.iter().map(|&i| header.data_start() + header.tensors[i].end).max().unwrap_or(0)
+}
+
+/// Reads the tensors at `which` into a list named by tensor, on up to
+/// `threads` threads, with each tensor's conversion notes. Only those
+/// tensors' bytes are read.
+pub(crate) fn read_many(
+    src: &dyn Source,
+    header: &Header,
+    which: &[usize],
+    mode: Mode,
+    threads: usize,
+) -> Result<(Robj, Vec<DecodeStats>)> {
+    let (list, specs) = allocate(header, which, mode)?;
+    let stats = {
+        // SAFETY: `list` holds the vectors `specs` describes; nothing else
+        // touches them until the tasks are dropped.
+        let tasks = unsafe { tasks_for(&list, &specs, header.data_start()) };
+        fill_tasks(src, &tasks, threads)?
+    };
+    fix_int_min(&list, &specs, mode, &stats)?;
+    // SAFETY: inside build; the names vector is stored at once.
+    build(|| unsafe {
+        r_set_attr(list.get(), R_NamesSymbol, r_strings(which.iter().map(|&i| header.tensors[i].name.as_str())));
+        list.get()
+    })?;
+    Ok((list, stats))
 }
 
 pub(crate) fn raw_bytes(buf: &Robj) -> Result<&[u8]> {
@@ -906,4 +986,61 @@ extendr_module! {
     fn read_raw_;
     fn info_file_;
     fn info_raw_;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A source that must be read (no memory view) and records its reads.
+    struct Counting {
+        bytes: Vec<u8>,
+        reads: RefCell<Vec<(usize, usize)>>,
+    }
+
+    impl Source for Counting {
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+        fn view(&self, _: usize, _: usize) -> Result<Option<&[u8]>> {
+            Ok(None)
+        }
+        fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
+            self.reads.borrow_mut().push((off, buf.len()));
+            Memory(&self.bytes).read_at(off, buf)
+        }
+    }
+
+    #[test]
+    fn window_covers_only_the_tensors_asked_for() {
+        // Four U8 tensors of 100 bytes each.
+        let json = r#"{"a":{"dtype":"U8","shape":[100],"data_offsets":[0,100]},"b":{"dtype":"U8","shape":[100],"data_offsets":[100,200]},"c":{"dtype":"U8","shape":[100],"data_offsets":[200,300]},"d":{"dtype":"U8","shape":[100],"data_offsets":[300,400]}}"#;
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json.as_bytes());
+        bytes.extend((0..400).map(|i| (i % 251) as u8));
+        let src = Counting { bytes, reads: RefCell::new(Vec::new()) };
+        let header = io::read_header(&src).unwrap();
+        let base = header.data_start();
+        src.reads.borrow_mut().clear();
+        // Adjacent b and c come in one read; b and d apart in two; a never.
+        for (which, want) in [
+            (vec![1, 2], vec![(base + 100, 200)]),
+            (vec![3, 1], vec![(base + 300, 100), (base + 100, 100)]),
+        ] {
+            src.reads.borrow_mut().clear();
+            let mut reader = Reader::for_tensors(&src, &header, &which);
+            for &i in &which {
+                let t = &header.tensors[i];
+                let got = reader.small_or_view(base + t.begin, t.nbytes()).unwrap().unwrap().to_vec();
+                assert_eq!(got, src.bytes[base + t.begin..base + t.end]);
+            }
+            assert_eq!(*src.reads.borrow(), want);
+        }
+        // A reader over the whole source reads ahead to its end.
+        src.reads.borrow_mut().clear();
+        let mut all = Reader::new(&src);
+        all.small_or_view(base + 100, 100).unwrap();
+        assert_eq!(*src.reads.borrow(), vec![(base + 100, 300)]);
+    }
 }

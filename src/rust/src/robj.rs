@@ -29,6 +29,9 @@ extern "C" {
 struct AllocRequest {
     ty: SEXPTYPE,
     len: R_xlen_t,
+    out: SEXP,
+    /// Set by the error handler: R refused the allocation.
+    failed: bool,
 }
 
 unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
@@ -37,8 +40,26 @@ unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     unsafe { Rf_allocVector(req.ty, req.len) }
 }
 
-unsafe extern "C" fn alloc_failed(_cond: SEXP, _data: *mut c_void) -> SEXP {
-    unsafe { R_NilValue }
+unsafe extern "C" fn alloc_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
+    unsafe {
+        (*(data as *mut AllocRequest)).failed = true;
+        R_NilValue
+    }
+}
+
+/// Runs the allocation under R_tryCatchError, itself inside R_ToplevelExec.
+/// R_tryCatchError evaluates R code, which may notice a pending Ctrl-C: R's
+/// implementation then returns NULL without calling the error handler, and
+/// anything else that jumps is stopped by the top-level context, so nothing
+/// unwinds through the Rust frames that called `alloc`.
+unsafe extern "C" fn alloc_toplevel(data: *mut c_void) {
+    // SAFETY: `data` points to the AllocRequest on `alloc`'s stack; the
+    // body reads it and the handler sets its flag.
+    unsafe {
+        let out = R_tryCatchError(Some(alloc_body), data, Some(alloc_failed), data);
+        (*(data as *mut AllocRequest)).out = out;
+    }
 }
 
 /// Bytes per element of an R vector type.
@@ -120,17 +141,22 @@ pub fn vec_bytes(ty: SEXPTYPE, len: usize) -> Result<usize> {
 pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
     let bytes = vec_bytes(ty, len)?;
     check_available(bytes)?;
-    let mut req = AllocRequest { ty, len: len as R_xlen_t };
-    // SAFETY: the body only calls Rf_allocVector; an R error inside it is
-    // caught by R_tryCatchError and reported as R_NilValue.
-    let sexp = unsafe {
-        R_tryCatchError(
-            Some(alloc_body),
-            &mut req as *mut AllocRequest as *mut c_void,
-            Some(alloc_failed),
-            std::ptr::null_mut(),
-        )
-    };
+    // SAFETY: R_NilValue is a valid SEXP once R runs.
+    let mut req = AllocRequest { ty, len: len as R_xlen_t, out: unsafe { R_NilValue }, failed: false };
+    // SAFETY: the callback only allocates; an R error inside it is caught
+    // by R_tryCatchError (out = R_NilValue), and an interrupt by
+    // R_ToplevelExec (returns FALSE), so nothing unwinds through Rust.
+    let ok = unsafe { R_ToplevelExec(Some(alloc_toplevel), &mut req as *mut AllocRequest as *mut c_void) };
+    if ok == 0 {
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
+    // No R allocation happens between here and from_sexp, so the fresh
+    // vector can't be collected meanwhile.
+    let sexp = req.out;
+    if sexp == unsafe { R_NilValue } && !req.failed {
+        // Another condition ended the R code: only an interrupt can.
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
     if sexp == unsafe { R_NilValue } {
         return Err(Error::new(Kind::Memory, format!("R can't allocate a vector of {bytes} bytes")));
     }
@@ -184,49 +210,70 @@ pub unsafe fn data<T>(x: &Robj) -> &[T] {
 
 struct Build<F> {
     f: Option<F>,
+    out: SEXP,
+    /// Set when `f` returned.
+    done: bool,
+    /// Set by the error handler: an R error (out of memory).
+    failed: bool,
 }
 
 unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     let job = unsafe { &mut *(data as *mut Build<F>) };
     match job.f.take() {
-        Some(f) => f(),
+        Some(f) => {
+            let out = f();
+            job.done = true;
+            out
+        }
         None => unsafe { R_NilValue },
     }
 }
 
-unsafe extern "C" fn build_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
-    // SAFETY: `data` points to the `failed` flag on `build`'s stack.
-    unsafe { *(data as *mut bool) = true };
-    unsafe { R_NilValue }
+unsafe extern "C" fn build_failed<F>(_cond: SEXP, data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the Build<F> on `build`'s stack.
+    unsafe {
+        (*(data as *mut Build<F>)).failed = true;
+        R_NilValue
+    }
+}
+
+/// R_tryCatchError inside R_ToplevelExec, as for [`alloc`]: R errors reach
+/// the handler, an interrupt stops at the top-level context.
+unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
+    // SAFETY: `data` points to the Build<F> on `build`'s stack.
+    unsafe {
+        let out = R_tryCatchError(Some(build_body::<F>), data, Some(build_failed::<F>), data);
+        (*(data as *mut Build<F>)).out = out;
+    }
 }
 
 /// Runs `f`, which builds R objects with the raw API (the `r_*` functions
-/// below), under one `R_tryCatchError`: an R error inside it (R out of
-/// memory) becomes [`Kind::Memory`] here. One call costs about as much as
-/// a few allocations, so objects are built in bulk, not one call each.
+/// below), under one `R_tryCatchError` inside `R_ToplevelExec`: an R error
+/// inside it (R out of memory) becomes [`Kind::Memory`] here, and Ctrl-C
+/// [`Kind::Interrupted`], without unwinding through Rust frames. One call
+/// costs about as much as a few allocations, so objects are built in bulk,
+/// not one call each.
 ///
 /// `f` must protect what it allocates until it is reachable from the value
 /// it returns, and hold nothing with a destructor across R calls (an R
 /// error jumps over its frame).
 pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
-    let mut job = Build { f: Some(f) };
-    let mut failed = false;
-    // SAFETY: the body only runs `f`, whose R errors R_tryCatchError
-    // catches; both data pointers outlive the call.
-    let sexp = unsafe {
-        R_tryCatchError(
-            Some(build_body::<F>),
-            &mut job as *mut Build<F> as *mut c_void,
-            Some(build_failed),
-            &mut failed as *mut bool as *mut c_void,
-        )
-    };
-    if failed {
+    // SAFETY: R_NilValue is a valid SEXP once R runs.
+    let mut job = Build { f: Some(f), out: unsafe { R_NilValue }, done: false, failed: false };
+    // SAFETY: the callbacks only run `f` and record how it ended; R errors
+    // are caught by R_tryCatchError and interrupts by R_ToplevelExec; the
+    // data pointer outlives the call.
+    let ok = unsafe { R_ToplevelExec(Some(build_toplevel::<F>), &mut job as *mut Build<F> as *mut c_void) };
+    if job.failed {
         return Err(Error::new(Kind::Memory, "R ran out of memory while building the result"));
     }
-    // SAFETY: a live object just returned by `f`; from_sexp protects it.
-    Ok(unsafe { Robj::from_sexp(sexp) })
+    if ok == 0 || !job.done {
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
+    // SAFETY: a live object just returned by `f`; no R allocation happens
+    // before from_sexp protects it.
+    Ok(unsafe { Robj::from_sexp(job.out) })
 }
 
 /// A new R vector (raw API, for use inside [`build`]).
@@ -368,7 +415,7 @@ pub fn set_dim(x: &mut Robj, shape: &[usize]) -> Result<()> {
     for &d in shape {
         let Ok(d) = i32::try_from(d) else {
             return Err(Error::new(
-                Kind::InvalidArgument,
+                Kind::Unsupported,
                 format!("dimension {d} is larger than .Machine$integer.max, the largest R `dim`"),
             ));
         };

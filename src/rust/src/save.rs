@@ -19,8 +19,8 @@ use crate::robj::{self, alloc, data_mut, to_r};
 const BLOCK: usize = 4 << 20;
 
 /// One tensor to write: its spec and where its values come from.
-struct Item<'a> {
-    spec: TensorSpec,
+pub(crate) struct Item<'a> {
+    pub(crate) spec: TensorSpec,
     /// Column-major R values to convert, or `None` with `bytes` set.
     values: Option<Src<'a>>,
     /// Row-major bytes to copy as they are (a framework's buffer).
@@ -66,7 +66,7 @@ fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: &List, permute: &Robj) -> Result<Vec<Item<'a>>> {
+pub(crate) fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: &List, permute: &Robj) -> Result<Vec<Item<'a>>> {
     let (Some(names), Some(dtypes), Some(permute)) =
         (names.as_str_vector(), dtypes.as_str_vector(), permute.as_logical_slice())
     else {
@@ -243,10 +243,26 @@ fn encode_par(
 /// Blocks below this size are encoded on one thread.
 const PARALLEL_MIN_BLOCK: usize = 1 << 20;
 
+/// Encodes `item` block by block on up to `threads` threads, handing each
+/// block of bytes to `sink`.
+pub(crate) fn encode_blocks(
+    item: &Item<'_>,
+    buf: &mut Vec<u8>,
+    threads: usize,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let b = std::mem::take(buf);
+    *buf = encode_blocks_with(item, b, threads, |b| {
+        sink(&b)?;
+        Ok(b)
+    })?;
+    Ok(())
+}
+
 /// Encodes `item` block by block, each block with up to `threads` threads,
 /// handing each block of bytes to `sink`, which returns the buffer to use
 /// next.
-fn encode_blocks(
+fn encode_blocks_with(
     item: &Item<'_>,
     mut buf: Vec<u8>,
     threads: usize,
@@ -296,7 +312,7 @@ fn write_all_items(file: &std::fs::File, prefix: &[u8], items: &[Item<'_>], thre
         out.write(prefix).map_err(werr)?;
         let mut buf = Vec::new();
         for item in items {
-            buf = encode_blocks(item, buf, 1, |b| {
+            buf = encode_blocks_with(item, buf, 1, |b| {
                 out.write(&b).map_err(werr)?;
                 Ok(b)
             })?;
@@ -329,7 +345,7 @@ fn write_all_items(file: &std::fs::File, prefix: &[u8], items: &[Item<'_>], thre
             };
             let mut buf = next(prefix.to_vec())?;
             for item in items {
-                buf = encode_blocks(item, buf, threads - 1, &mut next)?;
+                buf = encode_blocks_with(item, buf, threads - 1, &mut next)?;
             }
             Ok(())
         };
@@ -390,7 +406,7 @@ fn start_writeback(file: &std::fs::File, off: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &std::fs::File, _off: u64, _len: u64) {}
 
-fn plan<'a>(
+pub(crate) fn plan<'a>(
     tensors: &'a List,
     names: &Robj,
     dtypes: &Robj,
@@ -428,7 +444,7 @@ fn write_file_(
         let mut out = AtomicFile::create(std::path::Path::new(path))?;
         let file = out.file()?;
         write_all_items(file, &layout.prefix, &items, threads_from_r(threads), sync)?;
-        out.commit(sync)?;
+        out.commit_polling(sync, &mut robj::check_interrupt_now)?;
         Ok(Robj::from(layout.file_len().unwrap_or(0) as f64))
     })())
 }
@@ -458,7 +474,7 @@ fn serialize_(
         let mut buf = Vec::new();
         for (item, &(b, e)) in items.iter().zip(&layout.offsets) {
             let mut pos = p + b;
-            buf = encode_blocks(item, buf, threads, |chunk| {
+            buf = encode_blocks_with(item, buf, threads, |chunk| {
                 bytes[pos..pos + chunk.len()].copy_from_slice(&chunk);
                 pos += chunk.len();
                 Ok(chunk)

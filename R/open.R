@@ -1,0 +1,650 @@
+#' Open a safetensors file without reading it
+#'
+#' `safe_open()` reads and validates a file's header and returns a handle
+#' that reads tensors, or slices of them, only when asked. Opening an 8 GB
+#' checkpoint takes the time of reading its header; listing its tensors
+#' reads nothing more; reading one tensor or a few rows of one reads only
+#' those bytes. [safe_slice()] is the function form of `h$slice()`.
+#'
+#' @section Reading from a handle:
+#' * `names(h)`: tensor names, in file order; `length(h)`: their number.
+#' * `h[["w"]]` or `h$w`: tensor `w`, as [safe_load_file()] would return
+#'   it (`h[[i]]` also takes a position). `h[c("a", "b")]` returns a named
+#'   list. `h$slice` is reserved for the slice method: read a tensor named
+#'   `"slice"` with `h[["slice"]]`.
+#' * `h$slice("w")`: a slice object; indexing it as an array,
+#'   `h$slice("w")[1:10, ]`, reads only the bytes of the selected elements
+#'   and returns what `h[["w"]][1:10, ]` would (keeping the `"dtype"`
+#'   attribute). `dim()` of a slice object is the tensor's shape.
+#' * `format(h)`, `print(h)`: a table of name, dtype, shape and size, and
+#'   the metadata. [safe_info()] and [safe_metadata()] accept handles.
+#' * `close(h)`: releases the file (or memory map) at once. Using a closed
+#'   handle is an error of class `safetensors_error_closed`; closing twice
+#'   is harmless. Handles are also released when garbage-collected, and a
+#'   handle saved with `saveRDS()` comes back closed.
+#'
+#' @section Slice indices:
+#' A slice takes one index per dimension (`[]` alone means the whole
+#' tensor), with R's 1-based, inclusive meaning:
+#' * an empty index (`x[, 1]`): the whole dimension;
+#' * positive whole numbers, as single indices (`2`), ranges (`3:7`),
+#'   stepped ranges (`seq(1, 9, by = 2)`) or any vector (`c(5, 1, 1)`, in
+#'   that order, repeats allowed). Zeros are dropped and fractions truncated,
+#'   as R does. Ranges and stepped ranges are read as strided runs; other
+#'   vectors element by element;
+#' * negative whole numbers exclude (`-1`, `-(1:3)`); they can't be mixed
+#'   with positive ones;
+#' * a logical vector no longer than the dimension, recycled (`c(TRUE,
+#'   FALSE)` selects odd positions);
+#' * `drop = TRUE` (the default) drops extents of one as arrays do;
+#'   `drop = FALSE` keeps them.
+#'
+#' An index beyond the extent (including a negative one, which R would
+#' silently ignore), `NA`, a character index, or a number of indices other
+#' than the tensor's rank is an error of class
+#' `safetensors_error_invalid_slice`; nothing wraps around. A scalar tensor
+#' can only be read whole (`[]`). For sub-byte dtypes (F4, F6) a slice must
+#' start and end on byte boundaries (class `safetensors_error_misaligned`).
+#' For frameworks other than `"r"`, the constructor receives the slice's
+#' bytes and shape, with `drop = TRUE` removing every extent of one.
+#'
+#' @section Files that change:
+#' The handle checks the file's size and modification time before it
+#' touches the memory map, so a file truncated, rewritten or replaced in
+#' place while open gives an error of class `safetensors_error_file_changed`
+#' instead of crashing R with a bus error (and with `backend = "read"`, a
+#' read past the new end is the same error). A file replaced by renaming
+#' another over it (as [safe_save_file()] does) is not affected: the handle
+#' keeps reading the old file until it is closed. Concurrent changes that
+#' race with a read in progress are not detected.
+#'
+#' @param path A path to a `.safetensors` file, a path to a sharded
+#'   checkpoint's index (a file ending in `.json`, such as
+#'   `model.safetensors.index.json`; see [safe_save_file()]), a raw vector
+#'   holding a whole file, or a binary connection (read into memory).
+#' @param framework What tensors become: `"r"` (the default) for R arrays,
+#'   `"raw"` for raw vectors, or a framework registered in
+#'   [safetensors_frameworks] such as `"torch"`.
+#' @param ... For `safe_open()`: passed on to the framework's tensor
+#'   constructor, for example `device = "cuda"` for torch; must be empty for
+#'   `"r"` and `"raw"`. For `safe_slice()`: one index per dimension of the
+#'   tensor, as for `h$slice(name)[...]` (see "Slice indices").
+#' @param backend How a file is read: `"mmap"` (the default) maps it into
+#'   memory and copies from the mapping; `"read"` reads each tensor with
+#'   positioned reads, which is faster on network filesystems where mapping
+#'   is slow. Ignored for raw vectors and connections.
+#' @return `safe_open()`: a handle of class `safetensors_file`.
+#'   `safe_slice()`: the selected part of the tensor.
+#' @seealso [safe_load_file()] to read everything, [safe_info()] for the
+#'   header as a data frame.
+#' @export
+#' @examples
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
+#' h <- safe_open(path)
+#' h
+#' names(h)
+#' h$bias
+#' h[["weight"]]
+#'
+#' # Slices read only the selected elements
+#' h$slice("weight")[2, ]
+#' h$slice("weight")[, c(1, 3), drop = FALSE]
+#' dim(h$slice("weight"))
+#' safe_slice(h, "weight", 1, 2:3)
+#' close(h)
+#'
+#' # Python's f.get_slice("weight")[0:1, ::2], in R
+#' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
+safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
+  framework <- check_framework(framework)
+  backend <- rlang::arg_match(backend)
+  args <- list(...)
+  check_framework_args(framework, args)
+  if (is_index_path(path)) {
+    return(open_index(path, framework, args, backend))
+  }
+  part <- open_part(path, backend)
+  new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
+    label = part$label, metadata = part$info$metadata,
+    kind = if (is.character(path)) backend else "memory"
+  )
+}
+
+check_framework_args <- function(framework, args, call = rlang::caller_env()) {
+  if (framework %in% c("r", "raw") && length(args) > 0) {
+    st_abort(
+      "invalid_argument",
+      "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
+      call = call
+    )
+  }
+}
+
+# Opens one file (or raw vector, or connection) as a part of a handle.
+open_part <- function(path, backend, call = rlang::caller_env()) {
+  ptr <- if (is.character(path)) {
+    check_string(path, call = call)
+    open_file_(path.expand(path), backend)
+  } else if (is.raw(path)) {
+    open_raw_(path)
+  } else if (inherits(path, "connection")) {
+    open_raw_(read_connection(path))
+  } else {
+    st_abort(
+      "invalid_argument",
+      "{.arg path} must be a file path, a raw vector or a connection, not {.obj_type_friendly {path}}.",
+      call = call
+    )
+  }
+  label <- if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
+  part <- list(ptr = NULL, label = label, info = NULL)
+  part$ptr <- check_part(ptr, part, "open", call = call)
+  part$info <- check_part(handle_info_(part$ptr), part, call = call)
+  part
+}
+
+# st_check() for a part, building the message only on error: cli formatting
+# takes milliseconds, far longer than reading a small tensor.
+check_part <- function(res, part, verb = "read", call = rlang::caller_env()) {
+  if (!inherits(res, "safetensors_rust_error")) {
+    return(res)
+  }
+  st_check(res, source_what(part$label, verb), call = call)
+}
+
+# "Can't read 'path'." and the like, for a part's label.
+source_what <- function(label, verb = "read") {
+  src <- switch(label,
+    "<raw vector>" = "the raw vector",
+    "<connection>" = "the connection",
+    describe_source(label)
+  )
+  sprintf("Can't %s %s.", verb, src)
+}
+
+# A handle: the parts (open files), and for each visible tensor its name and
+# part. `metadata` is the file's (or first shard's) __metadata__; `kind` is
+# "mmap", "read", "memory" or "shards".
+new_handle <- function(parts, names, part_of, framework, args, backend, label, metadata, kind, index = NULL) {
+  pos <- integer(length(names))
+  for (p in unique(part_of)) {
+    at <- which(part_of == p)
+    pos[at] <- match(names[at], parts[[p]]$info$name)
+  }
+  structure(
+    list(
+      parts = parts,
+      names = names,
+      part_of = part_of,
+      pos = pos,
+      framework = framework,
+      args = args,
+      backend = backend,
+      label = label,
+      metadata = metadata,
+      kind = kind,
+      index = index
+    ),
+    class = "safetensors_file"
+  )
+}
+
+hget <- function(x, field) .subset2(x, field)
+
+#' @export
+names.safetensors_file <- function(x) {
+  hget(x, "names")
+}
+
+#' @export
+length.safetensors_file <- function(x) {
+  length(hget(x, "names"))
+}
+
+#' @export
+`[[.safetensors_file` <- function(x, i, ...) {
+  name <- tensor_name(x, i)
+  read_tensors(x, name)[[1]]
+}
+
+#' @export
+`$.safetensors_file` <- function(x, name) {
+  if (identical(name, "slice")) {
+    return(function(name) new_slice(x, name))
+  }
+  read_tensors(x, tensor_name(x, name))[[1]]
+}
+
+#' @export
+`[.safetensors_file` <- function(x, i) {
+  if (missing(i)) {
+    i <- names(x)
+  }
+  nms <- vapply(i, function(j) tensor_name(x, j), character(1), USE.NAMES = FALSE)
+  out <- read_tensors(x, nms)
+  names(out) <- nms
+  out
+}
+
+#' @rawNamespace S3method(utils::.DollarNames, safetensors_file)
+.DollarNames.safetensors_file <- function(x, pattern = "") {
+  nms <- c("slice", names(x))
+  nms[grepl(pattern, nms)]
+}
+
+#' @rawNamespace S3method(utils::str, safetensors_file)
+str.safetensors_file <- function(object, ...) {
+  cat(
+    "<safetensors_file> ", format_label(object), ": ", length(object), " tensors",
+    if (!handle_is_open(object)) " (closed)", "\n",
+    sep = ""
+  )
+  invisible()
+}
+
+#' @export
+close.safetensors_file <- function(con, ...) {
+  for (p in hget(con, "parts")) {
+    close_(p$ptr)
+  }
+  invisible()
+}
+
+handle_is_open <- function(x) {
+  all(vapply(hget(x, "parts"), function(p) is_open_(p$ptr), logical(1)))
+}
+
+# The name of tensor `i` (a name or a position) of handle `x`.
+tensor_name <- function(x, i, call = rlang::caller_env()) {
+  nms <- hget(x, "names")
+  if (is_string(i)) {
+    if (!i %in% nms) {
+      st_abort(
+        "tensor_not_found",
+        "Tensor {.val {i}} is not in {format_label(x)}.",
+        tensor = i,
+        call = call
+      )
+    }
+    return(i)
+  }
+  if (is.numeric(i) && length(i) == 1 && !is.na(i) && i >= 1 && i <= length(nms) && i == trunc(i)) {
+    return(nms[[i]])
+  }
+  st_abort(
+    "invalid_argument",
+    "A tensor must be chosen by its name or a position from 1 to {length(nms)}, not {.obj_type_friendly {i}}.",
+    call = call
+  )
+}
+
+format_label <- function(x) {
+  cli::format_inline("{.file {hget(x, 'label')}}")
+}
+
+# The 0.2.x header entry (dtype, shape, data_offsets) of each named tensor.
+header_entries <- function(x, names) {
+  at <- match(names, hget(x, "names"))
+  parts <- hget(x, "parts")
+  part_of <- hget(x, "part_of")[at]
+  out <- vector("list", length(names))
+  for (p in unique(part_of)) {
+    k <- which(part_of == p)
+    header <- parts[[p]]$info$header
+    out[k] <- header[match(names[k], names(header))]
+  }
+  names(out) <- names
+  out
+}
+
+# The 0.2.x header of the whole handle: every visible tensor's entry, in the
+# handle's order, with the metadata first.
+combined_header <- function(x) {
+  parts <- hget(x, "parts")
+  if (length(parts) == 1) {
+    return(parts[[1]]$info$header)
+  }
+  out <- header_entries(x, hget(x, "names"))
+  meta <- hget(x, "metadata")
+  if (!is.null(meta)) {
+    out <- c(list("__metadata__" = as.list(meta)), out)
+  }
+  out
+}
+
+# Reads tensors `names` (a character vector of visible names) from the parts
+# that hold them, as the Rust reader returns them, in the order asked.
+# With a cli progress `bar`, each part's tensors are read in groups of
+# about progress_group_bytes() (their `sizes` in bytes), updating the bar
+# after each group.
+read_parts <- function(x, names, mode, call = rlang::caller_env(), bar = NULL, sizes = NULL) {
+  at <- match(names, hget(x, "names"))
+  part_of <- hget(x, "part_of")[at]
+  parts <- hget(x, "parts")
+  tensors <- vector("list", length(names))
+  inexact <- numeric(length(names))
+  int_min <- numeric(length(names))
+  max_offset <- 0
+  for (p in unique(part_of)) {
+    k <- which(part_of == p)
+    part <- parts[[p]]
+    groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
+    for (g in groups) {
+      res <- check_part(handle_read_(part$ptr, names[g], mode, st_threads()), part, call = call)
+      tensors[g] <- unname(res$tensors)
+      inexact[g] <- res$inexact
+      int_min[g] <- res$int_min
+      max_offset <- max(max_offset, res$max_offset)
+      if (!is.null(bar)) {
+        cli::cli_progress_update(inc = sum(sizes[g]), id = bar)
+      }
+    }
+  }
+  names(tensors) <- names
+  list(tensors = tensors, inexact = inexact, int_min = int_min, max_offset = max_offset)
+}
+
+# Reads tensors as the handle's framework makes them; a named list.
+read_tensors <- function(x, names, call = rlang::caller_env()) {
+  framework <- hget(x, "framework")
+  mode <- if (framework == "r") "array" else "raw"
+  res <- read_parts(x, names, mode, call = call)
+  res$header <- header_entries(x, names)
+  strip_loaded(finish_load(res, framework, hget(x, "args"), call = call))
+}
+
+#' @export
+format.safetensors_file <- function(x, ..., n = 20) {
+  head <- paste0("<safetensors_file> ", hget(x, "label"))
+  if (!handle_is_open(x)) {
+    return(paste(head, "(closed)"))
+  }
+  nms <- hget(x, "names")
+  info <- handle_table(x)
+  parts <- hget(x, "parts")
+  src <- switch(hget(x, "kind"),
+    mmap = "memory-mapped",
+    read = "read on demand",
+    memory = "in memory",
+    shards = sprintf("%d shards, %s", length(parts), if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand")
+  )
+  lines <- c(
+    head,
+    sprintf(
+      "%d tensor%s, %s, %s",
+      length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src
+    )
+  )
+  if (length(nms) > 0) {
+    show <- seq_len(min(n, length(nms)))
+    tab <- data.frame(
+      name = encodeString(info$name[show], quote = ""),
+      dtype = info$dtype[show],
+      shape = vapply(info$shape[show], format_shape, character(1)),
+      size = vapply(info$bytes[show], format_bytes, character(1))
+    )
+    cols <- lapply(names(tab), function(col) format(c(col, tab[[col]])))
+    rows <- do.call(paste, c(cols, sep = "  "))
+    lines <- c(lines, paste0("  ", trimws(rows, "right")))
+    if (length(nms) > n) {
+      lines <- c(lines, sprintf("  # ... and %d more", length(nms) - n))
+    }
+  }
+  meta <- hget(x, "metadata")
+  if (length(meta) > 0) {
+    lines <- c(lines, "Metadata:", format_metadata(meta))
+  }
+  lines
+}
+
+format_metadata <- function(meta, width = 60) {
+  vals <- encodeString(unname(meta))
+  long <- nchar(vals) > width
+  vals[long] <- paste0(substr(vals[long], 1, width - 3), "...")
+  paste0("  ", encodeString(names(meta)), ": ", vals)
+}
+
+#' @export
+print.safetensors_file <- function(x, ..., n = 20) {
+  cat(format(x, ..., n = n), sep = "\n")
+  invisible(x)
+}
+
+format_shape <- function(shape) {
+  paste0("[", paste(format(shape, scientific = FALSE, trim = TRUE), collapse = ", "), "]")
+}
+
+format_bytes <- function(x) {
+  units <- c("B", "kB", "MB", "GB", "TB")
+  k <- if (x < 1000) 1 else min(floor(log(x, 1000)) + 1, length(units))
+  if (k == 1) {
+    return(sprintf("%s B", format(x, scientific = FALSE)))
+  }
+  sprintf("%.1f %s", x / 1000^(k - 1), units[[k]])
+}
+
+# The header facts of every visible tensor of a handle, as vectors
+# (`shape` a list); `begin` and `end` are absolute offsets in its file.
+handle_table <- function(x) {
+  parts <- hget(x, "parts")
+  part_of <- hget(x, "part_of")
+  counts <- vapply(parts, function(p) length(p$info$name), numeric(1))
+  at <- (cumsum(c(0, counts))[part_of] + hget(x, "pos"))
+  pick <- function(field) do.call(c, lapply(parts, function(p) p$info[[field]]))[at]
+  start <- vapply(parts, function(p) 8 + p$info$header_len, numeric(1))[part_of]
+  begin <- pick("begin")
+  end <- pick("end")
+  list(
+    name = hget(x, "names"),
+    dtype = pick("dtype"),
+    shape = pick("shape"),
+    numel = pick("numel"),
+    bytes = end - begin,
+    begin = start + begin,
+    end = start + end,
+    file = vapply(parts, function(p) p$file %||% p$label, character(1))[part_of]
+  )
+}
+
+# ---- slices ---------------------------------------------------------------
+
+new_slice <- function(x, name, call = rlang::caller_env()) {
+  name <- tensor_name(x, name, call = call)
+  at <- match(name, hget(x, "names"))
+  part <- hget(x, "parts")[[hget(x, "part_of")[[at]]]]
+  pos <- hget(x, "pos")[[at]]
+  structure(
+    list(
+      handle = x,
+      name = name,
+      dtype = part$info$dtype[[pos]],
+      shape = part$info$shape[[pos]]
+    ),
+    class = "safetensors_slice"
+  )
+}
+
+#' @export
+dim.safetensors_slice <- function(x) {
+  shape <- .subset2(x, "shape")
+  if (length(shape) == 0) NULL else shape
+}
+
+#' @export
+format.safetensors_slice <- function(x, ...) {
+  sprintf(
+    "<safetensors_slice> %s: %s %s",
+    encodeString(.subset2(x, "name"), quote = "'"), .subset2(x, "dtype"), format_shape(.subset2(x, "shape"))
+  )
+}
+
+#' @export
+print.safetensors_slice <- function(x, ...) {
+  cat(format(x), "\n", sep = "")
+  invisible(x)
+}
+
+#' @export
+`[.safetensors_slice` <- function(x, ..., drop = TRUE) {
+  idx <- rlang::dots_list(..., .ignore_empty = "none", .preserve_empty = TRUE)
+  read_slice(.subset2(x, "handle"), .subset2(x, "name"), idx, drop)
+}
+
+#' @rdname safe_open
+#' @param x A handle from `safe_open()`, or anything `safe_open()` accepts
+#'   (which is then opened and closed again).
+#' @param name The name of the tensor to slice.
+#' @param drop Whether to drop extents of one from the result, as for
+#'   arrays. Default `TRUE`.
+#' @export
+safe_slice <- function(x, name, ..., drop = TRUE) {
+  idx <- rlang::dots_list(..., .ignore_empty = "none", .preserve_empty = TRUE)
+  if (!inherits(x, "safetensors_file")) {
+    x <- safe_open(x, backend = "read")
+    on.exit(close(x), add = TRUE)
+  }
+  check_bool(drop)
+  read_slice(x, tensor_name(x, name), idx, drop)
+}
+
+# Reads `idx` (one index per dimension, R semantics) of tensor `name`.
+read_slice <- function(x, name, idx, drop, call = rlang::caller_env()) {
+  check_bool(drop, call = call)
+  at <- match(name, hget(x, "names"))
+  part <- hget(x, "parts")[[hget(x, "part_of")[[at]]]]
+  pos <- hget(x, "pos")[[at]]
+  shape <- part$info$shape[[pos]]
+  rank <- length(shape)
+  whole <- length(idx) == 1 && rlang::is_missing(idx[[1]])
+  if (rank == 0 && !whole && length(idx) > 0) {
+    st_abort(
+      "invalid_slice",
+      c(
+        "Tensor {.val {name}} is a scalar, which can't be indexed.",
+        i = "Read it whole with {.code [[}, or with {.code []} on the slice."
+      ),
+      tensor = name,
+      call = call
+    )
+  }
+  if (whole) {
+    idx <- rep(list(rlang::missing_arg()), rank)
+  }
+  if (length(idx) != rank) {
+    st_abort(
+      "invalid_slice",
+      c(
+        "Tensor {.val {name}} has {rank} dimension{?s}, so a slice needs {rank} ind{?ex/ices}, not {length(idx)}.",
+        i = "Leave an index empty to select a whole dimension, as in {.code x[1:10, ]}."
+      ),
+      tensor = name,
+      call = call
+    )
+  }
+  specs <- vector("list", rank)
+  is_range <- integer(rank)
+  for (j in seq_len(rank)) {
+    s <- index_spec(idx[[j]], shape[[j]], j, name, call)
+    specs[j] <- list(s$spec)
+    is_range[[j]] <- s$is_range
+  }
+  framework <- hget(x, "framework")
+  mode <- if (framework == "r") "array" else "raw"
+  res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode), part, call = call)
+  out <- res$tensor
+  warn_conversions(name, res, call = call)
+  if (mode == "array") {
+    if (rank > 0 && drop) {
+      d <- dim(out)
+      keep <- d != 1
+      dim(out) <- if (rank == 1) {
+        if (length(out) <= 1) NULL else d
+      } else if (sum(keep) <= 1) {
+        NULL
+      } else {
+        d[keep]
+      }
+    }
+    return(out)
+  }
+  shape_out <- attr(out, "shape")
+  if (drop) {
+    shape_out <- shape_out[shape_out != 1]
+  }
+  attr(out, "shape") <- shape_out
+  if (framework == "raw") {
+    return(out)
+  }
+  meta <- list(
+    dtype = attr(out, "dtype"),
+    shape = if (length(shape_out) > 0) shape_out else list(),
+    data_offsets = c(0, length(out))
+  )
+  attributes(out) <- NULL
+  rlang::exec(safetensors_frameworks[[framework]]$constructor, out, meta, !!!hget(x, "args"))
+}
+
+# Turns one R index into what the Rust slicer takes: a 0-based range
+# c(start, count, step) or a vector of 0-based indices.
+index_spec <- function(i, d, axis, name, call) {
+  bad <- function(msg, ...) {
+    st_abort(
+      "invalid_slice",
+      c(msg, i = "The index is for dimension {axis} of tensor {.val {name}}, which has extent {d}."),
+      ...,
+      tensor = name,
+      call = call
+    )
+  }
+  if (rlang::is_missing(i)) {
+    return(list(spec = c(0, d, 1), is_range = 1L))
+  }
+  if (is.null(i)) {
+    i <- integer()
+  }
+  if (is.object(i) || !(is.numeric(i) || is.logical(i))) {
+    bad("An index must be numeric or logical, not {.obj_type_friendly {i}}.")
+  }
+  if (anyNA(i)) {
+    bad("An index can't be {.code NA}.")
+  }
+  if (is.logical(i)) {
+    if (length(i) > d) {
+      bad("A logical index can't be longer than its dimension ({length(i)} > {d}).")
+    }
+    i <- if (length(i) == 0) integer() else which(rep_len(i, d))
+  } else {
+    if (any(!is.finite(i))) {
+      bad("An index must be finite.")
+    }
+    i <- trunc(i)
+    if (any(i < 0)) {
+      if (any(i > 0)) {
+        bad("Positive and negative indices can't be mixed.")
+      }
+      excl <- -i[i != 0]
+      if (any(excl > d)) {
+        bad("Index {.val {-max(excl)}} excludes an element beyond the extent.")
+      }
+      i <- setdiff(seq_len(d), excl)
+    } else {
+      i <- i[i != 0]
+      if (any(i > d)) {
+        bad("Index {.val {max(i)}} is out of range.")
+      }
+    }
+  }
+  i <- as.numeric(i) - 1
+  n <- length(i)
+  if (n == 0) {
+    return(list(spec = c(0, 0, 1), is_range = 1L))
+  }
+  if (n == 1) {
+    return(list(spec = c(i, 1, 1), is_range = 1L))
+  }
+  step <- i[[2]] - i[[1]]
+  if (step > 0 && all(diff(i) == step)) {
+    return(list(spec = c(i[[1]], n, step), is_range = 1L))
+  }
+  list(spec = i, is_range = 0L)
+}

@@ -1,0 +1,445 @@
+# A file with tensors of several dtypes and ranks.
+lazy_tensors <- function() {
+  list(
+    vec = as.numeric(1:7),
+    mat = matrix(as.numeric(1:30), 5, 6),
+    arr = array(as.numeric(1:60), c(3, 4, 5)),
+    a4 = array(as.numeric(1:120), c(2, 3, 4, 5)),
+    f32 = structure(matrix(seq(-2, 2, length.out = 24), 4, 6), dtype = "F32"),
+    f16 = structure(array(seq(0, 5.75, by = 0.25), c(2, 3, 4)), dtype = "F16"),
+    bf16 = structure(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), dtype = "BF16"),
+    i64 = structure(matrix(c(-3, 5, 2^40, 7, 8, 9), 3, 2), dtype = "I64"),
+    u8 = structure(matrix(0:19, 4, 5), dtype = "U8"),
+    int = matrix(-5:6, 3, 4),
+    lgl = matrix(c(TRUE, FALSE, NA, TRUE, TRUE, FALSE) %in% TRUE, 2, 3),
+    cplx = matrix(complex(real = 1:6, imaginary = -(1:6)), 3, 2),
+    f4 = structure(matrix(c(0, 0.5, 1, 1.5, 2, 3, 4, 6), 2, 4), dtype = "F4"),
+    scalar = structure(42L, shape = integer(0)),
+    empty = matrix(numeric(0), 0, 3),
+    `with space` = 1:3,
+    slice = c(1, 2)
+  )
+}
+
+local_lazy_file <- function(tensors = lazy_tensors(), env = parent.frame(), ...) {
+  path <- withr::local_tempfile(fileext = ".safetensors", .local_envir = env)
+  safe_save_file(tensors, path, ...)
+  path
+}
+
+strip_dtype <- function(x) {
+  attr(x, "dtype") <- NULL
+  x
+}
+
+test_that("every lazy read equals the eager read, for every source and backend", {
+  path <- local_lazy_file(metadata = list(format = "pt"))
+  eager <- safe_load_file(path)
+  attributes(eager) <- list(names = names(eager))
+  sources <- list(
+    mmap = function() safe_open(path),
+    read = function() safe_open(path, backend = "read"),
+    raw = function() safe_open(readBin(path, "raw", file.size(path))),
+    con = function() safe_open(file(path))
+  )
+  for (src in names(sources)) {
+    h <- sources[[src]]()
+    expect_s3_class(h, "safetensors_file")
+    expect_identical(names(h), names(eager))
+    expect_identical(length(h), length(eager))
+    for (nm in names(eager)) {
+      expect_identical(h[[nm]], eager[[nm]], label = paste(src, nm))
+    }
+    expect_identical(h[[2]], eager[[2]])
+    expect_identical(h$vec, eager$vec)
+    expect_identical(h[c("int", "vec")], eager[c("int", "vec")])
+    expect_identical(h[], eager)
+    close(h)
+  }
+})
+
+test_that("framework = 'raw' and registered frameworks read through handles", {
+  path <- local_lazy_file()
+  eager <- safe_load_file(path, framework = "raw")
+  h <- safe_open(path, framework = "raw")
+  expect_identical(h[["f16"]], eager[["f16"]])
+  withr::defer(rm("capture", envir = safetensors_frameworks))
+  safetensors_frameworks[["capture"]] <- list(
+    constructor = function(raw, meta, ...) list(raw = raw, meta = meta, args = list(...)),
+    packages = character()
+  )
+  h <- safe_open(path, framework = "capture", device = "cpu")
+  got <- h[["mat"]]
+  want <- eager[["mat"]]
+  expect_identical(got$raw, as.vector(want))
+  expect_identical(got$meta, attr(eager, "metadata")$mat)
+  expect_identical(got$args, list(device = "cpu"))
+  expect_error(safe_open(path, framework = "r", device = "cpu"), class = "safetensors_error_invalid_argument")
+})
+
+test_that("handles report unknown tensors, bad indices and closed files", {
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  expect_error(h[["nope"]], class = "safetensors_error_tensor_not_found")
+  expect_error(h$nope, class = "safetensors_error_tensor_not_found")
+  expect_error(h[[0]], class = "safetensors_error_invalid_argument")
+  expect_error(h[[length(h) + 1]], class = "safetensors_error_invalid_argument")
+  expect_error(h[[c("vec", "mat")]], class = "safetensors_error_invalid_argument")
+  # `h$slice` is the method; a tensor called "slice" is read with [[.
+  expect_type(h$slice, "closure")
+  expect_identical(strip_dtype(h[["slice"]]), array(c(1, 2)))
+  expect_null(close(h))
+  expect_error(h[["vec"]], class = "safetensors_error_closed")
+  expect_error(h$slice("vec")[1], class = "safetensors_error_closed")
+  expect_error(safe_info(h), class = "safetensors_error_closed")
+  expect_no_error(close(h))
+  expect_match(format(h), "(closed)", fixed = TRUE)
+})
+
+test_that("a handle restored from saveRDS() is closed, not a crash", {
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  rds <- withr::local_tempfile(fileext = ".rds")
+  saveRDS(h, rds)
+  h2 <- readRDS(rds)
+  expect_error(h2[["vec"]], class = "safetensors_error_closed")
+  expect_identical(h[["vec"]], safe_load_file(path)[["vec"]])
+})
+
+test_that("raw vectors stay alive under a handle", {
+  path <- local_lazy_file()
+  h <- safe_open(readBin(path, "raw", file.size(path)))
+  gc()
+  gc()
+  expect_identical(h$a4, safe_load_file(path)$a4)
+  close(h)
+  gc()
+  expect_error(h$a4, class = "safetensors_error_closed")
+})
+
+test_that("malformed files fail at open with the file's error class", {
+  expect_error(safe_open(raw(3)), class = "safetensors_error_header_too_small")
+  expect_error(safe_open(tempfile()), class = "safetensors_error_file_not_found")
+  expect_error(safe_open(1), class = "safetensors_error_invalid_argument")
+  expect_error(safe_open(raw(8), backend = "nope"))
+})
+
+# ---- slices ---------------------------------------------------------------
+
+# Index expressions evaluated on the full array `x` and on the slice object;
+# `x` is the tensor of the name given with each group.
+slice_cases <- list(
+  vec = expression(
+    x[], x[3], x[2:5], x[seq(1, 7, by = 3)], x[7:1], x[c(2, 2, 5)], x[-1],
+    x[-(2:3)], x[c(TRUE, FALSE)], x[integer(0)], x[0], x[c(0, 4)], x[2.9],
+    x[3, drop = FALSE], x[NULL], x[7]
+  ),
+  mat = expression(
+    x[], x[1:3, ], x[, 2], x[2, 3], x[2, , drop = FALSE], x[, 2, drop = FALSE],
+    x[seq(1, 5, by = 2), seq(2, 6, by = 2)], x[5:1, ], x[c(1, 1, 3), c(6, 1)],
+    x[-1, -6], x[c(TRUE, FALSE), ], x[, c(FALSE, TRUE, TRUE)], x[0, ],
+    x[, integer(0)], x[2:4, 3:5], x[1, 1, drop = FALSE], x[, ], x[5, 6]
+  ),
+  arr = expression(
+    x[1, , ], x[, 2, ], x[, , 3], x[1:2, 2:3, 4:5], x[3, 4, 5], x[, , 1:2],
+    x[2, , , drop = FALSE], x[c(3, 1), -2, seq(1, 5, by = 4)], x[, 1, 1],
+    x[-1, , c(TRUE, FALSE, TRUE, FALSE, TRUE)], x[, , ]
+  ),
+  a4 = expression(
+    x[2, 3, 4, 5], x[, , 1, ], x[1, 2:3, , seq(1, 5, by = 2)], x[, , , 5],
+    x[1:2, 1, 1:4, 1], x[2, , 3, , drop = FALSE]
+  ),
+  f32 = expression(x[2:3, ], x[, 6], x[4, c(1, 3, 5)]),
+  f16 = expression(x[2, , ], x[, 3, 2:4]),
+  bf16 = expression(x[, 2], x[2, ]),
+  i64 = expression(x[2, ], x[c(3, 1), 1]),
+  u8 = expression(x[2:3, 4:5], x[, 1]),
+  int = expression(x[, 4], x[3:2, ]),
+  lgl = expression(x[2, ], x[, c(1, 3)]),
+  cplx = expression(x[2:3, 2], x[, 1]),
+  f4 = expression(x[1, 3:4], x[, 1:2], x[2, ], x[, ]),
+  empty = expression(x[0, ], x[, 2], x[integer(0), 1:2]),
+  scalar = expression(x[])
+)
+
+test_that("slices equal subsetting the eager array, for many index forms", {
+  path <- local_lazy_file()
+  for (backend in c("mmap", "read")) {
+    h <- safe_open(path, backend = backend)
+    for (nm in names(slice_cases)) {
+      full <- h[[nm]]
+      dtype <- attr(full, "dtype")
+      sl <- h$slice(nm)
+      for (e in slice_cases[[nm]]) {
+        want <- eval(e, list(x = strip_dtype(full)))
+        if (nm == "scalar") {
+          want <- full
+        } else {
+          attr(want, "dtype") <- dtype
+        }
+        got <- eval(e, list(x = sl))
+        expect_identical(got, want, label = paste(backend, nm, deparse(e)))
+      }
+    }
+    close(h)
+  }
+})
+
+test_that("slices of a 1-D tensor stay 1-D arrays as R keeps them", {
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  expect_identical(dim(h$slice("vec")[2:4]), 3L)
+  expect_null(dim(h$slice("vec")[2]))
+  expect_identical(dim(h$slice("vec")[2, drop = FALSE]), 1L)
+  expect_identical(dim(h$slice("mat")), c(5L, 6L))
+  expect_null(dim(h$slice("scalar")))
+})
+
+test_that("safe_slice() is the function form and accepts paths", {
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  full <- strip_dtype(h[["arr"]])
+  expect_identical(strip_dtype(safe_slice(h, "arr", 2, , 3:4)), full[2, , 3:4])
+  expect_identical(strip_dtype(safe_slice(path, "arr", , 1, , drop = FALSE)), full[, 1, , drop = FALSE])
+  expect_identical(strip_dtype(safe_slice(h, 3, 1, 1, 1)), full[1, 1, 1])
+  expect_error(safe_slice(h, "nope", 1), class = "safetensors_error_tensor_not_found")
+  expect_error(safe_slice(h, "arr", 1, 1, 1, drop = NA), class = "safetensors_error_invalid_argument")
+})
+
+test_that("slice errors are classed and nothing wraps around", {
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  sl <- h$slice("mat")
+  expect_error(sl[6, ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[, 7], class = "safetensors_error_invalid_slice")
+  expect_error(sl[1:6, ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[-6, ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[c(-1, 2), ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[NA, ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[NA_real_, 1], class = "safetensors_error_invalid_slice")
+  expect_error(sl[Inf, 1], class = "safetensors_error_invalid_slice")
+  expect_error(sl["a", ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[factor("a"), ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[list(1), ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[rep(TRUE, 6), ], class = "safetensors_error_invalid_slice")
+  expect_error(sl[1], class = "safetensors_error_invalid_slice")
+  expect_error(sl[1, 1, 1], class = "safetensors_error_invalid_slice")
+  expect_error(h$slice("scalar")[1], class = "safetensors_error_invalid_slice")
+  expect_error(h$slice("vec")[8], class = "safetensors_error_invalid_slice")
+  expect_error(sl[1, 1, drop = "no"], class = "safetensors_error_invalid_argument")
+  # Half a byte of F4 is not addressable.
+  expect_error(h$slice("f4")[1, 1], class = "safetensors_error_misaligned")
+  expect_error(h$slice("f4")[, 1], class = "safetensors_error_misaligned")
+  expect_snapshot(error = TRUE, transform = function(x) gsub(path, "<path>", x, fixed = TRUE), {
+    sl[6, ]
+    sl[1]
+    h$slice("f4")[1, 1]
+  })
+})
+
+test_that("slices of I32 holding NA_integer_ bits come back as double, with a warning", {
+  bytes <- safe_serialize(list(x = structure(matrix(c(1, -2147483648, 3, 4), 2), dtype = "I32")))
+  h <- safe_open(bytes)
+  expect_warning(got <- h$slice("x")[2, ], class = "safetensors_warning_type")
+  expect_identical(strip_dtype(got), c(-2147483648, 4))
+  expect_silent(got <- h$slice("x")[1, ])
+  expect_identical(strip_dtype(got), c(1L, 3L))
+})
+
+test_that("framework slices get the bytes and shape of the selection", {
+  path <- local_lazy_file()
+  h <- safe_open(path, framework = "raw")
+  r <- safe_open(path)
+  cases <- list(
+    mat = list(2:4, c(1, 3, 5)),
+    f16 = list(1:2, 2:3, 1:4),
+    f4 = list(1:2, 1:2),
+    bf16 = list(2, 1:3),
+    cplx = list(c(3, 1), 2),
+    scalar = list()
+  )
+  for (nm in names(cases)) {
+    full <- r[[nm]]
+    idx <- cases[[nm]]
+    got <- do.call(`[`, c(list(h$slice(nm)), idx, list(drop = FALSE)))
+    want_r <- if (length(idx) == 0) full else do.call(`[`, c(list(strip_dtype(full)), idx, list(drop = FALSE)))
+    attr(want_r, "dtype") <- attr(full, "dtype")
+    want <- safe_load_file(safe_serialize(list(x = want_r)), framework = "raw")$x
+    expect_identical(got, want, label = nm)
+  }
+  got <- h$slice("mat")[2, 1:3]
+  expect_identical(attr(got, "shape"), 3L)
+  withr::defer(rm("capture", envir = safetensors_frameworks))
+  safetensors_frameworks[["capture"]] <- list(
+    constructor = function(raw, meta, ...) list(raw = raw, meta = meta, args = list(...)),
+    packages = character()
+  )
+  h <- safe_open(path, framework = "capture", device = "cpu")
+  got <- h$slice("mat")[2, 1:3]
+  expect_identical(got$meta, list(dtype = "F64", shape = 3L, data_offsets = c(0, 24)))
+  expect_identical(got$args, list(device = "cpu"))
+  expect_identical(readBin(got$raw, "double", 3), c(2, 7, 12))
+  expect_identical(h$slice("mat")[2, 2]$meta$shape, list())
+})
+
+test_that("slices agree with Python's safe_open(...).get_slice", {
+  skip_without_python()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(
+    m = structure(matrix(as.numeric(1:42), 6, 7), dtype = "F32"),
+    a = structure(array(0:119, c(4, 5, 6)), dtype = "I64"),
+    h = structure(array(seq(0, 29.5, by = 0.5), c(3, 4, 5)), dtype = "F16"),
+    v = structure(0:9, dtype = "U8")
+  ), path)
+  # Each case: the tensor, the R indices (drop = FALSE) and Python's.
+  cases <- list(
+    list("m", quote(x[2:4, , drop = FALSE]), "[1:4]"),
+    list("m", quote(x[, seq(1, 7, by = 3), drop = FALSE]), "[:, ::3]"),
+    list("m", quote(x[seq(2, 6, by = 2), 3:7, drop = FALSE]), "[1::2, 2:]"),
+    list("m", quote(x[6, 7, drop = FALSE]), "[5:6, 6:7]"),
+    list("a", quote(x[, 2:3, seq(1, 6, by = 2), drop = FALSE]), "[:, 1:3, ::2]"),
+    list("a", quote(x[4, , 6, drop = FALSE]), "[3:, :, 5:]"),
+    list("a", quote(x[, , , drop = FALSE]), "[...]"),
+    list("h", quote(x[seq(1, 3, by = 2), 2:4, 1:5, drop = FALSE]), "[::2, 1:4]"),
+    list("v", quote(x[seq(2, 10, by = 4), drop = FALSE]), "[1::4]")
+  )
+  code <- c(
+    "import sys, json",
+    "from safetensors import safe_open",
+    "cases = json.loads(sys.argv[2])",
+    "with safe_open(sys.argv[1], 'np') as f:",
+    "    for name, idx in cases:",
+    "        t = eval('f.get_slice(name)' + idx)",
+    "        print(json.dumps({'shape': list(t.shape), 'values': [float(v) for v in t.flatten()]}))"
+  )
+  out <- run_python(code, c(path, jsonlite::toJSON(lapply(cases, function(c) list(c[[1]], c[[3]])), auto_unbox = TRUE)))
+  h <- safe_open(path)
+  for (k in seq_along(cases)) {
+    py <- jsonlite::fromJSON(out[[k]])
+    x <- h$slice(cases[[k]][[1]])
+    got <- eval(cases[[k]][[2]])
+    expect_identical(dim(got), as.integer(py$shape), label = cases[[k]][[3]])
+    row_major <- as.vector(aperm(strip_dtype(got), rev(seq_along(dim(got)))))
+    expect_equal(as.numeric(row_major), as.numeric(py$values), label = cases[[k]][[3]])
+  }
+})
+
+test_that("print() shows tensors and metadata", {
+  path <- local_lazy_file(
+    lazy_tensors()[c("vec", "mat", "f16", "scalar", "with space")],
+    metadata = list(format = "pt", note = "a \"quoted\" value")
+  )
+  h <- safe_open(path)
+  label <- function(x) gsub(path, "<path>", x, fixed = TRUE)
+  expect_snapshot(print(h), transform = label)
+  expect_snapshot(print(h, n = 2), transform = label)
+  expect_snapshot(print(safe_open(readBin(path, "raw", file.size(path)), backend = "read")))
+  expect_snapshot(print(h$slice("f16")))
+  close(h)
+  expect_snapshot(print(h), transform = label)
+  empty <- safe_open(safe_serialize(setNames(list(), character())))
+  expect_snapshot(print(empty))
+})
+
+# ---- reading only what is asked for ------------------------------------------
+
+read_bytes <- function() {
+  io <- readLines("/proc/self/io")
+  as.numeric(sub("rchar: ", "", grep("^rchar:", io, value = TRUE)))
+}
+
+test_that("reading one small tensor from a large file reads only its bytes", {
+  skip_on_cran()
+  skip_if_not(file.exists("/proc/self/io"), "needs /proc/self/io")
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  big <- structure(raw(100e6), dtype = "U8")
+  dim(big) <- c(100e3, 1000)
+  safe_save_file(list(first = 1:10, big = big, last = c(2.5, 3.5)), path)
+  rm(big)
+  gc()
+  # Warm up: load lazily loaded code and namespaces first.
+  h <- safe_open(path, backend = "read")
+  invisible(h[["first"]])
+  invisible(h$slice("big")[1, 1:2])
+  invisible(safe_load_file(path, tensors = "first"))
+  invisible(safe_info(path))
+
+  before <- read_bytes()
+  x <- h[["last"]]
+  expect_lt(read_bytes() - before, 64e3)
+  expect_identical(strip_dtype(x), array(c(2.5, 3.5)))
+
+  before <- read_bytes()
+  rows <- h$slice("big")[1001:1010, ]
+  expect_lt(read_bytes() - before, 10 * 1000 + 64e3)
+  expect_identical(dim(rows), c(10L, 1000L))
+
+  before <- read_bytes()
+  sub <- safe_load_file(path, tensors = c("last", "first"))
+  expect_lt(read_bytes() - before, 64e3)
+  expect_named(sub, c("last", "first"))
+
+  before <- read_bytes()
+  h2 <- safe_open(path, backend = "read")
+  info <- safe_info(path)
+  expect_lt(read_bytes() - before, 64e3)
+  expect_identical(info$bytes, c(40, 100e6, 16))
+  close(h2)
+
+  # A memory map faults in only the pages read.
+  rss <- function() {
+    status <- readLines("/proc/self/status")
+    as.numeric(gsub("[^0-9]", "", grep("^VmRSS:", status, value = TRUE))) * 1024
+  }
+  m <- safe_open(path)
+  before <- rss()
+  x <- m[["last"]]
+  rows <- m$slice("big")[1:10, ]
+  expect_lt(rss() - before, 20e6)
+  close(m)
+  close(h)
+})
+
+test_that("a file truncated under an open handle is an error, not a crash", {
+  skip_on_cran()
+  skip_if_not_installed("callr")
+  path <- local_lazy_file()
+  res <- callr::r(function(path) {
+    out <- list()
+    for (backend in c("mmap", "read")) {
+      safetensors::safe_save_file(list(a = as.numeric(1:1000), b = as.numeric(1:1000)), path)
+      h <- safetensors::safe_open(path, backend = backend)
+      first <- h[["a"]]
+      con <- file(path, "r+b")
+      truncate(con)
+      close(con)
+      out[[backend]] <- tryCatch(h[["b"]], error = function(e) class(e))
+    }
+    out
+  }, args = list(path = path))
+  expect_true("safetensors_error_file_changed" %in% res$mmap)
+  expect_true("safetensors_error_file_changed" %in% res$read)
+})
+
+test_that("a file rewritten in place under a memory map is an error", {
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  before <- h[["mat"]]
+  bytes <- readBin(path, "raw", file.size(path))
+  con <- file(path, "r+b")
+  writeBin(rev(bytes), con)
+  close(con)
+  Sys.setFileTime(path, Sys.time() + 5)
+  expect_error(h[["mat"]], class = "safetensors_error_file_changed")
+  expect_error(h$slice("mat")[1, ], class = "safetensors_error_file_changed")
+})
+
+test_that("handles complete names after $ and have a one-line str()", {
+  path <- system.file("extdata", "example.safetensors", package = "safetensors")
+  h <- safe_open(path)
+  expect_identical(utils::.DollarNames(h, ""), c("slice", names(h)))
+  expect_identical(utils::.DollarNames(h, "^b"), "bias")
+  expect_output(str(h), "<safetensors_file> .*: 3 tensors$")
+  close(h)
+  expect_output(str(h), "3 tensors (closed)", fixed = TRUE)
+})
