@@ -47,6 +47,7 @@
 #'   all tensors, or a named character vector of dtypes for some of them.
 #' @param sync Whether to flush the file to disk (fsync) before renaming it
 #'   over the target. Default `TRUE`.
+#' @inheritSection safe_load_file Threads
 #' @param max_shard_size `NULL` (the default) to write one file, or the
 #'   largest shard of a sharded checkpoint: a number of bytes, or a string
 #'   such as `"5GB"` (units B, kB, MB, GB, TB are powers of 1000; KiB, MiB,
@@ -117,7 +118,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
     }
     write_spec(path.expand(path), spec, sync, bar = bar, label = path)
   } else if (inherits(path, "connection")) {
-    bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+    bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
     if (!isOpen(path)) {
       open(path, "wb")
       on.exit(close(path), add = TRUE)
@@ -137,7 +138,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
 safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
   check_ignored_dots(...)
   spec <- tensor_spec(tensors, dtype, metadata)
-  st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+  st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
 }
 
 #' Raw bytes and description of a framework tensor

@@ -6,7 +6,8 @@
 #
 # Targets: header (parsing and validation of arbitrary bytes), deserialize
 # (whole files converted to every R type and encoded back), convert
-# (structure-aware conversions), index_walk (the block index walker).
+# (structure-aware conversions), index_walk (the block index walker), slice
+# (selections planned, read and decoded), index (shard index files).
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain, or
 # a stable one (RUSTC_BOOTSTRAP=1 is set then, for -Zsanitizer=address).
 #
@@ -24,7 +25,7 @@ seconds=${1:-600}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(header deserialize convert index_walk)
+  targets=(header deserialize convert index_walk slice index)
 fi
 fuzz=$root/src/rust/fuzz
 work=${FUZZ_DIR:-$fuzz}
@@ -63,7 +64,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$art"
   before=$(find "$art" -type f | wc -l)
   dict=()
-  case $t in header | deserialize) dict=(-dict="$fuzz/header.dict") ;; esac
+  case $t in header | deserialize | index) dict=(-dict="$fuzz/header.dict") ;; esac
   log="$work/fuzz-$t.log"
   echo "==== $t: $seconds s (log $log)"
   "${fuzz_cmd[@]}" run -O -a --target-dir "$target_dir" "$t" "$work/corpus/$t" -- \

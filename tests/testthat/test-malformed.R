@@ -1,5 +1,6 @@
 # Hostile and broken files: each gives its own classed error, through every
-# way of reading a file, and never hurts the R session.
+# way of reading a file (eager, lazy, header only), and never hurts the R
+# session.
 
 cases <- malformed_cases()
 
@@ -27,6 +28,10 @@ for (name in names(cases)) {
       }
       expect_error(safe_load_file(path, framework = "raw"), class = class)
       expect_error(safe_deserialize(bytes), class = class)
+      expect_error(safe_open(path), class = class)
+      expect_error(safe_open(bytes), class = class)
+      expect_error(safe_info(path), class = class)
+      expect_error(safe_info(bytes), class = class)
       con <- file(path)
       expect_error(safe_load_file(con), class = class)
     })

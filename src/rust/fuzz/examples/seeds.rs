@@ -61,5 +61,26 @@ fn main() {
         s.extend([1, 2, 3, 64]);
         write(&root.join("index_walk"), &format!("seed-{i}"), &s);
     }
+    // Slices: dtype, rank, shape, selection count, selections, chunk sizes, data.
+    let slices: [&[u8]; 5] = [
+        &[17, 2, 3, 4, 2, 1, 0, 3, 1, 0, 2, 1, 3, 2, 5, 7, 1, 2, 3, 4, 5, 6, 7, 8],
+        &[4, 3, 2, 3, 4, 3, 0, 2, 1, 0, 3, 2, 1, 1, 1, 1, 2, 0, 1, 2, 3, 9, 9, 9, 9, 1, 2, 3],
+        &[1, 2, 4, 6, 2, 1, 1, 2, 1, 1, 0, 6, 1, 2, 1, 0, 0, 0, 8, 8, 8, 8, 0x12, 0x34, 0x56],
+        &[21, 1, 7, 1, 0, 4, 2, 0, 1, 6, 1, 3, 5, 0, 0, 0, 0, 1, 2, 3],
+        &[2, 0, 0, 3, 3, 3, 3, 0xaa, 0xbb, 0xcc],
+    ];
+    for (i, s) in slices.iter().enumerate() {
+        write(&root.join("slice"), &format!("seed-{i}"), s);
+    }
+    let indexes = [
+        r#"{"metadata":{"total_size":24},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}"#,
+        r#"{"weight_map":{"a":"./s.safetensors"},"metadata":{"format":"pt","n":[1,2]},"extra":null}"#,
+        r#"{"weight_map":{"a":"../x.safetensors"}}"#,
+        r#"{"weight_map":{"a":"/etc/passwd"}}"#,
+        r#"{"weight_map":{"a":"x","a":"y"}}"#,
+    ];
+    for (i, s) in indexes.iter().enumerate() {
+        write(&root.join("index"), &format!("seed-{i}"), s.as_bytes());
+    }
     println!("seeds written under {}", root.display());
 }

@@ -6,7 +6,10 @@
 use safetensorsr::convert::{self, decode, encode, n_rows, r_type, row_len, DecodeStats, Dst, RType, Src};
 use safetensorsr::dtype::Dtype;
 use safetensorsr::format::{self, Header, TensorSpec, N_LEN};
-use safetensorsr::io::{self, Memory};
+use safetensorsr::error::Kind;
+use safetensorsr::io::{self, Memory, Source};
+use safetensorsr::shards;
+use safetensorsr::slice::{Cursor, Plan, Sel};
 
 /// Largest number of elements a tensor may have for the conversion checks
 /// (they hold several copies of it).
@@ -79,6 +82,14 @@ pub fn check_header_bytes(data: &[u8]) {
             check_header_invariants(&h, n, data.len() - N_LEN - n);
         }
         Err(e) => assert!(e.kind.is_format(), "file errors are format errors, got {:?}", e.kind),
+    }
+    // A header read from a stream, without its data section.
+    match format::parse_header_only(data) {
+        Ok(h) => {
+            let covered = h.tensors.last().map_or(0, |t| t.end);
+            check_header_invariants(&h, data.len(), covered);
+        }
+        Err(e) => assert!(e.kind.is_format(), "header errors are format errors, got {:?}", e.kind),
     }
     for data_len in [0usize, 1, 4, 8, 24] {
         match format::parse_header(data, data_len) {
@@ -307,4 +318,190 @@ pub fn check_walk(shape: &[usize], splits: &[usize]) {
     }
     // An empty row range touches nothing.
     convert::for_each_index(shape, rows, rows, |_, _| panic!("{shape:?}: empty range visited an element"));
+}
+
+/// A source that holds its bytes but never lends them, so readers take
+/// their read-ahead paths.
+pub struct NoView<'a>(pub &'a [u8]);
+
+impl Source for NoView<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn view(&self, _off: usize, _n: usize) -> safetensorsr::error::Result<Option<&[u8]>> {
+        Ok(None)
+    }
+    fn read_at(&self, off: usize, buf: &mut [u8]) -> safetensorsr::error::Result<()> {
+        Memory(self.0).read_at(off, buf)
+    }
+}
+
+/// The `i`-th index of a selection, computed independently of the slicer.
+fn sel_index(s: &Sel, i: usize) -> usize {
+    match s {
+        Sel::Range { start, step, .. } => start + i * step,
+        Sel::List(v) => v[i],
+    }
+}
+
+/// Whether a selection is valid for a dimension of extent `d`.
+fn sel_valid(s: &Sel, d: usize) -> bool {
+    match s {
+        Sel::Range { count: 0, .. } => true,
+        Sel::Range { start, count, step } => {
+            *step >= 1 && (count - 1).checked_mul(*step).and_then(|x| x.checked_add(*start)).is_some_and(|l| l < d)
+        }
+        Sel::List(v) => v.iter().all(|&i| i < d),
+    }
+}
+
+/// Column-major position of the row-major element `rm` of `shape`.
+fn cm_of(shape: &[usize], rm: usize) -> usize {
+    let mut rest = rm;
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = rest % shape[d];
+        rest /= shape[d];
+    }
+    let (mut cm, mut stride) = (0, 1);
+    for d in 0..shape.len() {
+        cm += idx[d] * stride;
+        stride *= shape[d];
+    }
+    cm
+}
+
+/// Bits `[i * bits, (i + 1) * bits)` of `src`, least significant first.
+fn get_bits(src: &[u8], i: usize, bits: usize) -> u64 {
+    (0..bits).fold(0u64, |acc, b| {
+        let pos = i * bits + b;
+        acc | ((((src[pos / 8] >> (pos % 8)) & 1) as u64) << b)
+    })
+}
+
+fn put_bits(out: &mut [u8], i: usize, bits: usize, v: u64) {
+    for b in 0..bits {
+        let pos = i * bits + b;
+        out[pos / 8] |= (((v >> b) & 1) as u8) << (pos % 8);
+    }
+}
+
+/// Target (c): slicing. The planner against brute force for any shape and
+/// selection (valid or not); the byte cursor, through a memory view and
+/// through reads with arbitrary chunk sizes, against gathering the
+/// selected elements' bits; and decoding the slice against decoding the
+/// whole tensor and picking the selected elements.
+pub fn check_slice(dtype: Dtype, shape: &[usize], sels: Vec<Sel>, bytes: &[u8], chunks: &[usize]) {
+    let Some(n) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else { return };
+    assert_eq!(dtype.bytes_for(n), Some(bytes.len()), "caller passes a consistent tensor");
+    let valid = sels.len() == shape.len() && sels.iter().zip(shape).all(|(s, &d)| sel_valid(s, d));
+    let plan = match Plan::new(shape, sels.clone(), "t") {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!valid, "a valid selection {sels:?} of {shape:?} was refused: {}", e.message);
+            assert!(matches!(e.kind, Kind::InvalidSlice | Kind::Overflow), "{:?}", e.kind);
+            return;
+        }
+    };
+    assert!(valid, "an invalid selection {sels:?} of {shape:?} was accepted");
+    let out_shape: Vec<usize> = sels.iter().map(Sel::len).collect();
+    assert_eq!(plan.out_shape(), &out_shape[..]);
+    let m = plan.out_numel();
+    if m > MAX_ELEMENTS {
+        return;
+    }
+    // The source element of each result element, row-major.
+    let mut want = Vec::with_capacity(m);
+    for q in 0..m {
+        let mut rest = q;
+        let mut idx = vec![0; out_shape.len()];
+        for j in (0..out_shape.len()).rev() {
+            idx[j] = rest % out_shape[j];
+            rest /= out_shape[j];
+        }
+        let (mut src, mut stride) = (0, 1);
+        for j in (0..shape.len()).rev() {
+            src += sel_index(&sels[j], idx[j]) * stride;
+            stride *= shape[j];
+        }
+        want.push(src);
+    }
+    let got: Vec<usize> = plan.ranges().flat_map(|(o, l)| {
+        assert!(l > 0 && o + l <= n.max(1), "run ({o}, {l}) outside a tensor of {n} elements");
+        o..o + l
+    }).collect();
+    assert_eq!(got, want, "{shape:?} {sels:?}");
+
+    let bits = dtype.bits();
+    let Ok(ranges) = plan.byte_ranges(bits, "t") else {
+        assert!(bits % 8 != 0, "byte-sized dtypes never misalign");
+        return;
+    };
+    let nbytes = (m * bits).div_ceil(8);
+    let mut gathered = vec![0u8; nbytes];
+    for (q, &s) in want.iter().enumerate() {
+        put_bits(&mut gathered, q, bits, get_bits(bytes, s, bits));
+    }
+    // The tensor sits inside a larger buffer, as in a file.
+    let mut file = vec![0xa5u8; 24];
+    file.extend_from_slice(bytes);
+    file.extend_from_slice(&[0x5a; 24]);
+    for src in [&Memory(&file) as &dyn Source, &NoView(&file) as &dyn Source] {
+        let mut cursor = Cursor::new(src, 24, bytes.len(), ranges.clone());
+        let mut out = vec![0u8; nbytes];
+        let mut done = 0;
+        let mut k = 0;
+        while done < nbytes {
+            let step = chunks.get(k).copied().unwrap_or(nbytes).clamp(1, nbytes - done);
+            k += 1;
+            cursor.fill(&mut out[done..done + step]).expect("a valid slice reads");
+            done += step;
+        }
+        assert_eq!(out, gathered, "{dtype} {shape:?} {sels:?}: the cursor read other bytes");
+    }
+
+    // Decoding the slice equals decoding the tensor and picking elements.
+    if m == 0 || n == 0 {
+        return;
+    }
+    for rt in rtypes(dtype) {
+        let mut whole = Values::filled(rt, n, 1);
+        decode(dtype, bytes, shape, 0, n_rows(shape), whole.dst());
+        let mut part = Values::filled(rt, m, 2);
+        decode(dtype, &gathered, &out_shape, 0, n_rows(&out_shape), part.dst());
+        let mut picked = Values::filled(rt, m, 3);
+        for (q, &s) in want.iter().enumerate() {
+            let (to, from) = (cm_of(&out_shape, q), cm_of(shape, s));
+            match (&mut picked, &whole) {
+                (Values::Real(p), Values::Real(w)) => p[to] = w[from],
+                (Values::Int(p), Values::Int(w)) | (Values::Lgl(p), Values::Lgl(w)) => p[to] = w[from],
+                (Values::Cplx(p), Values::Cplx(w)) => p[to] = w[from],
+                _ => unreachable!("same R type"),
+            }
+        }
+        assert!(part.same(&picked), "{dtype} {shape:?} {sels:?} as {rt:?}: the slice decodes differently");
+    }
+}
+
+/// Target (d): shard index files (`model.safetensors.index.json`), which
+/// come from the same untrusted source as the shards. An accepted index
+/// names each tensor once and only shard files inside its directory.
+pub fn check_index(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match shards::parse_index(text) {
+        Ok(index) => {
+            let mut names = std::collections::HashSet::new();
+            for (name, file) in &index.weight_map {
+                assert!(names.insert(name.as_str()), "duplicate tensor `{name}` accepted");
+                let p = std::path::Path::new(file);
+                assert!(!file.is_empty() && !p.is_absolute(), "shard `{file}` accepted");
+                assert!(
+                    p.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)),
+                    "shard `{file}` leaves the index's directory"
+                );
+                assert!(!name.contains('\0') && !file.contains('\0'));
+            }
+        }
+        Err(e) => assert!(matches!(e.kind, Kind::InvalidIndex | Kind::InvalidHeader), "{:?}", e.kind),
+    }
 }
