@@ -72,6 +72,12 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend))
   }
+  if (inherits(path, "connection") && framework != "r") {
+    return(load_stream(path, tensors, framework, list(...)))
+  }
+  if (torch_direct(framework) && (is.character(path) || is.raw(path))) {
+    return(load_handle(path, tensors, framework, list(...), backend))
+  }
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
     check_string(path)
@@ -98,6 +104,9 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
   }
   framework <- check_framework(framework)
   check_tensor_names(tensors)
+  if (torch_direct(framework)) {
+    return(load_handle(buffer, tensors, framework, list(...), "read"))
+  }
   mode <- if (framework == "r") "array" else "raw"
   res <- st_check(read_raw_(buffer, tensors, mode), "Can't read the raw vector.")
   finish_load(res, framework, list(...))
@@ -113,19 +122,142 @@ check_tensor_names <- function(tensors, call = rlang::caller_env()) {
   }
 }
 
-# Reads all remaining bytes of a connection, opening it (binary) if needed.
-read_connection <- function(con) {
+# Reads one safetensors file from a connection (opening it, binary, if
+# needed) from its current position: the header, then exactly the data it
+# describes; the connection is left just past them, so it need not be
+# seekable and may hold more after the file.
+read_connection <- function(con, call = rlang::caller_env()) {
   if (!isOpen(con)) {
     open(con, "rb")
     on.exit(close(con), add = TRUE)
   }
-  chunks <- list()
-  repeat {
-    chunk <- readBin(con, "raw", 16L * 1024L * 1024L)
-    if (length(chunk) == 0) break
-    chunks[[length(chunks) + 1L]] <- chunk
+  part <- list(label = "<connection>")
+  prefix <- read_header_bytes(con, part, call)
+  info <- check_part(info_header_(prefix), part, call = call)
+  c(prefix, read_exact(con, info$file_len - length(prefix), part, NULL, call))
+}
+
+# `n` bytes from a connection, or an error if it ends first.
+read_exact <- function(con, n, part, tensor, call) {
+  out <- readBin(con, "raw", n)
+  if (length(out) < n) {
+    # A connection may return less than asked before its end.
+    more <- list(out)
+    got <- length(out)
+    repeat {
+      chunk <- readBin(con, "raw", n - got)
+      if (length(chunk) == 0) break
+      more[[length(more) + 1L]] <- chunk
+      got <- got + length(chunk)
+      if (got == n) break
+    }
+    if (got < n) {
+      stream_ended(part, got, n, tensor, call)
+    }
+    out <- unlist(more, use.names = FALSE)
   }
-  if (length(chunks) == 1L) chunks[[1L]] else unlist(chunks, use.names = FALSE)
+  out
+}
+
+# Reads and discards `n` bytes of a connection.
+skip_bytes <- function(con, n, part, tensor, call) {
+  while (n > 0) {
+    k <- length(readBin(con, "raw", min(n, 8 * 1024^2)))
+    if (k == 0) {
+      stream_ended(part, 0, n, tensor, call)
+    }
+    n <- n - k
+  }
+}
+
+stream_ended <- function(part, got, n, tensor, call) {
+  what <- if (is.null(tensor)) "data" else "bytes of tensor {.val {tensor}}"
+  st_abort(
+    "incomplete_buffer",
+    c(cli_escape(source_what(part$label)), x = paste("The connection ended after {got} of the {n}", what, "bytes.")),
+    tensor = tensor,
+    format = TRUE,
+    call = call
+  )
+}
+
+# safe_load_file() for a connection and a framework other than "r": reads
+# the header, then each tensor in file order, straight into its framework
+# tensor (with no copy of the whole file in memory), skipping those not
+# asked for. The connection is left just past the file's data.
+load_stream <- function(con, tensors, framework, args, call = rlang::caller_env()) {
+  check_framework_args(framework, args, call = call)
+  if (!isOpen(con)) {
+    open(con, "rb")
+    on.exit(close(con), add = TRUE)
+  }
+  part <- list(label = "<connection>")
+  info <- check_part(info_header_(read_header_bytes(con, part, call)), part, call = call)
+  wanted <- tensors %||% info$name
+  absent <- wanted[!wanted %in% info$name]
+  if (length(absent) > 0) {
+    st_abort(
+      "tensor_not_found",
+      c(cli_escape(source_what(part$label)), x = "Tensor {.val {absent[[1]]}} is not in the file."),
+      tensor = absent[[1]],
+      call = call
+    )
+  }
+  direct <- torch_direct(framework)
+  if (direct) {
+    device <- torch_device_arg(args)
+    for (nm in unique(wanted)) {
+      torch_dtype_of(info$dtype[[match(nm, info$name)]], nm, call = call)
+    }
+  } else if (framework != "raw") {
+    constructor <- safetensors_frameworks[[framework]]$constructor
+  }
+  start <- 8 + info$header_len
+  out <- vector("list", length(wanted))
+  max_offset <- 0
+  for (i in seq_along(info$name)) {
+    nm <- info$name[[i]]
+    nbytes <- info$end[[i]] - info$begin[[i]]
+    k <- which(wanted == nm)
+    if (length(k) == 0) {
+      skip_bytes(con, nbytes, part, nm, call)
+      next
+    }
+    value <- if (direct) {
+      torch_read_stream(con, nm, info$dtype[[i]], info$shape[[i]], device, part, call)
+    } else {
+      raw <- read_exact(con, nbytes, part, nm, call)
+      if (framework == "raw") {
+        structure(raw, dtype = info$dtype[[i]], shape = info$shape[[i]])
+      } else {
+        meta <- info$header[[match(nm, names(info$header))]]
+        do.call(constructor, c(list(raw, meta), args))
+      }
+    }
+    out[k] <- list(value)
+    max_offset <- start + info$end[[i]]
+  }
+  names(out) <- wanted
+  attr(out, "metadata") <- info$header
+  attr(out, "max_offset") <- max_offset
+  out
+}
+
+# safe_load_file() through a handle: for frameworks that read from one
+# (torch's direct reads).
+load_handle <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
+  h <- safe_open(path, backend = backend)
+  on.exit(close(h), add = TRUE)
+  nms <- if (is.null(tensors)) {
+    names(h)
+  } else {
+    vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
+  }
+  res <- read_handle(h, nms, framework, args, call = call)
+  out <- res$tensors
+  attr(out, "metadata") <- combined_header(h)
+  attr(out, "max_offset") <- res$max_offset
+  out
 }
 
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds

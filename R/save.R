@@ -104,15 +104,22 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
   }
   if (is.character(path)) {
     check_string(path)
-    res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync)
-    st_check(res, sprintf("Can't write %s.", describe_source(path)))
+    if (anyNA(spec[[5]])) {
+      write_stream(spec, file_sink(path.expand(path), sync, label = path))
+    } else {
+      res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync)
+      st_check(res, sprintf("Can't write %s.", describe_source(path)))
+    }
   } else if (inherits(path, "connection")) {
-    bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
     if (!isOpen(path)) {
       open(path, "wb")
       on.exit(close(path), add = TRUE)
     }
-    writeBin(bytes, path)
+    if (anyNA(spec[[5]])) {
+      write_stream(spec, connection_sink(path))
+    } else {
+      writeBin(st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors."), path)
+    }
   } else {
     st_abort(
       "invalid_argument",
@@ -127,6 +134,9 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
 safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
   check_ignored_dots(...)
   spec <- tensor_spec(tensors, dtype, metadata)
+  if (anyNA(spec[[5]])) {
+    return(write_stream(spec, raw_sink()))
+  }
   st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
 }
 
@@ -235,10 +245,14 @@ tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
   for (i in seq_len(n)) {
     x <- tensors[[i]]
     if (is.object(x)) {
+      # Framework tensors: described now, their bytes fetched one at a time
+      # while writing (write_stream()), so that only one tensor's buffer
+      # exists at a time. `permute` NA marks them.
       meta <- safe_tensor_meta(x)
-      values[i] <- list(safe_tensor_buffer(x))
+      values[i] <- list(x)
       shapes[[i]] <- as.numeric(unlist(meta$shape))
       dtypes[[i]] <- meta$dtype
+      permute[[i]] <- NA
     } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && !is.null(attr(x, "dtype"))) {
       values[i] <- list(x)
       shapes[[i]] <- as.numeric(attr(x, "shape"))
@@ -332,4 +346,130 @@ check_metadata <- function(metadata, call) {
     st_abort("invalid_argument", "{.arg metadata} names must be unique.", call = call)
   }
   out
+}
+
+# The spec with every framework tensor's bytes fetched (for writers that
+# need all bytes at once).
+materialize <- function(spec, call = rlang::caller_env()) {
+  for (i in which(is.na(spec[[5]]))) {
+    spec[[1]][i] <- list(framework_bytes(spec, i, call))
+    spec[[5]][[i]] <- FALSE
+  }
+  spec
+}
+
+# Framework tensor `i` of `spec` as bytes, checked against its description.
+framework_bytes <- function(spec, i, call, size = NULL) {
+  name <- spec[[2]][[i]]
+  bytes <- safe_tensor_buffer(spec[[1]][[i]])
+  if (!is.raw(bytes)) {
+    st_abort(
+      "invalid_argument",
+      "{.fn safe_tensor_buffer} must return a raw vector, not {.obj_type_friendly {bytes}} (tensor {.val {name}}).",
+      call = call
+    )
+  }
+  size <- size %||% (prod(spec[[4]][[i]]) * dtype_bits[[spec[[3]][[i]]]] / 8)
+  if (length(bytes) != size) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "The buffer of tensor {.val {name}} has {length(bytes)} bytes, but its dtype and shape need {size}.",
+        i = "{.fn safe_tensor_buffer} and {.fn safe_tensor_meta} disagree."
+      ),
+      tensor = name,
+      call = call
+    )
+  }
+  bytes
+}
+
+# Writes `spec` tensor by tensor to `sink`: the header first, then each
+# tensor's bytes, a framework tensor's fetched only when its turn comes and
+# dropped after, so at most one framework buffer is in memory at a time (and
+# R arrays are converted one at a time). Returns what the sink's finish()
+# returns.
+write_stream <- function(spec, sink, call = rlang::caller_env()) {
+  lay <- st_check(
+    rlang::exec(stream_layout_, spec[[2]], spec[[3]], spec[[4]], spec[[6]], spec[[7]]),
+    sink$what,
+    call = call
+  )
+  sink$start(sum(lay$sizes) + length(lay$prefix))
+  on.exit(sink$abort(), add = TRUE)
+  sink$write(lay$prefix, 0)
+  permute <- spec[[5]]
+  for (i in seq_along(permute)) {
+    if (is.na(permute[[i]]) && inherits(spec[[1]][[i]], "torch_tensor")) {
+      written <- 0
+      torch_write_chunks(spec[[1]][[i]], function(bytes) {
+        sink$write(bytes, 0)
+        written <<- written + length(bytes)
+      })
+      if (written != lay$sizes[[i]]) {
+        st_abort("invalid_argument", "Tensor {.val {spec[[2]][[i]]}} changed size while it was written.", call = call)
+      }
+    } else if (is.na(permute[[i]])) {
+      sink$write(framework_bytes(spec, i, call, lay$sizes[[i]]), 0)
+    } else if (permute[[i]]) {
+      # One tensor as a file; its data are the last bytes.
+      one <- st_check(
+        serialize_(spec[[1]][i], spec[[2]][i], spec[[3]][i], spec[[4]][i], TRUE, NULL, NULL),
+        sink$what,
+        call = call
+      )
+      sink$write(one, length(one) - lay$sizes[[i]])
+    } else {
+      sink$write(spec[[1]][[i]], 0)
+    }
+  }
+  out <- sink$finish()
+  on.exit()
+  out
+}
+
+# Sinks for write_stream(): start(total), write(bytes, from) (bytes `from`,
+# 0-based, to the end), finish(), abort(); `what` heads their error
+# messages, raised in the caller's `call`.
+file_sink <- function(path, sync, label = path, call = rlang::caller_env()) {
+  what <- sprintf("Can't write %s.", describe_source(label))
+  w <- NULL
+  list(
+    what = what,
+    start = function(total) w <<- st_check(stream_open_(path), what, call = call),
+    write = function(bytes, from) st_check(stream_write_(w, bytes, from), what, call = call),
+    finish = function() {
+      st_check(stream_commit_(w, sync), what, call = call)
+      invisible()
+    },
+    abort = function() if (!is.null(w)) stream_abort_(w)
+  )
+}
+
+connection_sink <- function(con) {
+  list(
+    what = "Can't write the connection.",
+    start = function(total) NULL,
+    # R arrays come as a one-tensor file (`from` > 0): rare beside framework
+    # tensors, and the only case that copies.
+    write = function(bytes, from) writeBin(if (from == 0) bytes else bytes[-seq_len(from)], con),
+    finish = function() invisible(),
+    abort = function() NULL
+  )
+}
+
+raw_sink <- function(call = rlang::caller_env()) {
+  what <- "Can't serialize the tensors."
+  out <- NULL
+  pos <- 0
+  list(
+    what = what,
+    start = function(total) out <<- st_check(alloc_raw_(total), what, call = call),
+    write = function(bytes, from) {
+      st_check(raw_put_(out, pos, bytes, from), what, call = call)
+      pos <<- pos + length(bytes) - from
+    },
+    finish = function() out,
+    abort = function() NULL
+  )
 }

@@ -72,10 +72,11 @@ load_index <- function(path, tensors, framework, args, backend, call = rlang::ca
   } else {
     vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
   }
-  mode <- if (framework == "r") "array" else "raw"
-  res <- read_parts(h, nms, mode, call = call)
-  res$header <- combined_header(h)
-  finish_load(res, framework, args, call = call)
+  res <- read_handle(h, nms, framework, args, call = call)
+  out <- res$tensors
+  attr(out, "metadata") <- combined_header(h)
+  attr(out, "max_offset") <- res$max_offset
+  out
 }
 
 # Bits per element of each dtype.
@@ -138,6 +139,7 @@ shard_of <- function(sizes, limit) {
 # or a single file when everything fits in one shard (as transformers does).
 save_shards <- function(spec, path, max_shard_size, sync, call = rlang::caller_env()) {
   limit <- parse_size(max_shard_size, call = call)
+  spec <- materialize(spec, call = call)
   check_string(path, call = call)
   path <- path.expand(path)
   base <- if (dir.exists(path)) {

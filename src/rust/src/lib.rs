@@ -14,6 +14,7 @@ mod robj;
 mod save;
 pub mod shards;
 pub mod slice;
+mod torch;
 
 use extendr_api::prelude::*;
 
@@ -24,4 +25,5 @@ extendr_module! {
     use open;
     use save;
     use shards;
+    use torch;
 }
