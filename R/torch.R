@@ -79,7 +79,15 @@ torch_dtype_to_safe <- function(x, call = rlang::caller_env()) {
 #' @rdname safe_tensor_buffer
 #' @export
 safe_tensor_meta.torch_tensor <- function(x) {
-  list(shape = as.list(x$shape), dtype = torch_dtype_to_safe(x$dtype))
+  shape <- x$shape
+  if (anyNA(shape) || any(shape < 0)) {
+    # R torch reports extents as R integers; one over 2^31 - 1 wraps around.
+    st_abort(
+      "invalid_argument",
+      "Can't write a torch tensor with an extent over 2^31 - 1: R torch reports its shape as {.val {shape}}."
+    )
+  }
+  list(shape = as.list(shape), dtype = torch_dtype_to_safe(x$dtype))
 }
 
 #' @rdname safe_tensor_buffer
@@ -232,21 +240,28 @@ torch_read_handle <- function(h, names, args, call = rlang::caller_env()) {
 # for writing torch tensors.
 torch_chunk <- 4 * 1024^2
 
-# Writes torch tensor `x` through `write(bytes)` in pieces of about
-# `torch_chunk` bytes, each a safe_tensor_buffer() of consecutive outer
-# rows (of the flattened tensor, when contiguous): the writer then never
-# holds more than a piece of the tensor's bytes.
+# Writes torch tensor `x` through `write(bytes)` in pieces of at most
+# `torch_chunk` bytes where possible, each a safe_tensor_buffer() of
+# consecutive outer rows (a row larger than that is split the same way), so
+# the writer never holds more than a piece of the tensor's bytes. R torch
+# indexes dimensions with R integers, so pieces are taken along dimensions,
+# never from a flattened tensor whose length may exceed them.
 torch_write_chunks <- function(x, write) {
   x <- x$detach()
-  nbytes <- prod(as.numeric(x$shape)) * x$element_size()
-  if (nbytes <= torch_chunk || x$dim() == 0) {
+  shape <- as.numeric(x$shape)
+  nbytes <- prod(shape) * x$element_size()
+  if (nbytes <= torch_chunk || length(shape) == 0) {
     return(write(safe_tensor_buffer.torch_tensor(x)))
   }
-  if (x$is_contiguous()) {
-    x <- x$view(-1)
+  rows <- shape[[1]]
+  row_bytes <- nbytes / rows
+  if (row_bytes > torch_chunk) {
+    for (i in seq_len(rows)) {
+      torch_write_chunks(x$select(1, i), write)
+    }
+    return(invisible())
   }
-  rows <- x$size(1)
-  per <- max(1, floor(torch_chunk / (nbytes / rows)))
+  per <- floor(torch_chunk / row_bytes)
   start <- 1
   while (start <= rows) {
     n <- min(per, rows - start + 1)

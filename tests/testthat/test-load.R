@@ -187,3 +187,65 @@ test_that("bad sources and arguments are classed errors", {
   expect_error(safe_load_file(bytes, framework = "nope"), class = "safetensors_error_unknown_framework")
   expect_error(safe_load_file(bytes, framework = "nope"), class = "safetensors_error")
 })
+
+test_that("a connection is read up to the end of the file's data, and left there", {
+  a <- safe_serialize(list(x = 1:3, y = matrix(as.numeric(1:6), 2)), metadata = list(part = "a"))
+  b <- safe_serialize(list(z = c(TRUE, FALSE)), metadata = list(part = "b"))
+  for (framework in c("r", "raw")) {
+    con <- rawConnection(c(a, b, as.raw(1:5)))
+    first <- safe_load_file(con, framework = framework)
+    second <- safe_load_file(con, framework = framework)
+    expect_identical(readBin(con, "raw", 100), as.raw(1:5), label = framework)
+    close(con)
+    expect_identical(first, safe_deserialize(a, framework = framework), label = framework)
+    expect_identical(second, safe_deserialize(b, framework = framework), label = framework)
+  }
+  # Tensors not asked for are read past.
+  con <- rawConnection(c(a, b))
+  withr::defer(close(con))
+  expect_identical(safe_load_file(con, framework = "raw", tensors = "x")$x, safe_deserialize(a, framework = "raw")$x)
+  expect_identical(names(safe_load_file(con, framework = "raw")), "z")
+})
+
+test_that("non-seekable connections are read with every framework", {
+  path <- fixture("multi.safetensors")
+  for (framework in c("r", "raw")) {
+    ref <- safe_load_file(path, framework = framework)
+    gz <- withr::local_tempfile(fileext = ".gz")
+    out <- gzfile(gz, "wb")
+    writeBin(read_bytes(path), out)
+    close(out)
+    con <- gzcon(file(gz, "rb"))
+    expect_false(isSeekable(con))
+    expect_identical(safe_load_file(con, framework = framework), ref, label = framework)
+    close(con)
+    skip_on_os("windows")
+    con <- pipe(paste("cat", shQuote(path)), "rb")
+    expect_false(isSeekable(con))
+    expect_identical(safe_load_file(con, framework = framework), ref, label = framework)
+    close(con)
+    # url() of a file, not yet opened: opened, and closed again.
+    con <- url(paste0("file://", normalizePath(path)))
+    expect_identical(safe_load_file(con, framework = framework), ref, label = framework)
+  }
+})
+
+test_that("a connection that ends early is an incomplete_buffer error", {
+  bytes <- safe_serialize(list(x = as.numeric(1:100), y = 1:5))
+  for (framework in c("r", "raw")) {
+    for (cut in c(length(bytes) - 1, length(bytes) - 25)) {
+      con <- rawConnection(bytes[seq_len(cut)])
+      expect_error(safe_load_file(con, framework = framework), class = "safetensors_error_incomplete_buffer")
+      close(con)
+    }
+  }
+  con <- rawConnection(bytes[1:20])
+  withr::defer(close(con))
+  expect_error(safe_load_file(con, framework = "raw"), class = "safetensors_error_format")
+})
+
+test_that("a tensor not in a connection's file is tensor_not_found", {
+  con <- rawConnection(safe_serialize(list(x = 1)))
+  withr::defer(close(con))
+  expect_error(safe_load_file(con, framework = "raw", tensors = "nope"), class = "safetensors_error_tensor_not_found")
+})

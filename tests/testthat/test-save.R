@@ -250,3 +250,31 @@ test_that("saving what was loaded reproduces every file Python wrote, byte for b
     }
   }
 })
+
+test_that("files are written to any binary connection, opened or not, seekable or not", {
+  x <- list(w = matrix(rnorm(6), 2), n = 1:3, raw = structure(as.raw(1:4), dtype = "U8", shape = c(2L, 2L)))
+  bytes <- safe_serialize(x, metadata = c(format = "pt"))
+
+  gz <- withr::local_tempfile(fileext = ".gz")
+  con <- gzcon(file(gz, "wb"))
+  safe_save_file(x, con, metadata = c(format = "pt"))
+  close(con)
+  con <- gzcon(file(gz, "rb"))
+  expect_identical(readBin(con, "raw", 2 * length(bytes)), bytes)
+  close(con)
+
+  # An unopened connection is opened for writing, and closed again.
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, file(path), metadata = c(format = "pt"))
+  expect_identical(read_bytes(path), bytes)
+
+  # Several files on one connection, read back one after the other.
+  con <- file(path, "wb")
+  safe_save_file(x, con)
+  safe_save_file(list(y = 2.5), con)
+  close(con)
+  con <- file(path, "rb")
+  withr::defer(close(con))
+  expect_identical(safe_load_file(con), safe_deserialize(safe_serialize(x)))
+  expect_identical(safe_load_file(con)$y, structure(2.5, dim = 1L, dtype = "F64"))
+})
