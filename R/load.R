@@ -26,8 +26,11 @@
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
 #'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
-#'   binary connection (opened for reading, or not yet opened; it need not be
-#'   seekable).
+#'   binary connection (opened for reading, or not yet opened). A connection
+#'   is read from its current position up to the end of the tensor data its
+#'   header describes, and left there (it need not be seekable, and more may
+#'   follow the file); with a framework other than `"r"` it is read tensor by
+#'   tensor, never holding the whole file in memory.
 #' @param buffer A raw vector holding a whole safetensors file.
 #' @param ... Passed on to the framework's tensor constructor, for example
 #'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
@@ -65,6 +68,12 @@
 #'
 #' # A file held in memory
 #' safe_deserialize(readBin(path, "raw", file.size(path)))$bias
+#' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
+#'
+#' # torch tensors, as safetensors 0.2.x returned them
+#' w <- safe_load_file(path, framework = "torch", device = "cpu")$weight
+#' w$dtype
+#' w
 safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap")) {
   framework <- check_framework(framework)
   backend <- rlang::arg_match(backend)

@@ -20,9 +20,15 @@
 #' vector with attribute `shape = integer(0)`, which is a scalar.
 #'
 #' Other objects (torch tensors, for example) are written through their
-#' [safe_tensor_meta()] and [safe_tensor_buffer()] methods, and a raw vector
-#' with `"dtype"` and `"shape"` attributes (as `framework = "raw"` returns)
-#' is written as the bytes it holds.
+#' [safe_tensor_meta()] and [safe_tensor_buffer()] methods, one tensor at a
+#' time, and a raw vector with `"dtype"` and `"shape"` attributes (as
+#' `framework = "raw"` returns) is written as the bytes it holds.
+#'
+#' A connection is written from its current position and left open after
+#' the file's last byte, so several files can follow each other on one
+#' connection (and be read back in turn with [safe_load_file()]); it need not
+#' be seekable (`gzcon()`, pipes, sockets). A connection is not written
+#' atomically.
 #'
 #' Tensors are stored in the order given, and `metadata` first with its keys
 #' sorted, in the compact, space-padded header Python's `safetensors` writes;
@@ -34,8 +40,8 @@
 #'   integer, logical, raw or complex), or objects with
 #'   [safe_tensor_meta()] and [safe_tensor_buffer()] methods. Names must be
 #'   unique and not `"__metadata__"`; the empty name is allowed.
-#' @param path A file path, or a connection (opened for writing in binary
-#'   mode, or not yet opened).
+#' @param path A file path, or a binary connection (opened for writing, or
+#'   not yet opened, in which case it is opened and closed again).
 #' @param ... Ignored, for compatibility with safetensors 0.2.x (which
 #'   accepted and ignored arguments such as `framework`). Other names give a
 #'   warning.
@@ -150,9 +156,30 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
 #' the file. Methods for `torch_tensor` are included; other packages (such as
 #' pjrt) add methods for their own classes.
 #'
+#' The writers call `safe_tensor_meta()` for every tensor first (so a
+#' tensor they can't write fails before anything is written), then
+#' `safe_tensor_buffer()` for one tensor at a time while writing, so only
+#' one tensor's bytes are held at a time. A buffer whose length disagrees
+#' with the meta is an error of class `safetensors_error_invalid_argument`.
+#'
+#' @section torch tensors:
+#' `safe_tensor_meta()` maps torch's dtype to the file's (see
+#' [safetensors_frameworks] for the list); a dtype safetensors has no name
+#' for (`torch_cdouble()`, quantized types) is an error of class
+#' `safetensors_error_unsupported_dtype`. `safe_tensor_buffer()` copies the
+#' tensor's logical values once into the raw vector: non-contiguous tensors
+#' (transposed, sliced, expanded) are written as they print, tensors on a
+#' GPU are copied to the host, and there is no size limit (torch's
+#' `buffer_from_torch_tensor()` copies the underlying storage, ignoring
+#' strides and offsets, and takes a 32-bit size: safetensors 0.2.x wrote
+#' such tensors with the wrong bytes and crashed on 2 GiB). When writing files,
+#' connections or [safe_serialize()] results, torch tensors are copied in
+#' pieces of a few MiB rather than whole. `requires_grad` is not stored.
+#'
 #' @param x A tensor.
 #' @return `safe_tensor_meta()`: a list with elements `shape` and `dtype`.
 #'   `safe_tensor_buffer()`: a raw vector.
+#' @seealso [safetensors_frameworks] for reading tensors into a framework.
 #' @export
 #' @examples
 #' # A minimal tensor class stored as raw bytes
@@ -165,6 +192,16 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
 #' registerS3method("safe_tensor_buffer", "bytes_tensor", safe_tensor_buffer.bytes_tensor)
 #' raw <- safe_serialize(list(x = bytes_tensor(as.raw(1:6), c(2, 3))))
 #' safe_deserialize(raw)$x
+#' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
+#'
+#' # torch tensors: the logical values of a transposed tensor, row-major
+#' x <- torch::torch_tensor(matrix(1:6, 2, 3), dtype = torch::torch_int32())$t()
+#' safe_tensor_meta(x)
+#' readBin(safe_tensor_buffer(x), "integer", 6)
+#' path <- tempfile(fileext = ".safetensors")
+#' safe_save_file(list(x = x), path)
+#' safe_load_file(path, framework = "torch")$x
+#' safe_load_file(path)$x
 safe_tensor_buffer <- function(x) {
   UseMethod("safe_tensor_buffer")
 }

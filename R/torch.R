@@ -5,19 +5,24 @@
 # each tensor is allocated by torch (torch_empty(), CPU) and the Rust core
 # reads the file's bytes straight into it (pread or a memory map, see
 # src/rust/src/torch.rs): one copy, no R vector in between. From a
-# connection, each tensor is read in chunks of `torch_chunk` bytes, each
-# chunk copied into the tensor: the chunk is the only extra memory. A
+# connection, R's readBin() reads each tensor in chunks of `torch_chunk`
+# bytes and each chunk is copied into the tensor: two passes over the bytes
+# (R has no way to read a connection into foreign memory), but a chunk is
+# the only memory beyond the tensors, where 0.2.x held two copies. A
 # `device` other than "cpu" adds torch's own copy to that device. The
 # registered constructor, torch_tensor_from_raw(), which receives a raw
 # vector (slices, and callers of the 0.2.x contract), copies it once, with
 # torch's own clone() of a temporary view.
 #
-# Copies, writing. safe_tensor_buffer() allocates the raw vector and has
+# Copies, writing. safe_tensor_buffer() allocates a raw vector and has
 # torch copy the tensor into it through a view of that vector (copy_()), so
 # strides, storage offsets and devices are handled by torch, sizes are
-# 64-bit, and the copy is the only one; the writer then writes that vector
-# (file, connection, or the result of safe_serialize()) tensor by tensor, so
-# only one tensor's buffer exists at a time.
+# 64-bit, and that copy is the only one. The writers (R/save.R,
+# write_stream()) take torch tensors a piece of `torch_chunk` bytes at a
+# time (torch_write_chunks()): each piece is copied once into a small raw
+# vector and written to the file (or the result of safe_serialize()), so no
+# second copy of a whole tensor, let alone of a model, is ever held. On a
+# connection, writeBin() copies each piece once more into its own buffer.
 
 # safetensors dtype -> name of R torch's dtype function.
 torch_dtype_fns <- c(
@@ -96,9 +101,9 @@ safe_tensor_buffer.torch_tensor <- function(x) {
   # A view of an R raw vector of the tensor's size, dtype and shape, into
   # which torch copies the tensor: logical (row-major) values whatever its
   # strides and storage offset, from any device, with 64-bit sizes (torch's
-  # buffer_from_torch_tensor() copies from the storage start and truncates
-  # sizes at 2 GiB). The view does not own the vector's memory and is not
-  # used after this function, which keeps `buf` referenced while it runs.
+  # buffer_from_torch_tensor() copies from the storage start and takes a
+  # 32-bit size). The view does not own the vector's memory and is not used
+  # after this function, which keeps `buf` referenced while it runs.
   x <- x$detach()
   n <- prod(as.numeric(x$shape)) * x$element_size()
   buf <- st_check(alloc_raw_(n), "Can't allocate the tensor's buffer.")
