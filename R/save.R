@@ -174,7 +174,8 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
 #' strides and offsets, and takes a 32-bit size: safetensors 0.2.x wrote
 #' such tensors with the wrong bytes and crashed on 2 GiB). When writing files,
 #' connections or [safe_serialize()] results, torch tensors are copied in
-#' pieces of a few MiB rather than whole. `requires_grad` is not stored.
+#' pieces of 16 MiB rather than whole (except transposed or permuted ones,
+#' whose last dimension is strided). `requires_grad` is not stored.
 #'
 #' @param x A tensor.
 #' @return `safe_tensor_meta()`: a list with elements `shape` and `dtype`.
@@ -383,16 +384,6 @@ check_metadata <- function(metadata, call) {
     st_abort("invalid_argument", "{.arg metadata} names must be unique.", call = call)
   }
   out
-}
-
-# The spec with every framework tensor's bytes fetched (for writers that
-# need all bytes at once).
-materialize <- function(spec, call = rlang::caller_env()) {
-  for (i in which(is.na(spec[[5]]))) {
-    spec[[1]][i] <- list(framework_bytes(spec, i, call))
-    spec[[5]][[i]] <- FALSE
-  }
-  spec
 }
 
 # Framework tensor `i` of `spec` as bytes, checked against its description.

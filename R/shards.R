@@ -139,7 +139,6 @@ shard_of <- function(sizes, limit) {
 # or a single file when everything fits in one shard (as transformers does).
 save_shards <- function(spec, path, max_shard_size, sync, call = rlang::caller_env()) {
   limit <- parse_size(max_shard_size, call = call)
-  spec <- materialize(spec, call = call)
   check_string(path, call = call)
   path <- path.expand(path)
   base <- if (dir.exists(path)) {
@@ -154,6 +153,10 @@ save_shards <- function(spec, path, max_shard_size, sync, call = rlang::caller_e
   n <- max(c(0L, shard))
   write <- function(target, k) {
     sub <- c(lapply(spec[1:5], function(v) v[k]), spec[6:7])
+    if (anyNA(sub[[5]])) {
+      # Framework tensors, fetched one at a time.
+      return(write_stream(sub, file_sink(target, sync, call = call), call = call))
+    }
     res <- rlang::exec(write_file_, target, !!!sub, sync)
     st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
   }

@@ -5,7 +5,7 @@
 # each tensor is allocated by torch (torch_empty(), CPU) and the Rust core
 # reads the file's bytes straight into it (pread or a memory map, see
 # src/rust/src/torch.rs): one copy, no R vector in between. From a
-# connection, R's readBin() reads each tensor in chunks of `torch_chunk`
+# connection, R's readBin() reads each tensor in chunks of `torch_read_chunk`
 # bytes and each chunk is copied into the tensor: two passes over the bytes
 # (R has no way to read a connection into foreign memory), but a chunk is
 # the only memory beyond the tensors, where 0.2.x held two copies. A
@@ -18,11 +18,13 @@
 # torch copy the tensor into it through a view of that vector (copy_()), so
 # strides, storage offsets and devices are handled by torch, sizes are
 # 64-bit, and that copy is the only one. The writers (R/save.R,
-# write_stream()) take torch tensors a piece of `torch_chunk` bytes at a
+# write_stream()) take torch tensors a piece of `torch_write_chunk` bytes at a
 # time (torch_write_chunks()): each piece is copied once into a small raw
 # vector and written to the file (or the result of safe_serialize()), so no
-# second copy of a whole tensor, let alone of a model, is ever held. On a
-# connection, writeBin() copies each piece once more into its own buffer.
+# second copy of a whole tensor, let alone of a model, is held; only a
+# tensor whose last dimension is strided (transposed, permuted) is copied
+# whole, which is far faster for those. On a connection, writeBin() copies
+# each piece once more into its own buffer.
 
 # safetensors dtype -> name of R torch's dtype function.
 torch_dtype_fns <- c(
@@ -241,32 +243,40 @@ torch_read_handle <- function(h, names, args, call = rlang::caller_env()) {
   list(tensors = out, max_offset = max_offset)
 }
 
-# Chunk size for reading tensors from connections into torch memory, and
-# for writing torch tensors.
-torch_chunk <- 4 * 1024^2
+# Chunk sizes for reading tensors from connections into torch memory (each
+# chunk a new R vector: small ones are recycled by malloc, large ones cost
+# page faults), and for writing torch tensors (each piece one torch copy_(),
+# whose fixed cost, its threads' start above all, small pieces multiply).
+torch_read_chunk <- 1024^2
+torch_write_chunk <- 16 * 1024^2
 
 # Writes torch tensor `x` through `write(bytes)` in pieces of at most
-# `torch_chunk` bytes where possible, each a safe_tensor_buffer() of
+# `torch_write_chunk` bytes where possible, each a safe_tensor_buffer() of
 # consecutive outer rows (a row larger than that is split the same way), so
 # the writer never holds more than a piece of the tensor's bytes. R torch
 # indexes dimensions with R integers, so pieces are taken along dimensions,
-# never from a flattened tensor whose length may exceed them.
-torch_write_chunks <- function(x, write) {
+# never from a flattened tensor whose length may exceed them. A tensor
+# whose last dimension is not contiguous (transposed, permuted) is copied
+# whole, in one pass of torch's transposing copy: copying it piece by piece
+# would gather each piece from across the whole tensor, many times slower.
+torch_write_chunks <- function(x, write, chunk = torch_write_chunk) {
   x <- x$detach()
   shape <- as.numeric(x$shape)
   nbytes <- prod(shape) * x$element_size()
-  if (nbytes <= torch_chunk || length(shape) == 0) {
+  rank <- length(shape)
+  inner_contiguous <- rank > 0 && (shape[[rank]] <= 1 || x$stride()[[rank]] == 1)
+  if (nbytes <= chunk || !inner_contiguous) {
     return(write(safe_tensor_buffer.torch_tensor(x)))
   }
   rows <- shape[[1]]
   row_bytes <- nbytes / rows
-  if (row_bytes > torch_chunk) {
+  if (row_bytes > chunk) {
     for (i in seq_len(rows)) {
-      torch_write_chunks(x$select(1, i), write)
+      torch_write_chunks(x$select(1, i), write, chunk)
     }
     return(invisible())
   }
-  per <- floor(torch_chunk / row_bytes)
+  per <- floor(chunk / row_bytes)
   start <- 1
   while (start <= rows) {
     n <- min(per, rows - start + 1)
@@ -282,7 +292,7 @@ torch_read_stream <- function(con, name, dtype, shape, device, part, call) {
   t <- torch_empty_for(dtype, shape, name, call)
   done <- 0
   while (done < t$nbytes) {
-    chunk <- readBin(con, "raw", min(torch_chunk, t$nbytes - done))
+    chunk <- readBin(con, "raw", min(torch_read_chunk, t$nbytes - done))
     if (length(chunk) == 0) {
       stream_ended(part, done, t$nbytes, name, call)
     }

@@ -211,6 +211,42 @@ test_that("non-contiguous tensors are written with their logical values", {
   }
 })
 
+test_that("torch tensors are written piece by piece, in row-major order", {
+  skip_if_no_torch()
+  pieces <- function(x, chunk) {
+    out <- list()
+    safetensors:::torch_write_chunks(x, function(b) out[[length(out) + 1]] <<- b, chunk = chunk)
+    out
+  }
+  base <- torch::torch_arange(1, 4 * 6 * 10)$view(c(4, 6, 10))
+  for (x in list(base, base[2:4, , ], base[, 2:5, ], base[, , 3:8], base$permute(c(2, 1, 3)))) {
+    for (chunk in c(1, 40, 100, 1000, 10000)) {
+      got <- pieces(x, chunk)
+      expect_identical(unlist(got), safe_tensor_buffer(x$contiguous()))
+    }
+  }
+  # Rows (here, of 240 bytes) are gathered up to the piece size, and split
+  # when larger.
+  expect_length(pieces(base, 500), 2)
+  expect_true(all(lengths(pieces(base, 100)) <= 100))
+  # Transposed tensors are copied whole.
+  expect_length(pieces(base$transpose(2, 3), 100), 1)
+
+  # Through the writers, with pieces of 16 MiB: a 40 MiB tensor.
+  x <- torch::torch_randn(1280, 8192)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(x = x, y = x[, 2:8000]), path)
+  got <- safe_load_file(path, framework = "torch")
+  expect_true(torch::torch_equal(got$x, x))
+  expect_true(torch::torch_equal(got$y, x[, 2:8000]))
+  safe_save_file(list(x = x), path)
+  expect_identical(safe_serialize(list(x = x)), read_bytes(path))
+  con <- rawConnection(raw(), "wb")
+  withr::defer(close(con))
+  safe_save_file(list(x = x), con)
+  expect_identical(rawConnectionValue(con), read_bytes(path))
+})
+
 test_that("tensors that require grad are written, and come back without grad", {
   skip_if_no_torch()
   x <- torch::torch_randn(3, 2, requires_grad = TRUE)
