@@ -25,6 +25,15 @@ st_check <- function(res, what, call = rlang::caller_env()) {
   if (!inherits(res, "safetensors_rust_error")) {
     return(res)
   }
+  if (identical(res$kind, "interrupted")) {
+    # Ctrl-C must give the prompt back at once: no cli formatting (its first
+    # use in a session takes a large part of a second).
+    stop(rlang::error_cnd(
+      c("safetensors_error_interrupted", "safetensors_error"),
+      message = "Interrupted by the user.",
+      call = call
+    ))
+  }
   st_abort(
     res$kind,
     c(cli_escape(what), x = cli_escape(sentence(res$message))),

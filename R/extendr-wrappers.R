@@ -72,6 +72,30 @@ handle_read_ <- function(x, names, mode) .Call(wrap__handle_read_, x, names, mod
 #' @noRd
 handle_slice_ <- function(x, name, specs, is_range, mode) .Call(wrap__handle_slice_, x, name, specs, is_range, mode)
 
+#' Opens a save to `path`: validates all tensors (as `write_file_()` does,
+#' so the same errors come before any file is created), creates the
+#' temporary file beside `path` and writes the header.
+#' @noRd
+writer_open_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values) .Call(wrap__writer_open_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values)
+
+#' Appends tensor `i` (0-based; the tensors must come in order): the
+#' one-element lists and vectors describe it as for `write_file_()`, and
+#' must match what `writer_open_()` was given. Returns the bytes written so
+#' far, header included.
+#' @noRd
+writer_write_ <- function(w, i, tensor, name, dtype, shape, permute) .Call(wrap__writer_write_, w, i, tensor, name, dtype, shape, permute)
+
+#' Finishes a save: checks that every tensor was written, flushes (and with
+#' `sync`, fsyncs) the file and renames it over the target. Returns the file
+#' size.
+#' @noRd
+writer_commit_ <- function(w, sync) .Call(wrap__writer_commit_, w, sync)
+
+#' Abandons a save, removing its temporary file; harmless after a commit
+#' or a previous abort. Returns whether a save was abandoned.
+#' @noRd
+writer_abort_ <- function(w) .Call(wrap__writer_abort_, w)
+
 #' Writes a file at `path` atomically: a temporary file beside it, flushed,
 #' then renamed over it.
 #' @noRd

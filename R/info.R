@@ -18,12 +18,14 @@
 #' @param path A path to a `.safetensors` file or a shard index, a raw
 #'   vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
-#' @return `safe_info()`: a data frame with one row per tensor in file
-#'   order and columns `name`, `dtype`, `shape` (a list column of integer
+#' @return `safe_info()`: a data frame (of class `safetensors_info`, which
+#'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
+#'   tensor in file order and columns `name`, `dtype`, `shape` (a list column of integer
 #'   vectors, outermost dimension first; `integer(0)` for a scalar), `numel`
 #'   (number of elements), `bytes`, and `begin` and `end`, the tensor's
 #'   byte range as absolute 0-based offsets in the file (`end` exclusive), so
-#'   `begin - 8 - header length` is the header's `data_offsets` value.
+#'   `begin - 8 - header length` is the header's `data_offsets` value; for
+#'   a sharded checkpoint, also `file`.
 #'   `safe_metadata()`: a named character vector, or `NULL` if the file has
 #'   no `__metadata__`.
 #' @seealso [safe_open()] to read tensors lazily.
@@ -53,7 +55,68 @@ safe_info <- function(path) {
   if (res$sharded) {
     df$file <- tab$file
   }
+  class(df) <- c("safetensors_info", "data.frame")
   df
+}
+
+#' @export
+format.safetensors_info <- function(x, ..., n = 20) {
+  # A subset that lost the columns this needs is formatted as a data frame.
+  if (!info_complete(x)) {
+    return(NextMethod())
+  }
+  rows <- nrow(x)
+  head <- sprintf(
+    "# safetensors header: %d tensor%s, %s",
+    rows, if (rows == 1) "" else "s", format_bytes(sum(x$bytes))
+  )
+  if (rows == 0) {
+    return(head)
+  }
+  show <- seq_len(min(n, rows))
+  cols <- lapply(names(x), function(col) {
+    v <- x[[col]][show]
+    if (is.list(v)) {
+      vapply(v, format_shape, character(1))
+    } else if (is.character(v)) {
+      encodeString(v)
+    } else if (is.numeric(v)) {
+      format(v, scientific = FALSE, trim = TRUE)
+    } else {
+      format(v)
+    }
+  })
+  right <- vapply(x, is.numeric, logical(1))
+  lines <- c(head, format_columns(names(x), cols, right))
+  if (rows > n) {
+    lines <- c(lines, sprintf("# ... and %d more tensor%s", rows - n, if (rows - n == 1) "" else "s"))
+  }
+  lines
+}
+
+#' @export
+print.safetensors_info <- function(x, ..., n = 20) {
+  if (!info_complete(x)) {
+    return(NextMethod())
+  }
+  cat(format(x, ..., n = n), sep = "\n")
+  invisible(x)
+}
+
+info_complete <- function(x) {
+  all(c("name", "dtype", "shape", "bytes") %in% names(x)) && is.list(x$shape)
+}
+
+# Lines of a table: a header of column names, then the values, each column
+# padded to its width (numbers right-aligned when `right`), two spaces apart.
+format_columns <- function(headers, cols, right = rep(FALSE, length(cols))) {
+  padded <- Map(function(h, v, r) {
+    v <- c(h, v)
+    gap <- strrep(" ", max(nchar(v, "width")) - nchar(v, "width"))
+    if (r) paste0(gap, v) else paste0(v, gap)
+  }, headers, cols, right)
+  rows <- do.call(paste, c(unname(padded), sep = "  "))
+  paste0("  ", trimws(rows, "right"))
 }
 
 #' @rdname safe_info
@@ -116,4 +179,166 @@ read_header_bytes <- function(con, part, call) {
     )
   }
   c(prefix, json)
+}
+
+#' Summarise the tensors of a safetensors file
+#'
+#' `safe_summary()` counts the parameters (tensor elements) and bytes of a
+#' file, in total, by dtype and by module, reading the header only. A
+#' tensor's module is the start of its name: with `depth = 1` (the
+#' default), the part before the first `"."`, so `"encoder.layer.0.weight"`
+#' belongs to `"encoder"`; a name with fewer parts is its own module.
+#' `summary()` of a handle from [safe_open()] gives the same.
+#'
+#' @param path A path to a `.safetensors` file or a shard index, a raw
+#'   vector holding a file, a binary connection, or a handle from
+#'   [safe_open()].
+#' @param depth How many leading parts of a tensor's name, split at `"."`,
+#'   make its module. Default 1.
+#' @param object A handle from [safe_open()].
+#' @param ... Unused; for compatibility with [summary()].
+#' @return An object of class `safetensors_summary`: a list with `label`
+#'   (the file), `tensors`, `parameters` and `bytes` (totals), `by_dtype`
+#'   and `by_module` (data frames with columns `dtype` or `module`,
+#'   `tensors`, `parameters` and `bytes`; dtypes by decreasing size, modules
+#'   in order of first appearance in the file), and `metadata` (as
+#'   [safe_metadata()] returns it). It prints as a short report.
+#' @seealso [safe_info()] for one row per tensor.
+#' @export
+#' @examples
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
+#' safe_summary(path)
+#'
+#' # A model with modules
+#' f <- tempfile(fileext = ".safetensors")
+#' safe_save_file(list(
+#'   encoder.layer.weight = matrix(0, 4, 4),
+#'   encoder.layer.bias = numeric(4),
+#'   decoder.weight = matrix(0L, 4, 2),
+#'   steps = 1L
+#' ), f, dtype = c(encoder.layer.weight = "F16"))
+#' s <- safe_summary(f)
+#' s
+#' s$by_module
+#' safe_summary(f, depth = 2)$by_module$module
+#' unlink(f)
+safe_summary <- function(path, depth = 1) {
+  if (!(is.numeric(depth) && length(depth) == 1 && !is.na(depth) && depth >= 1 && depth == trunc(depth))) {
+    st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {.obj_type_friendly {depth}}.")
+  }
+  res <- with_header(path, function(h) {
+    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"))
+  })
+  tab <- res$tab
+  module <- module_of(tab$name, depth)
+  count_by <- function(key, order) {
+    groups <- unique(key)
+    at <- match(key, groups)
+    df <- data.frame(
+      key = groups,
+      tensors = tabulate(at, length(groups)),
+      parameters = vapply(seq_along(groups), function(g) sum(tab$numel[at == g]), numeric(1)),
+      bytes = vapply(seq_along(groups), function(g) sum(tab$bytes[at == g]), numeric(1)),
+      stringsAsFactors = FALSE
+    )
+    if (order) {
+      df <- df[order(-df$bytes, df$key), , drop = FALSE]
+      rownames(df) <- NULL
+    }
+    df
+  }
+  by_dtype <- count_by(tab$dtype, order = TRUE)
+  names(by_dtype)[1] <- "dtype"
+  by_module <- count_by(module, order = FALSE)
+  names(by_module)[1] <- "module"
+  structure(
+    list(
+      label = res$label,
+      tensors = length(tab$name),
+      parameters = sum(tab$numel),
+      bytes = sum(tab$bytes),
+      by_dtype = by_dtype,
+      by_module = by_module,
+      depth = depth,
+      metadata = res$metadata
+    ),
+    class = "safetensors_summary"
+  )
+}
+
+#' @rdname safe_summary
+#' @export
+summary.safetensors_file <- function(object, depth = 1, ...) {
+  safe_summary(object, depth = depth)
+}
+
+# The first `depth` parts of each name, split at ".".
+module_of <- function(names, depth) {
+  parts <- strsplit(names, ".", fixed = TRUE)
+  vapply(seq_along(names), function(i) {
+    p <- parts[[i]]
+    if (length(p) <= depth) names[[i]] else paste(p[seq_len(depth)], collapse = ".")
+  }, character(1))
+}
+
+#' @export
+format.safetensors_summary <- function(x, ..., n = 20) {
+  plural <- function(k, what) sprintf("%s %s%s", format_count(k), what, if (k == 1) "" else "s")
+  table <- function(df, key) {
+    shown <- df[seq_len(min(n, nrow(df))), , drop = FALSE]
+    lines <- format_columns(
+      c(key, "tensors", "parameters", "size"),
+      list(
+        encodeString(shown[[1]]),
+        format(shown$tensors),
+        vapply(shown$parameters, format_count, character(1)),
+        vapply(shown$bytes, format_bytes, character(1))
+      ),
+      right = c(FALSE, TRUE, TRUE, TRUE)
+    )
+    if (nrow(df) > n) {
+      lines <- c(lines, sprintf("  # ... and %d more", nrow(df) - n))
+    }
+    lines
+  }
+  label <- if (x$label %in% c("<raw vector>", "<connection>")) x$label else basename(x$label)
+  lines <- c(
+    paste0("<safetensors_summary> ", label),
+    sprintf(
+      "%s, %s, %s",
+      plural(x$tensors, "tensor"), plural(x$parameters, "parameter"), format_bytes(x$bytes)
+    )
+  )
+  if (x$tensors > 0) {
+    what <- if (x$depth == 1) "module (name before the first \".\")" else sprintf("module (first %d parts of the name)", x$depth)
+    lines <- c(
+      lines,
+      "", "By dtype:", table(x$by_dtype, "dtype"),
+      "", paste0("By ", what, ":"), table(x$by_module, "module")
+    )
+  }
+  if (length(x$metadata) > 0) {
+    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata))
+  }
+  lines
+}
+
+#' @export
+print.safetensors_summary <- function(x, ..., n = 20) {
+  cat(format(x, ..., n = n), sep = "\n")
+  invisible(x)
+}
+
+# 1234567 as "1.2M": counts of parameters, in thousands (K), millions (M),
+# billions (B) and trillions (T), exact below 10,000.
+format_count <- function(x) {
+  if (x < 1e4) {
+    return(format(x, scientific = FALSE))
+  }
+  units <- c("K", "M", "B", "T")
+  k <- min(floor(log10(x) / 3), length(units))
+  if (k < length(units) && round(x / 1000^k, 1) >= 1000) {
+    k <- k + 1
+  }
+  sprintf("%.1f%s", x / 1000^k, units[[k]])
 }

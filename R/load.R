@@ -27,10 +27,10 @@
 #'   checkpoint's index (a file name ending in `.json`, such as
 #'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
 #'   binary connection (opened for reading, or not yet opened). A connection
-#'   is read from its current position up to the end of the tensor data its
-#'   header describes, and left there (it need not be seekable, and more may
-#'   follow the file); with a framework other than `"r"` it is read tensor by
-#'   tensor, never holding the whole file in memory.
+#'   is read from its current position to its end (it need not be
+#'   seekable), which must be where the tensor data its header describes
+#'   end; with a framework other than `"r"` it is read tensor by tensor,
+#'   never holding the whole file in memory.
 #' @param buffer A raw vector holding a whole safetensors file.
 #' @param ... Passed on to the framework's tensor constructor, for example
 #'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
@@ -56,8 +56,17 @@
 #'   entries (offsets relative to their shard) and the first shard's
 #'   `__metadata__` as `"metadata"`, and the largest such offset in any
 #'   shard as `"max_offset"`.
+#'
+#'   The list has class `c("safetensors_tensors", "list")` only so that
+#'   `print()` and `str()` sum up the `"metadata"` attribute in one line
+#'   instead of printing the whole header; in every other way it is a plain
+#'   named list (`x[1:2]`, `c()` and `lapply()` return plain lists).
+#' @section Progress:
+#' In an interactive session, loading more than 64 MiB of tensors from a
+#' file shows a progress bar once it has taken two seconds; option
+#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
 #' @seealso [safe_save_file()] to write files, [safe_serialize()] to write
-#'   raw vectors.
+#'   raw vectors, [safe_open()] to read tensors one at a time.
 #' @export
 #' @examples
 #' path <- system.file("extdata", "example.safetensors", package = "safetensors")
@@ -85,7 +94,14 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
     return(load_stream(path, tensors, framework, list(...)))
   }
   if (torch_direct(framework) && (is.character(path) || is.raw(path))) {
-    return(load_handle(path, tensors, framework, list(...), backend))
+    return(load_through_handle(path, tensors, framework, list(...), backend))
+  }
+  if (is.character(path) && progress_enabled()) {
+    check_string(path)
+    size <- file.size(path.expand(path))
+    if (!is.na(size) && progress_wanted(size)) {
+      return(load_through_handle(path, tensors, framework, list(...), backend))
+    }
   }
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
@@ -114,7 +130,7 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
   framework <- check_framework(framework)
   check_tensor_names(tensors)
   if (torch_direct(framework)) {
-    return(load_handle(buffer, tensors, framework, list(...), "read"))
+    return(load_through_handle(buffer, tensors, framework, list(...), "read"))
   }
   mode <- if (framework == "r") "array" else "raw"
   res <- st_check(read_raw_(buffer, tensors, mode), "Can't read the raw vector.")
@@ -132,9 +148,9 @@ check_tensor_names <- function(tensors, call = rlang::caller_env()) {
 }
 
 # Reads one safetensors file from a connection (opening it, binary, if
-# needed) from its current position: the header, then exactly the data it
-# describes; the connection is left just past them, so it need not be
-# seekable and may hold more after the file.
+# needed) from its current position to its end: the header, then the data
+# it describes, which must end the connection. Sizes come from the header,
+# so the whole file is read into a vector allocated once.
 read_connection <- function(con, call = rlang::caller_env()) {
   if (!isOpen(con)) {
     open(con, "rb")
@@ -143,7 +159,26 @@ read_connection <- function(con, call = rlang::caller_env()) {
   part <- list(label = "<connection>")
   prefix <- read_header_bytes(con, part, call)
   info <- check_part(info_header_(prefix), part, call = call)
-  c(prefix, read_exact(con, info$file_len - length(prefix), part, NULL, call))
+  data <- read_exact(con, info$file_len - length(prefix), part, NULL, call)
+  check_stream_end(con, info, part, call)
+  c(prefix, data)
+}
+
+# A connection must end where the tensors' data end, as a file must (the
+# reference rejects data after them, such as a zip archive appended to make
+# a polyglot file). Reads at most one more byte.
+check_stream_end <- function(con, info, part, call) {
+  if (length(readBin(con, "raw", 1L)) > 0) {
+    st_abort(
+      "incomplete_buffer",
+      c(
+        cli_escape(source_what(part$label)),
+        x = "The connection holds more bytes after the {info$file_len - 8 - info$header_len} bytes of data its header describes."
+      ),
+      format = TRUE,
+      call = call
+    )
+  }
 }
 
 # `n` bytes from a connection, or an error if it ends first.
@@ -193,7 +228,7 @@ stream_ended <- function(part, got, n, tensor, call) {
 # safe_load_file() for a connection and a framework other than "r": reads
 # the header, then each tensor in file order, straight into its framework
 # tensor (with no copy of the whole file in memory), skipping those not
-# asked for. The connection is left just past the file's data.
+# asked for, then checks that the connection ends there.
 load_stream <- function(con, tensors, framework, args, call = rlang::caller_env()) {
   check_framework_args(framework, args, call = call)
   if (!isOpen(con)) {
@@ -246,27 +281,9 @@ load_stream <- function(con, tensors, framework, args, call = rlang::caller_env(
     out[k] <- list(value)
     max_offset <- start + info$end[[i]]
   }
+  check_stream_end(con, info, part, call)
   names(out) <- wanted
-  attr(out, "metadata") <- info$header
-  attr(out, "max_offset") <- max_offset
-  out
-}
-
-# safe_load_file() through a handle: for frameworks that read from one
-# (torch's direct reads).
-load_handle <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
-  h <- safe_open(path, backend = backend)
-  on.exit(close(h), add = TRUE)
-  nms <- if (is.null(tensors)) {
-    names(h)
-  } else {
-    vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
-  }
-  res <- read_handle(h, nms, framework, args, call = call)
-  out <- res$tensors
-  attr(out, "metadata") <- combined_header(h)
-  attr(out, "max_offset") <- res$max_offset
-  out
+  as_loaded(out, info$header, max_offset)
 }
 
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds
@@ -292,9 +309,71 @@ finish_load <- function(res, framework, args, call = rlang::caller_env()) {
       out[i] <- list(do.call(constructor, c(list(raw, header[[at[[i]]]]), args)))
     }
   }
-  attr(out, "metadata") <- res$header
-  attr(out, "max_offset") <- res$max_offset
+  as_loaded(out, res$header, res$max_offset)
+}
+
+# A loaded list as safe_load_file() returns it: the 0.2.x attributes
+# "metadata" (the header) and "max_offset", and the class for printing.
+as_loaded <- function(out, header, max_offset) {
+  attr(out, "metadata") <- header
+  attr(out, "max_offset") <- max_offset
+  class(out) <- c("safetensors_tensors", "list")
   out
+}
+
+# The loaded list without the attributes added by finish_load().
+strip_loaded <- function(x) {
+  attr(x, "metadata") <- NULL
+  attr(x, "max_offset") <- NULL
+  class(x) <- setdiff(class(x), "safetensors_tensors")
+  if (identical(class(x), "list")) {
+    class(x) <- NULL
+  }
+  x
+}
+
+# One line on the "metadata" attribute, for str() and print().
+describe_header <- function(x) {
+  header <- attr(x, "metadata", exact = TRUE)
+  if (!is.list(header)) {
+    return(NULL)
+  }
+  n <- sum(names(header) != "__metadata__")
+  meta <- header[["__metadata__"]]
+  sprintf(
+    "the file header: %d tensor%s%s",
+    n, if (n == 1) "" else "s",
+    if (is.null(meta)) "" else sprintf(" and `__metadata__` (%d key%s)", length(meta), if (length(meta) == 1) "" else "s")
+  )
+}
+
+#' @rawNamespace S3method(utils::str, safetensors_tensors)
+str.safetensors_tensors <- function(object, ...) {
+  indent <- list(...)$indent.str %||% " "
+  utils::str(strip_loaded(object), ...)
+  about <- describe_header(object)
+  if (!is.null(about)) {
+    cat(indent, "- attr(*, \"metadata\")= ", about, "\n", sep = "")
+  }
+  max_offset <- attr(object, "max_offset", exact = TRUE)
+  if (!is.null(max_offset)) {
+    cat(indent, "- attr(*, \"max_offset\")= ", format(max_offset, scientific = FALSE), "\n", sep = "")
+  }
+  invisible()
+}
+
+#' @export
+print.safetensors_tensors <- function(x, ...) {
+  print(strip_loaded(x), ...)
+  about <- describe_header(x)
+  if (!is.null(about)) {
+    cat("attr(,\"metadata\"): ", about, "\n", sep = "")
+  }
+  max_offset <- attr(x, "max_offset", exact = TRUE)
+  if (!is.null(max_offset)) {
+    cat("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE), "\n", sep = "")
+  }
+  invisible(x)
 }
 
 warn_conversions <- function(nms, res, call = rlang::caller_env()) {

@@ -65,8 +65,10 @@
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.
-#' @param ... Passed on to the framework's tensor constructor, for example
-#'   `device = "cuda"` for torch. Must be empty for `"r"` and `"raw"`.
+#' @param ... For `safe_open()`: passed on to the framework's tensor
+#'   constructor, for example `device = "cuda"` for torch; must be empty for
+#'   `"r"` and `"raw"`. For `safe_slice()`: one index per dimension of the
+#'   tensor, as for `h$slice(name)[...]` (see "Slice indices").
 #' @param backend How a file is read: `"mmap"` (the default) maps it into
 #'   memory and copies from the mapping; `"read"` reads each tensor with
 #'   positioned reads, which is faster on network filesystems where mapping
@@ -312,7 +314,10 @@ combined_header <- function(x) {
 
 # Reads tensors `names` (a character vector of visible names) from the parts
 # that hold them, as the Rust reader returns them, in the order asked.
-read_parts <- function(x, names, mode, call = rlang::caller_env()) {
+# With a cli progress `bar`, each part's tensors are read in groups of
+# about progress_group_bytes() (their `sizes` in bytes), updating the bar
+# after each group.
+read_parts <- function(x, names, mode, call = rlang::caller_env(), bar = NULL, sizes = NULL) {
   at <- match(names, hget(x, "names"))
   part_of <- hget(x, "part_of")[at]
   parts <- hget(x, "parts")
@@ -323,11 +328,17 @@ read_parts <- function(x, names, mode, call = rlang::caller_env()) {
   for (p in unique(part_of)) {
     k <- which(part_of == p)
     part <- parts[[p]]
-    res <- check_part(handle_read_(part$ptr, names[k], mode), part, call = call)
-    tensors[k] <- unname(res$tensors)
-    inexact[k] <- res$inexact
-    int_min[k] <- res$int_min
-    max_offset <- max(max_offset, res$max_offset)
+    groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
+    for (g in groups) {
+      res <- check_part(handle_read_(part$ptr, names[g], mode), part, call = call)
+      tensors[g] <- unname(res$tensors)
+      inexact[g] <- res$inexact
+      int_min[g] <- res$int_min
+      max_offset <- max(max_offset, res$max_offset)
+      if (!is.null(bar)) {
+        cli::cli_progress_update(inc = sum(sizes[g]), id = bar)
+      }
+    }
   }
   names(tensors) <- names
   list(tensors = tensors, inexact = inexact, int_min = int_min, max_offset = max_offset)
@@ -347,10 +358,7 @@ read_handle <- function(x, names, framework, args, call = rlang::caller_env()) {
   mode <- if (framework == "r") "array" else "raw"
   res <- read_parts(x, names, mode, call = call)
   res$header <- header_entries(x, names)
-  out <- finish_load(res, framework, args, call = call)
-  attr(out, "metadata") <- NULL
-  attr(out, "max_offset") <- NULL
-  list(tensors = out, max_offset = res$max_offset)
+  list(tensors = strip_loaded(finish_load(res, framework, args, call = call)), max_offset = res$max_offset)
 }
 
 #' @export

@@ -1,15 +1,62 @@
-#' safetensors: read and write 'safetensors' tensor files
+#' safetensors: read and write safetensors tensor files
 #'
-#' Fast and safe reading and writing of 'safetensors' files, the tensor
-#' storage format used by 'Hugging Face'. Start with [safe_load_file()],
-#' [safe_save_file()] and [safe_open()].
+#' Fast and safe reading and writing of safetensors files, the tensor
+#' storage format of Hugging Face models (and of R torch's `torch_save()`).
+#' A Rust core parses and validates each header as strictly as the
+#' reference implementation and converts the bytes straight into R vectors,
+#' so malformed or hostile files give classed errors instead of crashing R.
+#' Tensors become plain R arrays, raw bytes, or torch tensors.
+#'
+#' @section Functions by task:
+#' * Read: [safe_load_file()] (a file, raw vector, connection or sharded
+#'   checkpoint), [safe_deserialize()] (a raw vector).
+#' * Write: [safe_save_file()] (atomically, optionally in shards),
+#'   [safe_serialize()].
+#' * Inspect without reading the data: [safe_info()], [safe_metadata()],
+#'   [safe_summary()].
+#' * Read lazily, a tensor or a slice at a time: [safe_open()],
+#'   [safe_slice()], and the safetensors 0.2.x class [safetensors].
+#' * Frameworks: [safetensors_frameworks], [safe_tensor_buffer()],
+#'   [safe_tensor_meta()].
+#'
+#' The vignettes show them at work: `vignette("safetensors")` to get
+#' started, `vignette("python")` for moving weights between Python and R,
+#' and `vignette("big-models")` for lazy reading, slices and sharded
+#' checkpoints.
+#'
+#' @section Options:
+#' * `safetensors.progress`: whether loads and saves of files over 64 MiB
+#'   show a progress bar once they have run for two seconds (cli's option
+#'   `cli.progress_show_after`). Default `TRUE`. The bar is shown only in
+#'   interactive sessions, never in knitr documents or testthat tests (see
+#'   [rlang::is_interactive()]); set the option to `FALSE` to never show
+#'   it. With a bar, a load reads the tensors in groups of about 64 MiB and
+#'   a save writes them one by one, so that the bar moves; the results are
+#'   the same, and Ctrl-C interrupts either (a save interrupted leaves no
+#'   partial file).
+#'
+#' @section Errors:
+#' Errors are conditions of class `safetensors_error`, with a subclass per
+#' kind of problem (`safetensors_error_<kind>`, such as
+#' `safetensors_error_invalid_header` or
+#' `safetensors_error_tensor_not_found`); malformed files also have class
+#' `safetensors_error_format`. Warnings have class `safetensors_warning`.
 #'
 #' The package is documented under `safetensors-package` because the topic
 #' `safetensors` is the safetensors 0.2.x R6 class, [safetensors].
 #'
 #' @docType package
 #' @name safetensors-package
-#' @keywords internal
+#' @aliases safetensors-package
+#' @examples
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
+#' safe_summary(path)
+#' x <- safe_load_file(path)
+#' x$weight
+#'
+#' # Turn the progress bar off for this session
+#' old <- options(safetensors.progress = FALSE)
+#' options(old)
 NULL
 
 ## usethis namespace: start

@@ -24,11 +24,10 @@
 #' time, and a raw vector with `"dtype"` and `"shape"` attributes (as
 #' `framework = "raw"` returns) is written as the bytes it holds.
 #'
-#' A connection is written from its current position and left open after
-#' the file's last byte, so several files can follow each other on one
-#' connection (and be read back in turn with [safe_load_file()]); it need not
-#' be seekable (`gzcon()`, pipes, sockets). A connection is not written
-#' atomically.
+#' A connection is written from its current position; it need not be
+#' seekable (`gzcon()`, pipes, sockets). One that is not yet open is opened
+#' only once the tensors are known to be writable, and closed again. A
+#' connection is not written atomically.
 #'
 #' Tensors are stored in the order given, and `metadata` first with its keys
 #' sorted, in the compact, space-padded header Python's `safetensors` writes;
@@ -73,6 +72,10 @@
 #' atomically, the index last; shards of an earlier save with a different
 #' number of shards are not removed. [safe_open()] and [safe_load_file()]
 #' read the checkpoint through its index.
+#' @section Progress:
+#' In an interactive session, saving more than 64 MiB of tensors to a file
+#' shows a progress bar once it has taken two seconds; option
+#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
 #' @seealso [safe_load_file()]
 #' @export
 #' @examples
@@ -110,21 +113,26 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
   }
   if (is.character(path)) {
     check_string(path)
-    if (anyNA(spec[[5]])) {
-      write_stream(spec, file_sink(path.expand(path), sync, label = path))
-    } else {
-      res <- rlang::exec(write_file_, path.expand(path), !!!spec, sync)
-      st_check(res, sprintf("Can't write %s.", describe_source(path)))
+    bar <- NULL
+    if (progress_enabled()) {
+      sizes <- spec_sizes(spec)
+      if (progress_wanted(sizes)) {
+        bar <- progress_bar("Saving", path, sum(sizes))
+      }
     }
+    write_spec(path.expand(path), spec, sync, bar = bar, label = path)
   } else if (inherits(path, "connection")) {
-    if (!isOpen(path)) {
-      open(path, "wb")
-      on.exit(close(path), add = TRUE)
-    }
+    # An unopened connection is opened only once the tensors are known to be
+    # writable: opening a file connection for writing empties the file.
     if (anyNA(spec[[5]])) {
       write_stream(spec, connection_sink(path))
     } else {
-      writeBin(st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors."), path)
+      bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+      if (!isOpen(path)) {
+        open(path, "wb")
+        on.exit(close(path), add = TRUE)
+      }
+      writeBin(bytes, path)
     }
   } else {
     st_abort(
@@ -252,7 +260,7 @@ default_dtype <- c(
 # (row-major), whether values need the column-major to row-major permutation
 # (R arrays) or are bytes to copy (framework buffers), and the metadata.
 tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
-  if (!is.list(tensors) || is.object(tensors)) {
+  if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
       "invalid_argument",
       "{.arg tensors} must be a named list of tensors, not {.obj_type_friendly {tensors}}.",
@@ -417,7 +425,7 @@ framework_bytes <- function(spec, i, call, size = NULL) {
 # dropped after, so at most one framework buffer is in memory at a time (and
 # R arrays are converted one at a time). Returns what the sink's finish()
 # returns.
-write_stream <- function(spec, sink, call = rlang::caller_env()) {
+write_stream <- function(spec, sink, bar = NULL, call = rlang::caller_env()) {
   lay <- st_check(
     rlang::exec(stream_layout_, spec[[2]], spec[[3]], spec[[4]], spec[[6]], spec[[7]]),
     sink$what,
@@ -426,19 +434,26 @@ write_stream <- function(spec, sink, call = rlang::caller_env()) {
   sink$start(sum(lay$sizes) + length(lay$prefix))
   on.exit(sink$abort(), add = TRUE)
   sink$write(lay$prefix, 0)
+  # Writes tensor data, moving the cli progress bar if there is one.
+  put <- function(bytes, from) {
+    sink$write(bytes, from)
+    if (!is.null(bar)) {
+      cli::cli_progress_update(inc = length(bytes) - from, id = bar)
+    }
+  }
   permute <- spec[[5]]
   for (i in seq_along(permute)) {
     if (is.na(permute[[i]]) && inherits(spec[[1]][[i]], "torch_tensor")) {
       written <- 0
       torch_write_chunks(spec[[1]][[i]], function(bytes) {
-        sink$write(bytes, 0)
+        put(bytes, 0)
         written <<- written + length(bytes)
       })
       if (written != lay$sizes[[i]]) {
         st_abort("invalid_argument", "Tensor {.val {spec[[2]][[i]]}} changed size while it was written.", call = call)
       }
     } else if (is.na(permute[[i]])) {
-      sink$write(framework_bytes(spec, i, call, lay$sizes[[i]]), 0)
+      put(framework_bytes(spec, i, call, lay$sizes[[i]]), 0)
     } else if (permute[[i]]) {
       # One tensor as a file; its data are the last bytes.
       one <- st_check(
@@ -446,9 +461,9 @@ write_stream <- function(spec, sink, call = rlang::caller_env()) {
         sink$what,
         call = call
       )
-      sink$write(one, length(one) - lay$sizes[[i]])
+      put(one, length(one) - lay$sizes[[i]])
     } else {
-      sink$write(spec[[1]][[i]], 0)
+      put(spec[[1]][[i]], 0)
     }
   }
   out <- sink$finish()
@@ -475,14 +490,23 @@ file_sink <- function(path, sync, label = path, call = rlang::caller_env()) {
 }
 
 connection_sink <- function(con) {
+  opened <- FALSE
   list(
     what = "Can't write the connection.",
-    start = function(total) NULL,
+    start = function(total) {
+      if (!isOpen(con)) {
+        open(con, "wb")
+        opened <<- TRUE
+      }
+    },
     # R arrays come as a one-tensor file (`from` > 0): rare beside framework
     # tensors, and the only case that copies.
     write = function(bytes, from) writeBin(if (from == 0) bytes else bytes[-seq_len(from)], con),
-    finish = function() invisible(),
-    abort = function() NULL
+    finish = function() {
+      if (opened) close(con)
+      invisible()
+    },
+    abort = function() if (opened) close(con)
   )
 }
 

@@ -67,16 +67,7 @@ open_index <- function(path, framework, args, backend, call = rlang::caller_env(
 load_index <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
   h <- open_index(path, framework, args, backend, call = call)
   on.exit(close(h), add = TRUE)
-  nms <- if (is.null(tensors)) {
-    names(h)
-  } else {
-    vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
-  }
-  res <- read_handle(h, nms, framework, args, call = call)
-  out <- res$tensors
-  attr(out, "metadata") <- combined_header(h)
-  attr(out, "max_offset") <- res$max_offset
-  out
+  load_handle(h, tensors, framework, args, call = call)
 }
 
 # Bits per element of each dtype.
@@ -146,19 +137,12 @@ save_shards <- function(spec, path, max_shard_size, sync, call = rlang::caller_e
   } else {
     sub("\\.index\\.json$", "", path)
   }
-  shapes <- spec[[4]]
-  numel <- vapply(shapes, prod, numeric(1))
-  sizes <- ceiling(numel * unname(dtype_bits[unlist(spec[[3]])]) / 8)
+  sizes <- spec_sizes(spec)
   shard <- shard_of(sizes, limit)
   n <- max(c(0L, shard))
+  bar <- if (progress_wanted(sizes)) progress_bar("Saving", path, sum(sizes))
   write <- function(target, k) {
-    sub <- c(lapply(spec[1:5], function(v) v[k]), spec[6:7])
-    if (anyNA(sub[[5]])) {
-      # Framework tensors, fetched one at a time.
-      return(write_stream(sub, file_sink(target, sync, call = call), call = call))
-    }
-    res <- rlang::exec(write_file_, target, !!!sub, sync)
-    st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
+    write_spec(target, spec_subset(spec, k), sync, bar = bar, call = call)
   }
   if (n <= 1) {
     write(base, seq_along(sizes))

@@ -215,9 +215,10 @@ torch_empty_for <- function(dtype, shape, name, call) {
   list(x = x, nbytes = nbytes, address = if (nbytes > 0) x$storage()$data_ptr() else "")
 }
 
-# Reads tensors `names` of handle `h` straight into torch tensors. Returns
-# list(tensors, max_offset) as read_parts() does.
-torch_read_handle <- function(h, names, args, call = rlang::caller_env()) {
+# Reads tensors `names` of handle `h` straight into torch tensors, updating
+# the cli progress `bar` if given. Returns list(tensors, max_offset) as
+# read_handle() does.
+torch_read_handle <- function(h, names, args, call = rlang::caller_env(), bar = NULL) {
   device <- torch_device_arg(args)
   at <- match(names, hget(h, "names"))
   parts <- hget(h, "parts")
@@ -238,6 +239,9 @@ torch_read_handle <- function(h, names, args, call = rlang::caller_env()) {
     }
     out[k] <- list(torch_to_device(t$x, device))
     max_offset <- max(max_offset, 8 + info$header_len + info$end[[pos[[k]]]])
+    if (!is.null(bar)) {
+      cli::cli_progress_update(inc = t$nbytes, id = bar)
+    }
   }
   names(out) <- names
   list(tensors = out, max_offset = max_offset)

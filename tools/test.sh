@@ -8,6 +8,7 @@
 #    environment gives a faster debug build)
 # 3. cargo test in src/rust           the Rust core
 # 4. testthat against the installed package (tools/run-testthat.R)
+# 5. with SAFETENSORS_CHECK=true: the CRAN check (tools/check.sh)
 #
 # Its last line is always "N passed, N failed, N skipped", summed over cargo
 # (ignored tests count as skipped) and testthat (expectations, as testthat's
@@ -107,6 +108,23 @@ if [ "$installed" = yes ]; then
 else
   echo "skipped: the package did not install"
   note_broken "testthat(not run)"
+fi
+
+# --- 5. CRAN check (opt-in) -------------------------------------------------------------
+# tools/check.sh (R CMD build + R CMD check --as-cran on the vendored
+# tarball) takes about ten minutes on two cores, which would more than
+# double this script's time; it runs only when SAFETENSORS_CHECK=true, and
+# then counts as one test: passed, or failed on any ERROR, WARNING or broken
+# step.
+if [ "${SAFETENSORS_CHECK:-}" = "true" ]; then
+  step "CRAN check (tools/check.sh)"
+  if bash tools/check.sh; then
+    passed=$((passed + 1))
+  else
+    note_broken "cran-check"
+  fi
+else
+  step "CRAN check skipped (SAFETENSORS_CHECK=true runs tools/check.sh)"
 fi
 
 echo

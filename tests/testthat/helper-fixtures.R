@@ -92,3 +92,21 @@ header_text <- function(bytes) {
   n <- sum(as.numeric(bytes[1:8]) * 256^(0:7))
   rawToChar(bytes[8 + seq_len(n)])
 }
+
+# A file whose header is written by hand: the JSON lists tensors in another
+# order than their bytes, with the metadata (if any) in the middle.
+hand_made <- function(metadata = "{\"format\":\"pt\"}") {
+  json <- paste0(
+    "{\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,16]},",
+    if (!is.null(metadata)) paste0("\"__metadata__\":", metadata, ","),
+    "\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]}}"
+  )
+  header <- charToRaw(json)
+  c(
+    writeBin(length(header), raw(), size = 4, endian = "little"), raw(4),
+    header,
+    writeBin(1.5, raw(), endian = "little"),
+    writeBin(c(7L, -7L), raw(), size = 4, endian = "little")
+  )
+}
+

@@ -1,20 +1,3 @@
-# A file whose header is written by hand: JSON order differs from file
-# order, and the metadata is given.
-hand_made <- function(metadata = "{\"format\":\"pt\"}") {
-  json <- paste0(
-    "{\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,16]},",
-    if (!is.null(metadata)) paste0("\"__metadata__\":", metadata, ","),
-    "\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]}}"
-  )
-  header <- charToRaw(json)
-  c(
-    writeBin(length(header), raw(), size = 4, endian = "little"), raw(4),
-    header,
-    writeBin(1.5, raw(), endian = "little"),
-    writeBin(c(7L, -7L), raw(), size = 4, endian = "little")
-  )
-}
-
 test_that("safe_info() describes every tensor with absolute offsets", {
   bytes <- hand_made()
   info <- safe_info(bytes)
@@ -126,4 +109,90 @@ test_that("safe_info() agrees with Python's header", {
   expect_identical(info$dtype, vapply(py, `[[`, "", 2))
   expect_identical(unclass(info$shape), lapply(py, function(p) as.integer(jsonlite::fromJSON(p[[3]]))))
   expect_identical(safe_metadata(path), unlist(jsonlite::fromJSON(out[[nrow(info) + 1]])))
+})
+
+test_that("safe_info() prints shapes and sizes in a table", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  x <- list(
+    embed.weight = matrix(0, 4, 3),
+    embed.bias = numeric(3),
+    head = structure(1L, shape = integer(0)),
+    none = numeric(0)
+  )
+  safe_save_file(x, path, dtype = c(embed.weight = "BF16", head = "I64"))
+  info <- safe_info(path)
+  expect_s3_class(info, c("safetensors_info", "data.frame"), exact = TRUE)
+  expect_snapshot({
+    info
+    print(info, n = 2)
+    info[info$dtype == "F64", ]
+    info[0, ]
+  })
+  # Without the columns the table needs, it prints as a data frame.
+  expect_snapshot(info[, c("name", "numel")])
+  expect_identical(format(info[, c("name", "numel")]), format.data.frame(info[, c("name", "numel")]))
+  expect_identical(nrow(as.data.frame(info)), 4L)
+})
+
+test_that("safe_info() of a sharded checkpoint names each tensor's shard", {
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(list(a = 1:10, b = 1:10, c = 1:10), file.path(dir, "model.safetensors"), max_shard_size = 80)
+  info <- safe_info(index)
+  expect_identical(info$file, sprintf("model-0000%d-of-00002.safetensors", c(1, 1, 2)))
+  expect_snapshot(info)
+})
+
+test_that("safe_summary() counts parameters and bytes by dtype and module", {
+  path <- file.path(withr::local_tempdir(), "model.safetensors")
+  x <- list(
+    encoder.layer.0.weight = matrix(0, 300, 40),
+    encoder.layer.0.bias = numeric(40),
+    encoder.layer.1.weight = matrix(0, 40, 40),
+    decoder.weight = matrix(0L, 40, 2),
+    step = 1L
+  )
+  safe_save_file(x, path, dtype = c(encoder.layer.0.weight = "F16", decoder.weight = "I64"), metadata = list(format = "pt"))
+  s <- safe_summary(path)
+  expect_s3_class(s, "safetensors_summary")
+  expect_identical(s$tensors, 5L)
+  expect_identical(s$parameters, 12000 + 40 + 1600 + 80 + 1)
+  expect_identical(s$bytes, 12000 * 2 + 40 * 8 + 1600 * 8 + 80 * 8 + 4)
+  expect_identical(s$by_dtype$dtype, c("F16", "F64", "I64", "I32"))
+  expect_identical(s$by_dtype$tensors, c(1L, 2L, 1L, 1L))
+  expect_identical(s$by_module$module, c("encoder", "decoder", "step"))
+  expect_identical(s$by_module$parameters, c(13640, 80, 1))
+  expect_identical(sum(s$by_module$bytes), s$bytes)
+  expect_identical(safe_summary(path, depth = 3)$by_module$module, c("encoder.layer.0", "encoder.layer.1", "decoder.weight", "step"))
+  expect_snapshot({
+    s
+    safe_summary(path, depth = 2)
+    print(s, n = 1)
+  })
+  h <- safe_open(path)
+  withr::defer(close(h))
+  expect_identical(summary(h), s)
+  expect_identical(summary(h, depth = 2), safe_summary(path, depth = 2))
+  expect_identical(safe_summary(readBin(path, "raw", file.size(path)))$by_module, s$by_module)
+})
+
+test_that("safe_summary() of an empty file and its argument errors", {
+  empty <- safe_summary(safe_serialize(list()))
+  expect_identical(empty$tensors, 0L)
+  expect_identical(empty$parameters, 0)
+  expect_snapshot(empty)
+  expect_snapshot(error = TRUE, {
+    safe_summary(safe_serialize(list()), depth = 0)
+    safe_summary(safe_serialize(list()), depth = "a")
+  })
+})
+
+test_that("format_count() and format_bytes() round to one decimal", {
+  expect_identical(
+    vapply(c(0, 999, 9999, 12345, 999949, 999999, 1.5e9, 2e12, 3e15), format_count, ""),
+    c("0", "999", "9999", "12.3K", "999.9K", "1.0M", "1.5B", "2.0T", "3000.0T")
+  )
+  expect_identical(
+    vapply(c(0, 999, 1000, 1234567, 5e9, 7e12, 8e15), format_bytes, ""),
+    c("0 B", "999 B", "1.0 kB", "1.2 MB", "5.0 GB", "7.0 TB", "8000.0 TB")
+  )
 })

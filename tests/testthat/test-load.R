@@ -188,23 +188,21 @@ test_that("bad sources and arguments are classed errors", {
   expect_error(safe_load_file(bytes, framework = "nope"), class = "safetensors_error")
 })
 
-test_that("a connection is read up to the end of the file's data, and left there", {
+test_that("a connection must end where the file's data end", {
   a <- safe_serialize(list(x = 1:3, y = matrix(as.numeric(1:6), 2)), metadata = list(part = "a"))
-  b <- safe_serialize(list(z = c(TRUE, FALSE)), metadata = list(part = "b"))
   for (framework in c("r", "raw")) {
-    con <- rawConnection(c(a, b, as.raw(1:5)))
-    first <- safe_load_file(con, framework = framework)
-    second <- safe_load_file(con, framework = framework)
-    expect_identical(readBin(con, "raw", 100), as.raw(1:5), label = framework)
+    con <- rawConnection(a)
+    expect_identical(safe_load_file(con, framework = framework), safe_deserialize(a, framework = framework), label = framework)
     close(con)
-    expect_identical(first, safe_deserialize(a, framework = framework), label = framework)
-    expect_identical(second, safe_deserialize(b, framework = framework), label = framework)
+    con <- rawConnection(c(a, as.raw(1:5)))
+    err <- expect_error(safe_load_file(con, framework = framework), class = "safetensors_error_incomplete_buffer")
+    expect_s3_class(err, "safetensors_error_format")
+    close(con)
   }
   # Tensors not asked for are read past.
-  con <- rawConnection(c(a, b))
+  con <- rawConnection(a)
   withr::defer(close(con))
-  expect_identical(safe_load_file(con, framework = "raw", tensors = "x")$x, safe_deserialize(a, framework = "raw")$x)
-  expect_identical(names(safe_load_file(con, framework = "raw")), "z")
+  expect_identical(safe_load_file(con, framework = "raw", tensors = "y")$y, safe_deserialize(a, framework = "raw")$y)
 })
 
 test_that("non-seekable connections are read with every framework", {
@@ -248,4 +246,84 @@ test_that("a tensor not in a connection's file is tensor_not_found", {
   con <- rawConnection(safe_serialize(list(x = 1)))
   withr::defer(close(con))
   expect_error(safe_load_file(con, framework = "raw", tensors = "nope"), class = "safetensors_error_tensor_not_found")
+})
+
+test_that("str() and print() of a loaded list sum up the header in one line", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(
+    list(w = matrix(c(0.5, 1, 1.5, 2), 2), b = c(1L, 2L), s = structure(3, shape = integer(0))),
+    path,
+    metadata = list(format = "pt", note = "x")
+  )
+  x <- safe_load_file(path)
+  expect_s3_class(x, c("safetensors_tensors", "list"), exact = TRUE)
+  expect_snapshot({
+    str(x)
+    str(list(model = x, step = 1L))
+    x
+  })
+  expect_snapshot(str(safe_load_file(safe_serialize(list(a = 1)))))
+  # The helpers degrade gracefully on lists that lost their attributes.
+  y <- x
+  attr(y, "metadata") <- NULL
+  attr(y, "max_offset") <- NULL
+  expect_snapshot(str(y))
+})
+
+test_that("a loaded list works as the plain named list of 0.2.x", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(w = matrix(as.numeric(1:6), 2), b = 1:3), path, metadata = list(format = "pt"))
+  x <- safe_load_file(path)
+  expect_true(is.list(x))
+  expect_identical(names(x), c("w", "b"))
+  expect_identical(length(x), 2L)
+  expect_identical(attr(x, "metadata")[["__metadata__"]], list(format = "pt"))
+  expect_identical(x[[2]], structure(array(1:3), dtype = "I32"))
+  expect_identical(x$w, x[["w"]])
+  seen <- character()
+  for (nm in names(x)) seen <- c(seen, class(x[[nm]])[[1]])
+  expect_identical(seen, c("matrix", "array"))
+  # Subsetting and combining give plain lists, as they dropped the
+  # attributes in 0.2.x.
+  expect_identical(class(x[1]), "list")
+  expect_identical(names(x["b"]), "b")
+  expect_identical(class(c(x, list(z = 1))), "list")
+  expect_identical(class(lapply(x, dim)), "list")
+  expect_identical(class(Map(function(a, b) a, x, x)), "list")
+  expect_identical(vapply(x, length, 1L), c(w = 6L, b = 3L))
+  expect_identical(unclass(x)[["b"]], x$b)
+  expect_identical(as.list(x), x)
+  expect_true(inherits(x, "list"))
+  # Modifying keeps the list and its attributes, as before.
+  y <- modifyList(x, list(b = 4:6))
+  expect_identical(y$b, 4:6)
+  expect_identical(attr(y, "metadata"), attr(x, "metadata"))
+  y$extra <- 1
+  expect_identical(names(y), c("w", "b", "extra"))
+  y[["w"]] <- NULL
+  expect_identical(names(y), c("b", "extra"))
+  # It saves back, and jsonlite sees a list.
+  again <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, again, metadata = attr(x, "metadata")[["__metadata__"]])
+  expect_identical(readBin(again, "raw", 1e4), readBin(path, "raw", 1e4))
+  expect_identical(as.character(jsonlite::toJSON(x["b"])), "{\"b\":[1,2,3]}")
+  expect_identical(as.character(jsonlite::toJSON(x)), as.character(jsonlite::toJSON(unclass(x))))
+})
+
+test_that("a framework must be a registered name whose packages are installed", {
+  bytes <- safe_serialize(list(a = 1:3))
+  expect_error(safe_load_file(bytes, framework = 1), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(bytes, framework = c("r", "raw")), class = "safetensors_error_invalid_argument")
+  safetensors_frameworks[["needs_nothing_installed"]] <- list(
+    constructor = function(raw, meta, ...) meta$dtype,
+    packages = "a.package.that.does.not.exist"
+  )
+  withr::defer(rm("needs_nothing_installed", envir = safetensors_frameworks))
+  err <- expect_error(
+    safe_load_file(bytes, framework = "needs_nothing_installed"),
+    class = "safetensors_error_framework_not_installed"
+  )
+  expect_identical(err$package, "a.package.that.does.not.exist")
+  safetensors_frameworks[["needs_nothing_installed"]]$packages <- character()
+  expect_identical(safe_load_file(bytes, framework = "needs_nothing_installed")$a, "I32")
 })

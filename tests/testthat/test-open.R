@@ -433,3 +433,13 @@ test_that("a file rewritten in place under a memory map is an error", {
   expect_error(h[["mat"]], class = "safetensors_error_file_changed")
   expect_error(h$slice("mat")[1, ], class = "safetensors_error_file_changed")
 })
+
+test_that("handles complete names after $ and have a one-line str()", {
+  path <- system.file("extdata", "example.safetensors", package = "safetensors")
+  h <- safe_open(path)
+  expect_identical(utils::.DollarNames(h, ""), c("slice", names(h)))
+  expect_identical(utils::.DollarNames(h, "^b"), "bias")
+  expect_output(str(h), "<safetensors_file> .*: 3 tensors$")
+  close(h)
+  expect_output(str(h), "3 tensors (closed)", fixed = TRUE)
+})

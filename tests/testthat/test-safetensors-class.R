@@ -1,20 +1,3 @@
-# A file whose header lists tensors in another order than their bytes, with
-# the metadata in the middle, as other writers may produce.
-unsorted_file <- function() {
-  json <- paste0(
-    "{\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[8,16]},",
-    "\"__metadata__\":{\"format\":\"pt\"},",
-    "\"a\":{\"dtype\":\"F64\",\"shape\":[],\"data_offsets\":[0,8]}}"
-  )
-  header <- charToRaw(json)
-  c(
-    writeBin(length(header), raw(), size = 4, endian = "little"), raw(4),
-    header,
-    writeBin(1.5, raw(), endian = "little"),
-    writeBin(c(7L, -7L), raw(), size = 4, endian = "little")
-  )
-}
-
 test_that("the 0.2.x fields and methods work as before", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   x <- list(w = matrix(as.numeric(1:6), 2), b = 1:3)
@@ -41,7 +24,7 @@ test_that("the 0.2.x fields and methods work as before", {
 })
 
 test_that("keys() follow the header's order; metadata is the whole header", {
-  bytes <- unsorted_file()
+  bytes <- hand_made()
   f <- safetensors$new(bytes, framework = "r")
   expect_identical(f$keys(), c("b", "a"))
   expect_identical(names(f$metadata), c("b", "__metadata__", "a"))
@@ -51,7 +34,7 @@ test_that("keys() follow the header's order; metadata is the whole header", {
 })
 
 test_that("raw vectors and open connections are accepted, and connections kept", {
-  bytes <- unsorted_file()
+  bytes <- hand_made()
   con <- rawConnection(bytes, "rb")
   withr::defer(close(con))
   f <- safetensors$new(con, framework = "raw")
@@ -68,7 +51,7 @@ test_that("framework constructors get (raw, meta, !!!args) as in 0.2.x", {
     constructor = function(raw, meta, ...) list(raw = raw, meta = meta, args = list(...)),
     packages = character()
   )
-  bytes <- unsorted_file()
+  bytes <- hand_made()
   f <- safetensors$new(bytes, device = "cpu", framework = "capture")
   expect_identical(f$args, list(device = "cpu"))
   got <- f$get_tensor("b")

@@ -268,13 +268,23 @@ test_that("files are written to any binary connection, opened or not, seekable o
   safe_save_file(x, file(path), metadata = c(format = "pt"))
   expect_identical(read_bytes(path), bytes)
 
-  # Several files on one connection, read back one after the other.
+  # A connection opened by the caller is written from its position and
+  # left open.
   con <- file(path, "wb")
-  safe_save_file(x, con)
-  safe_save_file(list(y = 2.5), con)
-  close(con)
-  con <- file(path, "rb")
   withr::defer(close(con))
-  expect_identical(safe_load_file(con), safe_deserialize(safe_serialize(x)))
-  expect_identical(safe_load_file(con)$y, structure(2.5, dim = 1L, dtype = "F64"))
+  writeBin(as.raw(1:3), con)
+  safe_save_file(x, con)
+  expect_true(isOpen(con))
+  flush(con)
+  expect_identical(read_bytes(path), c(as.raw(1:3), safe_serialize(x)))
+})
+
+test_that("objects with safe_tensor_meta() and safe_tensor_buffer() methods are written as their bytes", {
+  bytes_tensor <- function(bytes, shape) structure(list(bytes = bytes, shape = shape), class = "st_test_bytes")
+  registerS3method("safe_tensor_meta", "st_test_bytes", function(x) list(shape = as.list(x$shape), dtype = "U8"))
+  registerS3method("safe_tensor_buffer", "st_test_bytes", function(x) x$bytes)
+  raw <- safe_serialize(list(x = bytes_tensor(as.raw(1:6), c(2, 3))))
+  expect_identical(safe_deserialize(raw)$x, structure(matrix(1:6, 2, byrow = TRUE), dtype = "U8"))
+  err <- expect_error(safe_serialize(list(x = structure(list(), class = "st_no_methods"))), class = "safetensors_error_invalid_argument")
+  expect_match(conditionMessage(err), "st_no_methods", fixed = TRUE)
 })

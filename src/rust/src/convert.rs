@@ -62,6 +62,11 @@ pub fn n_rows(shape: &[usize]) -> usize {
 #[inline(always)]
 pub fn for_each_index(shape: &[usize], row0: usize, row1: usize, mut f: impl FnMut(usize, usize)) {
     let n = shape.len();
+    // A tensor without elements has none to visit; the tiled walk below
+    // would visit the first and last axes even when a middle one is empty.
+    if row0 >= row1 || shape.contains(&0) {
+        return;
+    }
     if n <= 1 || is_trivial_layout(shape) {
         let r = row_len(shape);
         let (lo, hi) = (row0 * r, row1 * r);
@@ -523,6 +528,23 @@ mod tests {
                 assert_eq!(got, want, "shape {shape:?} step {step}");
             }
         }
+    }
+
+    #[test]
+    fn tensors_without_elements_visit_nothing() {
+        // Found by fuzzing (index_walk, deserialize, convert): an empty
+        // middle axis used to let the tiled walk visit the outer axes.
+        for shape in [vec![2, 0, 3], vec![4, 0, 2], vec![2, 3, 0, 5], vec![0], vec![3, 0]] {
+            let rows = n_rows(&shape);
+            for_each_index(&shape, 0, rows, |rm, cm| panic!("{shape:?} visited ({rm}, {cm})"));
+            let mut out: Vec<f64> = Vec::new();
+            decode(Dtype::F64, &[], &shape, 0, rows, Dst::Real(&mut out));
+            let mut ints: Vec<i32> = Vec::new();
+            decode(Dtype::U8, &[], &shape, 0, rows, Dst::Integer(&mut ints));
+            encode(Dtype::F64, Src::Real(&[]), &shape, 0, rows, &mut []).unwrap();
+        }
+        // An empty row range visits nothing either.
+        for_each_index(&[2, 3, 4], 1, 1, |rm, cm| panic!("visited ({rm}, {cm})"));
     }
 
     fn encode_all(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> Result<Vec<u8>, EncodeError> {

@@ -34,6 +34,9 @@ pub enum Kind {
     Conversion,
     /// An argument is malformed (caught in Rust after the R checks).
     InvalidArgument,
+    /// A valid file holds something R can't represent as asked, such as a
+    /// dimension over `.Machine$integer.max` in an R array.
+    Unsupported,
     /// The file does not exist.
     FileNotFound,
     /// The file changed size or content under an open handle.
@@ -68,6 +71,7 @@ impl Kind {
             Kind::InvalidSlice => "invalid_slice",
             Kind::Conversion => "conversion",
             Kind::InvalidArgument => "invalid_argument",
+            Kind::Unsupported => "unsupported",
             Kind::FileNotFound => "file_not_found",
             Kind::FileChanged => "file_changed",
             Kind::Closed => "closed",

@@ -4,7 +4,7 @@
 //! documented exception: a tensor name that appears twice in the header is
 //! rejected (the reference keeps the last one silently). No R types here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -472,10 +472,16 @@ impl<'de> DeserializeSeed<'de> for MetadataSeed {
                     }
                     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
                         let mut out: Vec<(String, String)> = Vec::new();
+                        // Position of each key in `out`: a hostile header
+                        // may hold millions of keys, so no linear search.
+                        let mut index: HashMap<String, usize> = HashMap::new();
                         while let Some((k, v)) = map.next_entry::<String, String>()? {
-                            match out.iter_mut().find(|(key, _)| *key == k) {
-                                Some(slot) => slot.1 = v,
-                                None => out.push((k, v)),
+                            match index.get(&k) {
+                                Some(&i) => out[i].1 = v,
+                                None => {
+                                    index.insert(k.clone(), out.len());
+                                    out.push((k, v));
+                                }
                             }
                         }
                         Ok(Entries(out))
@@ -587,6 +593,29 @@ mod tests {
         assert_eq!(h.metadata, Some(vec![("k".into(), "b".into())]));
     }
 
+    #[test]
+    fn many_metadata_keys_parse_in_linear_time() {
+        // 1,000,000 distinct keys (16 MB of header): a linear scan per key
+        // (as this parser once did) takes hours; a hash lookup, a second.
+        // The thread turns a regression into a failure instead of a hang.
+        let n = 1_000_000;
+        let mut json = String::from(r#"{"__metadata__":{"#);
+        for i in 0..n {
+            json.push_str(&format!(r#""k{i}":"v","#));
+        }
+        json.push_str(r#""k0":"last"}}"#);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(parse_header(json.as_bytes(), 0));
+        });
+        let h = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("parsing took over two minutes").unwrap();
+        let meta = h.metadata.unwrap();
+        assert_eq!(meta.len(), n);
+        // Repeated keys keep their first position and their last value.
+        assert_eq!(meta[0], ("k0".to_string(), "last".to_string()));
+        assert_eq!(meta[n - 1].0, format!("k{}", n - 1));
+    }
+
     fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
         TensorSpec { name: name.into(), dtype, shape: shape.to_vec() }
     }
@@ -632,6 +661,21 @@ mod tests {
         assert_eq!(e.kind, Kind::InvalidArgument);
         let e = layout(&[spec("a", Dtype::F4, &[3])], None).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, ignore = "100 MB of JSON: slow unoptimised; run with --release")]
+    fn header_limit_is_exact_on_write_and_read() {
+        // One tensor whose name fills the header to exactly the limit.
+        let fixed = r#"{"":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#.len();
+        let name = "n".repeat(MAX_HEADER_SIZE - fixed);
+        let l = layout(&[spec(&name, Dtype::U8, &[0])], None).unwrap();
+        assert_eq!(l.prefix.len(), N_LEN + MAX_HEADER_SIZE);
+        let h = parse_file(&l.prefix).unwrap();
+        assert_eq!(h.header_len, MAX_HEADER_SIZE);
+        let name = "n".repeat(MAX_HEADER_SIZE - fixed + 1);
+        let e = layout(&[spec(&name, Dtype::U8, &[0])], None).unwrap_err();
+        assert_eq!(e.kind, Kind::HeaderTooLarge);
     }
 
     #[test]

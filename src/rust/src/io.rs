@@ -96,10 +96,19 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path` for reading with `backend`.
     pub fn open(path: &Path, backend: Backend) -> Result<FileSource> {
-        let file = File::open(path).map_err(|e| Error::io(&e, "can't open the file"))?;
+        // Non-blocking, so a FIFO can't stall the open until a writer comes
+        // (it has no effect on reads of regular files).
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| Error::io(&e, "can't open the file"))?;
         let meta = file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
         if meta.is_dir() {
             return Err(Error::new(Kind::Io, "the path is a directory, not a file"));
+        }
+        if !meta.is_file() {
+            return Err(Error::new(Kind::Io, "the path is not a regular file (a FIFO, socket or device)"));
         }
         let map = match backend {
             Backend::Read => None,
@@ -170,20 +179,37 @@ impl Source for FileSource {
     }
 }
 
-/// A file being written next to its target, renamed over it on commit and
-/// removed if dropped uncommitted: an existing target is never touched by a
-/// write that fails.
+/// A file being written next to its target, renamed over it on commit: an
+/// existing target is never touched by a write that fails.
+///
+/// On Linux the data goes to an anonymous file (`O_TMPFILE`) in the
+/// target's directory, which has no name until commit: if the process dies
+/// mid-write (even by SIGKILL) the kernel frees it and nothing is left
+/// behind. Commit links it under a temporary name and renames that over
+/// the target. Where anonymous files are not available (other systems,
+/// file systems without `O_TMPFILE`, no `/proc`), a named temporary file
+/// `.<name>.<pid>-<n>.tmp` is used instead; it is removed on every failure
+/// the process survives, but a killed process leaves it behind.
 pub struct AtomicFile {
     target: PathBuf,
-    temp: PathBuf,
+    dir: PathBuf,
+    /// The temporary file's name; `None` while it is anonymous.
+    temp: Option<PathBuf>,
     file: Option<File>,
 }
 
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temporary name for `base` in `dir`.
+fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{}.{}-{}.tmp", base.to_string_lossy(), std::process::id(), n))
+}
+
 impl AtomicFile {
-    /// Creates a temporary file in the target's directory, readable and
+    /// Creates the temporary file in the target's directory, readable and
     /// writable as the umask allows (not 0600).
     pub fn create(target: &Path) -> Result<AtomicFile> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -194,13 +220,21 @@ impl AtomicFile {
         if target.is_dir() {
             return Err(Error::new(Kind::InvalidArgument, "the path is a directory"));
         }
+        if let Some(file) = anonymous_in(&dir) {
+            return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: None, file: Some(file) });
+        }
+        AtomicFile::create_named(target, dir, base)
+    }
+
+    /// The fallback: a named temporary file.
+    fn create_named(target: &Path, dir: PathBuf, base: &std::ffi::OsStr) -> Result<AtomicFile> {
         let mut last_err = None;
         for _ in 0..16 {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let name = format!(".{}.{}-{}.tmp", base.to_string_lossy(), std::process::id(), n);
-            let temp = dir.join(name);
+            let temp = temp_name(&dir, base);
             match OpenOptions::new().write(true).create_new(true).mode(0o666).open(&temp) {
-                Ok(file) => return Ok(AtomicFile { target: target.to_path_buf(), temp, file: Some(file) }),
+                Ok(file) => {
+                    return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: Some(temp), file: Some(file) })
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) => return Err(Error::io(&e, "can't create a file in the target directory")),
             }
@@ -214,34 +248,132 @@ impl AtomicFile {
         self.file.as_mut().ok_or_else(|| Error::new(Kind::Io, "the file is already closed"))
     }
 
+    /// Whether the file is anonymous (nothing to clean up if the process
+    /// dies before commit).
+    pub fn is_anonymous(&self) -> bool {
+        self.temp.is_none()
+    }
+
     /// Flushes (and with `sync`, fsyncs) the data, then renames the file
     /// over the target.
-    pub fn commit(mut self, sync: bool) -> Result<()> {
-        let Some(mut file) = self.file.take() else {
+    pub fn commit(self, sync: bool) -> Result<()> {
+        self.commit_polling(sync, &mut || Ok(()))
+    }
+
+    /// As [`AtomicFile::commit`], calling `poll` every few milliseconds
+    /// while the fsync runs; an error from `poll` (an interrupt) abandons
+    /// the write at once, leaving the target as it was.
+    pub fn commit_polling(mut self, sync: bool, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
             return Err(Error::new(Kind::Io, "the file is already closed"));
         };
         file.flush().map_err(|e| Error::io(&e, "can't write the file"))?;
         if sync {
-            file.sync_all().map_err(|e| Error::io(&e, "can't flush the file to disk"))?;
+            sync_polling(file, poll)?;
         }
-        drop(file);
-        std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&e, "can't replace the target file"))?;
+        if self.temp.is_none() {
+            // Give the anonymous file a temporary name; from here on Drop
+            // removes that name if the rename fails.
+            let Some(base) = self.target.file_name().map(|b| b.to_os_string()) else {
+                return Err(Error::new(Kind::InvalidArgument, "the path must name a file"));
+            };
+            self.temp = Some(link_anonymous(file, &self.dir, &base)?);
+        }
+        let Some(temp) = self.temp.clone() else {
+            return Err(Error::new(Kind::Io, "the temporary file has no name"));
+        };
+        std::fs::rename(&temp, &self.target).map_err(|e| Error::io(&e, "can't replace the target file"))?;
+        // Renamed: nothing left to remove.
+        self.temp = None;
+        self.file = None;
         if sync {
             // Persist the rename itself; failure here leaves a complete file.
-            if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.sync_all();
-                }
+            if let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
             }
         }
         Ok(())
     }
 }
 
+/// fsyncs `file` on a helper thread, calling `poll` while it runs: flushing
+/// gigabytes can take seconds, and the user may interrupt meanwhile. On an
+/// error from `poll` the thread is left to finish on its own copy of the
+/// descriptor; the caller drops the file.
+fn sync_polling(file: &File, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    let copy = file.try_clone().map_err(|e| Error::io(&e, "can't flush the file to disk"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(copy.sync_all());
+    });
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(res) => return res.map_err(|e| Error::io(&e, "can't flush the file to disk")),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => poll()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::new(Kind::Io, "can't flush the file to disk"))
+            }
+        }
+    }
+}
+
+/// An anonymous file in `dir`, or `None` when the system or the file
+/// system can't make one, or it could not be linked into place later.
+#[cfg(target_os = "linux")]
+fn anonymous_in(dir: &Path) -> Option<File> {
+    // Linking it on commit goes through /proc/self/fd.
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
+    OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn anonymous_in(_dir: &Path) -> Option<File> {
+    None
+}
+
+/// Links the anonymous `file` into `dir` under a fresh temporary name.
+#[cfg(target_os = "linux")]
+fn link_anonymous(file: &File, dir: &Path, base: &std::ffi::OsStr) -> Result<PathBuf> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| Error::new(Kind::Io, "can't name the temporary file"))?;
+    let mut last = std::io::Error::other("temporary names exhausted");
+    for _ in 0..16 {
+        let temp = temp_name(dir, base);
+        let Ok(to) = CString::new(temp.as_os_str().as_bytes()) else {
+            return Err(Error::new(Kind::InvalidArgument, "the path contains a NUL byte"));
+        };
+        // SAFETY: both paths are valid NUL-terminated strings that outlive
+        // the call; linkat only reads them.
+        let rc = unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+        if rc == 0 {
+            return Ok(temp);
+        }
+        last = std::io::Error::last_os_error();
+        if last.kind() != std::io::ErrorKind::AlreadyExists {
+            break;
+        }
+    }
+    Err(Error::io(&last, "can't link the new file into its directory"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_anonymous(_file: &File, _dir: &Path, _base: &std::ffi::OsStr) -> Result<PathBuf> {
+    Err(Error::new(Kind::Io, "anonymous files are not supported on this system"))
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.temp);
+        // An anonymous file vanishes when closed; a named one not renamed
+        // over the target is removed.
+        self.file = None;
+        if let Some(temp) = self.temp.take() {
+            let _ = std::fs::remove_file(&temp);
         }
     }
 }
@@ -277,6 +409,66 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn anonymous_file_has_no_name_until_commit() {
+        let dir = tempdir();
+        let target = dir.join("m.safetensors");
+        std::fs::write(&target, b"old").unwrap();
+        let mut f = AtomicFile::create(&target).unwrap();
+        assert!(f.is_anonymous(), "this file system supports O_TMPFILE");
+        f.file().unwrap().write_all(b"new data").unwrap();
+        // A process killed now leaves nothing behind: there is no name.
+        assert_eq!(entries(&dir), vec!["m.safetensors"]);
+        f.commit(false).unwrap();
+        assert_eq!(entries(&dir), vec!["m.safetensors"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn named_fallback_is_removed_on_failure_and_renamed_on_commit() {
+        let dir = tempdir();
+        let target = dir.join("n.bin");
+        std::fs::write(&target, b"old").unwrap();
+        {
+            let mut f = AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
+            f.file().unwrap().write_all(b"partial").unwrap();
+            let names = entries(&dir);
+            assert_eq!(names.len(), 2);
+            assert!(names[0].starts_with(".n.bin.") && names[0].ends_with(".tmp"), "{names:?}");
+        }
+        assert_eq!(entries(&dir), vec!["n.bin"]);
+        let mut f = AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
+        f.file().unwrap().write_all(b"new").unwrap();
+        f.commit(true).unwrap();
+        assert_eq!(entries(&dir), vec!["n.bin"]);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn failed_rename_leaves_no_temporary_name() {
+        // The target is a non-empty directory, which rename can't replace;
+        // create() refuses directories, so make it one after creation.
+        let dir = tempdir();
+        let target = dir.join("d");
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.file().unwrap().write_all(b"x").unwrap();
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), b"k").unwrap();
+        assert!(f.commit(false).is_err());
+        assert_eq!(entries(&dir), vec!["d"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn file_source_detects_truncation() {
         let dir = tempdir();
@@ -295,6 +487,21 @@ mod tests {
             assert_eq!(err.kind, Kind::FileChanged);
             std::fs::write(&p, vec![7u8; 4096]).unwrap();
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = tempdir();
+        let fifo = dir.join("f");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // With no writer, a blocking open would never return.
+        let e = FileSource::open(&fifo, Backend::Read).err().unwrap();
+        assert_eq!(e.kind, Kind::Io);
+        let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap).err().unwrap();
+        assert_eq!(e.kind, Kind::Io);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,6 +10,7 @@ pub mod io;
 mod info;
 mod load;
 mod open;
+mod progress;
 mod robj;
 mod save;
 pub mod shards;
@@ -23,6 +24,7 @@ extendr_module! {
     use info;
     use load;
     use open;
+    use progress;
     use save;
     use shards;
     use torch;

@@ -183,13 +183,7 @@ pub(crate) fn fill(reader: &mut Reader<'_>, info: &TensorInfo, off: usize, x: &m
         // Same bytes in R as on disk: read straight into the vector.
         // SAFETY: an f64 or i32 vector viewed as its nbytes bytes.
         let out = unsafe { robj::bytes_mut(x, nbytes) };
-        let mut done = 0;
-        while done < nbytes {
-            let n = (nbytes - done).min(16 * BLOCK);
-            reader.src.read_at(off + done, &mut out[done..done + n])?;
-            done += n;
-            robj::check_interrupt_now()?;
-        }
+        copy_bytes(reader, off, out)?;
         if info.dtype == Dtype::I32 {
             // SAFETY: x is an integer vector.
             let ints = unsafe { data_mut::<i32>(x) };
@@ -211,6 +205,31 @@ pub(crate) fn fill(reader: &mut Reader<'_>, info: &TensorInfo, off: usize, x: &m
     Ok(stats)
 }
 
+/// Copies the bytes at absolute offset `off` into `out` as they are, a
+/// block at a time for large tensors so Ctrl-C is noticed within a block.
+fn copy_bytes(reader: &mut Reader<'_>, off: usize, out: &mut [u8]) -> Result<()> {
+    if out.len() <= SMALL {
+        if let Some(bytes) = reader.small_or_view(off, out.len())? {
+            out.copy_from_slice(bytes);
+            return Ok(());
+        }
+    }
+    let mut done = 0;
+    while done < out.len() {
+        let n = (out.len() - done).min(4 * BLOCK);
+        let chunk = &mut out[done..done + n];
+        match reader.src.view(off + done, n)? {
+            Some(bytes) => chunk.copy_from_slice(bytes),
+            None => reader.src.read_at(off + done, chunk)?,
+        }
+        done += n;
+        if done < out.len() {
+            robj::check_interrupt_now()?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads one tensor into a new R object.
 pub fn read_tensor(reader: &mut Reader<'_>, header: &Header, i: usize, mode: Mode) -> Result<(Robj, DecodeStats)> {
     let info = &header.tensors[i];
@@ -221,10 +240,7 @@ pub fn read_tensor(reader: &mut Reader<'_>, header: &Header, i: usize, mode: Mod
             let mut x = alloc(SEXPTYPE::RAWSXP, info.nbytes())?;
             // SAFETY: a raw vector.
             let out = unsafe { data_mut::<u8>(&mut x) };
-            match reader.small_or_view(off, out.len())? {
-                Some(bytes) => out.copy_from_slice(bytes),
-                None => reader.src.read_at(off, out)?,
-            }
+            copy_bytes(reader, off, out)?;
             set_attr(&mut x, "dtype", info.dtype.name().into());
             set_attr(&mut x, "shape", shape_robj(&info.shape));
             Ok((x, DecodeStats::default()))
@@ -240,10 +256,11 @@ pub fn read_tensor(reader: &mut Reader<'_>, header: &Header, i: usize, mode: Mod
             for &d in &info.shape {
                 if d > i32::MAX as usize {
                     return Err(Error::tensor(
-                        Kind::InvalidArgument,
+                        Kind::Unsupported,
                         &info.name,
                         format!(
-                            "tensor `{}` has dimension {d}, larger than .Machine$integer.max, the largest R `dim`",
+                            "tensor `{}` has dimension {d}, larger than .Machine$integer.max, the largest R `dim`; \
+                             read it with `framework = \"raw\"`",
                             info.name
                         ),
                     ));

@@ -29,6 +29,9 @@ extern "C" {
 struct AllocRequest {
     ty: SEXPTYPE,
     len: R_xlen_t,
+    out: SEXP,
+    /// Set by the error handler: R refused the allocation.
+    failed: bool,
 }
 
 unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
@@ -37,8 +40,26 @@ unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     unsafe { Rf_allocVector(req.ty, req.len) }
 }
 
-unsafe extern "C" fn alloc_failed(_cond: SEXP, _data: *mut c_void) -> SEXP {
-    unsafe { R_NilValue }
+unsafe extern "C" fn alloc_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
+    unsafe {
+        (*(data as *mut AllocRequest)).failed = true;
+        R_NilValue
+    }
+}
+
+/// Runs the allocation under R_tryCatchError, itself inside R_ToplevelExec.
+/// R_tryCatchError evaluates R code, which may notice a pending Ctrl-C: R's
+/// implementation then returns NULL without calling the error handler, and
+/// anything else that jumps is stopped by the top-level context, so nothing
+/// unwinds through the Rust frames that called `alloc`.
+unsafe extern "C" fn alloc_toplevel(data: *mut c_void) {
+    // SAFETY: `data` points to the AllocRequest on `alloc`'s stack; the
+    // body reads it and the handler sets its flag.
+    unsafe {
+        let out = R_tryCatchError(Some(alloc_body), data, Some(alloc_failed), data);
+        (*(data as *mut AllocRequest)).out = out;
+    }
 }
 
 /// Bytes per element of an R vector type.
@@ -86,17 +107,22 @@ pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
             }
         }
     }
-    let mut req = AllocRequest { ty, len: len as R_xlen_t };
-    // SAFETY: the body only calls Rf_allocVector; an R error inside it is
-    // caught by R_tryCatchError and reported as R_NilValue.
-    let sexp = unsafe {
-        R_tryCatchError(
-            Some(alloc_body),
-            &mut req as *mut AllocRequest as *mut c_void,
-            Some(alloc_failed),
-            std::ptr::null_mut(),
-        )
-    };
+    // SAFETY: R_NilValue is a valid SEXP once R runs.
+    let mut req = AllocRequest { ty, len: len as R_xlen_t, out: unsafe { R_NilValue }, failed: false };
+    // SAFETY: the callback only allocates; an R error inside it is caught
+    // by R_tryCatchError (out = R_NilValue), and an interrupt by
+    // R_ToplevelExec (returns FALSE), so nothing unwinds through Rust.
+    let ok = unsafe { R_ToplevelExec(Some(alloc_toplevel), &mut req as *mut AllocRequest as *mut c_void) };
+    if ok == 0 {
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
+    // No R allocation happens between here and from_sexp, so the fresh
+    // vector can't be collected meanwhile.
+    let sexp = req.out;
+    if sexp == unsafe { R_NilValue } && !req.failed {
+        // Another condition ended the R code: only an interrupt can.
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
     if sexp == unsafe { R_NilValue } {
         return Err(Error::new(Kind::Memory, format!("R can't allocate a vector of {bytes} bytes")));
     }
@@ -177,7 +203,7 @@ pub fn set_dim(x: &mut Robj, shape: &[usize]) -> Result<()> {
     for &d in shape {
         let Ok(d) = i32::try_from(d) else {
             return Err(Error::new(
-                Kind::InvalidArgument,
+                Kind::Unsupported,
                 format!("dimension {d} is larger than .Machine$integer.max, the largest R `dim`"),
             ));
         };

@@ -18,8 +18,8 @@ use crate::robj::{self, alloc, data_mut, to_r};
 const BLOCK: usize = 4 << 20;
 
 /// One tensor to write: its spec and where its values come from.
-struct Item<'a> {
-    spec: TensorSpec,
+pub(crate) struct Item<'a> {
+    pub(crate) spec: TensorSpec,
     /// Column-major R values to convert, or `None` with `bytes` set.
     values: Option<Src<'a>>,
     /// Row-major bytes to copy as they are (a framework's buffer).
@@ -65,7 +65,7 @@ fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: &List, permute: &Robj) -> Result<Vec<Item<'a>>> {
+pub(crate) fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: &List, permute: &Robj) -> Result<Vec<Item<'a>>> {
     let (Some(names), Some(dtypes), Some(permute)) = (names.as_str_vector(), dtypes.as_str_vector(), permute.as_logical_slice())
     else {
         return Err(Error::new(Kind::InvalidArgument, "malformed tensor descriptions"));
@@ -190,7 +190,7 @@ fn row_offset(spec: &TensorSpec, r: usize) -> usize {
 }
 
 /// Encodes `item` block by block, handing each block of bytes to `sink`.
-fn encode_blocks(item: &Item<'_>, buf: &mut Vec<u8>, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+pub(crate) fn encode_blocks(item: &Item<'_>, buf: &mut Vec<u8>, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     if let Some(bytes) = item.bytes {
         for chunk in bytes.chunks(BLOCK * 4) {
             sink(chunk)?;
@@ -219,7 +219,7 @@ fn encode_blocks(item: &Item<'_>, buf: &mut Vec<u8>, mut sink: impl FnMut(&[u8])
     Ok(())
 }
 
-fn plan<'a>(
+pub(crate) fn plan<'a>(
     tensors: &'a List,
     names: &Robj,
     dtypes: &Robj,
@@ -264,7 +264,7 @@ fn write_file_(
         }
         w.flush().map_err(werr)?;
         drop(w);
-        out.commit(sync)?;
+        out.commit_polling(sync, &mut robj::check_interrupt_now)?;
         Ok(Robj::from(layout.file_len().unwrap_or(0) as f64))
     })())
 }
@@ -336,7 +336,11 @@ fn stream_layout_(names: Robj, dtypes: Robj, shapes: List, meta_keys: Robj, meta
 
 /// A file written piece by piece: R appends the header and then each
 /// tensor's bytes, and commits; a writer dropped uncommitted (an error in
-/// R, or garbage collection) removes its temporary file.
+/// R, or garbage collection) removes its temporary file. Unlike the writer
+/// of progress.rs, which validates and encodes whole tensors it was given
+/// at open, this one appends bytes whose tensors R fetches only when their
+/// turn comes (framework tensors, through `safe_tensor_buffer()`, piece by
+/// piece), after `stream_layout_()` validated the header.
 pub struct StreamFile {
     state: std::cell::RefCell<Option<(AtomicFile, Vec<u8>)>>,
 }
@@ -409,7 +413,7 @@ fn stream_commit_(w: Robj, sync: bool) -> Robj {
         let Ok(stream) = ptr.try_addr() else { return Err(closed()) };
         let Ok(mut state) = stream.state.try_borrow_mut() else { return Err(closed()) };
         let Some((file, _)) = state.take() else { return Err(closed()) };
-        file.commit(sync)?;
+        file.commit_polling(sync, &mut robj::check_interrupt_now)?;
         Ok(().into())
     })())
 }

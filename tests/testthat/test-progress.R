@@ -1,0 +1,218 @@
+# Progress bars: the grouped load and the streaming save must give exactly
+# what the one-call paths give. Tests are not interactive, so each test that
+# wants the bar path forces it with rlang's `rlang_interactive` option and
+# a tiny group size.
+
+local_progress <- function(group = 100, .env = parent.frame()) {
+  withr::local_options(
+    list(
+      rlang_interactive = TRUE,
+      safetensors.progress = TRUE,
+      safetensors.progress_group_bytes = group,
+      cli.progress_show_after = 0,
+      cli.dynamic = FALSE
+    ),
+    .local_envir = .env
+  )
+  # cli draws the bar on stderr: keep it out of the test output.
+  withr::local_message_sink(withr::local_tempfile(.local_envir = .env), .local_envir = .env)
+}
+
+# Counts calls of function `fun` of namespace `ns` while `code` runs.
+count_calls <- function(fun, code, ns = "safetensors") {
+  n <- 0
+  bump <- function() n <<- n + 1
+  suppressMessages(trace(fun, call("(", as.call(list(bump))), print = FALSE, where = asNamespace(ns)))
+  on.exit(suppressMessages(untrace(fun, where = asNamespace(ns))), add = TRUE)
+  force(code)
+  n
+}
+
+progress_tensors <- function() {
+  list(
+    a = matrix(seq(0, 1, length.out = 60), 6),
+    b = 1:50,
+    c = c(TRUE, FALSE, TRUE),
+    d = seq(-2, 2, length.out = 100),
+    e = structure(3, shape = integer(0)),
+    f = as.raw(0:9)
+  )
+}
+
+test_that("the bar is off in tests, in knitr, when not interactive and by option", {
+  expect_false(progress_enabled())
+  withr::local_options(rlang_interactive = TRUE)
+  expect_true(progress_enabled())
+  expect_true(progress_wanted(65 * 2^20))
+  expect_false(progress_wanted(c(32, 31) * 2^20))
+  withr::local_options(safetensors.progress = FALSE)
+  expect_false(progress_enabled())
+  expect_false(progress_wanted(1e12))
+  withr::local_options(safetensors.progress = TRUE, rlang_interactive = FALSE)
+  expect_false(progress_wanted(1e12))
+})
+
+test_that("byte_groups() splits tensors in order into groups of about the limit", {
+  expect_identical(byte_groups(numeric()), list())
+  expect_identical(unname(byte_groups(c(60, 30, 20, 200, 10), 100)), list(1:2, 3L, 4L, 5L))
+  expect_identical(unname(byte_groups(rep(1, 5), 100)), list(1:5))
+})
+
+test_that("a grouped load returns what the one-call load returns", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(progress_tensors(), path, metadata = list(k = "v"), dtype = c(d = "BF16", b = "I16"))
+  fast <- safe_load_file(path)
+  fast_sub <- safe_load_file(path, tensors = c("d", "a", "e"))
+  fast_raw <- safe_load_file(path, framework = "raw", backend = "mmap")
+  local_progress()
+  n <- count_calls("handle_read_", slow <- safe_load_file(path))
+  expect_gt(n, 2)
+  expect_identical(slow, fast)
+  expect_identical(safe_load_file(path, tensors = c("d", "a", "e")), fast_sub)
+  expect_identical(safe_load_file(path, framework = "raw", backend = "mmap"), fast_raw)
+})
+
+test_that("a small load takes the one-call path even when a bar may be shown", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(progress_tensors(), path)
+  local_progress(group = 1e6)
+  expect_equal(count_calls("handle_read_", safe_load_file(path)), 0)
+  expect_equal(count_calls("read_file_", safe_load_file(path)), 1)
+})
+
+test_that("grouped loads report errors as the one-call load does", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(progress_tensors(), path)
+  local_progress()
+  expect_error(safe_load_file(path, tensors = "nope"), class = "safetensors_error_tensor_not_found")
+  expect_error(safe_load_file(path, device = "cpu"), class = "safetensors_error_invalid_argument")
+  bytes <- readBin(path, "raw", file.size(path))
+  writeBin(bytes[seq_len(length(bytes) - 1)], path)
+  expect_error(safe_load_file(path), class = "safetensors_error_incomplete_buffer")
+})
+
+test_that("a sharded checkpoint loads the same with a bar", {
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(progress_tensors(), file.path(dir, "model.safetensors"), max_shard_size = 300)
+  fast <- safe_load_file(index)
+  local_progress()
+  n <- count_calls("handle_read_", slow <- safe_load_file(index))
+  expect_gt(n, length(list.files(dir, "-of-")))
+  expect_identical(slow, fast)
+})
+
+test_that("a streaming save writes the bytes of the one-call save", {
+  x <- progress_tensors()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  fast <- withr::local_tempfile(fileext = ".safetensors")
+  raw_tensor <- safe_load_file(fixture("multi.safetensors"), framework = "raw")[[1]]
+  x$r <- raw_tensor
+  safe_save_file(x, fast, metadata = list(b = "2", a = "1"), dtype = c(a = "F16"))
+  local_progress()
+  n <- count_calls("writer_write_", safe_save_file(x, path, metadata = list(b = "2", a = "1"), dtype = c(a = "F16")))
+  expect_equal(n, length(x))
+  expect_identical(readBin(path, "raw", 1e5), readBin(fast, "raw", 1e5))
+  # What was loaded saves back to the same bytes.
+  again <- withr::local_tempfile(fileext = ".safetensors")
+  loaded <- safe_load_file(path)
+  safe_save_file(loaded, again, metadata = attr(loaded, "metadata")[["__metadata__"]])
+  expect_identical(readBin(again, "raw", 1e5), readBin(fast, "raw", 1e5))
+})
+
+test_that("a streaming save of shards writes what the one-call save writes", {
+  fast <- withr::local_tempdir()
+  slow <- withr::local_tempdir()
+  safe_save_file(progress_tensors(), fast, max_shard_size = 300, metadata = list(k = "v"))
+  local_progress()
+  safe_save_file(progress_tensors(), slow, max_shard_size = 300, metadata = list(k = "v"))
+  files <- list.files(fast)
+  expect_identical(list.files(slow), files)
+  for (f in files) {
+    expect_identical(
+      readBin(file.path(slow, f), "raw", 1e5), readBin(file.path(fast, f), "raw", 1e5),
+      label = f
+    )
+  }
+})
+
+test_that("a streaming save that fails leaves no file and keeps the old one", {
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "x.safetensors")
+  safe_save_file(list(old = 1:3), path)
+  before <- readBin(path, "raw", 1e4)
+  local_progress()
+  # The second tensor fails to convert after the first was written.
+  x <- list(a = seq(0, 1, length.out = 100), b = c(1, 300, 2))
+  expect_error(safe_save_file(x, path, dtype = c(b = "I8")), class = "safetensors_error_conversion")
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "x.safetensors")
+  expect_identical(readBin(path, "raw", 1e4), before)
+  # Errors found before writing come before any file is created.
+  expect_error(
+    safe_save_file(list(a = 1:200, b = "x"), file.path(dir, "y.safetensors")),
+    class = "safetensors_error_invalid_argument"
+  )
+  expect_error(
+    safe_save_file(list(a = 1:200), file.path(dir, "no", "such", "dir.safetensors")),
+    class = "safetensors_error"
+  )
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "x.safetensors")
+})
+
+test_that("the streaming writer checks its use and cleans up after itself", {
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "w.safetensors")
+  spec <- tensor_spec(list(a = 1:3, b = c(0.5, 1)), NULL, NULL)
+  write_one <- function(w, i, s = spec) {
+    writer_write_(w, i - 1, s[[1]][i], s[[2]][i], s[[3]][i], s[[4]][i], s[[5]][i])
+  }
+  w <- rlang::exec(writer_open_, path, !!!spec)
+  # The target appears only on commit (the data go to a temporary file,
+  # which may be anonymous).
+  expect_false(file.exists(path))
+  expect_s3_class(write_one(w, 2), "safetensors_rust_error")
+  # An error abandons the save: its temporary file is gone.
+  expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
+  expect_identical(writer_commit_(w, TRUE)$kind, "closed")
+  expect_false(writer_abort_(w))
+
+  w <- rlang::exec(writer_open_, path, !!!spec)
+  write_one(w, 1)
+  other <- tensor_spec(list(a = 1:3, b = c(0.5, 1, 2)), NULL, NULL)
+  expect_identical(write_one(w, 2, other)$kind, "invalid_argument")
+  w <- rlang::exec(writer_open_, path, !!!spec)
+  write_one(w, 1)
+  expect_identical(writer_commit_(w, TRUE)$kind, "invalid_argument")
+  expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
+
+  w <- rlang::exec(writer_open_, path, !!!spec)
+  end_a <- write_one(w, 1)
+  end_b <- write_one(w, 2)
+  size <- writer_commit_(w, FALSE)
+  expect_identical(size, file.size(path))
+  expect_identical(end_b, size)
+  expect_identical(end_a, size - 16)
+  expect_identical(as.vector(safe_load_file(path)$b), c(0.5, 1))
+  expect_false(writer_abort_(w))
+  expect_identical(writer_commit_(w, TRUE)$kind, "closed")
+  expect_identical(writer_abort_(list())$kind, "invalid_argument")
+
+  # A writer dropped without a commit removes its temporary file when
+  # garbage-collected, and the target keeps its old content.
+  before <- readBin(path, "raw", 1e4)
+  w <- rlang::exec(writer_open_, path, !!!spec)
+  write_one(w, 1)
+  rm(w)
+  gc()
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "w.safetensors")
+  expect_identical(readBin(path, "raw", 1e4), before)
+})
+
+test_that("the bar moves once per tensor saved and per group loaded", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  local_progress()
+  n <- count_calls("cli_progress_update", safe_save_file(progress_tensors(), path), ns = "cli")
+  expect_equal(n, length(progress_tensors()))
+  groups <- length(byte_groups(safe_info(path)$bytes))
+  n <- count_calls("cli_progress_update", safe_load_file(path), ns = "cli")
+  expect_equal(n, groups)
+})
