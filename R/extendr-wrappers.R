@@ -107,6 +107,38 @@ write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys
 #' @noRd
 serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
 
+#' The layout of a file holding tensors of these names, dtypes and shapes
+#' and this metadata, for writers that stream tensors one at a time (R's
+#' connections, and framework tensors whose bytes R fetches one by one):
+#' `list(prefix, sizes)`, the file's first `8 + N` bytes and each tensor's
+#' size in bytes. Everything the header needs is validated here, before any
+#' byte is written.
+#' @noRd
+stream_layout_ <- function(names, dtypes, shapes, meta_keys, meta_values) .Call(wrap__stream_layout_, names, dtypes, shapes, meta_keys, meta_values)
+
+#' Starts writing the file at `path` atomically (see `write_file_()`).
+#' @noRd
+stream_open_ <- function(path) .Call(wrap__stream_open_, path)
+
+#' Appends bytes `from` (0-based) to the end of the raw vector `bytes`.
+#' @noRd
+stream_write_ <- function(w, bytes, from) .Call(wrap__stream_write_, w, bytes, from)
+
+#' Flushes (with `sync`, fsyncs) and renames the file over its target.
+#' @noRd
+stream_commit_ <- function(w, sync) .Call(wrap__stream_commit_, w, sync)
+
+#' Abandons a file being written, removing its temporary file. Harmless
+#' after a commit.
+#' @noRd
+stream_abort_ <- function(w) .Call(wrap__stream_abort_, w)
+
+#' Copies bytes `from` (0-based) to the end of `bytes` into the raw vector
+#' `out` at 0-based position `pos`: `safe_serialize()` filling its result
+#' tensor by tensor. `out` must be a vector R/save.R allocated for this.
+#' @noRd
+raw_put_ <- function(out, pos, bytes, from) .Call(wrap__raw_put_, out, pos, bytes, from)
+
 #' Reads the index file at `path`: `list(names, files, metadata)`.
 #' @noRd
 read_index_ <- function(path) .Call(wrap__read_index_, path)
@@ -115,5 +147,28 @@ read_index_ <- function(path) .Call(wrap__read_index_, path)
 #' `names` mapped to the shard in `files`.
 #' @noRd
 write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
+
+#' Whether the bytes at `addr` are `expected`: R/torch.R's check, once per
+#' session, that `Storage$data_ptr()` prints the address of a tensor's data
+#' (it reads a torch tensor it made from `expected`). Nothing is written.
+#' @noRd
+probe_address_ <- function(addr, expected) .Call(wrap__probe_address_, addr, expected)
+
+#' Reads tensor `name` of an open handle into the `nbytes` bytes at `addr`
+#' (a torch tensor's data, see the module notes). BOOL bytes are normalised
+#' to 0 and 1. Returns `NULL`.
+#' @noRd
+handle_read_into_ <- function(x, name, addr, nbytes) .Call(wrap__handle_read_into_, x, name, addr, nbytes)
+
+#' Copies the raw vector `chunk` to bytes `[offset, offset + length(chunk))`
+#' of the `total` bytes at `addr` (a torch tensor's data, filled chunk by
+#' chunk from a connection). With `is_bool`, bytes are normalised to 0 and 1.
+#' Returns `NULL`.
+#' @noRd
+copy_into_ <- function(chunk, addr, offset, total, is_bool) .Call(wrap__copy_into_, chunk, addr, offset, total, is_bool)
+
+#' A raw vector of `n` bytes, not zeroed (the caller fills all of it).
+#' @noRd
+alloc_raw_ <- function(n) .Call(wrap__alloc_raw_, n)
 
 # nolint end

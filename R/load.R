@@ -26,8 +26,11 @@
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
 #'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
-#'   binary connection (opened for reading, or not yet opened; it need not be
-#'   seekable).
+#'   binary connection (opened for reading, or not yet opened). A connection
+#'   is read from its current position to its end (it need not be
+#'   seekable), which must be where the tensor data its header describes
+#'   end; with a framework other than `"r"` it is read tensor by tensor,
+#'   never holding the whole file in memory.
 #' @param buffer A raw vector holding a whole safetensors file.
 #' @param ... Passed on to the framework's tensor constructor, for example
 #'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
@@ -79,6 +82,12 @@
 #'
 #' # A file held in memory
 #' safe_deserialize(readBin(path, "raw", file.size(path)))$bias
+#' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
+#'
+#' # torch tensors, as safetensors 0.2.x returned them
+#' w <- safe_load_file(path, framework = "torch", device = "cpu")$weight
+#' w$dtype
+#' w
 safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap")) {
   framework <- check_framework(framework)
   backend <- rlang::arg_match(backend)
@@ -86,11 +95,17 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend))
   }
+  if (inherits(path, "connection") && framework != "r") {
+    return(load_stream(path, tensors, framework, list(...)))
+  }
+  if (torch_direct(framework) && (is.character(path) || is.raw(path))) {
+    return(load_through_handle(path, tensors, framework, list(...), backend))
+  }
   if (is.character(path) && progress_enabled()) {
     check_string(path)
     size <- file.size(path.expand(path))
     if (!is.na(size) && progress_wanted(size)) {
-      return(load_file_progress(path, tensors, framework, list(...), backend))
+      return(load_through_handle(path, tensors, framework, list(...), backend))
     }
   }
   mode <- if (framework == "r") "array" else "raw"
@@ -119,6 +134,9 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
   }
   framework <- check_framework(framework)
   check_tensor_names(tensors)
+  if (torch_direct(framework)) {
+    return(load_through_handle(buffer, tensors, framework, list(...), "read"))
+  }
   mode <- if (framework == "r") "array" else "raw"
   res <- st_check(read_raw_(buffer, tensors, mode, st_threads()), "Can't read the raw vector.")
   finish_load(res, framework, list(...))
@@ -134,19 +152,143 @@ check_tensor_names <- function(tensors, call = rlang::caller_env()) {
   }
 }
 
-# Reads all remaining bytes of a connection, opening it (binary) if needed.
-read_connection <- function(con) {
+# Reads one safetensors file from a connection (opening it, binary, if
+# needed) from its current position to its end: the header, then the data
+# it describes, which must end the connection. Sizes come from the header,
+# so the whole file is read into a vector allocated once.
+read_connection <- function(con, call = rlang::caller_env()) {
   if (!isOpen(con)) {
     open(con, "rb")
     on.exit(close(con), add = TRUE)
   }
-  chunks <- list()
-  repeat {
-    chunk <- readBin(con, "raw", 16L * 1024L * 1024L)
-    if (length(chunk) == 0) break
-    chunks[[length(chunks) + 1L]] <- chunk
+  part <- list(label = "<connection>")
+  prefix <- read_header_bytes(con, part, call)
+  info <- check_part(info_header_(prefix), part, call = call)
+  data <- read_exact(con, info$file_len - length(prefix), part, NULL, call)
+  check_stream_end(con, info, part, call)
+  c(prefix, data)
+}
+
+# A connection must end where the tensors' data end, as a file must (the
+# reference rejects data after them, such as a zip archive appended to make
+# a polyglot file). Reads at most one more byte.
+check_stream_end <- function(con, info, part, call) {
+  if (length(readBin(con, "raw", 1L)) > 0) {
+    st_abort(
+      "incomplete_buffer",
+      c(
+        cli_escape(source_what(part$label)),
+        x = "The connection holds more bytes after the {info$file_len - 8 - info$header_len} bytes of data its header describes."
+      ),
+      format = TRUE,
+      call = call
+    )
   }
-  switch(min(length(chunks), 2L) + 1L, raw(), chunks[[1L]], unlist(chunks, use.names = FALSE))
+}
+
+# `n` bytes from a connection, or an error if it ends first.
+read_exact <- function(con, n, part, tensor, call) {
+  out <- readBin(con, "raw", n)
+  if (length(out) < n) {
+    # A connection may return less than asked before its end.
+    more <- list(out)
+    got <- length(out)
+    repeat {
+      chunk <- readBin(con, "raw", n - got)
+      if (length(chunk) == 0) break
+      more[[length(more) + 1L]] <- chunk
+      got <- got + length(chunk)
+      if (got == n) break
+    }
+    if (got < n) {
+      stream_ended(part, got, n, tensor, call)
+    }
+    out <- unlist(more, use.names = FALSE)
+  }
+  out
+}
+
+# Reads and discards `n` bytes of a connection.
+skip_bytes <- function(con, n, part, tensor, call) {
+  while (n > 0) {
+    k <- length(readBin(con, "raw", min(n, 8 * 1024^2)))
+    if (k == 0) {
+      stream_ended(part, 0, n, tensor, call)
+    }
+    n <- n - k
+  }
+}
+
+stream_ended <- function(part, got, n, tensor, call) {
+  what <- if (is.null(tensor)) "data" else "bytes of tensor {.val {tensor}}"
+  st_abort(
+    "incomplete_buffer",
+    c(cli_escape(source_what(part$label)), x = paste("The connection ended after {got} of the {n}", what, "bytes.")),
+    tensor = tensor,
+    format = TRUE,
+    call = call
+  )
+}
+
+# safe_load_file() for a connection and a framework other than "r": reads
+# the header, then each tensor in file order, straight into its framework
+# tensor (with no copy of the whole file in memory), skipping those not
+# asked for, then checks that the connection ends there.
+load_stream <- function(con, tensors, framework, args, call = rlang::caller_env()) {
+  check_framework_args(framework, args, call = call)
+  if (!isOpen(con)) {
+    open(con, "rb")
+    on.exit(close(con), add = TRUE)
+  }
+  part <- list(label = "<connection>")
+  info <- check_part(info_header_(read_header_bytes(con, part, call)), part, call = call)
+  wanted <- tensors %||% info$name
+  absent <- wanted[!wanted %in% info$name]
+  if (length(absent) > 0) {
+    st_abort(
+      "tensor_not_found",
+      c(cli_escape(source_what(part$label)), x = "Tensor {.val {absent[[1]]}} is not in the file."),
+      tensor = absent[[1]],
+      call = call
+    )
+  }
+  direct <- torch_direct(framework)
+  if (direct) {
+    device <- torch_device_arg(args)
+    for (nm in unique(wanted)) {
+      torch_dtype_of(info$dtype[[match(nm, info$name)]], nm, call = call)
+    }
+  } else if (framework != "raw") {
+    constructor <- safetensors_frameworks[[framework]]$constructor
+  }
+  start <- 8 + info$header_len
+  out <- vector("list", length(wanted))
+  max_offset <- 0
+  for (i in seq_along(info$name)) {
+    nm <- info$name[[i]]
+    nbytes <- info$end[[i]] - info$begin[[i]]
+    k <- which(wanted == nm)
+    if (length(k) == 0) {
+      skip_bytes(con, nbytes, part, nm, call)
+      next
+    }
+    value <- if (direct) {
+      torch_read_stream(con, nm, info$dtype[[i]], info$shape[[i]], device, part, call)
+    } else {
+      raw <- read_exact(con, nbytes, part, nm, call)
+      if (framework == "raw") {
+        structure(raw, dtype = info$dtype[[i]], shape = info$shape[[i]])
+      } else {
+        meta <- info$header[[match(nm, names(info$header))]]
+        do.call(constructor, c(list(raw, meta), args))
+      }
+    }
+    out[k] <- list(value)
+    max_offset <- start + info$end[[i]]
+  }
+  check_stream_end(con, info, part, call)
+  names(out) <- wanted
+  as_loaded(out, info$header, max_offset)
 }
 
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds
@@ -172,8 +314,14 @@ finish_load <- function(res, framework, args, call = rlang::caller_env()) {
       out[i] <- list(do.call(constructor, c(list(raw, header[[at[[i]]]]), args)))
     }
   }
-  attr(out, "metadata") <- res$header
-  attr(out, "max_offset") <- res$max_offset
+  as_loaded(out, res$header, res$max_offset)
+}
+
+# A loaded list as safe_load_file() returns it: the 0.2.x attributes
+# "metadata" (the header) and "max_offset", and the class for printing.
+as_loaded <- function(out, header, max_offset) {
+  attr(out, "metadata") <- header
+  attr(out, "max_offset") <- max_offset
   class(out) <- c("safetensors_tensors", "list")
   out
 }

@@ -346,11 +346,19 @@ read_parts <- function(x, names, mode, call = rlang::caller_env(), bar = NULL, s
 
 # Reads tensors as the handle's framework makes them; a named list.
 read_tensors <- function(x, names, call = rlang::caller_env()) {
-  framework <- hget(x, "framework")
+  read_handle(x, names, hget(x, "framework"), hget(x, "args"), call = call)$tensors
+}
+
+# Reads tensors `names` of handle `x` as `framework` makes them:
+# `list(tensors, max_offset)`, the tensors a named list without attributes.
+read_handle <- function(x, names, framework, args, call = rlang::caller_env()) {
+  if (torch_direct(framework)) {
+    return(torch_read_handle(x, names, args, call = call))
+  }
   mode <- if (framework == "r") "array" else "raw"
   res <- read_parts(x, names, mode, call = call)
   res$header <- header_entries(x, names)
-  strip_loaded(finish_load(res, framework, hget(x, "args"), call = call))
+  list(tensors = strip_loaded(finish_load(res, framework, args, call = call)), max_offset = res$max_offset)
 }
 
 #' @export

@@ -54,9 +54,10 @@ byte_groups <- function(sizes, limit = progress_group_bytes()) {
 
 # ---- loads ----------------------------------------------------------------
 
-# safe_load_file() of a file path through a handle, so that a progress bar
-# can be updated between groups of tensors (load_handle()).
-load_file_progress <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
+# safe_load_file() of a file path (or raw vector) through a handle, so that
+# a progress bar can be updated between groups of tensors, or tensors read
+# straight into torch (load_handle()).
+load_through_handle <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
   part <- open_part(path, backend, call = call)
   h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata, kind = backend
@@ -84,6 +85,10 @@ load_handle <- function(h, tensors, framework, args, call = rlang::caller_env())
       bar <- progress_bar("Loading", hget(h, "label"), sum(sizes))
     }
   }
+  if (torch_direct(framework)) {
+    res <- torch_read_handle(h, nms, args, call = call, bar = bar)
+    return(as_loaded(res$tensors, combined_header(h), res$max_offset))
+  }
   res <- read_parts(h, nms, mode, call = call, bar = bar, sizes = sizes)
   res$header <- combined_header(h)
   finish_load(res, framework, args, call = call)
@@ -106,6 +111,10 @@ spec_subset <- function(spec, k) {
 # a streaming writer when `bar` (a cli progress bar over bytes) is given.
 # `label` names the file in error messages.
 write_spec <- function(target, spec, sync, bar = NULL, label = target, call = rlang::caller_env()) {
+  if (anyNA(spec[[5]])) {
+    # Framework tensors, whose bytes are fetched one tensor at a time.
+    return(write_stream(spec, file_sink(target, sync, label = label, call = call), bar = bar, call = call))
+  }
   what <- function() sprintf("Can't write %s.", describe_source(label))
   if (is.null(bar)) {
     res <- rlang::exec(write_file_, target, !!!spec, sync, st_threads())

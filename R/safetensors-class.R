@@ -71,12 +71,9 @@ safetensors <- R6::R6Class("safetensors",
       }
       h <- private$handle
       name <- tensor_name(h, name)
-      mode <- if (self$framework == "r") "array" else "raw"
-      res <- read_parts(h, name, mode)
+      res <- read_handle(h, name, self$framework, self$args)
       self$max_offset <- max(self$max_offset, res$max_offset)
-      res$header <- header_entries(h, name)
-      out <- finish_load(res, self$framework, self$args)
-      out[[1]]
+      res$tensors[[1]]
     }
   ),
   private = list(

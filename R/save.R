@@ -20,9 +20,14 @@
 #' vector with attribute `shape = integer(0)`, which is a scalar.
 #'
 #' Other objects (torch tensors, for example) are written through their
-#' [safe_tensor_meta()] and [safe_tensor_buffer()] methods, and a raw vector
-#' with `"dtype"` and `"shape"` attributes (as `framework = "raw"` returns)
-#' is written as the bytes it holds.
+#' [safe_tensor_meta()] and [safe_tensor_buffer()] methods, one tensor at a
+#' time, and a raw vector with `"dtype"` and `"shape"` attributes (as
+#' `framework = "raw"` returns) is written as the bytes it holds.
+#'
+#' A connection is written from its current position; it need not be
+#' seekable (`gzcon()`, pipes, sockets). One that is not yet open is opened
+#' only once the tensors are known to be writable, and closed again. A
+#' connection is not written atomically.
 #'
 #' Tensors are stored in the order given, and `metadata` first with its keys
 #' sorted, in the compact, space-padded header Python's `safetensors` writes;
@@ -34,8 +39,8 @@
 #'   integer, logical, raw or complex), or objects with
 #'   [safe_tensor_meta()] and [safe_tensor_buffer()] methods. Names must be
 #'   unique and not `"__metadata__"`; the empty name is allowed.
-#' @param path A file path, or a connection (opened for writing in binary
-#'   mode, or not yet opened).
+#' @param path A file path, or a binary connection (opened for writing, or
+#'   not yet opened, in which case it is opened and closed again).
 #' @param ... Ignored, for compatibility with safetensors 0.2.x (which
 #'   accepted and ignored arguments such as `framework`). Other names give a
 #'   warning.
@@ -118,12 +123,18 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
     }
     write_spec(path.expand(path), spec, sync, bar = bar, label = path)
   } else if (inherits(path, "connection")) {
-    bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
-    if (!isOpen(path)) {
-      open(path, "wb")
-      on.exit(close(path), add = TRUE)
+    # An unopened connection is opened only once the tensors are known to be
+    # writable: opening a file connection for writing empties the file.
+    if (anyNA(spec[[5]])) {
+      write_stream(spec, connection_sink(path))
+    } else {
+      bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
+      if (!isOpen(path)) {
+        open(path, "wb")
+        on.exit(close(path), add = TRUE)
+      }
+      writeBin(bytes, path)
     }
-    writeBin(bytes, path)
   } else {
     st_abort(
       "invalid_argument",
@@ -138,6 +149,9 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
 safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
   check_ignored_dots(...)
   spec <- tensor_spec(tensors, dtype, metadata)
+  if (anyNA(spec[[5]])) {
+    return(write_stream(spec, raw_sink()))
+  }
   st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
 }
 
@@ -151,9 +165,31 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
 #' the file. Methods for `torch_tensor` are included; other packages (such as
 #' pjrt) add methods for their own classes.
 #'
+#' The writers call `safe_tensor_meta()` for every tensor first (so a
+#' tensor they can't write fails before anything is written), then
+#' `safe_tensor_buffer()` for one tensor at a time while writing, so only
+#' one tensor's bytes are held at a time. A buffer whose length disagrees
+#' with the meta is an error of class `safetensors_error_invalid_argument`.
+#'
+#' @section torch tensors:
+#' `safe_tensor_meta()` maps torch's dtype to the file's (see
+#' [safetensors_frameworks] for the list); a dtype safetensors has no name
+#' for (`torch_cdouble()`, quantized types) is an error of class
+#' `safetensors_error_unsupported_dtype`. `safe_tensor_buffer()` copies the
+#' tensor's logical values once into the raw vector: non-contiguous tensors
+#' (transposed, sliced, expanded) are written as they print, tensors on a
+#' GPU are copied to the host, and there is no size limit (torch's
+#' `buffer_from_torch_tensor()` copies the underlying storage, ignoring
+#' strides and offsets, and takes a 32-bit size: safetensors 0.2.x wrote
+#' such tensors with the wrong bytes and crashed on 2 GiB). When writing files,
+#' connections or [safe_serialize()] results, torch tensors are copied in
+#' pieces of 16 MiB rather than whole (except transposed or permuted ones,
+#' whose last dimension is strided). `requires_grad` is not stored.
+#'
 #' @param x A tensor.
 #' @return `safe_tensor_meta()`: a list with elements `shape` and `dtype`.
 #'   `safe_tensor_buffer()`: a raw vector.
+#' @seealso [safetensors_frameworks] for reading tensors into a framework.
 #' @export
 #' @examples
 #' # A minimal tensor class stored as raw bytes
@@ -166,6 +202,16 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
 #' registerS3method("safe_tensor_buffer", "bytes_tensor", safe_tensor_buffer.bytes_tensor)
 #' raw <- safe_serialize(list(x = bytes_tensor(as.raw(1:6), c(2, 3))))
 #' safe_deserialize(raw)$x
+#' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
+#'
+#' # torch tensors: the logical values of a transposed tensor, row-major
+#' x <- torch::torch_tensor(matrix(1:6, 2, 3), dtype = torch::torch_int32())$t()
+#' safe_tensor_meta(x)
+#' readBin(safe_tensor_buffer(x), "integer", 6)
+#' path <- tempfile(fileext = ".safetensors")
+#' safe_save_file(list(x = x), path)
+#' safe_load_file(path, framework = "torch")$x
+#' safe_load_file(path)$x
 safe_tensor_buffer <- function(x) {
   UseMethod("safe_tensor_buffer")
 }
@@ -246,10 +292,14 @@ tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
   for (i in seq_len(n)) {
     x <- tensors[[i]]
     if (is.object(x)) {
+      # Framework tensors: described now, their bytes fetched one at a time
+      # while writing (write_stream()), so that only one tensor's buffer
+      # exists at a time. `permute` NA marks them.
       meta <- safe_tensor_meta(x)
-      values[i] <- list(safe_tensor_buffer(x))
+      values[i] <- list(x)
       shapes[[i]] <- as.numeric(unlist(meta$shape))
       dtypes[[i]] <- meta$dtype
+      permute[[i]] <- NA
     } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && !is.null(attr(x, "dtype"))) {
       values[i] <- list(x)
       shapes[[i]] <- as.numeric(attr(x, "shape"))
@@ -343,4 +393,136 @@ check_metadata <- function(metadata, call) {
     st_abort("invalid_argument", "{.arg metadata} names must be unique.", call = call)
   }
   out
+}
+
+# Framework tensor `i` of `spec` as bytes, checked against its description.
+framework_bytes <- function(spec, i, call, size = NULL) {
+  name <- spec[[2]][[i]]
+  bytes <- safe_tensor_buffer(spec[[1]][[i]])
+  if (!is.raw(bytes)) {
+    st_abort(
+      "invalid_argument",
+      "{.fn safe_tensor_buffer} must return a raw vector, not {.obj_type_friendly {bytes}} (tensor {.val {name}}).",
+      call = call
+    )
+  }
+  size <- size %||% (prod(spec[[4]][[i]]) * dtype_bits[[spec[[3]][[i]]]] / 8)
+  if (length(bytes) != size) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "The buffer of tensor {.val {name}} has {length(bytes)} bytes, but its dtype and shape need {size}.",
+        i = "{.fn safe_tensor_buffer} and {.fn safe_tensor_meta} disagree."
+      ),
+      tensor = name,
+      call = call
+    )
+  }
+  bytes
+}
+
+# Writes `spec` tensor by tensor to `sink`: the header first, then each
+# tensor's bytes, a framework tensor's fetched only when its turn comes and
+# dropped after, so at most one framework buffer is in memory at a time (and
+# R arrays are converted one at a time). Returns what the sink's finish()
+# returns.
+write_stream <- function(spec, sink, bar = NULL, call = rlang::caller_env()) {
+  lay <- st_check(
+    rlang::exec(stream_layout_, spec[[2]], spec[[3]], spec[[4]], spec[[6]], spec[[7]]),
+    sink$what,
+    call = call
+  )
+  sink$start(sum(lay$sizes) + length(lay$prefix))
+  on.exit(sink$abort(), add = TRUE)
+  sink$write(lay$prefix, 0)
+  # Writes tensor data, moving the cli progress bar if there is one.
+  put <- function(bytes, from) {
+    sink$write(bytes, from)
+    if (!is.null(bar)) {
+      cli::cli_progress_update(inc = length(bytes) - from, id = bar)
+    }
+  }
+  permute <- spec[[5]]
+  for (i in seq_along(permute)) {
+    if (is.na(permute[[i]]) && inherits(spec[[1]][[i]], "torch_tensor")) {
+      written <- 0
+      torch_write_chunks(spec[[1]][[i]], function(bytes) {
+        put(bytes, 0)
+        written <<- written + length(bytes)
+      })
+      if (written != lay$sizes[[i]]) {
+        st_abort("invalid_argument", "Tensor {.val {spec[[2]][[i]]}} changed size while it was written.", call = call)
+      }
+    } else if (is.na(permute[[i]])) {
+      put(framework_bytes(spec, i, call, lay$sizes[[i]]), 0)
+    } else if (permute[[i]]) {
+      # One tensor as a file; its data are the last bytes.
+      one <- st_check(
+        serialize_(spec[[1]][i], spec[[2]][i], spec[[3]][i], spec[[4]][i], TRUE, NULL, NULL, st_threads()),
+        sink$what,
+        call = call
+      )
+      put(one, length(one) - lay$sizes[[i]])
+    } else {
+      put(spec[[1]][[i]], 0)
+    }
+  }
+  out <- sink$finish()
+  on.exit()
+  out
+}
+
+# Sinks for write_stream(): start(total), write(bytes, from) (bytes `from`,
+# 0-based, to the end), finish(), abort(); `what` heads their error
+# messages, raised in the caller's `call`.
+file_sink <- function(path, sync, label = path, call = rlang::caller_env()) {
+  what <- sprintf("Can't write %s.", describe_source(label))
+  w <- NULL
+  list(
+    what = what,
+    start = function(total) w <<- st_check(stream_open_(path), what, call = call),
+    write = function(bytes, from) st_check(stream_write_(w, bytes, from), what, call = call),
+    finish = function() {
+      st_check(stream_commit_(w, sync), what, call = call)
+      invisible()
+    },
+    abort = function() if (!is.null(w)) stream_abort_(w)
+  )
+}
+
+connection_sink <- function(con) {
+  opened <- FALSE
+  list(
+    what = "Can't write the connection.",
+    start = function(total) {
+      if (!isOpen(con)) {
+        open(con, "wb")
+        opened <<- TRUE
+      }
+    },
+    # R arrays come as a one-tensor file (`from` > 0): rare beside framework
+    # tensors, and the only case that copies.
+    write = function(bytes, from) writeBin(if (from == 0) bytes else bytes[-seq_len(from)], con),
+    finish = function() {
+      if (opened) close(con)
+      invisible()
+    },
+    abort = function() if (opened) close(con)
+  )
+}
+
+raw_sink <- function(call = rlang::caller_env()) {
+  what <- "Can't serialize the tensors."
+  out <- NULL
+  pos <- 0
+  list(
+    what = what,
+    start = function(total) out <<- st_check(alloc_raw_(total), what, call = call),
+    write = function(bytes, from) {
+      st_check(raw_put_(out, pos, bytes, from), what, call = call)
+      pos <<- pos + length(bytes) - from
+    },
+    finish = function() out,
+    abort = function() NULL
+  )
 }

@@ -188,6 +188,66 @@ test_that("bad sources and arguments are classed errors", {
   expect_error(safe_load_file(bytes, framework = "nope"), class = "safetensors_error")
 })
 
+test_that("a connection must end where the file's data end", {
+  a <- safe_serialize(list(x = 1:3, y = matrix(as.numeric(1:6), 2)), metadata = list(part = "a"))
+  for (framework in c("r", "raw")) {
+    con <- rawConnection(a)
+    expect_identical(safe_load_file(con, framework = framework), safe_deserialize(a, framework = framework), label = framework)
+    close(con)
+    con <- rawConnection(c(a, as.raw(1:5)))
+    err <- expect_error(safe_load_file(con, framework = framework), class = "safetensors_error_incomplete_buffer")
+    expect_s3_class(err, "safetensors_error_format")
+    close(con)
+  }
+  # Tensors not asked for are read past.
+  con <- rawConnection(a)
+  withr::defer(close(con))
+  expect_identical(safe_load_file(con, framework = "raw", tensors = "y")$y, safe_deserialize(a, framework = "raw")$y)
+})
+
+test_that("non-seekable connections are read with every framework", {
+  path <- fixture("multi.safetensors")
+  for (framework in c("r", "raw")) {
+    ref <- safe_load_file(path, framework = framework)
+    gz <- withr::local_tempfile(fileext = ".gz")
+    out <- gzfile(gz, "wb")
+    writeBin(read_bytes(path), out)
+    close(out)
+    con <- gzcon(file(gz, "rb"))
+    expect_false(isSeekable(con))
+    expect_identical(safe_load_file(con, framework = framework), ref, label = framework)
+    close(con)
+    skip_on_os("windows")
+    con <- pipe(paste("cat", shQuote(path)), "rb")
+    expect_false(isSeekable(con))
+    expect_identical(safe_load_file(con, framework = framework), ref, label = framework)
+    close(con)
+    # url() of a file, not yet opened: opened, and closed again.
+    con <- url(paste0("file://", normalizePath(path)))
+    expect_identical(safe_load_file(con, framework = framework), ref, label = framework)
+  }
+})
+
+test_that("a connection that ends early is an incomplete_buffer error", {
+  bytes <- safe_serialize(list(x = as.numeric(1:100), y = 1:5))
+  for (framework in c("r", "raw")) {
+    for (cut in c(length(bytes) - 1, length(bytes) - 25)) {
+      con <- rawConnection(bytes[seq_len(cut)])
+      expect_error(safe_load_file(con, framework = framework), class = "safetensors_error_incomplete_buffer")
+      close(con)
+    }
+  }
+  con <- rawConnection(bytes[1:20])
+  withr::defer(close(con))
+  expect_error(safe_load_file(con, framework = "raw"), class = "safetensors_error_format")
+})
+
+test_that("a tensor not in a connection's file is tensor_not_found", {
+  con <- rawConnection(safe_serialize(list(x = 1)))
+  withr::defer(close(con))
+  expect_error(safe_load_file(con, framework = "raw", tensors = "nope"), class = "safetensors_error_tensor_not_found")
+})
+
 test_that("str() and print() of a loaded list sum up the header in one line", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(

@@ -216,3 +216,28 @@ test_that("the bar moves once per tensor saved and per group loaded", {
   n <- count_calls("cli_progress_update", safe_load_file(path), ns = "cli")
   expect_equal(n, groups)
 })
+
+test_that("framework tensors save tensor by tensor with the bar, and torch loads with it", {
+  registerS3method("safe_tensor_meta", "st_progress_tensor", function(x) list(shape = as.list(x$shape), dtype = x$dtype))
+  registerS3method("safe_tensor_buffer", "st_progress_tensor", function(x) x$bytes)
+  tensors <- progress_tensors()
+  raws <- safe_deserialize(safe_serialize(tensors), framework = "raw")
+  objs <- lapply(raws, function(r) {
+    structure(list(bytes = as.vector(r), dtype = attr(r, "dtype"), shape = attr(r, "shape")), class = "st_progress_tensor")
+  })
+  want <- safe_serialize(tensors)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  local_progress()
+  safe_save_file(objs, path)
+  expect_identical(read_bytes(path), want)
+
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+  got <- safe_load_file(path, framework = "torch", tensors = c("a", "b", "e"))
+  withr::local_options(safetensors.progress = FALSE)
+  ref <- safe_load_file(path, framework = "torch", tensors = c("a", "b", "e"))
+  for (n in names(ref)) {
+    expect_identical(safe_tensor_buffer(got[[n]]), safe_tensor_buffer(ref[[n]]), label = n)
+  }
+  expect_identical(attributes(got), attributes(ref))
+})

@@ -251,6 +251,34 @@ test_that("saving what was loaded reproduces every file Python wrote, byte for b
   }
 })
 
+test_that("files are written to any binary connection, opened or not, seekable or not", {
+  x <- list(w = matrix(rnorm(6), 2), n = 1:3, raw = structure(as.raw(1:4), dtype = "U8", shape = c(2L, 2L)))
+  bytes <- safe_serialize(x, metadata = c(format = "pt"))
+
+  gz <- withr::local_tempfile(fileext = ".gz")
+  con <- gzcon(file(gz, "wb"))
+  safe_save_file(x, con, metadata = c(format = "pt"))
+  close(con)
+  con <- gzcon(file(gz, "rb"))
+  expect_identical(readBin(con, "raw", 2 * length(bytes)), bytes)
+  close(con)
+
+  # An unopened connection is opened for writing, and closed again.
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, file(path), metadata = c(format = "pt"))
+  expect_identical(read_bytes(path), bytes)
+
+  # A connection opened by the caller is written from its position and
+  # left open.
+  con <- file(path, "wb")
+  withr::defer(close(con))
+  writeBin(as.raw(1:3), con)
+  safe_save_file(x, con)
+  expect_true(isOpen(con))
+  flush(con)
+  expect_identical(read_bytes(path), c(as.raw(1:3), safe_serialize(x)))
+})
+
 test_that("objects with safe_tensor_meta() and safe_tensor_buffer() methods are written as their bytes", {
   bytes_tensor <- function(bytes, shape) structure(list(bytes = bytes, shape = shape), class = "st_test_bytes")
   registerS3method("safe_tensor_meta", "st_test_bytes", function(x) list(shape = as.list(x$shape), dtype = "U8"))

@@ -218,6 +218,11 @@ impl<'a, T> Out<'a, T> {
         self.len
     }
 
+    /// The first element's address and the size in bytes.
+    pub fn memory(&self) -> (*mut u8, usize) {
+        (self.ptr as *mut u8, self.len * std::mem::size_of::<T>())
+    }
+
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -262,6 +267,15 @@ pub enum Target<'a> {
 }
 
 impl<'a> Target<'a> {
+    /// The first element's address and the size in bytes.
+    pub fn memory(&self) -> (*mut u8, usize) {
+        match self {
+            Target::Real(o) => o.memory(),
+            Target::Integer(o) | Target::Logical(o) => o.memory(),
+            Target::Complex(o) => o.memory(),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {

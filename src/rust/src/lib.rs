@@ -15,6 +15,7 @@ mod robj;
 mod save;
 pub mod shards;
 pub mod slice;
+mod torch;
 
 use extendr_api::prelude::*;
 
@@ -26,4 +27,5 @@ extendr_module! {
     use progress;
     use save;
     use shards;
+    use torch;
 }

@@ -25,7 +25,7 @@ use crate::robj::{named_list, to_r};
 use crate::slice::{self, parse_sels};
 
 /// Where an open handle's bytes live.
-enum Backing {
+pub(crate) enum Backing {
     /// A file, mapped or read.
     File(FileSource),
     /// An R raw vector, kept alive by the external pointer that owns the
@@ -34,9 +34,9 @@ enum Backing {
 }
 
 /// An open file or buffer and its validated header.
-struct Open {
-    backing: Backing,
-    header: Header,
+pub(crate) struct Open {
+    pub(crate) backing: Backing,
+    pub(crate) header: Header,
     /// Tensor name to position in `header.tensors`.
     index: HashMap<String, usize>,
 }
@@ -52,7 +52,7 @@ impl Open {
         Ok(Open { backing, header, index })
     }
 
-    fn find(&self, name: &str) -> Result<usize> {
+    pub(crate) fn find(&self, name: &str) -> Result<usize> {
         self.index.get(name).copied().ok_or_else(|| {
             Error::tensor(Kind::TensorNotFound, name, format!("tensor `{name}` is not in the file"))
         })
@@ -66,7 +66,7 @@ impl Open {
     }
 }
 
-fn with_source<T>(backing: &Backing, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
+pub(crate) fn with_source<T>(backing: &Backing, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
     match backing {
         Backing::File(file) => f(file),
         Backing::Memory { ptr, len } => {
@@ -91,7 +91,7 @@ pub struct Handle {
 }
 
 /// Runs `f` on the open state of the handle in `x`.
-fn with_open<T>(x: &Robj, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
+pub(crate) fn with_open<T>(x: &Robj, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
     let closed = || Error::new(Kind::Closed, "the file is closed");
     let Ok(ptr) = <&ExternalPtr<Handle>>::try_from(x) else {
         // A NULL address: the handle was saved and restored, which can't

@@ -107,7 +107,8 @@ pub fn check_available(bytes: usize) -> Result<()> {
     Ok(())
 }
 
-/// Prepares R's vector heap for `bytes` more bytes of vectors.
+/// Prepares R's vector heap for `bytes` more bytes of vectors, when all
+/// but the largest of them take `rest` bytes.
 ///
 /// R runs a full garbage collection whenever a new vector does not fit its
 /// current vector heap, and then grows the heap by about a fifth; so
@@ -118,9 +119,9 @@ pub fn check_available(bytes: usize) -> Result<()> {
 /// vector is never written, so it takes address space but no memory, and
 /// R frees it at the next collection. Failure (a memory limit set in R) is
 /// ignored.
-pub fn reserve_vector_heap(bytes: usize) {
+pub fn reserve_vector_heap(rest: usize, bytes: usize) {
     const WORTH_IT: usize = 16 << 20;
-    if bytes < WORTH_IT {
+    if rest < WORTH_IT {
         return;
     }
     let reserve = bytes.saturating_add(bytes / 4);

@@ -485,8 +485,174 @@ fn serialize_(
     })())
 }
 
+/// The layout of a file holding tensors of these names, dtypes and shapes
+/// and this metadata, for writers that stream tensors one at a time (R's
+/// connections, and framework tensors whose bytes R fetches one by one):
+/// `list(prefix, sizes)`, the file's first `8 + N` bytes and each tensor's
+/// size in bytes. Everything the header needs is validated here, before any
+/// byte is written.
+/// @noRd
+#[extendr]
+fn stream_layout_(names: Robj, dtypes: Robj, shapes: List, meta_keys: Robj, meta_values: Robj) -> Robj {
+    to_r((|| {
+        let (Some(names), Some(dtypes)) = (names.as_str_vector(), dtypes.as_str_vector()) else {
+            return Err(Error::new(Kind::InvalidArgument, "malformed tensor descriptions"));
+        };
+        if names.len() != dtypes.len() || names.len() != shapes.len() {
+            return Err(Error::new(Kind::InvalidArgument, "malformed tensor descriptions"));
+        }
+        let mut specs = Vec::with_capacity(names.len());
+        for (i, shape) in shapes.values().enumerate() {
+            let name = names[i];
+            let Some(dtype) = Dtype::from_name(dtypes[i]) else {
+                return Err(Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{}`", dtypes[i])));
+            };
+            specs.push(TensorSpec { name: name.to_string(), dtype, shape: shape_of(&shape, name)? });
+        }
+        let metadata = metadata_of(&meta_keys, &meta_values)?;
+        let layout = format::layout(&specs, metadata.as_deref())?;
+        let sizes: Vec<f64> = layout.offsets.iter().map(|&(b, e)| (e - b) as f64).collect();
+        Ok(robj::named_list(&["prefix", "sizes"], vec![Robj::from(&layout.prefix[..]), Robj::from(&sizes[..])]))
+    })())
+}
+
+/// A file written piece by piece: R appends the header and then each
+/// tensor's bytes, and commits; a writer dropped uncommitted (an error in
+/// R, or garbage collection) removes its temporary file. Unlike the writer
+/// of progress.rs, which validates and encodes whole tensors it was given
+/// at open, this one appends bytes whose tensors R fetches only when their
+/// turn comes (framework tensors, through `safe_tensor_buffer()`, piece by
+/// piece), after `stream_layout_()` validated the header.
+pub struct StreamFile {
+    state: std::cell::RefCell<Option<(AtomicFile, Vec<u8>)>>,
+}
+
+/// Writes smaller than this are gathered before they reach the file.
+const GATHER: usize = 1 << 20;
+
+fn with_stream<T>(w: &Robj, f: impl FnOnce(&mut AtomicFile, &mut Vec<u8>) -> Result<T>) -> Result<T> {
+    let closed = || Error::new(Kind::Closed, "the file being written is closed");
+    let Ok(ptr) = <&ExternalPtr<StreamFile>>::try_from(w) else { return Err(closed()) };
+    let Ok(stream) = ptr.try_addr() else { return Err(closed()) };
+    let Ok(mut state) = stream.state.try_borrow_mut() else { return Err(closed()) };
+    match state.as_mut() {
+        Some((file, buf)) => f(file, buf),
+        None => Err(closed()),
+    }
+}
+
+fn flush_gathered(file: &mut AtomicFile, buf: &mut Vec<u8>) -> Result<()> {
+    if !buf.is_empty() {
+        file.file()?.write_all(buf).map_err(|e| Error::io(&e, "can't write the file"))?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Starts writing the file at `path` atomically (see `write_file_()`).
+/// @noRd
+#[extendr]
+fn stream_open_(path: &str) -> Robj {
+    to_r((|| {
+        let file = AtomicFile::create(std::path::Path::new(path))?;
+        let w = StreamFile { state: std::cell::RefCell::new(Some((file, Vec::with_capacity(GATHER)))) };
+        Ok(ExternalPtr::new(w).into())
+    })())
+}
+
+/// Appends bytes `from` (0-based) to the end of the raw vector `bytes`.
+/// @noRd
+#[extendr]
+fn stream_write_(w: Robj, bytes: Robj, from: f64) -> Robj {
+    to_r(with_stream(&w, |file, buf| {
+        let Some(all) = bytes.as_raw_slice() else {
+            return Err(Error::new(Kind::InvalidArgument, "the bytes must be a raw vector"));
+        };
+        let Some(part) = usize_of(from).and_then(|f| all.get(f..)) else {
+            return Err(Error::new(Kind::InvalidArgument, "`from` is outside the bytes"));
+        };
+        if buf.len() + part.len() <= GATHER {
+            buf.extend_from_slice(part);
+            return Ok(().into());
+        }
+        flush_gathered(file, buf)?;
+        for chunk in part.chunks(BLOCK * 4) {
+            file.file()?.write_all(chunk).map_err(|e| Error::io(&e, "can't write the file"))?;
+            robj::check_interrupt_now()?;
+        }
+        Ok(().into())
+    }))
+}
+
+/// Flushes (with `sync`, fsyncs) and renames the file over its target.
+/// @noRd
+#[extendr]
+fn stream_commit_(w: Robj, sync: bool) -> Robj {
+    to_r((|| {
+        with_stream(&w, flush_gathered)?;
+        let closed = || Error::new(Kind::Closed, "the file being written is closed");
+        let Ok(ptr) = <&ExternalPtr<StreamFile>>::try_from(&w) else { return Err(closed()) };
+        let Ok(stream) = ptr.try_addr() else { return Err(closed()) };
+        let Ok(mut state) = stream.state.try_borrow_mut() else { return Err(closed()) };
+        let Some((file, _)) = state.take() else { return Err(closed()) };
+        file.commit_polling(sync, &mut robj::check_interrupt_now)?;
+        Ok(().into())
+    })())
+}
+
+/// Abandons a file being written, removing its temporary file. Harmless
+/// after a commit.
+/// @noRd
+#[extendr]
+fn stream_abort_(w: Robj) -> Robj {
+    if let Ok(ptr) = <&ExternalPtr<StreamFile>>::try_from(&w) {
+        if let Ok(stream) = ptr.try_addr() {
+            if let Ok(mut state) = stream.state.try_borrow_mut() {
+                state.take();
+            }
+        }
+    }
+    ().into()
+}
+
+/// Copies bytes `from` (0-based) to the end of `bytes` into the raw vector
+/// `out` at 0-based position `pos`: `safe_serialize()` filling its result
+/// tensor by tensor. `out` must be a vector R/save.R allocated for this.
+/// @noRd
+#[extendr]
+fn raw_put_(mut out: Robj, pos: f64, bytes: Robj, from: f64) -> Robj {
+    to_r((|| {
+        let Some(all) = bytes.as_raw_slice() else {
+            return Err(Error::new(Kind::InvalidArgument, "the bytes must be a raw vector"));
+        };
+        let Some(part) = usize_of(from).and_then(|f| all.get(f..)) else {
+            return Err(Error::new(Kind::InvalidArgument, "`from` is outside the bytes"));
+        };
+        if out.rtype() != Rtype::Raw {
+            return Err(Error::new(Kind::InvalidArgument, "the output must be a raw vector"));
+        }
+        // SAFETY: `out` is a raw vector (checked above).
+        let dst = unsafe { data_mut::<u8>(&mut out) };
+        let Some(dst) = usize_of(pos).and_then(|p| dst.get_mut(p..p.checked_add(part.len())?)) else {
+            return Err(Error::new(Kind::InvalidArgument, "the bytes run past the end of the output"));
+        };
+        dst.copy_from_slice(part);
+        Ok(().into())
+    })())
+}
+
+fn usize_of(x: f64) -> Option<usize> {
+    (x >= 0.0 && x.fract() == 0.0 && x < 2f64.powi(53)).then_some(x as usize)
+}
+
 extendr_module! {
     mod save;
     fn write_file_;
     fn serialize_;
+    fn stream_layout_;
+    fn stream_open_;
+    fn stream_write_;
+    fn stream_commit_;
+    fn stream_abort_;
+    fn raw_put_;
 }

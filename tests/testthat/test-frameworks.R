@@ -1,0 +1,230 @@
+# The framework contract of safetensors 0.2.x, without torch: a package
+# registers list(constructor, packages) in safetensors_frameworks (pjrt does
+# it from its .onLoad, through getFromNamespace()), and provides
+# safe_tensor_meta() / safe_tensor_buffer() methods for its tensor class.
+
+# Tensors of several dtypes and ranks, a scalar and an empty one.
+contract_tensors <- function() {
+  list(
+    vec = as.numeric(1:7),
+    mat = matrix(as.numeric(1:30), 5, 6),
+    arr = structure(array(seq(-2, 2, length.out = 24), c(2, 3, 4)), dtype = "F32"),
+    bf16 = structure(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), dtype = "BF16"),
+    i64 = structure(matrix(c(-3, 5, 2^40, 7, 8, 9), 3, 2), dtype = "I64"),
+    u8 = structure(matrix(0:19, 4, 5), dtype = "U8"),
+    int = matrix(-5:6, 3, 4),
+    lgl = matrix(c(TRUE, FALSE, FALSE, TRUE, TRUE, FALSE), 2, 3),
+    cplx = matrix(complex(real = 1:6, imaginary = -(1:6)), 3, 2),
+    scalar = structure(42L, shape = integer(0)),
+    empty = matrix(numeric(0), 0, 3),
+    `with space` = 1:3
+  )
+}
+
+local_contract_file <- function(env = parent.frame()) {
+  path <- withr::local_tempfile(fileext = ".safetensors", .local_envir = env)
+  safe_save_file(contract_tensors(), path)
+  path
+}
+
+# A test framework as pjrt registers its own: tensors of class
+# "fake_tensor" holding their bytes, dtype, shape and device; the
+# constructor takes `device` through `...` of the loaders.
+fake_tensor <- function(bytes, dtype, shape, device = "host") {
+  structure(list(bytes = bytes, dtype = dtype, shape = as.integer(shape), device = device), class = "fake_tensor")
+}
+
+local_fake_framework <- function(packages = character(), env = parent.frame()) {
+  frameworks <- utils::getFromNamespace("safetensors_frameworks", ns = "safetensors")
+  frameworks[["fake"]] <- list(
+    constructor = function(raw, meta, device = "host") {
+      fake_tensor(raw, meta$dtype, unlist(meta$shape), device)
+    },
+    packages = packages
+  )
+  withr::defer(rm("fake", envir = frameworks), envir = env)
+  # S3 methods, registered as a package's NAMESPACE would.
+  registerS3method("safe_tensor_meta", "fake_tensor", function(x) list(shape = as.list(x$shape), dtype = x$dtype))
+  registerS3method("safe_tensor_buffer", "fake_tensor", function(x) x$bytes)
+}
+
+# What the "raw" framework gives, as fake tensors.
+as_fake <- function(raws, device = "host") {
+  out <- lapply(raws, function(r) {
+    fake_tensor(as.vector(r), attr(r, "dtype"), attr(r, "shape"), device)
+  })
+  attributes(out) <- attributes(raws)
+  out
+}
+
+test_that("a registered framework gets (raw, meta, ...) from every loader", {
+  local_fake_framework()
+  path <- local_contract_file()
+  bytes <- read_bytes(path)
+  raws <- safe_load_file(path, framework = "raw")
+  want <- as_fake(raws, device = "dev1")
+  drop_attrs <- function(x) {
+    attributes(x) <- list(names = names(x))
+    x
+  }
+
+  expect_identical(safe_load_file(path, framework = "fake", device = "dev1"), want)
+  expect_identical(safe_load_file(path, framework = "fake", device = "dev1", backend = "mmap"), want)
+  expect_identical(safe_load_file(bytes, framework = "fake", device = "dev1"), want)
+  expect_identical(safe_deserialize(bytes, framework = "fake", device = "dev1"), want)
+  con <- rawConnection(bytes)
+  withr::defer(close(con))
+  expect_identical(safe_load_file(con, framework = "fake", device = "dev1"), want)
+  # The constructor's default when `device` is not given.
+  expect_identical(safe_load_file(path, framework = "fake")$mat$device, "host")
+
+  h <- safe_open(path, framework = "fake", device = "dev1")
+  withr::defer(close(h))
+  expect_identical(h$mat, want$mat)
+  expect_identical(h[["scalar"]], want$scalar)
+  expect_identical(h[c("vec", "empty")], drop_attrs(want[c("vec", "empty")]))
+
+  f <- safetensors$new(path, framework = "fake", device = "dev1")
+  expect_identical(f$args, list(device = "dev1"))
+  for (k in f$keys()) {
+    expect_identical(f$get_tensor(k), want[[k]], label = k)
+  }
+  expect_identical(f$max_offset, attr(raws, "max_offset"))
+})
+
+test_that("the constructor's `meta` is the tensor's 0.2.x header entry", {
+  frameworks <- utils::getFromNamespace("safetensors_frameworks", ns = "safetensors")
+  frameworks[["meta"]] <- list(constructor = function(raw, meta, ...) meta, packages = character())
+  withr::defer(rm("meta", envir = frameworks))
+  path <- local_contract_file()
+  header <- attr(safe_load_file(path, framework = "raw"), "metadata")
+  got <- safe_load_file(path, framework = "meta")
+  expect_identical(unclass(got)[names(got)], header[names(got)])
+  expect_identical(got$scalar$shape, list()) # a scalar's shape, as jsonlite gave it
+  con <- file(path, "rb")
+  withr::defer(close(con))
+  expect_identical(safe_load_file(con, framework = "meta")$mat, header$mat)
+})
+
+test_that("unknown arguments reach the constructor, which rejects them as in 0.2.x", {
+  local_fake_framework()
+  path <- local_contract_file()
+  expect_error(safe_load_file(path, framework = "fake", client = "x"), "unused argument")
+  expect_error(safe_load_file(path, framework = "r", device = "x"), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(path, framework = "raw", device = "x"), class = "safetensors_error_invalid_argument")
+  con <- file(path, "rb")
+  withr::defer(close(con))
+  expect_error(safe_load_file(con, framework = "raw", device = "x"), class = "safetensors_error_invalid_argument")
+})
+
+test_that("framework tensors are written through the generics, alone or beside R arrays", {
+  local_fake_framework()
+  tensors <- contract_tensors()
+  raws <- safe_load_file(safe_serialize(tensors), framework = "raw")
+  fakes <- as_fake(raws)
+  attributes(fakes) <- list(names = names(raws))
+  want <- safe_serialize(tensors)
+
+  expect_identical(safe_serialize(fakes), want)
+  mixed <- fakes
+  mixed[c("mat", "int", "lgl")] <- tensors[c("mat", "int", "lgl")]
+  expect_identical(safe_serialize(mixed), want)
+
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(fakes, path)
+  expect_identical(read_bytes(path), want)
+  safe_save_file(mixed, path)
+  expect_identical(read_bytes(path), want)
+
+  con <- rawConnection(raw(), "wb")
+  withr::defer(close(con))
+  safe_save_file(mixed, con)
+  expect_identical(rawConnectionValue(con), want)
+
+  # Metadata and shards take framework tensors too.
+  expect_identical(
+    safe_serialize(fakes, metadata = list(format = "fake")),
+    safe_serialize(tensors, metadata = list(format = "fake"))
+  )
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(fakes, file.path(dir, "model.safetensors"), max_shard_size = 200)
+  expect_match(index, "index\\.json$")
+  expect_identical(safe_load_file(index)[names(tensors)], safe_deserialize(want)[names(tensors)])
+})
+
+test_that("a buffer that disagrees with its meta is an error that leaves no file", {
+  local_fake_framework()
+  bad <- list(ok = fake_tensor(as.raw(1:4), "U8", 4), bad = fake_tensor(as.raw(1:3), "F32", 1))
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "x.safetensors")
+  expect_error(safe_save_file(bad, path), class = "safetensors_error_invalid_argument")
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
+  expect_error(safe_serialize(bad), class = "safetensors_error_invalid_argument")
+  expect_error(safe_serialize(bad), "need 4")
+
+  registerS3method("safe_tensor_buffer", "not_raw_tensor", function(x) 1:3)
+  registerS3method("safe_tensor_meta", "not_raw_tensor", function(x) list(shape = list(3), dtype = "U8"))
+  expect_error(
+    safe_serialize(list(x = structure(list(), class = "not_raw_tensor"))),
+    class = "safetensors_error_invalid_argument"
+  )
+  expect_error(safe_serialize(list(x = structure(list(), class = "no_methods"))), class = "safetensors_error_invalid_argument")
+})
+
+test_that("a framework whose package is missing is a classed error naming it", {
+  frameworks <- utils::getFromNamespace("safetensors_frameworks", ns = "safetensors")
+  frameworks[["ghost"]] <- list(constructor = function(raw, meta, ...) raw, packages = "notapackage.safetensors.test")
+  withr::defer(rm("ghost", envir = frameworks))
+  path <- local_contract_file()
+  for (call in list(
+    quote(safe_load_file(path, framework = "ghost")),
+    quote(safe_deserialize(read_bytes(path), framework = "ghost")),
+    quote(safe_open(path, framework = "ghost")),
+    quote(safetensors$new(path, framework = "ghost"))
+  )) {
+    cnd <- expect_error(eval(call), class = "safetensors_error_framework_not_installed")
+    expect_s3_class(cnd, "safetensors_error")
+    expect_identical(cnd$package, "notapackage.safetensors.test")
+    expect_match(conditionMessage(cnd), "notapackage.safetensors.test", fixed = TRUE)
+  }
+})
+
+test_that("torch is registered, and a missing torch is named", {
+  torch <- safetensors_frameworks[["torch"]]
+  expect_identical(torch$packages, "torch")
+  expect_identical(names(formals(torch$constructor)), c("raw", "meta", "device"))
+  expect_true(is.function(getS3method("safe_tensor_buffer", "torch_tensor")))
+  expect_true(is.function(getS3method("safe_tensor_meta", "torch_tensor")))
+  skip_if(requireNamespace("torch", quietly = TRUE), "torch is installed")
+  cnd <- expect_error(safe_load_file(local_contract_file(), framework = "torch"), class = "safetensors_error_framework_not_installed")
+  expect_identical(cnd$package, "torch")
+  expect_match(conditionMessage(cnd), "torch")
+})
+
+test_that("an unknown framework lists the known ones", {
+  local_fake_framework()
+  path <- local_contract_file()
+  cnd <- expect_error(safe_load_file(path, framework = "nope"), class = "safetensors_error_unknown_framework")
+  msg <- cli::ansi_strip(conditionMessage(cnd))
+  for (known in c("r", "raw", "torch", "fake")) {
+    expect_match(msg, paste0("\"", known, "\""), fixed = TRUE)
+  }
+  expect_error(safe_open(path, framework = "nope"), class = "safetensors_error_unknown_framework")
+  expect_error(safetensors$new(path, framework = "nope"), class = "safetensors_error_unknown_framework")
+  expect_error(safe_deserialize(read_bytes(path), framework = "nope"), class = "safetensors_error_unknown_framework")
+  expect_error(safe_load_file(path, framework = c("r", "raw")), class = "safetensors_error_invalid_argument")
+})
+
+test_that("\"raw\" tensors keep dtype and shape and write back the same bytes", {
+  tensors <- contract_tensors()
+  bytes <- safe_serialize(tensors, metadata = list(k = "v"))
+  raws <- safe_deserialize(bytes, framework = "raw")
+  expect_true(all(vapply(raws, is.raw, logical(1))))
+  expect_identical(attr(raws$mat, "dtype"), "F64")
+  expect_identical(attr(raws$mat, "shape"), c(5L, 6L))
+  expect_identical(attr(raws$scalar, "shape"), integer(0))
+  expect_identical(attr(raws$empty, "shape"), c(0L, 3L))
+  expect_identical(safe_serialize(raws, metadata = list(k = "v")), bytes)
+  # The bytes are the file's, row-major: matrix(1:30, 5, 6)[1, 2] is element 2.
+  expect_identical(readBin(raws$mat[9:16], "double", 1, endian = "little"), 6)
+})

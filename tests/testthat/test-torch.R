@@ -1,0 +1,502 @@
+# The "torch" framework and the files torch_save() writes. The first tests
+# need no torch: torch_save() files (fixtures/torch-*.safetensors, written
+# by R torch through safetensors 0.2.1, see make-torch-fixtures.R) read with
+# framework "r" and "raw". The rest skip without torch and LibTorch.
+
+drop_dtype <- function(x) {
+  attr(x, "dtype") <- NULL
+  x
+}
+
+skip_if_no_torch <- function() {
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+}
+
+# The JSON string torch keeps in __metadata__$`__r__`, parsed.
+torch_meta <- function(x) {
+  jsonlite::parse_json(attr(x, "metadata")[["__metadata__"]][["__r__"]])
+}
+
+# ---- torch_save() files without torch ------------------------------------
+
+test_that("a torch_save() tensor reads without torch, with its metadata", {
+  skip_if_not_installed("jsonlite")
+  x <- safe_load_file(fixture("torch-tensor.safetensors"))
+  expect_identical(names(x), "...unnamed...")
+  want <- matrix(c(1.5, -2, 3, 4.25, 0, -1), 2, 3)
+  expect_identical(x[[1]], structure(want, dtype = "F32"))
+  meta <- torch_meta(x)
+  expect_identical(meta$type, "tensor")
+  expect_identical(meta$version, 3L)
+  expect_identical(meta$requires_grad, list(`...unnamed...` = TRUE))
+})
+
+test_that("a torch_save() list reads without torch, and its __robj__ unserializes", {
+  skip_if_not_installed("jsonlite")
+  x <- safe_load_file(fixture("torch-list.safetensors"))
+  expect_identical(torch_meta(x)$type, "list")
+  raws <- safe_load_file(fixture("torch-list.safetensors"), framework = "raw")
+  expect_identical(attr(raws[["__robj__"]], "dtype"), "U8")
+  obj <- unserialize(as.vector(raws[["__robj__"]]))
+  expect_identical(names(obj), c("w", "note", "nested", "g", "s"))
+  expect_identical(obj$note, "hello")
+  expect_identical(obj$nested$k, 3L)
+  # Tensors are placeholders naming their tensor in the file.
+  expect_s3_class(obj$w, "torch_tensor_address")
+  tensor <- function(placeholder) x[[unclass(placeholder)]]
+  expect_identical(as.vector(tensor(obj$w)), c(1, -2, 3, 4e10))
+  expect_identical(attr(tensor(obj$w), "dtype"), "I64")
+  expect_identical(as.vector(tensor(obj$nested$b)), c(TRUE, FALSE, TRUE))
+  expect_identical(as.vector(tensor(obj$g)), c(0.5, 1))
+  expect_identical(tensor(obj$s), structure(2.5, shape = integer(0), dtype = "F64"))
+  expect_identical(torch_meta(x)$requires_grad, setNames(list(TRUE), unclass(obj$g)))
+})
+
+test_that("a torch_save() complex tensor and module read without torch", {
+  skip_if_not_installed("jsonlite")
+  z <- safe_load_file(fixture("torch-complex.safetensors"), framework = "raw")
+  expect_identical(torch_meta(z)$special_dtype[[1]], list(shape = 2L, dtype = "cfloat"))
+  bytes <- as.vector(z[[1]])
+  expect_identical(readBin(bytes, "double", 4, size = 4, endian = "little"), c(1, -0.5, 2, 0.25))
+
+  m <- safe_load_file(fixture("torch-module.safetensors"))
+  expect_identical(torch_meta(m)$type, "module")
+  expect_identical(names(m), c("weight", "bias", "__robj__"))
+  expect_equal(as.vector(m$weight), c(0.1, 0.2, 0.3, -0.1, -0.2, -0.3)[c(1, 4, 2, 5, 3, 6)], tolerance = 1e-7)
+  expect_identical(as.vector(m$bias), c(0.5, -0.5))
+  # The module is an R serialization (XDR, "X\n"); restoring it needs torch.
+  expect_identical(as.raw(m[["__robj__"]][1:2]), charToRaw("X\n"))
+})
+
+test_that("re-saving a torch_save() file keeps every tensor and the metadata", {
+  for (file in c("torch-tensor", "torch-list", "torch-complex", "torch-module")) {
+    raws <- safe_load_file(fixture(paste0(file, ".safetensors")), framework = "raw")
+    meta <- attr(raws, "metadata")[["__metadata__"]]
+    again <- safe_deserialize(safe_serialize(raws, metadata = meta), framework = "raw")
+    expect_identical(again[names(raws)], raws[names(raws)], label = file)
+    expect_identical(attr(again, "metadata")[["__metadata__"]], meta, label = file)
+  }
+})
+
+# ---- torch ---------------------------------------------------------------
+
+# One tensor of each torch dtype, shape [2, 3].
+torch_dtype_cases <- function() {
+  torch <- asNamespace("torch")
+  m <- matrix(c(0, 1.5, -2, 3.25, 100, -0.125), 2, 3)
+  ints <- matrix(c(0, 1, -2, 3, 100, -128), 2, 3)
+  list(
+    F64 = torch$torch_tensor(m, dtype = torch$torch_float64()),
+    F32 = torch$torch_tensor(m, dtype = torch$torch_float32()),
+    F16 = torch$torch_tensor(m, dtype = torch$torch_float16()),
+    BF16 = torch$torch_tensor(m, dtype = torch$torch_bfloat16()),
+    I64 = torch$torch_tensor(ints * 1e6, dtype = torch$torch_int64()),
+    I32 = torch$torch_tensor(ints * 1e4, dtype = torch$torch_int32()),
+    I16 = torch$torch_tensor(ints * 100, dtype = torch$torch_int16()),
+    I8 = torch$torch_tensor(ints, dtype = torch$torch_int8()),
+    U8 = torch$torch_tensor(abs(ints) + 100, dtype = torch$torch_uint8()),
+    BOOL = torch$torch_tensor(m > 0),
+    C64 = torch$torch_complex(torch$torch_tensor(m), torch$torch_tensor(-m)),
+    F8_E4M3 = torch$torch_tensor(m)$to(dtype = torch$torch_float8_e4m3fn()),
+    F8_E5M2 = torch$torch_tensor(m)$to(dtype = torch$torch_float8_e5m2())
+  )
+}
+
+# Whether two torch tensors have the same dtype, shape and bytes.
+expect_same_tensor <- function(x, y, label = NULL) {
+  expect_s3_class(x, "torch_tensor")
+  expect_identical(
+    list(dtype = x$dtype$.type(), shape = x$shape, bytes = safe_tensor_buffer(x)),
+    list(dtype = y$dtype$.type(), shape = y$shape, bytes = safe_tensor_buffer(y)),
+    label = label
+  )
+}
+
+test_that("every torch dtype round-trips with its safetensors dtype", {
+  skip_if_no_torch()
+  x <- torch_dtype_cases()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  expect_identical(safe_info(path)$dtype, names(x))
+  y <- safe_load_file(path, framework = "torch")
+  for (d in names(x)) {
+    expect_same_tensor(y[[d]], x[[d]], label = d)
+  }
+  # The file holds the logical values: R arrays equal as_array().
+  r <- safe_load_file(path)
+  for (d in c("F64", "F32", "F16", "I32", "BOOL")) {
+    expect_identical(drop_dtype(r[[d]]), torch::as_array(x[[d]]), label = d)
+  }
+  for (d in c("I16", "I8", "U8")) {
+    expect_identical(drop_dtype(r[[d]]), torch::as_array(x[[d]]$to(dtype = torch::torch_int32())), label = d)
+  }
+})
+
+test_that("the torch dtype maps are complete", {
+  skip_if_no_torch()
+  fns <- safetensors:::torch_dtype_fns
+  for (d in names(fns)) {
+    dt <- getExportedValue("torch", fns[[d]])()
+    expect_identical(safetensors:::torch_dtype_to_safe(dt), d)
+  }
+  for (d in setdiff(safetensors:::safe_dtypes, names(fns))) {
+    expect_error(safetensors:::torch_dtype_of(d), class = "safetensors_error_unsupported_dtype")
+  }
+})
+
+test_that("dtypes R torch lacks are classed errors naming them, on read and write", {
+  skip_if_no_torch()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(ok = 1, u = structure(1:3, dtype = "U16")), path)
+  for (call in list(
+    quote(safe_load_file(path, framework = "torch")),
+    quote(safe_deserialize(read_bytes(path), framework = "torch")),
+    quote(safe_open(path, framework = "torch")$u),
+    quote(safe_load_file(file(path), framework = "torch"))
+  )) {
+    cnd <- expect_error(eval(call), class = "safetensors_error_unsupported_dtype")
+    expect_match(conditionMessage(cnd), "U16")
+    expect_match(conditionMessage(cnd), "framework = \"r\"", fixed = TRUE)
+    expect_identical(cnd$dtype, "U16")
+  }
+  # The other tensors of the file still read.
+  expect_identical(torch::as_array(safe_load_file(path, framework = "torch", tensors = "ok")$ok), 1)
+  expect_error(safe_load_file(fixture("dtype-F8_E8M0.safetensors"), framework = "torch"), class = "safetensors_error_unsupported_dtype")
+
+  cnd <- expect_error(safe_serialize(list(z = torch::torch_randn(2, dtype = torch::torch_cdouble()))), class = "safetensors_error_unsupported_dtype")
+  expect_match(conditionMessage(cnd), "ComplexDouble")
+})
+
+test_that("scalars, zero-size and high-rank tensors keep their shapes", {
+  skip_if_no_torch()
+  x <- list(
+    scalar = torch::torch_scalar_tensor(2.5),
+    iscalar = torch::torch_scalar_tensor(7L, dtype = torch::torch_int64()),
+    empty = torch::torch_empty(0),
+    empty3 = torch::torch_empty(c(2, 0, 3)),
+    one = torch::torch_ones(1, 1, 1),
+    r5 = torch::torch_arange(1, 2 * 3 * 2 * 2 * 3)$view(c(2, 3, 2, 2, 3))
+  )
+  bytes <- safe_serialize(x)
+  y <- safe_deserialize(bytes, framework = "torch")
+  for (n in names(x)) {
+    expect_same_tensor(y[[n]], x[[n]], label = n)
+  }
+  expect_identical(y$scalar$dim(), 0L)
+  expect_identical(safe_deserialize(bytes)$scalar, structure(2.5, shape = integer(0), dtype = "F32"))
+})
+
+test_that("non-contiguous tensors are written with their logical values", {
+  skip_if_no_torch()
+  base <- torch::torch_arange(1, 60)$view(c(3, 4, 5))
+  x <- list(
+    transposed = base[1, , ]$t(),
+    permuted = base$permute(c(3, 1, 2)),
+    rows = base[2:3, , ], # storage offset
+    columns = base[, 2:3, 4], # strided, offset
+    stepped = base[, , 1:5:2],
+    selected = base$select(3, 2),
+    expanded = torch::torch_tensor(1:3)$expand(c(4, 3)) # stride 0
+  )
+  for (n in setdiff(names(x), "rows")) {
+    expect_false(x[[n]]$is_contiguous(), label = n)
+  }
+  y <- safe_deserialize(safe_serialize(x), framework = "torch")
+  r <- safe_deserialize(safe_serialize(x))
+  for (n in names(x)) {
+    expect_true(torch::torch_equal(y[[n]], x[[n]]$contiguous()), label = n)
+    expect_identical(safe_tensor_buffer(x[[n]]), safe_tensor_buffer(x[[n]]$contiguous()), label = n)
+    expect_equal(drop_dtype(r[[n]]), torch::as_array(x[[n]]), label = n)
+  }
+})
+
+test_that("torch tensors are written piece by piece, in row-major order", {
+  skip_if_no_torch()
+  pieces <- function(x, chunk) {
+    out <- list()
+    safetensors:::torch_write_chunks(x, function(b) out[[length(out) + 1]] <<- b, chunk = chunk)
+    out
+  }
+  base <- torch::torch_arange(1, 4 * 6 * 10)$view(c(4, 6, 10))
+  for (x in list(base, base[2:4, , ], base[, 2:5, ], base[, , 3:8], base$permute(c(2, 1, 3)))) {
+    for (chunk in c(1, 40, 100, 1000, 10000)) {
+      got <- pieces(x, chunk)
+      expect_identical(unlist(got), safe_tensor_buffer(x$contiguous()))
+    }
+  }
+  # Rows (here, of 240 bytes) are gathered up to the piece size, and split
+  # when larger.
+  expect_length(pieces(base, 500), 2)
+  expect_true(all(lengths(pieces(base, 100)) <= 100))
+  # Transposed tensors are copied whole.
+  expect_length(pieces(base$transpose(2, 3), 100), 1)
+
+  # Through the writers, with pieces of 16 MiB: a 40 MiB tensor.
+  x <- torch::torch_randn(1280, 8192)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(x = x, y = x[, 2:8000]), path)
+  got <- safe_load_file(path, framework = "torch")
+  expect_true(torch::torch_equal(got$x, x))
+  expect_true(torch::torch_equal(got$y, x[, 2:8000]))
+  safe_save_file(list(x = x), path)
+  expect_identical(safe_serialize(list(x = x)), read_bytes(path))
+  con <- rawConnection(raw(), "wb")
+  withr::defer(close(con))
+  safe_save_file(list(x = x), con)
+  expect_identical(rawConnectionValue(con), read_bytes(path))
+})
+
+test_that("tensors that require grad are written, and come back without grad", {
+  skip_if_no_torch()
+  x <- torch::torch_randn(3, 2, requires_grad = TRUE)
+  y <- safe_deserialize(safe_serialize(list(x = x)), framework = "torch")$x
+  expect_false(y$requires_grad)
+  expect_true(torch::torch_equal(y, x$detach()))
+})
+
+test_that("every loader gives the same torch tensors", {
+  skip_if_no_torch()
+  x <- torch_dtype_cases()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path, metadata = list(k = "v"))
+  bytes <- read_bytes(path)
+  ref <- safe_load_file(path, framework = "torch")
+  expect_identical(attr(ref, "metadata"), attr(safe_load_file(path, framework = "raw"), "metadata"))
+  expect_identical(attr(ref, "max_offset"), as.numeric(length(bytes)))
+  check <- function(got, label) {
+    expect_identical(names(got), names(x), label = label)
+    for (n in names(x)) expect_same_tensor(got[[n]], x[[n]], label = paste(label, n))
+  }
+  check(safe_load_file(path, framework = "torch", backend = "mmap"), "mmap")
+  check(safe_load_file(bytes, framework = "torch"), "raw vector")
+  check(safe_deserialize(bytes, framework = "torch"), "safe_deserialize")
+  con <- file(path, "rb")
+  got <- safe_load_file(con, framework = "torch")
+  close(con)
+  check(got, "file connection")
+  expect_identical(attributes(got)[c("metadata", "max_offset")], attributes(ref)[c("metadata", "max_offset")])
+  con <- rawConnection(bytes)
+  check(safe_load_file(con, framework = "torch"), "rawConnection")
+  close(con)
+  gz <- withr::local_tempfile(fileext = ".gz")
+  out <- gzfile(gz, "wb")
+  writeBin(bytes, out)
+  close(out)
+  con <- gzcon(file(gz, "rb"))
+  check(safe_load_file(con, framework = "torch"), "gzcon")
+  close(con)
+
+  h <- safe_open(path, framework = "torch")
+  withr::defer(close(h))
+  check(h[names(x)], "safe_open")
+  expect_same_tensor(h$F32, x$F32, "h$F32")
+  expect_same_tensor(h$slice("F64")[2, 2:3], x$F64[2, 2:3], "slice")
+  f <- safetensors$new(path, framework = "torch")
+  check(lapply(setNames(nm = f$keys()), f$get_tensor), "safetensors$new")
+
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(x, file.path(dir, "model.safetensors"), max_shard_size = 40)
+  check(safe_load_file(index, framework = "torch"), "shards")
+
+  sub <- safe_load_file(path, framework = "torch", tensors = c("I8", "F64"))
+  expect_identical(names(sub), c("I8", "F64"))
+  con <- rawConnection(bytes)
+  withr::defer(close(con))
+  expect_identical(names(safe_load_file(con, framework = "torch", tensors = c("I8", "F64"))), c("I8", "F64"))
+})
+
+test_that("the raw-vector constructor and the direct reads agree", {
+  skip_if_no_torch()
+  x <- torch_dtype_cases()
+  bytes <- safe_serialize(x)
+  raws <- safe_deserialize(bytes, framework = "raw")
+  header <- attr(raws, "metadata")
+  ctor <- safetensors_frameworks$torch$constructor
+  for (n in names(x)) {
+    expect_same_tensor(ctor(as.vector(raws[[n]]), header[[n]]), x[[n]], label = n)
+  }
+  # Without verified data addresses every read goes through the constructor.
+  state <- safetensors:::torch_state
+  old <- state$address_ok
+  withr::defer(state$address_ok <- old)
+  state$address_ok <- FALSE
+  y <- safe_deserialize(bytes, framework = "torch")
+  for (n in names(x)) expect_same_tensor(y[[n]], x[[n]], label = n)
+  # A short buffer is an error, not a read past its end.
+  expect_error(ctor(raw(3), list(dtype = "F32", shape = list(2L))), class = "safetensors_error_invalid_argument")
+})
+
+test_that("a user's own \"torch\" constructor is used instead of the built-in reads", {
+  skip_if_no_torch()
+  frameworks <- safetensors_frameworks
+  old <- frameworks[["torch"]]
+  withr::defer(frameworks[["torch"]] <- old)
+  frameworks[["torch"]] <- list(constructor = function(raw, meta, ...) list(meta$dtype, length(raw)), packages = "torch")
+  got <- safe_deserialize(safe_serialize(list(a = torch::torch_ones(3))), framework = "torch")
+  expect_identical(got$a, list("F32", 12L))
+})
+
+test_that("BOOL bytes other than 0 and 1 become true", {
+  skip_if_no_torch()
+  bytes <- safe_serialize(list(b = structure(as.raw(c(0, 1, 2, 255)), dtype = "BOOL", shape = 4L)))
+  con <- rawConnection(bytes)
+  withr::defer(close(con))
+  for (got in list(
+    safe_deserialize(bytes, framework = "torch")$b,
+    safe_load_file(con, framework = "torch")$b,
+    safetensors_frameworks$torch$constructor(as.raw(c(0, 1, 2, 255)), list(dtype = "BOOL", shape = 4L))
+  )) {
+    expect_identical(safe_tensor_buffer(got), as.raw(c(0, 1, 1, 1)))
+    expect_identical(torch::as_array(got), c(FALSE, TRUE, TRUE, TRUE))
+  }
+})
+
+test_that("`device` is passed to the tensors", {
+  skip_if_no_torch()
+  x <- list(a = torch::torch_randn(2, 3), b = torch::torch_tensor(1:4))
+  bytes <- safe_serialize(x)
+  cpu <- safe_deserialize(bytes, framework = "torch", device = "cpu")
+  expect_identical(cpu$a$device$type, "cpu")
+  # The meta device holds no data, but shows that the tensors were moved.
+  con <- rawConnection(bytes)
+  withr::defer(close(con))
+  for (got in list(
+    safe_deserialize(bytes, framework = "torch", device = "meta"),
+    safe_load_file(con, framework = "torch", device = "meta"),
+    safe_open(bytes, framework = "torch", device = "meta")[c("a", "b")],
+    list(a = safetensors$new(bytes, framework = "torch", device = "meta")$get_tensor("a"))
+  )) {
+    expect_identical(got$a$device$type, "meta")
+    expect_identical(got$a$shape, c(2L, 3L))
+  }
+  expect_identical(safe_deserialize(bytes, framework = "torch", device = torch::torch_device("cpu"))$a$device$type, "cpu")
+  expect_error(safe_deserialize(bytes, framework = "torch", client = "x"), "unused argument")
+  skip_if_not(torch::cuda_is_available(), "CUDA is not available")
+  gpu <- safe_deserialize(bytes, framework = "torch", device = "cuda")
+  expect_identical(gpu$a$device$type, "cuda")
+  expect_identical(safe_serialize(gpu), bytes)
+})
+
+test_that("torch_save() and torch_load() work through this package", {
+  skip_if_no_torch()
+  torch <- asNamespace("torch")
+  path <- withr::local_tempfile(fileext = ".pt")
+
+  x <- torch$torch_randn(4, 5)$t()
+  torch$torch_save(x, path)
+  expect_true(torch$torch_equal(torch$torch_load(path), x))
+  expect_true(torch$torch_equal(torch$torch_load(torch$torch_serialize(x)), x))
+
+  g <- torch$torch_randn(3, requires_grad = TRUE)
+  torch$torch_save(g, path)
+  expect_true(torch$torch_load(path)$requires_grad)
+
+  z <- torch$torch_complex(torch$torch_randn(3), torch$torch_randn(3))
+  torch$torch_save(z, path)
+  expect_true(torch$torch_equal(torch$torch_load(path), z))
+
+  lst <- list(a = torch$torch_randn(2), b = list(c = torch$torch_tensor(1:3), d = "text"), e = 1:3)
+  torch$torch_save(lst, path)
+  got <- torch$torch_load(path)
+  expect_true(torch$torch_equal(got$a, lst$a))
+  expect_true(torch$torch_equal(got$b$c, lst$b$c))
+  expect_identical(got[c("e")], lst[c("e")])
+  expect_identical(got$b$d, "text")
+
+  m <- torch$nn_sequential(torch$nn_linear(4, 3), torch$nn_relu(), torch$nn_batch_norm1d(3))
+  torch$torch_save(m, path)
+  m2 <- torch$torch_load(path)
+  input <- torch$torch_randn(5, 4)
+  m$eval()
+  m2$eval()
+  expect_true(torch$torch_equal(m(input), m2(input)))
+  expect_identical(names(m2$state_dict()), names(m$state_dict()))
+
+  # The file is a safetensors file like any other.
+  expect_identical(names(safe_load_file(path)), c(names(m$state_dict()), "__robj__"))
+})
+
+test_that("torch_load() reads the torch_save() files of safetensors 0.2.1", {
+  skip_if_no_torch()
+  torch <- asNamespace("torch")
+  x <- torch$torch_load(fixture("torch-tensor.safetensors"))
+  expect_identical(torch$as_array(x), matrix(c(1.5, -2, 3, 4.25, 0, -1), 2, 3))
+  expect_true(x$requires_grad)
+
+  lst <- torch$torch_load(fixture("torch-list.safetensors"))
+  expect_identical(lst$w$dtype$.type(), "Long")
+  expect_identical(torch$as_array(lst$w$to(dtype = torch$torch_float64())), c(1, -2, 3, 4e10))
+  expect_identical(lst$note, "hello")
+  expect_identical(torch$as_array(lst$nested$b), c(TRUE, FALSE, TRUE))
+  expect_true(lst$g$requires_grad)
+  expect_identical(torch$as_array(lst$s), 2.5)
+
+  z <- torch$torch_load(fixture("torch-complex.safetensors"))
+  expect_identical(z$dtype$.type(), "ComplexFloat")
+  expect_identical(torch$as_array(z$real), c(1, 2))
+  expect_identical(torch$as_array(z$imag), c(-0.5, 0.25))
+
+  m <- torch$torch_load(fixture("torch-module.safetensors"))
+  y <- m(torch$torch_tensor(matrix(c(1, 2, 3), 1)))
+  expect_equal(torch$as_array(y), matrix(c(1.9, -1.9), 1), tolerance = 1e-6)
+
+  # Re-saved by this package, torch still reads them.
+  for (file in c("torch-tensor", "torch-list", "torch-complex", "torch-module")) {
+    raws <- safe_load_file(fixture(paste0(file, ".safetensors")), framework = "raw")
+    again <- safe_serialize(raws, metadata = attr(raws, "metadata")[["__metadata__"]])
+    expect_no_error(torch$torch_load(again))
+  }
+})
+
+test_that("files Python wrote, without torch's metadata, load as torch tensors", {
+  skip_if_no_torch()
+  x <- safe_load_file(fixture("multi.safetensors"), framework = "torch")
+  r <- safe_load_file(fixture("multi.safetensors"), framework = "raw")
+  expect_identical(names(x), names(r))
+  for (i in seq_along(r)) {
+    expect_identical(safe_tensor_buffer(x[[i]]), as.vector(r[[i]]), label = names(r)[[i]])
+  }
+  for (d in c("F32", "F64", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "C64", "F8_E4M3", "F8_E5M2")) {
+    path <- fixture(paste0("dtype-", d, ".safetensors"))
+    x <- safe_load_file(path, framework = "torch")
+    r <- safe_load_file(path, framework = "raw")
+    for (n in names(r)) {
+      expect_identical(
+        list(safe_tensor_buffer(x[[n]]), x[[n]]$shape),
+        list(as.vector(r[[n]]), as.integer(attr(r[[n]], "shape"))),
+        label = paste(d, n)
+      )
+    }
+  }
+})
+
+test_that("tensors over 2 GiB are written and read whole", {
+  skip_if_no_torch()
+  skip_if_not(identical(Sys.getenv("SAFETENSORS_TEST_LARGE"), "true"), "set SAFETENSORS_TEST_LARGE=true (needs ~7 GB of memory)")
+  # 2 GiB + 1 MiB + 2 bytes, [2, 2^30 + 2^19 + 1] (R torch can't describe an
+  # extent over 2^31 - 1).
+  cols <- 2^30 + 2^19 + 1
+  n <- 2 * cols
+  x <- torch::torch_zeros(2, cols, dtype = torch::torch_uint8())
+  at <- function(t, i) t$select(1, (i - 1) %/% cols + 1)$narrow(1, (i - 1) %% cols + 1, 1)
+  at(x, 1)$fill_(1L)
+  at(x, 2^31 + 1)$fill_(2L)
+  at(x, n)$fill_(3L)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(x = x), path)
+  info <- safe_info(path)
+  expect_identical(info$bytes, n)
+  rm(x)
+  gc()
+  y <- safe_load_file(path, framework = "torch")$x
+  expect_identical(as.numeric(y$shape), c(2, cols))
+  got <- vapply(c(1, 2, 2^31, 2^31 + 1, n), function(i) as.integer(torch::as_array(at(y, i))), integer(1))
+  expect_identical(got, c(1L, 0L, 0L, 2L, 3L))
+  expect_identical(as.numeric(torch::as_array(y$sum(dtype = torch::torch_int64()))), 6)
+  # The file holds the bytes where they belong.
+  con <- file(path, "rb")
+  withr::defer(close(con))
+  seek(con, info$begin + 2^31)
+  expect_identical(readBin(con, "raw", 1), as.raw(2))
+})
