@@ -106,25 +106,9 @@ pub fn for_each_index(shape: &[usize], row0: usize, row1: usize, mut f: impl FnM
     let row = row_len(shape);
     // Column-major stride of the last axis; row-major stride of axis 0 is `row`.
     let cm_last: usize = shape[..n - 1].iter().product();
-    let middle = &shape[1..n - 1];
-    // Row-major and column-major strides of the middle axes.
-    let mut rm_strides = vec![0usize; middle.len()];
-    let mut cm_strides = vec![0usize; middle.len()];
-    {
-        let mut s = last;
-        for k in (0..middle.len()).rev() {
-            rm_strides[k] = s;
-            s *= middle[k];
-        }
-        let mut s = shape[0];
-        for k in 0..middle.len() {
-            cm_strides[k] = s;
-            s *= middle[k];
-        }
-    }
-    let mut idx = vec![0usize; middle.len()];
-    let (mut rm_base, mut cm_base) = (0usize, 0usize);
+    let mut mid = Middle::new(shape);
     loop {
+        let (rm_base, cm_base) = (mid.rm, mid.cm);
         let mut i0b = row0;
         while i0b < row1 {
             let i0e = (i0b + TILE).min(row1);
@@ -142,22 +126,56 @@ pub fn for_each_index(shape: &[usize], row0: usize, row1: usize, mut f: impl FnM
             }
             i0b = i0e;
         }
-        // Odometer over the middle axes, last fastest as in row-major order.
+        if !mid.advance() {
+            return;
+        }
+    }
+}
+
+/// An index into the middle axes of a tensor (all but the first and the
+/// last), stepped in row-major order, with the row-major and column-major
+/// element offsets it stands for. The conversion kernels transpose one
+/// (first axis x last axis) slab per middle index.
+struct Middle<'a> {
+    shape: &'a [usize],
+    idx: Vec<usize>,
+    /// Row-major offset of the current middle index.
+    rm: usize,
+    /// Column-major offset of the current middle index.
+    cm: usize,
+}
+
+impl<'a> Middle<'a> {
+    /// The first middle index of `shape`, which has at least 2 axes.
+    fn new(shape: &'a [usize]) -> Middle<'a> {
+        Middle { shape, idx: vec![0; shape.len().saturating_sub(2)], rm: 0, cm: 0 }
+    }
+
+    /// Steps to the next middle index (the last axis fastest); `false`
+    /// after the last one.
+    fn advance(&mut self) -> bool {
+        let n = self.shape.len();
+        let last = self.shape[n - 1];
+        let middle = &self.shape[1..n - 1];
         let mut k = middle.len();
         loop {
             if k == 0 {
-                return;
+                return false;
             }
             k -= 1;
-            idx[k] += 1;
-            rm_base += rm_strides[k];
-            cm_base += cm_strides[k];
-            if idx[k] < middle[k] {
-                break;
+            self.idx[k] += 1;
+            // Row-major stride of middle axis k: the product of the axes
+            // after it; column-major: the product of the axes before it.
+            let rm_stride: usize = middle[k + 1..].iter().product::<usize>() * last;
+            let cm_stride: usize = self.shape[..k + 1].iter().product();
+            self.rm += rm_stride;
+            self.cm += cm_stride;
+            if self.idx[k] < middle[k] {
+                return true;
             }
-            rm_base -= rm_strides[k] * middle[k];
-            cm_base -= cm_strides[k] * middle[k];
-            idx[k] = 0;
+            self.rm -= rm_stride * middle[k];
+            self.cm -= cm_stride * middle[k];
+            self.idx[k] = 0;
         }
     }
 }
@@ -507,17 +525,9 @@ unsafe fn kernel<const W: usize, T: Copy + Default>(
     let last = shape[n - 1];
     // Column-major stride of the last axis.
     let cm_last: usize = shape[..n - 1].iter().product();
-    let middle = &shape[1..n - 1];
-    let mut idx = [0usize; 8];
-    let mut idx_heap = Vec::new();
-    let idx: &mut [usize] = if middle.len() <= idx.len() {
-        &mut idx[..middle.len()]
-    } else {
-        idx_heap.resize(middle.len(), 0);
-        &mut idx_heap
-    };
-    let (mut rm_base, mut cm_base) = (0usize, 0usize);
+    let mut mid = Middle::new(shape);
     loop {
+        let (rm_base, cm_base) = (mid.rm, mid.cm);
         // One 2-D transpose: rows [row0, row1) x the last axis, at this
         // index of the middle axes.
         // SAFETY: forwarded contract; the element (i, j) of this slab is
@@ -525,26 +535,8 @@ unsafe fn kernel<const W: usize, T: Copy + Default>(
         // column-major `i + cm_base + j * cm_last` < numel, with `i` in this
         // call's rows.
         unsafe { transpose::<W, T, _>(src, rm_base, rl, row1 - row0, last, out, cm_base + row0, cm_last, &mut conv) };
-        // Odometer over the middle axes, last fastest as in row-major order.
-        let mut k = middle.len();
-        loop {
-            if k == 0 {
-                return;
-            }
-            k -= 1;
-            idx[k] += 1;
-            // Row-major stride of middle axis k: the product of the axes
-            // after it; column-major: the product of the axes before it.
-            let rm_stride: usize = middle[k + 1..].iter().product::<usize>() * last;
-            let cm_stride: usize = shape[..k + 1].iter().product();
-            rm_base += rm_stride;
-            cm_base += cm_stride;
-            if idx[k] < middle[k] {
-                break;
-            }
-            rm_base -= rm_stride * middle[k];
-            cm_base -= cm_stride * middle[k];
-            idx[k] = 0;
+        if !mid.advance() {
+            return;
         }
     }
 }
@@ -831,28 +823,12 @@ fn ekernel<const W: usize, S: Copy>(
     }
     let last = shape[n - 1];
     let cm_last: usize = shape[..n - 1].iter().product();
-    let middle = &shape[1..n - 1];
-    let mut idx = vec![0usize; middle.len()];
-    let (mut rm_base, mut cm_base) = (0usize, 0usize);
+    let mut mid = Middle::new(shape);
     loop {
+        let (rm_base, cm_base) = (mid.rm, mid.cm);
         ok &= etranspose::<W, S, _>(x, cm_base + row0, cm_last, row1 - row0, last, out, rm_base, rl, &mut conv);
-        let mut k = middle.len();
-        loop {
-            if k == 0 {
-                return ok;
-            }
-            k -= 1;
-            idx[k] += 1;
-            let rm_stride: usize = middle[k + 1..].iter().product::<usize>() * last;
-            let cm_stride: usize = shape[..k + 1].iter().product();
-            rm_base += rm_stride;
-            cm_base += cm_stride;
-            if idx[k] < middle[k] {
-                break;
-            }
-            rm_base -= rm_stride * middle[k];
-            cm_base -= cm_stride * middle[k];
-            idx[k] = 0;
+        if !mid.advance() {
+            return ok;
         }
     }
 }
