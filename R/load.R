@@ -49,7 +49,8 @@
 #' Large reads and writes are split between threads (each R vector is still
 #' allocated once, by R's main thread). The number of threads is the option
 #' `safetensors.threads`, by default the number of available cores but at
-#' most 2; `options(safetensors.threads = 1)` turns threads off.
+#' most 2; `options(safetensors.threads = 1)` turns threads off (see
+#' [safetensors-package]).
 #' @return A named list of tensors, in file order (or the order of
 #'   `tensors`), with two attributes as in safetensors 0.2.x: `"metadata"`,
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and

@@ -34,9 +34,10 @@
 #'   a save writes them one by one, so that the bar moves; the results are
 #'   the same, and Ctrl-C interrupts either (a save interrupted leaves no
 #'   partial file).
-#' * `safetensors.threads`: how many threads large reads and writes use;
-#'   by default the number of available cores, at most 2 (see
-#'   [safe_load_file()]). `1` turns threads off.
+#' * `safetensors.threads`: how many threads large reads and writes use: a
+#'   positive whole number. Default: the number of available cores, at most
+#'   2. Each R object is still allocated by R's main thread, and the
+#'   results do not depend on the number of threads; `1` turns threads off.
 #'
 #' @section Errors:
 #' Errors are conditions of class `safetensors_error`, with a subclass per

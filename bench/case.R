@@ -99,7 +99,14 @@ t0 <- now()
 res <- switch(paste(impl, case),
   "ours load" = safe_load_file(rest[[1]], framework = framework_of(rest[[2]]), backend = Sys.getenv("BENCH_BACKEND", "read")),
   "cran load" = safe_load_file(rest[[1]], framework = framework_of(rest[[2]])),
-  "ours open_one" = safe_load_file(rest[[1]], tensors = rest[[2]]),
+  "ours open_one" = {
+    # Like Python's safe_open() + get_tensor(): a handle (memory map by
+    # default, as in Python), one tensor, closed.
+    h <- safe_open(rest[[1]])
+    x <- list(h[[rest[[2]]]])
+    close(h)
+    x
+  },
   "cran open_one" = {
     f <- safetensors$new(rest[[1]], framework = "rarray")
     x <- list(f$get_tensor(rest[[2]]))

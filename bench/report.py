@@ -18,7 +18,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def med(runs, case, impl, key="time"):
-    vals = [r[key] for r in runs if r["case"] == case and r["impl"] == impl and "error" not in r]
+    vals = [r[key] for r in runs if r["case"] == case and r["impl"] == impl and key in r]
     return (statistics.median(vals), len(vals)) if vals else (None, 0)
 
 
@@ -55,19 +55,24 @@ def main():
     out.append(f"- run {m['date']}; median of {res['reps']} runs per cell, each a fresh process, warm page cache")
     out.append("")
 
-    out.append("### Loading, opening, saving")
+    out.append("### Targets: this package against Python's safetensors")
     out.append("")
-    out.append("Ratio = this package's median time / Python's. \"1 thread\" is the same call with "
-               "`options(safetensors.threads = 1)`. RSS = growth of peak RSS during the call "
-               "(VmHWM after, reset just before, minus VmRSS before), MiB.")
+    out.append("Ratio = this package's median wall time / Python's (both in fresh processes, "
+               "same files, runs interleaved). CPU ratio = the same for CPU time (user + system, "
+               "all threads), steadier than wall time on a shared machine. RSS = growth of peak RSS "
+               "during the call (VmHWM after, reset just before, minus VmRSS before), MiB; its limit "
+               "is the size of the returned R objects + 64 MiB for loads, 64 MiB for saves (whose "
+               "input is already in memory).")
     out.append("")
-    out.append("| case | data | Python | ours | ratio | target | met | ours, 1 thread | CRAN 0.2.1 | ours vs CRAN | raw-copy limit | ours / limit | RSS ours (limit) | RSS Python |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    verdicts = []
+    out.append("| case | data | Python | this package | ratio | target | met | CPU ratio | RSS (limit) | RSS Python |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    others = []
 
     def row(case, what, data_bytes, target, limit_key, rss_limit):
         py, _ = med(runs, case, "py")
         ours, n = med(runs, case, "ours")
+        cpy, _ = med(runs, case, "py", "cpu")
+        cours, _ = med(runs, case, "ours", "cpu")
         one, _ = med(runs, case, "ours_1t")
         cran, _ = med(runs, case, "cran")
         lim = None
@@ -81,16 +86,18 @@ def main():
         rss_ok = ""
         if g_ours is not None and rss_limit is not None:
             rss_ok = " ok" if g_ours <= rss_limit else " **over**"
+        gbs = "" if not ours else f" ({data_bytes / ours / 1e9:.2f} GB/s)"
         out.append(
-            f"| {case} | {what}, {data_bytes / MiB:.0f} MiB | {fmt_t(py)} | {fmt_t(ours)} "
-            f"({data_bytes / ours / 1e9:.2f} GB/s) | {'' if ratio is None else f'{ratio:.2f}'} | "
-            f"{'' if target is None else f'<= {target}'} | {met} | {fmt_t(one)} | {fmt_t(cran)} | "
-            f"{'' if not (cran and ours) else f'{cran / ours:.1f}x'} | {fmt_t(lim)} | "
-            f"{'' if not (lim and ours) else f'{ours / lim:.2f}'} | "
+            f"| {case} | {what}, {data_bytes / MiB:.0f} MiB | {fmt_t(py)} | {fmt_t(ours)}{gbs} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {'' if target is None else f'<= {target}'} | {met} | "
+            f"{'' if not (cpy and cours) else f'{cours / cpy:.2f}'} | "
             f"{fmt_mb(g_ours)} ({fmt_mb(rss_limit)}){rss_ok} | {fmt_mb(g_py)} |"
-            if ours else f"| {case} | {what} | {fmt_t(py)} | n/a | | | | | {fmt_t(cran)} | | | | | |"
         )
-        verdicts.append((case, met, rss_ok))
+        others.append(
+            f"| {case} | {fmt_t(ours)} | {fmt_t(one)} | {fmt_t(cran)} | "
+            f"{'' if not (cran and ours) else f'{cran / ours:.1f}x'} | {fmt_t(lim)} | "
+            f"{'' if not (lim and ours) else f'{ours / lim:.2f}'} |"
+        )
 
     for case, what, key, _, target in LOAD_CASES:
         outb = med(runs, case, "ours", "out_bytes")[0]
@@ -100,11 +107,23 @@ def main():
         man[key]["data_bytes"] / 16, 1.0, None, man[key]["data_bytes"] / 16 + 64 * MiB)
     for case, what, target in SAVE_CASES:
         nbytes = man["save"]["data_bytes"] // (1 if case == "save_f64" else 2)
-        # The input is already resident, so the call may grow RSS by 64 MiB.
         row(case, what + " (file size)", nbytes, target, None, 64 * MiB)
     out.append("")
     out.append("Spread (min..max seconds) of this package's runs: " + "; ".join(
-        f"{c}: {spread(runs, c, 'ours')}" for c, *_ in LOAD_CASES + [("open_one",)] + SAVE_CASES))
+        f"{c}: {spread(runs, c, 'ours')}" for c, *_ in LOAD_CASES + [("open_one",)] + SAVE_CASES) + ".")
+    out.append("")
+    out.append("### Other comparisons")
+    out.append("")
+    out.append("\"1 thread\" is the same call with `options(safetensors.threads = 1)`. CRAN 0.2.1 reads "
+               "through a registered framework (compat.md 5.2): `\"raw\"` for U8, otherwise one that "
+               "builds the same R arrays as this package (`readBin()` + `aperm()`); it writes plain "
+               "arrays through `safe_tensor_meta()`/`safe_tensor_buffer()` methods, then `sync FILE`. "
+               "The raw-copy limit is the fastest of the three copies of the same file in the next "
+               "table.")
+    out.append("")
+    out.append("| case | this package | 1 thread | CRAN 0.2.1 | speed-up over CRAN | raw-copy limit | this package / limit |")
+    out.append("|---|---|---|---|---|---|---|")
+    out.extend(others)
     out.append("")
 
     out.append("### Raw-copy limits")
