@@ -18,13 +18,14 @@ header_len_ <- function(prefix) .Call(wrap__header_len_, prefix)
 #' @noRd
 info_header_ <- function(prefix) .Call(wrap__info_header_, prefix)
 
-#' Reads tensors from the file at `path`.
+#' Reads tensors from the file at `path` on `threads` threads (0: the
+#' default).
 #' @noRd
-read_file_ <- function(path, names, mode, backend) .Call(wrap__read_file_, path, names, mode, backend)
+read_file_ <- function(path, names, mode, backend, threads) .Call(wrap__read_file_, path, names, mode, backend, threads)
 
 #' Reads tensors from a raw vector holding a whole file.
 #' @noRd
-read_raw_ <- function(buf, names, mode) .Call(wrap__read_raw_, buf, names, mode)
+read_raw_ <- function(buf, names, mode, threads) .Call(wrap__read_raw_, buf, names, mode, threads)
 
 #' Header facts of the file at `path`, reading the header only.
 #' @noRd
@@ -60,11 +61,11 @@ handle_info_ <- function(x) .Call(wrap__handle_info_, x)
 #' @noRd
 handle_header_ <- function(x) .Call(wrap__handle_header_, x)
 
-#' Reads the named tensors of an open handle in mode `"array"` or `"raw"`:
-#' `list(tensors, inexact, int_min, max_offset)`. Only those tensors'
-#' bytes are read.
+#' Reads the named tensors of an open handle in mode `"array"` or `"raw"`
+#' on `threads` threads (0: the default): `list(tensors, inexact, int_min,
+#' max_offset)`. Only those tensors' bytes are read.
 #' @noRd
-handle_read_ <- function(x, names, mode) .Call(wrap__handle_read_, x, names, mode)
+handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, names, mode, threads)
 
 #' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 #' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
@@ -74,9 +75,10 @@ handle_slice_ <- function(x, name, specs, is_range, mode) .Call(wrap__handle_sli
 
 #' Opens a save to `path`: validates all tensors (as `write_file_()` does,
 #' so the same errors come before any file is created), creates the
-#' temporary file beside `path` and writes the header.
+#' temporary file beside `path` and writes the header. Tensors are encoded
+#' on `threads` threads (0: the default).
 #' @noRd
-writer_open_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values) .Call(wrap__writer_open_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values)
+writer_open_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__writer_open_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
 
 #' Appends tensor `i` (0-based; the tensors must come in order): the
 #' one-element lists and vectors describe it as for `write_file_()`, and
@@ -99,11 +101,11 @@ writer_abort_ <- function(w) .Call(wrap__writer_abort_, w)
 #' Writes a file at `path` atomically: a temporary file beside it, flushed,
 #' then renamed over it.
 #' @noRd
-write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync) .Call(wrap__write_file_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync)
+write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync, threads) .Call(wrap__write_file_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync, threads)
 
 #' Serializes to a raw vector, allocated once at its final size.
 #' @noRd
-serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values)
+serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
 
 #' The layout of a file holding tensors of these names, dtypes and shapes
 #' and this metadata, for writers that stream tensors one at a time (R's

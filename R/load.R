@@ -45,6 +45,12 @@
 #' @param backend How a file is read: `"read"` (the default) copies each
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
 #'   maps the file into memory and converts from the mapping.
+#' @section Threads:
+#' Large reads and writes are split between threads (each R vector is still
+#' allocated once, by R's main thread). The number of threads is the option
+#' `safetensors.threads`, by default the number of available cores but at
+#' most 2; `options(safetensors.threads = 1)` turns threads off (see
+#' [safetensors-package]).
 #' @return A named list of tensors, in file order (or the order of
 #'   `tensors`), with two attributes as in safetensors 0.2.x: `"metadata"`,
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
@@ -106,11 +112,11 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
     check_string(path)
-    read_file_(path.expand(path), tensors, mode, backend)
+    read_file_(path.expand(path), tensors, mode, backend, st_threads())
   } else if (is.raw(path)) {
-    read_raw_(path, tensors, mode)
+    read_raw_(path, tensors, mode, st_threads())
   } else if (inherits(path, "connection")) {
-    read_raw_(read_connection(path), tensors, mode)
+    read_raw_(read_connection(path), tensors, mode, st_threads())
   } else {
     st_abort(
       "invalid_argument",
@@ -133,7 +139,7 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
     return(load_through_handle(buffer, tensors, framework, list(...), "read"))
   }
   mode <- if (framework == "r") "array" else "raw"
-  res <- st_check(read_raw_(buffer, tensors, mode), "Can't read the raw vector.")
+  res <- st_check(read_raw_(buffer, tensors, mode, st_threads()), "Can't read the raw vector.")
   finish_load(res, framework, list(...))
 }
 

@@ -330,7 +330,7 @@ read_parts <- function(x, names, mode, call = rlang::caller_env(), bar = NULL, s
     part <- parts[[p]]
     groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
     for (g in groups) {
-      res <- check_part(handle_read_(part$ptr, names[g], mode), part, call = call)
+      res <- check_part(handle_read_(part$ptr, names[g], mode, st_threads()), part, call = call)
       tensors[g] <- unname(res$tensors)
       inexact[g] <- res$inexact
       int_min[g] <- res$int_min

@@ -117,13 +117,13 @@ write_spec <- function(target, spec, sync, bar = NULL, label = target, call = rl
   }
   what <- function() sprintf("Can't write %s.", describe_source(label))
   if (is.null(bar)) {
-    res <- rlang::exec(write_file_, target, !!!spec, sync)
+    res <- rlang::exec(write_file_, target, !!!spec, sync, st_threads())
     if (inherits(res, "safetensors_rust_error")) {
       st_check(res, what(), call = call)
     }
     return(res)
   }
-  w <- rlang::exec(writer_open_, target, !!!spec)
+  w <- rlang::exec(writer_open_, target, !!!spec, st_threads())
   if (inherits(w, "safetensors_rust_error")) {
     st_check(w, what(), call = call)
   }

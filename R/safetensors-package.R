@@ -25,15 +25,19 @@
 #' checkpoints.
 #'
 #' @section Options:
-#' * `safetensors.progress`: whether loads and saves of files over 64 MiB
-#'   show a progress bar once they have run for two seconds (cli's option
-#'   `cli.progress_show_after`). Default `TRUE`. The bar is shown only in
+#' * `safetensors.progress`: whether loads and saves of more than 64 MiB of
+#'   tensors show a progress bar once they have run for two seconds (cli's
+#'   option `cli.progress_show_after`). Default `TRUE`. The bar is shown only in
 #'   interactive sessions, never in knitr documents or testthat tests (see
 #'   [rlang::is_interactive()]); set the option to `FALSE` to never show
 #'   it. With a bar, a load reads the tensors in groups of about 64 MiB and
 #'   a save writes them one by one, so that the bar moves; the results are
 #'   the same, and Ctrl-C interrupts either (a save interrupted leaves no
 #'   partial file).
+#' * `safetensors.threads`: how many threads large reads and writes use: a
+#'   positive whole number. Default: the number of available cores, at most
+#'   2. Each R object is still allocated by R's main thread, and the
+#'   results do not depend on the number of threads; `1` turns threads off.
 #'
 #' @section Errors:
 #' Errors are conditions of class `safetensors_error`, with a subclass per
@@ -62,4 +66,8 @@ NULL
 ## usethis namespace: start
 #' @importFrom R6 R6Class
 ## usethis namespace: end
+# rlang and cli load with the package rather than inside the first call to
+# safe_load_file() or safe_save_file() (about 0.1 s).
+#' @importFrom rlang caller_env
+#' @importFrom cli cli_abort
 NULL

@@ -52,6 +52,7 @@
 #'   all tensors, or a named character vector of dtypes for some of them.
 #' @param sync Whether to flush the file to disk (fsync) before renaming it
 #'   over the target. Default `TRUE`.
+#' @inheritSection safe_load_file Threads
 #' @param max_shard_size `NULL` (the default) to write one file, or the
 #'   largest shard of a sharded checkpoint: a number of bytes, or a string
 #'   such as `"5GB"` (units B, kB, MB, GB, TB are powers of 1000; KiB, MiB,
@@ -127,7 +128,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
     if (anyNA(spec[[5]])) {
       write_stream(spec, connection_sink(path))
     } else {
-      bytes <- st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+      bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
       if (!isOpen(path)) {
         open(path, "wb")
         on.exit(close(path), add = TRUE)
@@ -151,7 +152,7 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
   if (anyNA(spec[[5]])) {
     return(write_stream(spec, raw_sink()))
   }
-  st_check(rlang::exec(serialize_, !!!spec), "Can't serialize the tensors.")
+  st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
 }
 
 #' Raw bytes and description of a framework tensor
@@ -457,7 +458,7 @@ write_stream <- function(spec, sink, bar = NULL, call = rlang::caller_env()) {
     } else if (permute[[i]]) {
       # One tensor as a file; its data are the last bytes.
       one <- st_check(
-        serialize_(spec[[1]][i], spec[[2]][i], spec[[3]][i], spec[[4]][i], TRUE, NULL, NULL),
+        serialize_(spec[[1]][i], spec[[2]][i], spec[[3]][i], spec[[4]][i], TRUE, NULL, NULL, st_threads()),
         sink$what,
         call = call
       )

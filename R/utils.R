@@ -30,3 +30,20 @@ safe_dtypes <- c(
   "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16",
   "I32", "U32", "F32", "C64", "F64", "I64", "U64"
 )
+
+# The thread count passed to the Rust core: option `safetensors.threads`,
+# or 0 for the core's default (the available cores, at most 2).
+st_threads <- function(call = rlang::caller_env()) {
+  n <- getOption("safetensors.threads")
+  if (is.null(n)) {
+    return(0L)
+  }
+  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != trunc(n)) {
+    st_abort(
+      "invalid_argument",
+      "Option {.code safetensors.threads} must be a positive whole number, not {.obj_type_friendly {n}}.",
+      call = call
+    )
+  }
+  as.integer(min(n, 256))
+}

@@ -165,7 +165,7 @@ test_that("the streaming writer checks its use and cleans up after itself", {
   write_one <- function(w, i, s = spec) {
     writer_write_(w, i - 1, s[[1]][i], s[[2]][i], s[[3]][i], s[[4]][i], s[[5]][i])
   }
-  w <- rlang::exec(writer_open_, path, !!!spec)
+  w <- rlang::exec(writer_open_, path, !!!spec, 0L)
   # The target appears only on commit (the data go to a temporary file,
   # which may be anonymous).
   expect_false(file.exists(path))
@@ -175,16 +175,16 @@ test_that("the streaming writer checks its use and cleans up after itself", {
   expect_identical(writer_commit_(w, TRUE)$kind, "closed")
   expect_false(writer_abort_(w))
 
-  w <- rlang::exec(writer_open_, path, !!!spec)
+  w <- rlang::exec(writer_open_, path, !!!spec, 0L)
   write_one(w, 1)
   other <- tensor_spec(list(a = 1:3, b = c(0.5, 1, 2)), NULL, NULL)
   expect_identical(write_one(w, 2, other)$kind, "invalid_argument")
-  w <- rlang::exec(writer_open_, path, !!!spec)
+  w <- rlang::exec(writer_open_, path, !!!spec, 0L)
   write_one(w, 1)
   expect_identical(writer_commit_(w, TRUE)$kind, "invalid_argument")
   expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
 
-  w <- rlang::exec(writer_open_, path, !!!spec)
+  w <- rlang::exec(writer_open_, path, !!!spec, 0L)
   end_a <- write_one(w, 1)
   end_b <- write_one(w, 2)
   size <- writer_commit_(w, FALSE)
@@ -199,7 +199,7 @@ test_that("the streaming writer checks its use and cleans up after itself", {
   # A writer dropped without a commit removes its temporary file when
   # garbage-collected, and the target keeps its old content.
   before <- readBin(path, "raw", 1e4)
-  w <- rlang::exec(writer_open_, path, !!!spec)
+  w <- rlang::exec(writer_open_, path, !!!spec, 0L)
   write_one(w, 1)
   rm(w)
   gc()

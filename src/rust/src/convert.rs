@@ -9,6 +9,8 @@
 //! axes in cache-sized tiles. No R types here: destinations and sources are
 //! plain slices laid out as R lays out its vectors.
 
+use std::marker::PhantomData;
+
 use crate::dtype::Dtype;
 use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32};
 
@@ -51,6 +53,31 @@ pub fn row_len(shape: &[usize]) -> usize {
     shape.iter().skip(1).product()
 }
 
+/// The shape the kernels work on: `shape` without its axes of extent 1,
+/// which change neither the row-major nor the column-major order (so a
+/// `[1, 4096, 4096]` tensor is split into blocks like a matrix).
+pub fn kernel_shape(shape: &[usize]) -> Vec<usize> {
+    let squeezed: Vec<usize> = shape.iter().copied().filter(|&d| d != 1).collect();
+    if squeezed.is_empty() && !shape.is_empty() {
+        vec![1]
+    } else {
+        squeezed
+    }
+}
+
+/// Rows per block when a block should hold about `rows` rows: at least 1,
+/// a whole number of tiles ([`KTILE`]) when that many fit, and a multiple
+/// of 8 for sub-byte dtypes so every block starts on a byte boundary.
+pub fn block_rows(rows: usize, dtype: Dtype) -> usize {
+    if rows >= KTILE {
+        rows / KTILE * KTILE
+    } else if dtype.bits() % 8 != 0 {
+        rows.max(1).next_multiple_of(8)
+    } else {
+        rows.max(1)
+    }
+}
+
 /// Number of outer rows (the first dimension; 1 for a scalar).
 pub fn n_rows(shape: &[usize]) -> usize {
     shape.first().copied().unwrap_or(1)
@@ -79,25 +106,9 @@ pub fn for_each_index(shape: &[usize], row0: usize, row1: usize, mut f: impl FnM
     let row = row_len(shape);
     // Column-major stride of the last axis; row-major stride of axis 0 is `row`.
     let cm_last: usize = shape[..n - 1].iter().product();
-    let middle = &shape[1..n - 1];
-    // Row-major and column-major strides of the middle axes.
-    let mut rm_strides = vec![0usize; middle.len()];
-    let mut cm_strides = vec![0usize; middle.len()];
-    {
-        let mut s = last;
-        for k in (0..middle.len()).rev() {
-            rm_strides[k] = s;
-            s *= middle[k];
-        }
-        let mut s = shape[0];
-        for k in 0..middle.len() {
-            cm_strides[k] = s;
-            s *= middle[k];
-        }
-    }
-    let mut idx = vec![0usize; middle.len()];
-    let (mut rm_base, mut cm_base) = (0usize, 0usize);
+    let mut mid = Middle::new(shape);
     loop {
+        let (rm_base, cm_base) = (mid.rm, mid.cm);
         let mut i0b = row0;
         while i0b < row1 {
             let i0e = (i0b + TILE).min(row1);
@@ -115,22 +126,56 @@ pub fn for_each_index(shape: &[usize], row0: usize, row1: usize, mut f: impl FnM
             }
             i0b = i0e;
         }
-        // Odometer over the middle axes, last fastest as in row-major order.
+        if !mid.advance() {
+            return;
+        }
+    }
+}
+
+/// An index into the middle axes of a tensor (all but the first and the
+/// last), stepped in row-major order, with the row-major and column-major
+/// element offsets it stands for. The conversion kernels transpose one
+/// (first axis x last axis) slab per middle index.
+struct Middle<'a> {
+    shape: &'a [usize],
+    idx: Vec<usize>,
+    /// Row-major offset of the current middle index.
+    rm: usize,
+    /// Column-major offset of the current middle index.
+    cm: usize,
+}
+
+impl<'a> Middle<'a> {
+    /// The first middle index of `shape`, which has at least 2 axes.
+    fn new(shape: &'a [usize]) -> Middle<'a> {
+        Middle { shape, idx: vec![0; shape.len().saturating_sub(2)], rm: 0, cm: 0 }
+    }
+
+    /// Steps to the next middle index (the last axis fastest); `false`
+    /// after the last one.
+    fn advance(&mut self) -> bool {
+        let n = self.shape.len();
+        let last = self.shape[n - 1];
+        let middle = &self.shape[1..n - 1];
         let mut k = middle.len();
         loop {
             if k == 0 {
-                return;
+                return false;
             }
             k -= 1;
-            idx[k] += 1;
-            rm_base += rm_strides[k];
-            cm_base += cm_strides[k];
-            if idx[k] < middle[k] {
-                break;
+            self.idx[k] += 1;
+            // Row-major stride of middle axis k: the product of the axes
+            // after it; column-major: the product of the axes before it.
+            let rm_stride: usize = middle[k + 1..].iter().product::<usize>() * last;
+            let cm_stride: usize = self.shape[..k + 1].iter().product();
+            self.rm += rm_stride;
+            self.cm += cm_stride;
+            if self.idx[k] < middle[k] {
+                return true;
             }
-            rm_base -= rm_strides[k] * middle[k];
-            cm_base -= cm_strides[k] * middle[k];
-            idx[k] = 0;
+            self.rm -= rm_stride * middle[k];
+            self.cm -= cm_stride * middle[k];
+            self.idx[k] = 0;
         }
     }
 }
@@ -147,6 +192,134 @@ pub enum Dst<'a> {
     Complex(&'a mut [[f64; 2]]),
 }
 
+/// A tensor's R vector as a pointer and length, so that several threads can
+/// each write the elements of their own outer rows (disjoint sets of
+/// elements) without holding overlapping `&mut` slices.
+pub struct Out<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+impl<T> Clone for Out<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Out<'_, T> {}
+
+// SAFETY: an `Out` is a `&mut [T]` split by rows: `decode_rows` requires
+// that threads sharing one write disjoint elements, so sending it to
+// another thread is sending part of a `&mut [T]`, which is Send for T: Send.
+unsafe impl<T: Send> Send for Out<'_, T> {}
+// SAFETY: as above; `&Out` only gives the same row-disjoint access.
+unsafe impl<T: Send> Sync for Out<'_, T> {}
+
+impl<'a, T> Out<'a, T> {
+    /// Borrows `x` for the lifetime of the `Out`.
+    pub fn new(x: &'a mut [T]) -> Self {
+        Out { ptr: x.as_mut_ptr(), len: x.len(), _borrow: PhantomData }
+    }
+
+    /// An `Out` over `len` elements at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` elements for `'a`
+    /// (dangling but aligned when `len` is 0), and only accessed through
+    /// this `Out` meanwhile.
+    pub unsafe fn from_raw(ptr: *mut T, len: usize) -> Self {
+        Out { ptr, len, _borrow: PhantomData }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The first element's address and the size in bytes.
+    pub fn memory(&self) -> (*mut u8, usize) {
+        (self.ptr as *mut u8, self.len * std::mem::size_of::<T>())
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements `[start, start + n)`.
+    ///
+    /// # Safety
+    /// The range must be in bounds, and nothing else may access those
+    /// elements while the slice lives.
+    #[inline(always)]
+    pub unsafe fn part(self, start: usize, n: usize) -> &'a mut [T] {
+        debug_assert!(start <= self.len && n <= self.len - start);
+        // SAFETY: in bounds and unaliased, as the caller guarantees; the
+        // pointer comes from a live `&'a mut [T]`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), n) }
+    }
+
+    /// Writes element `i`.
+    ///
+    /// # Safety
+    /// As for [`Out::part`] with the range `[i, i + 1)`.
+    #[inline(always)]
+    unsafe fn set(self, i: usize, v: T) {
+        debug_assert!(i < self.len);
+        // SAFETY: as the caller guarantees.
+        unsafe { self.ptr.add(i).write(v) }
+    }
+}
+
+/// A decode destination that threads can share (see [`decode_rows`]).
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// `double`
+    Real(Out<'a, f64>),
+    /// `integer`
+    Integer(Out<'a, i32>),
+    /// `logical`
+    Logical(Out<'a, i32>),
+    /// `complex` as (re, im) pairs
+    Complex(Out<'a, [f64; 2]>),
+}
+
+impl<'a> Target<'a> {
+    /// The first element's address and the size in bytes.
+    pub fn memory(&self) -> (*mut u8, usize) {
+        match self {
+            Target::Real(o) => o.memory(),
+            Target::Integer(o) | Target::Logical(o) => o.memory(),
+            Target::Complex(o) => o.memory(),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Target::Real(o) => o.len(),
+            Target::Integer(o) | Target::Logical(o) => o.len(),
+            Target::Complex(o) => o.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> From<Dst<'a>> for Target<'a> {
+    fn from(d: Dst<'a>) -> Self {
+        match d {
+            Dst::Real(x) => Target::Real(Out::new(x)),
+            Dst::Integer(x) => Target::Integer(Out::new(x)),
+            Dst::Logical(x) => Target::Logical(Out::new(x)),
+            Dst::Complex(x) => Target::Complex(Out::new(x)),
+        }
+    }
+}
+
 /// What decoding noticed about the values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecodeStats {
@@ -156,10 +329,18 @@ pub struct DecodeStats {
     pub int_min: usize,
 }
 
+impl DecodeStats {
+    /// The counts of `self` and `other` added.
+    pub fn merge(self, other: DecodeStats) -> DecodeStats {
+        DecodeStats { inexact: self.inexact + other.inexact, int_min: self.int_min + other.int_min }
+    }
+}
+
+/// The first `W` bytes of `s`.
 #[inline(always)]
-fn le<const W: usize>(src: &[u8], i: usize) -> [u8; W] {
+fn arr<const W: usize>(s: &[u8]) -> [u8; W] {
     let mut b = [0u8; W];
-    b.copy_from_slice(&src[i * W..i * W + W]);
+    b.copy_from_slice(&s[..W]);
     b
 }
 
@@ -178,37 +359,75 @@ const EXACT_LIMIT: u64 = 1 << 53;
 /// Decodes outer rows `[row0, row1)` of a tensor from `src` (the bytes of
 /// exactly those rows) into `dst` (the whole tensor's R vector).
 ///
-/// The caller guarantees `src` holds the rows, `dst` holds the tensor, and
-/// `dst`'s type is the one [`r_type`] gives (or `Real` for any numeric dtype).
+/// `dst`'s type must be the one [`r_type`] gives (or `Real` for any numeric
+/// dtype); `src` must hold the rows and `dst` the whole tensor. Arguments
+/// that break these rules leave `dst` untouched.
 pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usize, dst: Dst<'_>) -> DecodeStats {
+    // SAFETY: `dst` is borrowed exclusively for this call.
+    unsafe { decode_rows(dtype, src, shape, row0, row1, Target::from(dst)) }
+}
+
+/// [`decode`] into a target that other threads may be filling too.
+///
+/// # Safety
+/// While this runs, nothing else may access the target's elements that
+/// belong to outer rows `[row0, row1)`; other threads may decode other rows
+/// of the same target.
+pub unsafe fn decode_rows(
+    dtype: Dtype,
+    src: &[u8],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    dst: Target<'_>,
+) -> DecodeStats {
     let mut stats = DecodeStats::default();
-    macro_rules! run {
-        ($out:expr, |$s:ident, $i:ident| $e:expr) => {{
-            let out = $out;
-            let $s = src;
-            for_each_index(shape, row0, row1, |$i, cm| out[cm] = $e);
-        }};
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
+    let (Some(numel), Some(need)) = (numel, need) else {
+        return stats;
+    };
+    if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel || numel == 0 {
+        return stats;
+    }
+    // From here on every row-major index within the block and every
+    // column-major index of rows [row0, row1) is in bounds (see `kernel`).
+    macro_rules! k {
+        ($w:literal, $out:expr, |$b:ident| $e:expr) => {
+            // SAFETY: arguments validated above; row-disjointness is this
+            // function's contract.
+            unsafe { kernel::<$w, _>(src, shape, row0, row1, $out, |$b: [u8; $w]| $e) }
+        };
     }
     match dst {
-        Dst::Real(out) => match dtype {
-            Dtype::F64 => run!(out, |s, i| f64::from_le_bytes(le(s, i))),
-            Dtype::F32 => run!(out, |s, i| widen_f32(u32::from_le_bytes(le(s, i)))),
-            Dtype::F16 => run!(out, |s, i| decode_f16(u16::from_le_bytes(le(s, i)))),
-            Dtype::BF16 => run!(out, |s, i| decode_bf16(u16::from_le_bytes(le(s, i)))),
-            Dtype::F8E8M0 => run!(out, |s, i| decode_e8m0(s[i])),
+        Target::Real(out) => match dtype {
+            Dtype::F64 => k!(8, out, |b| f64::from_le_bytes(b)),
+            Dtype::F32 => k!(4, out, |b| widen_f32(u32::from_le_bytes(b))),
+            Dtype::F16 => k!(2, out, |b| decode_f16(u16::from_le_bytes(b))),
+            Dtype::BF16 => k!(2, out, |b| decode_bf16(u16::from_le_bytes(b))),
+            Dtype::F8E8M0 => k!(1, out, |b| decode_e8m0(b[0])),
             Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
-                let Some(c) = floats::codec(dtype) else { return stats };
-                run!(out, |s, i| c.decode(s[i] as u32))
+                let Some(c) = floats::codec(dtype) else {
+                    return stats;
+                };
+                k!(1, out, |b| c.decode(b[0] as u32))
             }
             Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
-                let Some(c) = floats::codec(dtype) else { return stats };
+                let Some(c) = floats::codec(dtype) else {
+                    return stats;
+                };
                 let bits = dtype.bits();
-                run!(out, |s, i| c.decode(packed(s, i, bits)))
+                // Packed: element by element (rare, and blocks start on
+                // byte boundaries).
+                for_each_index(shape, row0, row1, |rm, cm| {
+                    // SAFETY: cm is in rows [row0, row1), validated above.
+                    unsafe { out.set(cm, c.decode(packed(src, rm, bits))) }
+                });
             }
             Dtype::I64 => {
                 let mut inexact = 0;
-                run!(out, |s, i| {
-                    let v = i64::from_le_bytes(le(s, i));
+                k!(8, out, |b| {
+                    let v = i64::from_le_bytes(b);
                     inexact += (v.unsigned_abs() > EXACT_LIMIT) as usize;
                     v as f64
                 });
@@ -216,46 +435,175 @@ pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usiz
             }
             Dtype::U64 => {
                 let mut inexact = 0;
-                run!(out, |s, i| {
-                    let v = u64::from_le_bytes(le(s, i));
+                k!(8, out, |b| {
+                    let v = u64::from_le_bytes(b);
                     inexact += (v > EXACT_LIMIT) as usize;
                     v as f64
                 });
                 stats.inexact = inexact;
             }
-            Dtype::U32 => run!(out, |s, i| u32::from_le_bytes(le(s, i)) as f64),
-            Dtype::I32 => run!(out, |s, i| i32::from_le_bytes(le(s, i)) as f64),
-            Dtype::I16 => run!(out, |s, i| i16::from_le_bytes(le(s, i)) as f64),
-            Dtype::U16 => run!(out, |s, i| u16::from_le_bytes(le(s, i)) as f64),
-            Dtype::I8 => run!(out, |s, i| s[i] as i8 as f64),
-            Dtype::U8 => run!(out, |s, i| s[i] as f64),
-            Dtype::Bool => run!(out, |s, i| (s[i] != 0) as i32 as f64),
+            Dtype::U32 => k!(4, out, |b| u32::from_le_bytes(b) as f64),
+            Dtype::I32 => k!(4, out, |b| i32::from_le_bytes(b) as f64),
+            Dtype::I16 => k!(2, out, |b| i16::from_le_bytes(b) as f64),
+            Dtype::U16 => k!(2, out, |b| u16::from_le_bytes(b) as f64),
+            Dtype::I8 => k!(1, out, |b| b[0] as i8 as f64),
+            Dtype::U8 => k!(1, out, |b| b[0] as f64),
+            Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32 as f64),
             // C64 is always read as complex.
             Dtype::C64 => {}
         },
-        Dst::Integer(out) => match dtype {
+        Target::Integer(out) => match dtype {
             Dtype::I32 => {
-                let mut int_min = 0;
-                run!(out, |s, i| {
-                    let v = i32::from_le_bytes(le(s, i));
-                    int_min += (v == i32::MIN) as usize;
-                    v
-                });
-                stats.int_min = int_min;
+                k!(4, out, |b| i32::from_le_bytes(b));
+                stats.int_min = count_int_min(src, need);
             }
-            Dtype::I16 => run!(out, |s, i| i16::from_le_bytes(le(s, i)) as i32),
-            Dtype::U16 => run!(out, |s, i| u16::from_le_bytes(le(s, i)) as i32),
-            Dtype::I8 => run!(out, |s, i| s[i] as i8 as i32),
-            Dtype::U8 => run!(out, |s, i| s[i] as i32),
-            Dtype::Bool => run!(out, |s, i| (s[i] != 0) as i32),
+            Dtype::I16 => k!(2, out, |b| i16::from_le_bytes(b) as i32),
+            Dtype::U16 => k!(2, out, |b| u16::from_le_bytes(b) as i32),
+            Dtype::I8 => k!(1, out, |b| b[0] as i8 as i32),
+            Dtype::U8 => k!(1, out, |b| b[0] as i32),
+            Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32),
             _ => {}
         },
-        Dst::Logical(out) => run!(out, |s, i| (s[i] != 0) as i32),
-        Dst::Complex(out) => {
-            run!(out, |s, i| [widen_f32(u32::from_le_bytes(le(s, 2 * i))), widen_f32(u32::from_le_bytes(le(s, 2 * i + 1)))])
+        Target::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
+        Target::Complex(out) => {
+            k!(8, out, |b| {
+                let re = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let im = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                [widen_f32(re), widen_f32(im)]
+            })
         }
     }
     stats
+}
+
+/// Number of little-endian I32 values equal to `i32::MIN` in `src[..n]`.
+fn count_int_min(src: &[u8], n: usize) -> usize {
+    src[..n].chunks_exact(4).filter(|c| arr::<4>(c) == i32::MIN.to_le_bytes()).count()
+}
+
+/// Number of little-endian I32 values equal to `i32::MIN` (R's
+/// `NA_integer_`) in `src`, a whole number of I32 values.
+pub fn count_i32_min(src: &[u8]) -> usize {
+    count_int_min(src, src.len() / 4 * 4)
+}
+
+/// Edge of the square tiles the transposing kernels work in: a tile of
+/// 16 x 16 elements reads 16 runs of 16 source elements and writes 16 runs
+/// of 16 destination elements, whole cache lines for every element size
+/// used here, so no line is fetched twice however the strides alias.
+/// Callers split tensors into blocks of a multiple of this many rows.
+pub const KTILE: usize = 16;
+
+/// The decoding kernel: converts each `W`-byte element of rows
+/// `[row0, row1)` with `conv` and stores it at its column-major position.
+///
+/// # Safety
+/// `src` holds at least the rows' `W`-byte elements, `out` has exactly the
+/// tensor's element count, `row0 <= row1 <= n_rows(shape)`, and nothing else
+/// accesses `out`'s elements of these rows meanwhile.
+#[inline(always)]
+unsafe fn kernel<const W: usize, T: Copy + Default>(
+    src: &[u8],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    out: Out<'_, T>,
+    mut conv: impl FnMut([u8; W]) -> T,
+) {
+    let rl = row_len(shape);
+    let n = shape.len();
+    if n <= 1 || is_trivial_layout(shape) {
+        // Same order in the file and in R: rows [row0, row1) are the
+        // contiguous elements [row0 * rl, row1 * rl).
+        // SAFETY: in bounds by the contract; these are this call's rows.
+        let dst = unsafe { out.part(row0 * rl, (row1 - row0) * rl) };
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(W)) {
+            *d = conv(arr(s));
+        }
+        return;
+    }
+    let last = shape[n - 1];
+    // Column-major stride of the last axis.
+    let cm_last: usize = shape[..n - 1].iter().product();
+    let mut mid = Middle::new(shape);
+    loop {
+        let (rm_base, cm_base) = (mid.rm, mid.cm);
+        // One 2-D transpose: rows [row0, row1) x the last axis, at this
+        // index of the middle axes.
+        // SAFETY: forwarded contract; the element (i, j) of this slab is
+        // row-major `(i - row0) * rl + rm_base + j` < (row1 - row0) * rl and
+        // column-major `i + cm_base + j * cm_last` < numel, with `i` in this
+        // call's rows.
+        unsafe { transpose::<W, T, _>(src, rm_base, rl, row1 - row0, last, out, cm_base + row0, cm_last, &mut conv) };
+        if !mid.advance() {
+            return;
+        }
+    }
+}
+
+/// Transposes a `rows x cols` slab: element `(i, j)` is read at element
+/// `base + i * stride + j` of `src` and written to `dbase + i + j * dstride`
+/// of `out`, converted by `conv`, in tiles of 16 x 16.
+///
+/// Strips of 16 columns are done one after the other, each down all the
+/// rows: every column then gets one long contiguous run of writes per call
+/// (2 KiB for 128 rows of doubles), which matters more than anything else
+/// here because the columns are far apart in memory (each run is a TLB
+/// miss), while the source block stays in cache between strips.
+///
+/// # Safety
+/// Every such read and write is in bounds, and nothing else accesses the
+/// written elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; W]) -> T>(
+    src: &[u8],
+    base: usize,
+    stride: usize,
+    rows: usize,
+    cols: usize,
+    out: Out<'_, T>,
+    dbase: usize,
+    dstride: usize,
+    conv: &mut F,
+) {
+    let mut tile = [[T::default(); KTILE]; KTILE];
+    let mut jb = 0;
+    while jb < cols {
+        let tj = KTILE.min(cols - jb);
+        let mut ib = 0;
+        while ib < rows {
+            let ti = KTILE.min(rows - ib);
+            if ti == KTILE && tj == KTILE {
+                // Whole tile: constant bounds, so the loops unroll.
+                for i in 0..KTILE {
+                    let at = (base + (ib + i) * stride + jb) * W;
+                    let s = &src[at..at + KTILE * W];
+                    for (col, c) in tile.iter_mut().zip(s.chunks_exact(W)) {
+                        col[i] = conv(arr(c));
+                    }
+                }
+                for (j, col) in tile.iter().enumerate() {
+                    // SAFETY: the caller's contract covers (ib..ib+16, jb + j).
+                    unsafe { out.part(dbase + ib + (jb + j) * dstride, KTILE) }.copy_from_slice(col);
+                }
+            } else {
+                for i in 0..ti {
+                    let at = (base + (ib + i) * stride + jb) * W;
+                    let s = &src[at..at + tj * W];
+                    for (col, c) in tile.iter_mut().zip(s.chunks_exact(W)) {
+                        col[i] = conv(arr(c));
+                    }
+                }
+                for (j, col) in tile[..tj].iter().enumerate() {
+                    // SAFETY: the caller's contract covers (ib..ib+ti, jb + j).
+                    unsafe { out.part(dbase + ib + (jb + j) * dstride, ti) }.copy_from_slice(&col[..ti]);
+                }
+            }
+            ib += ti;
+        }
+        jb += tj;
+    }
 }
 
 /// Where encoded values come from: an R vector's data, column-major.
@@ -287,6 +635,21 @@ impl Src<'_> {
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Elements `[start, start + n)` (clamped to the vector).
+    pub fn slice(&self, start: usize, n: usize) -> Src<'_> {
+        fn sub<T>(x: &[T], start: usize, n: usize) -> &[T] {
+            let a = start.min(x.len());
+            &x[a..(a + n).min(x.len())]
+        }
+        match *self {
+            Src::Real(x) => Src::Real(sub(x, start, n)),
+            Src::Integer(x) => Src::Integer(sub(x, start, n)),
+            Src::Logical(x) => Src::Logical(sub(x, start, n)),
+            Src::Raw(x) => Src::Raw(sub(x, start, n)),
+            Src::Complex(x) => Src::Complex(sub(x, start, n)),
+        }
     }
 }
 
@@ -330,7 +693,11 @@ fn get(src: Src<'_>, cm: usize) -> Num {
         Src::Real(x) => Num::F(x[cm]),
         Src::Integer(x) | Src::Logical(x) => {
             let v = x[cm];
-            if v == i32::MIN { Num::Na } else { Num::I(v as i64) }
+            if v == i32::MIN {
+                Num::Na
+            } else {
+                Num::I(v as i64)
+            }
         }
         Src::Raw(x) => Num::I(x[cm] as i64),
         Src::Complex(x) => Num::C(x[cm][0], x[cm][1]),
@@ -367,7 +734,11 @@ fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Optio
 /// exactly those rows. For sub-byte dtypes `out` must start zeroed.
 ///
 /// Floats round to nearest even; integers must be whole and in range;
-/// BOOL takes 0 and 1; NA of integer and logical vectors is rejected.
+/// BOOL takes 0 and 1; NA of integer and logical vectors is rejected. The
+/// error names the first value in R's (column-major) order that can't be
+/// encoded, whichever block it is in, so it doesn't depend on how a tensor
+/// is split into blocks or threads. Arguments that don't fit together
+/// (lengths, rows) encode nothing.
 pub fn encode(
     dtype: Dtype,
     src: Src<'_>,
@@ -376,7 +747,157 @@ pub fn encode(
     row1: usize,
     out: &mut [u8],
 ) -> Result<(), EncodeError> {
-    let mut bad: Option<EncodeError> = None;
+    let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
+    let (Some(numel), Some(need)) = (numel, need) else {
+        return Ok(());
+    };
+    if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel || numel == 0 {
+        return Ok(());
+    }
+    let out = &mut out[..need];
+    macro_rules! k {
+        ($w:literal, $x:expr, |$v:ident| $e:expr) => {
+            ekernel::<$w, _>($x, shape, row0, row1, out, |$v| $e)
+        };
+    }
+    let ok = match (dtype, src) {
+        (Dtype::F64, Src::Real(x)) => k!(8, x, |v| Some(v.to_le_bytes())),
+        (Dtype::F32, Src::Real(x)) => k!(4, x, |v| {
+            let f = narrow_f32(v);
+            (f.is_finite() || !v.is_finite()).then_some(f.to_le_bytes())
+        }),
+        (Dtype::F16 | Dtype::BF16, Src::Real(x)) => match floats::codec(dtype) {
+            Some(c) => k!(2, x, |v| c.encode(v).map(|b| (b as u16).to_le_bytes())),
+            None => false,
+        },
+        (Dtype::F64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as f64).to_le_bytes())),
+        (Dtype::I32, Src::Integer(x)) => k!(4, x, |v| (v != i32::MIN).then_some(v.to_le_bytes())),
+        (Dtype::I64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as i64).to_le_bytes())),
+        (Dtype::U8, Src::Raw(x)) => k!(1, x, |v| Some([v])),
+        (Dtype::Bool, Src::Logical(x)) => k!(1, x, |v| (v == 0 || v == 1).then_some([v as u8])),
+        _ => encode_generic(dtype, src, shape, row0, row1, out),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(first_bad(dtype, src).unwrap_or(EncodeError { index: 0, value: Num::Na }))
+}
+
+/// The first element of `src`, in R's order, that `dtype` can't hold.
+fn first_bad(dtype: Dtype, src: Src<'_>) -> Option<EncodeError> {
+    let mut one = [0u8; 8];
+    (0..src.len()).find_map(|i| {
+        one = [0; 8];
+        let ok = encode_generic(dtype, src.slice(i, 1), &[1], 0, 1, &mut one);
+        (!ok).then(|| EncodeError { index: i, value: get(src, i) })
+    })
+}
+
+/// The encoding kernel: element `(i, ...)` of rows `[row0, row1)`, read at
+/// its column-major position in `x`, converted by `conv` and stored at its
+/// row-major position in `out` (the rows' bytes). Returns whether `conv`
+/// accepted every value (rejected ones are stored as zeros).
+///
+/// The caller has checked that `x` holds the tensor, `out` the rows, and
+/// `row0 <= row1 <= n_rows(shape)`.
+#[inline(always)]
+fn ekernel<const W: usize, S: Copy>(
+    x: &[S],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    out: &mut [u8],
+    mut conv: impl FnMut(S) -> Option<[u8; W]>,
+) -> bool {
+    let rl = row_len(shape);
+    let n = shape.len();
+    let mut ok = true;
+    if n <= 1 || is_trivial_layout(shape) {
+        for (o, &v) in out.chunks_exact_mut(W).zip(&x[row0 * rl..row1 * rl]) {
+            let b = conv(v);
+            ok &= b.is_some();
+            o.copy_from_slice(&b.unwrap_or([0; W]));
+        }
+        return ok;
+    }
+    let last = shape[n - 1];
+    let cm_last: usize = shape[..n - 1].iter().product();
+    let mut mid = Middle::new(shape);
+    loop {
+        let (rm_base, cm_base) = (mid.rm, mid.cm);
+        ok &= etranspose::<W, S, _>(x, cm_base + row0, cm_last, row1 - row0, last, out, rm_base, rl, &mut conv);
+        if !mid.advance() {
+            return ok;
+        }
+    }
+}
+
+/// Transposes a `rows x cols` slab back to row-major: element `(i, j)` is
+/// read at `xbase + i + j * xstride` of `x` and written as `W` bytes at
+/// element `base + i * stride + j` of `out`, in tiles of 16 x 16, strips of
+/// 16 columns down all the rows (see [`transpose`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn etranspose<const W: usize, S: Copy, F: FnMut(S) -> Option<[u8; W]>>(
+    x: &[S],
+    xbase: usize,
+    xstride: usize,
+    rows: usize,
+    cols: usize,
+    out: &mut [u8],
+    base: usize,
+    stride: usize,
+    conv: &mut F,
+) -> bool {
+    let mut ok = true;
+    let mut tile = [[[0u8; W]; KTILE]; KTILE];
+    let mut jb = 0;
+    while jb < cols {
+        let tj = KTILE.min(cols - jb);
+        let mut ib = 0;
+        while ib < rows {
+            let ti = KTILE.min(rows - ib);
+            if ti == KTILE && tj == KTILE {
+                for j in 0..KTILE {
+                    let at = xbase + ib + (jb + j) * xstride;
+                    for (row, &v) in tile.iter_mut().zip(&x[at..at + KTILE]) {
+                        let b = conv(v);
+                        ok &= b.is_some();
+                        row[j] = b.unwrap_or([0; W]);
+                    }
+                }
+                for (i, row) in tile.iter().enumerate() {
+                    let at = (base + (ib + i) * stride + jb) * W;
+                    out[at..at + KTILE * W].copy_from_slice(row.as_flattened());
+                }
+            } else {
+                for j in 0..tj {
+                    let at = xbase + ib + (jb + j) * xstride;
+                    for (row, &v) in tile.iter_mut().zip(&x[at..at + ti]) {
+                        let b = conv(v);
+                        ok &= b.is_some();
+                        row[j] = b.unwrap_or([0; W]);
+                    }
+                }
+                for (i, row) in tile[..ti].iter().enumerate() {
+                    let at = (base + (ib + i) * stride + jb) * W;
+                    out[at..at + tj * W].copy_from_slice(&row.as_flattened()[..tj * W]);
+                }
+            }
+            ib += ti;
+        }
+        jb += tj;
+    }
+    ok
+}
+
+/// The element-by-element encoder for every dtype and R type: the
+/// reference the fast kernels are tested against, and the path for the
+/// rarer pairs. Returns whether every value could be encoded (those that
+/// couldn't are left as zero bytes).
+fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1: usize, out: &mut [u8]) -> bool {
+    let mut ok = true;
     macro_rules! run {
         ($w:literal, |$v:ident| $e:expr) => {{
             for_each_index(shape, row0, row1, |rm, cm| {
@@ -384,11 +905,7 @@ pub fn encode(
                 let enc: Option<[u8; $w]> = $e;
                 match enc {
                     Some(b) => out[rm * $w..rm * $w + $w].copy_from_slice(&b),
-                    None => {
-                        if bad.is_none() {
-                            bad = Some(EncodeError { index: cm, value: $v });
-                        }
-                    }
+                    None => ok = false,
                 }
             });
         }};
@@ -400,16 +917,22 @@ pub fn encode(
             (f.is_finite() || !x.is_finite()).then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
-            let Some(c) = floats::codec(dtype) else { return Ok(()) };
+            let Some(c) = floats::codec(dtype) else {
+                return false;
+            };
             run!(2, |v| v.real().and_then(|x| c.encode(x)).map(|b| (b as u16).to_le_bytes()))
         }
         Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
-            let Some(c) = floats::codec(dtype) else { return Ok(()) };
+            let Some(c) = floats::codec(dtype) else {
+                return false;
+            };
             run!(1, |v| v.real().and_then(|x| c.encode(x)).map(|b| [b as u8]))
         }
         Dtype::F8E8M0 => run!(1, |v| v.real().and_then(encode_e8m0).map(|b| [b])),
         Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
-            let Some(c) = floats::codec(dtype) else { return Ok(()) };
+            let Some(c) = floats::codec(dtype) else {
+                return false;
+            };
             let bits = dtype.bits();
             for_each_index(shape, row0, row1, |rm, cm| {
                 let v = get(src, cm);
@@ -422,11 +945,7 @@ pub fn encode(
                             out[pos / 8 + 1] |= (word >> 8) as u8;
                         }
                     }
-                    None => {
-                        if bad.is_none() {
-                            bad = Some(EncodeError { index: cm, value: v });
-                        }
-                    }
+                    None => ok = false,
                 }
             });
         }
@@ -457,10 +976,7 @@ pub fn encode(
             })
         }),
     }
-    match bad {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    ok
 }
 
 #[cfg(test)]
@@ -606,15 +1122,9 @@ mod tests {
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
         // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
-        assert_eq!(
-            encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
-            i64::MAX.to_le_bytes()
-        );
+        assert_eq!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(), i64::MAX.to_le_bytes());
         assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
-        assert_eq!(
-            encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
-            u64::MAX.to_le_bytes()
-        );
+        assert_eq!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(), u64::MAX.to_le_bytes());
         assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
@@ -658,5 +1168,334 @@ mod tests {
         decode(Dtype::F6E2M3, &whole[..rb], &shape, 0, 4, Dst::Real(&mut out));
         decode(Dtype::F6E2M3, &whole[rb..], &shape, 4, 8, Dst::Real(&mut out));
         assert_eq!(out, vals);
+    }
+
+    // ---- Optimized kernels against a straightforward reference ----------
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// Shapes that exercise whole tiles, partial tiles on both edges, middle
+    /// axes, axes of extent 1 and 0, and block splits.
+    fn kernel_shapes() -> Vec<Vec<usize>> {
+        let mut v = shapes();
+        v.extend([
+            vec![16, 16],
+            vec![17, 33],
+            vec![32, 48],
+            vec![47, 16],
+            vec![16, 5],
+            vec![5, 40],
+            vec![40, 3, 37],
+            vec![3, 20, 1, 18],
+            vec![1, 37, 1, 19],
+            vec![18, 2, 3, 17],
+            vec![64, 1],
+            vec![1, 1, 70],
+            vec![2, 0, 3],
+            vec![0, 17],
+            vec![33, 0],
+            vec![200],
+        ]);
+        v
+    }
+
+    /// The value of element `i` of `bytes`, decoded one element at a time
+    /// with the scalar helpers (the reference for the decode kernels).
+    fn ref_value(dtype: Dtype, bytes: &[u8], i: usize) -> [f64; 2] {
+        let w = dtype.bits() / 8;
+        let b = |k: usize| bytes[i * w + k];
+        let u16_ = || u16::from_le_bytes([b(0), b(1)]);
+        let u32_ = |o: usize| u32::from_le_bytes([b(o), b(o + 1), b(o + 2), b(o + 3)]);
+        let u64_ = || u64::from_le_bytes(std::array::from_fn(|k| b(k)));
+        let re = match dtype {
+            Dtype::F64 => f64::from_bits(u64_()),
+            Dtype::F32 => widen_f32(u32_(0)),
+            Dtype::F16 => decode_f16(u16_()),
+            Dtype::BF16 => decode_bf16(u16_()),
+            Dtype::F8E8M0 => decode_e8m0(b(0)),
+            Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
+                floats::codec(dtype).unwrap().decode(b(0) as u32)
+            }
+            Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
+                floats::codec(dtype).unwrap().decode(packed(bytes, i, dtype.bits()))
+            }
+            Dtype::I64 => u64_() as i64 as f64,
+            Dtype::U64 => u64_() as f64,
+            Dtype::U32 => u32_(0) as f64,
+            Dtype::I32 => u32_(0) as i32 as f64,
+            Dtype::I16 => u16_() as i16 as f64,
+            Dtype::U16 => u16_() as f64,
+            Dtype::I8 => b(0) as i8 as f64,
+            Dtype::U8 => b(0) as f64,
+            Dtype::Bool => (b(0) != 0) as i32 as f64,
+            Dtype::C64 => return [widen_f32(u32_(0)), widen_f32(u32_(4))],
+        };
+        [re, 0.0]
+    }
+
+    /// Bit patterns, so NaN payloads are compared too.
+    fn bits(x: &[f64]) -> Vec<u64> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Decodes `bytes` (the whole tensor) into each R type the dtype can
+    /// become, with row blocks of `step` rows, each block on its own thread
+    /// when `threaded`.
+    fn decode_blocks(
+        dtype: Dtype,
+        rt: RType,
+        bytes: &[u8],
+        shape: &[usize],
+        step: usize,
+        threaded: bool,
+    ) -> Vec<[f64; 2]> {
+        let n: usize = shape.iter().product();
+        let rows = n_rows(shape);
+        let rl = row_len(shape);
+        let ranges: Vec<(usize, usize)> = (0..rows.max(1)).step_by(step).map(|r| (r, (r + step).min(rows))).collect();
+        let run = |target: Target<'_>| {
+            let one = |(r0, r1): (usize, usize)| {
+                let (b0, b1) = (dtype.bytes_for(r0 * rl).unwrap(), dtype.bytes_for(r1 * rl).unwrap());
+                // SAFETY: each block decodes its own rows.
+                unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) };
+            };
+            if threaded {
+                std::thread::scope(|s| {
+                    for &r in &ranges {
+                        s.spawn(move || one(r));
+                    }
+                });
+            } else {
+                ranges.iter().for_each(|&r| one(r));
+            }
+        };
+        match rt {
+            RType::Real => {
+                let mut out = vec![f64::from_bits(1); n];
+                run(Target::Real(Out::new(&mut out)));
+                out.iter().map(|&v| [v, 0.0]).collect()
+            }
+            RType::Integer | RType::Logical => {
+                let mut out = vec![-7i32; n];
+                let o = Out::new(&mut out);
+                run(if rt == RType::Integer { Target::Integer(o) } else { Target::Logical(o) });
+                out.iter().map(|&v| [v as f64, 0.0]).collect()
+            }
+            RType::Complex => {
+                let mut out = vec![[f64::from_bits(1); 2]; n];
+                run(Target::Complex(Out::new(&mut out)));
+                out
+            }
+        }
+    }
+
+    #[test]
+    fn decode_kernels_match_the_reference_for_every_dtype_shape_and_split() {
+        let mut rng = Rng(0x5eed);
+        for dtype in ALL {
+            for shape in kernel_shapes() {
+                let n: usize = shape.iter().product();
+                let Some(nbytes) = dtype.bytes_for(n) else { continue };
+                let bytes = rng.bytes(nbytes);
+                let cm = reference_cm(&shape);
+                let mut want = vec![[0.0; 2]; n];
+                for (rm, &c) in cm.iter().enumerate() {
+                    want[c] = ref_value(dtype, &bytes, rm);
+                }
+                let mut rts = vec![r_type(dtype)];
+                if dtype != Dtype::C64 && r_type(dtype) != RType::Real {
+                    rts.push(RType::Real);
+                }
+                let rows = n_rows(&shape);
+                let align = if dtype.bits() % 8 == 0 { 1 } else { 8 };
+                for rt in rts {
+                    for (step, threaded) in [(rows.max(1), false), (align, false), (3 * align, true), (16, true)] {
+                        let got = decode_blocks(dtype, rt, &bytes, &shape, step, threaded);
+                        let flat = |v: &[[f64; 2]]| bits(&v.iter().flatten().copied().collect::<Vec<_>>());
+                        // Integer and logical targets hold the same numbers.
+                        assert_eq!(flat(&got), flat(&want), "{dtype} {shape:?} {rt:?} step {step}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_counts_inexact_and_int_min_across_blocks() {
+        let shape = [20usize, 17];
+        let n = 340;
+        let mut vals: Vec<i64> = (0..n as i64).collect();
+        vals[3] = (1 << 60) + 1;
+        vals[300] = -(1 << 55) - 1;
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0.0; n];
+        let mut total = 0;
+        for r0 in (0..20).step_by(7) {
+            let r1 = (r0 + 7).min(20);
+            total += decode(Dtype::I64, &bytes[r0 * 17 * 8..r1 * 17 * 8], &shape, r0, r1, Dst::Real(&mut out)).inexact;
+        }
+        assert_eq!(total, 2);
+        let ints: Vec<u8> =
+            (0..n as i32).map(|i| if i % 50 == 0 { i32::MIN } else { i }).flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0; n];
+        assert_eq!(decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out)).int_min, 7);
+        assert_eq!(count_i32_min(&ints), 7);
+    }
+
+    /// Values that every dtype meets: small integers, fractions, extremes,
+    /// infinities, NaN and R's NA.
+    fn test_reals(rng: &mut Rng, n: usize) -> Vec<f64> {
+        let special = [
+            0.0,
+            -0.0,
+            1.0,
+            -3.0,
+            0.5,
+            255.0,
+            256.0,
+            -129.0,
+            65504.0,
+            1e39,
+            3.4e38,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_07a2),
+            9223372036854775808.0,
+            1e-40,
+        ];
+        (0..n)
+            .map(|_| {
+                let r = rng.next();
+                if r % 4 == 0 {
+                    special[(r >> 8) as usize % special.len()]
+                } else {
+                    ((r >> 16) % 200) as f64 - 100.0
+                }
+            })
+            .collect()
+    }
+
+    fn ref_encode(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> Result<Vec<u8>, EncodeError> {
+        let n: usize = shape.iter().product();
+        let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
+        let cm = reference_cm(shape);
+        let bits = dtype.bits();
+        let mut first_bad: Option<usize> = None;
+        for (rm, &c) in cm.iter().enumerate() {
+            let mut one = [0u8; 8];
+            if encode_generic(dtype, src.slice(c, 1), &[1], 0, 1, &mut one) {
+                if bits % 8 == 0 {
+                    let w = bits / 8;
+                    out[rm * w..rm * w + w].copy_from_slice(&one[..w]);
+                } else {
+                    let pos = rm * bits;
+                    let word = (one[0] as u32) << (pos % 8);
+                    out[pos / 8] |= word as u8;
+                    if word > 0xff {
+                        out[pos / 8 + 1] |= (word >> 8) as u8;
+                    }
+                }
+            } else if first_bad.is_none_or(|b| c < b) {
+                first_bad = Some(c);
+            }
+        }
+        match first_bad {
+            Some(index) => Err(EncodeError { index, value: get(src, index) }),
+            None => Ok(out),
+        }
+    }
+
+    fn encode_blocks(dtype: Dtype, src: Src<'_>, shape: &[usize], step: usize) -> Result<Vec<u8>, EncodeError> {
+        let n: usize = shape.iter().product();
+        let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
+        let rows = n_rows(shape);
+        let rl = row_len(shape);
+        let mut parts = Vec::new();
+        let mut rest = &mut out[..];
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + step).min(rows);
+            let len = dtype.bytes_for((r1 - r0) * rl).unwrap();
+            let (head, tail) = rest.split_at_mut(len);
+            parts.push((r0, r1, head));
+            rest = tail;
+            r0 = r1;
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> =
+                parts.into_iter().map(|(a, b, o)| s.spawn(move || encode(dtype, src, shape, a, b, o))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        if shape.is_empty() {
+            encode(dtype, src, shape, 0, 1, &mut out)?;
+        }
+        match results.into_iter().find_map(|r| r.err()) {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    #[test]
+    fn encode_kernels_match_the_reference_for_every_dtype_shape_and_split() {
+        let mut rng = Rng(0xc0ffee);
+        for dtype in ALL {
+            for shape in kernel_shapes() {
+                let n: usize = shape.iter().product();
+                if dtype.bytes_for(n).is_none() {
+                    continue;
+                }
+                let reals = test_reals(&mut rng, n);
+                // Mostly valid values, so some tensors encode without error.
+                let clean: Vec<f64> =
+                    reals.iter().map(|&x| if x.is_finite() { (x.abs() % 4.0).floor() } else { 1.0 }).collect();
+                let ints: Vec<i32> = (0..n)
+                    .map(|_| match rng.next() % 10 {
+                        0 => i32::MIN,
+                        1 => 300,
+                        _ => (rng.next() % 3) as i32,
+                    })
+                    .collect();
+                let clean_ints: Vec<i32> = ints.iter().map(|&v| v.clamp(0, 1)).collect();
+                let raws = rng.bytes(n);
+                let cplx: Vec<[f64; 2]> = reals.iter().zip(clean.iter()).map(|(&a, &b)| [b, a]).collect();
+                let srcs = [
+                    Src::Real(&reals),
+                    Src::Real(&clean),
+                    Src::Integer(&ints),
+                    Src::Integer(&clean_ints),
+                    Src::Logical(&clean_ints),
+                    Src::Logical(&ints),
+                    Src::Raw(&raws),
+                    Src::Complex(&cplx),
+                ];
+                let rows = n_rows(&shape);
+                let align = if dtype.bits() % 8 == 0 { 1 } else { 8 };
+                for src in srcs {
+                    if matches!(src, Src::Complex(_)) && dtype != Dtype::C64 {
+                        continue;
+                    }
+                    // NaN != NaN: compare errors by index and printed value.
+                    let key = |r: Result<Vec<u8>, EncodeError>| r.map_err(|e| (e.index, format!("{:?}", e.value)));
+                    let want = key(ref_encode(dtype, src, &shape));
+                    for step in [rows.max(1), align, 3 * align, 16] {
+                        let got = key(encode_blocks(dtype, src, &shape, step));
+                        assert_eq!(got, want, "{dtype} {shape:?} step {step}");
+                    }
+                }
+            }
+        }
     }
 }

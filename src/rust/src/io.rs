@@ -32,6 +32,12 @@ pub trait Source {
 
     /// Copies bytes `[off, off + buf.len())` into `buf`.
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()>;
+
+    /// The same source as one several threads can read at once, if it is
+    /// one; readers then split large reads between threads.
+    fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
+        None
+    }
 }
 
 /// Reads and validates the header of `src`.
@@ -67,6 +73,10 @@ impl Source for Memory<'_> {
         let src = self.view(off, buf.len())?.unwrap_or_default();
         buf.copy_from_slice(src);
         Ok(())
+    }
+
+    fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
+        Some(self)
     }
 }
 
@@ -176,6 +186,10 @@ impl Source for FileSource {
             )),
             Err(e) => Err(Error::io(&e, "can't read the file")),
         }
+    }
+
+    fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
+        Some(self)
     }
 }
 

@@ -18,8 +18,10 @@ use extendr_ffi::{R_NilValue, R_SetExternalPtrProtected};
 use crate::error::{Error, Kind, Result};
 use crate::format::Header;
 use crate::io::{self, FileSource, Memory, Source};
-use crate::load::{check_strings, header_robj, info_robj, parse_backend, raw_bytes, read_tensor, Mode, Reader};
-use crate::robj::{self, named_list, to_r};
+use crate::load::{
+    check_strings, header_robj, info_robj, max_offset, parse_backend, raw_bytes, read_many, threads_from_r, Mode,
+};
+use crate::robj::{named_list, to_r};
 use crate::slice::{self, parse_sels};
 
 /// Where an open handle's bytes live.
@@ -179,12 +181,12 @@ fn handle_header_(x: Robj) -> Robj {
     to_r(with_open(&x, |open| Ok(header_robj(&open.header))))
 }
 
-/// Reads the named tensors of an open handle in mode `"array"` or `"raw"`:
-/// `list(tensors, inexact, int_min, max_offset)`. Only those tensors'
-/// bytes are read.
+/// Reads the named tensors of an open handle in mode `"array"` or `"raw"`
+/// on `threads` threads (0: the default): `list(tensors, inexact, int_min,
+/// max_offset)`. Only those tensors' bytes are read.
 /// @noRd
 #[extendr]
-fn handle_read_(x: Robj, names: Robj, mode: &str) -> Robj {
+fn handle_read_(x: Robj, names: Robj, mode: &str, threads: i32) -> Robj {
     to_r(with_open(&x, |open| {
         let mode = Mode::parse(mode)?;
         let Some(wanted) = names.as_str_vector() else {
@@ -193,24 +195,17 @@ fn handle_read_(x: Robj, names: Robj, mode: &str) -> Robj {
         let which = wanted.iter().map(|n| open.find(n)).collect::<Result<Vec<_>>>()?;
         let header = &open.header;
         with_source(&open.backing, |src| {
-            let mut reader = Reader::for_tensors(src, header, &which);
-            let mut values = Vec::with_capacity(which.len());
-            let mut inexact = Vec::with_capacity(which.len());
-            let mut int_min = Vec::with_capacity(which.len());
-            let mut max_offset = 0usize;
-            for &i in &which {
-                let (t, stats) = read_tensor(&mut reader, header, i, mode)?;
-                values.push(t);
-                inexact.push(stats.inexact as f64);
-                int_min.push(stats.int_min as f64);
-                max_offset = max_offset.max(header.data_start() + header.tensors[i].end);
-                robj::check_interrupt_now()?;
-            }
-            let mut tensors: Robj = List::from_values(values).into();
-            robj::set_names(&mut tensors, which.iter().map(|&i| header.tensors[i].name.as_str()));
+            let (tensors, stats) = read_many(src, header, &which, mode, threads_from_r(threads))?;
+            let inexact: Vec<f64> = stats.iter().map(|s| s.inexact as f64).collect();
+            let int_min: Vec<f64> = stats.iter().map(|s| s.int_min as f64).collect();
             Ok(named_list(
                 &["tensors", "inexact", "int_min", "max_offset"],
-                vec![tensors, Robj::from(&inexact[..]), Robj::from(&int_min[..]), (max_offset as f64).into()],
+                vec![
+                    tensors,
+                    Robj::from(&inexact[..]),
+                    Robj::from(&int_min[..]),
+                    (max_offset(header, &which) as f64).into(),
+                ],
             ))
         })
     }))

@@ -18,6 +18,7 @@ use extendr_api::prelude::*;
 use crate::error::{Error, Kind, Result};
 use crate::format::TensorSpec;
 use crate::io::AtomicFile;
+use crate::load::threads_from_r;
 use crate::robj::{self, to_r};
 use crate::save::{encode_blocks, items, plan};
 
@@ -32,6 +33,8 @@ struct Open {
     prefix_len: usize,
     /// The position of the next tensor to write.
     next: usize,
+    /// Threads for encoding.
+    threads: usize,
 }
 
 /// What R's external pointer owns: a save in progress, or nothing once
@@ -67,7 +70,8 @@ fn with_writer<T>(x: &Robj, f: impl FnOnce(&mut Open) -> Result<T>) -> Result<T>
 
 /// Opens a save to `path`: validates all tensors (as `write_file_()` does,
 /// so the same errors come before any file is created), creates the
-/// temporary file beside `path` and writes the header.
+/// temporary file beside `path` and writes the header. Tensors are encoded
+/// on `threads` threads (0: the default).
 /// @noRd
 #[extendr]
 #[allow(clippy::too_many_arguments)]
@@ -80,13 +84,21 @@ fn writer_open_(
     permute: Robj,
     meta_keys: Robj,
     meta_values: Robj,
+    threads: i32,
 ) -> Robj {
     to_r((|| {
         let (items, layout) = plan(&tensors, &names, &dtypes, &shapes, &permute, &meta_keys, &meta_values)?;
         let specs: Vec<TensorSpec> = items.into_iter().map(|i| i.spec).collect();
         let mut file = AtomicFile::create(std::path::Path::new(path))?;
         file.file()?.write_all(&layout.prefix).map_err(|e| Error::io(&e, "can't write the file"))?;
-        let open = Open { file, specs, offsets: layout.offsets, prefix_len: layout.prefix.len(), next: 0 };
+        let open = Open {
+            file,
+            specs,
+            offsets: layout.offsets,
+            prefix_len: layout.prefix.len(),
+            next: 0,
+            threads: threads_from_r(threads),
+        };
         Ok(ExternalPtr::new(Writer { state: RefCell::new(Some(open)) }).into())
     })())
 }
@@ -118,7 +130,7 @@ fn writer_write_(w: Robj, i: f64, tensor: List, name: Robj, dtype: Robj, shape: 
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let werr = |e: std::io::Error| Error::io(&e, "can't write the file");
         let mut buf = Vec::new();
-        encode_blocks(item, &mut buf, |b| out.write_all(b).map_err(werr))?;
+        encode_blocks(item, &mut buf, open.threads, |b| out.write_all(b).map_err(werr))?;
         out.flush().map_err(werr)?;
         let end = open.offsets[open.next].1;
         open.next += 1;

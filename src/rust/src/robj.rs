@@ -8,8 +8,8 @@ use std::os::raw::c_void;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    R_DimSymbol, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_setAttrib, DATAPTR, SEXP,
-    SEXPTYPE, XLENGTH,
+    cetype_t, R_DimSymbol, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE, Rf_protect,
+    Rf_setAttrib, Rf_unprotect, DATAPTR, SET_STRING_ELT, SEXP, SEXPTYPE, XLENGTH,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -87,12 +87,9 @@ fn available_memory() -> Option<u64> {
 /// so the kernel's overcommit can't turn them into an OOM kill later.
 const CHECK_ABOVE: usize = 256 << 20;
 
-/// Allocates an R vector of `len` elements without initialising it. A
-/// request the machine can't back, or an R allocation failure, is an error.
-pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
-    let Some(bytes) = len.checked_mul(elt_size(ty)).filter(|b| *b <= isize::MAX as usize) else {
-        return Err(Error::new(Kind::Memory, format!("a vector of {len} elements is too large")));
-    };
+/// Errors when `bytes` more bytes are clearly more than the machine can
+/// give (checked above 256 MiB only).
+pub fn check_available(bytes: usize) -> Result<()> {
     if bytes > CHECK_ABOVE {
         if let Some(avail) = available_memory() {
             if bytes as u64 > avail {
@@ -107,6 +104,44 @@ pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
             }
         }
     }
+    Ok(())
+}
+
+/// Prepares R's vector heap for `bytes` more bytes of vectors, when all
+/// but the largest of them take `rest` bytes.
+///
+/// R runs a full garbage collection whenever a new vector does not fit its
+/// current vector heap, and then grows the heap by about a fifth; so
+/// allocating 1 GiB as 16 vectors costs some nine full collections (0.5 s
+/// on a small machine, as much as reading the data). Allocating one unused
+/// vector of about the total first grows the heap in one step, and the
+/// vectors that follow fit (two collections instead of nine). The unused
+/// vector is never written, so it takes address space but no memory, and
+/// R frees it at the next collection. Failure (a memory limit set in R) is
+/// ignored.
+pub fn reserve_vector_heap(rest: usize, bytes: usize) {
+    const WORTH_IT: usize = 16 << 20;
+    if rest < WORTH_IT {
+        return;
+    }
+    let reserve = bytes.saturating_add(bytes / 4);
+    // SAFETY: an allocation in build; the vector is dropped unreferenced.
+    let _ = build(|| unsafe { r_vec(SEXPTYPE::RAWSXP, reserve) });
+}
+
+/// Size in bytes of an R vector of `len` elements of type `ty`, if it can
+/// exist.
+pub fn vec_bytes(ty: SEXPTYPE, len: usize) -> Result<usize> {
+    len.checked_mul(elt_size(ty))
+        .filter(|b| *b <= isize::MAX as usize)
+        .ok_or_else(|| Error::new(Kind::Memory, format!("a vector of {len} elements is too large")))
+}
+
+/// Allocates an R vector of `len` elements without initialising it. A
+/// request the machine can't back, or an R allocation failure, is an error.
+pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
+    let bytes = vec_bytes(ty, len)?;
+    check_available(bytes)?;
     // SAFETY: R_NilValue is a valid SEXP once R runs.
     let mut req = AllocRequest { ty, len: len as R_xlen_t, out: unsafe { R_NilValue }, failed: false };
     // SAFETY: the callback only allocates; an R error inside it is caught
@@ -146,6 +181,7 @@ pub unsafe fn data_mut<T>(x: &mut Robj) -> &mut [T] {
     unsafe { std::slice::from_raw_parts_mut(DATAPTR(sexp) as *mut T, n) }
 }
 
+#[allow(dead_code)] // for single objects (tensor handles)
 /// The first `nbytes` bytes of a vector's data.
 ///
 /// # Safety
@@ -158,6 +194,7 @@ pub unsafe fn bytes_mut(x: &mut Robj, nbytes: usize) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(DATAPTR(x.get_mut()) as *mut u8, nbytes) }
 }
 
+#[allow(dead_code)] // for single objects (tensor handles)
 /// Read-only counterpart of [`data_mut`].
 ///
 /// # Safety
@@ -170,6 +207,179 @@ pub unsafe fn data<T>(x: &Robj) -> &[T] {
     }
     // SAFETY: as in data_mut; the pointer is only read.
     unsafe { std::slice::from_raw_parts(DATAPTR(sexp) as *const T, n) }
+}
+
+struct Build<F> {
+    f: Option<F>,
+    out: SEXP,
+    /// Set when `f` returned.
+    done: bool,
+    /// Set by the error handler: an R error (out of memory).
+    failed: bool,
+}
+
+unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the Build<F> on `build`'s stack.
+    let job = unsafe { &mut *(data as *mut Build<F>) };
+    match job.f.take() {
+        Some(f) => {
+            let out = f();
+            job.done = true;
+            out
+        }
+        None => unsafe { R_NilValue },
+    }
+}
+
+unsafe extern "C" fn build_failed<F>(_cond: SEXP, data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the Build<F> on `build`'s stack.
+    unsafe {
+        (*(data as *mut Build<F>)).failed = true;
+        R_NilValue
+    }
+}
+
+/// R_tryCatchError inside R_ToplevelExec, as for [`alloc`]: R errors reach
+/// the handler, an interrupt stops at the top-level context.
+unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
+    // SAFETY: `data` points to the Build<F> on `build`'s stack.
+    unsafe {
+        let out = R_tryCatchError(Some(build_body::<F>), data, Some(build_failed::<F>), data);
+        (*(data as *mut Build<F>)).out = out;
+    }
+}
+
+/// Runs `f`, which builds R objects with the raw API (the `r_*` functions
+/// below), under one `R_tryCatchError` inside `R_ToplevelExec`: an R error
+/// inside it (R out of memory) becomes [`Kind::Memory`] here, and Ctrl-C
+/// [`Kind::Interrupted`], without unwinding through Rust frames. One call
+/// costs about as much as a few allocations, so objects are built in bulk,
+/// not one call each.
+///
+/// `f` must protect what it allocates until it is reachable from the value
+/// it returns, and hold nothing with a destructor across R calls (an R
+/// error jumps over its frame).
+pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
+    // SAFETY: R_NilValue is a valid SEXP once R runs.
+    let mut job = Build { f: Some(f), out: unsafe { R_NilValue }, done: false, failed: false };
+    // SAFETY: the callbacks only run `f` and record how it ended; R errors
+    // are caught by R_tryCatchError and interrupts by R_ToplevelExec; the
+    // data pointer outlives the call.
+    let ok = unsafe { R_ToplevelExec(Some(build_toplevel::<F>), &mut job as *mut Build<F> as *mut c_void) };
+    if job.failed {
+        return Err(Error::new(Kind::Memory, "R ran out of memory while building the result"));
+    }
+    if ok == 0 || !job.done {
+        return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
+    }
+    // SAFETY: a live object just returned by `f`; no R allocation happens
+    // before from_sexp protects it.
+    Ok(unsafe { Robj::from_sexp(job.out) })
+}
+
+/// A new R vector (raw API, for use inside [`build`]).
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+pub unsafe fn r_vec(ty: SEXPTYPE, len: usize) -> SEXP {
+    unsafe { Rf_allocVector(ty, len as R_xlen_t) }
+}
+
+/// A CHARSXP of `s`, UTF-8 (`s` has no NUL: see [`check_r_string`]).
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+pub unsafe fn r_char(s: &str) -> SEXP {
+    unsafe { Rf_mkCharLenCE(s.as_ptr() as *const std::os::raw::c_char, s.len() as i32, cetype_t::CE_UTF8) }
+}
+
+/// A character vector of the strings `s`.
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+pub unsafe fn r_strings<'a>(s: impl ExactSizeIterator<Item = &'a str>) -> SEXP {
+    unsafe {
+        let v = Rf_protect(r_vec(SEXPTYPE::STRSXP, s.len()));
+        for (i, x) in s.enumerate() {
+            SET_STRING_ELT(v, i as R_xlen_t, r_char(x));
+        }
+        Rf_unprotect(1);
+        v
+    }
+}
+
+/// An integer vector.
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+pub unsafe fn r_ints(x: &[i32]) -> SEXP {
+    unsafe {
+        let v = r_vec(SEXPTYPE::INTSXP, x.len());
+        if !x.is_empty() {
+            std::ptr::copy_nonoverlapping(x.as_ptr(), DATAPTR(v) as *mut i32, x.len());
+        }
+        v
+    }
+}
+
+/// A double vector.
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+pub unsafe fn r_reals(x: &[f64]) -> SEXP {
+    unsafe {
+        let v = r_vec(SEXPTYPE::REALSXP, x.len());
+        if !x.is_empty() {
+            std::ptr::copy_nonoverlapping(x.as_ptr(), DATAPTR(v) as *mut f64, x.len());
+        }
+        v
+    }
+}
+
+/// A shape as an R vector: integer when every extent fits, double
+/// otherwise (raw API).
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+pub unsafe fn r_shape(shape: &[usize]) -> SEXP {
+    unsafe {
+        if shape.iter().all(|&d| d <= i32::MAX as usize) {
+            let v = r_vec(SEXPTYPE::INTSXP, shape.len());
+            for (i, &d) in shape.iter().enumerate() {
+                *(DATAPTR(v) as *mut i32).add(i) = d as i32;
+            }
+            v
+        } else {
+            let v = r_vec(SEXPTYPE::REALSXP, shape.len());
+            for (i, &d) in shape.iter().enumerate() {
+                *(DATAPTR(v) as *mut f64).add(i) = d as f64;
+            }
+            v
+        }
+    }
+}
+
+/// Sets attribute `sym` of `x` (raw API).
+///
+/// # Safety
+/// Only inside [`build`], with a value valid for the attribute.
+pub unsafe fn r_set_attr(x: SEXP, sym: SEXP, value: SEXP) {
+    unsafe {
+        Rf_protect(value);
+        Rf_setAttrib(x, sym, value);
+        Rf_unprotect(1);
+    }
+}
+
+/// The symbol `name` (raw API).
+///
+/// # Safety
+/// `name` has no NUL; R symbols are never collected.
+pub unsafe fn r_sym(name: &str) -> SEXP {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return unsafe { R_NilValue };
+    };
+    unsafe { Rf_install(c.as_ptr()) }
 }
 
 /// Checks that `s` can become an R string (no NUL bytes).
@@ -188,7 +398,9 @@ pub fn check_r_string(s: &str, what: &str) -> Result<()> {
 /// The caller guarantees the value is valid for the attribute (for `dim`,
 /// non-negative integers whose product is the length).
 pub fn set_attr(x: &mut Robj, name: &str, value: Robj) {
-    let Ok(sym) = std::ffi::CString::new(name) else { return };
+    let Ok(sym) = std::ffi::CString::new(name) else {
+        return;
+    };
     // SAFETY: both objects are protected by their Robj; the values were
     // validated so Rf_setAttrib can't raise an R error.
     unsafe {
@@ -197,6 +409,7 @@ pub fn set_attr(x: &mut Robj, name: &str, value: Robj) {
     }
 }
 
+#[allow(dead_code)] // for single objects (tensor handles)
 /// Sets `dim` to `shape` (row-major shape order is R's `dim` order too).
 pub fn set_dim(x: &mut Robj, shape: &[usize]) -> Result<()> {
     let mut dims = Vec::with_capacity(shape.len());
@@ -222,6 +435,7 @@ pub fn set_names<'a>(x: &mut Robj, names: impl ExactSizeIterator<Item = &'a str>
     unsafe { Rf_setAttrib(x.get_mut(), R_NamesSymbol, names.get()) };
 }
 
+#[allow(dead_code)] // for single objects (tensor handles)
 /// A shape as an R vector: integer when every extent fits, double otherwise.
 pub fn shape_robj(shape: &[usize]) -> Robj {
     if shape.iter().all(|&d| d <= i32::MAX as usize) {

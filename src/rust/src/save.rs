@@ -7,11 +7,12 @@ use std::io::Write;
 use extendr_api::prelude::*;
 use extendr_ffi::{R_xlen_t, DATAPTR_RO, SEXP, SEXPTYPE, TYPEOF, VECTOR_ELT, XLENGTH};
 
-use crate::convert::{encode, n_rows, row_len, EncodeError, Num, Src};
+use crate::convert::{self, encode, n_rows, row_len, EncodeError, Num, Src};
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, Layout, TensorSpec};
 use crate::io::AtomicFile;
+use crate::load::threads_from_r;
 use crate::robj::{self, alloc, data_mut, to_r};
 
 /// Bytes encoded between two interrupt checks and written per `write` call.
@@ -66,7 +67,8 @@ fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
 }
 
 pub(crate) fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: &List, permute: &Robj) -> Result<Vec<Item<'a>>> {
-    let (Some(names), Some(dtypes), Some(permute)) = (names.as_str_vector(), dtypes.as_str_vector(), permute.as_logical_slice())
+    let (Some(names), Some(dtypes), Some(permute)) =
+        (names.as_str_vector(), dtypes.as_str_vector(), permute.as_logical_slice())
     else {
         return Err(Error::new(Kind::InvalidArgument, "malformed tensor descriptions"));
     };
@@ -107,7 +109,11 @@ pub(crate) fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: 
             out.push(Item { spec, values: Some(values), bytes: None });
         } else {
             let Some(Src::Raw(bytes)) = src_of(tensors, i) else {
-                return Err(Error::tensor(Kind::InvalidArgument, name, format!("the buffer of tensor `{name}` must be raw")));
+                return Err(Error::tensor(
+                    Kind::InvalidArgument,
+                    name,
+                    format!("the buffer of tensor `{name}` must be raw"),
+                ));
             };
             if Some(bytes.len()) != dtype.bytes_for(numel) {
                 return Err(Error::tensor(
@@ -165,59 +171,240 @@ fn conversion_error(item: &Item<'_>, e: EncodeError) -> Error {
     Error::tensor(
         Kind::Conversion,
         name,
-        format!(
-            "can't convert element {} of tensor `{name}` (value {}): {why}",
-            e.index + 1,
-            describe(e.value)
-        ),
+        format!("can't convert element {} of tensor `{name}` (value {}): {why}", e.index + 1, describe(e.value)),
     )
 }
 
-/// Outer rows per block of about `BLOCK` output bytes; a multiple of 8 for
-/// sub-byte dtypes so every block starts on a byte boundary.
-fn rows_per_block(spec: &TensorSpec) -> usize {
-    let row_bits = row_len(&spec.shape).saturating_mul(spec.dtype.bits()).max(1);
-    let rows = (BLOCK * 8 / row_bits).max(1);
-    if spec.dtype.bits() % 8 != 0 {
-        rows.next_multiple_of(8)
+/// Outer rows of `shape` per block of about `BLOCK` output bytes (see
+/// [`convert::block_rows`]).
+fn rows_per_block(dtype: Dtype, shape: &[usize]) -> usize {
+    let row_bits = row_len(shape).saturating_mul(dtype.bits()).max(1);
+    convert::block_rows(BLOCK * 8 / row_bits, dtype)
+}
+
+fn row_offset(dtype: Dtype, shape: &[usize], r: usize) -> usize {
+    r * row_len(shape) * dtype.bits() / 8
+}
+
+/// Encodes rows `[r0, r1)` of `values` into `out` (their bytes), splitting
+/// the rows between up to `threads` threads.
+fn encode_par(
+    item: &Item<'_>,
+    values: Src<'_>,
+    shape: &[usize],
+    r0: usize,
+    r1: usize,
+    out: &mut [u8],
+    threads: usize,
+) -> Result<()> {
+    let dtype = item.spec.dtype;
+    let rows = r1 - r0;
+    // Split only blocks worth a thread, into whole tiles of rows where
+    // there are enough, else on byte boundaries for sub-byte dtypes.
+    let align = if rows >= 2 * convert::KTILE {
+        convert::KTILE
+    } else if dtype.bits() % 8 != 0 {
+        8
     } else {
-        rows
+        1
+    };
+    let threads = threads.min(out.len() / PARALLEL_MIN_BLOCK).min(rows / align).max(1);
+    if threads == 1 {
+        return encode(dtype, values, shape, r0, r1, out).map_err(|e| conversion_error(item, e));
+    }
+    let per = rows.div_ceil(threads).next_multiple_of(align);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = out;
+    let mut a = r0;
+    while a < r1 {
+        let b = (a + per).min(r1);
+        let (head, tail) = rest.split_at_mut(row_offset(dtype, shape, b) - row_offset(dtype, shape, a));
+        parts.push((a, b, head));
+        rest = tail;
+        a = b;
+    }
+    let results: Vec<std::result::Result<(), EncodeError>> = std::thread::scope(|s| {
+        let mut parts = parts.into_iter();
+        let first = parts.next();
+        let handles: Vec<_> = parts.map(|(a, b, o)| s.spawn(move || encode(dtype, values, shape, a, b, o))).collect();
+        let mut res = vec![first.map_or(Ok(()), |(a, b, o)| encode(dtype, values, shape, a, b, o))];
+        for h in handles {
+            res.push(h.join().unwrap_or(Ok(())));
+        }
+        res
+    });
+    // Every failing part reports the same first bad value of the tensor.
+    match results.into_iter().find_map(|r| r.err()) {
+        Some(e) => Err(conversion_error(item, e)),
+        None => Ok(()),
     }
 }
 
-fn row_offset(spec: &TensorSpec, r: usize) -> usize {
-    r * row_len(&spec.shape) * spec.dtype.bits() / 8
+/// Blocks below this size are encoded on one thread.
+const PARALLEL_MIN_BLOCK: usize = 1 << 20;
+
+/// Encodes `item` block by block on up to `threads` threads, handing each
+/// block of bytes to `sink`.
+pub(crate) fn encode_blocks(
+    item: &Item<'_>,
+    buf: &mut Vec<u8>,
+    threads: usize,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let b = std::mem::take(buf);
+    *buf = encode_blocks_with(item, b, threads, |b| {
+        sink(&b)?;
+        Ok(b)
+    })?;
+    Ok(())
 }
 
-/// Encodes `item` block by block, handing each block of bytes to `sink`.
-pub(crate) fn encode_blocks(item: &Item<'_>, buf: &mut Vec<u8>, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+/// Encodes `item` block by block, each block with up to `threads` threads,
+/// handing each block of bytes to `sink`, which returns the buffer to use
+/// next.
+fn encode_blocks_with(
+    item: &Item<'_>,
+    mut buf: Vec<u8>,
+    threads: usize,
+    mut sink: impl FnMut(Vec<u8>) -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
     if let Some(bytes) = item.bytes {
-        for chunk in bytes.chunks(BLOCK * 4) {
-            sink(chunk)?;
+        for chunk in bytes.chunks(BLOCK) {
+            buf.clear();
+            buf.extend_from_slice(chunk);
+            buf = sink(buf)?;
             robj::check_interrupt_now()?;
         }
-        return Ok(());
+        return Ok(buf);
     }
-    let Some(values) = item.values else { return Ok(()) };
-    let spec = &item.spec;
-    let rows = n_rows(&spec.shape);
-    if row_len(&spec.shape) == 0 || rows == 0 {
-        return Ok(());
+    let Some(values) = item.values else {
+        return Ok(buf);
+    };
+    let dtype = item.spec.dtype;
+    let shape = convert::kernel_shape(&item.spec.shape);
+    let rows = n_rows(&shape);
+    if row_len(&shape) == 0 || rows == 0 {
+        return Ok(buf);
     }
-    let per = rows_per_block(spec);
+    let per = rows_per_block(dtype, &shape);
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + per).min(rows);
-        let len = row_offset(spec, r1) - row_offset(spec, r0);
+        let len = row_offset(dtype, &shape, r1) - row_offset(dtype, &shape, r0);
         buf.clear();
         buf.resize(len, 0);
-        encode(spec.dtype, values, &spec.shape, r0, r1, buf).map_err(|e| conversion_error(item, e))?;
-        sink(buf)?;
+        encode_par(item, values, &shape, r0, r1, &mut buf, threads)?;
+        buf = sink(buf)?;
         r0 = r1;
         robj::check_interrupt_now()?;
     }
-    Ok(())
+    Ok(buf)
 }
+
+/// Writes the prefix and every item to `file`. With 2 or more threads, a
+/// writer thread writes one block while the main thread (with the other
+/// threads) encodes the next; with `sync`, it also starts the disk writes
+/// of what it wrote as it goes, so the final fsync has less left to do.
+fn write_all_items(file: &std::fs::File, prefix: &[u8], items: &[Item<'_>], threads: usize, sync: bool) -> Result<()> {
+    let werr = |e: std::io::Error| Error::io(&e, "can't write the file");
+    let mut out = Writeback::new(file, sync);
+    if threads <= 1 {
+        out.write(prefix).map_err(werr)?;
+        let mut buf = Vec::new();
+        for item in items {
+            buf = encode_blocks_with(item, buf, 1, |b| {
+                out.write(&b).map_err(werr)?;
+                Ok(b)
+            })?;
+        }
+        return Ok(());
+    }
+    // Blocks travel to the writer and come back empty, so at most
+    // BUFFERS blocks exist at a time.
+    const BUFFERS: usize = 3;
+    let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    let (to_main, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            for b in blocks {
+                out.write(&b)?;
+                let _ = to_main.send(b);
+            }
+            Ok(())
+        });
+        let mut made = 0;
+        let mut produce = || -> Result<()> {
+            let mut next = |b: Vec<u8>| -> Result<Vec<u8>> {
+                // The writer hung up: it failed, and says why below.
+                to_writer.send(b).map_err(|_| Error::new(Kind::Io, "the writer stopped"))?;
+                if made < BUFFERS {
+                    made += 1;
+                    return Ok(Vec::new());
+                }
+                spare.recv().map_err(|_| Error::new(Kind::Io, "the writer stopped"))
+            };
+            let mut buf = next(prefix.to_vec())?;
+            for item in items {
+                buf = encode_blocks_with(item, buf, threads - 1, &mut next)?;
+            }
+            Ok(())
+        };
+        let produced = produce();
+        drop(to_writer);
+        let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+        // A write error explains a failure to send, so it comes first.
+        written.map_err(werr)?;
+        produced
+    })
+}
+
+/// Sequential writes to a file that, when asked to, start the disk writes
+/// of every `WRITEBACK` bytes as soon as they are written.
+struct Writeback<'f> {
+    file: &'f std::fs::File,
+    sync: bool,
+    written: u64,
+    flushed: u64,
+}
+
+/// Bytes between two writeback starts.
+const WRITEBACK: u64 = 32 << 20;
+
+impl<'f> Writeback<'f> {
+    fn new(file: &'f std::fs::File, sync: bool) -> Self {
+        Writeback { file, sync, written: 0, flushed: 0 }
+    }
+
+    fn write(&mut self, b: &[u8]) -> std::io::Result<()> {
+        (&mut &*self.file).write_all(b)?;
+        self.written += b.len() as u64;
+        if self.sync && self.written - self.flushed >= WRITEBACK {
+            start_writeback(self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(())
+    }
+}
+
+/// Starts writing bytes `[off, off + len)` of `file` to disk without
+/// waiting (Linux); the final fsync still waits for all of them.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, off: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the call only schedules I/O and
+    // its failure is harmless (fsync later does the work).
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            off as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _off: u64, _len: u64) {}
 
 pub(crate) fn plan<'a>(
     tensors: &'a List,
@@ -250,20 +437,13 @@ fn write_file_(
     meta_keys: Robj,
     meta_values: Robj,
     sync: bool,
+    threads: i32,
 ) -> Robj {
     to_r((|| {
         let (items, layout) = plan(&tensors, &names, &dtypes, &shapes, &permute, &meta_keys, &meta_values)?;
         let mut out = AtomicFile::create(std::path::Path::new(path))?;
         let file = out.file()?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        let werr = |e: std::io::Error| Error::io(&e, "can't write the file");
-        w.write_all(&layout.prefix).map_err(werr)?;
-        let mut buf = Vec::new();
-        for item in &items {
-            encode_blocks(item, &mut buf, |b| w.write_all(b).map_err(werr))?;
-        }
-        w.flush().map_err(werr)?;
-        drop(w);
+        write_all_items(file, &layout.prefix, &items, threads_from_r(threads), sync)?;
         out.commit_polling(sync, &mut robj::check_interrupt_now)?;
         Ok(Robj::from(layout.file_len().unwrap_or(0) as f64))
     })())
@@ -280,8 +460,10 @@ fn serialize_(
     permute: Robj,
     meta_keys: Robj,
     meta_values: Robj,
+    threads: i32,
 ) -> Robj {
     to_r((|| {
+        let threads = threads_from_r(threads);
         let (items, layout) = plan(&tensors, &names, &dtypes, &shapes, &permute, &meta_keys, &meta_values)?;
         let total = layout.file_len().ok_or_else(|| Error::new(Kind::Overflow, "the file size overflows"))?;
         let mut out = alloc(SEXPTYPE::RAWSXP, total)?;
@@ -292,10 +474,10 @@ fn serialize_(
         let mut buf = Vec::new();
         for (item, &(b, e)) in items.iter().zip(&layout.offsets) {
             let mut pos = p + b;
-            encode_blocks(item, &mut buf, |chunk| {
-                bytes[pos..pos + chunk.len()].copy_from_slice(chunk);
+            buf = encode_blocks_with(item, buf, threads, |chunk| {
+                bytes[pos..pos + chunk.len()].copy_from_slice(&chunk);
                 pos += chunk.len();
-                Ok(())
+                Ok(chunk)
             })?;
             debug_assert_eq!(pos, p + e);
         }

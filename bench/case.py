@@ -1,0 +1,86 @@
+"""One timed measurement in a fresh Python process; prints one JSON line.
+
+    python case.py IMPL CASE ARGS...
+
+IMPL is "py" (safetensors.numpy) or "limit" (the raw-copy limit: np.fromfile
+of the file, or a copy of its bytes into fresh memory). Only the call is
+timed; imports and input preparation are not. Peak RSS is VmHWM after the
+call, reset (clear_refs 5) just before it; "rss_base" is VmRSS at the reset.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def status():
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status()["VmRSS"]
+
+
+def fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def main():
+    impl, case, *args = sys.argv[1:]
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    prep = None
+    if case.startswith("save_"):
+        # save_f64 / save_f32 OUT ROWS N: N arrays [ROWS, 4096], float64 in
+        # R; Python saves arrays of the target dtype (the same file).
+        out, rows, n = args[0], int(args[1]), int(args[2])
+        dtype = np.float64 if case == "save_f64" else np.float32
+        rng = np.random.default_rng(1)
+        prep = {f"t{i:02d}": rng.standard_normal((rows, 4096)).astype(dtype) for i in range(n)}
+    elif impl == "limit" and case == "memcpy":
+        prep = np.fromfile(args[0], dtype=np.uint8)
+
+    base = reset_peak()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    if impl == "py" and case == "load":
+        res = load_file(args[0])
+    elif impl == "py" and case == "open_one":
+        with safe_open(args[0], framework="numpy") as f:
+            res = {args[1]: f.get_tensor(args[1])}
+    elif impl == "py" and case.startswith("save_"):
+        save_file(prep, out)
+        fsync_path(out)
+        res = prep
+    elif impl == "limit" and case == "fromfile":
+        res = {"x": np.fromfile(args[0], dtype=np.uint8)}
+    elif impl == "limit" and case == "memcpy":
+        res = {"x": prep.copy()}
+    else:
+        raise SystemExit(f"unknown case {impl} {case}")
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    st = status()
+    out_bytes = sum(int(v.nbytes) for v in res.values())
+    if case.startswith("save_"):
+        os.unlink(out)
+    print(json.dumps({"time": elapsed, "cpu": cpu, "rss_peak": st["VmHWM"], "rss_base": base, "out_bytes": out_bytes}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Runs every benchmark case REPS times, each run in a fresh process, and
+writes all runs to a JSON file (bench/report.py turns it into the table).
+
+    python driver.py --data DIR --lib LIB [--cran-lib CLIB] [--reps 5]
+                     [--out results.json] [--only CASE,CASE]
+
+Runs go round-robin (rep 1 of every case and implementation, then rep 2,
+...), so slow drift on a shared machine spreads over all of them. Before
+each run, the file it reads is read once, so the page cache is warm.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MiB = 1 << 20
+
+# (case id, what, data file, R framework, target ratio to Python or None)
+LOAD_CASES = [
+    ("load_f64", "F64 -> R double", "f64", "array", 1.0),
+    ("load_i32", "I32 -> R integer", "i32", "array", 1.0),
+    ("load_u8", "U8 -> R raw (framework = \"raw\")", "u8", "raw", 1.0),
+    ("load_u8_int", "U8 -> R integer (default framework)", "u8", "array", None),
+    ("load_f32", "F32 -> R double", "f32", "array", 1.25),
+    ("load_small", "1000 x F32[256,256] -> R double", "small", "array", 1.0),
+    ("load_tiny", "20,000 x F32[4,4] -> R double", "tiny", "array", 1.0),
+]
+SAVE_CASES = [
+    ("save_f64", "save R doubles as F64 + fsync", 1.0),
+    ("save_f32", "save R doubles as F32 + fsync", 1.0),
+]
+LIMIT_FILES = ["f64", "i32", "u8", "f32", "small", "tiny"]
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    except Exception:  # noqa: BLE001 - best effort machine description
+        return ""
+
+
+def machine(args):
+    mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")
+    import numpy
+    import safetensors
+
+    repo = os.path.dirname(HERE)
+    return {
+        "cpu": sh("lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1"),
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "thp": sh("cat /sys/kernel/mm/transparent_hugepage/enabled"),
+        "r": sh("Rscript -e 'cat(R.version.string)'"),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "safetensors_py": safetensors.__version__,
+        "rustc": sh("rustc --version"),
+        "ours": sh(f"R_LIBS={args.lib} Rscript -e 'cat(as.character(packageVersion(\"safetensors\")))'"),
+        "ours_commit": sh(f"git -C {repo} rev-parse --short HEAD") + (" (modified)" if sh(f"git -C {repo} status --porcelain -- src R") else ""),
+        "cran": sh(f"R_LIBS={args.cran_lib} Rscript -e 'cat(as.character(packageVersion(\"safetensors\")))'") if args.cran_lib else "",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def warm(path):
+    buf = bytearray(16 * MiB)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+def plan(args, man):
+    """Every run: (case, impl, argv, env, file to warm)."""
+    py = [sys.executable, os.path.join(HERE, "case.py")]
+    rs = ["Rscript", os.path.join(HERE, "case.R")]
+    ours_env = {"R_LIBS": args.lib}
+    cran_env = {"R_LIBS": args.cran_lib} if args.cran_lib else None
+    runs = []
+
+    def add(case, impl, argv, env, warm_path):
+        runs.append((case, impl, argv, env or {}, warm_path))
+
+    for case, _, key, fw, _ in LOAD_CASES:
+        path = man[key]["path"]
+        add(case, "py", py + ["py", "load", path], None, path)
+        add(case, "ours", rs + ["ours", "load", path, fw], ours_env, path)
+        if key in ("f64", "f32", "small"):
+            add(case, "ours_1t", rs + ["ours", "load", path, fw], {**ours_env, "BENCH_THREADS": "1"}, path)
+        if cran_env and case != "load_u8_int":
+            add(case, "cran", rs + ["cran", "load", path, fw], cran_env, path)
+    path, name = man["f64"]["path"], man["f64"]["middle"]
+    add("open_one", "py", py + ["py", "open_one", path, name], None, path)
+    add("open_one", "ours", rs + ["ours", "open_one", path, name], ours_env, path)
+    if cran_env:
+        add("open_one", "cran", rs + ["cran", "open_one", path, name], cran_env, path)
+    rows, n = man["save"]["rows"], man["save"]["n"]
+    for case, _, _ in SAVE_CASES:
+        out = os.path.join(args.data, f"out-{case}.safetensors")
+        a = [out, str(rows), str(n)]
+        add(case, "py", py + ["py", case] + a, None, None)
+        add(case, "ours", rs + ["ours", case] + a, ours_env, None)
+        if cran_env:
+            add(case, "cran", rs + ["cran", case] + a, cran_env, None)
+    for key in LIMIT_FILES:
+        path = man[key]["path"]
+        add(f"limit_{key}", "fromfile", py + ["limit", "fromfile", path], None, path)
+        add(f"limit_{key}", "memcpy", py + ["limit", "memcpy", path], None, path)
+        add(f"limit_{key}", "readbin", rs + ["readbin", "load", path], None, path)
+    if args.only:
+        keep = set(args.only.split(","))
+        runs = [r for r in runs if r[0] in keep]
+    return runs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--cran-lib", default="")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    ap.add_argument("--only", default="")
+    ap.add_argument("--save-rows", type=int, default=4096)
+    args = ap.parse_args()
+    with open(os.path.join(args.data, "manifest.json")) as f:
+        man = json.load(f)
+    # Saving: 8 R double matrices [rows, 4096] (1 GiB at rows = 4096).
+    man["save"] = {"rows": args.save_rows, "n": 8, "data_bytes": 8 * args.save_rows * 4096 * 8}
+    runs = plan(args, man)
+    results = {"machine": machine(args), "manifest": man, "reps": args.reps, "runs": []}
+    total = len(runs) * args.reps
+    done = 0
+    for rep in range(args.reps):
+        for case, impl, argv, env, warm_path in runs:
+            done += 1
+            if warm_path:
+                warm(warm_path)
+            t0 = time.perf_counter()
+            p = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            rec = {"case": case, "impl": impl, "rep": rep, "wall": wall}
+            line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+            if p.returncode != 0 or not line.startswith("{"):
+                rec["error"] = (p.stderr.strip() or p.stdout.strip())[-600:]
+                print(f"[{done}/{total}] {case} {impl}: FAILED {rec['error'][-200:]}", file=sys.stderr)
+            else:
+                rec.update(json.loads(line))
+                print(f"[{done}/{total}] {case} {impl}: {rec['time']:.3f} s", file=sys.stderr)
+            results["runs"].append(rec)
+            # Keep partial results if interrupted.
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
