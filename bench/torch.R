@@ -6,11 +6,13 @@
 # LIB is a library holding this package (and torch, or torch on
 # R_LIBS_USER); CRAN_LIB one holding safetensors 0.2.x instead. Each case
 # runs in a fresh R process: it builds its input, resets the peak RSS
-# (/proc/self/clear_refs, Linux), runs the call, and reports the call's time
-# and how far the peak RSS rose above the RSS just before it (MiB). A load
-# must at least grow by the tensor (1024 MiB); anything above that is the
-# copies the call keeps alive at once. Needs torch (with LibTorch) and
-# about 6 GB of free memory.
+# (/proc/self/clear_refs, Linux), runs the call, and reports the call's time,
+# how far the peak RSS rose above the RSS just before it (MiB), and how much
+# anonymous memory (RssAnon: not file pages a memory map brings in) it holds
+# afterwards. A load must at least grow by the tensor (1024 MiB); anything
+# above that is the copies the call keeps alive at once. Needs torch (with
+# LibTorch) and about 6 GB of free memory. Saves to a path include fsync
+# (safe_save_file()'s default, which 0.2.x did not do).
 
 args <- commandArgs(trailingOnly = TRUE)
 if (length(args) == 0) {
@@ -28,8 +30,9 @@ measure <- function(setup, run) {
   invisible(gc(full = TRUE))
   writeLines("5", "/proc/self/clear_refs")
   before <- rss("VmRSS")
+  anon <- rss("RssAnon")
   t <- system.time(eval(run, env))[["elapsed"]]
-  cat(sprintf("%.2f\\t%.0f\\n", t, rss("VmHWM") - before))
+  cat(sprintf("%.2f\\t%.0f\\t%.0f\\n", t, rss("VmHWM") - before, rss("RssAnon") - anon))
 }
 suppressPackageStartupMessages({ library(torch); library(safetensors) })
 f <- Sys.getenv("BENCH_FILE")
@@ -53,7 +56,7 @@ run_case <- function(case, lib, file) {
     env = env, stdout = TRUE, stderr = FALSE
   )
   v <- strsplit(utils::tail(out, 1), "\t")[[1]]
-  data.frame(case = case, seconds = as.numeric(v[[1]]), rss_mib = as.numeric(v[[2]]))
+  data.frame(case = case, seconds = as.numeric(v[[1]]), rss_mib = as.numeric(v[[2]]), anon_after_mib = as.numeric(v[[3]]))
 }
 
 libs <- c(ours = args[[1]], cran = if (length(args) > 1) args[[2]])
