@@ -18,7 +18,8 @@
 #' `safetensors_error_unknown_framework` listing the known ones; one whose
 #' packages are not installed, of class
 #' `safetensors_error_framework_not_installed` naming them (in field
-#' `package`).
+#' `package`). So is `"torch"` when the torch package is installed but
+#' LibTorch (`torch::install_torch()`) is not.
 #'
 #' @section torch:
 #' `"torch"` is registered by default, with `packages = "torch"` and
@@ -92,6 +93,9 @@ check_framework <- function(framework, call = rlang::caller_env()) {
       package = missing,
       call = call
     )
+  }
+  if (identical(info$constructor, torch_tensor_from_raw)) {
+    check_libtorch(call = call)
   }
   framework
 }

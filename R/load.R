@@ -209,14 +209,21 @@ read_exact <- function(con, n, part, tensor, call) {
   out
 }
 
-# Reads and discards `n` bytes of a connection.
-skip_bytes <- function(con, n, part, tensor, call) {
-  while (n > 0) {
-    k <- length(readBin(con, "raw", min(n, 8 * 1024^2)))
-    if (k == 0) {
-      stream_ended(part, 0, n, tensor, call)
+# Reads `n` bytes of a connection in chunks of at most `size` bytes, and
+# calls `fill(chunk, offset)` with each unless `fill` is NULL (the bytes are
+# skipped); an error if the connection ends first. The chunks are the only
+# memory used.
+read_chunks <- function(con, n, size, part, tensor, call, fill = NULL) {
+  done <- 0
+  while (done < n) {
+    chunk <- readBin(con, "raw", min(size, n - done))
+    if (length(chunk) == 0) {
+      stream_ended(part, done, n, tensor, call)
     }
-    n <- n - k
+    if (!is.null(fill)) {
+      fill(chunk, done)
+    }
+    done <- done + length(chunk)
   }
 }
 
@@ -256,9 +263,7 @@ load_stream <- function(con, tensors, framework, args, call = rlang::caller_env(
   direct <- torch_direct(framework)
   if (direct) {
     device <- torch_device_arg(args)
-    for (nm in unique(wanted)) {
-      torch_dtype_of(info$dtype[[match(nm, info$name)]], nm, call = call)
-    }
+    check_torch_dtypes(info$dtype[match(wanted, info$name)], wanted, call = call)
   } else if (framework != "raw") {
     constructor <- safetensors_frameworks[[framework]]$constructor
   }
@@ -270,7 +275,7 @@ load_stream <- function(con, tensors, framework, args, call = rlang::caller_env(
     nbytes <- info$end[[i]] - info$begin[[i]]
     k <- which(wanted == nm)
     if (length(k) == 0) {
-      skip_bytes(con, nbytes, part, nm, call)
+      read_chunks(con, nbytes, 8 * 1024^2, part, nm, call)
       next
     }
     value <- if (direct) {

@@ -71,3 +71,11 @@ NULL
 #' @importFrom rlang caller_env
 #' @importFrom cli cli_abort
 NULL
+
+# The built-in "torch" framework is registered when the namespace loads,
+# not when the package is built: the registry then holds the namespace's own
+# constructor object, whose identity torch_direct() checks, even where a
+# tool rewrites the namespace's functions in place (covr does).
+.onLoad <- function(libname, pkgname) {
+  register_torch()
+}

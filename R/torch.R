@@ -46,22 +46,32 @@ torch_dtype_names <- c(
 # The torch dtype for safetensors dtype `dtype`, or a classed error for the
 # dtypes R torch has no type for.
 torch_dtype_of <- function(dtype, name = NULL, call = rlang::caller_env()) {
-  fn <- torch_dtype_fns[dtype]
-  if (is.na(fn)) {
-    what <- if (is.null(name)) "A tensor" else "Tensor {.val {name}}"
-    st_abort(
-      "unsupported_dtype",
-      c(
-        paste(what, "has dtype {.val {dtype}}, which R torch has no type for."),
-        i = "Read it with {.code framework = \"r\"} (R arrays) or {.code framework = \"raw\"} (its bytes) instead.",
-        i = "torch reads these dtypes: {.val {names(torch_dtype_fns)}}."
-      ),
-      dtype = dtype,
-      tensor = name,
-      call = call
-    )
+  check_torch_dtypes(dtype, name, call = call)
+  getExportedValue("torch", torch_dtype_fns[[dtype]])()
+}
+
+# A classed error naming the first of tensors `names` whose dtype (in
+# `dtypes`) R torch has no type for; nothing if there is none. Readers check
+# every tensor they are asked for before reading any.
+check_torch_dtypes <- function(dtypes, names = NULL, call = rlang::caller_env()) {
+  bad <- which(!dtypes %in% names(torch_dtype_fns))
+  if (length(bad) == 0) {
+    return(invisible())
   }
-  getExportedValue("torch", fn)()
+  dtype <- dtypes[[bad[[1]]]]
+  name <- if (is.null(names)) NULL else names[[bad[[1]]]]
+  what <- if (is.null(name)) "A tensor" else "Tensor {.val {name}}"
+  st_abort(
+    "unsupported_dtype",
+    c(
+      paste(what, "has dtype {.val {dtype}}, which R torch has no type for."),
+      i = "Read it with {.code framework = \"r\"} (R arrays) or {.code framework = \"raw\"} (its bytes) instead.",
+      i = "torch reads these dtypes: {.val {names(torch_dtype_fns)}}."
+    ),
+    dtype = dtype,
+    tensor = name,
+    call = call
+  )
 }
 
 # The safetensors dtype of torch dtype `x`.
@@ -169,12 +179,12 @@ torch_state <- new.env(parent = emptyenv())
 # Verifies once per session that Storage$data_ptr() gives the address of a
 # tensor's data: Rust reads (never writes) the bytes there and compares them
 # with those the tensor was made from. If not, every read falls back to the
-# raw-vector constructor.
+# raw-vector constructor. LibTorch is known to be there (check_framework()
+# runs check_libtorch()).
 torch_address_ok <- function() {
   if (is.null(torch_state$address_ok)) {
     torch_state$address_ok <- tryCatch(
       {
-        check_libtorch()
         pattern <- as.integer((seq_len(64) * 37 + 11) %% 256)
         t <- torch::torch_tensor(pattern, dtype = torch::torch_uint8())
         isTRUE(probe_address_(t$storage()$data_ptr(), as.raw(pattern)))
@@ -185,8 +195,10 @@ torch_address_ok <- function() {
   torch_state$address_ok
 }
 
-check_libtorch <- function(call = rlang::caller_env()) {
-  if (!torch::torch_is_installed()) {
+# The R package torch installs LibTorch apart (install_torch()); without it
+# torch's functions fail with an unclassed C++ error.
+check_libtorch <- function(installed = torch::torch_is_installed(), call = rlang::caller_env()) {
+  if (!installed) {
     st_abort(
       "framework_not_installed",
       c(
@@ -224,10 +236,8 @@ torch_read_handle <- function(h, names, args, call = rlang::caller_env(), bar = 
   parts <- hget(h, "parts")
   part_of <- hget(h, "part_of")[at]
   pos <- hget(h, "pos")[at]
-  # Every dtype is checked before anything is read.
-  for (k in seq_along(names)) {
-    torch_dtype_of(parts[[part_of[[k]]]]$info$dtype[[pos[[k]]]], names[[k]], call = call)
-  }
+  dtypes <- vapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info$dtype[[pos[[k]]]], character(1))
+  check_torch_dtypes(dtypes, names, call = call)
   out <- vector("list", length(names))
   max_offset <- 0
   for (k in seq_along(names)) {
@@ -254,56 +264,71 @@ torch_read_handle <- function(h, names, args, call = rlang::caller_env(), bar = 
 torch_read_chunk <- 1024^2
 torch_write_chunk <- 16 * 1024^2
 
-# Writes torch tensor `x` through `write(bytes)` in pieces of at most
-# `torch_write_chunk` bytes where possible, each a safe_tensor_buffer() of
-# consecutive outer rows (a row larger than that is split the same way), so
-# the writer never holds more than a piece of the tensor's bytes. R torch
-# indexes dimensions with R integers, so pieces are taken along dimensions,
-# never from a flattened tensor whose length may exceed them. A tensor
-# whose last dimension is not contiguous (transposed, permuted) is copied
-# whole, in one pass of torch's transposing copy: copying it piece by piece
-# would gather each piece from across the whole tensor, many times slower.
+# Writes torch tensor `x` through `write(bytes)` in the pieces
+# torch_pieces() plans, each a safe_tensor_buffer() of a part of `x`, so the
+# writer never holds more than a piece of the tensor's bytes.
 torch_write_chunks <- function(x, write, chunk = torch_write_chunk) {
   x <- x$detach()
   shape <- as.numeric(x$shape)
-  nbytes <- prod(shape) * x$element_size()
   rank <- length(shape)
   inner_contiguous <- rank > 0 && (shape[[rank]] <= 1 || x$stride()[[rank]] == 1)
-  if (nbytes <= chunk || !inner_contiguous) {
-    return(write(safe_tensor_buffer.torch_tensor(x)))
+  for (p in torch_pieces(shape, x$element_size(), inner_contiguous, chunk)) {
+    y <- x
+    for (i in p$select) {
+      y <- y$select(1, i)
+    }
+    if (!is.null(p$start)) {
+      y <- y$narrow(1, p$start, p$n)
+    }
+    write(safe_tensor_buffer.torch_tensor(y))
+  }
+  invisible()
+}
+
+# The pieces, in row-major order, in which torch_write_chunks() copies a
+# tensor of `shape` whose elements have `size` bytes: at most `chunk` bytes
+# each where possible, each consecutive outer rows (a row larger than that
+# is split the same way). R torch indexes dimensions with R integers, so
+# pieces are taken along dimensions, never from a flattened tensor whose
+# length may exceed them. A tensor whose last dimension is not contiguous
+# (transposed, permuted; `inner_contiguous = FALSE`) is one piece, copied in
+# one pass of torch's transposing copy: copying it piece by piece would
+# gather each piece from across the whole tensor, many times slower.
+#
+# Each piece is `list(select, start, n)`: the tensor's `select(1, i)` for
+# each `i` of `select` in turn (1-based), then, unless `start` is NULL,
+# `narrow(1, start, n)` of that.
+torch_pieces <- function(shape, size, inner_contiguous, chunk, select = integer()) {
+  nbytes <- prod(shape) * size
+  rank <- length(shape)
+  if (nbytes <= chunk || rank == 0 || !inner_contiguous) {
+    return(list(list(select = select, start = NULL, n = NULL)))
   }
   rows <- shape[[1]]
   row_bytes <- nbytes / rows
   if (row_bytes > chunk) {
-    for (i in seq_len(rows)) {
-      torch_write_chunks(x$select(1, i), write, chunk)
-    }
-    return(invisible())
+    rest <- shape[-1]
+    return(do.call(c, lapply(seq_len(rows), function(i) {
+      torch_pieces(rest, size, inner_contiguous, chunk, c(select, i))
+    })))
   }
   per <- floor(chunk / row_bytes)
-  start <- 1
-  while (start <= rows) {
-    n <- min(per, rows - start + 1)
-    write(safe_tensor_buffer.torch_tensor(x$narrow(1, start, n)))
-    start <- start + n
-  }
-  invisible()
+  start <- seq(1, rows, by = per)
+  n <- pmin(per, rows - start + 1)
+  Map(function(start, n) list(select = select, start = start, n = n), start, n)
 }
 
 # Reads tensor `name` (`nbytes` bytes of `dtype` and `shape`) from the
 # connection's current position into a new torch tensor, chunk by chunk.
 torch_read_stream <- function(con, name, dtype, shape, device, part, call) {
   t <- torch_empty_for(dtype, shape, name, call)
-  done <- 0
-  while (done < t$nbytes) {
-    chunk <- readBin(con, "raw", min(torch_read_chunk, t$nbytes - done))
-    if (length(chunk) == 0) {
-      stream_ended(part, done, t$nbytes, name, call)
-    }
-    check_part(copy_into_(chunk, t$address, done, t$nbytes, identical(dtype, "BOOL")), part, call = call)
-    done <- done + length(chunk)
-  }
+  read_chunks(con, t$nbytes, torch_read_chunk, part, name, call, function(chunk, offset) {
+    check_part(copy_into_(chunk, t$address, offset, t$nbytes, identical(dtype, "BOOL")), part, call = call)
+  })
   torch_to_device(t$x, device)
 }
 
-safetensors_frameworks[["torch"]] <- list(constructor = torch_tensor_from_raw, packages = "torch")
+# Registers "torch" in safetensors_frameworks; run by .onLoad().
+register_torch <- function() {
+  safetensors_frameworks[["torch"]] <- list(constructor = torch_tensor_from_raw, packages = "torch")
+}

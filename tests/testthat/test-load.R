@@ -242,6 +242,40 @@ test_that("a connection that ends early is an incomplete_buffer error", {
   expect_error(safe_load_file(con, framework = "raw"), class = "safetensors_error_format")
 })
 
+test_that("a connection that ends inside a skipped tensor says how far it got", {
+  bytes <- safe_serialize(list(x = as.numeric(1:100), y = 1:5))
+  x <- safe_info(bytes)[1, ]
+  con <- rawConnection(bytes[seq_len(x$begin + 300)])
+  withr::defer(close(con))
+  cnd <- expect_error(safe_load_file(con, framework = "raw", tensors = "y"), class = "safetensors_error_incomplete_buffer")
+  expect_identical(cnd$tensor, "x")
+  expect_match(conditionMessage(cnd), "after 300 of the 800 bytes", fixed = TRUE)
+})
+
+test_that("connections are read in chunks that cover the bytes in order", {
+  part <- list(label = "<connection>")
+  collect <- function(con, n, size) {
+    got <- list()
+    safetensors:::read_chunks(con, n, size, part, "w", NULL, function(chunk, offset) {
+      got[[length(got) + 1]] <<- list(chunk = chunk, offset = offset)
+    })
+    got
+  }
+  con <- rawConnection(as.raw(1:10))
+  withr::defer(close(con))
+  got <- collect(con, 7, 3)
+  expect_identical(vapply(got, function(g) g$offset, numeric(1)), c(0, 3, 6))
+  expect_identical(do.call(c, lapply(got, function(g) g$chunk)), as.raw(1:7))
+  # Nothing past the `n` bytes is read.
+  expect_identical(readBin(con, "raw", 10), as.raw(8:10))
+
+  short <- rawConnection(as.raw(1:5))
+  withr::defer(close(short))
+  cnd <- expect_error(collect(short, 8, 3), class = "safetensors_error_incomplete_buffer")
+  expect_match(conditionMessage(cnd), "after 5 of the 8 bytes", fixed = TRUE)
+  expect_identical(cnd$tensor, "w")
+})
+
 test_that("a tensor not in a connection's file is tensor_not_found", {
   con <- rawConnection(safe_serialize(list(x = 1)))
   withr::defer(close(con))

@@ -1,7 +1,9 @@
 # The "torch" framework and the files torch_save() writes. The first tests
 # need no torch: torch_save() files (fixtures/torch-*.safetensors, written
 # by R torch through safetensors 0.2.1, see make-torch-fixtures.R) read with
-# framework "r" and "raw". The rest skip without torch and LibTorch.
+# framework "r" and "raw", and the framework's own logic (dtype maps,
+# argument checks, the planning of pieces, the checks of the Rust entry
+# points that fill torch memory). The rest skip without torch and LibTorch.
 
 drop_dtype <- function(x) {
   attr(x, "dtype") <- NULL
@@ -76,6 +78,220 @@ test_that("re-saving a torch_save() file keeps every tensor and the metadata", {
     again <- safe_deserialize(safe_serialize(raws, metadata = meta), framework = "raw")
     expect_identical(again[names(raws)], raws[names(raws)], label = file)
     expect_identical(attr(again, "metadata")[["__metadata__"]], meta, label = file)
+  }
+})
+
+# ---- the torch framework's own logic, without torch -----------------------
+
+test_that("dtypes R torch lacks are classed errors before torch is needed", {
+  fns <- safetensors:::torch_dtype_fns
+  lacking <- c("U16", "U32", "U64", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4")
+  expect_setequal(setdiff(safetensors:::safe_dtypes, names(fns)), lacking)
+  for (d in lacking) {
+    cnd <- expect_error(safetensors:::torch_dtype_of(d, "w"), class = "safetensors_error_unsupported_dtype")
+    expect_identical(cnd$dtype, d)
+    expect_identical(cnd$tensor, "w")
+    expect_match(conditionMessage(cnd), "framework = \"r\"", fixed = TRUE)
+  }
+  cnd <- expect_error(safetensors:::torch_dtype_of("F4"), class = "safetensors_error_unsupported_dtype")
+  expect_null(cnd$tensor)
+  expect_match(conditionMessage(cnd), "A tensor has dtype")
+  # All tensors are checked before any is read; the first one lacking a
+  # type is named.
+  check <- safetensors:::check_torch_dtypes
+  expect_null(check(names(fns), names(fns)))
+  cnd <- expect_error(check(c("F32", "U16", "F4"), c("a", "b", "c")), class = "safetensors_error_unsupported_dtype")
+  expect_identical(c(cnd$tensor, cnd$dtype), c("b", "U16"))
+  # The registered constructor says so too, before it touches torch.
+  ctor <- safetensors_frameworks$torch$constructor
+  expect_error(ctor(raw(4), list(dtype = "U16", shape = list(2L))), class = "safetensors_error_unsupported_dtype")
+})
+
+# A stand-in for a torch dtype: torch_dtype_to_safe() only calls `$.type()`.
+fake_torch_dtype <- function(type) list(.type = function() type)
+
+test_that("the torch dtypes written are those read, and others are classed errors", {
+  names_map <- safetensors:::torch_dtype_names
+  expect_setequal(unname(names_map), names(safetensors:::torch_dtype_fns))
+  for (type in names(names_map)) {
+    expect_identical(safetensors:::torch_dtype_to_safe(fake_torch_dtype(type)), names_map[[type]])
+  }
+  cnd <- expect_error(safetensors:::torch_dtype_to_safe(fake_torch_dtype("ComplexDouble")), class = "safetensors_error_unsupported_dtype")
+  expect_identical(cnd$dtype, "ComplexDouble")
+  expect_match(conditionMessage(cnd), "ComplexDouble")
+})
+
+test_that("a torch tensor's meta is its shape and dtype, and an extent over 2^31 - 1 is an error", {
+  # R torch reports a shape as R integers, so an extent over 2^31 - 1 comes
+  # back NA or negative; a real tensor that large needs over 2 GiB, so a
+  # stand-in with the two fields safe_tensor_meta() reads shows the check.
+  fake_tensor <- function(shape) {
+    structure(list(shape = shape, dtype = fake_torch_dtype("Float")), class = "torch_tensor")
+  }
+  expect_identical(safe_tensor_meta(fake_tensor(c(2L, 3L))), list(shape = list(2L, 3L), dtype = "F32"))
+  expect_identical(safe_tensor_meta(fake_tensor(integer(0))), list(shape = list(), dtype = "F32"))
+  for (shape in list(c(2L, NA), c(-2147483647L, 2L))) {
+    cnd <- expect_error(safe_tensor_meta(fake_tensor(shape)), class = "safetensors_error_invalid_argument")
+    expect_match(conditionMessage(cnd), "2^31 - 1", fixed = TRUE)
+  }
+})
+
+test_that("the constructor's bytes must fill the tensor exactly", {
+  check <- safetensors:::check_torch_bytes
+  expect_null(check(raw(24), "F32", c(2, 3)))
+  expect_null(check(raw(4), "BOOL", 4))
+  expect_null(check(raw(8), "F64", numeric(0)))
+  expect_null(check(raw(0), "F16", c(3, 0)))
+  for (bad in list(raw(23), raw(25), rep(0, 24), NULL)) {
+    expect_error(check(bad, "F32", c(2, 3)), class = "safetensors_error_invalid_argument")
+  }
+  cnd <- expect_error(check(raw(3), "F32", 2), class = "safetensors_error_invalid_argument")
+  expect_match(conditionMessage(cnd), "needs 8 bytes, not 3")
+})
+
+test_that("`device` is taken as the constructor takes it", {
+  device <- safetensors:::torch_device_arg
+  expect_identical(device(list()), "cpu")
+  expect_identical(device(list(device = "cuda")), "cuda")
+  expect_identical(device(list("meta")), "meta")
+  expect_error(device(list(client = "x")), "unused argument")
+  expect_error(device(list("cpu", "cuda")), "unused argument")
+  # On the CPU, a tensor is returned as it is, not copied.
+  x <- structure(list(), class = "no_methods")
+  expect_identical(safetensors:::torch_to_device(x, "cpu"), x)
+})
+
+test_that("reads go straight into torch memory only through the built-in constructor", {
+  state <- safetensors:::torch_state
+  old <- state$address_ok
+  withr::defer(state$address_ok <- old)
+  direct <- safetensors:::torch_direct
+  state$address_ok <- TRUE
+  expect_true(direct("torch"))
+  expect_false(direct("r"))
+  expect_false(direct("raw"))
+  frameworks <- safetensors_frameworks
+  ctor <- frameworks[["torch"]]
+  withr::defer(frameworks[["torch"]] <- ctor)
+  frameworks[["torch"]] <- list(constructor = function(raw, meta, ...) raw, packages = "torch")
+  expect_false(direct("torch"))
+  frameworks[["torch"]] <- ctor
+  # Unverified addresses: every read goes through the constructor.
+  state$address_ok <- FALSE
+  expect_false(direct("torch"))
+  # Whatever fails in the check (here, torch itself if it is missing) means
+  # no direct reads, never an error.
+  skip_if(requireNamespace("torch", quietly = TRUE), "torch is installed")
+  state$address_ok <- NULL
+  expect_false(direct("torch"))
+  expect_false(state$address_ok)
+})
+
+test_that("torch without LibTorch is a classed error", {
+  expect_null(safetensors:::check_libtorch(installed = TRUE))
+  cnd <- expect_error(safetensors:::check_libtorch(installed = FALSE), class = "safetensors_error_framework_not_installed")
+  expect_s3_class(cnd, "safetensors_error")
+  expect_identical(cnd$package, "torch")
+  expect_match(conditionMessage(cnd), "install_torch()", fixed = TRUE)
+})
+
+# The row-major element ranges [from, to) that torch_pieces()'s pieces of a
+# tensor of `shape` cover, one row each.
+piece_ranges <- function(pieces, shape) {
+  rank <- length(shape)
+  stride <- rev(cumprod(c(1, rev(shape[-1]))))[seq_len(rank)]
+  t(vapply(pieces, function(p) {
+    k <- length(p$select)
+    from <- sum((p$select - 1) * stride[seq_len(k)])
+    if (is.null(p$start)) {
+      len <- prod(shape[seq_len(rank) > k])
+    } else {
+      from <- from + (p$start - 1) * stride[[k + 1]]
+      len <- p$n * stride[[k + 1]]
+    }
+    c(from, from + len)
+  }, numeric(2)))
+}
+
+test_that("torch tensors are written in pieces that cover them in order", {
+  pieces <- safetensors:::torch_pieces
+  shapes <- list(7, c(3, 5), c(2, 3, 4), c(1, 1, 9), c(4, 1, 3), c(5, 7, 1), c(0, 3), c(3, 0, 2), numeric(0))
+  for (shape in shapes) {
+    for (size in c(1, 2, 8)) {
+      for (chunk in c(1, 3, 8, 20, 1000)) {
+        label <- sprintf("shape [%s], %g-byte elements, chunk %g", paste(shape, collapse = ","), size, chunk)
+        p <- pieces(shape, size, TRUE, chunk)
+        r <- piece_ranges(p, shape)
+        # Consecutive, from the first element to the last.
+        expect_identical(c(r[, 1], prod(shape)), c(0, r[, 2]), label = label)
+        # None larger than the chunk, unless it is one element.
+        expect_true(all((r[, 2] - r[, 1]) * size <= max(chunk, size)), label = label)
+      }
+    }
+  }
+  # Rows of 12 bytes gathered into pieces of two rows; the last is short.
+  expect_identical(
+    pieces(c(5, 3), 4, TRUE, 28),
+    list(
+      list(select = integer(), start = 1, n = 2),
+      list(select = integer(), start = 3, n = 2),
+      list(select = integer(), start = 5, n = 1)
+    )
+  )
+  # Rows of 14 bytes, over the chunk: each row is split the same way.
+  p <- pieces(c(2, 7), 2, TRUE, 6)
+  expect_identical(lapply(p, `[[`, "select"), as.list(rep(1:2, each = 3)))
+  expect_identical(vapply(p, `[[`, numeric(1), "start"), rep(c(1, 4, 7), 2))
+  expect_identical(vapply(p, `[[`, numeric(1), "n"), rep(c(3, 3, 1), 2))
+  # Small tensors, and tensors whose last dimension is strided, are one piece.
+  whole <- list(list(select = integer(), start = NULL, n = NULL))
+  expect_identical(pieces(c(4, 6), 4, TRUE, 96), whole)
+  expect_identical(pieces(c(400, 600), 4, FALSE, 96), whole)
+  expect_identical(pieces(numeric(0), 8, FALSE, 1), whole)
+})
+
+test_that("the torch path's Rust entry points check their arguments before any address", {
+  # probe_address_() reads nothing unless the address parses and bytes are expected.
+  expect_false(safetensors:::probe_address_("0x0", as.raw(1:4)))
+  expect_false(safetensors:::probe_address_("7f00", as.raw(1:4)))
+  expect_false(safetensors:::probe_address_("0x10", raw(0)))
+  expect_false(safetensors:::probe_address_("0x10", 1:4))
+
+  # copy_into_(): the chunk must lie inside the tensor's bytes; a bad
+  # address is an error, never a write.
+  copy <- function(...) safetensors:::st_check(safetensors:::copy_into_(...), "Can't copy.")
+  expect_error(copy(raw(4), "0x10", 6, 8, FALSE), class = "safetensors_error_invalid_argument")
+  expect_error(copy(raw(4), "0x10", 2^53, 2^53, FALSE), class = "safetensors_error_invalid_argument")
+  expect_error(copy(raw(4), "0x10", -1, 8, FALSE), class = "safetensors_error_invalid_argument")
+  expect_error(copy(raw(4), "0x10", 0.5, 8, FALSE), class = "safetensors_error_invalid_argument")
+  expect_error(copy(1:4, "0x10", 0, 8, FALSE), class = "safetensors_error_invalid_argument")
+  for (addr in c("0x0", "0", "", "16", "0x1g")) {
+    expect_error(copy(raw(4), addr, 0, 8, FALSE), class = "safetensors_error_invalid_argument")
+  }
+  expect_null(copy(raw(0), "", 8, 8, FALSE))
+
+  # handle_read_into_(): the size must be the tensor's; a bad address is an
+  # error, never a write.
+  path <- fixture("multi.safetensors")
+  h <- safe_open(path)
+  withr::defer(close(h))
+  info <- safe_info(path)
+  part <- safetensors:::hget(h, "parts")[[1]]
+  read_into <- function(...) safetensors:::st_check(safetensors:::handle_read_into_(part$ptr, ...), "Can't read.")
+  name <- info$name[info$bytes > 0][[1]]
+  nbytes <- info$bytes[info$name == name]
+  expect_error(read_into(name, "0x10", nbytes + 1), class = "safetensors_error_invalid_argument")
+  expect_error(read_into(name, "0x10", nbytes - 1), class = "safetensors_error_invalid_argument")
+  expect_error(read_into("nope", "0x10", nbytes), class = "safetensors_error_tensor_not_found")
+  expect_error(read_into(name, "0x0", nbytes), class = "safetensors_error_invalid_argument")
+  close(h)
+  expect_error(read_into(name, "0x10", nbytes), class = "safetensors_error")
+
+  # alloc_raw_(): whole, non-negative sizes only.
+  expect_length(safetensors:::alloc_raw_(5), 5)
+  expect_identical(safetensors:::alloc_raw_(0), raw(0))
+  for (n in c(-1, 0.5, NaN, Inf)) {
+    expect_error(safetensors:::st_check(safetensors:::alloc_raw_(n), "Can't allocate."), class = "safetensors_error_invalid_argument")
   }
 })
 
@@ -325,6 +541,29 @@ test_that("the raw-vector constructor and the direct reads agree", {
   for (n in names(x)) expect_same_tensor(y[[n]], x[[n]], label = n)
   # A short buffer is an error, not a read past its end.
   expect_error(ctor(raw(3), list(dtype = "F32", shape = list(2L))), class = "safetensors_error_invalid_argument")
+})
+
+test_that("torch without LibTorch is a classed error from every reader", {
+  skip_if_not_installed("torch")
+  skip_if_not_installed("callr")
+  # torch installs LibTorch apart; a session with an empty TORCH_HOME has none.
+  got <- callr::r(
+    function(path) {
+      readers <- list(
+        function() safetensors::safe_load_file(path, framework = "torch"),
+        function() safetensors::safe_load_file(file(path), framework = "torch"),
+        function() safetensors::safe_deserialize(readBin(path, "raw", file.size(path)), framework = "torch"),
+        function() safetensors::safe_open(path, framework = "torch")
+      )
+      lapply(readers, function(f) tryCatch(f(), error = function(e) list(class = class(e), package = e$package)))
+    },
+    args = list(path = normalizePath(fixture("multi.safetensors"))),
+    env = c(callr::rcmd_safe_env(), TORCH_HOME = withr::local_tempdir(), TORCH_INSTALL = "0")
+  )
+  for (g in got) {
+    expect_identical(g$class[1:2], c("safetensors_error_framework_not_installed", "safetensors_error"))
+    expect_identical(g$package, "torch")
+  }
 })
 
 test_that("a user's own \"torch\" constructor is used instead of the built-in reads", {
