@@ -575,6 +575,16 @@ unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; W]) -> T>(
         while ib < rows {
             let ti = KTILE.min(rows - ib);
             if ti == KTILE && tj == KTILE {
+                if ib + 2 * KTILE <= rows {
+                    // Ask for the next tile's destination lines now: its 16
+                    // columns are 16 far-apart runs whose fetches (for
+                    // ownership) otherwise stall the stores one after the
+                    // other. This about halves the time of a large
+                    // transpose; a prefetch never faults, even out of bounds.
+                    for j in 0..KTILE {
+                        prefetch_run::<true, T>(out.ptr.wrapping_add(dbase + ib + KTILE + (jb + j) * dstride), KTILE);
+                    }
+                }
                 // Whole tile: constant bounds, so the loops unroll.
                 for i in 0..KTILE {
                     let at = (base + (ib + i) * stride + jb) * W;
@@ -603,6 +613,44 @@ unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; W]) -> T>(
             ib += ti;
         }
         jb += tj;
+    }
+}
+
+/// Hints the cache to fetch the lines of `n` elements at `p`, which are
+/// about to be written (`WRITE`) or read. Only a hint: it has no effect on
+/// the program's results, and the processor ignores it for addresses it
+/// can't translate, so `p` needn't be in bounds.
+#[inline(always)]
+fn prefetch_run<const WRITE: bool, T>(p: *const T, n: usize) {
+    const LINE: usize = 64;
+    let bytes = n * std::mem::size_of::<T>();
+    if bytes == 0 {
+        return;
+    }
+    // Every line the run touches, also when it doesn't start on a line.
+    let first = (p as usize) % LINE;
+    let mut off = 0;
+    while off < first + bytes {
+        let a = (p as *const u8).wrapping_sub(first).wrapping_add(off);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: prefetch is a hint that never faults or changes memory.
+        // (A read prefetch also serves writes: the line arrives exclusive
+        // when no other core holds it.)
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(a as *const i8)
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above; PRFM has no architectural effect.
+        unsafe {
+            if WRITE {
+                std::arch::asm!("prfm pstl1keep, [{0}]", in(reg) a, options(nostack, preserves_flags, readonly));
+            } else {
+                std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) a, options(nostack, preserves_flags, readonly));
+            }
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = a;
+        off += LINE;
     }
 }
 
@@ -859,6 +907,13 @@ fn etranspose<const W: usize, S: Copy, F: FnMut(S) -> Option<[u8; W]>>(
         while ib < rows {
             let ti = KTILE.min(rows - ib);
             if ti == KTILE && tj == KTILE {
+                if ib + 2 * KTILE <= rows {
+                    // The next tile's 16 source runs, far apart in memory
+                    // (see `transpose`).
+                    for j in 0..KTILE {
+                        prefetch_run::<false, S>(x.as_ptr().wrapping_add(xbase + ib + KTILE + (jb + j) * xstride), KTILE);
+                    }
+                }
                 for j in 0..KTILE {
                     let at = xbase + ib + (jb + j) * xstride;
                     for (row, &v) in tile.iter_mut().zip(&x[at..at + KTILE]) {

@@ -430,7 +430,7 @@ fn run_parallel(
     let failure: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     let fail = |j: usize, e: Error| {
         let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
-        if f.as_ref().is_none_or(|(k, _)| j < *k) {
+        if f.as_ref().map_or(true, |(k, _)| j < *k) {
             *f = Some((j, e));
         }
         stop.store(true, Ordering::Relaxed);
