@@ -38,6 +38,14 @@ pub trait Source {
     fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
         None
     }
+
+    /// Says that this read is done with bytes `[off, off + n)`. A memory
+    /// map lets go of their pages (the kernel keeps them in its page
+    /// cache), so that reading a large file through a map doesn't hold the
+    /// file's pages on top of the result; later views fault them in again.
+    fn done_with(&self, off: usize, n: usize) {
+        let _ = (off, n);
+    }
 }
 
 /// Reads and validates the header of `src`.
@@ -190,6 +198,42 @@ impl Source for FileSource {
 
     fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
         Some(self)
+    }
+
+    fn done_with(&self, off: usize, n: usize) {
+        #[cfg(unix)]
+        if let Some(map) = &self.map {
+            // Whole pages inside the range only: a page shared with bytes
+            // another job is still reading stays mapped.
+            let page = page_size();
+            let base = map.as_ptr() as usize;
+            let (Some(lo), Some(hi)) = (base.checked_add(off), base.checked_add(off.saturating_add(n).min(map.len())))
+            else {
+                return;
+            };
+            let start = lo.next_multiple_of(page);
+            let end = hi / page * page;
+            if end > start {
+                // SAFETY: whole pages of our private read-only map, never
+                // written, so dropping them loses nothing: the next access
+                // faults in the file's bytes again. Failure is harmless.
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (off, n);
+    }
+}
+
+/// The system's page size (4096 when it can't be read).
+#[cfg(unix)]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
     }
 }
 
@@ -401,6 +445,69 @@ mod tests {
         let d = std::env::temp_dir().join(format!("st-io-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Pages of the current process's mapping that contains `addr` which are
+    /// resident, from /proc/self/smaps (Linux only).
+    #[cfg(target_os = "linux")]
+    fn resident_kib(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                    inside = a <= addr && addr < b;
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("Rss:") {
+                    return v.trim().trim_end_matches(" kB").trim().parse().unwrap();
+                }
+            }
+        }
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn done_with_drops_mapped_pages_but_not_their_bytes() {
+        let dir = tempdir();
+        let path = dir.join("d.bin");
+        let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        for backend in [Backend::Read, Backend::Mmap] {
+            let src = FileSource::open(&path, backend).unwrap();
+            let whole = |src: &FileSource| match src.view(0, bytes.len()).unwrap() {
+                Some(v) => v.to_vec(),
+                None => {
+                    let mut b = vec![0; bytes.len()];
+                    src.read_at(0, &mut b).unwrap();
+                    b
+                }
+            };
+            assert_eq!(whole(&src), bytes);
+            #[cfg(target_os = "linux")]
+            let addr = src.map.as_ref().map(|m| m.as_ptr() as usize);
+            #[cfg(target_os = "linux")]
+            if let Some(a) = addr {
+                assert!(resident_kib(a) >= 1000, "the view faulted the map in");
+            }
+            // Not on page boundaries: the partial pages at both ends stay.
+            src.done_with(100, bytes.len() - 200);
+            #[cfg(target_os = "linux")]
+            if let Some(a) = addr {
+                let kib = resident_kib(a);
+                assert!(kib <= 8, "{kib} KiB still resident");
+            }
+            assert_eq!(whole(&src), bytes, "the same bytes after letting go");
+            // Out-of-range and empty ranges are ignored.
+            src.done_with(bytes.len() - 10, 1 << 30);
+            src.done_with(usize::MAX - 5, 10);
+            src.done_with(0, 0);
+            assert_eq!(whole(&src), bytes);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -367,7 +367,10 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
                     // which only this job writes.
                     let dst = unsafe { out.part(b0, b1 - b0) };
                     match src.view(t.off + b0, b1 - b0)? {
-                        Some(v) => dst.copy_from_slice(v),
+                        Some(v) => {
+                            dst.copy_from_slice(v);
+                            src.done_with(t.off + b0, b1 - b0);
+                        }
                         None => src.read_at(t.off + b0, dst)?,
                     }
                     if t.count_int_min {
@@ -378,6 +381,7 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
                     let bytes = bytes_at(src, t.off + b0, b1 - b0, buf)?;
                     // SAFETY: rows [r0, r1) are only this job's.
                     notes[task].add(unsafe { decode_rows(t.info.dtype, bytes, &t.shape, r0, r1, target) });
+                    src.done_with(t.off + b0, b1 - b0);
                 }
             }
         }
@@ -389,6 +393,7 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
                 let at = t.off - start;
                 fill_whole(t, &bytes[at..at + t.info.nbytes()], n);
             }
+            src.done_with(start, end - start);
         }
     }
     Ok(())
