@@ -44,7 +44,9 @@
 #'   tensors asked for are read from the file.
 #' @param backend How a file is read: `"read"` (the default) copies each
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
-#'   maps the file into memory and converts from the mapping.
+#'   maps the file into memory and converts from the mapping, letting go of
+#'   each part of the mapping once converted, so that either way the memory
+#'   held is the result's.
 #' @section Threads:
 #' Large reads and writes are split between threads (each R vector is still
 #' allocated once, by R's main thread). The number of threads is the option
