@@ -125,8 +125,33 @@ pub fn reserve_vector_heap(rest: usize, bytes: usize) {
         return;
     }
     let reserve = bytes.saturating_add(bytes / 4);
-    // SAFETY: an allocation in build; the vector is dropped unreferenced.
-    let _ = build(|| unsafe { r_vec(SEXPTYPE::RAWSXP, reserve) });
+    // SAFETY: R_NilValue is a valid SEXP once R runs.
+    let mut req = AllocRequest { ty: SEXPTYPE::RAWSXP, len: reserve as R_xlen_t, out: unsafe { R_NilValue }, failed: false };
+    // SAFETY: as in `alloc`: errors are caught by R_tryCatchError, anything
+    // else by R_ToplevelExec; the outcome doesn't matter here.
+    let _ = unsafe { R_ToplevelExec(Some(reserve_toplevel), &mut req as *mut AllocRequest as *mut c_void) };
+}
+
+/// Allocates the vector `data` (an AllocRequest) asks for and drops it at
+/// once. The body returns NULL rather than the vector: a value returned
+/// through R_tryCatchError stays reachable for a while, so the collection
+/// that the next allocations trigger would have to be a full one to free
+/// it, where a young-generation collection does (measured: two full
+/// collections of 1000 tensors took 63-69 ms, one full and one young 35-40).
+unsafe extern "C" fn reserve_toplevel(data: *mut c_void) {
+    unsafe extern "C" fn body(data: *mut c_void) -> SEXP {
+        // SAFETY: `data` points to the AllocRequest on the caller's stack.
+        let req = unsafe { &*(data as *const AllocRequest) };
+        unsafe {
+            Rf_allocVector(req.ty, req.len);
+            R_NilValue
+        }
+    }
+    // SAFETY: `data` points to the AllocRequest on the caller's stack; the
+    // handler only sets its flag.
+    unsafe {
+        R_tryCatchError(Some(body), data, Some(alloc_failed), data);
+    }
 }
 
 /// Size in bytes of an R vector of `len` elements of type `ty`, if it can
