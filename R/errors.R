@@ -4,7 +4,7 @@
 #     "safetensors_error", "rlang_error", "error", "condition")
 
 # `message` is a cli template, interpolated in the caller's environment.
-st_abort <- function(kind, message, ..., format = FALSE, call = rlang::caller_env(),
+st_abort <- function(kind, message, ..., format = FALSE, call = parent.frame(),
                      .envir = parent.frame()) {
   class <- c(
     paste0("safetensors_error_", kind),
@@ -21,7 +21,7 @@ st_warn <- function(kind, message, ..., .envir = parent.frame()) {
 
 # Turns the condition data a Rust entry point returns on failure into a
 # classed R error; any other value passes through.
-st_check <- function(res, what, call = rlang::caller_env()) {
+st_check <- function(res, what, call = parent.frame()) {
   if (!inherits(res, "safetensors_rust_error")) {
     return(res)
   }

@@ -59,7 +59,7 @@
 #' x$weight
 safetensors_frameworks <- new.env()
 
-check_framework <- function(framework, call = rlang::caller_env()) {
+check_framework <- function(framework, call = parent.frame()) {
   if (!is_string(framework)) {
     st_abort(
       "invalid_argument",

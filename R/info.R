@@ -127,7 +127,7 @@ safe_metadata <- function(path) {
 
 # Calls `fun` on a handle-like view of `path`'s header: `path` itself if it
 # is a handle, else a closed-over header that reads no tensor data.
-with_header <- function(path, fun, call = rlang::caller_env()) {
+with_header <- function(path, fun, call = parent.frame()) {
   if (inherits(path, "safetensors_file")) {
     if (!handle_is_open(path)) {
       st_abort("closed", "Can't read {format_label(path)}: the handle is closed.", call = call)

@@ -93,7 +93,7 @@
 #' w
 safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap")) {
   framework <- check_framework(framework)
-  backend <- rlang::arg_match(backend)
+  backend <- arg_choice(backend, c("read", "mmap"))
   check_tensor_names(tensors)
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend))
@@ -145,7 +145,7 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
   finish_load(res, framework, list(...))
 }
 
-check_tensor_names <- function(tensors, call = rlang::caller_env()) {
+check_tensor_names <- function(tensors, call = parent.frame()) {
   if (!is.null(tensors) && !(is.character(tensors) && !anyNA(tensors))) {
     st_abort(
       "invalid_argument",
@@ -159,7 +159,7 @@ check_tensor_names <- function(tensors, call = rlang::caller_env()) {
 # needed) from its current position to its end: the header, then the data
 # it describes, which must end the connection. Sizes come from the header,
 # so the whole file is read into a vector allocated once.
-read_connection <- function(con, call = rlang::caller_env()) {
+read_connection <- function(con, call = parent.frame()) {
   if (!isOpen(con)) {
     open(con, "rb")
     on.exit(close(con), add = TRUE)
@@ -244,7 +244,7 @@ stream_ended <- function(part, got, n, tensor, call) {
 # the header, then each tensor in file order, straight into its framework
 # tensor (with no copy of the whole file in memory), skipping those not
 # asked for, then checks that the connection ends there.
-load_stream <- function(con, tensors, framework, args, call = rlang::caller_env()) {
+load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
   check_framework_args(framework, args, call = call)
   if (!isOpen(con)) {
     open(con, "rb")
@@ -301,7 +301,7 @@ load_stream <- function(con, tensors, framework, args, call = rlang::caller_env(
 
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds
 # framework tensors from raw bytes where a framework was asked for.
-finish_load <- function(res, framework, args, call = rlang::caller_env()) {
+finish_load <- function(res, framework, args, call = parent.frame()) {
   out <- res$tensors
   warn_conversions(names(out), res, call = call)
   if (framework %in% c("r", "raw")) {
@@ -389,7 +389,7 @@ print.safetensors_tensors <- function(x, ...) {
   invisible(x)
 }
 
-warn_conversions <- function(nms, res, call = rlang::caller_env()) {
+warn_conversions <- function(nms, res, call = parent.frame()) {
   for (i in which(res$inexact > 0)) {
     st_warn(
       "precision",

@@ -97,7 +97,7 @@
 #' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   framework <- check_framework(framework)
-  backend <- rlang::arg_match(backend)
+  backend <- arg_choice(backend, c("mmap", "read"))
   args <- list(...)
   check_framework_args(framework, args)
   if (is_index_path(path)) {
@@ -110,7 +110,7 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   )
 }
 
-check_framework_args <- function(framework, args, call = rlang::caller_env()) {
+check_framework_args <- function(framework, args, call = parent.frame()) {
   if (framework %in% c("r", "raw") && length(args) > 0) {
     st_abort(
       "invalid_argument",
@@ -121,7 +121,7 @@ check_framework_args <- function(framework, args, call = rlang::caller_env()) {
 }
 
 # Opens one file (or raw vector, or connection) as a part of a handle.
-open_part <- function(path, backend, call = rlang::caller_env()) {
+open_part <- function(path, backend, call = parent.frame()) {
   ptr <- if (is.character(path)) {
     check_string(path, call = call)
     open_file_(path.expand(path), backend)
@@ -145,7 +145,7 @@ open_part <- function(path, backend, call = rlang::caller_env()) {
 
 # st_check() for a part, building the message only on error: cli formatting
 # takes milliseconds, far longer than reading a small tensor.
-check_part <- function(res, part, verb = "read", call = rlang::caller_env()) {
+check_part <- function(res, part, verb = "read", call = parent.frame()) {
   if (!inherits(res, "safetensors_rust_error")) {
     return(res)
   }
@@ -255,7 +255,7 @@ handle_is_open <- function(x) {
 }
 
 # The name of tensor `i` (a name or a position) of handle `x`.
-tensor_name <- function(x, i, call = rlang::caller_env()) {
+tensor_name <- function(x, i, call = parent.frame()) {
   nms <- hget(x, "names")
   if (is_string(i)) {
     if (!i %in% nms) {
@@ -317,7 +317,7 @@ combined_header <- function(x) {
 # With a cli progress `bar`, each part's tensors are read in groups of
 # about progress_group_bytes() (their `sizes` in bytes), updating the bar
 # after each group.
-read_parts <- function(x, names, mode, call = rlang::caller_env(), bar = NULL, sizes = NULL) {
+read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes = NULL) {
   at <- match(names, hget(x, "names"))
   part_of <- hget(x, "part_of")[at]
   parts <- hget(x, "parts")
@@ -345,13 +345,13 @@ read_parts <- function(x, names, mode, call = rlang::caller_env(), bar = NULL, s
 }
 
 # Reads tensors as the handle's framework makes them; a named list.
-read_tensors <- function(x, names, call = rlang::caller_env()) {
+read_tensors <- function(x, names, call = parent.frame()) {
   read_handle(x, names, hget(x, "framework"), hget(x, "args"), call = call)$tensors
 }
 
 # Reads tensors `names` of handle `x` as `framework` makes them:
 # `list(tensors, max_offset)`, the tensors a named list without attributes.
-read_handle <- function(x, names, framework, args, call = rlang::caller_env()) {
+read_handle <- function(x, names, framework, args, call = parent.frame()) {
   if (torch_direct(framework)) {
     return(torch_read_handle(x, names, args, call = call))
   }
@@ -456,7 +456,7 @@ handle_table <- function(x) {
 
 # ---- slices ---------------------------------------------------------------
 
-new_slice <- function(x, name, call = rlang::caller_env()) {
+new_slice <- function(x, name, call = parent.frame()) {
   name <- tensor_name(x, name, call = call)
   at <- match(name, hget(x, "names"))
   part <- hget(x, "parts")[[hget(x, "part_of")[[at]]]]
@@ -494,7 +494,7 @@ print.safetensors_slice <- function(x, ...) {
 
 #' @export
 `[.safetensors_slice` <- function(x, ..., drop = TRUE) {
-  idx <- rlang::dots_list(..., .ignore_empty = "none", .preserve_empty = TRUE)
+  idx <- index_dots(...)
   read_slice(.subset2(x, "handle"), .subset2(x, "name"), idx, drop)
 }
 
@@ -506,7 +506,7 @@ print.safetensors_slice <- function(x, ...) {
 #'   arrays. Default `TRUE`.
 #' @export
 safe_slice <- function(x, name, ..., drop = TRUE) {
-  idx <- rlang::dots_list(..., .ignore_empty = "none", .preserve_empty = TRUE)
+  idx <- index_dots(...)
   if (!inherits(x, "safetensors_file")) {
     x <- safe_open(x, backend = "read")
     on.exit(close(x), add = TRUE)
@@ -515,15 +515,32 @@ safe_slice <- function(x, name, ..., drop = TRUE) {
   read_slice(x, tensor_name(x, name), idx, drop)
 }
 
+# The indices in `...`, one per dimension, an empty one (the first of
+# `x[, 2]`) as `whole_index`. Empty arguments are found with missing(..k),
+# evaluated here, in the frame that owns the dots.
+index_dots <- function(...) {
+  idx <- vector("list", ...length())
+  for (k in seq_along(idx)) {
+    empty <- eval(call("missing", as.name(paste0("..", k))))
+    idx[k] <- list(if (empty) whole_index else ...elt(k))
+  }
+  idx
+}
+
+# Stands for an empty index: the whole extent of its dimension.
+whole_index <- structure(list(), class = "safetensors_whole_index")
+
+is_whole_index <- function(i) inherits(i, "safetensors_whole_index")
+
 # Reads `idx` (one index per dimension, R semantics) of tensor `name`.
-read_slice <- function(x, name, idx, drop, call = rlang::caller_env()) {
+read_slice <- function(x, name, idx, drop, call = parent.frame()) {
   check_bool(drop, call = call)
   at <- match(name, hget(x, "names"))
   part <- hget(x, "parts")[[hget(x, "part_of")[[at]]]]
   pos <- hget(x, "pos")[[at]]
   shape <- part$info$shape[[pos]]
   rank <- length(shape)
-  whole <- length(idx) == 1 && rlang::is_missing(idx[[1]])
+  whole <- length(idx) == 1 && is_whole_index(idx[[1]])
   if (rank == 0 && !whole && length(idx) > 0) {
     st_abort(
       "invalid_slice",
@@ -536,7 +553,7 @@ read_slice <- function(x, name, idx, drop, call = rlang::caller_env()) {
     )
   }
   if (whole) {
-    idx <- rep(list(rlang::missing_arg()), rank)
+    idx <- rep(list(whole_index), rank)
   }
   if (length(idx) != rank) {
     st_abort(
@@ -589,7 +606,7 @@ read_slice <- function(x, name, idx, drop, call = rlang::caller_env()) {
     data_offsets = c(0, length(out))
   )
   attributes(out) <- NULL
-  rlang::exec(safetensors_frameworks[[framework]]$constructor, out, meta, !!!hget(x, "args"))
+  do.call(safetensors_frameworks[[framework]]$constructor, c(list(out, meta), hget(x, "args")))
 }
 
 # Turns one R index into what the Rust slicer takes: a 0-based range
@@ -604,7 +621,7 @@ index_spec <- function(i, d, axis, name, call) {
       call = call
     )
   }
-  if (rlang::is_missing(i)) {
+  if (is_whole_index(i)) {
     return(list(spec = c(0, d, 1), is_range = 1L))
   }
   if (is.null(i)) {

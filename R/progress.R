@@ -16,11 +16,24 @@ progress_group_bytes <- function() {
 }
 
 # Whether a progress bar may be shown: an interactive session, not knitr or
-# testthat (rlang::is_interactive() knows them all; option
-# `rlang_interactive` overrides it), and `safetensors.progress` not FALSE.
+# testthat, and `safetensors.progress` not FALSE.
 progress_enabled <- function() {
   opt <- getOption("safetensors.progress", TRUE)
-  isTRUE(opt) && rlang::is_interactive()
+  isTRUE(opt) && is_interactive()
+}
+
+# Whether the session is interactive, as rlang::is_interactive() decides
+# (option `rlang_interactive` first; knitr and testthat are not), without
+# loading rlang on every load and save.
+is_interactive <- function() {
+  opt <- getOption("rlang_interactive")
+  if (!is.null(opt)) {
+    return(isTRUE(opt))
+  }
+  if (isTRUE(getOption("knitr.in.progress")) || identical(Sys.getenv("TESTTHAT"), "true")) {
+    return(FALSE)
+  }
+  interactive()
 }
 
 # Whether a load or save of `bytes` bytes gets a progress bar: less than two
@@ -57,7 +70,7 @@ byte_groups <- function(sizes, limit = progress_group_bytes()) {
 # safe_load_file() of a file path (or raw vector) through a handle, so that
 # a progress bar can be updated between groups of tensors, or tensors read
 # straight into torch (load_handle()).
-load_through_handle <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
+load_through_handle <- function(path, tensors, framework, args, backend, call = parent.frame()) {
   part <- open_part(path, backend, call = call)
   h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata, kind = backend
@@ -69,7 +82,7 @@ load_through_handle <- function(path, tensors, framework, args, backend, call = 
 # Reads the tensors `tensors` (all by default) of handle `h` as
 # safe_load_file() returns them, with a progress bar when they are large
 # and a bar may be shown.
-load_handle <- function(h, tensors, framework, args, call = rlang::caller_env()) {
+load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
   nms <- if (is.null(tensors)) {
     names(h)
   } else {
@@ -110,20 +123,20 @@ spec_subset <- function(spec, k) {
 # Writes `spec` to the file `target`: in one call, or tensor by tensor with
 # a streaming writer when `bar` (a cli progress bar over bytes) is given.
 # `label` names the file in error messages.
-write_spec <- function(target, spec, sync, bar = NULL, label = target, call = rlang::caller_env()) {
+write_spec <- function(target, spec, sync, bar = NULL, label = target, call = parent.frame()) {
   if (anyNA(spec[[5]])) {
     # Framework tensors, whose bytes are fetched one tensor at a time.
     return(write_stream(spec, file_sink(target, sync, label = label, call = call), bar = bar, call = call))
   }
   what <- function() sprintf("Can't write %s.", describe_source(label))
   if (is.null(bar)) {
-    res <- rlang::exec(write_file_, target, !!!spec, sync, st_threads())
+    res <- do.call(write_file_, c(list(target), spec, list(sync, st_threads())))
     if (inherits(res, "safetensors_rust_error")) {
       st_check(res, what(), call = call)
     }
     return(res)
   }
-  w <- rlang::exec(writer_open_, target, !!!spec, st_threads())
+  w <- do.call(writer_open_, c(list(target), spec, list(st_threads())))
   if (inherits(w, "safetensors_rust_error")) {
     st_check(w, what(), call = call)
   }

@@ -66,10 +66,11 @@ NULL
 ## usethis namespace: start
 #' @importFrom R6 R6Class
 ## usethis namespace: end
-# rlang and cli load with the package rather than inside the first call to
-# safe_load_file() or safe_save_file() (about 0.1 s).
-#' @importFrom rlang caller_env
-#' @importFrom cli cli_abort
+# cli and rlang (about 0.1 s to load, and a third more work in each full
+# garbage collection afterwards, which R runs before growing its heap for a
+# large tensor) are only used through `::` on the paths that need them:
+# errors, warnings, progress bars and slices. Loads and saves that succeed
+# don't load them.
 NULL
 
 # The built-in "torch" framework is registered when the namespace loads,

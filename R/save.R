@@ -128,7 +128,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
     if (anyNA(spec[[5]])) {
       write_stream(spec, connection_sink(path))
     } else {
-      bytes <- st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
+      bytes <- st_check(do.call(serialize_, c(spec, list(st_threads()))), "Can't serialize the tensors.")
       if (!isOpen(path)) {
         open(path, "wb")
         on.exit(close(path), add = TRUE)
@@ -152,7 +152,7 @@ safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
   if (anyNA(spec[[5]])) {
     return(write_stream(spec, raw_sink()))
   }
-  st_check(rlang::exec(serialize_, !!!spec, st_threads()), "Can't serialize the tensors.")
+  st_check(do.call(serialize_, c(spec, list(st_threads()))), "Can't serialize the tensors.")
 }
 
 #' Raw bytes and description of a framework tensor
@@ -232,7 +232,7 @@ safe_tensor_meta.default <- function(x) {
   no_tensor_method(x, "safe_tensor_meta")
 }
 
-no_tensor_method <- function(x, generic, call = rlang::caller_env(2)) {
+no_tensor_method <- function(x, generic, call = parent.frame(2)) {
   st_abort(
     "invalid_argument",
     c(
@@ -243,7 +243,7 @@ no_tensor_method <- function(x, generic, call = rlang::caller_env(2)) {
   )
 }
 
-check_ignored_dots <- function(..., call = rlang::caller_env()) {
+check_ignored_dots <- function(..., call = parent.frame()) {
   nms <- names(list(...)) %||% rep("", ...length())
   unknown <- setdiff(nms, "framework")
   if (length(unknown) > 0) {
@@ -260,7 +260,7 @@ default_dtype <- c(
 # Describes `tensors` for the Rust writer: the values, names, dtypes, shapes
 # (row-major), whether values need the column-major to row-major permutation
 # (R arrays) or are bytes to copy (framework buffers), and the metadata.
-tensor_spec <- function(tensors, dtype, metadata, call = rlang::caller_env()) {
+tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
       "invalid_argument",
@@ -426,9 +426,9 @@ framework_bytes <- function(spec, i, call, size = NULL) {
 # dropped after, so at most one framework buffer is in memory at a time (and
 # R arrays are converted one at a time). Returns what the sink's finish()
 # returns.
-write_stream <- function(spec, sink, bar = NULL, call = rlang::caller_env()) {
+write_stream <- function(spec, sink, bar = NULL, call = parent.frame()) {
   lay <- st_check(
-    rlang::exec(stream_layout_, spec[[2]], spec[[3]], spec[[4]], spec[[6]], spec[[7]]),
+    stream_layout_(spec[[2]], spec[[3]], spec[[4]], spec[[6]], spec[[7]]),
     sink$what,
     call = call
   )
@@ -475,7 +475,7 @@ write_stream <- function(spec, sink, bar = NULL, call = rlang::caller_env()) {
 # Sinks for write_stream(): start(total), write(bytes, from) (bytes `from`,
 # 0-based, to the end), finish(), abort(); `what` heads their error
 # messages, raised in the caller's `call`.
-file_sink <- function(path, sync, label = path, call = rlang::caller_env()) {
+file_sink <- function(path, sync, label = path, call = parent.frame()) {
   what <- sprintf("Can't write %s.", describe_source(label))
   w <- NULL
   list(
@@ -511,7 +511,7 @@ connection_sink <- function(con) {
   )
 }
 
-raw_sink <- function(call = rlang::caller_env()) {
+raw_sink <- function(call = parent.frame()) {
   what <- "Can't serialize the tensors."
   out <- NULL
   pos <- 0

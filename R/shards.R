@@ -14,7 +14,7 @@ is_index_path <- function(path) {
 # weight map as one handle: shards in file-name order, each shard's tensors
 # in file order. The weight map is an allowlist (a shard's other tensors are
 # hidden), and each tensor it names must be in the shard it names.
-open_index <- function(path, framework, args, backend, call = rlang::caller_env()) {
+open_index <- function(path, framework, args, backend, call = parent.frame()) {
   check_string(path, call = call)
   path <- path.expand(path)
   idx <- check_part(read_index_(path), list(label = path), call = call)
@@ -64,7 +64,7 @@ open_index <- function(path, framework, args, backend, call = rlang::caller_env(
 
 # safe_load_file() for an index: the tensors asked for (all by default), with
 # the combined header as the "metadata" attribute.
-load_index <- function(path, tensors, framework, args, backend, call = rlang::caller_env()) {
+load_index <- function(path, tensors, framework, args, backend, call = parent.frame()) {
   h <- open_index(path, framework, args, backend, call = call)
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
@@ -79,7 +79,7 @@ dtype_bits <- c(
 )
 
 # Parses a size such as "5GB", "500MB", "2GiB" or a number of bytes.
-parse_size <- function(x, arg = "max_shard_size", call = rlang::caller_env()) {
+parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
   bad <- function() {
     st_abort(
       "invalid_argument",
@@ -128,7 +128,7 @@ shard_of <- function(sizes, limit) {
 
 # safe_save_file() with `max_shard_size`: writes the shards and their index,
 # or a single file when everything fits in one shard (as transformers does).
-save_shards <- function(spec, path, max_shard_size, sync, call = rlang::caller_env()) {
+save_shards <- function(spec, path, max_shard_size, sync, call = parent.frame()) {
   limit <- parse_size(max_shard_size, call = call)
   check_string(path, call = call)
   path <- path.expand(path)

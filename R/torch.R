@@ -45,7 +45,7 @@ torch_dtype_names <- c(
 
 # The torch dtype for safetensors dtype `dtype`, or a classed error for the
 # dtypes R torch has no type for.
-torch_dtype_of <- function(dtype, name = NULL, call = rlang::caller_env()) {
+torch_dtype_of <- function(dtype, name = NULL, call = parent.frame()) {
   check_torch_dtypes(dtype, name, call = call)
   getExportedValue("torch", torch_dtype_fns[[dtype]])()
 }
@@ -53,7 +53,7 @@ torch_dtype_of <- function(dtype, name = NULL, call = rlang::caller_env()) {
 # A classed error naming the first of tensors `names` whose dtype (in
 # `dtypes`) R torch has no type for; nothing if there is none. Readers check
 # every tensor they are asked for before reading any.
-check_torch_dtypes <- function(dtypes, names = NULL, call = rlang::caller_env()) {
+check_torch_dtypes <- function(dtypes, names = NULL, call = parent.frame()) {
   bad <- which(!dtypes %in% names(torch_dtype_fns))
   if (length(bad) == 0) {
     return(invisible())
@@ -75,7 +75,7 @@ check_torch_dtypes <- function(dtypes, names = NULL, call = rlang::caller_env())
 }
 
 # The safetensors dtype of torch dtype `x`.
-torch_dtype_to_safe <- function(x, call = rlang::caller_env()) {
+torch_dtype_to_safe <- function(x, call = parent.frame()) {
   type <- x$.type()
   out <- torch_dtype_names[type]
   if (is.na(out)) {
@@ -144,7 +144,7 @@ torch_tensor_from_raw <- function(raw, meta, device = "cpu") {
 
 # 0.2.x handed the bytes to torch unchecked; a short raw vector made torch
 # read past its end.
-check_torch_bytes <- function(raw, dtype, shape, call = rlang::caller_env()) {
+check_torch_bytes <- function(raw, dtype, shape, call = parent.frame()) {
   want <- prod(shape) * dtype_bits[[dtype]] / 8
   if (!is.raw(raw) || length(raw) != want) {
     st_abort(
@@ -197,7 +197,7 @@ torch_address_ok <- function() {
 
 # The R package torch installs LibTorch apart (install_torch()); without it
 # torch's functions fail with an unclassed C++ error.
-check_libtorch <- function(installed = torch::torch_is_installed(), call = rlang::caller_env()) {
+check_libtorch <- function(installed = torch::torch_is_installed(), call = parent.frame()) {
   if (!installed) {
     st_abort(
       "framework_not_installed",
@@ -230,7 +230,7 @@ torch_empty_for <- function(dtype, shape, name, call) {
 # Reads tensors `names` of handle `h` straight into torch tensors, updating
 # the cli progress `bar` if given. Returns list(tensors, max_offset) as
 # read_handle() does.
-torch_read_handle <- function(h, names, args, call = rlang::caller_env(), bar = NULL) {
+torch_read_handle <- function(h, names, args, call = parent.frame(), bar = NULL) {
   device <- torch_device_arg(args)
   at <- match(names, hget(h, "names"))
   parts <- hget(h, "parts")

@@ -4,7 +4,7 @@ is_string <- function(x) {
   is.character(x) && length(x) == 1 && !is.na(x)
 }
 
-check_string <- function(x, arg = rlang::caller_arg(x), call = rlang::caller_env()) {
+check_string <- function(x, arg = rlang::caller_arg(x), call = parent.frame()) {
   if (!is_string(x)) {
     st_abort(
       "invalid_argument",
@@ -14,7 +14,7 @@ check_string <- function(x, arg = rlang::caller_arg(x), call = rlang::caller_env
   }
 }
 
-check_bool <- function(x, arg = rlang::caller_arg(x), call = rlang::caller_env()) {
+check_bool <- function(x, arg = rlang::caller_arg(x), call = parent.frame()) {
   if (!(is.logical(x) && length(x) == 1 && !is.na(x))) {
     st_abort(
       "invalid_argument",
@@ -22,6 +22,23 @@ check_bool <- function(x, arg = rlang::caller_arg(x), call = rlang::caller_env()
       call = call
     )
   }
+}
+
+# `arg`, one of `choices` (their first when `arg` is all of them, the
+# default): exact matches only, a classed error otherwise.
+arg_choice <- function(arg, choices, name = deparse1(substitute(arg)), call = parent.frame()) {
+  if (identical(arg, choices)) {
+    return(choices[[1]])
+  }
+  if (!is_string(arg) || !arg %in% choices) {
+    one_of <- paste0('"', choices, '"', collapse = ", ")
+    st_abort(
+      "invalid_argument",
+      "{.arg {name}} must be one of {one_of}, not {.obj_type_friendly {arg}}.",
+      call = call
+    )
+  }
+  arg
 }
 
 # The dtype names of the format, in the reference implementation's order.
@@ -33,7 +50,7 @@ safe_dtypes <- c(
 
 # The thread count passed to the Rust core: option `safetensors.threads`,
 # or 0 for the core's default (the available cores, at most 2).
-st_threads <- function(call = rlang::caller_env()) {
+st_threads <- function(call = parent.frame()) {
   n <- getOption("safetensors.threads")
   if (is.null(n)) {
     return(0L)

@@ -121,7 +121,40 @@ test_that("malformed files fail at open with the file's error class", {
   expect_error(safe_open(raw(3)), class = "safetensors_error_header_too_small")
   expect_error(safe_open(tempfile()), class = "safetensors_error_file_not_found")
   expect_error(safe_open(1), class = "safetensors_error_invalid_argument")
-  expect_error(safe_open(raw(8), backend = "nope"))
+  expect_error(safe_open(raw(8), backend = "nope"), class = "safetensors_error_invalid_argument")
+  # Exact matches only, as with the other choices.
+  err <- expect_error(safe_open(raw(8), backend = "mm"), class = "safetensors_error_invalid_argument")
+  expect_match(cli::ansi_strip(conditionMessage(err)), '`backend` must be one of "mmap", "read", not a string', fixed = TRUE)
+  expect_error(safe_open(raw(8), backend = c("read", "mmap")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_open(raw(8), backend = NA), class = "safetensors_error_invalid_argument")
+})
+
+test_that("index_dots() keeps empty indices where they are, and evaluates the rest once", {
+  f <- function(...) index_dots(...)
+  w <- whole_index
+  expect_identical(f(), list())
+  expect_identical(f(, 2), list(w, 2))
+  expect_identical(f(1:3, , NULL), list(1:3, w, NULL))
+  expect_identical(f(, ), list(w, w))
+  # Forwarded dots and a missing formal passed on.
+  g <- function(x, ...) f(...)
+  expect_identical(g(0, , 5), list(w, 5))
+  h <- function(a, b) f(a, b)
+  expect_identical(h(1), list(1, w))
+  # Evaluated in the caller's frame, once.
+  n <- 0
+  y <- 7
+  k <- function(...) {
+    y <- 1
+    f(...)
+  }
+  expect_identical(k(y, {
+    n <- n + 1
+    2
+  }), list(7, 2))
+  expect_identical(n, 1)
+  expect_true(is_whole_index(w))
+  expect_false(is_whole_index(list()))
 })
 
 # ---- slices ---------------------------------------------------------------

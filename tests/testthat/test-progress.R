@@ -52,6 +52,22 @@ test_that("the bar is off in tests, in knitr, when not interactive and by option
   expect_false(progress_wanted(1e12))
 })
 
+test_that("is_interactive() decides as rlang::is_interactive() does", {
+  cases <- expand.grid(opt = c(NA, TRUE, FALSE), knitr = c(FALSE, TRUE), testthat = c("", "true"))
+  for (k in seq_len(nrow(cases))) {
+    cs <- cases[k, ]
+    withr::local_options(
+      rlang_interactive = if (is.na(cs$opt)) NULL else cs$opt,
+      knitr.in.progress = cs$knitr
+    )
+    withr::local_envvar(TESTTHAT = cs$testthat)
+    expect_identical(is_interactive(), rlang::is_interactive(), label = paste(unlist(cs), collapse = " "))
+    if (is.na(cs$opt) && !cs$knitr && cs$testthat == "") {
+      expect_identical(is_interactive(), interactive())
+    }
+  }
+})
+
 test_that("byte_groups() splits tensors in order into groups of about the limit", {
   expect_identical(byte_groups(numeric()), list())
   expect_identical(unname(byte_groups(c(60, 30, 20, 200, 10), 100)), list(1:2, 3L, 4L, 5L))

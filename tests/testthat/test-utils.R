@@ -11,3 +11,38 @@ test_that("option safetensors.threads sets the thread count, and is checked", {
     expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
   }
 })
+
+test_that("a session that only loads and saves doesn't load rlang or cli", {
+  skip_on_cran()
+  # They load with the first error, warning, progress bar or slice; until
+  # then they would only make R's full collections slower.
+  loaded <- callr::r(function() {
+    library(safetensors)
+    f <- tempfile(fileext = ".safetensors")
+    x <- list(a = matrix(runif(6), 2), b = 1:5, r = as.raw(1:3))
+    safe_save_file(x, f, metadata = list(k = "v"))
+    safe_load_file(f)
+    safe_load_file(f, backend = "mmap", framework = "raw")
+    safe_load_file(safe_serialize(x))
+    h <- safe_open(f)
+    h[["a"]]
+    close(h)
+    st <- safetensors$new(f)
+    st$get_tensor("b")
+    st$metadata
+    safe_info(f)
+    c(rlang = isNamespaceLoaded("rlang"), cli = isNamespaceLoaded("cli"))
+  }, libpath = .libPaths())
+  expect_identical(loaded, c(rlang = FALSE, cli = FALSE))
+})
+
+test_that("arg_choice() takes exact choices and the default's first", {
+  f <- function(backend = c("mmap", "read")) arg_choice(backend, c("mmap", "read"))
+  expect_identical(f(), "mmap")
+  expect_identical(f("read"), "read")
+  for (bad in list("Read", "r", "", NA_character_, 1, c("read", "read"), NULL)) {
+    expect_error(f(bad), class = "safetensors_error_invalid_argument")
+  }
+  err <- expect_error(f("x"))
+  expect_identical(conditionCall(err), quote(f("x")))
+})

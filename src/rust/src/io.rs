@@ -30,6 +30,12 @@ pub trait Source {
     /// memory; `None` when they must be read with [`Source::read_at`].
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>>;
 
+    /// [`Source::view`] for a reader about to read all of the bytes (not
+    /// a slice picking a few): a memory map maps their pages at once.
+    fn view_whole(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
+        self.view(off, n)
+    }
+
     /// Copies bytes `[off, off + buf.len())` into `buf`.
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()>;
 
@@ -185,6 +191,16 @@ impl Source for FileSource {
         }
     }
 
+    fn view_whole(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
+        let v = self.view(off, n)?;
+        if let Some(bytes) = v {
+            if bytes.len() >= POPULATE_READ_MIN {
+                populate_read(bytes);
+            }
+        }
+        Ok(v)
+    }
+
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
         match self.file.read_exact_at(buf, off as u64) {
             Ok(()) => Ok(()),
@@ -223,6 +239,29 @@ impl Source for FileSource {
         #[cfg(not(unix))]
         let _ = (off, n);
     }
+}
+
+/// Whole views at least this large have their pages mapped in one call.
+const POPULATE_READ_MIN: usize = 256 << 10;
+
+/// Maps the pages under `bytes` (part of our private file map) in one
+/// call rather than one fault per page as a kernel reads them (a 64 MiB
+/// tensor read from a map: 35 -> 31 ms here). Needs Linux 5.14; elsewhere,
+/// or if refused, the pages fault in as usual.
+fn populate_read(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        let page = page_size();
+        let start = (bytes.as_ptr() as usize) / page * page;
+        let end = (bytes.as_ptr() as usize).saturating_add(bytes.len());
+        // SAFETY: pages of our own read-only map, which covers `bytes`
+        // (rounded down to its page start, inside the map as the map is
+        // page-aligned); MADV_POPULATE_READ only faults them in, and its
+        // failure (an I/O error shows up again at the read) is harmless.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }
 
 /// The system's page size (4096 when it can't be read).
@@ -507,6 +546,38 @@ mod tests {
             src.done_with(0, 0);
             assert_eq!(whole(&src), bytes);
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn view_whole_maps_the_pages_that_view_leaves_to_faults() {
+        let dir = tempdir();
+        let path = dir.join("w.bin");
+        let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let src = FileSource::open(&path, Backend::Mmap).unwrap();
+        let addr = src.map.as_ref().unwrap().as_ptr() as usize;
+        // A view touches nothing: a slice reading a few rows faults in only those.
+        let v = src.view(0, bytes.len()).unwrap().unwrap();
+        assert!(resident_kib(addr) <= 8, "a view alone mapped pages");
+        assert_eq!(v.len(), bytes.len());
+        // A whole view maps its pages (MADV_POPULATE_READ: Linux >= 5.14).
+        let w = src.view_whole(4096, bytes.len() - 8192).unwrap().unwrap();
+        let kib = resident_kib(addr);
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 14) {
+            assert!(kib >= 1000, "only {kib} KiB mapped by a whole view");
+        }
+        assert_eq!(w, &bytes[4096..bytes.len() - 4096]);
+        // Below the threshold, nothing is done ahead of the read.
+        src.done_with(0, bytes.len());
+        src.view_whole(0, POPULATE_READ_MIN - 1).unwrap().unwrap();
+        assert!(resident_kib(addr) <= 8);
+        // A reader without a map reads as before.
+        let r = FileSource::open(&path, Backend::Read).unwrap();
+        assert!(r.view_whole(0, 10).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

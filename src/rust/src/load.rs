@@ -318,7 +318,7 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
 /// Bytes `[off, off + n)` of `src`: borrowed from its memory, or read into
 /// `buf`.
 fn bytes_at<'b>(src: &'b dyn Source, off: usize, n: usize, buf: &'b mut Vec<u8>) -> Result<&'b [u8]> {
-    if let Some(v) = src.view(off, n)? {
+    if let Some(v) = src.view_whole(off, n)? {
         return Ok(v);
     }
     buf.resize(n, 0);
@@ -366,7 +366,7 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
                     // SAFETY: bytes [b0, b1) of the vector are rows [r0, r1),
                     // which only this job writes.
                     let dst = unsafe { out.part(b0, b1 - b0) };
-                    match src.view(t.off + b0, b1 - b0)? {
+                    match src.view_whole(t.off + b0, b1 - b0)? {
                         Some(v) => {
                             dst.copy_from_slice(v);
                             src.done_with(t.off + b0, b1 - b0);
