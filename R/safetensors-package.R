@@ -69,8 +69,8 @@ NULL
 # cli and rlang (about 0.1 s to load, and a third more work in each full
 # garbage collection afterwards, which R runs before growing its heap for a
 # large tensor) are only used through `::` on the paths that need them:
-# errors, warnings, progress bars and slices. Loads and saves that succeed
-# don't load them.
+# errors, warnings and progress bars. Loads, saves and slices that succeed
+# don't load them (tests/testthat/test-utils.R checks).
 NULL
 
 # The built-in "torch" framework is registered when the namespace loads,
