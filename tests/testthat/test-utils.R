@@ -14,8 +14,8 @@ test_that("option safetensors.threads sets the thread count, and is checked", {
 
 test_that("a session that only loads and saves doesn't load rlang or cli", {
   skip_on_cran()
-  # They load with the first error, warning, progress bar or slice; until
-  # then they would only make R's full collections slower.
+  # They load with the first error, warning or progress bar; until then
+  # they would only make R's full collections slower.
   loaded <- callr::r(function() {
     library(safetensors)
     f <- tempfile(fileext = ".safetensors")
@@ -26,6 +26,8 @@ test_that("a session that only loads and saves doesn't load rlang or cli", {
     safe_load_file(safe_serialize(x))
     h <- safe_open(f)
     h[["a"]]
+    h$slice("a")[2, ]
+    safe_slice(h, "a", , 1:2, drop = FALSE)
     close(h)
     st <- safetensors$new(f)
     st$get_tensor("b")
