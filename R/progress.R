@@ -23,14 +23,15 @@ progress_enabled <- function() {
 }
 
 # Whether the session is interactive, as rlang::is_interactive() decides
-# (option `rlang_interactive` first; knitr and testthat are not), without
-# loading rlang on every load and save.
+# (option `rlang_interactive` first; knitr, RStudio notebooks and testthat
+# are not), without loading rlang on every load and save.
 is_interactive <- function() {
   opt <- getOption("rlang_interactive")
   if (!is.null(opt)) {
     return(isTRUE(opt))
   }
-  if (isTRUE(getOption("knitr.in.progress")) || identical(Sys.getenv("TESTTHAT"), "true")) {
+  if (isTRUE(getOption("knitr.in.progress")) || isTRUE(getOption("rstudio.notebook.executing")) ||
+    identical(Sys.getenv("TESTTHAT"), "true")) {
     return(FALSE)
   }
   interactive()

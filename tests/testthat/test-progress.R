@@ -53,16 +53,20 @@ test_that("the bar is off in tests, in knitr, when not interactive and by option
 })
 
 test_that("is_interactive() decides as rlang::is_interactive() does", {
-  cases <- expand.grid(opt = c(NA, TRUE, FALSE), knitr = c(FALSE, TRUE), testthat = c("", "true"))
+  cases <- expand.grid(
+    opt = c(NA, TRUE, FALSE), knitr = c(FALSE, TRUE), notebook = c(FALSE, TRUE), testthat = c("", "true"),
+    stringsAsFactors = FALSE
+  )
   for (k in seq_len(nrow(cases))) {
     cs <- cases[k, ]
     withr::local_options(
       rlang_interactive = if (is.na(cs$opt)) NULL else cs$opt,
-      knitr.in.progress = cs$knitr
+      knitr.in.progress = cs$knitr,
+      rstudio.notebook.executing = cs$notebook
     )
     withr::local_envvar(TESTTHAT = cs$testthat)
     expect_identical(is_interactive(), rlang::is_interactive(), label = paste(unlist(cs), collapse = " "))
-    if (is.na(cs$opt) && !cs$knitr && cs$testthat == "") {
+    if (is.na(cs$opt) && !cs$knitr && !cs$notebook && cs$testthat == "") {
       expect_identical(is_interactive(), interactive())
     }
   }
