@@ -566,8 +566,8 @@ mod tests {
         let w = src.view_whole(4096, bytes.len() - 8192).unwrap().unwrap();
         let kib = resident_kib(addr);
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
-        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 14) {
+        let mut ver = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+        if (ver.next().unwrap_or(0), ver.next().unwrap_or(0)) >= (5, 14) {
             assert!(kib >= 1000, "only {kib} KiB mapped by a whole view");
         }
         assert_eq!(w, &bytes[4096..bytes.len() - 4096]);
