@@ -26,12 +26,12 @@ st_check <- function(res, what, call = parent.frame()) {
     return(res)
   }
   if (identical(res$kind, "interrupted")) {
-    # Ctrl-C must give the prompt back at once: no cli formatting (its first
-    # use in a session takes a large part of a second).
-    stop(rlang::error_cnd(
-      c("safetensors_error_interrupted", "safetensors_error"),
-      message = "Interrupted by the user.",
-      call = call
+    # Ctrl-C must give the prompt back at once: no cli formatting and no
+    # loading of cli or rlang (their first use in a session takes a large
+    # part of a second). The fields are those rlang::error_cnd() gives.
+    stop(structure(
+      list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
+      class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
     ))
   }
   st_abort(
@@ -41,6 +41,20 @@ st_check <- function(res, what, call = parent.frame()) {
     format = res$format,
     call = call
   )
+}
+
+# The call of the frame whose environment is `env` (a call passes through).
+frame_call <- function(env) {
+  if (!is.environment(env)) {
+    return(env)
+  }
+  frames <- sys.frames()
+  for (i in rev(seq_along(frames))) {
+    if (identical(frames[[i]], env)) {
+      return(sys.call(i))
+    }
+  }
+  NULL
 }
 
 # Text that cli must print as is.
