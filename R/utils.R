@@ -4,8 +4,12 @@ is_string <- function(x) {
   is.character(x) && length(x) == 1 && !is.na(x)
 }
 
-check_string <- function(x, arg = rlang::caller_arg(x), call = parent.frame()) {
+# The argument checks name the caller's argument with rlang::caller_arg(),
+# called only on failure, as rlang is loaded only by errors (a default
+# argument would do the same, but R CMD check doesn't see uses there).
+check_string <- function(x, arg = NULL, call = parent.frame()) {
   if (!is_string(x)) {
+    arg <- arg %||% rlang::caller_arg(x)
     st_abort(
       "invalid_argument",
       "{.arg {arg}} must be a single string, not {.obj_type_friendly {x}}.",
@@ -14,8 +18,9 @@ check_string <- function(x, arg = rlang::caller_arg(x), call = parent.frame()) {
   }
 }
 
-check_bool <- function(x, arg = rlang::caller_arg(x), call = parent.frame()) {
+check_bool <- function(x, arg = NULL, call = parent.frame()) {
   if (!(is.logical(x) && length(x) == 1 && !is.na(x))) {
+    arg <- arg %||% rlang::caller_arg(x)
     st_abort(
       "invalid_argument",
       "{.arg {arg}} must be `TRUE` or `FALSE`, not {.obj_type_friendly {x}}.",

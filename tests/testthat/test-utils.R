@@ -48,3 +48,21 @@ test_that("arg_choice() takes exact choices and the default's first", {
   err <- expect_error(f("x"))
   expect_identical(conditionCall(err), quote(f("x")))
 })
+
+test_that("check_string() and check_bool() name the caller's argument and call", {
+  f <- function(name, flag) {
+    check_string(name)
+    check_bool(flag)
+  }
+  err <- expect_error(f(1, TRUE), class = "safetensors_error_invalid_argument")
+  expect_match(cli::ansi_strip(conditionMessage(err)), "`name` must be a single string, not a number.", fixed = TRUE)
+  expect_identical(conditionCall(err), quote(f(1, TRUE)))
+  err <- expect_error(f("a", NA), class = "safetensors_error_invalid_argument")
+  expect_match(cli::ansi_strip(conditionMessage(err)), "`flag` must be `TRUE` or `FALSE`, not `NA`.", fixed = TRUE)
+  expect_null(f("a", FALSE))
+  # Through the exported functions.
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(m = matrix(1, 2, 2)), path)
+  err <- expect_error(safe_slice(path, "m", 1, , drop = "no"), class = "safetensors_error_invalid_argument")
+  expect_match(cli::ansi_strip(conditionMessage(err)), "`drop` must be `TRUE` or `FALSE`", fixed = TRUE)
+})
