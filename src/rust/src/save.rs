@@ -66,6 +66,14 @@ fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// The description of tensor `name` from its dtype's name and its shape.
+fn tensor_spec(name: &str, dtype: &str, shape: &Robj) -> Result<TensorSpec> {
+    let Some(dt) = Dtype::from_name(dtype) else {
+        return Err(Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{dtype}`")));
+    };
+    Ok(TensorSpec { name: name.to_string(), dtype: dt, shape: shape_of(shape, name)? })
+}
+
 pub(crate) fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: &List, permute: &Robj) -> Result<Vec<Item<'a>>> {
     let (Some(names), Some(dtypes), Some(permute)) =
         (names.as_str_vector(), dtypes.as_str_vector(), permute.as_logical_slice())
@@ -78,16 +86,12 @@ pub(crate) fn items<'a>(tensors: &'a List, names: &Robj, dtypes: &Robj, shapes: 
     }
     let mut out = Vec::with_capacity(n);
     for (i, shape) in shapes.values().enumerate() {
-        let name = names[i];
-        let Some(dtype) = Dtype::from_name(dtypes[i]) else {
-            return Err(Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{}`", dtypes[i])));
-        };
-        let shape = shape_of(&shape, name)?;
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let spec = tensor_spec(names[i], dtypes[i], &shape)?;
+        let (name, dtype) = (names[i], spec.dtype);
+        let numel = spec.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let Some(numel) = numel else {
             return Err(Error::tensor(Kind::Overflow, name, format!("the size of tensor `{name}` overflows")));
         };
-        let spec = TensorSpec { name: name.to_string(), dtype, shape };
         if permute[i].is_true() {
             let Some(values) = src_of(tensors, i) else {
                 return Err(Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector")));
@@ -501,14 +505,8 @@ fn stream_layout_(names: Robj, dtypes: Robj, shapes: List, meta_keys: Robj, meta
         if names.len() != dtypes.len() || names.len() != shapes.len() {
             return Err(Error::new(Kind::InvalidArgument, "malformed tensor descriptions"));
         }
-        let mut specs = Vec::with_capacity(names.len());
-        for (i, shape) in shapes.values().enumerate() {
-            let name = names[i];
-            let Some(dtype) = Dtype::from_name(dtypes[i]) else {
-                return Err(Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{}`", dtypes[i])));
-            };
-            specs.push(TensorSpec { name: name.to_string(), dtype, shape: shape_of(&shape, name)? });
-        }
+        let specs =
+            shapes.values().enumerate().map(|(i, shape)| tensor_spec(names[i], dtypes[i], &shape)).collect::<Result<Vec<_>>>()?;
         let metadata = metadata_of(&meta_keys, &meta_values)?;
         let layout = format::layout(&specs, metadata.as_deref())?;
         let sizes: Vec<f64> = layout.offsets.iter().map(|&(b, e)| (e - b) as f64).collect();
