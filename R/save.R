@@ -406,7 +406,7 @@ framework_bytes <- function(spec, i, call, size = NULL) {
       call = call
     )
   }
-  size <- size %||% (prod(spec[[4]][[i]]) * dtype_bits[[spec[[3]][[i]]]] / 8)
+  size <- size %||% tensor_bytes(spec[[3]][[i]], spec[[4]][[i]])
   if (length(bytes) != size) {
     st_abort(
       "invalid_argument",

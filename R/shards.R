@@ -78,6 +78,12 @@ dtype_bits <- c(
   F64 = 64, I64 = 64, U64 = 64
 )
 
+# Bytes of a tensor of `dtype` and `shape` (not whole for sub-byte dtypes
+# whose bits don't fill the last byte, which no valid tensor has).
+tensor_bytes <- function(dtype, shape) {
+  prod(as.numeric(unlist(shape))) * dtype_bits[[dtype]] / 8
+}
+
 # Parses a size such as "5GB", "500MB", "2GiB" or a number of bytes.
 parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
   bad <- function() {

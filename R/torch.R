@@ -145,7 +145,7 @@ torch_tensor_from_raw <- function(raw, meta, device = "cpu") {
 # 0.2.x handed the bytes to torch unchecked; a short raw vector made torch
 # read past its end.
 check_torch_bytes <- function(raw, dtype, shape, call = parent.frame()) {
-  want <- prod(shape) * dtype_bits[[dtype]] / 8
+  want <- tensor_bytes(dtype, shape)
   if (!is.raw(raw) || length(raw) != want) {
     st_abort(
       "invalid_argument",
@@ -220,7 +220,7 @@ torch_empty_for <- function(dtype, shape, name, call) {
   } else {
     torch::torch_empty(as.numeric(shape), dtype = dt)
   }
-  nbytes <- prod(as.numeric(shape)) * dtype_bits[[dtype]] / 8
+  nbytes <- tensor_bytes(dtype, shape)
   if (prod(as.numeric(x$shape)) * x$element_size() != nbytes || !x$is_contiguous()) {
     st_abort("invalid_argument", "torch allocated an unexpected tensor for {.val {name}}.", call = call)
   }
