@@ -113,8 +113,13 @@ fn handle_read_into_(x: Robj, name: &str, addr: &str, nbytes: f64) -> Robj {
             let mut done = 0;
             while done < n {
                 let k = (n - done).min(CHUNK);
-                match src.view(off + done, k)? {
-                    Some(bytes) => out[done..done + k].copy_from_slice(bytes),
+                // As the loader reads: a map's pages mapped at once, and let
+                // go of once copied.
+                match src.view_whole(off + done, k)? {
+                    Some(bytes) => {
+                        out[done..done + k].copy_from_slice(bytes);
+                        src.done_with(off + done, k);
+                    }
                     None => src.read_at(off + done, &mut out[done..done + k])?,
                 }
                 done += k;
