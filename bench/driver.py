@@ -2,11 +2,18 @@
 writes all runs to a JSON file (bench/report.py turns it into the table).
 
     python driver.py --data DIR --lib LIB [--cran-lib CLIB] [--reps 5]
+                     [--base-lib BLIB [--base-label LABEL]]
                      [--out results.json] [--only CASE,CASE]
 
 Runs go round-robin (rep 1 of every case and implementation, then rep 2,
 ...), so slow drift on a shared machine spreads over all of them. Before
 each run, the file it reads is read once, so the page cache is warm.
+
+With --base-lib, an implementation "base" runs every case and command that
+"ours" runs (not the 1-thread variants), with R_LIBS=BLIB: an older build of
+this package, for an A/B comparison on the same data. Each "base" run sits
+next to its "ours" run, "ours" first in even reps and "base" first in odd
+ones, so neither always runs right after the other.
 """
 
 import argparse
@@ -64,6 +71,9 @@ def machine(args):
         "ours": sh(f"R_LIBS={args.lib} Rscript -e 'cat(as.character(packageVersion(\"safetensors\")))'"),
         "ours_commit": sh(f"git -C {repo} rev-parse --short HEAD") + (" (modified)" if sh(f"git -C {repo} status --porcelain -- src R") else ""),
         "cran": sh(f"R_LIBS={args.cran_lib} Rscript -e 'cat(as.character(packageVersion(\"safetensors\")))'") if args.cran_lib else "",
+        "base": sh(f"R_LIBS={args.base_lib} Rscript -e 'cat(as.character(packageVersion(\"safetensors\")))'") if args.base_lib else "",
+        "base_label": args.base_label if args.base_lib else "",
+        "base_lib": args.base_lib,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
@@ -81,10 +91,14 @@ def plan(args, man):
     rs = ["Rscript", os.path.join(HERE, "case.R")]
     ours_env = {"R_LIBS": args.lib}
     cran_env = {"R_LIBS": args.cran_lib} if args.cran_lib else None
+    base_env = {"R_LIBS": args.base_lib} if args.base_lib else None
     runs = []
 
     def add(case, impl, argv, env, warm_path):
         runs.append((case, impl, argv, env or {}, warm_path))
+        if impl == "ours" and base_env:
+            # The same command with the older build ("ours" sets R_LIBS).
+            runs.append((case, "base", argv, {**(env or {}), **base_env}, warm_path))
 
     for case, _, key, fw, _ in LOAD_CASES:
         path = man[key]["path"]
@@ -123,6 +137,8 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--lib", required=True)
     ap.add_argument("--cran-lib", default="")
+    ap.add_argument("--base-lib", default="")
+    ap.add_argument("--base-label", default="")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", default="")
@@ -137,7 +153,14 @@ def main():
     total = len(runs) * args.reps
     done = 0
     for rep in range(args.reps):
-        for case, impl, argv, env, warm_path in runs:
+        order = runs
+        if rep % 2 == 1:
+            # Swap each "ours"/"base" pair in odd reps.
+            order = list(runs)
+            for i in range(len(order) - 1):
+                if order[i][1] == "ours" and order[i + 1][1] == "base" and order[i][0] == order[i + 1][0]:
+                    order[i], order[i + 1] = order[i + 1], order[i]
+        for case, impl, argv, env, warm_path in order:
             done += 1
             if warm_path:
                 warm(warm_path)

@@ -4,7 +4,8 @@
 
 Replaces the text between the lines `<!-- results:start -->` and
 `<!-- results:end -->` (appending them if absent); the rest of README.md is
-left as written.
+left as written. Results with "base" runs (run.sh's BENCH_BASE_LIB) get a
+table more: this package against that older build of itself.
 """
 
 import json
@@ -32,6 +33,85 @@ def spread(runs, case, impl):
     return f"{min(vals):.3f}..{max(vals):.3f}" if vals else ""
 
 
+def times(runs, case, impl):
+    return [r["time"] for r in runs if r["case"] == case and r["impl"] == impl and "error" not in r]
+
+
+# An A/B difference counts only with this many runs of each build.
+AB_MIN_RUNS = 3
+
+
+def ab_verdict(base, ours):
+    """(ratio, noise band, verdict) for the runs' times of the two builds.
+
+    The noise band is the run-to-run spread of both builds, each relative to
+    its own median: from the smaller of min/median over the two to the
+    larger of max/median. The ratio of the medians (ours / base) is beyond
+    noise when it lies outside that band.
+    """
+    mb, mo = statistics.median(base), statistics.median(ours)
+    ratio = mo / mb
+    lo = min(min(base) / mb, min(ours) / mo)
+    hi = max(max(base) / mb, max(ours) / mo)
+    if min(len(base), len(ours)) < AB_MIN_RUNS:
+        verdict = "too few runs"
+    elif ratio < lo:
+        verdict = "**faster**"
+    elif ratio > hi:
+        verdict = "**slower**"
+    else:
+        verdict = "within noise"
+    return ratio, (lo, hi), verdict
+
+
+def ab_table(runs, m, cases):
+    out = []
+    label = f" ({m['base_label']})" if m.get("base_label") else ""
+    out.append(f"### Before and after: this package against its baseline{label}")
+    out.append("")
+    out.append(
+        f"\"base\" is an older release build of this package (version {m.get('base') or '?'}"
+        + (f", {m['base_label']}" if m.get("base_label") else "") + "), "
+        
+        "run with exactly the cases and commands of \"this package\" (the current build), each run "
+        "a fresh process, the two builds' runs next to each other in the same rounds (which of them "
+        "goes first alternates between rounds), same data files. Times are the call's wall time "
+        "as in the tables below, medians of the runs. Ratio = this package / base: below 1 is "
+        "faster. Noise band: the run-to-run spread of both builds, each relative to its own "
+        "median, from the smaller min/median of the two to the larger max/median. A difference "
+        "counts (\"faster\", \"slower\") only if the ratio lies outside that band, i.e. it is "
+        "larger than the spread either build shows from run to run on its own, and each build "
+        f"has at least {AB_MIN_RUNS} runs; otherwise \"within noise\". CPU ratio = the same ratio "
+        "for CPU time (user + system, all threads). RSS = median growth of peak RSS during the "
+        "call, MiB.")
+    out.append("")
+    out.append("| case | base | this package | ratio | noise band | difference | CPU ratio | "
+               "base min..max (s) | this package min..max (s) | RSS base -> this package |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    counts = {}
+    for case in cases:
+        b, o = times(runs, case, "base"), times(runs, case, "ours")
+        if not b and not o:
+            continue
+        if not (b and o):
+            out.append(f"| {case} | {fmt_t(statistics.median(b)) if b else 'n/a'} | "
+                       f"{fmt_t(statistics.median(o)) if o else 'n/a'} |  |  | no runs to compare |  |  |  |  |")
+            continue
+        ratio, (lo, hi), verdict = ab_verdict(b, o)
+        counts[verdict] = counts.get(verdict, 0) + 1
+        cb, co = med(runs, case, "base", "cpu")[0], med(runs, case, "ours", "cpu")[0]
+        out.append(
+            f"| {case} | {fmt_t(statistics.median(b))} | {fmt_t(statistics.median(o))} | {ratio:.2f} | "
+            f"{lo:.2f}..{hi:.2f} | {verdict} | {'' if not (cb and co) else f'{co / cb:.2f}'} | "
+            f"{spread(runs, case, 'base')} | {spread(runs, case, 'ours')} | "
+            f"{fmt_mb(growth(runs, case, 'base'))} -> {fmt_mb(growth(runs, case, 'ours'))} |")
+    out.append("")
+    if counts:
+        out.append("Cases: " + ", ".join(f"{n} {v.strip('*')}" for v, n in sorted(counts.items())) + ".")
+        out.append("")
+    return out
+
+
 def fmt_t(t):
     return "n/a" if t is None else (f"{t * 1000:.1f} ms" if t < 0.1 else f"{t:.3f} s")
 
@@ -52,8 +132,15 @@ def main():
     out.append(f"- {m['r']}; Python {m['python']}, numpy {m['numpy']}, safetensors (Python) {m['safetensors_py']}; {m['rustc']}")
     out.append(f"- this package {m['ours']} (commit {m['ours_commit']}, release build)"
                + (f"; CRAN safetensors {m['cran']}" if m.get("cran") else "; CRAN 0.2.1 not measured"))
+    if m.get("base"):
+        out.append(f"- baseline (\"base\"): this package {m['base']}"
+                   + (f" ({m['base_label']})" if m.get("base_label") else "")
+                   + f", from the library {m.get('base_lib', '?')}")
     out.append(f"- run {m['date']}; median of {res['reps']} runs per cell, each a fresh process, warm page cache")
     out.append("")
+
+    if any(r["impl"] == "base" for r in runs):
+        out.extend(ab_table(runs, m, [c for c, *_ in LOAD_CASES] + ["open_one"] + [c for c, *_ in SAVE_CASES]))
 
     out.append("### Targets: this package against Python's safetensors")
     out.append("")

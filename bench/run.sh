@@ -6,6 +6,7 @@
 # 1. a Python venv in bench/.venv with safetensors==0.8.0 and numpy;
 # 2. a release build of this package in a private library (or BENCH_LIB);
 # 3. CRAN safetensors 0.2.1 in its own library, if its sources are given;
+#    an older build of this package as a baseline, if BENCH_BASE_LIB is set;
 # 4. the data files (about 4.3 GB) in BENCH_DATA or a temporary directory;
 # 5. every case REPS times, each run a fresh process (bench/driver.py);
 # 6. the tables written into bench/README.md (bench/report.py).
@@ -17,6 +18,14 @@
 #                       tarball (installed into BENCH_WORK/cran-lib), or a
 #                       library it is installed in. Without it, the CRAN
 #                       column stays empty.
+#   BENCH_BASE_LIB=DIR  A/B mode: an R library with an older (release!) build
+#                       of this package, measured as "base" with every case
+#                       and command "ours" runs, interleaved with them; the
+#                       README gets a table "before/after". Build one with
+#                         git worktree add /tmp/before COMMIT
+#                         DEBUG=false bash /tmp/before/tools/dev-install.sh DIR
+#   BENCH_BASE_LABEL=X  what the baseline is (e.g. its commit id), recorded
+#                       in results.json and the README
 #   BENCH_DATA=DIR      where the data files go (kept, and reused if there);
 #                       default: a temporary directory, removed at the end
 #   BENCH_WORK=DIR      builds and libraries; default /tmp/safetensors-bench
@@ -43,7 +52,7 @@ py="$venv/bin/python"
 
 # 2. this package, release build
 if [ -n "${BENCH_LIB:-}" ]; then
-  lib=$BENCH_LIB
+  lib=$(cd "$BENCH_LIB" && pwd)
 else
   lib="$work/lib"
   echo "== installing this package (release build) into $lib"
@@ -67,6 +76,17 @@ if [ -n "${CRAN_SAFETENSORS:-}" ]; then
   R_LIBS=$cran_lib Rscript -e 'stopifnot(!exists("read_file_", asNamespace("safetensors")))' >/dev/null
 fi
 
+# 3b. the baseline for an A/B comparison: an older build of this package
+base_lib=""
+if [ -n "${BENCH_BASE_LIB:-}" ]; then
+  base_lib=$(cd "$BENCH_BASE_LIB" && pwd)
+  [ -f "$base_lib/safetensors/DESCRIPTION" ] ||
+    { echo "BENCH_BASE_LIB=$BENCH_BASE_LIB: no safetensors installed there" >&2; exit 1; }
+  R_LIBS=$base_lib Rscript -e 'stopifnot(exists("read_file_", asNamespace("safetensors")))' >/dev/null ||
+    { echo "BENCH_BASE_LIB=$BENCH_BASE_LIB: not a build of this package (CRAN 0.2.1?)" >&2; exit 1; }
+  echo "== baseline (\"base\"): $base_lib${BENCH_BASE_LABEL:+ ($BENCH_BASE_LABEL)}"
+fi
+
 # 4. data
 if [ -n "${BENCH_DATA:-}" ]; then
   data=$BENCH_DATA
@@ -82,6 +102,7 @@ save_rows=$(awk -v s="$scale" 'BEGIN { r = int(4096 * s); print (r < 1 ? 1 : r) 
 echo "== running (REPS=$reps)"
 results="$here/results.json"
 (cd "$here" && "$py" driver.py --data "$data" --lib "$lib" --cran-lib "$cran_lib" \
+  --base-lib "$base_lib" --base-label "${BENCH_BASE_LABEL:-}" \
   --reps "$reps" --out "$results" --save-rows "$save_rows" ${ONLY:+--only "$ONLY"})
 
 # 6. table
