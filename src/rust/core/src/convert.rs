@@ -12,6 +12,7 @@
 use std::marker::PhantomData;
 
 use crate::dtype::Dtype;
+use crate::error::{Error, Kind, Result};
 use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32};
 
 /// Tile edge for the blocked transposition.
@@ -361,8 +362,9 @@ const EXACT_LIMIT: u64 = 1 << 53;
 ///
 /// `dst`'s type must be the one [`r_type`] gives (or `Real` for any numeric
 /// dtype); `src` must hold the rows and `dst` the whole tensor. Arguments
-/// that break these rules leave `dst` untouched.
-pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usize, dst: Dst<'_>) -> DecodeStats {
+/// that break these rules are an error (a caller's bug), and `dst` is then
+/// left as it was: never partly filled.
+pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usize, dst: Dst<'_>) -> Result<DecodeStats> {
     // SAFETY: `dst` is borrowed exclusively for this call.
     unsafe { decode_rows(dtype, src, shape, row0, row1, Target::from(dst)) }
 }
@@ -380,15 +382,21 @@ pub unsafe fn decode_rows(
     row0: usize,
     row1: usize,
     dst: Target<'_>,
-) -> DecodeStats {
+) -> Result<DecodeStats> {
     let mut stats = DecodeStats::default();
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
     let (Some(numel), Some(need)) = (numel, need) else {
-        return stats;
+        return Err(mismatch("the shape's size overflows"));
     };
-    if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel || numel == 0 {
-        return stats;
+    if numel == 0 && row0 <= row1 && dst.is_empty() {
+        return Ok(stats);
+    }
+    if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel {
+        return Err(mismatch("the rows, bytes or destination don't match the shape"));
+    }
+    if !decodes_into(dtype, &dst) {
+        return Err(mismatch("the destination's type doesn't fit the dtype"));
     }
     // From here on every row-major index within the block and every
     // column-major index of rows [row0, row1) is in bounds (see `kernel`).
@@ -408,13 +416,13 @@ pub unsafe fn decode_rows(
             Dtype::F8E8M0 => k!(1, out, |b| decode_e8m0(b[0])),
             Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
                 let Some(c) = floats::codec(dtype) else {
-                    return stats;
+                    return Err(mismatch("no codec for the dtype"));
                 };
                 k!(1, out, |b| c.decode(b[0] as u32))
             }
             Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
                 let Some(c) = floats::codec(dtype) else {
-                    return stats;
+                    return Err(mismatch("no codec for the dtype"));
                 };
                 let bits = dtype.bits();
                 // Packed: element by element (rare, and blocks start on
@@ -449,8 +457,8 @@ pub unsafe fn decode_rows(
             Dtype::I8 => k!(1, out, |b| b[0] as i8 as f64),
             Dtype::U8 => k!(1, out, |b| b[0] as f64),
             Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32 as f64),
-            // C64 is always read as complex.
-            Dtype::C64 => {}
+            // C64 is always read as complex (decodes_into).
+            Dtype::C64 => return Err(mismatch("C64 is read as complex")),
         },
         Target::Integer(out) => match dtype {
             Dtype::I32 => {
@@ -462,7 +470,7 @@ pub unsafe fn decode_rows(
             Dtype::I8 => k!(1, out, |b| b[0] as i8 as i32),
             Dtype::U8 => k!(1, out, |b| b[0] as i32),
             Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32),
-            _ => {}
+            _ => return Err(mismatch("the dtype isn't read as integer")),
         },
         Target::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
         Target::Complex(out) => {
@@ -473,7 +481,25 @@ pub unsafe fn decode_rows(
             })
         }
     }
-    stats
+    Ok(stats)
+}
+
+/// Whether [`decode_rows`] can fill `dst` from `dtype`: double from every
+/// dtype but C64, integer from the dtypes [`r_type`] reads as integer and
+/// BOOL, logical from BOOL, complex from C64.
+pub fn decodes_into(dtype: Dtype, dst: &Target<'_>) -> bool {
+    match dst {
+        Target::Real(_) => dtype != Dtype::C64,
+        Target::Integer(_) => r_type(dtype) == RType::Integer || dtype == Dtype::Bool,
+        Target::Logical(_) => dtype == Dtype::Bool,
+        Target::Complex(_) => dtype == Dtype::C64,
+    }
+}
+
+/// The error for arguments that don't fit together: a caller's bug, never
+/// the file's.
+fn mismatch(what: &str) -> Error {
+    Error::new(Kind::InvalidArgument, format!("internal error in the conversion kernels: {what}"))
 }
 
 /// Number of little-endian I32 values equal to `i32::MIN` in `src[..n]`.
@@ -762,11 +788,20 @@ fn get(src: Src<'_>, cm: usize) -> Num {
 
 /// The first element that could not be encoded.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EncodeError {
+pub struct BadValue {
     /// Its column-major index in the whole tensor (0-based).
     pub index: usize,
     /// Its value.
     pub value: Num,
+}
+
+/// Why [`encode`] failed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EncodeError {
+    /// A value the dtype can't hold.
+    Value(BadValue),
+    /// The arguments don't fit together (lengths, rows): a caller's bug.
+    Mismatch,
 }
 
 #[inline(always)]
@@ -794,7 +829,7 @@ fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Optio
 /// error names the first value in R's (column-major) order that can't be
 /// encoded, whichever block it is in, so it doesn't depend on how a tensor
 /// is split into blocks or threads. Arguments that don't fit together
-/// (lengths, rows) encode nothing.
+/// (lengths, rows) are [`EncodeError::Mismatch`].
 pub fn encode(
     dtype: Dtype,
     src: Src<'_>,
@@ -802,14 +837,17 @@ pub fn encode(
     row0: usize,
     row1: usize,
     out: &mut [u8],
-) -> Result<(), EncodeError> {
+) -> std::result::Result<(), EncodeError> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
     let (Some(numel), Some(need)) = (numel, need) else {
-        return Ok(());
+        return Err(EncodeError::Mismatch);
     };
-    if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel || numel == 0 {
+    if numel == 0 && row0 <= row1 && src.len() == 0 {
         return Ok(());
+    }
+    if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel {
+        return Err(EncodeError::Mismatch);
     }
     let out = &mut out[..need];
     macro_rules! k {
@@ -837,16 +875,21 @@ pub fn encode(
     if ok {
         return Ok(());
     }
-    Err(first_bad(dtype, src).unwrap_or(EncodeError { index: 0, value: Num::Na }))
+    Err(match first_bad(dtype, src) {
+        Some(bad) => EncodeError::Value(bad),
+        // Every value encodes alone: the pair of types is one no kernel
+        // takes (complex into a real dtype), which R rejects beforehand.
+        None => EncodeError::Mismatch,
+    })
 }
 
 /// The first element of `src`, in R's order, that `dtype` can't hold.
-fn first_bad(dtype: Dtype, src: Src<'_>) -> Option<EncodeError> {
+fn first_bad(dtype: Dtype, src: Src<'_>) -> Option<BadValue> {
     let mut one = [0u8; 8];
     (0..src.len()).find_map(|i| {
         one = [0; 8];
         let ok = encode_generic(dtype, src.slice(i, 1), &[1], 0, 1, &mut one);
-        (!ok).then(|| EncodeError { index: i, value: get(src, i) })
+        (!ok).then(|| BadValue { index: i, value: get(src, i) })
     })
 }
 
@@ -1111,16 +1154,16 @@ mod tests {
             let rows = n_rows(&shape);
             for_each_index(&shape, 0, rows, |rm, cm| panic!("{shape:?} visited ({rm}, {cm})"));
             let mut out: Vec<f64> = Vec::new();
-            decode(Dtype::F64, &[], &shape, 0, rows, Dst::Real(&mut out));
+            decode(Dtype::F64, &[], &shape, 0, rows, Dst::Real(&mut out)).unwrap();
             let mut ints: Vec<i32> = Vec::new();
-            decode(Dtype::U8, &[], &shape, 0, rows, Dst::Integer(&mut ints));
+            decode(Dtype::U8, &[], &shape, 0, rows, Dst::Integer(&mut ints)).unwrap();
             encode(Dtype::F64, Src::Real(&[]), &shape, 0, rows, &mut []).unwrap();
         }
         // An empty row range visits nothing either.
         for_each_index(&[2, 3, 4], 1, 1, |rm, cm| panic!("visited ({rm}, {cm})"));
     }
 
-    fn encode_all(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> Result<Vec<u8>, EncodeError> {
+    fn encode_all(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
         encode(dtype, src, shape, 0, n_rows(shape), &mut out)?;
@@ -1130,7 +1173,7 @@ mod tests {
     fn decode_real(dtype: Dtype, bytes: &[u8], shape: &[usize]) -> Vec<f64> {
         let n: usize = shape.iter().product();
         let mut out = vec![0.0; n];
-        decode(dtype, bytes, shape, 0, n_rows(shape), Dst::Real(&mut out));
+        decode(dtype, bytes, shape, 0, n_rows(shape), Dst::Real(&mut out)).unwrap();
         out
     }
 
@@ -1160,7 +1203,7 @@ mod tests {
         let bytes = encode_all(Dtype::U8, Src::Real(&x), &[2, 3]).unwrap();
         assert_eq!(bytes, vec![1, 3, 5, 2, 4, 6]);
         let mut back = vec![0i32; 6];
-        decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Integer(&mut back));
+        decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Integer(&mut back)).unwrap();
         assert_eq!(back, vec![1, 2, 3, 4, 5, 6]);
         // F4 packs the first element in the low nibble.
         let bytes = encode_all(Dtype::F4, Src::Real(&[1.0, 6.0]), &[2]).unwrap();
@@ -1169,7 +1212,9 @@ mod tests {
 
     #[test]
     fn rejects_unrepresentable_values() {
-        let e = encode_all(Dtype::I8, Src::Real(&[1.0, 128.0]), &[2]).unwrap_err();
+        let EncodeError::Value(e) = encode_all(Dtype::I8, Src::Real(&[1.0, 128.0]), &[2]).unwrap_err() else {
+            panic!("not a value error");
+        };
         assert_eq!(e.index, 1);
         assert!(encode_all(Dtype::I32, Src::Real(&[1.5]), &[1]).is_err());
         assert!(encode_all(Dtype::I32, Src::Real(&[f64::NAN]), &[1]).is_err());
@@ -1192,22 +1237,22 @@ mod tests {
         let ints = [0, 1, -5, i32::MAX, -i32::MAX];
         let bytes = encode_all(Dtype::I32, Src::Integer(&ints), &[5]).unwrap();
         let mut back = vec![0; 5];
-        decode(Dtype::I32, &bytes, &[5], 0, 5, Dst::Integer(&mut back));
+        decode(Dtype::I32, &bytes, &[5], 0, 5, Dst::Integer(&mut back)).unwrap();
         assert_eq!(back, ints);
         let bytes = encode_all(Dtype::Bool, Src::Logical(&[1, 0, 1]), &[3]).unwrap();
         assert_eq!(bytes, vec![1, 0, 1]);
         let z = [[1.5, -2.0], [0.0, 3.25]];
         let bytes = encode_all(Dtype::C64, Src::Complex(&z), &[2]).unwrap();
         let mut back = vec![[0.0; 2]; 2];
-        decode(Dtype::C64, &bytes, &[2], 0, 2, Dst::Complex(&mut back));
+        decode(Dtype::C64, &bytes, &[2], 0, 2, Dst::Complex(&mut back)).unwrap();
         assert_eq!(back, z);
         let big = (1u64 << 60).to_le_bytes();
         let mut out = [0.0];
-        let stats = decode(Dtype::U64, &big, &[1], 0, 1, Dst::Real(&mut out));
+        let stats = decode(Dtype::U64, &big, &[1], 0, 1, Dst::Real(&mut out)).unwrap();
         assert_eq!(stats.inexact, 1);
         let min = i32::MIN.to_le_bytes();
         let mut out = [0];
-        assert_eq!(decode(Dtype::I32, &min, &[1], 0, 1, Dst::Integer(&mut out)).int_min, 1);
+        assert_eq!(decode(Dtype::I32, &min, &[1], 0, 1, Dst::Integer(&mut out)).unwrap().int_min, 1);
     }
 
     #[test]
@@ -1222,8 +1267,8 @@ mod tests {
         encode(Dtype::F6E2M3, Src::Real(&vals), &shape, 4, 8, &mut halves[rb..]).unwrap();
         assert_eq!(halves, whole);
         let mut out = vec![0.0; 32];
-        decode(Dtype::F6E2M3, &whole[..rb], &shape, 0, 4, Dst::Real(&mut out));
-        decode(Dtype::F6E2M3, &whole[rb..], &shape, 4, 8, Dst::Real(&mut out));
+        decode(Dtype::F6E2M3, &whole[..rb], &shape, 0, 4, Dst::Real(&mut out)).unwrap();
+        decode(Dtype::F6E2M3, &whole[rb..], &shape, 4, 8, Dst::Real(&mut out)).unwrap();
         assert_eq!(out, vals);
     }
 
@@ -1326,7 +1371,7 @@ mod tests {
             let one = |(r0, r1): (usize, usize)| {
                 let (b0, b1) = (dtype.bytes_for(r0 * rl).unwrap(), dtype.bytes_for(r1 * rl).unwrap());
                 // SAFETY: each block decodes its own rows.
-                unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) };
+                unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) }.unwrap();
             };
             if threaded {
                 std::thread::scope(|s| {
@@ -1401,13 +1446,13 @@ mod tests {
         let mut total = 0;
         for r0 in (0..20).step_by(7) {
             let r1 = (r0 + 7).min(20);
-            total += decode(Dtype::I64, &bytes[r0 * 17 * 8..r1 * 17 * 8], &shape, r0, r1, Dst::Real(&mut out)).inexact;
+            total += decode(Dtype::I64, &bytes[r0 * 17 * 8..r1 * 17 * 8], &shape, r0, r1, Dst::Real(&mut out)).unwrap().inexact;
         }
         assert_eq!(total, 2);
         let ints: Vec<u8> =
             (0..n as i32).map(|i| if i % 50 == 0 { i32::MIN } else { i }).flat_map(|v| v.to_le_bytes()).collect();
         let mut out = vec![0; n];
-        assert_eq!(decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out)).int_min, 7);
+        assert_eq!(decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out)).unwrap().int_min, 7);
         assert_eq!(count_i32_min(&ints), 7);
     }
 
@@ -1445,7 +1490,7 @@ mod tests {
             .collect()
     }
 
-    fn ref_encode(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> Result<Vec<u8>, EncodeError> {
+    fn ref_encode(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
         let cm = reference_cm(shape);
@@ -1470,12 +1515,12 @@ mod tests {
             }
         }
         match first_bad {
-            Some(index) => Err(EncodeError { index, value: get(src, index) }),
+            Some(index) => Err(EncodeError::Value(BadValue { index, value: get(src, index) })),
             None => Ok(out),
         }
     }
 
-    fn encode_blocks(dtype: Dtype, src: Src<'_>, shape: &[usize], step: usize) -> Result<Vec<u8>, EncodeError> {
+    fn encode_blocks(dtype: Dtype, src: Src<'_>, shape: &[usize], step: usize) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
         let rows = n_rows(shape);
@@ -1545,7 +1590,12 @@ mod tests {
                         continue;
                     }
                     // NaN != NaN: compare errors by index and printed value.
-                    let key = |r: Result<Vec<u8>, EncodeError>| r.map_err(|e| (e.index, format!("{:?}", e.value)));
+                    let key = |r: std::result::Result<Vec<u8>, EncodeError>| {
+                        r.map_err(|e| match e {
+                            EncodeError::Value(b) => (b.index, format!("{:?}", b.value)),
+                            EncodeError::Mismatch => (usize::MAX, "mismatch".to_string()),
+                        })
+                    };
                     let want = key(ref_encode(dtype, src, &shape));
                     for step in [rows.max(1), align, 3 * align, 16] {
                         let got = key(encode_blocks(dtype, src, &shape, step));

@@ -1,9 +1,13 @@
 //! Access to a file's bytes: positioned reads, memory maps, in-memory
 //! buffers, and atomic writes. No R types here.
+//!
+//! Everything that differs between systems (how a file is opened, read at
+//! an offset, stamped for change detection, replaced atomically, and the
+//! memory advice given for maps) is in one module per platform family,
+//! `unix.rs` and `windows.rs`, behind the same small set of functions.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +15,16 @@ use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, Header, N_LEN};
+
+#[cfg(unix)]
+#[path = "unix.rs"]
+mod sys;
+#[cfg(windows)]
+#[path = "windows.rs"]
+mod sys;
+
+pub use sys::{populate_write, start_writeback};
+use sys::Stamp;
 
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,24 +108,8 @@ impl Source for Memory<'_> {
     }
 }
 
-/// What identifies a file's contents for change detection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-    ino: u64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp { len: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec(), ino: meta.ino() }
-    }
-}
-
 /// An open file, read with `pread` or through a memory map.
 pub struct FileSource {
-    path: PathBuf,
     file: File,
     stamp: Stamp,
     map: Option<Mmap>,
@@ -120,13 +118,7 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path` for reading with `backend`.
     pub fn open(path: &Path, backend: Backend) -> Result<FileSource> {
-        // Non-blocking, so a FIFO can't stall the open until a writer comes
-        // (it has no effect on reads of regular files).
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| Error::io(&e, "can't open the file"))?;
+        let file = sys::open_read(path).map_err(|e| Error::io(&e, "can't open the file"))?;
         let meta = file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
         if meta.is_dir() {
             return Err(Error::new(Kind::Io, "the path is a directory, not a file"));
@@ -148,14 +140,15 @@ impl FileSource {
                     .map_err(|e| Error::io(&e, "can't memory-map the file"))?,
             ),
         };
-        Ok(FileSource { path: path.to_path_buf(), file, stamp: Stamp::of(&meta), map })
+        let stamp = sys::stamp(&file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
+        Ok(FileSource { file, stamp, map })
     }
 
     /// Errors when the file no longer has the size and stamp it had when
     /// opened.
     pub fn check_unchanged(&self) -> Result<()> {
         let meta = self.file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
-        let now = Stamp::of(&meta);
+        let now = sys::stamp(&self.file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
         if now != self.stamp {
             let what = if now.len < self.stamp.len { "shrank" } else { "was modified" };
             return Err(Error::new(
@@ -164,16 +157,6 @@ impl FileSource {
             ));
         }
         Ok(())
-    }
-
-    /// The path this source was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether the file is memory-mapped.
-    pub fn is_mapped(&self) -> bool {
-        self.map.is_some()
     }
 }
 
@@ -195,14 +178,15 @@ impl Source for FileSource {
         let v = self.view(off, n)?;
         if let Some(bytes) = v {
             if bytes.len() >= POPULATE_READ_MIN {
-                populate_read(bytes);
+                // A 64 MiB tensor read from a map: 35 -> 31 ms on Linux.
+                sys::populate_read(bytes);
             }
         }
         Ok(v)
     }
 
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
-        match self.file.read_exact_at(buf, off as u64) {
+        match sys::read_exact_at(&self.file, buf, off as u64) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::new(
                 Kind::FileChanged,
@@ -217,64 +201,18 @@ impl Source for FileSource {
     }
 
     fn done_with(&self, off: usize, n: usize) {
-        #[cfg(unix)]
         if let Some(map) = &self.map {
-            // Whole pages inside the range only: a page shared with bytes
-            // another job is still reading stays mapped.
-            let page = page_size();
-            let base = map.as_ptr() as usize;
-            let (Some(lo), Some(hi)) = (base.checked_add(off), base.checked_add(off.saturating_add(n).min(map.len())))
-            else {
-                return;
-            };
-            let start = lo.next_multiple_of(page);
-            let end = hi / page * page;
-            if end > start {
-                // SAFETY: whole pages of our private read-only map, never
-                // written, so dropping them loses nothing: the next access
-                // faults in the file's bytes again. Failure is harmless.
-                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+            if let Some(bytes) = map.get(off.min(map.len())..off.saturating_add(n).min(map.len())) {
+                // SAFETY: `bytes` lies in our private read-only map, which is
+                // never written, so dropping its pages loses nothing.
+                unsafe { sys::release_pages(bytes) };
             }
         }
-        #[cfg(not(unix))]
-        let _ = (off, n);
     }
 }
 
 /// Whole views at least this large have their pages mapped in one call.
 const POPULATE_READ_MIN: usize = 256 << 10;
-
-/// Maps the pages under `bytes` (part of our private file map) in one
-/// call rather than one fault per page as a kernel reads them (a 64 MiB
-/// tensor read from a map: 35 -> 31 ms here). Needs Linux 5.14; elsewhere,
-/// or if refused, the pages fault in as usual.
-fn populate_read(bytes: &[u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        let page = page_size();
-        let start = (bytes.as_ptr() as usize) / page * page;
-        let end = (bytes.as_ptr() as usize).saturating_add(bytes.len());
-        // SAFETY: pages of our own read-only map, which covers `bytes`
-        // (rounded down to its page start, inside the map as the map is
-        // page-aligned); MADV_POPULATE_READ only faults them in, and its
-        // failure (an I/O error shows up again at the read) is harmless.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = bytes;
-}
-
-/// The system's page size (4096 when it can't be read).
-#[cfg(unix)]
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
-    } else {
-        4096
-    }
-}
 
 /// A file being written next to its target, renamed over it on commit: an
 /// existing target is never touched by a write that fails.
@@ -298,7 +236,7 @@ pub struct AtomicFile {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh temporary name for `base` in `dir`.
-fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
+pub(crate) fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     dir.join(format!(".{}.{}-{}.tmp", base.to_string_lossy(), std::process::id(), n))
 }
@@ -317,7 +255,7 @@ impl AtomicFile {
         if target.is_dir() {
             return Err(Error::new(Kind::InvalidArgument, "the path is a directory"));
         }
-        if let Some(file) = anonymous_in(&dir) {
+        if let Some(file) = sys::anonymous_in(&dir) {
             return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: None, file: Some(file) });
         }
         AtomicFile::create_named(target, dir, base)
@@ -328,7 +266,7 @@ impl AtomicFile {
         let mut last_err = None;
         for _ in 0..16 {
             let temp = temp_name(&dir, base);
-            match OpenOptions::new().write(true).create_new(true).mode(0o666).open(&temp) {
+            match sys::create_new(&temp) {
                 Ok(file) => {
                     return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: Some(temp), file: Some(file) })
                 }
@@ -374,20 +312,18 @@ impl AtomicFile {
             let Some(base) = self.target.file_name().map(|b| b.to_os_string()) else {
                 return Err(Error::new(Kind::InvalidArgument, "the path must name a file"));
             };
-            self.temp = Some(link_anonymous(file, &self.dir, &base)?);
+            self.temp = Some(sys::link_anonymous(file, &self.dir, &base)?);
         }
         let Some(temp) = self.temp.clone() else {
             return Err(Error::new(Kind::Io, "the temporary file has no name"));
         };
-        std::fs::rename(&temp, &self.target).map_err(|e| Error::io(&e, "can't replace the target file"))?;
+        sys::replace(&temp, &self.target).map_err(|e| Error::io(&e, "can't replace the target file"))?;
         // Renamed: nothing left to remove.
         self.temp = None;
         self.file = None;
         if sync {
             // Persist the rename itself; failure here leaves a complete file.
-            if let Ok(d) = File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
+            sys::sync_dir(&self.dir);
         }
         Ok(())
     }
@@ -412,56 +348,6 @@ fn sync_polling(file: &File, poll: &mut dyn FnMut() -> Result<()>) -> Result<()>
             }
         }
     }
-}
-
-/// An anonymous file in `dir`, or `None` when the system or the file
-/// system can't make one, or it could not be linked into place later.
-#[cfg(target_os = "linux")]
-fn anonymous_in(dir: &Path) -> Option<File> {
-    // Linking it on commit goes through /proc/self/fd.
-    if !Path::new("/proc/self/fd").is_dir() {
-        return None;
-    }
-    OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir).ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn anonymous_in(_dir: &Path) -> Option<File> {
-    None
-}
-
-/// Links the anonymous `file` into `dir` under a fresh temporary name.
-#[cfg(target_os = "linux")]
-fn link_anonymous(file: &File, dir: &Path, base: &std::ffi::OsStr) -> Result<PathBuf> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::io::AsRawFd;
-
-    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| Error::new(Kind::Io, "can't name the temporary file"))?;
-    let mut last = std::io::Error::other("temporary names exhausted");
-    for _ in 0..16 {
-        let temp = temp_name(dir, base);
-        let Ok(to) = CString::new(temp.as_os_str().as_bytes()) else {
-            return Err(Error::new(Kind::InvalidArgument, "the path contains a NUL byte"));
-        };
-        // SAFETY: both paths are valid NUL-terminated strings that outlive
-        // the call; linkat only reads them.
-        let rc = unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
-        if rc == 0 {
-            return Ok(temp);
-        }
-        last = std::io::Error::last_os_error();
-        if last.kind() != std::io::ErrorKind::AlreadyExists {
-            break;
-        }
-    }
-    Err(Error::io(&last, "can't link the new file into its directory"))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn link_anonymous(_file: &File, _dir: &Path, _base: &std::ffi::OsStr) -> Result<PathBuf> {
-    Err(Error::new(Kind::Io, "anonymous files are not supported on this system"))
 }
 
 impl Drop for AtomicFile {

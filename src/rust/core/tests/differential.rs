@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use safetensors::SafeTensorError;
-use safetensorsr::dtype::{Dtype, ALL};
-use safetensorsr::error::Kind;
-use safetensorsr::format::{layout, Header, TensorSpec, N_LEN};
-use safetensorsr::io::{read_header, Memory};
+use safetensors_core::dtype::{Dtype, ALL};
+use safetensors_core::error::Kind;
+use safetensors_core::format::{layout, Header, TensorSpec, N_LEN};
+use safetensors_core::io::{read_header, Memory};
 
 /// Mutated files per base file.
 const MUTATIONS: usize = 40;

@@ -1,0 +1,195 @@
+//! The Unix side of file access (Linux, macOS and the BSDs), behind the
+//! functions `io` calls; `windows.rs` provides the same ones.
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[cfg(target_os = "linux")]
+use crate::error::Kind;
+use crate::error::{Error, Result};
+
+/// What identifies a file's contents for change detection: a file
+/// truncated, rewritten or replaced in place changes one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    ino: u64,
+}
+
+/// The stamp of an open file from its metadata.
+pub fn stamp(_file: &File, meta: &Metadata) -> std::io::Result<Stamp> {
+    Ok(Stamp { len: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec(), ino: meta.ino() })
+}
+
+/// Opens `path` for reading, non-blocking, so that a FIFO can't stall the
+/// open until a writer comes (no effect on reads of regular files).
+pub fn open_read(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
+}
+
+/// Fills `buf` from offset `off` of `file`, without moving a file position
+/// (so threads can share the file).
+pub fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    file.read_exact_at(buf, off)
+}
+
+/// Creates a new file for writing, failing if `path` exists; readable and
+/// writable as the umask allows (not 0600).
+pub fn create_new(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o666).open(path)
+}
+
+/// Moves `from` over `to` in one step (rename(2) replaces atomically).
+pub fn replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)
+}
+
+/// Makes a rename in `dir` durable; failure leaves the file complete
+/// anyway, so it is ignored.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The system's page size (4096 when it can't be read).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// The whole pages inside `[ptr, ptr + len)`, as (start, length), if any.
+fn inner_pages(ptr: usize, len: usize) -> Option<(usize, usize)> {
+    let page = page_size();
+    let start = ptr.checked_next_multiple_of(page)?;
+    let end = ptr.checked_add(len)? / page * page;
+    (end > start).then(|| (start, end - start))
+}
+
+/// Lets go of the whole pages under `bytes`, part of a private read-only
+/// file map: the kernel keeps them in its page cache, and a later access
+/// faults them in again. Pages shared with bytes outside `bytes` stay.
+///
+/// # Safety
+/// `bytes` must lie in a private map that is never written (dropping the
+/// pages of written private memory would lose the writes).
+pub unsafe fn release_pages(bytes: &[u8]) {
+    if let Some((start, len)) = inner_pages(bytes.as_ptr() as usize, bytes.len()) {
+        // SAFETY: whole pages of a never-written private map, as the caller
+        // guarantees; failure is harmless.
+        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    }
+}
+
+/// Maps the pages under `bytes` (part of a read-only file map) in one call
+/// rather than one fault per page. Linux 5.14 and later; elsewhere, or if
+/// refused, the pages fault in as usual.
+pub fn populate_read(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        let page = page_size();
+        let start = (bytes.as_ptr() as usize) / page * page;
+        let end = (bytes.as_ptr() as usize).saturating_add(bytes.len());
+        // SAFETY: pages of a read-only map that covers `bytes` (rounded down
+        // to its page start, inside the map as maps are page-aligned);
+        // MADV_POPULATE_READ only faults them in, and its failure (an I/O
+        // error shows up again at the read) is harmless.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
+}
+
+/// Asks the kernel to fault in the whole pages of `[ptr, ptr + len)` for
+/// writing, in one call: a new vector's memory is untouched, and taking its
+/// page faults one at a time as the data is written costs about half again
+/// as much on Linux (more in a VM). The contents don't change. Linux 5.14
+/// and later; elsewhere, or if refused, the pages fault in as usual.
+pub fn populate_write(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    if let Some((start, len)) = inner_pages(ptr as usize, len) {
+        // SAFETY: MADV_POPULATE_WRITE only faults in pages of memory this
+        // process owns (the caller's destination), keeping their contents;
+        // its failure is harmless.
+        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
+/// Starts writing bytes `[off, off + len)` of `file` to disk without
+/// waiting (Linux); the final fsync still waits for all of them.
+pub fn start_writeback(file: &File, off: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only schedules I/O and
+        // its failure is harmless (fsync later does the work).
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, off, len);
+}
+
+/// An anonymous file (`O_TMPFILE`) in `dir`, which has no name until
+/// [`link_anonymous`] gives it one, or `None` when the system or the file
+/// system can't make one, or it could not be linked into place later.
+#[cfg(target_os = "linux")]
+pub fn anonymous_in(dir: &Path) -> Option<File> {
+    // Linking it on commit goes through /proc/self/fd.
+    if !Path::new("/proc/self/fd").is_dir() {
+        return None;
+    }
+    OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn anonymous_in(_dir: &Path) -> Option<File> {
+    None
+}
+
+/// Links the anonymous `file` into `dir` under a fresh temporary name.
+#[cfg(target_os = "linux")]
+pub fn link_anonymous(file: &File, dir: &Path, base: &OsStr) -> Result<PathBuf> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| Error::new(Kind::Io, "can't name the temporary file"))?;
+    let mut last = std::io::Error::other("temporary names exhausted");
+    for _ in 0..16 {
+        let temp = super::temp_name(dir, base);
+        let Ok(to) = CString::new(temp.as_os_str().as_bytes()) else {
+            return Err(Error::new(Kind::InvalidArgument, "the path contains a NUL byte"));
+        };
+        // SAFETY: both paths are valid NUL-terminated strings that outlive
+        // the call; linkat only reads them.
+        let rc = unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+        if rc == 0 {
+            return Ok(temp);
+        }
+        last = std::io::Error::last_os_error();
+        if last.kind() != std::io::ErrorKind::AlreadyExists {
+            break;
+        }
+    }
+    Err(Error::io(&last, "can't link the new file into its directory"))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBuf> {
+    Err(Error::new(crate::error::Kind::Io, "anonymous files are not supported on this system"))
+}

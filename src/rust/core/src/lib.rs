@@ -1,0 +1,28 @@
+//! The safetensors format as the R package `safetensors` reads and writes
+//! it, with no R in sight: dtypes, errors, header parsing and validation,
+//! file access and atomic writes, small floats, the conversion kernels,
+//! slice planning, the shard index, and the two engines every load and
+//! every save goes through ([`read`] and [`write`]).
+//!
+//! The R binding crate (`safetensors-r`, one level up) only converts between
+//! R objects and these types. Long operations take a `poll` callback, called
+//! between blocks on the calling thread, through which the caller checks
+//! for interrupts (and may report progress); an error from it stops the
+//! operation and is returned.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod convert;
+pub mod dtype;
+pub mod error;
+pub mod floats;
+pub mod format;
+pub mod io;
+pub mod read;
+pub mod shards;
+pub mod slice;
+pub mod write;
+
+/// The callback long operations call between blocks, on the thread that
+/// started them: an error (an interrupt) stops the operation.
+pub type Poll<'a> = &'a mut dyn FnMut() -> error::Result<()>;

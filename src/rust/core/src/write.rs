@@ -1,0 +1,675 @@
+//! The write engine: every save goes through it, whatever the output (a
+//! file written atomically, a buffer in memory, a stream) and wherever the
+//! tensors come from (values converted by the kernels, bytes as stored, or
+//! bytes the caller hands over piece by piece).
+//!
+//! A [`Writer`] is opened with the tensors' descriptions and the metadata,
+//! which fix the header, so everything the header needs is validated before
+//! a byte is written. It then writes the tensors in the order of the data
+//! section: [`Writer::write`] encodes the tensors whose input it has, in
+//! blocks, up to a byte budget (so a caller can show progress between
+//! calls), and stops at a tensor whose bytes the caller supplies with
+//! [`Writer::put`]. [`Writer::finish`] checks that every tensor was
+//! written and returns the sink, which the caller commits
+//! ([`FileSink::commit`]) or drops (a file sink dropped uncommitted leaves
+//! no file behind).
+//!
+//! With two or more threads, a writer thread hands each block to the sink
+//! while the calling thread (and helpers) encode the next one.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::convert::{self, encode, n_rows, row_len, EncodeError, Num, Src};
+use crate::dtype::Dtype;
+use crate::error::{Error, Kind, Result};
+use crate::format::{self, TensorSpec};
+use crate::io::{start_writeback, AtomicFile};
+use crate::Poll;
+
+/// Bytes encoded between two polls, and gathered before a write.
+const BLOCK: usize = 4 << 20;
+/// Blocks below this size are encoded on one thread.
+const PARALLEL_MIN_BLOCK: usize = 1 << 20;
+/// Bytes between two writeback starts of a file sink.
+const WRITEBACK: u64 = 32 << 20;
+
+/// Where a file's bytes go, in order.
+pub trait Sink: Send {
+    /// Appends `bytes`.
+    fn put(&mut self, bytes: &[u8]) -> Result<()>;
+}
+
+/// A file written atomically: a temporary file beside the target, renamed
+/// over it by [`FileSink::commit`]; dropped uncommitted, it leaves no file.
+pub struct FileSink {
+    file: AtomicFile,
+    sync: bool,
+    written: u64,
+    flushed: u64,
+}
+
+impl FileSink {
+    /// Creates the temporary file for `target`. With `sync`, the data is
+    /// flushed to disk before the rename, and disk writes start as it is
+    /// written so the final flush has less to do.
+    pub fn create(target: &Path, sync: bool) -> Result<FileSink> {
+        Ok(FileSink { file: AtomicFile::create(target)?, sync, written: 0, flushed: 0 })
+    }
+
+    /// Flushes (with `sync`, to disk) and renames the file over its target;
+    /// `poll` is called while the flush runs.
+    pub fn commit(self, poll: Poll<'_>) -> Result<()> {
+        self.file.commit_polling(self.sync, poll)
+    }
+}
+
+impl Sink for FileSink {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        let file = self.file.file()?;
+        file.write_all(bytes).map_err(|e| Error::io(&e, "can't write the file"))?;
+        self.written += bytes.len() as u64;
+        if self.sync && self.written - self.flushed >= WRITEBACK {
+            start_writeback(file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(())
+    }
+}
+
+/// A whole file in memory the caller allocated at its final size
+/// ([`Writer::file_len`]).
+pub struct MemSink<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> MemSink<'a> {
+    /// A sink filling `out` from its start.
+    pub fn new(out: &'a mut [u8]) -> MemSink<'a> {
+        MemSink { out, pos: 0 }
+    }
+}
+
+impl Sink for MemSink<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        let end = self.pos.checked_add(bytes.len()).filter(|&e| e <= self.out.len());
+        let Some(end) = end else {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: the output buffer is too small"));
+        };
+        self.out[self.pos..end].copy_from_slice(bytes);
+        self.pos = end;
+        Ok(())
+    }
+}
+
+/// A stream's pending bytes, which the caller takes (and sends on) after
+/// each call.
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Where one tensor's bytes come from.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// Values in R's column-major order, converted to the dtype by the
+    /// kernels.
+    Values(Src<'a>),
+    /// The bytes as stored (row-major, little-endian).
+    Bytes(&'a [u8]),
+    /// Bytes the caller hands over with [`Writer::put`] when the tensor's
+    /// turn comes (a framework's tensor, fetched one at a time).
+    Later,
+}
+
+/// A file being written: its header is fixed, and the tensors follow in
+/// the order of the data section.
+pub struct Writer<S: Sink> {
+    sink: S,
+    st: State,
+}
+
+/// Where a [`Writer`] is: everything but its sink.
+struct State {
+    specs: Vec<TensorSpec>,
+    /// Each tensor's `(begin, end)` in the data section, in the caller's order.
+    offsets: Vec<(usize, usize)>,
+    /// The tensors (positions in `specs`) in the order of the data section.
+    order: Vec<usize>,
+    prefix_len: usize,
+    /// Position in `order` of the tensor being written.
+    pos: usize,
+    /// Of that tensor: outer rows encoded (values) or bytes written.
+    rows_done: usize,
+    bytes_done: usize,
+    /// Bytes handed to the sink, header included.
+    written: usize,
+    threads: usize,
+}
+
+impl<S: Sink> Writer<S> {
+    /// Validates the tensors' descriptions and the metadata, builds the
+    /// header (see [`format::layout`]) and writes it to `sink`. Tensors are
+    /// encoded with up to `threads` threads.
+    pub fn new(specs: Vec<TensorSpec>, metadata: Option<&[(String, String)]>, mut sink: S, threads: usize) -> Result<Writer<S>> {
+        let layout = format::layout(&specs, metadata)?;
+        if layout.file_len().is_none() {
+            return Err(Error::new(Kind::Overflow, "the file size overflows"));
+        }
+        sink.put(&layout.prefix)?;
+        let order = (0..specs.len()).collect();
+        let st = State {
+            specs,
+            offsets: layout.offsets,
+            order,
+            prefix_len: layout.prefix.len(),
+            pos: 0,
+            rows_done: 0,
+            bytes_done: 0,
+            written: layout.prefix.len(),
+            threads: threads.max(1),
+        };
+        Ok(Writer { sink, st })
+    }
+
+    /// The size of the whole file in bytes.
+    pub fn file_len(&self) -> usize {
+        self.st.prefix_len + self.st.offsets.iter().map(|o| o.1).max().unwrap_or(0)
+    }
+
+    /// Bytes written so far, header included.
+    pub fn written(&self) -> usize {
+        self.st.written
+    }
+
+    /// Each tensor's size in bytes, in the caller's order.
+    pub fn sizes(&self) -> Vec<usize> {
+        self.st.offsets.iter().map(|&(b, e)| e - b).collect()
+    }
+
+    /// The tensor (its position in the caller's order) whose bytes come
+    /// next, or `None` when all were written.
+    pub fn current(&mut self) -> Option<usize> {
+        self.st.advance_if_done();
+        self.st.current()
+    }
+
+    /// The sink, for callers that drain it between calls (a stream).
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// Writes tensors from `inputs` (one per tensor, in the caller's order),
+    /// continuing where the writer is, until about `budget` bytes of data
+    /// were written, every tensor is, or the next tensor's input is
+    /// [`Input::Later`]. Returns the bytes written so far, header included.
+    /// `poll` is called after each block.
+    pub fn write(&mut self, inputs: &[Input<'_>], budget: usize, poll: Poll<'_>) -> Result<usize> {
+        let st = &mut self.st;
+        st.check_inputs(inputs)?;
+        st.advance_if_done();
+        if st.threads <= 1 || !st.worth_a_thread(inputs, budget) {
+            let sink = &mut self.sink;
+            let mut emit = |b: Vec<u8>| -> Result<Vec<u8>> {
+                sink.put(&b)?;
+                Ok(b)
+            };
+            st.produce(inputs, budget, 1, &mut emit, poll)?;
+        } else {
+            write_pipelined(st, &mut self.sink, inputs, budget, poll)?;
+        }
+        Ok(st.written)
+    }
+
+    /// Appends `bytes` to the current tensor, whose input is
+    /// [`Input::Later`]: the caller hands its bytes over in pieces, in
+    /// order. More bytes than the tensor has are an error.
+    pub fn put(&mut self, bytes: &[u8], poll: Poll<'_>) -> Result<usize> {
+        let st = &mut self.st;
+        st.advance_if_done();
+        let Some(i) = st.current() else {
+            return Err(Error::new(Kind::InvalidArgument, "every tensor was written already"));
+        };
+        let (b, e) = st.offsets[i];
+        if bytes.len() > e - b - st.bytes_done {
+            let name = &st.specs[i].name;
+            return Err(Error::tensor(
+                Kind::InvalidArgument,
+                name,
+                format!("tensor `{name}` has {} bytes; more were given", e - b),
+            ));
+        }
+        for chunk in bytes.chunks(4 * BLOCK) {
+            self.sink.put(chunk)?;
+            st.bytes_done += chunk.len();
+            st.written += chunk.len();
+            poll()?;
+        }
+        st.advance_if_done();
+        Ok(st.written)
+    }
+
+    /// Checks that every tensor was written and returns the sink.
+    pub fn finish(mut self) -> Result<S> {
+        let st = &mut self.st;
+        st.advance_if_done();
+        if let Some(i) = st.current() {
+            let name = &st.specs[i].name;
+            let (b, e) = st.offsets[i];
+            return Err(Error::tensor(
+                Kind::InvalidArgument,
+                name,
+                format!("tensor `{name}` got {} of its {} bytes", st.bytes_done, e - b),
+            ));
+        }
+        Ok(self.sink)
+    }
+}
+
+/// [`Writer::write`] with a writer thread: blocks travel to it and come
+/// back empty, so at most `BUFFERS` blocks exist at a time.
+fn write_pipelined<S: Sink>(st: &mut State, sink: &mut S, inputs: &[Input<'_>], budget: usize, poll: Poll<'_>) -> Result<()> {
+    const BUFFERS: usize = 3;
+    let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    let (to_main, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<()> {
+            for b in blocks {
+                sink.put(&b)?;
+                let _ = to_main.send(b);
+            }
+            Ok(())
+        });
+        let mut made = 1;
+        // Owns the sender: dropping it ends the writer's loop.
+        let mut emit = move |b: Vec<u8>| -> Result<Vec<u8>> {
+            // The writer hung up: it failed, and says why below.
+            to_writer.send(b).map_err(|_| Error::new(Kind::Io, "the writer stopped"))?;
+            if made < BUFFERS {
+                made += 1;
+                return Ok(Vec::new());
+            }
+            spare.recv().map_err(|_| Error::new(Kind::Io, "the writer stopped"))
+        };
+        let threads = st.threads - 1;
+        let produced = st.produce(inputs, budget, threads, &mut emit, poll);
+        drop(emit);
+        let written = writer.join().unwrap_or_else(|_| Err(Error::new(Kind::Io, "the writer thread panicked")));
+        // A write error explains a failure to send, so it comes first.
+        written?;
+        produced
+    })
+}
+
+impl State {
+    fn current(&self) -> Option<usize> {
+        self.order.get(self.pos).copied()
+    }
+
+    /// Checks that `inputs` (one per tensor, in the caller's order) fit
+    /// the tensors' descriptions: values of the right length and type,
+    /// bytes of the right size.
+    fn check_inputs(&self, inputs: &[Input<'_>]) -> Result<()> {
+        if inputs.len() != self.specs.len() {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: one input per tensor is needed"));
+        }
+        for ((spec, input), &(b, e)) in self.specs.iter().zip(inputs).zip(&self.offsets) {
+            let name = spec.name.as_str();
+            match *input {
+                Input::Values(values) => {
+                    // The layout checked that the element count fits.
+                    let numel: usize = spec.shape.iter().product();
+                    if values.len() != numel {
+                        return Err(Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("tensor `{name}` has {} values but its shape needs {numel}", values.len()),
+                        ));
+                    }
+                    if matches!(values, Src::Complex(_)) && spec.dtype != Dtype::C64 {
+                        return Err(Error::tensor(
+                            Kind::Conversion,
+                            name,
+                            format!("tensor `{name}` is complex and can only be written as C64, not {}", spec.dtype),
+                        ));
+                    }
+                }
+                Input::Bytes(bytes) => {
+                    if bytes.len() != e - b {
+                        return Err(Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!(
+                                "the buffer of tensor `{name}` has {} bytes but dtype {} and its shape need {}",
+                                bytes.len(),
+                                spec.dtype,
+                                e - b
+                            ),
+                        ));
+                    }
+                }
+                Input::Later => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to the next tensor when the current one is complete (or has
+    /// no bytes).
+    fn advance_if_done(&mut self) {
+        while let Some(i) = self.current() {
+            let (b, e) = self.offsets[i];
+            if self.bytes_done < e - b {
+                return;
+            }
+            self.pos += 1;
+            self.rows_done = 0;
+            self.bytes_done = 0;
+        }
+    }
+
+    /// Whether the data this call would encode is worth a writer thread.
+    fn worth_a_thread(&self, inputs: &[Input<'_>], budget: usize) -> bool {
+        let mut total = 0usize;
+        for &i in &self.order[self.pos.min(self.order.len())..] {
+            if matches!(inputs[i], Input::Later) || total >= budget {
+                break;
+            }
+            let (b, e) = self.offsets[i];
+            total = total.saturating_add(e - b);
+            if total >= 2 * BLOCK {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Encodes blocks of the tensors, handing each full block to `emit`
+    /// (which returns the buffer to use next), as [`Writer::write`]
+    /// describes; the last partial block is emitted too.
+    fn produce(
+        &mut self,
+        inputs: &[Input<'_>],
+        budget: usize,
+        threads: usize,
+        emit: &mut dyn FnMut(Vec<u8>) -> Result<Vec<u8>>,
+        poll: Poll<'_>,
+    ) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut this_call = 0usize;
+        while let Some(i) = self.current() {
+            if this_call >= budget {
+                break;
+            }
+            let spec = &self.specs[i];
+            let (b, e) = self.offsets[i];
+            let nbytes = e - b;
+            let before = buf.len();
+            match inputs[i] {
+                Input::Later => break,
+                Input::Bytes(bytes) => {
+                    let n = (nbytes - self.bytes_done).min(BLOCK.saturating_sub(before).max(1));
+                    buf.extend_from_slice(&bytes[self.bytes_done..self.bytes_done + n]);
+                }
+                Input::Values(values) => {
+                    let shape = convert::kernel_shape(&spec.shape);
+                    let rows = n_rows(&shape);
+                    let per = rows_per_block(spec.dtype, &shape);
+                    let r0 = self.rows_done;
+                    let r1 = (r0 + per).min(rows);
+                    let len = row_offset(spec.dtype, &shape, r1) - row_offset(spec.dtype, &shape, r0);
+                    // Zeroed: the sub-byte encoders OR their bits in.
+                    buf.resize(before + len, 0);
+                    encode_par(spec, values, &shape, r0, r1, &mut buf[before..], threads)?;
+                    self.rows_done = r1;
+                }
+            }
+            let n = buf.len() - before;
+            self.bytes_done += n;
+            self.written += n;
+            this_call += n;
+            self.advance_if_done();
+            if buf.len() >= BLOCK {
+                buf = emit(buf)?;
+                buf.clear();
+                poll()?;
+            }
+        }
+        if !buf.is_empty() {
+            emit(buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// Outer rows of `shape` per block of about `BLOCK` output bytes (see
+/// [`convert::block_rows`]).
+fn rows_per_block(dtype: Dtype, shape: &[usize]) -> usize {
+    let row_bits = row_len(shape).saturating_mul(dtype.bits()).max(1);
+    convert::block_rows(BLOCK * 8 / row_bits, dtype)
+}
+
+/// Byte offset of outer row `r` of a tensor of `dtype` and (kernel) `shape`.
+fn row_offset(dtype: Dtype, shape: &[usize], r: usize) -> usize {
+    r * row_len(shape) * dtype.bits() / 8
+}
+
+/// Encodes rows `[r0, r1)` of `values` into `out` (their bytes), splitting
+/// the rows between up to `threads` threads.
+fn encode_par(spec: &TensorSpec, values: Src<'_>, shape: &[usize], r0: usize, r1: usize, out: &mut [u8], threads: usize) -> Result<()> {
+    let dtype = spec.dtype;
+    let rows = r1 - r0;
+    // Split only blocks worth a thread, into whole tiles of rows where
+    // there are enough, else on byte boundaries for sub-byte dtypes.
+    let align = if rows >= 2 * convert::KTILE {
+        convert::KTILE
+    } else if dtype.bits() % 8 != 0 {
+        8
+    } else {
+        1
+    };
+    let threads = threads.min(out.len() / PARALLEL_MIN_BLOCK).min(rows / align).max(1);
+    if threads == 1 {
+        return encode(dtype, values, shape, r0, r1, out).map_err(|e| conversion_error(spec, e));
+    }
+    let per = rows.div_ceil(threads).next_multiple_of(align);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = out;
+    let mut a = r0;
+    while a < r1 {
+        let b = (a + per).min(r1);
+        let (head, tail) = rest.split_at_mut(row_offset(dtype, shape, b) - row_offset(dtype, shape, a));
+        parts.push((a, b, head));
+        rest = tail;
+        a = b;
+    }
+    let results: Vec<std::result::Result<(), EncodeError>> = std::thread::scope(|s| {
+        let mut parts = parts.into_iter();
+        let first = parts.next();
+        let handles: Vec<_> = parts.map(|(a, b, o)| s.spawn(move || encode(dtype, values, shape, a, b, o))).collect();
+        let mut res = vec![first.map_or(Ok(()), |(a, b, o)| encode(dtype, values, shape, a, b, o))];
+        for h in handles {
+            res.push(h.join().unwrap_or(Err(EncodeError::Mismatch)));
+        }
+        res
+    });
+    // Every failing part reports the same first bad value of the tensor.
+    match results.into_iter().find_map(|r| r.err()) {
+        Some(e) => Err(conversion_error(spec, e)),
+        None => Ok(()),
+    }
+}
+
+/// A value as R would print it, for messages.
+fn describe(v: Num) -> String {
+    match v {
+        Num::Na => "NA".to_string(),
+        Num::I(i) => i.to_string(),
+        Num::F(x) if x.is_nan() => "NaN".to_string(),
+        Num::F(x) if x.is_infinite() => if x > 0.0 { "Inf" } else { "-Inf" }.to_string(),
+        Num::F(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        Num::F(x) if x.abs() >= 1e-4 && x.abs() < 1e15 => format!("{x}"),
+        Num::F(x) => format!("{x:e}"),
+        Num::C(re, im) => format!("{re}{im:+}i"),
+    }
+}
+
+fn conversion_error(spec: &TensorSpec, e: EncodeError) -> Error {
+    let name = &spec.name;
+    let dtype = spec.dtype;
+    let EncodeError::Value(bad) = e else {
+        return Error::tensor(
+            Kind::InvalidArgument,
+            name,
+            format!("internal error: the values of tensor `{name}` don't match its shape"),
+        );
+    };
+    let why = match bad.value {
+        Num::Na => format!("NA can't be stored as {dtype}"),
+        Num::F(x) if dtype.is_integer() && x.is_finite() && x.fract() != 0.0 => {
+            format!("{dtype} holds whole numbers only")
+        }
+        _ => format!("it is out of range for {dtype}"),
+    };
+    Error::tensor(
+        Kind::Conversion,
+        name,
+        format!("can't convert element {} of tensor `{name}` (value {}): {why}", bad.index + 1, describe(bad.value)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{read_header, Memory, Source};
+
+    fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
+        TensorSpec { name: name.to_string(), dtype, shape: shape.to_vec() }
+    }
+
+    fn ok() -> impl FnMut() -> Result<()> {
+        || Ok(())
+    }
+
+    /// The bytes the writer makes for these tensors, one `write` call with
+    /// budget `budget` at a time (putting `Later` bytes in pieces of 3).
+    fn file_of(specs: &[TensorSpec], inputs: &[Input<'_>], later: &[&[u8]], threads: usize, budget: usize) -> Vec<u8> {
+        let mut w = Writer::new(specs.to_vec(), Some(&[("k".into(), "v".into())]), Vec::new(), threads).unwrap();
+        let mut calls = 0;
+        while let Some(i) = w.current() {
+            calls += 1;
+            assert!(calls < 100_000, "no progress");
+            match inputs[i] {
+                Input::Later => {
+                    let k = specs[..i].iter().zip(inputs).filter(|(_, x)| matches!(x, Input::Later)).count();
+                    for piece in later[k].chunks(3) {
+                        w.put(piece, &mut ok()).unwrap();
+                    }
+                }
+                _ => {
+                    w.write(inputs, budget, &mut ok()).unwrap();
+                }
+            }
+        }
+        let len = w.file_len();
+        let out = w.finish().unwrap();
+        assert_eq!(out.len(), len);
+        out
+    }
+
+    #[test]
+    fn budgets_threads_and_pieces_give_the_same_file() {
+        let big: Vec<f64> = (0..(3 << 20)).map(|i| (i % 1000) as f64 / 8.0).collect();
+        let ints: Vec<i32> = (0..12).collect();
+        let raw: Vec<u8> = (0..10).collect();
+        let later: Vec<u8> = (100..116).collect();
+        let specs = [
+            spec("big", Dtype::F32, &[3 << 10, 1 << 10]),
+            spec("ints", Dtype::I16, &[3, 4]),
+            spec("raw", Dtype::U8, &[10]),
+            spec("later", Dtype::U16, &[2, 4]),
+            spec("empty", Dtype::F64, &[0, 3]),
+        ];
+        let inputs = [Input::Values(Src::Real(&big)), Input::Values(Src::Integer(&ints)), Input::Bytes(&raw), Input::Later, Input::Later];
+        let want = file_of(&specs, &inputs, &[&later, &[]], 1, usize::MAX);
+        for (threads, budget) in [(2, usize::MAX), (2, 1), (1, 5 << 20), (3, 1 << 20)] {
+            assert!(file_of(&specs, &inputs, &[&later, &[]], threads, budget) == want, "{threads} {budget}");
+        }
+        // What the reader makes of it.
+        let src = Memory(&want);
+        let header = read_header(&src).unwrap();
+        let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["big", "ints", "raw", "later", "empty"]);
+        let t = &header.tensors[3];
+        let mut back = vec![0u8; 16];
+        src.read_at(header.data_start() + t.begin, &mut back).unwrap();
+        assert_eq!(back, later);
+        // ints is column-major in R: row 1 of the [3, 4] tensor is 0, 3, 6, 9.
+        let t = &header.tensors[1];
+        let mut row = vec![0u8; 8];
+        src.read_at(header.data_start() + t.begin, &mut row).unwrap();
+        assert_eq!(row, [0, 0, 3, 0, 6, 0, 9, 0]);
+    }
+
+    #[test]
+    fn inputs_that_do_not_fit_are_refused_before_their_bytes() {
+        let specs = vec![spec("a", Dtype::F32, &[2]), spec("b", Dtype::U8, &[3])];
+        let two = [1.0, 2.0];
+        let mut w = Writer::new(specs.clone(), None, Vec::new(), 1).unwrap();
+        let header = w.written();
+        let e = w.write(&[Input::Values(Src::Real(&two)), Input::Bytes(&[1, 2])], usize::MAX, &mut ok()).unwrap_err();
+        assert_eq!((e.kind, e.tensor.as_deref()), (Kind::InvalidArgument, Some("b")));
+        assert_eq!(w.written(), header, "nothing of the data was written");
+        let e = w.write(&[Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]])), Input::Later], 1, &mut ok()).unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        let e = w.write(&[Input::Values(Src::Real(&[1.0, 1e300])), Input::Later], 1, &mut ok()).unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        assert!(e.message.contains("element 2 of tensor `a` (value 1e300)"), "{}", e.message);
+        // A tensor not finished, or given too many bytes.
+        let mut w = Writer::new(specs, None, Vec::new(), 1).unwrap();
+        w.write(&[Input::Values(Src::Real(&two)), Input::Later], usize::MAX, &mut ok()).unwrap();
+        assert_eq!(w.current(), Some(1));
+        assert!(w.put(&[1, 2, 3, 4], &mut ok()).is_err());
+        w.put(&[1, 2], &mut ok()).unwrap();
+        assert_eq!(w.finish().err().map(|e| e.kind), Some(Kind::InvalidArgument));
+    }
+
+    #[test]
+    fn a_failing_poll_stops_the_write() {
+        let big = vec![1.0; 3 << 20];
+        for threads in [1, 2] {
+            let mut w = Writer::new(vec![spec("x", Dtype::F64, &[3 << 20])], None, Vec::new(), threads).unwrap();
+            let mut stop = || Err(Error::new(Kind::Interrupted, "stop"));
+            let e = w.write(&[Input::Values(Src::Real(&big))], usize::MAX, &mut stop).unwrap_err();
+            assert_eq!(e.kind, Kind::Interrupted);
+        }
+    }
+
+    #[test]
+    fn memory_and_file_sinks_hold_the_same_bytes() {
+        let vals: Vec<f64> = (0..1000).map(f64::from).collect();
+        let specs = vec![spec("v", Dtype::BF16, &[10, 100])];
+        let inputs = [Input::Values(Src::Real(&vals))];
+        let mut w = Writer::new(specs.clone(), None, Vec::new(), 1).unwrap();
+        w.write(&inputs, usize::MAX, &mut ok()).unwrap();
+        let want = w.finish().unwrap();
+        let mut mem = vec![0u8; want.len()];
+        let mut w = Writer::new(specs.clone(), None, MemSink::new(&mut mem), 2).unwrap();
+        w.write(&inputs, usize::MAX, &mut ok()).unwrap();
+        w.finish().unwrap();
+        assert_eq!(mem, want);
+        let dir = std::env::temp_dir().join(format!("st-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.safetensors");
+        let mut w = Writer::new(specs, None, FileSink::create(&path, true).unwrap(), 2).unwrap();
+        w.write(&inputs, 7, &mut ok()).unwrap();
+        assert!(!path.exists(), "nothing at the target before the commit");
+        w.write(&inputs, usize::MAX, &mut ok()).unwrap();
+        w.finish().unwrap().commit(&mut ok()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
