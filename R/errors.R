@@ -66,14 +66,3 @@ sentence <- function(x) {
   x <- paste0(toupper(substr(x, 1, 1)), substr(x, 2, nchar(x)))
   ifelse(grepl("[.?!]$", x), x, paste0(x, "."))
 }
-
-# What a source is called in messages.
-describe_source <- function(path) {
-  if (is.character(path)) {
-    cli::format_inline("{.file {path}}")
-  } else if (is.raw(path)) {
-    "the raw vector"
-  } else {
-    "the connection"
-  }
-}

@@ -8,58 +8,21 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
-#' The header length N in the first eight bytes of a file, checked against
-#' the format's limit.
+#' Every dtype of the format in the reference implementation's order:
+#' `list(name, bits, r_type, torch, torch_type)`, columns of equal length
+#' (`torch` and `torch_type` `NA` where R torch has no such type).
 #' @noRd
-header_len_ <- function(prefix) .Call(wrap__header_len_, prefix)
+dtype_table_ <- function() .Call(wrap__dtype_table_)
 
-#' Header facts from the first `8 + N` bytes of a file whose data section
-#' was not read; its length is taken to be what the tensors cover.
+#' Reads tensors `names` (`NULL`: all) from the file at `path` in mode
+#' `"array"` or `"raw"` on `threads` threads (0: the default):
+#' `list(tensors, header, inexact, int_min, max_offset)`.
 #' @noRd
-info_header_ <- function(prefix) .Call(wrap__info_header_, prefix)
+load_file_ <- function(path, names, mode, backend, threads) .Call(wrap__load_file_, path, names, mode, backend, threads)
 
-#' Reads tensors from the file at `path` on `threads` threads (0: the
-#' default).
+#' [`load_file_`] for a raw vector holding a whole file.
 #' @noRd
-read_file_ <- function(path, names, mode, backend, threads) .Call(wrap__read_file_, path, names, mode, backend, threads)
-
-#' Reads tensors from a raw vector holding a whole file.
-#' @noRd
-read_raw_ <- function(buf, names, mode, threads) .Call(wrap__read_raw_, buf, names, mode, threads)
-
-#' Header facts of the file at `path`, reading the header only.
-#' @noRd
-info_file_ <- function(path) .Call(wrap__info_file_, path)
-
-#' Header facts of a raw vector holding a whole file.
-#' @noRd
-info_raw_ <- function(buf) .Call(wrap__info_raw_, buf)
-
-#' Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
-#' validating its header.
-#' @noRd
-open_file_ <- function(path, backend) .Call(wrap__open_file_, path, backend)
-
-#' Opens a raw vector holding a whole file; the handle keeps it alive.
-#' @noRd
-open_raw_ <- function(buf) .Call(wrap__open_raw_, buf)
-
-#' Closes a handle: drops the file or map and releases a raw vector. Closing
-#' twice is harmless.
-#' @noRd
-close_ <- function(x) .Call(wrap__close_, x)
-
-#' Whether a handle is open.
-#' @noRd
-is_open_ <- function(x) .Call(wrap__is_open_, x)
-
-#' Header facts of an open handle (as `info_file_()` gives).
-#' @noRd
-handle_info_ <- function(x) .Call(wrap__handle_info_, x)
-
-#' The parsed header of an open handle, as safetensors 0.2.x exposed it.
-#' @noRd
-handle_header_ <- function(x) .Call(wrap__handle_header_, x)
+load_raw_ <- function(buf, names, mode, threads) .Call(wrap__load_raw_, buf, names, mode, threads)
 
 #' Reads the named tensors of an open handle in mode `"array"` or `"raw"`
 #' on `threads` threads (0: the default): `list(tensors, inexact, int_min,
@@ -73,72 +36,6 @@ handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, n
 #' @noRd
 handle_slice_ <- function(x, name, specs, is_range, mode) .Call(wrap__handle_slice_, x, name, specs, is_range, mode)
 
-#' Opens a save to `path`: validates all tensors (as `write_file_()` does,
-#' so the same errors come before any file is created), creates the
-#' temporary file beside `path` and writes the header. Tensors are encoded
-#' on `threads` threads (0: the default).
-#' @noRd
-writer_open_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__writer_open_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
-
-#' Appends tensor `i` (0-based; the tensors must come in order): the
-#' one-element lists and vectors describe it as for `write_file_()`, and
-#' must match what `writer_open_()` was given. Returns the bytes written so
-#' far, header included.
-#' @noRd
-writer_write_ <- function(w, i, tensor, name, dtype, shape, permute) .Call(wrap__writer_write_, w, i, tensor, name, dtype, shape, permute)
-
-#' Finishes a save: checks that every tensor was written, flushes (and with
-#' `sync`, fsyncs) the file and renames it over the target. Returns the file
-#' size.
-#' @noRd
-writer_commit_ <- function(w, sync) .Call(wrap__writer_commit_, w, sync)
-
-#' Abandons a save, removing its temporary file; harmless after a commit
-#' or a previous abort. Returns whether a save was abandoned.
-#' @noRd
-writer_abort_ <- function(w) .Call(wrap__writer_abort_, w)
-
-#' Writes a file at `path` atomically: a temporary file beside it, flushed,
-#' then renamed over it.
-#' @noRd
-write_file_ <- function(path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync, threads) .Call(wrap__write_file_, path, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, sync, threads)
-
-#' Serializes to a raw vector, allocated once at its final size.
-#' @noRd
-serialize_ <- function(tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads) .Call(wrap__serialize_, tensors, names, dtypes, shapes, permute, meta_keys, meta_values, threads)
-
-#' The layout of a file holding tensors of these names, dtypes and shapes
-#' and this metadata, for writers that stream tensors one at a time (R's
-#' connections, and framework tensors whose bytes R fetches one by one):
-#' `list(prefix, sizes)`, the file's first `8 + N` bytes and each tensor's
-#' size in bytes. Everything the header needs is validated here, before any
-#' byte is written.
-#' @noRd
-stream_layout_ <- function(names, dtypes, shapes, meta_keys, meta_values) .Call(wrap__stream_layout_, names, dtypes, shapes, meta_keys, meta_values)
-
-#' Starts writing the file at `path` atomically (see `write_file_()`).
-#' @noRd
-stream_open_ <- function(path) .Call(wrap__stream_open_, path)
-
-#' Appends bytes `from` (0-based) to the end of the raw vector `bytes`.
-#' @noRd
-stream_write_ <- function(w, bytes, from) .Call(wrap__stream_write_, w, bytes, from)
-
-#' Flushes (with `sync`, fsyncs) and renames the file over its target.
-#' @noRd
-stream_commit_ <- function(w, sync) .Call(wrap__stream_commit_, w, sync)
-
-#' Abandons a file being written, removing its temporary file. Harmless
-#' after a commit.
-#' @noRd
-stream_abort_ <- function(w) .Call(wrap__stream_abort_, w)
-
-#' Copies bytes `from` (0-based) to the end of `bytes` into the raw vector
-#' `out` at 0-based position `pos`: `safe_serialize()` filling its result
-#' tensor by tensor. `out` must be a vector R/save.R allocated for this.
-#' @noRd
-raw_put_ <- function(out, pos, bytes, from) .Call(wrap__raw_put_, out, pos, bytes, from)
-
 #' Reads the index file at `path`: `list(names, files, metadata)`.
 #' @noRd
 read_index_ <- function(path) .Call(wrap__read_index_, path)
@@ -148,27 +45,93 @@ read_index_ <- function(path) .Call(wrap__read_index_, path)
 #' @noRd
 write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
 
-#' Whether the bytes at `addr` are `expected`: R/torch.R's check, once per
-#' session, that `Storage$data_ptr()` prints the address of a tensor's data
-#' (it reads a torch tensor it made from `expected`). Nothing is written.
+#' Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
+#' validating its header.
 #' @noRd
-probe_address_ <- function(addr, expected) .Call(wrap__probe_address_, addr, expected)
+open_file_ <- function(path, backend) .Call(wrap__open_file_, path, backend)
 
-#' Reads tensor `name` of an open handle into the `nbytes` bytes at `addr`
-#' (a torch tensor's data, see the module notes). BOOL bytes are normalised
-#' to 0 and 1. Returns `NULL`.
+#' Opens a raw vector holding a whole file; the handle keeps it alive.
 #' @noRd
-handle_read_into_ <- function(x, name, addr, nbytes) .Call(wrap__handle_read_into_, x, name, addr, nbytes)
+open_raw_ <- function(buf) .Call(wrap__open_raw_, buf)
 
-#' Copies the raw vector `chunk` to bytes `[offset, offset + length(chunk))`
-#' of the `total` bytes at `addr` (a torch tensor's data, filled chunk by
-#' chunk from a connection). With `is_bool`, bytes are normalised to 0 and 1.
-#' Returns `NULL`.
+#' Closes a handle: drops the file or map and releases a raw vector.
+#' Closing twice is harmless.
 #' @noRd
-copy_into_ <- function(chunk, addr, offset, total, is_bool) .Call(wrap__copy_into_, chunk, addr, offset, total, is_bool)
+close_ <- function(x) .Call(wrap__close_, x)
 
-#' A raw vector of `n` bytes, not zeroed (the caller fills all of it).
+#' Whether a handle is open.
 #' @noRd
-alloc_raw_ <- function(n) .Call(wrap__alloc_raw_, n)
+is_open_ <- function(x) .Call(wrap__is_open_, x)
+
+#' Header facts of an open source (see `tensors::info_robj()`).
+#' @noRd
+handle_info_ <- function(x) .Call(wrap__handle_info_, x)
+
+#' The header length N in the first eight bytes of a stream, checked
+#' against the format's limit.
+#' @noRd
+header_len_ <- function(prefix) .Call(wrap__header_len_, prefix)
+
+#' Header facts from the first `8 + N` bytes of a stream whose data
+#' section was not read; its length is taken to be what the tensors cover.
+#' @noRd
+info_header_ <- function(prefix) .Call(wrap__info_header_, prefix)
+
+#' A view of tensor `name` of an open handle for torch: an external
+#' pointer whose address is the tensor's first byte, in the handle's map
+#' or raw vector, which it keeps alive; `NULL` when the source holds no
+#' bytes in memory (`backend = "read"`), or the tensor has none. A map's
+#' pages are mapped at once, as the loader does.
+#' @noRd
+tensor_view_ <- function(x, name) .Call(wrap__tensor_view_, x, name)
+
+#' Lets go of the mapped pages of tensor `name` once torch copied them
+#' (see `Source::done_with`).
+#' @noRd
+tensor_view_done_ <- function(x, name) .Call(wrap__tensor_view_done_, x, name)
+
+#' Fills the raw vector `out` (a staging buffer R/torch.R allocated, never
+#' seen by users) with bytes `[from, from + length(out))` of tensor `name`
+#' of an open handle, through the read engine. Returns `NULL`.
+#' @noRd
+tensor_bytes_ <- function(x, name, from, out) .Call(wrap__tensor_bytes_, x, name, from, out)
+
+#' Opens a save of the tensors `spec` describes (see R/write.R), to the
+#' file at `path` (`to = "file"`, atomically; with `sync`, flushed to disk
+#' before it replaces the target), a new raw vector (`"raw"`) or a stream
+#' (`"stream"`), encoding on `threads` threads (0: the default). Validates
+#' the description and writes the header.
+#' @noRd
+writer_open_ <- function(spec, to, path, sync, threads) .Call(wrap__writer_open_, spec, to, path, sync, threads)
+
+#' Writes the tensors whose values R holds, continuing where the writer
+#' is, until about `budget` bytes were written (`Inf`: no limit; `0`:
+#' nothing), every tensor was, or the next one's bytes come from R
+#' (`writer_put_()`).
+#' Returns `list(written, current)`.
+#' @noRd
+writer_write_ <- function(w, budget) .Call(wrap__writer_write_, w, budget)
+
+#' Appends the first `n` bytes of the raw vector `bytes` (a framework's
+#' buffer, or torch's staging buffer) to the tensor whose turn it is.
+#' Returns `list(written, current)`.
+#' @noRd
+writer_put_ <- function(w, bytes, n) .Call(wrap__writer_put_, w, bytes, n)
+
+#' A stream's pending bytes (and nothing pending afterwards), as a raw
+#' vector.
+#' @noRd
+writer_take_ <- function(w) .Call(wrap__writer_take_, w)
+
+#' Finishes a save: checks that every tensor was written, then commits a
+#' file (flush, fsync with `sync`, rename over the target: returns its
+#' size), returns a raw writer's vector, or a stream's last pending bytes.
+#' @noRd
+writer_commit_ <- function(w) .Call(wrap__writer_commit_, w)
+
+#' Abandons a save, removing its temporary file; harmless after a commit
+#' or an earlier abort. Returns whether a save was abandoned.
+#' @noRd
+writer_abort_ <- function(w) .Call(wrap__writer_abort_, w)
 
 # nolint end

@@ -94,8 +94,119 @@ check_framework <- function(framework, call = parent.frame()) {
       call = call
     )
   }
-  if (identical(info$constructor, torch_tensor_from_raw)) {
-    check_libtorch(call = call)
+  # A built-in framework may need more than its packages (torch needs
+  # LibTorch); its check runs while its own constructor is registered.
+  extra <- framework_checks[[framework]]
+  if (!is.null(extra) && identical(info$constructor, extra$constructor)) {
+    extra$check(call = call)
   }
   framework
+}
+
+# Checks that built-in frameworks register with their constructor
+# (register_framework_check()), keyed by framework name.
+framework_checks <- new.env(parent = emptyenv())
+
+register_framework_check <- function(framework, constructor, check) {
+  framework_checks[[framework]] <- list(constructor = constructor, check = check)
+}
+
+check_framework_args <- function(framework, args, call = parent.frame()) {
+  if (framework %in% c("r", "raw") && length(args) > 0) {
+    st_abort(
+      "invalid_argument",
+      "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
+      call = call
+    )
+  }
+}
+
+# ---- writing framework tensors ----------------------------------------------
+
+#' Raw bytes and description of a framework tensor
+#'
+#' Generics that [safe_save_file()] and [safe_serialize()] call for tensors
+#' that are not plain R vectors: `safe_tensor_meta()` describes the tensor
+#' as `list(shape, dtype)` (the shape outermost first, the dtype a
+#' safetensors name such as `"F32"`), and `safe_tensor_buffer()` returns its
+#' bytes as a raw vector, row-major and little-endian, exactly as they go in
+#' the file. Methods for `torch_tensor` are included; other packages (such as
+#' pjrt) add methods for their own classes.
+#'
+#' The writers call `safe_tensor_meta()` for every tensor first (so a
+#' tensor they can't write fails before anything is written), then
+#' `safe_tensor_buffer()` for one tensor at a time while writing, so only
+#' one tensor's bytes are held at a time. A buffer whose length disagrees
+#' with the meta is an error of class `safetensors_error_invalid_argument`.
+#'
+#' @section torch tensors:
+#' `safe_tensor_meta()` maps torch's dtype to the file's (see
+#' [safetensors_frameworks] for the list); a dtype safetensors has no name
+#' for (`torch_cdouble()`, quantized types) is an error of class
+#' `safetensors_error_unsupported_dtype`. `safe_tensor_buffer()` copies the
+#' tensor's logical values once into the raw vector: non-contiguous tensors
+#' (transposed, sliced, expanded) are written as they print, tensors on a
+#' GPU are copied to the host, and there is no size limit (torch's
+#' `buffer_from_torch_tensor()` copies the underlying storage, ignoring
+#' strides and offsets, and takes a 32-bit size: safetensors 0.2.x wrote
+#' such tensors with the wrong bytes and crashed on 2 GiB). When writing files,
+#' connections or [safe_serialize()] results, torch tensors are copied in
+#' pieces of 16 MiB rather than whole (except transposed or permuted ones,
+#' whose last dimension is strided). `requires_grad` is not stored.
+#'
+#' @param x A tensor.
+#' @return `safe_tensor_meta()`: a list with elements `shape` and `dtype`.
+#'   `safe_tensor_buffer()`: a raw vector.
+#' @seealso [safetensors_frameworks] for reading tensors into a framework.
+#' @export
+#' @examples
+#' # A minimal tensor class stored as raw bytes
+#' bytes_tensor <- function(bytes, shape) {
+#'   structure(list(bytes = bytes, shape = shape), class = "bytes_tensor")
+#' }
+#' safe_tensor_meta.bytes_tensor <- function(x) list(shape = x$shape, dtype = "U8")
+#' safe_tensor_buffer.bytes_tensor <- function(x) x$bytes
+#' registerS3method("safe_tensor_meta", "bytes_tensor", safe_tensor_meta.bytes_tensor)
+#' registerS3method("safe_tensor_buffer", "bytes_tensor", safe_tensor_buffer.bytes_tensor)
+#' raw <- safe_serialize(list(x = bytes_tensor(as.raw(1:6), c(2, 3))))
+#' safe_deserialize(raw)$x
+#' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
+#'
+#' # torch tensors: the logical values of a transposed tensor, row-major
+#' x <- torch::torch_tensor(matrix(1:6, 2, 3), dtype = torch::torch_int32())$t()
+#' safe_tensor_meta(x)
+#' readBin(safe_tensor_buffer(x), "integer", 6)
+#' path <- tempfile(fileext = ".safetensors")
+#' safe_save_file(list(x = x), path)
+#' safe_load_file(path, framework = "torch")$x
+#' safe_load_file(path)$x
+safe_tensor_buffer <- function(x) {
+  UseMethod("safe_tensor_buffer")
+}
+
+#' @rdname safe_tensor_buffer
+#' @export
+safe_tensor_meta <- function(x) {
+  UseMethod("safe_tensor_meta")
+}
+
+#' @export
+safe_tensor_buffer.default <- function(x) {
+  no_tensor_method(x, "safe_tensor_buffer")
+}
+
+#' @export
+safe_tensor_meta.default <- function(x) {
+  no_tensor_method(x, "safe_tensor_meta")
+}
+
+no_tensor_method <- function(x, generic, call = parent.frame(2)) {
+  st_abort(
+    "invalid_argument",
+    c(
+      "Can't write an object of class {.cls {class(x)}} as a tensor.",
+      i = "Tensors are R vectors or arrays, or objects with a {.fn {generic}} method."
+    ),
+    call = call
+  )
 }

@@ -107,18 +107,6 @@ info_complete <- function(x) {
   all(c("name", "dtype", "shape", "bytes") %in% names(x)) && is.list(x$shape)
 }
 
-# Lines of a table: a header of column names, then the values, each column
-# padded to its width (numbers right-aligned when `right`), two spaces apart.
-format_columns <- function(headers, cols, right = rep(FALSE, length(cols))) {
-  padded <- Map(function(h, v, r) {
-    v <- c(h, v)
-    gap <- strrep(" ", max(nchar(v, "width")) - nchar(v, "width"))
-    if (r) paste0(gap, v) else paste0(v, gap)
-  }, headers, cols, right)
-  rows <- do.call(paste, c(unname(padded), sep = "  "))
-  paste0("  ", trimws(rows, "right"))
-}
-
 #' @rdname safe_info
 #' @export
 safe_metadata <- function(path) {
@@ -139,15 +127,12 @@ with_header <- function(path, fun, call = parent.frame()) {
     on.exit(close(h), add = TRUE)
     return(fun(h))
   }
-  label <- if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
-  part <- list(ptr = NULL, label = label, info = NULL)
-  info <- if (is.character(path)) {
-    check_string(path, call = call)
-    info_file_(path.expand(path))
-  } else if (is.raw(path)) {
-    info_raw_(path)
-  } else if (inherits(path, "connection")) {
-    info_header_(read_header_bytes(path, part, call))
+  if (inherits(path, "connection")) {
+    part <- list(ptr = NULL, label = source_label(path), info = NULL)
+    part$info <- check_part(info_header_(read_header_bytes(path, part, call)), part, call = call)
+  } else if (is.character(path) || is.raw(path)) {
+    part <- open_part(path, "read", verb = "read", call = call)
+    on.exit(close_(part$ptr), add = TRUE)
   } else {
     st_abort(
       "invalid_argument",
@@ -155,30 +140,11 @@ with_header <- function(path, fun, call = parent.frame()) {
       call = call
     )
   }
-  part$info <- check_part(info, part, call = call)
+  info <- part$info
+  label <- part$label
   fun(new_handle(list(part), info$name, rep(1L, length(info$name)), "r", list(), "read",
     label = label, metadata = info$metadata, kind = "memory"
   ))
-}
-
-# Reads the header length and the header from a connection, nothing more.
-read_header_bytes <- function(con, part, call) {
-  if (!isOpen(con)) {
-    open(con, "rb")
-    on.exit(close(con), add = TRUE)
-  }
-  prefix <- readBin(con, "raw", 8L)
-  n <- check_part(header_len_(prefix), part, call = call)
-  json <- readBin(con, "raw", n)
-  if (length(json) < n) {
-    st_abort(
-      "invalid_header_length",
-      c(cli_escape(source_what(part$label)), x = "The connection ended after {length(json)} of the {n} header bytes."),
-      format = TRUE,
-      call = call
-    )
-  }
-  c(prefix, json)
 }
 
 #' Summarise the tensors of a safetensors file
@@ -327,18 +293,4 @@ format.safetensors_summary <- function(x, ..., n = 20) {
 print.safetensors_summary <- function(x, ..., n = 20) {
   cat(format(x, ..., n = n), sep = "\n")
   invisible(x)
-}
-
-# 1234567 as "1.2M": counts of parameters, in thousands (K), millions (M),
-# billions (B) and trillions (T), exact below 10,000.
-format_count <- function(x) {
-  if (x < 1e4) {
-    return(format(x, scientific = FALSE))
-  }
-  units <- c("K", "M", "B", "T")
-  k <- min(floor(log10(x) / 3), length(units))
-  if (k < length(units) && round(x / 1000^k, 1) >= 1000) {
-    k <- k + 1
-  }
-  sprintf("%.1f%s", x / 1000^k, units[[k]])
 }

@@ -114,11 +114,11 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
     check_string(path)
-    read_file_(path.expand(path), tensors, mode, backend, st_threads())
+    load_file_(path.expand(path), tensors, mode, backend, st_threads())
   } else if (is.raw(path)) {
-    read_raw_(path, tensors, mode, st_threads())
+    load_raw_(path, tensors, mode, st_threads())
   } else if (inherits(path, "connection")) {
-    read_raw_(read_connection(path), tensors, mode, st_threads())
+    load_raw_(read_connection(path), tensors, mode, st_threads())
   } else {
     st_abort(
       "invalid_argument",
@@ -127,6 +127,14 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   }
   # The message is built only on error (cli formatting takes milliseconds).
   finish_load(st_check(res, sprintf("Can't read %s.", describe_source(path))), framework, list(...))
+}
+
+# safe_load_file() for an index: the tensors asked for (all by default), with
+# the combined header as the "metadata" attribute.
+load_index <- function(path, tensors, framework, args, backend, call = parent.frame()) {
+  h <- open_index(path, framework, args, backend, call = call)
+  on.exit(close(h), add = TRUE)
+  load_handle(h, tensors, framework, args, call = call)
 }
 
 #' @rdname safe_load_file
@@ -141,7 +149,7 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
     return(load_through_handle(buffer, tensors, framework, list(...), "read"))
   }
   mode <- if (framework == "r") "array" else "raw"
-  res <- st_check(read_raw_(buffer, tensors, mode, st_threads()), "Can't read the raw vector.")
+  res <- st_check(load_raw_(buffer, tensors, mode, st_threads()), "Can't read the raw vector.")
   finish_load(res, framework, list(...))
 }
 
@@ -153,91 +161,6 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
       call = call
     )
   }
-}
-
-# Reads one safetensors file from a connection (opening it, binary, if
-# needed) from its current position to its end: the header, then the data
-# it describes, which must end the connection. Sizes come from the header,
-# so the whole file is read into a vector allocated once.
-read_connection <- function(con, call = parent.frame()) {
-  if (!isOpen(con)) {
-    open(con, "rb")
-    on.exit(close(con), add = TRUE)
-  }
-  part <- list(label = "<connection>")
-  prefix <- read_header_bytes(con, part, call)
-  info <- check_part(info_header_(prefix), part, call = call)
-  data <- read_exact(con, info$file_len - length(prefix), part, NULL, call)
-  check_stream_end(con, info, part, call)
-  c(prefix, data)
-}
-
-# A connection must end where the tensors' data end, as a file must (the
-# reference rejects data after them, such as a zip archive appended to make
-# a polyglot file). Reads at most one more byte.
-check_stream_end <- function(con, info, part, call) {
-  if (length(readBin(con, "raw", 1L)) > 0) {
-    st_abort(
-      "incomplete_buffer",
-      c(
-        cli_escape(source_what(part$label)),
-        x = "The connection holds more bytes after the {info$file_len - 8 - info$header_len} bytes of data its header describes."
-      ),
-      format = TRUE,
-      call = call
-    )
-  }
-}
-
-# `n` bytes from a connection, or an error if it ends first.
-read_exact <- function(con, n, part, tensor, call) {
-  out <- readBin(con, "raw", n)
-  if (length(out) < n) {
-    # A connection may return less than asked before its end.
-    more <- list(out)
-    got <- length(out)
-    repeat {
-      chunk <- readBin(con, "raw", n - got)
-      if (length(chunk) == 0) break
-      more[[length(more) + 1L]] <- chunk
-      got <- got + length(chunk)
-      if (got == n) break
-    }
-    if (got < n) {
-      stream_ended(part, got, n, tensor, call)
-    }
-    out <- unlist(more, use.names = FALSE)
-  }
-  out
-}
-
-# Reads `n` bytes of a connection in chunks of at most `size` bytes, and
-# calls `fill(chunk, offset)` with each unless `fill` is NULL (the bytes are
-# skipped); an error if the connection ends first. The chunks are the only
-# memory used.
-read_chunks <- function(con, n, size, part, tensor, call, fill = NULL) {
-  done <- 0
-  while (done < n) {
-    chunk <- readBin(con, "raw", min(size, n - done))
-    if (length(chunk) == 0) {
-      stream_ended(part, done, n, tensor, call)
-    }
-    if (!is.null(fill)) {
-      fill(chunk, done)
-    }
-    done <- done + length(chunk)
-  }
-}
-
-stream_ended <- function(part, got, n, tensor, call) {
-  what <- if (is.null(tensor)) "data" else "bytes of tensor {.val {tensor}}"
-  st_abort(
-    "incomplete_buffer",
-    c(cli_escape(source_what(part$label)), x = paste("The connection ended after {got} of the {n}", what, "bytes.")),
-    tensor = tensor,
-    format = TRUE,
-    call = call
-  )
 }
 
 # safe_load_file() for a connection and a framework other than "r": reads
@@ -299,113 +222,42 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
   as_loaded(out, info$header, max_offset)
 }
 
-# Attaches the 0.2.x attributes, signals conversion warnings, and builds
-# framework tensors from raw bytes where a framework was asked for.
-finish_load <- function(res, framework, args, call = parent.frame()) {
-  out <- res$tensors
-  warn_conversions(names(out), res, call = call)
-  if (framework %in% c("r", "raw")) {
-    if (length(args) > 0) {
-      st_abort(
-        "invalid_argument",
-        "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
-        call = call
-      )
-    }
-  } else {
-    header <- res$header
-    at <- match(names(out), names(header))
-    constructor <- safetensors_frameworks[[framework]]$constructor
-    for (i in seq_along(out)) {
-      raw <- out[[i]]
-      attributes(raw) <- NULL
-      out[i] <- list(do.call(constructor, c(list(raw, header[[at[[i]]]]), args)))
-    }
-  }
-  as_loaded(out, res$header, res$max_offset)
-}
-
-# A loaded list as safe_load_file() returns it: the 0.2.x attributes
-# "metadata" (the header) and "max_offset", and the class for printing.
-as_loaded <- function(out, header, max_offset) {
-  attr(out, "metadata") <- header
-  attr(out, "max_offset") <- max_offset
-  class(out) <- c("safetensors_tensors", "list")
-  out
-}
-
-# The loaded list without the attributes added by finish_load().
-strip_loaded <- function(x) {
-  attr(x, "metadata") <- NULL
-  attr(x, "max_offset") <- NULL
-  class(x) <- setdiff(class(x), "safetensors_tensors")
-  if (identical(class(x), "list")) {
-    class(x) <- NULL
-  }
-  x
-}
-
-# One line on the "metadata" attribute, for str() and print().
-describe_header <- function(x) {
-  header <- attr(x, "metadata", exact = TRUE)
-  if (!is.list(header)) {
-    return(NULL)
-  }
-  n <- sum(names(header) != "__metadata__")
-  meta <- header[["__metadata__"]]
-  sprintf(
-    "the file header: %d tensor%s%s",
-    n, if (n == 1) "" else "s",
-    if (is.null(meta)) "" else sprintf(" and `__metadata__` (%d key%s)", length(meta), if (length(meta) == 1) "" else "s")
+# safe_load_file() of a file path (or raw vector) through a handle, so that
+# a progress bar can be updated between groups of tensors, or tensors read
+# straight into torch (load_handle()).
+load_through_handle <- function(path, tensors, framework, args, backend, call = parent.frame()) {
+  part <- open_part(path, backend, call = call)
+  h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
+    label = part$label, metadata = part$info$metadata, kind = backend
   )
+  on.exit(close(h), add = TRUE)
+  load_handle(h, tensors, framework, args, call = call)
 }
 
-#' @rawNamespace S3method(utils::str, safetensors_tensors)
-str.safetensors_tensors <- function(object, ...) {
-  indent <- list(...)$indent.str %||% " "
-  utils::str(strip_loaded(object), ...)
-  about <- describe_header(object)
-  if (!is.null(about)) {
-    cat(indent, "- attr(*, \"metadata\")= ", about, "\n", sep = "")
+# Reads the tensors `tensors` (all by default) of handle `h` as
+# safe_load_file() returns them, with a progress bar when they are large
+# and a bar may be shown.
+load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
+  nms <- if (is.null(tensors)) {
+    names(h)
+  } else {
+    vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
   }
-  max_offset <- attr(object, "max_offset", exact = TRUE)
-  if (!is.null(max_offset)) {
-    cat(indent, "- attr(*, \"max_offset\")= ", format(max_offset, scientific = FALSE), "\n", sep = "")
+  mode <- if (framework == "r") "array" else "raw"
+  bar <- NULL
+  sizes <- NULL
+  if (progress_enabled()) {
+    tab <- handle_table(h)
+    sizes <- tab$bytes[match(nms, tab$name)]
+    if (progress_wanted(sizes)) {
+      bar <- progress_bar("Loading", hget(h, "label"), sum(sizes))
+    }
   }
-  invisible()
-}
-
-#' @export
-print.safetensors_tensors <- function(x, ...) {
-  print(strip_loaded(x), ...)
-  about <- describe_header(x)
-  if (!is.null(about)) {
-    cat("attr(,\"metadata\"): ", about, "\n", sep = "")
+  if (torch_direct(framework)) {
+    res <- read_into_torch(h, nms, args, call = call, bar = bar)
+    return(as_loaded(res$tensors, combined_header(h), res$max_offset))
   }
-  max_offset <- attr(x, "max_offset", exact = TRUE)
-  if (!is.null(max_offset)) {
-    cat("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE), "\n", sep = "")
-  }
-  invisible(x)
-}
-
-warn_conversions <- function(nms, res, call = parent.frame()) {
-  for (i in which(res$inexact > 0)) {
-    st_warn(
-      "precision",
-      c(
-        "Tensor {.val {nms[[i]]}} has {res$inexact[[i]]} value{?s} beyond 2^53, which double can't hold exactly.",
-        i = "They were rounded to the nearest double."
-      )
-    )
-  }
-  for (i in which(res$int_min > 0)) {
-    st_warn(
-      "type",
-      c(
-        "Tensor {.val {nms[[i]]}} holds -2147483648, which is {.code NA} in R integers.",
-        i = "It was returned as double instead of integer."
-      )
-    )
-  }
+  res <- read_parts(h, nms, mode, call = call, bar = bar, sizes = sizes)
+  res$header <- combined_header(h)
+  finish_load(res, framework, args, call = call)
 }

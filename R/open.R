@@ -110,56 +110,56 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   )
 }
 
-check_framework_args <- function(framework, args, call = parent.frame()) {
-  if (framework %in% c("r", "raw") && length(args) > 0) {
-    st_abort(
-      "invalid_argument",
-      "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
-      call = call
-    )
-  }
-}
-
-# Opens one file (or raw vector, or connection) as a part of a handle.
-open_part <- function(path, backend, call = parent.frame()) {
-  ptr <- if (is.character(path)) {
-    check_string(path, call = call)
-    open_file_(path.expand(path), backend)
-  } else if (is.raw(path)) {
-    open_raw_(path)
-  } else if (inherits(path, "connection")) {
-    open_raw_(read_connection(path))
-  } else {
-    st_abort(
-      "invalid_argument",
-      "{.arg path} must be a file path, a raw vector or a connection, not {.obj_type_friendly {path}}.",
-      call = call
-    )
-  }
-  label <- if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
-  part <- list(ptr = NULL, label = label, info = NULL)
-  part$ptr <- check_part(ptr, part, "open", call = call)
-  part$info <- check_part(handle_info_(part$ptr), part, call = call)
-  part
-}
-
-# st_check() for a part, building the message only on error: cli formatting
-# takes milliseconds, far longer than reading a small tensor.
-check_part <- function(res, part, verb = "read", call = parent.frame()) {
-  if (!inherits(res, "safetensors_rust_error")) {
-    return(res)
-  }
-  st_check(res, source_what(part$label, verb), call = call)
-}
-
-# "Can't read 'path'." and the like, for a part's label.
-source_what <- function(label, verb = "read") {
-  src <- switch(label,
-    "<raw vector>" = "the raw vector",
-    "<connection>" = "the connection",
-    describe_source(label)
+# Opens every shard of the index at `path` and presents the tensors of the
+# weight map as one handle: shards in file-name order, each shard's tensors
+# in file order. The weight map is an allowlist (a shard's other tensors are
+# hidden), and each tensor it names must be in the shard it names.
+open_index <- function(path, framework, args, backend, call = parent.frame()) {
+  check_string(path, call = call)
+  path <- path.expand(path)
+  idx <- read_index(path, call = call)
+  files <- sort(unique(idx$files), method = "radix")
+  dir <- dirname(path)
+  parts <- vector("list", length(files))
+  done <- FALSE
+  on.exit(
+    if (!done) {
+      for (p in parts) if (!is.null(p)) close_(p$ptr)
+    },
+    add = TRUE
   )
-  sprintf("Can't %s %s.", verb, src)
+  names <- character()
+  part_of <- integer()
+  for (f in seq_along(files)) {
+    part <- open_part(file.path(dir, files[[f]]), backend, call = call)
+    part$file <- files[[f]]
+    parts[[f]] <- part
+    wanted <- idx$names[idx$files == files[[f]]]
+    have <- part$info$name
+    absent <- wanted[!wanted %in% have]
+    if (length(absent) > 0) {
+      st_abort(
+        "invalid_index",
+        c(
+          cli_escape(source_what(path)),
+          x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {files[[f]]}}, which does not contain it."
+        ),
+        tensor = absent[[1]],
+        format = TRUE,
+        call = call
+      )
+    }
+    keep <- have[have %in% wanted]
+    names <- c(names, keep)
+    part_of <- c(part_of, rep(f, length(keep)))
+  }
+  done <- TRUE
+  new_handle(parts, names, part_of, framework, args, backend,
+    label = path,
+    metadata = if (length(parts) > 0) parts[[1]]$info$metadata,
+    kind = "shards",
+    index = idx
+  )
 }
 
 # A handle: the parts (open files), and for each visible tensor its name and
@@ -278,8 +278,9 @@ tensor_name <- function(x, i, call = parent.frame()) {
   )
 }
 
+# The label of handle `x` as messages show it.
 format_label <- function(x) {
-  cli::format_inline("{.file {hget(x, 'label')}}")
+  format_file(hget(x, "label"))
 }
 
 # The 0.2.x header entry (dtype, shape, data_offsets) of each named tensor.
@@ -353,12 +354,38 @@ read_tensors <- function(x, names, call = parent.frame()) {
 # `list(tensors, max_offset)`, the tensors a named list without attributes.
 read_handle <- function(x, names, framework, args, call = parent.frame()) {
   if (torch_direct(framework)) {
-    return(torch_read_handle(x, names, args, call = call))
+    return(read_into_torch(x, names, args, call = call))
   }
   mode <- if (framework == "r") "array" else "raw"
   res <- read_parts(x, names, mode, call = call)
   res$header <- header_entries(x, names)
   list(tensors = strip_loaded(finish_load(res, framework, args, call = call)), max_offset = res$max_offset)
+}
+
+# Reads tensors `names` of handle `x` straight into torch tensors (see
+# R/torch.R), updating the cli progress `bar` if given. Returns
+# list(tensors, max_offset) as read_handle() does.
+read_into_torch <- function(x, names, args, call = parent.frame(), bar = NULL) {
+  device <- torch_device_arg(args)
+  at <- match(names, hget(x, "names"))
+  parts <- hget(x, "parts")
+  part_of <- hget(x, "part_of")[at]
+  pos <- hget(x, "pos")[at]
+  dtypes <- vapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info$dtype[[pos[[k]]]], character(1))
+  check_torch_dtypes(dtypes, names, call = call)
+  out <- vector("list", length(names))
+  max_offset <- 0
+  for (k in seq_along(names)) {
+    part <- parts[[part_of[[k]]]]
+    info <- part$info
+    out[k] <- list(torch_read_part(part, names[[k]], info$dtype[[pos[[k]]]], info$shape[[pos[[k]]]], device, call))
+    max_offset <- max(max_offset, 8 + info$header_len + info$end[[pos[[k]]]])
+    if (!is.null(bar)) {
+      cli::cli_progress_update(inc = info$end[[pos[[k]]]] - info$begin[[pos[[k]]]], id = bar)
+    }
+  }
+  names(out) <- names
+  list(tensors = out, max_offset = max_offset)
 }
 
 #' @export
@@ -405,30 +432,10 @@ format.safetensors_file <- function(x, ..., n = 20) {
   lines
 }
 
-format_metadata <- function(meta, width = 60) {
-  vals <- encodeString(unname(meta))
-  long <- nchar(vals) > width
-  vals[long] <- paste0(substr(vals[long], 1, width - 3), "...")
-  paste0("  ", encodeString(names(meta)), ": ", vals)
-}
-
 #' @export
 print.safetensors_file <- function(x, ..., n = 20) {
   cat(format(x, ..., n = n), sep = "\n")
   invisible(x)
-}
-
-format_shape <- function(shape) {
-  paste0("[", paste(format(shape, scientific = FALSE, trim = TRUE), collapse = ", "), "]")
-}
-
-format_bytes <- function(x) {
-  units <- c("B", "kB", "MB", "GB", "TB")
-  k <- if (x < 1000) 1 else min(floor(log(x, 1000)) + 1, length(units))
-  if (k == 1) {
-    return(sprintf("%s B", format(x, scientific = FALSE)))
-  }
-  sprintf("%.1f %s", x / 1000^(k - 1), units[[k]])
 }
 
 # The header facts of every visible tensor of a handle, as vectors

@@ -1,60 +1,61 @@
 # The "torch" framework: reading tensors into R torch tensors, and writing
-# torch tensors through safe_tensor_buffer() / safe_tensor_meta().
+# torch tensors.
 #
-# Copies, reading. From a file path, a raw vector, a shard index or a handle,
-# each tensor is allocated by torch (torch_empty(), CPU) and the Rust core
-# reads the file's bytes straight into it (pread or a memory map, see
-# src/rust/src/torch.rs): one copy, no R vector in between. From a
-# connection, R's readBin() reads each tensor in chunks of `torch_read_chunk`
-# bytes and each chunk is copied into the tensor: two passes over the bytes
-# (R has no way to read a connection into foreign memory), but a chunk is
-# the only memory beyond the tensors, where 0.2.x held two copies. A
-# `device` other than "cpu" adds torch's own copy to that device. The
-# registered constructor, torch_tensor_from_raw(), which receives a raw
-# vector (slices, and callers of the 0.2.x contract), copies it once, with
-# torch's own clone() of a temporary view.
+# No memory address ever passes between R and Rust as text, and the Rust
+# core never writes into torch's memory: torch copies, with its own
+# `copy_()`, between its tensors and views (`torch_tensor_from_buffer()`)
+# of memory the package owns, so devices, strides and dtype conversions are
+# torch's business.
 #
-# Copies, writing. safe_tensor_buffer() allocates a raw vector and has
-# torch copy the tensor into it through a view of that vector (copy_()), so
-# strides, storage offsets and devices are handled by torch, sizes are
-# 64-bit, and that copy is the only one. The writers (R/save.R,
-# write_stream()) take torch tensors a piece of `torch_write_chunk` bytes at a
-# time (torch_write_chunks()): each piece is copied once into a small raw
-# vector and written to the file (or the result of safe_serialize()), so no
-# second copy of a whole tensor, let alone of a model, is held; only a
-# tensor whose last dimension is strided (transposed, permuted) is copied
-# whole, which is far faster for those. On a connection, writeBin() copies
-# each piece once more into its own buffer.
+# Copies, reading. From a file path, a raw vector, a shard index or a
+# handle, each tensor is allocated by torch (`torch_empty()` on the CPU,
+# asked for explicitly), then filled by torch from a view of the tensor's
+# bytes: in the memory map or raw vector itself (one copy,
+# src/rust/src/torch.rs's tensor_view_()), or, with `backend = "read"`,
+# in pieces of `torch_read_chunk` bytes read by the Rust core into one
+# reusable staging raw vector. From a connection, R's readBin() reads each
+# tensor in chunks that torch copies the same way: a chunk is the only
+# memory beyond the tensors. A `device` other than "cpu" adds torch's own
+# copy to that device. The registered constructor, torch_tensor_from_raw(),
+# which receives a raw vector (slices, and callers of the 0.2.x contract),
+# copies it once, with torch's own clone() of a temporary view.
+#
+# Copies, writing. The writers (R/write.R) take a torch tensor in pieces of
+# at most `torch_write_chunk` bytes (torch_pieces()): torch copies each
+# piece's logical values (any strides, storage offset or device) into one
+# staging raw vector reused for the whole save, which the write engine
+# writes out; only a tensor whose last dimension is strided (transposed,
+# permuted) is copied whole, which is far faster for those.
+# safe_tensor_buffer() copies a whole tensor once into a new raw vector.
 
-# safetensors dtype -> name of R torch's dtype function.
-torch_dtype_fns <- c(
-  F64 = "torch_float64", F32 = "torch_float32", F16 = "torch_float16",
-  BF16 = "torch_bfloat16", I64 = "torch_int64", I32 = "torch_int32",
-  I16 = "torch_int16", I8 = "torch_int8", U8 = "torch_uint8",
-  BOOL = "torch_bool", C64 = "torch_cfloat",
-  F8_E4M3 = "torch_float8_e4m3fn", F8_E5M2 = "torch_float8_e5m2"
-)
+# safetensors dtype -> name of R torch's dtype function, for the dtypes R
+# torch has (from the dtype table, R/dtypes.R).
+torch_dtype_fns <- function() {
+  tab <- dtype_table()
+  has <- !is.na(tab$torch)
+  structure(tab$torch[has], names = tab$name[has])
+}
 
 # torch dtype (as `dtype$.type()` names it) -> safetensors dtype.
-torch_dtype_names <- c(
-  Double = "F64", Float = "F32", Half = "F16", BFloat16 = "BF16",
-  Long = "I64", Int = "I32", Short = "I16", Char = "I8", Byte = "U8",
-  Bool = "BOOL", ComplexFloat = "C64", Float8_e4m3fn = "F8_E4M3",
-  Float8_e5m2 = "F8_E5M2"
-)
+torch_dtype_names <- function() {
+  tab <- dtype_table()
+  has <- !is.na(tab$torch_type)
+  structure(tab$name[has], names = tab$torch_type[has])
+}
 
 # The torch dtype for safetensors dtype `dtype`, or a classed error for the
 # dtypes R torch has no type for.
 torch_dtype_of <- function(dtype, name = NULL, call = parent.frame()) {
   check_torch_dtypes(dtype, name, call = call)
-  getExportedValue("torch", torch_dtype_fns[[dtype]])()
+  getExportedValue("torch", torch_dtype_fns()[[dtype]])()
 }
 
 # A classed error naming the first of tensors `names` whose dtype (in
 # `dtypes`) R torch has no type for; nothing if there is none. Readers check
 # every tensor they are asked for before reading any.
 check_torch_dtypes <- function(dtypes, names = NULL, call = parent.frame()) {
-  bad <- which(!dtypes %in% names(torch_dtype_fns))
+  fns <- torch_dtype_fns()
+  bad <- which(!dtypes %in% names(fns))
   if (length(bad) == 0) {
     return(invisible())
   }
@@ -66,7 +67,7 @@ check_torch_dtypes <- function(dtypes, names = NULL, call = parent.frame()) {
     c(
       paste(what, "has dtype {.val {dtype}}, which R torch has no type for."),
       i = "Read it with {.code framework = \"r\"} (R arrays) or {.code framework = \"raw\"} (its bytes) instead.",
-      i = "torch reads these dtypes: {.val {names(torch_dtype_fns)}}."
+      i = "torch reads these dtypes: {.val {names(fns)}}."
     ),
     dtype = dtype,
     tensor = name,
@@ -77,14 +78,15 @@ check_torch_dtypes <- function(dtypes, names = NULL, call = parent.frame()) {
 # The safetensors dtype of torch dtype `x`.
 torch_dtype_to_safe <- function(x, call = parent.frame()) {
   type <- x$.type()
-  out <- torch_dtype_names[type]
+  known <- torch_dtype_names()
+  out <- known[type]
   if (is.na(out)) {
     st_abort(
       "unsupported_dtype",
       c(
         "Can't write a torch tensor of dtype {.val {type}}: safetensors has no such dtype.",
         i = "Convert it first, for example with {.code x$to(dtype = torch_float())}.",
-        i = "torch dtypes safetensors holds: {.val {names(torch_dtype_names)}}."
+        i = "torch dtypes safetensors holds: {.val {names(known)}}."
       ),
       dtype = type,
       call = call
@@ -117,14 +119,22 @@ safe_tensor_buffer.torch_tensor <- function(x) {
   # 32-bit size). The view does not own the vector's memory and is not used
   # after this function, which keeps `buf` referenced while it runs.
   x <- x$detach()
-  n <- prod(as.numeric(x$shape)) * x$element_size()
-  buf <- st_check(alloc_raw_(n), "Can't allocate the tensor's buffer.")
-  if (n > 0) {
+  buf <- raw(prod(as.numeric(x$shape)) * x$element_size())
+  torch_copy_into(buf, x)
+  buf
+}
+
+# Has torch copy the logical values of `x` (any strides, storage offset or
+# device) into the first bytes of the raw vector `buf`, through a view of
+# it (which does not own the vector's memory, is not used after this
+# function, and is dropped while `buf` is still referenced here).
+torch_copy_into <- function(buf, x) {
+  if (x$numel() > 0) {
     view <- torch::torch_tensor_from_buffer(buf, shape = x$shape, dtype = x$dtype)
     view$copy_(x)
     rm(view)
   }
-  buf
+  invisible()
 }
 
 # The constructor registered for "torch", with safetensors 0.2.x's
@@ -165,34 +175,12 @@ torch_device_arg <- function(args) {
   do.call(function(device = "cpu") device, args)
 }
 
-# Whether tensors of `framework` are read straight into torch memory: the
-# built-in "torch" entry (not one a user registered in its place), with a
-# working libtorch whose data addresses this session could verify.
+# Whether tensors of `framework` are read by torch itself from the file's
+# bytes (torch_read_part()): the built-in "torch" entry, not one a user
+# registered in its place, whose constructor receives raw vectors instead.
 torch_direct <- function(framework) {
   identical(framework, "torch") &&
-    identical(safetensors_frameworks[["torch"]]$constructor, torch_tensor_from_raw) &&
-    torch_address_ok()
-}
-
-torch_state <- new.env(parent = emptyenv())
-
-# Verifies once per session that Storage$data_ptr() gives the address of a
-# tensor's data: Rust reads (never writes) the bytes there and compares them
-# with those the tensor was made from. If not, every read falls back to the
-# raw-vector constructor. LibTorch is known to be there (check_framework()
-# runs check_libtorch()).
-torch_address_ok <- function() {
-  if (is.null(torch_state$address_ok)) {
-    torch_state$address_ok <- tryCatch(
-      {
-        pattern <- as.integer((seq_len(64) * 37 + 11) %% 256)
-        t <- torch::torch_tensor(pattern, dtype = torch::torch_uint8())
-        isTRUE(probe_address_(t$storage()$data_ptr(), as.raw(pattern)))
-      },
-      error = function(e) FALSE
-    )
-  }
-  torch_state$address_ok
+    identical(safetensors_frameworks[["torch"]]$constructor, torch_tensor_from_raw)
 }
 
 # The R package torch installs LibTorch apart (install_torch()); without it
@@ -211,68 +199,78 @@ check_libtorch <- function(installed = torch::torch_is_installed(), call = paren
   }
 }
 
-# An uninitialised CPU tensor of safetensors dtype `dtype` and `shape`, and
-# the address and size of its data, checked as src/rust/src/torch.rs needs.
+# An uninitialised tensor of safetensors dtype `dtype` and `shape`, on the
+# CPU whatever torch's default device (with_device(), local_device()).
 torch_empty_for <- function(dtype, shape, name, call) {
   dt <- torch_dtype_of(dtype, name, call = call)
-  x <- if (length(shape) == 0) {
-    torch::torch_empty(1L, dtype = dt)$reshape(list())
+  if (length(shape) == 0) {
+    torch::torch_empty(1L, dtype = dt, device = "cpu")$reshape(list())
   } else {
-    torch::torch_empty(as.numeric(shape), dtype = dt)
+    torch::torch_empty(as.numeric(shape), dtype = dt, device = "cpu")
   }
-  nbytes <- tensor_bytes(dtype, shape)
-  if (prod(as.numeric(x$shape)) * x$element_size() != nbytes || !x$is_contiguous()) {
-    st_abort("invalid_argument", "torch allocated an unexpected tensor for {.val {name}}.", call = call)
-  }
-  list(x = x, nbytes = nbytes, address = if (nbytes > 0) x$storage()$data_ptr() else "")
 }
 
-# Reads tensors `names` of handle `h` straight into torch tensors, updating
-# the cli progress `bar` if given. Returns list(tensors, max_offset) as
-# read_handle() does.
-torch_read_handle <- function(h, names, args, call = parent.frame(), bar = NULL) {
-  device <- torch_device_arg(args)
-  at <- match(names, hget(h, "names"))
-  parts <- hget(h, "parts")
-  part_of <- hget(h, "part_of")[at]
-  pos <- hget(h, "pos")[at]
-  dtypes <- vapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info$dtype[[pos[[k]]]], character(1))
-  check_torch_dtypes(dtypes, names, call = call)
-  out <- vector("list", length(names))
-  max_offset <- 0
-  for (k in seq_along(names)) {
-    part <- parts[[part_of[[k]]]]
-    info <- part$info
-    t <- torch_empty_for(info$dtype[[pos[[k]]]], info$shape[[pos[[k]]]], names[[k]], call)
-    if (t$nbytes > 0) {
-      check_part(handle_read_into_(part$ptr, names[[k]], t$address, t$nbytes), part, call = call)
-    }
-    out[k] <- list(torch_to_device(t$x, device))
-    max_offset <- max(max_offset, 8 + info$header_len + info$end[[pos[[k]]]])
-    if (!is.null(bar)) {
-      cli::cli_progress_update(inc = t$nbytes, id = bar)
-    }
-  }
-  names(out) <- names
-  list(tensors = out, max_offset = max_offset)
+# The torch dtype a tensor's bytes are viewed as: its own, but BOOL as
+# uint8, so that copying into a bool tensor turns any non-zero byte into
+# true (a file may hold any non-zero byte for true; a bool view of such a
+# byte would be an invalid C++ bool).
+torch_view_dtype <- function(dtype) {
+  torch_dtype_of(if (identical(dtype, "BOOL")) "U8" else dtype)
 }
 
-# Chunk sizes for reading tensors from connections into torch memory (each
-# chunk a new R vector: small ones are recycled by malloc, large ones cost
-# page faults), and for writing torch tensors (each piece one torch copy_(),
-# whose fixed cost, its threads' start above all, small pieces multiply).
-torch_read_chunk <- 1024^2
+# Reads tensor `name` (of `dtype` and `shape`) of `part` (an open source,
+# R/sources.R) into a new torch tensor on `device`: torch copies from a
+# view of the bytes in the part's memory map or raw vector, or from pieces
+# the core reads into a staging raw vector.
+torch_read_part <- function(part, name, dtype, shape, device, call) {
+  x <- torch_empty_for(dtype, shape, name, call)
+  n <- x$numel()
+  if (n > 0) {
+    view_dtype <- torch_view_dtype(dtype)
+    view <- check_part(tensor_view_(part$ptr, name), part, call = call)
+    flat <- x$view(-1)
+    if (!is.null(view)) {
+      src <- torch::torch_tensor_from_buffer(view, shape = n, dtype = view_dtype)
+      flat$copy_(src)
+      rm(src)
+      check_part(tensor_view_done_(part$ptr, name), part, call = call)
+    } else {
+      size <- x$element_size()
+      per <- max(1, floor(torch_read_chunk / size))
+      stage <- raw(min(n, per) * size)
+      for (start in seq(0, n - 1, by = per)) {
+        k <- min(per, n - start)
+        if (k * size < length(stage)) {
+          stage <- raw(k * size)
+        }
+        check_part(tensor_bytes_(part$ptr, name, start * size, stage), part, call = call)
+        flat$narrow(1, start + 1, k)$copy_(torch::torch_tensor_from_buffer(stage, shape = k, dtype = view_dtype))
+      }
+    }
+  }
+  torch_to_device(x, device)
+}
+
+# Chunk sizes for reading tensors in pieces (from connections, and files
+# read without a map), and for writing torch tensors (each piece one torch
+# copy_(), whose fixed cost, its threads' start above all, small pieces
+# multiply).
+torch_read_chunk <- 16 * 1024^2
 torch_write_chunk <- 16 * 1024^2
 
-# Writes torch tensor `x` through `write(bytes)` in the pieces
-# torch_pieces() plans, each a safe_tensor_buffer() of a part of `x`, so the
-# writer never holds more than a piece of the tensor's bytes.
-torch_write_chunks <- function(x, write, chunk = torch_write_chunk) {
+# Writes torch tensor `x` through `put(stage, n)`, which receives the first
+# `n` bytes of the raw vector `stage` each time, in the pieces
+# torch_pieces() plans: torch copies each piece's logical values into
+# `stage`, one raw vector reused for every piece (and, through `cache`, an
+# environment, for every tensor of a save), so the writer never holds more
+# than a piece of the tensor's bytes.
+torch_write_chunks <- function(x, put, chunk = torch_write_chunk, cache = new.env(parent = emptyenv())) {
   x <- x$detach()
   shape <- as.numeric(x$shape)
   rank <- length(shape)
+  size <- x$element_size()
   inner_contiguous <- rank > 0 && (shape[[rank]] <= 1 || x$stride()[[rank]] == 1)
-  for (p in torch_pieces(shape, x$element_size(), inner_contiguous, chunk)) {
+  for (p in torch_pieces(shape, size, inner_contiguous, chunk)) {
     y <- x
     for (i in p$select) {
       y <- y$select(1, i)
@@ -280,7 +278,12 @@ torch_write_chunks <- function(x, write, chunk = torch_write_chunk) {
     if (!is.null(p$start)) {
       y <- y$narrow(1, p$start, p$n)
     }
-    write(safe_tensor_buffer.torch_tensor(y))
+    n <- y$numel() * size
+    if (length(cache$stage) < n) {
+      cache$stage <- raw(n)
+    }
+    torch_copy_into(cache$stage, y)
+    put(cache$stage, n)
   }
   invisible()
 }
@@ -318,17 +321,34 @@ torch_pieces <- function(shape, size, inner_contiguous, chunk, select = integer(
   Map(function(start, n) list(select = select, start = start, n = n), start, n)
 }
 
-# Reads tensor `name` (`nbytes` bytes of `dtype` and `shape`) from the
-# connection's current position into a new torch tensor, chunk by chunk.
-torch_read_stream <- function(con, name, dtype, shape, device, part, call) {
-  t <- torch_empty_for(dtype, shape, name, call)
-  read_chunks(con, t$nbytes, torch_read_chunk, part, name, call, function(chunk, offset) {
-    check_part(copy_into_(chunk, t$address, offset, t$nbytes, identical(dtype, "BOOL")), part, call = call)
-  })
-  torch_to_device(t$x, device)
+# The writers' way to write torch tensor `x` (see torch_write_chunks()).
+torch_write_tensor <- function(x, put, cache) {
+  torch_write_chunks(x, put, cache = cache)
 }
 
-# Registers "torch" in safetensors_frameworks; run by .onLoad().
+# Reads tensor `name` (of `dtype` and `shape`) from the connection's
+# current position into a new torch tensor on `device`, chunk by chunk:
+# each chunk (whole elements) is copied by torch from a view of it.
+torch_read_stream <- function(con, name, dtype, shape, device, part, call) {
+  x <- torch_empty_for(dtype, shape, name, call)
+  size <- x$element_size()
+  flat <- x$view(-1)
+  view_dtype <- torch_view_dtype(dtype)
+  chunk <- max(1, floor(torch_read_chunk / size)) * size
+  read_chunks(con, x$numel() * size, chunk, part, name, call, function(bytes, offset) {
+    if (length(bytes) %% size != 0) {
+      # A connection may return less than asked; keep whole elements.
+      bytes <- c(bytes, read_exact(con, size - length(bytes) %% size, part, name, call))
+    }
+    k <- length(bytes) / size
+    flat$narrow(1, offset / size + 1, k)$copy_(torch::torch_tensor_from_buffer(bytes, shape = k, dtype = view_dtype))
+  })
+  torch_to_device(x, device)
+}
+
+# Registers "torch" in safetensors_frameworks, with its LibTorch check;
+# run by .onLoad().
 register_torch <- function() {
   safetensors_frameworks[["torch"]] <- list(constructor = torch_tensor_from_raw, packages = "torch")
+  register_framework_check("torch", torch_tensor_from_raw, function(call) check_libtorch(call = call))
 }

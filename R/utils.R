@@ -1,3 +1,6 @@
+# Small helpers every other file may use (only R/errors.R is below). See
+# ARCHITECTURE.md for the layers of the R code.
+
 `%||%` <- function(x, y) if (is.null(x)) y else x
 
 is_string <- function(x) {
@@ -46,13 +49,6 @@ arg_choice <- function(arg, choices, name = deparse1(substitute(arg)), call = pa
   arg
 }
 
-# The dtype names of the format, in the reference implementation's order.
-safe_dtypes <- c(
-  "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3",
-  "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16",
-  "I32", "U32", "F32", "C64", "F64", "I64", "U64"
-)
-
 # The thread count passed to the Rust core: option `safetensors.threads`,
 # or 0 for the core's default (the available cores, at most 2).
 st_threads <- function(call = parent.frame()) {
@@ -68,4 +64,22 @@ st_threads <- function(call = parent.frame()) {
     )
   }
   as.integer(min(n, 256))
+}
+
+# Splits items of `sizes` bytes, in order, into consecutive groups of at
+# most `limit` bytes; an item larger than `limit` is a group of its own.
+# Returns the group number (from 1) of each item.
+group_by_size <- function(sizes, limit) {
+  out <- integer(length(sizes))
+  group <- 0L
+  used <- Inf
+  for (i in seq_along(sizes)) {
+    if (used + sizes[[i]] > limit) {
+      group <- group + 1L
+      used <- 0
+    }
+    out[[i]] <- group
+    used <- used + sizes[[i]]
+  }
+  out
 }

@@ -18,7 +18,7 @@
 _st_deps_main() {
   local debs="r-base-dev r-cran-testthat r-cran-cli r-cran-r6 r-cran-rlang
     r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-withr r-cran-callr
-    r-cran-processx r-cran-jsonlite r-cran-bench
+    r-cran-processx r-cran-jsonlite r-cran-bench r-cran-codetools
     rsync"   # rsync: tools/dev-install.sh; not on a new machine
   local missing="" p status
 

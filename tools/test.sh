@@ -6,13 +6,16 @@
 # 1. tools/install-deps.sh            R, R packages, Python oracle
 # 2. R CMD INSTALL into a temporary library (release build; DEBUG=true in the
 #    environment gives a faster debug build)
-# 3. cargo test in src/rust           the Rust core
+# 3. cargo test in src/rust           the Rust workspace: the core crate
+#                                      (no R) and the bindings
 # 4. testthat against the installed package (tools/run-testthat.R)
-# 5. with SAFETENSORS_CHECK=true: the CRAN check (tools/check.sh)
+# 5. tools/check-architecture.R       the layers ARCHITECTURE.md describes
+# 6. with SAFETENSORS_CHECK=true: the CRAN check (tools/check.sh)
 #
 # Its last line is always "N passed, N failed, N skipped", summed over cargo
-# (ignored tests count as skipped) and testthat (expectations, as testthat's
-# own summary counts them; errors count as failed). It exits non-zero if
+# (ignored tests count as skipped), testthat (expectations, as testthat's
+# own summary counts them; errors count as failed) and the architecture
+# checks. It exits non-zero if
 # anything failed or a step broke. Works from any directory, without a
 # terminal or standard input.
 
@@ -68,7 +71,7 @@ fi
 # --- 3. cargo test -------------------------------------------------------------------------
 step "cargo test (src/rust)"
 if command -v cargo >/dev/null 2>&1; then
-  (cd src/rust && cargo test -j "$CARGO_BUILD_JOBS" 2>&1) | tee "$work/cargo.log"
+  (cd src/rust && cargo test --workspace -j "$CARGO_BUILD_JOBS" 2>&1) | tee "$work/cargo.log"
   cargo_rc=${PIPESTATUS[0]}
   # e.g. "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ..."
   read -r c_pass c_fail c_ign c_lines < <(
@@ -110,7 +113,21 @@ else
   note_broken "testthat(not run)"
 fi
 
-# --- 5. CRAN check (opt-in) -------------------------------------------------------------
+# --- 5. architecture ----------------------------------------------------------------------
+step "architecture (tools/check-architecture.R)"
+if command -v Rscript >/dev/null 2>&1; then
+  Rscript tools/check-architecture.R 2>&1 | tee "$work/arch.log"
+  arch_rc=${PIPESTATUS[0]}
+  read -r a_pass a_fail < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ { print $1, $3 }' "$work/arch.log")
+  passed=$((passed + ${a_pass:-0})); failed=$((failed + ${a_fail:-0}))
+  if [ "$arch_rc" -ne 0 ] && [ "${a_fail:-0}" -eq 0 ]; then
+    note_broken "architecture(exit $arch_rc)"
+  fi
+else
+  note_broken "architecture(no Rscript)"
+fi
+
+# --- 6. CRAN check (opt-in) -------------------------------------------------------------
 # tools/check.sh (R CMD build + R CMD check --as-cran on the vendored
 # tarball) takes about ten minutes on two cores, which would more than
 # double this script's time; it runs only when SAFETENSORS_CHECK=true, and

@@ -185,14 +185,3 @@ test_that("safe_summary() of an empty file and its argument errors", {
     safe_summary(safe_serialize(list()), depth = "a")
   })
 })
-
-test_that("format_count() and format_bytes() round to one decimal", {
-  expect_identical(
-    vapply(c(0, 999, 9999, 12345, 999949, 999999, 1.5e9, 2e12, 3e15), format_count, ""),
-    c("0", "999", "9999", "12.3K", "999.9K", "1.0M", "1.5B", "2.0T", "3000.0T")
-  )
-  expect_identical(
-    vapply(c(0, 999, 1000, 1234567, 5e9, 7e12, 8e15), format_bytes, ""),
-    c("0 B", "999 B", "1.0 kB", "1.2 MB", "5.0 GB", "7.0 TB", "8000.0 TB")
-  )
-})

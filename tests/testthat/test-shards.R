@@ -101,9 +101,9 @@ test_that("everything in one shard is written as a single file, as transformers 
 })
 
 test_that("a tensor larger than the shard size gets a shard of its own", {
-  expect_identical(shard_of(c(5, 50, 5, 5), 10), c(1L, 2L, 3L, 3L))
-  expect_identical(shard_of(c(4, 4, 4), 8), c(1L, 1L, 2L))
-  expect_identical(shard_of(numeric(0), 8), integer(0))
+  expect_identical(group_by_size(c(5, 50, 5, 5), 10), c(1L, 2L, 3L, 3L))
+  expect_identical(group_by_size(c(4, 4, 4), 8), c(1L, 1L, 2L))
+  expect_identical(group_by_size(numeric(0), 8), integer(0))
   dir <- withr::local_tempdir()
   index <- safe_save_file(list(a = 1, big = as.numeric(1:100), c = 2), dir, max_shard_size = 100)
   expect_identical(safe_info(index)$file, sprintf("model-%05d-of-00003.safetensors", 1:3))

@@ -84,9 +84,9 @@ test_that("re-saving a torch_save() file keeps every tensor and the metadata", {
 # ---- the torch framework's own logic, without torch -----------------------
 
 test_that("dtypes R torch lacks are classed errors before torch is needed", {
-  fns <- safetensors:::torch_dtype_fns
+  fns <- safetensors:::torch_dtype_fns()
   lacking <- c("U16", "U32", "U64", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4")
-  expect_setequal(setdiff(safetensors:::safe_dtypes, names(fns)), lacking)
+  expect_setequal(setdiff(safetensors:::dtype_names(), names(fns)), lacking)
   for (d in lacking) {
     cnd <- expect_error(safetensors:::torch_dtype_of(d, "w"), class = "safetensors_error_unsupported_dtype")
     expect_identical(cnd$dtype, d)
@@ -111,8 +111,8 @@ test_that("dtypes R torch lacks are classed errors before torch is needed", {
 fake_torch_dtype <- function(type) list(.type = function() type)
 
 test_that("the torch dtypes written are those read, and others are classed errors", {
-  names_map <- safetensors:::torch_dtype_names
-  expect_setequal(unname(names_map), names(safetensors:::torch_dtype_fns))
+  names_map <- safetensors:::torch_dtype_names()
+  expect_setequal(unname(names_map), names(safetensors:::torch_dtype_fns()))
   for (type in names(names_map)) {
     expect_identical(safetensors:::torch_dtype_to_safe(fake_torch_dtype(type)), names_map[[type]])
   }
@@ -161,12 +161,8 @@ test_that("`device` is taken as the constructor takes it", {
   expect_identical(safetensors:::torch_to_device(x, "cpu"), x)
 })
 
-test_that("reads go straight into torch memory only through the built-in constructor", {
-  state <- safetensors:::torch_state
-  old <- state$address_ok
-  withr::defer(state$address_ok <- old)
+test_that("torch reads the file's bytes itself only through the built-in constructor", {
   direct <- safetensors:::torch_direct
-  state$address_ok <- TRUE
   expect_true(direct("torch"))
   expect_false(direct("r"))
   expect_false(direct("raw"))
@@ -175,16 +171,6 @@ test_that("reads go straight into torch memory only through the built-in constru
   withr::defer(frameworks[["torch"]] <- ctor)
   frameworks[["torch"]] <- list(constructor = function(raw, meta, ...) raw, packages = "torch")
   expect_false(direct("torch"))
-  frameworks[["torch"]] <- ctor
-  # Unverified addresses: every read goes through the constructor.
-  state$address_ok <- FALSE
-  expect_false(direct("torch"))
-  # Whatever fails in the check (here, torch itself if it is missing) means
-  # no direct reads, never an error.
-  skip_if(requireNamespace("torch", quietly = TRUE), "torch is installed")
-  state$address_ok <- NULL
-  expect_false(direct("torch"))
-  expect_false(state$address_ok)
 })
 
 test_that("torch without LibTorch is a classed error", {
@@ -250,49 +236,41 @@ test_that("torch tensors are written in pieces that cover them in order", {
   expect_identical(pieces(numeric(0), 8, FALSE, 1), whole)
 })
 
-test_that("the torch path's Rust entry points check their arguments before any address", {
-  # probe_address_() reads nothing unless the address parses and bytes are expected.
-  expect_false(safetensors:::probe_address_("0x0", as.raw(1:4)))
-  expect_false(safetensors:::probe_address_("7f00", as.raw(1:4)))
-  expect_false(safetensors:::probe_address_("0x10", raw(0)))
-  expect_false(safetensors:::probe_address_("0x10", 1:4))
-
-  # copy_into_(): the chunk must lie inside the tensor's bytes; a bad
-  # address is an error, never a write.
-  copy <- function(...) safetensors:::st_check(safetensors:::copy_into_(...), "Can't copy.")
-  expect_error(copy(raw(4), "0x10", 6, 8, FALSE), class = "safetensors_error_invalid_argument")
-  expect_error(copy(raw(4), "0x10", 2^53, 2^53, FALSE), class = "safetensors_error_invalid_argument")
-  expect_error(copy(raw(4), "0x10", -1, 8, FALSE), class = "safetensors_error_invalid_argument")
-  expect_error(copy(raw(4), "0x10", 0.5, 8, FALSE), class = "safetensors_error_invalid_argument")
-  expect_error(copy(1:4, "0x10", 0, 8, FALSE), class = "safetensors_error_invalid_argument")
-  for (addr in c("0x0", "0", "", "16", "0x1g")) {
-    expect_error(copy(raw(4), addr, 0, 8, FALSE), class = "safetensors_error_invalid_argument")
-  }
-  expect_null(copy(raw(0), "", 8, 8, FALSE))
-
-  # handle_read_into_(): the size must be the tensor's; a bad address is an
-  # error, never a write.
+test_that("the views and pieces torch copies from are checked before any byte", {
   path <- fixture("multi.safetensors")
-  h <- safe_open(path)
-  withr::defer(close(h))
   info <- safe_info(path)
-  part <- safetensors:::hget(h, "parts")[[1]]
-  read_into <- function(...) safetensors:::st_check(safetensors:::handle_read_into_(part$ptr, ...), "Can't read.")
   name <- info$name[info$bytes > 0][[1]]
   nbytes <- info$bytes[info$name == name]
-  expect_error(read_into(name, "0x10", nbytes + 1), class = "safetensors_error_invalid_argument")
-  expect_error(read_into(name, "0x10", nbytes - 1), class = "safetensors_error_invalid_argument")
-  expect_error(read_into("nope", "0x10", nbytes), class = "safetensors_error_tensor_not_found")
-  expect_error(read_into(name, "0x0", nbytes), class = "safetensors_error_invalid_argument")
-  close(h)
-  expect_error(read_into(name, "0x10", nbytes), class = "safetensors_error")
-
-  # alloc_raw_(): whole, non-negative sizes only.
-  expect_length(safetensors:::alloc_raw_(5), 5)
-  expect_identical(safetensors:::alloc_raw_(0), raw(0))
-  for (n in c(-1, 0.5, NaN, Inf)) {
-    expect_error(safetensors:::st_check(safetensors:::alloc_raw_(n), "Can't allocate."), class = "safetensors_error_invalid_argument")
+  begin <- info$begin[info$name == name]
+  bytes <- read_bytes(path)
+  check <- function(res) safetensors:::st_check(res, "Can't read.")
+  for (backend in c("mmap", "read")) {
+    h <- safe_open(path, backend = backend)
+    part <- safetensors:::hget(h, "parts")[[1]]
+    # A view of the mapped bytes keeps the map alive; without a map, none.
+    view <- check(safetensors:::tensor_view_(part$ptr, name))
+    if (backend == "mmap") expect_identical(typeof(view), "externalptr") else expect_null(view)
+    # Pieces: inside the tensor, into a raw vector.
+    out <- raw(nbytes)
+    expect_null(check(safetensors:::tensor_bytes_(part$ptr, name, 0, out)))
+    expect_identical(out, bytes[begin + seq_len(nbytes)])
+    half <- raw(nbytes %/% 2)
+    check(safetensors:::tensor_bytes_(part$ptr, name, nbytes - length(half), half))
+    expect_identical(half, bytes[begin + nbytes - length(half) + seq_along(half)])
+    for (bad in list(list(1, out), list(-1, half), list(0.5, half), list(0, 1:4))) {
+      expect_error(check(safetensors:::tensor_bytes_(part$ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
+    }
+    expect_error(check(safetensors:::tensor_bytes_(part$ptr, "nope", 0, out)), class = "safetensors_error_tensor_not_found")
+    expect_error(check(safetensors:::tensor_view_(part$ptr, "nope")), class = "safetensors_error_tensor_not_found")
+    close(h)
+    expect_error(check(safetensors:::tensor_bytes_(part$ptr, name, 0, out)), class = "safetensors_error_closed")
+    expect_error(check(safetensors:::tensor_view_(part$ptr, name)), class = "safetensors_error_closed")
   }
+  # A view of a raw vector's bytes points into the vector.
+  h <- safe_open(bytes)
+  part <- safetensors:::hget(h, "parts")[[1]]
+  expect_identical(typeof(check(safetensors:::tensor_view_(part$ptr, name))), "externalptr")
+  close(h)
 })
 
 # ---- torch ---------------------------------------------------------------
@@ -351,12 +329,12 @@ test_that("every torch dtype round-trips with its safetensors dtype", {
 
 test_that("the torch dtype maps are complete", {
   skip_if_no_torch()
-  fns <- safetensors:::torch_dtype_fns
+  fns <- safetensors:::torch_dtype_fns()
   for (d in names(fns)) {
     dt <- getExportedValue("torch", fns[[d]])()
     expect_identical(safetensors:::torch_dtype_to_safe(dt), d)
   }
-  for (d in setdiff(safetensors:::safe_dtypes, names(fns))) {
+  for (d in setdiff(safetensors:::dtype_names(), names(fns))) {
     expect_error(safetensors:::torch_dtype_of(d), class = "safetensors_error_unsupported_dtype")
   }
 })
@@ -431,7 +409,7 @@ test_that("torch tensors are written piece by piece, in row-major order", {
   skip_if_no_torch()
   pieces <- function(x, chunk) {
     out <- list()
-    safetensors:::torch_write_chunks(x, function(b) out[[length(out) + 1]] <<- b, chunk = chunk)
+    safetensors:::torch_write_chunks(x, function(b, n) out[[length(out) + 1]] <<- b[seq_len(n)], chunk = chunk)
     out
   }
   base <- torch::torch_arange(1, 4 * 6 * 10)$view(c(4, 6, 10))
@@ -532,13 +510,6 @@ test_that("the raw-vector constructor and the direct reads agree", {
   for (n in names(x)) {
     expect_same_tensor(ctor(as.vector(raws[[n]]), header[[n]]), x[[n]], label = n)
   }
-  # Without verified data addresses every read goes through the constructor.
-  state <- safetensors:::torch_state
-  old <- state$address_ok
-  withr::defer(state$address_ok <- old)
-  state$address_ok <- FALSE
-  y <- safe_deserialize(bytes, framework = "torch")
-  for (n in names(x)) expect_same_tensor(y[[n]], x[[n]], label = n)
   # A short buffer is an error, not a read past its end.
   expect_error(ctor(raw(3), list(dtype = "F32", shape = list(2L))), class = "safetensors_error_invalid_argument")
 })

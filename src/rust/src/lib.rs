@@ -1,31 +1,29 @@
-//! Rust core of the R package safetensors: the format, its validation, the
-//! conversion kernels and file access, with thin extendr entry points.
+//! The R bindings of the safetensors core (crate `safetensors-core`): glue
+//! only, one module per R file of the same name (R/load.R and load.rs, and
+//! so on), plus `robj` (the R API made safe) and `tensors` (the one place
+//! tensors become R objects). See ARCHITECTURE.md.
 
-pub mod convert;
-pub mod dtype;
-pub mod error;
-pub mod floats;
-pub mod format;
-pub mod io;
-mod info;
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod dtypes;
 mod load;
 mod open;
-mod progress;
 mod robj;
-mod save;
-pub mod shards;
-pub mod slice;
+mod shards;
+mod sources;
+mod tensors;
 mod torch;
+mod write;
 
 use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
-    use info;
+    use dtypes;
     use load;
     use open;
-    use progress;
-    use save;
     use shards;
+    use sources;
     use torch;
+    use write;
 }

@@ -2,17 +2,19 @@
 //!
 //! R errors raised inside an extendr call can abort the R process, so every
 //! R call here either cannot fail (its inputs are validated first) or runs
-//! under `R_tryCatchError` and comes back as a Rust error.
+//! under `R_tryCatchError` and comes back as a Rust error. Only R's API is
+//! used (`tools/check-nonapi.R` checks): vectors' data through the typed
+//! accessors (`REAL`, `INTEGER`, ...), never `DATAPTR`.
 
 use std::os::raw::c_void;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    cetype_t, R_DimSymbol, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE, Rf_protect,
-    Rf_setAttrib, Rf_unprotect, DATAPTR, SET_STRING_ELT, SEXP, SEXPTYPE, XLENGTH,
+    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE, Rf_protect,
+    Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL, RAW, REAL, SET_STRING_ELT, SEXP, SEXPTYPE,
+    TYPEOF,
 };
-
-use crate::error::{Error, Kind, Result};
+use safetensors_core::error::{Error, Kind, Result};
 
 #[allow(improper_ctypes)] // SEXP is an opaque pointer, as in extendr-ffi.
 extern "C" {
@@ -190,48 +192,64 @@ pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
     Ok(unsafe { Robj::from_sexp(sexp) })
 }
 
-/// The data of an R vector of `T`s (double, integer, logical, raw or
-/// complex as [f64; 2]), which must be of that element size.
+/// The data of the vector `x` of R type `ty` (double, integer, logical, raw
+/// or complex), through R's typed accessors; a dangling, aligned pointer for
+/// an empty vector (whose data R may give as an unaligned address).
 ///
 /// # Safety
-/// `T` must match the vector's storage type.
-pub unsafe fn data_mut<T>(x: &mut Robj) -> &mut [T] {
-    let sexp = x.get_mut();
-    let n = unsafe { XLENGTH(sexp) } as usize;
-    if n == 0 {
-        return &mut [];
+/// `x` must be a live vector of type `ty`.
+pub unsafe fn vec_data(x: SEXP, ty: SEXPTYPE) -> *mut u8 {
+    // SAFETY: `x` is a live vector of type `ty`, as the caller guarantees.
+    unsafe {
+        if Rf_xlength(x) == 0 {
+            return match ty {
+                SEXPTYPE::RAWSXP => std::ptr::NonNull::<u8>::dangling().as_ptr(),
+                SEXPTYPE::INTSXP | SEXPTYPE::LGLSXP => std::ptr::NonNull::<i32>::dangling().as_ptr() as *mut u8,
+                _ => std::ptr::NonNull::<f64>::dangling().as_ptr() as *mut u8,
+            };
+        }
+        match ty {
+            SEXPTYPE::REALSXP => REAL(x) as *mut u8,
+            SEXPTYPE::INTSXP => INTEGER(x) as *mut u8,
+            SEXPTYPE::LGLSXP => LOGICAL(x) as *mut u8,
+            SEXPTYPE::CPLXSXP => COMPLEX(x) as *mut u8,
+            _ => RAW(x),
+        }
     }
-    // SAFETY: the caller guarantees the type; R's data pointer is valid for
-    // n elements and `x` keeps the vector alive for the borrow.
-    unsafe { std::slice::from_raw_parts_mut(DATAPTR(sexp) as *mut T, n) }
 }
 
-#[allow(dead_code)] // for single objects (tensor handles)
-/// The first `nbytes` bytes of a vector's data.
+/// The elements of `x` as a slice of `T` when `x` has R type `ty`, whose
+/// storage `T` must be (f64 for double, i32 for integer and logical, u8 for
+/// raw, [f64; 2] for complex).
 ///
 /// # Safety
-/// The vector must hold at least `nbytes` bytes.
-pub unsafe fn bytes_mut(x: &mut Robj, nbytes: usize) -> &mut [u8] {
-    if nbytes == 0 {
-        return &mut [];
+/// `T` must be the storage type of `ty`, and `x` must stay alive and
+/// unmodified while the slice is used.
+pub unsafe fn slice_of<'a, T>(x: SEXP, ty: SEXPTYPE) -> Option<&'a [T]> {
+    // SAFETY: checked type; the caller keeps `x` alive and guarantees T.
+    unsafe {
+        if TYPEOF(x) != ty {
+            return None;
+        }
+        let n = Rf_xlength(x) as usize;
+        Some(std::slice::from_raw_parts(vec_data(x, ty) as *const T, n))
     }
-    // SAFETY: the caller guarantees the vector's data spans nbytes.
-    unsafe { std::slice::from_raw_parts_mut(DATAPTR(x.get_mut()) as *mut u8, nbytes) }
 }
 
-#[allow(dead_code)] // for single objects (tensor handles)
-/// Read-only counterpart of [`data_mut`].
-///
-/// # Safety
-/// `T` must match the vector's storage type.
-pub unsafe fn data<T>(x: &Robj) -> &[T] {
-    let sexp = x.get();
-    let n = unsafe { XLENGTH(sexp) } as usize;
-    if n == 0 {
-        return &[];
+/// The bytes of a raw vector (an error for anything else).
+pub fn raw_bytes(x: &Robj) -> Result<&[u8]> {
+    // SAFETY: `x` owns (protects) the vector for the borrow; RAWSXP is u8.
+    unsafe { slice_of::<u8>(x.get(), SEXPTYPE::RAWSXP) }
+        .ok_or_else(|| Error::new(Kind::InvalidArgument, "the buffer must be a raw vector"))
+}
+
+/// A thread count from R: 0 (or less) means the core's default.
+pub fn threads_from_r(n: i32) -> usize {
+    if n <= 0 {
+        safetensors_core::read::default_threads()
+    } else {
+        n as usize
     }
-    // SAFETY: as in data_mut; the pointer is only read.
-    unsafe { std::slice::from_raw_parts(DATAPTR(sexp) as *const T, n) }
 }
 
 struct Build<F> {
@@ -341,7 +359,7 @@ pub unsafe fn r_ints(x: &[i32]) -> SEXP {
     unsafe {
         let v = r_vec(SEXPTYPE::INTSXP, x.len());
         if !x.is_empty() {
-            std::ptr::copy_nonoverlapping(x.as_ptr(), DATAPTR(v) as *mut i32, x.len());
+            std::ptr::copy_nonoverlapping(x.as_ptr(), INTEGER(v), x.len());
         }
         v
     }
@@ -355,7 +373,7 @@ pub unsafe fn r_reals(x: &[f64]) -> SEXP {
     unsafe {
         let v = r_vec(SEXPTYPE::REALSXP, x.len());
         if !x.is_empty() {
-            std::ptr::copy_nonoverlapping(x.as_ptr(), DATAPTR(v) as *mut f64, x.len());
+            std::ptr::copy_nonoverlapping(x.as_ptr(), REAL(v), x.len());
         }
         v
     }
@@ -369,17 +387,11 @@ pub unsafe fn r_reals(x: &[f64]) -> SEXP {
 pub unsafe fn r_shape(shape: &[usize]) -> SEXP {
     unsafe {
         if shape.iter().all(|&d| d <= i32::MAX as usize) {
-            let v = r_vec(SEXPTYPE::INTSXP, shape.len());
-            for (i, &d) in shape.iter().enumerate() {
-                *(DATAPTR(v) as *mut i32).add(i) = d as i32;
-            }
-            v
+            let v: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
+            r_ints(&v)
         } else {
-            let v = r_vec(SEXPTYPE::REALSXP, shape.len());
-            for (i, &d) in shape.iter().enumerate() {
-                *(DATAPTR(v) as *mut f64).add(i) = d as f64;
-            }
-            v
+            let v: Vec<f64> = shape.iter().map(|&d| d as f64).collect();
+            r_reals(&v)
         }
     }
 }
@@ -434,42 +446,11 @@ pub fn set_attr(x: &mut Robj, name: &str, value: Robj) {
     }
 }
 
-#[allow(dead_code)] // for single objects (tensor handles)
-/// Sets `dim` to `shape` (row-major shape order is R's `dim` order too).
-pub fn set_dim(x: &mut Robj, shape: &[usize]) -> Result<()> {
-    let mut dims = Vec::with_capacity(shape.len());
-    for &d in shape {
-        let Ok(d) = i32::try_from(d) else {
-            return Err(Error::new(
-                Kind::Unsupported,
-                format!("dimension {d} is larger than .Machine$integer.max, the largest R `dim`"),
-            ));
-        };
-        dims.push(d);
-    }
-    let dim = Robj::from(&dims[..]);
-    // SAFETY: validated above; the product equals the length by construction.
-    unsafe { Rf_setAttrib(x.get_mut(), R_DimSymbol, dim.get()) };
-    Ok(())
-}
-
 /// Sets `names` of a list or vector.
-pub fn set_names<'a>(x: &mut Robj, names: impl ExactSizeIterator<Item = &'a str>) {
+fn set_names<'a>(x: &mut Robj, names: impl ExactSizeIterator<Item = &'a str>) {
     let names = Strings::from_values(names);
     // SAFETY: the lengths match by construction of the callers.
     unsafe { Rf_setAttrib(x.get_mut(), R_NamesSymbol, names.get()) };
-}
-
-#[allow(dead_code)] // for single objects (tensor handles)
-/// A shape as an R vector: integer when every extent fits, double otherwise.
-pub fn shape_robj(shape: &[usize]) -> Robj {
-    if shape.iter().all(|&d| d <= i32::MAX as usize) {
-        let v: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
-        Robj::from(&v[..])
-    } else {
-        let v: Vec<f64> = shape.iter().map(|&d| d as f64).collect();
-        Robj::from(&v[..])
-    }
 }
 
 /// A plain named list.
@@ -507,7 +488,8 @@ unsafe extern "C" fn check_interrupt(_: *mut c_void) {
     unsafe { R_CheckUserInterrupt() };
 }
 
-/// Errors if the user pressed Ctrl-C. R's interrupt unwinds only to
+/// Errors if the user pressed Ctrl-C: the `poll` callback the core's
+/// engines call between blocks. R's interrupt unwinds only to
 /// R_ToplevelExec, so no Rust frame is skipped.
 pub fn check_interrupt_now() -> Result<()> {
     // SAFETY: R_ToplevelExec runs the callback in a top-level context and

@@ -1,165 +1,13 @@
-//! Sharded checkpoints: the `model.safetensors.index.json` file that
-//! transformers writes beside its shards, read and written with serde_json.
-//!
-//! The index is `{"metadata": {"total_size": N, ...}, "weight_map": {tensor:
-//! shard file, ...}}`. Shard files are relative to the index's directory and
-//! must stay inside it.
+//! Sharded checkpoints (R/shards.R): the `model.safetensors.index.json`
+//! file beside the shards, read and written by the core.
 
-use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-use std::io::Write;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use extendr_api::prelude::*;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
+use safetensors_core::error::{Error, Kind, Result};
+use safetensors_core::shards;
 
-use crate::error::{Error, Kind, Result};
-use crate::io::AtomicFile;
 use crate::robj::{check_r_string, named_list, to_r};
-
-/// Largest index file read, in bytes (the header limit of the format).
-const MAX_INDEX_SIZE: u64 = 100_000_000;
-
-/// A parsed index.
-#[derive(Debug, PartialEq)]
-pub struct Index {
-    /// `(tensor, shard file)` in the order of the file.
-    pub weight_map: Vec<(String, String)>,
-    /// The `metadata` object, in the order of the file.
-    pub metadata: Vec<(String, serde_json::Value)>,
-}
-
-/// Parses an index file's text.
-pub fn parse_index(text: &str) -> Result<Index> {
-    let raw: RawIndex = serde_json::from_str(text)
-        .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid: {e}")))?;
-    let Some(weight_map) = raw.weight_map else {
-        return Err(Error::new(Kind::InvalidIndex, "the index has no `weight_map`"));
-    };
-    let mut seen = HashSet::with_capacity(weight_map.len());
-    for (name, file) in &weight_map {
-        if !seen.insert(name.as_str()) {
-            return Err(Error::tensor(
-                Kind::InvalidIndex,
-                name,
-                format!("tensor `{name}` appears more than once in the weight map"),
-            ));
-        }
-        check_shard_path(file)?;
-        check_r_string(name, "tensor name")?;
-        check_r_string(file, "shard file name")?;
-    }
-    Ok(Index { weight_map, metadata: raw.metadata.unwrap_or_default() })
-}
-
-/// A shard file must be a relative path that stays in the index's
-/// directory: no root, no `..`.
-pub fn check_shard_path(file: &str) -> Result<()> {
-    let p = Path::new(file);
-    let ok = !file.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        && p.components().any(|c| matches!(c, Component::Normal(_)));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Kind::InvalidIndex,
-            format!("shard file `{file}` is not a relative path inside the index's directory"),
-        ))
-    }
-}
-
-/// Serializes an index as transformers does: keys sorted, two-space indent,
-/// a final newline.
-pub fn format_index(total_size: u64, weight_map: &[(String, String)]) -> Result<Vec<u8>> {
-    let mut map = BTreeMap::new();
-    for (name, file) in weight_map {
-        if map.insert(name.as_str(), file.as_str()).is_some() {
-            return Err(Error::tensor(
-                Kind::DuplicateName,
-                name,
-                format!("tensor name `{name}` appears more than once"),
-            ));
-        }
-    }
-    let index = serde_json::json!({
-        "metadata": { "total_size": total_size },
-        "weight_map": map,
-    });
-    let mut out = serde_json::to_vec_pretty(&index)
-        .map_err(|e| Error::new(Kind::InvalidArgument, format!("can't write the index: {e}")))?;
-    out.push(b'\n');
-    Ok(out)
-}
-
-// ---- JSON decoding -------------------------------------------------------
-
-struct RawIndex {
-    weight_map: Option<Vec<(String, String)>>,
-    metadata: Option<Vec<(String, serde_json::Value)>>,
-}
-
-impl<'de> Deserialize<'de> for RawIndex {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<RawIndex, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawIndex;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object with a `weight_map`")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawIndex, A::Error> {
-                let mut out = RawIndex { weight_map: None, metadata: None };
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "weight_map" => {
-                            if out.weight_map.is_some() {
-                                return Err(de::Error::duplicate_field("weight_map"));
-                            }
-                            out.weight_map = Some(map.next_value::<Ordered<String>>()?.0);
-                        }
-                        "metadata" => {
-                            if out.metadata.is_some() {
-                                return Err(de::Error::duplicate_field("metadata"));
-                            }
-                            out.metadata = map.next_value::<Option<Ordered<serde_json::Value>>>()?.map(|o| o.0);
-                        }
-                        _ => {
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A JSON object as `(key, value)` pairs in file order, repeats kept.
-struct Ordered<T>(Vec<(String, T)>);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Ordered<T>, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Ordered<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Ordered<T>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, T>()? {
-                    out.push(entry);
-                }
-                Ok(Ordered(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-// ---- R entry points --------------------------------------------------------
 
 fn json_to_robj(v: &serde_json::Value) -> Robj {
     match v {
@@ -176,14 +24,11 @@ fn json_to_robj(v: &serde_json::Value) -> Robj {
 #[extendr]
 fn read_index_(path: &str) -> Robj {
     to_r((|| {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(&e, "can't open the index"))?;
-        if meta.len() > MAX_INDEX_SIZE {
-            return Err(Error::new(Kind::InvalidIndex, "the index is larger than 100,000,000 bytes"));
+        let index = shards::read_index(Path::new(path))?;
+        for (name, file) in &index.weight_map {
+            check_r_string(name, "tensor name")?;
+            check_r_string(file, "shard file name")?;
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(&e, "can't read the index"))?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid UTF-8: {e}")))?;
-        let index = parse_index(text)?;
         let names = Strings::from_values(index.weight_map.iter().map(|(n, _)| n.as_str()));
         let files = Strings::from_values(index.weight_map.iter().map(|(_, f)| f.as_str()));
         let keys: Vec<String> = index.metadata.iter().map(|(k, _)| k.replace('\0', "\\0")).collect();
@@ -198,19 +43,15 @@ fn read_index_(path: &str) -> Robj {
 /// @noRd
 #[extendr]
 fn write_index_(path: &str, total_size: f64, names: Robj, files: Robj, sync: bool) -> Robj {
-    to_r((|| {
+    to_r((|| -> Result<Robj> {
         let (Some(names), Some(files)) = (names.as_str_vector(), files.as_str_vector()) else {
             return Err(Error::new(Kind::InvalidArgument, "malformed weight map"));
         };
         if names.len() != files.len() || !(total_size >= 0.0 && total_size < 2f64.powi(63)) {
             return Err(Error::new(Kind::InvalidArgument, "malformed weight map"));
         }
-        let map: Vec<(String, String)> =
-            names.iter().zip(&files).map(|(n, f)| (n.to_string(), f.to_string())).collect();
-        let bytes = format_index(total_size as u64, &map)?;
-        let mut file = AtomicFile::create(Path::new(path))?;
-        file.file()?.write_all(&bytes).map_err(|e| Error::io(&e, "can't write the index"))?;
-        file.commit(sync)?;
+        let map: Vec<(String, String)> = names.iter().zip(&files).map(|(n, f)| (n.to_string(), f.to_string())).collect();
+        shards::write_index(Path::new(path), total_size as u64, &map, sync)?;
         Ok(().into())
     })())
 }
@@ -219,58 +60,4 @@ extendr_module! {
     mod shards;
     fn read_index_;
     fn write_index_;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_transformers_index_in_file_order() {
-        let text = r#"{
-  "metadata": {"total_size": 28, "format": "pt"},
-  "weight_map": {"b": "model-00002-of-00002.safetensors", "a": "model-00001-of-00002.safetensors"}
-}"#;
-        let idx = parse_index(text).unwrap();
-        assert_eq!(
-            idx.weight_map,
-            vec![
-                ("b".to_string(), "model-00002-of-00002.safetensors".to_string()),
-                ("a".to_string(), "model-00001-of-00002.safetensors".to_string())
-            ]
-        );
-        assert_eq!(idx.metadata[0].0, "total_size");
-        assert_eq!(idx.metadata[0].1, serde_json::json!(28));
-        // No metadata at all is fine.
-        assert!(parse_index(r#"{"weight_map": {}}"#).unwrap().metadata.is_empty());
-    }
-
-    #[test]
-    fn rejects_malformed_indexes() {
-        let kind = |t: &str| parse_index(t).unwrap_err().kind;
-        assert_eq!(kind("[]"), Kind::InvalidIndex);
-        assert_eq!(kind("{}"), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {"a": 1}}"#), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {"a": "x", "a": "y"}}"#), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {}, "weight_map": {}}"#), Kind::InvalidIndex);
-        for bad in ["../x.safetensors", "/etc/passwd", "a/../../b", "", ".", "sub/.."] {
-            let text = format!(r#"{{"weight_map": {{"a": {}}}}}"#, serde_json::to_string(bad).unwrap());
-            assert_eq!(kind(&text), Kind::InvalidIndex, "{bad}");
-        }
-        assert!(parse_index(r#"{"weight_map": {"a": "sub/./x.safetensors"}}"#).is_ok());
-    }
-
-    #[test]
-    fn writes_sorted_pretty_json_that_reads_back() {
-        let map = vec![("z".to_string(), "m-2.safetensors".to_string()), ("a".to_string(), "m-1.safetensors".to_string())];
-        let bytes = format_index(40, &map).unwrap();
-        let text = String::from_utf8(bytes).unwrap();
-        assert_eq!(
-            text,
-            "{\n  \"metadata\": {\n    \"total_size\": 40\n  },\n  \"weight_map\": {\n    \"a\": \"m-1.safetensors\",\n    \"z\": \"m-2.safetensors\"\n  }\n}\n"
-        );
-        let back = parse_index(&text).unwrap();
-        assert_eq!(back.weight_map.len(), 2);
-        assert_eq!(format_index(1, &[map[0].clone(), map[0].clone()]).unwrap_err().kind, Kind::DuplicateName);
-    }
 }

@@ -6,8 +6,8 @@
 //!     cargo run --example seeds -- corpus
 use std::path::Path;
 
-use safetensorsr::dtype::ALL;
-use safetensorsr::format::{layout, TensorSpec, N_LEN};
+use safetensors_core::dtype::ALL;
+use safetensors_core::format::{layout, TensorSpec, N_LEN};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("create corpus directory");

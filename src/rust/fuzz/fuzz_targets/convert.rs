@@ -4,8 +4,8 @@
 #![no_main]
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use safetensorsr::dtype::ALL;
-use safetensorsr::format::{layout, TensorSpec};
+use safetensors_core::dtype::ALL;
+use safetensors_core::format::{layout, TensorSpec};
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);

@@ -3,8 +3,8 @@
 #![no_main]
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use safetensorsr::dtype::ALL;
-use safetensorsr::slice::Sel;
+use safetensors_core::dtype::ALL;
+use safetensors_core::slice::Sel;
 
 fn sel(u: &mut Unstructured<'_>) -> arbitrary::Result<Sel> {
     Ok(if bool::arbitrary(u)? {

@@ -3,13 +3,13 @@
 //! of its promises: no panic on any input, validated headers that hold what
 //! validation claims, and conversions that agree however they are split.
 
-use safetensorsr::convert::{self, decode, encode, n_rows, r_type, row_len, DecodeStats, Dst, RType, Src};
-use safetensorsr::dtype::Dtype;
-use safetensorsr::format::{self, Header, TensorSpec, N_LEN};
-use safetensorsr::error::Kind;
-use safetensorsr::io::{self, Memory, Source};
-use safetensorsr::shards;
-use safetensorsr::slice::{Cursor, Plan, Sel};
+use safetensors_core::convert::{self, decode, encode, n_rows, r_type, row_len, DecodeStats, Dst, EncodeError, RType, Src};
+use safetensors_core::dtype::Dtype;
+use safetensors_core::format::{self, Header, TensorSpec, N_LEN};
+use safetensors_core::error::Kind;
+use safetensors_core::io::{self, Memory, Source};
+use safetensors_core::shards;
+use safetensors_core::slice::{Cursor, Plan, Sel};
 
 /// Largest number of elements a tensor may have for the conversion checks
 /// (they hold several copies of it).
@@ -190,7 +190,7 @@ fn decode_blocks(dtype: Dtype, shape: &[usize], bytes: &[u8], per: usize, out: &
     loop {
         let r1 = (r0 + per).min(rows);
         let block = &bytes[row_offset(dtype, shape, r0)..row_offset(dtype, shape, r1)];
-        let s = decode(dtype, block, shape, r0, r1, out.dst());
+        let s = decode(dtype, block, shape, r0, r1, out.dst()).expect("consistent arguments decode");
         stats.inexact += s.inexact;
         stats.int_min += s.int_min;
         r0 = r1;
@@ -207,8 +207,12 @@ fn encode_blocks(dtype: Dtype, shape: &[usize], src: Src<'_>, per: usize, out: &
     while r0 < rows {
         let r1 = (r0 + per).min(rows);
         let block = &mut out[row_offset(dtype, shape, r0)..row_offset(dtype, shape, r1)];
-        if let Err(e) = encode(dtype, src, shape, r0, r1, block) {
-            bad.get_or_insert(e.index);
+        match encode(dtype, src, shape, r0, r1, block) {
+            Ok(()) => {}
+            Err(EncodeError::Value(e)) => {
+                bad.get_or_insert(e.index);
+            }
+            Err(EncodeError::Mismatch) => panic!("{dtype} {shape:?}: consistent arguments refused"),
         }
         r0 = r1;
     }
@@ -230,8 +234,8 @@ pub fn check_tensor(dtype: Dtype, shape: &[usize], bytes: &[u8], per: usize) {
         // the kernel forgot would keep its filler and differ.
         let mut a = Values::filled(rt, n, 1);
         let mut b = Values::filled(rt, n, 2);
-        let stats = decode(dtype, bytes, shape, 0, rows, a.dst());
-        decode(dtype, bytes, shape, 0, rows, b.dst());
+        let stats = decode(dtype, bytes, shape, 0, rows, a.dst()).expect("consistent arguments decode");
+        decode(dtype, bytes, shape, 0, rows, b.dst()).expect("consistent arguments decode");
         assert!(a.same(&b), "{dtype} {shape:?} as {rt:?}: some element was not written");
         let mut c = Values::filled(rt, n, 3);
         let blocked = decode_blocks(dtype, shape, bytes, per, &mut c);
@@ -250,7 +254,7 @@ pub fn check_tensor(dtype: Dtype, shape: &[usize], bytes: &[u8], per: usize) {
             Ok(()) => {
                 assert_eq!(whole, parts);
                 let mut again = Values::filled(rt, n, 4);
-                decode(dtype, &whole, shape, 0, rows, again.dst());
+                decode(dtype, &whole, shape, 0, rows, again.dst()).expect("consistent arguments decode");
                 assert!(a.same(&again), "{dtype} {shape:?} as {rt:?}: values change on a round trip");
                 // Every value R holds exactly, NaN payloads included, goes
                 // back to the same bytes; BOOL normalises to 0 and 1.
@@ -259,12 +263,13 @@ pub fn check_tensor(dtype: Dtype, shape: &[usize], bytes: &[u8], per: usize) {
                     assert_eq!(whole, bytes, "{dtype} {shape:?} as {rt:?}: bytes change on a round trip");
                 }
             }
-            Err(e) => {
+            Err(EncodeError::Value(e)) => {
                 // Only values R can't hold exactly may fail to go back: 64-bit
                 // integers beyond 2^53, and -2^31 read into an R integer (NA).
                 let ok = stats.inexact > 0 || (rt == RType::Integer && stats.int_min > 0);
                 assert!(ok, "{dtype} {shape:?} as {rt:?}: element {} of a loaded tensor can't be saved", e.index);
             }
+            Err(EncodeError::Mismatch) => panic!("{dtype} {shape:?}: consistent arguments refused"),
         }
     }
 }
@@ -328,10 +333,10 @@ impl Source for NoView<'_> {
     fn len(&self) -> u64 {
         self.0.len() as u64
     }
-    fn view(&self, _off: usize, _n: usize) -> safetensorsr::error::Result<Option<&[u8]>> {
+    fn view(&self, _off: usize, _n: usize) -> safetensors_core::error::Result<Option<&[u8]>> {
         Ok(None)
     }
-    fn read_at(&self, off: usize, buf: &mut [u8]) -> safetensorsr::error::Result<()> {
+    fn read_at(&self, off: usize, buf: &mut [u8]) -> safetensors_core::error::Result<()> {
         Memory(self.0).read_at(off, buf)
     }
 }
@@ -466,9 +471,9 @@ pub fn check_slice(dtype: Dtype, shape: &[usize], sels: Vec<Sel>, bytes: &[u8], 
     }
     for rt in rtypes(dtype) {
         let mut whole = Values::filled(rt, n, 1);
-        decode(dtype, bytes, shape, 0, n_rows(shape), whole.dst());
+        decode(dtype, bytes, shape, 0, n_rows(shape), whole.dst()).expect("consistent arguments decode");
         let mut part = Values::filled(rt, m, 2);
-        decode(dtype, &gathered, &out_shape, 0, n_rows(&out_shape), part.dst());
+        decode(dtype, &gathered, &out_shape, 0, n_rows(&out_shape), part.dst()).expect("consistent arguments decode");
         let mut picked = Values::filled(rt, m, 3);
         for (q, &s) in want.iter().enumerate() {
             let (to, from) = (cm_of(&out_shape, q), cm_of(shape, s));

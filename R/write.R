@@ -1,0 +1,277 @@
+# Writing: the named description of the tensors that R/save.R's functions
+# pass to the Rust write engine (src/rust/src/write.rs), and the loop that
+# drives it, to a file (atomically), a raw vector or a connection, fetching
+# framework tensors' bytes when their turn comes and moving a progress bar.
+
+
+# Describes `tensors` for the Rust writer (src/rust/src/write.rs), as a
+# named list: `tensors` (each tensor's R object), `names`, `dtypes`,
+# `shapes` (row-major, outermost first), `kinds` ("values": an R vector the
+# kernels convert and permute to row-major; "bytes": a raw vector of the
+# bytes as stored, as framework = "raw" returns them; "later": a framework
+# tensor whose bytes are fetched when its turn comes) and `metadata` (a
+# named character vector, or NULL).
+tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
+  if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
+    st_abort(
+      "invalid_argument",
+      "{.arg tensors} must be a named list of tensors, not {.obj_type_friendly {tensors}}.",
+      call = call
+    )
+  }
+  nms <- names(tensors)
+  if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
+    st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
+  }
+  nms <- nms %||% character()
+  dup <- unique(nms[duplicated(nms)])
+  if (length(dup) > 0) {
+    st_abort(
+      "duplicate_name",
+      c("Each tensor name must be unique.", x = "Repeated: {.val {dup}}."),
+      call = call
+    )
+  }
+  if ("__metadata__" %in% nms) {
+    st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
+  }
+  dtypes <- resolve_dtypes(tensors, nms, dtype, call)
+  known <- dtype_names()
+  r_types <- names(default_dtypes())
+  n <- length(tensors)
+  values <- vector("list", n)
+  shapes <- vector("list", n)
+  kinds <- character(n)
+  for (i in seq_len(n)) {
+    x <- tensors[[i]]
+    if (is.object(x)) {
+      # Framework tensors: described now, their bytes fetched one at a time
+      # while writing (write_spec()), so that only one tensor's buffer
+      # exists at a time.
+      meta <- safe_tensor_meta(x)
+      values[i] <- list(x)
+      shapes[[i]] <- as.numeric(unlist(meta$shape))
+      dtypes[[i]] <- meta$dtype
+      kinds[[i]] <- "later"
+    } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && !is.null(attr(x, "dtype"))) {
+      values[i] <- list(x)
+      shapes[[i]] <- as.numeric(attr(x, "shape"))
+      kinds[[i]] <- "bytes"
+    } else if (typeof(x) %in% r_types) {
+      values[i] <- list(x)
+      shapes[[i]] <- r_shape(x)
+      kinds[[i]] <- "values"
+    } else {
+      st_abort(
+        "invalid_argument",
+        "Tensor {.val {nms[[i]]}} must be an R vector or array, not {.obj_type_friendly {x}}.",
+        call = call
+      )
+    }
+    if (!dtypes[[i]] %in% known) {
+      st_abort(
+        "invalid_argument",
+        c("Tensor {.val {nms[[i]]}} has unknown dtype {.val {dtypes[[i]]}}.", i = "Known dtypes: {.val {known}}."),
+        call = call
+      )
+    }
+  }
+  list(
+    tensors = values, names = nms, dtypes = dtypes, shapes = shapes, kinds = kinds,
+    metadata = check_metadata(metadata, call)
+  )
+}
+
+r_shape <- function(x) {
+  dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
+}
+
+# The dtype of each tensor: the `dtype` argument, else the tensor's "dtype"
+# attribute, else the default for its R type.
+resolve_dtypes <- function(tensors, nms, dtype, call) {
+  defaults <- default_dtypes()
+  out <- vapply(tensors, function(x) {
+    d <- attr(x, "dtype", exact = TRUE)
+    if (is_string(d)) d else defaults[typeof(x)] %||% NA_character_
+  }, character(1), USE.NAMES = FALSE)
+  out[is.na(out)] <- "U8"
+  if (is.null(dtype)) {
+    return(out)
+  }
+  if (!is.character(dtype) || anyNA(dtype) || length(dtype) == 0) {
+    st_abort("invalid_argument", "{.arg dtype} must be a character vector of dtype names.", call = call)
+  }
+  known <- dtype_names()
+  bad <- setdiff(dtype, known)
+  if (length(bad) > 0) {
+    st_abort(
+      "invalid_argument",
+      c("{.arg dtype} has unknown dtype{?s} {.val {bad}}.", i = "Known dtypes: {.val {known}}."),
+      call = call
+    )
+  }
+  if (is.null(names(dtype))) {
+    if (length(dtype) != 1) {
+      st_abort("invalid_argument", "{.arg dtype} must be a single dtype or a vector named by tensor.", call = call)
+    }
+    out[] <- dtype
+    return(out)
+  }
+  unknown <- setdiff(names(dtype), nms)
+  if (length(unknown) > 0) {
+    st_abort("tensor_not_found", "{.arg dtype} names tensor{?s} not in {.arg tensors}: {.val {unknown}}.", call = call)
+  }
+  out[match(names(dtype), nms)] <- unname(dtype)
+  out
+}
+
+check_metadata <- function(metadata, call) {
+  if (is.null(metadata)) {
+    return(NULL)
+  }
+  ok_values <- if (is.list(metadata)) {
+    all(vapply(metadata, function(v) is.character(v) && length(v) == 1 && !is.na(v), logical(1)))
+  } else {
+    is.character(metadata) && !anyNA(metadata)
+  }
+  if (!ok_values || (length(metadata) > 0 && (is.null(names(metadata)) || anyNA(names(metadata))))) {
+    st_abort(
+      "invalid_argument",
+      "{.arg metadata} must be a named list of single strings or a named character vector.",
+      call = call
+    )
+  }
+  out <- vapply(metadata, identity, character(1), USE.NAMES = FALSE)
+  names(out) <- names(metadata) %||% character()
+  if (anyDuplicated(names(out))) {
+    st_abort("invalid_argument", "{.arg metadata} names must be unique.", call = call)
+  }
+  out
+}
+
+# The bytes of each tensor of a tensor_spec().
+spec_sizes <- function(spec) {
+  vapply(seq_along(spec$names), function(i) tensor_bytes(spec$dtypes[[i]], spec$shapes[[i]]), numeric(1))
+}
+
+# The tensors `k` of a tensor_spec(), with its metadata.
+spec_subset <- function(spec, k) {
+  spec[c("tensors", "names", "dtypes", "shapes", "kinds")] <- lapply(
+    spec[c("tensors", "names", "dtypes", "shapes", "kinds")], function(v) v[k]
+  )
+  spec
+}
+
+# Framework tensor `i` of `spec` as bytes, checked against its description.
+framework_bytes <- function(spec, i, call, size = NULL) {
+  name <- spec$names[[i]]
+  bytes <- safe_tensor_buffer(spec$tensors[[i]])
+  if (!is.raw(bytes)) {
+    st_abort(
+      "invalid_argument",
+      "{.fn safe_tensor_buffer} must return a raw vector, not {.obj_type_friendly {bytes}} (tensor {.val {name}}).",
+      call = call
+    )
+  }
+  size <- size %||% tensor_bytes(spec$dtypes[[i]], spec$shapes[[i]])
+  if (length(bytes) != size) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "The buffer of tensor {.val {name}} has {length(bytes)} bytes, but its dtype and shape need {size}.",
+        i = "{.fn safe_tensor_buffer} and {.fn safe_tensor_meta} disagree."
+      ),
+      tensor = name,
+      call = call
+    )
+  }
+  bytes
+}
+
+# Writes the tensors `spec` describes `to` a "file" (`target`, a path,
+# written atomically; `sync`: flushed to disk first), a "raw" vector
+# (returned) or a "connection" (`target`; opened, if it is not, once the
+# tensors are known to be writable, and closed again). R vectors are
+# converted by the engine; framework tensors' bytes are fetched when their
+# turn comes, one tensor at a time (torch tensors in pieces through one
+# reusable buffer). With a cli progress `bar`, the engine writes about
+# progress_group_bytes() per call and the bar moves in between. `label`
+# names the output in messages. A failure leaves no file behind.
+write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label = target,
+                       call = parent.frame()) {
+  # The message is built only on error (cli formatting takes milliseconds,
+  # and loads cli).
+  check <- function(res) {
+    if (!inherits(res, "safetensors_rust_error")) {
+      return(res)
+    }
+    what <- if (to == "raw") "Can't serialize the tensors." else sprintf("Can't write %s.", describe_source(label))
+    st_check(res, what, call = call)
+  }
+  # A connection gets the bytes as they are made only when framework
+  # tensors are fetched piece by piece; otherwise the file is made in memory
+  # first, so that a value that can't be converted leaves the connection
+  # untouched.
+  stream <- to == "connection" && any(spec$kinds == "later")
+  if (to == "connection" && !stream) {
+    bytes <- write_spec(spec, "raw", call = call)
+    con <- target
+    if (!isOpen(con)) {
+      open(con, "wb")
+      on.exit(close(con), add = TRUE)
+    }
+    writeBin(bytes, con)
+    return(invisible())
+  }
+  w <- check(writer_open_(spec, if (stream) "stream" else to, if (to == "file") target else "", sync, st_threads()))
+  # Removes the temporary file at once on an error or an interrupt; after a
+  # commit it does nothing.
+  on.exit(writer_abort_(w), add = TRUE)
+  send <- function() NULL
+  if (stream) {
+    con <- target
+    if (!isOpen(con)) {
+      open(con, "wb")
+      on.exit(close(con), add = TRUE)
+    }
+    send <- function() writeBin(check(writer_take_(w)), con)
+  }
+  # Bytes written so far (the header's, to start with), for the bar.
+  last <- if (is.null(bar)) 0 else check(writer_write_(w, 0))$written
+  moved <- function(state) {
+    # cli closes a bar once it is full: only data moves it.
+    if (!is.null(bar) && state$written > last) {
+      cli::cli_progress_update(inc = state$written - last, id = bar)
+      last <<- state$written
+    }
+    state
+  }
+  budget <- if (is.null(bar)) Inf else progress_group_bytes()
+  stage <- new.env(parent = emptyenv())
+  repeat {
+    state <- moved(check(writer_write_(w, budget)))
+    send()
+    i <- state$current
+    if (i == 0) {
+      break
+    }
+    if (spec$kinds[[i]] != "later") {
+      next
+    }
+    put <- function(bytes, n = length(bytes)) {
+      moved(check(writer_put_(w, bytes, n)))
+      send()
+    }
+    x <- spec$tensors[[i]]
+    if (inherits(x, "torch_tensor")) {
+      torch_write_tensor(x, put, stage)
+    } else {
+      put(framework_bytes(spec, i, call))
+    }
+  }
+  out <- check(writer_commit_(w))
+  if (stream) {
+    writeBin(out, con)
+  }
+  out
+}

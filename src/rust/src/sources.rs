@@ -1,0 +1,237 @@
+//! Open sources (R/sources.R): a file (memory-mapped or read with
+//! positioned reads) or an R raw vector, with its validated header, held
+//! by R in an external pointer; and the header of a stream, parsed from
+//! its first bytes.
+//!
+//! The garbage collector drops a handle; `close_()` drops the file or map
+//! earlier, after which every use is an error of kind `Closed`. A handle
+//! over a raw vector keeps that vector alive in the external pointer's
+//! protected slot rather than in the Rust struct, so dropping a handle
+//! never touches R's memory manager.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use extendr_api::prelude::*;
+use extendr_ffi::{R_NilValue, R_SetExternalPtrProtected};
+use safetensors_core::error::{Error, Kind, Result};
+use safetensors_core::format::{self, Header, N_LEN};
+use safetensors_core::io::{self, Backend, FileSource, Memory, Source};
+
+use crate::robj::{raw_bytes, to_r};
+use crate::tensors::{check_strings, info_robj};
+
+/// Where an open source's bytes live.
+pub enum Backing {
+    /// A file, mapped or read; shared with the views of it that torch
+    /// copies from (R/torch.R), so that closing the handle can't unmap
+    /// bytes a view still points to.
+    File(Arc<FileSource>),
+    /// An R raw vector, kept alive by the external pointer that owns the
+    /// handle (its protected slot); `ptr` and `len` are its data.
+    Memory { ptr: *const u8, len: usize },
+}
+
+/// An open file or buffer and its validated header.
+pub struct Open {
+    pub backing: Backing,
+    pub header: Header,
+    /// Tensor name to position in `header.tensors`.
+    index: HashMap<String, usize>,
+}
+
+impl Open {
+    /// Reads and validates the header of `backing`.
+    pub fn new(backing: Backing) -> Result<Open> {
+        let header = with_source(&backing, |src| {
+            let header = io::read_header(src)?;
+            check_strings(&header)?;
+            Ok(header)
+        })?;
+        let index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Open { backing, header, index })
+    }
+
+    /// Opens the file at `path` with `backend` (`"mmap"` or `"read"`).
+    pub fn file(path: &str, backend: &str) -> Result<Open> {
+        let backend = match backend {
+            "read" => Backend::Read,
+            "mmap" => Backend::Mmap,
+            _ => return Err(Error::new(Kind::InvalidArgument, format!("unknown backend `{backend}`"))),
+        };
+        Open::new(Backing::File(Arc::new(FileSource::open(Path::new(path), backend)?)))
+    }
+
+    /// The position of tensor `name` in the header.
+    pub fn find(&self, name: &str) -> Result<usize> {
+        self.index.get(name).copied().ok_or_else(|| {
+            Error::tensor(Kind::TensorNotFound, name, format!("tensor `{name}` is not in the file"))
+        })
+    }
+
+    /// The positions of the tensors named in `names` (a character vector,
+    /// or `NULL` for all, in file order), in the order asked.
+    pub fn select(&self, names: &Robj) -> Result<Vec<usize>> {
+        if names.is_null() {
+            return Ok((0..self.header.tensors.len()).collect());
+        }
+        let Some(wanted) = names.as_str_iter() else {
+            return Err(Error::new(Kind::InvalidArgument, "`tensors` must be a character vector"));
+        };
+        wanted.map(|n| self.find(n)).collect()
+    }
+
+    /// Runs `f` on the source.
+    pub fn with_source<T>(&self, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
+        with_source(&self.backing, f)
+    }
+
+    fn len(&self) -> u64 {
+        match &self.backing {
+            Backing::File(f) => f.len(),
+            Backing::Memory { len, .. } => *len as u64,
+        }
+    }
+}
+
+fn with_source<T>(backing: &Backing, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
+    match backing {
+        Backing::File(file) => f(file.as_ref()),
+        Backing::Memory { ptr, len } => {
+            let bytes: &[u8] = if *len == 0 {
+                &[]
+            } else {
+                // SAFETY: the raw vector stays alive (and R never moves
+                // vectors) for as long as the external pointer holding this
+                // handle protects it, which is at least as long as the
+                // handle is open.
+                unsafe { std::slice::from_raw_parts(*ptr, *len) }
+            };
+            f(&Memory(bytes))
+        }
+    }
+}
+
+/// What R's external pointer owns: an open source, or nothing once closed.
+pub struct Handle {
+    state: RefCell<Option<Open>>,
+}
+
+/// Runs `f` on the open state of the handle in `x`.
+pub fn with_open<T>(x: &Robj, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
+    let closed = || Error::new(Kind::Closed, "the file is closed");
+    let Ok(ptr) = <&ExternalPtr<Handle>>::try_from(x) else {
+        // A NULL address: the handle was saved and restored, which can't
+        // carry an open file across sessions.
+        return Err(if x.is_external_pointer() { closed() } else { Error::new(Kind::InvalidArgument, "not a safetensors handle") });
+    };
+    let Ok(handle) = ptr.try_addr() else { return Err(closed()) };
+    let Ok(state) = handle.state.try_borrow() else {
+        return Err(Error::new(Kind::InvalidArgument, "the handle is in use"));
+    };
+    match state.as_ref() {
+        Some(open) => f(open),
+        None => Err(closed()),
+    }
+}
+
+fn new_handle(open: Open) -> Robj {
+    ExternalPtr::new(Handle { state: RefCell::new(Some(open)) }).into()
+}
+
+/// Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
+/// validating its header.
+/// @noRd
+#[extendr]
+fn open_file_(path: &str, backend: &str) -> Robj {
+    to_r(Open::file(path, backend).map(new_handle))
+}
+
+/// Opens a raw vector holding a whole file; the handle keeps it alive.
+/// @noRd
+#[extendr]
+fn open_raw_(buf: Robj) -> Robj {
+    to_r((|| {
+        let bytes = raw_bytes(&buf)?;
+        let open = Open::new(Backing::Memory { ptr: bytes.as_ptr(), len: bytes.len() })?;
+        let h = new_handle(open);
+        // SAFETY: both are valid R objects; setting the protected slot
+        // can't fail. It keeps `buf`, which the backing points into, alive.
+        unsafe { R_SetExternalPtrProtected(h.get(), buf.get()) };
+        Ok(h)
+    })())
+}
+
+/// Closes a handle: drops the file or map and releases a raw vector.
+/// Closing twice is harmless.
+/// @noRd
+#[extendr]
+fn close_(x: Robj) -> Robj {
+    to_r((|| {
+        let Ok(ptr) = <&ExternalPtr<Handle>>::try_from(&x) else {
+            return Ok(false.into());
+        };
+        let Ok(handle) = ptr.try_addr() else { return Ok(false.into()) };
+        let Ok(mut state) = handle.state.try_borrow_mut() else {
+            return Err(Error::new(Kind::InvalidArgument, "the handle is in use"));
+        };
+        let was_open = state.take().is_some();
+        // SAFETY: x is an external pointer; clearing its protected slot
+        // lets R collect a raw vector the handle no longer reads.
+        unsafe { R_SetExternalPtrProtected(x.get(), R_NilValue) };
+        Ok(was_open.into())
+    })())
+}
+
+/// Whether a handle is open.
+/// @noRd
+#[extendr]
+fn is_open_(x: Robj) -> bool {
+    with_open(&x, |_| Ok(())).is_ok()
+}
+
+/// Header facts of an open source (see `tensors::info_robj()`).
+/// @noRd
+#[extendr]
+fn handle_info_(x: Robj) -> Robj {
+    to_r(with_open(&x, |open| info_robj(&open.header, open.len())))
+}
+
+/// The header length N in the first eight bytes of a stream, checked
+/// against the format's limit.
+/// @noRd
+#[extendr]
+fn header_len_(prefix: Robj) -> Robj {
+    to_r((|| {
+        let n = format::header_len(raw_bytes(&prefix)?, u64::MAX)?;
+        Ok((n as f64).into())
+    })())
+}
+
+/// Header facts from the first `8 + N` bytes of a stream whose data
+/// section was not read; its length is taken to be what the tensors cover.
+/// @noRd
+#[extendr]
+fn info_header_(prefix: Robj) -> Robj {
+    to_r((|| {
+        let bytes = raw_bytes(&prefix)?;
+        let n = format::header_len(bytes, bytes.len() as u64)?;
+        let header = format::parse_header_only(&bytes[N_LEN..N_LEN + n])?;
+        check_strings(&header)?;
+        let file_len = (N_LEN + n + header.data_len) as u64;
+        info_robj(&header, file_len)
+    })())
+}
+
+extendr_module! {
+    mod sources;
+    fn open_file_;
+    fn open_raw_;
+    fn close_;
+    fn is_open_;
+    fn handle_info_;
+    fn header_len_;
+    fn info_header_;
+}

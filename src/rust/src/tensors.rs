@@ -1,0 +1,513 @@
+//! The R objects the package returns for tensors and headers (R/tensors.R
+//! shapes them further): the one place that decides what R vector a tensor
+//! becomes, allocates it, and hands its memory to the core's read engine.
+//!
+//! A tensor becomes, in mode `Array`, an R vector of the dtype's natural
+//! type ([`dtypes::r_type_name`]) with `dim` (or `shape = integer(0)` for a
+//! scalar) and `dtype`; in mode `Raw`, its bytes with `dtype` and `shape`.
+//! An I32 tensor holding `i32::MIN` (R's `NA_integer_`) comes back as
+//! double. Whole tensors and slices are built here alike.
+
+use extendr_api::prelude::*;
+use extendr_ffi::{
+    R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect, SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE,
+    VECTOR_ELT,
+};
+use safetensors_core::convert::{self, r_type, DecodeStats, Out, RType, Target};
+use safetensors_core::dtype::{Dtype, ALL};
+use safetensors_core::error::{Error, Kind, Result};
+use safetensors_core::format::{Header, TensorInfo};
+use safetensors_core::io::Source;
+use safetensors_core::read::{self, Dest, Task};
+use safetensors_core::slice::Plan;
+
+use crate::robj::{self, build, check_interrupt_now, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym, r_vec, vec_data};
+
+/// What each tensor becomes in R.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// An R vector of the dtype's natural type with `dim` and `dtype`.
+    Array,
+    /// The tensor's bytes as stored, with `dtype` and `shape` attributes.
+    Raw,
+}
+
+impl Mode {
+    /// Parses a mode name from R.
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "array" => Ok(Mode::Array),
+            "raw" => Ok(Mode::Raw),
+            _ => Err(Error::new(Kind::InvalidArgument, format!("unknown read mode `{s}`"))),
+        }
+    }
+}
+
+/// What is being built: a whole tensor or a slice of one (their errors
+/// differ).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Tensor,
+    Slice,
+}
+
+/// One tensor's R object to build: its name, dtype and (result) shape.
+pub struct Want<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+}
+
+/// How one tensor's R object is made.
+#[derive(Clone, Copy)]
+struct Spec {
+    ty: SEXPTYPE,
+    len: usize,
+    /// Copy the bytes as they are: raw mode, or F64 and I32 read into
+    /// double and integer when the layout needs no permutation.
+    copy: bool,
+    /// Count I32 values equal to `NA_integer_` (copied I32).
+    count_i32_min: bool,
+}
+
+fn sexptype(rt: RType) -> SEXPTYPE {
+    match rt {
+        RType::Real => SEXPTYPE::REALSXP,
+        RType::Integer => SEXPTYPE::INTSXP,
+        RType::Logical => SEXPTYPE::LGLSXP,
+        RType::Complex => SEXPTYPE::CPLXSXP,
+    }
+}
+
+fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
+    let numel = w.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let nbytes = numel.and_then(|n| n.checked_mul(w.dtype.bits())).map(|b| b.div_ceil(8));
+    let (Some(numel), Some(nbytes)) = (numel, nbytes) else {
+        return Err(Error::tensor(Kind::Overflow, w.name, format!("the size of tensor `{}` overflows", w.name)));
+    };
+    match mode {
+        Mode::Raw => Ok(Spec { ty: SEXPTYPE::RAWSXP, len: nbytes, copy: true, count_i32_min: false }),
+        Mode::Array => {
+            if let Some(&d) = w.shape.iter().find(|&&d| d > i32::MAX as usize) {
+                return Err(match what {
+                    What::Tensor => Error::tensor(
+                        Kind::Unsupported,
+                        w.name,
+                        format!(
+                            "tensor `{}` has dimension {d}, larger than .Machine$integer.max, the largest R `dim`; \
+                             read it with `framework = \"raw\"`",
+                            w.name
+                        ),
+                    ),
+                    What::Slice => Error::tensor(
+                        Kind::InvalidSlice,
+                        w.name,
+                        format!("the slice has extent {d}, larger than .Machine$integer.max, the largest R `dim`"),
+                    ),
+                });
+            }
+            let rt = r_type(w.dtype);
+            let copy = what == What::Tensor
+                && convert::is_trivial_layout(w.shape)
+                && matches!((w.dtype, rt), (Dtype::F64, RType::Real) | (Dtype::I32, RType::Integer));
+            Ok(Spec { ty: sexptype(rt), len: numel, copy, count_i32_min: copy && w.dtype == Dtype::I32 })
+        }
+    }
+}
+
+/// R objects shared by the attributes of many tensors, built once per call:
+/// symbols and one `"dtype"` string per dtype.
+struct Shared {
+    dtype_sym: SEXP,
+    shape_sym: SEXP,
+    dtypes: [SEXP; ALL.len()],
+    /// How many of `dtypes` are protected.
+    protected: i32,
+}
+
+impl Shared {
+    /// # Safety
+    /// Only inside [`build`]; call [`Shared::release`] before returning.
+    unsafe fn new() -> Shared {
+        // SAFETY: symbols are never collected.
+        unsafe {
+            Shared {
+                dtype_sym: r_sym("dtype"),
+                shape_sym: r_sym("shape"),
+                dtypes: [std::ptr::null_mut(); ALL.len()],
+                protected: 0,
+            }
+        }
+    }
+
+    /// The `"dtype"` attribute value for `d`, protected until `release`.
+    unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
+        let slot = &mut self.dtypes[d as usize];
+        if slot.is_null() {
+            // SAFETY: inside build; protected until release.
+            unsafe {
+                *slot = Rf_protect(r_strings([d.name()].into_iter()));
+            }
+            self.protected += 1;
+        }
+        *slot
+    }
+
+    unsafe fn release(&self) {
+        unsafe { Rf_unprotect(self.protected) };
+    }
+}
+
+/// Sets the attributes of a tensor's R object: `dim` (or `shape =
+/// integer(0)` for a scalar) and `dtype` for arrays, `dtype` and `shape`
+/// for raw bytes.
+///
+/// # Safety
+/// Inside [`build`], with `x` protected and its length matching the shape,
+/// whose extents fit an int in mode `Array` ([`spec_of`] checked).
+unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, shared: &mut Shared) {
+    unsafe {
+        match mode {
+            Mode::Array => {
+                if w.shape.is_empty() {
+                    r_set_attr(x, shared.shape_sym, r_vec(SEXPTYPE::INTSXP, 0));
+                } else {
+                    r_set_attr(x, R_DimSymbol, r_shape(w.shape));
+                }
+            }
+            Mode::Raw => r_set_attr(x, shared.shape_sym, r_shape(w.shape)),
+        }
+        let d = shared.dtype(w.dtype);
+        Rf_setAttrib(x, shared.dtype_sym, d);
+    }
+}
+
+/// The R objects of some tensors, allocated with their attributes but not
+/// yet filled, in a list.
+pub struct Tensors {
+    list: Robj,
+    specs: Vec<Spec>,
+}
+
+impl Tensors {
+    /// Allocates the R objects of `wants` (with their attributes) in a new
+    /// list. The memory is checked against what the machine has first, and
+    /// R's heap grown once for all of them.
+    pub fn allocate(wants: &[Want<'_>], mode: Mode, what: What) -> Result<Tensors> {
+        let mut specs = Vec::with_capacity(wants.len());
+        let mut total = 0usize;
+        let mut largest = 0usize;
+        for w in wants {
+            let spec = spec_of(w, mode, what)?;
+            let bytes = robj::vec_bytes(spec.ty, spec.len)?;
+            total = total.saturating_add(bytes);
+            largest = largest.max(bytes);
+            specs.push(spec);
+        }
+        robj::check_available(total)?;
+        // One large vector costs one collection either way; several add more.
+        robj::reserve_vector_heap(total - largest, total);
+        let list = build(|| {
+            // SAFETY: inside build; `list` is protected while its elements
+            // are allocated, and each element is reachable from it once
+            // stored.
+            unsafe {
+                let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, specs.len()));
+                let mut shared = Shared::new();
+                for (k, (spec, w)) in specs.iter().zip(wants).enumerate() {
+                    let x = r_vec(spec.ty, spec.len);
+                    SET_VECTOR_ELT(list, k as isize, x);
+                    set_tensor_attrs(x, w, mode, &mut shared);
+                }
+                shared.release();
+                Rf_unprotect(1);
+                list
+            }
+        })?;
+        Ok(Tensors { list, specs })
+    }
+
+    /// Where tensor `k`'s values go.
+    ///
+    /// # Safety
+    /// Nothing else may touch the vector's data while the destination is
+    /// used; `self` must outlive it.
+    unsafe fn dest(&self, k: usize) -> Dest<'_> {
+        let spec = self.specs[k];
+        // SAFETY: element k exists and has the spec's type and length.
+        unsafe {
+            let ptr = vec_data(VECTOR_ELT(self.list.get(), k as isize), spec.ty);
+            let len = spec.len;
+            if spec.ty == SEXPTYPE::RAWSXP || spec.copy {
+                let nbytes = match spec.ty {
+                    SEXPTYPE::REALSXP => len * 8,
+                    SEXPTYPE::INTSXP => len * 4,
+                    _ => len,
+                };
+                Dest::Bytes(Out::from_raw(ptr, nbytes))
+            } else {
+                Dest::Values(match spec.ty {
+                    SEXPTYPE::INTSXP => Target::Integer(Out::from_raw(ptr as *mut i32, len)),
+                    SEXPTYPE::LGLSXP => Target::Logical(Out::from_raw(ptr as *mut i32, len)),
+                    SEXPTYPE::CPLXSXP => Target::Complex(Out::from_raw(ptr as *mut [f64; 2], len)),
+                    _ => Target::Real(Out::from_raw(ptr as *mut f64, len)),
+                })
+            }
+        }
+    }
+
+    /// Reads whole tensors `which` of `header` from `src` into these
+    /// vectors (allocated for exactly those tensors, in that order) with the
+    /// read engine, on up to `threads` threads.
+    pub fn read(&self, src: &dyn Source, header: &Header, which: &[usize], threads: usize) -> Result<Vec<DecodeStats>> {
+        let tasks = which
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                // SAFETY: the vectors live in `self.list` for this call and
+                // only the tasks write them.
+                let task = Task::new(&header.tensors[i], header.data_start(), unsafe { self.dest(k) })?;
+                Ok(if self.specs[k].count_i32_min { task.counting_i32_min() } else { task })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        read::read_tasks(src, &tasks, threads, &mut check_interrupt_now)
+    }
+
+    /// Reads the selection `plan` of tensor `info` into the only vector
+    /// (allocated for the slice's shape).
+    pub fn read_slice(&self, src: &dyn Source, header: &Header, info: &TensorInfo, plan: &Plan) -> Result<DecodeStats> {
+        // SAFETY: the vector lives in `self.list` for this call and only
+        // the read writes it.
+        let dest = unsafe { self.dest(0) };
+        read::read_slice(src, info, header.data_start(), plan, dest, &mut check_interrupt_now)
+    }
+
+    /// The list of filled tensors, each I32 tensor read as integer that
+    /// holds `NA_integer_`'s bit pattern replaced by a double copy (which
+    /// keeps the value).
+    pub fn finish(self, wants: &[Want<'_>], mode: Mode, stats: &[DecodeStats]) -> Result<Robj> {
+        if !stats.iter().any(|s| s.int_min > 0) {
+            return Ok(self.list);
+        }
+        let list = self.list;
+        let specs = self.specs;
+        build(|| {
+            // SAFETY: inside build; each new vector is stored in the
+            // protected list right after allocation; the old one is read
+            // before that.
+            unsafe {
+                let mut shared = Shared::new();
+                for (k, ((spec, w), st)) in specs.iter().zip(wants).zip(stats).enumerate() {
+                    if st.int_min == 0 || spec.ty != SEXPTYPE::INTSXP {
+                        continue;
+                    }
+                    let x = Rf_protect(VECTOR_ELT(list.get(), k as isize));
+                    let y = Rf_protect(r_vec(SEXPTYPE::REALSXP, spec.len));
+                    let (src, dst) = (vec_data(x, SEXPTYPE::INTSXP) as *const i32, vec_data(y, SEXPTYPE::REALSXP) as *mut f64);
+                    for i in 0..spec.len {
+                        *dst.add(i) = *src.add(i) as f64;
+                    }
+                    set_tensor_attrs(y, w, mode, &mut shared);
+                    SET_VECTOR_ELT(list.get(), k as isize, y);
+                    Rf_unprotect(2);
+                }
+                shared.release();
+                list.get()
+            }
+        })
+    }
+}
+
+/// Reads tensors `which` of `header` from `src` as `mode` makes them:
+/// `list(tensors, [header,] inexact, int_min, max_offset)`, `tensors`
+/// named, in the order of `which`, and with `with_header` the header as
+/// safetensors 0.2.x gave it. Only those tensors' bytes are read.
+pub fn read_tensors(src: &dyn Source, header: &Header, which: &[usize], mode: Mode, threads: usize, with_header: bool) -> Result<Robj> {
+    let wants: Vec<Want<'_>> = which
+        .iter()
+        .map(|&i| {
+            let t = &header.tensors[i];
+            Want { name: &t.name, dtype: t.dtype, shape: &t.shape }
+        })
+        .collect();
+    let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
+    let stats = tensors.read(src, header, which, threads)?;
+    let list = tensors.finish(&wants, mode, &stats)?;
+    let inexact: Vec<f64> = stats.iter().map(|s| s.inexact as f64).collect();
+    let int_min: Vec<f64> = stats.iter().map(|s| s.int_min as f64).collect();
+    let max_offset = which.iter().map(|&i| header.data_start() + header.tensors[i].end).max().unwrap_or(0);
+    // SAFETY: inside build; every value is stored as soon as it is made.
+    build(|| unsafe {
+        r_set_attr(list.get(), R_NamesSymbol, r_strings(wants.iter().map(|w| w.name)));
+        let mut tensors = || list.get();
+        let mut head = || header_sexp(header);
+        let mut inexact = || r_reals(&inexact);
+        let mut int_min = || r_reals(&int_min);
+        let mut max_offset = || r_reals(&[max_offset as f64]);
+        if with_header {
+            named_list_sexp(
+                &["tensors", "header", "inexact", "int_min", "max_offset"],
+                &mut [&mut tensors, &mut head, &mut inexact, &mut int_min, &mut max_offset],
+            )
+        } else {
+            named_list_sexp(
+                &["tensors", "inexact", "int_min", "max_offset"],
+                &mut [&mut tensors, &mut inexact, &mut int_min, &mut max_offset],
+            )
+        }
+    })
+}
+
+/// Reads the selection `plan` of tensor `info` as `mode` makes it:
+/// `list(tensor, inexact, int_min)`.
+pub fn read_slice(src: &dyn Source, header: &Header, info: &TensorInfo, plan: &Plan, mode: Mode) -> Result<Robj> {
+    let want = [Want { name: &info.name, dtype: info.dtype, shape: plan.out_shape() }];
+    let tensors = Tensors::allocate(&want, mode, What::Slice)?;
+    let stats = tensors.read_slice(src, header, info, plan)?;
+    let list = tensors.finish(&want, mode, &[stats])?;
+    // SAFETY: inside build; every value is stored as soon as it is made.
+    build(|| unsafe {
+        named_list_sexp(
+            &["tensor", "inexact", "int_min"],
+            &mut [&mut || VECTOR_ELT(list.get(), 0), &mut || r_reals(&[stats.inexact as f64]), &mut || {
+                r_reals(&[stats.int_min as f64])
+            }],
+        )
+    })
+}
+
+/// Checks that every name and metadata string can become an R string.
+pub fn check_strings(header: &Header) -> Result<()> {
+    for t in &header.tensors {
+        robj::check_r_string(&t.name, "tensor name")?;
+    }
+    for (k, v) in header.metadata.iter().flatten() {
+        robj::check_r_string(k, "metadata key")?;
+        robj::check_r_string(v, "metadata value")?;
+    }
+    Ok(())
+}
+
+/// The parsed header as CRAN 0.2.x exposed it in the `"metadata"`
+/// attribute: a named list in header order, one `list(dtype, shape,
+/// data_offsets)` per tensor, and `__metadata__` as a named list of strings.
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected.
+unsafe fn header_sexp(header: &Header) -> SEXP {
+    unsafe {
+        let n = header.tensors.len() + header.metadata_position.is_some() as usize;
+        let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, n));
+        let names = Rf_protect(r_vec(SEXPTYPE::STRSXP, n));
+        // Shared by every entry: R copies them before any change.
+        let entry_names = Rf_protect(r_strings(["dtype", "shape", "data_offsets"].into_iter()));
+        // jsonlite turned an empty shape into list(); keep that for 0.2.x code.
+        let empty_shape = Rf_protect(r_vec(SEXPTYPE::VECSXP, 0));
+        let mut shared = Shared::new();
+        let mut pos = 0isize;
+        let put_metadata = |pos: &mut isize| {
+            SET_STRING_ELT(names, *pos, r_char("__metadata__"));
+            let value = match &header.metadata {
+                None => extendr_ffi::R_NilValue,
+                Some(m) => {
+                    let v = Rf_protect(r_vec(SEXPTYPE::VECSXP, m.len()));
+                    for (i, (_, x)) in m.iter().enumerate() {
+                        SET_VECTOR_ELT(v, i as isize, r_strings([x.as_str()].into_iter()));
+                    }
+                    r_set_attr(v, R_NamesSymbol, r_strings(m.iter().map(|(k, _)| k.as_str())));
+                    Rf_unprotect(1);
+                    v
+                }
+            };
+            SET_VECTOR_ELT(list, *pos, value);
+            *pos += 1;
+        };
+        for (json_pos, &file_pos) in header.json_order.iter().enumerate() {
+            if header.metadata_position == Some(json_pos) {
+                put_metadata(&mut pos);
+            }
+            let t = &header.tensors[file_pos];
+            let entry = r_vec(SEXPTYPE::VECSXP, 3);
+            SET_VECTOR_ELT(list, pos, entry);
+            SET_STRING_ELT(names, pos, r_char(&t.name));
+            pos += 1;
+            SET_VECTOR_ELT(entry, 0, shared.dtype(t.dtype));
+            SET_VECTOR_ELT(entry, 1, if t.shape.is_empty() { empty_shape } else { r_shape(&t.shape) });
+            let offsets = if t.end <= i32::MAX as usize {
+                robj::r_ints(&[t.begin as i32, t.end as i32])
+            } else {
+                r_reals(&[t.begin as f64, t.end as f64])
+            };
+            SET_VECTOR_ELT(entry, 2, offsets);
+            Rf_setAttrib(entry, R_NamesSymbol, entry_names);
+        }
+        if header.metadata_position == Some(header.tensors.len()) {
+            put_metadata(&mut pos);
+        }
+        Rf_setAttrib(list, R_NamesSymbol, names);
+        shared.release();
+        Rf_unprotect(4);
+        list
+    }
+}
+
+/// A named list (raw API); `values` run in order, each result stored at
+/// once.
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected; each value function
+/// returns an unprotected fresh object or a reachable one.
+unsafe fn named_list_sexp(names: &[&str], values: &mut [&mut dyn FnMut() -> SEXP]) -> SEXP {
+    unsafe {
+        let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, values.len()));
+        for (i, f) in values.iter_mut().enumerate() {
+            SET_VECTOR_ELT(list, i as isize, f());
+        }
+        r_set_attr(list, R_NamesSymbol, r_strings(names.iter().copied()));
+        Rf_unprotect(1);
+        list
+    }
+}
+
+/// Header facts for `safe_info()` and handles, one element per tensor in
+/// file order: `list(name, dtype, shape, numel, begin, end, metadata,
+/// header_len, file_len, header)`, `header` as [`header_sexp`] makes it.
+pub fn info_robj(header: &Header, file_len: u64) -> Result<Robj> {
+    let ts = &header.tensors;
+    let numel: Vec<f64> = ts.iter().map(|t| t.numel() as f64).collect();
+    let begin: Vec<f64> = ts.iter().map(|t| t.begin as f64).collect();
+    let end: Vec<f64> = ts.iter().map(|t| t.end as f64).collect();
+    // SAFETY: inside build; every value is stored as soon as it is made.
+    build(|| unsafe {
+        named_list_sexp(
+            &["name", "dtype", "shape", "numel", "begin", "end", "metadata", "header_len", "file_len", "header"],
+            &mut [
+                &mut || r_strings(ts.iter().map(|t| t.name.as_str())),
+                &mut || r_strings(ts.iter().map(|t| t.dtype.name())),
+                &mut || {
+                    let v = Rf_protect(r_vec(SEXPTYPE::VECSXP, ts.len()));
+                    for (i, t) in ts.iter().enumerate() {
+                        SET_VECTOR_ELT(v, i as isize, r_shape(&t.shape));
+                    }
+                    Rf_unprotect(1);
+                    v
+                },
+                &mut || r_reals(&numel),
+                &mut || r_reals(&begin),
+                &mut || r_reals(&end),
+                &mut || match &header.metadata {
+                    None => extendr_ffi::R_NilValue,
+                    Some(m) => {
+                        let v = Rf_protect(r_strings(m.iter().map(|(_, v)| v.as_str())));
+                        r_set_attr(v, R_NamesSymbol, r_strings(m.iter().map(|(k, _)| k.as_str())));
+                        Rf_unprotect(1);
+                        v
+                    }
+                },
+                &mut || r_reals(&[header.header_len as f64]),
+                &mut || r_reals(&[file_len as f64]),
+                &mut || header_sexp(header),
+            ],
+        )
+    })
+}

@@ -1,0 +1,353 @@
+//! Saves (R/write.R): the core's write engine behind an external pointer.
+//!
+//! R describes the tensors once, as a named list (`tensors`, `names`,
+//! `dtypes`, `shapes`, `kinds`, `metadata`; see R/write.R), and opens a
+//! writer to a file, a raw vector or a stream; the header is validated and
+//! written at once. `writer_write_()` then encodes the tensors R holds as
+//! vectors, up to a byte budget per call, and stops at a tensor whose
+//! bytes R hands over with `writer_put_()` (framework tensors);
+//! `writer_take_()` gives a stream's pending bytes to R, which writes them
+//! to its connection; `writer_commit_()` finishes. The description stays
+//! alive in the external pointer's protected slot, so the vectors it holds
+//! can be read at every call. Dropping an uncommitted writer (an error in
+//! R, or the garbage collector) removes its temporary file.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use extendr_api::prelude::*;
+use extendr_ffi::{R_ExternalPtrProtected, R_SetExternalPtrProtected, VECTOR_ELT};
+use safetensors_core::convert::Src;
+use safetensors_core::dtype::Dtype;
+use safetensors_core::error::{Error, Kind, Result};
+use safetensors_core::format::TensorSpec;
+use safetensors_core::write::{FileSink, Input, MemSink, Writer};
+
+use crate::robj::{alloc, check_interrupt_now, named_list, raw_bytes, slice_of, threads_from_r, to_r, vec_data};
+
+/// Where a writer's file goes.
+enum Out {
+    /// A file, written atomically.
+    File(Writer<FileSink>),
+    /// A raw vector of the file's size, kept alive in the external
+    /// pointer's protected slot (element 2).
+    Raw(Writer<MemSink<'static>>),
+    /// A connection: R takes the pending bytes after each call.
+    Stream(Writer<Vec<u8>>),
+}
+
+/// What R's external pointer owns: a save in progress, or nothing once
+/// committed or aborted.
+pub struct SaveHandle {
+    state: RefCell<Option<Out>>,
+}
+
+/// Positions of the description's fields (R/write.R builds it).
+const FIELDS: [&str; 6] = ["tensors", "names", "dtypes", "shapes", "kinds", "metadata"];
+
+fn field(spec: &List, i: usize) -> Result<Robj> {
+    let named = spec.names().and_then(|mut names| names.nth(i)) == Some(FIELDS[i]);
+    match spec.elt(i) {
+        Ok(x) if named => Ok(x),
+        _ => Err(malformed()),
+    }
+}
+
+fn malformed() -> Error {
+    Error::new(Kind::InvalidArgument, "internal error: malformed tensor description")
+}
+
+fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
+    let bad = || Error::tensor(Kind::InvalidArgument, name, format!("the shape of tensor `{name}` is invalid"));
+    let v: Vec<f64> = if let Some(v) = x.as_real_slice() {
+        v.to_vec()
+    } else if let Some(v) = x.as_integer_slice() {
+        v.iter().map(|&d| if d == i32::MIN { -1.0 } else { d as f64 }).collect()
+    } else {
+        return Err(bad());
+    };
+    v.iter().map(|&d| if d >= 0.0 && d.fract() == 0.0 && d < 2f64.powi(63) { Ok(d as usize) } else { Err(bad()) }).collect()
+}
+
+/// The tensors' descriptions and the metadata of a description.
+fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Vec<(String, String)>>)> {
+    let names = field(spec, 1)?;
+    let dtypes = field(spec, 2)?;
+    let shapes = List::try_from(&field(spec, 3)?).map_err(|_| malformed())?;
+    let (Some(names), Some(dtypes)) = (names.as_str_vector(), dtypes.as_str_vector()) else {
+        return Err(malformed());
+    };
+    if names.len() != dtypes.len() || names.len() != shapes.len() {
+        return Err(malformed());
+    }
+    let mut specs = Vec::with_capacity(names.len());
+    for ((name, dtype), shape) in names.iter().zip(&dtypes).zip(shapes.values()) {
+        let Some(dt) = Dtype::from_name(dtype) else {
+            return Err(Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{dtype}`")));
+        };
+        specs.push(TensorSpec { name: name.to_string(), dtype: dt, shape: shape_of(&shape, name)? });
+    }
+    let meta = field(spec, 5)?;
+    let metadata = if meta.is_null() {
+        None
+    } else {
+        let (Some(values), Some(keys)) = (meta.as_str_vector(), meta.names()) else {
+            return Err(Error::new(Kind::InvalidArgument, "`metadata` must be a named character vector"));
+        };
+        Some(keys.zip(values).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    };
+    Ok((specs, metadata))
+}
+
+/// The values of a vector, borrowed from R for as long as `x` lives.
+fn src_of(x: &Robj) -> Option<Src<'_>> {
+    // SAFETY: each arm reads the vector as the type R stores; `x` keeps it
+    // alive for the borrow.
+    unsafe {
+        let s = x.get();
+        Some(match x.rtype() {
+            Rtype::Doubles => Src::Real(slice_of(s, extendr_ffi::SEXPTYPE::REALSXP)?),
+            Rtype::Integers => Src::Integer(slice_of(s, extendr_ffi::SEXPTYPE::INTSXP)?),
+            Rtype::Logicals => Src::Logical(slice_of(s, extendr_ffi::SEXPTYPE::LGLSXP)?),
+            Rtype::Raw => Src::Raw(slice_of(s, extendr_ffi::SEXPTYPE::RAWSXP)?),
+            Rtype::Complexes => Src::Complex(slice_of(s, extendr_ffi::SEXPTYPE::CPLXSXP)?),
+            _ => return None,
+        })
+    }
+}
+
+/// Each tensor's input, from the description's `tensors` and `kinds`:
+/// `"values"` (an R vector to convert), `"bytes"` (a raw vector of the
+/// bytes as stored) or `"later"` (bytes R puts when the tensor's turn
+/// comes). `values` must outlive the inputs.
+fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], names: &[String]) -> Result<Vec<Input<'a>>> {
+    values
+        .iter()
+        .zip(kinds)
+        .zip(names)
+        .map(|((x, &kind), name)| match kind {
+            "values" => src_of(x).map(Input::Values).ok_or_else(|| {
+                Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector"))
+            }),
+            "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
+                Error::tensor(Kind::InvalidArgument, name, format!("the buffer of tensor `{name}` must be raw"))
+            }),
+            "later" => Ok(Input::Later),
+            _ => Err(malformed()),
+        })
+        .collect()
+}
+
+/// The description in the protected slot of writer `w`.
+fn spec_of(w: &Robj) -> Result<List> {
+    // SAFETY: `w` is an external pointer (checked by the caller through
+    // `with_writer`); its protected slot is a list R/write.R stored.
+    let slot = unsafe { Robj::from_sexp(R_ExternalPtrProtected(w.get())) };
+    let spec = List::try_from(&slot).ok().and_then(|l| l.elt(0).ok()).ok_or_else(malformed)?;
+    List::try_from(&spec).map_err(|_| malformed())
+}
+
+/// Runs `f` on the open save of writer `w` with the inputs its description
+/// gives. If `f` fails, the save is abandoned and its temporary file
+/// removed.
+fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>) -> Result<T> {
+    let closed = || Error::new(Kind::Closed, "the file being written is closed");
+    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(w) else { return Err(closed()) };
+    let Ok(handle) = ptr.try_addr() else { return Err(closed()) };
+    let Ok(mut state) = handle.state.try_borrow_mut() else {
+        return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
+    };
+    let Some(out) = state.as_mut() else { return Err(closed()) };
+    let spec = spec_of(w)?;
+    let values: Vec<Robj> = List::try_from(&field(&spec, 0)?).map_err(|_| malformed())?.values().collect();
+    let kinds = field(&spec, 4)?;
+    let names = field(&spec, 1)?;
+    let (Some(kinds), Some(names)) = (kinds.as_str_vector(), names.as_string_vector()) else {
+        return Err(malformed());
+    };
+    if kinds.len() != values.len() || names.len() != values.len() {
+        return Err(malformed());
+    }
+    let res = inputs_of(&values, &kinds, &names).and_then(|inputs| f(out, &inputs));
+    if res.is_err() {
+        // Dropping a file sink removes its temporary file.
+        state.take();
+    }
+    res
+}
+
+/// Opens a save of the tensors `spec` describes (see R/write.R), to the
+/// file at `path` (`to = "file"`, atomically; with `sync`, flushed to disk
+/// before it replaces the target), a new raw vector (`"raw"`) or a stream
+/// (`"stream"`), encoding on `threads` threads (0: the default). Validates
+/// the description and writes the header.
+/// @noRd
+#[extendr]
+fn writer_open_(spec: List, to: &str, path: &str, sync: bool, threads: i32) -> Robj {
+    to_r((|| {
+        let (specs, metadata) = specs_of(&spec)?;
+        let threads = threads_from_r(threads);
+        let meta = metadata.as_deref();
+        let mut raw: Robj = ().into();
+        let out = match to {
+            "file" => Out::File(Writer::new(specs, meta, FileSink::create(Path::new(path), sync)?, threads)?),
+            "stream" => Out::Stream(Writer::new(specs, meta, Vec::new(), threads)?),
+            "raw" => {
+                // The size first, from a writer to nowhere (the header is
+                // small), then the vector of that size.
+                let probe = Writer::new(specs.clone(), meta, Vec::new(), threads)?;
+                raw = alloc(extendr_ffi::SEXPTYPE::RAWSXP, probe.file_len())?;
+                // SAFETY: a fresh raw vector of that many bytes, kept alive
+                // by the external pointer's protected slot for as long as
+                // the writer lives (the writer is dropped first: commit,
+                // abort and the finalizer all take it out of the handle
+                // before the slot goes).
+                let bytes: &'static mut [u8] = unsafe {
+                    std::slice::from_raw_parts_mut(vec_data(raw.get(), extendr_ffi::SEXPTYPE::RAWSXP), probe.file_len())
+                };
+                Out::Raw(Writer::new(specs, meta, MemSink::new(bytes), threads)?)
+            }
+            _ => return Err(Error::new(Kind::InvalidArgument, format!("unknown output `{to}`"))),
+        };
+        let ptr: Robj = ExternalPtr::new(SaveHandle { state: RefCell::new(Some(out)) }).into();
+        let keep: Robj = List::from_values([spec.into(), raw]).into();
+        // SAFETY: both are valid R objects; the slot keeps the description
+        // (whose vectors the writer reads at every call) and the raw
+        // vector (which a raw writer fills) alive.
+        unsafe { R_SetExternalPtrProtected(ptr.get(), keep.get()) };
+        Ok(ptr)
+    })())
+}
+
+/// `list(written, current)`: bytes written so far, header included, and
+/// the tensor (1-based) whose bytes come next, `0` when all were written.
+fn progress(out: &mut Out) -> Robj {
+    let (written, current) = match out {
+        Out::File(w) => (w.written(), w.current()),
+        Out::Raw(w) => (w.written(), w.current()),
+        Out::Stream(w) => (w.written(), w.current()),
+    };
+    named_list(&["written", "current"], vec![(written as f64).into(), (current.map_or(0, |i| i + 1) as f64).into()])
+}
+
+/// Writes the tensors whose values R holds, continuing where the writer
+/// is, until about `budget` bytes were written (`Inf`: no limit; `0`:
+/// nothing), every tensor was, or the next one's bytes come from R
+/// (`writer_put_()`).
+/// Returns `list(written, current)`.
+/// @noRd
+#[extendr]
+fn writer_write_(w: Robj, budget: f64) -> Robj {
+    to_r(with_writer(&w, |out, inputs| {
+        // Inf: no limit; 0: nothing (the state only).
+        let budget = if budget >= usize::MAX as f64 { usize::MAX } else { budget.max(0.0) as usize };
+        let poll = &mut check_interrupt_now;
+        match out {
+            Out::File(w) => w.write(inputs, budget, poll)?,
+            Out::Raw(w) => w.write(inputs, budget, poll)?,
+            Out::Stream(w) => w.write(inputs, budget, poll)?,
+        };
+        Ok(progress(out))
+    }))
+}
+
+/// Appends the first `n` bytes of the raw vector `bytes` (a framework's
+/// buffer, or torch's staging buffer) to the tensor whose turn it is.
+/// Returns `list(written, current)`.
+/// @noRd
+#[extendr]
+fn writer_put_(w: Robj, bytes: Robj, n: f64) -> Robj {
+    to_r(with_writer(&w, |out, inputs| {
+        let current = match out {
+            Out::File(w) => w.current(),
+            Out::Raw(w) => w.current(),
+            Out::Stream(w) => w.current(),
+        };
+        if !matches!(current.map(|i| inputs[i]), Some(Input::Later)) {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: bytes were given for a tensor the writer converts from its values",
+            ));
+        }
+        let all = raw_bytes(&bytes)?;
+        let Some(part) = (n >= 0.0 && n.fract() == 0.0).then_some(n as usize).and_then(|n| all.get(..n)) else {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: more bytes asked for than given"));
+        };
+        let poll = &mut check_interrupt_now;
+        match out {
+            Out::File(w) => w.put(part, poll)?,
+            Out::Raw(w) => w.put(part, poll)?,
+            Out::Stream(w) => w.put(part, poll)?,
+        };
+        Ok(progress(out))
+    }))
+}
+
+/// A stream's pending bytes (and nothing pending afterwards), as a raw
+/// vector.
+/// @noRd
+#[extendr]
+fn writer_take_(w: Robj) -> Robj {
+    to_r(with_writer(&w, |out, _| match out {
+        Out::Stream(w) => {
+            let pending = std::mem::take(w.sink_mut());
+            Ok(Robj::from(&pending[..]))
+        }
+        _ => Ok(Robj::from(&[] as &[u8])),
+    }))
+}
+
+/// Finishes a save: checks that every tensor was written, then commits a
+/// file (flush, fsync with `sync`, rename over the target: returns its
+/// size), returns a raw writer's vector, or a stream's last pending bytes.
+/// @noRd
+#[extendr]
+fn writer_commit_(w: Robj) -> Robj {
+    to_r((|| {
+        let closed = || Error::new(Kind::Closed, "the file being written is closed");
+        let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&w) else { return Err(closed()) };
+        let Ok(handle) = ptr.try_addr() else { return Err(closed()) };
+        let Ok(mut state) = handle.state.try_borrow_mut() else {
+            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
+        };
+        let Some(out) = state.take() else { return Err(closed()) };
+        match out {
+            Out::File(w) => {
+                let size = w.file_len();
+                w.finish()?.commit(&mut check_interrupt_now)?;
+                Ok(Robj::from(size as f64))
+            }
+            Out::Raw(writer) => {
+                writer.finish()?;
+                // SAFETY: the protected slot is the list writer_open_()
+                // stored; element 1 is the raw vector, now complete.
+                Ok(unsafe { Robj::from_sexp(VECTOR_ELT(R_ExternalPtrProtected(w.get()), 1)) })
+            }
+            Out::Stream(w) => {
+                let rest = w.finish()?;
+                Ok(Robj::from(&rest[..]))
+            }
+        }
+    })())
+}
+
+/// Abandons a save, removing its temporary file; harmless after a commit
+/// or an earlier abort. Returns whether a save was abandoned.
+/// @noRd
+#[extendr]
+fn writer_abort_(w: Robj) -> Robj {
+    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&w) else { return false.into() };
+    let Ok(handle) = ptr.try_addr() else { return false.into() };
+    let Ok(mut state) = handle.state.try_borrow_mut() else { return false.into() };
+    state.take().is_some().into()
+}
+
+extendr_module! {
+    mod write;
+    fn writer_open_;
+    fn writer_write_;
+    fn writer_put_;
+    fn writer_take_;
+    fn writer_commit_;
+    fn writer_abort_;
+}

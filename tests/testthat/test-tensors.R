@@ -1,0 +1,65 @@
+# The tensors users see: framework constructors, warnings, and the loaded
+# list with its 0.2.x attributes (R/tensors.R).
+
+test_that("str() and print() of a loaded list sum up the header in one line", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(
+    list(w = matrix(c(0.5, 1, 1.5, 2), 2), b = c(1L, 2L), s = structure(3, shape = integer(0))),
+    path,
+    metadata = list(format = "pt", note = "x")
+  )
+  x <- safe_load_file(path)
+  expect_s3_class(x, c("safetensors_tensors", "list"), exact = TRUE)
+  expect_snapshot({
+    str(x)
+    str(list(model = x, step = 1L))
+    x
+  })
+  expect_snapshot(str(safe_load_file(safe_serialize(list(a = 1)))))
+  # The helpers degrade gracefully on lists that lost their attributes.
+  y <- x
+  attr(y, "metadata") <- NULL
+  attr(y, "max_offset") <- NULL
+  expect_snapshot(str(y))
+})
+
+test_that("a loaded list works as the plain named list of 0.2.x", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(w = matrix(as.numeric(1:6), 2), b = 1:3), path, metadata = list(format = "pt"))
+  x <- safe_load_file(path)
+  expect_true(is.list(x))
+  expect_identical(names(x), c("w", "b"))
+  expect_identical(length(x), 2L)
+  expect_identical(attr(x, "metadata")[["__metadata__"]], list(format = "pt"))
+  expect_identical(x[[2]], structure(array(1:3), dtype = "I32"))
+  expect_identical(x$w, x[["w"]])
+  seen <- character()
+  for (nm in names(x)) seen <- c(seen, class(x[[nm]])[[1]])
+  expect_identical(seen, c("matrix", "array"))
+  # Subsetting and combining give plain lists, as they dropped the
+  # attributes in 0.2.x.
+  expect_identical(class(x[1]), "list")
+  expect_identical(names(x["b"]), "b")
+  expect_identical(class(c(x, list(z = 1))), "list")
+  expect_identical(class(lapply(x, dim)), "list")
+  expect_identical(class(Map(function(a, b) a, x, x)), "list")
+  expect_identical(vapply(x, length, 1L), c(w = 6L, b = 3L))
+  expect_identical(unclass(x)[["b"]], x$b)
+  expect_identical(as.list(x), x)
+  expect_true(inherits(x, "list"))
+  # Modifying keeps the list and its attributes, as before.
+  y <- modifyList(x, list(b = 4:6))
+  expect_identical(y$b, 4:6)
+  expect_identical(attr(y, "metadata"), attr(x, "metadata"))
+  y$extra <- 1
+  expect_identical(names(y), c("w", "b", "extra"))
+  y[["w"]] <- NULL
+  expect_identical(names(y), c("b", "extra"))
+  # It saves back, and jsonlite sees a list.
+  again <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, again, metadata = attr(x, "metadata")[["__metadata__"]])
+  expect_identical(readBin(again, "raw", 1e4), readBin(path, "raw", 1e4))
+  expect_identical(as.character(jsonlite::toJSON(x["b"])), "{\"b\":[1,2,3]}")
+  expect_identical(as.character(jsonlite::toJSON(x)), as.character(jsonlite::toJSON(unclass(x))))
+})
+

@@ -1,0 +1,85 @@
+# The tensors' description for the write engine, and the writer driven
+# from R (R/write.R, src/rust/src/write.rs).
+
+test_that("tensors are described by name, in the engine's named form", {
+  spec <- tensor_spec(
+    list(a = matrix(1:6, 2), b = structure(as.raw(1:4), dtype = "F16", shape = 2L), s = structure(2, shape = integer(0))),
+    dtype = c(s = "F32"), metadata = list(k = "v")
+  )
+  expect_named(spec, c("tensors", "names", "dtypes", "shapes", "kinds", "metadata"))
+  expect_identical(spec$names, c("a", "b", "s"))
+  expect_identical(spec$dtypes, c("I32", "F16", "F32"))
+  expect_identical(spec$shapes, list(c(2L, 3L), 2, integer(0)))
+  expect_identical(spec$kinds, c("values", "bytes", "values"))
+  expect_identical(spec$metadata, c(k = "v"))
+  expect_identical(spec_sizes(spec), c(24, 4, 4))
+  sub <- spec_subset(spec, c(3, 1))
+  expect_identical(sub$names, c("s", "a"))
+  expect_identical(sub$metadata, spec$metadata)
+  expect_null(tensor_spec(list(), NULL, NULL)$metadata)
+})
+
+test_that("the writer checks its use and cleans up after itself", {
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "w.safetensors")
+  spec <- tensor_spec(list(a = 1:3, b = c(0.5, 1)), NULL, NULL)
+  open_writer <- function() writer_open_(spec, "file", path, TRUE, 0L)
+  w <- open_writer()
+  # The target appears only on commit (the data go to a temporary file,
+  # which may be anonymous).
+  expect_false(file.exists(path))
+  # Bytes for a tensor whose values the writer converts itself.
+  expect_identical(writer_put_(w, raw(12), 12)$kind, "invalid_argument")
+  # An error abandons the save: its temporary file is gone.
+  expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
+  expect_identical(writer_commit_(w)$kind, "closed")
+  expect_false(writer_abort_(w))
+
+  # A commit before every tensor was written.
+  w <- open_writer()
+  state <- writer_write_(w, 0)
+  expect_identical(state$current, 1)
+  expect_identical(writer_commit_(w)$kind, "invalid_argument")
+  expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
+
+  w <- open_writer()
+  header <- writer_write_(w, 0)$written
+  state <- writer_write_(w, Inf)
+  expect_identical(state$current, 0)
+  size <- writer_commit_(w)
+  expect_identical(size, file.size(path))
+  expect_identical(state$written, size)
+  expect_identical(size - header, 12 + 16)
+  expect_identical(as.vector(safe_load_file(path)$b), c(0.5, 1))
+  expect_false(writer_abort_(w))
+  expect_identical(writer_commit_(w)$kind, "closed")
+  expect_false(writer_abort_(list()))
+
+  # The same tensors into a raw vector.
+  w <- writer_open_(spec, "raw", "", FALSE, 0L)
+  writer_write_(w, 1)
+  writer_write_(w, Inf)
+  expect_identical(writer_commit_(w), read_bytes(path))
+
+  # A writer dropped without a commit removes its temporary file when
+  # garbage-collected, and the target keeps its old content.
+  before <- readBin(path, "raw", 1e4)
+  w <- open_writer()
+  writer_write_(w, 1)
+  rm(w)
+  gc()
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "w.safetensors")
+  expect_identical(readBin(path, "raw", 1e4), before)
+})
+
+test_that("a connection gets nothing when a value can't be converted", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  writeLines("keep", path)
+  con <- file(path)
+  expect_error(
+    write_spec(tensor_spec(list(a = c(1, 300)), "I8", NULL), "connection", con),
+    class = "safetensors_error_conversion"
+  )
+  # Not opened, so not emptied.
+  expect_identical(readLines(path), "keep")
+})
