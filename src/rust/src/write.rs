@@ -69,8 +69,11 @@ fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
     v.iter().map(|&d| if d >= 0.0 && d.fract() == 0.0 && d < 2f64.powi(63) { Ok(d as usize) } else { Err(bad()) }).collect()
 }
 
+/// A file's metadata: `(key, value)` pairs.
+type Metadata = Vec<(String, String)>;
+
 /// The tensors' descriptions and the metadata of a description.
-fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Vec<(String, String)>>)> {
+fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Metadata>)> {
     let names = field(spec, 1)?;
     let dtypes = field(spec, 2)?;
     let shapes = List::try_from(&field(spec, 3)?).map_err(|_| malformed())?;

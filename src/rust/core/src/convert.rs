@@ -594,39 +594,54 @@ unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; W]) -> T>(
     conv: &mut F,
 ) {
     let mut tile = [[T::default(); KTILE]; KTILE];
+    // One tile of `ti` rows and `tj` columns; called with the constants
+    // KTILE for whole tiles, so that those loops unroll.
+    #[inline(always)]
+    unsafe fn one<const W: usize, T: Copy, F: FnMut([u8; W]) -> T>(
+        tile: &mut [[T; KTILE]; KTILE],
+        (src, base, stride, conv): (&[u8], usize, usize, &mut F),
+        (out, dbase, dstride): (Out<'_, T>, usize, usize),
+        (ib, jb, ti, tj): (usize, usize, usize, usize),
+    ) {
+        for i in 0..ti {
+            let at = (base + (ib + i) * stride + jb) * W;
+            let s = &src[at..at + tj * W];
+            for (col, c) in tile.iter_mut().zip(s.chunks_exact(W)) {
+                col[i] = conv(arr(c));
+            }
+        }
+        for (j, col) in tile[..tj].iter().enumerate() {
+            // SAFETY: the caller's contract covers (ib..ib+ti, jb + j).
+            unsafe { out.part(dbase + ib + (jb + j) * dstride, ti) }.copy_from_slice(&col[..ti]);
+        }
+    }
+    for_each_tile(rows, cols, |ib, jb, ti, tj| {
+        let from = (src, base, stride, &mut *conv);
+        let to = (out, dbase, dstride);
+        if ti == KTILE && tj == KTILE {
+            prefetch_next_tile::<true, T>(out.ptr, dbase, dstride, rows, ib, jb);
+            // SAFETY: the caller's contract covers every tile.
+            unsafe { one(&mut tile, from, to, (ib, jb, KTILE, KTILE)) };
+        } else {
+            // SAFETY: as above.
+            unsafe { one(&mut tile, from, to, (ib, jb, ti, tj)) };
+        }
+    });
+}
+
+/// Calls `f(ib, jb, ti, tj)` for the tiles of a `rows x cols` slab, of `ti`
+/// rows from `ib` and `tj` columns from `jb` (KTILE each, less at the
+/// edges), in strips of KTILE columns, each down all the rows (see
+/// [`transpose`]).
+#[inline(always)]
+fn for_each_tile(rows: usize, cols: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
     let mut jb = 0;
     while jb < cols {
         let tj = KTILE.min(cols - jb);
         let mut ib = 0;
         while ib < rows {
             let ti = KTILE.min(rows - ib);
-            if ti == KTILE && tj == KTILE {
-                prefetch_next_tile::<true, T>(out.ptr, dbase, dstride, rows, ib, jb);
-                // Whole tile: constant bounds, so the loops unroll.
-                for i in 0..KTILE {
-                    let at = (base + (ib + i) * stride + jb) * W;
-                    let s = &src[at..at + KTILE * W];
-                    for (col, c) in tile.iter_mut().zip(s.chunks_exact(W)) {
-                        col[i] = conv(arr(c));
-                    }
-                }
-                for (j, col) in tile.iter().enumerate() {
-                    // SAFETY: the caller's contract covers (ib..ib+16, jb + j).
-                    unsafe { out.part(dbase + ib + (jb + j) * dstride, KTILE) }.copy_from_slice(col);
-                }
-            } else {
-                for i in 0..ti {
-                    let at = (base + (ib + i) * stride + jb) * W;
-                    let s = &src[at..at + tj * W];
-                    for (col, c) in tile.iter_mut().zip(s.chunks_exact(W)) {
-                        col[i] = conv(arr(c));
-                    }
-                }
-                for (j, col) in tile[..tj].iter().enumerate() {
-                    // SAFETY: the caller's contract covers (ib..ib+ti, jb + j).
-                    unsafe { out.part(dbase + ib + (jb + j) * dstride, ti) }.copy_from_slice(&col[..ti]);
-                }
-            }
+            f(ib, jb, ti, tj);
             ib += ti;
         }
         jb += tj;
@@ -843,7 +858,7 @@ pub fn encode(
     let (Some(numel), Some(need)) = (numel, need) else {
         return Err(EncodeError::Mismatch);
     };
-    if numel == 0 && row0 <= row1 && src.len() == 0 {
+    if numel == 0 && row0 <= row1 && src.is_empty() {
         return Ok(());
     }
     if row0 > row1 || row1 > n_rows(shape) || out.len() < need || src.len() != numel {
@@ -951,44 +966,40 @@ fn etranspose<const W: usize, S: Copy, F: FnMut(S) -> Option<[u8; W]>>(
 ) -> bool {
     let mut ok = true;
     let mut tile = [[[0u8; W]; KTILE]; KTILE];
-    let mut jb = 0;
-    while jb < cols {
-        let tj = KTILE.min(cols - jb);
-        let mut ib = 0;
-        while ib < rows {
-            let ti = KTILE.min(rows - ib);
-            if ti == KTILE && tj == KTILE {
-                prefetch_next_tile::<false, S>(x.as_ptr(), xbase, xstride, rows, ib, jb);
-                for j in 0..KTILE {
-                    let at = xbase + ib + (jb + j) * xstride;
-                    for (row, &v) in tile.iter_mut().zip(&x[at..at + KTILE]) {
-                        let b = conv(v);
-                        ok &= b.is_some();
-                        row[j] = b.unwrap_or([0; W]);
-                    }
-                }
-                for (i, row) in tile.iter().enumerate() {
-                    let at = (base + (ib + i) * stride + jb) * W;
-                    out[at..at + KTILE * W].copy_from_slice(row.as_flattened());
-                }
-            } else {
-                for j in 0..tj {
-                    let at = xbase + ib + (jb + j) * xstride;
-                    for (row, &v) in tile.iter_mut().zip(&x[at..at + ti]) {
-                        let b = conv(v);
-                        ok &= b.is_some();
-                        row[j] = b.unwrap_or([0; W]);
-                    }
-                }
-                for (i, row) in tile[..ti].iter().enumerate() {
-                    let at = (base + (ib + i) * stride + jb) * W;
-                    out[at..at + tj * W].copy_from_slice(&row.as_flattened()[..tj * W]);
-                }
+    // One tile of `ti` rows and `tj` columns; called with the constants
+    // KTILE for whole tiles, so that those loops unroll.
+    #[inline(always)]
+    fn one<const W: usize, S: Copy, F: FnMut(S) -> Option<[u8; W]>>(
+        tile: &mut [[[u8; W]; KTILE]; KTILE],
+        (x, xbase, xstride, conv): (&[S], usize, usize, &mut F),
+        (out, base, stride): (&mut [u8], usize, usize),
+        (ib, jb, ti, tj): (usize, usize, usize, usize),
+    ) -> bool {
+        let mut ok = true;
+        for j in 0..tj {
+            let at = xbase + ib + (jb + j) * xstride;
+            for (row, &v) in tile.iter_mut().zip(&x[at..at + ti]) {
+                let b = conv(v);
+                ok &= b.is_some();
+                row[j] = b.unwrap_or([0; W]);
             }
-            ib += ti;
         }
-        jb += tj;
+        for (i, row) in tile[..ti].iter().enumerate() {
+            let at = (base + (ib + i) * stride + jb) * W;
+            out[at..at + tj * W].copy_from_slice(&row.as_flattened()[..tj * W]);
+        }
+        ok
     }
+    for_each_tile(rows, cols, |ib, jb, ti, tj| {
+        let from = (x, xbase, xstride, &mut *conv);
+        let to = (&mut *out, base, stride);
+        ok &= if ti == KTILE && tj == KTILE {
+            prefetch_next_tile::<false, S>(x.as_ptr(), xbase, xstride, rows, ib, jb);
+            one(&mut tile, from, to, (ib, jb, KTILE, KTILE))
+        } else {
+            one(&mut tile, from, to, (ib, jb, ti, tj))
+        };
+    });
     ok
 }
 
@@ -1163,6 +1174,38 @@ mod tests {
         for_each_index(&[2, 3, 4], 1, 1, |rm, cm| panic!("visited ({rm}, {cm})"));
     }
 
+    #[test]
+    fn inconsistent_arguments_are_errors_that_write_nothing() {
+        let bytes: Vec<u8> = (1..=6u8).collect();
+        // A destination of the wrong length, rows past the end, too few
+        // bytes, a type the dtype doesn't decode into: errors, and the
+        // destination keeps its filler.
+        let mut short = vec![-1.0; 5];
+        assert_eq!(decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Real(&mut short)).unwrap_err().kind, Kind::InvalidArgument);
+        let mut out = vec![-1.0; 6];
+        assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 3, Dst::Real(&mut out)).is_err());
+        assert!(decode(Dtype::U8, &bytes[..5], &[2, 3], 0, 2, Dst::Real(&mut out)).is_err());
+        assert!(decode(Dtype::U8, &bytes, &[2, 3], 2, 1, Dst::Real(&mut out)).is_err());
+        assert_eq!(out, vec![-1.0; 6]);
+        let mut ints = vec![-1; 6];
+        assert!(decode(Dtype::F16, &[0; 12], &[2, 3], 0, 2, Dst::Integer(&mut ints)).is_err());
+        assert!(decode(Dtype::C64, &[0; 48], &[2, 3], 0, 2, Dst::Integer(&mut ints)).is_err());
+        assert!(decode(Dtype::I8, &bytes, &[2, 3], 0, 2, Dst::Logical(&mut ints)).is_err());
+        assert_eq!(ints, vec![-1; 6]);
+        let mut cplx = vec![[-1.0, -1.0]; 6];
+        assert!(decode(Dtype::F64, &[0; 48], &[2, 3], 0, 2, Dst::Complex(&mut cplx)).is_err());
+        let mut reals = vec![-1.0; 6];
+        assert!(decode(Dtype::C64, &[0; 48], &[2, 3], 0, 2, Dst::Real(&mut reals)).is_err());
+        assert_eq!(reals, vec![-1.0; 6]);
+        // Encoding: values or output of the wrong length, rows past the end.
+        let vals = [1.0; 6];
+        let mut b = vec![0u8; 6];
+        assert_eq!(encode(Dtype::U8, Src::Real(&vals[..5]), &[2, 3], 0, 2, &mut b), Err(EncodeError::Mismatch));
+        assert_eq!(encode(Dtype::U8, Src::Real(&vals), &[2, 3], 0, 2, &mut b[..5]), Err(EncodeError::Mismatch));
+        assert_eq!(encode(Dtype::U8, Src::Real(&vals), &[2, 3], 1, 3, &mut b), Err(EncodeError::Mismatch));
+        assert_eq!(b, vec![0u8; 6]);
+    }
+
     fn encode_all(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
@@ -1320,7 +1363,7 @@ mod tests {
         let b = |k: usize| bytes[i * w + k];
         let u16_ = || u16::from_le_bytes([b(0), b(1)]);
         let u32_ = |o: usize| u32::from_le_bytes([b(o), b(o + 1), b(o + 2), b(o + 3)]);
-        let u64_ = || u64::from_le_bytes(std::array::from_fn(|k| b(k)));
+        let u64_ = || u64::from_le_bytes(std::array::from_fn(&b));
         let re = match dtype {
             Dtype::F64 => f64::from_bits(u64_()),
             Dtype::F32 => widen_f32(u32_(0)),

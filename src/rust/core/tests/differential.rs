@@ -207,7 +207,7 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             "metadata-insert"
         }
         7 => {
-            let pad: &[u8] = *rng.pick(&[&b" "[..], b"\t", b"\n", b"\r", b"\0", b"\xef\xbb\xbf", b"\x0b", b"\x0c", b"  \n"]);
+            let &pad = rng.pick(&[&b" "[..], b"\t", b"\n", b"\r", b"\0", b"\xef\xbb\xbf", b"\x0b", b"\x0c", b"  \n"]);
             let at = if rng.chance(50) { 0 } else { json.len() };
             json.splice(at..at, pad.iter().copied());
             "whitespace"
@@ -252,7 +252,7 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
                 return "none";
             }
             let at = *rng.pick(&hits) + 9;
-            let ins: &[u8] = *rng.pick(&[&b"1,"[..], b"0,", b"2,", b"-0,", b"[1],", b"null,"]);
+            let &ins = rng.pick(&[&b"1,"[..], b"0,", b"2,", b"-0,", b"[1],", b"null,"]);
             json.splice(at..at, ins.iter().copied());
             "shape"
         }
@@ -260,7 +260,7 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             let hits = find_all(json, b"\"__metadata__\":{");
             let Some(&h) = hits.first() else { return "none" };
             let at = h + 16;
-            let ins: &[u8] = *rng.pick(&[&b"\"n\":1,"[..], b"\"n\":null,", b"\"n\":{},", b"\"n\":[\"a\"],", b"\"k0\":\"dup\","]);
+            let &ins = rng.pick(&[&b"\"n\":1,"[..], b"\"n\":null,", b"\"n\":{},", b"\"n\":[\"a\"],", b"\"k0\":\"dup\","]);
             json.splice(at..at, ins.iter().copied());
             "metadata-value"
         }
@@ -294,8 +294,8 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             "swap-offsets"
         }
         15 => {
-            let from = *rng.pick(&[b'{', b'[', b'"', b':', b',']);
-            let to = *rng.pick(&[b'{', b'[', b'"', b':', b',', b']', b'}']);
+            let from = *rng.pick(b"{[\":,");
+            let to = *rng.pick(b"{[\":,]}");
             let pos = find_all(json, &[from]);
             if let Some(&p) = pos.get(rng.below(pos.len().max(1))) {
                 json[p] = to;
@@ -306,8 +306,8 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             // Non-UTF-8 or unusual text inside a string.
             let quotes = find_all(json, b"\"");
             if let Some(&q) = quotes.get(rng.below(quotes.len().max(1))) {
-                let ins: &[u8] =
-                    *rng.pick(&[&b"\xff"[..], b"\xc3", b"\xed\xa0\x80", b"\\ud800", b"\\u0000", b"\\x", b"\x01", b"\\/"]);
+                let &ins =
+                    rng.pick(&[&b"\xff"[..], b"\xc3", b"\xed\xa0\x80", b"\\ud800", b"\\u0000", b"\\x", b"\x01", b"\\/"]);
                 json.splice(q + 1..q + 1, ins.iter().copied());
             }
             "string"

@@ -40,6 +40,11 @@ pub trait Source {
     /// Total length in bytes.
     fn len(&self) -> u64;
 
+    /// Whether the source has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Bytes `[off, off + n)`, borrowed, when the source holds them in
     /// memory; `None` when they must be read with [`Source::read_at`].
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>>;
