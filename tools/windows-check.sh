@@ -112,9 +112,10 @@ fi
 
 # Wine's 64-bit loader: Debian keeps it out of PATH.
 find_wine() {
-  local w
+  local w p
   for w in /usr/lib/wine/wine64 wine64 wine; do
-    if command -v "$w" >/dev/null 2>&1; then command -v "$w"; return 0; fi
+    p=$(command -v "$w" 2>/dev/null) || continue
+    if [ -f "$p" ] && [ -x "$p" ]; then echo "$p"; return 0; fi
   done
   return 1
 }
