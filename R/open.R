@@ -367,6 +367,7 @@ read_handle <- function(x, names, framework, args, call = parent.frame()) {
 # list(tensors, max_offset) as read_handle() does.
 read_into_torch <- function(x, names, args, call = parent.frame(), bar = NULL) {
   device <- torch_device_arg(args)
+  torch_local_cpu()
   at <- match(names, hget(x, "names"))
   parts <- hget(x, "parts")
   part_of <- hget(x, "part_of")[at]

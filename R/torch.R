@@ -112,6 +112,7 @@ safe_tensor_meta.torch_tensor <- function(x) {
 #' @rdname safe_tensor_buffer
 #' @export
 safe_tensor_buffer.torch_tensor <- function(x) {
+  torch_local_cpu()
   # A view of an R raw vector of the tensor's size, dtype and shape, into
   # which torch copies the tensor: logical (row-major) values whatever its
   # strides and storage offset, from any device, with 64-bit sizes (torch's
@@ -141,6 +142,7 @@ torch_copy_into <- function(buf, x) {
 # signature: `raw` holds the tensor's bytes, `meta` its header entry.
 torch_tensor_from_raw <- function(raw, meta, device = "cpu") {
   dtype <- torch_dtype_of(meta$dtype)
+  torch_local_cpu()
   shape <- as.numeric(unlist(meta$shape))
   check_torch_bytes(raw, meta$dtype, shape)
   if (identical(meta$dtype, "BOOL") && any(raw > as.raw(1))) {
@@ -199,6 +201,18 @@ check_libtorch <- function(installed = torch::torch_is_installed(), call = paren
   }
 }
 
+# Makes the CPU torch's default device until `.env` exits: the views this
+# package makes of its own memory (torch_tensor_from_buffer(), which takes
+# no device) must be CPU tensors whatever default a user set with
+# torch::with_device() or local_device(). Older torch has no default device.
+torch_local_cpu <- function(.env = parent.frame()) {
+  ns <- asNamespace("torch")
+  if (exists("local_device", envir = ns, inherits = FALSE)) {
+    ns$local_device(torch::torch_device("cpu"), .env = .env)
+  }
+  invisible()
+}
+
 # An uninitialised tensor of safetensors dtype `dtype` and `shape`, on the
 # CPU whatever torch's default device (with_device(), local_device()).
 torch_empty_for <- function(dtype, shape, name, call) {
@@ -221,7 +235,8 @@ torch_view_dtype <- function(dtype) {
 # Reads tensor `name` (of `dtype` and `shape`) of `part` (an open source,
 # R/sources.R) into a new torch tensor on `device`: torch copies from a
 # view of the bytes in the part's memory map or raw vector, or from pieces
-# the core reads into a staging raw vector.
+# the core reads into a staging raw vector. Callers make the CPU the
+# default device first (torch_local_cpu()), once for all their tensors.
 torch_read_part <- function(part, name, dtype, shape, device, call) {
   x <- torch_empty_for(dtype, shape, name, call)
   n <- x$numel()
@@ -265,6 +280,7 @@ torch_write_chunk <- 16 * 1024^2
 # environment, for every tensor of a save), so the writer never holds more
 # than a piece of the tensor's bytes.
 torch_write_chunks <- function(x, put, chunk = torch_write_chunk, cache = new.env(parent = emptyenv())) {
+  torch_local_cpu()
   x <- x$detach()
   shape <- as.numeric(x$shape)
   rank <- length(shape)
@@ -330,6 +346,7 @@ torch_write_tensor <- function(x, put, cache) {
 # current position into a new torch tensor on `device`, chunk by chunk:
 # each chunk (whole elements) is copied by torch from a view of it.
 torch_read_stream <- function(con, name, dtype, shape, device, part, call) {
+  torch_local_cpu()
   x <- torch_empty_for(dtype, shape, name, call)
   size <- x$element_size()
   flat <- x$view(-1)

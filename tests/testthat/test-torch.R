@@ -562,6 +562,34 @@ test_that("BOOL bytes other than 0 and 1 become true", {
   }
 })
 
+test_that("tensors are read on the CPU whatever torch's default device", {
+  skip_if_no_torch()
+  x <- list(a = torch::torch_randn(3, 4), b = torch::torch_tensor(c(TRUE, FALSE)), s = torch::torch_scalar_tensor(7L))
+  bytes <- safe_serialize(x)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  writeBin(bytes, path)
+  con <- rawConnection(bytes)
+  withr::defer(close(con))
+  # Under another default device ("meta" holds no data), the package still
+  # allocates the tensors it fills on the CPU, so the values arrive.
+  got <- torch::with_device(device = "meta", {
+    list(
+      safe_load_file(path, framework = "torch"),
+      safe_load_file(path, framework = "torch", backend = "mmap"),
+      safe_deserialize(bytes, framework = "torch"),
+      safe_load_file(con, framework = "torch")
+    )
+  })
+  for (y in got) {
+    for (n in names(x)) {
+      expect_identical(y[[n]]$device$type, "cpu", label = n)
+      expect_same_tensor(y[[n]], x[[n]], label = n)
+    }
+  }
+  # Writing copies from any device the tensors are on.
+  expect_identical(torch::with_device(device = "meta", safe_serialize(x)), bytes)
+})
+
 test_that("`device` is passed to the tensors", {
   skip_if_no_torch()
   x <- list(a = torch::torch_randn(2, 3), b = torch::torch_tensor(1:4))
