@@ -15,12 +15,13 @@
 #' the same metadata to every shard; the index's own `total_size` is the sum
 #' of the `bytes` column).
 #'
-#' @param path A path to a `.safetensors` file or a shard index, a raw
+#' @param path A path to a `.safetensors` file or a shard index, a folder
+#'   holding a checkpoint (its index, else its `model.safetensors`), a raw
 #'   vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
-#'   tensor in file order and columns `name`, `dtype`, `shape` (a list column of integer
+#'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
 #'   vectors, outermost dimension first; `integer(0)` for a scalar), `numel`
 #'   (number of elements), `bytes`, and `begin` and `end`, the tensor's
 #'   byte range as absolute 0-based offsets in the file (`end` exclusive), so
@@ -122,6 +123,7 @@ with_header <- function(path, fun, call = parent.frame()) {
     }
     return(fun(path))
   }
+  path <- resolve_folder(path, call = call)
   if (is_index_path(path)) {
     h <- safe_open(path, backend = "read")
     on.exit(close(h), add = TRUE)
@@ -156,7 +158,8 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' belongs to `"encoder"`; a name with fewer parts is its own module.
 #' `summary()` of a handle from [safe_open()] gives the same.
 #'
-#' @param path A path to a `.safetensors` file or a shard index, a raw
+#' @param path A path to a `.safetensors` file or a shard index, a folder
+#'   holding a checkpoint (its index, else its `model.safetensors`), a raw
 #'   vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,

@@ -25,8 +25,9 @@
 #'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
-#'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
-#'   binary connection (opened for reading, or not yet opened). A connection
+#'   `model.safetensors.index.json`), a folder holding a checkpoint (read
+#'   from its index, else its `model.safetensors`), a raw vector holding a
+#'   whole file, or a binary connection (opened for reading, or not yet opened). A connection
 #'   is read from its current position to its end (it need not be
 #'   seekable), which must be where the tensor data its header describes
 #'   end; with a framework other than `"r"` it is read tensor by tensor,
@@ -40,7 +41,7 @@
 #'   and `"shape"` attributes, or the name of a framework registered in
 #'   [safetensors_frameworks], such as `"torch"`.
 #' @param tensors Names of the tensors to read, in the order wanted. `NULL`
-#'   (the default) reads all of them, in file order. Only the bytes of the
+#'   (the default) reads all of them, in the order the header lists them. Only the bytes of the
 #'   tensors asked for are read from the file.
 #' @param backend How a file is read: `"read"` (the default) copies each
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
@@ -53,14 +54,14 @@
 #' `safetensors.threads`, by default the number of available cores but at
 #' most 2; `options(safetensors.threads = 1)` turns threads off (see
 #' [safetensors-package]).
-#' @return A named list of tensors, in file order (or the order of
+#' @return A named list of tensors, in the order the header lists them (or the order of
 #'   `tensors`), with two attributes as in safetensors 0.2.x: `"metadata"`,
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
 #'   the file's `__metadata__` as a named list of strings), and
 #'   `"max_offset"`, the file offset just past the last tensor read.
 #'
 #'   For a sharded checkpoint, the tensors of the index's weight map (shard
-#'   by shard, in file order within each shard), with the tensors' header
+#'   by shard, in header order within each shard), with the tensors' header
 #'   entries (offsets relative to their shard) and the first shard's
 #'   `__metadata__` as `"metadata"`, and the largest such offset in any
 #'   shard as `"max_offset"`.
@@ -92,6 +93,7 @@
 #' w$dtype
 #' w
 safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap")) {
+  path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("read", "mmap"))
   check_tensor_names(tensors)
@@ -164,7 +166,7 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
 }
 
 # safe_load_file() for a connection and a framework other than "r": reads
-# the header, then each tensor in file order, straight into its framework
+# the header, then each tensor in data order, straight into its framework
 # tensor (with no copy of the whole file in memory), skipping those not
 # asked for, then checks that the connection ends there.
 load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
@@ -195,7 +197,9 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
   start <- 8 + info$header_len
   out <- vector("list", length(wanted))
   max_offset <- 0
-  for (i in seq_along(info$name)) {
+  # The bytes come in the order of the data section, whatever order the
+  # header lists the tensors in.
+  for (i in order(info$begin, info$end)) {
     nm <- info$name[[i]]
     nbytes <- info$end[[i]] - info$begin[[i]]
     k <- which(wanted == nm)
@@ -215,7 +219,7 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
       }
     }
     out[k] <- list(value)
-    max_offset <- start + info$end[[i]]
+    max_offset <- max(max_offset, start + info$end[[i]])
   }
   check_stream_end(con, info, part, call)
   names(out) <- wanted

@@ -7,7 +7,7 @@
 #' those bytes. [safe_slice()] is the function form of `h$slice()`.
 #'
 #' @section Reading from a handle:
-#' * `names(h)`: tensor names, in file order; `length(h)`: their number.
+#' * `names(h)`: tensor names, in the order the header lists them; `length(h)`: their number.
 #' * `h[["w"]]` or `h$w`: tensor `w`, as [safe_load_file()] would return
 #'   it (`h[[i]]` also takes a position). `h[c("a", "b")]` returns a named
 #'   list. `h$slice` is reserved for the slice method: read a tensor named
@@ -60,7 +60,8 @@
 #'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file ending in `.json`, such as
-#'   `model.safetensors.index.json`; see [safe_save_file()]), a raw vector
+#'   `model.safetensors.index.json`; see [safe_save_file()]), a folder
+#'   holding a checkpoint (its index, else its `model.safetensors`), a raw vector
 #'   holding a whole file, or a binary connection (read into memory).
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
@@ -96,6 +97,7 @@
 #' # Python's f.get_slice("weight")[0:1, ::2], in R
 #' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
+  path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("mmap", "read"))
   args <- list(...)
@@ -112,7 +114,7 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
 
 # Opens every shard of the index at `path` and presents the tensors of the
 # weight map as one handle: shards in file-name order, each shard's tensors
-# in file order. The weight map is an allowlist (a shard's other tensors are
+# in header order. The weight map is an allowlist (a shard's other tensors are
 # hidden), and each tensor it names must be in the shard it names.
 open_index <- function(path, framework, args, backend, call = parent.frame()) {
   check_string(path, call = call)

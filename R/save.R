@@ -9,12 +9,11 @@
 #'
 #' Plain R vectors and arrays are written with these dtypes unless asked
 #' otherwise: double as F64, integer as I32, logical as BOOL, raw as U8 and
-#' complex as C64. An object's `"dtype"` attribute (set by [safe_load_file()])
-#' or the `dtype` argument selects another dtype; conversions to narrower
-#' floats (F32, F16, BF16, F8, F6, F4) round to nearest, ties to even, and a
-#' value that does not fit the target dtype (out of range, a fraction for an
-#' integer dtype, `NA` in an integer or logical vector) is an error of class
-#' `safetensors_error_conversion`. The array `dim` becomes the shape, and
+#' complex as C64. The `dtype` argument selects another dtype; conversions to
+#' narrower floats (F32, F16, BF16, F8, F6, F4) round to nearest, ties to
+#' even, and a value that does not fit the target dtype (out of range, a
+#' fraction for an integer dtype, `NA` in an integer or logical vector) is an
+#' error of class `safetensors_error_conversion`. The array `dim` becomes the shape, and
 #' elements are stored so that Python's `t[i - 1, j - 1, ...]` is
 #' `x[i, j, ...]`. A vector without `dim` is a 1-D tensor, except a length-one
 #' vector with attribute `shape = integer(0)`, which is a scalar.
@@ -24,26 +23,57 @@
 #' time, and a raw vector with `"dtype"` and `"shape"` attributes (as
 #' `framework = "raw"` returns) is written as the bytes it holds.
 #'
+#' @section The "dtype" attribute:
+#' [safe_load_file()] gives each array the dtype of its file in attribute
+#' `"dtype"`, so that an array saved back unchanged keeps its dtype and
+#' bytes. Without `dtype`, that attribute chooses the dtype, but never loses
+#' information silently: it is used only if the dtype holds every value
+#' exactly (`NaN` included). An array computed from a loaded one usually
+#' keeps the attribute (R's arithmetic keeps attributes), so
+#' `safe_save_file(list(w = w + 1/3), f)` of an F16 `w` is an error of
+#' class `safetensors_error_conversion` that says the dtype came from the
+#' attribute: choose a dtype with the `dtype` argument (which rounds, as
+#' above) or drop the attribute (`attr(w, "dtype") <- NULL`, which writes
+#' double as F64).
+#'
+#' @section Names and metadata:
+#' Tensor names and metadata are written as UTF-8, whatever encoding R marks
+#' them with (a name in Latin-1 is converted); a string that can't be
+#' converted is an error before anything is written. Every tensor needs a
+#' name (a list named only in part, `list(a = 1, 2)`, is an error); a list
+#' returned by [safe_load_file()] saves back with the names its file had,
+#' the empty name included.
+#'
+#' @section Layout:
+#' The header lists the tensors in the order given; the data are stored by
+#' alignment, largest element first (F64, I64, U64, C64, then 4-, 2- and
+#' 1-byte elements, then the sub-byte dtypes), in the order given among
+#' equals, as Python's `safetensors` does, so that every tensor starts at a
+#' multiple of its element size and memory-mapping readers can use it in
+#' place. [safe_load_file()] returns tensors in the order the header lists
+#' them, so a list comes back in the order it was saved. `metadata` comes
+#' first, with its keys sorted, in the compact, space-padded header Python's
+#' `safetensors` writes; so saving what [safe_load_file()] returned, with
+#' the file's `__metadata__`, reproduces a file Python wrote byte for byte
+#' (when Python wrote its metadata keys in sorted order, as it always does
+#' for one key).
+#'
 #' A connection is written from its current position; it need not be
 #' seekable (`gzcon()`, pipes, sockets). One that is not yet open is opened
 #' only once the tensors are known to be writable, and closed again. A
 #' connection is not written atomically.
 #'
-#' Tensors are stored in the order given, and `metadata` first with its keys
-#' sorted, in the compact, space-padded header Python's `safetensors` writes;
-#' so saving what [safe_load_file()] returned, with the file's
-#' `__metadata__`, reproduces a file Python wrote byte for byte (when Python
-#' wrote its metadata keys in sorted order, as it always does for one key).
-#'
 #' @param tensors A named list of tensors: R vectors or arrays (double,
 #'   integer, logical, raw or complex), or objects with
 #'   [safe_tensor_meta()] and [safe_tensor_buffer()] methods. Names must be
-#'   unique and not `"__metadata__"`; the empty name is allowed.
-#' @param path A file path, or a binary connection (opened for writing, or
-#'   not yet opened, in which case it is opened and closed again).
-#' @param ... Ignored, for compatibility with safetensors 0.2.x (which
-#'   accepted and ignored arguments such as `framework`). Other names give a
-#'   warning.
+#'   unique and not `"__metadata__"` (see "Names and metadata").
+#' @param path A file path, a folder (see "Sharded checkpoints"), or a
+#'   binary connection (opened for writing, or not yet opened, in which case
+#'   it is opened and closed again).
+#' @param ... `framework`, which safetensors 0.2.x accepted and ignored, is
+#'   ignored too. Any other argument is an error of class
+#'   `safetensors_error_invalid_argument` that names it and suggests the
+#'   argument meant (`metdata = ` is `metadata =` misspelled).
 #' @param metadata `NULL` (the default) for none, or a named list or
 #'   character vector of single strings, stored as the file's
 #'   `__metadata__`.
@@ -64,15 +94,25 @@
 #' With `max_shard_size`, the tensors are split, in order, into shards of at
 #' most that many bytes of tensor data (a larger tensor gets a shard of its
 #' own) and written as transformers does: for `path = "dir/model.safetensors"`
-#' (or a directory `"dir"`), shards `dir/model-00001-of-00003.safetensors`
+#' (or a folder `"dir"`), shards `dir/model-00001-of-00003.safetensors`
 #' and so on, each with the same `metadata`, and the index
 #' `dir/model.safetensors.index.json`: `{"metadata": {"total_size": N},
 #' "weight_map": {tensor: shard file}}`, where `N` is the sum of the tensors'
 #' sizes in bytes. If everything fits in one shard, a single file is written
-#' at `path` and no index, as transformers does. Each file is written
-#' atomically, the index last; shards of an earlier save with a different
-#' number of shards are not removed. [safe_open()] and [safe_load_file()]
-#' read the checkpoint through its index.
+#' at `path` and no index, as transformers does. A folder given as `path`
+#' without `max_shard_size` gets a single `model.safetensors`.
+#'
+#' A checkpoint is written as a whole: it replaces the checkpoint that was
+#' there (its index and shards, or its single file), and a crash or a kill
+#' at any point leaves the folder holding either the complete old
+#' checkpoint or the complete new one, never a mix. The new shards are
+#' written first under names the old checkpoint doesn't use (when its
+#' shards have the usual names, the new ones are
+#' `model-00001-of-00003.b.safetensors` and so on); the new index then
+#' replaces the old one in one step, and the old shards are deleted. Other
+#' files in the folder (configurations, tokenizers) are left alone.
+#' [safe_open()], [safe_load_file()], [safe_info()] and [safe_metadata()]
+#' read a checkpoint from its index or its folder.
 #' @section Progress:
 #' In an interactive session, saving more than 64 MiB of tensors to a file
 #' shows a progress bar once it has taken two seconds; option
@@ -103,14 +143,15 @@
 #' unlink(dir, recursive = TRUE)
 safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sync = TRUE,
                            max_shard_size = NULL) {
-  check_ignored_dots(...)
+  check_save_dots(..., formals = c("tensors", "path", "metadata", "dtype", "sync", "max_shard_size"))
   check_bool(sync)
   spec <- tensor_spec(tensors, dtype, metadata)
-  if (!is.null(max_shard_size)) {
+  if (!is.null(max_shard_size) || (is_string(path) && dir.exists(path))) {
     if (!is.character(path)) {
       st_abort("invalid_argument", "{.arg path} must be a file or directory path when {.arg max_shard_size} is given.")
     }
-    return(invisible(save_shards(spec, path, max_shard_size, sync)))
+    limit <- if (is.null(max_shard_size)) Inf else parse_size(max_shard_size)
+    return(invisible(save_shards(spec, path, limit, sync)))
   }
   if (is.character(path)) {
     check_string(path)
@@ -136,15 +177,30 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
 #' @rdname safe_save_file
 #' @export
 safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
-  check_ignored_dots(...)
+  check_save_dots(..., formals = c("tensors", "metadata", "dtype"))
   write_spec(tensor_spec(tensors, dtype, metadata), "raw")
 }
 
-check_ignored_dots <- function(..., call = parent.frame()) {
+# `...` exists for safetensors 0.2.x, whose writers accepted and ignored
+# arguments such as `framework`; anything else is a mistake (a misspelled
+# `metdata =` would otherwise write the file without its metadata).
+check_save_dots <- function(..., formals, call = parent.frame()) {
   nms <- names(list(...)) %||% rep("", ...length())
-  unknown <- setdiff(nms, "framework")
-  if (length(unknown) > 0) {
-    unknown[unknown == ""] <- "<unnamed>"
-    st_warn("ignored_argument", "Ignoring argument{?s} in {.arg ...}: {.arg {unknown}}.")
+  unknown <- nms[nms != "framework"]
+  if (length(unknown) == 0) {
+    return(invisible())
   }
+  named <- unknown[unknown != ""]
+  n_unnamed <- sum(unknown == "")
+  message <- if (length(named) > 0) "Unknown argument{?s} in {.arg ...}: {.arg {named}}." else "{.arg ...} must be empty."
+  if (n_unnamed > 0) {
+    message <- c(message, x = "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code dtype = \"F32\"}.")
+  }
+  for (a in named) {
+    guess <- closest_name(a, formals)
+    if (!is.null(guess)) {
+      message <- c(message, i = sprintf("Did you mean {.arg %s} instead of {.arg %s}?", guess, cli_escape(a)))
+    }
+  }
+  st_abort("invalid_argument", message, call = call)
 }

@@ -41,10 +41,13 @@ parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
   size
 }
 
-# safe_save_file() with `max_shard_size`: writes the shards and their index,
-# or a single file when everything fits in one shard (as transformers does).
-save_shards <- function(spec, path, max_shard_size, sync, call = parent.frame()) {
-  limit <- parse_size(max_shard_size, call = call)
+# safe_save_file() into a checkpoint: shards of at most `limit` bytes and
+# their index, or a single file when everything fits in one shard (as
+# transformers does), replacing the checkpoint that was there as a whole
+# (see the section "Sharded checkpoints" of ?safe_save_file): new files
+# under names the old checkpoint doesn't use, then the commit (the index
+# replaced, or removed for a single file), then the old files removed.
+save_shards <- function(spec, path, limit, sync, call = parent.frame()) {
   check_string(path, call = call)
   path <- path.expand(path)
   base <- if (dir.exists(path)) {
@@ -52,6 +55,9 @@ save_shards <- function(spec, path, max_shard_size, sync, call = parent.frame())
   } else {
     sub("\\.index\\.json$", "", path)
   }
+  dir <- dirname(base)
+  index <- paste0(base, ".index.json")
+  old <- committed_files(dir, base, index)
   sizes <- spec_sizes(spec)
   shard <- group_by_size(sizes, limit)
   n <- max(c(0L, shard))
@@ -61,15 +67,43 @@ save_shards <- function(spec, path, max_shard_size, sync, call = parent.frame())
   }
   if (n <= 1) {
     write(base, seq_along(sizes))
+    # The commit: without the old index, the folder is the new file.
+    remove_files(c(if (file.exists(index)) index, setdiff(old, normalizePath(base))))
     return(base)
   }
   stem <- sub("\\.safetensors$", "", basename(base))
   files <- sprintf("%s-%05d-of-%05d.safetensors", stem, seq_len(n), n)
-  for (s in seq_len(n)) {
-    write(file.path(dirname(base), files[[s]]), which(shard == s))
+  if (any(normalizePath(file.path(dir, files), mustWork = FALSE) %in% old)) {
+    files <- sprintf("%s-%05d-of-%05d.b.safetensors", stem, seq_len(n), n)
   }
-  index <- paste0(base, ".index.json")
+  for (s in seq_len(n)) {
+    write(file.path(dir, files[[s]]), which(shard == s))
+  }
+  # The commit: the new index replaces the old one (or the single file,
+  # which the index takes precedence over) in one step.
   res <- write_index_(index, sum(sizes), spec$names, files[shard], sync)
   st_check(res, sprintf("Can't write %s.", describe_source(index)), call = call)
+  remove_files(setdiff(old, normalizePath(file.path(dir, files))))
   index
+}
+
+# The files of the checkpoint `dir` holds now: the shards its index names
+# (full paths) and the single file `base`, whichever exist. An index that
+# can't be read names nothing (it is replaced all the same).
+committed_files <- function(dir, base, index) {
+  shards <- if (file.exists(index)) {
+    idx <- tryCatch(read_index_(index), error = function(e) NULL)
+    if (is.list(idx) && !inherits(idx, "safetensors_rust_error")) file.path(dir, unique(idx$files))
+  }
+  existing <- c(shards, base)
+  normalizePath(existing[file.exists(existing)])
+}
+
+# Removes files of a replaced checkpoint; one that can't be removed (open
+# elsewhere, on Windows) is left, unreferenced.
+remove_files <- function(files) {
+  for (f in files) {
+    unlink(f)
+  }
+  invisible()
 }

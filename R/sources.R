@@ -8,6 +8,35 @@ is_index_path <- function(path) {
   is_string(path) && grepl("\\.json$", path, ignore.case = TRUE)
 }
 
+# The file a folder stands for: its shard index (model.safetensors.index.json,
+# or its only *.safetensors.index.json), else its model.safetensors (or its
+# only *.safetensors file). Any other `path` is returned as it is.
+resolve_folder <- function(path, call = parent.frame()) {
+  if (!is_string(path) || !dir.exists(path)) {
+    return(path)
+  }
+  pick <- function(usual, pattern) {
+    if (file.exists(file.path(path, usual))) {
+      return(file.path(path, usual))
+    }
+    found <- list.files(path, pattern = pattern)
+    if (length(found) == 1) file.path(path, found)
+  }
+  found <- pick("model.safetensors.index.json", "\\.safetensors\\.index\\.json$") %||%
+    pick("model.safetensors", "\\.safetensors$")
+  if (is.null(found)) {
+    st_abort(
+      "file_not_found",
+      c(
+        "Can't read the folder {.file {path}}: it holds no checkpoint.",
+        i = "A folder is read from its {.file model.safetensors.index.json} or its {.file model.safetensors}."
+      ),
+      call = call
+    )
+  }
+  found
+}
+
 # What a source is called in handles and summaries: the path as given,
 # "<raw vector>" or "<connection>".
 source_label <- function(path) {

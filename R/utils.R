@@ -83,3 +83,15 @@ group_by_size <- function(sizes, limit) {
   }
   out
 }
+
+# The name in `choices` closest to `name` (a likely misspelling: at most a
+# third of its characters edited, or a prefix), or NULL.
+closest_name <- function(name, choices) {
+  d <- utils::adist(name, choices, ignore.case = TRUE)[1, ]
+  prefix <- startsWith(choices, name) & nchar(name) >= 3
+  ok <- d <= max(1, floor(nchar(name) / 3)) | prefix
+  if (!any(ok)) {
+    return(NULL)
+  }
+  choices[ok][[which.min(d[ok])]]
+}

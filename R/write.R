@@ -23,7 +23,20 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
     st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
   }
-  nms <- nms %||% character()
+  nms <- utf8_strings(nms %||% character(), "tensor name", call)
+  # An empty name in a list built in R is a missing one (`list(a = 1, 2)`);
+  # a loaded list may hold the empty name its file had.
+  unnamed <- as.character(which(nms == ""))
+  if (length(unnamed) > 0 && !inherits(tensors, "safetensors_tensors")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "{.arg tensors} must be a named list; every tensor needs a name.",
+        x = "{cli::qty(length(unnamed))}Tensor{?s} {unnamed} {?has/have} none."
+      ),
+      call = call
+    )
+  }
   dup <- unique(nms[duplicated(nms)])
   if (length(dup) > 0) {
     st_abort(
@@ -36,6 +49,11 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
     st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
   }
   dtypes <- resolve_dtypes(tensors, nms, dtype, call)
+  # Where the "dtype" attribute alone chose the dtype, values are written
+  # only if it holds them exactly (the write engine checks).
+  chosen <- if (is.null(dtype)) character() else if (is.null(names(dtype))) nms else names(dtype)
+  exact <- vapply(tensors, function(x) is_string(attr(x, "dtype", exact = TRUE)), logical(1), USE.NAMES = FALSE) &
+    !nms %in% chosen
   known <- dtype_names()
   r_types <- names(default_dtypes())
   n <- length(tensors)
@@ -78,8 +96,33 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   }
   list(
     tensors = values, names = nms, dtypes = dtypes, shapes = shapes, kinds = kinds,
-    metadata = check_metadata(metadata, call)
+    exact = exact & kinds == "values", metadata = check_metadata(metadata, call)
   )
+}
+
+# `x` in UTF-8, whatever encoding R marks its strings with (a file's
+# header is UTF-8, and Python reads nothing else); strings that can't be
+# converted are an error naming their position, before anything is
+# written.
+utf8_strings <- function(x, what, call) {
+  if (length(x) == 0) {
+    return(x)
+  }
+  out <- enc2utf8(x)
+  bad <- which(!validUTF8(out) | Encoding(x) == "bytes")
+  if (length(bad) > 0) {
+    shown <- encodeString(x[[bad[[1]]]])
+    st_abort(
+      "invalid_argument",
+      c(
+        "Each {what} must be text that can be written as UTF-8.",
+        x = "The {what} at position {bad[[1]]} ({shown}) is not: it is in no known encoding, or marked as bytes.",
+        i = "Mark its encoding with {.fn Encoding}, or convert it with {.fn iconv}."
+      ),
+      call = call
+    )
+  }
+  out
 }
 
 r_shape <- function(x) {
@@ -141,8 +184,8 @@ check_metadata <- function(metadata, call) {
       call = call
     )
   }
-  out <- vapply(metadata, identity, character(1), USE.NAMES = FALSE)
-  names(out) <- names(metadata) %||% character()
+  out <- utf8_strings(vapply(metadata, identity, character(1), USE.NAMES = FALSE), "metadata value", call)
+  names(out) <- utf8_strings(names(metadata) %||% character(), "metadata key", call)
   if (anyDuplicated(names(out))) {
     st_abort("invalid_argument", "{.arg metadata} names must be unique.", call = call)
   }
@@ -156,9 +199,8 @@ spec_sizes <- function(spec) {
 
 # The tensors `k` of a tensor_spec(), with its metadata.
 spec_subset <- function(spec, k) {
-  spec[c("tensors", "names", "dtypes", "shapes", "kinds")] <- lapply(
-    spec[c("tensors", "names", "dtypes", "shapes", "kinds")], function(v) v[k]
-  )
+  fields <- c("tensors", "names", "dtypes", "shapes", "kinds", "exact")
+  spec[fields] <- lapply(spec[fields], function(v) v[k])
   spec
 }
 
@@ -206,6 +248,24 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
       return(res)
     }
     what <- if (to == "raw") "Can't serialize the tensors." else sprintf("Can't write %s.", describe_source(label))
+    k <- match(res$tensor, spec$names)
+    if (identical(res$kind, "conversion") && !is.na(k) && spec$exact[[k]]) {
+      # The dtype came from the tensor's attribute, not from the caller.
+      name <- spec$names[[k]]
+      dtype <- spec$dtypes[[k]]
+      st_abort(
+        "conversion",
+        c(
+          cli_escape(what),
+          x = cli_escape(sentence(res$message)),
+          i = "The dtype {.val {dtype}} came from the tensor's {.val dtype} attribute, which is used only if {dtype} holds every value exactly.",
+          i = "Choose a dtype with {.code dtype = c({encodeString(name, quote = '\"')} = \"F64\")} (a narrower one rounds), or drop the attribute with {.code attr(x, \"dtype\") <- NULL}."
+        ),
+        tensor = name,
+        dtype = dtype,
+        call = call
+      )
+    }
     st_check(res, what, call = call)
   }
   # A connection gets the bytes as they are made only when framework

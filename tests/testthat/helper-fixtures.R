@@ -110,3 +110,10 @@ hand_made <- function(metadata = "{\"format\":\"pt\"}") {
   )
 }
 
+
+# `x` as loaded from a tensor of `dtype`: its values rounded to that dtype,
+# with the "dtype" attribute (which then saves it back exactly).
+as_dtype <- function(x, dtype) {
+  attr(x, "dtype") <- NULL
+  safe_deserialize(safe_serialize(list(x = x), dtype = dtype))$x
+}

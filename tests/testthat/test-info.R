@@ -3,16 +3,17 @@ test_that("safe_info() describes every tensor with absolute offsets", {
   info <- safe_info(bytes)
   expect_s3_class(info, "data.frame")
   expect_named(info, c("name", "dtype", "shape", "numel", "bytes", "begin", "end"))
-  expect_identical(info$name, c("a", "b"))
-  expect_identical(info$dtype, c("F64", "I32"))
-  expect_identical(unclass(info$shape), list(integer(0), 2L))
-  expect_identical(info$numel, c(1, 2))
+  # In the order the header lists them (its data come in another order).
+  expect_identical(info$name, c("b", "a"))
+  expect_identical(info$dtype, c("I32", "F64"))
+  expect_identical(unclass(info$shape), list(2L, integer(0)))
+  expect_identical(info$numel, c(2, 1))
   expect_identical(info$bytes, c(8, 8))
   n <- readBin(bytes[1:4], "integer", size = 4, endian = "little")
-  expect_identical(info$begin, 8 + n + c(0, 8))
-  expect_identical(info$end, 8 + n + c(8, 16))
+  expect_identical(info$begin, 8 + n + c(8, 0))
+  expect_identical(info$end, 8 + n + c(16, 8))
   # The offsets address the tensors' bytes in the file.
-  expect_identical(readBin(bytes[(info$begin[[2]] + 1):info$end[[2]]], "integer", 2, size = 4), c(7L, -7L))
+  expect_identical(readBin(bytes[(info$begin[[1]] + 1):info$end[[1]]], "integer", 2, size = 4), c(7L, -7L))
 })
 
 test_that("safe_info() agrees across paths, raw vectors, connections and handles", {
@@ -38,7 +39,7 @@ test_that("a connection is read up to the end of the header only", {
   con <- rawConnection(bytes, "rb")
   withr::defer(close(con))
   info <- safe_info(con)
-  expect_identical(info$name, c("a", "b"))
+  expect_identical(info$name, c("b", "a"))
   # What is left in the connection is exactly the data section.
   rest <- readBin(con, "raw", 1000)
   expect_identical(rest, utils::tail(bytes, 16))
@@ -62,7 +63,7 @@ test_that("safe_info() and safe_metadata() read no tensor data", {
   expect_error(safe_info(truncated), class = "safetensors_error_incomplete_buffer")
   con <- rawConnection(truncated, "rb")
   withr::defer(close(con))
-  expect_identical(safe_info(con)$name, c("a", "b"))
+  expect_identical(safe_info(con)$name, c("b", "a"))
 })
 
 test_that("malformed headers are classed errors", {

@@ -5,15 +5,15 @@ lazy_tensors <- function() {
     mat = matrix(as.numeric(1:30), 5, 6),
     arr = array(as.numeric(1:60), c(3, 4, 5)),
     a4 = array(as.numeric(1:120), c(2, 3, 4, 5)),
-    f32 = structure(matrix(seq(-2, 2, length.out = 24), 4, 6), dtype = "F32"),
-    f16 = structure(array(seq(0, 5.75, by = 0.25), c(2, 3, 4)), dtype = "F16"),
-    bf16 = structure(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), dtype = "BF16"),
+    f32 = as_dtype(matrix(seq(-2, 2, length.out = 24), 4, 6), "F32"),
+    f16 = as_dtype(array(seq(0, 5.75, by = 0.25), c(2, 3, 4)), "F16"),
+    bf16 = as_dtype(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), "BF16"),
     i64 = structure(matrix(c(-3, 5, 2^40, 7, 8, 9), 3, 2), dtype = "I64"),
     u8 = structure(matrix(0:19, 4, 5), dtype = "U8"),
     int = matrix(-5:6, 3, 4),
     lgl = matrix(c(TRUE, FALSE, NA, TRUE, TRUE, FALSE) %in% TRUE, 2, 3),
     cplx = matrix(complex(real = 1:6, imaginary = -(1:6)), 3, 2),
-    f4 = structure(matrix(c(0, 0.5, 1, 1.5, 2, 3, 4, 6), 2, 4), dtype = "F4"),
+    f4 = as_dtype(matrix(c(0, 0.5, 1, 1.5, 2, 3, 4, 6), 2, 4), "F4"),
     scalar = structure(42L, shape = integer(0)),
     empty = matrix(numeric(0), 0, 3),
     `with space` = 1:3,
@@ -319,9 +319,9 @@ test_that("slices agree with Python's safe_open(...).get_slice", {
   skip_without_python()
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(list(
-    m = structure(matrix(as.numeric(1:42), 6, 7), dtype = "F32"),
+    m = as_dtype(matrix(as.numeric(1:42), 6, 7), "F32"),
     a = structure(array(0:119, c(4, 5, 6)), dtype = "I64"),
-    h = structure(array(seq(0, 29.5, by = 0.5), c(3, 4, 5)), dtype = "F16"),
+    h = as_dtype(array(seq(0, 29.5, by = 0.5), c(3, 4, 5)), "F16"),
     v = structure(0:9, dtype = "U8")
   ), path)
   # Each case: the tensor, the R indices (drop = FALSE) and Python's.

@@ -155,8 +155,14 @@ test_that("tensors must be a list of uniquely named R arrays", {
   expect_error(safe_serialize(data.frame(a = 1)), class = "safetensors_error_invalid_argument")
   expect_error(safe_serialize(list(a = "text")), class = "safetensors_error_invalid_argument")
   expect_error(safe_serialize(list(a = list(1))), class = "safetensors_error_invalid_argument")
-  # The empty name is a name.
-  expect_named(safe_deserialize(safe_serialize(list(a = 1, 2))), c("a", ""))
+  # A list named in part is refused, with the positions of the missing names.
+  cnd <- expect_error(safe_serialize(list(a = 1, 2, 3)), class = "safetensors_error_invalid_argument")
+  expect_match(conditionMessage(cnd), "Tensors 2 and 3 have none", fixed = TRUE)
+  expect_snapshot(safe_serialize(list(a = 1, 2)), error = TRUE)
+  # A loaded list keeps the empty name its file had.
+  loaded <- safe_load_file(fixture("multi.safetensors"))
+  expect_true("" %in% names(loaded))
+  expect_identical(names(safe_deserialize(safe_serialize(loaded))), names(loaded))
 })
 
 test_that("metadata must be named single strings", {
@@ -175,11 +181,20 @@ test_that("metadata must be named single strings", {
   expect_null(meta(NULL))
 })
 
-test_that("`...` is accepted for 0.2.x compatibility, with a warning for unknown names", {
+test_that("`...` takes 0.2.x's `framework`, and anything else is an error that names it", {
   x <- list(a = 1)
+  path <- withr::local_tempfile(fileext = ".safetensors")
   expect_no_warning(safe_serialize(x, framework = "torch"))
-  expect_warning(safe_serialize(x, foo = 1), class = "safetensors_warning_ignored_argument")
-  expect_warning(safe_save_file(x, withr::local_tempfile(), 2), class = "safetensors_warning_ignored_argument")
+  expect_no_warning(safe_save_file(x, path, framework = "torch"))
+  expect_error(safe_serialize(x, foo = 1), class = "safetensors_error_invalid_argument")
+  # Nothing is written when an argument is wrong.
+  expect_error(safe_save_file(x, path, metdata = list(k = "v")), class = "safetensors_error_invalid_argument")
+  expect_identical(safe_metadata(path), NULL)
+  expect_snapshot(error = TRUE, {
+    safe_save_file(x, path, metdata = list(k = "v"))
+    safe_save_file(x, path, "F32")
+    safe_serialize(x, dtypes = "F32", foo = 1)
+  }, transform = function(x) gsub(path, "<path>", x, fixed = TRUE))
 })
 
 test_that("safe_save_file() writes what safe_serialize() returns, to paths and connections", {
@@ -287,4 +302,71 @@ test_that("objects with safe_tensor_meta() and safe_tensor_buffer() methods are 
   expect_identical(safe_deserialize(raw)$x, structure(matrix(1:6, 2, byrow = TRUE), dtype = "U8"))
   err <- expect_error(safe_serialize(list(x = structure(list(), class = "st_no_methods"))), class = "safetensors_error_invalid_argument")
   expect_match(conditionMessage(err), "st_no_methods", fixed = TRUE)
+})
+
+test_that("every tensor starts at a multiple of its element size, and loads in the order saved", {
+  x <- list(
+    flag = TRUE, w = c(1.5, 2.5), h = structure(c(0.5, 1), dtype = "F16"), q = as.raw(1:3),
+    i = 1:3, big = structure(c(1, 2), dtype = "I64"), f4 = structure(c(0.5, 1), dtype = "F4")
+  )
+  bytes <- safe_serialize(x)
+  info <- safe_info(bytes)
+  # The header lists them as given; their data are stored by alignment.
+  expect_identical(info$name, names(x))
+  size <- c(BOOL = 1, F64 = 8, F16 = 2, U8 = 1, I32 = 4, I64 = 8, F4 = 1)
+  expect_true(all(info$begin %% size[info$dtype] == 0))
+  expect_identical(info$name[order(info$begin)], c("w", "big", "i", "h", "flag", "q", "f4"))
+  y <- safe_deserialize(bytes)
+  expect_named(y, names(x))
+  expect_identical(y$w, structure(array(c(1.5, 2.5)), dtype = "F64"))
+  # Saving what was loaded gives the same bytes.
+  expect_identical(safe_serialize(y), bytes)
+})
+
+test_that("names and metadata are written as UTF-8 whatever their encoding", {
+  latin <- iconv("café", "UTF-8", "latin1")
+  expect_identical(Encoding(latin), "latin1")
+  x <- setNames(list(1, 2:3), c(latin, "b"))
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path, metadata = setNames(c(latin, "v"), c("k", latin)))
+  y <- safe_load_file(path)
+  expect_identical(names(y), c("café", "b"))
+  expect_identical(safe_metadata(path), c(café = "v", k = "café"))
+  # The header holds UTF-8 bytes, as Python requires.
+  header <- rawToChar(read_bytes(path)[9:40])
+  Encoding(header) <- "UTF-8"
+  expect_true(validUTF8(header))
+  expect_match(header, "caf\u00e9", fixed = TRUE)
+  # Strings that can't be converted are refused before anything is written.
+  bytes_name <- "caf\xe9"
+  Encoding(bytes_name) <- "bytes"
+  unlink(path)
+  expect_error(safe_save_file(setNames(list(1), bytes_name), path), class = "safetensors_error_invalid_argument")
+  expect_error(safe_save_file(list(a = 1), path, metadata = list(k = bytes_name)), class = "safetensors_error_invalid_argument")
+  expect_false(file.exists(path))
+})
+
+test_that("the \"dtype\" attribute keeps a dtype only where it holds the values exactly", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(w = c(0.5, 1.25, -3)), path, dtype = "F16")
+  w <- safe_load_file(path)$w
+  # Unchanged, or changed to values F16 holds: saved as F16.
+  expect_identical(safe_info(safe_serialize(list(w = w)))$dtype, "F16")
+  expect_identical(safe_info(safe_serialize(list(w = w * 2)))$dtype, "F16")
+  # Values F16 can't hold exactly: an error that says where the dtype came from.
+  cnd <- expect_error(safe_serialize(list(w = w + 1 / 3)), class = "safetensors_error_conversion")
+  expect_identical(cnd$dtype, "F16")
+  expect_identical(cnd$tensor, "w")
+  expect_error(safe_serialize(list(w = w * 1e6)), class = "safetensors_error_conversion")
+  expect_snapshot(error = TRUE, {
+    safe_serialize(list(w = w + 1 / 3))
+    safe_serialize(list(w = w * 1e6))
+  })
+  # The two ways out: choose the dtype (which rounds), or drop the attribute.
+  expect_identical(safe_info(safe_serialize(list(w = w + 1 / 3), dtype = c(w = "F16")))$dtype, "F16")
+  v <- w + 1 / 3
+  attr(v, "dtype") <- NULL
+  expect_identical(safe_info(safe_serialize(list(w = v)))$dtype, "F64")
+  # A dtype chosen with `dtype` for all tensors counts as chosen too.
+  expect_identical(safe_info(safe_serialize(list(w = w + 1 / 3), dtype = "BF16"))$dtype, "BF16")
 })

@@ -1,7 +1,7 @@
 shard_tensors <- function() {
   list(
     embed = matrix(as.numeric(1:40), 10, 4),
-    w1 = structure(matrix(seq(0, 1, length.out = 30), 5, 6), dtype = "F32"),
+    w1 = as_dtype(matrix(seq(0, 1, length.out = 30), 5, 6), "F32"),
     b1 = as.numeric(1:6),
     w2 = structure(array(1:24, c(2, 3, 4)), dtype = "I16"),
     flag = c(TRUE, FALSE)
@@ -183,4 +183,108 @@ test_that("the index is the JSON Python's json.dumps(indent=2, sort_keys=True) w
     "sys.stdout.write(json.dumps(d, indent=2, sort_keys=True) + '\\n')"
   ), index)
   expect_identical(out, readLines(index))
+})
+
+# The tensors of a checkpoint set `k` (`n` tensors of 400 bytes each).
+set_tensors <- function(k, n) {
+  structure(
+    lapply(seq_len(n), function(i) seq(k * 1000 + i, by = 1, length.out = 50)),
+    names = sprintf("layer.%d.weight", seq_len(n))
+  )
+}
+
+# The files of folder `dir` that make up checkpoints (shards and index).
+checkpoint_files <- function(dir) {
+  sort(list.files(dir, pattern = "safetensors"))
+}
+
+test_that("saving into a folder replaces the checkpoint that was there, as a whole", {
+  dir <- withr::local_tempdir()
+  writeLines("{}", file.path(dir, "config.json"))
+  load_dir <- function() lapply(safe_load_file(dir), as.vector)
+  # Three shards, then four, then four again, then two tensors in one file.
+  safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00003.safetensors", 1:3), "model.safetensors.index.json"))
+  expect_identical(load_dir(), lapply(set_tensors(1, 6), as.vector))
+
+  safe_save_file(set_tensors(2, 8), dir, max_shard_size = 800)
+  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.safetensors", 1:4), "model.safetensors.index.json"))
+  expect_identical(load_dir(), lapply(set_tensors(2, 8), as.vector))
+
+  # The same shard names as the checkpoint there: the new shards take
+  # other names until the new index replaces the old one.
+  safe_save_file(set_tensors(3, 7), dir, max_shard_size = 800)
+  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.b.safetensors", 1:4), "model.safetensors.index.json"))
+  expect_identical(load_dir(), lapply(set_tensors(3, 7), as.vector))
+  safe_save_file(set_tensors(4, 8), dir, max_shard_size = 800)
+  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.safetensors", 1:4), "model.safetensors.index.json"))
+
+  # Everything fits in one file: the index and the shards go.
+  safe_save_file(set_tensors(5, 2), dir, max_shard_size = 800)
+  expect_identical(checkpoint_files(dir), "model.safetensors")
+  expect_identical(load_dir(), lapply(set_tensors(5, 2), as.vector))
+  # And back to shards: the single file goes.
+  safe_save_file(set_tensors(6, 4), dir, max_shard_size = 800)
+  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00002.safetensors", 1:2), "model.safetensors.index.json"))
+  # Without max_shard_size, a folder gets one file.
+  safe_save_file(set_tensors(7, 3), dir)
+  expect_identical(checkpoint_files(dir), "model.safetensors")
+  expect_identical(load_dir(), lapply(set_tensors(7, 3), as.vector))
+  # Other files are left alone.
+  expect_true(file.exists(file.path(dir, "config.json")))
+})
+
+test_that("a folder loads through its index, else its model.safetensors", {
+  dir <- withr::local_tempdir()
+  expect_error(safe_load_file(dir), class = "safetensors_error_file_not_found")
+  safe_save_file(set_tensors(1, 4), dir, max_shard_size = 800, metadata = list(k = "v"))
+  want <- safe_load_file(file.path(dir, "model.safetensors.index.json"))
+  expect_identical(safe_load_file(dir), want)
+  h <- safe_open(dir)
+  expect_identical(names(h), names(want))
+  expect_identical(h[["layer.2.weight"]], want[["layer.2.weight"]])
+  close(h)
+  expect_identical(safe_info(dir)$name, names(want))
+  expect_identical(safe_metadata(dir), c(k = "v"))
+  expect_identical(safetensors$new(dir)$keys(), names(want))
+  safe_save_file(list(a = 1), dir)
+  expect_identical(names(safe_load_file(dir)), "a")
+  expect_identical(safe_info(dir)$name, "a")
+})
+
+test_that("a save killed at any point leaves the old checkpoint or the new one, never a mix", {
+  skip_on_cran()
+  skip_if_not_installed("callr")
+  dir <- withr::local_tempdir()
+  old <- set_tensors(1, 40)
+  new <- set_tensors(2, 48)
+  # Large enough that the kill lands in the middle: 48 x 2 MB in shards of 8 MB.
+  big <- function(x) lapply(x, function(v) rep(v, 5000))
+  safe_save_file(big(old), dir, max_shard_size = 8e6)
+  want_old <- lapply(big(old), as.vector)
+  want_new <- lapply(big(new), as.vector)
+  start <- Sys.time()
+  bg <- callr::r_bg(function(dir, x) safetensors::safe_save_file(x, dir, max_shard_size = 8e6), list(dir, big(new)), libpath = .libPaths())
+  bg$wait()
+  full <- as.numeric(Sys.time() - start, units = "secs")
+  expect_identical(lapply(safe_load_file(dir), as.vector), want_new)
+  seen <- character()
+  for (frac in c(0.1, 0.3, 0.5, 0.7, 0.85, 0.95)) {
+    safe_save_file(big(if (length(seen) %% 2 == 0) old else new), dir, max_shard_size = 8e6)
+    before <- lapply(safe_load_file(dir), as.vector)
+    after <- if (identical(before, want_old)) want_new else want_old
+    bg <- callr::r_bg(
+      function(dir, x) safetensors::safe_save_file(x, dir, max_shard_size = 8e6),
+      list(dir, if (identical(after, want_new)) big(new) else big(old)),
+      libpath = .libPaths()
+    )
+    Sys.sleep(frac * full)
+    bg$kill()
+    got <- lapply(safe_load_file(dir), as.vector)
+    state <- if (identical(got, before)) "old" else if (identical(got, after)) "new" else "mix"
+    expect_true(state %in% c("old", "new"), label = sprintf("killed after %.0f%%", 100 * frac))
+    seen <- c(seen, state)
+  }
+  # Some kills landed before the commit and some after.
+  expect_true("old" %in% seen)
 })

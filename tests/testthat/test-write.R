@@ -6,7 +6,7 @@ test_that("tensors are described by name, in the engine's named form", {
     list(a = matrix(1:6, 2), b = structure(as.raw(1:4), dtype = "F16", shape = 2L), s = structure(2, shape = integer(0))),
     dtype = c(s = "F32"), metadata = list(k = "v")
   )
-  expect_named(spec, c("tensors", "names", "dtypes", "shapes", "kinds", "metadata"))
+  expect_named(spec, c("tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata"))
   expect_identical(spec$names, c("a", "b", "s"))
   expect_identical(spec$dtypes, c("I32", "F16", "F32"))
   expect_identical(spec$shapes, list(c(2L, 3L), 2, integer(0)))
@@ -38,7 +38,8 @@ test_that("the writer checks its use and cleans up after itself", {
   # A commit before every tensor was written.
   w <- open_writer()
   state <- writer_write_(w, 0)
-  expect_identical(state$current, 1)
+  # The F64 tensor's bytes come first (they have the larger alignment).
+  expect_identical(state$current, 2)
   expect_identical(writer_commit_(w)$kind, "invalid_argument")
   expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
 
@@ -82,4 +83,21 @@ test_that("a connection gets nothing when a value can't be converted", {
   )
   # Not opened, so not emptied.
   expect_identical(readLines(path), "keep")
+})
+
+test_that("a save's progress bar moves within one large tensor", {
+  withr::local_options(
+    rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 2^20,
+    cli.progress_show_after = 0, cli.dynamic = FALSE
+  )
+  withr::local_message_sink(withr::local_tempfile())
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  x <- list(w = matrix(runif(2^20), 1024)) # 8 MiB, one tensor
+  updates <- 0
+  bump <- function() updates <<- updates + 1
+  suppressMessages(trace("cli_progress_update", call("(", as.call(list(bump))), print = FALSE, where = asNamespace("cli")))
+  withr::defer(suppressMessages(untrace("cli_progress_update", where = asNamespace("cli"))))
+  safe_save_file(x, path)
+  expect_gte(updates, 4)
+  expect_identical(safe_load_file(path)$w, structure(x$w, dtype = "F64"))
 })

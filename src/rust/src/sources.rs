@@ -72,10 +72,11 @@ impl Open {
     }
 
     /// The positions of the tensors named in `names` (a character vector,
-    /// or `NULL` for all, in file order), in the order asked.
+    /// or `NULL` for all, in the order the header lists them), in the order
+    /// asked.
     pub fn select(&self, names: &Robj) -> Result<Vec<usize>> {
         if names.is_null() {
-            return Ok((0..self.header.tensors.len()).collect());
+            return Ok(self.header.json_order.clone());
         }
         let Some(wanted) = names.as_str_iter() else {
             return Err(Error::new(Kind::InvalidArgument, "`tensors` must be a character vector"));

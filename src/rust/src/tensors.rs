@@ -470,10 +470,11 @@ unsafe fn named_list_sexp(names: &[&str], values: &mut [&mut dyn FnMut() -> SEXP
 }
 
 /// Header facts for `safe_info()` and handles, one element per tensor in
-/// file order: `list(name, dtype, shape, numel, begin, end, metadata,
-/// header_len, file_len, header)`, `header` as [`header_sexp`] makes it.
+/// the order the header lists them: `list(name, dtype, shape, numel, begin,
+/// end, metadata, header_len, file_len, header)`, `header` as
+/// [`header_sexp`] makes it.
 pub fn info_robj(header: &Header, file_len: u64) -> Result<Robj> {
-    let ts = &header.tensors;
+    let ts: Vec<&TensorInfo> = header.json_order.iter().map(|&i| &header.tensors[i]).collect();
     let numel: Vec<f64> = ts.iter().map(|t| t.numel() as f64).collect();
     let begin: Vec<f64> = ts.iter().map(|t| t.begin as f64).collect();
     let end: Vec<f64> = ts.iter().map(|t| t.end as f64).collect();

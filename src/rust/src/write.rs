@@ -17,7 +17,7 @@ use std::path::Path;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{R_ExternalPtrProtected, R_SetExternalPtrProtected, VECTOR_ELT};
-use safetensors_core::convert::Src;
+use safetensors_core::convert::{Rounding, Src};
 use safetensors_core::dtype::Dtype;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::TensorSpec;
@@ -43,7 +43,7 @@ pub struct SaveHandle {
 }
 
 /// Positions of the description's fields (R/write.R builds it).
-const FIELDS: [&str; 6] = ["tensors", "names", "dtypes", "shapes", "kinds", "metadata"];
+const FIELDS: [&str; 7] = ["tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata"];
 
 fn field(spec: &List, i: usize) -> Result<Robj> {
     let named = spec.names().and_then(|mut names| names.nth(i)) == Some(FIELDS[i]);
@@ -90,7 +90,7 @@ fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Metadata>)> {
         };
         specs.push(TensorSpec { name: name.to_string(), dtype: dt, shape: shape_of(&shape, name)? });
     }
-    let meta = field(spec, 5)?;
+    let meta = field(spec, 6)?;
     let metadata = if meta.is_null() {
         None
     } else {
@@ -119,19 +119,24 @@ fn src_of(x: &Robj) -> Option<Src<'_>> {
     }
 }
 
-/// Each tensor's input, from the description's `tensors` and `kinds`:
-/// `"values"` (an R vector to convert), `"bytes"` (a raw vector of the
-/// bytes as stored) or `"later"` (bytes R puts when the tensor's turn
-/// comes). `values` must outlive the inputs.
-fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], names: &[String]) -> Result<Vec<Input<'a>>> {
+/// Each tensor's input, from the description's `tensors`, `kinds` and
+/// `exact`: `"values"` (an R vector to convert, rounded to nearest or, where
+/// `exact`, written only if the dtype holds every value exactly), `"bytes"`
+/// (a raw vector of the bytes as stored) or `"later"` (bytes R puts when the
+/// tensor's turn comes). `values` must outlive the inputs.
+fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], exact: &[Rbool], names: &[String]) -> Result<Vec<Input<'a>>> {
     values
         .iter()
         .zip(kinds)
+        .zip(exact)
         .zip(names)
-        .map(|((x, &kind), name)| match kind {
-            "values" => src_of(x).map(Input::Values).ok_or_else(|| {
-                Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector"))
-            }),
+        .map(|(((x, &kind), exact), name)| match kind {
+            "values" => {
+                let rounding = if exact.is_true() { Rounding::Exact } else { Rounding::Nearest };
+                src_of(x).map(|src| Input::Values(src, rounding)).ok_or_else(|| {
+                    Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector"))
+                })
+            }
             "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
                 Error::tensor(Kind::InvalidArgument, name, format!("the buffer of tensor `{name}` must be raw"))
             }),
@@ -164,14 +169,16 @@ fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>)
     let spec = spec_of(w)?;
     let values: Vec<Robj> = List::try_from(&field(&spec, 0)?).map_err(|_| malformed())?.values().collect();
     let kinds = field(&spec, 4)?;
+    let exact = field(&spec, 5)?;
     let names = field(&spec, 1)?;
-    let (Some(kinds), Some(names)) = (kinds.as_str_vector(), names.as_string_vector()) else {
+    let (Some(kinds), Some(exact), Some(names)) = (kinds.as_str_vector(), exact.as_logical_slice(), names.as_string_vector())
+    else {
         return Err(malformed());
     };
-    if kinds.len() != values.len() || names.len() != values.len() {
+    if kinds.len() != values.len() || exact.len() != values.len() || names.len() != values.len() {
         return Err(malformed());
     }
-    let res = inputs_of(&values, &kinds, &names).and_then(|inputs| f(out, &inputs));
+    let res = inputs_of(&values, &kinds, exact, &names).and_then(|inputs| f(out, &inputs));
     if res.is_err() {
         // Dropping a file sink removes its temporary file.
         state.take();

@@ -810,6 +810,44 @@ pub struct BadValue {
     pub value: Num,
 }
 
+/// Whether a value read back is the value written: equal, or both NaN.
+#[inline(always)]
+fn same(back: f64, v: f64) -> bool {
+    back == v || (back.is_nan() && v.is_nan())
+}
+
+/// Whether `dtype` holds `v` when rounding to nearest: for messages about
+/// values that [`Rounding::Exact`] refused.
+pub fn fits_rounded(dtype: Dtype, v: Num) -> bool {
+    let src_one: [f64; 1];
+    let ints: [i32; 1];
+    let src = match v {
+        Num::F(x) => {
+            src_one = [x];
+            Src::Real(&src_one)
+        }
+        Num::I(i) => match i32::try_from(i) {
+            Ok(i) => {
+                ints = [i];
+                Src::Integer(&ints)
+            }
+            Err(_) => return false,
+        },
+        _ => return false,
+    };
+    let mut one = [0u8; 8];
+    encode_generic(dtype, src, &[1], 0, 1, &mut one, Rounding::Nearest)
+}
+
+/// How [`encode_with`] treats a value a float dtype can't hold exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Rounds it to nearest, ties to even (values out of range fail).
+    Nearest,
+    /// Fails: only values the dtype holds exactly are written (NaN too).
+    Exact,
+}
+
 /// Why [`encode`] failed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum EncodeError {
@@ -853,6 +891,20 @@ pub fn encode(
     row1: usize,
     out: &mut [u8],
 ) -> std::result::Result<(), EncodeError> {
+    encode_with(dtype, src, shape, row0, row1, out, Rounding::Nearest)
+}
+
+/// [`encode`], with floats narrower than F64 rounded or kept exact as
+/// `rounding` says (other dtypes take exact values either way).
+pub fn encode_with(
+    dtype: Dtype,
+    src: Src<'_>,
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    out: &mut [u8],
+    rounding: Rounding,
+) -> std::result::Result<(), EncodeError> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
     let (Some(numel), Some(need)) = (numel, need) else {
@@ -870,8 +922,17 @@ pub fn encode(
             ekernel::<$w, _>($x, shape, row0, row1, out, |$v| $e)
         };
     }
+    let exact = rounding == Rounding::Exact;
     let ok = match (dtype, src) {
         (Dtype::F64, Src::Real(x)) => k!(8, x, |v| Some(v.to_le_bytes())),
+        (Dtype::F32, Src::Real(x)) if exact => k!(4, x, |v| {
+            let f = narrow_f32(v);
+            same(f as f64, v).then_some(f.to_le_bytes())
+        }),
+        (Dtype::F16 | Dtype::BF16, Src::Real(x)) if exact => match floats::codec(dtype) {
+            Some(c) => k!(2, x, |v| c.encode(v).filter(|&b| same(c.decode(b), v)).map(|b| (b as u16).to_le_bytes())),
+            None => false,
+        },
         (Dtype::F32, Src::Real(x)) => k!(4, x, |v| {
             let f = narrow_f32(v);
             (f.is_finite() || !v.is_finite()).then_some(f.to_le_bytes())
@@ -885,12 +946,12 @@ pub fn encode(
         (Dtype::I64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as i64).to_le_bytes())),
         (Dtype::U8, Src::Raw(x)) => k!(1, x, |v| Some([v])),
         (Dtype::Bool, Src::Logical(x)) => k!(1, x, |v| (v == 0 || v == 1).then_some([v as u8])),
-        _ => encode_generic(dtype, src, shape, row0, row1, out),
+        _ => encode_generic(dtype, src, shape, row0, row1, out, rounding),
     };
     if ok {
         return Ok(());
     }
-    Err(match first_bad(dtype, src) {
+    Err(match first_bad(dtype, src, rounding) {
         Some(bad) => EncodeError::Value(bad),
         // Every value encodes alone: the pair of types is one no kernel
         // takes (complex into a real dtype), which R rejects beforehand.
@@ -899,11 +960,11 @@ pub fn encode(
 }
 
 /// The first element of `src`, in R's order, that `dtype` can't hold.
-fn first_bad(dtype: Dtype, src: Src<'_>) -> Option<BadValue> {
+fn first_bad(dtype: Dtype, src: Src<'_>, rounding: Rounding) -> Option<BadValue> {
     let mut one = [0u8; 8];
     (0..src.len()).find_map(|i| {
         one = [0; 8];
-        let ok = encode_generic(dtype, src.slice(i, 1), &[1], 0, 1, &mut one);
+        let ok = encode_generic(dtype, src.slice(i, 1), &[1], 0, 1, &mut one, rounding);
         (!ok).then(|| BadValue { index: i, value: get(src, i) })
     })
 }
@@ -1007,8 +1068,19 @@ fn etranspose<const W: usize, S: Copy, F: FnMut(S) -> Option<[u8; W]>>(
 /// reference the fast kernels are tested against, and the path for the
 /// rarer pairs. Returns whether every value could be encoded (those that
 /// couldn't are left as zero bytes).
-fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1: usize, out: &mut [u8]) -> bool {
+fn encode_generic(
+    dtype: Dtype,
+    src: Src<'_>,
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    out: &mut [u8],
+    rounding: Rounding,
+) -> bool {
     let mut ok = true;
+    let exact = rounding == Rounding::Exact;
+    // With `Exact`, a code only if it decodes to the value itself.
+    let keep = |code: Option<u32>, x: f64, decode: &dyn Fn(u32) -> f64| code.filter(|&b| !exact || same(decode(b), x));
     macro_rules! run {
         ($w:literal, |$v:ident| $e:expr) => {{
             for_each_index(shape, row0, row1, |rm, cm| {
@@ -1025,21 +1097,25 @@ fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
         Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
             let f = narrow_f32(x);
-            (f.is_finite() || !x.is_finite()).then(|| f.to_le_bytes())
+            let fits = if exact { same(f as f64, x) } else { f.is_finite() || !x.is_finite() };
+            fits.then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
             let Some(c) = floats::codec(dtype) else {
                 return false;
             };
-            run!(2, |v| v.real().and_then(|x| c.encode(x)).map(|b| (b as u16).to_le_bytes()))
+            run!(2, |v| v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| (b as u16).to_le_bytes()))
         }
         Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
             let Some(c) = floats::codec(dtype) else {
                 return false;
             };
-            run!(1, |v| v.real().and_then(|x| c.encode(x)).map(|b| [b as u8]))
+            run!(1, |v| v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| [b as u8]))
         }
-        Dtype::F8E8M0 => run!(1, |v| v.real().and_then(encode_e8m0).map(|b| [b])),
+        Dtype::F8E8M0 => run!(1, |v| v
+            .real()
+            .and_then(|x| keep(encode_e8m0(x).map(u32::from), x, &|b| decode_e8m0(b as u8)))
+            .map(|b| [b as u8])),
         Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
             let Some(c) = floats::codec(dtype) else {
                 return false;
@@ -1047,7 +1123,7 @@ fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1
             let bits = dtype.bits();
             for_each_index(shape, row0, row1, |rm, cm| {
                 let v = get(src, cm);
-                match v.real().and_then(|x| c.encode(x)) {
+                match v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))) {
                     Some(code) => {
                         let pos = rm * bits;
                         let word = code << (pos % 8);
@@ -1077,7 +1153,7 @@ fn encode_generic(dtype: Dtype, src: Src<'_>, shape: &[usize], row0: usize, row1
                     None => (f64::NAN, f64::NAN),
                 },
             };
-            let fits = |x: f64, f: f32| f.is_finite() || !x.is_finite();
+            let fits = |x: f64, f: f32| if exact { same(f as f64, x) } else { f.is_finite() || !x.is_finite() };
             let (fr, fi) = (narrow_f32(re), narrow_f32(im));
             (v != Num::Na && fits(re, fr) && fits(im, fi)).then(|| {
                 let mut b = [0u8; 8];
@@ -1204,6 +1280,37 @@ mod tests {
         assert_eq!(encode(Dtype::U8, Src::Real(&vals), &[2, 3], 0, 2, &mut b[..5]), Err(EncodeError::Mismatch));
         assert_eq!(encode(Dtype::U8, Src::Real(&vals), &[2, 3], 1, 3, &mut b), Err(EncodeError::Mismatch));
         assert_eq!(b, vec![0u8; 6]);
+    }
+
+    #[test]
+    fn exact_rounding_keeps_only_values_the_dtype_holds() {
+        let third = [1.0 / 3.0];
+        let whole = [0.5, -2.0, 0.0, f64::INFINITY, f64::NAN];
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F8E4M3, Dtype::F8E5M2, Dtype::F6E2M3, Dtype::F4] {
+            let n = if dtype.bits() % 8 == 0 { 1 } else { 4 };
+            let thirds = vec![1.0 / 3.0; n];
+            let mut out = vec![0u8; 8];
+            let bytes = dtype.bytes_for(n).unwrap();
+            assert!(encode_with(dtype, Src::Real(&thirds), &[n], 0, n, &mut out[..bytes], Rounding::Nearest).is_ok(), "{dtype}");
+            out.fill(0);
+            let e = encode_with(dtype, Src::Real(&thirds), &[n], 0, n, &mut out[..bytes], Rounding::Exact).unwrap_err();
+            assert!(matches!(e, EncodeError::Value(BadValue { index: 0, .. })), "{dtype}");
+            assert!(fits_rounded(dtype, Num::F(third[0])), "{dtype}");
+        }
+        // Values every float dtype holds (those with infinities and NaN).
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F8E5M2] {
+            let mut out = vec![0u8; 5 * 4];
+            let bytes = dtype.bytes_for(5).unwrap();
+            encode_with(dtype, Src::Real(&whole), &[5], 0, 5, &mut out[..bytes], Rounding::Exact).unwrap();
+            let ints = [1, 2, -8];
+            encode_with(dtype, Src::Integer(&ints), &[3], 0, 3, &mut out[..dtype.bytes_for(3).unwrap()], Rounding::Exact).unwrap();
+        }
+        // 2^24 + 1 is exact in F64 and I32 but not in F32.
+        let big = [16_777_217];
+        let mut out = [0u8; 4];
+        assert!(encode_with(Dtype::F32, Src::Integer(&big), &[1], 0, 1, &mut out, Rounding::Exact).is_err());
+        assert!(encode_with(Dtype::F32, Src::Integer(&big), &[1], 0, 1, &mut out, Rounding::Nearest).is_ok());
+        assert!(!fits_rounded(Dtype::F16, Num::F(1e6)));
     }
 
     fn encode_all(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> std::result::Result<Vec<u8>, EncodeError> {
@@ -1541,7 +1648,7 @@ mod tests {
         let mut first_bad: Option<usize> = None;
         for (rm, &c) in cm.iter().enumerate() {
             let mut one = [0u8; 8];
-            if encode_generic(dtype, src.slice(c, 1), &[1], 0, 1, &mut one) {
+            if encode_generic(dtype, src.slice(c, 1), &[1], 0, 1, &mut one, Rounding::Nearest) {
                 if bits % 8 == 0 {
                     let w = bits / 8;
                     out[rm * w..rm * w + w].copy_from_slice(&one[..w]);

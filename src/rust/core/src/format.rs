@@ -232,19 +232,35 @@ pub struct Layout {
     pub prefix: Vec<u8>,
     /// `(begin, end)` for each tensor, in the order given.
     pub offsets: Vec<(usize, usize)>,
+    /// The tensors (positions in the order given) in the order of the data
+    /// section.
+    pub order: Vec<usize>,
 }
 
 impl Layout {
     /// Total file size.
     pub fn file_len(&self) -> Option<usize> {
-        let data = self.offsets.last().map_or(0, |o| o.1);
+        let data = self.offsets.iter().map(|o| o.1).max().unwrap_or(0);
         self.prefix.len().checked_add(data)
     }
 }
 
-/// Builds the header for `tensors`, stored back to back in the order given,
-/// with `metadata` written first and its keys sorted. The JSON is compact and
+/// The alignment a writer gives `dtype`'s tensors, in bytes: its element
+/// size, 1 for the sub-byte dtypes.
+pub fn alignment(dtype: Dtype) -> usize {
+    (dtype.bits() / 8).max(1)
+}
+
+/// Builds the header for `tensors`, listed in the order given, with
+/// `metadata` written first and its keys sorted. The JSON is compact and
 /// padded with spaces to a multiple of 8 bytes, as the reference writes it.
+///
+/// The data are stored back to back in order of [`alignment`], largest
+/// first, and in the order given among equals (the reference writer orders
+/// by dtype, largest first, then by name): as the data section starts at a
+/// multiple of 8, every tensor then starts at a multiple of its element
+/// size. A file whose header lists its tensors in that order (every file
+/// Python's `safetensors` writes) is written again with the same bytes.
 pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> Result<Layout> {
     let mut seen = HashSet::with_capacity(tensors.len());
     for t in tensors {
@@ -289,8 +305,8 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
         json.push(b'}');
         first = false;
     }
-    let mut offsets = Vec::with_capacity(tensors.len());
-    let mut pos = 0usize;
+    // Each tensor's size first, then its offset in the order of the data.
+    let mut sizes = Vec::with_capacity(tensors.len());
     for t in tensors {
         let numel = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let Some(numel) = numel else {
@@ -309,9 +325,21 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
                 ),
             ));
         };
-        let Some(end) = pos.checked_add(nbytes) else {
-            return Err(Error::tensor(Kind::Overflow, &t.name, "the total size of the tensors overflows"));
+        sizes.push(nbytes);
+    }
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    // A stable sort: equals keep the order given.
+    order.sort_by_key(|&i| std::cmp::Reverse(alignment(tensors[i].dtype)));
+    let mut offsets = vec![(0usize, 0usize); tensors.len()];
+    let mut pos = 0usize;
+    for &i in &order {
+        let Some(end) = pos.checked_add(sizes[i]) else {
+            return Err(Error::tensor(Kind::Overflow, &tensors[i].name, "the total size of the tensors overflows"));
         };
+        offsets[i] = (pos, end);
+        pos = end;
+    }
+    for (t, &(begin, end)) in tensors.iter().zip(&offsets) {
         if !first {
             json.push(b',');
         }
@@ -326,9 +354,7 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
             }
             json.extend_from_slice(d.to_string().as_bytes());
         }
-        json.extend_from_slice(format!("],\"data_offsets\":[{pos},{end}]}}").as_bytes());
-        offsets.push((pos, end));
-        pos = end;
+        json.extend_from_slice(format!("],\"data_offsets\":[{begin},{end}]}}").as_bytes());
     }
     json.push(b'}');
     let padded = json.len().next_multiple_of(N_LEN);
@@ -342,7 +368,7 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
     let mut prefix = Vec::with_capacity(N_LEN + padded);
     prefix.extend_from_slice(&(padded as u64).to_le_bytes());
     prefix.extend_from_slice(&json);
-    Ok(Layout { prefix, offsets })
+    Ok(Layout { prefix, offsets, order })
 }
 
 /// Appends `s` as a JSON string, escaped exactly as serde_json (and so the
@@ -497,6 +523,33 @@ impl<'de> DeserializeSeed<'de> for MetadataSeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_are_ordered_by_alignment_and_the_header_as_given() {
+        let t = |name: &str, dtype: Dtype, shape: &[usize]| TensorSpec { name: name.into(), dtype, shape: shape.to_vec() };
+        let specs = [
+            t("flag", Dtype::Bool, &[1]),
+            t("w", Dtype::F64, &[2]),
+            t("h", Dtype::F16, &[3]),
+            t("q", Dtype::F4, &[2]),
+            t("f", Dtype::F32, &[1]),
+            t("v", Dtype::F64, &[1]),
+        ];
+        let l = layout(&specs, None).unwrap();
+        // Largest alignment first, the order given among equals.
+        assert_eq!(l.order, vec![1, 5, 4, 2, 0, 3]);
+        assert_eq!(l.offsets, vec![(34, 35), (0, 16), (28, 34), (35, 36), (24, 28), (16, 24)]);
+        assert_eq!(l.file_len(), Some(l.prefix.len() + 36));
+        let h = parse_header(&l.prefix[N_LEN..], 36).unwrap();
+        let listed: Vec<&str> = h.json_order.iter().map(|&i| h.tensors[i].name.as_str()).collect();
+        assert_eq!(listed, ["flag", "w", "h", "q", "f", "v"]);
+        for x in &h.tensors {
+            assert_eq!((h.data_start() + x.begin) % alignment(x.dtype), 0, "{}", x.name);
+        }
+        // Already in that order (as Python writes): the data follow the header.
+        let sorted = [t("a", Dtype::U64, &[1]), t("b", Dtype::C64, &[1]), t("c", Dtype::F32, &[1]), t("d", Dtype::U8, &[1]), t("e", Dtype::F4, &[2]), t("f", Dtype::Bool, &[1])];
+        assert_eq!(layout(&sorted, None).unwrap().order, vec![0, 1, 2, 3, 4, 5]);
+    }
 
     fn file(json: &str, data_len: usize) -> Vec<u8> {
         let mut v = (json.len() as u64).to_le_bytes().to_vec();

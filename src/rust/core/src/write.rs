@@ -20,7 +20,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::convert::{self, encode, n_rows, row_len, EncodeError, Num, Src};
+use crate::convert::{self, encode_with, n_rows, row_len, EncodeError, Num, Rounding, Src};
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, TensorSpec};
@@ -116,8 +116,9 @@ impl Sink for Vec<u8> {
 #[derive(Clone, Copy)]
 pub enum Input<'a> {
     /// Values in R's column-major order, converted to the dtype by the
-    /// kernels.
-    Values(Src<'a>),
+    /// kernels: rounded to nearest, or refused unless the dtype holds them
+    /// exactly.
+    Values(Src<'a>, Rounding),
     /// The bytes as stored (row-major, little-endian).
     Bytes(&'a [u8]),
     /// Bytes the caller hands over with [`Writer::put`] when the tensor's
@@ -160,11 +161,10 @@ impl<S: Sink> Writer<S> {
             return Err(Error::new(Kind::Overflow, "the file size overflows"));
         }
         sink.put(&layout.prefix)?;
-        let order = (0..specs.len()).collect();
         let st = State {
             specs,
             offsets: layout.offsets,
-            order,
+            order: layout.order,
             prefix_len: layout.prefix.len(),
             pos: 0,
             rows_done: 0,
@@ -319,7 +319,7 @@ impl State {
         for ((spec, input), &(b, e)) in self.specs.iter().zip(inputs).zip(&self.offsets) {
             let name = spec.name.as_str();
             match *input {
-                Input::Values(values) => {
+                Input::Values(values, _) => {
                     // The layout checked that the element count fits.
                     let numel: usize = spec.shape.iter().product();
                     if values.len() != numel {
@@ -407,32 +407,44 @@ impl State {
             let spec = &self.specs[i];
             let (b, e) = self.offsets[i];
             let nbytes = e - b;
-            let before = buf.len();
+            // A block of at most BLOCK bytes, less to end near the budget;
+            // small tensors are gathered into one block.
+            let room = BLOCK.min(budget - this_call);
             match inputs[i] {
                 Input::Later => break,
                 Input::Bytes(bytes) => {
-                    let n = (nbytes - self.bytes_done).min(BLOCK.saturating_sub(before).max(1));
+                    let n = (nbytes - self.bytes_done).min(room);
+                    if !buf.is_empty() && buf.len() + n > BLOCK {
+                        buf = emit(buf)?;
+                        buf.clear();
+                    }
                     buf.extend_from_slice(&bytes[self.bytes_done..self.bytes_done + n]);
+                    self.bytes_done += n;
+                    self.written += n;
+                    this_call += n;
                 }
-                Input::Values(values) => {
+                Input::Values(values, rounding) => {
                     let shape = convert::kernel_shape(&spec.shape);
                     let rows = n_rows(&shape);
-                    let per = rows_per_block(spec.dtype, &shape);
                     let r0 = self.rows_done;
-                    let r1 = (r0 + per).min(rows);
+                    let r1 = (r0 + rows_per_block(spec.dtype, &shape, room)).min(rows);
                     let len = row_offset(spec.dtype, &shape, r1) - row_offset(spec.dtype, &shape, r0);
+                    if !buf.is_empty() && buf.len() + len > BLOCK {
+                        buf = emit(buf)?;
+                        buf.clear();
+                    }
+                    let before = buf.len();
                     // Zeroed: the sub-byte encoders OR their bits in.
                     buf.resize(before + len, 0);
-                    encode_par(spec, values, &shape, r0, r1, &mut buf[before..], threads)?;
+                    encode_par(spec, values, rounding, &shape, r0, r1, &mut buf[before..], threads)?;
                     self.rows_done = r1;
+                    self.bytes_done += len;
+                    self.written += len;
+                    this_call += len;
                 }
             }
-            let n = buf.len() - before;
-            self.bytes_done += n;
-            self.written += n;
-            this_call += n;
             self.advance_if_done();
-            if buf.len() >= BLOCK {
+            if buf.len() >= BLOCK / 2 {
                 buf = emit(buf)?;
                 buf.clear();
                 poll()?;
@@ -445,11 +457,11 @@ impl State {
     }
 }
 
-/// Outer rows of `shape` per block of about `BLOCK` output bytes (see
-/// [`convert::block_rows`]).
-fn rows_per_block(dtype: Dtype, shape: &[usize]) -> usize {
+/// Outer rows of `shape` per block of about `bytes` output bytes (see
+/// [`convert::block_rows`]: at least one row).
+fn rows_per_block(dtype: Dtype, shape: &[usize], bytes: usize) -> usize {
     let row_bits = row_len(shape).saturating_mul(dtype.bits()).max(1);
-    convert::block_rows(BLOCK * 8 / row_bits, dtype)
+    convert::block_rows(bytes.saturating_mul(8) / row_bits, dtype)
 }
 
 /// Byte offset of outer row `r` of a tensor of `dtype` and (kernel) `shape`.
@@ -459,7 +471,17 @@ fn row_offset(dtype: Dtype, shape: &[usize], r: usize) -> usize {
 
 /// Encodes rows `[r0, r1)` of `values` into `out` (their bytes), splitting
 /// the rows between up to `threads` threads.
-fn encode_par(spec: &TensorSpec, values: Src<'_>, shape: &[usize], r0: usize, r1: usize, out: &mut [u8], threads: usize) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn encode_par(
+    spec: &TensorSpec,
+    values: Src<'_>,
+    rounding: Rounding,
+    shape: &[usize],
+    r0: usize,
+    r1: usize,
+    out: &mut [u8],
+    threads: usize,
+) -> Result<()> {
     let dtype = spec.dtype;
     let rows = r1 - r0;
     // Split only blocks worth a thread, into whole tiles of rows where
@@ -473,7 +495,7 @@ fn encode_par(spec: &TensorSpec, values: Src<'_>, shape: &[usize], r0: usize, r1
     };
     let threads = threads.min(out.len() / PARALLEL_MIN_BLOCK).min(rows / align).max(1);
     if threads == 1 {
-        return encode(dtype, values, shape, r0, r1, out).map_err(|e| conversion_error(spec, e));
+        return encode_with(dtype, values, shape, r0, r1, out, rounding).map_err(|e| conversion_error(spec, e, rounding));
     }
     let per = rows.div_ceil(threads).next_multiple_of(align);
     let mut parts = Vec::with_capacity(threads);
@@ -489,8 +511,9 @@ fn encode_par(spec: &TensorSpec, values: Src<'_>, shape: &[usize], r0: usize, r1
     let results: Vec<std::result::Result<(), EncodeError>> = std::thread::scope(|s| {
         let mut parts = parts.into_iter();
         let first = parts.next();
-        let handles: Vec<_> = parts.map(|(a, b, o)| s.spawn(move || encode(dtype, values, shape, a, b, o))).collect();
-        let mut res = vec![first.map_or(Ok(()), |(a, b, o)| encode(dtype, values, shape, a, b, o))];
+        let enc = move |a, b, o: &mut [u8]| encode_with(dtype, values, shape, a, b, o, rounding);
+        let handles: Vec<_> = parts.map(|(a, b, o)| s.spawn(move || enc(a, b, o))).collect();
+        let mut res = vec![first.map_or(Ok(()), |(a, b, o)| enc(a, b, o))];
         for h in handles {
             res.push(h.join().unwrap_or(Err(EncodeError::Mismatch)));
         }
@@ -498,7 +521,7 @@ fn encode_par(spec: &TensorSpec, values: Src<'_>, shape: &[usize], r0: usize, r1
     });
     // Every failing part reports the same first bad value of the tensor.
     match results.into_iter().find_map(|r| r.err()) {
-        Some(e) => Err(conversion_error(spec, e)),
+        Some(e) => Err(conversion_error(spec, e, rounding)),
         None => Ok(()),
     }
 }
@@ -517,7 +540,7 @@ fn describe(v: Num) -> String {
     }
 }
 
-fn conversion_error(spec: &TensorSpec, e: EncodeError) -> Error {
+fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Error {
     let name = &spec.name;
     let dtype = spec.dtype;
     let EncodeError::Value(bad) = e else {
@@ -529,6 +552,7 @@ fn conversion_error(spec: &TensorSpec, e: EncodeError) -> Error {
     };
     let why = match bad.value {
         Num::Na => format!("NA can't be stored as {dtype}"),
+        v if rounding == Rounding::Exact && convert::fits_rounded(dtype, v) => format!("{dtype} can't hold it exactly"),
         Num::F(x) if dtype.is_integer() && x.is_finite() && x.fract() != 0.0 => {
             format!("{dtype} holds whole numbers only")
         }
@@ -593,22 +617,30 @@ mod tests {
             spec("later", Dtype::U16, &[2, 4]),
             spec("empty", Dtype::F64, &[0, 3]),
         ];
-        let inputs = [Input::Values(Src::Real(&big)), Input::Values(Src::Integer(&ints)), Input::Bytes(&raw), Input::Later, Input::Later];
+        let inputs = [Input::Values(Src::Real(&big), Rounding::Nearest), Input::Values(Src::Integer(&ints), Rounding::Nearest), Input::Bytes(&raw), Input::Later, Input::Later];
         let want = file_of(&specs, &inputs, &[&later, &[]], 1, usize::MAX);
         for (threads, budget) in [(2, usize::MAX), (2, 1), (1, 5 << 20), (3, 1 << 20)] {
             assert!(file_of(&specs, &inputs, &[&later, &[]], threads, budget) == want, "{threads} {budget}");
         }
-        // What the reader makes of it.
+        // What the reader makes of it: the header in the order given, the
+        // data ordered by alignment (F64, F32, I16, U16, U8), each tensor
+        // at a multiple of its element size.
         let src = Memory(&want);
         let header = read_header(&src).unwrap();
-        let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["big", "ints", "raw", "later", "empty"]);
-        let t = &header.tensors[3];
+        let listed: Vec<&str> = header.json_order.iter().map(|&i| header.tensors[i].name.as_str()).collect();
+        assert_eq!(listed, ["big", "ints", "raw", "later", "empty"]);
+        let stored: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(stored, ["empty", "big", "ints", "later", "raw"]);
+        for t in &header.tensors {
+            assert_eq!((header.data_start() + t.begin) % format::alignment(t.dtype), 0, "{}", t.name);
+        }
+        let find = |name: &str| header.tensors.iter().find(|t| t.name == name).unwrap();
+        let t = find("later");
         let mut back = vec![0u8; 16];
         src.read_at(header.data_start() + t.begin, &mut back).unwrap();
         assert_eq!(back, later);
         // ints is column-major in R: row 1 of the [3, 4] tensor is 0, 3, 6, 9.
-        let t = &header.tensors[1];
+        let t = find("ints");
         let mut row = vec![0u8; 8];
         src.read_at(header.data_start() + t.begin, &mut row).unwrap();
         assert_eq!(row, [0, 0, 3, 0, 6, 0, 9, 0]);
@@ -620,17 +652,26 @@ mod tests {
         let two = [1.0, 2.0];
         let mut w = Writer::new(specs.clone(), None, Vec::new(), 1).unwrap();
         let header = w.written();
-        let e = w.write(&[Input::Values(Src::Real(&two)), Input::Bytes(&[1, 2])], usize::MAX, &mut ok()).unwrap_err();
+        let e = w.write(&[Input::Values(Src::Real(&two), Rounding::Nearest), Input::Bytes(&[1, 2])], usize::MAX, &mut ok()).unwrap_err();
         assert_eq!((e.kind, e.tensor.as_deref()), (Kind::InvalidArgument, Some("b")));
         assert_eq!(w.written(), header, "nothing of the data was written");
-        let e = w.write(&[Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]])), Input::Later], 1, &mut ok()).unwrap_err();
+        let e = w.write(&[Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]]), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        let e = w.write(&[Input::Values(Src::Real(&[1.0, 1e300])), Input::Later], 1, &mut ok()).unwrap_err();
+        let e = w.write(&[Input::Values(Src::Real(&[1.0, 1e300]), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
         assert!(e.message.contains("element 2 of tensor `a` (value 1e300)"), "{}", e.message);
+        // With `Exact`, only values the dtype holds exactly.
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
+        let e = w.write(&[Input::Values(Src::Real(&[0.5, 1.0 / 3.0, 2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        assert!(e.message.contains("element 2 of tensor `h`") && e.message.contains("F16 can't hold it exactly"), "{}", e.message);
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
+        let e = w.write(&[Input::Values(Src::Real(&[0.5, 1e6, 2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        assert!(e.message.contains("out of range for F16"), "{}", e.message);
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
+        w.write(&[Input::Values(Src::Real(&[0.5, f64::NAN, -2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap();
         // A tensor not finished, or given too many bytes.
         let mut w = Writer::new(specs, None, Vec::new(), 1).unwrap();
-        w.write(&[Input::Values(Src::Real(&two)), Input::Later], usize::MAX, &mut ok()).unwrap();
+        w.write(&[Input::Values(Src::Real(&two), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap();
         assert_eq!(w.current(), Some(1));
         assert!(w.put(&[1, 2, 3, 4], &mut ok()).is_err());
         w.put(&[1, 2], &mut ok()).unwrap();
@@ -643,7 +684,7 @@ mod tests {
         for threads in [1, 2] {
             let mut w = Writer::new(vec![spec("x", Dtype::F64, &[3 << 20])], None, Vec::new(), threads).unwrap();
             let mut stop = || Err(Error::new(Kind::Interrupted, "stop"));
-            let e = w.write(&[Input::Values(Src::Real(&big))], usize::MAX, &mut stop).unwrap_err();
+            let e = w.write(&[Input::Values(Src::Real(&big), Rounding::Nearest)], usize::MAX, &mut stop).unwrap_err();
             assert_eq!(e.kind, Kind::Interrupted);
         }
     }
@@ -652,7 +693,7 @@ mod tests {
     fn memory_and_file_sinks_hold_the_same_bytes() {
         let vals: Vec<f64> = (0..1000).map(f64::from).collect();
         let specs = vec![spec("v", Dtype::BF16, &[10, 100])];
-        let inputs = [Input::Values(Src::Real(&vals))];
+        let inputs = [Input::Values(Src::Real(&vals), Rounding::Nearest)];
         let mut w = Writer::new(specs.clone(), None, Vec::new(), 1).unwrap();
         w.write(&inputs, usize::MAX, &mut ok()).unwrap();
         let want = w.finish().unwrap();
