@@ -96,7 +96,7 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("read", "mmap"))
-  check_tensor_names(tensors)
+  tensors <- check_tensor_names(tensors)
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend))
   }
@@ -116,7 +116,7 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   mode <- if (framework == "r") "array" else "raw"
   res <- if (is.character(path)) {
     check_string(path)
-    load_file_(path.expand(path), tensors, mode, backend, st_threads())
+    load_file_(core_path(path), tensors, mode, backend, st_threads())
   } else if (is.raw(path)) {
     load_raw_(path, tensors, mode, st_threads())
   } else if (inherits(path, "connection")) {
@@ -146,7 +146,7 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
     st_abort("invalid_argument", "{.arg buffer} must be a raw vector, not {.obj_type_friendly {buffer}}.")
   }
   framework <- check_framework(framework)
-  check_tensor_names(tensors)
+  tensors <- check_tensor_names(tensors)
   if (torch_direct(framework)) {
     return(load_through_handle(buffer, tensors, framework, list(...), "read"))
   }
@@ -155,6 +155,7 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
   finish_load(res, framework, list(...))
 }
 
+# `tensors` checked, in UTF-8 (as the core compares names).
 check_tensor_names <- function(tensors, call = parent.frame()) {
   if (!is.null(tensors) && !(is.character(tensors) && !anyNA(tensors))) {
     st_abort(
@@ -163,6 +164,7 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
       call = call
     )
   }
+  if (is.null(tensors)) tensors else utf8_strings(tensors, "tensor name", call)
 }
 
 # safe_load_file() for a connection and a framework other than "r": reads

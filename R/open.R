@@ -118,7 +118,7 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
 # hidden), and each tensor it names must be in the shard it names.
 open_index <- function(path, framework, args, backend, call = parent.frame()) {
   check_string(path, call = call)
-  path <- path.expand(path)
+  path <- core_path(path, call)
   idx <- read_index(path, call = call)
   files <- sort(unique(idx$files), method = "radix")
   dir <- dirname(path)
@@ -260,7 +260,8 @@ handle_is_open <- function(x) {
 tensor_name <- function(x, i, call = parent.frame()) {
   nms <- hget(x, "names")
   if (is_string(i)) {
-    if (!i %in% nms) {
+    at <- match(i, nms)
+    if (is.na(at)) {
       st_abort(
         "tensor_not_found",
         "Tensor {.val {i}} is not in {format_label(x)}.",
@@ -268,7 +269,8 @@ tensor_name <- function(x, i, call = parent.frame()) {
         call = call
       )
     }
-    return(i)
+    # The handle's own string: UTF-8, whatever encoding `i` is marked with.
+    return(nms[[at]])
   }
   if (is.numeric(i) && length(i) == 1 && !is.na(i) && i >= 1 && i <= length(nms) && i == trunc(i)) {
     return(nms[[i]])

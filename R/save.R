@@ -162,7 +162,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
         bar <- progress_bar("Saving", path, sum(sizes))
       }
     }
-    write_spec(spec, "file", path.expand(path), sync, bar = bar, label = path)
+    write_spec(spec, "file", core_path(path), sync, bar = bar, label = path)
   } else if (inherits(path, "connection")) {
     write_spec(spec, "connection", path)
   } else {

@@ -49,7 +49,7 @@ parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
 # replaced, or removed for a single file), then the old files removed.
 save_shards <- function(spec, path, limit, sync, call = parent.frame()) {
   check_string(path, call = call)
-  path <- path.expand(path)
+  path <- core_path(path, call)
   base <- if (dir.exists(path)) {
     file.path(path, "model.safetensors")
   } else {

@@ -37,6 +37,11 @@ resolve_folder <- function(path, call = parent.frame()) {
   found
 }
 
+# A path as the Rust core takes it: `~` expanded, in UTF-8.
+core_path <- function(path, call = parent.frame()) {
+  utf8_strings(path.expand(path), "path", call)
+}
+
 # What a source is called in handles and summaries: the path as given,
 # "<raw vector>" or "<connection>".
 source_label <- function(path) {
@@ -79,7 +84,7 @@ check_part <- function(res, part, verb = "read", call = parent.frame()) {
 open_part <- function(path, backend, verb = "open", call = parent.frame()) {
   ptr <- if (is.character(path)) {
     check_string(path, call = call)
-    open_file_(path.expand(path), backend)
+    open_file_(core_path(path, call), backend)
   } else if (is.raw(path)) {
     open_raw_(path)
   } else if (inherits(path, "connection")) {

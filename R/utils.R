@@ -95,3 +95,28 @@ closest_name <- function(name, choices) {
   }
   choices[ok][[which.min(d[ok])]]
 }
+
+# `x` in UTF-8, whatever encoding R marks its strings with: every string
+# that reaches the Rust core must be UTF-8 (a file's header is, and Python
+# reads nothing else); strings that can't be converted are an error naming
+# their position, before anything is done.
+utf8_strings <- function(x, what, call) {
+  if (length(x) == 0) {
+    return(x)
+  }
+  out <- enc2utf8(x)
+  bad <- which(!validUTF8(out) | Encoding(x) == "bytes")
+  if (length(bad) > 0) {
+    shown <- encodeString(x[[bad[[1]]]])
+    st_abort(
+      "invalid_argument",
+      c(
+        "Each {what} must be text that can be written as UTF-8.",
+        x = "The {what} at position {bad[[1]]} ({shown}) is not: it is in no known encoding, or marked as bytes.",
+        i = "Mark its encoding with {.fn Encoding}, or convert it with {.fn iconv}."
+      ),
+      call = call
+    )
+  }
+  out
+}

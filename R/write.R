@@ -100,30 +100,6 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   )
 }
 
-# `x` in UTF-8, whatever encoding R marks its strings with (a file's
-# header is UTF-8, and Python reads nothing else); strings that can't be
-# converted are an error naming their position, before anything is
-# written.
-utf8_strings <- function(x, what, call) {
-  if (length(x) == 0) {
-    return(x)
-  }
-  out <- enc2utf8(x)
-  bad <- which(!validUTF8(out) | Encoding(x) == "bytes")
-  if (length(bad) > 0) {
-    shown <- encodeString(x[[bad[[1]]]])
-    st_abort(
-      "invalid_argument",
-      c(
-        "Each {what} must be text that can be written as UTF-8.",
-        x = "The {what} at position {bad[[1]]} ({shown}) is not: it is in no known encoding, or marked as bytes.",
-        i = "Mark its encoding with {.fn Encoding}, or convert it with {.fn iconv}."
-      ),
-      call = call
-    )
-  }
-  out
-}
 
 r_shape <- function(x) {
   dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)

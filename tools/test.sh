@@ -9,7 +9,8 @@
 # 3. cargo test in src/rust           the Rust workspace: the core crate
 #                                      (no R) and the bindings
 # 4. testthat against the installed package (tools/run-testthat.R)
-# 5. tools/check-architecture.R       the layers ARCHITECTURE.md describes
+# 5. tools/check-architecture.R       the layers ARCHITECTURE.md describes,
+#    tools/check-nonapi.R             R's API only in the Rust code
 # 6. with SAFETENSORS_CHECK=true: the CRAN check (tools/check.sh)
 #
 # Its last line is always "N passed, N failed, N skipped", summed over cargo
@@ -125,6 +126,17 @@ if command -v Rscript >/dev/null 2>&1; then
   fi
 else
   note_broken "architecture(no Rscript)"
+fi
+
+# The R entry points the Rust code calls must all be R's API (CRAN's check
+# reports the others); one test.
+step "R API only (tools/check-nonapi.R)"
+if Rscript tools/check-nonapi.R >"$work/nonapi.log" 2>&1; then
+  tail -n 1 "$work/nonapi.log"
+  passed=$((passed + 1))
+else
+  cat "$work/nonapi.log"
+  note_broken "check-nonapi"
 fi
 
 # --- 6. CRAN check (opt-in) -------------------------------------------------------------

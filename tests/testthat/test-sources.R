@@ -62,3 +62,32 @@ test_that("connections are read in chunks that cover the bytes in order", {
   expect_identical(cnd$tensor, "w")
 })
 
+
+test_that("paths with non-ASCII characters work, whatever encoding R marks them with", {
+  skip_if_not(l10n_info()[["UTF-8"]], "the session is not in a UTF-8 locale")
+  root <- withr::local_tempdir()
+  dir <- file.path(root, "模型")
+  dir.create(dir)
+  path <- file.path(dir, "Grüße.safetensors")
+  x <- list(w = matrix(c(1.5, 2, 3, 4), 2))
+  safe_save_file(x, path)
+  expect_true(file.exists(path))
+  expect_identical(as.vector(safe_load_file(path)$w), as.vector(x$w))
+  expect_identical(safe_info(path)$name, "w")
+  h <- safe_open(path)
+  expect_identical(as.vector(h$w), as.vector(x$w))
+  close(h)
+  # The same name marked as Latin-1.
+  latin <- iconv(file.path(root, "café.safetensors"), "UTF-8", "latin1")
+  expect_identical(Encoding(latin), "latin1")
+  safe_save_file(x, latin)
+  expect_true(file.exists(file.path(root, "café.safetensors")))
+  expect_identical(names(safe_load_file(latin)), "w")
+  # Tensor names marked as Latin-1 find their tensors.
+  safe_save_file(list("café" = 1), path)
+  name <- iconv("café", "UTF-8", "latin1")
+  expect_identical(names(safe_load_file(path, tensors = name)), "café")
+  h <- safe_open(path)
+  expect_identical(as.vector(h[[name]]), 1)
+  close(h)
+})
