@@ -58,6 +58,12 @@
 #' keeps reading the old file until it is closed. Concurrent changes that
 #' race with a read in progress are not detected.
 #'
+#' On Windows, a file that a handle memory-maps (the default backend) can't
+#' be replaced or deleted until the handle is closed: [safe_save_file()] to
+#' that path is then an error of class `safetensors_error_io` that says so,
+#' and the file is left as it was. With `backend = "read"`, the file can be
+#' replaced while open, as on Linux and macOS.
+#'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file ending in `.json`, such as
 #'   `model.safetensors.index.json`; see [safe_save_file()]), a folder

@@ -58,6 +58,12 @@
 #' (when Python wrote its metadata keys in sorted order, as it always does
 #' for one key).
 #'
+#' On Windows, a file open elsewhere without sharing, or memory-mapped (by
+#' a [safe_open()] handle, in this or another process), can't be replaced:
+#' the save is then an error of class `safetensors_error_io` that says the
+#' target is in use, and the target is left as it was; close the handle
+#' first. On Linux and macOS the handle keeps reading the old file.
+#'
 #' A connection is written from its current position; it need not be
 #' seekable (`gzcon()`, pipes, sockets). One that is not yet open is opened
 #' only once the tensors are known to be writable, and closed again. A

@@ -52,7 +52,9 @@ local({
     }
   }
 
-  deps <- pkgs[ids != root_id]
+  # The crates of this package's own workspace (no registry source) are
+  # not dependencies.
+  deps <- pkgs[ids != root_id & !vapply(pkgs, function(p) is.null(p$source), logical(1))]
   name <- vapply(deps, `[[`, "", "name")
   version <- vapply(deps, `[[`, "", "version")
   ord <- order(tolower(name), numeric_version(sub("[+-].*$", "", version), strict = FALSE))
