@@ -1,3 +1,118 @@
+#' Errors and warnings of safetensors
+#'
+#' Every error the package raises is a condition of class
+#' `safetensors_error`, with a subclass `safetensors_error_<kind>` naming the
+#' problem (and `rlang_error`, `error` and `condition`), so code can catch
+#' one kind with `tryCatch(..., safetensors_error_tensor_not_found = ...)`
+#' and tests can check it with `testthat::expect_error(class = )`. Errors
+#' about a malformed file also have class `safetensors_error_format`.
+#' Warnings have class `safetensors_warning` and a subclass
+#' `safetensors_warning_<kind>`. The classes are stable; the messages may
+#' improve.
+#'
+#' Conditions about one tensor carry its name in the field `tensor`; those
+#' about a missing package carry it in `package`, and those about a dtype in
+#' `dtype`.
+#'
+#' @section Malformed files (also `safetensors_error_format`):
+#' * `safetensors_error_header_too_small`: the input has fewer than the 8
+#'   bytes of the header length.
+#' * `safetensors_error_header_too_large`: the header length the first 8
+#'   bytes give is over 100,000,000 bytes. This is how a file that is not a
+#'   safetensors file usually fails; the message then says what it looks
+#'   like (a PyTorch checkpoint, a pickle, a NumPy, GGUF or HDF5 file, a
+#'   compressed file, a Git LFS pointer, a web page, other text) and what to
+#'   do about it.
+#' * `safetensors_error_invalid_header_length`: the header length runs past
+#'   the end of the file (a truncated file, or one that isn't a safetensors
+#'   file, described as above), or a connection ends inside the header.
+#' * `safetensors_error_invalid_header`: the header is not UTF-8, not JSON,
+#'   or not what the format requires (an unknown dtype, a malformed shape or
+#'   `data_offsets`, metadata values that are not strings).
+#' * `safetensors_error_invalid_offset`: a tensor's bytes don't start where
+#'   the previous tensor's end (a gap or an overlap).
+#' * `safetensors_error_invalid_tensor_info`: a tensor's dtype and shape
+#'   disagree with the length of its bytes.
+#' * `safetensors_error_incomplete_buffer`: the data are shorter or longer
+#'   than the tensors the header describes, including a connection that ends
+#'   early or holds more bytes after the data.
+#' * `safetensors_error_overflow`: a size computed from the header
+#'   overflows.
+#' * `safetensors_error_misaligned`: a tensor of a sub-byte dtype (F4, F6)
+#'   doesn't fill whole bytes, or a slice of one doesn't start and end on a
+#'   byte boundary.
+#' * `safetensors_error_duplicate_name`: two tensors of a header share a
+#'   name. Tensors to write with repeated names ([safe_save_file()]) are the
+#'   same class, without `safetensors_error_format`.
+#' * `safetensors_error_invalid_index`: the index of a sharded checkpoint is
+#'   malformed, names a shard outside its directory, or puts a tensor in a
+#'   shard that doesn't hold it.
+#'
+#' @section Files and handles:
+#' * `safetensors_error_file_not_found`: the file (or a shard) does not
+#'   exist.
+#' * `safetensors_error_io`: any other failure of the operating system: a
+#'   path that is a directory, a FIFO or a device, permission denied, a full
+#'   disk, a failed rename.
+#' * `safetensors_error_memory`: the result doesn't fit in memory; raised
+#'   before the result is allocated.
+#' * `safetensors_error_file_changed`: the file under an open handle
+#'   ([safe_open()]) was truncated or rewritten in place.
+#' * `safetensors_error_closed`: a closed handle was used.
+#' * `safetensors_error_interrupted`: the user interrupted a load or a save
+#'   (Ctrl-C); a save leaves no partial file.
+#'
+#' @section Arguments and values:
+#' * `safetensors_error_invalid_argument`: an argument has the wrong type or
+#'   value (the message quotes it), an argument in `...` that the framework
+#'   doesn't take (the message suggests the argument probably meant, such
+#'   as `tensors =` for `tensor =`), a value that is not a tensor, or a
+#'   framework buffer that disagrees with its description.
+#' * `safetensors_error_tensor_not_found`: a tensor asked for (`tensors =`,
+#'   `h[["name"]]`, `$get_tensor()`, names in `dtype =`) is not in the file
+#'   or the list.
+#' * `safetensors_error_invalid_slice`: a slice index is out of range,
+#'   `NA`, of the wrong type, or the number of indices is not the tensor's
+#'   rank.
+#' * `safetensors_error_conversion`: a value can't be written in the
+#'   tensor's dtype (out of range, a fraction for an integer dtype, `NA` in
+#'   an integer or logical tensor).
+#' * `safetensors_error_unsupported`: a valid file holds something R can't
+#'   represent as asked, such as a dimension over `.Machine$integer.max`.
+#' * `safetensors_error_unsupported_dtype`: a dtype the framework has no
+#'   type for (R torch has no U16, U32, U64, F8_E8M0, FNUZ float8, F6 or F4;
+#'   safetensors has no `torch_cdouble()`); field `dtype`.
+#' * `safetensors_error_unknown_framework`: a `framework` that is not
+#'   registered in [safetensors_frameworks].
+#' * `safetensors_error_framework_not_installed`: the packages a framework
+#'   needs (or torch's LibTorch) are not installed; field `package`.
+#'
+#' @section Warnings:
+#' * `safetensors_warning_precision`: I64, U32 or U64 values beyond 2^53
+#'   were rounded to the nearest double.
+#' * `safetensors_warning_type`: an I32 tensor holding -2147483648 (`NA` in
+#'   R integers) was returned as double.
+#' * `safetensors_warning_ignored_argument`: [safe_save_file()] or
+#'   [safe_serialize()] ignored arguments in `...`.
+#'
+#' @name safetensors-conditions
+#' @aliases safetensors_error safetensors_warning
+#' @examples
+#' path <- system.file("extdata", "example.safetensors", package = "safetensors")
+#' res <- tryCatch(
+#'   safe_load_file(path, tensors = "embedding"),
+#'   safetensors_error_tensor_not_found = function(e) e
+#' )
+#' class(res)
+#' res$tensor
+#'
+#' # A file that isn't a safetensors file
+#' not_st <- tempfile()
+#' writeLines("just some text", not_st)
+#' try(safe_load_file(not_st))
+#' unlink(not_st)
+NULL
+
 # Errors and warnings of the package, all raised through these helpers so
 # their classes stay consistent:
 #   c("safetensors_error_<kind>", ["safetensors_error_format",]
@@ -36,7 +151,11 @@ st_check <- function(res, what, call = parent.frame()) {
   }
   st_abort(
     res$kind,
-    c(cli_escape(what), x = cli_escape(sentence(res$message))),
+    c(
+      cli_escape(what),
+      x = cli_escape(sentence(res$message)),
+      i = if (!is.null(res$hint)) cli_escape(res$hint)
+    ),
     tensor = res$tensor,
     format = res$format,
     call = call

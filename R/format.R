@@ -6,6 +6,19 @@ format_shape <- function(shape) {
   paste0("[", paste(format(shape, scientific = FALSE, trim = TRUE), collapse = ", "), "]")
 }
 
+# Values of a vector as short text, one string each: numbers to 3
+# significant digits (each on its own, so that 0.1 stays 0.1 beside 1e4),
+# strings quoted, raw bytes in hex.
+format_values <- function(v) {
+  if (is.character(v)) {
+    return(encodeString(v, quote = "\""))
+  }
+  if (is.numeric(v) || is.complex(v)) {
+    return(vapply(v, function(e) format(e, digits = 3), ""))
+  }
+  format(v, trim = TRUE)
+}
+
 format_bytes <- function(x) {
   units <- c("B", "kB", "MB", "GB", "TB")
   k <- if (x < 1000) 1 else min(floor(log(x, 1000)) + 1, length(units))

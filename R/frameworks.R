@@ -63,7 +63,7 @@ check_framework <- function(framework, call = parent.frame()) {
   if (!is_string(framework)) {
     st_abort(
       "invalid_argument",
-      "{.arg framework} must be a single string, not {.obj_type_friendly {framework}}.",
+      "{.arg framework} must be a single string, not {value_friendly(framework)}.",
       call = call
     )
   }
@@ -72,12 +72,14 @@ check_framework <- function(framework, call = parent.frame()) {
   }
   info <- safetensors_frameworks[[framework]]
   if (is.null(info)) {
-    known <- c("r", "raw", sort(ls(safetensors_frameworks)))
+    known <- c("r", "raw", registered_frameworks())
+    meant <- closest_name(framework, known)
     st_abort(
       "unknown_framework",
       c(
         "Unsupported framework {.val {framework}}.",
-        i = "Known frameworks: {.val {known}}."
+        i = "Known frameworks: {.val {known}}.",
+        i = if (!is.null(meant)) "Did you mean {.code framework = \"{meant}\"}?"
       ),
       call = call
     )
@@ -111,14 +113,97 @@ register_framework_check <- function(framework, constructor, check) {
   framework_checks[[framework]] <- list(constructor = constructor, check = check)
 }
 
+# The frameworks registered in `safetensors_frameworks`, sorted; an entry
+# set to NULL (`safetensors_frameworks[["x"]] <- NULL` keeps the name) is
+# not one.
+registered_frameworks <- function() {
+  nms <- ls(safetensors_frameworks)
+  keep <- vapply(nms, function(n) !is.null(safetensors_frameworks[[n]]), logical(1))
+  sort(nms[keep])
+}
+
 check_framework_args <- function(framework, args, call = parent.frame()) {
   if (framework %in% c("r", "raw") && length(args) > 0) {
-    st_abort(
-      "invalid_argument",
-      "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
-      call = call
+    abort_dots_not_empty(framework, args, call)
+  }
+}
+
+# The error for arguments in `...` when `framework` ("r" or "raw") passes
+# none on: it shows them, and suggests the argument of the calling function
+# (the one whose frame is `call`) that each was probably meant to be, such
+# as `tensors =` for `tensor = "a"` or `framework = "raw"` for an unnamed
+# "raw".
+abort_dots_not_empty <- function(framework, args, call) {
+  nms <- names(args) %||% rep("", length(args))
+  nms[is.na(nms)] <- ""
+  shown <- vapply(seq_along(args), function(k) {
+    paste(if (nzchar(nms[[k]])) nms[[k]] else paste0("..", k), "=", format_arg_value(args[[k]]))
+  }, character(1))
+  formal <- setdiff(names(frame_formals(call)), "...")
+  hints <- unlist(lapply(seq_along(args), function(k) dots_hint(nms[[k]], args[[k]], formal)))
+  if (length(hints) == 0) {
+    hints <- paste(
+      "Arguments in {.arg ...} go to the tensor constructor of a framework such as",
+      "{.code framework = \"torch\"} (for example {.code device}); {.code framework = \"{framework}\"} takes none."
     )
   }
+  st_abort(
+    "invalid_argument",
+    c(
+      "{.arg ...} must be empty for {.code framework = \"{framework}\"}.",
+      x = "Problematic argument{?s}: {.code {shown}}.",
+      i = hints[[1]]
+    ),
+    call = call
+  )
+}
+
+# "Did you mean ...?" for one argument in `...`: `name` (or "" when
+# unnamed) and `value`, given the calling function's other arguments.
+dots_hint <- function(name, value, formal) {
+  if (nzchar(name)) {
+    meant <- closest_name(name, formal)
+    if (is.null(meant)) {
+      return(NULL)
+    }
+    return(paste0("Did you mean {.code ", meant, " = ", cli_escape(format_arg_value(value)), "}?"))
+  }
+  if (is_string(value) && "framework" %in% formal && value %in% c("r", "raw", registered_frameworks())) {
+    return(paste0("Did you mean {.code framework = ", cli_escape(format_arg_value(value)), "}?"))
+  }
+  if (is_string(value) && "backend" %in% formal && value %in% c("read", "mmap")) {
+    return(paste0("Did you mean {.code backend = ", cli_escape(format_arg_value(value)), "}?"))
+  }
+  if (is.character(value) && "tensors" %in% formal) {
+    return(paste0("To read only some tensors, name them: {.code tensors = ", cli_escape(format_arg_value(value)), "}."))
+  }
+  NULL
+}
+
+# A value as code in a message: short atomic values deparsed, others
+# described, as `<a double matrix>`.
+format_arg_value <- function(x) {
+  if (is.atomic(x) && !is.object(x) && length(x) <= 5 && is.null(dim(x))) {
+    text <- deparse1(x)
+    if (nchar(text) <= 40) {
+      return(text)
+    }
+  }
+  paste0("<", cli::format_inline("{.obj_type_friendly {x}}"), ">")
+}
+
+# The formal arguments of the function whose frame is `env`, or NULL.
+frame_formals <- function(env) {
+  if (!is.environment(env)) {
+    return(NULL)
+  }
+  frames <- sys.frames()
+  for (i in rev(seq_along(frames))) {
+    if (identical(frames[[i]], env)) {
+      return(formals(sys.function(i)))
+    }
+  }
+  NULL
 }
 
 # ---- writing framework tensors ----------------------------------------------

@@ -193,7 +193,7 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' unlink(f)
 safe_summary <- function(path, depth = 1) {
   if (!(is.numeric(depth) && length(depth) == 1 && !is.na(depth) && depth >= 1 && depth == trunc(depth))) {
-    st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {.obj_type_friendly {depth}}.")
+    st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {value_friendly(depth)}.")
   }
   res <- with_header(path, function(h) {
     list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"))

@@ -31,7 +31,10 @@
 #'   is read from its current position to its end (it need not be
 #'   seekable), which must be where the tensor data its header describes
 #'   end; with a framework other than `"r"` it is read tensor by tensor,
-#'   never holding the whole file in memory.
+#'   never holding the whole file in memory. That nothing follows the data
+#'   is checked without waiting: on a socket, among the bytes already
+#'   arrived (a writer may keep it open); pipes, FIFOs, URLs and `gzcon()`
+#'   connections are not checked.
 #' @param buffer A raw vector holding a whole safetensors file.
 #' @param ... Passed on to the framework's tensor constructor, for example
 #'   `device = "cuda"` for torch. Must be empty for `framework = "r"` and
@@ -67,9 +70,12 @@
 #'   shard as `"max_offset"`.
 #'
 #'   The list has class `c("safetensors_tensors", "list")` only so that
+#'   `print()` shows one line per tensor (name, dtype, shape and its first
+#'   values; `print(x, n = )` sets how many tensors, 20 by default) and
 #'   `print()` and `str()` sum up the `"metadata"` attribute in one line
 #'   instead of printing the whole header; in every other way it is a plain
-#'   named list (`x[1:2]`, `c()` and `lapply()` return plain lists).
+#'   named list (`x[1:2]`, `c()` and `lapply()` return plain lists, and
+#'   `x$w` prints in full).
 #' @section Progress:
 #' In an interactive session, loading more than 64 MiB of tensors from a
 #' file shows a progress bar once it has taken two seconds; option
@@ -160,7 +166,7 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
   if (!is.null(tensors) && !(is.character(tensors) && !anyNA(tensors))) {
     st_abort(
       "invalid_argument",
-      "{.arg tensors} must be a character vector of tensor names or `NULL`, not {.obj_type_friendly {tensors}}.",
+      "{.arg tensors} must be a character vector of tensor names or `NULL`, not {value_friendly(tensors)}.",
       call = call
     )
   }

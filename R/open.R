@@ -15,7 +15,10 @@
 #' * `h$slice("w")`: a slice object; indexing it as an array,
 #'   `h$slice("w")[1:10, ]`, reads only the bytes of the selected elements
 #'   and returns what `h[["w"]][1:10, ]` would (keeping the `"dtype"`
-#'   attribute). `dim()` of a slice object is the tensor's shape.
+#'   attribute). A slice object acts as the array it stands for: `dim()` is
+#'   the tensor's shape, `length()` its number of elements, `as.array()`
+#'   reads it whole, and `str()` shows its type, dimensions and first
+#'   values (reading only those).
 #' * `format(h)`, `print(h)`: a table of name, dtype, shape and size, and
 #'   the metadata. [safe_info()] and [safe_metadata()] accept handles.
 #' * `close(h)`: releases the file (or memory map) at once. Using a closed
@@ -236,7 +239,7 @@ length.safetensors_file <- function(x) {
 
 #' @rawNamespace S3method(utils::.DollarNames, safetensors_file)
 .DollarNames.safetensors_file <- function(x, pattern = "") {
-  nms <- c("slice", names(x))
+  nms <- unique(c("slice", names(x)))
   nms[grepl(pattern, nms)]
 }
 
@@ -283,7 +286,7 @@ tensor_name <- function(x, i, call = parent.frame()) {
   }
   st_abort(
     "invalid_argument",
-    "A tensor must be chosen by its name or a position from 1 to {length(nms)}, not {.obj_type_friendly {i}}.",
+    "A tensor must be chosen by its name or a position from 1 to {length(nms)}, not {value_friendly(i)}.",
     call = call
   )
 }
@@ -494,6 +497,79 @@ new_slice <- function(x, name, call = parent.frame()) {
 dim.safetensors_slice <- function(x) {
   shape <- .subset2(x, "shape")
   if (length(shape) == 0) NULL else shape
+}
+
+# A slice object stands for the tensor's array: its length is the number
+# of elements, as.array() reads it whole (as `h[["w"]]` does), and str()
+# shows it as str() shows that array, reading only its first values.
+
+#' @export
+length.safetensors_slice <- function(x) {
+  n <- prod(as.numeric(.subset2(x, "shape")))
+  if (n <= .Machine$integer.max) as.integer(n) else n
+}
+
+#' @export
+as.array.safetensors_slice <- function(x, ...) {
+  as.array(read_tensors(.subset2(x, "handle"), .subset2(x, "name"))[[1]], ...)
+}
+
+#' @rawNamespace S3method(utils::str, safetensors_slice)
+str.safetensors_slice <- function(object, ...) {
+  shape <- .subset2(object, "shape")
+  dtype <- .subset2(object, "dtype")
+  dims <- if (length(shape) > 0) {
+    sprintf(
+      " [%s%s]",
+      paste0("1:", format(shape, scientific = FALSE, trim = TRUE), collapse = ", "),
+      if (length(shape) == 1) "(1d)" else ""
+    )
+  } else {
+    ""
+  }
+  first <- slice_head(object)
+  type <- if (is.null(first)) {
+    tab <- dtype_table()
+    tab$r_type[match(dtype, tab$name)]
+  } else {
+    typeof(first)
+  }
+  word <- switch(type, double = "num", integer = "int", logical = "logi", complex = "cplx", type)
+  values <- if (length(first) > 0) {
+    paste0(" ", paste(format_values(first), collapse = " "), if (length(first) < length(object)) " ...")
+  } else {
+    ""
+  }
+  cat(
+    " <safetensors_slice> ", encodeString(.subset2(object, "name"), quote = '"'), ": ", dtype, " ",
+    word, dims, values, "\n",
+    sep = ""
+  )
+  invisible()
+}
+
+# The first `m` elements of a slice object in R's order (column-major), read
+# from the file for the "r" framework, else NULL: a block whose leading
+# dimensions are whole, so that its elements are the array's first ones.
+slice_head <- function(x, m = 10) {
+  h <- .subset2(x, "handle")
+  shape <- .subset2(x, "shape")
+  if (hget(h, "framework") != "r" || !handle_is_open(h) || any(shape == 0)) {
+    return(NULL)
+  }
+  idx <- list(whole_index)
+  need <- m
+  for (j in seq_along(shape)) {
+    take <- if (need > 1) min(shape[[j]], ceiling(need)) else 1
+    idx[[j]] <- seq_len(take)
+    need <- if (take == shape[[j]]) need / take else 0
+  }
+  out <- tryCatch(
+    suppressWarnings(read_slice(h, .subset2(x, "name"), idx, drop = TRUE)),
+    error = function(e) NULL
+  )
+  attributes(out) <- NULL
+  out[seq_len(min(m, length(out)))]
 }
 
 #' @export

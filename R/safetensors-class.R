@@ -67,7 +67,7 @@ safetensors <- R6::R6Class("safetensors",
 
     get_tensor = function(name) {
       if (!is_string(name)) {
-        st_abort("invalid_argument", "{.arg name} must be a single string, not {.obj_type_friendly {name}}.")
+        st_abort("invalid_argument", "{.arg name} must be a single string, not {value_friendly(name)}.")
       }
       h <- private$handle
       name <- tensor_name(h, name)

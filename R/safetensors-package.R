@@ -45,6 +45,7 @@
 #' `safetensors_error_invalid_header` or
 #' `safetensors_error_tensor_not_found`); malformed files also have class
 #' `safetensors_error_format`. Warnings have class `safetensors_warning`.
+#' [safetensors-conditions] lists every class and what raises it.
 #'
 #' The package is documented under `safetensors-package` because the topic
 #' `safetensors` is the safetensors 0.2.x R6 class, [safetensors].

@@ -17,8 +17,11 @@ parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
     st_abort(
       "invalid_argument",
       c(
-        "{.arg {arg}} must be a positive number of bytes or a size such as {.val 5GB} or {.val 500MiB}.",
-        x = "It is {.obj_type_friendly {x}}{if (is_string(x)) paste0(' ', encodeString(x, quote = '\"')) else ''}."
+        paste(
+          "{.arg {arg}} must be a positive number of bytes or a size such as {.val 5GB} or {.val 500MiB},",
+          "not {value_friendly(x)}."
+        ),
+        i = if (is_string(x)) "Units: B, kB, MB, GB, TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024)."
       ),
       call = call
     )

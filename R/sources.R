@@ -143,9 +143,10 @@ read_connection <- function(con, call = parent.frame()) {
 
 # A connection must end where the tensors' data end, as a file must (the
 # reference rejects data after them, such as a zip archive appended to make
-# a polyglot file). Reads at most one more byte.
+# a polyglot file). The check never waits for more bytes (see
+# stream_has_more()).
 check_stream_end <- function(con, info, part, call) {
-  if (length(readBin(con, "raw", 1L)) > 0) {
+  if (stream_has_more(con)) {
     st_abort(
       "incomplete_buffer",
       c(
@@ -156,6 +157,33 @@ check_stream_end <- function(con, info, part, call) {
       call = call
     )
   }
+}
+
+# Whether connection `con` holds more bytes, looking only at what is there
+# already: a writer that keeps a socket (or pipe) open after the file would
+# make a read wait for it. A raw connection and a compressed file read one
+# more byte; a file compares its position with its size; a socket reads one
+# byte only if one (or its end) has arrived. Other connections (pipes,
+# FIFOs, standard input, URLs, gzcon()) can't be asked without waiting and
+# are not checked.
+stream_has_more <- function(con) {
+  about <- summary(con)
+  path <- about$description
+  switch(about$class,
+    rawConnection = length(readBin(con, "raw", 1L)) > 0,
+    sockconn = socketSelect(list(con), timeout = 0) && length(readBin(con, "raw", 1L)) > 0,
+    # A FIFO or device has no size: not checked.
+    gzfile = ,
+    bzfile = ,
+    xzfile = isTRUE(file.size(path) > 0) && length(readBin(con, "raw", 1L)) > 0,
+    unz = length(readBin(con, "raw", 1L)) > 0,
+    file = {
+      pos <- if (isSeekable(con)) suppressWarnings(seek(con)) else NA
+      size <- if (path %in% c("", "stdin")) NA else file.size(path)
+      isTRUE(pos >= 0 && pos < size)
+    },
+    FALSE
+  )
 }
 
 # `n` bytes from a connection, or an error if it ends first.

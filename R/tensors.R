@@ -74,17 +74,97 @@ str.safetensors_tensors <- function(object, ...) {
 }
 
 #' @export
-print.safetensors_tensors <- function(x, ...) {
-  print(strip_loaded(x), ...)
+print.safetensors_tensors <- function(x, ..., n = 20) {
+  cat(format_loaded(x, n = n), sep = "\n")
+  invisible(x)
+}
+
+# The lines print() shows for a loaded list: one line per tensor (the first
+# `n`) with its name, dtype, shape and as many of its first values (in R's
+# order, as str() shows them) as fit in `width`, then the 0.2.x attributes,
+# summed up.
+format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
+  k <- length(x)
+  lines <- sprintf("<safetensors_tensors> %d tensor%s", k, if (k == 1) "" else "s")
+  if (k > 0 && n > 0) {
+    show <- seq_len(min(n, k))
+    nms <- names(x) %||% rep("", k)
+    about <- lapply(show, function(i) describe_tensor(.subset2(x, i)))
+    cols <- list(
+      c("name", ifelse(nms[show] == "", "\"\"", encodeString(nms[show]))),
+      c("dtype", vapply(about, `[[`, "", "dtype")),
+      c("shape", vapply(about, `[[`, "", "shape"))
+    )
+    lead <- paste0("  ", do.call(paste, c(lapply(cols, format), sep = "  ")), "  ")
+    # The values go after the other columns, in the space left.
+    values <- vapply(seq_along(show), function(i) {
+      fit_values(about[[i]]$values, about[[i]]$more, width - nchar(lead[[i + 1]], "width"))
+    }, character(1))
+    lines <- c(lines, paste0(lead[[1]], "values"), trimws(paste0(lead[-1], values), "right"))
+    if (k > n) {
+      more <- sprintf("  # ... and %d more tensor%s; print(n = ) shows more", k - n, if (k - n == 1) "" else "s")
+      lines <- c(lines, more)
+    }
+  }
   about <- describe_header(x)
   if (!is.null(about)) {
-    cat("attr(,\"metadata\"): ", about, "\n", sep = "")
+    lines <- c(lines, paste0("attr(,\"metadata\"): ", about))
   }
   max_offset <- attr(x, "max_offset", exact = TRUE)
   if (!is.null(max_offset)) {
-    cat("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE), "\n", sep = "")
+    lines <- c(lines, paste0("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE)))
   }
-  invisible(x)
+  lines
+}
+
+# What a print line shows of one element of a loaded list: `dtype` (the
+# "dtype" attribute, else the R type as `<dbl>`), `shape`, the first
+# `values` formatted, and whether there are `more`. Framework tensors show
+# their safe_tensor_meta() and class; anything else its class.
+describe_tensor <- function(v, m = 20) {
+  if (is.atomic(v) && !is.object(v)) {
+    dtype <- attr(v, "dtype", exact = TRUE)
+    if (!is_string(dtype)) {
+      dtype <- paste0("<", r_type_abbrev(v), ">")
+    }
+    shape <- dim(v) %||% attr(v, "shape", exact = TRUE) %||% length(v)
+    head <- v[seq_len(min(m, length(v)))]
+    attributes(head) <- NULL
+    return(list(dtype = dtype, shape = format_shape(shape), values = format_values(head), more = length(v) > m))
+  }
+  cls <- paste0("<", class(v)[[1]], ">")
+  has_meta <- vapply(class(v), function(c) {
+    !is.null(utils::getS3method("safe_tensor_meta", c, optional = TRUE))
+  }, logical(1))
+  if (any(has_meta)) {
+    meta <- tryCatch(safe_tensor_meta(v), error = function(e) NULL)
+    if (is_string(meta$dtype)) {
+      return(list(dtype = meta$dtype, shape = format_shape(unlist(meta$shape)), values = cls, more = FALSE))
+    }
+  }
+  list(dtype = "", shape = "", values = cls, more = FALSE)
+}
+
+r_type_abbrev <- function(v) {
+  switch(typeof(v),
+    double = "dbl", integer = "int", logical = "lgl", character = "chr",
+    complex = "cpl", raw = "raw", typeof(v)
+  )
+}
+
+# As many of `values` as fit in `width` columns, space-separated, with
+# " ..." when some are left out (or `more` are not shown).
+fit_values <- function(values, more, width) {
+  if (length(values) == 0 && !more) {
+    return("")
+  }
+  # The end of each value, with a space between values.
+  w <- cumsum(nchar(values, "width") + 1) - 1
+  if (!more && length(values) > 0 && w[[length(w)]] <= width) {
+    return(paste(values, collapse = " "))
+  }
+  fits <- sum(w <= width - 4)
+  paste(c(values[seq_len(fits)], "..."), collapse = " ")
 }
 
 warn_conversions <- function(nms, res, call = parent.frame()) {

@@ -15,7 +15,7 @@ check_string <- function(x, arg = NULL, call = parent.frame()) {
     arg <- arg %||% rlang::caller_arg(x)
     st_abort(
       "invalid_argument",
-      "{.arg {arg}} must be a single string, not {.obj_type_friendly {x}}.",
+      "{.arg {arg}} must be a single string, not {value_friendly(x)}.",
       call = call
     )
   }
@@ -26,27 +26,82 @@ check_bool <- function(x, arg = NULL, call = parent.frame()) {
     arg <- arg %||% rlang::caller_arg(x)
     st_abort(
       "invalid_argument",
-      "{.arg {arg}} must be `TRUE` or `FALSE`, not {.obj_type_friendly {x}}.",
+      "{.arg {arg}} must be `TRUE` or `FALSE`, not {value_friendly(x)}.",
       call = call
     )
   }
 }
 
 # `arg`, one of `choices` (their first when `arg` is all of them, the
-# default): exact matches only, a classed error otherwise.
+# default): exact matches only, a classed error otherwise, quoting the value
+# given and suggesting the choice it was probably meant to be.
 arg_choice <- function(arg, choices, name = deparse1(substitute(arg)), call = parent.frame()) {
   if (identical(arg, choices)) {
     return(choices[[1]])
   }
   if (!is_string(arg) || !arg %in% choices) {
-    one_of <- paste0('"', choices, '"', collapse = ", ")
+    one_of <- or_list(encodeString(choices, quote = '"'))
+    given <- if (is_string(arg)) encodeString(arg, quote = '"') else value_friendly(arg)
+    meant <- if (is_string(arg)) closest_name(arg, choices)
     st_abort(
       "invalid_argument",
-      "{.arg {name}} must be one of {one_of}, not {.obj_type_friendly {arg}}.",
+      c(
+        "{.arg {name}} must be one of {one_of}, not {given}.",
+        i = if (!is.null(meant)) "Did you mean {.val {meant}}?"
+      ),
       call = call
     )
   }
   arg
+}
+
+# A bad value as messages quote it: the value itself when it is a single
+# string, number or logical (`the string "bogus"`, `the number 0`, `TRUE`,
+# `NA`), `NULL`, else its type (`a character vector`, `a list`). Called on
+# the error path only (it loads cli).
+value_friendly <- function(x) {
+  if (is.null(x)) {
+    return("`NULL`")
+  }
+  if (is.atomic(x) && !is.object(x) && length(x) == 1 && is.null(dim(x))) {
+    if (is.logical(x) || (is.character(x) && is.na(x)) || (is.numeric(x) && is.na(x) && !is.nan(x))) {
+      return(paste0("`", format(x), "`"))
+    }
+    if (is.character(x) && nchar(x, "width", allowNA = TRUE) %in% 0:60) {
+      return(paste("the string", encodeString(x, quote = '"')))
+    }
+    if (is.numeric(x)) {
+      return(paste("the number", format(x, digits = 15)))
+    }
+  }
+  cli::format_inline("{.obj_type_friendly {x}}")
+}
+
+# "a", "a or b", "a, b or c".
+or_list <- function(x) {
+  if (length(x) <= 1) {
+    return(paste(x, collapse = ""))
+  }
+  paste(paste(x[-length(x)], collapse = ", "), "or", x[[length(x)]])
+}
+
+# The one of `choices` that `x` was probably meant to be (the same but for
+# case, a unique prefix, or a typo away), or NULL.
+closest_name <- function(x, choices) {
+  if (!is_string(x) || length(choices) == 0 || !nzchar(x)) {
+    return(NULL)
+  }
+  same <- choices[tolower(choices) == tolower(x)]
+  if (length(same) == 1) {
+    return(same)
+  }
+  prefix <- choices[startsWith(tolower(choices), tolower(x))]
+  if (length(prefix) == 1) {
+    return(prefix)
+  }
+  d <- utils::adist(tolower(x), tolower(choices))[1, ]
+  near <- choices[d == min(d) & d <= max(1, nchar(x) %/% 3) & d < nchar(x)]
+  if (length(near) == 1) near else NULL
 }
 
 # The thread count passed to the Rust core: option `safetensors.threads`,
@@ -59,7 +114,10 @@ st_threads <- function(call = parent.frame()) {
   if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != trunc(n)) {
     st_abort(
       "invalid_argument",
-      "Option {.code safetensors.threads} must be a positive whole number, not {.obj_type_friendly {n}}.",
+      c(
+        "Option {.code safetensors.threads} must be a positive whole number, not {value_friendly(n)}.",
+        i = "Set it to {.code NULL} for the default (the available cores, at most 2), or to 1 to turn threads off."
+      ),
       call = call
     )
   }

@@ -31,3 +31,40 @@ test_that("an interrupt prints like rlang's errors once rlang is loaded", {
   expect_null(frame_call(globalenv()))
   expect_identical(frame_call(quote(g(1))), quote(g(1)))
 })
+
+test_that("a hint from the Rust core is an `i` bullet, printed as is", {
+  f <- function() {
+    st_check(
+      structure(
+        list(kind = "header_too_large", message = "it is {not} 100%", tensor = NULL, format = TRUE, hint = "Try {this}."),
+        class = "safetensors_rust_error"
+      ),
+      "Can't read 'x'."
+    )
+  }
+  expect_snapshot(f(), error = TRUE)
+  e <- expect_error(f(), class = "safetensors_error_header_too_large")
+  expect_s3_class(e, "safetensors_error_format")
+})
+
+test_that("?safetensors-conditions documents every class raised, and no other", {
+  root <- test_path("..", "..")
+  error_rs <- file.path(root, "src", "rust", "core", "src", "error.rs")
+  skip_if_not(file.exists(error_rs) && dir.exists(file.path(root, "R")), "the package sources are not here")
+  # The kinds of the Rust core, and those R raises itself.
+  rust <- regmatches(readLines(error_rs), regexec('Kind::[A-Za-z]+ => "([a-z_]+)"', readLines(error_rs)))
+  rust <- vapply(Filter(length, rust), `[[`, "", 2)
+  expect_gte(length(rust), 20)
+  code <- paste(unlist(lapply(list.files(file.path(root, "R"), full.names = TRUE), readLines)), collapse = "\n")
+  calls <- regmatches(code, gregexpr('st_(abort|warn)\\(\\s*"[a-z_]+"', code))[[1]]
+  kinds <- sub('.*"([a-z_]+)"$', "\\1", calls)
+  is_warn <- startsWith(calls, "st_warn")
+  raised <- unique(c(
+    paste0("safetensors_error_", c(rust, kinds[!is_warn], "format")),
+    paste0("safetensors_warning_", kinds[is_warn])
+  ))
+  rd <- tools::Rd_db("safetensors")[["safetensors-conditions.Rd"]]
+  text <- paste(capture.output(tools::Rd2txt(rd)), collapse = "\n")
+  documented <- unique(regmatches(text, gregexpr("safetensors_(error|warning)_[a-z_]*[a-z]", text))[[1]])
+  expect_setequal(documented, raised)
+})

@@ -228,3 +228,39 @@ test_that("\"raw\" tensors keep dtype and shape and write back the same bytes", 
   # The bytes are the file's, row-major: matrix(1:30, 5, 6)[1, 2] is element 2.
   expect_identical(readBin(raws$mat[9:16], "double", 1, endian = "little"), 6)
 })
+
+test_that("a misplaced argument is named, with the argument it was probably meant for", {
+  path <- local_contract_file()
+  bytes <- read_bytes(path)
+  expect_snapshot(error = TRUE, {
+    safe_load_file(path, tensor = "mat")
+    safe_load_file(path, "raw")
+    safe_load_file(path, "mmap")
+    safe_load_file(path, c("mat", "vec"))
+    safe_load_file(path, framework = "raw", device = "cpu")
+    safe_load_file(path, 1, x = matrix(1:100, 10))
+    safe_deserialize(bytes, tnsors = "mat")
+    safe_open(path, tensor = "mat")
+  })
+  err <- expect_error(safe_load_file(path, tensor = "mat"), class = "safetensors_error_invalid_argument")
+  expect_identical(conditionCall(err), quote(safe_load_file(path, tensor = "mat")))
+  # Through a connection, with the caller's arguments too.
+  con <- file(path, "rb")
+  withr::defer(close(con))
+  err <- expect_error(safe_load_file(con, framework = "raw", tensor = "mat"), class = "safetensors_error_invalid_argument")
+  expect_match(cli::ansi_strip(conditionMessage(err)), "Did you mean `tensors = \"mat\"`?", fixed = TRUE)
+})
+
+test_that("frameworks removed by setting them to NULL are not listed", {
+  path <- local_contract_file()
+  frameworks <- utils::getFromNamespace("safetensors_frameworks", ns = "safetensors")
+  frameworks[["gone"]] <- NULL
+  withr::defer(rm("gone", envir = frameworks))
+  expect_false("gone" %in% registered_frameworks())
+  expect_true("torch" %in% registered_frameworks())
+  expect_snapshot(error = TRUE, {
+    safe_load_file(path, framework = "gone")
+    safe_load_file(path, framework = "Torch")
+    safe_load_file(path, framework = 1)
+  })
+})

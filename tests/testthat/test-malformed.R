@@ -120,3 +120,60 @@ test_that("FIFOs, devices and directories are refused at once", {
   )
   expect_identical(unname(res), rep("safetensors_error_io", 3))
 })
+
+test_that("a file that isn't a safetensors file says what it looks like", {
+  zip <- function(name) {
+    c(
+      charToRaw("PK"), as.raw(c(3, 4, 0x14, 0, 0, 0, 8, 0)), raw(16),
+      writeBin(nchar(name), raw(), size = 2, endian = "little"), raw(2), charToRaw(name), raw(100)
+    )
+  }
+  files <- list(
+    "pytorch_model.bin" = zip("archive/data.pkl"),
+    "arrays.npz" = zip("weight.npy"),
+    "model.keras" = zip("metadata.json"),
+    "legacy.pt" = c(as.raw(c(0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19)), raw(50)),
+    "state.pkl" = c(as.raw(c(0x80, 0x04, 0x95)), raw(20)),
+    "model.gguf" = c(charToRaw("GGUF"), as.raw(c(3, 0, 0, 0)), raw(40)),
+    "weight.npy" = c(as.raw(0x93), charToRaw("NUMPY"), as.raw(c(1, 0)), charToRaw("v\001{'descr': '<f4'")),
+    "model.h5" = c(as.raw(c(0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a)), raw(40)),
+    "model.rds" = c(as.raw(c(0x1f, 0x8b, 8, 0, 1, 2, 3, 4)), raw(20)),
+    "model.html" = charToRaw("<!DOCTYPE html>\n<html><body>Not Found</body></html>\n"),
+    "config.safetensors" = charToRaw("{\n  \"architectures\": [\"BertModel\"]\n}\n"),
+    "notes.txt" = charToRaw("These are my notes about the model.\n"),
+    "random.bin" = as.raw(c(0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3))
+  )
+  # Relative paths, so that messages don't depend on the temporary directory.
+  withr::local_dir(withr::local_tempdir())
+  for (name in names(files)) {
+    writeBin(files[[name]], name)
+  }
+  expect_snapshot(error = TRUE, {
+    safe_load_file("pytorch_model.bin")
+    safe_load_file("arrays.npz")
+    safe_load_file("model.keras")
+    safe_load_file("legacy.pt")
+    safe_load_file("state.pkl")
+    safe_load_file("model.gguf")
+    safe_load_file("weight.npy")
+    safe_load_file("model.h5")
+    safe_load_file("model.rds")
+    safe_load_file("model.html")
+    safe_load_file("config.safetensors")
+    safe_load_file("notes.txt")
+    safe_load_file("random.bin")
+  })
+  # From a raw vector and from a connection (which shows only 8 bytes).
+  zip_con <- rawConnection(files[["pytorch_model.bin"]])
+  withr::defer(close(zip_con))
+  html_con <- rawConnection(files[["model.html"]])
+  withr::defer(close(html_con))
+  expect_snapshot(error = TRUE, {
+    safe_deserialize(files[["arrays.npz"]])
+    safe_load_file(zip_con)
+    safe_info(html_con)
+  })
+  # The classes stay those of the length check.
+  expect_error(safe_load_file("pytorch_model.bin"), class = "safetensors_error_header_too_large")
+  expect_error(safe_open("pytorch_model.bin"), class = "safetensors_error_format")
+})

@@ -124,7 +124,7 @@ test_that("malformed files fail at open with the file's error class", {
   expect_error(safe_open(raw(8), backend = "nope"), class = "safetensors_error_invalid_argument")
   # Exact matches only, as with the other choices.
   err <- expect_error(safe_open(raw(8), backend = "mm"), class = "safetensors_error_invalid_argument")
-  expect_match(cli::ansi_strip(conditionMessage(err)), '`backend` must be one of "mmap", "read", not a string', fixed = TRUE)
+  expect_match(cli::ansi_strip(conditionMessage(err)), '`backend` must be one of "mmap" or "read", not "mm".', fixed = TRUE)
   expect_error(safe_open(raw(8), backend = c("read", "mmap")), class = "safetensors_error_invalid_argument")
   expect_error(safe_open(raw(8), backend = NA), class = "safetensors_error_invalid_argument")
 })
@@ -475,4 +475,47 @@ test_that("handles complete names after $ and have a one-line str()", {
   expect_output(str(h), "<safetensors_file> .*: 3 tensors$")
   close(h)
   expect_output(str(h), "3 tensors (closed)", fixed = TRUE)
+})
+
+test_that("a slice object acts as the array it stands for", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  cube <- array(as.numeric(1:24), 2:4)
+  safe_save_file(
+    list(cube = cube, v = 1:3, s = structure(2.5, shape = integer(0)), none = matrix(0, 0, 3), slice = 7L),
+    path
+  )
+  h <- safe_open(path)
+  withr::defer(close(h))
+  s <- h$slice("cube")
+  expect_identical(length(s), 24L)
+  expect_identical(dim(s), 2:4)
+  expect_identical(as.array(s), h[["cube"]])
+  expect_identical(as.array(s)[2, 3, 4], 24)
+  expect_identical(length(h$slice("s")), 1L)
+  expect_null(dim(h$slice("s")))
+  expect_identical(as.array(h$slice("s")), as.array(h[["s"]]))
+  expect_identical(as.array(h$slice("v")), h[["v"]])
+  expect_identical(length(h$slice("none")), 0L)
+  expect_snapshot({
+    str(s)
+    str(h$slice("v"))
+    str(h$slice("s"))
+    str(h$slice("none"))
+    str(list(a = s))
+    s
+  })
+  # str() reads only what it shows; without values for other frameworks.
+  r <- safe_open(path, framework = "raw")
+  withr::defer(close(r))
+  expect_snapshot(str(r$slice("cube")))
+  # A tensor named "slice" is listed once after `$`.
+  expect_identical(utils::.DollarNames(h, ""), c("slice", "cube", "v", "s", "none"))
+  close(h)
+  expect_snapshot(str(s))
+  expect_error(as.array(s), class = "safetensors_error_closed")
+})
+
+test_that("length() of a slice counts elements beyond .Machine$integer.max", {
+  s <- structure(list(shape = c(65536L, 65536L)), class = "safetensors_slice")
+  expect_identical(length(s), 2^32)
 })

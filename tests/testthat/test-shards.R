@@ -130,6 +130,17 @@ test_that("shard sizes parse like transformers' sizes", {
   expect_error(safe_save_file(list(a = 1), con, max_shard_size = 10), class = "safetensors_error_invalid_argument")
 })
 
+test_that("a bad shard size is quoted in the message", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  x <- list(a = 1)
+  expect_snapshot(error = TRUE, {
+    safe_save_file(x, path, max_shard_size = 0)
+    safe_save_file(x, path, max_shard_size = -1)
+    safe_save_file(x, path, max_shard_size = "5 gigs")
+    safe_save_file(x, path, max_shard_size = c(1, 2))
+  })
+})
+
 test_that("the weight map is an allowlist checked against the shards", {
   dir <- withr::local_tempdir()
   index <- write_index(

@@ -90,4 +90,77 @@ test_that("paths with non-ASCII characters work, whatever encoding R marks them 
   h <- safe_open(path)
   expect_identical(as.vector(h[[name]]), 1)
   close(h)
+
+# A socket connection on 127.0.0.1 whose other end, a child process, writes
+# `payload` and then keeps the connection open for `hold` seconds, as a
+# client waiting for a reply does. The socket's own timeout is 10 seconds.
+local_socket_sending <- function(payload, hold = 30, env = parent.frame()) {
+  srv <- NULL
+  for (i in 1:20) {
+    port <- sample(20000:60000, 1)
+    srv <- tryCatch(serverSocket(port), error = function(e) NULL)
+    if (!is.null(srv)) break
+  }
+  if (is.null(srv)) skip("no free port on 127.0.0.1")
+  on.exit(close(srv))
+  writer <- callr::r_bg(function(port, payload, hold) {
+    con <- socketConnection("127.0.0.1", port, blocking = TRUE, open = "wb")
+    writeBin(payload, con)
+    flush(con)
+    Sys.sleep(hold)
+    close(con)
+  }, args = list(port, payload, hold))
+  withr::defer(writer$kill(), envir = env)
+  con <- socketAccept(srv, blocking = TRUE, open = "rb", timeout = 10)
+  withr::defer(close(con), envir = env)
+  con
+}
+
+test_that("the end check never waits on a socket its writer keeps open", {
+  skip_on_cran()
+  skip_if_not_installed("callr")
+  bytes <- safe_serialize(list(a = 1:3, b = matrix(runif(6), 2)))
+  for (framework in c("r", "raw")) {
+    con <- local_socket_sending(bytes)
+    seconds <- system.time(x <- safe_load_file(con, framework = framework))[["elapsed"]]
+    expect_lt(seconds, 5)
+    expect_identical(x[names(x)], safe_deserialize(bytes, framework = framework)[names(x)])
+  }
+  # Bytes after the data that have arrived are still an error.
+  for (framework in c("r", "raw")) {
+    con <- local_socket_sending(c(bytes, as.raw(1:3)))
+    Sys.sleep(0.5)
+    seconds <- system.time(
+      expect_error(safe_load_file(con, framework = framework), class = "safetensors_error_incomplete_buffer")
+    )[["elapsed"]]
+    expect_lt(seconds, 5)
+  }
+})
+
+test_that("the end check looks at what a connection holds without waiting", {
+  bytes <- safe_serialize(list(a = 1:3))
+  path <- withr::local_tempfile()
+  writeBin(c(bytes, as.raw(0)), path)
+  expect_error(safe_load_file(file(path)), class = "safetensors_error_incomplete_buffer")
+  con <- file(path, "rb")
+  withr::defer(close(con))
+  expect_true(stream_has_more(con))
+  readBin(con, "raw", length(bytes) + 1)
+  expect_false(stream_has_more(con))
+  writeBin(bytes, path)
+  expect_identical(names(safe_load_file(file(path))), "a")
+  gz <- withr::local_tempfile(fileext = ".gz")
+  out <- gzfile(gz, "wb")
+  writeBin(c(bytes, as.raw(0)), out)
+  close(out)
+  expect_error(safe_load_file(gzfile(gz)), class = "safetensors_error_incomplete_buffer")
+  rc <- rawConnection(c(bytes, as.raw(0)))
+  withr::defer(close(rc))
+  expect_error(safe_load_file(rc), class = "safetensors_error_incomplete_buffer")
+  skip_on_os("windows")
+  # A pipe can't be asked without waiting: it is not checked.
+  writeBin(c(bytes, as.raw(0)), path)
+  p <- pipe(paste("cat", shQuote(path)), "rb")
+  withr::defer(close(p))
+  expect_identical(names(safe_load_file(p)), "a")
 })

@@ -63,3 +63,47 @@ test_that("a loaded list works as the plain named list of 0.2.x", {
   expect_identical(as.character(jsonlite::toJSON(x)), as.character(jsonlite::toJSON(unclass(x))))
 })
 
+
+test_that("print() of a loaded list shows one line per tensor, fitting the width", {
+  x <- safe_load_file(safe_serialize(
+    list(
+      big = matrix(seq(0, 1, length.out = 50000 * 16), 50000, 16),
+      ids = 1:10,
+      mask = c(TRUE, FALSE, TRUE),
+      z = complex(real = 1:2, imaginary = -1),
+      bytes = as.raw(0:255),
+      half = structure(c(0.1, 1 / 3, 1e4), dtype = "F16"),
+      s = structure(3, shape = integer(0)),
+      empty = numeric(0)
+    ),
+    metadata = list(format = "pt")
+  ))
+  out <- capture.output(print(x))
+  expect_length(out, 2 + length(x) + 2)
+  expect_true(all(nchar(out, "width") <= getOption("width")))
+  expect_snapshot({
+    x
+    print(x, n = 2)
+    print(x, n = 0)
+  })
+  withr::local_options(width = 40)
+  out <- capture.output(print(x))
+  expect_true(all(nchar(out[3:10], "width") <= 40))
+  expect_snapshot(x)
+})
+
+test_that("print() of a loaded list shows raw bytes, framework tensors and other values", {
+  bytes <- safe_serialize(list(w = matrix(c(1, 2, 3, 4), 2), s = structure(1L, shape = integer(0))))
+  expect_snapshot(safe_deserialize(bytes, framework = "raw"))
+  x <- safe_deserialize(bytes)
+  x$note <- "a string"
+  x$more <- list(1, 2)
+  x[["it's"]] <- c(x = 1.5)
+  names(x)[[1]] <- ""
+  expect_snapshot(x)
+  expect_snapshot(safe_deserialize(safe_serialize(list())))
+  # Framework tensors show their meta and class.
+  registerS3method("safe_tensor_meta", "meta_only", function(x) list(shape = list(2, 3), dtype = "BF16"))
+  y <- as_loaded(list(t = structure(list(), class = "meta_only"), u = structure(list(), class = "no_meta")), NULL, 0)
+  expect_snapshot(y)
+})

@@ -55,7 +55,7 @@ test_that("check_string() and check_bool() name the caller's argument and call",
     check_bool(flag)
   }
   err <- expect_error(f(1, TRUE), class = "safetensors_error_invalid_argument")
-  expect_match(cli::ansi_strip(conditionMessage(err)), "`name` must be a single string, not a number.", fixed = TRUE)
+  expect_match(cli::ansi_strip(conditionMessage(err)), "`name` must be a single string, not the number 1.", fixed = TRUE)
   expect_identical(conditionCall(err), quote(f(1, TRUE)))
   err <- expect_error(f("a", NA), class = "safetensors_error_invalid_argument")
   expect_match(cli::ansi_strip(conditionMessage(err)), "`flag` must be `TRUE` or `FALSE`, not `NA`.", fixed = TRUE)
@@ -65,4 +65,74 @@ test_that("check_string() and check_bool() name the caller's argument and call",
   safe_save_file(list(m = matrix(1, 2, 2)), path)
   err <- expect_error(safe_slice(path, "m", 1, , drop = "no"), class = "safetensors_error_invalid_argument")
   expect_match(cli::ansi_strip(conditionMessage(err)), "`drop` must be `TRUE` or `FALSE`", fixed = TRUE)
+})
+
+test_that("value_friendly() quotes short values and names the type of others", {
+  expect_identical(value_friendly(0), "the number 0")
+  expect_identical(value_friendly(-1L), "the number -1")
+  expect_identical(value_friendly(1.5), "the number 1.5")
+  expect_identical(value_friendly(NaN), "the number NaN")
+  expect_identical(value_friendly("bogus"), "the string \"bogus\"")
+  expect_identical(value_friendly(""), "the string \"\"")
+  expect_identical(value_friendly(TRUE), "`TRUE`")
+  expect_identical(value_friendly(NA), "`NA`")
+  expect_identical(value_friendly(NA_real_), "`NA`")
+  expect_identical(value_friendly(NA_character_), "`NA`")
+  expect_identical(value_friendly(NULL), "`NULL`")
+  expect_identical(value_friendly(c(1, 2)), "a double vector")
+  expect_identical(value_friendly(strrep("x", 100)), "a string")
+  expect_identical(value_friendly(matrix(1)), "a double matrix")
+  expect_identical(value_friendly(list(1)), "a list")
+  expect_identical(value_friendly(factor("a")), "a <factor> object")
+})
+
+test_that("closest_name() finds the choice a value was probably meant to be", {
+  choices <- c("read", "mmap")
+  expect_identical(closest_name("Read", choices), "read")
+  expect_identical(closest_name("m", choices), "mmap")
+  expect_identical(closest_name("mmp", choices), "mmap")
+  expect_null(closest_name("mmpa", choices))
+  expect_null(closest_name("bogus", choices))
+  expect_null(closest_name("x", c("r", "raw")))
+  expect_null(closest_name("", choices))
+  expect_null(closest_name(1, choices))
+  expect_identical(closest_name("tensor", c("path", "framework", "tensors", "backend")), "tensors")
+  expect_identical(closest_name("Torch", c("r", "raw", "torch")), "torch")
+  expect_identical(or_list(c("a", "b", "c")), "a, b or c")
+  expect_identical(or_list("a"), "a")
+})
+
+test_that("argument errors quote the value given and suggest the choice meant", {
+  f <- function(backend = c("read", "mmap")) arg_choice(backend, c("read", "mmap"))
+  expect_snapshot(error = TRUE, {
+    f("bogus")
+    f("Read")
+    f("m")
+    f("{x}")
+    f(1)
+    f(c("read", "x"))
+    safe_load_file(raw(8), backend = "bogus")
+    safe_open(raw(8), backend = "Read")
+  })
+})
+
+test_that("a bad option safetensors.threads is quoted, with what to set instead", {
+  x <- list(a = 1)
+  withr::local_options(safetensors.threads = 0)
+  expect_snapshot(safe_serialize(x), error = TRUE)
+  withr::local_options(safetensors.threads = "2")
+  expect_snapshot(safe_serialize(x), error = TRUE)
+})
+
+test_that("check_string() and check_bool() quote short values", {
+  f <- function(name, flag) {
+    check_string(name)
+    check_bool(flag)
+  }
+  expect_snapshot(error = TRUE, {
+    f(1, TRUE)
+    f(c("a", "b"), TRUE)
+    f("a", "yes")
+    f("a", NA)
+  })
 })

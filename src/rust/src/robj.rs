@@ -461,16 +461,21 @@ pub fn named_list(names: &[&str], values: Vec<Robj>) -> Robj {
 }
 
 /// The error as the condition data R's `st_check()` turns into a classed
-/// error: `list(kind, message, tensor)` of class `safetensors_rust_error`.
+/// error: `list(kind, message, tensor, format, hint)` of class
+/// `safetensors_rust_error`.
 pub fn error_robj(e: &Error) -> Robj {
     let tensor: Robj = match &e.tensor {
         // Names with NUL can't reach R; the message still names them.
         Some(t) if !t.contains('\0') => t.as_str().into(),
         _ => ().into(),
     };
+    let hint: Robj = match &e.hint {
+        Some(h) => h.replace('\0', "\\0").into(),
+        None => ().into(),
+    };
     let mut out = named_list(
-        &["kind", "message", "tensor", "format"],
-        vec![e.kind.class().into(), e.message.replace('\0', "\\0").into(), tensor, e.kind.is_format().into()],
+        &["kind", "message", "tensor", "format", "hint"],
+        vec![e.kind.class().into(), e.message.replace('\0', "\\0").into(), tensor, e.kind.is_format().into(), hint],
     );
     set_attr(&mut out, "class", "safetensors_rust_error".into());
     out

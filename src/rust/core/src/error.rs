@@ -102,7 +102,8 @@ impl Kind {
     }
 }
 
-/// An error with its kind, a lower-case message, and the tensor it concerns.
+/// An error with its kind, a lower-case message, the tensor it concerns,
+/// and a hint on what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Error {
     /// The stable kind.
@@ -111,17 +112,26 @@ pub struct Error {
     pub message: String,
     /// The tensor concerned, when there is one.
     pub tensor: Option<String>,
+    /// What the user can do about it, a sentence (R shows it as an `i`
+    /// bullet), when there is something to say.
+    pub hint: Option<String>,
 }
 
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: Kind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), tensor: None }
+        Error { kind, message: message.into(), tensor: None, hint: None }
     }
 
     /// An error of `kind` about tensor `name`.
     pub fn tensor(kind: Kind, name: &str, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), tensor: Some(name.to_string()) }
+        Error { kind, message: message.into(), tensor: Some(name.to_string()), hint: None }
+    }
+
+    /// The same error with a hint on what to do.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
+        self.hint = Some(hint.into());
+        self
     }
 
     /// Maps an I/O error, keeping "not found" apart.

@@ -76,8 +76,10 @@ pub trait Source {
 /// Reads and validates the header of `src`.
 pub fn read_header(src: &dyn Source) -> Result<Header> {
     let total = src.len();
-    let mut prefix = [0u8; N_LEN];
-    let have = total.min(N_LEN as u64) as usize;
+    // More than the 8 bytes of the length, to say what a file that isn't a
+    // safetensors file looks like.
+    let mut prefix = [0u8; format::SNIFF_LEN];
+    let have = total.min(format::SNIFF_LEN as u64) as usize;
     src.read_at(0, &mut prefix[..have])?;
     let n = format::header_len(&prefix[..have], total)?;
     // header_len checked N_LEN + n <= total, so this allocation is backed by the file.
