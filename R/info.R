@@ -132,7 +132,7 @@ with_header <- function(path, fun, call = parent.frame()) {
     part$info <- check_part(info_header_(read_header_bytes(path, part, call)), part, call = call)
   } else if (is.character(path) || is.raw(path)) {
     part <- open_part(path, "read", verb = "read", call = call)
-    on.exit(close_(part$ptr), add = TRUE)
+    on.exit(close_part(part), add = TRUE)
   } else {
     st_abort(
       "invalid_argument",

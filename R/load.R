@@ -98,6 +98,9 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend))
   }
+  if (is_url(path)) {
+    return(load_through_handle(path, tensors, framework, list(...), backend))
+  }
   if (inherits(path, "connection") && framework != "r") {
     return(load_stream(path, tensors, framework, list(...)))
   }
@@ -132,7 +135,7 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
 # safe_load_file() for an index: the tensors asked for (all by default), with
 # the combined header as the "metadata" attribute.
 load_index <- function(path, tensors, framework, args, backend, call = parent.frame()) {
-  h <- open_index(path, framework, args, backend, call = call)
+  h <- open_index(path, framework, args, backend, whole = is.null(tensors), call = call)
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
 }
@@ -222,11 +225,12 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
   as_loaded(out, info$header, max_offset)
 }
 
-# safe_load_file() of a file path (or raw vector) through a handle, so that
-# a progress bar can be updated between groups of tensors, or tensors read
-# straight into torch (load_handle()).
+# safe_load_file() of a file path, URL (or raw vector) through a handle, so
+# that a progress bar can be updated between groups of tensors, tensors
+# read straight into torch, or a remote file's tensors fetched in pieces
+# (load_handle()).
 load_through_handle <- function(path, tensors, framework, args, backend, call = parent.frame()) {
-  part <- open_part(path, backend, call = call)
+  part <- open_part(path, backend, whole = is.null(tensors), call = call)
   h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata, kind = backend
   )

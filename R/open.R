@@ -106,32 +106,40 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   part <- open_part(path, backend)
   new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata,
-    kind = if (is.character(path)) backend else "memory"
+    kind = if (part_is_remote(part)) "remote" else if (isTRUE(part$memory) || !is.character(path)) "memory" else backend
   )
 }
 
 # Opens every shard of the index at `path` and presents the tensors of the
 # weight map as one handle: shards in file-name order, each shard's tensors
 # in file order. The weight map is an allowlist (a shard's other tensors are
-# hidden), and each tensor it names must be in the shard it names.
-open_index <- function(path, framework, args, backend, call = parent.frame()) {
+# hidden), and each tensor it names must be in the shard it names. The
+# shards of an index URL are at URLs relative to it. `whole`: every tensor
+# will be read (see open_part()).
+open_index <- function(path, framework, args, backend, whole = FALSE, call = parent.frame()) {
   check_string(path, call = call)
-  path <- path.expand(path)
+  remote <- is_url(path)
+  if (!remote) {
+    path <- path.expand(path)
+  }
   idx <- read_index(path, call = call)
   files <- sort(unique(idx$files), method = "radix")
-  dir <- dirname(path)
+  shard_path <- function(file) {
+    if (remote) url_resolve(path, url_path_escape(file)) else file.path(dirname(path), file)
+  }
+  label <- source_label(path)
   parts <- vector("list", length(files))
   done <- FALSE
   on.exit(
     if (!done) {
-      for (p in parts) if (!is.null(p)) close_(p$ptr)
+      for (p in parts) if (!is.null(p)) close_part(p)
     },
     add = TRUE
   )
   names <- character()
   part_of <- integer()
   for (f in seq_along(files)) {
-    part <- open_part(file.path(dir, files[[f]]), backend, call = call)
+    part <- open_part(shard_path(files[[f]]), backend, whole = whole, call = call)
     part$file <- files[[f]]
     parts[[f]] <- part
     wanted <- idx$names[idx$files == files[[f]]]
@@ -141,7 +149,7 @@ open_index <- function(path, framework, args, backend, call = parent.frame()) {
       st_abort(
         "invalid_index",
         c(
-          cli_escape(source_what(path)),
+          cli_escape(source_what(label)),
           x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {files[[f]]}}, which does not contain it."
         ),
         tensor = absent[[1]],
@@ -155,7 +163,7 @@ open_index <- function(path, framework, args, backend, call = parent.frame()) {
   }
   done <- TRUE
   new_handle(parts, names, part_of, framework, args, backend,
-    label = path,
+    label = label,
     metadata = if (length(parts) > 0) parts[[1]]$info$metadata,
     kind = "shards",
     index = idx
@@ -164,7 +172,7 @@ open_index <- function(path, framework, args, backend, call = parent.frame()) {
 
 # A handle: the parts (open files), and for each visible tensor its name and
 # part. `metadata` is the file's (or first shard's) __metadata__; `kind` is
-# "mmap", "read", "memory" or "shards".
+# "mmap", "read", "memory", "remote" or "shards".
 new_handle <- function(parts, names, part_of, framework, args, backend, label, metadata, kind, index = NULL) {
   pos <- integer(length(names))
   for (p in unique(part_of)) {
@@ -245,7 +253,7 @@ str.safetensors_file <- function(object, ...) {
 #' @export
 close.safetensors_file <- function(con, ...) {
   for (p in hget(con, "parts")) {
-    close_(p$ptr)
+    close_part(p)
   }
   invisible()
 }
@@ -329,6 +337,15 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
   for (p in unique(part_of)) {
     k <- which(part_of == p)
     part <- parts[[p]]
+    if (part_is_remote(part)) {
+      # Fetched in pieces, which move the bar.
+      res <- remote_read(part, names[k], mode, st_threads(), call = call, bar = bar)
+      tensors[k] <- unname(res$tensors)
+      inexact[k] <- res$inexact
+      int_min[k] <- res$int_min
+      max_offset <- max(max_offset, res$max_offset)
+      next
+    }
     groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
     for (g in groups) {
       res <- check_part(handle_read_(part$ptr, names[g], mode, st_threads()), part, call = call)
@@ -401,7 +418,11 @@ format.safetensors_file <- function(x, ..., n = 20) {
     mmap = "memory-mapped",
     read = "read on demand",
     memory = "in memory",
-    shards = sprintf("%d shards, %s", length(parts), if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand")
+    remote = "read over HTTP on demand",
+    shards = sprintf(
+      "%d shards, %s", length(parts),
+      if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand"
+    )
   )
   lines <- c(
     head,
@@ -582,7 +603,12 @@ read_slice <- function(x, name, idx, drop, call = parent.frame()) {
   }
   framework <- hget(x, "framework")
   mode <- if (framework == "r") "array" else "raw"
-  res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode), part, call = call)
+  segments <- if (part_is_remote(part)) {
+    # The core names the bytes the slice needs; they are fetched first.
+    ranges <- check_part(slice_fetches_(part$ptr, name, specs, is_range), part, call = call)
+    remote_segments(part, ranges, call = call)
+  }
+  res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode, segments), part, call = call)
   out <- res$tensor
   warn_conversions(name, res, call = call)
   if (mode == "array") {
