@@ -375,7 +375,9 @@ http_attempt <- function(url, headers, timeout) {
     connecttimeout = timeout,
     low_speed_limit = 1,
     low_speed_time = timeout,
-    failonerror = FALSE
+    failonerror = FALSE,
+    # Byte ranges are of the file as stored: no compressed bodies.
+    accept_encoding = "identity"
   )
   if (length(headers) > 0) {
     curl::handle_setheaders(h, .list = as.list(headers))

@@ -25,8 +25,14 @@
 #'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
-#'   `model.safetensors.index.json`), a raw vector holding a whole file, or a
-#'   binary connection (opened for reading, or not yet opened). A connection
+#'   `model.safetensors.index.json`), an `http://` or `https://` URL of
+#'   either, a raw vector holding a whole file, or a binary connection
+#'   (opened for reading, or not yet opened). A URL is read with HTTP range
+#'   requests: the header, then (without `tensors`) the data in one request
+#'   streamed into the result piece by piece, so that no second copy of the
+#'   file is held; with `tensors`, one request per run of adjacent tensors
+#'   asked for. A whole file is also read from a server that ignores range
+#'   requests. See "Remote files" in [safe_open()]. A connection
 #'   is read from its current position to its end (it need not be
 #'   seekable), which must be where the tensor data its header describes
 #'   end; with a framework other than `"r"` it is read tensor by tensor,
@@ -46,7 +52,7 @@
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
 #'   maps the file into memory and converts from the mapping, letting go of
 #'   each part of the mapping once converted, so that either way the memory
-#'   held is the result's.
+#'   held is the result's. Ignored for URLs.
 #' @section Threads:
 #' Large reads and writes are split between threads (each R vector is still
 #' allocated once, by R's main thread). The number of threads is the option

@@ -58,10 +58,39 @@
 #' keeps reading the old file until it is closed. Concurrent changes that
 #' race with a read in progress are not detected.
 #'
+#' @section Remote files:
+#' `path` may be an `http://` or `https://` URL, of a file or of a shard
+#' index (whose shards are at URLs relative to it), such as a Hugging Face
+#' Hub URL `https://huggingface.co/<repo>/resolve/<revision>/<file>`.
+#' Nothing is downloaded but what is read: opening reads the header with
+#' one HTTP range request for the first 64 KiB (and a second for the rest
+#' of a longer header), each tensor read takes one request for its bytes
+#' (tensors adjacent in the file share one), and a slice fetches only the
+#' rows or blocks it selects (runs less than 16 KiB apart in one request);
+#' bytes within the first 64 KiB came with the header and are not fetched
+#' again. The bytes are validated exactly as a
+#' local file's; a server that sends other bytes than those asked for gets
+#' the errors a damaged file gets, and a file that changes on the server
+#' while a handle is open gives `safetensors_error_file_changed`. A file of
+#' at most 64 KiB is read whole by the first request and kept in memory.
+#' A handle remembers where the URL redirects to (a Hub URL redirects to a
+#' CDN) and asks there directly afterwards.
+#'
+#' This needs the \pkg{curl} package (an error of class
+#' `safetensors_error_package_not_installed` says how to install it) and a
+#' server that answers range requests (one that doesn't gives an error of
+#' class `safetensors_error_http`; [safe_load_file()] reads whole files
+#' from it). Failures are errors of class `safetensors_error_http`, with
+#' fields `status` (the HTTP status, `NA` without a response) and `url`
+#' (credentials in it redacted). Credentials, timeouts and retries are set
+#' by options and the `HF_TOKEN` environment variable: see "Remote files"
+#' in [safetensors-package].
+#'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file ending in `.json`, such as
-#'   `model.safetensors.index.json`; see [safe_save_file()]), a raw vector
-#'   holding a whole file, or a binary connection (read into memory).
+#'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
+#'   or `https://` URL of either (see "Remote files"), a raw vector holding
+#'   a whole file, or a binary connection (read into memory).
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.
@@ -72,7 +101,7 @@
 #' @param backend How a file is read: `"mmap"` (the default) maps it into
 #'   memory and copies from the mapping; `"read"` reads each tensor with
 #'   positioned reads, which is faster on network filesystems where mapping
-#'   is slow. Ignored for raw vectors and connections.
+#'   is slow. Ignored for URLs, raw vectors and connections.
 #' @return `safe_open()`: a handle of class `safetensors_file`.
 #'   `safe_slice()`: the selected part of the tensor.
 #' @seealso [safe_load_file()] to read everything, [safe_info()] for the
@@ -95,6 +124,16 @@
 #'
 #' # Python's f.get_slice("weight")[0:1, ::2], in R
 #' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
+#' @examplesIf interactive() && rlang::is_installed("curl")
+#'
+#' # A model on the Hugging Face Hub: its header, then one tensor and a
+#' # slice of another, without downloading the rest
+#' url <- "https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors"
+#' h <- safe_open(url)
+#' h
+#' wte <- grep("wte.weight$", names(h), value = TRUE)
+#' h$slice(wte)[1:5, 1:8]
+#' close(h)
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("mmap", "read"))
@@ -527,8 +566,8 @@ print.safetensors_slice <- function(x, ...) {
 }
 
 #' @rdname safe_open
-#' @param x A handle from `safe_open()`, or anything `safe_open()` accepts
-#'   (which is then opened and closed again).
+#' @param x A handle from `safe_open()`, or anything `safe_open()` accepts,
+#'   URLs included (which is then opened and closed again).
 #' @param name The name of the tensor to slice.
 #' @param drop Whether to drop extents of one from the result, as for
 #'   arrays. Default `TRUE`.

@@ -152,6 +152,8 @@ open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()
       ptr <- open_raw_(prefix)
       part$memory <- TRUE
     } else {
+      # Reads of the bytes it holds past the header need no request.
+      part$prefix <- prefix
       n <- check_part(header_len_(prefix), part, verb, call = call)
       if (8 + n > length(prefix) && 8 + n <= total) {
         prefix <- c(prefix, http_fetch(url, length(prefix), 8 + n - 1, total = total, cache = cache, call = call))
@@ -178,13 +180,40 @@ remote_read_exact <- function(resp, n, url, call) {
 }
 
 # Reads bytes `from` to `from + n - 1` of a remote part, in pieces of
-# `sizes` bytes passed to `fun(k, bytes)` in turn: one range request, or
-# from the part's stream (which must not be past `from`; bytes before it
-# are skipped).
+# `sizes` bytes passed to `fun(k, bytes)` in turn: those of the first
+# answer (`part$prefix`, the first 64 KiB) from it, the rest with one range
+# request; or from the part's stream (which must not be past `from`; bytes
+# before it are skipped).
 remote_bytes <- function(part, from, n, sizes, fun, call) {
   stream <- part$stream
   if (is.null(stream)) {
-    return(http_stream(part$url, from, from + n - 1, sizes, fun, total = part$info$file_len, cache = part$cache, call = call))
+    prefix <- part$prefix
+    have <- length(prefix)
+    k <- 1L
+    pos <- from
+    while (k <= length(sizes) && pos + sizes[[k]] <= have) {
+      fun(k, prefix[seq(pos + 1, length.out = sizes[[k]])])
+      pos <- pos + sizes[[k]]
+      k <- k + 1L
+    }
+    if (k > length(sizes)) {
+      return(invisible())
+    }
+    rest <- sizes[k:length(sizes)]
+    head <- NULL
+    if (pos < have) {
+      # A piece that starts in the prefix and ends after it.
+      head <- prefix[(pos + 1):have]
+      rest[[1]] <- rest[[1]] - length(head)
+      pos <- have
+    }
+    deliver <- function(i, bytes) {
+      if (i == 1L && !is.null(head)) {
+        bytes <- c(head, bytes)
+      }
+      fun(k - 1L + i, bytes)
+    }
+    return(http_stream(part$url, pos, from + n - 1, rest, deliver, total = part$info$file_len, cache = part$cache, call = call))
   }
   if (from < stream$pos) {
     http_abort(part$url, 200, "The server ignores range requests, so the file can only be read in order.", call = call)
@@ -224,13 +253,15 @@ remote_read <- function(part, names, mode, threads, call, bar = NULL) {
 }
 
 # The bytes a read of a remote part needs, given as `list(offset, length)`
-# (absolute byte ranges, from the core), fetched one request each, as the
-# segments the core reads them from: `list(offsets, raw vectors)`.
+# (absolute byte ranges, from the core), fetched one request each (none for
+# those in the prefix), as the segments the core reads them from:
+# `list(offsets, raw vectors)`.
 remote_segments <- function(part, ranges, call) {
   raws <- vector("list", length(ranges$offset))
   for (i in seq_along(raws)) {
-    from <- ranges$offset[[i]]
-    raws[[i]] <- http_fetch(part$url, from, from + ranges$length[[i]] - 1, total = part$info$file_len, cache = part$cache, call = call)
+    remote_bytes(part, ranges$offset[[i]], ranges$length[[i]], ranges$length[[i]], function(k, bytes) {
+      raws[[i]] <<- bytes
+    }, call = call)
   }
   list(ranges$offset, raws)
 }
