@@ -119,7 +119,7 @@ remove_dot_segments <- function(path) {
 # segment percent-encoded.
 url_path_escape <- function(file) {
   segs <- strsplit(file, "/", fixed = TRUE)[[1]]
-  paste(vapply(segs, curl::curl_escape, character(1), USE.NAMES = FALSE), collapse = "/")
+  paste(vapply(segs, utils::URLencode, character(1), reserved = TRUE, USE.NAMES = FALSE), collapse = "/")
 }
 
 # `url` as messages and printed handles show it: a password in it and the
@@ -480,11 +480,12 @@ http_check_range <- function(resp, from, to, total, url, call) {
 # `sizes` bytes in turn (`sum(sizes)` is the range's length): one request,
 # whose body is read piece by piece, so only one piece is in memory at a
 # time (`cache` as for http_open()). A transfer that fails is resumed from
-# the first piece not yet
-# delivered, after a backoff, up to `safetensors.http_retries` times. A
-# body shorter or longer than the range, or a Content-Range for other
-# bytes, is an error of class `safetensors_error_incomplete_buffer`; a
-# server that ignores ranges (status 200) is `safetensors_error_http`.
+# the first piece not yet delivered, after a backoff, up to
+# `safetensors.http_retries` times. A body shorter or longer than the
+# range, or a Content-Range for other bytes, is an error of class
+# `safetensors_error_incomplete_buffer`, a file whose length changed
+# `safetensors_error_file_changed`; a server that ignores ranges (status
+# 200) is `safetensors_error_http`.
 http_stream <- function(url, from, to, sizes, fun, total = NA_real_, cache = NULL, call = parent.frame()) {
   retries <- http_retries(call)
   k <- 1L

@@ -235,6 +235,10 @@ test_that("a hostile server gets the errors a hostile file gets", {
   safe_save_file(list(a = 1), path)
   expect_error(h$embed, class = "safetensors_error_file_changed")
   expect_error(safe_info(srv$url("missing.safetensors")), class = "safetensors_error_http")
+  port <- function(x) gsub(":[0-9]+/", ":PORT/", x)
+  expect_snapshot(safe_info(srv$url("missing.safetensors")), error = TRUE, transform = port)
+  expect_snapshot(safe_load_file(srv$url("model.safetensors", "short")), error = TRUE, transform = port)
+  expect_snapshot(safe_open(srv$url("len.safetensors")), error = TRUE, transform = port)
 })
 
 test_that("a handle remembers where its URL redirects to", {
