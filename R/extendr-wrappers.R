@@ -9,8 +9,11 @@
 NULL
 
 #' Every dtype of the format in the reference implementation's order:
-#' `list(name, bits, r_type, torch, torch_type)`, columns of equal length
-#' (`torch` and `torch_type` `NA` where R torch has no such type).
+#' `list(name, bits, r_type, default_for, torch, torch_type)`, columns of
+#' equal length: `r_type` is the R type it is read into, `default_for` the
+#' R type written as it by default (`NA` for the others), `torch` and
+#' `torch_type` R torch's dtype function and `$.type()` name (`NA` where R
+#' torch has no such type).
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
 
@@ -33,12 +36,26 @@ handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, n
 #' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 #' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
 #' as a vector of 0-based indices. Returns `list(tensor, inexact, int_min)`.
+#' For a remote file, `segments` holds the bytes `slice_fetches_()` named,
+#' as `list(offsets, raw vectors)`; `NULL` otherwise.
 #' @noRd
-handle_slice_ <- function(x, name, specs, is_range, mode) .Call(wrap__handle_slice_, x, name, specs, is_range, mode)
+handle_slice_ <- function(x, name, specs, is_range, mode, segments) .Call(wrap__handle_slice_, x, name, specs, is_range, mode, segments)
+
+#' The byte ranges of the file that reading a slice of tensor `name`
+#' (`specs` and `is_range` as for `handle_slice_()`) touches: `list(offset,
+#' length)`, absolute, sorted, nearby runs merged. R fetches them from a
+#' remote file, one request each.
+#' @noRd
+slice_fetches_ <- function(x, name, specs, is_range) .Call(wrap__slice_fetches_, x, name, specs, is_range)
 
 #' Reads the index file at `path`: `list(names, files, metadata)`.
 #' @noRd
 read_index_ <- function(path) .Call(wrap__read_index_, path)
+
+#' Parses an index from its bytes (a raw vector, such as an index fetched
+#' over HTTP): `list(names, files, metadata)`.
+#' @noRd
+parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
 
 #' Writes an index file atomically: `total_size`, and each tensor of
 #' `names` mapped to the shard in `files`.
@@ -53,6 +70,31 @@ open_file_ <- function(path, backend) .Call(wrap__open_file_, path, backend)
 #' Opens a raw vector holding a whole file; the handle keeps it alive.
 #' @noRd
 open_raw_ <- function(buf) .Call(wrap__open_raw_, buf)
+
+#' Opens a remote file (over HTTP) of `len` bytes from its first bytes
+#' `prefix` (a raw vector holding at least the header), reading and
+#' validating the header against `len`.
+#' @noRd
+open_remote_ <- function(prefix, len) .Call(wrap__open_remote_, prefix, len)
+
+#' Starts reading whole tensors `names` (a character vector) of a remote
+#' handle in mode `"array"` or `"raw"`: allocates them and plans what to
+#' fetch, in pieces of at most `max` bytes. Returns `list(loader, offset,
+#' length, pieces)`: the byte ranges to fetch (absolute, one request each)
+#' and, for each, its pieces' lengths, which `remote_feed_()` takes in
+#' order.
+#' @noRd
+remote_plan_ <- function(x, names, mode, max) .Call(wrap__remote_plan_, x, names, mode, max)
+
+#' Reads piece `piece` (from 1, counted over all fetches) of a remote read,
+#' whose bytes R fetched into the raw vector `bytes`, on `threads` threads.
+#' @noRd
+remote_feed_ <- function(loader, piece, bytes, threads) .Call(wrap__remote_feed_, loader, piece, bytes, threads)
+
+#' The tensors of a remote read once every piece was fed: `list(tensors,
+#' inexact, int_min, max_offset)`, as `handle_read_()` returns them.
+#' @noRd
+remote_finish_ <- function(loader) .Call(wrap__remote_finish_, loader)
 
 #' Closes a handle: drops the file or map and releases a raw vector.
 #' Closing twice is harmless.

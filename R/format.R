@@ -61,7 +61,11 @@ format_columns <- function(headers, cols, right = rep(FALSE, length(cols))) {
   paste0("  ", trimws(rows, "right"))
 }
 
-# A file name as cli shows it in messages.
+# A file name (or URL) as cli shows it in messages.
 format_file <- function(label) {
-  cli::format_inline("{.file {label}}")
+  if (grepl("^[Hh][Tt][Tt][Pp][Ss]?://", label)) {
+    cli::format_inline("{.url {label}}")
+  } else {
+    cli::format_inline("{.file {label}}")
+  }
 }

@@ -15,10 +15,12 @@
 #' the same metadata to every shard; the index's own `total_size` is the sum
 #' of the `bytes` column).
 #'
-#' @param path A path to a `.safetensors` file or a shard index, a folder
-#'   holding a checkpoint (its index, else its `model.safetensors`), a raw
-#'   vector holding a file, a binary connection, or a handle from
-#'   [safe_open()].
+#' @param path A path to a `.safetensors` file or a shard index, an
+#'   `http://` or `https://` URL of either (the header is read with one
+#'   range request, two when it is over 64 KiB; see "Remote files" in
+#'   [safe_open()]), a folder holding a checkpoint (its index, else its
+#'   `model.safetensors`), a raw vector holding a file, a binary connection,
+#'   or a handle from [safe_open()].
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
 #'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
@@ -134,7 +136,7 @@ with_header <- function(path, fun, call = parent.frame()) {
     part$info <- check_part(info_header_(read_header_bytes(path, part, call)), part, call = call)
   } else if (is.character(path) || is.raw(path)) {
     part <- open_part(path, "read", verb = "read", call = call)
-    on.exit(close_(part$ptr), add = TRUE)
+    on.exit(close_part(part), add = TRUE)
   } else {
     st_abort(
       "invalid_argument",
@@ -158,9 +160,10 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' belongs to `"encoder"`; a name with fewer parts is its own module.
 #' `summary()` of a handle from [safe_open()] gives the same.
 #'
-#' @param path A path to a `.safetensors` file or a shard index, a folder
-#'   holding a checkpoint (its index, else its `model.safetensors`), a raw
-#'   vector holding a file, a binary connection, or a handle from
+#' @param path A path to a `.safetensors` file or a shard index, an
+#'   `http://` or `https://` URL of either (only the header is fetched), a
+#'   folder holding a checkpoint (its index, else its `model.safetensors`), a
+#'   raw vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,
 #'   make its module. Default 1.

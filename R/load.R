@@ -25,9 +25,15 @@
 #'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
-#'   `model.safetensors.index.json`), a folder holding a checkpoint (read
-#'   from its index, else its `model.safetensors`), a raw vector holding a
-#'   whole file, or a binary connection (opened for reading, or not yet opened). A connection
+#'   `model.safetensors.index.json`), an `http://` or `https://` URL of
+#'   either, a folder holding a checkpoint (read from its index, else its
+#'   `model.safetensors`), a raw vector holding a whole file, or a binary
+#'   connection (opened for reading, or not yet opened). A URL is read with HTTP range
+#'   requests: the header, then (without `tensors`) the data in one request
+#'   streamed into the result piece by piece, so that no second copy of the
+#'   file is held; with `tensors`, one request per run of adjacent tensors
+#'   asked for. A whole file is also read from a server that ignores range
+#'   requests. See "Remote files" in [safe_open()]. A connection
 #'   is read from its current position to its end (it need not be
 #'   seekable), which must be where the tensor data its header describes
 #'   end; with a framework other than `"r"` it is read tensor by tensor,
@@ -50,7 +56,7 @@
 #'   tensor from the file into its R vector with positioned reads; `"mmap"`
 #'   maps the file into memory and converts from the mapping, letting go of
 #'   each part of the mapping once converted, so that either way the memory
-#'   held is the result's.
+#'   held is the result's. Ignored for URLs.
 #' @section Threads:
 #' Large reads and writes are split between threads (each R vector is still
 #' allocated once, by R's main thread). The number of threads is the option
@@ -106,6 +112,9 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend))
   }
+  if (is_url(path)) {
+    return(load_through_handle(path, tensors, framework, list(...), backend))
+  }
   if (inherits(path, "connection") && framework != "r") {
     return(load_stream(path, tensors, framework, list(...)))
   }
@@ -140,7 +149,7 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
 # safe_load_file() for an index: the tensors asked for (all by default), with
 # the combined header as the "metadata" attribute.
 load_index <- function(path, tensors, framework, args, backend, call = parent.frame()) {
-  h <- open_index(path, framework, args, backend, call = call)
+  h <- open_index(path, framework, args, backend, whole = is.null(tensors), call = call)
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
 }
@@ -234,11 +243,12 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
   as_loaded(out, info$header, max_offset)
 }
 
-# safe_load_file() of a file path (or raw vector) through a handle, so that
-# a progress bar can be updated between groups of tensors, or tensors read
-# straight into torch (load_handle()).
+# safe_load_file() of a file path, URL (or raw vector) through a handle, so
+# that a progress bar can be updated between groups of tensors, tensors
+# read straight into torch, or a remote file's tensors fetched in pieces
+# (load_handle()).
 load_through_handle <- function(path, tensors, framework, args, backend, call = parent.frame()) {
-  part <- open_part(path, backend, call = call)
+  part <- open_part(path, backend, whole = is.null(tensors), call = call)
   h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata, kind = backend
   )

@@ -67,10 +67,39 @@
 #' and the file is left as it was. With `backend = "read"`, the file can be
 #' replaced while open, as on Linux and macOS.
 #'
+#' @section Remote files:
+#' `path` may be an `http://` or `https://` URL, of a file or of a shard
+#' index (whose shards are at URLs relative to it), such as a Hugging Face
+#' Hub URL `https://huggingface.co/<repo>/resolve/<revision>/<file>`.
+#' Nothing is downloaded but what is read: opening reads the header with
+#' one HTTP range request for the first 64 KiB (and a second for the rest
+#' of a longer header), each tensor read takes one request for its bytes
+#' (tensors adjacent in the file share one), and a slice fetches only the
+#' rows or blocks it selects (runs less than 16 KiB apart in one request);
+#' bytes within the first 64 KiB came with the header and are not fetched
+#' again. The bytes are validated exactly as a
+#' local file's; a server that sends other bytes than those asked for gets
+#' the errors a damaged file gets, and a file that changes on the server
+#' while a handle is open gives `safetensors_error_file_changed`. A file of
+#' at most 64 KiB is read whole by the first request and kept in memory.
+#' A handle remembers where the URL redirects to (a Hub URL redirects to a
+#' CDN) and asks there directly afterwards.
+#'
+#' This needs the \pkg{curl} package (an error of class
+#' `safetensors_error_package_not_installed` says how to install it) and a
+#' server that answers range requests (one that doesn't gives an error of
+#' class `safetensors_error_http`; [safe_load_file()] reads whole files
+#' from it). Failures are errors of class `safetensors_error_http`, with
+#' fields `status` (the HTTP status, `NA` without a response) and `url`
+#' (credentials in it redacted). Credentials, timeouts and retries are set
+#' by options and the `HF_TOKEN` environment variable: see "Remote files"
+#' in [safetensors-package].
+#'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file ending in `.json`, such as
-#'   `model.safetensors.index.json`; see [safe_save_file()]), a folder
-#'   holding a checkpoint (its index, else its `model.safetensors`), a raw vector
+#'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
+#'   or `https://` URL of either (see "Remote files"), a folder holding a
+#'   checkpoint (its index, else its `model.safetensors`), a raw vector
 #'   holding a whole file, or a binary connection (read into memory).
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
@@ -82,7 +111,7 @@
 #' @param backend How a file is read: `"mmap"` (the default) maps it into
 #'   memory and copies from the mapping; `"read"` reads each tensor with
 #'   positioned reads, which is faster on network filesystems where mapping
-#'   is slow. Ignored for raw vectors and connections.
+#'   is slow. Ignored for URLs, raw vectors and connections.
 #' @return `safe_open()`: a handle of class `safetensors_file`.
 #'   `safe_slice()`: the selected part of the tensor.
 #' @seealso [safe_load_file()] to read everything, [safe_info()] for the
@@ -105,6 +134,16 @@
 #'
 #' # Python's f.get_slice("weight")[0:1, ::2], in R
 #' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
+#' @examplesIf interactive() && rlang::is_installed("curl")
+#'
+#' # A model on the Hugging Face Hub: its header, then one tensor and a
+#' # slice of another, without downloading the rest
+#' url <- "https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors"
+#' h <- safe_open(url)
+#' h
+#' wte <- grep("wte.weight$", names(h), value = TRUE)
+#' h$slice(wte)[1:5, 1:8]
+#' close(h)
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
@@ -117,32 +156,40 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
   part <- open_part(path, backend)
   new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata,
-    kind = if (is.character(path)) backend else "memory"
+    kind = if (part_is_remote(part)) "remote" else if (isTRUE(part$memory) || !is.character(path)) "memory" else backend
   )
 }
 
 # Opens every shard of the index at `path` and presents the tensors of the
 # weight map as one handle: shards in file-name order, each shard's tensors
 # in header order. The weight map is an allowlist (a shard's other tensors are
-# hidden), and each tensor it names must be in the shard it names.
-open_index <- function(path, framework, args, backend, call = parent.frame()) {
+# hidden), and each tensor it names must be in the shard it names. The
+# shards of an index URL are at URLs relative to it. `whole`: every tensor
+# will be read (see open_part()).
+open_index <- function(path, framework, args, backend, whole = FALSE, call = parent.frame()) {
   check_string(path, call = call)
-  path <- core_path(path, call)
+  remote <- is_url(path)
+  if (!remote) {
+    path <- core_path(path, call)
+  }
   idx <- read_index(path, call = call)
   files <- sort(unique(idx$files), method = "radix")
-  dir <- dirname(path)
+  shard_path <- function(file) {
+    if (remote) url_resolve(path, url_path_escape(file)) else file.path(dirname(path), file)
+  }
+  label <- source_label(path)
   parts <- vector("list", length(files))
   done <- FALSE
   on.exit(
     if (!done) {
-      for (p in parts) if (!is.null(p)) close_(p$ptr)
+      for (p in parts) if (!is.null(p)) close_part(p)
     },
     add = TRUE
   )
   names <- character()
   part_of <- integer()
   for (f in seq_along(files)) {
-    part <- open_part(file.path(dir, files[[f]]), backend, call = call)
+    part <- open_part(shard_path(files[[f]]), backend, whole = whole, call = call)
     part$file <- files[[f]]
     parts[[f]] <- part
     wanted <- idx$names[idx$files == files[[f]]]
@@ -152,7 +199,7 @@ open_index <- function(path, framework, args, backend, call = parent.frame()) {
       st_abort(
         "invalid_index",
         c(
-          cli_escape(source_what(path)),
+          cli_escape(source_what(label)),
           x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {files[[f]]}}, which does not contain it."
         ),
         tensor = absent[[1]],
@@ -166,7 +213,7 @@ open_index <- function(path, framework, args, backend, call = parent.frame()) {
   }
   done <- TRUE
   new_handle(parts, names, part_of, framework, args, backend,
-    label = path,
+    label = label,
     metadata = if (length(parts) > 0) parts[[1]]$info$metadata,
     kind = "shards",
     index = idx
@@ -175,7 +222,7 @@ open_index <- function(path, framework, args, backend, call = parent.frame()) {
 
 # A handle: the parts (open files), and for each visible tensor its name and
 # part. `metadata` is the file's (or first shard's) __metadata__; `kind` is
-# "mmap", "read", "memory" or "shards".
+# "mmap", "read", "memory", "remote" or "shards".
 new_handle <- function(parts, names, part_of, framework, args, backend, label, metadata, kind, index = NULL) {
   pos <- integer(length(names))
   for (p in unique(part_of)) {
@@ -256,7 +303,7 @@ str.safetensors_file <- function(object, ...) {
 #' @export
 close.safetensors_file <- function(con, ...) {
   for (p in hget(con, "parts")) {
-    close_(p$ptr)
+    close_part(p)
   }
   invisible()
 }
@@ -342,6 +389,15 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
   for (p in unique(part_of)) {
     k <- which(part_of == p)
     part <- parts[[p]]
+    if (part_is_remote(part)) {
+      # Fetched in pieces, which move the bar.
+      res <- remote_read(part, names[k], mode, st_threads(), call = call, bar = bar)
+      tensors[k] <- unname(res$tensors)
+      inexact[k] <- res$inexact
+      int_min[k] <- res$int_min
+      max_offset <- max(max_offset, res$max_offset)
+      next
+    }
     groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
     for (g in groups) {
       res <- check_part(handle_read_(part$ptr, names[g], mode, st_threads()), part, call = call)
@@ -415,7 +471,11 @@ format.safetensors_file <- function(x, ..., n = 20) {
     mmap = "memory-mapped",
     read = "read on demand",
     memory = "in memory",
-    shards = sprintf("%d shards, %s", length(parts), if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand")
+    remote = "read over HTTP on demand",
+    shards = sprintf(
+      "%d shards, %s", length(parts),
+      if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand"
+    )
   )
   lines <- c(
     head,
@@ -593,8 +653,8 @@ print.safetensors_slice <- function(x, ...) {
 }
 
 #' @rdname safe_open
-#' @param x A handle from `safe_open()`, or anything `safe_open()` accepts
-#'   (which is then opened and closed again).
+#' @param x A handle from `safe_open()`, or anything `safe_open()` accepts,
+#'   URLs included (which is then opened and closed again).
 #' @param name The name of the tensor to slice.
 #' @param drop Whether to drop extents of one from the result, as for
 #'   arrays. Default `TRUE`.
@@ -669,7 +729,12 @@ read_slice <- function(x, name, idx, drop, call = parent.frame()) {
   }
   framework <- hget(x, "framework")
   mode <- if (framework == "r") "array" else "raw"
-  res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode), part, call = call)
+  segments <- if (part_is_remote(part)) {
+    # The core names the bytes the slice needs; they are fetched first.
+    ranges <- check_part(slice_fetches_(part$ptr, name, specs, is_range), part, call = call)
+    remote_segments(part, ranges, call = call)
+  }
+  res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode, segments), part, call = call)
   out <- res$tensor
   warn_conversions(name, res, call = call)
   if (mode == "array") {

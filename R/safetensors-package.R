@@ -8,8 +8,8 @@
 #' Tensors become plain R arrays, raw bytes, or torch tensors.
 #'
 #' @section Functions by task:
-#' * Read: [safe_load_file()] (a file, raw vector, connection or sharded
-#'   checkpoint), [safe_deserialize()] (a raw vector).
+#' * Read: [safe_load_file()] (a file, URL, raw vector, connection or
+#'   sharded checkpoint), [safe_deserialize()] (a raw vector).
 #' * Write: [safe_save_file()] (atomically, optionally in shards),
 #'   [safe_serialize()].
 #' * Inspect without reading the data: [safe_info()], [safe_metadata()],
@@ -38,13 +38,42 @@
 #'   positive whole number. Default: the number of available cores, at most
 #'   2. Each R object is still allocated by R's main thread, and the
 #'   results do not depend on the number of threads; `1` turns threads off.
+#' * `safetensors.http_headers`, `safetensors.http_timeout`,
+#'   `safetensors.http_retries`: see "Remote files" below.
+#'
+#' @section Remote files:
+#' The reading functions accept `http://` and `https://` URLs and fetch
+#' only the bytes they need with HTTP range requests (see "Remote files" in
+#' [safe_open()]), through the \pkg{curl} package, so proxies, CA
+#' certificates and libcurl's settings apply as R users set them.
+#' * Credentials: option `safetensors.http_headers`, a named character
+#'   vector such as `c(Authorization = "Bearer <token>")`, is sent with
+#'   every request to the host (scheme, name and port) of the URL given,
+#'   whatever it is, and with redirects on that host, never to another host
+#'   a redirect leads to. The `HF_TOKEN` environment variable is sent as
+#'   `Authorization: Bearer <token>` only to `huggingface.co` and `hf.co`
+#'   over https (not to the CDNs that Hub URLs redirect to with signed
+#'   URLs, nor to any other host), unless the option sets `Authorization`.
+#'   Tokens, passwords in URLs and query values are never shown in
+#'   messages.
+#' * `safetensors.http_timeout`: seconds to wait for a connection, and for a
+#'   transfer that has stalled (no byte received) before it fails. Default
+#'   30.
+#' * `safetensors.http_retries`: how many times a request that failed on a
+#'   server error (5xx, 429) or a dropped or refused connection is tried
+#'   again, after 0.25, 0.5, 1, ... seconds; a transfer dropped midway
+#'   resumes where it stopped. Default 3.
+#' * Redirects are followed (at most 10). Ctrl-C stops a transfer at once.
 #'
 #' @section Errors:
 #' Errors are conditions of class `safetensors_error`, with a subclass per
 #' kind of problem (`safetensors_error_<kind>`, such as
 #' `safetensors_error_invalid_header` or
 #' `safetensors_error_tensor_not_found`); malformed files also have class
-#' `safetensors_error_format`. Warnings have class `safetensors_warning`.
+#' `safetensors_error_format`. HTTP failures are `safetensors_error_http`
+#' (fields `status` and `url`), and a package a function needs but that is
+#' missing (curl, for URLs) is `safetensors_error_package_not_installed`
+#' (field `package`). Warnings have class `safetensors_warning`.
 #' [safetensors-conditions] lists every class and what raises it.
 #'
 #' The package is documented under `safetensors-package` because the topic

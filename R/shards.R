@@ -4,10 +4,16 @@
 # index (for R/open.R, which opens the shards as one handle) and writes
 # shard sets (for safe_save_file() with `max_shard_size`, through
 # R/write.R). The index is parsed and written in Rust
-# (src/rust/src/shards.rs), so no JSON package is needed.
+# (src/rust/src/shards.rs), so no JSON package is needed; an index URL is
+# fetched over HTTP (R/http.R).
 
-# The index at `path`: `list(names, files, metadata)`.
+# The index at `path` (a file or a URL): `list(names, files, metadata)`.
 read_index <- function(path, call = parent.frame()) {
+  if (is_url(path)) {
+    # The limit of the format's headers, as for index files.
+    bytes <- http_get(path, limit = 1e8, call = call)
+    return(check_part(parse_index_(bytes), list(label = url_redact(path)), call = call))
+  }
   check_part(read_index_(path), list(label = path), call = call)
 }
 

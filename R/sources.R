@@ -1,10 +1,15 @@
-# Sources: what a reading function was given (a file path, a shard index's
-# path, a raw vector or a connection), opened as a "part" (a handle of the
-# Rust core, src/rust/src/sources.rs, with its header facts), the label
-# that names it in messages, and reading the bytes of connections.
+# Sources: what a reading function was given (a file path, a URL, a shard
+# index's path or URL, a raw vector or a connection), opened as a "part" (a
+# handle of the Rust core, src/rust/src/sources.rs, with its header facts),
+# the label that names it in messages, reading the bytes of connections,
+# and reading remote files (over HTTP, R/http.R): R fetches the bytes a
+# read needs, which the core names, and the core reads them.
 
 # Whether `path` names a shard index rather than a safetensors file.
 is_index_path <- function(path) {
+  if (is_url(path)) {
+    path <- sub("[?#].*$", "", path)
+  }
   is_string(path) && grepl("\\.json$", path, ignore.case = TRUE)
 }
 
@@ -42,16 +47,16 @@ core_path <- function(path, call = parent.frame()) {
   utf8_strings(path.expand(path), "path", call)
 }
 
-# What a source is called in handles and summaries: the path as given,
-# "<raw vector>" or "<connection>".
+# What a source is called in handles and summaries: the path as given (a
+# URL with its credentials redacted), "<raw vector>" or "<connection>".
 source_label <- function(path) {
-  if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
+  if (is_url(path)) url_redact(path) else if (is.character(path)) path else if (is.raw(path)) "<raw vector>" else "<connection>"
 }
 
 # What a source is called in messages.
 describe_source <- function(path) {
   if (is.character(path)) {
-    format_file(path)
+    format_file(source_label(path))
   } else if (is.raw(path)) {
     "the raw vector"
   } else {
@@ -78,10 +83,16 @@ check_part <- function(res, part, verb = "read", call = parent.frame()) {
   st_check(res, source_what(part$label, verb), call = call)
 }
 
-# Opens one file (or raw vector, or connection) as a part of a handle:
-# `list(ptr, label, info)`, `info` the header facts (handle_info_()).
-# `verb` heads the message of an error while opening.
-open_part <- function(path, backend, verb = "open", call = parent.frame()) {
+# Opens one file (or URL, raw vector, or connection) as a part of a
+# handle: `list(ptr, label, info)`, `info` the header facts
+# (handle_info_()); a remote part also has `url`, `cache` (where it
+# redirects to) and, when its server ignores ranges, `stream` (see
+# open_remote()). `verb` heads the message of
+# an error while opening; `whole` says that all of the file will be read.
+open_part <- function(path, backend, verb = "open", whole = FALSE, call = parent.frame()) {
+  if (is_url(path)) {
+    return(open_remote(path, verb, whole, call = call))
+  }
   ptr <- if (is.character(path)) {
     check_string(path, call = call)
     open_file_(core_path(path, call), backend)
@@ -100,6 +111,193 @@ open_part <- function(path, backend, verb = "open", call = parent.frame()) {
   part$ptr <- check_part(ptr, part, verb, call = call)
   part$info <- check_part(handle_info_(part$ptr), part, call = call)
   part
+}
+
+# Closes a part: its file or buffer, and a remote part's stream.
+close_part <- function(part) {
+  close_(part$ptr)
+  if (!is.null(part$stream)) {
+    http_close(part$stream)
+  }
+  invisible()
+}
+
+# Whether `part` is a remote file whose bytes are fetched for each read.
+part_is_remote <- function(part) {
+  !is.null(part$url) && is.null(part$memory)
+}
+
+# ---- remote files -------------------------------------------------------------
+
+# Bytes asked for first: the header of most files (the length, then the
+# JSON) fits, so one request reads it; a longer header takes a second.
+remote_probe <- 64 * 1024
+# Bytes of a remote read held at a time: a fetch is read in pieces of at
+# most this size (rows of a larger tensor), each read into the result
+# before the next arrives.
+remote_piece <- 16 * 1024^2
+
+# Opens the file at `url` as a part, reading its header in one or two
+# range requests (at most the header plus 64 KiB): the first asks for the
+# first 64 KiB, the second for the rest of a longer header. The header is
+# validated against the file's length as a local file's is. A file that
+# fits in the first answer is kept in memory (`memory = TRUE`) and needs
+# no more requests. A server that ignores ranges (HTTP 200) is an error,
+# unless `whole`: then the part keeps the response open as its `stream`,
+# after the header, and reads the rest in file order (remote_bytes()).
+open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()) {
+  check_curl(call = call)
+  # Where the URL redirects to, for the requests that follow.
+  cache <- new.env(parent = emptyenv())
+  part <- list(ptr = NULL, label = url_redact(url), info = NULL, url = url, cache = cache)
+  resp <- http_open(url, c(0, remote_probe - 1), accept = c(200, 206, 416), cache = cache, call = call)
+  keep <- FALSE
+  on.exit(if (!keep) http_close(resp), add = TRUE)
+  if (resp$status == 416) {
+    # Nothing to serve: an empty file, which fails as an empty file does.
+    if (!identical(resp$total, 0)) {
+      http_status_abort(url, 416, call = call)
+    }
+    ptr <- open_raw_(raw())
+    part$memory <- TRUE
+  } else if (resp$status == 200) {
+    if (!whole) {
+      http_no_range_abort(url, call)
+    }
+    if (is.na(resp$length)) {
+      http_abort(url, 200, "The server ignores range requests and does not say how long the file is.", call = call)
+    }
+    prefix <- remote_read_exact(resp, min(8, resp$length), url, call)
+    n <- check_part(header_len_(prefix), part, verb, call = call)
+    prefix <- c(prefix, remote_read_exact(resp, min(n, resp$length - 8), url, call))
+    ptr <- open_remote_(prefix, resp$length)
+    resp$pos <- length(prefix)
+    part$stream <- resp
+    keep <- TRUE
+  } else {
+    size <- http_check_range(resp, 0, remote_probe - 1, NA, url, call)
+    prefix <- remote_read_exact(resp, size, url, call)
+    if (!http_at_end(resp)) {
+      http_format_abort(url, "incomplete_buffer", sprintf("The server sent more than the %s bytes of the range 0-%s.", fmt_num(size), fmt_num(size - 1)), call)
+    }
+    http_close(resp)
+    total <- resp$total
+    if (length(prefix) >= total) {
+      ptr <- open_raw_(prefix)
+      part$memory <- TRUE
+    } else {
+      # Reads of the bytes it holds past the header need no request.
+      part$prefix <- prefix
+      n <- check_part(header_len_(prefix), part, verb, call = call)
+      if (8 + n > length(prefix) && 8 + n <= total) {
+        prefix <- c(prefix, http_fetch(url, length(prefix), 8 + n - 1, total = total, cache = cache, call = call))
+      }
+      ptr <- open_remote_(prefix, total)
+    }
+  }
+  part$ptr <- check_part(ptr, part, verb, call = call)
+  part$info <- check_part(handle_info_(part$ptr), part, call = call)
+  part
+}
+
+# `n` bytes of a response's body; a shorter body is an error as a truncated
+# file's is, a failed transfer an HTTP error.
+remote_read_exact <- function(resp, n, url, call) {
+  bytes <- http_read(resp, n)
+  if (is.character(bytes)) {
+    http_abort(url, NA, bytes, call = call)
+  }
+  if (length(bytes) < n) {
+    http_format_abort(url, "incomplete_buffer", sprintf("The server sent %d of the %s bytes asked for.", length(bytes), fmt_num(n)), call)
+  }
+  bytes
+}
+
+# Reads bytes `from` to `from + n - 1` of a remote part, in pieces of
+# `sizes` bytes passed to `fun(k, bytes)` in turn: those of the first
+# answer (`part$prefix`, the first 64 KiB) from it, the rest with one range
+# request; or from the part's stream (which must not be past `from`; bytes
+# before it are skipped).
+remote_bytes <- function(part, from, n, sizes, fun, call) {
+  stream <- part$stream
+  if (is.null(stream)) {
+    prefix <- part$prefix
+    have <- length(prefix)
+    k <- 1L
+    pos <- from
+    while (k <= length(sizes) && pos + sizes[[k]] <= have) {
+      fun(k, prefix[seq(pos + 1, length.out = sizes[[k]])])
+      pos <- pos + sizes[[k]]
+      k <- k + 1L
+    }
+    if (k > length(sizes)) {
+      return(invisible())
+    }
+    rest <- sizes[k:length(sizes)]
+    head <- NULL
+    if (pos < have) {
+      # A piece that starts in the prefix and ends after it.
+      head <- prefix[(pos + 1):have]
+      rest[[1]] <- rest[[1]] - length(head)
+      pos <- have
+    }
+    deliver <- function(i, bytes) {
+      if (i == 1L && !is.null(head)) {
+        bytes <- c(head, bytes)
+      }
+      fun(k - 1L + i, bytes)
+    }
+    return(http_stream(part$url, pos, from + n - 1, rest, deliver, total = part$info$file_len, cache = part$cache, call = call))
+  }
+  if (from < stream$pos) {
+    http_abort(part$url, 200, "The server ignores range requests, so the file can only be read in order.", call = call)
+  }
+  while (stream$pos < from) {
+    skip <- min(from - stream$pos, remote_piece)
+    remote_read_exact(stream, skip, part$url, call)
+    stream$pos <- stream$pos + skip
+  }
+  for (k in seq_along(sizes)) {
+    bytes <- remote_read_exact(stream, sizes[[k]], part$url, call)
+    stream$pos <- stream$pos + sizes[[k]]
+    fun(k, bytes)
+  }
+  invisible()
+}
+
+# Reads tensors `names` of a remote part as handle_read_() does: the core
+# allocates them and names the byte ranges to fetch (one request per run of
+# adjacent tensors), which arrive in pieces of at most `remote_piece`
+# bytes, each read into the tensors before the next is fetched. A cli
+# progress `bar` moves with each piece.
+remote_read <- function(part, names, mode, threads, call, bar = NULL) {
+  plan <- check_part(remote_plan_(part$ptr, names, mode, remote_piece), part, call = call)
+  done <- 0L
+  for (f in seq_along(plan$offset)) {
+    sizes <- plan$pieces[[f]]
+    remote_bytes(part, plan$offset[[f]], plan$length[[f]], sizes, function(k, bytes) {
+      check_part(remote_feed_(plan$loader, done + k, bytes, threads), part, call = call)
+      if (!is.null(bar)) {
+        cli::cli_progress_update(inc = length(bytes), id = bar)
+      }
+    }, call = call)
+    done <- done + length(sizes)
+  }
+  check_part(remote_finish_(plan$loader), part, call = call)
+}
+
+# The bytes a read of a remote part needs, given as `list(offset, length)`
+# (absolute byte ranges, from the core), fetched one request each (none for
+# those in the prefix), as the segments the core reads them from:
+# `list(offsets, raw vectors)`.
+remote_segments <- function(part, ranges, call) {
+  raws <- vector("list", length(ranges$offset))
+  for (i in seq_along(raws)) {
+    remote_bytes(part, ranges$offset[[i]], ranges$length[[i]], ranges$length[[i]], function(k, bytes) {
+      raws[[i]] <<- bytes
+    }, call = call)
+  }
+  list(ranges$offset, raws)
 }
 
 # ---- connections ------------------------------------------------------------

@@ -234,13 +234,25 @@ torch_view_dtype <- function(dtype) {
 
 # Reads tensor `name` (of `dtype` and `shape`) of `part` (an open source,
 # R/sources.R) into a new torch tensor on `device`: torch copies from a
-# view of the bytes in the part's memory map or raw vector, or from pieces
-# the core reads into a staging raw vector. Callers make the CPU the
+# view of the bytes in the part's memory map or raw vector, from pieces
+# the core reads into a staging raw vector, or, for a remote file, from
+# the pieces of one range request as they arrive. Callers make the CPU the
 # default device first (torch_local_cpu()), once for all their tensors.
 torch_read_part <- function(part, name, dtype, shape, device, call) {
   x <- torch_empty_for(dtype, shape, name, call)
   n <- x$numel()
-  if (n > 0) {
+  if (n > 0 && part_is_remote(part)) {
+    view_dtype <- torch_view_dtype(dtype)
+    size <- x$element_size()
+    flat <- x$view(-1)
+    at <- match(name, part$info$name)
+    per <- max(1, floor(torch_read_chunk / size))
+    counts <- c(rep(per, n %/% per), if (n %% per > 0) n %% per)
+    starts <- cumsum(c(0, counts))
+    remote_bytes(part, 8 + part$info$header_len + part$info$begin[[at]], n * size, counts * size, function(k, bytes) {
+      flat$narrow(1, starts[[k]] + 1, counts[[k]])$copy_(torch::torch_tensor_from_buffer(bytes, shape = counts[[k]], dtype = view_dtype))
+    }, call = call)
+  } else if (n > 0) {
     view_dtype <- torch_view_dtype(dtype)
     view <- check_part(tensor_view_(part$ptr, name), part, call = call)
     flat <- x$view(-1)

@@ -1,5 +1,6 @@
 //! Sharded checkpoints (R/shards.R): the `model.safetensors.index.json`
-//! file beside the shards, read and written by the core.
+//! file beside the shards, read (from a file, or from bytes fetched over
+//! HTTP) and written by the core.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use extendr_api::prelude::*;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::shards;
 
-use crate::robj::{check_r_string, named_list, to_r};
+use crate::robj::{check_r_string, named_list, raw_bytes, to_r};
 
 fn json_to_robj(v: &serde_json::Value) -> Robj {
     match v {
@@ -23,19 +24,32 @@ fn json_to_robj(v: &serde_json::Value) -> Robj {
 /// @noRd
 #[extendr]
 fn read_index_(path: &str) -> Robj {
+    to_r(shards::read_index(Path::new(path)).and_then(|index| index_robj(&index)))
+}
+
+/// Parses an index from its bytes (a raw vector, such as an index fetched
+/// over HTTP): `list(names, files, metadata)`.
+/// @noRd
+#[extendr]
+fn parse_index_(bytes: Robj) -> Robj {
     to_r((|| {
-        let index = shards::read_index(Path::new(path))?;
-        for (name, file) in &index.weight_map {
-            check_r_string(name, "tensor name")?;
-            check_r_string(file, "shard file name")?;
-        }
-        let names = Strings::from_values(index.weight_map.iter().map(|(n, _)| n.as_str()));
-        let files = Strings::from_values(index.weight_map.iter().map(|(_, f)| f.as_str()));
-        let keys: Vec<String> = index.metadata.iter().map(|(k, _)| k.replace('\0', "\\0")).collect();
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let values: Vec<Robj> = index.metadata.iter().map(|(_, v)| json_to_robj(v)).collect();
-        Ok(named_list(&["names", "files", "metadata"], vec![names.into(), files.into(), named_list(&keys, values)]))
+        let text = std::str::from_utf8(raw_bytes(&bytes)?)
+            .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid UTF-8: {e}")))?;
+        index_robj(&shards::parse_index(text)?)
     })())
+}
+
+fn index_robj(index: &shards::Index) -> Result<Robj> {
+    for (name, file) in &index.weight_map {
+        check_r_string(name, "tensor name")?;
+        check_r_string(file, "shard file name")?;
+    }
+    let names = Strings::from_values(index.weight_map.iter().map(|(n, _)| n.as_str()));
+    let files = Strings::from_values(index.weight_map.iter().map(|(_, f)| f.as_str()));
+    let keys: Vec<String> = index.metadata.iter().map(|(k, _)| k.replace('\0', "\\0")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let values: Vec<Robj> = index.metadata.iter().map(|(_, v)| json_to_robj(v)).collect();
+    Ok(named_list(&["names", "files", "metadata"], vec![names.into(), files.into(), named_list(&keys, values)]))
 }
 
 /// Writes an index file atomically: `total_size`, and each tensor of
@@ -59,5 +73,6 @@ fn write_index_(path: &str, total_size: f64, names: Robj, files: Robj, sync: boo
 extendr_module! {
     mod shards;
     fn read_index_;
+    fn parse_index_;
     fn write_index_;
 }

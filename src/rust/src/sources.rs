@@ -1,7 +1,10 @@
 //! Open sources (R/sources.R): a file (memory-mapped or read with
-//! positioned reads) or an R raw vector, with its validated header, held
-//! by R in an external pointer; and the header of a stream, parsed from
-//! its first bytes.
+//! positioned reads), an R raw vector, or a remote file (over HTTP) of
+//! which only the header is here, with its validated header, held by R in
+//! an external pointer; the header of a stream, parsed from its first
+//! bytes; and reads of whole tensors from a remote file, whose bytes R
+//! fetches piece by piece (`remote_plan_()`, `remote_feed_()`,
+//! `remote_finish_()`).
 //!
 //! The garbage collector drops a handle; `close_()` drops the file or map
 //! earlier, after which every use is an error of kind `Closed`. A handle
@@ -18,10 +21,10 @@ use extendr_api::prelude::*;
 use extendr_ffi::{R_NilValue, R_SetExternalPtrProtected};
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::{self, Header, N_LEN};
-use safetensors_core::io::{self, Backend, FileSource, Memory, Source};
+use safetensors_core::io::{self, Backend, FileSource, Memory, Segments, Source};
 
-use crate::robj::{raw_bytes, to_r};
-use crate::tensors::{check_strings, info_robj};
+use crate::robj::{raw_bytes, threads_from_r, to_r};
+use crate::tensors::{check_strings, info_robj, Loader, Mode};
 
 /// Where an open source's bytes live.
 pub enum Backing {
@@ -32,6 +35,9 @@ pub enum Backing {
     /// An R raw vector, kept alive by the external pointer that owns the
     /// handle (its protected slot); `ptr` and `len` are its data.
     Memory { ptr: *const u8, len: usize },
+    /// A file of `len` bytes elsewhere (on an HTTP server): the bytes a
+    /// read needs are fetched by R and given to the read as [`Segments`].
+    Remote { len: u64 },
 }
 
 /// An open file or buffer and its validated header.
@@ -45,13 +51,21 @@ pub struct Open {
 impl Open {
     /// Reads and validates the header of `backing`.
     pub fn new(backing: Backing) -> Result<Open> {
-        let header = with_source(&backing, |src| {
-            let header = io::read_header(src)?;
-            check_strings(&header)?;
-            Ok(header)
-        })?;
+        let header = with_source(&backing, read_header)?;
+        Ok(Open::with_header(backing, header))
+    }
+
+    fn with_header(backing: Backing, header: Header) -> Open {
         let index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Open { backing, header, index })
+        Open { backing, header, index }
+    }
+
+    /// A remote file of `len` bytes whose first bytes are `prefix` (at
+    /// least its header): the header is read from them and validated
+    /// against `len` as a local file's is against its size.
+    pub fn remote(prefix: &[u8], len: u64) -> Result<Open> {
+        let header = read_header(&Segments::new(len, vec![(0, prefix)])?)?;
+        Ok(Open::with_header(Backing::Remote { len }, header))
     }
 
     /// Opens the file at `path` with `backend` (`"mmap"` or `"read"`).
@@ -89,16 +103,54 @@ impl Open {
         with_source(&self.backing, f)
     }
 
+    /// Runs `f` on the source, or for a remote file on the segments R
+    /// fetched for this read: `segments` is `list(offsets, raw vectors)`
+    /// (ignored for other sources).
+    pub fn with_fetched<T>(&self, segments: &Robj, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
+        let Backing::Remote { len } = self.backing else { return self.with_source(f) };
+        let bad = || Error::new(Kind::InvalidArgument, "internal error: malformed segments");
+        let Ok(list) = List::try_from(segments) else { return Err(bad()) };
+        let (Some(offsets), Some(raws)) = (list.elt(0).ok(), list.elt(1).ok()) else { return Err(bad()) };
+        let (Some(offsets), Ok(raws)) = (offsets.as_real_slice(), List::try_from(&raws)) else { return Err(bad()) };
+        if offsets.len() != raws.len() {
+            return Err(bad());
+        }
+        let mut parts = Vec::with_capacity(offsets.len());
+        for (&off, raw) in offsets.iter().zip(raws.values()) {
+            if !(off >= 0.0 && off.fract() == 0.0 && off < len as f64) {
+                return Err(bad());
+            }
+            // `raws` keeps every vector alive for this call.
+            let bytes = raw_bytes(&raw)?;
+            // SAFETY: the vector's data stay where they are for as long as
+            // `segments`, which the caller holds, protects it.
+            let bytes: &[u8] = unsafe { std::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+            parts.push((off as usize, bytes));
+        }
+        f(&Segments::new(len, parts)?)
+    }
+
+    /// The length of the file or buffer.
     fn len(&self) -> u64 {
         match &self.backing {
             Backing::File(f) => f.len(),
             Backing::Memory { len, .. } => *len as u64,
+            Backing::Remote { len } => *len,
         }
     }
 }
 
+fn read_header(src: &dyn Source) -> Result<Header> {
+    let header = io::read_header(src)?;
+    check_strings(&header)?;
+    Ok(header)
+}
+
 fn with_source<T>(backing: &Backing, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
     match backing {
+        Backing::Remote { .. } => {
+            Err(Error::new(Kind::InvalidArgument, "internal error: a remote file's bytes must be fetched first"))
+        }
         Backing::File(file) => f(file.as_ref()),
         Backing::Memory { ptr, len } => {
             let bytes: &[u8] = if *len == 0 {
@@ -163,6 +215,76 @@ fn open_raw_(buf: Robj) -> Robj {
         unsafe { R_SetExternalPtrProtected(h.get(), buf.get()) };
         Ok(h)
     })())
+}
+
+/// Opens a remote file (over HTTP) of `len` bytes from its first bytes
+/// `prefix` (a raw vector holding at least the header), reading and
+/// validating the header against `len`.
+/// @noRd
+#[extendr]
+fn open_remote_(prefix: Robj, len: f64) -> Robj {
+    to_r((|| {
+        if !(len >= 0.0 && len.fract() == 0.0 && len < 2f64.powi(53)) {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: invalid length"));
+        }
+        Ok(new_handle(Open::remote(raw_bytes(&prefix)?, len as u64)?))
+    })())
+}
+
+/// Starts reading whole tensors `names` (a character vector) of a remote
+/// handle in mode `"array"` or `"raw"`: allocates them and plans what to
+/// fetch, in pieces of at most `max` bytes. Returns `list(loader, offset,
+/// length, pieces)`: the byte ranges to fetch (absolute, one request each)
+/// and, for each, its pieces' lengths, which `remote_feed_()` takes in
+/// order.
+/// @noRd
+#[extendr]
+fn remote_plan_(x: Robj, names: Robj, mode: &str, max: f64) -> Robj {
+    to_r(with_open(&x, |open| {
+        let mode = Mode::parse(mode)?;
+        if names.as_str_iter().is_none() || !matches!(open.backing, Backing::Remote { .. }) || max.is_nan() || max < 1.0 {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: not a remote read"));
+        }
+        let which = open.select(&names)?;
+        let (loader, plan) = Loader::new(&open.header, open.len(), &which, mode, max.min(2f64.powi(40)) as usize)?;
+        let offsets: Vec<f64> = plan.iter().map(|f| f.off as f64).collect();
+        let lengths: Vec<f64> = plan.iter().map(|f| f.len as f64).collect();
+        let pieces: Vec<Robj> = plan.iter().map(|f| f.pieces.iter().map(|p| p.len as f64).collect::<Vec<f64>>().into()).collect();
+        let ptr: Robj = ExternalPtr::new(RefCell::new(loader)).into();
+        Ok(crate::robj::named_list(
+            &["loader", "offset", "length", "pieces"],
+            vec![ptr, offsets.into(), lengths.into(), List::from_values(pieces).into()],
+        ))
+    }))
+}
+
+fn with_loader<T>(x: &Robj, f: impl FnOnce(&mut Loader) -> Result<T>) -> Result<T> {
+    let bad = || Error::new(Kind::InvalidArgument, "internal error: not a loader");
+    let Ok(ptr) = <&ExternalPtr<RefCell<Loader>>>::try_from(x) else { return Err(bad()) };
+    let Ok(cell) = ptr.try_addr() else { return Err(bad()) };
+    let Ok(mut loader) = cell.try_borrow_mut() else { return Err(bad()) };
+    f(&mut loader)
+}
+
+/// Reads piece `piece` (from 1, counted over all fetches) of a remote read,
+/// whose bytes R fetched into the raw vector `bytes`, on `threads` threads.
+/// @noRd
+#[extendr]
+fn remote_feed_(loader: Robj, piece: i32, bytes: Robj, threads: i32) -> Robj {
+    to_r(with_loader(&loader, |l| {
+        let p = usize::try_from(piece).ok().and_then(|p| p.checked_sub(1));
+        let Some(p) = p else { return Err(Error::new(Kind::InvalidArgument, "internal error: no such piece")) };
+        l.feed(p, raw_bytes(&bytes)?, threads_from_r(threads))?;
+        Ok(().into())
+    }))
+}
+
+/// The tensors of a remote read once every piece was fed: `list(tensors,
+/// inexact, int_min, max_offset)`, as `handle_read_()` returns them.
+/// @noRd
+#[extendr]
+fn remote_finish_(loader: Robj) -> Robj {
+    to_r(with_loader(&loader, |l| l.finish()))
 }
 
 /// Closes a handle: drops the file or map and releases a raw vector.
@@ -230,6 +352,10 @@ extendr_module! {
     mod sources;
     fn open_file_;
     fn open_raw_;
+    fn open_remote_;
+    fn remote_plan_;
+    fn remote_feed_;
+    fn remote_finish_;
     fn close_;
     fn is_open_;
     fn handle_info_;

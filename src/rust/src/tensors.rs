@@ -17,8 +17,8 @@ use safetensors_core::convert::{self, r_type, DecodeStats, Out, RType, Target};
 use safetensors_core::dtype::{Dtype, ALL};
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::{Header, TensorInfo};
-use safetensors_core::io::Source;
-use safetensors_core::read::{self, Dest, Task};
+use safetensors_core::io::{Segments, Source};
+use safetensors_core::read::{self, Dest, Fetch, Piece, Task};
 use safetensors_core::slice::Plan;
 
 use crate::robj::{self, build, check_interrupt_now, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym, r_vec, vec_data};
@@ -256,6 +256,18 @@ impl Tensors {
         }
     }
 
+    /// The read of tensor `info` (whose data section starts at
+    /// `data_start`) into vector `k`.
+    ///
+    /// # Safety
+    /// Only the returned task may write vector `k` while it is used, and
+    /// `self` must outlive it.
+    unsafe fn task(&self, k: usize, info: &TensorInfo, data_start: usize) -> Result<Task<'_>> {
+        // SAFETY: the caller's promise.
+        let task = Task::new(info, data_start, unsafe { self.dest(k) })?;
+        Ok(if self.specs[k].count_i32_min { task.counting_i32_min() } else { task })
+    }
+
     /// Reads whole tensors `which` of `header` from `src` into these
     /// vectors (allocated for exactly those tensors, in that order) with the
     /// read engine, on up to `threads` threads.
@@ -263,12 +275,9 @@ impl Tensors {
         let tasks = which
             .iter()
             .enumerate()
-            .map(|(k, &i)| {
-                // SAFETY: the vectors live in `self.list` for this call and
-                // only the tasks write them.
-                let task = Task::new(&header.tensors[i], header.data_start(), unsafe { self.dest(k) })?;
-                Ok(if self.specs[k].count_i32_min { task.counting_i32_min() } else { task })
-            })
+            // SAFETY: the vectors live in `self.list` for this call and
+            // only the tasks write them.
+            .map(|(k, &i)| unsafe { self.task(k, &header.tensors[i], header.data_start()) })
             .collect::<Result<Vec<_>>>()?;
         read::read_tasks(src, &tasks, threads, &mut check_interrupt_now)
     }
@@ -333,18 +342,24 @@ pub fn read_tensors(src: &dyn Source, header: &Header, which: &[usize], mode: Mo
     let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
     let stats = tensors.read(src, header, which, threads)?;
     let list = tensors.finish(&wants, mode, &stats)?;
+    let max_offset = which.iter().map(|&i| header.data_start() + header.tensors[i].end).max().unwrap_or(0);
+    read_result(list, &wants, &stats, max_offset, with_header.then_some(header))
+}
+
+/// The result of a read of whole tensors: `list(tensors, [header,]
+/// inexact, int_min, max_offset)`, `tensors` (the filled `list`) named.
+fn read_result(list: Robj, wants: &[Want<'_>], stats: &[DecodeStats], max_offset: usize, header: Option<&Header>) -> Result<Robj> {
     let inexact: Vec<f64> = stats.iter().map(|s| s.inexact as f64).collect();
     let int_min: Vec<f64> = stats.iter().map(|s| s.int_min as f64).collect();
-    let max_offset = which.iter().map(|&i| header.data_start() + header.tensors[i].end).max().unwrap_or(0);
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
         r_set_attr(list.get(), R_NamesSymbol, r_strings(wants.iter().map(|w| w.name)));
         let mut tensors = || list.get();
-        let mut head = || header_sexp(header);
+        let mut head = || header.map_or(extendr_ffi::R_NilValue, |h| header_sexp(h));
         let mut inexact = || r_reals(&inexact);
         let mut int_min = || r_reals(&int_min);
         let mut max_offset = || r_reals(&[max_offset as f64]);
-        if with_header {
+        if header.is_some() {
             named_list_sexp(
                 &["tensors", "header", "inexact", "int_min", "max_offset"],
                 &mut [&mut tensors, &mut head, &mut inexact, &mut int_min, &mut max_offset],
@@ -356,6 +371,106 @@ pub fn read_tensors(src: &dyn Source, header: &Header, which: &[usize], mode: Mo
             )
         }
     })
+}
+
+/// Whole tensors read from bytes that arrive in pieces ([`read::plan_fetches`]),
+/// from a source that is fetched rather than read (a file over HTTP): the
+/// R vectors are allocated first, each piece is read into them as it
+/// comes, and [`Loader::finish`] returns what [`read_tensors`] would have.
+/// Only one piece of the source is in memory at a time.
+pub struct Loader {
+    /// `None` once finished.
+    tensors: Option<Tensors>,
+    mode: Mode,
+    /// The tensors asked for, in the order asked (repeats allowed).
+    infos: Vec<TensorInfo>,
+    /// Their positions in the header.
+    positions: Vec<usize>,
+    data_start: usize,
+    file_len: u64,
+    /// The pieces of every fetch, in order.
+    pieces: Vec<Piece>,
+    /// Which pieces have been read.
+    done: Vec<bool>,
+    stats: Vec<DecodeStats>,
+}
+
+impl Loader {
+    /// Allocates the tensors `which` (positions in `header`) of a source of
+    /// `file_len` bytes and plans their fetches in pieces of at most `max`
+    /// bytes: the loader and the fetches, whose pieces [`Loader::feed`]
+    /// takes in order.
+    pub fn new(header: &Header, file_len: u64, which: &[usize], mode: Mode, max: usize) -> Result<(Loader, Vec<Fetch>)> {
+        let infos: Vec<TensorInfo> = which.iter().map(|&i| header.tensors[i].clone()).collect();
+        let wants = wants_of(&infos);
+        let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
+        let fetches = read::plan_fetches(&header.tensors, header.data_start(), which, max)?;
+        let pieces: Vec<Piece> = fetches.iter().flat_map(|f| f.pieces.iter().cloned()).collect();
+        let loader = Loader {
+            tensors: Some(tensors),
+            mode,
+            stats: vec![DecodeStats::default(); infos.len()],
+            infos,
+            positions: which.to_vec(),
+            data_start: header.data_start(),
+            file_len,
+            done: vec![false; pieces.len()],
+            pieces,
+        };
+        Ok((loader, fetches))
+    }
+
+    /// Reads piece `p` (counted over all fetches, from 0), whose bytes are
+    /// `bytes`, into the tensors, on up to `threads` threads.
+    pub fn feed(&mut self, p: usize, bytes: &[u8], threads: usize) -> Result<()> {
+        let internal = |m: &str| Error::new(Kind::InvalidArgument, format!("internal error: {m}"));
+        let Some(tensors) = &self.tensors else { return Err(internal("the read is finished")) };
+        let Some(piece) = self.pieces.get(p) else { return Err(internal("no such piece")) };
+        if bytes.len() != piece.len || self.done[p] {
+            return Err(internal("the piece's bytes don't match it"));
+        }
+        let src = Segments::new(self.file_len, vec![(piece.off, bytes)])?;
+        let mut slots = Vec::new();
+        let mut tasks = Vec::new();
+        for (k, (info, &pos)) in self.infos.iter().zip(&self.positions).enumerate() {
+            if !piece.tensors.contains(&pos) {
+                continue;
+            }
+            // SAFETY: the vectors live in `tensors.list` for this call, and
+            // each is written by its one task.
+            let task = unsafe { tensors.task(k, info, self.data_start) }?;
+            tasks.push(match piece.rows {
+                Some((r0, r1)) => task.rows(r0, r1)?,
+                None => task,
+            });
+            slots.push(k);
+        }
+        let stats = read::read_tasks(&src, &tasks, threads, &mut check_interrupt_now)?;
+        for (k, s) in slots.into_iter().zip(stats) {
+            self.stats[k] = self.stats[k].merge(s);
+        }
+        self.done[p] = true;
+        Ok(())
+    }
+
+    /// The tensors, once every piece was read: `list(tensors, inexact,
+    /// int_min, max_offset)` as [`read_tensors`] returns it.
+    pub fn finish(&mut self) -> Result<Robj> {
+        if self.done.contains(&false) {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: a piece was not read"));
+        }
+        let Some(tensors) = self.tensors.take() else {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: the read is finished"));
+        };
+        let wants = wants_of(&self.infos);
+        let list = tensors.finish(&wants, self.mode, &self.stats)?;
+        let max_offset = self.infos.iter().map(|t| self.data_start + t.end).max().unwrap_or(0);
+        read_result(list, &wants, &self.stats, max_offset, None)
+    }
+}
+
+fn wants_of(infos: &[TensorInfo]) -> Vec<Want<'_>> {
+    infos.iter().map(|t| Want { name: &t.name, dtype: t.dtype, shape: &t.shape }).collect()
 }
 
 /// Reads the selection `plan` of tensor `info` as `mode` makes it:

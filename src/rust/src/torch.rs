@@ -46,6 +46,7 @@ fn tensor_view_(x: Robj, name: &str) -> Robj {
                 Some(bytes) => (bytes.as_ptr(), ExternalPtr::new(MapOwner(Arc::clone(file))).into()),
                 None => return Ok(().into()),
             },
+            Backing::Remote { .. } => return Ok(().into()),
             Backing::Memory { ptr, .. } => {
                 // The handle's protected slot holds the raw vector.
                 // SAFETY: `x` is the handle's external pointer (with_open

@@ -72,6 +72,9 @@ pub struct Task<'a> {
     nbytes: usize,
     dest: Dest<'a>,
     count_i32_min: bool,
+    /// The outer rows (of the kernel shape) this task reads: all of them,
+    /// unless [`Task::rows`] restricted it to a piece.
+    rows: (usize, usize),
 }
 
 impl<'a> Task<'a> {
@@ -89,21 +92,43 @@ impl<'a> Task<'a> {
         if !fits {
             return Err(mismatch(&info.name));
         }
-        Ok(Task {
-            dtype: info.dtype,
-            shape: convert::kernel_shape(&info.shape),
-            off,
-            nbytes: info.nbytes(),
-            dest,
-            count_i32_min: false,
-        })
+        let shape = convert::kernel_shape(&info.shape);
+        let rows = (0, n_rows(&shape));
+        Ok(Task { dtype: info.dtype, shape, off, nbytes: info.nbytes(), dest, count_i32_min: false, rows })
+    }
+
+    /// The same task restricted to outer rows `[r0, r1)` of the kernel
+    /// shape (see [`plan_fetches`]): only their bytes are read, only their
+    /// part of the destination written. The rows must start and end on
+    /// byte boundaries.
+    pub fn rows(mut self, r0: usize, r1: usize) -> Result<Task<'a>> {
+        let bits = |r: usize| r.checked_mul(row_len(&self.shape)).and_then(|n| n.checked_mul(self.dtype.bits()));
+        let aligned = |r: usize| bits(r).is_some_and(|b| b % 8 == 0);
+        if r0 > r1 || r1 > self.rows.1 || !aligned(r0) || !aligned(r1) {
+            return Err(Error::new(Kind::InvalidArgument, "internal error: a piece's rows don't fit its tensor"));
+        }
+        self.rows = (r0, r1);
+        Ok(self)
+    }
+
+    /// Whether the task reads the whole tensor.
+    fn is_whole(&self) -> bool {
+        self.rows == (0, n_rows(&self.shape))
     }
 
     /// Copies bytes `[off, off + dest.len())` of the source, as they are:
     /// part of a tensor read in pieces (torch's staging buffer).
     pub fn bytes(off: usize, dest: Out<'a, u8>) -> Task<'a> {
         let n = dest.len();
-        Task { dtype: Dtype::U8, shape: vec![n], off, nbytes: n, dest: Dest::Bytes(dest), count_i32_min: false }
+        Task {
+            dtype: Dtype::U8,
+            shape: vec![n],
+            off,
+            nbytes: n,
+            dest: Dest::Bytes(dest),
+            count_i32_min: false,
+            rows: (0, n),
+        }
     }
 
     /// Also counts, in the notes, the I32 values equal to `i32::MIN` among
@@ -170,13 +195,13 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
     let mut k = 0;
     while k < tasks.len() {
         let t = &tasks[k];
-        if t.nbytes <= SMALL {
+        if t.nbytes <= SMALL && t.is_whole() {
             let first = k;
             let mut end = t.off + t.nbytes;
             k += 1;
             while k < tasks.len() {
                 let u = &tasks[k];
-                if u.nbytes > SMALL || u.off != end || end + u.nbytes - tasks[first].off > JOB {
+                if u.nbytes > SMALL || !u.is_whole() || u.off != end || end + u.nbytes - tasks[first].off > JOB {
                     break;
                 }
                 end += u.nbytes;
@@ -184,16 +209,19 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
             }
             jobs.push(Job::Span { first, last: k });
         } else {
-            let (_, size) = t.dest.memory();
-            let mut b0 = 0;
-            while b0 < size {
-                let b1 = (b0 + POPULATE).min(size);
-                jobs.push(Job::Populate { task: k, b0, b1 });
-                b0 = b1;
+            // A piece of a tensor writes rows spread over all of its
+            // (column-major) destination: no faulting in ahead.
+            if t.is_whole() {
+                let (_, size) = t.dest.memory();
+                let mut b0 = 0;
+                while b0 < size {
+                    let b1 = (b0 + POPULATE).min(size);
+                    jobs.push(Job::Populate { task: k, b0, b1 });
+                    b0 = b1;
+                }
             }
-            let rows = n_rows(&t.shape);
+            let (mut r0, rows) = t.rows;
             let per = t.rows_per_job();
-            let mut r0 = 0;
             while r0 < rows {
                 let r1 = (r0 + per).min(rows);
                 jobs.push(Job::Rows { task: k, r0, r1 });
@@ -299,7 +327,7 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
 pub fn read_tasks(src: &dyn Source, tasks: &[Task<'_>], threads: usize, poll: Poll<'_>) -> Result<Vec<DecodeStats>> {
     let jobs = plan_jobs(tasks);
     let notes: Vec<Notes> = tasks.iter().map(|_| Notes::default()).collect();
-    let total: usize = tasks.iter().map(|t| t.nbytes).sum();
+    let total: usize = tasks.iter().map(|t| t.row_offset(t.rows.1) - t.row_offset(t.rows.0)).sum();
     let threads = if total < PARALLEL_MIN { 1 } else { threads.min(jobs.len()) };
     match src.as_sync() {
         Some(shared) if threads > 1 => run_parallel(shared, tasks, &jobs, &notes, threads, poll)?,
@@ -364,6 +392,91 @@ fn run_parallel(
         Some((_, e)) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A contiguous byte range of a source to fetch from afar (an HTTP range
+/// request), cut into pieces that are fetched and read one at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    /// Absolute offset of the first byte.
+    pub off: usize,
+    /// Number of bytes (the sum of the pieces').
+    pub len: usize,
+    /// The pieces, back to back from `off`.
+    pub pieces: Vec<Piece>,
+}
+
+/// A piece of a [`Fetch`]: whole tensors, or some outer rows of one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Absolute offset of the first byte.
+    pub off: usize,
+    /// Number of bytes.
+    pub len: usize,
+    /// Positions in the header of the tensors it holds (consecutive, so
+    /// adjacent in the source).
+    pub tensors: std::ops::Range<usize>,
+    /// For a piece of one tensor, its outer rows `[r0, r1)` of the kernel
+    /// shape ([`Task::rows`]); `None` for whole tensors.
+    pub rows: Option<(usize, usize)>,
+}
+
+/// What reading tensors `which` (positions in `tensors`, the header's
+/// tensors in file order, whose data section starts at `data_start`) needs
+/// from a source that is fetched rather than read: one [`Fetch`] per
+/// contiguous run of the tensors asked for (tensors are back to back, so
+/// consecutive positions are adjacent), each in pieces of at most `max`
+/// bytes (whole tensors together, or one tensor's rows; a single row
+/// larger than `max` is a piece of its own). Repeated and empty tensors
+/// need nothing; the fetches are in file order.
+pub fn plan_fetches(tensors: &[TensorInfo], data_start: usize, which: &[usize], max: usize) -> Result<Vec<Fetch>> {
+    let max = max.max(1);
+    let mut wanted: Vec<usize> = which.iter().copied().filter(|&i| i < tensors.len() && tensors[i].nbytes() > 0).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let abs = |t: &TensorInfo| {
+        data_start
+            .checked_add(t.begin)
+            .ok_or_else(|| Error::tensor(Kind::Overflow, &t.name, "the tensor's offset overflows"))
+    };
+    let mut fetches: Vec<Fetch> = Vec::new();
+    let mut prev: Option<usize> = None;
+    for &i in &wanted {
+        let t = &tensors[i];
+        let off = abs(t)?;
+        let nbytes = t.nbytes();
+        if prev.map_or(true, |p| p + 1 != i) {
+            fetches.push(Fetch { off, len: 0, pieces: Vec::new() });
+        }
+        prev = Some(i);
+        let Some(fetch) = fetches.last_mut() else { continue };
+        fetch.len += nbytes;
+        if nbytes <= max {
+            // With the previous whole tensors, if they fit together.
+            if let Some(p) = fetch.pieces.last_mut() {
+                if p.rows.is_none() && p.off + p.len == off && p.len + nbytes <= max {
+                    p.len += nbytes;
+                    p.tensors.end = i + 1;
+                    continue;
+                }
+            }
+            fetch.pieces.push(Piece { off, len: nbytes, tensors: i..i + 1, rows: None });
+            continue;
+        }
+        let shape = convert::kernel_shape(&t.shape);
+        let rows = n_rows(&shape);
+        let row_bits = row_len(&shape).saturating_mul(t.dtype.bits()).max(1);
+        let per = convert::block_rows(max.saturating_mul(8) / row_bits, t.dtype);
+        // Rows of whole bytes: validated sizes make these products fit.
+        let at = |r: usize| r * row_len(&shape) * t.dtype.bits() / 8;
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = r0.saturating_add(per).min(rows);
+            fetch.pieces.push(Piece { off: off + at(r0), len: at(r1) - at(r0), tensors: i..i + 1, rows: Some((r0, r1)) });
+            r0 = r1;
+        }
+    }
+    Ok(fetches)
 }
 
 /// Output rows per decoded block of a slice: about `SLICE_BLOCK` bytes, a
@@ -454,7 +567,7 @@ pub fn read_slice(
 mod tests {
     use super::*;
     use crate::convert::Dst;
-    use crate::io::{read_header, Memory};
+    use crate::io::{read_header, Memory, Segments};
     use crate::slice::Sel;
     use std::cell::RefCell;
 
@@ -512,6 +625,112 @@ mod tests {
                 let t = &header.tensors[i];
                 assert_eq!(o[..], data[t.begin..t.end]);
             }
+        }
+    }
+
+    #[test]
+    fn fetched_pieces_read_what_whole_reads_read() {
+        // U8 [10], F32 [40, 30], F4 [50, 3] (rows of 12 bits), F16 [3], an empty F32 [0, 4],
+        // F64 [1, 1000] (one row of 8000 bytes after squeezing: 1000 rows).
+        let specs: [(&str, &str, Vec<usize>, usize); 6] = [
+            ("a", "U8", vec![10], 8),
+            ("b", "F32", vec![40, 30], 32),
+            ("c", "F4", vec![50, 3], 4),
+            ("d", "F16", vec![3], 16),
+            ("e", "F32", vec![0, 4], 32),
+            ("f", "F64", vec![1, 1000], 64),
+        ];
+        let mut json = String::from("{");
+        let mut at = 0;
+        for (i, (name, dtype, shape, bits)) in specs.iter().enumerate() {
+            let n = shape.iter().product::<usize>() * bits / 8;
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            json += &format!(
+                "{}\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{}],\"data_offsets\":[{at},{}]}}",
+                if i > 0 { "," } else { "" },
+                dims.join(","),
+                at + n
+            );
+            at += n;
+        }
+        json.push('}');
+        // Small byte values: every dtype decodes them to finite numbers.
+        let data: Vec<u8> = (0..at).map(|i| (i % 61) as u8).collect();
+        let bytes = file(&json, &data);
+        let mem = Memory(&bytes);
+        let header = read_header(&mem).unwrap();
+        let base = header.data_start();
+        let whole = |i: usize| -> Vec<f64> {
+            let mut out = vec![0.0; header.tensors[i].numel()];
+            let t = Task::new(&header.tensors[i], base, Dest::Values(Target::Real(Out::new(&mut out)))).unwrap();
+            read_tasks(&mem, std::slice::from_ref(&t), 1, &mut never()).unwrap();
+            out
+        };
+        let ints = |i: usize| -> Vec<f64> {
+            let mut out = vec![0i32; header.tensors[i].numel()];
+            let t = Task::new(&header.tensors[i], base, Dest::Values(Target::Integer(Out::new(&mut out)))).unwrap();
+            read_tasks(&mem, std::slice::from_ref(&t), 1, &mut never()).unwrap();
+            out.into_iter().map(f64::from).collect()
+        };
+        let want: Vec<Vec<f64>> = (0..specs.len()).map(|i| if i == 0 { ints(0) } else { whole(i) }).collect();
+        for (which, max) in [(vec![0, 1, 2, 3, 4, 5], 256), (vec![3, 1], 1000), (vec![5, 0, 2], 100), (vec![1, 1, 3], 1 << 20)] {
+            let fetches = plan_fetches(&header.tensors, base, &which, max).unwrap();
+            // Fetches are the contiguous runs; pieces cover them exactly.
+            for f in &fetches {
+                assert_eq!(f.pieces.iter().map(|p| p.len).sum::<usize>(), f.len);
+                assert_eq!(f.pieces[0].off, f.off);
+                for w in f.pieces.windows(2) {
+                    assert_eq!(w[0].off + w[0].len, w[1].off);
+                }
+                assert!(f.pieces.iter().all(|p| p.len <= max || p.rows.is_some()));
+            }
+            let mut outs: Vec<Vec<f64>> = which.iter().map(|&i| vec![f64::NAN; header.tensors[i].numel()]).collect();
+            let mut int_out = vec![i32::MIN; 10];
+            for f in &fetches {
+                for p in &f.pieces {
+                    let seg = Segments::new(bytes.len() as u64, vec![(p.off, &bytes[p.off..p.off + p.len])]).unwrap();
+                    let mut tasks = Vec::new();
+                    for (k, &i) in which.iter().enumerate() {
+                        if !p.tensors.contains(&i) {
+                            continue;
+                        }
+                        let dest = if i == 0 {
+                            // SAFETY: as below.
+                            Dest::Values(Target::Integer(unsafe { Out::from_raw(int_out.as_mut_ptr(), int_out.len()) }))
+                        } else {
+                            let o = &mut outs[k];
+                            // SAFETY: each output is written by one task per piece, and outlives it.
+                            Dest::Values(Target::Real(unsafe { Out::from_raw(o.as_mut_ptr(), o.len()) }))
+                        };
+                        let t = Task::new(&header.tensors[i], base, dest).unwrap();
+                        tasks.push(match p.rows {
+                            Some((r0, r1)) => t.rows(r0, r1).unwrap(),
+                            None => t,
+                        });
+                    }
+                    read_tasks(&seg, &tasks, 2, &mut never()).unwrap();
+                }
+            }
+            for (k, &i) in which.iter().enumerate() {
+                let got: Vec<f64> = if i == 0 { int_out.iter().map(|&v| f64::from(v)).collect() } else { outs[k].clone() };
+                assert_eq!(got, want[i], "tensor {i} of {which:?} in pieces of {max}");
+            }
+        }
+        // Adjacent tensors make one fetch; a gap makes two; empty ones none.
+        let f = plan_fetches(&header.tensors, base, &[2, 1, 4], 1 << 20).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].off, f[0].len), (base + 10, 4800 + 75));
+        assert_eq!(plan_fetches(&header.tensors, base, &[0, 2], 1 << 20).unwrap().len(), 2);
+        assert!(plan_fetches(&header.tensors, base, &[4], 1 << 20).unwrap().is_empty());
+        // F4 rows of 12 bits split on byte boundaries (even rows).
+        let f = plan_fetches(&header.tensors, base, &[2], 10).unwrap();
+        assert!(f[0].pieces.len() > 1);
+        assert!(f[0].pieces.iter().all(|p| p.rows.is_some_and(|(r0, _)| r0 % 2 == 0)));
+        // Rows that don't fit, or split a byte, are refused.
+        let mut out = vec![0.0; 150];
+        for (r0, r1, ok) in [(1, 4, false), (2, 51, false), (4, 2, false), (2, 4, true), (48, 50, true)] {
+            let t = Task::new(&header.tensors[2], base, Dest::Values(Target::Real(Out::new(&mut out)))).unwrap();
+            assert_eq!(t.rows(r0, r1).is_ok(), ok, "rows {r0}..{r1}");
         }
     }
 

@@ -17,8 +17,9 @@ use crate::io::Source;
 /// Largest read-ahead when the source has to be read (not mapped).
 const WINDOW: usize = 1 << 20;
 /// Runs separated by at most this many bytes are read with one read into
-/// the window (the bytes between them are read too).
-const GAP: usize = 16 << 10;
+/// the window (the bytes between them are read too), and fetched with one
+/// request ([`Plan::fetch_ranges`]).
+pub const GAP: usize = 16 << 10;
 
 /// The indices selected along one dimension, 0-based.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +224,25 @@ impl Plan {
             }
         }
         Ok(ByteRanges { inner: self.ranges(), bits })
+    }
+
+    /// The byte ranges `(offset, length)` relative to the tensor start that
+    /// reading this selection through a [`Cursor`] touches, for a source
+    /// that must be fetched first: the runs of [`Plan::byte_ranges`] in
+    /// increasing order, those less than [`GAP`] bytes apart merged (the
+    /// cursor reads such gaps through), repeats fetched once.
+    pub fn fetch_ranges(&self, bits: usize, name: &str) -> Result<Vec<(usize, usize)>> {
+        let mut runs: Vec<(usize, usize)> = self.byte_ranges(bits, name)?.filter(|r| r.1 > 0).collect();
+        runs.sort_unstable();
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for (off, len) in runs {
+            // Within the tensor, whose size was checked not to overflow.
+            match out.last_mut() {
+                Some((o, l)) if off <= *o + *l + GAP => *l = (*l).max(off + len - *o),
+                _ => out.push((off, len)),
+            }
+        }
+        Ok(out)
     }
 
     fn base_of(&self, outer: &[usize]) -> usize {
@@ -537,6 +557,49 @@ mod tests {
         assert_eq!(two.byte_ranges(4, "f").unwrap().collect::<Vec<_>>(), vec![(0, 3)]);
         let one = Plan::new(&[4, 3], vec![Sel::Range { start: 1, count: 1, step: 1 }, Sel::all(3)], "f").unwrap();
         assert!(one.byte_ranges(4, "f").is_err());
+    }
+
+    #[test]
+    fn fetched_ranges_are_all_a_cursor_reads() {
+        use crate::io::Segments;
+        let mut rng = Lcg(7);
+        // U8 and F32 tensors (elements of 1 and 4 bytes) at offset 100 of a
+        // larger source, with extents that put rows near and far apart.
+        let shapes: Vec<Vec<usize>> = vec![vec![9], vec![6, 7], vec![40, 3000], vec![3, 2, 20000], vec![2, 1, 5]];
+        for shape in &shapes {
+            for bits in [8usize, 32] {
+                let numel: usize = shape.iter().product();
+                let nbytes = numel * bits / 8;
+                let bytes: Vec<u8> = (0..100 + nbytes + 50).map(|i| (i % 253) as u8).collect();
+                for _ in 0..40 {
+                    let sels: Vec<Sel> = shape.iter().map(|&d| random_sel(&mut rng, d)).collect();
+                    let plan = Plan::new(shape, sels, "t").unwrap();
+                    let ranges = plan.fetch_ranges(bits, "t").unwrap();
+                    // Sorted, apart by more than GAP, inside the tensor.
+                    for w in ranges.windows(2) {
+                        assert!(w[1].0 > w[0].0 + w[0].1 + GAP, "{ranges:?}");
+                    }
+                    assert!(ranges.iter().all(|&(o, l)| l > 0 && o + l <= nbytes));
+                    let parts: Vec<(usize, &[u8])> = ranges.iter().map(|&(o, l)| (100 + o, &bytes[100 + o..100 + o + l])).collect();
+                    let src = Segments::new(bytes.len() as u64, parts).unwrap();
+                    let n = plan.out_numel() * bits / 8;
+                    let mut want = vec![0u8; n];
+                    let mem = Memory(&bytes);
+                    Cursor::new(&mem, 100, nbytes, plan.byte_ranges(bits, "t").unwrap()).fill(&mut want).unwrap();
+                    let mut got = vec![0u8; n];
+                    let mut cur = Cursor::new(&src, 100, nbytes, plan.byte_ranges(bits, "t").unwrap());
+                    for c in got.chunks_mut(5000) {
+                        cur.fill(c).unwrap();
+                    }
+                    assert_eq!(got, want, "{shape:?}");
+                }
+            }
+        }
+        // Rows far apart are fetched apart; close ones together.
+        let far = Plan::new(&[100, 10000], vec![Sel::List(vec![90, 2]), Sel::all(10000)], "t").unwrap();
+        assert_eq!(far.fetch_ranges(8, "t").unwrap(), vec![(20000, 10000), (900000, 10000)]);
+        let near = Plan::new(&[100, 100], vec![Sel::List(vec![5, 1, 5]), Sel::Range { start: 0, count: 2, step: 1 }], "t").unwrap();
+        assert_eq!(near.fetch_ranges(8, "t").unwrap(), vec![(100, 402)]);
     }
 
     #[test]

@@ -115,6 +115,93 @@ impl Source for Memory<'_> {
     }
 }
 
+/// Some byte ranges of a larger source that is not here, such as a file on
+/// an HTTP server of which the caller fetched only the ranges a read needs
+/// ([`crate::read::plan_fetches`], [`crate::slice::Plan::fetch_ranges`]).
+/// `len` is the whole source's length, so a header read from the segments
+/// is validated against it exactly as a file's is. Reading bytes outside
+/// the segments is an error, never a read of anything else.
+pub struct Segments<'a> {
+    len: u64,
+    /// `(absolute offset, bytes)`, sorted by offset, not overlapping.
+    parts: Vec<(usize, &'a [u8])>,
+}
+
+impl<'a> Segments<'a> {
+    /// The segments `parts` (`(offset, bytes)`, in any order) of a source of
+    /// `len` bytes. Segments that overlap or run past `len` are an error.
+    pub fn new(len: u64, mut parts: Vec<(usize, &'a [u8])>) -> Result<Segments<'a>> {
+        parts.sort_by_key(|p| p.0);
+        let mut end = 0usize;
+        for &(off, bytes) in &parts {
+            let Some(stop) = off.checked_add(bytes.len()) else {
+                return Err(Error::new(Kind::Overflow, "a segment's end overflows"));
+            };
+            if off < end || stop as u64 > len {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    format!("internal error: segment [{off}, {stop}) overlaps another or runs past the source's {len} bytes"),
+                ));
+            }
+            end = stop;
+        }
+        Ok(Segments { len, parts })
+    }
+
+    /// The segment that holds byte `off`, if any, as `(its offset, bytes)`.
+    fn holding(&self, off: usize) -> Option<(usize, &'a [u8])> {
+        let i = self.parts.partition_point(|p| p.0 <= off).checked_sub(1)?;
+        let (start, bytes) = self.parts[i];
+        (off - start < bytes.len()).then_some((start, bytes))
+    }
+
+    fn missing(&self, off: usize, n: usize) -> Error {
+        if (off as u64).saturating_add(n as u64) > self.len {
+            Error::new(Kind::IncompleteBuffer, "the file ends before the tensor does")
+        } else {
+            Error::new(
+                Kind::InvalidArgument,
+                format!("internal error: bytes [{off}, {}) of the source were not fetched", off.saturating_add(n)),
+            )
+        }
+    }
+}
+
+impl Source for Segments<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
+        if n == 0 {
+            return Ok(Some(&[]));
+        }
+        let Some(end) = off.checked_add(n) else { return Ok(None) };
+        // Bytes across segments, or not all fetched (a slice's cursor views
+        // its whole tensor first), are for read_at, which copies what is
+        // there and errors on the rest.
+        Ok(self.holding(off).and_then(|(start, bytes)| bytes.get(off - start..end - start)))
+    }
+
+    fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
+        let n = buf.len();
+        let mut done = 0;
+        while done < n {
+            let at = off.checked_add(done).ok_or_else(|| self.missing(off, n))?;
+            let Some((start, bytes)) = self.holding(at) else { return Err(self.missing(off, n)) };
+            let have = &bytes[at - start..];
+            let k = have.len().min(n - done);
+            buf[done..done + k].copy_from_slice(&have[..k]);
+            done += k;
+        }
+        Ok(())
+    }
+
+    fn as_sync(&self) -> Option<&(dyn Source + Sync)> {
+        Some(self)
+    }
+}
+
 /// An open file, read with `pread` or through a memory map.
 pub struct FileSource {
     file: File,
@@ -598,6 +685,59 @@ mod tests {
         let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap).err().unwrap();
         assert_eq!(e.kind, Kind::Io);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segments_serve_their_bytes_and_nothing_else() {
+        let file: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        // Two segments that touch ([10, 40) and [40, 60)) and one apart.
+        let src = Segments::new(200, vec![(100, &file[100..150]), (10, &file[10..40]), (40, &file[40..60])]).unwrap();
+        assert_eq!(src.len(), 200);
+        assert_eq!(src.view(12, 5).unwrap(), Some(&file[12..17]));
+        assert_eq!(src.view(100, 50).unwrap(), Some(&file[100..150]));
+        assert_eq!(src.view(7, 0).unwrap(), Some(&[][..]));
+        // Across touching segments: no view, but a read.
+        assert_eq!(src.view(35, 10).unwrap(), None);
+        let mut buf = vec![0u8; 50];
+        src.read_at(10, &mut buf).unwrap();
+        assert_eq!(buf, file[10..60]);
+        // Bytes not fetched, or past the end, are no view and a read error.
+        for (off, n) in [(0, 5), (55, 10), (60, 1), (99, 2), (149, 2), (190, 20), (usize::MAX - 1, 4)] {
+            assert_eq!(src.view(off, n).unwrap(), None, "view({off}, {n})");
+            let mut b = vec![0u8; n];
+            assert!(src.read_at(off, &mut b).is_err(), "read_at({off}, {n})");
+        }
+        let mut b = vec![0u8; 20];
+        assert_eq!(src.read_at(190, &mut b).unwrap_err().kind, Kind::IncompleteBuffer);
+        assert_eq!(src.read_at(60, &mut b[..5]).unwrap_err().kind, Kind::InvalidArgument);
+        // Overlapping segments, or segments past the end, are refused.
+        assert!(Segments::new(200, vec![(0, &file[0..20]), (10, &file[10..30])]).is_err());
+        assert!(Segments::new(100, vec![(90, &file[90..120])]).is_err());
+        assert!(Segments::new(200, vec![(usize::MAX - 2, &file[0..10])]).is_err());
+        assert!(Segments::new(0, vec![]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_header_read_from_segments_is_validated_against_the_whole_length() {
+        let json = br#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(json);
+        let data_start = file.len();
+        file.extend_from_slice(&[1, 2, 3, 4]);
+        let prefix = &file[..data_start];
+        let header = read_header(&Segments::new(file.len() as u64, vec![(0, prefix)]).unwrap()).unwrap();
+        assert_eq!(header.data_start(), data_start);
+        // A length that says the file is longer or shorter than its tensors.
+        for len in [file.len() + 1, file.len() - 1] {
+            let e = read_header(&Segments::new(len as u64, vec![(0, prefix)]).unwrap()).unwrap_err();
+            assert_eq!(e.kind, Kind::IncompleteBuffer, "{len}");
+        }
+        // A length shorter than the header itself.
+        let e = read_header(&Segments::new(20, vec![(0, &prefix[..20])]).unwrap()).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidHeaderLength);
+        // The header's bytes must be there.
+        let e = read_header(&Segments::new(file.len() as u64, vec![(0, &prefix[..30])]).unwrap()).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument);
     }
 
     #[test]
