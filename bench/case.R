@@ -36,7 +36,7 @@ if (nzchar(Sys.getenv("BENCH_THREADS"))) {
 }
 
 if (impl == "cran") {
-  stopifnot(!exists("read_file_", asNamespace("safetensors")))
+  stopifnot(!exists("safe_open", asNamespace("safetensors")))
   # A framework returning each tensor's bytes (compat.md 5.2) ...
   safetensors_frameworks[["raw"]] <- list(packages = character(0), constructor = function(raw, meta, ...) raw)
   # ... and one building the same R arrays as this package does: what a

@@ -59,7 +59,7 @@ else
   DEBUG=false "$root/tools/dev-install.sh" "$lib" >"$work/install.log" 2>&1 ||
     { tail -n 40 "$work/install.log"; exit 1; }
 fi
-R_LIBS=$lib Rscript -e 'stopifnot(exists("read_file_", asNamespace("safetensors")))' >/dev/null
+R_LIBS=$lib Rscript -e 'stopifnot(exists("safe_open", asNamespace("safetensors")))' >/dev/null
 
 # 3. CRAN safetensors 0.2.1
 cran_lib=""
@@ -73,7 +73,7 @@ if [ -n "${CRAN_SAFETENSORS:-}" ]; then
     R CMD INSTALL --no-test-load --library="$cran_lib" "$CRAN_SAFETENSORS" >"$work/cran-install.log" 2>&1 ||
       { tail -n 20 "$work/cran-install.log"; exit 1; }
   fi
-  R_LIBS=$cran_lib Rscript -e 'stopifnot(!exists("read_file_", asNamespace("safetensors")))' >/dev/null
+  R_LIBS=$cran_lib Rscript -e 'stopifnot(!exists("safe_open", asNamespace("safetensors")))' >/dev/null
 fi
 
 # 3b. the baseline for an A/B comparison: an older build of this package
@@ -82,7 +82,7 @@ if [ -n "${BENCH_BASE_LIB:-}" ]; then
   base_lib=$(cd "$BENCH_BASE_LIB" && pwd)
   [ -f "$base_lib/safetensors/DESCRIPTION" ] ||
     { echo "BENCH_BASE_LIB=$BENCH_BASE_LIB: no safetensors installed there" >&2; exit 1; }
-  R_LIBS=$base_lib Rscript -e 'stopifnot(exists("read_file_", asNamespace("safetensors")))' >/dev/null ||
+  R_LIBS=$base_lib Rscript -e 'stopifnot(exists("safe_open", asNamespace("safetensors")))' >/dev/null ||
     { echo "BENCH_BASE_LIB=$BENCH_BASE_LIB: not a build of this package (CRAN 0.2.1?)" >&2; exit 1; }
   echo "== baseline (\"base\"): $base_lib${BENCH_BASE_LABEL:+ ($BENCH_BASE_LABEL)}"
 fi
