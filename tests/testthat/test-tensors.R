@@ -63,3 +63,34 @@ test_that("a loaded list works as the plain named list of 0.2.x", {
   expect_identical(as.character(jsonlite::toJSON(x)), as.character(jsonlite::toJSON(unclass(x))))
 })
 
+
+test_that("read_mode() and read_choices() describe what the Rust reader makes", {
+  expect_identical(read_mode("r"), c("array", "double", "integer"))
+  expect_identical(read_mode("r", "character", "raw"), c("array", "character", "raw"))
+  expect_identical(read_mode("torch", "character", "raw"), "raw")
+  expect_identical(read_mode("raw"), "raw")
+  defaults <- read_choices(c("double", "integer64", "character"), c("integer", "raw"), "torch")
+  expect_identical(defaults, list(int64 = "double", uint8 = "integer"))
+  expect_identical(read_choices("character", "raw", "r"), list(int64 = "character", uint8 = "raw"))
+  expect_error(read_choices("character", "integer", "torch"), class = "safetensors_error_invalid_argument")
+})
+
+test_that("loads with the int64 and uint8 choices don't load rlang or cli", {
+  skip_on_cran()
+  skip_if_not_installed("bit64")
+  loaded <- callr::r(function() {
+    library(safetensors)
+    f <- tempfile(fileext = ".safetensors")
+    x <- list(i = bit64::as.integer64(c(1, 2^60)), u = array(as.raw(1:24), 2:4), m = matrix(1:4, 2))
+    safe_save_file(x, f, dtype = c(m = "uint8"))
+    safe_load_file(f, int64 = "integer64", uint8 = "raw")
+    safe_load_file(f, int64 = "character")
+    h <- safe_open(f, int64 = "character", uint8 = "raw")
+    h$slice("u")[2, , ]
+    safe_slice(h, "i", 2, int64 = "integer64")
+    close(h)
+    safetensors$new(f, uint8 = "raw")$get_tensor("m")
+    c(rlang = isNamespaceLoaded("rlang"), cli = isNamespaceLoaded("cli"))
+  }, libpath = .libPaths())
+  expect_identical(loaded, c(rlang = FALSE, cli = FALSE))
+})

@@ -119,10 +119,23 @@ fn src_of(x: &Robj) -> Option<Src<'_>> {
     }
 }
 
+/// The values of bit64's `integer64` vector `x` (a double vector whose
+/// elements hold int64 bits), borrowed from R for as long as `x` lives.
+fn int64_of(x: &Robj) -> Option<Src<'_>> {
+    // SAFETY: a double vector's elements are 8 aligned bytes, which i64
+    // reads as they are (bit64 stores each int64 value's bits there); `x`
+    // keeps the vector alive for the borrow.
+    unsafe {
+        let v: &[f64] = slice_of(x.get(), extendr_ffi::SEXPTYPE::REALSXP)?;
+        Some(Src::Int64(std::slice::from_raw_parts(v.as_ptr() as *const i64, v.len())))
+    }
+}
+
 /// Each tensor's input, from the description's `tensors` and `kinds`:
-/// `"values"` (an R vector to convert), `"bytes"` (a raw vector of the
-/// bytes as stored) or `"later"` (bytes R puts when the tensor's turn
-/// comes). `values` must outlive the inputs.
+/// `"values"` (an R vector to convert), `"integer64"` (bit64's integer64,
+/// converted from its int64 values), `"bytes"` (a raw vector of the bytes
+/// as stored) or `"later"` (bytes R puts when the tensor's turn comes).
+/// `values` must outlive the inputs.
 fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], names: &[String]) -> Result<Vec<Input<'a>>> {
     values
         .iter()
@@ -131,6 +144,9 @@ fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], names: &[String]) -> Result
         .map(|((x, &kind), name)| match kind {
             "values" => src_of(x).map(Input::Values).ok_or_else(|| {
                 Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector"))
+            }),
+            "integer64" => int64_of(x).map(Input::Values).ok_or_else(|| {
+                Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not an integer64 vector"))
             }),
             "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
                 Error::tensor(Kind::InvalidArgument, name, format!("the buffer of tensor `{name}` must be raw"))
