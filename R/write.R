@@ -69,7 +69,10 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
     } else {
       st_abort(
         "invalid_argument",
-        "Tensor {.val {nms[[i]]}} must be an R vector or array, not {.obj_type_friendly {x}}.",
+        c(
+          "Tensor {.val {nms[[i]]}} must be an R vector or array, not {.obj_type_friendly {x}}.",
+          i = if (is.character(x)) "Convert decimal strings first, for example with {.code bit64::as.integer64()}."
+        ),
         call = call
       )
     }

@@ -368,3 +368,9 @@ test_that("raw arrays are written as U8 with their dims; raw bytes with dtype an
   stored <- structure(as.raw(c(0, 0, 0x80, 0x3f)), dtype = "F32", shape = 1L)
   expect_identical(safe_deserialize(safe_serialize(list(x = stored)))$x, structure(1, dim = 1L, dtype = "F32"))
 })
+
+test_that("character arrays can't be written; the error says how to convert them", {
+  x <- list(id = structure(c("9007199254740993", "1"), dim = 2L, dtype = "I64"))
+  expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, safe_serialize(x))
+})
