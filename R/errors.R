@@ -61,6 +61,11 @@
 #' * `safetensors_error_closed`: a closed handle was used.
 #' * `safetensors_error_interrupted`: the user interrupted a load or a save
 #'   (Ctrl-C); a save leaves no partial file.
+#' * `safetensors_error_http`: an `http://` or `https://` URL could not be
+#'   read: the server answered with an error status (401, 403, 404, 416,
+#'   ...), ignored range requests, or could not be reached; fields `status`
+#'   (the HTTP status, `NA` without a response) and `url` (credentials
+#'   redacted).
 #'
 #' @section Arguments and values:
 #' * `safetensors_error_invalid_argument`: an argument has the wrong type or
@@ -76,7 +81,9 @@
 #'   rank.
 #' * `safetensors_error_conversion`: a value can't be written in the
 #'   tensor's dtype (out of range, a fraction for an integer dtype, `NA` in
-#'   an integer or logical tensor).
+#'   an integer or logical tensor), or, where the dtype came from the
+#'   tensor's `"dtype"` attribute alone, isn't held exactly by it (see
+#'   [safe_save_file()]); fields `tensor` and, for the attribute, `dtype`.
 #' * `safetensors_error_unsupported`: a valid file holds something R can't
 #'   represent as asked, such as a dimension over `.Machine$integer.max`.
 #' * `safetensors_error_unsupported_dtype`: a dtype the framework has no
@@ -86,14 +93,18 @@
 #'   registered in [safetensors_frameworks].
 #' * `safetensors_error_framework_not_installed`: the packages a framework
 #'   needs (or torch's LibTorch) are not installed; field `package`.
+#' * `safetensors_error_package_not_installed`: a package a function needs
+#'   for what it was asked is not installed (curl for URLs, bit64 for
+#'   `int64 = "integer64"`); field `package`.
 #'
 #' @section Warnings:
 #' * `safetensors_warning_precision`: I64, U32 or U64 values beyond 2^53
 #'   were rounded to the nearest double.
 #' * `safetensors_warning_type`: an I32 tensor holding -2147483648 (`NA` in
 #'   R integers) was returned as double.
-#' * `safetensors_warning_ignored_argument`: [safe_save_file()] or
-#'   [safe_serialize()] ignored arguments in `...`.
+#' * `safetensors_warning_range`: 64-bit values that bit64's `integer64`
+#'   can't hold (U64 values over 2^63 - 1, and I64's -2^63, which is its
+#'   `NA`) were read as `NA` with `int64 = "integer64"`.
 #'
 #' @name safetensors-conditions
 #' @aliases safetensors_error safetensors_warning

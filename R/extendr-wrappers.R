@@ -9,17 +9,18 @@
 NULL
 
 #' Every dtype of the format in the reference implementation's order:
-#' `list(name, bits, r_type, default_for, torch, torch_type)`, columns of
-#' equal length: `r_type` is the R type it is read into, `default_for` the
-#' R type written as it by default (`NA` for the others), `torch` and
-#' `torch_type` R torch's dtype function and `$.type()` name (`NA` where R
-#' torch has no such type).
+#' `list(name, bits, r_type, default_for, torch, torch_type, aliases)`,
+#' columns of equal length: `r_type` is the R type it is read into,
+#' `default_for` the R type (or class) written as it by default (`NA` for
+#' the others), `torch` and `torch_type` R torch's dtype function and
+#' `$.type()` name (`NA` where R torch has no such type), `aliases` a list
+#' of the other names it may be given by (numpy's and torch's).
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
 
 #' Reads tensors `names` (`NULL`: all) from the file at `path` in mode
-#' `"array"` or `"raw"` on `threads` threads (0: the default):
-#' `list(tensors, header, inexact, int_min, max_offset)`.
+#' `"raw"` or `c("array", int64, uint8)` on `threads` threads (0: the
+#' default): `list(tensors, header, inexact, int_min, na, max_offset)`.
 #' @noRd
 load_file_ <- function(path, names, mode, backend, threads) .Call(wrap__load_file_, path, names, mode, backend, threads)
 
@@ -27,17 +28,19 @@ load_file_ <- function(path, names, mode, backend, threads) .Call(wrap__load_fil
 #' @noRd
 load_raw_ <- function(buf, names, mode, threads) .Call(wrap__load_raw_, buf, names, mode, threads)
 
-#' Reads the named tensors of an open handle in mode `"array"` or `"raw"`
-#' on `threads` threads (0: the default): `list(tensors, inexact, int_min,
-#' max_offset)`. Only those tensors' bytes are read.
+#' Reads the named tensors of an open handle in mode `"raw"` or
+#' `c("array", int64, uint8)` on `threads` threads (0: the default):
+#' `list(tensors, inexact, int_min, na, max_offset)`. Only those tensors'
+#' bytes are read.
 #' @noRd
 handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, names, mode, threads)
 
 #' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 #' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
-#' as a vector of 0-based indices. Returns `list(tensor, inexact, int_min)`.
-#' For a remote file, `segments` holds the bytes `slice_fetches_()` named,
-#' as `list(offsets, raw vectors)`; `NULL` otherwise.
+#' as a vector of 0-based indices, in mode `"raw"` or `c("array", int64,
+#' uint8)`. Returns `list(tensor, inexact, int_min, na)`. For a remote
+#' file, `segments` holds the bytes `slice_fetches_()` named, as
+#' `list(offsets, raw vectors)`; `NULL` otherwise.
 #' @noRd
 handle_slice_ <- function(x, name, specs, is_range, mode, segments) .Call(wrap__handle_slice_, x, name, specs, is_range, mode, segments)
 
@@ -78,7 +81,7 @@ open_raw_ <- function(buf) .Call(wrap__open_raw_, buf)
 open_remote_ <- function(prefix, len) .Call(wrap__open_remote_, prefix, len)
 
 #' Starts reading whole tensors `names` (a character vector) of a remote
-#' handle in mode `"array"` or `"raw"`: allocates them and plans what to
+#' handle in mode `"raw"` or `c("array", int64, uint8)`: allocates them and plans what to
 #' fetch, in pieces of at most `max` bytes. Returns `list(loader, offset,
 #' length, pieces)`: the byte ranges to fetch (absolute, one request each)
 #' and, for each, its pieces' lengths, which `remote_feed_()` takes in

@@ -213,7 +213,8 @@ frame_formals <- function(env) {
 #' Generics that [safe_save_file()] and [safe_serialize()] call for tensors
 #' that are not plain R vectors: `safe_tensor_meta()` describes the tensor
 #' as `list(shape, dtype)` (the shape outermost first, the dtype a
-#' safetensors name such as `"F32"`), and `safe_tensor_buffer()` returns its
+#' safetensors name such as `"F32"`, or numpy's or torch's, such as
+#' `"float32"`), and `safe_tensor_buffer()` returns its
 #' bytes as a raw vector, row-major and little-endian, exactly as they go in
 #' the file. Methods for `torch_tensor` are included; other packages (such as
 #' pjrt) add methods for their own classes.

@@ -8,11 +8,15 @@
 #' With `framework = "r"` (the default), each dtype becomes:
 #'
 #' * F64, F32, F16, BF16 and every F8, F6 and F4 type: `double`;
-#' * I8, I16, I32, U8, U16: `integer`, except that an I32 tensor holding
+#' * I8, I16, I32, U16: `integer`, except that an I32 tensor holding
 #'   -2147483648 (`NA` in R integers) is returned as `double`, with a warning;
-#' * I64, U32, U64: `double`, with a warning of class
+#' * U8: `integer`, or with `uint8 = "raw"` a `raw` array (R's raw type is
+#'   exactly uint8: one byte per value instead of four, for images and
+#'   packed quantized weights);
+#' * U32: `double` (exact);
+#' * I64, U64: `double`, with a warning of class
 #'   `safetensors_warning_precision` when a value is beyond 2^53 and so not
-#'   exactly representable;
+#'   exactly representable; or as `int64` chooses (below);
 #' * BOOL: `logical`;
 #' * C64: `complex`.
 #'
@@ -21,7 +25,27 @@
 #' `t[i - 1, j - 1, ...]`. A scalar (shape `[]`) becomes a vector of length
 #' one without `dim`, with attribute `shape = integer(0)`. Each array keeps
 #' the file's dtype in attribute `"dtype"`, so [safe_save_file()] writes it
-#' back with the same dtype and bytes.
+#' back with the same dtype and bytes (raw arrays as U8, integer64
+#' vectors exactly).
+#'
+#' @section 64-bit integers:
+#' `int64` chooses what I64 and U64 tensors become:
+#' * `"double"` (the default): doubles, exact up to 2^53 in magnitude, the
+#'   others rounded with a warning (as above);
+#' * `"integer64"`: the class of the bit64 package (a Suggested package,
+#'   `install.packages("bit64")`; without it the error has class
+#'   `safetensors_error_package_not_installed`), exact for every I64 value
+#'   but -2^63, which is integer64's `NA`, and every U64 value up to
+#'   2^63 - 1; larger U64 values become `NA`. Both give a warning of class
+#'   `safetensors_warning_range`;
+#' * `"character"`: exact decimal strings (`"-9223372036854775808"`,
+#'   `"18446744073709551615"`), for any value.
+#'
+#' Either way the array keeps the file's dtype in attribute `"dtype"`.
+#' [safe_save_file()] writes integer64 vectors back exactly, as I64 by
+#' default (or the dtype of their `"dtype"` attribute: U64 for a loaded U64
+#' tensor); `NA` can't be written. Character arrays can't be written: convert
+#' them first, for example with `bit64::as.integer64()`.
 #'
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
@@ -57,6 +81,12 @@
 #'   maps the file into memory and converts from the mapping, letting go of
 #'   each part of the mapping once converted, so that either way the memory
 #'   held is the result's. Ignored for URLs.
+#' @param int64 What I64 and U64 tensors become with `framework = "r"`:
+#'   `"double"` (the default), `"integer64"` (bit64's class) or
+#'   `"character"` (exact decimal strings). See "64-bit integers".
+#' @param uint8 What U8 tensors become with `framework = "r"`: `"integer"`
+#'   (the default) or `"raw"`, a raw array with the tensor's `dim`, one byte
+#'   per value.
 #' @section Threads:
 #' Large reads and writes are split between threads (each R vector is still
 #' allocated once, by R's main thread). The number of threads is the option
@@ -98,22 +128,29 @@
 #'
 #' # A file held in memory
 #' safe_deserialize(readBin(path, "raw", file.size(path)))$bias
+#'
+#' # U8 tensors as raw arrays, one byte per value
+#' img <- array(as.raw(0:23), c(2, 3, 4))
+#' x <- safe_deserialize(safe_serialize(list(img = img)), uint8 = "raw")
+#' x$img[2, 3, ]
 #' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
 #'
 #' # torch tensors, as safetensors 0.2.x returned them
 #' w <- safe_load_file(path, framework = "torch", device = "cpu")$weight
 #' w$dtype
 #' w
-safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap")) {
+safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap"),
+                           int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("read", "mmap"))
+  choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
   if (is_index_path(path)) {
-    return(load_index(path, tensors, framework, list(...), backend))
+    return(load_index(path, tensors, framework, list(...), backend, choices))
   }
   if (is_url(path)) {
-    return(load_through_handle(path, tensors, framework, list(...), backend))
+    return(load_through_handle(path, tensors, framework, list(...), backend, choices))
   }
   if (inherits(path, "connection") && framework != "r") {
     return(load_stream(path, tensors, framework, list(...)))
@@ -125,10 +162,10 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
     check_string(path)
     size <- file.size(path.expand(path))
     if (!is.na(size) && progress_wanted(size)) {
-      return(load_through_handle(path, tensors, framework, list(...), backend))
+      return(load_through_handle(path, tensors, framework, list(...), backend, choices))
     }
   }
-  mode <- if (framework == "r") "array" else "raw"
+  mode <- read_mode(framework, choices$int64, choices$uint8)
   res <- if (is.character(path)) {
     check_string(path)
     load_file_(core_path(path), tensors, mode, backend, st_threads())
@@ -148,24 +185,26 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
 
 # safe_load_file() for an index: the tensors asked for (all by default), with
 # the combined header as the "metadata" attribute.
-load_index <- function(path, tensors, framework, args, backend, call = parent.frame()) {
-  h <- open_index(path, framework, args, backend, whole = is.null(tensors), call = call)
+load_index <- function(path, tensors, framework, args, backend, choices = NULL, call = parent.frame()) {
+  h <- open_index(path, framework, args, backend, whole = is.null(tensors), choices = choices, call = call)
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
 }
 
 #' @rdname safe_load_file
 #' @export
-safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL) {
+safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL,
+                             int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   if (!is.raw(buffer)) {
     st_abort("invalid_argument", "{.arg buffer} must be a raw vector, not {.obj_type_friendly {buffer}}.")
   }
   framework <- check_framework(framework)
+  choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
   if (torch_direct(framework)) {
     return(load_through_handle(buffer, tensors, framework, list(...), "read"))
   }
-  mode <- if (framework == "r") "array" else "raw"
+  mode <- read_mode(framework, choices$int64, choices$uint8)
   res <- st_check(load_raw_(buffer, tensors, mode, st_threads()), "Can't read the raw vector.")
   finish_load(res, framework, list(...))
 }
@@ -246,11 +285,12 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
 # safe_load_file() of a file path, URL (or raw vector) through a handle, so
 # that a progress bar can be updated between groups of tensors, tensors
 # read straight into torch, or a remote file's tensors fetched in pieces
-# (load_handle()).
-load_through_handle <- function(path, tensors, framework, args, backend, call = parent.frame()) {
+# (load_handle()). `choices`: the `int64` and `uint8` choices
+# (read_choices()).
+load_through_handle <- function(path, tensors, framework, args, backend, choices = NULL, call = parent.frame()) {
   part <- open_part(path, backend, whole = is.null(tensors), call = call)
   h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
-    label = part$label, metadata = part$info$metadata, kind = backend
+    label = part$label, metadata = part$info$metadata, kind = backend, choices = choices
   )
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
@@ -265,7 +305,7 @@ load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
   } else {
     vapply(tensors, function(t) tensor_name(h, t, call = call), character(1), USE.NAMES = FALSE)
   }
-  mode <- if (framework == "r") "array" else "raw"
+  mode <- handle_mode(h, framework)
   bar <- NULL
   sizes <- NULL
   if (progress_enabled()) {

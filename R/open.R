@@ -112,6 +112,15 @@
 #'   memory and copies from the mapping; `"read"` reads each tensor with
 #'   positioned reads, which is faster on network filesystems where mapping
 #'   is slow. Ignored for URLs, raw vectors and connections.
+#' @param int64 What I64 and U64 tensors become with `framework = "r"`:
+#'   `"double"` (the default), `"integer64"` (bit64's class) or
+#'   `"character"` (exact decimal strings); see [safe_load_file()]. The
+#'   handle keeps the choice for every read and slice. For `safe_slice()`,
+#'   `NULL` (the default) uses the handle's choice (`"double"` for a path).
+#' @param uint8 What U8 tensors become with `framework = "r"`: `"integer"`
+#'   (the default) or `"raw"` (one byte per value); see [safe_load_file()].
+#'   For `safe_slice()`, `NULL` (the default) uses the handle's choice
+#'   (`"integer"` for a path).
 #' @return `safe_open()`: a handle of class `safetensors_file`.
 #'   `safe_slice()`: the selected part of the tensor.
 #' @seealso [safe_load_file()] to read everything, [safe_info()] for the
@@ -144,19 +153,27 @@
 #' wte <- grep("wte.weight$", names(h), value = TRUE)
 #' h$slice(wte)[1:5, 1:8]
 #' close(h)
-safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
+#'
+#' # 64-bit integers as exact strings
+#' h <- safe_open(safe_serialize(list(id = c(2^53, 2^53 + 2)), dtype = "int64"), int64 = "character")
+#' h$id
+#' close(h)
+safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
+                      int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("mmap", "read"))
+  choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)
   if (is_index_path(path)) {
-    return(open_index(path, framework, args, backend))
+    return(open_index(path, framework, args, backend, choices = choices))
   }
   part <- open_part(path, backend)
   new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata,
-    kind = if (part_is_remote(part)) "remote" else if (isTRUE(part$memory) || !is.character(path)) "memory" else backend
+    kind = if (part_is_remote(part)) "remote" else if (isTRUE(part$memory) || !is.character(path)) "memory" else backend,
+    choices = choices
   )
 }
 
@@ -165,8 +182,9 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read")) {
 # in header order. The weight map is an allowlist (a shard's other tensors are
 # hidden), and each tensor it names must be in the shard it names. The
 # shards of an index URL are at URLs relative to it. `whole`: every tensor
-# will be read (see open_part()).
-open_index <- function(path, framework, args, backend, whole = FALSE, call = parent.frame()) {
+# will be read (see open_part()). `choices`: the `int64` and `uint8`
+# choices (read_choices()).
+open_index <- function(path, framework, args, backend, whole = FALSE, choices = NULL, call = parent.frame()) {
   check_string(path, call = call)
   remote <- is_url(path)
   if (!remote) {
@@ -216,14 +234,17 @@ open_index <- function(path, framework, args, backend, whole = FALSE, call = par
     label = label,
     metadata = if (length(parts) > 0) parts[[1]]$info$metadata,
     kind = "shards",
-    index = idx
+    index = idx,
+    choices = choices
   )
 }
 
 # A handle: the parts (open files), and for each visible tensor its name and
 # part. `metadata` is the file's (or first shard's) __metadata__; `kind` is
-# "mmap", "read", "memory", "remote" or "shards".
-new_handle <- function(parts, names, part_of, framework, args, backend, label, metadata, kind, index = NULL) {
+# "mmap", "read", "memory", "remote" or "shards"; `choices` the `int64` and
+# `uint8` choices (read_choices(); NULL for the defaults).
+new_handle <- function(parts, names, part_of, framework, args, backend, label, metadata, kind, index = NULL,
+                       choices = NULL) {
   pos <- integer(length(names))
   for (p in unique(part_of)) {
     at <- which(part_of == p)
@@ -241,13 +262,21 @@ new_handle <- function(parts, names, part_of, framework, args, backend, label, m
       label = label,
       metadata = metadata,
       kind = kind,
-      index = index
+      index = index,
+      choices = choices
     ),
     class = "safetensors_file"
   )
 }
 
 hget <- function(x, field) .subset2(x, field)
+
+# What the Rust reader makes of the tensors of handle `x` for `framework`
+# (read_mode()), with the handle's `int64` and `uint8` choices unless
+# `choices` gives others.
+handle_mode <- function(x, framework = hget(x, "framework"), choices = hget(x, "choices")) {
+  read_mode(framework, choices$int64, choices$uint8)
+}
 
 #' @export
 names.safetensors_file <- function(x) {
@@ -385,6 +414,7 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
   tensors <- vector("list", length(names))
   inexact <- numeric(length(names))
   int_min <- numeric(length(names))
+  na <- numeric(length(names))
   max_offset <- 0
   for (p in unique(part_of)) {
     k <- which(part_of == p)
@@ -395,6 +425,7 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
       tensors[k] <- unname(res$tensors)
       inexact[k] <- res$inexact
       int_min[k] <- res$int_min
+      na[k] <- res$na
       max_offset <- max(max_offset, res$max_offset)
       next
     }
@@ -404,6 +435,7 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
       tensors[g] <- unname(res$tensors)
       inexact[g] <- res$inexact
       int_min[g] <- res$int_min
+      na[g] <- res$na
       max_offset <- max(max_offset, res$max_offset)
       if (!is.null(bar)) {
         cli::cli_progress_update(inc = sum(sizes[g]), id = bar)
@@ -411,7 +443,7 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
     }
   }
   names(tensors) <- names
-  list(tensors = tensors, inexact = inexact, int_min = int_min, max_offset = max_offset)
+  list(tensors = tensors, inexact = inexact, int_min = int_min, na = na, max_offset = max_offset)
 }
 
 # Reads tensors as the handle's framework makes them; a named list.
@@ -425,7 +457,7 @@ read_handle <- function(x, names, framework, args, call = parent.frame()) {
   if (torch_direct(framework)) {
     return(read_into_torch(x, names, args, call = call))
   }
-  mode <- if (framework == "r") "array" else "raw"
+  mode <- handle_mode(x, framework)
   res <- read_parts(x, names, mode, call = call)
   res$header <- header_entries(x, names)
   list(tensors = strip_loaded(finish_load(res, framework, args, call = call)), max_offset = res$max_offset)
@@ -445,7 +477,10 @@ read_into_torch <- function(x, names, args, call = parent.frame(), bar = NULL) {
   check_torch_dtypes(dtypes, names, call = call)
   out <- vector("list", length(names))
   max_offset <- 0
-  for (k in seq_along(names)) {
+  # In file order: a part streamed from a server that ignores ranges can
+  # only be read forwards, and a disk reads faster so.
+  begin <- vapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info$begin[[pos[[k]]]], numeric(1))
+  for (k in order(part_of, begin)) {
     part <- parts[[part_of[[k]]]]
     info <- part$info
     out[k] <- list(torch_read_part(part, names[[k]], info$dtype[[pos[[k]]]], info$shape[[pos[[k]]]], device, call))
@@ -659,14 +694,18 @@ print.safetensors_slice <- function(x, ...) {
 #' @param drop Whether to drop extents of one from the result, as for
 #'   arrays. Default `TRUE`.
 #' @export
-safe_slice <- function(x, name, ..., drop = TRUE) {
+safe_slice <- function(x, name, ..., drop = TRUE, int64 = NULL, uint8 = NULL) {
   idx <- index_dots(...)
   if (!inherits(x, "safetensors_file")) {
     x <- safe_open(x, backend = "read")
     on.exit(close(x), add = TRUE)
   }
   check_bool(drop)
-  read_slice(x, tensor_name(x, name), idx, drop)
+  own <- hget(x, "choices")
+  choices <- read_choices(
+    int64 %||% own$int64 %||% "double", uint8 %||% own$uint8 %||% "integer", hget(x, "framework")
+  )
+  read_slice(x, tensor_name(x, name), idx, drop, choices = choices)
 }
 
 # The indices in `...`, one per dimension, an empty one (the first of
@@ -686,8 +725,9 @@ whole_index <- structure(list(), class = "safetensors_whole_index")
 
 is_whole_index <- function(i) inherits(i, "safetensors_whole_index")
 
-# Reads `idx` (one index per dimension, R semantics) of tensor `name`.
-read_slice <- function(x, name, idx, drop, call = parent.frame()) {
+# Reads `idx` (one index per dimension, R semantics) of tensor `name`, with
+# the handle's `int64` and `uint8` choices unless `choices` gives others.
+read_slice <- function(x, name, idx, drop, call = parent.frame(), choices = hget(x, "choices")) {
   check_bool(drop, call = call)
   at <- match(name, hget(x, "names"))
   part <- hget(x, "parts")[[hget(x, "part_of")[[at]]]]
@@ -728,7 +768,7 @@ read_slice <- function(x, name, idx, drop, call = parent.frame()) {
     is_range[[j]] <- s$is_range
   }
   framework <- hget(x, "framework")
-  mode <- if (framework == "r") "array" else "raw"
+  mode <- handle_mode(x, framework, choices)
   segments <- if (part_is_remote(part)) {
     # The core names the bytes the slice needs; they are fetched first.
     ranges <- check_part(slice_fetches_(part$ptr, name, specs, is_range), part, call = call)
@@ -737,7 +777,7 @@ read_slice <- function(x, name, idx, drop, call = parent.frame()) {
   res <- check_part(handle_slice_(part$ptr, name, specs, is_range, mode, segments), part, call = call)
   out <- res$tensor
   warn_conversions(name, res, call = call)
-  if (mode == "array") {
+  if (framework == "r") {
     if (rank > 0 && drop) {
       d <- dim(out)
       keep <- d != 1

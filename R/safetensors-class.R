@@ -8,12 +8,15 @@
 #' reads only that tensor's bytes. New code can use [safe_open()] directly.
 #'
 #' @section Methods:
-#' * `$new(path, ..., framework = "r")`: opens `path`, a file path (a shard
-#'   index works too), a raw vector, or an open binary connection, which is
-#'   read into memory from its current position and left open. `...` is
+#' * `$new(path, ..., framework = "r", int64 = "double", uint8 = "integer")`:
+#'   opens `path`, a file path (a shard index works too), a raw vector, or
+#'   an open binary connection, which is read into memory from its current
+#'   position and left open. `...` is
 #'   stored in `$args` and passed to the framework's constructor. `framework`
 #'   is `"r"` (R arrays), `"raw"`, or a registered framework such as
-#'   `"torch"`; it had no default in 0.2.x.
+#'   `"torch"`; it had no default in 0.2.x. `int64` and `uint8` (new, for
+#'   `framework = "r"`) choose what I64, U64 and U8 tensors become, as for
+#'   [safe_load_file()].
 #' * `$keys()`: tensor names in header order, without `"__metadata__"`.
 #' * `$get_tensor(name)`: reads one tensor; for a framework, calls its
 #'   constructor as `constructor(raw, meta, ...)` with the tensor's bytes,
@@ -49,13 +52,14 @@ safetensors <- R6::R6Class("safetensors",
     args = NULL,
     max_offset = 0L,
 
-    initialize = function(path, ..., framework = "r") {
+    initialize = function(path, ..., framework = "r", int64 = c("double", "integer64", "character"),
+                          uint8 = c("integer", "raw")) {
       self$framework <- check_framework(framework)
       self$args <- list(...)
       if (inherits(path, "connection")) {
         self$con <- path
       }
-      private$handle <- safe_open(path, framework = framework, ..., backend = "mmap")
+      private$handle <- safe_open(path, framework = framework, ..., backend = "mmap", int64 = int64, uint8 = uint8)
       self$metadata <- combined_header(private$handle)
       invisible(self)
     },

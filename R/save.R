@@ -8,12 +8,16 @@
 #' existing one.
 #'
 #' Plain R vectors and arrays are written with these dtypes unless asked
-#' otherwise: double as F64, integer as I32, logical as BOOL, raw as U8 and
-#' complex as C64. The `dtype` argument selects another dtype; conversions to
-#' narrower floats (F32, F16, BF16, F8, F6, F4) round to nearest, ties to
-#' even, and a value that does not fit the target dtype (out of range, a
-#' fraction for an integer dtype, `NA` in an integer or logical vector) is an
-#' error of class `safetensors_error_conversion`. The array `dim` becomes the shape, and
+#' otherwise: double as F64, integer as I32, logical as BOOL, raw as U8,
+#' complex as C64, and bit64's integer64 as I64 (exactly: its values, not
+#' the doubles that hold them). The `dtype` argument selects another dtype
+#' (see also "The "dtype" attribute"); a dtype is named as in safetensors
+#' files (`"BF16"`) or as numpy and torch name it (`"bfloat16"`, `"half"`,
+#' `"int64"`, `"torch.float32"`), in any case. Conversions to narrower
+#' floats (F32, F16, BF16, F8, F6, F4) round to nearest, ties to even, and a
+#' value that does not fit the target dtype (out of range, a fraction for an
+#' integer dtype, `NA` in an integer or logical vector) is an error of class
+#' `safetensors_error_conversion`. The array `dim` becomes the shape, and
 #' elements are stored so that Python's `t[i - 1, j - 1, ...]` is
 #' `x[i, j, ...]`. A vector without `dim` is a 1-D tensor, except a length-one
 #' vector with attribute `shape = integer(0)`, which is a scalar.
@@ -70,7 +74,7 @@
 #' connection is not written atomically.
 #'
 #' @param tensors A named list of tensors: R vectors or arrays (double,
-#'   integer, logical, raw or complex), or objects with
+#'   integer, logical, raw, complex or bit64's integer64), or objects with
 #'   [safe_tensor_meta()] and [safe_tensor_buffer()] methods. Names must be
 #'   unique and not `"__metadata__"` (see "Names and metadata").
 #' @param path A file path, a folder (see "Sharded checkpoints"), or a
@@ -84,8 +88,10 @@
 #'   character vector of single strings, stored as the file's
 #'   `__metadata__`.
 #' @param dtype `NULL` (the default) to use each tensor's `"dtype"` attribute
-#'   or the default for its R type, a single dtype name such as `"F32"` for
-#'   all tensors, or a named character vector of dtypes for some of them.
+#'   or the default for its R type, a single dtype name such as `"F32"` (or
+#'   `"float32"`, in any case) for all tensors, or a named character vector
+#'   of dtypes for some of them. An unknown name is an error of class
+#'   `safetensors_error_invalid_argument` suggesting the closest known one.
 #' @param sync Whether to flush the file to disk (fsync) before renaming it
 #'   over the target. Default `TRUE`.
 #' @inheritSection safe_load_file Threads

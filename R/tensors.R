@@ -3,6 +3,51 @@
 # applied, conversion warnings signalled, and the list safe_load_file()
 # returns, with its 0.2.x attributes and its print and str methods.
 
+# What the Rust reader makes of each tensor (src/rust/src/tensors.rs,
+# `Mode`): for framework "r", R arrays, with the `int64` and `uint8`
+# choices; for the others, the bytes they are built from.
+read_mode <- function(framework, int64 = "double", uint8 = "integer") {
+  if (framework == "r") c("array", int64, uint8) else "raw"
+}
+
+# The `int64` and `uint8` arguments of a reading function, checked:
+# `list(int64, uint8)`, one choice each (the first when left as the
+# defaults). They apply to framework "r" only; `int64 = "integer64"` needs
+# bit64.
+read_choices <- function(int64, uint8, framework, call = parent.frame()) {
+  int64 <- arg_choice(int64, c("double", "integer64", "character"), "int64", call = call)
+  uint8 <- arg_choice(uint8, c("integer", "raw"), "uint8", call = call)
+  if (framework != "r" && (int64 != "double" || uint8 != "integer")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "{.arg int64} and {.arg uint8} apply to {.code framework = \"r\"} only.",
+        i = "Framework {.val {framework}} builds its tensors from the bytes as stored."
+      ),
+      call = call
+    )
+  }
+  if (int64 == "integer64" && !bit64_installed()) {
+    st_abort(
+      "package_not_installed",
+      c(
+        "{.code int64 = \"integer64\"} needs the {.pkg bit64} package, which is not installed.",
+        i = "Install it with {.code install.packages(\"bit64\")} (on Debian and Ubuntu, {.code apt install r-cran-bit64}).",
+        i = "Or read 64-bit integers with {.code int64 = \"character\"} (exact) or {.code \"double\"}."
+      ),
+      package = "bit64",
+      call = call
+    )
+  }
+  list(int64 = int64, uint8 = uint8)
+}
+
+# Whether bit64 can be loaded (it is loaded then, so that integer64 vectors
+# print and compute as such).
+bit64_installed <- function() {
+  requireNamespace("bit64", quietly = TRUE)
+}
+
 # Attaches the 0.2.x attributes, signals conversion warnings, and builds
 # framework tensors from raw bytes where a framework was asked for.
 finish_load <- function(res, framework, args, call = parent.frame()) {
@@ -174,6 +219,15 @@ warn_conversions <- function(nms, res, call = parent.frame()) {
       c(
         "Tensor {.val {nms[[i]]}} has {res$inexact[[i]]} value{?s} beyond 2^53, which double can't hold exactly.",
         i = "They were rounded to the nearest double."
+      )
+    )
+  }
+  for (i in which(res$na > 0)) {
+    st_warn(
+      "range",
+      c(
+        "Tensor {.val {nms[[i]]}} has {res$na[[i]]} value{?s} that integer64 can't hold, now {.code NA}.",
+        i = "integer64 holds -2^63 + 1 to 2^63 - 1 (-2^63 is its {.code NA}); {.code int64 = \"character\"} reads every value exactly."
       )
     )
   }

@@ -142,18 +142,6 @@ group_by_size <- function(sizes, limit) {
   out
 }
 
-# The name in `choices` closest to `name` (a likely misspelling: at most a
-# third of its characters edited, or a prefix), or NULL.
-closest_name <- function(name, choices) {
-  d <- utils::adist(name, choices, ignore.case = TRUE)[1, ]
-  prefix <- startsWith(choices, name) & nchar(name) >= 3
-  ok <- d <= max(1, floor(nchar(name) / 3)) | prefix
-  if (!any(ok)) {
-    return(NULL)
-  }
-  choices[ok][[which.min(d[ok])]]
-}
-
 # `x` in UTF-8, whatever encoding R marks its strings with: every string
 # that reaches the Rust core must be UTF-8 (a file's header is, and Python
 # reads nothing else); strings that can't be converted are an error naming

@@ -5,12 +5,14 @@
 
 
 # Describes `tensors` for the Rust writer (src/rust/src/write.rs), as a
-# named list: `tensors` (each tensor's R object), `names`, `dtypes`,
-# `shapes` (row-major, outermost first), `kinds` ("values": an R vector the
-# kernels convert and permute to row-major; "bytes": a raw vector of the
-# bytes as stored, as framework = "raw" returns them; "later": a framework
-# tensor whose bytes are fetched when its turn comes) and `metadata` (a
-# named character vector, or NULL).
+# named list: `tensors` (each tensor's R object), `names`, `dtypes` (the
+# format's names, whatever spelling was given), `shapes` (row-major,
+# outermost first), `kinds` ("values": an R vector the kernels convert and
+# permute to row-major; "integer64": the same for bit64's integer64, whose
+# doubles hold int64 bits; "bytes": a raw vector of the bytes as stored, as
+# framework = "raw" returns them; "later": a framework tensor whose bytes
+# are fetched when its turn comes) and `metadata` (a named character
+# vector, or NULL).
 tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
@@ -54,7 +56,6 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   chosen <- if (is.null(dtype)) character() else if (is.null(names(dtype))) nms else names(dtype)
   exact <- vapply(tensors, function(x) is_string(attr(x, "dtype", exact = TRUE)), logical(1), USE.NAMES = FALSE) &
     !nms %in% chosen
-  known <- dtype_names()
   r_types <- names(default_dtypes())
   n <- length(tensors)
   values <- vector("list", n)
@@ -62,7 +63,11 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   kinds <- character(n)
   for (i in seq_len(n)) {
     x <- tensors[[i]]
-    if (is.object(x)) {
+    if (is_integer64(x)) {
+      values[i] <- list(x)
+      shapes[[i]] <- r_shape(x)
+      kinds[[i]] <- "integer64"
+    } else if (is.object(x)) {
       # Framework tensors: described now, their bytes fetched one at a time
       # while writing (write_spec()), so that only one tensor's buffer
       # exists at a time.
@@ -82,36 +87,40 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
     } else {
       st_abort(
         "invalid_argument",
-        "Tensor {.val {nms[[i]]}} must be an R vector or array, not {.obj_type_friendly {x}}.",
-        call = call
-      )
-    }
-    if (!dtypes[[i]] %in% known) {
-      st_abort(
-        "invalid_argument",
-        c("Tensor {.val {nms[[i]]}} has unknown dtype {.val {dtypes[[i]]}}.", i = "Known dtypes: {.val {known}}."),
+        c(
+          "Tensor {.val {nms[[i]]}} must be an R vector or array, not {.obj_type_friendly {x}}.",
+          i = if (is.character(x)) "Convert decimal strings first, for example with {.code bit64::as.integer64()}."
+        ),
         call = call
       )
     }
   }
+  # "dtype" attributes and framework tensors' dtypes in any spelling.
+  dtypes <- as_dtype(dtypes, nms, call = call)
   list(
     tensors = values, names = nms, dtypes = dtypes, shapes = shapes, kinds = kinds,
     exact = exact & kinds == "values", metadata = check_metadata(metadata, call)
   )
 }
 
+# Whether `x` is a vector of bit64's 64-bit integers (doubles holding the
+# bits of int64 values).
+is_integer64 <- function(x) {
+  inherits(x, "integer64") && typeof(x) == "double"
+}
 
 r_shape <- function(x) {
   dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
 }
 
-# The dtype of each tensor: the `dtype` argument, else the tensor's "dtype"
-# attribute, else the default for its R type.
+# The dtype of each tensor: the `dtype` argument (as the format names it),
+# else the tensor's "dtype" attribute (as given), else the default for its R
+# type.
 resolve_dtypes <- function(tensors, nms, dtype, call) {
   defaults <- default_dtypes()
   out <- vapply(tensors, function(x) {
     d <- attr(x, "dtype", exact = TRUE)
-    if (is_string(d)) d else defaults[typeof(x)] %||% NA_character_
+    if (is_string(d)) d else defaults[if (is_integer64(x)) "integer64" else typeof(x)] %||% NA_character_
   }, character(1), USE.NAMES = FALSE)
   out[is.na(out)] <- "U8"
   if (is.null(dtype)) {
@@ -120,15 +129,7 @@ resolve_dtypes <- function(tensors, nms, dtype, call) {
   if (!is.character(dtype) || anyNA(dtype) || length(dtype) == 0) {
     st_abort("invalid_argument", "{.arg dtype} must be a character vector of dtype names.", call = call)
   }
-  known <- dtype_names()
-  bad <- setdiff(dtype, known)
-  if (length(bad) > 0) {
-    st_abort(
-      "invalid_argument",
-      c("{.arg dtype} has unknown dtype{?s} {.val {bad}}.", i = "Known dtypes: {.val {known}}."),
-      call = call
-    )
-  }
+  dtype[] <- as_dtype(dtype, call = call)
   if (is.null(names(dtype))) {
     if (length(dtype) != 1) {
       st_abort("invalid_argument", "{.arg dtype} must be a single dtype or a vector named by tensor.", call = call)

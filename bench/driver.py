@@ -33,6 +33,7 @@ LOAD_CASES = [
     ("load_i32", "I32 -> R integer", "i32", "array", 1.0),
     ("load_u8", "U8 -> R raw (framework = \"raw\")", "u8", "raw", 1.0),
     ("load_u8_int", "U8 -> R integer (default framework)", "u8", "array", None),
+    ("load_u8_arr", "U8 -> R raw array (uint8 = \"raw\")", "u8", "rawarray", None),
     ("load_f32", "F32 -> R double", "f32", "array", 1.25),
     ("load_small", "1000 x F32[256,256] -> R double", "small", "array", 1.0),
     ("load_tiny", "20,000 x F32[4,4] -> R double", "tiny", "array", 1.0),
@@ -106,7 +107,7 @@ def plan(args, man):
         add(case, "ours", rs + ["ours", "load", path, fw], ours_env, path)
         if key in ("f64", "f32", "small"):
             add(case, "ours_1t", rs + ["ours", "load", path, fw], {**ours_env, "BENCH_THREADS": "1"}, path)
-        if cran_env and case != "load_u8_int":
+        if cran_env and case not in ("load_u8_int", "load_u8_arr"):
             add(case, "cran", rs + ["cran", "load", path, fw], cran_env, path)
     path, name = man["f64"]["path"], man["f64"]["middle"]
     add("open_one", "py", py + ["py", "open_one", path, name], None, path)

@@ -19,6 +19,7 @@ _st_deps_main() {
   local debs="r-base-dev r-cran-testthat r-cran-cli r-cran-r6 r-cran-rlang
     r-cran-roxygen2 r-cran-knitr r-cran-rmarkdown r-cran-withr r-cran-callr
     r-cran-processx r-cran-jsonlite r-cran-bench r-cran-codetools r-cran-curl
+    r-cran-bit64
     rsync"   # rsync: tools/dev-install.sh; not on a new machine
   local missing="" p status
 
@@ -32,7 +33,7 @@ _st_deps_main() {
       esac
     done
   elif ! command -v R >/dev/null 2>&1; then
-    echo "install-deps: R is missing and this is not a Debian system; install R >= 4.2 and the packages cli, R6, rlang, testthat, withr, callr, processx, jsonlite, knitr, rmarkdown, bench, roxygen2, curl by hand." >&2
+    echo "install-deps: R is missing and this is not a Debian system; install R >= 4.2 and the packages cli, R6, rlang, testthat, withr, callr, processx, jsonlite, knitr, rmarkdown, bench, bit64, roxygen2, curl by hand." >&2
     return 1
   fi
   if ! command -v R >/dev/null 2>&1 || ! command -v Rscript >/dev/null 2>&1; then

@@ -113,7 +113,7 @@ hand_made <- function(metadata = "{\"format\":\"pt\"}") {
 
 # `x` as loaded from a tensor of `dtype`: its values rounded to that dtype,
 # with the "dtype" attribute (which then saves it back exactly).
-as_dtype <- function(x, dtype) {
+as_loaded_dtype <- function(x, dtype) {
   attr(x, "dtype") <- NULL
   safe_deserialize(safe_serialize(list(x = x), dtype = dtype))$x
 }

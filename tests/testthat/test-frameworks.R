@@ -8,8 +8,8 @@ contract_tensors <- function() {
   list(
     vec = as.numeric(1:7),
     mat = matrix(as.numeric(1:30), 5, 6),
-    arr = as_dtype(array(seq(-2, 2, length.out = 24), c(2, 3, 4)), "F32"),
-    bf16 = as_dtype(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), "BF16"),
+    arr = as_loaded_dtype(array(seq(-2, 2, length.out = 24), c(2, 3, 4)), "F32"),
+    bf16 = as_loaded_dtype(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), "BF16"),
     i64 = structure(matrix(c(-3, 5, 2^40, 7, 8, 9), 3, 2), dtype = "I64"),
     u8 = structure(matrix(0:19, 4, 5), dtype = "U8"),
     int = matrix(-5:6, 3, 4),

@@ -195,3 +195,82 @@ test_that("Python reads names and metadata R had in Latin-1, and tensors stored 
   interop("resave", path, again, "k=v")
   expect_identical(safe_info(again)$name[order(safe_info(again)$begin)], safe_info(path)$name[order(safe_info(path)$begin)])
 })
+
+test_that("int64 = \"character\" and \"integer64\" read Python's 64-bit integers exactly; Python reads integer64 back", {
+  skip_without_python()
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "ints.safetensors")
+  # Python writes the extremes and random values, and prints each tensor's
+  # values in R's (column-major) order: t.flatten(order="F").
+  out <- run_python(c(
+    "import sys, numpy as np",
+    "from safetensors.numpy import save_file",
+    "rng = np.random.default_rng(7)",
+    "i = rng.integers(-2**63, 2**63 - 1, size=(3, 4, 5), dtype=np.int64, endpoint=True)",
+    "i.flat[:3] = [-2**63, 2**63 - 1, 2**53 + 1]",
+    "u = rng.integers(0, 2**64 - 1, size=(6, 7), dtype=np.uint64, endpoint=True)",
+    "u.flat[:3] = [2**64 - 1, 2**63, 2**63 - 1]",
+    "save_file({'i': i, 'u': u}, sys.argv[1])",
+    "for t in (i, u): print(' '.join(str(v) for v in t.flatten(order='F')))"
+  ), path)
+  want <- strsplit(out[length(out) - 1:0], " ")
+  x <- safe_load_file(path, int64 = "character")
+  expect_identical(dim(x$i), c(3L, 4L, 5L))
+  expect_identical(as.vector(x$i), want[[1]])
+  expect_identical(as.vector(x$u), want[[2]])
+  expect_identical(x$i[1, 1, 1], "-9223372036854775808")
+  expect_identical(x$u[1, 1], "18446744073709551615")
+  skip_if_not_installed("bit64")
+  y <- suppressWarnings(safe_load_file(path, int64 = "integer64"))
+  expect_identical(as.character(y$i)[-1], want[[1]][-1])
+  expect_true(is.na(y$i[1, 1, 1]))
+  # R writes integer64 values back exactly: Python sees the numbers it wrote
+  # (-2^63 aside, integer64's NA, which can't be written).
+  y$i[1, 1, 1] <- bit64::as.integer64(0)
+  back <- file.path(dir, "back.safetensors")
+  safe_save_file(list(i = y$i), back)
+  got <- run_python(c(
+    "import sys, numpy as np",
+    "from safetensors.numpy import load_file",
+    "t = load_file(sys.argv[1])['i']",
+    "print(t.dtype, list(t.shape))",
+    "print(' '.join(str(v) for v in t.flatten(order='F')))"
+  ), back)
+  expect_identical(got[[1]], "int64 [3, 4, 5]")
+  expect_identical(strsplit(got[[2]], " ")[[1]], c("0", want[[1]][-1]))
+})
+
+test_that("uint8 = \"raw\" reads Python's uint8 arrays with their dims; raw arrays go back as uint8", {
+  skip_without_python()
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "img.safetensors")
+  run_python(c(
+    "import sys, numpy as np",
+    "from safetensors.numpy import save_file",
+    "img = np.random.default_rng(3).integers(0, 255, size=(33, 47, 3), dtype=np.uint8, endpoint=True)",
+    "save_file({'img': img}, sys.argv[1])",
+    "np.save(sys.argv[1] + '.npy', img)"
+  ), path)
+  x <- safe_load_file(path, uint8 = "raw")$img
+  expect_type(x, "raw")
+  expect_identical(dim(x), c(33L, 47L, 3L))
+  # x[i, j, k] is t[i - 1, j - 1, k - 1].
+  probe <- run_python(c(
+    "import sys, numpy as np",
+    "t = np.load(sys.argv[1] + '.npy')",
+    "print(t[0, 0, 0], t[32, 46, 2], t[5, 17, 1], t[20, 3, 0])"
+  ), path)
+  expect_identical(as.integer(c(x[1, 1, 1], x[33, 47, 3], x[6, 18, 2], x[21, 4, 1])), as.integer(strsplit(probe, " ")[[1]]))
+  expect_identical(as.integer(x), as.vector(safe_load_file(path)$img))
+  # Written back from R, the raw array is Python's array, and the same file.
+  back <- file.path(dir, "back.safetensors")
+  safe_save_file(list(img = x), back)
+  same <- run_python(c(
+    "import sys, numpy as np",
+    "from safetensors.numpy import load_file",
+    "t = load_file(sys.argv[2])['img']",
+    "print(t.dtype, list(t.shape), bool((t == np.load(sys.argv[1] + '.npy')).all()))"
+  ), c(path, back))
+  expect_identical(same, "uint8 [33, 47, 3] True")
+  expect_identical(read_bytes(back), read_bytes(path))
+})

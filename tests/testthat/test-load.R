@@ -303,3 +303,209 @@ test_that("a framework must be a registered name whose packages are installed", 
   safetensors_frameworks[["needs_nothing_installed"]]$packages <- character()
   expect_identical(safe_load_file(bytes, framework = "needs_nothing_installed")$a, "I32")
 })
+
+# ---- int64 = and uint8 = ------------------------------------------------------
+
+# The expected.json entry `t` with its values kept exact: the decimal strings
+# in R's order and the tensor's shape, each turned into a value by `as`.
+expected_exact <- function(t, as = identity) {
+  values <- as(as.character(unlist(t$values)))
+  shape <- as.integer(unlist(t$shape))
+  if (length(shape) == 0) {
+    return(structure(values, shape = integer(0)))
+  }
+  x <- array(values, dim = rev(shape))
+  if (length(shape) > 1) x <- aperm(x, rev(seq_along(shape)))
+  x
+}
+
+# Replaces function `name` of the package's namespace until the calling test
+# ends (testthat 3.1.6 has no local_mocked_bindings()).
+local_package_function <- function(name, value, .env = parent.frame()) {
+  ns <- asNamespace("safetensors")
+  old <- get(name, envir = ns)
+  set <- function(f) {
+    unlockBinding(name, ns)
+    assign(name, f, envir = ns)
+    lockBinding(name, ns)
+  }
+  set(value)
+  withr::defer(set(old), envir = .env)
+}
+
+test_that("int64 = \"character\" reads every I64 and U64 value exactly, silently", {
+  for (file in c("dtype-I64.safetensors", "dtype-U64.safetensors")) {
+    e <- expected_fixtures()[[file]]
+    bytes <- read_bytes(fixture(file))
+    for (x in list(
+      safe_load_file(fixture(file), int64 = "character"),
+      safe_load_file(fixture(file), int64 = "character", backend = "mmap"),
+      safe_deserialize(bytes, int64 = "character")
+    )) {
+      for (t in e$tensors) {
+        want <- expected_exact(t)
+        attr(want, "dtype") <- t$dtype
+        expect_identical(x[[t$name]], want, label = paste(file, t$name))
+      }
+    }
+  }
+  x <- safe_load_file(fixture("dtype-U64.safetensors"), int64 = "character", tensors = "special")$special
+  expect_identical(as.vector(x[5:6]), c("18446744073709551614", "18446744073709551615"))
+  # Other dtypes are not affected.
+  expect_identical(
+    safe_load_file(fixture("dtype-U32.safetensors"), int64 = "character"),
+    safe_load_file(fixture("dtype-U32.safetensors"))
+  )
+})
+
+test_that("int64 = \"integer64\" reads bit64 vectors, NA where integer64 can't hold a value", {
+  skip_if_not_installed("bit64")
+  for (file in c("dtype-I64.safetensors", "dtype-U64.safetensors")) {
+    e <- expected_fixtures()[[file]]
+    res <- load_quietly(fixture(file), int64 = "integer64")
+    for (t in e$tensors) {
+      x <- res$value[[t$name]]
+      want <- expected_exact(t)
+      # integer64 holds -2^63 + 1 to 2^63 - 1 (-2^63 is its NA): magnitudes
+      # of at most 19 digits, up to 9223372036854775807.
+      digits <- sub("^-", "", want)
+      want[nchar(digits) > 19 | (nchar(digits) == 19 & digits > "9223372036854775807")] <- NA
+      expect_s3_class(x, "integer64")
+      expect_identical(attr(x, "dtype"), t$dtype)
+      expect_identical(dim(x), dim(want), label = paste(file, t$name))
+      expect_identical(as.character(x), as.vector(want), label = paste(file, t$name))
+    }
+    # One warning, for the tensor with the values integer64 can't hold.
+    expect_identical(res$warnings, "safetensors_warning_range", label = file)
+  }
+  expect_snapshot(x <- safe_load_file(fixture("dtype-U64.safetensors"), tensors = "special", int64 = "integer64"))
+})
+
+test_that("uint8 = \"raw\" reads U8 tensors as raw arrays, one byte per value", {
+  e <- expected_fixtures()[["dtype-U8.safetensors"]]
+  path <- fixture("dtype-U8.safetensors")
+  for (x in list(
+    safe_load_file(path, uint8 = "raw"),
+    safe_load_file(path, uint8 = "raw", backend = "mmap"),
+    safe_deserialize(read_bytes(path), uint8 = "raw")
+  )) {
+    for (t in e$tensors) {
+      want <- expected_exact(t, function(v) as.raw(as.integer(v)))
+      attr(want, "dtype") <- "U8"
+      expect_identical(x[[t$name]], want, label = t$name)
+    }
+  }
+  # x[i, j, k] is Python's t[i - 1, j - 1, k - 1]: row-major element 23 of [2, 3, 4].
+  t <- e$tensors[[which(tensor_names(e) == "array3")]]
+  expect_identical(x$array3[2, 3, 4], as.raw(as.integer(t$values[[24]])))
+  # Other dtypes are not affected.
+  expect_identical(safe_load_file(fixture("dtype-I8.safetensors"), uint8 = "raw"), safe_load_file(fixture("dtype-I8.safetensors")))
+})
+
+test_that("large U8 tensors read as raw equal the integer read, on every path of the engine", {
+  withr::local_seed(16)
+  # 4.5 MB each: read in blocks of rows, on two threads; a matrix (tiled
+  # transposition), a 3-D array with odd extents, and a vector (a copy).
+  x <- list(
+    m = matrix(as.raw(sample(0:255, 1500 * 3000, TRUE)), 1500, 3000),
+    a = array(as.raw(sample(0:255, 37 * 1021 * 119, TRUE)), c(37, 1021, 119)),
+    v = as.raw(sample(0:255, 4.5e6, TRUE))
+  )
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  for (threads in c(1, 2)) {
+    withr::local_options(safetensors.threads = threads)
+    for (backend in c("read", "mmap")) {
+      r <- safe_load_file(path, uint8 = "raw", backend = backend)
+      i <- safe_load_file(path, backend = backend)
+      for (nm in names(x)) {
+        expect_identical(r[[nm]], structure(x[[nm]], dim = dim(x[[nm]]) %||% length(x[[nm]]), dtype = "U8"))
+        expect_identical(as.integer(r[[nm]]), as.vector(i[[nm]]))
+      }
+    }
+  }
+  # Saving them writes the same file.
+  expect_identical(safe_serialize(safe_load_file(path, uint8 = "raw")), read_bytes(path))
+})
+
+test_that("the int64 and uint8 choices reach every load path", {
+  skip_if_not_installed("bit64")
+  x <- list(
+    big = matrix(c(2^60, -2^60, 3, 2^53 + 2, 5, 6), 2),
+    img = array(as.raw(1:24), c(2, 3, 4)),
+    f = c(0.5, 1.5)
+  )
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "model.safetensors")
+  safe_save_file(x, path, dtype = c(big = "int64"))
+  index <- safe_save_file(x, file.path(dir, "sharded.safetensors"), dtype = c(big = "int64"), max_shard_size = 40)
+  expect_match(index, "index.json$")
+  bytes <- read_bytes(path)
+  for (int64 in c("integer64", "character")) {
+    ref <- safe_load_file(path, int64 = int64, uint8 = "raw")
+    expect_true(if (int64 == "integer64") inherits(ref$big, "integer64") else is.character(ref$big))
+    expect_identical(as.character(ref$big), c("1152921504606846976", "-1152921504606846976", "3", "9007199254740994", "5", "6"))
+    expect_identical(dim(ref$big), c(2L, 3L))
+    expect_identical(ref$img, structure(x$img, dtype = "U8"))
+    same <- function(y, label) {
+      expect_identical(strip_loaded(y), strip_loaded(ref), label = label)
+    }
+    same(safe_load_file(path, int64 = int64, uint8 = "raw", backend = "mmap"), "mmap")
+    same(safe_load_file(bytes, int64 = int64, uint8 = "raw"), "raw vector")
+    same(safe_deserialize(bytes, int64 = int64, uint8 = "raw"), "safe_deserialize()")
+    same(safe_load_file(file(path), int64 = int64, uint8 = "raw"), "connection")
+    same(safe_load_file(index, int64 = int64, uint8 = "raw")[names(x)], "index")
+    local({
+      # The progress bar's path reads through a handle.
+      withr::local_options(
+        rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 10,
+        cli.progress_show_after = 0, cli.dynamic = FALSE
+      )
+      withr::local_message_sink(withr::local_tempfile())
+      same(safe_load_file(path, int64 = int64, uint8 = "raw"), "progress")
+    })
+  }
+  # The defaults are today's: doubles and integers.
+  y <- suppressWarnings(safe_load_file(path))
+  expect_type(y$big, "double")
+  expect_type(y$img, "integer")
+})
+
+test_that("integer64 tensors save back as the same bytes; character ones can't be saved", {
+  skip_if_not_installed("bit64")
+  for (file in c("dtype-I64.safetensors", "dtype-U64.safetensors")) {
+    bytes <- read_bytes(fixture(file))
+    x <- safe_deserialize(bytes, int64 = "integer64", tensors = c("matrix", "array3", "scalar"))
+    stored <- safe_deserialize(bytes, framework = "raw", tensors = c("matrix", "array3", "scalar"))
+    expect_identical(safe_serialize(x), safe_serialize(stored), label = file)
+    # integer64's NA can't be written.
+    y <- suppressWarnings(safe_deserialize(bytes, int64 = "integer64", tensors = "special"))
+    expect_error(safe_serialize(y), class = "safetensors_error_conversion")
+  }
+  x <- safe_load_file(fixture("dtype-I64.safetensors"), int64 = "character", tensors = "matrix")
+  expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
+})
+
+test_that("int64 and uint8 must be one of their choices, for framework \"r\"", {
+  path <- fixture("dtype-U8.safetensors")
+  expect_error(safe_load_file(path, int64 = "int64"), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(path, uint8 = c("raw", "integer")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_deserialize(read_bytes(path), uint8 = NA), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(path, framework = "raw", uint8 = "raw"), class = "safetensors_error_invalid_argument")
+  # The defaults, given explicitly, are fine with any framework.
+  expect_no_error(safe_load_file(path, framework = "raw", int64 = "double", uint8 = "integer"))
+  expect_snapshot(error = TRUE, {
+    safe_load_file(path, framework = "raw", int64 = "character")
+  })
+})
+
+test_that("int64 = \"integer64\" without bit64 is a classed error saying how to install it", {
+  local_package_function("bit64_installed", function() FALSE)
+  path <- fixture("dtype-I64.safetensors")
+  expect_error(safe_load_file(path, int64 = "integer64"), class = "safetensors_error_package_not_installed")
+  err <- tryCatch(safe_deserialize(read_bytes(path), int64 = "integer64"), error = identity)
+  expect_identical(err$package, "bit64")
+  expect_snapshot(error = TRUE, safe_load_file(path, int64 = "integer64"))
+  # The other choices don't need it.
+  expect_no_error(safe_load_file(path, int64 = "character"))
+})

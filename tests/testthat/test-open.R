@@ -5,15 +5,15 @@ lazy_tensors <- function() {
     mat = matrix(as.numeric(1:30), 5, 6),
     arr = array(as.numeric(1:60), c(3, 4, 5)),
     a4 = array(as.numeric(1:120), c(2, 3, 4, 5)),
-    f32 = as_dtype(matrix(seq(-2, 2, length.out = 24), 4, 6), "F32"),
-    f16 = as_dtype(array(seq(0, 5.75, by = 0.25), c(2, 3, 4)), "F16"),
-    bf16 = as_dtype(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), "BF16"),
+    f32 = as_loaded_dtype(matrix(seq(-2, 2, length.out = 24), 4, 6), "F32"),
+    f16 = as_loaded_dtype(array(seq(0, 5.75, by = 0.25), c(2, 3, 4)), "F16"),
+    bf16 = as_loaded_dtype(matrix(c(1, 2, 4, 8, -1, 0.5), 2, 3), "BF16"),
     i64 = structure(matrix(c(-3, 5, 2^40, 7, 8, 9), 3, 2), dtype = "I64"),
     u8 = structure(matrix(0:19, 4, 5), dtype = "U8"),
     int = matrix(-5:6, 3, 4),
     lgl = matrix(c(TRUE, FALSE, NA, TRUE, TRUE, FALSE) %in% TRUE, 2, 3),
     cplx = matrix(complex(real = 1:6, imaginary = -(1:6)), 3, 2),
-    f4 = as_dtype(matrix(c(0, 0.5, 1, 1.5, 2, 3, 4, 6), 2, 4), "F4"),
+    f4 = as_loaded_dtype(matrix(c(0, 0.5, 1, 1.5, 2, 3, 4, 6), 2, 4), "F4"),
     scalar = structure(42L, shape = integer(0)),
     empty = matrix(numeric(0), 0, 3),
     `with space` = 1:3,
@@ -319,9 +319,9 @@ test_that("slices agree with Python's safe_open(...).get_slice", {
   skip_without_python()
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(list(
-    m = as_dtype(matrix(as.numeric(1:42), 6, 7), "F32"),
+    m = as_loaded_dtype(matrix(as.numeric(1:42), 6, 7), "F32"),
     a = structure(array(0:119, c(4, 5, 6)), dtype = "I64"),
-    h = as_dtype(array(seq(0, 29.5, by = 0.5), c(3, 4, 5)), "F16"),
+    h = as_loaded_dtype(array(seq(0, 29.5, by = 0.5), c(3, 4, 5)), "F16"),
     v = structure(0:9, dtype = "U8")
   ), path)
   # Each case: the tensor, the R indices (drop = FALSE) and Python's.
@@ -518,4 +518,72 @@ test_that("a slice object acts as the array it stands for", {
 test_that("length() of a slice counts elements beyond .Machine$integer.max", {
   s <- structure(list(shape = c(65536L, 65536L)), class = "safetensors_slice")
   expect_identical(length(s), 2^32)
+})
+
+test_that("handles keep their int64 and uint8 choices for reads and slices", {
+  skip_if_not_installed("bit64")
+  withr::local_seed(5)
+  x <- list(
+    i64 = structure(matrix(c(-3, 5, 2^60, 7, 8, -2^62), 3, 2), dtype = "I64"),
+    u64 = structure(array(c(0, 2^63 + 2^12, 2^53, seq_len(21)), c(2, 3, 4)), dtype = "U64"),
+    u8 = array(as.raw(sample(0:255, 60, TRUE)), c(3, 4, 5)),
+    f = c(1.5, 2.5)
+  )
+  path <- local_lazy_file(x)
+  cases <- list(
+    i64 = expression(x[2, ], x[c(3, 1), 1], x[, ], x[3, 2], x[-1, , drop = FALSE]),
+    u64 = expression(x[2, , ], x[, 3, 2:4], x[1, 2, 1], x[, , c(TRUE, FALSE)]),
+    u8 = expression(x[2, , ], x[, 3, 2:4], x[1, 2, 1], x[c(3, 1), -1, seq(1, 5, by = 2)], x[, , ]),
+    f = expression(x[2])
+  )
+  for (choices in list(c("character", "raw"), c("integer64", "raw"), c("double", "integer"))) {
+    for (backend in c("mmap", "read")) {
+      h <- safe_open(path, backend = backend, int64 = choices[[1]], uint8 = choices[[2]])
+      eager <- suppressWarnings(safe_load_file(path, int64 = choices[[1]], uint8 = choices[[2]]))
+      expect_identical(suppressWarnings(h[names(x)]), strip_loaded(eager))
+      expect_identical(suppressWarnings(h$u64), eager$u64)
+      for (nm in names(cases)) {
+        full <- eager[[nm]]
+        for (e in cases[[nm]]) {
+          want <- eval(e, list(x = strip_dtype(full)))
+          attr(want, "dtype") <- attr(full, "dtype")
+          got <- suppressWarnings(eval(e, list(x = h$slice(nm))))
+          expect_identical(got, want, label = paste(choices[[1]], choices[[2]], backend, nm, deparse(e)))
+        }
+      }
+      close(h)
+    }
+  }
+  expect_type(safe_open(path, uint8 = "raw")$u8, "raw")
+  expect_warning(safe_open(path, int64 = "integer64")$u64, class = "safetensors_warning_range")
+  expect_warning(safe_open(path, int64 = "integer64")$slice("u64")[, 1, 1], class = "safetensors_warning_range")
+  expect_no_warning(safe_open(path, int64 = "integer64")$slice("u64")[, 2, 1])
+})
+
+test_that("safe_slice() takes the handle's choices, or its own", {
+  x <- list(i64 = structure(c(2^60, 1, 2), dtype = "I64"), u8 = as.raw(1:5))
+  path <- local_lazy_file(x)
+  h <- safe_open(path, int64 = "character", uint8 = "raw")
+  expect_identical(safe_slice(h, "i64", 1:2), structure(c("1152921504606846976", "1"), dim = 2L, dtype = "I64"))
+  expect_identical(safe_slice(h, "u8", 2:3), structure(as.raw(2:3), dim = 2L, dtype = "U8"))
+  expect_identical(safe_slice(h, "u8", 2:3, uint8 = "integer"), structure(2:3, dim = 2L, dtype = "U8"))
+  expect_identical(safe_slice(h, "i64", 2:3, int64 = "double"), structure(c(1, 2), dim = 2L, dtype = "I64"))
+  # A path is opened with the choices given (the defaults otherwise).
+  expect_identical(safe_slice(path, "u8", 2:3, uint8 = "raw"), structure(as.raw(2:3), dim = 2L, dtype = "U8"))
+  expect_identical(safe_slice(path, "u8", 2:3), structure(2:3, dim = 2L, dtype = "U8"))
+  expect_identical(safe_slice(path, "i64", 1, int64 = "character"), structure("1152921504606846976", dtype = "I64"))
+  expect_error(safe_slice(h, "u8", 1, uint8 = "bytes"), class = "safetensors_error_invalid_argument")
+  expect_error(safe_open(path, framework = "raw", int64 = "character"), class = "safetensors_error_invalid_argument")
+  hr <- safe_open(path, framework = "raw")
+  expect_error(safe_slice(hr, "u8", 1, uint8 = "raw"), class = "safetensors_error_invalid_argument")
+})
+
+test_that("sharded checkpoints open with the choices", {
+  x <- list(a = structure(c(2^60, 3), dtype = "I64"), b = as.raw(1:4), c = as.raw(5:8))
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(x, file.path(dir, "model.safetensors"), max_shard_size = 10)
+  h <- safe_open(index, int64 = "character", uint8 = "raw")
+  expect_identical(h$a, structure(c("1152921504606846976", "3"), dim = 2L, dtype = "I64"))
+  expect_identical(h[["c"]], structure(as.raw(5:8), dim = 4L, dtype = "U8"))
+  expect_identical(h$slice("b")[3:4], structure(as.raw(3:4), dim = 2L, dtype = "U8"))
 })

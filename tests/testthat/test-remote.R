@@ -147,6 +147,31 @@ test_that("a tensor larger than a piece is read in pieces of one request", {
   expect_identical(safe_load_file(srv$url("model.safetensors"), framework = "raw")$big, safe_load_file(path, framework = "raw")$big)
 })
 
+test_that("remote reads keep the int64 and uint8 choices and their warnings", {
+  skip_if_not_installed("bit64")
+  srv <- local_http_server()
+  # Past the first 64 KiB, so the tensors are fetched and read in pieces.
+  x <- list(
+    pad = as.numeric(1:10000),
+    u64 = structure(c(0, 2^63 + 2^12, 2^53), dtype = "U64"),
+    u8 = as.raw(0:255)
+  )
+  path <- serve(srv, x)
+  url <- srv$url("model.safetensors")
+  expect_gt(safe_info(path)$begin[[2]], 65536)
+  for (choices in list(c("integer64", "raw"), c("character", "integer"))) {
+    local <- suppressWarnings(safe_load_file(path, int64 = choices[[1]], uint8 = choices[[2]]))
+    remote <- suppressWarnings(safe_load_file(url, int64 = choices[[1]], uint8 = choices[[2]]))
+    expect_identical(remote, local)
+    h <- safe_open(url, int64 = choices[[1]], uint8 = choices[[2]])
+    expect_identical(suppressWarnings(h$u64), local$u64)
+    expect_identical(h$u8, local$u8)
+    close(h)
+  }
+  expect_warning(safe_load_file(url, int64 = "integer64"), class = "safetensors_warning_range")
+  expect_no_warning(safe_load_file(url, int64 = "character"))
+})
+
 test_that("a small file arrives whole with its header", {
   srv <- local_http_server()
   path <- serve(srv, list(a = 1:4, b = 0.5))

@@ -72,3 +72,18 @@ test_that("torch tensors come back through the 0.2.x class", {
   expect_true(inherits(x, "torch_tensor"))
   expect_identical(as.array(x), matrix(as.numeric(1:6), 2))
 })
+
+test_that("$new() takes the int64 and uint8 choices of framework \"r\"", {
+  bytes <- safe_serialize(list(id = structure(c(2^60, 1), dtype = "I64"), px = as.raw(1:6)))
+  f <- safetensors$new(bytes, int64 = "character", uint8 = "raw")
+  expect_identical(f$get_tensor("id"), structure(c("1152921504606846976", "1"), dim = 2L, dtype = "I64"))
+  expect_identical(f$get_tensor("px"), structure(as.raw(1:6), dim = 6L, dtype = "U8"))
+  expect_identical(f$args, list())
+  # 0.2.x calls are unchanged: the defaults, and `...` for the framework.
+  g <- safetensors$new(bytes, framework = "r")
+  expect_identical(g$get_tensor("px"), structure(1:6, dim = 6L, dtype = "U8"))
+  expect_error(safetensors$new(bytes, framework = "raw", uint8 = "raw"), class = "safetensors_error_invalid_argument")
+  withr::defer(rm("capture", envir = safetensors_frameworks))
+  safetensors_frameworks[["capture"]] <- list(constructor = function(raw, meta, ...) list(...), packages = character())
+  expect_identical(safetensors$new(bytes, device = "cpu", framework = "capture")$get_tensor("px"), list(device = "cpu"))
+})

@@ -65,7 +65,7 @@ test_that("the `dtype` argument and attribute choose the dtype", {
   expect_error(safe_serialize(x, dtype = NA_character_), class = "safetensors_error_invalid_argument")
   expect_error(safe_serialize(x, dtype = c(nope = "F32")), class = "safetensors_error_tensor_not_found")
   expect_error(
-    safe_serialize(list(a = structure(1, dtype = "f32"))),
+    safe_serialize(list(a = structure(1, dtype = "f17"))),
     class = "safetensors_error_invalid_argument"
   )
   expect_error(safe_serialize(list(a = 1 + 1i), dtype = "F64"), class = "safetensors_error_conversion")
@@ -369,4 +369,90 @@ test_that("the \"dtype\" attribute keeps a dtype only where it holds the values 
   expect_identical(safe_info(safe_serialize(list(w = v)))$dtype, "F64")
   # A dtype chosen with `dtype` for all tensors counts as chosen too.
   expect_identical(safe_info(safe_serialize(list(w = w + 1 / 3), dtype = "BF16"))$dtype, "BF16")
+})
+
+test_that("dtypes may be named as numpy and torch name them, in any case, in the argument and attributes", {
+  x <- list(a = c(1, 2), b = 3:4, c = structure(c(0.5, 1), dtype = "float16"), d = structure(1, dtype = "torch.BFloat16"))
+  dtypes <- function(bytes) vapply(header_of(bytes), `[[`, "", "dtype")
+  expect_identical(dtypes(safe_serialize(x)), c(a = "F64", b = "I32", c = "F16", d = "BF16"))
+  expect_identical(
+    dtypes(safe_serialize(x, dtype = c(a = "bfloat16", b = "uint8", c = "Double", d = "f32"))),
+    c(a = "BF16", b = "U8", c = "F64", d = "F32")
+  )
+  expect_identical(dtypes(safe_serialize(x, dtype = "HALF")), c(a = "F16", b = "F16", c = "F16", d = "F16"))
+  expect_identical(safe_serialize(x, dtype = "float8_e4m3fn"), safe_serialize(x, dtype = "F8_E4M3"))
+  # What was written with an alias loads with the format's name.
+  expect_identical(attr(safe_deserialize(safe_serialize(x))$c, "dtype"), "F16")
+})
+
+test_that("unknown dtype names are errors suggesting the closest known name", {
+  x <- list(a = c(1, 2), b = structure(1:2, dtype = "unit8"))
+  expect_error(safe_serialize(x["a"], dtype = "flaot32"), class = "safetensors_error_invalid_argument")
+  expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, {
+    safe_serialize(x["a"], dtype = c(a = "flaot32"))
+    safe_serialize(x)
+  })
+})
+
+test_that("integer64 vectors are written exactly, as I64 by default", {
+  skip_if_not_installed("bit64")
+  big <- bit64::as.integer64(c("9223372036854775807", "-9223372036854775807", "9007199254740993", "-1", "0", "42"))
+  m <- big
+  dim(m) <- c(2L, 3L)
+  x <- list(v = big, m = m, s = structure(bit64::as.integer64("123456789012345678"), shape = integer(0)))
+  bytes <- safe_serialize(x)
+  info <- safe_info(bytes)
+  expect_identical(info$dtype, c("I64", "I64", "I64"))
+  expect_identical(unclass(info$shape), list(6L, c(2L, 3L), integer(0)))
+  le64 <- function(v) unlist(lapply(v, function(s) {
+    # Little-endian two's complement of the decimal string `s`, via bit64.
+    readBin(writeBin(unclass(bit64::as.integer64(s)), raw()), "raw", 8)
+  }))
+  values <- c("9223372036854775807", "-9223372036854775807", "9007199254740993", "-1", "0", "42")
+  expect_identical(tensor_bytes(bytes, "v"), le64(values))
+  # Row-major: m[1, ] first.
+  expect_identical(tensor_bytes(bytes, "m"), le64(values[c(1, 3, 5, 2, 4, 6)]))
+  y <- safe_deserialize(bytes, int64 = "character")
+  expect_identical(as.vector(y$v), values)
+  expect_identical(y$s, structure("123456789012345678", shape = integer(0), dtype = "I64"))
+})
+
+test_that("integer64 vectors convert to other dtypes by value; NA and out-of-range values are errors", {
+  skip_if_not_installed("bit64")
+  v <- bit64::as.integer64(c(1, 200, 3))
+  expect_identical(tensor_bytes(safe_serialize(list(v = v), dtype = "U8"), "v"), as.raw(c(1, 200, 3)))
+  expect_identical(
+    safe_deserialize(safe_serialize(list(v = v), dtype = "uint64"), int64 = "character")$v,
+    structure(c("1", "200", "3"), dim = 3L, dtype = "U64")
+  )
+  expect_identical(safe_deserialize(safe_serialize(list(v = v), dtype = "F32"))$v, structure(c(1, 200, 3), dim = 3L, dtype = "F32"))
+  expect_error(safe_serialize(list(v = v), dtype = "I8"), class = "safetensors_error_conversion")
+  expect_error(safe_serialize(list(v = -v), dtype = "U64"), class = "safetensors_error_conversion")
+  na <- bit64::as.integer64(c(1, NA))
+  expect_snapshot(error = TRUE, {
+    safe_serialize(list(v = na))
+    safe_serialize(list(v = -v), dtype = "U64")
+  })
+})
+
+test_that("raw arrays are written as U8 with their dims; raw bytes with dtype and shape stay bytes", {
+  img <- array(as.raw(0:23), c(2, 3, 4))
+  bytes <- safe_serialize(list(img = img, v = as.raw(1:3)))
+  info <- safe_info(bytes)
+  expect_identical(info$dtype, c("U8", "U8"))
+  expect_identical(unclass(info$shape), list(c(2L, 3L, 4L), 3L))
+  # Row-major: img[1, 1, ] first.
+  expect_identical(tensor_bytes(bytes, "img"), as.raw(aperm(img, 3:1)))
+  expect_identical(safe_deserialize(bytes, uint8 = "raw")$img, structure(img, dtype = "U8"))
+  expect_identical(safe_deserialize(bytes)$img, structure(array(0:23, c(2, 3, 4)), dtype = "U8"))
+  # framework = "raw" bytes are written as they are, whatever their dtype.
+  stored <- structure(as.raw(c(0, 0, 0x80, 0x3f)), dtype = "F32", shape = 1L)
+  expect_identical(safe_deserialize(safe_serialize(list(x = stored)))$x, structure(1, dim = 1L, dtype = "F32"))
+})
+
+test_that("character arrays can't be written; the error says how to convert them", {
+  x <- list(id = structure(c("9007199254740993", "1"), dim = 2L, dtype = "I64"))
+  expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, safe_serialize(x))
 })

@@ -1,7 +1,7 @@
 shard_tensors <- function() {
   list(
     embed = matrix(as.numeric(1:40), 10, 4),
-    w1 = as_dtype(matrix(seq(0, 1, length.out = 30), 5, 6), "F32"),
+    w1 = as_loaded_dtype(matrix(seq(0, 1, length.out = 30), 5, 6), "F32"),
     b1 = as.numeric(1:6),
     w2 = structure(array(1:24, c(2, 3, 4)), dtype = "I16"),
     flag = c(TRUE, FALSE)

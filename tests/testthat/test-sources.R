@@ -62,7 +62,6 @@ test_that("connections are read in chunks that cover the bytes in order", {
   expect_identical(cnd$tensor, "w")
 })
 
-
 test_that("paths with non-ASCII characters work, whatever encoding R marks them with", {
   skip_if_not(l10n_info()[["UTF-8"]], "the session is not in a UTF-8 locale")
   root <- withr::local_tempdir()
@@ -90,6 +89,7 @@ test_that("paths with non-ASCII characters work, whatever encoding R marks them 
   h <- safe_open(path)
   expect_identical(as.vector(h[[name]]), 1)
   close(h)
+})
 
 # A socket connection on 127.0.0.1 whose other end, a child process, writes
 # `payload` and then keeps the connection open for `hold` seconds, as a

@@ -72,10 +72,11 @@ test_that("print() of a loaded list shows one line per tensor, fitting the width
       mask = c(TRUE, FALSE, TRUE),
       z = complex(real = 1:2, imaginary = -1),
       bytes = as.raw(0:255),
-      half = structure(c(0.1, 1 / 3, 1e4), dtype = "F16"),
+      half = c(0.1, 1 / 3, 1e4),
       s = structure(3, shape = integer(0)),
       empty = numeric(0)
     ),
+    dtype = c(half = "F16"),
     metadata = list(format = "pt")
   ))
   out <- capture.output(print(x))
@@ -106,4 +107,35 @@ test_that("print() of a loaded list shows raw bytes, framework tensors and other
   registerS3method("safe_tensor_meta", "meta_only", function(x) list(shape = list(2, 3), dtype = "BF16"))
   y <- as_loaded(list(t = structure(list(), class = "meta_only"), u = structure(list(), class = "no_meta")), NULL, 0)
   expect_snapshot(y)
+})
+
+test_that("read_mode() and read_choices() describe what the Rust reader makes", {
+  expect_identical(read_mode("r"), c("array", "double", "integer"))
+  expect_identical(read_mode("r", "character", "raw"), c("array", "character", "raw"))
+  expect_identical(read_mode("torch", "character", "raw"), "raw")
+  expect_identical(read_mode("raw"), "raw")
+  defaults <- read_choices(c("double", "integer64", "character"), c("integer", "raw"), "torch")
+  expect_identical(defaults, list(int64 = "double", uint8 = "integer"))
+  expect_identical(read_choices("character", "raw", "r"), list(int64 = "character", uint8 = "raw"))
+  expect_error(read_choices("character", "integer", "torch"), class = "safetensors_error_invalid_argument")
+})
+
+test_that("loads with the int64 and uint8 choices don't load rlang or cli", {
+  skip_on_cran()
+  skip_if_not_installed("bit64")
+  loaded <- callr::r(function() {
+    library(safetensors)
+    f <- tempfile(fileext = ".safetensors")
+    x <- list(i = bit64::as.integer64(c(1, 2^60)), u = array(as.raw(1:24), 2:4), m = matrix(1:4, 2))
+    safe_save_file(x, f, dtype = c(m = "uint8"))
+    safe_load_file(f, int64 = "integer64", uint8 = "raw")
+    safe_load_file(f, int64 = "character")
+    h <- safe_open(f, int64 = "character", uint8 = "raw")
+    h$slice("u")[2, , ]
+    safe_slice(h, "i", 2, int64 = "integer64")
+    close(h)
+    safetensors$new(f, uint8 = "raw")$get_tensor("m")
+    c(rlang = isNamespaceLoaded("rlang"), cli = isNamespaceLoaded("cli"))
+  }, libpath = .libPaths())
+  expect_identical(loaded, c(rlang = FALSE, cli = FALSE))
 })

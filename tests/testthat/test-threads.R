@@ -7,8 +7,8 @@
 thread_tensors <- function() withr::with_seed(42, {
   list(
     m64 = matrix(rnorm(700 * 513), 700, 513),
-    m32 = as_dtype(array(rnorm(33 * 70 * 301), c(33, 70, 301)), "F32"),
-    f16 = as_dtype(matrix(round(rnorm(1000 * 300), 2), 1000, 300), "BF16"),
+    m32 = as_loaded_dtype(array(rnorm(33 * 70 * 301), c(33, 70, 301)), "F32"),
+    f16 = as_loaded_dtype(matrix(round(rnorm(1000 * 300), 2), 1000, 300), "BF16"),
     ints = array(sample.int(1e6, 17 * 3 * 40000, replace = TRUE), c(17, 3, 40000)),
     flat = runif(600000),
     lgl = matrix(rep_len(c(TRUE, FALSE, TRUE), 2000 * 700), 2000, 700),

@@ -8,29 +8,29 @@ use crate::robj::{raw_bytes, threads_from_r, to_r};
 use crate::sources::{Backing, Open};
 use crate::tensors::{self, Mode};
 
-fn load(open: Result<Open>, names: &Robj, mode: &str, threads: i32) -> Result<Robj> {
+fn load(open: Result<Open>, names: &Robj, mode: &Robj, threads: i32) -> Result<Robj> {
     let open = open?;
-    let mode = Mode::parse(mode)?;
+    let mode = Mode::from_r(mode)?;
     let which = open.select(names)?;
     open.with_source(|src| tensors::read_tensors(src, &open.header, &which, mode, threads_from_r(threads), true))
 }
 
 /// Reads tensors `names` (`NULL`: all) from the file at `path` in mode
-/// `"array"` or `"raw"` on `threads` threads (0: the default):
-/// `list(tensors, header, inexact, int_min, max_offset)`.
+/// `"raw"` or `c("array", int64, uint8)` on `threads` threads (0: the
+/// default): `list(tensors, header, inexact, int_min, na, max_offset)`.
 /// @noRd
 #[extendr]
-fn load_file_(path: &str, names: Robj, mode: &str, backend: &str, threads: i32) -> Robj {
-    to_r(load(Open::file(path, backend), &names, mode, threads))
+fn load_file_(path: &str, names: Robj, mode: Robj, backend: &str, threads: i32) -> Robj {
+    to_r(load(Open::file(path, backend), &names, &mode, threads))
 }
 
 /// [`load_file_`] for a raw vector holding a whole file.
 /// @noRd
 #[extendr]
-fn load_raw_(buf: Robj, names: Robj, mode: &str, threads: i32) -> Robj {
+fn load_raw_(buf: Robj, names: Robj, mode: Robj, threads: i32) -> Robj {
     let open = raw_bytes(&buf).and_then(|b| Open::new(Backing::Memory { ptr: b.as_ptr(), len: b.len() }));
     // `buf` outlives the call, which is as long as the backing is used.
-    to_r(load(open, &names, mode, threads))
+    to_r(load(open, &names, &mode, threads))
 }
 
 extendr_module! {

@@ -12,14 +12,15 @@ use crate::robj::{named_list, threads_from_r, to_r};
 use crate::sources::{with_open, Open};
 use crate::tensors::{self, Mode};
 
-/// Reads the named tensors of an open handle in mode `"array"` or `"raw"`
-/// on `threads` threads (0: the default): `list(tensors, inexact, int_min,
-/// max_offset)`. Only those tensors' bytes are read.
+/// Reads the named tensors of an open handle in mode `"raw"` or
+/// `c("array", int64, uint8)` on `threads` threads (0: the default):
+/// `list(tensors, inexact, int_min, na, max_offset)`. Only those tensors'
+/// bytes are read.
 /// @noRd
 #[extendr]
-fn handle_read_(x: Robj, names: Robj, mode: &str, threads: i32) -> Robj {
+fn handle_read_(x: Robj, names: Robj, mode: Robj, threads: i32) -> Robj {
     to_r(with_open(&x, |open| {
-        let mode = Mode::parse(mode)?;
+        let mode = Mode::from_r(&mode)?;
         if names.as_str_iter().is_none() {
             return Err(Error::new(Kind::InvalidArgument, "`names` must be a character vector"));
         }
@@ -30,14 +31,15 @@ fn handle_read_(x: Robj, names: Robj, mode: &str, threads: i32) -> Robj {
 
 /// Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 /// `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
-/// as a vector of 0-based indices. Returns `list(tensor, inexact, int_min)`.
-/// For a remote file, `segments` holds the bytes `slice_fetches_()` named,
-/// as `list(offsets, raw vectors)`; `NULL` otherwise.
+/// as a vector of 0-based indices, in mode `"raw"` or `c("array", int64,
+/// uint8)`. Returns `list(tensor, inexact, int_min, na)`. For a remote
+/// file, `segments` holds the bytes `slice_fetches_()` named, as
+/// `list(offsets, raw vectors)`; `NULL` otherwise.
 /// @noRd
 #[extendr]
-fn handle_slice_(x: Robj, name: &str, specs: Robj, is_range: Robj, mode: &str, segments: Robj) -> Robj {
+fn handle_slice_(x: Robj, name: &str, specs: Robj, is_range: Robj, mode: Robj, segments: Robj) -> Robj {
     to_r(with_open(&x, |open| {
-        let mode = Mode::parse(mode)?;
+        let mode = Mode::from_r(&mode)?;
         let (info, plan) = slice_plan(open, name, &specs, &is_range)?;
         open.with_fetched(&segments, |src| tensors::read_slice(src, &open.header, info, &plan, mode))
     }))

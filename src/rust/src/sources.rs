@@ -232,16 +232,16 @@ fn open_remote_(prefix: Robj, len: f64) -> Robj {
 }
 
 /// Starts reading whole tensors `names` (a character vector) of a remote
-/// handle in mode `"array"` or `"raw"`: allocates them and plans what to
+/// handle in mode `"raw"` or `c("array", int64, uint8)`: allocates them and plans what to
 /// fetch, in pieces of at most `max` bytes. Returns `list(loader, offset,
 /// length, pieces)`: the byte ranges to fetch (absolute, one request each)
 /// and, for each, its pieces' lengths, which `remote_feed_()` takes in
 /// order.
 /// @noRd
 #[extendr]
-fn remote_plan_(x: Robj, names: Robj, mode: &str, max: f64) -> Robj {
+fn remote_plan_(x: Robj, names: Robj, mode: Robj, max: f64) -> Robj {
     to_r(with_open(&x, |open| {
-        let mode = Mode::parse(mode)?;
+        let mode = Mode::from_r(&mode)?;
         if names.as_str_iter().is_none() || !matches!(open.backing, Backing::Remote { .. }) || max.is_nan() || max < 1.0 {
             return Err(Error::new(Kind::InvalidArgument, "internal error: not a remote read"));
         }

@@ -4,14 +4,16 @@
 //!
 //! A tensor becomes, in mode `Array`, an R vector of the dtype's natural
 //! type ([`dtypes::r_type_name`]) with `dim` (or `shape = integer(0)` for a
-//! scalar) and `dtype`; in mode `Raw`, its bytes with `dtype` and `shape`.
-//! An I32 tensor holding `i32::MIN` (R's `NA_integer_`) comes back as
-//! double. Whole tensors and slices are built here alike.
+//! scalar) and `dtype`, except as the mode's choices say: I64 and U64 as
+//! bit64's `integer64` or as decimal strings ([`Int64`]), U8 as raw
+//! ([`Uint8`]); in mode `Raw`, its bytes with `dtype` and `shape`. An I32
+//! tensor holding `i32::MIN` (R's `NA_integer_`) comes back as double.
+//! Whole tensors and slices are built here alike.
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect, SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE,
-    VECTOR_ELT,
+    R_ClassSymbol, R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect, SET_STRING_ELT, SET_VECTOR_ELT,
+    SEXP, SEXPTYPE, VECTOR_ELT,
 };
 use safetensors_core::convert::{self, r_type, DecodeStats, Out, RType, Target};
 use safetensors_core::dtype::{Dtype, ALL};
@@ -23,22 +25,62 @@ use safetensors_core::slice::Plan;
 
 use crate::robj::{self, build, check_interrupt_now, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym, r_vec, vec_data};
 
+/// What I64 and U64 tensors become in mode `Array` (R's `int64 =`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int64 {
+    /// `double`, rounded beyond 2^53 (counted in `inexact`).
+    Double,
+    /// bit64's `integer64`: exact, but for U64 values above `i64::MAX`
+    /// and I64's `i64::MIN`, which are its `NA` (counted in `na`).
+    Integer64,
+    /// `character`: exact decimal strings.
+    Character,
+}
+
+/// What U8 tensors become in mode `Array` (R's `uint8 =`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uint8 {
+    /// `integer`, four bytes per value.
+    Integer,
+    /// `raw`, one byte per value.
+    Raw,
+}
+
 /// What each tensor becomes in R.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// An R vector of the dtype's natural type with `dim` and `dtype`.
-    Array,
+    /// An R vector with `dim` and `dtype`: of the dtype's natural type, or
+    /// as the choices for 64-bit integers and U8 say.
+    Array { int64: Int64, uint8: Uint8 },
     /// The tensor's bytes as stored, with `dtype` and `shape` attributes.
     Raw,
 }
 
 impl Mode {
-    /// Parses a mode name from R.
-    pub fn parse(s: &str) -> Result<Mode> {
-        match s {
-            "array" => Ok(Mode::Array),
-            "raw" => Ok(Mode::Raw),
-            _ => Err(Error::new(Kind::InvalidArgument, format!("unknown read mode `{s}`"))),
+    /// Parses a mode from R: `"raw"`, or `"array"` followed by the `int64`
+    /// and `uint8` choices (`c("array", "integer64", "raw")`; left out,
+    /// they are `"double"` and `"integer"`).
+    pub fn from_r(x: &Robj) -> Result<Mode> {
+        let bad = || Error::new(Kind::InvalidArgument, "internal error: malformed read mode");
+        let Some(v) = x.as_str_vector() else { return Err(bad()) };
+        match v[..] {
+            ["raw"] => Ok(Mode::Raw),
+            ["array"] => Ok(Mode::Array { int64: Int64::Double, uint8: Uint8::Integer }),
+            ["array", int64, uint8] => {
+                let int64 = match int64 {
+                    "double" => Int64::Double,
+                    "integer64" => Int64::Integer64,
+                    "character" => Int64::Character,
+                    _ => return Err(bad()),
+                };
+                let uint8 = match uint8 {
+                    "integer" => Uint8::Integer,
+                    "raw" => Uint8::Raw,
+                    _ => return Err(bad()),
+                };
+                Ok(Mode::Array { int64, uint8 })
+            }
+            _ => Err(bad()),
         }
     }
 }
@@ -58,24 +100,52 @@ pub struct Want<'a> {
     pub shape: &'a [usize],
 }
 
+/// What the elements of a tensor's R vector are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    Real,
+    Integer,
+    Logical,
+    Complex,
+    /// `raw`: U8 values, or any tensor's bytes in mode `Raw`.
+    Byte,
+    /// bit64's `integer64` (a double vector with that class).
+    Integer64,
+    /// Decimal strings, made from 64-bit integers the read engine puts in
+    /// a scratch buffer.
+    Decimal,
+}
+
 /// How one tensor's R object is made.
 #[derive(Clone, Copy)]
 struct Spec {
     ty: SEXPTYPE,
     len: usize,
-    /// Copy the bytes as they are: raw mode, or F64 and I32 read into
-    /// double and integer when the layout needs no permutation.
+    elem: Elem,
+    /// Copy the bytes as they are: raw mode, or F64, I32 and U8 read into
+    /// double, integer and raw when the layout needs no permutation.
     copy: bool,
     /// Count I32 values equal to `NA_integer_` (copied I32).
     count_i32_min: bool,
 }
 
-fn sexptype(rt: RType) -> SEXPTYPE {
+fn elem_of(rt: RType) -> Elem {
     match rt {
-        RType::Real => SEXPTYPE::REALSXP,
-        RType::Integer => SEXPTYPE::INTSXP,
-        RType::Logical => SEXPTYPE::LGLSXP,
-        RType::Complex => SEXPTYPE::CPLXSXP,
+        RType::Real => Elem::Real,
+        RType::Integer => Elem::Integer,
+        RType::Logical => Elem::Logical,
+        RType::Complex => Elem::Complex,
+    }
+}
+
+fn sexptype(elem: Elem) -> SEXPTYPE {
+    match elem {
+        Elem::Real | Elem::Integer64 => SEXPTYPE::REALSXP,
+        Elem::Integer => SEXPTYPE::INTSXP,
+        Elem::Logical => SEXPTYPE::LGLSXP,
+        Elem::Complex => SEXPTYPE::CPLXSXP,
+        Elem::Byte => SEXPTYPE::RAWSXP,
+        Elem::Decimal => SEXPTYPE::STRSXP,
     }
 }
 
@@ -86,8 +156,8 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
         return Err(Error::tensor(Kind::Overflow, w.name, format!("the size of tensor `{}` overflows", w.name)));
     };
     match mode {
-        Mode::Raw => Ok(Spec { ty: SEXPTYPE::RAWSXP, len: nbytes, copy: true, count_i32_min: false }),
-        Mode::Array => {
+        Mode::Raw => Ok(Spec { ty: SEXPTYPE::RAWSXP, len: nbytes, elem: Elem::Byte, copy: true, count_i32_min: false }),
+        Mode::Array { int64, uint8 } => {
             if let Some(&d) = w.shape.iter().find(|&&d| d > i32::MAX as usize) {
                 return Err(match what {
                     What::Tensor => Error::tensor(
@@ -106,11 +176,16 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
                     ),
                 });
             }
-            let rt = r_type(w.dtype);
+            let elem = match (w.dtype, int64, uint8) {
+                (Dtype::U8, _, Uint8::Raw) => Elem::Byte,
+                (Dtype::I64 | Dtype::U64, Int64::Integer64, _) => Elem::Integer64,
+                (Dtype::I64 | Dtype::U64, Int64::Character, _) => Elem::Decimal,
+                _ => elem_of(r_type(w.dtype)),
+            };
             let copy = what == What::Tensor
                 && convert::is_trivial_layout(w.shape)
-                && matches!((w.dtype, rt), (Dtype::F64, RType::Real) | (Dtype::I32, RType::Integer));
-            Ok(Spec { ty: sexptype(rt), len: numel, copy, count_i32_min: copy && w.dtype == Dtype::I32 })
+                && matches!((w.dtype, elem), (Dtype::F64, Elem::Real) | (Dtype::I32, Elem::Integer) | (Dtype::U8, Elem::Byte));
+            Ok(Spec { ty: sexptype(elem), len: numel, elem, copy, count_i32_min: copy && w.dtype == Dtype::I32 })
         }
     }
 }
@@ -121,7 +196,9 @@ struct Shared {
     dtype_sym: SEXP,
     shape_sym: SEXP,
     dtypes: [SEXP; ALL.len()],
-    /// How many of `dtypes` are protected.
+    /// The class `"integer64"`, once needed.
+    integer64: SEXP,
+    /// How many of `dtypes` and `integer64` are protected.
     protected: i32,
 }
 
@@ -135,6 +212,7 @@ impl Shared {
                 dtype_sym: r_sym("dtype"),
                 shape_sym: r_sym("shape"),
                 dtypes: [std::ptr::null_mut(); ALL.len()],
+                integer64: std::ptr::null_mut(),
                 protected: 0,
             }
         }
@@ -153,22 +231,34 @@ impl Shared {
         *slot
     }
 
+    /// The class attribute of bit64's vectors, protected until `release`.
+    unsafe fn integer64(&mut self) -> SEXP {
+        if self.integer64.is_null() {
+            // SAFETY: inside build; protected until release.
+            unsafe {
+                self.integer64 = Rf_protect(r_strings(["integer64"].into_iter()));
+            }
+            self.protected += 1;
+        }
+        self.integer64
+    }
+
     unsafe fn release(&self) {
         unsafe { Rf_unprotect(self.protected) };
     }
 }
 
 /// Sets the attributes of a tensor's R object: `dim` (or `shape =
-/// integer(0)` for a scalar) and `dtype` for arrays, `dtype` and `shape`
-/// for raw bytes.
+/// integer(0)` for a scalar) and `dtype` for arrays (and class
+/// `"integer64"` for `elem` Integer64), `dtype` and `shape` for raw bytes.
 ///
 /// # Safety
 /// Inside [`build`], with `x` protected and its length matching the shape,
 /// whose extents fit an int in mode `Array` ([`spec_of`] checked).
-unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, shared: &mut Shared) {
+unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, elem: Elem, shared: &mut Shared) {
     unsafe {
         match mode {
-            Mode::Array => {
+            Mode::Array { .. } => {
                 if w.shape.is_empty() {
                     r_set_attr(x, shared.shape_sym, r_vec(SEXPTYPE::INTSXP, 0));
                 } else {
@@ -179,7 +269,98 @@ unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, shared: &mut Share
         }
         let d = shared.dtype(w.dtype);
         Rf_setAttrib(x, shared.dtype_sym, d);
+        if elem == Elem::Integer64 {
+            // Sets the object bit too.
+            Rf_setAttrib(x, R_ClassSymbol, shared.integer64());
+        }
     }
+}
+
+/// A buffer of 64-bit integers the read engine fills (column-major), for
+/// a tensor read as decimal strings, which are made from it afterwards on
+/// R's thread.
+struct Scratch {
+    /// From `Box::into_raw`, so writes through it are allowed; freed on drop.
+    ptr: *mut u64,
+    len: usize,
+}
+
+impl Scratch {
+    fn new(len: usize) -> Result<Scratch> {
+        let mut v: Vec<u64> = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| Error::new(Kind::Memory, format!("can't allocate a buffer of {len} 64-bit integers")))?;
+        v.resize(len, 0);
+        let ptr = Box::into_raw(v.into_boxed_slice()) as *mut u64;
+        Ok(Scratch { ptr, len })
+    }
+
+    /// The values, once the engine is done writing them.
+    fn values(&self) -> &[u64] {
+        // SAFETY: `ptr` holds `len` initialised values for self's lifetime
+        // (dangling and aligned when `len` is 0, as Box gives it).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed
+        // slice, freed only here.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+    }
+}
+
+/// The decimal digits of `v` (negated when `negative`), at the end of `buf`;
+/// returns where they start.
+fn decimal(v: u64, negative: bool, buf: &mut [u8; 21]) -> usize {
+    let mut at = buf.len();
+    let mut v = v;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    at
+}
+
+/// Strings made per `build` call (and between interrupt checks).
+const STRINGS_PER_CALL: usize = 1 << 16;
+
+/// Fills the character vector `x` with the decimal strings of `values`,
+/// 64-bit integers of `dtype` (I64 or U64), in chunks, checking for Ctrl-C
+/// in between.
+fn fill_decimal(x: SEXP, values: &[u64], dtype: Dtype) -> Result<()> {
+    let signed = dtype == Dtype::I64;
+    let mut start = 0;
+    while start < values.len() {
+        let end = (start + STRINGS_PER_CALL).min(values.len());
+        // SAFETY: inside build; `x` is a character vector of at least
+        // `values.len()` elements, kept alive by the caller; each new
+        // string is stored at once.
+        build(|| unsafe {
+            let mut buf = [0u8; 21];
+            for (i, &v) in values[start..end].iter().enumerate() {
+                let negative = signed && (v as i64) < 0;
+                let magnitude = if signed { (v as i64).unsigned_abs() } else { v };
+                let at = decimal(magnitude, negative, &mut buf);
+                // SAFETY (from_utf8_unchecked): ASCII digits and a sign.
+                let s = std::str::from_utf8_unchecked(&buf[at..]);
+                SET_STRING_ELT(x, (start + i) as isize, r_char(s));
+            }
+            x
+        })?;
+        start = end;
+        check_interrupt_now()?;
+    }
+    Ok(())
 }
 
 /// The R objects of some tensors, allocated with their attributes but not
@@ -187,7 +368,14 @@ unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, shared: &mut Share
 pub struct Tensors {
     list: Robj,
     specs: Vec<Spec>,
+    /// The buffers of the tensors read as decimal strings (`None` for the
+    /// others).
+    scratch: Vec<Option<Scratch>>,
 }
+
+/// Bytes a decimal string takes in R, about (a cached CHARSXP of up to 20
+/// characters), for the memory check.
+const STRING_BYTES: usize = 64;
 
 impl Tensors {
     /// Allocates the R objects of `wants` (with their attributes) in a new
@@ -197,14 +385,23 @@ impl Tensors {
         let mut specs = Vec::with_capacity(wants.len());
         let mut total = 0usize;
         let mut largest = 0usize;
+        let mut strings = 0usize;
         for w in wants {
             let spec = spec_of(w, mode, what)?;
             let bytes = robj::vec_bytes(spec.ty, spec.len)?;
             total = total.saturating_add(bytes);
             largest = largest.max(bytes);
+            if spec.elem == Elem::Decimal {
+                // The scratch buffer and the strings.
+                strings = strings.saturating_add(spec.len.saturating_mul(8 + STRING_BYTES));
+            }
             specs.push(spec);
         }
-        robj::check_available(total)?;
+        robj::check_available(total.saturating_add(strings))?;
+        let scratch = specs
+            .iter()
+            .map(|s| if s.elem == Elem::Decimal { Scratch::new(s.len).map(Some) } else { Ok(None) })
+            .collect::<Result<Vec<_>>>()?;
         // One large vector costs one collection either way; several add more.
         robj::reserve_vector_heap(total - largest, total);
         let list = build(|| {
@@ -217,14 +414,14 @@ impl Tensors {
                 for (k, (spec, w)) in specs.iter().zip(wants).enumerate() {
                     let x = r_vec(spec.ty, spec.len);
                     SET_VECTOR_ELT(list, k as isize, x);
-                    set_tensor_attrs(x, w, mode, &mut shared);
+                    set_tensor_attrs(x, w, mode, spec.elem, &mut shared);
                 }
                 shared.release();
                 Rf_unprotect(1);
                 list
             }
         })?;
-        Ok(Tensors { list, specs })
+        Ok(Tensors { list, specs, scratch })
     }
 
     /// Where tensor `k`'s values go.
@@ -234,11 +431,17 @@ impl Tensors {
     /// used; `self` must outlive it.
     unsafe fn dest(&self, k: usize) -> Dest<'_> {
         let spec = self.specs[k];
-        // SAFETY: element k exists and has the spec's type and length.
+        let len = spec.len;
+        if let Some(scratch) = &self.scratch[k] {
+            // SAFETY: the buffer holds the tensor's `len` values, and only
+            // the destination writes them while it is used.
+            return Dest::Values(Target::Bits64(unsafe { Out::from_raw(scratch.ptr, scratch.len) }));
+        }
+        // SAFETY: element k exists and has the spec's type and length (not
+        // character: those have a scratch buffer).
         unsafe {
             let ptr = vec_data(VECTOR_ELT(self.list.get(), k as isize), spec.ty);
-            let len = spec.len;
-            if spec.ty == SEXPTYPE::RAWSXP || spec.copy {
+            if spec.copy {
                 let nbytes = match spec.ty {
                     SEXPTYPE::REALSXP => len * 8,
                     SEXPTYPE::INTSXP => len * 4,
@@ -246,11 +449,13 @@ impl Tensors {
                 };
                 Dest::Bytes(Out::from_raw(ptr, nbytes))
             } else {
-                Dest::Values(match spec.ty {
-                    SEXPTYPE::INTSXP => Target::Integer(Out::from_raw(ptr as *mut i32, len)),
-                    SEXPTYPE::LGLSXP => Target::Logical(Out::from_raw(ptr as *mut i32, len)),
-                    SEXPTYPE::CPLXSXP => Target::Complex(Out::from_raw(ptr as *mut [f64; 2], len)),
-                    _ => Target::Real(Out::from_raw(ptr as *mut f64, len)),
+                Dest::Values(match spec.elem {
+                    Elem::Integer => Target::Integer(Out::from_raw(ptr as *mut i32, len)),
+                    Elem::Logical => Target::Logical(Out::from_raw(ptr as *mut i32, len)),
+                    Elem::Complex => Target::Complex(Out::from_raw(ptr as *mut [f64; 2], len)),
+                    Elem::Byte => Target::Byte(Out::from_raw(ptr, len)),
+                    Elem::Integer64 => Target::Int64(Out::from_raw(ptr as *mut i64, len)),
+                    Elem::Real | Elem::Decimal => Target::Real(Out::from_raw(ptr as *mut f64, len)),
                 })
             }
         }
@@ -291,10 +496,19 @@ impl Tensors {
         read::read_slice(src, info, header.data_start(), plan, dest, &mut check_interrupt_now)
     }
 
-    /// The list of filled tensors, each I32 tensor read as integer that
-    /// holds `NA_integer_`'s bit pattern replaced by a double copy (which
-    /// keeps the value).
+    /// The list of filled tensors: decimal strings made from the scratch
+    /// buffers, and each I32 tensor read as integer that holds
+    /// `NA_integer_`'s bit pattern replaced by a double copy (which keeps
+    /// the value).
     pub fn finish(self, wants: &[Want<'_>], mode: Mode, stats: &[DecodeStats]) -> Result<Robj> {
+        for (k, (scratch, w)) in self.scratch.iter().zip(wants).enumerate() {
+            if let Some(scratch) = scratch {
+                // SAFETY: element k is the character vector of the
+                // tensor's length, kept alive by `self.list`.
+                let x = unsafe { VECTOR_ELT(self.list.get(), k as isize) };
+                fill_decimal(x, scratch.values(), w.dtype)?;
+            }
+        }
         if !stats.iter().any(|s| s.int_min > 0) {
             return Ok(self.list);
         }
@@ -316,7 +530,7 @@ impl Tensors {
                     for i in 0..spec.len {
                         *dst.add(i) = *src.add(i) as f64;
                     }
-                    set_tensor_attrs(y, w, mode, &mut shared);
+                    set_tensor_attrs(y, w, mode, Elem::Real, &mut shared);
                     SET_VECTOR_ELT(list.get(), k as isize, y);
                     Rf_unprotect(2);
                 }
@@ -328,7 +542,7 @@ impl Tensors {
 }
 
 /// Reads tensors `which` of `header` from `src` as `mode` makes them:
-/// `list(tensors, [header,] inexact, int_min, max_offset)`, `tensors`
+/// `list(tensors, [header,] inexact, int_min, na, max_offset)`, `tensors`
 /// named, in the order of `which`, and with `with_header` the header as
 /// safetensors 0.2.x gave it. Only those tensors' bytes are read.
 pub fn read_tensors(src: &dyn Source, header: &Header, which: &[usize], mode: Mode, threads: usize, with_header: bool) -> Result<Robj> {
@@ -351,6 +565,7 @@ pub fn read_tensors(src: &dyn Source, header: &Header, which: &[usize], mode: Mo
 fn read_result(list: Robj, wants: &[Want<'_>], stats: &[DecodeStats], max_offset: usize, header: Option<&Header>) -> Result<Robj> {
     let inexact: Vec<f64> = stats.iter().map(|s| s.inexact as f64).collect();
     let int_min: Vec<f64> = stats.iter().map(|s| s.int_min as f64).collect();
+    let na: Vec<f64> = stats.iter().map(|s| s.na as f64).collect();
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
         r_set_attr(list.get(), R_NamesSymbol, r_strings(wants.iter().map(|w| w.name)));
@@ -358,16 +573,17 @@ fn read_result(list: Robj, wants: &[Want<'_>], stats: &[DecodeStats], max_offset
         let mut head = || header.map_or(extendr_ffi::R_NilValue, |h| header_sexp(h));
         let mut inexact = || r_reals(&inexact);
         let mut int_min = || r_reals(&int_min);
+        let mut na = || r_reals(&na);
         let mut max_offset = || r_reals(&[max_offset as f64]);
         if header.is_some() {
             named_list_sexp(
-                &["tensors", "header", "inexact", "int_min", "max_offset"],
-                &mut [&mut tensors, &mut head, &mut inexact, &mut int_min, &mut max_offset],
+                &["tensors", "header", "inexact", "int_min", "na", "max_offset"],
+                &mut [&mut tensors, &mut head, &mut inexact, &mut int_min, &mut na, &mut max_offset],
             )
         } else {
             named_list_sexp(
-                &["tensors", "inexact", "int_min", "max_offset"],
-                &mut [&mut tensors, &mut inexact, &mut int_min, &mut max_offset],
+                &["tensors", "inexact", "int_min", "na", "max_offset"],
+                &mut [&mut tensors, &mut inexact, &mut int_min, &mut na, &mut max_offset],
             )
         }
     })
@@ -474,7 +690,7 @@ fn wants_of(infos: &[TensorInfo]) -> Vec<Want<'_>> {
 }
 
 /// Reads the selection `plan` of tensor `info` as `mode` makes it:
-/// `list(tensor, inexact, int_min)`.
+/// `list(tensor, inexact, int_min, na)`.
 pub fn read_slice(src: &dyn Source, header: &Header, info: &TensorInfo, plan: &Plan, mode: Mode) -> Result<Robj> {
     let want = [Want { name: &info.name, dtype: info.dtype, shape: plan.out_shape() }];
     let tensors = Tensors::allocate(&want, mode, What::Slice)?;
@@ -483,10 +699,13 @@ pub fn read_slice(src: &dyn Source, header: &Header, info: &TensorInfo, plan: &P
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
         named_list_sexp(
-            &["tensor", "inexact", "int_min"],
-            &mut [&mut || VECTOR_ELT(list.get(), 0), &mut || r_reals(&[stats.inexact as f64]), &mut || {
-                r_reals(&[stats.int_min as f64])
-            }],
+            &["tensor", "inexact", "int_min", "na"],
+            &mut [
+                &mut || VECTOR_ELT(list.get(), 0),
+                &mut || r_reals(&[stats.inexact as f64]),
+                &mut || r_reals(&[stats.int_min as f64]),
+                &mut || r_reals(&[stats.na as f64]),
+            ],
         )
     })
 }
@@ -626,4 +845,26 @@ pub fn info_robj(header: &Header, file_len: u64) -> Result<Robj> {
             ],
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_strings_are_exact_at_the_extremes() {
+        let mut buf = [0u8; 21];
+        let cases: [(u64, bool, &str); 6] = [
+            (0, false, "0"),
+            (7, true, "-7"),
+            (u64::MAX, false, "18446744073709551615"),
+            (i64::MIN.unsigned_abs(), true, "-9223372036854775808"),
+            (i64::MAX as u64, false, "9223372036854775807"),
+            (1 << 53 | 1, false, "9007199254740993"),
+        ];
+        for (v, negative, want) in cases {
+            let at = decimal(v, negative, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf[at..]).unwrap(), want);
+        }
+    }
 }

@@ -119,11 +119,24 @@ fn src_of(x: &Robj) -> Option<Src<'_>> {
     }
 }
 
+/// The values of bit64's `integer64` vector `x` (a double vector whose
+/// elements hold int64 bits), borrowed from R for as long as `x` lives.
+fn int64_of(x: &Robj) -> Option<Src<'_>> {
+    // SAFETY: a double vector's elements are 8 aligned bytes, which i64
+    // reads as they are (bit64 stores each int64 value's bits there); `x`
+    // keeps the vector alive for the borrow.
+    unsafe {
+        let v: &[f64] = slice_of(x.get(), extendr_ffi::SEXPTYPE::REALSXP)?;
+        Some(Src::Int64(std::slice::from_raw_parts(v.as_ptr() as *const i64, v.len())))
+    }
+}
+
 /// Each tensor's input, from the description's `tensors`, `kinds` and
 /// `exact`: `"values"` (an R vector to convert, rounded to nearest or, where
-/// `exact`, written only if the dtype holds every value exactly), `"bytes"`
-/// (a raw vector of the bytes as stored) or `"later"` (bytes R puts when the
-/// tensor's turn comes). `values` must outlive the inputs.
+/// `exact`, written only if the dtype holds every value exactly),
+/// `"integer64"` (bit64's integer64, converted from its int64 values),
+/// `"bytes"` (a raw vector of the bytes as stored) or `"later"` (bytes R
+/// puts when the tensor's turn comes). `values` must outlive the inputs.
 fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], exact: &[Rbool], names: &[String]) -> Result<Vec<Input<'a>>> {
     values
         .iter()
@@ -137,6 +150,9 @@ fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], exact: &[Rbool], names: &[S
                     Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector"))
                 })
             }
+            "integer64" => int64_of(x).map(|src| Input::Values(src, Rounding::Nearest)).ok_or_else(|| {
+                Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not an integer64 vector"))
+            }),
             "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
                 Error::tensor(Kind::InvalidArgument, name, format!("the buffer of tensor `{name}` must be raw"))
             }),

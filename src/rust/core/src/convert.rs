@@ -191,6 +191,12 @@ pub enum Dst<'a> {
     Logical(&'a mut [i32]),
     /// `complex` as (re, im) pairs
     Complex(&'a mut [[f64; 2]]),
+    /// `raw`: U8 values as they are
+    Byte(&'a mut [u8]),
+    /// bit64's `integer64` (see [`Target::Int64`])
+    Int64(&'a mut [i64]),
+    /// 64-bit integers' bits (see [`Target::Bits64`])
+    Bits64(&'a mut [u64]),
 }
 
 /// A tensor's R vector as a pointer and length, so that several threads can
@@ -283,6 +289,16 @@ pub enum Target<'a> {
     Logical(Out<'a, i32>),
     /// `complex` as (re, im) pairs
     Complex(Out<'a, [f64; 2]>),
+    /// `raw`: U8 values as they are, one byte each.
+    Byte(Out<'a, u8>),
+    /// bit64's `integer64` (a double vector holding int64 bits): I64
+    /// values as they are, U64 values above `i64::MAX` as its `NA`
+    /// (`i64::MIN`), counted in [`DecodeStats::na`] with the I64 values
+    /// equal to `i64::MIN`.
+    Int64(Out<'a, i64>),
+    /// The bits of I64 (two's complement) and U64 values, for the caller
+    /// to turn into something else (decimal strings).
+    Bits64(Out<'a, u64>),
 }
 
 impl<'a> Target<'a> {
@@ -292,6 +308,9 @@ impl<'a> Target<'a> {
             Target::Real(o) => o.memory(),
             Target::Integer(o) | Target::Logical(o) => o.memory(),
             Target::Complex(o) => o.memory(),
+            Target::Byte(o) => o.memory(),
+            Target::Int64(o) => o.memory(),
+            Target::Bits64(o) => o.memory(),
         }
     }
 
@@ -301,6 +320,9 @@ impl<'a> Target<'a> {
             Target::Real(o) => o.len(),
             Target::Integer(o) | Target::Logical(o) => o.len(),
             Target::Complex(o) => o.len(),
+            Target::Byte(o) => o.len(),
+            Target::Int64(o) => o.len(),
+            Target::Bits64(o) => o.len(),
         }
     }
 
@@ -317,6 +339,9 @@ impl<'a> From<Dst<'a>> for Target<'a> {
             Dst::Integer(x) => Target::Integer(Out::new(x)),
             Dst::Logical(x) => Target::Logical(Out::new(x)),
             Dst::Complex(x) => Target::Complex(Out::new(x)),
+            Dst::Byte(x) => Target::Byte(Out::new(x)),
+            Dst::Int64(x) => Target::Int64(Out::new(x)),
+            Dst::Bits64(x) => Target::Bits64(Out::new(x)),
         }
     }
 }
@@ -328,12 +353,20 @@ pub struct DecodeStats {
     pub inexact: usize,
     /// I32 values equal to R's `NA_integer_` bit pattern.
     pub int_min: usize,
+    /// 64-bit integers read as bit64's `integer64` that are its `NA`: U64
+    /// values above `i64::MAX` (which became `NA`) and I64 values equal to
+    /// `i64::MIN` (whose bits are `NA`).
+    pub na: usize,
 }
 
 impl DecodeStats {
     /// The counts of `self` and `other` added.
     pub fn merge(self, other: DecodeStats) -> DecodeStats {
-        DecodeStats { inexact: self.inexact + other.inexact, int_min: self.int_min + other.int_min }
+        DecodeStats {
+            inexact: self.inexact + other.inexact,
+            int_min: self.int_min + other.int_min,
+            na: self.na + other.na,
+        }
     }
 }
 
@@ -360,8 +393,9 @@ const EXACT_LIMIT: u64 = 1 << 53;
 /// Decodes outer rows `[row0, row1)` of a tensor from `src` (the bytes of
 /// exactly those rows) into `dst` (the whole tensor's R vector).
 ///
-/// `dst`'s type must be the one [`r_type`] gives (or `Real` for any numeric
-/// dtype); `src` must hold the rows and `dst` the whole tensor. Arguments
+/// `dst`'s type must be one the dtype decodes into ([`decodes_into`]): the
+/// one [`r_type`] gives, `Real` for any numeric dtype, `Byte` for U8,
+/// `Int64` and `Bits64` for I64 and U64; `src` must hold the rows and `dst` the whole tensor. Arguments
 /// that break these rules are an error (a caller's bug), and `dst` is then
 /// left as it was: never partly filled.
 pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usize, dst: Dst<'_>) -> Result<DecodeStats> {
@@ -473,6 +507,32 @@ pub unsafe fn decode_rows(
             _ => return Err(mismatch("the dtype isn't read as integer")),
         },
         Target::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
+        // U8 only (decodes_into).
+        Target::Byte(out) => k!(1, out, |b| b[0]),
+        Target::Int64(out) => {
+            let mut na = 0;
+            match dtype {
+                Dtype::I64 => k!(8, out, |b| {
+                    let v = i64::from_le_bytes(b);
+                    na += (v == i64::MIN) as usize;
+                    v
+                }),
+                Dtype::U64 => k!(8, out, |b| {
+                    let v = u64::from_le_bytes(b);
+                    match i64::try_from(v) {
+                        Ok(v) => v,
+                        Err(_) => {
+                            na += 1;
+                            i64::MIN
+                        }
+                    }
+                }),
+                _ => return Err(mismatch("the dtype isn't read as integer64")),
+            }
+            stats.na = na;
+        }
+        // I64 and U64 only (decodes_into).
+        Target::Bits64(out) => k!(8, out, |b| u64::from_le_bytes(b)),
         Target::Complex(out) => {
             k!(8, out, |b| {
                 let re = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -486,13 +546,16 @@ pub unsafe fn decode_rows(
 
 /// Whether [`decode_rows`] can fill `dst` from `dtype`: double from every
 /// dtype but C64, integer from the dtypes [`r_type`] reads as integer and
-/// BOOL, logical from BOOL, complex from C64.
+/// BOOL, logical from BOOL, complex from C64, raw from U8, integer64 and
+/// 64-bit words from I64 and U64.
 pub fn decodes_into(dtype: Dtype, dst: &Target<'_>) -> bool {
     match dst {
         Target::Real(_) => dtype != Dtype::C64,
         Target::Integer(_) => r_type(dtype) == RType::Integer || dtype == Dtype::Bool,
         Target::Logical(_) => dtype == Dtype::Bool,
         Target::Complex(_) => dtype == Dtype::C64,
+        Target::Byte(_) => dtype == Dtype::U8,
+        Target::Int64(_) | Target::Bits64(_) => matches!(dtype, Dtype::I64 | Dtype::U64),
     }
 }
 
@@ -716,6 +779,8 @@ pub enum Src<'a> {
     Raw(&'a [u8]),
     /// `complex` as (re, im) pairs
     Complex(&'a [[f64; 2]]),
+    /// bit64's `integer64`: int64 values (`i64::MIN` is `NA`)
+    Int64(&'a [i64]),
 }
 
 impl Src<'_> {
@@ -726,6 +791,7 @@ impl Src<'_> {
             Src::Integer(x) | Src::Logical(x) => x.len(),
             Src::Raw(x) => x.len(),
             Src::Complex(x) => x.len(),
+            Src::Int64(x) => x.len(),
         }
     }
 
@@ -746,6 +812,7 @@ impl Src<'_> {
             Src::Logical(x) => Src::Logical(sub(x, start, n)),
             Src::Raw(x) => Src::Raw(sub(x, start, n)),
             Src::Complex(x) => Src::Complex(sub(x, start, n)),
+            Src::Int64(x) => Src::Int64(sub(x, start, n)),
         }
     }
 }
@@ -755,11 +822,11 @@ impl Src<'_> {
 pub enum Num {
     /// A double (NaN and NA included).
     F(f64),
-    /// An integer, logical or raw value.
+    /// An integer, logical, raw or integer64 value.
     I(i64),
     /// A complex value.
     C(f64, f64),
-    /// `NA` of an integer or logical vector.
+    /// `NA` of an integer, logical or integer64 vector.
     Na,
 }
 
@@ -798,6 +865,14 @@ fn get(src: Src<'_>, cm: usize) -> Num {
         }
         Src::Raw(x) => Num::I(x[cm] as i64),
         Src::Complex(x) => Num::C(x[cm][0], x[cm][1]),
+        Src::Int64(x) => {
+            let v = x[cm];
+            if v == i64::MIN {
+                Num::Na
+            } else {
+                Num::I(v)
+            }
+        }
     }
 }
 
@@ -878,7 +953,8 @@ fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Optio
 /// exactly those rows. For sub-byte dtypes `out` must start zeroed.
 ///
 /// Floats round to nearest even; integers must be whole and in range;
-/// BOOL takes 0 and 1; NA of integer and logical vectors is rejected. The
+/// BOOL takes 0 and 1; NA of integer, logical and integer64 vectors is
+/// rejected. The
 /// error names the first value in R's (column-major) order that can't be
 /// encoded, whichever block it is in, so it doesn't depend on how a tensor
 /// is split into blocks or threads. Arguments that don't fit together
@@ -945,6 +1021,9 @@ pub fn encode_with(
         (Dtype::I32, Src::Integer(x)) => k!(4, x, |v| (v != i32::MIN).then_some(v.to_le_bytes())),
         (Dtype::I64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as i64).to_le_bytes())),
         (Dtype::U8, Src::Raw(x)) => k!(1, x, |v| Some([v])),
+        (Dtype::I64, Src::Int64(x)) => k!(8, x, |v| (v != i64::MIN).then_some(v.to_le_bytes())),
+        // NA (i64::MIN) is negative too.
+        (Dtype::U64, Src::Int64(x)) => k!(8, x, |v| (v >= 0).then_some((v as u64).to_le_bytes())),
         (Dtype::Bool, Src::Logical(x)) => k!(1, x, |v| (v == 0 || v == 1).then_some([v as u8])),
         _ => encode_generic(dtype, src, shape, row0, row1, out, rounding),
     };
@@ -1584,6 +1663,186 @@ mod tests {
         }
     }
 
+    /// The element `i` of `bytes` as each new target holds it, decoded one
+    /// element at a time (the reference for the byte and 64-bit kernels).
+    fn ref_word(dtype: Dtype, kind: Word, bytes: &[u8], i: usize) -> u64 {
+        let w = dtype.bits() / 8;
+        let word = |k: usize| bytes[i * w + k];
+        match kind {
+            Word::Byte => word(0) as u64,
+            Word::Bits64 => u64::from_le_bytes(std::array::from_fn(word)),
+            Word::Int64 => {
+                let v = u64::from_le_bytes(std::array::from_fn(word));
+                if dtype == Dtype::U64 && v > i64::MAX as u64 {
+                    i64::MIN as u64
+                } else {
+                    v
+                }
+            }
+        }
+    }
+
+    /// The targets that keep values whole: raw, integer64 and 64-bit words.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Word {
+        Byte,
+        Int64,
+        Bits64,
+    }
+
+    /// As [`decode_blocks`], into a [`Word`] target; the values as u64 and
+    /// the summed stats.
+    fn decode_words(
+        dtype: Dtype,
+        kind: Word,
+        bytes: &[u8],
+        shape: &[usize],
+        step: usize,
+        threaded: bool,
+    ) -> (Vec<u64>, DecodeStats) {
+        let n: usize = shape.iter().product();
+        let rows = n_rows(shape);
+        let rl = row_len(shape);
+        let ranges: Vec<(usize, usize)> = (0..rows.max(1)).step_by(step).map(|r| (r, (r + step).min(rows))).collect();
+        let run = |target: Target<'_>| {
+            let one = |(r0, r1): (usize, usize)| {
+                let (b0, b1) = (dtype.bytes_for(r0 * rl).unwrap(), dtype.bytes_for(r1 * rl).unwrap());
+                // SAFETY: each block decodes its own rows.
+                unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) }.unwrap()
+            };
+            if threaded {
+                std::thread::scope(|s| {
+                    let hs: Vec<_> = ranges.iter().map(|&r| s.spawn(move || one(r))).collect();
+                    hs.into_iter().fold(DecodeStats::default(), |a, h| a.merge(h.join().unwrap()))
+                })
+            } else {
+                ranges.iter().fold(DecodeStats::default(), |a, &r| a.merge(one(r)))
+            }
+        };
+        match kind {
+            Word::Byte => {
+                let mut out = vec![0xa5u8; n];
+                let st = run(Target::Byte(Out::new(&mut out)));
+                (out.iter().map(|&v| v as u64).collect(), st)
+            }
+            Word::Int64 => {
+                let mut out = vec![7i64; n];
+                let st = run(Target::Int64(Out::new(&mut out)));
+                (out.iter().map(|&v| v as u64).collect(), st)
+            }
+            Word::Bits64 => {
+                let mut out = vec![7u64; n];
+                let st = run(Target::Bits64(Out::new(&mut out)));
+                (out, st)
+            }
+        }
+    }
+
+    #[test]
+    fn byte_and_64_bit_kernels_match_the_reference_for_every_shape_and_split() {
+        let mut rng = Rng(0xb17e);
+        let cases = [
+            (Dtype::U8, Word::Byte),
+            (Dtype::I64, Word::Int64),
+            (Dtype::U64, Word::Int64),
+            (Dtype::I64, Word::Bits64),
+            (Dtype::U64, Word::Bits64),
+        ];
+        for (dtype, kind) in cases {
+            for shape in kernel_shapes() {
+                let n: usize = shape.iter().product();
+                let mut bytes = rng.bytes(dtype.bytes_for(n).unwrap());
+                // Plant the extremes: i64::MIN (integer64's NA), i64::MAX,
+                // u64::MAX and 2^63 (above i64::MAX as U64).
+                if dtype.bits() == 64 {
+                    for (k, v) in [i64::MIN as u64, i64::MAX as u64, u64::MAX, 1 << 63].into_iter().enumerate() {
+                        if k * 3 < n {
+                            bytes[k * 3 * 8..k * 3 * 8 + 8].copy_from_slice(&v.to_le_bytes());
+                        }
+                    }
+                }
+                let cm = reference_cm(&shape);
+                let mut want = vec![0u64; n];
+                for (rm, &c) in cm.iter().enumerate() {
+                    want[c] = ref_word(dtype, kind, &bytes, rm);
+                }
+                let want_na = match kind {
+                    Word::Int64 => want.iter().filter(|&&v| v == i64::MIN as u64).count(),
+                    _ => 0,
+                };
+                let rows = n_rows(&shape);
+                for (step, threaded) in [(rows.max(1), false), (1, false), (3, true), (16, true)] {
+                    let (got, stats) = decode_words(dtype, kind, &bytes, &shape, step, threaded);
+                    assert_eq!(got, want, "{dtype} {kind:?} {shape:?} step {step}");
+                    assert_eq!(stats, DecodeStats { na: want_na, ..DecodeStats::default() }, "{dtype} {kind:?} {shape:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn integer64_marks_what_it_cannot_hold_as_na() {
+        let vals: [u64; 5] = [0, i64::MAX as u64, 1 << 63, u64::MAX, 5];
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = [0i64; 5];
+        let st = decode(Dtype::U64, &bytes, &[5], 0, 5, Dst::Int64(&mut out)).unwrap();
+        assert_eq!(out, [0, i64::MAX, i64::MIN, i64::MIN, 5]);
+        assert_eq!(st.na, 2);
+        // As I64 the same bits are -2^63 (integer64's NA) and -1.
+        let st = decode(Dtype::I64, &bytes, &[5], 0, 5, Dst::Int64(&mut out)).unwrap();
+        assert_eq!(out, [0, i64::MAX, i64::MIN, -1, 5]);
+        assert_eq!(st.na, 1);
+        let mut words = [0u64; 5];
+        assert_eq!(decode(Dtype::U64, &bytes, &[5], 0, 5, Dst::Bits64(&mut words)).unwrap(), DecodeStats::default());
+        assert_eq!(words, vals);
+    }
+
+    #[test]
+    fn byte_and_64_bit_targets_refuse_other_dtypes_and_sizes() {
+        let bytes = [1u8; 48];
+        let mut raw = vec![9u8; 6];
+        for d in [Dtype::I8, Dtype::Bool, Dtype::F8E4M3] {
+            assert!(decode(d, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw)).is_err(), "{d}");
+        }
+        assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw[..5])).is_err());
+        assert_eq!(raw, vec![9u8; 6]);
+        let mut ints = vec![9i64; 6];
+        let mut words = vec![9u64; 6];
+        for d in [Dtype::F64, Dtype::U32, Dtype::C64, Dtype::U8] {
+            assert!(decode(d, &bytes, &[2, 3], 0, 2, Dst::Int64(&mut ints)).is_err(), "{d}");
+            assert!(decode(d, &bytes, &[2, 3], 0, 2, Dst::Bits64(&mut words)).is_err(), "{d}");
+        }
+        assert!(decode(Dtype::I64, &bytes[..40], &[2, 3], 0, 2, Dst::Int64(&mut ints)).is_err());
+        assert!(decode(Dtype::I64, &bytes, &[2, 3], 0, 2, Dst::Bits64(&mut words[..5])).is_err());
+        assert_eq!(ints, vec![9i64; 6]);
+        assert_eq!(words, vec![9u64; 6]);
+    }
+
+    #[test]
+    fn integer64_values_are_written_exactly() {
+        let vals = [0, -1, (1 << 53) + 1, i64::MAX, -i64::MAX, 42];
+        let bytes = encode_all(Dtype::I64, Src::Int64(&vals), &[2, 3]).unwrap();
+        let mut back = [0i64; 6];
+        decode(Dtype::I64, &bytes, &[2, 3], 0, 2, Dst::Int64(&mut back)).unwrap();
+        assert_eq!(back, vals);
+        // Row-major on disk: R's x[1, 2] is element 1 in the file.
+        assert_eq!(bytes[8..16], ((1i64 << 53) + 1).to_le_bytes());
+        // U64 takes the non-negative ones; NA is refused everywhere.
+        let pos = [0, (1 << 53) + 1, i64::MAX];
+        assert_eq!(encode_all(Dtype::U64, Src::Int64(&pos), &[3]).unwrap(), encode_all(Dtype::I64, Src::Int64(&pos), &[3]).unwrap());
+        let EncodeError::Value(bad) = encode_all(Dtype::U64, Src::Int64(&vals), &[6]).unwrap_err() else { panic!() };
+        assert_eq!((bad.index, bad.value), (1, Num::I(-1)));
+        for d in [Dtype::I64, Dtype::U64, Dtype::F64, Dtype::I32] {
+            let EncodeError::Value(bad) = encode_all(d, Src::Int64(&[1, i64::MIN]), &[2]).unwrap_err() else { panic!() };
+            assert_eq!((bad.index, bad.value), (1, Num::Na), "{d}");
+        }
+        // Other dtypes take the values they hold: whole numbers in range,
+        // floats rounded to nearest.
+        assert_eq!(encode_all(Dtype::I8, Src::Int64(&[-128, 127]), &[2]).unwrap(), vec![0x80, 0x7f]);
+        assert!(encode_all(Dtype::I8, Src::Int64(&[128]), &[1]).is_err());
+        assert_eq!(encode_all(Dtype::F64, Src::Int64(&[(1 << 53) + 1]), &[1]).unwrap(), (9007199254740992.0f64).to_le_bytes());
+    }
+
     #[test]
     fn decode_counts_inexact_and_int_min_across_blocks() {
         let shape = [20usize, 17];
@@ -1723,6 +1982,16 @@ mod tests {
                 let clean_ints: Vec<i32> = ints.iter().map(|&v| v.clamp(0, 1)).collect();
                 let raws = rng.bytes(n);
                 let cplx: Vec<[f64; 2]> = reals.iter().zip(clean.iter()).map(|(&a, &b)| [b, a]).collect();
+                let int64s: Vec<i64> = (0..n)
+                    .map(|_| match rng.next() % 8 {
+                        0 => i64::MIN,
+                        1 => i64::MAX,
+                        2 => -((rng.next() >> 1) as i64),
+                        3 => (1 << 53) + 1,
+                        _ => (rng.next() % 3) as i64,
+                    })
+                    .collect();
+                let clean_int64s: Vec<i64> = int64s.iter().map(|&v| v.clamp(0, 1)).collect();
                 let srcs = [
                     Src::Real(&reals),
                     Src::Real(&clean),
@@ -1732,6 +2001,8 @@ mod tests {
                     Src::Logical(&ints),
                     Src::Raw(&raws),
                     Src::Complex(&cplx),
+                    Src::Int64(&int64s),
+                    Src::Int64(&clean_int64s),
                 ];
                 let rows = n_rows(&shape);
                 let align = if dtype.bits() % 8 == 0 { 1 } else { 8 };

@@ -173,6 +173,7 @@ enum Job {
 struct Notes {
     inexact: AtomicUsize,
     int_min: AtomicUsize,
+    na: AtomicUsize,
 }
 
 impl Notes {
@@ -183,10 +184,17 @@ impl Notes {
         if s.int_min > 0 {
             self.int_min.fetch_add(s.int_min, Ordering::Relaxed);
         }
+        if s.na > 0 {
+            self.na.fetch_add(s.na, Ordering::Relaxed);
+        }
     }
 
     fn get(&self) -> DecodeStats {
-        DecodeStats { inexact: self.inexact.load(Ordering::Relaxed), int_min: self.int_min.load(Ordering::Relaxed) }
+        DecodeStats {
+            inexact: self.inexact.load(Ordering::Relaxed),
+            int_min: self.int_min.load(Ordering::Relaxed),
+            na: self.na.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -257,7 +265,7 @@ fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
             let dst = unsafe { out.part(0, out.len()) };
             dst.copy_from_slice(bytes);
             if t.count_i32_min {
-                notes.add(DecodeStats { inexact: 0, int_min: convert::count_i32_min(dst) });
+                notes.add(DecodeStats { int_min: convert::count_i32_min(dst), ..DecodeStats::default() });
             }
         }
         Dest::Values(target) => {
@@ -295,7 +303,7 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
                         None => src.read_at(t.off + b0, dst)?,
                     }
                     if t.count_i32_min {
-                        notes[task].add(DecodeStats { inexact: 0, int_min: convert::count_i32_min(dst) });
+                        notes[task].add(DecodeStats { int_min: convert::count_i32_min(dst), ..DecodeStats::default() });
                     }
                 }
                 Dest::Values(target) => {

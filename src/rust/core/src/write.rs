@@ -647,6 +647,34 @@ mod tests {
     }
 
     #[test]
+    fn integer64_values_are_written_exactly_on_any_number_of_threads() {
+        // 2^21 rows x 2 columns of int64 values beyond double's 2^53.
+        let n = 1 << 22;
+        let vals: Vec<i64> = (0..n as i64).map(|i| (1 << 60) + i * 3 - (i % 7) * (1 << 40)).collect();
+        let specs = [spec("w", Dtype::I64, &[n / 2, 2])];
+        let inputs = [Input::Values(Src::Int64(&vals), Rounding::Exact)];
+        let want = file_of(&specs, &inputs, &[], 1, usize::MAX);
+        for threads in [2, 3] {
+            assert!(file_of(&specs, &inputs, &[], threads, 1 << 20) == want, "{threads}");
+        }
+        let src = Memory(&want);
+        let header = read_header(&src).unwrap();
+        let t = &header.tensors[0];
+        let mut back = vec![0i64; n];
+        let task = crate::read::Task::new(t, header.data_start(), crate::read::Dest::Values(convert::Target::Int64(convert::Out::new(&mut back)))).unwrap();
+        crate::read::read_tasks(&src, std::slice::from_ref(&task), 2, &mut ok()).unwrap();
+        drop(task);
+        assert!(back == vals);
+        // NA (i64::MIN) is named in the error, by its position in R's order.
+        let mut with_na = vals.clone();
+        with_na[n - 1] = i64::MIN;
+        let mut w = Writer::new(specs.to_vec(), None, Vec::new(), 2).unwrap();
+        let e = w.write(&[Input::Values(Src::Int64(&with_na), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        assert!(e.message.contains(&format!("element {n} of tensor `w` (value NA): NA can't be stored as I64")), "{}", e.message);
+    }
+
+    #[test]
     fn inputs_that_do_not_fit_are_refused_before_their_bytes() {
         let specs = vec![spec("a", Dtype::F32, &[2]), spec("b", Dtype::U8, &[3])];
         let two = [1.0, 2.0];

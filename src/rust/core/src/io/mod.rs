@@ -76,12 +76,22 @@ pub trait Source {
 /// Reads and validates the header of `src`.
 pub fn read_header(src: &dyn Source) -> Result<Header> {
     let total = src.len();
-    // More than the 8 bytes of the length, to say what a file that isn't a
-    // safetensors file looks like.
     let mut prefix = [0u8; format::SNIFF_LEN];
-    let have = total.min(format::SNIFF_LEN as u64) as usize;
+    let have = total.min(N_LEN as u64) as usize;
     src.read_at(0, &mut prefix[..have])?;
-    let n = format::header_len(&prefix[..have], total)?;
+    let n = match format::header_len(&prefix[..have], total) {
+        Ok(n) => n,
+        Err(err) => {
+            // More than the 8 bytes of the length say what a file that isn't
+            // a safetensors file looks like. Only on failure: a remote source
+            // may hold no more than the length and the header.
+            let more = total.min(format::SNIFF_LEN as u64) as usize;
+            if more <= have || src.read_at(0, &mut prefix[..more]).is_err() {
+                return Err(err);
+            }
+            return Err(format::header_len(&prefix[..more], total).err().unwrap_or(err));
+        }
+    };
     // header_len checked N_LEN + n <= total, so this allocation is backed by the file.
     let mut json = vec![0u8; n];
     src.read_at(N_LEN, &mut json)?;
@@ -738,6 +748,14 @@ mod tests {
         // The header's bytes must be there.
         let e = read_header(&Segments::new(file.len() as u64, vec![(0, &prefix[..30])]).unwrap()).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
+        // A server that ignores ranges streams the file: the header is read
+        // from the length and the header alone, however long the data.
+        let json = br#"{"a":{"dtype":"U8","shape":[300],"data_offsets":[0,300]}}"#;
+        let mut prefix = (json.len() as u64).to_le_bytes().to_vec();
+        prefix.extend_from_slice(json);
+        let len = prefix.len() as u64 + 300;
+        let header = read_header(&Segments::new(len, vec![(0, &prefix)]).unwrap()).unwrap();
+        assert_eq!(header.data_start(), prefix.len());
     }
 
     #[test]
