@@ -97,6 +97,18 @@
 #'   for what it was asked is not installed (curl for URLs, bit64 for
 #'   `int64 = "integer64"`); field `package`.
 #'
+#' @section Loading into torch modules:
+#' [safe_load_model()] checks the file against the module before it changes
+#' anything; the module is unchanged after these errors.
+#' * `safetensors_error_name_mismatch`: with `strict = TRUE`, the module has
+#'   tensors the file lacks, or the file has tensors the module has no place
+#'   for; fields `missing` and `unexpected`.
+#' * `safetensors_error_shape_mismatch`: tensors have other shapes in the
+#'   file than in the module; fields `tensor`, `file_shape`, `model_shape`.
+#' * `safetensors_error_dtype_mismatch`: tensors whose dtype in the file
+#'   would lose values in the module's dtype (floats into integers or
+#'   booleans, complex into real); fields `tensor`, `dtype`, `model_dtype`.
+#'
 #' @section Warnings:
 #' * `safetensors_warning_precision`: I64, U32 or U64 values beyond 2^53
 #'   were rounded to the nearest double.

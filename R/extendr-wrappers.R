@@ -135,11 +135,27 @@ tensor_view_ <- function(x, name) .Call(wrap__tensor_view_, x, name)
 #' @noRd
 tensor_view_done_ <- function(x, name) .Call(wrap__tensor_view_done_, x, name)
 
+#' [`tensor_view_`] of bytes `[from, from + n)` of tensor `name` only, a
+#' piece that R/torch.R copies before it asks for the next one, so that a
+#' map holds the pages of one piece at a time (with
+#' [`tensor_view_piece_done_`]).
+#' @noRd
+tensor_view_piece_ <- function(x, name, from, n) .Call(wrap__tensor_view_piece_, x, name, from, n)
+
+#' [`tensor_view_done_`] of bytes `[from, from + n)` of tensor `name`.
+#' @noRd
+tensor_view_piece_done_ <- function(x, name, from, n) .Call(wrap__tensor_view_piece_done_, x, name, from, n)
+
 #' Fills the raw vector `out` (a staging buffer R/torch.R allocated, never
 #' seen by users) with bytes `[from, from + length(out))` of tensor `name`
 #' of an open handle, through the read engine. Returns `NULL`.
 #' @noRd
 tensor_bytes_ <- function(x, name, from, out) .Call(wrap__tensor_bytes_, x, name, from, out)
+
+#' [`tensor_bytes_`] into the first `n` bytes of `out` only, so that one
+#' staging buffer serves pieces of every size.
+#' @noRd
+tensor_piece_bytes_ <- function(x, name, from, n, out) .Call(wrap__tensor_piece_bytes_, x, name, from, n, out)
 
 #' Opens a save of the tensors `spec` describes (see R/write.R), to the
 #' file at `path` (`to = "file"`, atomically; with `sync`, flushed to disk

@@ -166,10 +166,17 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
   choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)
+  open_handle(path, framework, args, backend, choices = choices)
+}
+
+# A handle over `path` (checked, folders resolved): a file, raw vector, URL
+# or shard index. `whole`: every tensor will be read, in file order (see
+# open_part()).
+open_handle <- function(path, framework, args, backend, whole = FALSE, choices = NULL, call = parent.frame()) {
   if (is_index_path(path)) {
-    return(open_index(path, framework, args, backend, choices = choices))
+    return(open_index(path, framework, args, backend, whole = whole, choices = choices, call = call))
   }
-  part <- open_part(path, backend)
+  part <- open_part(path, backend, whole = whole, call = call)
   new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata,
     kind = if (part_is_remote(part)) "remote" else if (isTRUE(part$memory) || !is.character(path)) "memory" else backend,

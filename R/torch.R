@@ -20,6 +20,12 @@
 # which receives a raw vector (slices, and callers of the 0.2.x contract),
 # copies it once, with torch's own clone() of a temporary view.
 #
+# Copies, into a module (R/model.R). torch_read_into() fills an existing
+# tensor (a parameter or buffer, of any dtype, layout and device) the same
+# way, piece by piece: views of at most `torch_read_chunk` bytes of the map
+# (each piece's pages let go of once copied) or raw vector, or the staging
+# raw vector, so nothing but one piece is held beside the module.
+#
 # Copies, writing. The writers (R/write.R) take a torch tensor in pieces of
 # at most `torch_write_chunk` bytes (torch_pieces()): torch copies each
 # piece's logical values (any strides, storage offset or device) into one
@@ -276,6 +282,89 @@ torch_read_part <- function(part, name, dtype, shape, device, call) {
     }
   }
   torch_to_device(x, device)
+}
+
+# Reads tensor `name` (of `dtype` and `shape`) of `part` into `dest`, an
+# existing torch tensor of that shape (a model's parameter or buffer, any
+# dtype, strides and device), converting as torch's copy_() does; callers
+# check that the conversion makes sense, make the CPU the default device
+# (torch_local_cpu()) and turn gradients off (with_no_grad()). torch copies
+# piece by piece (torch_pieces(): consecutive rows, at most
+# torch_read_chunk bytes of the file or of `dest` each) into views of
+# `dest`, from views of the piece's bytes in the part's memory map (whose
+# pages are let go of once copied) or raw vector, or from the staging raw
+# vector `cache$stage`, filled by the core and reused for every piece (and,
+# through `cache`, every tensor), or, for a remote file, from the pieces of
+# one range request as they arrive. So beyond `dest` a read holds one piece at
+# a time, whatever the tensor's size, and torch's conversions to another
+# dtype or device (which go through a temporary) work on one piece at a time
+# too. `dest_size`, the bytes of an element of `dest`, saves asking torch.
+torch_read_into <- function(part, name, dtype, shape, dest, call, cache = new.env(parent = emptyenv()),
+                            chunk = torch_read_chunk, dest_size = NULL) {
+  shape <- as.numeric(unlist(shape))
+  if (prod(shape) == 0) {
+    return(invisible())
+  }
+  rank <- length(shape)
+  size <- tensor_bytes(dtype, 1)
+  # Row-major strides of the file's tensor, in elements.
+  stride <- if (rank == 0) numeric() else rev(cumprod(c(1, rev(shape[-1]))))
+  view_dtype <- torch_view_dtype(dtype)
+  # A BOOL file's bytes are viewed as uint8 (torch_view_dtype()); torch
+  # turns them into true and false only for a bool `dest`.
+  nonzero <- identical(dtype, "BOOL") && !identical(dest$dtype$.type(), "Bool")
+  chunk_size <- max(size, dest_size %||% dest$element_size())
+  pieces <- torch_pieces(shape, chunk_size, TRUE, chunk)
+  # Each piece as the view of `dest` it fills, its first byte in the
+  # tensor and its shape; the pieces follow each other in the file.
+  targets <- vector("list", length(pieces))
+  for (j in seq_along(pieces)) {
+    p <- pieces[[j]]
+    y <- dest
+    for (i in p$select) {
+      y <- y$select(1, i)
+    }
+    k <- length(p$select)
+    first <- sum((p$select - 1) * stride[seq_len(k)])
+    if (is.null(p$start)) {
+      piece <- shape[seq_len(rank) > k]
+    } else {
+      y <- y$narrow(1, p$start, p$n)
+      first <- first + (p$start - 1) * stride[[k + 1]]
+      piece <- c(p$n, shape[seq_len(rank) > k + 1])
+    }
+    targets[[j]] <- list(y = y, from = first * size, n = prod(piece) * size, shape = piece)
+  }
+  fill <- function(t, bytes) {
+    # A view of memory the package owns, which R keeps referenced here
+    # while torch copies from it.
+    src <- torch::torch_tensor_from_buffer(bytes, shape = t$shape, dtype = view_dtype)
+    t$y$copy_(if (nonzero) src$ne(0L) else src)
+  }
+  if (part_is_remote(part)) {
+    # One request for the tensor, its pieces copied as they arrive.
+    at <- match(name, part$info$name)
+    sizes <- vapply(targets, function(t) t$n, numeric(1))
+    remote_bytes(part, 8 + part$info$header_len + part$info$begin[[at]], sum(sizes), sizes, function(k, bytes) {
+      fill(targets[[k]], bytes)
+    }, call = call)
+    return(invisible())
+  }
+  for (t in targets) {
+    view <- check_part(tensor_view_piece_(part$ptr, name, t$from, t$n), part, call = call)
+    if (is.null(view)) {
+      if (length(cache$stage) < t$n) {
+        cache$stage <- raw(t$n)
+      }
+      check_part(tensor_piece_bytes_(part$ptr, name, t$from, t$n, cache$stage), part, call = call)
+      view <- cache$stage
+    }
+    fill(t, view)
+    if (typeof(view) == "externalptr") {
+      check_part(tensor_view_piece_done_(part$ptr, name, t$from, t$n), part, call = call)
+    }
+  }
+  invisible()
 }
 
 # Chunk sizes for reading tensors in pieces (from connections, and files

@@ -315,6 +315,40 @@ test_that("torch tensors stream from remote files", {
   expect_true(torch::torch_equal(norange$layer.weight, local$layer.weight))
 })
 
+test_that("modules load from remote files and shard indexes", {
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed())
+  srv <- local_http_server()
+  torch::torch_manual_seed(3)
+  # Over 64 KiB, so the weights come with range requests of their own.
+  trained <- torch::nn_linear(200, 100)
+  safe_save_model(trained, file.path(srv$dir, "model.safetensors"))
+  dir.create(file.path(srv$dir, "sharded"))
+  safe_save_model(trained, file.path(srv$dir, "sharded"), max_shard_size = 50000)
+  x <- torch::torch_randn(3, 200)
+  want <- trained(x)
+  for (url in c(srv$url("model.safetensors"), srv$url("model.safetensors", "norange"), srv$url("sharded/model.safetensors.index.json"))) {
+    model <- torch::nn_linear(200, 100)
+    res <- safe_load_model(model, url)
+    expect_identical(res, list(missing = character(), unexpected = character()))
+    expect_true(torch::torch_equal(model(x), want), label = url)
+  }
+  # A tensor in pieces smaller than it, from one request past the first
+  # 64 KiB, into a transposed tensor.
+  h <- safe_open(srv$url("model.safetensors"))
+  part <- hget(h, "parts")[[1]]
+  i <- match("weight", part$info$name)
+  expect_gt(part$info$end[[i]] + 8 + part$info$header_len, 65536)
+  srv$clear()
+  for (chunk in c(400, 4096, 1e6)) {
+    dest <- torch::torch_zeros(200, 100)$t()
+    torch::with_no_grad(torch_read_into(part, "weight", "F32", part$info$shape[[i]], dest, NULL, chunk = chunk))
+    expect_true(torch::torch_equal(dest, trained$weight), label = chunk)
+  }
+  expect_identical(nrow(srv$log()), 3L)
+  close(h)
+})
+
 test_that("Ctrl-C stops a transfer at once", {
   skip_on_os("windows")
   skip_if_not_installed("callr")

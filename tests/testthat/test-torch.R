@@ -273,6 +273,42 @@ test_that("the views and pieces torch copies from are checked before any byte", 
   close(h)
 })
 
+test_that("pieces of views and of reads are checked before any byte", {
+  path <- fixture("multi.safetensors")
+  info <- safe_info(path)
+  name <- info$name[info$bytes >= 8][[1]]
+  nbytes <- info$bytes[info$name == name]
+  begin <- info$begin[info$name == name]
+  bytes <- read_bytes(path)
+  check <- function(res) safetensors:::st_check(res, "Can't read.")
+  for (backend in c("mmap", "read")) {
+    h <- safe_open(path, backend = backend)
+    ptr <- safetensors:::hget(h, "parts")[[1]]$ptr
+    view <- check(safetensors:::tensor_view_piece_(ptr, name, 2, nbytes - 2))
+    if (backend == "mmap") expect_identical(typeof(view), "externalptr") else expect_null(view)
+    expect_null(check(safetensors:::tensor_view_piece_(ptr, name, 3, 0)))
+    expect_null(check(safetensors:::tensor_view_piece_done_(ptr, name, 2, nbytes - 2)))
+    # Into the first bytes of a larger buffer, which keeps the rest.
+    out <- as.raw(rep(255, nbytes + 3))
+    expect_null(check(safetensors:::tensor_piece_bytes_(ptr, name, 2, nbytes - 2, out)))
+    expect_identical(out, c(bytes[begin + 2 + seq_len(nbytes - 2)], as.raw(rep(255, 5))))
+    for (bad in list(c(-1, 1), c(0.5, 1), c(0, nbytes + 1), c(nbytes, 1), c(1, -1), c(1, 1.5))) {
+      for (f in list(safetensors:::tensor_view_piece_, safetensors:::tensor_view_piece_done_)) {
+        expect_error(check(f(ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
+      }
+      expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, bad[[1]], bad[[2]], out)), class = "safetensors_error_invalid_argument")
+    }
+    # Not more than the buffer holds, and only into a raw vector.
+    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, raw(3))), class = "safetensors_error_invalid_argument")
+    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, 1:4)), class = "safetensors_error_invalid_argument")
+    expect_error(check(safetensors:::tensor_view_piece_(ptr, "nope", 0, 1)), class = "safetensors_error_tensor_not_found")
+    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, "nope", 0, 1, out)), class = "safetensors_error_tensor_not_found")
+    close(h)
+    expect_error(check(safetensors:::tensor_view_piece_(ptr, name, 0, 1)), class = "safetensors_error_closed")
+    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, 0, 1, out)), class = "safetensors_error_closed")
+  }
+})
+
 # ---- torch ---------------------------------------------------------------
 
 # One tensor of each torch dtype, shape [2, 3].

@@ -77,6 +77,7 @@ test_that("a connection gets nothing when a value can't be converted", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   writeLines("keep", path)
   con <- file(path)
+  withr::defer(close(con))
   expect_error(
     write_spec(tensor_spec(list(a = c(1, 300)), "I8", NULL), "connection", con),
     class = "safetensors_error_conversion"

@@ -1368,7 +1368,7 @@ mod tests {
         for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F8E4M3, Dtype::F8E5M2, Dtype::F6E2M3, Dtype::F4] {
             let n = if dtype.bits() % 8 == 0 { 1 } else { 4 };
             let thirds = vec![1.0 / 3.0; n];
-            let mut out = vec![0u8; 8];
+            let mut out = [0u8; 8];
             let bytes = dtype.bytes_for(n).unwrap();
             assert!(encode_with(dtype, Src::Real(&thirds), &[n], 0, n, &mut out[..bytes], Rounding::Nearest).is_ok(), "{dtype}");
             out.fill(0);
@@ -1378,7 +1378,7 @@ mod tests {
         }
         // Values every float dtype holds (those with infinities and NaN).
         for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F8E5M2] {
-            let mut out = vec![0u8; 5 * 4];
+            let mut out = [0u8; 5 * 4];
             let bytes = dtype.bytes_for(5).unwrap();
             encode_with(dtype, Src::Real(&whole), &[5], 0, 5, &mut out[..bytes], Rounding::Exact).unwrap();
             let ints = [1, 2, -8];

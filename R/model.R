@@ -1,0 +1,463 @@
+# torch modules: a checkpoint read straight into a module's parameters and
+# buffers (safe_load_model()), and a module's state dict written with each
+# shared storage once (safe_save_model()), as Python's
+# safetensors.torch.load_model() and save_model() do.
+#
+# Loading checks every name, shape and dtype against the module's state
+# dict before it touches the module, then torch copies each tensor from
+# views of the file's bytes straight into the parameter's own memory
+# (torch_read_into(), R/torch.R), piece by piece: no tensor is ever held
+# twice. Tied weights (state dict entries that are the same view of the
+# same storage) are found in R, from torch's own description of each
+# tensor's storage: no address passes through Rust.
+
+#' Load a checkpoint into a torch module, or save a module's weights
+#'
+#' `safe_load_model()` reads a safetensors checkpoint straight into the
+#' parameters and buffers of a torch module (an `nn_module`), and
+#' `safe_save_model()` writes a module's state dict, each tied weight once.
+#' They are R's versions of Python's `safetensors.torch.load_model()` and
+#' `save_model()`, and read and write the same files.
+#'
+#' @section Loading:
+#' Every tensor of the file is matched by name with the module's state dict
+#' (`model$state_dict()`, whose names are those of PyTorch's
+#' `state_dict()` for a module of the same structure). Everything is
+#' checked before the module is touched; any of these leaves it unchanged:
+#' * names: with `strict = TRUE` (the default), a tensor of the module
+#'   missing from the file, or a tensor of the file the module has no place
+#'   for, is an error of class `safetensors_error_name_mismatch` that lists
+#'   them (fields `missing` and `unexpected`). With `strict = FALSE` the
+#'   tensors both have are loaded, and the others returned;
+#' * shapes: a tensor whose shape differs between the file and the module
+#'   is an error of class `safetensors_error_shape_mismatch` naming it and
+#'   both shapes (fields `tensor`, `file_shape` and `model_shape`), whatever
+#'   `strict`. Tensors of one element match whatever their shapes, as in
+#'   PyTorch's `load_state_dict()`: a batch norm's `num_batches_tracked` is
+#'   a scalar in PyTorch and has shape `[1]` in R torch;
+#' * dtypes: a tensor is converted to the dtype of the module's tensor
+#'   when they differ, as `load_state_dict()` would (a BF16 checkpoint into
+#'   a float32 module, F32 into float16): from one floating-point dtype to
+#'   another, from one integer dtype to another, and from booleans and
+#'   integers to floats. A floating-point tensor into an integer or boolean
+#'   one, an integer tensor into a boolean one, or a complex tensor into a
+#'   real one would lose its values and is an error of class
+#'   `safetensors_error_dtype_mismatch` (fields `tensor`, `dtype` and
+#'   `model_dtype`). A dtype R torch has no type for is an error of class
+#'   `safetensors_error_unsupported_dtype`.
+#'
+#' Then torch copies each tensor from the file's bytes (a memory map, or
+#' with `backend = "read"` a staging buffer the file is read into) into
+#' the module's own tensor, converting its dtype and moving it to the
+#' tensor's device on the way, in pieces of at most 16 MiB: besides the
+#' module, a load holds one piece at a time, so a checkpoint as large as
+#' the memory left for it loads. No gradient is recorded, and each
+#' parameter keeps its `requires_grad`. An error while copying (a file
+#' changed or truncated meanwhile, an interrupt) leaves the module partly
+#' loaded.
+#'
+#' @section Tied weights:
+#' Entries of the state dict that are the same view of the same memory
+#' (one parameter used by two modules, such as a language model's input
+#' embedding and output projection) are tied: they count as loaded when
+#' any one of them is in the file, and `safe_save_model()` writes only the
+#' first of their names in sorted order, as Python's `save_model()` does,
+#' recording each name left out in the file's metadata, as
+#' `metadata[[left_out]] = kept` (unless `metadata` already has that key).
+#' When the file holds more than one name of a tied group, the first in
+#' sorted order is loaded and the others are unexpected (as for Python's
+#' `load_model()`). Other views of one storage (a parameter and a slice of
+#' it) are loaded and saved each on its own. R torch's `model$to()` gives
+#' every module new parameters, which unties tied weights: tie them again
+#' after it.
+#'
+#' @param model A torch module (an `nn_module`).
+#' @param path For `safe_load_model()`: a `.safetensors` file, a sharded
+#'   checkpoint's index (`model.safetensors.index.json`), a folder holding
+#'   a checkpoint (see [safe_open()]), a raw vector holding a file, or a
+#'   handle from [safe_open()] (left open). For `safe_save_model()`: a
+#'   file path, or a folder: a path that is a folder, or that has no file
+#'   extension, is one (created if missing), which gets `model.safetensors`
+#'   or, with `max_shard_size`, shards and their index (see "Sharded
+#'   checkpoints" in [safe_save_file()]).
+#' @param ... Must be empty.
+#' @param strict Whether names the file and the module don't share are an
+#'   error. Default `TRUE`.
+#' @param backend How a file is read: `"mmap"` (the default) maps it into
+#'   memory and torch copies from the mapping; `"read"` reads it piece by
+#'   piece into a staging buffer, which is faster on network filesystems
+#'   where mapping is slow.
+#' @param metadata `NULL` (the default) or a named list or character vector
+#'   of single strings, stored as the file's `__metadata__`, with the
+#'   names of tied weights left out (see "Tied weights"). Transformers'
+#'   `from_pretrained()` wants `metadata = list(format = "pt")` in a file
+#'   that has metadata.
+#' @param max_shard_size `NULL` (the default) for one file, or the largest
+#'   shard of a sharded checkpoint, as for [safe_save_file()].
+#' @param sync Whether to flush each file to disk before renaming it over
+#'   its target. Default `TRUE`.
+#' @return `safe_load_model()`: invisibly, `list(missing, unexpected)`: the
+#'   names of the module's tensors the file did not hold (a tied group by
+#'   the first of its names, in sorted order), and the names of the file's
+#'   tensors that were not loaded, both empty character vectors after a
+#'   complete load. `safe_save_model()`: invisibly, the path written (for a
+#'   sharded checkpoint, its index).
+#' @seealso [safe_load_file()] with `framework = "torch"` to read tensors
+#'   into new torch tensors; `vignette("torch", package = "safetensors")`.
+#' @export
+#' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
+#' library(torch)
+#' net <- nn_module(
+#'   initialize = function() {
+#'     self$embed <- nn_embedding(10, 4)
+#'     self$out <- nn_linear(4, 10, bias = FALSE)
+#'     self$out$weight <- self$embed$weight # tied
+#'   },
+#'   forward = function(x) self$out(self$embed(x))
+#' )
+#' trained <- net()
+#' path <- tempfile(fileext = ".safetensors")
+#' safe_save_model(trained, path)
+#' safe_info(path)
+#' safe_metadata(path)
+#'
+#' model <- net()
+#' safe_load_model(model, path)
+#' torch_equal(model(torch_tensor(1:3)), trained(torch_tensor(1:3)))
+#'
+#' # Names the module and the file don't share
+#' other <- nn_linear(4, 10)
+#' res <- safe_load_model(other, path, strict = FALSE)
+#' res
+#' unlink(path)
+safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap", "read")) {
+  check_dots_empty_st(...)
+  check_torch_module(model)
+  check_bool(strict)
+  backend <- arg_choice(backend, c("mmap", "read"))
+  h <- path
+  if (!inherits(path, "safetensors_file")) {
+    h <- open_model_source(path, backend)
+    on.exit(close(h), add = TRUE)
+  }
+  state <- model$state_dict()
+  tab <- handle_table(h)
+  plan <- load_plan(tab, state, strict, format_label(h))
+  load_tensors(h, tab, state, plan)
+  invisible(list(missing = plan$missing, unexpected = plan$unexpected))
+}
+
+#' @rdname safe_load_model
+#' @export
+safe_save_model <- function(model, path, metadata = NULL, max_shard_size = NULL, sync = TRUE) {
+  check_torch_module(model)
+  check_string(path)
+  check_bool(sync)
+  metadata <- check_metadata(metadata, environment())
+  limit <- if (!is.null(max_shard_size)) parse_size(max_shard_size)
+  state <- model$state_dict()
+  left_out <- character()
+  for (group in tied_groups(state)) {
+    group <- sort(group, method = "radix")
+    left_out <- c(left_out, structure(rep(group[[1]], length(group) - 1), names = group[-1]))
+  }
+  # Python's save_model(): each name left out, with the name kept, unless
+  # the caller's metadata has that key.
+  if (length(left_out) > 0) {
+    metadata <- c(metadata, left_out[!names(left_out) %in% names(metadata)])
+  }
+  spec <- tensor_spec(state[!names(state) %in% names(left_out)], NULL, metadata)
+  folder <- dir.exists(path) || !grepl("\\.[[:alnum:]]+$", basename(path))
+  if (folder) {
+    if (!dir.exists(path)) {
+      if (!dir.create(path, recursive = TRUE, showWarnings = FALSE)) {
+        st_abort("io", "Can't create the folder {.file {path}}.")
+      }
+      made <- TRUE
+      on.exit(if (made) unlink(path, recursive = TRUE), add = TRUE)
+    }
+    out <- save_shards(spec, path, limit %||% Inf, sync)
+    made <- FALSE
+    return(invisible(out))
+  }
+  if (!is.null(limit)) {
+    return(invisible(save_shards(spec, path, limit, sync)))
+  }
+  bar <- NULL
+  if (progress_enabled()) {
+    sizes <- spec_sizes(spec)
+    if (progress_wanted(sizes)) {
+      bar <- progress_bar("Saving", path, sum(sizes))
+    }
+  }
+  write_spec(spec, "file", path.expand(path), sync, bar = bar, label = path)
+  invisible(path)
+}
+
+# `...` of safe_load_model() exists so that the arguments after it are
+# named; anything in it is a mistake.
+check_dots_empty_st <- function(..., call = parent.frame()) {
+  if (...length() == 0) {
+    return(invisible())
+  }
+  nms <- names(list(...)) %||% rep("", ...length())
+  named <- nms[nms != ""]
+  n_unnamed <- sum(nms == "")
+  st_abort(
+    "invalid_argument",
+    c(
+      "{.arg ...} must be empty.",
+      x = if (length(named) > 0) "Unknown argument{?s}: {.arg {named}}.",
+      x = if (n_unnamed > 0) "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code strict = FALSE}."
+    ),
+    call = call
+  )
+}
+
+# torch and LibTorch installed, and `model` a module.
+check_torch_module <- function(model, call = parent.frame()) {
+  if (!requireNamespace("torch", quietly = TRUE)) {
+    st_abort(
+      "framework_not_installed",
+      c(
+        "Loading and saving modules needs the package {.pkg torch}, which is not installed.",
+        i = "Install it with {.code install.packages(\"torch\")}."
+      ),
+      package = "torch",
+      call = call
+    )
+  }
+  check_libtorch(call = call)
+  if (!inherits(model, "nn_module")) {
+    st_abort(
+      "invalid_argument",
+      "{.arg model} must be a torch module (an {.cls nn_module}), not {.obj_type_friendly {model}}.",
+      call = call
+    )
+  }
+}
+
+# A handle over what safe_load_model() reads; a URL is read in file order
+# (load_tensors()), so a server that ignores ranges can stream it.
+open_model_source <- function(path, backend, call = parent.frame()) {
+  open_handle(resolve_folder(path, call = call), "r", list(), backend, whole = TRUE, call = call)
+}
+
+# ---- tied weights ---------------------------------------------------------
+
+# The groups of names of state dict `state` (a named list of torch tensors,
+# of `shapes`) that are tied: the same view (offset, shape and strides) of
+# the same storage, on the same device. Storages are told apart by torch's
+# text of their address, compared here in R; tensors without memory (no
+# elements, meta tensors) are tied to nothing. Each `$` of a torch tensor
+# is a method dispatch, so tensors are asked little: their storage, and
+# their device and view only when they share an address.
+tied_groups <- function(state, shapes = lapply(state, function(x) x$shape)) {
+  nms <- names(state)
+  keys <- rep(NA_character_, length(state))
+  has <- vapply(shapes, function(s) prod(s) > 0, logical(1), USE.NAMES = FALSE)
+  keys[has] <- vapply(state[has], storage_address, character(1), USE.NAMES = FALSE)
+  shared <- !is.na(keys) & (duplicated(keys) | duplicated(keys, fromLast = TRUE))
+  devices <- vapply(state[shared], function(x) as.character(x$device), character(1), USE.NAMES = FALSE)
+  keys[shared] <- paste(devices, keys[shared])
+  out <- list()
+  for (key in unique(keys[shared & duplicated(keys)])) {
+    at <- which(keys == key)
+    while (length(at) > 1) {
+      first <- state[[at[[1]]]]
+      same <- c(TRUE, vapply(at[-1], function(j) isTRUE(first$is_set_to(state[[j]])), logical(1)))
+      if (sum(same) > 1) {
+        out[[length(out) + 1]] <- nms[at[same]]
+      }
+      at <- at[!same]
+    }
+  }
+  out
+}
+
+# The address of the storage of torch tensor `x`, as torch writes it, or NA
+# for none (a meta tensor's, or an empty storage's).
+storage_address <- function(x) {
+  ptr <- tryCatch(x$storage()$data_ptr(), error = function(e) NA_character_)
+  if (!is_string(ptr) || ptr %in% c("0", "0x0", "(nil)")) NA_character_ else ptr
+}
+
+# ---- loading ----------------------------------------------------------------
+
+# What safe_load_model() loads: `load`, the names of the file's tensors to
+# read (each into the state dict entry of the same name), `missing` and
+# `unexpected`; every check made, as classed errors, before anything is
+# read. `tab` is the handle's handle_table(), `label` the file in messages.
+load_plan <- function(tab, state, strict, label, call = parent.frame()) {
+  in_file <- tab$name
+  in_model <- names(state)
+  covered <- character()
+  extra <- character()
+  ties <- list()
+  model_shapes <- lapply(state, function(x) as.numeric(x$shape))
+  for (group in tied_groups(state, model_shapes)) {
+    group <- sort(group, method = "radix")
+    have <- group[group %in% in_file]
+    kept <- if (length(have) > 0) have[[1]] else group[[1]]
+    covered <- c(covered, setdiff(group, kept))
+    extra <- c(extra, have[-1])
+    if (length(have) > 1) {
+      ties[[length(ties) + 1]] <- list(kept = kept, others = have[-1])
+    }
+  }
+  missing <- in_model[!in_model %in% c(in_file, covered)]
+  unexpected <- in_file[!in_file %in% in_model | in_file %in% extra]
+  if (strict && (length(missing) > 0 || length(unexpected) > 0)) {
+    tie_notes <- vapply(ties, function(t) {
+      sprintf(
+        "%s %s tied to %s in the model (the same memory): the file needs only one of them, as {.fn safe_save_model} writes it.",
+        format_names(t$others), if (length(t$others) == 1) "is" else "are", format_names(t$kept)
+      )
+    }, character(1))
+    st_abort(
+      "name_mismatch",
+      c(
+        "Can't load {label} into the model: the names of its tensors and the model's differ.",
+        x = if (length(missing) > 0) {
+          sprintf("The file lacks %s of the model's tensors: %s.", length(missing), format_names(missing))
+        },
+        x = if (length(unexpected) > 0) {
+          sprintf("The model has no place for %s of the file's tensors: %s.", length(unexpected), format_names(unexpected))
+        },
+        structure(tie_notes, names = rep("i", length(tie_notes))),
+        i = "With {.code strict = FALSE}, the tensors both have are loaded and the others returned."
+      ),
+      missing = missing,
+      unexpected = unexpected,
+      call = call
+    )
+  }
+  load <- in_file[in_file %in% in_model & !in_file %in% extra]
+  at <- match(load, in_file)
+  check_torch_dtypes(tab$dtype[at], load, call = call)
+  shapes <- unname(model_shapes[match(load, in_model)])
+  check_load_shapes(load, tab$shape[at], shapes, label, call)
+  types <- vapply(load, function(n) state[[n]]$dtype$.type(), character(1), USE.NAMES = FALSE)
+  check_load_dtypes(load, tab$dtype[at], types, state, label, call)
+  list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types)
+}
+
+# A classed error naming the tensors `names` whose `shapes` in the file
+# differ from their shapes in the model, `model`.
+check_load_shapes <- function(names, shapes, model, label, call) {
+  file <- lapply(shapes, function(s) as.numeric(unlist(s)))
+  # One element in both is a match whatever the shapes, as for PyTorch's
+  # load_state_dict() (a scalar saved by Python, a one-element tensor in R
+  # torch: BatchNorm's num_batches_tracked).
+  same <- mapply(function(a, b) identical(a, b) || (prod(a) == 1 && prod(b) == 1), file, model)
+  bad <- which(!same)
+  if (length(bad) == 0) {
+    return(invisible())
+  }
+  lines <- vapply(bad, function(k) {
+    sprintf("%s: %s in the file, %s in the model.", format_names(names[[k]]), format_shape(file[[k]]), format_shape(model[[k]]))
+  }, character(1))
+  st_abort(
+    "shape_mismatch",
+    c(
+      "Can't load {label} into the model: {length(bad)} tensor{?s} {?has/have} another shape in the file than in the model.",
+      cap_lines(lines, "x")
+    ),
+    tensor = names[bad],
+    file_shape = file[bad],
+    model_shape = model[bad],
+    call = call
+  )
+}
+
+# A classed error naming the tensors `names` whose file `dtypes` can't be
+# converted to their dtype in the model (`types`, torch's names, of the
+# tensors of `state`) without losing their values: floats and complex
+# numbers into integers or booleans, complex into real.
+check_load_dtypes <- function(names, dtypes, types, state, label, call) {
+  # The model's dtypes as the file's would name them, where they can.
+  known <- torch_dtype_names()
+  shown <- ifelse(types %in% names(known), known[types], types)
+  # Kinds, in the order conversions may go: bool < integer < float < complex.
+  kind <- function(d) ifelse(d == "BOOL", 1, ifelse(grepl("^[IU]", d), 2, ifelse(grepl("^C", d), 4, 3)))
+  file_kind <- kind(dtypes)
+  model_kind <- kind(shown)
+  # torch dtypes the file has no name for: complex, or floating-point or not.
+  other <- which(!types %in% names(known))
+  model_kind[other] <- vapply(other, function(k) {
+    if (grepl("^Complex", types[[k]])) 4 else if (isTRUE(state[[names[[k]]]]$dtype$is_floating_point)) 3 else 2
+  }, numeric(1))
+  bad <- which(file_kind > model_kind)
+  if (length(bad) == 0) {
+    return(invisible())
+  }
+  kind_name <- c("booleans", "integers", "floating-point numbers", "complex numbers")
+  lines <- vapply(bad, function(k) {
+    sprintf(
+      "%s: %s in the file (%s), %s in the model (%s).",
+      format_names(names[[k]]), dtypes[[k]], kind_name[[file_kind[[k]]]], shown[[k]], kind_name[[model_kind[[k]]]]
+    )
+  }, character(1))
+  st_abort(
+    "dtype_mismatch",
+    c(
+      "Can't load {label} into the model: {length(bad)} tensor{?s} would lose {?its/their} values in the model's dtype.",
+      cap_lines(lines, "x"),
+      i = "Tensors convert among floats, among integers, and from booleans and integers to floats."
+    ),
+    tensor = names[bad],
+    dtype = dtypes[bad],
+    model_dtype = unname(shown[bad]),
+    call = call
+  )
+}
+
+# Names quoted for a message, at most `n` of them, as cli text.
+format_names <- function(x, n = 10) {
+  shown <- cli_escape(encodeString(utils::head(x, n), quote = "\""))
+  more <- if (length(x) > n) sprintf(", and %d more", length(x) - n) else ""
+  paste0(paste(shown, collapse = ", "), more)
+}
+
+# Message bullets of type `type`, at most `n`, the rest counted.
+cap_lines <- function(lines, type, n = 10) {
+  out <- utils::head(lines, n)
+  if (length(lines) > n) {
+    out <- c(out, sprintf("... and %d more.", length(lines) - n))
+  }
+  structure(out, names = rep(type, length(out)))
+}
+
+# Reads the tensors `plan$load` of handle `h` (its handle_table() `tab`)
+# into the tensors of the same name in `state` (of `plan$shapes` and torch
+# dtypes `plan$types`), file by file in the order of their bytes, with
+# gradients off.
+load_tensors <- function(h, tab, state, plan, call = parent.frame()) {
+  at <- match(plan$load, tab$name)
+  parts <- hget(h, "parts")
+  part_of <- hget(h, "part_of")
+  known <- torch_dtype_names()
+  sizes <- tab$bytes[at]
+  bar <- if (progress_wanted(sizes)) progress_bar("Loading", hget(h, "label"), sum(sizes))
+  torch_local_cpu()
+  cache <- new.env(parent = emptyenv())
+  torch::with_no_grad({
+    for (j in order(part_of[at], tab$begin[at])) {
+      k <- at[[j]]
+      name <- tab$name[[k]]
+      shape <- as.numeric(unlist(tab$shape[[k]]))
+      dest <- state[[name]]
+      if (!identical(shape, plan$shapes[[j]])) {
+        # One element in both (check_load_shapes()).
+        dest <- dest$view(shape)
+      }
+      type <- plan$types[[j]]
+      dest_size <- if (type %in% names(known)) tensor_bytes(known[[type]], 1)
+      torch_read_into(parts[[part_of[[k]]]], name, tab$dtype[[k]], shape, dest, call, cache, dest_size = dest_size)
+      if (!is.null(bar)) {
+        cli::cli_progress_update(inc = tab$bytes[[k]], id = bar)
+      }
+    }
+  })
+  invisible()
+}

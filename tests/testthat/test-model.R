@@ -1,0 +1,553 @@
+# safe_load_model() and safe_save_model(). The checks before loading (names,
+# tied weights, shapes, dtypes) and their messages are tested without torch,
+# on stand-ins for a state dict; the rest skips without torch and LibTorch.
+# The interop tests run Python's safetensors.torch (save_model(),
+# load_model()) from $TORCH_PY, a Python with torch and safetensors, and
+# skip without it.
+
+skip_if_no_torch <- function() {
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+}
+
+# ---- without torch: stand-ins for torch tensors -----------------------------
+
+# A stand-in for a torch tensor with the fields and methods the checks use:
+# `storage` names its memory (NA for none), `view` its offset, shape and
+# strides within it.
+fake_tensor <- function(shape, type = "Float", storage = NA, view = "whole") {
+  self <- list(
+    shape = as.integer(shape),
+    dtype = list(.type = function() type, is_floating_point = type %in% c("Float", "Half", "BFloat16", "Double")),
+    device = "cpu",
+    numel = function() prod(shape),
+    storage = function() list(data_ptr = function() if (is.na(storage)) "0" else storage),
+    view_id = paste(storage, view)
+  )
+  self$is_set_to <- function(other) identical(self$view_id, other$view_id)
+  self
+}
+
+# A handle_table() of a file with tensors `shapes` (named) and `dtypes`.
+fake_table <- function(shapes, dtypes = rep("F32", length(shapes))) {
+  list(name = names(shapes), dtype = dtypes, shape = unname(shapes))
+}
+
+plan <- function(tab, state, strict = TRUE) {
+  safetensors:::load_plan(tab, state, strict, "'model.safetensors'")[c("load", "missing", "unexpected")]
+}
+
+test_that("tied weights are the same view of the same memory", {
+  tied <- safetensors:::tied_groups
+  state <- list(
+    embed = fake_tensor(c(10, 4), storage = "0xa"),
+    head = fake_tensor(c(10, 4), storage = "0xa"),
+    lonely = fake_tensor(4, storage = "0xb"),
+    also = fake_tensor(c(10, 4), storage = "0xa"),
+    slice = fake_tensor(4, storage = "0xa", view = "row 2"),
+    other_slice = fake_tensor(4, storage = "0xa", view = "row 3"),
+    same_slice = fake_tensor(4, storage = "0xa", view = "row 3"),
+    empty1 = fake_tensor(0, storage = "0xc"),
+    empty2 = fake_tensor(0, storage = "0xc"),
+    nomem1 = fake_tensor(3),
+    nomem2 = fake_tensor(3)
+  )
+  expect_identical(tied(state), list(c("embed", "head", "also"), c("other_slice", "same_slice")))
+  expect_identical(tied(state["lonely"]), list())
+  expect_identical(tied(list()), list())
+})
+
+test_that("names are matched, tied weights counted once, before anything is read", {
+  state <- list(
+    a.weight = fake_tensor(c(3, 2), storage = "0x1"),
+    a.bias = fake_tensor(3, storage = "0x2"),
+    z.weight = fake_tensor(c(3, 2), storage = "0x1")
+  )
+  shapes <- list(a.weight = c(3L, 2L), a.bias = 3L)
+  # Python's save_model() keeps the first name of a tied group in sorted
+  # order; either name loads the group.
+  expect_identical(plan(fake_table(shapes), state), list(load = c("a.weight", "a.bias"), missing = character(), unexpected = character()))
+  names(shapes)[[1]] <- "z.weight"
+  expect_identical(plan(fake_table(shapes), state)$load, c("z.weight", "a.bias"))
+  # Both names in the file: the first in sorted order loads, the other is
+  # unexpected, as for Python's load_model().
+  both <- list(z.weight = c(3L, 2L), a.bias = 3L, a.weight = c(3L, 2L))
+  res <- plan(fake_table(both), state, strict = FALSE)
+  expect_identical(res, list(load = c("a.bias", "a.weight"), missing = character(), unexpected = "z.weight"))
+  cnd <- expect_error(plan(fake_table(both), state), class = "safetensors_error_name_mismatch")
+  expect_identical(cnd$unexpected, "z.weight")
+  expect_identical(cnd$missing, character())
+  expect_match(conditionMessage(cnd), "tied to \"a.weight\"", fixed = TRUE)
+  # Neither: the group is missing once, by its first name.
+  res <- plan(fake_table(list(a.bias = 3L, extra = 1L)), state, strict = FALSE)
+  expect_identical(res, list(load = "a.bias", missing = "a.weight", unexpected = "extra"))
+  cnd <- expect_error(plan(fake_table(list(a.bias = 3L, extra = 1L)), state), class = "safetensors_error_name_mismatch")
+  expect_identical(cnd$missing, "a.weight")
+  expect_identical(cnd$unexpected, "extra")
+  expect_s3_class(cnd, "safetensors_error")
+})
+
+test_that("shapes must agree, one-element tensors aside, whatever `strict`", {
+  state <- list(w = fake_tensor(c(3, 2)), b = fake_tensor(3), n = fake_tensor(1, "Long"))
+  ok <- list(w = c(3L, 2L), b = 3L, n = integer())
+  expect_identical(plan(fake_table(ok, c("F32", "F32", "I64")), state)$load, c("w", "b", "n"))
+  bad <- list(w = c(2L, 3L), b = 4L, n = c(1L, 1L))
+  for (strict in c(TRUE, FALSE)) {
+    cnd <- expect_error(plan(fake_table(bad), state, strict), class = "safetensors_error_shape_mismatch")
+    expect_identical(cnd$tensor, c("w", "b"))
+    expect_identical(cnd$file_shape, list(c(2, 3), 4))
+    expect_identical(cnd$model_shape, list(c(3, 2), 3))
+  }
+})
+
+test_that("dtypes convert as long as values keep their kind", {
+  types <- c(f = "Float", h = "Half", bf = "BFloat16", i = "Int", l = "Long", u = "Byte", b = "Bool", c = "ComplexFloat")
+  state <- lapply(types, function(t) fake_tensor(2, t))
+  load <- function(dtypes) {
+    shapes <- rep(list(2L), length(dtypes))
+    names(shapes) <- names(dtypes)
+    plan(fake_table(shapes, unname(dtypes)), state[names(dtypes)], strict = FALSE)$load
+  }
+  # Among floats, among integers, and upwards (bool < int < float < complex).
+  expect_identical(load(c(f = "BF16", h = "F32", bf = "F64")), c("f", "h", "bf"))
+  expect_identical(load(c(i = "I64", l = "U8", u = "I32", b = "BOOL")), c("i", "l", "u", "b"))
+  expect_identical(load(c(f = "I64", h = "BOOL", i = "BOOL", c = "F32")), c("f", "h", "i", "c"))
+  cnd <- expect_error(load(c(l = "F32", b = "U8", f = "C64", h = "F16")), class = "safetensors_error_dtype_mismatch")
+  expect_identical(cnd$tensor, c("l", "b", "f"))
+  expect_identical(cnd$dtype, c("F32", "U8", "C64"))
+  expect_identical(cnd$model_dtype, c("I64", "BOOL", "F32"))
+  # A dtype R torch has no type for is named first.
+  cnd <- expect_error(load(c(l = "U16", f = "F32")), class = "safetensors_error_unsupported_dtype")
+  expect_identical(cnd$tensor, "l")
+})
+
+test_that("load errors say what differs", {
+  state <- list(
+    embed.weight = fake_tensor(c(10, 4), storage = "0x1"),
+    head.weight = fake_tensor(c(10, 4), storage = "0x1"),
+    norm.weight = fake_tensor(4),
+    steps = fake_tensor(1, "Long")
+  )
+  expect_snapshot(error = TRUE, {
+    plan(fake_table(list(embed.weight = c(10L, 4L), head.weight = c(10L, 4L), norm.weight = 4L, steps = 1L)), state)
+    plan(fake_table(list(norm.weight = 4L, extra.weight = 2L, extra.bias = 2L)), state)
+    plan(fake_table(list(embed.weight = c(4L, 10L), norm.weight = c(1L, 4L), steps = 1L)), state)
+    plan(fake_table(list(embed.weight = c(10L, 4L), norm.weight = 4L, steps = 1L), c("F32", "C64", "F64")), state)
+  })
+  # Long lists are cut short; the condition keeps them whole.
+  many <- stats::setNames(rep(list(1L), 25), sprintf("t%02d", 1:25))
+  cnd <- expect_error(plan(fake_table(many), list()), class = "safetensors_error_name_mismatch")
+  expect_length(cnd$unexpected, 25)
+  expect_snapshot(cat(conditionMessage(cnd)))
+  # File names are shown as they are.
+  cnd <- expect_error(safetensors:::load_plan(fake_table(many), list(), TRUE, "'a{b}.safetensors'"), class = "safetensors_error_name_mismatch")
+  expect_match(conditionMessage(cnd), "Can't load 'a{b}.safetensors' into", fixed = TRUE)
+})
+
+test_that("without torch, the model functions say torch is missing", {
+  skip_if(requireNamespace("torch", quietly = TRUE), "torch is installed")
+  path <- fixture("multi.safetensors")
+  expect_error(safe_load_model(list(), path), class = "safetensors_error_framework_not_installed")
+  expect_error(safe_save_model(list(), tempfile()), class = "safetensors_error_framework_not_installed")
+})
+
+# A separate test: a test that ends before its snapshot would drop it from
+# _snaps/ on machines without torch.
+test_that("`model`, `...` and torch are checked first", {
+  skip_if_no_torch()
+  path <- fixture("multi.safetensors")
+  expect_snapshot(error = TRUE, {
+    safe_load_model(list(), path)
+    safe_load_model(torch::nn_linear(2, 2), path, TRUE, backnd = "read")
+    safe_save_model(torch::torch_zeros(2), tempfile())
+  })
+  expect_error(safe_load_model(torch::nn_linear(2, 2), path, strict = NA), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_model(torch::nn_linear(2, 2), path, backend = "x"), class = "safetensors_error_invalid_argument")
+  expect_error(safe_save_model(torch::nn_linear(2, 2), 1), class = "safetensors_error_invalid_argument")
+})
+
+# ---- with torch ---------------------------------------------------------
+
+# A small model with every kind of state: tied weights (an embedding and the
+# output projection), parameters with and without grad, buffers of several
+# dtypes, a non-persistent buffer (not in the state dict) and a submodule.
+test_net <- function() {
+  torch <- asNamespace("torch")
+  torch$nn_module(
+    initialize = function() {
+      self$embed <- torch$nn_embedding(10, 6)
+      self$fc <- torch$nn_linear(6, 6)
+      self$norm <- torch$nn_layer_norm(6)
+      self$head <- torch$nn_linear(6, 10, bias = FALSE)
+      self$head$weight <- self$embed$weight
+      self$scale <- torch$nn_buffer(torch$torch_full(6, 2))
+      self$register_buffer("mask", torch$torch_tensor(c(TRUE, FALSE, TRUE, TRUE, FALSE, TRUE)))
+      self$register_buffer("scratch", torch$torch_zeros(3), persistent = FALSE)
+    },
+    forward = function(x) {
+      h <- self$embed(x)
+      h <- self$norm(torch$nnf_relu(self$fc(h))) * self$scale * self$mask
+      self$head(h)
+    }
+  )
+}
+
+# Clones of every tensor of a module's state dict.
+state_copy <- function(model) {
+  lapply(model$state_dict(), function(x) x$clone())
+}
+
+expect_state <- function(model, state) {
+  now <- model$state_dict()
+  expect_identical(names(now), names(state))
+  for (n in names(state)) {
+    expect_true(torch::torch_equal(now[[n]], state[[n]]), label = n)
+  }
+}
+
+test_that("a saved model loads into a fresh one, tied weights and all", {
+  skip_if_no_torch()
+  torch::torch_manual_seed(1)
+  net <- test_net()
+  trained <- net()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  expect_identical(safe_save_model(trained, path), path)
+  # The tied weight once, under its first name in sorted order, and the
+  # name left out recorded as Python's save_model() records it.
+  expect_setequal(safe_info(path)$name, c("embed.weight", "fc.weight", "fc.bias", "norm.weight", "norm.bias", "scale", "mask"))
+  expect_identical(safe_metadata(path), c(head.weight = "embed.weight"))
+
+  model <- net()
+  x <- torch::torch_tensor(c(1L, 4L, 8L, 10L))
+  expect_false(torch::torch_equal(model(x), trained(x)))
+  res <- withVisible(safe_load_model(model, path))
+  expect_false(res$visible)
+  expect_identical(res$value, list(missing = character(), unexpected = character()))
+  expect_true(torch::torch_equal(model(x), trained(x)))
+  expect_state(model, state_copy(trained))
+  # Still tied, and no gradient recorded.
+  expect_true(model$head$weight$is_set_to(model$embed$weight))
+  for (p in model$parameters) {
+    expect_true(p$requires_grad)
+    expect_true(p$is_leaf)
+    expect_true(torch::is_undefined_tensor(p$grad))
+  }
+  expect_false(model$mask$requires_grad)
+
+  # The same through every source: backends, raw vectors, handles.
+  for (src in list(path, read_bytes(path))) {
+    for (backend in c("mmap", "read")) {
+      model <- net()
+      safe_load_model(model, src, backend = backend)
+      expect_true(torch::torch_equal(model(x), trained(x)))
+    }
+  }
+  h <- safe_open(path, framework = "torch")
+  model <- net()
+  safe_load_model(model, h)
+  expect_true(torch::torch_equal(model(x), trained(x)))
+  expect_true(torch::torch_equal(h$fc.weight, trained$fc$weight$detach())) # still open
+  close(h)
+})
+
+test_that("a folder gets one file, or shards and an index, and loads back", {
+  skip_if_no_torch()
+  net <- test_net()
+  trained <- net()
+  x <- torch::torch_tensor(c(2L, 3L))
+  dir <- file.path(withr::local_tempdir(), "new", "checkpoint")
+  expect_identical(safe_save_model(trained, dir), file.path(dir, "model.safetensors"))
+  model <- net()
+  safe_load_model(model, dir)
+  expect_true(torch::torch_equal(model(x), trained(x)))
+
+  index <- safe_save_model(trained, dir, max_shard_size = 200, metadata = list(format = "pt"))
+  expect_identical(index, file.path(dir, "model.safetensors.index.json"))
+  expect_false(file.exists(file.path(dir, "model.safetensors")))
+  shards <- list.files(dir, "^model-.*[.]safetensors$")
+  expect_gt(length(shards), 1)
+  expect_identical(
+    safe_metadata(file.path(dir, shards[[1]])),
+    c(format = "pt", head.weight = "embed.weight")
+  )
+  for (src in list(dir, index)) {
+    model <- net()
+    safe_load_model(model, src)
+    expect_true(torch::torch_equal(model(x), trained(x)))
+  }
+  # A file path with max_shard_size: shards beside it, as safe_save_file().
+  base <- file.path(withr::local_tempdir(), "weights.safetensors")
+  expect_match(safe_save_model(trained, base, max_shard_size = 200), "weights.safetensors.index.json$")
+  model <- net()
+  safe_load_model(model, dirname(base))
+  expect_true(torch::torch_equal(model(x), trained(x)))
+  # The caller's metadata keeps its own value for a key.
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_model(trained, path, metadata = c(head.weight = "mine", a = "b"))
+  expect_identical(safe_metadata(path), c(a = "b", head.weight = "mine"))
+  expect_error(safe_save_model(trained, path, metadata = list(a = 1)), class = "safetensors_error_invalid_argument")
+  # A bad size is an error before any folder is made.
+  nowhere <- file.path(withr::local_tempdir(), "nowhere")
+  expect_error(safe_save_model(trained, nowhere, max_shard_size = "big"), class = "safetensors_error_invalid_argument")
+  expect_false(dir.exists(nowhere))
+})
+
+test_that("errors found before loading leave the model unchanged", {
+  skip_if_no_torch()
+  net <- test_net()
+  model <- net()
+  before <- state_copy(model)
+  good <- lapply(net()$state_dict(), function(x) x$clone())
+  good$head.weight <- NULL
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  variants <- list(
+    name_mismatch = c(good, list(extra = torch::torch_ones(2))),
+    shape_mismatch = within(good, fc.bias <- torch::torch_ones(7)),
+    dtype_mismatch = within(good, mask <- torch::torch_ones(6)),
+    unsupported_dtype = within(good, fc.bias <- structure(1:6, dtype = "U16"))
+  )
+  for (kind in names(variants)) {
+    safe_save_file(variants[[kind]], path)
+    expect_error(safe_load_model(model, path), class = paste0("safetensors_error_", kind))
+    expect_state(model, before)
+  }
+  # Without strict, names the module and file don't share are returned and
+  # the rest loads; the others keep their values.
+  partial <- good[c("fc.weight", "fc.bias", "mask")]
+  partial$extra <- torch::torch_ones(2)
+  safe_save_file(partial, path)
+  res <- safe_load_model(model, path, strict = FALSE)
+  expect_identical(res$missing, c("scale", "embed.weight", "norm.weight", "norm.bias")) # the model's order
+  expect_identical(res$unexpected, "extra")
+  expect_true(torch::torch_equal(model$fc$weight, good$fc.weight))
+  expect_true(torch::torch_equal(model$embed$weight, before$embed.weight))
+  # A file holding both names of the tied weights: an error saying so, or
+  # the first in sorted order loaded.
+  both <- good
+  both$head.weight <- torch::torch_randn(10, 6)
+  safe_save_file(both, path)
+  cnd <- expect_error(safe_load_model(model, path), class = "safetensors_error_name_mismatch")
+  expect_identical(cnd$unexpected, "head.weight")
+  expect_match(conditionMessage(cnd), "tied")
+  expect_identical(safe_load_model(model, path, strict = FALSE)$unexpected, "head.weight")
+  expect_true(torch::torch_equal(model$head$weight, good$embed.weight))
+})
+
+test_that("tensors are converted to the model's dtypes", {
+  skip_if_no_torch()
+  torch <- asNamespace("torch")
+  net <- test_net()
+  trained <- net()
+  state <- trained$state_dict()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  # A BF16 checkpoint into a float32 model.
+  low <- lapply(state[names(state) != "head.weight"], function(x) {
+    if (x$dtype == torch$torch_float()) x$to(dtype = torch$torch_bfloat16()) else x
+  })
+  safe_save_file(low, path)
+  model <- net()
+  safe_load_model(model, path)
+  for (n in names(low)) {
+    want <- low[[n]]$to(dtype = state[[n]]$dtype)
+    expect_true(torch$torch_equal(model$state_dict()[[n]], want), label = n)
+    expect_identical(model$state_dict()[[n]]$dtype$.type(), state[[n]]$dtype$.type())
+  }
+  # And a float32 checkpoint into a float16 model.
+  safe_save_model(trained, path)
+  model <- net()
+  model$to(dtype = torch$torch_float16())
+  # R torch's $to() unties them.
+  model$head$weight <- model$embed$weight
+  safe_load_model(model, path)
+  expect_true(torch$torch_equal(model$fc$weight, trained$fc$weight$detach()$to(dtype = torch$torch_float16())))
+  # BOOL into a float buffer is 0 and 1, whatever non-zero byte the file
+  # holds for true.
+  m <- torch$nn_module(initialize = function() self$register_buffer("b", torch$torch_zeros(3)))()
+  bytes <- safe_serialize(list(b = structure(as.raw(c(0, 2, 1)), dtype = "BOOL", shape = 3)))
+  safe_load_model(m, bytes)
+  expect_identical(torch$as_array(m$b), c(0, 1, 1))
+  # One-element tensors match whatever their shapes (Python's scalar
+  # num_batches_tracked, R torch's one-element one).
+  bn <- torch$nn_batch_norm1d(3)
+  safe_save_file(list(
+    weight = torch$torch_ones(3), bias = torch$torch_zeros(3), running_mean = torch$torch_ones(3),
+    running_var = torch$torch_ones(3), num_batches_tracked = torch$torch_scalar_tensor(7L, dtype = torch$torch_long())
+  ), path)
+  safe_load_model(bn, path)
+  expect_identical(torch$as_array(bn$num_batches_tracked), 7L)
+})
+
+test_that("tensors are read in pieces into any layout", {
+  skip_if_no_torch()
+  torch <- asNamespace("torch")
+  base <- torch$torch_arange(1, 4 * 6 * 10)$view(c(4, 6, 10))
+  x <- list(a = base, s = torch$torch_scalar_tensor(3.5), e = torch$torch_empty(c(2, 0)), b = base > 100)
+  bytes <- safe_serialize(x)
+  for (backend in c("mmap", "read")) {
+    path <- withr::local_tempfile(fileext = ".safetensors")
+    writeBin(bytes, path)
+    h <- safe_open(path, backend = backend)
+    part <- safetensors:::hget(h, "parts")[[1]]
+    info <- part$info
+    read_into <- function(name, dest, chunk) {
+      i <- match(name, info$name)
+      torch$with_no_grad(safetensors:::torch_read_into(part, name, info$dtype[[i]], info$shape[[i]], dest, NULL, chunk = chunk))
+      dest
+    }
+    for (chunk in c(1, 4, 100, 1000, 1e6)) {
+      label <- paste(backend, chunk)
+      expect_true(torch$torch_equal(read_into("a", torch$torch_zeros(4, 6, 10), chunk), base), label = label)
+      # Into transposed and permuted tensors, and with conversion.
+      t <- torch$torch_zeros(10, 6, 4, dtype = torch$torch_float64())$permute(c(3, 2, 1))
+      expect_false(t$is_contiguous())
+      read_into("a", t, chunk)
+      expect_true(torch$torch_equal(t, base$to(dtype = torch$torch_float64())), label = label)
+      expect_true(torch$torch_equal(read_into("b", torch$torch_zeros(4, 6, 10, dtype = torch$torch_bool()), chunk), base > 100), label = label)
+      expect_true(torch$torch_equal(read_into("b", torch$torch_zeros(4, 6, 10, dtype = torch$torch_int32()), chunk), (base > 100)$to(dtype = torch$torch_int32())), label = label)
+      expect_identical(torch$as_array(read_into("s", torch$torch_scalar_tensor(0), chunk)), 3.5)
+      expect_identical(read_into("e", torch$torch_zeros(2, 0), chunk)$shape, c(2L, 0L))
+    }
+    close(h)
+  }
+  # Through the loader, a tensor over 16 MiB: several pieces.
+  big <- torch$nn_linear(2048, 2560)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(weight = torch$torch_randn(2560, 2048), bias = torch$torch_randn(2560)), path)
+  for (backend in c("mmap", "read")) {
+    big$weight$detach()$zero_()
+    safe_load_model(big, path, backend = backend)
+    expect_true(torch$torch_equal(big$weight, safe_load_file(path, framework = "torch")$weight))
+  }
+})
+
+test_that("saving writes logical values and every shared storage once", {
+  skip_if_no_torch()
+  torch <- asNamespace("torch")
+  m <- torch$nn_module(
+    initialize = function() {
+      self$w <- torch$nn_parameter(torch$torch_randn(4, 3)$t()) # not contiguous
+      self$v <- self$w
+      self$register_buffer("row", torch$torch_arange(1, 12)$view(c(3, 4))[2, ]) # a view with an offset
+      self$register_buffer("empty", torch$torch_zeros(0))
+      self$register_buffer("empty2", torch$torch_zeros(0))
+    }
+  )()
+  expect_false(m$w$is_contiguous())
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_model(m, path)
+  got <- safe_load_file(path, framework = "torch")
+  expect_setequal(names(got), c("v", "row", "empty", "empty2"))
+  expect_identical(safe_metadata(path), c(w = "v"))
+  expect_true(torch$torch_equal(got$v, m$w$detach()))
+  expect_true(torch$torch_equal(got$row, torch$torch_arange(5, 8)))
+  # A module without state saves an empty file.
+  safe_save_model(torch$nn_relu(), path)
+  expect_identical(safe_info(path)$name, character())
+  expect_null(safe_metadata(path))
+})
+
+# ---- Python's safetensors.torch ------------------------------------------
+
+# A Python with torch and safetensors: $TORCH_PY, or the one the other
+# interop tests use.
+torch_python <- function() {
+  if (!exists("torch_python", envir = python_cache)) {
+    exes <- c(Sys.getenv("TORCH_PY"), Sys.getenv("SAFETENSORS_PYTHON"), Sys.which("python3"))
+    ok <- Filter(function(exe) {
+      nzchar(exe) && identical(
+        python_system2(exe, c("-c", shQuote("import torch, safetensors.torch")), stdout = FALSE, stderr = FALSE),
+        0L
+      )
+    }, exes)
+    assign("torch_python", if (length(ok) > 0) ok[[1]] else NULL, envir = python_cache)
+  }
+  get("torch_python", envir = python_cache)
+}
+
+run_torch_python <- function(code, args = character()) {
+  script <- tempfile(fileext = ".py")
+  on.exit(unlink(script), add = TRUE)
+  writeLines(code, script)
+  out <- python_system2(torch_python(), c(shQuote(script), shQuote(args)), stdout = TRUE, stderr = TRUE)
+  status <- attr(out, "status") %||% 0L
+  if (status != 0L) {
+    stop("Python failed (status ", status, "):\n", paste(out, collapse = "\n"), call. = FALSE)
+  }
+  out
+}
+
+# Python's half of test_net(): the same module, indices from 0.
+python_net <- c(
+  "import sys, torch",
+  "from safetensors.torch import save_model, load_model, save_file, load_file",
+  "class Net(torch.nn.Module):",
+  "    def __init__(self):",
+  "        super().__init__()",
+  "        self.embed = torch.nn.Embedding(10, 6)",
+  "        self.fc = torch.nn.Linear(6, 6)",
+  "        self.norm = torch.nn.LayerNorm(6)",
+  "        self.head = torch.nn.Linear(6, 10, bias=False)",
+  "        self.head.weight = self.embed.weight",
+  "        self.register_buffer('scale', torch.full((6,), 2.0))",
+  "        self.register_buffer('mask', torch.tensor([True, False, True, True, False, True]))",
+  "        self.register_buffer('scratch', torch.zeros(3), persistent=False)",
+  "    def forward(self, x):",
+  "        h = self.embed(x)",
+  "        h = self.norm(torch.relu(self.fc(h))) * self.scale * self.mask",
+  "        return self.head(h)",
+  "x = torch.tensor([0, 3, 7, 9])"
+)
+
+test_that("a model Python's save_model() wrote loads with the same results", {
+  skip_if_no_torch()
+  skip_on_cran()
+  if (is.null(torch_python())) skip("Python with torch and safetensors is not available")
+  dir <- withr::local_tempdir()
+  run_torch_python(c(
+    python_net,
+    "torch.manual_seed(3)",
+    "net = Net()",
+    "with torch.no_grad():",
+    "    net.scale.uniform_()",
+    "save_model(net, sys.argv[1] + '/model.safetensors')",
+    "save_file({'y': net(x).detach()}, sys.argv[1] + '/y.safetensors')"
+  ), dir)
+  path <- file.path(dir, "model.safetensors")
+  expect_identical(safe_metadata(path), c(head.weight = "embed.weight"))
+  model <- test_net()()
+  expect_identical(safe_load_model(model, path), list(missing = character(), unexpected = character()))
+  y <- model(torch::torch_tensor(c(1L, 4L, 8L, 10L)))
+  want <- safe_load_file(file.path(dir, "y.safetensors"), framework = "torch")$y
+  expect_true(torch::torch_allclose(y, want, rtol = 1e-6, atol = 1e-6))
+})
+
+test_that("Python's load_model() reads what safe_save_model() writes", {
+  skip_if_no_torch()
+  skip_on_cran()
+  if (is.null(torch_python())) skip("Python with torch and safetensors is not available")
+  torch::torch_manual_seed(4)
+  trained <- test_net()()
+  torch::with_no_grad(trained$scale$uniform_())
+  dir <- withr::local_tempdir()
+  safe_save_model(trained, file.path(dir, "model.safetensors"))
+  shards <- safe_save_model(trained, file.path(dir, "sharded"), max_shard_size = 200)
+  out <- run_torch_python(c(
+    python_net,
+    "import json, os",
+    "net = Net()",
+    "missing, unexpected = load_model(net, sys.argv[1] + '/model.safetensors')",
+    "print(sorted(missing), sorted(unexpected))",
+    "print(net.head.weight is net.embed.weight)",
+    "save_file({'y': net(x).detach()}, sys.argv[1] + '/y.safetensors')",
+    "index = json.load(open(sys.argv[2]))",
+    "merged = {}",
+    "for f in sorted(set(index['weight_map'].values())):",
+    "    merged.update(load_file(os.path.join(os.path.dirname(sys.argv[2]), f)))",
+    "single = load_file(sys.argv[1] + '/model.safetensors')",
+    "print(sorted(merged) == sorted(single) and all(torch.equal(merged[k], single[k]) for k in single))"
+  ), c(dir, shards))
+  expect_identical(out, c("[] []", "True", "True"))
+  y <- safe_load_file(file.path(dir, "y.safetensors"), framework = "torch")$y
+  want <- trained(torch::torch_tensor(c(1L, 4L, 8L, 10L)))
+  expect_true(torch::torch_allclose(y, want, rtol = 1e-6, atol = 1e-6))
+})
