@@ -97,8 +97,9 @@ def plan(args, man):
 
     def add(case, impl, argv, env, warm_path):
         runs.append((case, impl, argv, env or {}, warm_path))
-        if impl == "ours" and base_env:
-            # The same command with the older build ("ours" sets R_LIBS).
+        if impl == "ours" and base_env and case != "load_u8_arr":
+            # The same command with the older build ("ours" sets R_LIBS);
+            # uint8 = "raw" (load_u8_arr) is newer than the A/B baseline.
             runs.append((case, "base", argv, {**(env or {}), **base_env}, warm_path))
 
     for case, _, key, fw, _ in LOAD_CASES:

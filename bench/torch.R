@@ -12,8 +12,10 @@
 # cases run only with LIB). Each case runs in a fresh R process: it builds
 # its input, resets the peak RSS (/proc/self/clear_refs, Linux), runs the
 # call, and reports the call's time, how far the peak RSS rose above the RSS
-# just before it (MiB), and how much anonymous memory (RssAnon: not file
-# pages a memory map brings in) it holds afterwards. A load must at least
+# just before it (MiB), how much anonymous memory (RssAnon: not file
+# pages a memory map brings in) it holds afterwards, and its CPU time (user
+# and system), which varies less than the elapsed time where the disk sets
+# the pace. A load must at least
 # grow by the tensor (1024 MiB); anything above that is the copies the call
 # keeps alive at once. The module cases build the module before the reset,
 # so their peak is what the call adds to the module: safe_load_model() must
@@ -21,9 +23,20 @@
 # memory. Saves to a path include fsync (safe_save_file()'s default, which
 # 0.2.x did not do).
 #
+# Group "set" (issue 13) saves sixteen F32 tensors of 4096 x 4096 (1 GiB)
+# with safe_save_file(), with and without fsync, against Python's
+# safetensors.torch.save_file() on the same tensors, without and with an
+# os.fsync() of the file, each in a fresh process built the same way (the
+# tensors exist before the peak RSS is reset). It needs a Python with torch
+# and safetensors: BENCH_PYTHON, else TORCH_PY (what build-r-torch.sh's
+# env.sh sets), else python3. The ratios printed compare like with like:
+# ours without fsync against Python's save_file(), ours with fsync against
+# save_file() followed by fsync.
+#
 # Environment: BENCH_GROUPS, a comma-separated subset of "tensor" (the
-# 1 GiB tensor) and "model" (the module), default both; BENCH_REPS, how many
-# times each case runs (fresh processes, interleaved), default 1.
+# 1 GiB tensor), "model" (the module) and "set" (the 16-tensor save),
+# default all three; BENCH_REPS, how many times each case runs (fresh
+# processes, interleaved), default 1.
 
 args <- commandArgs(trailingOnly = TRUE)
 if (length(args) == 0) {
@@ -42,12 +55,14 @@ measure <- function(setup, run) {
   writeLines("5", "/proc/self/clear_refs")
   before <- rss("VmRSS")
   anon <- rss("RssAnon")
-  t <- system.time(eval(run, env))[["elapsed"]]
-  cat(sprintf("%.2f\\t%.0f\\t%.0f\\n", t, rss("VmHWM") - before, rss("RssAnon") - anon))
+  t <- system.time(eval(run, env))
+  cat(sprintf("%.2f\\t%.0f\\t%.0f\\t%.2f\\n", t[["elapsed"]], rss("VmHWM") - before, rss("RssAnon") - anon,
+    t[["user.self"]] + t[["sys.self"]]))
 }
 suppressPackageStartupMessages({ library(torch); library(safetensors) })
 f <- Sys.getenv("BENCH_FILE")
 make <- quote(x <- torch_randn(16384, 16384))
+make_set <- quote(x <- setNames(lapply(1:16, function(i) torch_randn(4096, 4096)), sprintf("t%02d", 1:16)))
 make_model <- quote({
   torch_manual_seed(1)
   net <- nn_module(initialize = function() {
@@ -64,6 +79,8 @@ switch(Sys.getenv("BENCH_CASE"),
   load_con = measure(quote(NULL), quote({con <- file(f, "rb"); y <- safe_load_file(con, framework = "torch"); close(con)})),
   torch_load = measure(quote(NULL), quote(y <- torch_load(f))),
   safetensors_new = measure(quote(NULL), quote({s <- safetensors$new(f, framework = "torch"); y <- s$get_tensor(s$keys()[[1]])})),
+  set_save = measure(make_set, quote(safe_save_file(x, f))),
+  set_save_nosync = measure(make_set, quote(safe_save_file(x, f, sync = FALSE))),
   model_save = measure(make_model, quote(safe_save_model(model, f))),
   model_load = measure(make_model, quote(safe_load_model(model, f))),
   model_load_read = measure(make_model, quote(safe_load_model(model, f, backend = "read"))),
@@ -72,7 +89,51 @@ switch(Sys.getenv("BENCH_CASE"),
 )
 '
 
+# The same measurement in Python, for the "set" group.
+py_code <- '
+import gc, os, sys, time, torch
+from safetensors.torch import save_file
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+f = os.environ["BENCH_FILE"]
+x = {"t%02d" % i: torch.randn(4096, 4096) for i in range(1, 17)}
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")
+before, anon = rss("VmRSS"), rss("RssAnon")
+t, cpu = time.perf_counter(), time.process_time()
+save_file(x, f)
+if os.environ["BENCH_CASE"] == "py_save_fsync":
+    fd = os.open(f, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+t, cpu = time.perf_counter() - t, time.process_time() - cpu
+print("%.2f\t%.0f\t%.0f\t%.2f" % (t, rss("VmHWM") - before, rss("RssAnon") - anon, cpu))
+'
+
+# Each case starts with no dirty pages: the files the cases before it wrote
+# are flushed (outside the timing), and the one it writes is gone.
+settle <- function(file) {
+  unlink(file)
+  system2("sync")
+}
+
+run_py_case <- function(case, file) {
+  settle(file)
+  python <- Sys.getenv("BENCH_PYTHON", Sys.getenv("TORCH_PY", "python3"))
+  out <- system2(python, c("-c", shQuote(py_code)),
+    env = c(paste0("BENCH_CASE=", case), paste0("BENCH_FILE=", file)), stdout = TRUE, stderr = FALSE
+  )
+  v <- strsplit(utils::tail(out, 1), "\t")[[1]]
+  data.frame(
+    case = case, seconds = as.numeric(v[[1]]), rss_mib = as.numeric(v[[2]]), anon_after_mib = as.numeric(v[[3]]),
+    cpu_seconds = as.numeric(v[[4]])
+  )
+}
+
 run_case <- function(case, lib, file) {
+  if (grepl("save", case)) settle(file)
   env <- c(
     paste0("R_LIBS=", lib), paste0("BENCH_CASE=", case), paste0("BENCH_FILE=", file)
   )
@@ -80,11 +141,14 @@ run_case <- function(case, lib, file) {
     env = env, stdout = TRUE, stderr = FALSE
   )
   v <- strsplit(utils::tail(out, 1), "\t")[[1]]
-  data.frame(case = case, seconds = as.numeric(v[[1]]), rss_mib = as.numeric(v[[2]]), anon_after_mib = as.numeric(v[[3]]))
+  data.frame(
+    case = case, seconds = as.numeric(v[[1]]), rss_mib = as.numeric(v[[2]]), anon_after_mib = as.numeric(v[[3]]),
+    cpu_seconds = as.numeric(v[[4]])
+  )
 }
 
 libs <- c(ours = args[[1]], cran = if (length(args) > 1) args[[2]])
-groups <- strsplit(Sys.getenv("BENCH_GROUPS", "tensor,model"), ",")[[1]]
+groups <- strsplit(Sys.getenv("BENCH_GROUPS", "tensor,model,set"), ",")[[1]]
 reps <- as.integer(Sys.getenv("BENCH_REPS", "1"))
 file <- tempfile(fileext = ".safetensors")
 model_file <- tempfile(fileext = ".safetensors")
@@ -95,7 +159,8 @@ for (rep in seq_len(reps)) {
     cases <- c(
       if ("tensor" %in% groups) c("save_path", "save_path_t", "torch_save", "load_path", "load_con", "torch_load", "safetensors_new"),
       # The module cases read the checkpoint model_save wrote.
-      if ("model" %in% groups && nm == "ours") c("model_save", "model_load", "model_load_read", "model_load_file", "model_state_dict")
+      if ("model" %in% groups && nm == "ours") c("model_save", "model_load", "model_load_read", "model_load_file", "model_state_dict"),
+      if ("set" %in% groups && nm == "ours") c("set_save", "set_save_nosync")
     )
     for (case in cases) {
       # Loads read the file the torch_save() case wrote with the same package.
@@ -105,10 +170,31 @@ for (rep in seq_len(reps)) {
       print(r)
     }
   }
+  if ("set" %in% groups) {
+    for (case in c("py_save", "py_save_fsync")) {
+      r <- run_py_case(case, file)
+      r$package <- "python"
+      res[[length(res) + 1]] <- r
+      print(r)
+    }
+  }
 }
 res <- do.call(rbind, res)
 print(res, row.names = FALSE)
 if (reps > 1) {
   cat("\nMedians of", reps, "runs:\n")
-  print(aggregate(cbind(seconds, rss_mib, anon_after_mib) ~ package + case, res, stats::median), row.names = FALSE)
+  print(aggregate(cbind(seconds, cpu_seconds, rss_mib, anon_after_mib) ~ package + case, res, stats::median), row.names = FALSE)
+}
+if ("set" %in% groups) {
+  med <- function(case, col = "seconds") stats::median(res[[col]][res$case == case])
+  for (col in c("seconds", "cpu_seconds")) {
+    cat(sprintf(
+      "\n16 x F32[4096, 4096] save, ours / Python (median %s): %.2f / %.2f = %.2f without fsync, %.2f / %.2f = %.2f with fsync (target 1.5)",
+      col, med("set_save_nosync", col), med("py_save", col), med("set_save_nosync", col) / med("py_save", col),
+      med("set_save", col), med("py_save_fsync", col), med("set_save", col) / med("py_save_fsync", col)
+    ))
+  }
+  cat("\n")
+  cat(sprintf("Peak RSS above the input, ours: %.0f MiB at most (target 64)\n",
+    max(res$rss_mib[res$case %in% c("set_save", "set_save_nosync")])))
 }

@@ -6,17 +6,8 @@
 # range-server.py). Tests skip cleanly without curl, processx or Python.
 
 http_python <- function() {
-  if (!exists("python", envir = http_cache)) {
-    exe <- Sys.getenv("SAFETENSORS_PYTHON", Sys.which("python3"))
-    ok <- nzchar(exe) && identical(
-      python_system2(exe, c("-c", shQuote("import http.server, sys; sys.exit(sys.version_info < (3, 7))")), stdout = FALSE, stderr = FALSE),
-      0L
-    )
-    assign("python", if (ok) exe else NULL, envir = http_cache)
-  }
-  get("python", envir = http_cache)
+  find_python("http_python", "import http.server, sys; sys.exit(sys.version_info < (3, 7))")
 }
-http_cache <- new.env()
 
 skip_without_http <- function() {
   skip_on_cran()

@@ -1,18 +1,27 @@
 # Python's safetensors (and numpy) serve as the reference implementation for
 # interoperability tests. They are optional: tests skip cleanly without them.
 
-python_exe <- function() {
-  if (!exists("python", envir = python_cache)) {
-    exe <- Sys.getenv("SAFETENSORS_PYTHON", Sys.which("python3"))
-    ok <- nzchar(exe) && identical(
-      python_system2(exe, c("-c", shQuote("import safetensors, numpy")), stdout = FALSE, stderr = FALSE),
-      0L
-    )
-    assign("python", if (ok) exe else NULL, envir = python_cache)
+# The first of the Pythons `exes` that can run `check` (Python code that
+# fails when a module it needs is missing), remembered under `key`; NULL
+# when none can. By default, SAFETENSORS_PYTHON when set (and then only
+# it), else python3.
+find_python <- function(key, check, exes = Sys.getenv("SAFETENSORS_PYTHON", Sys.which("python3"))) {
+  if (!exists(key, envir = python_cache, inherits = FALSE)) {
+    ok <- Filter(function(exe) {
+      nzchar(exe) && identical(
+        python_system2(exe, c("-c", shQuote(check)), stdout = FALSE, stderr = FALSE),
+        0L
+      )
+    }, exes)
+    assign(key, if (length(ok) > 0) ok[[1]] else NULL, envir = python_cache)
   }
-  get("python", envir = python_cache)
+  get(key, envir = python_cache, inherits = FALSE)
 }
 python_cache <- new.env()
+
+python_exe <- function() {
+  find_python("python", "import safetensors, numpy")
+}
 
 # Runs Python without R's LD_LIBRARY_PATH: it lists the system library
 # directory first, so a Python built elsewhere (pyenv, say) can load the
@@ -27,12 +36,13 @@ skip_without_python <- function() {
 }
 
 # Runs Python `code` (a character vector of lines) with `args` available as
-# sys.argv[1:]; returns its standard output lines, failing the test on error.
-run_python <- function(code, args = character()) {
+# sys.argv[1:], with Python `exe`; returns its standard output lines, failing
+# the test on error.
+run_python <- function(code, args = character(), exe = python_exe()) {
   script <- tempfile(fileext = ".py")
   on.exit(unlink(script), add = TRUE)
   writeLines(code, script)
-  out <- python_system2(python_exe(), c(shQuote(script), shQuote(args)), stdout = TRUE, stderr = TRUE)
+  out <- python_system2(exe, c(shQuote(script), shQuote(args)), stdout = TRUE, stderr = TRUE)
   status <- attr(out, "status") %||% 0L
   if (status != 0L) {
     stop("Python failed (status ", status, "):\n", paste(out, collapse = "\n"), call. = FALSE)

@@ -451,29 +451,12 @@ test_that("saving writes logical values and every shared storage once", {
 # A Python with torch and safetensors: $TORCH_PY, or the one the other
 # interop tests use.
 torch_python <- function() {
-  if (!exists("torch_python", envir = python_cache)) {
-    exes <- c(Sys.getenv("TORCH_PY"), Sys.getenv("SAFETENSORS_PYTHON"), Sys.which("python3"))
-    ok <- Filter(function(exe) {
-      nzchar(exe) && identical(
-        python_system2(exe, c("-c", shQuote("import torch, safetensors.torch")), stdout = FALSE, stderr = FALSE),
-        0L
-      )
-    }, exes)
-    assign("torch_python", if (length(ok) > 0) ok[[1]] else NULL, envir = python_cache)
-  }
-  get("torch_python", envir = python_cache)
+  exes <- c(Sys.getenv("TORCH_PY"), Sys.getenv("SAFETENSORS_PYTHON"), Sys.which("python3"))
+  find_python("torch_python", "import torch, safetensors.torch", exes)
 }
 
 run_torch_python <- function(code, args = character()) {
-  script <- tempfile(fileext = ".py")
-  on.exit(unlink(script), add = TRUE)
-  writeLines(code, script)
-  out <- python_system2(torch_python(), c(shQuote(script), shQuote(args)), stdout = TRUE, stderr = TRUE)
-  status <- attr(out, "status") %||% 0L
-  if (status != 0L) {
-    stop("Python failed (status ", status, "):\n", paste(out, collapse = "\n"), call. = FALSE)
-  }
-  out
+  run_python(code, args, exe = torch_python())
 }
 
 # Python's half of test_net(): the same module, indices from 0.
