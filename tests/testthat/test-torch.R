@@ -235,14 +235,27 @@ test_that("torch tensors are written in pieces that cover them in order", {
   expect_identical(pieces(numeric(0), 8, 1), whole)
 })
 
-test_that("the views and pieces torch copies from are checked before any byte", {
+# The first tensor of multi.safetensors with at least `min_bytes` bytes: its
+# name, size and offset, with the file's path and bytes.
+multi_tensor <- function(min_bytes) {
   path <- fixture("multi.safetensors")
   info <- safe_info(path)
-  name <- info$name[info$bytes > 0][[1]]
-  nbytes <- info$bytes[info$name == name]
-  begin <- info$begin[info$name == name]
-  bytes <- read_bytes(path)
-  check <- function(res) safetensors:::st_check(res, "Can't read.")
+  name <- info$name[info$bytes >= min_bytes][[1]]
+  list(
+    path = path, name = name, nbytes = info$bytes[info$name == name], begin = info$begin[info$name == name],
+    bytes = read_bytes(path)
+  )
+}
+check_read <- function(res) safetensors:::st_check(res, "Can't read.")
+
+test_that("the views and pieces torch copies from are checked before any byte", {
+  t <- multi_tensor(1)
+  path <- t$path
+  name <- t$name
+  nbytes <- t$nbytes
+  begin <- t$begin
+  bytes <- t$bytes
+  check <- check_read
   for (backend in c("mmap", "read")) {
     h <- safe_open(path, backend = backend)
     part <- safetensors:::hget(h, "parts")[[1]]
@@ -273,13 +286,13 @@ test_that("the views and pieces torch copies from are checked before any byte", 
 })
 
 test_that("pieces of views and of reads are checked before any byte", {
-  path <- fixture("multi.safetensors")
-  info <- safe_info(path)
-  name <- info$name[info$bytes >= 8][[1]]
-  nbytes <- info$bytes[info$name == name]
-  begin <- info$begin[info$name == name]
-  bytes <- read_bytes(path)
-  check <- function(res) safetensors:::st_check(res, "Can't read.")
+  t <- multi_tensor(8)
+  path <- t$path
+  name <- t$name
+  nbytes <- t$nbytes
+  begin <- t$begin
+  bytes <- t$bytes
+  check <- check_read
   for (backend in c("mmap", "read")) {
     h <- safe_open(path, backend = backend)
     ptr <- safetensors:::hget(h, "parts")[[1]]$ptr
