@@ -183,14 +183,7 @@ safe_save_model <- function(model, path, metadata = NULL, max_shard_size = NULL,
   if (!is.null(limit)) {
     return(invisible(save_shards(spec, path, limit, sync)))
   }
-  bar <- NULL
-  if (progress_enabled()) {
-    sizes <- spec_sizes(spec)
-    if (progress_wanted(sizes)) {
-      bar <- progress_bar("Saving", path, sum(sizes))
-    }
-  }
-  write_spec(spec, "file", path.expand(path), sync, bar = bar, label = path)
+  save_spec_file(spec, path, sync)
   invisible(path)
 }
 

@@ -167,14 +167,7 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
   }
   if (is.character(path)) {
     check_string(path)
-    bar <- NULL
-    if (progress_enabled()) {
-      sizes <- spec_sizes(spec)
-      if (progress_wanted(sizes)) {
-        bar <- progress_bar("Saving", path, sum(sizes))
-      }
-    }
-    write_spec(spec, "file", core_path(path), sync, bar = bar, label = path)
+    save_spec_file(spec, path, sync)
   } else if (inherits(path, "connection")) {
     write_spec(spec, "connection", path)
   } else {
@@ -184,6 +177,19 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
     )
   }
   invisible(path)
+}
+
+# Writes `spec` to the file `path` (atomically), with a progress bar when
+# the save is large enough to want one.
+save_spec_file <- function(spec, path, sync) {
+  bar <- NULL
+  if (progress_enabled()) {
+    sizes <- spec_sizes(spec)
+    if (progress_wanted(sizes)) {
+      bar <- progress_bar("Saving", path, sum(sizes))
+    }
+  }
+  write_spec(spec, "file", core_path(path), sync, bar = bar, label = path)
 }
 
 #' @rdname safe_save_file

@@ -322,20 +322,15 @@ torch_read_into <- function(part, name, dtype, shape, dest, call, cache = new.en
   targets <- vector("list", length(pieces))
   for (j in seq_along(pieces)) {
     p <- pieces[[j]]
-    y <- dest
-    for (i in p$select) {
-      y <- y$select(1, i)
-    }
     k <- length(p$select)
     first <- sum((p$select - 1) * stride[seq_len(k)])
     if (is.null(p$start)) {
       piece <- shape[seq_len(rank) > k]
     } else {
-      y <- y$narrow(1, p$start, p$n)
       first <- first + (p$start - 1) * stride[[k + 1]]
       piece <- c(p$n, shape[seq_len(rank) > k + 1])
     }
-    targets[[j]] <- list(y = y, from = first * size, n = prod(piece) * size, shape = piece)
+    targets[[j]] <- list(y = torch_piece_view(dest, p), from = first * size, n = prod(piece) * size, shape = piece)
   }
   fill <- function(t, bytes) {
     # A view of memory the package owns, which R keeps referenced here
@@ -388,13 +383,7 @@ torch_write_chunks <- function(x, put, chunk = torch_write_chunk, cache = new.en
   shape <- as.numeric(x$shape)
   size <- x$element_size()
   for (p in torch_pieces(shape, size, chunk)) {
-    y <- x
-    for (i in p$select) {
-      y <- y$select(1, i)
-    }
-    if (!is.null(p$start)) {
-      y <- y$narrow(1, p$start, p$n)
-    }
+    y <- torch_piece_view(x, p)
     n <- y$numel() * size
     if (length(cache$stage) < n) {
       cache$stage <- raw(n)
@@ -436,9 +425,15 @@ torch_pieces <- function(shape, size, chunk, select = integer()) {
   Map(function(start, n) list(select = select, start = start, n = n), start, n)
 }
 
-# The writers' way to write torch tensor `x` (see torch_write_chunks()).
-torch_write_tensor <- function(x, put, cache) {
-  torch_write_chunks(x, put, cache = cache)
+# The view of torch tensor `x` that piece `p` of torch_pieces() stands for.
+torch_piece_view <- function(x, p) {
+  for (i in p$select) {
+    x <- x$select(1, i)
+  }
+  if (!is.null(p$start)) {
+    x <- x$narrow(1, p$start, p$n)
+  }
+  x
 }
 
 # Reads tensor `name` (of `dtype` and `shape`) from the connection's

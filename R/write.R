@@ -301,7 +301,7 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
     }
     x <- spec$tensors[[i]]
     if (inherits(x, "torch_tensor")) {
-      torch_write_tensor(x, put, stage)
+      torch_write_chunks(x, put, cache = stage)
     } else {
       put(framework_bytes(spec, i, call))
     }

@@ -292,6 +292,21 @@ test_that("a folder gets one file, or shards and an index, and loads back", {
   expect_false(dir.exists(nowhere))
 })
 
+test_that("a file path marked Latin-1 saves to the file it names", {
+  skip_if_no_torch()
+  net <- test_net()
+  trained <- net()
+  root <- withr::local_tempdir()
+  latin <- iconv(file.path(root, "café.safetensors"), "UTF-8", "latin1")
+  expect_identical(Encoding(latin), "latin1")
+  safe_save_model(trained, latin)
+  expect_identical(list.files(root), "café.safetensors")
+  model <- net()
+  safe_load_model(model, latin)
+  x <- torch::torch_tensor(c(2L, 3L))
+  expect_true(torch::torch_equal(model(x), trained(x)))
+})
+
 test_that("errors found before loading leave the model unchanged", {
   skip_if_no_torch()
   net <- test_net()

@@ -235,89 +235,79 @@ test_that("torch tensors are written in pieces that cover them in order", {
   expect_identical(pieces(numeric(0), 8, 1), whole)
 })
 
-# The first tensor of multi.safetensors with at least `min_bytes` bytes: its
-# name, size and offset, with the file's path and bytes.
-multi_tensor <- function(min_bytes) {
+# The first tensor of multi.safetensors with at least `min_bytes` bytes, as
+# `path`, `name`, `nbytes`, `begin` and `bytes` (the file's) in `env`.
+local_multi_tensor <- function(min_bytes, env = parent.frame()) {
   path <- fixture("multi.safetensors")
   info <- safe_info(path)
   name <- info$name[info$bytes >= min_bytes][[1]]
-  list(
+  vals <- list(
     path = path, name = name, nbytes = info$bytes[info$name == name], begin = info$begin[info$name == name],
     bytes = read_bytes(path)
   )
+  list2env(vals, env)
+  invisible(vals)
 }
 check_read <- function(res) safetensors:::st_check(res, "Can't read.")
 
 test_that("the views and pieces torch copies from are checked before any byte", {
-  t <- multi_tensor(1)
-  path <- t$path
-  name <- t$name
-  nbytes <- t$nbytes
-  begin <- t$begin
-  bytes <- t$bytes
-  check <- check_read
+  local_multi_tensor(1)
   for (backend in c("mmap", "read")) {
     h <- safe_open(path, backend = backend)
     part <- safetensors:::hget(h, "parts")[[1]]
     # A view of the mapped bytes keeps the map alive; without a map, none.
-    view <- check(safetensors:::tensor_view_(part$ptr, name))
+    view <- check_read(safetensors:::tensor_view_(part$ptr, name))
     if (backend == "mmap") expect_identical(typeof(view), "externalptr") else expect_null(view)
     # Pieces: inside the tensor, into a raw vector.
     out <- raw(nbytes)
-    expect_null(check(safetensors:::tensor_bytes_(part$ptr, name, 0, out)))
+    expect_null(check_read(safetensors:::tensor_bytes_(part$ptr, name, 0, out)))
     expect_identical(out, bytes[begin + seq_len(nbytes)])
     half <- raw(nbytes %/% 2)
-    check(safetensors:::tensor_bytes_(part$ptr, name, nbytes - length(half), half))
+    check_read(safetensors:::tensor_bytes_(part$ptr, name, nbytes - length(half), half))
     expect_identical(half, bytes[begin + nbytes - length(half) + seq_along(half)])
     for (bad in list(list(1, out), list(-1, half), list(0.5, half), list(0, 1:4))) {
-      expect_error(check(safetensors:::tensor_bytes_(part$ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
+      expect_error(check_read(safetensors:::tensor_bytes_(part$ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
     }
-    expect_error(check(safetensors:::tensor_bytes_(part$ptr, "nope", 0, out)), class = "safetensors_error_tensor_not_found")
-    expect_error(check(safetensors:::tensor_view_(part$ptr, "nope")), class = "safetensors_error_tensor_not_found")
+    expect_error(check_read(safetensors:::tensor_bytes_(part$ptr, "nope", 0, out)), class = "safetensors_error_tensor_not_found")
+    expect_error(check_read(safetensors:::tensor_view_(part$ptr, "nope")), class = "safetensors_error_tensor_not_found")
     close(h)
-    expect_error(check(safetensors:::tensor_bytes_(part$ptr, name, 0, out)), class = "safetensors_error_closed")
-    expect_error(check(safetensors:::tensor_view_(part$ptr, name)), class = "safetensors_error_closed")
+    expect_error(check_read(safetensors:::tensor_bytes_(part$ptr, name, 0, out)), class = "safetensors_error_closed")
+    expect_error(check_read(safetensors:::tensor_view_(part$ptr, name)), class = "safetensors_error_closed")
   }
   # A view of a raw vector's bytes points into the vector.
   h <- safe_open(bytes)
   part <- safetensors:::hget(h, "parts")[[1]]
-  expect_identical(typeof(check(safetensors:::tensor_view_(part$ptr, name))), "externalptr")
+  expect_identical(typeof(check_read(safetensors:::tensor_view_(part$ptr, name))), "externalptr")
   close(h)
 })
 
 test_that("pieces of views and of reads are checked before any byte", {
-  t <- multi_tensor(8)
-  path <- t$path
-  name <- t$name
-  nbytes <- t$nbytes
-  begin <- t$begin
-  bytes <- t$bytes
-  check <- check_read
+  local_multi_tensor(8)
   for (backend in c("mmap", "read")) {
     h <- safe_open(path, backend = backend)
     ptr <- safetensors:::hget(h, "parts")[[1]]$ptr
-    view <- check(safetensors:::tensor_view_piece_(ptr, name, 2, nbytes - 2))
+    view <- check_read(safetensors:::tensor_view_piece_(ptr, name, 2, nbytes - 2))
     if (backend == "mmap") expect_identical(typeof(view), "externalptr") else expect_null(view)
-    expect_null(check(safetensors:::tensor_view_piece_(ptr, name, 3, 0)))
-    expect_null(check(safetensors:::tensor_view_piece_done_(ptr, name, 2, nbytes - 2)))
+    expect_null(check_read(safetensors:::tensor_view_piece_(ptr, name, 3, 0)))
+    expect_null(check_read(safetensors:::tensor_view_piece_done_(ptr, name, 2, nbytes - 2)))
     # Into the first bytes of a larger buffer, which keeps the rest.
     out <- as.raw(rep(255, nbytes + 3))
-    expect_null(check(safetensors:::tensor_piece_bytes_(ptr, name, 2, nbytes - 2, out)))
+    expect_null(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 2, nbytes - 2, out)))
     expect_identical(out, c(bytes[begin + 2 + seq_len(nbytes - 2)], as.raw(rep(255, 5))))
     for (bad in list(c(-1, 1), c(0.5, 1), c(0, nbytes + 1), c(nbytes, 1), c(1, -1), c(1, 1.5))) {
       for (f in list(safetensors:::tensor_view_piece_, safetensors:::tensor_view_piece_done_)) {
-        expect_error(check(f(ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
+        expect_error(check_read(f(ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
       }
-      expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, bad[[1]], bad[[2]], out)), class = "safetensors_error_invalid_argument")
+      expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, bad[[1]], bad[[2]], out)), class = "safetensors_error_invalid_argument")
     }
     # Not more than the buffer holds, and only into a raw vector.
-    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, raw(3))), class = "safetensors_error_invalid_argument")
-    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, 1:4)), class = "safetensors_error_invalid_argument")
-    expect_error(check(safetensors:::tensor_view_piece_(ptr, "nope", 0, 1)), class = "safetensors_error_tensor_not_found")
-    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, "nope", 0, 1, out)), class = "safetensors_error_tensor_not_found")
+    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, raw(3))), class = "safetensors_error_invalid_argument")
+    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, 1:4)), class = "safetensors_error_invalid_argument")
+    expect_error(check_read(safetensors:::tensor_view_piece_(ptr, "nope", 0, 1)), class = "safetensors_error_tensor_not_found")
+    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, "nope", 0, 1, out)), class = "safetensors_error_tensor_not_found")
     close(h)
-    expect_error(check(safetensors:::tensor_view_piece_(ptr, name, 0, 1)), class = "safetensors_error_closed")
-    expect_error(check(safetensors:::tensor_piece_bytes_(ptr, name, 0, 1, out)), class = "safetensors_error_closed")
+    expect_error(check_read(safetensors:::tensor_view_piece_(ptr, name, 0, 1)), class = "safetensors_error_closed")
+    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 0, 1, out)), class = "safetensors_error_closed")
   }
 })
 
