@@ -94,13 +94,30 @@ fn aliases(d: Dtype) -> &'static [&'static str] {
 /// @noRd
 #[extendr]
 fn dtype_table_() -> Robj {
-    let torch: Vec<Option<String>> = ALL.iter().map(|&d| torch_names(d).map(|t| t.0.to_string())).collect();
-    let torch_type: Vec<Option<String>> = ALL.iter().map(|&d| torch_names(d).map(|t| t.1.to_string())).collect();
+    let torch: Vec<Option<String>> = ALL
+        .iter()
+        .map(|&d| torch_names(d).map(|t| t.0.to_string()))
+        .collect();
+    let torch_type: Vec<Option<String>> = ALL
+        .iter()
+        .map(|&d| torch_names(d).map(|t| t.1.to_string()))
+        .collect();
     let bits: Vec<i32> = ALL.iter().map(|d| d.bits() as i32).collect();
     let na_or = |s: Option<&str>| s.map_or(Rstr::na(), Rstr::from);
-    let alias_list: Vec<Robj> = ALL.iter().map(|&d| Strings::from_values(aliases(d).iter().copied()).into()).collect();
+    let alias_list: Vec<Robj> = ALL
+        .iter()
+        .map(|&d| Strings::from_values(aliases(d).iter().copied()).into())
+        .collect();
     named_list(
-        &["name", "bits", "r_type", "default_for", "torch", "torch_type", "aliases"],
+        &[
+            "name",
+            "bits",
+            "r_type",
+            "default_for",
+            "torch",
+            "torch_type",
+            "aliases",
+        ],
         vec![
             Strings::from_values(ALL.iter().map(|d| d.name())).into(),
             Robj::from(&bits[..]),

@@ -12,7 +12,16 @@ fn load(open: Result<Open>, names: &Robj, mode: &Robj, threads: i32) -> Result<R
     let open = open?;
     let mode = Mode::from_r(mode)?;
     let which = open.select(names)?;
-    open.with_source(|src| tensors::read_tensors(src, &open.header, &which, mode, threads_from_r(threads), true))
+    open.with_source(|src| {
+        tensors::read_tensors(
+            src,
+            &open.header,
+            &which,
+            mode,
+            threads_from_r(threads),
+            true,
+        )
+    })
 }
 
 /// Reads tensors `names` (`NULL`: all) from the file at `path` in mode
@@ -28,7 +37,12 @@ fn load_file_(path: &str, names: Robj, mode: Robj, backend: &str, threads: i32) 
 /// @noRd
 #[extendr]
 fn load_raw_(buf: Robj, names: Robj, mode: Robj, threads: i32) -> Robj {
-    let open = raw_bytes(&buf).and_then(|b| Open::new(Backing::Memory { ptr: b.as_ptr(), len: b.len() }));
+    let open = raw_bytes(&buf).and_then(|b| {
+        Open::new(Backing::Memory {
+            ptr: b.as_ptr(),
+            len: b.len(),
+        })
+    });
     // `buf` outlives the call, which is as long as the backing is used.
     to_r(load(open, &names, &mode, threads))
 }

@@ -22,10 +22,22 @@ fn handle_read_(x: Robj, names: Robj, mode: Robj, threads: i32) -> Robj {
     to_r(with_open(&x, |open| {
         let mode = Mode::from_r(&mode)?;
         if names.as_str_iter().is_none() {
-            return Err(Error::new(Kind::InvalidArgument, "`names` must be a character vector"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "`names` must be a character vector",
+            ));
         }
         let which = open.select(&names)?;
-        open.with_source(|src| tensors::read_tensors(src, &open.header, &which, mode, threads_from_r(threads), false))
+        open.with_source(|src| {
+            tensors::read_tensors(
+                src,
+                &open.header,
+                &which,
+                mode,
+                threads_from_r(threads),
+                false,
+            )
+        })
     }))
 }
 
@@ -37,11 +49,20 @@ fn handle_read_(x: Robj, names: Robj, mode: Robj, threads: i32) -> Robj {
 /// `list(offsets, raw vectors)`; `NULL` otherwise.
 /// @noRd
 #[extendr]
-fn handle_slice_(x: Robj, name: &str, specs: Robj, is_range: Robj, mode: Robj, segments: Robj) -> Robj {
+fn handle_slice_(
+    x: Robj,
+    name: &str,
+    specs: Robj,
+    is_range: Robj,
+    mode: Robj,
+    segments: Robj,
+) -> Robj {
     to_r(with_open(&x, |open| {
         let mode = Mode::from_r(&mode)?;
         let (info, plan) = slice_plan(open, name, &specs, &is_range)?;
-        open.with_fetched(&segments, |src| tensors::read_slice(src, &open.header, info, &plan, mode))
+        open.with_fetched(&segments, |src| {
+            tensors::read_slice(src, &open.header, info, &plan, mode)
+        })
     }))
 }
 
@@ -58,13 +79,24 @@ fn slice_fetches_(x: Robj, name: &str, specs: Robj, is_range: Robj) -> Robj {
         let ranges = plan.fetch_ranges(info.dtype.bits(), name)?;
         let offsets: Vec<f64> = ranges.iter().map(|r| (start + r.0) as f64).collect();
         let lengths: Vec<f64> = ranges.iter().map(|r| r.1 as f64).collect();
-        Ok(named_list(&["offset", "length"], vec![offsets.into(), lengths.into()]))
+        Ok(named_list(
+            &["offset", "length"],
+            vec![offsets.into(), lengths.into()],
+        ))
     }))
 }
 
-fn slice_plan<'a>(open: &'a Open, name: &str, specs: &Robj, is_range: &Robj) -> Result<(&'a TensorInfo, Plan)> {
+fn slice_plan<'a>(
+    open: &'a Open,
+    name: &str,
+    specs: &Robj,
+    is_range: &Robj,
+) -> Result<(&'a TensorInfo, Plan)> {
     let (Ok(specs), Some(is_range)) = (List::try_from(specs), is_range.as_integer_slice()) else {
-        return Err(Error::new(Kind::InvalidArgument, "malformed slice description"));
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            "malformed slice description",
+        ));
     };
     let info = &open.header.tensors[open.find(name)?];
     let plan = Plan::new(&info.shape, parse_sels(&specs, is_range, name)?, name)?;
@@ -75,9 +107,18 @@ fn slice_plan<'a>(open: &'a Open, name: &str, specs: &Robj, is_range: &Robj) -> 
 /// `c(start, count, step)` when `is_range[j]`, else the 0-based indices.
 fn parse_sels(specs: &List, is_range: &[i32], name: &str) -> Result<Vec<Sel>> {
     if specs.len() != is_range.len() {
-        return Err(Error::new(Kind::InvalidArgument, "malformed slice description"));
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            "malformed slice description",
+        ));
     }
-    let bad = || Error::tensor(Kind::InvalidSlice, name, "slice indices must be whole, non-negative numbers");
+    let bad = || {
+        Error::tensor(
+            Kind::InvalidSlice,
+            name,
+            "slice indices must be whole, non-negative numbers",
+        )
+    };
     let to_usize = |v: f64| -> Result<usize> {
         if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(63) {
             Ok(v as usize)
@@ -95,15 +136,27 @@ fn parse_sels(specs: &List, is_range: &[i32], name: &str) -> Result<Vec<Sel>> {
             }
             v.iter().map(|&x| x as f64).collect()
         } else {
-            return Err(Error::new(Kind::InvalidArgument, "malformed slice description"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "malformed slice description",
+            ));
         };
         if is_range[j] != 0 {
             let [start, count, step] = vals[..] else {
-                return Err(Error::new(Kind::InvalidArgument, "malformed slice description"));
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "malformed slice description",
+                ));
             };
-            out.push(Sel::Range { start: to_usize(start)?, count: to_usize(count)?, step: to_usize(step)?.max(1) });
+            out.push(Sel::Range {
+                start: to_usize(start)?,
+                count: to_usize(count)?,
+                step: to_usize(step)?.max(1),
+            });
         } else {
-            out.push(Sel::List(vals.into_iter().map(to_usize).collect::<Result<Vec<_>>>()?));
+            out.push(Sel::List(
+                vals.into_iter().map(to_usize).collect::<Result<Vec<_>>>()?,
+            ));
         }
     }
     Ok(out)

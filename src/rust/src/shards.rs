@@ -33,8 +33,12 @@ fn read_index_(path: &str) -> Robj {
 #[extendr]
 fn parse_index_(bytes: Robj) -> Robj {
     to_r((|| {
-        let text = std::str::from_utf8(raw_bytes(&bytes)?)
-            .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid UTF-8: {e}")))?;
+        let text = std::str::from_utf8(raw_bytes(&bytes)?).map_err(|e| {
+            Error::new(
+                Kind::InvalidIndex,
+                format!("the index is not valid UTF-8: {e}"),
+            )
+        })?;
         index_robj(&shards::parse_index(text)?)
     })())
 }
@@ -46,10 +50,21 @@ fn index_robj(index: &shards::Index) -> Result<Robj> {
     }
     let names = Strings::from_values(index.weight_map.iter().map(|(n, _)| n.as_str()));
     let files = Strings::from_values(index.weight_map.iter().map(|(_, f)| f.as_str()));
-    let keys: Vec<String> = index.metadata.iter().map(|(k, _)| k.replace('\0', "\\0")).collect();
+    let keys: Vec<String> = index
+        .metadata
+        .iter()
+        .map(|(k, _)| k.replace('\0', "\\0"))
+        .collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let values: Vec<Robj> = index.metadata.iter().map(|(_, v)| json_to_robj(v)).collect();
-    Ok(named_list(&["names", "files", "metadata"], vec![names.into(), files.into(), named_list(&keys, values)]))
+    let values: Vec<Robj> = index
+        .metadata
+        .iter()
+        .map(|(_, v)| json_to_robj(v))
+        .collect();
+    Ok(named_list(
+        &["names", "files", "metadata"],
+        vec![names.into(), files.into(), named_list(&keys, values)],
+    ))
 }
 
 /// Writes an index file atomically: `total_size`, and each tensor of
@@ -64,7 +79,11 @@ fn write_index_(path: &str, total_size: f64, names: Robj, files: Robj, sync: boo
         if names.len() != files.len() || !(total_size >= 0.0 && total_size < 2f64.powi(63)) {
             return Err(Error::new(Kind::InvalidArgument, "malformed weight map"));
         }
-        let map: Vec<(String, String)> = names.iter().zip(&files).map(|(n, f)| (n.to_string(), f.to_string())).collect();
+        let map: Vec<(String, String)> = names
+            .iter()
+            .zip(&files)
+            .map(|(n, f)| (n.to_string(), f.to_string()))
+            .collect();
         shards::write_index(Path::new(path), total_size as u64, &map, sync)?;
         Ok(().into())
     })())

@@ -56,8 +56,17 @@ impl Open {
     }
 
     fn with_header(backing: Backing, header: Header) -> Open {
-        let index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Open { backing, header, index }
+        let index = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Open {
+            backing,
+            header,
+            index,
+        }
     }
 
     /// A remote file of `len` bytes whose first bytes are `prefix` (at
@@ -73,15 +82,27 @@ impl Open {
         let backend = match backend {
             "read" => Backend::Read,
             "mmap" => Backend::Mmap,
-            _ => return Err(Error::new(Kind::InvalidArgument, format!("unknown backend `{backend}`"))),
+            _ => {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    format!("unknown backend `{backend}`"),
+                ))
+            }
         };
-        Open::new(Backing::File(Arc::new(FileSource::open(Path::new(path), backend)?)))
+        Open::new(Backing::File(Arc::new(FileSource::open(
+            Path::new(path),
+            backend,
+        )?)))
     }
 
     /// The position of tensor `name` in the header.
     pub fn find(&self, name: &str) -> Result<usize> {
         self.index.get(name).copied().ok_or_else(|| {
-            Error::tensor(Kind::TensorNotFound, name, format!("tensor `{name}` is not in the file"))
+            Error::tensor(
+                Kind::TensorNotFound,
+                name,
+                format!("tensor `{name}` is not in the file"),
+            )
         })
     }
 
@@ -93,7 +114,10 @@ impl Open {
             return Ok(self.header.json_order.clone());
         }
         let Some(wanted) = names.as_str_iter() else {
-            return Err(Error::new(Kind::InvalidArgument, "`tensors` must be a character vector"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "`tensors` must be a character vector",
+            ));
         };
         wanted.map(|n| self.find(n)).collect()
     }
@@ -106,12 +130,24 @@ impl Open {
     /// Runs `f` on the source, or for a remote file on the segments R
     /// fetched for this read: `segments` is `list(offsets, raw vectors)`
     /// (ignored for other sources).
-    pub fn with_fetched<T>(&self, segments: &Robj, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
-        let Backing::Remote { len } = self.backing else { return self.with_source(f) };
+    pub fn with_fetched<T>(
+        &self,
+        segments: &Robj,
+        f: impl FnOnce(&dyn Source) -> Result<T>,
+    ) -> Result<T> {
+        let Backing::Remote { len } = self.backing else {
+            return self.with_source(f);
+        };
         let bad = || Error::new(Kind::InvalidArgument, "internal error: malformed segments");
-        let Ok(list) = List::try_from(segments) else { return Err(bad()) };
-        let (Some(offsets), Some(raws)) = (list.elt(0).ok(), list.elt(1).ok()) else { return Err(bad()) };
-        let (Some(offsets), Ok(raws)) = (offsets.as_real_slice(), List::try_from(&raws)) else { return Err(bad()) };
+        let Ok(list) = List::try_from(segments) else {
+            return Err(bad());
+        };
+        let (Some(offsets), Some(raws)) = (list.elt(0).ok(), list.elt(1).ok()) else {
+            return Err(bad());
+        };
+        let (Some(offsets), Ok(raws)) = (offsets.as_real_slice(), List::try_from(&raws)) else {
+            return Err(bad());
+        };
         if offsets.len() != raws.len() {
             return Err(bad());
         }
@@ -148,9 +184,10 @@ fn read_header(src: &dyn Source) -> Result<Header> {
 
 fn with_source<T>(backing: &Backing, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
     match backing {
-        Backing::Remote { .. } => {
-            Err(Error::new(Kind::InvalidArgument, "internal error: a remote file's bytes must be fetched first"))
-        }
+        Backing::Remote { .. } => Err(Error::new(
+            Kind::InvalidArgument,
+            "internal error: a remote file's bytes must be fetched first",
+        )),
         Backing::File(file) => f(file.as_ref()),
         Backing::Memory { ptr, len } => {
             let bytes: &[u8] = if *len == 0 {
@@ -178,9 +215,15 @@ pub fn with_open<T>(x: &Robj, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
     let Ok(ptr) = <&ExternalPtr<Handle>>::try_from(x) else {
         // A NULL address: the handle was saved and restored, which can't
         // carry an open file across sessions.
-        return Err(if x.is_external_pointer() { closed() } else { Error::new(Kind::InvalidArgument, "not a safetensors handle") });
+        return Err(if x.is_external_pointer() {
+            closed()
+        } else {
+            Error::new(Kind::InvalidArgument, "not a safetensors handle")
+        });
     };
-    let Ok(handle) = ptr.try_addr() else { return Err(closed()) };
+    let Ok(handle) = ptr.try_addr() else {
+        return Err(closed());
+    };
     let Ok(state) = handle.state.try_borrow() else {
         return Err(Error::new(Kind::InvalidArgument, "the handle is in use"));
     };
@@ -191,7 +234,10 @@ pub fn with_open<T>(x: &Robj, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
 }
 
 fn new_handle(open: Open) -> Robj {
-    ExternalPtr::new(Handle { state: RefCell::new(Some(open)) }).into()
+    ExternalPtr::new(Handle {
+        state: RefCell::new(Some(open)),
+    })
+    .into()
 }
 
 /// Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
@@ -208,7 +254,10 @@ fn open_file_(path: &str, backend: &str) -> Robj {
 fn open_raw_(buf: Robj) -> Robj {
     to_r((|| {
         let bytes = raw_bytes(&buf)?;
-        let open = Open::new(Backing::Memory { ptr: bytes.as_ptr(), len: bytes.len() })?;
+        let open = Open::new(Backing::Memory {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        })?;
         let h = new_handle(open);
         // SAFETY: both are valid R objects; setting the protected slot
         // can't fail. It keeps `buf`, which the backing points into, alive.
@@ -225,7 +274,10 @@ fn open_raw_(buf: Robj) -> Robj {
 fn open_remote_(prefix: Robj, len: f64) -> Robj {
     to_r((|| {
         if !(len >= 0.0 && len.fract() == 0.0 && len < 2f64.powi(53)) {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: invalid length"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: invalid length",
+            ));
         }
         Ok(new_handle(Open::remote(raw_bytes(&prefix)?, len as u64)?))
     })())
@@ -242,27 +294,60 @@ fn open_remote_(prefix: Robj, len: f64) -> Robj {
 fn remote_plan_(x: Robj, names: Robj, mode: Robj, max: f64) -> Robj {
     to_r(with_open(&x, |open| {
         let mode = Mode::from_r(&mode)?;
-        if names.as_str_iter().is_none() || !matches!(open.backing, Backing::Remote { .. }) || max.is_nan() || max < 1.0 {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: not a remote read"));
+        if names.as_str_iter().is_none()
+            || !matches!(open.backing, Backing::Remote { .. })
+            || max.is_nan()
+            || max < 1.0
+        {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: not a remote read",
+            ));
         }
         let which = open.select(&names)?;
-        let (loader, plan) = Loader::new(&open.header, open.len(), &which, mode, max.min(2f64.powi(40)) as usize)?;
+        let (loader, plan) = Loader::new(
+            &open.header,
+            open.len(),
+            &which,
+            mode,
+            max.min(2f64.powi(40)) as usize,
+        )?;
         let offsets: Vec<f64> = plan.iter().map(|f| f.off as f64).collect();
         let lengths: Vec<f64> = plan.iter().map(|f| f.len as f64).collect();
-        let pieces: Vec<Robj> = plan.iter().map(|f| f.pieces.iter().map(|p| p.len as f64).collect::<Vec<f64>>().into()).collect();
+        let pieces: Vec<Robj> = plan
+            .iter()
+            .map(|f| {
+                f.pieces
+                    .iter()
+                    .map(|p| p.len as f64)
+                    .collect::<Vec<f64>>()
+                    .into()
+            })
+            .collect();
         let ptr: Robj = ExternalPtr::new(RefCell::new(loader)).into();
         Ok(crate::robj::named_list(
             &["loader", "offset", "length", "pieces"],
-            vec![ptr, offsets.into(), lengths.into(), List::from_values(pieces).into()],
+            vec![
+                ptr,
+                offsets.into(),
+                lengths.into(),
+                List::from_values(pieces).into(),
+            ],
         ))
     }))
 }
 
 fn with_loader<T>(x: &Robj, f: impl FnOnce(&mut Loader) -> Result<T>) -> Result<T> {
     let bad = || Error::new(Kind::InvalidArgument, "internal error: not a loader");
-    let Ok(ptr) = <&ExternalPtr<RefCell<Loader>>>::try_from(x) else { return Err(bad()) };
-    let Ok(cell) = ptr.try_addr() else { return Err(bad()) };
-    let Ok(mut loader) = cell.try_borrow_mut() else { return Err(bad()) };
+    let Ok(ptr) = <&ExternalPtr<RefCell<Loader>>>::try_from(x) else {
+        return Err(bad());
+    };
+    let Ok(cell) = ptr.try_addr() else {
+        return Err(bad());
+    };
+    let Ok(mut loader) = cell.try_borrow_mut() else {
+        return Err(bad());
+    };
     f(&mut loader)
 }
 
@@ -273,7 +358,12 @@ fn with_loader<T>(x: &Robj, f: impl FnOnce(&mut Loader) -> Result<T>) -> Result<
 fn remote_feed_(loader: Robj, piece: i32, bytes: Robj, threads: i32) -> Robj {
     to_r(with_loader(&loader, |l| {
         let p = usize::try_from(piece).ok().and_then(|p| p.checked_sub(1));
-        let Some(p) = p else { return Err(Error::new(Kind::InvalidArgument, "internal error: no such piece")) };
+        let Some(p) = p else {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: no such piece",
+            ));
+        };
         l.feed(p, raw_bytes(&bytes)?, threads_from_r(threads))?;
         Ok(().into())
     }))
@@ -296,7 +386,9 @@ fn close_(x: Robj) -> Robj {
         let Ok(ptr) = <&ExternalPtr<Handle>>::try_from(&x) else {
             return Ok(false.into());
         };
-        let Ok(handle) = ptr.try_addr() else { return Ok(false.into()) };
+        let Ok(handle) = ptr.try_addr() else {
+            return Ok(false.into());
+        };
         let Ok(mut state) = handle.state.try_borrow_mut() else {
             return Err(Error::new(Kind::InvalidArgument, "the handle is in use"));
         };

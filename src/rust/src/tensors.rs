@@ -12,8 +12,8 @@
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    R_ClassSymbol, R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect, SET_STRING_ELT, SET_VECTOR_ELT,
-    SEXP, SEXPTYPE, VECTOR_ELT,
+    R_ClassSymbol, R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect,
+    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, VECTOR_ELT,
 };
 use safetensors_core::convert::{self, r_type, DecodeStats, Out, RType, Target};
 use safetensors_core::dtype::{Dtype, ALL};
@@ -23,7 +23,10 @@ use safetensors_core::io::{Segments, Source};
 use safetensors_core::read::{self, Dest, Fetch, Piece, Task};
 use safetensors_core::slice::Plan;
 
-use crate::robj::{self, build, check_interrupt_now, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym, r_vec, vec_data};
+use crate::robj::{
+    self, build, check_interrupt_now, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym,
+    r_vec, vec_data,
+};
 
 /// What I64 and U64 tensors become in mode `Array` (R's `int64 =`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,10 +65,15 @@ impl Mode {
     /// they are `"double"` and `"integer"`).
     pub fn from_r(x: &Robj) -> Result<Mode> {
         let bad = || Error::new(Kind::InvalidArgument, "internal error: malformed read mode");
-        let Some(v) = x.as_str_vector() else { return Err(bad()) };
+        let Some(v) = x.as_str_vector() else {
+            return Err(bad());
+        };
         match v[..] {
             ["raw"] => Ok(Mode::Raw),
-            ["array"] => Ok(Mode::Array { int64: Int64::Double, uint8: Uint8::Integer }),
+            ["array"] => Ok(Mode::Array {
+                int64: Int64::Double,
+                uint8: Uint8::Integer,
+            }),
             ["array", int64, uint8] => {
                 let int64 = match int64 {
                     "double" => Int64::Double,
@@ -151,12 +159,24 @@ fn sexptype(elem: Elem) -> SEXPTYPE {
 
 fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
     let numel = w.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let nbytes = numel.and_then(|n| n.checked_mul(w.dtype.bits())).map(|b| b.div_ceil(8));
+    let nbytes = numel
+        .and_then(|n| n.checked_mul(w.dtype.bits()))
+        .map(|b| b.div_ceil(8));
     let (Some(numel), Some(nbytes)) = (numel, nbytes) else {
-        return Err(Error::tensor(Kind::Overflow, w.name, format!("the size of tensor `{}` overflows", w.name)));
+        return Err(Error::tensor(
+            Kind::Overflow,
+            w.name,
+            format!("the size of tensor `{}` overflows", w.name),
+        ));
     };
     match mode {
-        Mode::Raw => Ok(Spec { ty: SEXPTYPE::RAWSXP, len: nbytes, elem: Elem::Byte, copy: true, count_i32_min: false }),
+        Mode::Raw => Ok(Spec {
+            ty: SEXPTYPE::RAWSXP,
+            len: nbytes,
+            elem: Elem::Byte,
+            copy: true,
+            count_i32_min: false,
+        }),
         Mode::Array { int64, uint8 } => {
             if let Some(&d) = w.shape.iter().find(|&&d| d > i32::MAX as usize) {
                 return Err(match what {
@@ -184,8 +204,19 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
             };
             let copy = what == What::Tensor
                 && convert::is_trivial_layout(w.shape)
-                && matches!((w.dtype, elem), (Dtype::F64, Elem::Real) | (Dtype::I32, Elem::Integer) | (Dtype::U8, Elem::Byte));
-            Ok(Spec { ty: sexptype(elem), len: numel, elem, copy, count_i32_min: copy && w.dtype == Dtype::I32 })
+                && matches!(
+                    (w.dtype, elem),
+                    (Dtype::F64, Elem::Real)
+                        | (Dtype::I32, Elem::Integer)
+                        | (Dtype::U8, Elem::Byte)
+                );
+            Ok(Spec {
+                ty: sexptype(elem),
+                len: numel,
+                elem,
+                copy,
+                count_i32_min: copy && w.dtype == Dtype::I32,
+            })
         }
     }
 }
@@ -288,8 +319,12 @@ struct Scratch {
 impl Scratch {
     fn new(len: usize) -> Result<Scratch> {
         let mut v: Vec<u64> = Vec::new();
-        v.try_reserve_exact(len)
-            .map_err(|_| Error::new(Kind::Memory, format!("can't allocate a buffer of {len} 64-bit integers")))?;
+        v.try_reserve_exact(len).map_err(|_| {
+            Error::new(
+                Kind::Memory,
+                format!("can't allocate a buffer of {len} 64-bit integers"),
+            )
+        })?;
         v.resize(len, 0);
         let ptr = Box::into_raw(v.into_boxed_slice()) as *mut u64;
         Ok(Scratch { ptr, len })
@@ -307,7 +342,11 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed
         // slice, freed only here.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr, self.len,
+            )))
+        }
     }
 }
 
@@ -400,7 +439,13 @@ impl Tensors {
         robj::check_available(total.saturating_add(strings))?;
         let scratch = specs
             .iter()
-            .map(|s| if s.elem == Elem::Decimal { Scratch::new(s.len).map(Some) } else { Ok(None) })
+            .map(|s| {
+                if s.elem == Elem::Decimal {
+                    Scratch::new(s.len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         // One large vector costs one collection either way; several add more.
         robj::reserve_vector_heap(total - largest, total);
@@ -421,7 +466,11 @@ impl Tensors {
                 list
             }
         })?;
-        Ok(Tensors { list, specs, scratch })
+        Ok(Tensors {
+            list,
+            specs,
+            scratch,
+        })
     }
 
     /// Where tensor `k`'s values go.
@@ -435,7 +484,9 @@ impl Tensors {
         if let Some(scratch) = &self.scratch[k] {
             // SAFETY: the buffer holds the tensor's `len` values, and only
             // the destination writes them while it is used.
-            return Dest::Values(Target::Bits64(unsafe { Out::from_raw(scratch.ptr, scratch.len) }));
+            return Dest::Values(Target::Bits64(unsafe {
+                Out::from_raw(scratch.ptr, scratch.len)
+            }));
         }
         // SAFETY: element k exists and has the spec's type and length (not
         // character: those have a scratch buffer).
@@ -470,13 +521,23 @@ impl Tensors {
     unsafe fn task(&self, k: usize, info: &TensorInfo, data_start: usize) -> Result<Task<'_>> {
         // SAFETY: the caller's promise.
         let task = Task::new(info, data_start, unsafe { self.dest(k) })?;
-        Ok(if self.specs[k].count_i32_min { task.counting_i32_min() } else { task })
+        Ok(if self.specs[k].count_i32_min {
+            task.counting_i32_min()
+        } else {
+            task
+        })
     }
 
     /// Reads whole tensors `which` of `header` from `src` into these
     /// vectors (allocated for exactly those tensors, in that order) with the
     /// read engine, on up to `threads` threads.
-    pub fn read(&self, src: &dyn Source, header: &Header, which: &[usize], threads: usize) -> Result<Vec<DecodeStats>> {
+    pub fn read(
+        &self,
+        src: &dyn Source,
+        header: &Header,
+        which: &[usize],
+        threads: usize,
+    ) -> Result<Vec<DecodeStats>> {
         let tasks = which
             .iter()
             .enumerate()
@@ -489,11 +550,24 @@ impl Tensors {
 
     /// Reads the selection `plan` of tensor `info` into the only vector
     /// (allocated for the slice's shape).
-    pub fn read_slice(&self, src: &dyn Source, header: &Header, info: &TensorInfo, plan: &Plan) -> Result<DecodeStats> {
+    pub fn read_slice(
+        &self,
+        src: &dyn Source,
+        header: &Header,
+        info: &TensorInfo,
+        plan: &Plan,
+    ) -> Result<DecodeStats> {
         // SAFETY: the vector lives in `self.list` for this call and only
         // the read writes it.
         let dest = unsafe { self.dest(0) };
-        read::read_slice(src, info, header.data_start(), plan, dest, &mut check_interrupt_now)
+        read::read_slice(
+            src,
+            info,
+            header.data_start(),
+            plan,
+            dest,
+            &mut check_interrupt_now,
+        )
     }
 
     /// The list of filled tensors: decimal strings made from the scratch
@@ -526,7 +600,10 @@ impl Tensors {
                     }
                     let x = Rf_protect(VECTOR_ELT(list.get(), k as isize));
                     let y = Rf_protect(r_vec(SEXPTYPE::REALSXP, spec.len));
-                    let (src, dst) = (vec_data(x, SEXPTYPE::INTSXP) as *const i32, vec_data(y, SEXPTYPE::REALSXP) as *mut f64);
+                    let (src, dst) = (
+                        vec_data(x, SEXPTYPE::INTSXP) as *const i32,
+                        vec_data(y, SEXPTYPE::REALSXP) as *mut f64,
+                    );
                     for i in 0..spec.len {
                         *dst.add(i) = *src.add(i) as f64;
                     }
@@ -545,30 +622,61 @@ impl Tensors {
 /// `list(tensors, [header,] inexact, int_min, na, max_offset)`, `tensors`
 /// named, in the order of `which`, and with `with_header` the header as
 /// safetensors 0.2.x gave it. Only those tensors' bytes are read.
-pub fn read_tensors(src: &dyn Source, header: &Header, which: &[usize], mode: Mode, threads: usize, with_header: bool) -> Result<Robj> {
+pub fn read_tensors(
+    src: &dyn Source,
+    header: &Header,
+    which: &[usize],
+    mode: Mode,
+    threads: usize,
+    with_header: bool,
+) -> Result<Robj> {
     let wants: Vec<Want<'_>> = which
         .iter()
         .map(|&i| {
             let t = &header.tensors[i];
-            Want { name: &t.name, dtype: t.dtype, shape: &t.shape }
+            Want {
+                name: &t.name,
+                dtype: t.dtype,
+                shape: &t.shape,
+            }
         })
         .collect();
     let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
     let stats = tensors.read(src, header, which, threads)?;
     let list = tensors.finish(&wants, mode, &stats)?;
-    let max_offset = which.iter().map(|&i| header.data_start() + header.tensors[i].end).max().unwrap_or(0);
-    read_result(list, &wants, &stats, max_offset, with_header.then_some(header))
+    let max_offset = which
+        .iter()
+        .map(|&i| header.data_start() + header.tensors[i].end)
+        .max()
+        .unwrap_or(0);
+    read_result(
+        list,
+        &wants,
+        &stats,
+        max_offset,
+        with_header.then_some(header),
+    )
 }
 
 /// The result of a read of whole tensors: `list(tensors, [header,]
 /// inexact, int_min, max_offset)`, `tensors` (the filled `list`) named.
-fn read_result(list: Robj, wants: &[Want<'_>], stats: &[DecodeStats], max_offset: usize, header: Option<&Header>) -> Result<Robj> {
+fn read_result(
+    list: Robj,
+    wants: &[Want<'_>],
+    stats: &[DecodeStats],
+    max_offset: usize,
+    header: Option<&Header>,
+) -> Result<Robj> {
     let inexact: Vec<f64> = stats.iter().map(|s| s.inexact as f64).collect();
     let int_min: Vec<f64> = stats.iter().map(|s| s.int_min as f64).collect();
     let na: Vec<f64> = stats.iter().map(|s| s.na as f64).collect();
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
-        r_set_attr(list.get(), R_NamesSymbol, r_strings(wants.iter().map(|w| w.name)));
+        r_set_attr(
+            list.get(),
+            R_NamesSymbol,
+            r_strings(wants.iter().map(|w| w.name)),
+        );
         let mut tensors = || list.get();
         let mut head = || header.map_or(extendr_ffi::R_NilValue, |h| header_sexp(h));
         let mut inexact = || r_reals(&inexact);
@@ -577,13 +685,33 @@ fn read_result(list: Robj, wants: &[Want<'_>], stats: &[DecodeStats], max_offset
         let mut max_offset = || r_reals(&[max_offset as f64]);
         if header.is_some() {
             named_list_sexp(
-                &["tensors", "header", "inexact", "int_min", "na", "max_offset"],
-                &mut [&mut tensors, &mut head, &mut inexact, &mut int_min, &mut na, &mut max_offset],
+                &[
+                    "tensors",
+                    "header",
+                    "inexact",
+                    "int_min",
+                    "na",
+                    "max_offset",
+                ],
+                &mut [
+                    &mut tensors,
+                    &mut head,
+                    &mut inexact,
+                    &mut int_min,
+                    &mut na,
+                    &mut max_offset,
+                ],
             )
         } else {
             named_list_sexp(
                 &["tensors", "inexact", "int_min", "na", "max_offset"],
-                &mut [&mut tensors, &mut inexact, &mut int_min, &mut na, &mut max_offset],
+                &mut [
+                    &mut tensors,
+                    &mut inexact,
+                    &mut int_min,
+                    &mut na,
+                    &mut max_offset,
+                ],
             )
         }
     })
@@ -616,12 +744,21 @@ impl Loader {
     /// `file_len` bytes and plans their fetches in pieces of at most `max`
     /// bytes: the loader and the fetches, whose pieces [`Loader::feed`]
     /// takes in order.
-    pub fn new(header: &Header, file_len: u64, which: &[usize], mode: Mode, max: usize) -> Result<(Loader, Vec<Fetch>)> {
+    pub fn new(
+        header: &Header,
+        file_len: u64,
+        which: &[usize],
+        mode: Mode,
+        max: usize,
+    ) -> Result<(Loader, Vec<Fetch>)> {
         let infos: Vec<TensorInfo> = which.iter().map(|&i| header.tensors[i].clone()).collect();
         let wants = wants_of(&infos);
         let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
         let fetches = read::plan_fetches(&header.tensors, header.data_start(), which, max)?;
-        let pieces: Vec<Piece> = fetches.iter().flat_map(|f| f.pieces.iter().cloned()).collect();
+        let pieces: Vec<Piece> = fetches
+            .iter()
+            .flat_map(|f| f.pieces.iter().cloned())
+            .collect();
         let loader = Loader {
             tensors: Some(tensors),
             mode,
@@ -640,8 +777,12 @@ impl Loader {
     /// `bytes`, into the tensors, on up to `threads` threads.
     pub fn feed(&mut self, p: usize, bytes: &[u8], threads: usize) -> Result<()> {
         let internal = |m: &str| Error::new(Kind::InvalidArgument, format!("internal error: {m}"));
-        let Some(tensors) = &self.tensors else { return Err(internal("the read is finished")) };
-        let Some(piece) = self.pieces.get(p) else { return Err(internal("no such piece")) };
+        let Some(tensors) = &self.tensors else {
+            return Err(internal("the read is finished"));
+        };
+        let Some(piece) = self.pieces.get(p) else {
+            return Err(internal("no such piece"));
+        };
         if bytes.len() != piece.len || self.done[p] {
             return Err(internal("the piece's bytes don't match it"));
         }
@@ -673,26 +814,54 @@ impl Loader {
     /// int_min, max_offset)` as [`read_tensors`] returns it.
     pub fn finish(&mut self) -> Result<Robj> {
         if self.done.contains(&false) {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: a piece was not read"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: a piece was not read",
+            ));
         }
         let Some(tensors) = self.tensors.take() else {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: the read is finished"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: the read is finished",
+            ));
         };
         let wants = wants_of(&self.infos);
         let list = tensors.finish(&wants, self.mode, &self.stats)?;
-        let max_offset = self.infos.iter().map(|t| self.data_start + t.end).max().unwrap_or(0);
+        let max_offset = self
+            .infos
+            .iter()
+            .map(|t| self.data_start + t.end)
+            .max()
+            .unwrap_or(0);
         read_result(list, &wants, &self.stats, max_offset, None)
     }
 }
 
 fn wants_of(infos: &[TensorInfo]) -> Vec<Want<'_>> {
-    infos.iter().map(|t| Want { name: &t.name, dtype: t.dtype, shape: &t.shape }).collect()
+    infos
+        .iter()
+        .map(|t| Want {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+        })
+        .collect()
 }
 
 /// Reads the selection `plan` of tensor `info` as `mode` makes it:
 /// `list(tensor, inexact, int_min, na)`.
-pub fn read_slice(src: &dyn Source, header: &Header, info: &TensorInfo, plan: &Plan, mode: Mode) -> Result<Robj> {
-    let want = [Want { name: &info.name, dtype: info.dtype, shape: plan.out_shape() }];
+pub fn read_slice(
+    src: &dyn Source,
+    header: &Header,
+    info: &TensorInfo,
+    plan: &Plan,
+    mode: Mode,
+) -> Result<Robj> {
+    let want = [Want {
+        name: &info.name,
+        dtype: info.dtype,
+        shape: plan.out_shape(),
+    }];
     let tensors = Tensors::allocate(&want, mode, What::Slice)?;
     let stats = tensors.read_slice(src, header, info, plan)?;
     let list = tensors.finish(&want, mode, &[stats])?;
@@ -748,7 +917,11 @@ unsafe fn header_sexp(header: &Header) -> SEXP {
                     for (i, (_, x)) in m.iter().enumerate() {
                         SET_VECTOR_ELT(v, i as isize, r_strings([x.as_str()].into_iter()));
                     }
-                    r_set_attr(v, R_NamesSymbol, r_strings(m.iter().map(|(k, _)| k.as_str())));
+                    r_set_attr(
+                        v,
+                        R_NamesSymbol,
+                        r_strings(m.iter().map(|(k, _)| k.as_str())),
+                    );
                     Rf_unprotect(1);
                     v
                 }
@@ -766,7 +939,15 @@ unsafe fn header_sexp(header: &Header) -> SEXP {
             SET_STRING_ELT(names, pos, r_char(&t.name));
             pos += 1;
             SET_VECTOR_ELT(entry, 0, shared.dtype(t.dtype));
-            SET_VECTOR_ELT(entry, 1, if t.shape.is_empty() { empty_shape } else { r_shape(&t.shape) });
+            SET_VECTOR_ELT(
+                entry,
+                1,
+                if t.shape.is_empty() {
+                    empty_shape
+                } else {
+                    r_shape(&t.shape)
+                },
+            );
             let offsets = if t.end <= i32::MAX as usize {
                 robj::r_ints(&[t.begin as i32, t.end as i32])
             } else {
@@ -808,14 +989,29 @@ unsafe fn named_list_sexp(names: &[&str], values: &mut [&mut dyn FnMut() -> SEXP
 /// end, metadata, header_len, file_len, header)`, `header` as
 /// [`header_sexp`] makes it.
 pub fn info_robj(header: &Header, file_len: u64) -> Result<Robj> {
-    let ts: Vec<&TensorInfo> = header.json_order.iter().map(|&i| &header.tensors[i]).collect();
+    let ts: Vec<&TensorInfo> = header
+        .json_order
+        .iter()
+        .map(|&i| &header.tensors[i])
+        .collect();
     let numel: Vec<f64> = ts.iter().map(|t| t.numel() as f64).collect();
     let begin: Vec<f64> = ts.iter().map(|t| t.begin as f64).collect();
     let end: Vec<f64> = ts.iter().map(|t| t.end as f64).collect();
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
         named_list_sexp(
-            &["name", "dtype", "shape", "numel", "begin", "end", "metadata", "header_len", "file_len", "header"],
+            &[
+                "name",
+                "dtype",
+                "shape",
+                "numel",
+                "begin",
+                "end",
+                "metadata",
+                "header_len",
+                "file_len",
+                "header",
+            ],
             &mut [
                 &mut || r_strings(ts.iter().map(|t| t.name.as_str())),
                 &mut || r_strings(ts.iter().map(|t| t.dtype.name())),
@@ -834,7 +1030,11 @@ pub fn info_robj(header: &Header, file_len: u64) -> Result<Robj> {
                     None => extendr_ffi::R_NilValue,
                     Some(m) => {
                         let v = Rf_protect(r_strings(m.iter().map(|(_, v)| v.as_str())));
-                        r_set_attr(v, R_NamesSymbol, r_strings(m.iter().map(|(k, _)| k.as_str())));
+                        r_set_attr(
+                            v,
+                            R_NamesSymbol,
+                            r_strings(m.iter().map(|(k, _)| k.as_str())),
+                        );
                         Rf_unprotect(1);
                         v
                     }

@@ -36,7 +36,12 @@ struct MapOwner(#[allow(unused)] Arc<FileSource>);
 fn tensor_view_(x: Robj, name: &str) -> Robj {
     to_r(with_open(&x, |open| {
         let info = &open.header.tensors[open.find(name)?];
-        view_of(&x, open, open.header.data_start() + info.begin, info.nbytes())
+        view_of(
+            &x,
+            open,
+            open.header.data_start() + info.begin,
+            info.nbytes(),
+        )
     }))
 }
 
@@ -84,12 +89,21 @@ fn tensor_view_piece_done_(x: Robj, name: &str, from: f64, n: f64) -> Robj {
 /// and `n`, checked to lie inside the tensor.
 fn piece_of(open: &Open, name: &str, from: f64, n: f64) -> CoreResult<(usize, usize)> {
     let info = &open.header.tensors[open.find(name)?];
-    let whole = |v: f64| (v >= 0.0 && v.fract() == 0.0 && v <= usize::MAX as f64).then_some(v as usize);
+    let whole =
+        |v: f64| (v >= 0.0 && v.fract() == 0.0 && v <= usize::MAX as f64).then_some(v as usize);
     let (Some(from), Some(n)) = (whole(from), whole(n)) else {
-        return Err(Error::tensor(Kind::InvalidArgument, name, "internal error: a piece must be whole bytes"));
+        return Err(Error::tensor(
+            Kind::InvalidArgument,
+            name,
+            "internal error: a piece must be whole bytes",
+        ));
     };
     if !from.checked_add(n).is_some_and(|end| end <= info.nbytes()) {
-        return Err(Error::tensor(Kind::InvalidArgument, name, "internal error: the piece runs past the tensor"));
+        return Err(Error::tensor(
+            Kind::InvalidArgument,
+            name,
+            "internal error: the piece runs past the tensor",
+        ));
     }
     Ok((open.header.data_start() + info.begin + from, n))
 }
@@ -102,7 +116,10 @@ fn view_of(x: &Robj, open: &Open, off: usize, n: usize) -> CoreResult<Robj> {
     }
     let (addr, keep): (*const u8, Robj) = match &open.backing {
         Backing::File(file) => match file.view_whole(off, n)? {
-            Some(bytes) => (bytes.as_ptr(), ExternalPtr::new(MapOwner(Arc::clone(file))).into()),
+            Some(bytes) => (
+                bytes.as_ptr(),
+                ExternalPtr::new(MapOwner(Arc::clone(file))).into(),
+            ),
             None => return Ok(().into()),
         },
         Backing::Remote { .. } => return Ok(().into()),
@@ -120,7 +137,13 @@ fn view_of(x: &Robj, open: &Open, off: usize, n: usize) -> CoreResult<Robj> {
     // it), for as long as R keeps the external pointer, whose protected
     // slot keeps the map (an Arc of it) or the raw vector alive; no
     // finalizer is needed, as the pointer owns nothing itself.
-    Ok(unsafe { Robj::from_sexp(R_MakeExternalPtr(addr as *mut std::os::raw::c_void, R_NilValue, keep.get())) })
+    Ok(unsafe {
+        Robj::from_sexp(R_MakeExternalPtr(
+            addr as *mut std::os::raw::c_void,
+            R_NilValue,
+            keep.get(),
+        ))
+    })
 }
 
 /// Fills the raw vector `out` (a staging buffer R/torch.R allocated, never
@@ -144,7 +167,11 @@ fn tensor_piece_bytes_(x: Robj, name: &str, from: f64, n: f64, out: Robj) -> Rob
         let len = raw_len(&out)?;
         let n = (n >= 0.0 && n.fract() == 0.0 && n <= len as f64).then_some(n as usize);
         let Some(n) = n else {
-            return Err(Error::tensor(Kind::InvalidArgument, name, "internal error: the piece is larger than its buffer"));
+            return Err(Error::tensor(
+                Kind::InvalidArgument,
+                name,
+                "internal error: the piece is larger than its buffer",
+            ));
         };
         read_piece(open, name, from, n, &out)
     }))
@@ -166,14 +193,25 @@ fn read_piece(open: &Open, name: &str, from: f64, n: usize, out: &Robj) -> CoreR
     let info = &open.header.tensors[open.find(name)?];
     let from = (from >= 0.0 && from.fract() == 0.0).then_some(from as usize);
     let Some(from) = from.filter(|&f| f.checked_add(n).is_some_and(|e| e <= info.nbytes())) else {
-        return Err(Error::tensor(Kind::InvalidArgument, name, "internal error: the piece runs past the tensor"));
+        return Err(Error::tensor(
+            Kind::InvalidArgument,
+            name,
+            "internal error: the piece runs past the tensor",
+        ));
     };
     // SAFETY: `out` is a raw vector of at least `n` bytes (checked by the
     // callers) that R keeps alive for the call; only this function writes
     // it meanwhile.
     let dest = unsafe { Out::from_raw(vec_data(out.get(), extendr_ffi::SEXPTYPE::RAWSXP), n) };
     let task = Task::bytes(open.header.data_start() + info.begin + from, dest);
-    open.with_source(|src| read::read_tasks(src, std::slice::from_ref(&task), 1, &mut check_interrupt_now))?;
+    open.with_source(|src| {
+        read::read_tasks(
+            src,
+            std::slice::from_ref(&task),
+            1,
+            &mut check_interrupt_now,
+        )
+    })?;
     Ok(().into())
 }
 

@@ -13,7 +13,9 @@ use std::marker::PhantomData;
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
-use crate::floats::{self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32};
+use crate::floats::{
+    self, decode_bf16, decode_e8m0, decode_f16, encode_e8m0, narrow_f32, widen_f32,
+};
 
 /// Tile edge for the blocked transposition.
 const TILE: usize = 32;
@@ -149,7 +151,12 @@ struct Middle<'a> {
 impl<'a> Middle<'a> {
     /// The first middle index of `shape`, which has at least 2 axes.
     fn new(shape: &'a [usize]) -> Middle<'a> {
-        Middle { shape, idx: vec![0; shape.len().saturating_sub(2)], rm: 0, cm: 0 }
+        Middle {
+            shape,
+            idx: vec![0; shape.len().saturating_sub(2)],
+            rm: 0,
+            cm: 0,
+        }
     }
 
     /// Steps to the next middle index (the last axis fastest); `false`
@@ -225,7 +232,11 @@ unsafe impl<T: Send> Sync for Out<'_, T> {}
 impl<'a, T> Out<'a, T> {
     /// Borrows `x` for the lifetime of the `Out`.
     pub fn new(x: &'a mut [T]) -> Self {
-        Out { ptr: x.as_mut_ptr(), len: x.len(), _borrow: PhantomData }
+        Out {
+            ptr: x.as_mut_ptr(),
+            len: x.len(),
+            _borrow: PhantomData,
+        }
     }
 
     /// An `Out` over `len` elements at `ptr`.
@@ -235,7 +246,11 @@ impl<'a, T> Out<'a, T> {
     /// (dangling but aligned when `len` is 0), and only accessed through
     /// this `Out` meanwhile.
     pub unsafe fn from_raw(ptr: *mut T, len: usize) -> Self {
-        Out { ptr, len, _borrow: PhantomData }
+        Out {
+            ptr,
+            len,
+            _borrow: PhantomData,
+        }
     }
 
     /// Number of elements.
@@ -398,7 +413,14 @@ const EXACT_LIMIT: u64 = 1 << 53;
 /// `Int64` and `Bits64` for I64 and U64; `src` must hold the rows and `dst` the whole tensor. Arguments
 /// that break these rules are an error (a caller's bug), and `dst` is then
 /// left as it was: never partly filled.
-pub fn decode(dtype: Dtype, src: &[u8], shape: &[usize], row0: usize, row1: usize, dst: Dst<'_>) -> Result<DecodeStats> {
+pub fn decode(
+    dtype: Dtype,
+    src: &[u8],
+    shape: &[usize],
+    row0: usize,
+    row1: usize,
+    dst: Dst<'_>,
+) -> Result<DecodeStats> {
     // SAFETY: `dst` is borrowed exclusively for this call.
     unsafe { decode_rows(dtype, src, shape, row0, row1, Target::from(dst)) }
 }
@@ -419,7 +441,9 @@ pub unsafe fn decode_rows(
 ) -> Result<DecodeStats> {
     let mut stats = DecodeStats::default();
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
+    let need = (row1.saturating_sub(row0))
+        .checked_mul(row_len(shape))
+        .and_then(|n| dtype.bytes_for(n));
     let (Some(numel), Some(need)) = (numel, need) else {
         return Err(mismatch("the shape's size overflows"));
     };
@@ -427,7 +451,9 @@ pub unsafe fn decode_rows(
         return Ok(stats);
     }
     if row0 > row1 || row1 > n_rows(shape) || src.len() < need || dst.len() != numel {
-        return Err(mismatch("the rows, bytes or destination don't match the shape"));
+        return Err(mismatch(
+            "the rows, bytes or destination don't match the shape",
+        ));
     }
     if !decodes_into(dtype, &dst) {
         return Err(mismatch("the destination's type doesn't fit the dtype"));
@@ -562,12 +588,18 @@ pub fn decodes_into(dtype: Dtype, dst: &Target<'_>) -> bool {
 /// The error for arguments that don't fit together: a caller's bug, never
 /// the file's.
 fn mismatch(what: &str) -> Error {
-    Error::new(Kind::InvalidArgument, format!("internal error in the conversion kernels: {what}"))
+    Error::new(
+        Kind::InvalidArgument,
+        format!("internal error in the conversion kernels: {what}"),
+    )
 }
 
 /// Number of little-endian I32 values equal to `i32::MIN` in `src[..n]`.
 fn count_int_min(src: &[u8], n: usize) -> usize {
-    src[..n].chunks_exact(4).filter(|c| arr::<4>(c) == i32::MIN.to_le_bytes()).count()
+    src[..n]
+        .chunks_exact(4)
+        .filter(|c| arr::<4>(c) == i32::MIN.to_le_bytes())
+        .count()
 }
 
 /// Number of little-endian I32 values equal to `i32::MIN` (R's
@@ -623,7 +655,19 @@ unsafe fn kernel<const W: usize, T: Copy + Default>(
         // row-major `(i - row0) * rl + rm_base + j` < (row1 - row0) * rl and
         // column-major `i + cm_base + j * cm_last` < numel, with `i` in this
         // call's rows.
-        unsafe { transpose::<W, T, _>(src, rm_base, rl, row1 - row0, last, out, cm_base + row0, cm_last, &mut conv) };
+        unsafe {
+            transpose::<W, T, _>(
+                src,
+                rm_base,
+                rl,
+                row1 - row0,
+                last,
+                out,
+                cm_base + row0,
+                cm_last,
+                &mut conv,
+            )
+        };
         if !mid.advance() {
             return;
         }
@@ -719,7 +763,14 @@ fn for_each_tile(rows: usize, cols: usize, mut f: impl FnMut(usize, usize, usize
 /// loads (encode) one after the other; this about halves the time of a
 /// large transpose.
 #[inline(always)]
-fn prefetch_next_tile<const WRITE: bool, T>(p: *const T, base: usize, stride: usize, rows: usize, ib: usize, jb: usize) {
+fn prefetch_next_tile<const WRITE: bool, T>(
+    p: *const T,
+    base: usize,
+    stride: usize,
+    rows: usize,
+    ib: usize,
+    jb: usize,
+) {
     if ib + 2 * KTILE > rows {
         return;
     }
@@ -982,7 +1033,9 @@ pub fn encode_with(
     rounding: Rounding,
 ) -> std::result::Result<(), EncodeError> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let need = (row1.saturating_sub(row0)).checked_mul(row_len(shape)).and_then(|n| dtype.bytes_for(n));
+    let need = (row1.saturating_sub(row0))
+        .checked_mul(row_len(shape))
+        .and_then(|n| dtype.bytes_for(n));
     let (Some(numel), Some(need)) = (numel, need) else {
         return Err(EncodeError::Mismatch);
     };
@@ -1006,7 +1059,10 @@ pub fn encode_with(
             same(f as f64, v).then_some(f.to_le_bytes())
         }),
         (Dtype::F16 | Dtype::BF16, Src::Real(x)) if exact => match floats::codec(dtype) {
-            Some(c) => k!(2, x, |v| c.encode(v).filter(|&b| same(c.decode(b), v)).map(|b| (b as u16).to_le_bytes())),
+            Some(c) => k!(2, x, |v| c
+                .encode(v)
+                .filter(|&b| same(c.decode(b), v))
+                .map(|b| (b as u16).to_le_bytes())),
             None => false,
         },
         (Dtype::F32, Src::Real(x)) => k!(4, x, |v| {
@@ -1017,9 +1073,11 @@ pub fn encode_with(
             Some(c) => k!(2, x, |v| c.encode(v).map(|b| (b as u16).to_le_bytes())),
             None => false,
         },
-        (Dtype::F64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as f64).to_le_bytes())),
+        (Dtype::F64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN)
+            .then_some((v as f64).to_le_bytes())),
         (Dtype::I32, Src::Integer(x)) => k!(4, x, |v| (v != i32::MIN).then_some(v.to_le_bytes())),
-        (Dtype::I64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN).then_some((v as i64).to_le_bytes())),
+        (Dtype::I64, Src::Integer(x)) => k!(8, x, |v| (v != i32::MIN)
+            .then_some((v as i64).to_le_bytes())),
         (Dtype::U8, Src::Raw(x)) => k!(1, x, |v| Some([v])),
         (Dtype::I64, Src::Int64(x)) => k!(8, x, |v| (v != i64::MIN).then_some(v.to_le_bytes())),
         // NA (i64::MIN) is negative too.
@@ -1044,7 +1102,10 @@ fn first_bad(dtype: Dtype, src: Src<'_>, rounding: Rounding) -> Option<BadValue>
     (0..src.len()).find_map(|i| {
         one = [0; 8];
         let ok = encode_generic(dtype, src.slice(i, 1), &[1], 0, 1, &mut one, rounding);
-        (!ok).then(|| BadValue { index: i, value: get(src, i) })
+        (!ok).then(|| BadValue {
+            index: i,
+            value: get(src, i),
+        })
     })
 }
 
@@ -1080,7 +1141,17 @@ fn ekernel<const W: usize, S: Copy>(
     let mut mid = Middle::new(shape);
     loop {
         let (rm_base, cm_base) = (mid.rm, mid.cm);
-        ok &= etranspose::<W, S, _>(x, cm_base + row0, cm_last, row1 - row0, last, out, rm_base, rl, &mut conv);
+        ok &= etranspose::<W, S, _>(
+            x,
+            cm_base + row0,
+            cm_last,
+            row1 - row0,
+            last,
+            out,
+            rm_base,
+            rl,
+            &mut conv,
+        );
         if !mid.advance() {
             return ok;
         }
@@ -1159,7 +1230,9 @@ fn encode_generic(
     let mut ok = true;
     let exact = rounding == Rounding::Exact;
     // With `Exact`, a code only if it decodes to the value itself.
-    let keep = |code: Option<u32>, x: f64, decode: &dyn Fn(u32) -> f64| code.filter(|&b| !exact || same(decode(b), x));
+    let keep = |code: Option<u32>, x: f64, decode: &dyn Fn(u32) -> f64| {
+        code.filter(|&b| !exact || same(decode(b), x))
+    };
     macro_rules! run {
         ($w:literal, |$v:ident| $e:expr) => {{
             for_each_index(shape, row0, row1, |rm, cm| {
@@ -1176,20 +1249,30 @@ fn encode_generic(
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
         Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
             let f = narrow_f32(x);
-            let fits = if exact { same(f as f64, x) } else { f.is_finite() || !x.is_finite() };
+            let fits = if exact {
+                same(f as f64, x)
+            } else {
+                f.is_finite() || !x.is_finite()
+            };
             fits.then(|| f.to_le_bytes())
         })),
         Dtype::F16 | Dtype::BF16 => {
             let Some(c) = floats::codec(dtype) else {
                 return false;
             };
-            run!(2, |v| v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| (b as u16).to_le_bytes()))
+            run!(2, |v| v
+                .real()
+                .and_then(|x| keep(c.encode(x), x, &|b| c.decode(b)))
+                .map(|b| (b as u16).to_le_bytes()))
         }
         Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
             let Some(c) = floats::codec(dtype) else {
                 return false;
             };
-            run!(1, |v| v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| [b as u8]))
+            run!(1, |v| v
+                .real()
+                .and_then(|x| keep(c.encode(x), x, &|b| c.decode(b)))
+                .map(|b| [b as u8]))
         }
         Dtype::F8E8M0 => run!(1, |v| v
             .real()
@@ -1202,7 +1285,10 @@ fn encode_generic(
             let bits = dtype.bits();
             for_each_index(shape, row0, row1, |rm, cm| {
                 let v = get(src, cm);
-                match v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))) {
+                match v
+                    .real()
+                    .and_then(|x| keep(c.encode(x), x, &|b| c.decode(b)))
+                {
                     Some(code) => {
                         let pos = rm * bits;
                         let word = code << (pos % 8);
@@ -1215,15 +1301,20 @@ fn encode_generic(
                 }
             });
         }
-        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0).map(i64::to_le_bytes)),
-        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0).map(u64::to_le_bytes)),
+        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0)
+            .map(i64::to_le_bytes)),
+        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0)
+            .map(u64::to_le_bytes)),
         Dtype::I32 => run!(4, |v| int_in::<i32>(v).map(i32::to_le_bytes)),
         Dtype::U32 => run!(4, |v| int_in::<u32>(v).map(u32::to_le_bytes)),
         Dtype::I16 => run!(2, |v| int_in::<i16>(v).map(i16::to_le_bytes)),
         Dtype::U16 => run!(2, |v| int_in::<u16>(v).map(u16::to_le_bytes)),
         Dtype::I8 => run!(1, |v| int_in::<i8>(v).map(i8::to_le_bytes)),
         Dtype::U8 => run!(1, |v| int_in::<u8>(v).map(u8::to_le_bytes)),
-        Dtype::Bool => run!(1, |v| v.int().filter(|i| *i == 0 || *i == 1).map(|i| [i as u8])),
+        Dtype::Bool => run!(1, |v| v
+            .int()
+            .filter(|i| *i == 0 || *i == 1)
+            .map(|i| [i as u8])),
         Dtype::C64 => run!(8, |v| {
             let (re, im) = match v {
                 Num::C(re, im) => (re, im),
@@ -1232,7 +1323,13 @@ fn encode_generic(
                     None => (f64::NAN, f64::NAN),
                 },
             };
-            let fits = |x: f64, f: f32| if exact { same(f as f64, x) } else { f.is_finite() || !x.is_finite() };
+            let fits = |x: f64, f: f32| {
+                if exact {
+                    same(f as f64, x)
+                } else {
+                    f.is_finite() || !x.is_finite()
+                }
+            };
             let (fr, fi) = (narrow_f32(re), narrow_f32(im));
             (v != Num::Na && fits(re, fr) && fits(im, fi)).then(|| {
                 let mut b = [0u8; 8];
@@ -1316,9 +1413,17 @@ mod tests {
     fn tensors_without_elements_visit_nothing() {
         // Found by fuzzing (index_walk, deserialize, convert): an empty
         // middle axis used to let the tiled walk visit the outer axes.
-        for shape in [vec![2, 0, 3], vec![4, 0, 2], vec![2, 3, 0, 5], vec![0], vec![3, 0]] {
+        for shape in [
+            vec![2, 0, 3],
+            vec![4, 0, 2],
+            vec![2, 3, 0, 5],
+            vec![0],
+            vec![3, 0],
+        ] {
             let rows = n_rows(&shape);
-            for_each_index(&shape, 0, rows, |rm, cm| panic!("{shape:?} visited ({rm}, {cm})"));
+            for_each_index(&shape, 0, rows, |rm, cm| {
+                panic!("{shape:?} visited ({rm}, {cm})")
+            });
             let mut out: Vec<f64> = Vec::new();
             decode(Dtype::F64, &[], &shape, 0, rows, Dst::Real(&mut out)).unwrap();
             let mut ints: Vec<i32> = Vec::new();
@@ -1336,7 +1441,12 @@ mod tests {
         // bytes, a type the dtype doesn't decode into: errors, and the
         // destination keeps its filler.
         let mut short = vec![-1.0; 5];
-        assert_eq!(decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Real(&mut short)).unwrap_err().kind, Kind::InvalidArgument);
+        assert_eq!(
+            decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Real(&mut short))
+                .unwrap_err()
+                .kind,
+            Kind::InvalidArgument
+        );
         let mut out = vec![-1.0; 6];
         assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 3, Dst::Real(&mut out)).is_err());
         assert!(decode(Dtype::U8, &bytes[..5], &[2, 3], 0, 2, Dst::Real(&mut out)).is_err());
@@ -1355,9 +1465,18 @@ mod tests {
         // Encoding: values or output of the wrong length, rows past the end.
         let vals = [1.0; 6];
         let mut b = vec![0u8; 6];
-        assert_eq!(encode(Dtype::U8, Src::Real(&vals[..5]), &[2, 3], 0, 2, &mut b), Err(EncodeError::Mismatch));
-        assert_eq!(encode(Dtype::U8, Src::Real(&vals), &[2, 3], 0, 2, &mut b[..5]), Err(EncodeError::Mismatch));
-        assert_eq!(encode(Dtype::U8, Src::Real(&vals), &[2, 3], 1, 3, &mut b), Err(EncodeError::Mismatch));
+        assert_eq!(
+            encode(Dtype::U8, Src::Real(&vals[..5]), &[2, 3], 0, 2, &mut b),
+            Err(EncodeError::Mismatch)
+        );
+        assert_eq!(
+            encode(Dtype::U8, Src::Real(&vals), &[2, 3], 0, 2, &mut b[..5]),
+            Err(EncodeError::Mismatch)
+        );
+        assert_eq!(
+            encode(Dtype::U8, Src::Real(&vals), &[2, 3], 1, 3, &mut b),
+            Err(EncodeError::Mismatch)
+        );
         assert_eq!(b, vec![0u8; 6]);
     }
 
@@ -1365,34 +1484,106 @@ mod tests {
     fn exact_rounding_keeps_only_values_the_dtype_holds() {
         let third = [1.0 / 3.0];
         let whole = [0.5, -2.0, 0.0, f64::INFINITY, f64::NAN];
-        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F8E4M3, Dtype::F8E5M2, Dtype::F6E2M3, Dtype::F4] {
+        for dtype in [
+            Dtype::F32,
+            Dtype::F16,
+            Dtype::BF16,
+            Dtype::F8E4M3,
+            Dtype::F8E5M2,
+            Dtype::F6E2M3,
+            Dtype::F4,
+        ] {
             let n = if dtype.bits() % 8 == 0 { 1 } else { 4 };
             let thirds = vec![1.0 / 3.0; n];
             let mut out = [0u8; 8];
             let bytes = dtype.bytes_for(n).unwrap();
-            assert!(encode_with(dtype, Src::Real(&thirds), &[n], 0, n, &mut out[..bytes], Rounding::Nearest).is_ok(), "{dtype}");
+            assert!(
+                encode_with(
+                    dtype,
+                    Src::Real(&thirds),
+                    &[n],
+                    0,
+                    n,
+                    &mut out[..bytes],
+                    Rounding::Nearest
+                )
+                .is_ok(),
+                "{dtype}"
+            );
             out.fill(0);
-            let e = encode_with(dtype, Src::Real(&thirds), &[n], 0, n, &mut out[..bytes], Rounding::Exact).unwrap_err();
-            assert!(matches!(e, EncodeError::Value(BadValue { index: 0, .. })), "{dtype}");
+            let e = encode_with(
+                dtype,
+                Src::Real(&thirds),
+                &[n],
+                0,
+                n,
+                &mut out[..bytes],
+                Rounding::Exact,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(e, EncodeError::Value(BadValue { index: 0, .. })),
+                "{dtype}"
+            );
             assert!(fits_rounded(dtype, Num::F(third[0])), "{dtype}");
         }
         // Values every float dtype holds (those with infinities and NaN).
         for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F8E5M2] {
             let mut out = [0u8; 5 * 4];
             let bytes = dtype.bytes_for(5).unwrap();
-            encode_with(dtype, Src::Real(&whole), &[5], 0, 5, &mut out[..bytes], Rounding::Exact).unwrap();
+            encode_with(
+                dtype,
+                Src::Real(&whole),
+                &[5],
+                0,
+                5,
+                &mut out[..bytes],
+                Rounding::Exact,
+            )
+            .unwrap();
             let ints = [1, 2, -8];
-            encode_with(dtype, Src::Integer(&ints), &[3], 0, 3, &mut out[..dtype.bytes_for(3).unwrap()], Rounding::Exact).unwrap();
+            encode_with(
+                dtype,
+                Src::Integer(&ints),
+                &[3],
+                0,
+                3,
+                &mut out[..dtype.bytes_for(3).unwrap()],
+                Rounding::Exact,
+            )
+            .unwrap();
         }
         // 2^24 + 1 is exact in F64 and I32 but not in F32.
         let big = [16_777_217];
         let mut out = [0u8; 4];
-        assert!(encode_with(Dtype::F32, Src::Integer(&big), &[1], 0, 1, &mut out, Rounding::Exact).is_err());
-        assert!(encode_with(Dtype::F32, Src::Integer(&big), &[1], 0, 1, &mut out, Rounding::Nearest).is_ok());
+        assert!(encode_with(
+            Dtype::F32,
+            Src::Integer(&big),
+            &[1],
+            0,
+            1,
+            &mut out,
+            Rounding::Exact
+        )
+        .is_err());
+        assert!(encode_with(
+            Dtype::F32,
+            Src::Integer(&big),
+            &[1],
+            0,
+            1,
+            &mut out,
+            Rounding::Nearest
+        )
+        .is_ok());
         assert!(!fits_rounded(Dtype::F16, Num::F(1e6)));
     }
 
-    fn encode_all(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> std::result::Result<Vec<u8>, EncodeError> {
+    fn encode_all(
+        dtype: Dtype,
+        src: Src<'_>,
+        shape: &[usize],
+    ) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
         encode(dtype, src, shape, 0, n_rows(shape), &mut out)?;
@@ -1420,7 +1611,11 @@ mod tests {
                 // Values 0..5 are exact in every numeric dtype, F4 included.
                 let vals: Vec<f64> = (0..n).map(|i| (i % 5) as f64).collect();
                 let bytes = encode_all(dtype, Src::Real(&vals), &shape).unwrap();
-                assert_eq!(decode_real(dtype, &bytes, &shape), vals, "{dtype} {shape:?}");
+                assert_eq!(
+                    decode_real(dtype, &bytes, &shape),
+                    vals,
+                    "{dtype} {shape:?}"
+                );
             }
         }
     }
@@ -1441,7 +1636,9 @@ mod tests {
 
     #[test]
     fn rejects_unrepresentable_values() {
-        let EncodeError::Value(e) = encode_all(Dtype::I8, Src::Real(&[1.0, 128.0]), &[2]).unwrap_err() else {
+        let EncodeError::Value(e) =
+            encode_all(Dtype::I8, Src::Real(&[1.0, 128.0]), &[2]).unwrap_err()
+        else {
             panic!("not a value error");
         };
         assert_eq!(e.index, 1);
@@ -1453,9 +1650,15 @@ mod tests {
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
         // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
-        assert_eq!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(), i64::MAX.to_le_bytes());
+        assert_eq!(
+            encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
+            i64::MAX.to_le_bytes()
+        );
         assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
-        assert_eq!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(), u64::MAX.to_le_bytes());
+        assert_eq!(
+            encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
+            u64::MAX.to_le_bytes()
+        );
         assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
@@ -1481,7 +1684,12 @@ mod tests {
         assert_eq!(stats.inexact, 1);
         let min = i32::MIN.to_le_bytes();
         let mut out = [0];
-        assert_eq!(decode(Dtype::I32, &min, &[1], 0, 1, Dst::Integer(&mut out)).unwrap().int_min, 1);
+        assert_eq!(
+            decode(Dtype::I32, &min, &[1], 0, 1, Dst::Integer(&mut out))
+                .unwrap()
+                .int_min,
+            1
+        );
     }
 
     #[test]
@@ -1492,12 +1700,44 @@ mod tests {
         let whole = encode_all(Dtype::F6E2M3, Src::Real(&vals), &shape).unwrap();
         let rb = 4 * 6 / 8 * 4;
         let mut halves = vec![0u8; whole.len()];
-        encode(Dtype::F6E2M3, Src::Real(&vals), &shape, 0, 4, &mut halves[..rb]).unwrap();
-        encode(Dtype::F6E2M3, Src::Real(&vals), &shape, 4, 8, &mut halves[rb..]).unwrap();
+        encode(
+            Dtype::F6E2M3,
+            Src::Real(&vals),
+            &shape,
+            0,
+            4,
+            &mut halves[..rb],
+        )
+        .unwrap();
+        encode(
+            Dtype::F6E2M3,
+            Src::Real(&vals),
+            &shape,
+            4,
+            8,
+            &mut halves[rb..],
+        )
+        .unwrap();
         assert_eq!(halves, whole);
         let mut out = vec![0.0; 32];
-        decode(Dtype::F6E2M3, &whole[..rb], &shape, 0, 4, Dst::Real(&mut out)).unwrap();
-        decode(Dtype::F6E2M3, &whole[rb..], &shape, 4, 8, Dst::Real(&mut out)).unwrap();
+        decode(
+            Dtype::F6E2M3,
+            &whole[..rb],
+            &shape,
+            0,
+            4,
+            Dst::Real(&mut out),
+        )
+        .unwrap();
+        decode(
+            Dtype::F6E2M3,
+            &whole[rb..],
+            &shape,
+            4,
+            8,
+            Dst::Real(&mut out),
+        )
+        .unwrap();
         assert_eq!(out, vals);
     }
 
@@ -1559,9 +1799,9 @@ mod tests {
             Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
                 floats::codec(dtype).unwrap().decode(b(0) as u32)
             }
-            Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
-                floats::codec(dtype).unwrap().decode(packed(bytes, i, dtype.bits()))
-            }
+            Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => floats::codec(dtype)
+                .unwrap()
+                .decode(packed(bytes, i, dtype.bits())),
             Dtype::I64 => u64_() as i64 as f64,
             Dtype::U64 => u64_() as f64,
             Dtype::U32 => u32_(0) as f64,
@@ -1595,10 +1835,16 @@ mod tests {
         let n: usize = shape.iter().product();
         let rows = n_rows(shape);
         let rl = row_len(shape);
-        let ranges: Vec<(usize, usize)> = (0..rows.max(1)).step_by(step).map(|r| (r, (r + step).min(rows))).collect();
+        let ranges: Vec<(usize, usize)> = (0..rows.max(1))
+            .step_by(step)
+            .map(|r| (r, (r + step).min(rows)))
+            .collect();
         let run = |target: Target<'_>| {
             let one = |(r0, r1): (usize, usize)| {
-                let (b0, b1) = (dtype.bytes_for(r0 * rl).unwrap(), dtype.bytes_for(r1 * rl).unwrap());
+                let (b0, b1) = (
+                    dtype.bytes_for(r0 * rl).unwrap(),
+                    dtype.bytes_for(r1 * rl).unwrap(),
+                );
                 // SAFETY: each block decodes its own rows.
                 unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) }.unwrap();
             };
@@ -1621,7 +1867,11 @@ mod tests {
             RType::Integer | RType::Logical => {
                 let mut out = vec![-7i32; n];
                 let o = Out::new(&mut out);
-                run(if rt == RType::Integer { Target::Integer(o) } else { Target::Logical(o) });
+                run(if rt == RType::Integer {
+                    Target::Integer(o)
+                } else {
+                    Target::Logical(o)
+                });
                 out.iter().map(|&v| [v as f64, 0.0]).collect()
             }
             RType::Complex => {
@@ -1638,7 +1888,9 @@ mod tests {
         for dtype in ALL {
             for shape in kernel_shapes() {
                 let n: usize = shape.iter().product();
-                let Some(nbytes) = dtype.bytes_for(n) else { continue };
+                let Some(nbytes) = dtype.bytes_for(n) else {
+                    continue;
+                };
                 let bytes = rng.bytes(nbytes);
                 let cm = reference_cm(&shape);
                 let mut want = vec![[0.0; 2]; n];
@@ -1652,11 +1904,21 @@ mod tests {
                 let rows = n_rows(&shape);
                 let align = if dtype.bits() % 8 == 0 { 1 } else { 8 };
                 for rt in rts {
-                    for (step, threaded) in [(rows.max(1), false), (align, false), (3 * align, true), (16, true)] {
+                    for (step, threaded) in [
+                        (rows.max(1), false),
+                        (align, false),
+                        (3 * align, true),
+                        (16, true),
+                    ] {
                         let got = decode_blocks(dtype, rt, &bytes, &shape, step, threaded);
-                        let flat = |v: &[[f64; 2]]| bits(&v.iter().flatten().copied().collect::<Vec<_>>());
+                        let flat =
+                            |v: &[[f64; 2]]| bits(&v.iter().flatten().copied().collect::<Vec<_>>());
                         // Integer and logical targets hold the same numbers.
-                        assert_eq!(flat(&got), flat(&want), "{dtype} {shape:?} {rt:?} step {step}");
+                        assert_eq!(
+                            flat(&got),
+                            flat(&want),
+                            "{dtype} {shape:?} {rt:?} step {step}"
+                        );
                     }
                 }
             }
@@ -1703,20 +1965,29 @@ mod tests {
         let n: usize = shape.iter().product();
         let rows = n_rows(shape);
         let rl = row_len(shape);
-        let ranges: Vec<(usize, usize)> = (0..rows.max(1)).step_by(step).map(|r| (r, (r + step).min(rows))).collect();
+        let ranges: Vec<(usize, usize)> = (0..rows.max(1))
+            .step_by(step)
+            .map(|r| (r, (r + step).min(rows)))
+            .collect();
         let run = |target: Target<'_>| {
             let one = |(r0, r1): (usize, usize)| {
-                let (b0, b1) = (dtype.bytes_for(r0 * rl).unwrap(), dtype.bytes_for(r1 * rl).unwrap());
+                let (b0, b1) = (
+                    dtype.bytes_for(r0 * rl).unwrap(),
+                    dtype.bytes_for(r1 * rl).unwrap(),
+                );
                 // SAFETY: each block decodes its own rows.
                 unsafe { decode_rows(dtype, &bytes[b0..b1], shape, r0, r1, target) }.unwrap()
             };
             if threaded {
                 std::thread::scope(|s| {
                     let hs: Vec<_> = ranges.iter().map(|&r| s.spawn(move || one(r))).collect();
-                    hs.into_iter().fold(DecodeStats::default(), |a, h| a.merge(h.join().unwrap()))
+                    hs.into_iter()
+                        .fold(DecodeStats::default(), |a, h| a.merge(h.join().unwrap()))
                 })
             } else {
-                ranges.iter().fold(DecodeStats::default(), |a, &r| a.merge(one(r)))
+                ranges
+                    .iter()
+                    .fold(DecodeStats::default(), |a, &r| a.merge(one(r)))
             }
         };
         match kind {
@@ -1755,7 +2026,10 @@ mod tests {
                 // Plant the extremes: i64::MIN (integer64's NA), i64::MAX,
                 // u64::MAX and 2^63 (above i64::MAX as U64).
                 if dtype.bits() == 64 {
-                    for (k, v) in [i64::MIN as u64, i64::MAX as u64, u64::MAX, 1 << 63].into_iter().enumerate() {
+                    for (k, v) in [i64::MIN as u64, i64::MAX as u64, u64::MAX, 1 << 63]
+                        .into_iter()
+                        .enumerate()
+                    {
                         if k * 3 < n {
                             bytes[k * 3 * 8..k * 3 * 8 + 8].copy_from_slice(&v.to_le_bytes());
                         }
@@ -1774,7 +2048,14 @@ mod tests {
                 for (step, threaded) in [(rows.max(1), false), (1, false), (3, true), (16, true)] {
                     let (got, stats) = decode_words(dtype, kind, &bytes, &shape, step, threaded);
                     assert_eq!(got, want, "{dtype} {kind:?} {shape:?} step {step}");
-                    assert_eq!(stats, DecodeStats { na: want_na, ..DecodeStats::default() }, "{dtype} {kind:?} {shape:?}");
+                    assert_eq!(
+                        stats,
+                        DecodeStats {
+                            na: want_na,
+                            ..DecodeStats::default()
+                        },
+                        "{dtype} {kind:?} {shape:?}"
+                    );
                 }
             }
         }
@@ -1793,7 +2074,10 @@ mod tests {
         assert_eq!(out, [0, i64::MAX, i64::MIN, -1, 5]);
         assert_eq!(st.na, 1);
         let mut words = [0u64; 5];
-        assert_eq!(decode(Dtype::U64, &bytes, &[5], 0, 5, Dst::Bits64(&mut words)).unwrap(), DecodeStats::default());
+        assert_eq!(
+            decode(Dtype::U64, &bytes, &[5], 0, 5, Dst::Bits64(&mut words)).unwrap(),
+            DecodeStats::default()
+        );
         assert_eq!(words, vals);
     }
 
@@ -1802,18 +2086,43 @@ mod tests {
         let bytes = [1u8; 48];
         let mut raw = vec![9u8; 6];
         for d in [Dtype::I8, Dtype::Bool, Dtype::F8E4M3] {
-            assert!(decode(d, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw)).is_err(), "{d}");
+            assert!(
+                decode(d, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw)).is_err(),
+                "{d}"
+            );
         }
         assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw[..5])).is_err());
         assert_eq!(raw, vec![9u8; 6]);
         let mut ints = vec![9i64; 6];
         let mut words = vec![9u64; 6];
         for d in [Dtype::F64, Dtype::U32, Dtype::C64, Dtype::U8] {
-            assert!(decode(d, &bytes, &[2, 3], 0, 2, Dst::Int64(&mut ints)).is_err(), "{d}");
-            assert!(decode(d, &bytes, &[2, 3], 0, 2, Dst::Bits64(&mut words)).is_err(), "{d}");
+            assert!(
+                decode(d, &bytes, &[2, 3], 0, 2, Dst::Int64(&mut ints)).is_err(),
+                "{d}"
+            );
+            assert!(
+                decode(d, &bytes, &[2, 3], 0, 2, Dst::Bits64(&mut words)).is_err(),
+                "{d}"
+            );
         }
-        assert!(decode(Dtype::I64, &bytes[..40], &[2, 3], 0, 2, Dst::Int64(&mut ints)).is_err());
-        assert!(decode(Dtype::I64, &bytes, &[2, 3], 0, 2, Dst::Bits64(&mut words[..5])).is_err());
+        assert!(decode(
+            Dtype::I64,
+            &bytes[..40],
+            &[2, 3],
+            0,
+            2,
+            Dst::Int64(&mut ints)
+        )
+        .is_err());
+        assert!(decode(
+            Dtype::I64,
+            &bytes,
+            &[2, 3],
+            0,
+            2,
+            Dst::Bits64(&mut words[..5])
+        )
+        .is_err());
         assert_eq!(ints, vec![9i64; 6]);
         assert_eq!(words, vec![9u64; 6]);
     }
@@ -1829,18 +2138,34 @@ mod tests {
         assert_eq!(bytes[8..16], ((1i64 << 53) + 1).to_le_bytes());
         // U64 takes the non-negative ones; NA is refused everywhere.
         let pos = [0, (1 << 53) + 1, i64::MAX];
-        assert_eq!(encode_all(Dtype::U64, Src::Int64(&pos), &[3]).unwrap(), encode_all(Dtype::I64, Src::Int64(&pos), &[3]).unwrap());
-        let EncodeError::Value(bad) = encode_all(Dtype::U64, Src::Int64(&vals), &[6]).unwrap_err() else { panic!() };
+        assert_eq!(
+            encode_all(Dtype::U64, Src::Int64(&pos), &[3]).unwrap(),
+            encode_all(Dtype::I64, Src::Int64(&pos), &[3]).unwrap()
+        );
+        let EncodeError::Value(bad) = encode_all(Dtype::U64, Src::Int64(&vals), &[6]).unwrap_err()
+        else {
+            panic!()
+        };
         assert_eq!((bad.index, bad.value), (1, Num::I(-1)));
         for d in [Dtype::I64, Dtype::U64, Dtype::F64, Dtype::I32] {
-            let EncodeError::Value(bad) = encode_all(d, Src::Int64(&[1, i64::MIN]), &[2]).unwrap_err() else { panic!() };
+            let EncodeError::Value(bad) =
+                encode_all(d, Src::Int64(&[1, i64::MIN]), &[2]).unwrap_err()
+            else {
+                panic!()
+            };
             assert_eq!((bad.index, bad.value), (1, Num::Na), "{d}");
         }
         // Other dtypes take the values they hold: whole numbers in range,
         // floats rounded to nearest.
-        assert_eq!(encode_all(Dtype::I8, Src::Int64(&[-128, 127]), &[2]).unwrap(), vec![0x80, 0x7f]);
+        assert_eq!(
+            encode_all(Dtype::I8, Src::Int64(&[-128, 127]), &[2]).unwrap(),
+            vec![0x80, 0x7f]
+        );
         assert!(encode_all(Dtype::I8, Src::Int64(&[128]), &[1]).is_err());
-        assert_eq!(encode_all(Dtype::F64, Src::Int64(&[(1 << 53) + 1]), &[1]).unwrap(), (9007199254740992.0f64).to_le_bytes());
+        assert_eq!(
+            encode_all(Dtype::F64, Src::Int64(&[(1 << 53) + 1]), &[1]).unwrap(),
+            (9007199254740992.0f64).to_le_bytes()
+        );
     }
 
     #[test]
@@ -1855,13 +2180,29 @@ mod tests {
         let mut total = 0;
         for r0 in (0..20).step_by(7) {
             let r1 = (r0 + 7).min(20);
-            total += decode(Dtype::I64, &bytes[r0 * 17 * 8..r1 * 17 * 8], &shape, r0, r1, Dst::Real(&mut out)).unwrap().inexact;
+            total += decode(
+                Dtype::I64,
+                &bytes[r0 * 17 * 8..r1 * 17 * 8],
+                &shape,
+                r0,
+                r1,
+                Dst::Real(&mut out),
+            )
+            .unwrap()
+            .inexact;
         }
         assert_eq!(total, 2);
-        let ints: Vec<u8> =
-            (0..n as i32).map(|i| if i % 50 == 0 { i32::MIN } else { i }).flat_map(|v| v.to_le_bytes()).collect();
+        let ints: Vec<u8> = (0..n as i32)
+            .map(|i| if i % 50 == 0 { i32::MIN } else { i })
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let mut out = vec![0; n];
-        assert_eq!(decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out)).unwrap().int_min, 7);
+        assert_eq!(
+            decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out))
+                .unwrap()
+                .int_min,
+            7
+        );
         assert_eq!(count_i32_min(&ints), 7);
     }
 
@@ -1899,7 +2240,11 @@ mod tests {
             .collect()
     }
 
-    fn ref_encode(dtype: Dtype, src: Src<'_>, shape: &[usize]) -> std::result::Result<Vec<u8>, EncodeError> {
+    fn ref_encode(
+        dtype: Dtype,
+        src: Src<'_>,
+        shape: &[usize],
+    ) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
         let cm = reference_cm(shape);
@@ -1907,7 +2252,15 @@ mod tests {
         let mut first_bad: Option<usize> = None;
         for (rm, &c) in cm.iter().enumerate() {
             let mut one = [0u8; 8];
-            if encode_generic(dtype, src.slice(c, 1), &[1], 0, 1, &mut one, Rounding::Nearest) {
+            if encode_generic(
+                dtype,
+                src.slice(c, 1),
+                &[1],
+                0,
+                1,
+                &mut one,
+                Rounding::Nearest,
+            ) {
                 if bits % 8 == 0 {
                     let w = bits / 8;
                     out[rm * w..rm * w + w].copy_from_slice(&one[..w]);
@@ -1924,12 +2277,20 @@ mod tests {
             }
         }
         match first_bad {
-            Some(index) => Err(EncodeError::Value(BadValue { index, value: get(src, index) })),
+            Some(index) => Err(EncodeError::Value(BadValue {
+                index,
+                value: get(src, index),
+            })),
             None => Ok(out),
         }
     }
 
-    fn encode_blocks(dtype: Dtype, src: Src<'_>, shape: &[usize], step: usize) -> std::result::Result<Vec<u8>, EncodeError> {
+    fn encode_blocks(
+        dtype: Dtype,
+        src: Src<'_>,
+        shape: &[usize],
+        step: usize,
+    ) -> std::result::Result<Vec<u8>, EncodeError> {
         let n: usize = shape.iter().product();
         let mut out = vec![0u8; dtype.bytes_for(n).unwrap()];
         let rows = n_rows(shape);
@@ -1946,8 +2307,10 @@ mod tests {
             r0 = r1;
         }
         let results: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> =
-                parts.into_iter().map(|(a, b, o)| s.spawn(move || encode(dtype, src, shape, a, b, o))).collect();
+            let hs: Vec<_> = parts
+                .into_iter()
+                .map(|(a, b, o)| s.spawn(move || encode(dtype, src, shape, a, b, o)))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         if shape.is_empty() {
@@ -1970,8 +2333,16 @@ mod tests {
                 }
                 let reals = test_reals(&mut rng, n);
                 // Mostly valid values, so some tensors encode without error.
-                let clean: Vec<f64> =
-                    reals.iter().map(|&x| if x.is_finite() { (x.abs() % 4.0).floor() } else { 1.0 }).collect();
+                let clean: Vec<f64> = reals
+                    .iter()
+                    .map(|&x| {
+                        if x.is_finite() {
+                            (x.abs() % 4.0).floor()
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
                 let ints: Vec<i32> = (0..n)
                     .map(|_| match rng.next() % 10 {
                         0 => i32::MIN,
@@ -1981,7 +2352,11 @@ mod tests {
                     .collect();
                 let clean_ints: Vec<i32> = ints.iter().map(|&v| v.clamp(0, 1)).collect();
                 let raws = rng.bytes(n);
-                let cplx: Vec<[f64; 2]> = reals.iter().zip(clean.iter()).map(|(&a, &b)| [b, a]).collect();
+                let cplx: Vec<[f64; 2]> = reals
+                    .iter()
+                    .zip(clean.iter())
+                    .map(|(&a, &b)| [b, a])
+                    .collect();
                 let int64s: Vec<i64> = (0..n)
                     .map(|_| match rng.next() % 8 {
                         0 => i64::MIN,

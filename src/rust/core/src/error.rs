@@ -120,12 +120,22 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with `message`.
     pub fn new(kind: Kind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), tensor: None, hint: None }
+        Error {
+            kind,
+            message: message.into(),
+            tensor: None,
+            hint: None,
+        }
     }
 
     /// An error of `kind` about tensor `name`.
     pub fn tensor(kind: Kind, name: &str, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), tensor: Some(name.to_string()), hint: None }
+        Error {
+            kind,
+            message: message.into(),
+            tensor: Some(name.to_string()),
+            hint: None,
+        }
     }
 
     /// The same error with a hint on what to do.

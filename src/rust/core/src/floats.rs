@@ -34,7 +34,14 @@ struct Format {
 
 impl Format {
     fn of(dtype: Dtype) -> Option<Format> {
-        let f = |ebits, mbits, bias, special| Some(Format { ebits, mbits, bias, special });
+        let f = |ebits, mbits, bias, special| {
+            Some(Format {
+                ebits,
+                mbits,
+                bias,
+                special,
+            })
+        };
         match dtype {
             Dtype::F16 => f(5, 10, 15, Special::Ieee),
             Dtype::BF16 => f(8, 7, 127, Special::Ieee),
@@ -62,7 +69,11 @@ impl Format {
         match self.special {
             Special::Ieee if exp == emask => {
                 return if man == 0 {
-                    if sign == 1 { f64::NEG_INFINITY } else { f64::INFINITY }
+                    if sign == 1 {
+                        f64::NEG_INFINITY
+                    } else {
+                        f64::INFINITY
+                    }
                 } else {
                     nan_f64(sign, man, self.mbits)
                 };
@@ -77,7 +88,11 @@ impl Format {
         } else {
             ((1u32 << self.mbits) + man) as f64 * pow2(exp as i32 - self.bias - m)
         };
-        if sign == 1 { -mag } else { mag }
+        if sign == 1 {
+            -mag
+        } else {
+            mag
+        }
     }
 
     fn max_finite(self) -> f64 {
@@ -154,7 +169,11 @@ fn nan_f64(sign: u32, man: u32, mbits: u32) -> f64 {
 /// those are all zero (R's `NA` keeps its payload in the low bits).
 fn nan_mantissa(v: f64, mbits: u32) -> u32 {
     let man = ((v.to_bits() >> (52 - mbits)) & ((1 << mbits) - 1)) as u32;
-    if man == 0 { 1 << (mbits - 1) } else { man }
+    if man == 0 {
+        1 << (mbits - 1)
+    } else {
+        man
+    }
 }
 
 /// Widens F32 bits to f64, exactly, NaN sign and payload included.
@@ -201,11 +220,17 @@ pub struct Codec {
 impl Codec {
     fn new(format: Format) -> Codec {
         let table = if format.bits() <= 8 {
-            (0..1u32 << format.bits()).map(|c| format.decode(c)).collect()
+            (0..1u32 << format.bits())
+                .map(|c| format.decode(c))
+                .collect()
         } else {
             Vec::new()
         };
-        Codec { format, max: format.max_finite(), table }
+        Codec {
+            format,
+            max: format.max_finite(),
+            table,
+        }
     }
 
     /// The value of `code` (its low bits).
@@ -244,7 +269,11 @@ pub fn codec(dtype: Dtype) -> Option<&'static Codec> {
 /// Decodes an F8_E8M0 scale: 2^(code - 127), 0xFF is NaN.
 #[inline(always)]
 pub fn decode_e8m0(code: u8) -> f64 {
-    if code == 0xff { f64::NAN } else { pow2(code as i32 - 127) }
+    if code == 0xff {
+        f64::NAN
+    } else {
+        pow2(code as i32 - 127)
+    }
 }
 
 /// Encodes a positive power-of-two scale, rounding the mantissa to nearest
@@ -328,7 +357,10 @@ mod tests {
         for bits in 0..=u16::MAX {
             let h = half::f16::from_bits(bits);
             let ours = c(Dtype::F16).decode(bits as u32);
-            assert!(ours == h.to_f64() || (ours.is_nan() && h.is_nan()), "bits {bits:#x}");
+            assert!(
+                ours == h.to_f64() || (ours.is_nan() && h.is_nan()),
+                "bits {bits:#x}"
+            );
             if !h.is_nan() {
                 assert_eq!(c(Dtype::F16).encode(h.to_f64()), Some(bits as u32));
             }
@@ -372,11 +404,22 @@ mod tests {
     #[test]
     fn nan_codes_round_trip_bit_for_bit() {
         // Every NaN code of the formats with more than one, signs included.
-        for d in [Dtype::F16, Dtype::BF16, Dtype::F8E5M2, Dtype::F8E4M3, Dtype::F8E4M3Fnuz, Dtype::F8E5M2Fnuz] {
+        for d in [
+            Dtype::F16,
+            Dtype::BF16,
+            Dtype::F8E5M2,
+            Dtype::F8E4M3,
+            Dtype::F8E4M3Fnuz,
+            Dtype::F8E5M2Fnuz,
+        ] {
             let codec = c(d);
             for code in 0..1u32 << codec.format.bits() {
                 if codec.decode(code).is_nan() {
-                    assert_eq!(codec.encode(codec.decode(code)), Some(code), "{d} code {code:#x}");
+                    assert_eq!(
+                        codec.encode(codec.decode(code)),
+                        Some(code),
+                        "{d} code {code:#x}"
+                    );
                 }
             }
         }
@@ -386,10 +429,22 @@ mod tests {
                 assert_eq!(c(Dtype::F16).encode(h), Some(bits as u32), "F16 {bits:#x}");
             }
             if b.is_nan() {
-                assert_eq!(c(Dtype::BF16).encode(b), Some(bits as u32), "BF16 {bits:#x}");
+                assert_eq!(
+                    c(Dtype::BF16).encode(b),
+                    Some(bits as u32),
+                    "BF16 {bits:#x}"
+                );
             }
         }
-        for bits in [0x7f80_0001u32, 0x7fbf_ffff, 0x7fc0_0000, 0xffc0_1234, 0xff80_0001, 0x3f80_0000, 0x8000_0000] {
+        for bits in [
+            0x7f80_0001u32,
+            0x7fbf_ffff,
+            0x7fc0_0000,
+            0xffc0_1234,
+            0xff80_0001,
+            0x3f80_0000,
+            0x8000_0000,
+        ] {
             assert_eq!(narrow_f32(widen_f32(bits)).to_bits(), bits, "F32 {bits:#x}");
         }
         // R's NaN and NA (payload in the low bits) become the quiet NaN.

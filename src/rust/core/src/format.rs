@@ -86,7 +86,10 @@ pub fn header_len(prefix: &[u8], total_len: u64) -> Result<usize> {
     let Some(first) = prefix.get(..N_LEN) else {
         return Err(Error::new(
             Kind::HeaderTooSmall,
-            format!("the file has {} bytes, too few for the 8-byte header length", prefix.len()),
+            format!(
+                "the file has {} bytes, too few for the 8-byte header length",
+                prefix.len()
+            ),
         ));
     };
     let mut le = [0u8; N_LEN];
@@ -121,7 +124,8 @@ pub fn header_len(prefix: &[u8], total_len: u64) -> Result<usize> {
     Ok(n)
 }
 
-const TORCH_ZIP_HINT: &str = "Read it in R with `torch::load_state_dict()` (from the torch package), \
+const TORCH_ZIP_HINT: &str =
+    "Read it in R with `torch::load_state_dict()` (from the torch package), \
     or convert it to safetensors in Python: \
     `safetensors.torch.save_file(torch.load(path), \"model.safetensors\")`.";
 const TORCH_PICKLE_HINT: &str = "Convert it to safetensors in Python: \
@@ -131,7 +135,8 @@ const NPZ_HINT: &str = "Convert it to safetensors in Python: \
     `safetensors.numpy.save_file(dict(numpy.load(path)), \"model.safetensors\")`.";
 const NPY_HINT: &str = "Convert it to safetensors in Python: \
     `safetensors.numpy.save_file({\"x\": numpy.load(path)}, \"model.safetensors\")`.";
-const GZIP_HINT: &str = "If it holds a safetensors file, read it through a connection that decompresses it, \
+const GZIP_HINT: &str =
+    "If it holds a safetensors file, read it through a connection that decompresses it, \
     `gzfile(path)`; if it holds an R object saved with `saveRDS()`, with `readRDS()`.";
 const LFS_HINT: &str = "Fetch the file itself, with `git lfs pull` in a clone, or download it \
     (from the Hugging Face Hub, through its `resolve/` address).";
@@ -145,7 +150,10 @@ const JSON_HINT: &str =
 /// `None` when it looks like nothing known.
 pub fn not_safetensors(kind: Kind, prefix: &[u8]) -> Option<Error> {
     let (what, hint) = looks_like(prefix)?;
-    let err = Error::new(kind, format!("it is not a safetensors file: it looks like {what}"));
+    let err = Error::new(
+        kind,
+        format!("it is not a safetensors file: it looks like {what}"),
+    );
     Some(match hint {
         Some(h) => err.with_hint(h),
         None => err,
@@ -164,28 +172,40 @@ pub fn looks_like(prefix: &[u8]) -> Option<(String, Option<&'static str>)> {
         // PyTorch writes `<name>/data.pkl` first (newer versions may start
         // with its format records).
         let torch_entry = |n: &str| {
-            n == "data.pkl" || ["/data.pkl", "/.format_version", "/byteorder"].iter().any(|e| n.ends_with(e))
+            n == "data.pkl"
+                || ["/data.pkl", "/.format_version", "/byteorder"]
+                    .iter()
+                    .any(|e| n.ends_with(e))
         };
         return match name {
-            Some(n) if torch_entry(&n) => {
-                p("a PyTorch checkpoint (the zip archive `torch.save()` writes)", Some(TORCH_ZIP_HINT))
-            }
+            Some(n) if torch_entry(&n) => p(
+                "a PyTorch checkpoint (the zip archive `torch.save()` writes)",
+                Some(TORCH_ZIP_HINT),
+            ),
             Some(n) if n.ends_with(".npy") => p("a NumPy `.npz` archive", Some(NPZ_HINT)),
             Some(_) => p("a zip archive", None),
-            None => p("a zip archive, such as a PyTorch checkpoint or a NumPy `.npz` file", Some(TORCH_ZIP_HINT)),
+            None => p(
+                "a zip archive, such as a PyTorch checkpoint or a NumPy `.npz` file",
+                Some(TORCH_ZIP_HINT),
+            ),
         };
     }
     // Python pickles start with the PROTO opcode; PyTorch's legacy format
     // with a pickled magic number.
     if prefix.len() >= 2 && prefix[0] == 0x80 && (2..=5).contains(&prefix[1]) {
-        const LEGACY: [u8; 12] = [0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+        const LEGACY: [u8; 12] = [
+            0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+        ];
         if prefix[2..].starts_with(&LEGACY) {
             return p(
                 "a PyTorch checkpoint in the legacy format of `torch.save()` (before PyTorch 1.6)",
                 Some(TORCH_PICKLE_HINT),
             );
         }
-        return p("a Python pickle, such as a PyTorch checkpoint", Some(TORCH_PICKLE_HINT));
+        return p(
+            "a Python pickle, such as a PyTorch checkpoint",
+            Some(TORCH_PICKLE_HINT),
+        );
     }
     if prefix.starts_with(b"GGUF") {
         return p("a GGUF file (the format of llama.cpp)", None);
@@ -218,14 +238,22 @@ pub fn looks_like(prefix: &[u8]) -> Option<(String, Option<&'static str>)> {
         );
     }
     if prefix.starts_with(b"\x28\xb5\x2f\xfd") {
-        return p("a zstd-compressed file", Some("If it holds a safetensors file, decompress it first."));
+        return p(
+            "a zstd-compressed file",
+            Some("If it holds a safetensors file, decompress it first."),
+        );
     }
-    if [b"RDX2\n", b"RDX3\n", b"RDA2\n", b"RDA3\n"].iter().any(|m| prefix.starts_with(*m))
+    if [b"RDX2\n", b"RDX3\n", b"RDA2\n", b"RDA3\n"]
+        .iter()
+        .any(|m| prefix.starts_with(*m))
         || prefix.starts_with(b"X\n\x00\x00\x00")
         || prefix.starts_with(b"A\n2\n")
         || prefix.starts_with(b"A\n3\n")
     {
-        return p("an R data file", Some("Read it with `load()`, `readRDS()` or `unserialize()`."));
+        return p(
+            "an R data file",
+            Some("Read it with `load()`, `readRDS()` or `unserialize()`."),
+        );
     }
     looks_like_text(prefix)
 }
@@ -248,13 +276,23 @@ fn looks_like_text(prefix: &[u8]) -> Option<(String, Option<&'static str>)> {
         }
         Err(_) => return None,
     };
-    if text.len() < N_LEN || text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{c}')) {
+    if text.len() < N_LEN
+        || text
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{c}'))
+    {
         return None;
     }
     let start = text.trim_start_matches('\u{feff}').trim_start();
-    let lower = start.get(..start.len().min(16)).unwrap_or("").to_ascii_lowercase();
+    let lower = start
+        .get(..start.len().min(16))
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let found = if start.starts_with("version https://git-lfs") {
-        ("a Git LFS pointer file, not the data it points to", Some(LFS_HINT))
+        (
+            "a Git LFS pointer file, not the data it points to",
+            Some(LFS_HINT),
+        )
     } else if lower.starts_with("<!doctyp") || lower.starts_with("<html") {
         ("a web page (HTML)", Some(HTML_HINT))
     } else if start.starts_with('{') || start.starts_with('[') {
@@ -280,10 +318,18 @@ pub fn parse_header_only(json: &[u8]) -> Result<Header> {
 }
 
 fn parse_header_impl(json: &[u8], data_len: Option<usize>) -> Result<Header> {
-    let text = std::str::from_utf8(json)
-        .map_err(|e| Error::new(Kind::InvalidHeader, format!("the header is not valid UTF-8: {e}")))?;
-    let raw: RawHeader = serde_json::from_str(text)
-        .map_err(|e| Error::new(Kind::InvalidHeader, format!("the header is not valid JSON: {e}")))?;
+    let text = std::str::from_utf8(json).map_err(|e| {
+        Error::new(
+            Kind::InvalidHeader,
+            format!("the header is not valid UTF-8: {e}"),
+        )
+    })?;
+    let raw: RawHeader = serde_json::from_str(text).map_err(|e| {
+        Error::new(
+            Kind::InvalidHeader,
+            format!("the header is not valid JSON: {e}"),
+        )
+    })?;
     if let Some(name) = raw.duplicate {
         return Err(Error::tensor(
             Kind::DuplicateName,
@@ -318,7 +364,10 @@ fn validate(raw: RawHeader, header_len: usize, data_len: Option<usize>) -> Resul
                 ),
             ));
         }
-        let numel = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let bits = numel.and_then(|n| n.checked_mul(t.dtype.bits()));
         let Some(bits) = bits else {
             return Err(Error::tensor(
@@ -355,7 +404,13 @@ fn validate(raw: RawHeader, header_len: usize, data_len: Option<usize>) -> Resul
             ));
         }
         expected = end;
-        tensors.push(TensorInfo { name: t.name, dtype: t.dtype, shape: t.shape, begin, end });
+        tensors.push(TensorInfo {
+            name: t.name,
+            dtype: t.dtype,
+            shape: t.shape,
+            begin,
+            end,
+        });
     }
     let data_len = data_len.unwrap_or(expected);
     if expected != data_len {
@@ -469,9 +524,16 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
     // Each tensor's size first, then its offset in the order of the data.
     let mut sizes = Vec::with_capacity(tensors.len());
     for t in tensors {
-        let numel = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let Some(numel) = numel else {
-            return Err(Error::tensor(Kind::Overflow, &t.name, format!("the size of tensor `{}` overflows", t.name)));
+            return Err(Error::tensor(
+                Kind::Overflow,
+                &t.name,
+                format!("the size of tensor `{}` overflows", t.name),
+            ));
         };
         let Some(nbytes) = t.dtype.bytes_for(numel) else {
             // On write this is a bad argument, not a malformed file.
@@ -495,7 +557,11 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
     let mut pos = 0usize;
     for &i in &order {
         let Some(end) = pos.checked_add(sizes[i]) else {
-            return Err(Error::tensor(Kind::Overflow, &tensors[i].name, "the total size of the tensors overflows"));
+            return Err(Error::tensor(
+                Kind::Overflow,
+                &tensors[i].name,
+                "the total size of the tensors overflows",
+            ));
         };
         offsets[i] = (pos, end);
         pos = end;
@@ -529,7 +595,11 @@ pub fn layout(tensors: &[TensorSpec], metadata: Option<&[(String, String)]>) -> 
     let mut prefix = Vec::with_capacity(N_LEN + padded);
     prefix.extend_from_slice(&(padded as u64).to_le_bytes());
     prefix.extend_from_slice(&json);
-    Ok(Layout { prefix, offsets, order })
+    Ok(Layout {
+        prefix,
+        offsets,
+        order,
+    })
 }
 
 /// Appends `s` as a JSON string, escaped exactly as serde_json (and so the
@@ -636,7 +706,12 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                 });
             }
         }
-        Ok(RawHeader { tensors, metadata, metadata_position, duplicate })
+        Ok(RawHeader {
+            tensors,
+            metadata,
+            metadata_position,
+            duplicate,
+        })
     }
 }
 
@@ -657,7 +732,10 @@ impl<'de> DeserializeSeed<'de> for MetadataSeed {
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                         f.write_str("a map of strings to strings")
                     }
-                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> std::result::Result<Entries, A::Error> {
                         let mut out: Vec<(String, String)> = Vec::new();
                         // Position of each key in `out`: a hostile header
                         // may hold millions of keys, so no linear search.
@@ -687,7 +765,11 @@ mod tests {
 
     #[test]
     fn data_are_ordered_by_alignment_and_the_header_as_given() {
-        let t = |name: &str, dtype: Dtype, shape: &[usize]| TensorSpec { name: name.into(), dtype, shape: shape.to_vec() };
+        let t = |name: &str, dtype: Dtype, shape: &[usize]| TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        };
         let specs = [
             t("flag", Dtype::Bool, &[1]),
             t("w", Dtype::F64, &[2]),
@@ -699,16 +781,35 @@ mod tests {
         let l = layout(&specs, None).unwrap();
         // Largest alignment first, the order given among equals.
         assert_eq!(l.order, vec![1, 5, 4, 2, 0, 3]);
-        assert_eq!(l.offsets, vec![(34, 35), (0, 16), (28, 34), (35, 36), (24, 28), (16, 24)]);
+        assert_eq!(
+            l.offsets,
+            vec![(34, 35), (0, 16), (28, 34), (35, 36), (24, 28), (16, 24)]
+        );
         assert_eq!(l.file_len(), Some(l.prefix.len() + 36));
         let h = parse_header(&l.prefix[N_LEN..], 36).unwrap();
-        let listed: Vec<&str> = h.json_order.iter().map(|&i| h.tensors[i].name.as_str()).collect();
+        let listed: Vec<&str> = h
+            .json_order
+            .iter()
+            .map(|&i| h.tensors[i].name.as_str())
+            .collect();
         assert_eq!(listed, ["flag", "w", "h", "q", "f", "v"]);
         for x in &h.tensors {
-            assert_eq!((h.data_start() + x.begin) % alignment(x.dtype), 0, "{}", x.name);
+            assert_eq!(
+                (h.data_start() + x.begin) % alignment(x.dtype),
+                0,
+                "{}",
+                x.name
+            );
         }
         // Already in that order (as Python writes): the data follow the header.
-        let sorted = [t("a", Dtype::U64, &[1]), t("b", Dtype::C64, &[1]), t("c", Dtype::F32, &[1]), t("d", Dtype::U8, &[1]), t("e", Dtype::F4, &[2]), t("f", Dtype::Bool, &[1])];
+        let sorted = [
+            t("a", Dtype::U64, &[1]),
+            t("b", Dtype::C64, &[1]),
+            t("c", Dtype::F32, &[1]),
+            t("d", Dtype::U8, &[1]),
+            t("e", Dtype::F4, &[2]),
+            t("f", Dtype::Bool, &[1]),
+        ];
         assert_eq!(layout(&sorted, None).unwrap().order, vec![0, 1, 2, 3, 4, 5]);
     }
 
@@ -754,33 +855,105 @@ mod tests {
 
     #[test]
     fn rejects_malformed_headers_with_their_kind() {
-        assert_eq!(parse_file(&[1, 2, 3]).unwrap_err().kind, Kind::HeaderTooSmall);
+        assert_eq!(
+            parse_file(&[1, 2, 3]).unwrap_err().kind,
+            Kind::HeaderTooSmall
+        );
         let mut big = (100_000_001u64).to_le_bytes().to_vec();
         big.extend_from_slice(b"{}");
         assert_eq!(parse_file(&big).unwrap_err().kind, Kind::HeaderTooLarge);
         let mut short = (100u64).to_le_bytes().to_vec();
         short.extend_from_slice(b"{}");
-        assert_eq!(parse_file(&short).unwrap_err().kind, Kind::InvalidHeaderLength);
+        assert_eq!(
+            parse_file(&short).unwrap_err().kind,
+            Kind::InvalidHeaderLength
+        );
         assert_eq!(kind("[]", 0), Kind::InvalidHeader);
         assert_eq!(kind("{", 0), Kind::InvalidHeader);
         assert_eq!(kind(r#"{"a":"b"}"#, 0), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"w":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}}"#, 4), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, 4), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1e0],"data_offsets":[0,4]}}"#, 4), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}"#, 8), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"__metadata__":{"a":1}}"#, 0), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"__metadata__":{},"__metadata__":{}}"#, 0), Kind::InvalidHeader);
-        assert_eq!(kind("{}\0", 0), Kind::InvalidHeader);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), Kind::InvalidOffset);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, 8), Kind::InvalidOffset);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4), Kind::InvalidTensorInfo);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 5), Kind::IncompleteBuffer);
-        assert_eq!(kind(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 3), Kind::IncompleteBuffer);
         assert_eq!(
-            kind(r#"{"w":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#, 8),
+            kind(
+                r#"{"w":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}}"#,
+                4
+            ),
+            Kind::InvalidHeader
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
+                4
+            ),
+            Kind::InvalidHeader
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[1e0],"data_offsets":[0,4]}}"#,
+                4
+            ),
+            Kind::InvalidHeader
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}"#,
+                8
+            ),
+            Kind::InvalidHeader
+        );
+        assert_eq!(kind(r#"{"__metadata__":{"a":1}}"#, 0), Kind::InvalidHeader);
+        assert_eq!(
+            kind(r#"{"__metadata__":{},"__metadata__":{}}"#, 0),
+            Kind::InvalidHeader
+        );
+        assert_eq!(kind("{}\0", 0), Kind::InvalidHeader);
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8
+            ),
+            Kind::InvalidOffset
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
+                8
+            ),
+            Kind::InvalidOffset
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                4
+            ),
+            Kind::InvalidTensorInfo
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                5
+            ),
+            Kind::IncompleteBuffer
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                3
+            ),
+            Kind::IncompleteBuffer
+        );
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#,
+                8
+            ),
             Kind::Overflow
         );
-        assert_eq!(kind(r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#, 2), Kind::Misaligned);
+        assert_eq!(
+            kind(
+                r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}"#,
+                2
+            ),
+            Kind::Misaligned
+        );
         assert_eq!(
             kind(
                 r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
@@ -822,7 +995,10 @@ mod tests {
         std::thread::spawn(move || {
             let _ = tx.send(parse_header(json.as_bytes(), 0));
         });
-        let h = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("parsing took over two minutes").unwrap();
+        let h = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("parsing took over two minutes")
+            .unwrap();
         let meta = h.metadata.unwrap();
         assert_eq!(meta.len(), n);
         // Repeated keys keep their first position and their last value.
@@ -831,14 +1007,20 @@ mod tests {
     }
 
     fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
     fn writes_the_reference_golden_headers() {
         let l = layout(&[spec("attn.0", Dtype::F32, &[1, 2, 3])], None).unwrap();
         let mut expected = vec![64u8, 0, 0, 0, 0, 0, 0, 0];
-        expected.extend_from_slice(br#"{"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}}"#);
+        expected.extend_from_slice(
+            br#"{"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}}"#,
+        );
         assert_eq!(l.prefix, expected);
 
         let l = layout(&[spec("attn0", Dtype::F32, &[1, 1, 2, 3])], None).unwrap();
@@ -850,7 +1032,10 @@ mod tests {
 
         let meta = vec![("framework".to_string(), "pt".to_string())];
         let l = layout(&[], Some(&meta)).unwrap();
-        assert_eq!(l.prefix, b"\x28\0\0\0\0\0\0\0{\"__metadata__\":{\"framework\":\"pt\"}}     ".to_vec());
+        assert_eq!(
+            l.prefix,
+            b"\x28\0\0\0\0\0\0\0{\"__metadata__\":{\"framework\":\"pt\"}}     ".to_vec()
+        );
 
         let l = layout(&[spec("attn.0", Dtype::F4, &[1, 2])], None).unwrap();
         assert_eq!(&l.prefix[..8], &64u64.to_le_bytes());
@@ -862,14 +1047,21 @@ mod tests {
     fn writes_empty_metadata_as_valid_json_and_sorts_keys() {
         let l = layout(&[], Some(&[])).unwrap();
         assert!(l.prefix[8..].starts_with(b"{\"__metadata__\":{}}"));
-        let meta = vec![("b".to_string(), "2".to_string()), ("a".to_string(), "1\n\"".to_string())];
+        let meta = vec![
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1\n\"".to_string()),
+        ];
         let l = layout(&[], Some(&meta)).unwrap();
         assert!(l.prefix[8..].starts_with(br#"{"__metadata__":{"a":"1\n\"","b":"2"}}"#));
     }
 
     #[test]
     fn rejects_bad_writes() {
-        let e = layout(&[spec("a", Dtype::U8, &[1]), spec("a", Dtype::U8, &[1])], None).unwrap_err();
+        let e = layout(
+            &[spec("a", Dtype::U8, &[1]), spec("a", Dtype::U8, &[1])],
+            None,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, Kind::DuplicateName);
         let e = layout(&[spec("__metadata__", Dtype::U8, &[1])], None).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
@@ -892,36 +1084,107 @@ mod tests {
             let prefix = &bytes[..bytes.len().min(SNIFF_LEN)];
             let e = header_len(prefix, bytes.len() as u64).unwrap_err();
             assert_eq!(e.kind, kind, "{looks}");
-            assert!(e.message.starts_with("it is not a safetensors file: it looks like "), "{}", e.message);
+            assert!(
+                e.message
+                    .starts_with("it is not a safetensors file: it looks like "),
+                "{}",
+                e.message
+            );
             assert!(e.message.contains(looks), "{} lacks {looks}", e.message);
             match hint {
-                Some(h) => assert!(e.hint.as_deref().unwrap_or("").contains(h), "{:?} lacks {h}", e.hint),
+                Some(h) => assert!(
+                    e.hint.as_deref().unwrap_or("").contains(h),
+                    "{:?} lacks {h}",
+                    e.hint
+                ),
                 None => assert_eq!(e.hint, None, "{looks}"),
             }
         }
         let large = Kind::HeaderTooLarge;
-        check(&zip("archive/data.pkl"), large, "a PyTorch checkpoint", Some("torch::load_state_dict()"));
-        check(&zip("pytorch_model/data.pkl"), large, "a PyTorch checkpoint", Some("safetensors.torch.save_file"));
-        check(&zip("arr_0.npy"), large, "a NumPy `.npz` archive", Some("safetensors.numpy.save_file"));
+        check(
+            &zip("archive/data.pkl"),
+            large,
+            "a PyTorch checkpoint",
+            Some("torch::load_state_dict()"),
+        );
+        check(
+            &zip("pytorch_model/data.pkl"),
+            large,
+            "a PyTorch checkpoint",
+            Some("safetensors.torch.save_file"),
+        );
+        check(
+            &zip("arr_0.npy"),
+            large,
+            "a NumPy `.npz` archive",
+            Some("safetensors.numpy.save_file"),
+        );
         check(&zip("metadata.json"), large, "a zip archive", None);
         // Only the first 8 bytes (a connection): a zip, of some kind.
-        check(&zip("archive/data.pkl")[..8], large, "such as a PyTorch checkpoint", Some("torch"));
-        let mut legacy = vec![0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+        check(
+            &zip("archive/data.pkl")[..8],
+            large,
+            "such as a PyTorch checkpoint",
+            Some("torch"),
+        );
+        let mut legacy = vec![
+            0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+        ];
         legacy.resize(64, 0x2e);
         check(&legacy, large, "legacy format", Some("Python"));
-        check(b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}", large, "a Python pickle", Some("Python"));
+        check(
+            b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}",
+            large,
+            "a Python pickle",
+            Some("Python"),
+        );
         check(b"GGUF\x03\x00\x00\x00\x10\x00", large, "GGUF", None);
-        check(b"\x93NUMPY\x01\x00v\x00{'descr'", large, "`.npy`", Some("numpy.load"));
-        check(b"\x89HDF\r\n\x1a\n\x00\x00\x00\x00", large, "HDF5", Some("hdf5r"));
+        check(
+            b"\x93NUMPY\x01\x00v\x00{'descr'",
+            large,
+            "`.npy`",
+            Some("numpy.load"),
+        );
+        check(
+            b"\x89HDF\r\n\x1a\n\x00\x00\x00\x00",
+            large,
+            "HDF5",
+            Some("hdf5r"),
+        );
         // A gzip file without a time stamp: its length is small, but runs
         // past the end.
-        check(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", Kind::InvalidHeaderLength, "gzip", Some("gzfile(path)"));
-        check(b"RDX3\nX\n\x00\x00\x00\x03", large, "an R data file", Some("load()"));
+        check(
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",
+            Kind::InvalidHeaderLength,
+            "gzip",
+            Some("gzfile(path)"),
+        );
+        check(
+            b"RDX3\nX\n\x00\x00\x00\x03",
+            large,
+            "an R data file",
+            Some("load()"),
+        );
         let lfs = b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n";
         check(lfs, large, "Git LFS", Some("git lfs pull"));
-        check(b"<!DOCTYPE html>\n<html class=\"\">", large, "a web page", Some("resolve/"));
-        check(b"  {\"weight_map\": {}}\n", large, "JSON text", Some(".json"));
-        check("caf\u{e9} au lait, a text file\n".as_bytes(), large, "a text file", None);
+        check(
+            b"<!DOCTYPE html>\n<html class=\"\">",
+            large,
+            "a web page",
+            Some("resolve/"),
+        );
+        check(
+            b"  {\"weight_map\": {}}\n",
+            large,
+            "JSON text",
+            Some(".json"),
+        );
+        check(
+            "caf\u{e9} au lait, a text file\n".as_bytes(),
+            large,
+            "a text file",
+            None,
+        );
         // A UTF-8 character cut at the end of what is looked at.
         let mut cut = "a".repeat(SNIFF_LEN - 1).into_bytes();
         cut.extend_from_slice("\u{e9}".as_bytes());
@@ -944,7 +1207,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(debug_assertions, ignore = "100 MB of JSON: slow unoptimised; run with --release")]
+    #[cfg_attr(
+        debug_assertions,
+        ignore = "100 MB of JSON: slow unoptimised; run with --release"
+    )]
     fn header_limit_is_exact_on_write_and_read() {
         // One tensor whose name fills the header to exactly the limit.
         let fixed = r#"{"":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}"#.len();
@@ -960,7 +1226,11 @@ mod tests {
 
     #[test]
     fn written_headers_parse_back() {
-        let specs = [spec("x", Dtype::F64, &[2, 2]), spec("", Dtype::Bool, &[]), spec("e", Dtype::I8, &[0])];
+        let specs = [
+            spec("x", Dtype::F64, &[2, 2]),
+            spec("", Dtype::Bool, &[]),
+            spec("e", Dtype::I8, &[0]),
+        ];
         let meta = vec![("k".to_string(), "v".to_string())];
         let l = layout(&specs, Some(&meta)).unwrap();
         let mut buf = l.prefix.clone();

@@ -40,7 +40,9 @@ const SLICE_BLOCK: usize = 4 << 20;
 
 /// The default number of threads: the available cores, at most 2.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2)
 }
 
 /// Where one tensor's bytes go.
@@ -82,9 +84,9 @@ impl<'a> Task<'a> {
     /// `data_start`, into `dest`, which must be exactly the tensor's size:
     /// its bytes, or its elements of a type the dtype decodes into.
     pub fn new(info: &TensorInfo, data_start: usize, dest: Dest<'a>) -> Result<Task<'a>> {
-        let off = data_start
-            .checked_add(info.begin)
-            .ok_or_else(|| Error::tensor(Kind::Overflow, &info.name, "the tensor's offset overflows"))?;
+        let off = data_start.checked_add(info.begin).ok_or_else(|| {
+            Error::tensor(Kind::Overflow, &info.name, "the tensor's offset overflows")
+        })?;
         let fits = match &dest {
             Dest::Bytes(o) => o.len() == info.nbytes(),
             Dest::Values(t) => t.len() == info.numel() && convert::decodes_into(info.dtype, t),
@@ -94,7 +96,15 @@ impl<'a> Task<'a> {
         }
         let shape = convert::kernel_shape(&info.shape);
         let rows = (0, n_rows(&shape));
-        Ok(Task { dtype: info.dtype, shape, off, nbytes: info.nbytes(), dest, count_i32_min: false, rows })
+        Ok(Task {
+            dtype: info.dtype,
+            shape,
+            off,
+            nbytes: info.nbytes(),
+            dest,
+            count_i32_min: false,
+            rows,
+        })
     }
 
     /// The same task restricted to outer rows `[r0, r1)` of the kernel
@@ -102,10 +112,16 @@ impl<'a> Task<'a> {
     /// part of the destination written. The rows must start and end on
     /// byte boundaries.
     pub fn rows(mut self, r0: usize, r1: usize) -> Result<Task<'a>> {
-        let bits = |r: usize| r.checked_mul(row_len(&self.shape)).and_then(|n| n.checked_mul(self.dtype.bits()));
+        let bits = |r: usize| {
+            r.checked_mul(row_len(&self.shape))
+                .and_then(|n| n.checked_mul(self.dtype.bits()))
+        };
         let aligned = |r: usize| bits(r).is_some_and(|b| b % 8 == 0);
         if r0 > r1 || r1 > self.rows.1 || !aligned(r0) || !aligned(r1) {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: a piece's rows don't fit its tensor"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: a piece's rows don't fit its tensor",
+            ));
         }
         self.rows = (r0, r1);
         Ok(self)
@@ -140,7 +156,9 @@ impl<'a> Task<'a> {
 
     /// Outer rows per job so one job reads about `JOB` bytes.
     fn rows_per_job(&self) -> usize {
-        let row_bits = row_len(&self.shape).saturating_mul(self.dtype.bits()).max(1);
+        let row_bits = row_len(&self.shape)
+            .saturating_mul(self.dtype.bits())
+            .max(1);
         convert::block_rows(JOB * 8 / row_bits, self.dtype)
     }
 
@@ -154,7 +172,9 @@ fn mismatch(name: &str) -> Error {
     Error::tensor(
         Kind::InvalidArgument,
         name,
-        format!("internal error: the destination of tensor `{name}` doesn't match its size or type"),
+        format!(
+            "internal error: the destination of tensor `{name}` doesn't match its size or type"
+        ),
     )
 }
 
@@ -209,7 +229,11 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
             k += 1;
             while k < tasks.len() {
                 let u = &tasks[k];
-                if u.nbytes > SMALL || !u.is_whole() || u.off != end || end + u.nbytes - tasks[first].off > JOB {
+                if u.nbytes > SMALL
+                    || !u.is_whole()
+                    || u.off != end
+                    || end + u.nbytes - tasks[first].off > JOB
+                {
                     break;
                 }
                 end += u.nbytes;
@@ -243,7 +267,12 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
 
 /// Bytes `[off, off + n)` of `src`: borrowed from its memory, or read into
 /// `buf`.
-fn bytes_at<'b>(src: &'b dyn Source, off: usize, n: usize, buf: &'b mut Vec<u8>) -> Result<&'b [u8]> {
+fn bytes_at<'b>(
+    src: &'b dyn Source,
+    off: usize,
+    n: usize,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8]> {
     if let Some(v) = src.view_whole(off, n)? {
         return Ok(v);
     }
@@ -265,7 +294,10 @@ fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
             let dst = unsafe { out.part(0, out.len()) };
             dst.copy_from_slice(bytes);
             if t.count_i32_min {
-                notes.add(DecodeStats { int_min: convert::count_i32_min(dst), ..DecodeStats::default() });
+                notes.add(DecodeStats {
+                    int_min: convert::count_i32_min(dst),
+                    ..DecodeStats::default()
+                });
             }
         }
         Dest::Values(target) => {
@@ -277,7 +309,13 @@ fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
     Ok(())
 }
 
-fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, notes: &[Notes]) -> Result<()> {
+fn run_job(
+    job: &Job,
+    tasks: &[Task<'_>],
+    src: &dyn Source,
+    buf: &mut Vec<u8>,
+    notes: &[Notes],
+) -> Result<()> {
     match *job {
         Job::Populate { task, b0, b1 } => {
             let (ptr, size) = tasks[task].dest.memory();
@@ -303,13 +341,17 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
                         None => src.read_at(t.off + b0, dst)?,
                     }
                     if t.count_i32_min {
-                        notes[task].add(DecodeStats { int_min: convert::count_i32_min(dst), ..DecodeStats::default() });
+                        notes[task].add(DecodeStats {
+                            int_min: convert::count_i32_min(dst),
+                            ..DecodeStats::default()
+                        });
                     }
                 }
                 Dest::Values(target) => {
                     let bytes = bytes_at(src, t.off + b0, b1 - b0, buf)?;
                     // SAFETY: rows [r0, r1) are only this job's.
-                    notes[task].add(unsafe { decode_rows(t.dtype, bytes, &t.shape, r0, r1, target) }?);
+                    notes[task]
+                        .add(unsafe { decode_rows(t.dtype, bytes, &t.shape, r0, r1, target) }?);
                     src.done_with(t.off + b0, b1 - b0);
                 }
             }
@@ -332,11 +374,23 @@ fn run_job(job: &Job, tasks: &[Task<'_>], src: &dyn Source, buf: &mut Vec<u8>, n
 /// and the read is large enough, calling `poll` between the calling
 /// thread's jobs. Returns each task's conversion notes. On error (from the
 /// source, or from `poll`), the destinations are partly written.
-pub fn read_tasks(src: &dyn Source, tasks: &[Task<'_>], threads: usize, poll: Poll<'_>) -> Result<Vec<DecodeStats>> {
+pub fn read_tasks(
+    src: &dyn Source,
+    tasks: &[Task<'_>],
+    threads: usize,
+    poll: Poll<'_>,
+) -> Result<Vec<DecodeStats>> {
     let jobs = plan_jobs(tasks);
     let notes: Vec<Notes> = tasks.iter().map(|_| Notes::default()).collect();
-    let total: usize = tasks.iter().map(|t| t.row_offset(t.rows.1) - t.row_offset(t.rows.0)).sum();
-    let threads = if total < PARALLEL_MIN { 1 } else { threads.min(jobs.len()) };
+    let total: usize = tasks
+        .iter()
+        .map(|t| t.row_offset(t.rows.1) - t.row_offset(t.rows.0))
+        .sum();
+    let threads = if total < PARALLEL_MIN {
+        1
+    } else {
+        threads.min(jobs.len())
+    };
     match src.as_sync() {
         Some(shared) if threads > 1 => run_parallel(shared, tasks, &jobs, &notes, threads, poll)?,
         _ => {
@@ -437,9 +491,18 @@ pub struct Piece {
 /// bytes (whole tensors together, or one tensor's rows; a single row
 /// larger than `max` is a piece of its own). Repeated and empty tensors
 /// need nothing; the fetches are in file order.
-pub fn plan_fetches(tensors: &[TensorInfo], data_start: usize, which: &[usize], max: usize) -> Result<Vec<Fetch>> {
+pub fn plan_fetches(
+    tensors: &[TensorInfo],
+    data_start: usize,
+    which: &[usize],
+    max: usize,
+) -> Result<Vec<Fetch>> {
     let max = max.max(1);
-    let mut wanted: Vec<usize> = which.iter().copied().filter(|&i| i < tensors.len() && tensors[i].nbytes() > 0).collect();
+    let mut wanted: Vec<usize> = which
+        .iter()
+        .copied()
+        .filter(|&i| i < tensors.len() && tensors[i].nbytes() > 0)
+        .collect();
     wanted.sort_unstable();
     wanted.dedup();
     let abs = |t: &TensorInfo| {
@@ -454,10 +517,16 @@ pub fn plan_fetches(tensors: &[TensorInfo], data_start: usize, which: &[usize], 
         let off = abs(t)?;
         let nbytes = t.nbytes();
         if prev.map_or(true, |p| p + 1 != i) {
-            fetches.push(Fetch { off, len: 0, pieces: Vec::new() });
+            fetches.push(Fetch {
+                off,
+                len: 0,
+                pieces: Vec::new(),
+            });
         }
         prev = Some(i);
-        let Some(fetch) = fetches.last_mut() else { continue };
+        let Some(fetch) = fetches.last_mut() else {
+            continue;
+        };
         fetch.len += nbytes;
         if nbytes <= max {
             // With the previous whole tensors, if they fit together.
@@ -468,7 +537,12 @@ pub fn plan_fetches(tensors: &[TensorInfo], data_start: usize, which: &[usize], 
                     continue;
                 }
             }
-            fetch.pieces.push(Piece { off, len: nbytes, tensors: i..i + 1, rows: None });
+            fetch.pieces.push(Piece {
+                off,
+                len: nbytes,
+                tensors: i..i + 1,
+                rows: None,
+            });
             continue;
         }
         let shape = convert::kernel_shape(&t.shape);
@@ -480,7 +554,12 @@ pub fn plan_fetches(tensors: &[TensorInfo], data_start: usize, which: &[usize], 
         let mut r0 = 0;
         while r0 < rows {
             let r1 = r0.saturating_add(per).min(rows);
-            fetch.pieces.push(Piece { off: off + at(r0), len: at(r1) - at(r0), tensors: i..i + 1, rows: Some((r0, r1)) });
+            fetch.pieces.push(Piece {
+                off: off + at(r0),
+                len: at(r1) - at(r0),
+                tensors: i..i + 1,
+                rows: Some((r0, r1)),
+            });
             r0 = r1;
         }
     }
@@ -519,7 +598,11 @@ pub fn read_slice(
     let shape = plan.out_shape();
     let numel = plan.out_numel();
     let Some(nbytes) = numel.checked_mul(dtype.bits()).map(|b| b.div_ceil(8)) else {
-        return Err(Error::tensor(Kind::Overflow, name, "the slice has too many elements"));
+        return Err(Error::tensor(
+            Kind::Overflow,
+            name,
+            "the slice has too many elements",
+        ));
     };
     let fits = match &dest {
         Dest::Bytes(o) => o.len() == nbytes,
@@ -614,17 +697,25 @@ mod tests {
         // Four U8 tensors of 100 bytes each.
         let json = r#"{"a":{"dtype":"U8","shape":[100],"data_offsets":[0,100]},"b":{"dtype":"U8","shape":[100],"data_offsets":[100,200]},"c":{"dtype":"U8","shape":[100],"data_offsets":[200,300]},"d":{"dtype":"U8","shape":[100],"data_offsets":[300,400]}}"#;
         let data: Vec<u8> = (0..400).map(|i| (i % 251) as u8).collect();
-        let src = Counting { bytes: file(json, &data), reads: RefCell::new(Vec::new()) };
+        let src = Counting {
+            bytes: file(json, &data),
+            reads: RefCell::new(Vec::new()),
+        };
         let header = read_header(&src).unwrap();
         let base = header.data_start();
         // Adjacent b and c come in one read; d and b apart in two; a never.
-        for (which, want) in [(vec![1, 2], vec![(base + 100, 200)]), (vec![3, 1], vec![(base + 300, 100), (base + 100, 100)])] {
+        for (which, want) in [
+            (vec![1, 2], vec![(base + 100, 200)]),
+            (vec![3, 1], vec![(base + 300, 100), (base + 100, 100)]),
+        ] {
             src.reads.borrow_mut().clear();
             let mut outs: Vec<Vec<u8>> = which.iter().map(|_| vec![0u8; 100]).collect();
             let tasks: Vec<Task<'_>> = which
                 .iter()
                 .zip(outs.iter_mut())
-                .map(|(&i, o)| Task::new(&header.tensors[i], base, Dest::Bytes(Out::new(o))).unwrap())
+                .map(|(&i, o)| {
+                    Task::new(&header.tensors[i], base, Dest::Bytes(Out::new(o))).unwrap()
+                })
                 .collect();
             read_tasks(&src, &tasks, 2, &mut never()).unwrap();
             drop(tasks);
@@ -670,18 +761,35 @@ mod tests {
         let base = header.data_start();
         let whole = |i: usize| -> Vec<f64> {
             let mut out = vec![0.0; header.tensors[i].numel()];
-            let t = Task::new(&header.tensors[i], base, Dest::Values(Target::Real(Out::new(&mut out)))).unwrap();
+            let t = Task::new(
+                &header.tensors[i],
+                base,
+                Dest::Values(Target::Real(Out::new(&mut out))),
+            )
+            .unwrap();
             read_tasks(&mem, std::slice::from_ref(&t), 1, &mut never()).unwrap();
             out
         };
         let ints = |i: usize| -> Vec<f64> {
             let mut out = vec![0i32; header.tensors[i].numel()];
-            let t = Task::new(&header.tensors[i], base, Dest::Values(Target::Integer(Out::new(&mut out)))).unwrap();
+            let t = Task::new(
+                &header.tensors[i],
+                base,
+                Dest::Values(Target::Integer(Out::new(&mut out))),
+            )
+            .unwrap();
             read_tasks(&mem, std::slice::from_ref(&t), 1, &mut never()).unwrap();
             out.into_iter().map(f64::from).collect()
         };
-        let want: Vec<Vec<f64>> = (0..specs.len()).map(|i| if i == 0 { ints(0) } else { whole(i) }).collect();
-        for (which, max) in [(vec![0, 1, 2, 3, 4, 5], 256), (vec![3, 1], 1000), (vec![5, 0, 2], 100), (vec![1, 1, 3], 1 << 20)] {
+        let want: Vec<Vec<f64>> = (0..specs.len())
+            .map(|i| if i == 0 { ints(0) } else { whole(i) })
+            .collect();
+        for (which, max) in [
+            (vec![0, 1, 2, 3, 4, 5], 256),
+            (vec![3, 1], 1000),
+            (vec![5, 0, 2], 100),
+            (vec![1, 1, 3], 1 << 20),
+        ] {
             let fetches = plan_fetches(&header.tensors, base, &which, max).unwrap();
             // Fetches are the contiguous runs; pieces cover them exactly.
             for f in &fetches {
@@ -692,11 +800,18 @@ mod tests {
                 }
                 assert!(f.pieces.iter().all(|p| p.len <= max || p.rows.is_some()));
             }
-            let mut outs: Vec<Vec<f64>> = which.iter().map(|&i| vec![f64::NAN; header.tensors[i].numel()]).collect();
+            let mut outs: Vec<Vec<f64>> = which
+                .iter()
+                .map(|&i| vec![f64::NAN; header.tensors[i].numel()])
+                .collect();
             let mut int_out = vec![i32::MIN; 10];
             for f in &fetches {
                 for p in &f.pieces {
-                    let seg = Segments::new(bytes.len() as u64, vec![(p.off, &bytes[p.off..p.off + p.len])]).unwrap();
+                    let seg = Segments::new(
+                        bytes.len() as u64,
+                        vec![(p.off, &bytes[p.off..p.off + p.len])],
+                    )
+                    .unwrap();
                     let mut tasks = Vec::new();
                     for (k, &i) in which.iter().enumerate() {
                         if !p.tensors.contains(&i) {
@@ -704,11 +819,15 @@ mod tests {
                         }
                         let dest = if i == 0 {
                             // SAFETY: as below.
-                            Dest::Values(Target::Integer(unsafe { Out::from_raw(int_out.as_mut_ptr(), int_out.len()) }))
+                            Dest::Values(Target::Integer(unsafe {
+                                Out::from_raw(int_out.as_mut_ptr(), int_out.len())
+                            }))
                         } else {
                             let o = &mut outs[k];
                             // SAFETY: each output is written by one task per piece, and outlives it.
-                            Dest::Values(Target::Real(unsafe { Out::from_raw(o.as_mut_ptr(), o.len()) }))
+                            Dest::Values(Target::Real(unsafe {
+                                Out::from_raw(o.as_mut_ptr(), o.len())
+                            }))
                         };
                         let t = Task::new(&header.tensors[i], base, dest).unwrap();
                         tasks.push(match p.rows {
@@ -720,7 +839,11 @@ mod tests {
                 }
             }
             for (k, &i) in which.iter().enumerate() {
-                let got: Vec<f64> = if i == 0 { int_out.iter().map(|&v| f64::from(v)).collect() } else { outs[k].clone() };
+                let got: Vec<f64> = if i == 0 {
+                    int_out.iter().map(|&v| f64::from(v)).collect()
+                } else {
+                    outs[k].clone()
+                };
                 assert_eq!(got, want[i], "tensor {i} of {which:?} in pieces of {max}");
             }
         }
@@ -728,16 +851,37 @@ mod tests {
         let f = plan_fetches(&header.tensors, base, &[2, 1, 4], 1 << 20).unwrap();
         assert_eq!(f.len(), 1);
         assert_eq!((f[0].off, f[0].len), (base + 10, 4800 + 75));
-        assert_eq!(plan_fetches(&header.tensors, base, &[0, 2], 1 << 20).unwrap().len(), 2);
-        assert!(plan_fetches(&header.tensors, base, &[4], 1 << 20).unwrap().is_empty());
+        assert_eq!(
+            plan_fetches(&header.tensors, base, &[0, 2], 1 << 20)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(plan_fetches(&header.tensors, base, &[4], 1 << 20)
+            .unwrap()
+            .is_empty());
         // F4 rows of 12 bits split on byte boundaries (even rows).
         let f = plan_fetches(&header.tensors, base, &[2], 10).unwrap();
         assert!(f[0].pieces.len() > 1);
-        assert!(f[0].pieces.iter().all(|p| p.rows.is_some_and(|(r0, _)| r0 % 2 == 0)));
+        assert!(f[0]
+            .pieces
+            .iter()
+            .all(|p| p.rows.is_some_and(|(r0, _)| r0 % 2 == 0)));
         // Rows that don't fit, or split a byte, are refused.
         let mut out = vec![0.0; 150];
-        for (r0, r1, ok) in [(1, 4, false), (2, 51, false), (4, 2, false), (2, 4, true), (48, 50, true)] {
-            let t = Task::new(&header.tensors[2], base, Dest::Values(Target::Real(Out::new(&mut out)))).unwrap();
+        for (r0, r1, ok) in [
+            (1, 4, false),
+            (2, 51, false),
+            (4, 2, false),
+            (2, 4, true),
+            (48, 50, true),
+        ] {
+            let t = Task::new(
+                &header.tensors[2],
+                base,
+                Dest::Values(Target::Real(Out::new(&mut out))),
+            )
+            .unwrap();
             assert_eq!(t.rows(r0, r1).is_ok(), ok, "rows {r0}..{r1}");
         }
     }
@@ -750,7 +894,13 @@ mod tests {
         let t = &header.tensors[0];
         let base = header.data_start();
         let mut short = vec![0u8; 23];
-        assert_eq!(Task::new(t, base, Dest::Bytes(Out::new(&mut short))).err().unwrap().kind, Kind::InvalidArgument);
+        assert_eq!(
+            Task::new(t, base, Dest::Bytes(Out::new(&mut short)))
+                .err()
+                .unwrap()
+                .kind,
+            Kind::InvalidArgument
+        );
         let mut five = vec![0.0f64; 5];
         assert!(Task::new(t, base, Dest::Values(Target::Real(Out::new(&mut five)))).is_err());
         // F32 is never read into an R integer or logical vector.
@@ -768,7 +918,12 @@ mod tests {
         let src = Memory(&bytes);
         let header = read_header(&src).unwrap();
         let mut out = vec![0.0f64; n];
-        let task = Task::new(&header.tensors[0], header.data_start(), Dest::Values(Target::Real(Out::new(&mut out)))).unwrap();
+        let task = Task::new(
+            &header.tensors[0],
+            header.data_start(),
+            Dest::Values(Target::Real(Out::new(&mut out))),
+        )
+        .unwrap();
         let mut polls = 0;
         let mut poll = || {
             polls += 1;
@@ -784,7 +939,10 @@ mod tests {
     #[test]
     fn pieces_of_a_tensor_are_copied_as_stored() {
         let data: Vec<u8> = (0..=255u8).collect();
-        let bytes = file(r#"{"b":{"dtype":"U8","shape":[256],"data_offsets":[0,256]}}"#, &data);
+        let bytes = file(
+            r#"{"b":{"dtype":"U8","shape":[256],"data_offsets":[0,256]}}"#,
+            &data,
+        );
         let src = Memory(&bytes);
         let header = read_header(&src).unwrap();
         let mut piece = vec![0u8; 56];
@@ -797,23 +955,60 @@ mod tests {
     fn slices_decode_into_values_or_bytes() {
         // I16 [3, 4] holding 0..12; rows 2..3, columns 2 and 4 (1-based).
         let data: Vec<u8> = (0..12i16).flat_map(|v| v.to_le_bytes()).collect();
-        let bytes = file(r#"{"m":{"dtype":"I16","shape":[3,4],"data_offsets":[0,24]}}"#, &data);
+        let bytes = file(
+            r#"{"m":{"dtype":"I16","shape":[3,4],"data_offsets":[0,24]}}"#,
+            &data,
+        );
         let src = Memory(&bytes);
         let header = read_header(&src).unwrap();
         let t = &header.tensors[0];
-        let sels = || vec![Sel::Range { start: 1, count: 2, step: 1 }, Sel::List(vec![1, 3])];
+        let sels = || {
+            vec![
+                Sel::Range {
+                    start: 1,
+                    count: 2,
+                    step: 1,
+                },
+                Sel::List(vec![1, 3]),
+            ]
+        };
         let plan = Plan::new(&t.shape, sels(), "m").unwrap();
         let mut vals = vec![0i32; 4];
-        read_slice(&src, t, header.data_start(), &plan, Dest::Values(Target::Integer(Out::new(&mut vals))), &mut never())
-            .unwrap();
+        read_slice(
+            &src,
+            t,
+            header.data_start(),
+            &plan,
+            Dest::Values(Target::Integer(Out::new(&mut vals))),
+            &mut never(),
+        )
+        .unwrap();
         // Column-major [[5, 7], [9, 11]].
         assert_eq!(vals, vec![5, 9, 7, 11]);
         let mut raw = vec![0u8; 8];
-        read_slice(&src, t, header.data_start(), &plan, Dest::Bytes(Out::new(&mut raw)), &mut never()).unwrap();
-        let back: Vec<i16> = raw.chunks(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        read_slice(
+            &src,
+            t,
+            header.data_start(),
+            &plan,
+            Dest::Bytes(Out::new(&mut raw)),
+            &mut never(),
+        )
+        .unwrap();
+        let back: Vec<i16> = raw
+            .chunks(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
         assert_eq!(back, vec![5, 7, 9, 11]);
         let mut wrong = vec![0.0f64; 3];
-        let e = read_slice(&src, t, header.data_start(), &plan, Dest::Values(Target::Real(Out::new(&mut wrong))), &mut never());
+        let e = read_slice(
+            &src,
+            t,
+            header.data_start(),
+            &plan,
+            Dest::Values(Target::Real(Out::new(&mut wrong))),
+            &mut never(),
+        );
         assert_eq!(e.unwrap_err().kind, Kind::InvalidArgument);
         let _ = Dst::Real(&mut []);
     }

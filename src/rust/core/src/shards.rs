@@ -33,7 +33,10 @@ pub fn parse_index(text: &str) -> Result<Index> {
     let raw: RawIndex = serde_json::from_str(text)
         .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid: {e}")))?;
     let Some(weight_map) = raw.weight_map else {
-        return Err(Error::new(Kind::InvalidIndex, "the index has no `weight_map`"));
+        return Err(Error::new(
+            Kind::InvalidIndex,
+            "the index has no `weight_map`",
+        ));
     };
     let mut seen = HashSet::with_capacity(weight_map.len());
     for (name, file) in &weight_map {
@@ -46,7 +49,10 @@ pub fn parse_index(text: &str) -> Result<Index> {
         }
         check_shard_path(file)?;
     }
-    Ok(Index { weight_map, metadata: raw.metadata.unwrap_or_default() })
+    Ok(Index {
+        weight_map,
+        metadata: raw.metadata.unwrap_or_default(),
+    })
 }
 
 /// A shard file must be a relative path that stays in the index's
@@ -54,7 +60,8 @@ pub fn parse_index(text: &str) -> Result<Index> {
 pub fn check_shard_path(file: &str) -> Result<()> {
     let p = Path::new(file);
     let ok = !file.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && p.components().any(|c| matches!(c, Component::Normal(_)));
     if ok {
         Ok(())
@@ -104,8 +111,14 @@ impl<'de> Deserialize<'de> for RawIndex {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object with a `weight_map`")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawIndex, A::Error> {
-                let mut out = RawIndex { weight_map: None, metadata: None };
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawIndex, A::Error> {
+                let mut out = RawIndex {
+                    weight_map: None,
+                    metadata: None,
+                };
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "weight_map" => {
@@ -118,7 +131,9 @@ impl<'de> Deserialize<'de> for RawIndex {
                             if out.metadata.is_some() {
                                 return Err(de::Error::duplicate_field("metadata"));
                             }
-                            out.metadata = map.next_value::<Option<Ordered<serde_json::Value>>>()?.map(|o| o.0);
+                            out.metadata = map
+                                .next_value::<Option<Ordered<serde_json::Value>>>()?
+                                .map(|o| o.0);
                         }
                         _ => {
                             map.next_value::<de::IgnoredAny>()?;
@@ -143,7 +158,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Ordered<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Ordered<T>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(entry) = map.next_entry::<String, T>()? {
                     out.push(entry);
@@ -160,19 +178,33 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
 pub fn read_index(path: &Path) -> Result<Index> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(&e, "can't open the index"))?;
     if meta.len() > MAX_INDEX_SIZE {
-        return Err(Error::new(Kind::InvalidIndex, "the index is larger than 100,000,000 bytes"));
+        return Err(Error::new(
+            Kind::InvalidIndex,
+            "the index is larger than 100,000,000 bytes",
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(&e, "can't read the index"))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid UTF-8: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::new(
+            Kind::InvalidIndex,
+            format!("the index is not valid UTF-8: {e}"),
+        )
+    })?;
     parse_index(text)
 }
 
 /// Writes an index file atomically (see [`format_index`]).
-pub fn write_index(path: &Path, total_size: u64, weight_map: &[(String, String)], sync: bool) -> Result<()> {
+pub fn write_index(
+    path: &Path,
+    total_size: u64,
+    weight_map: &[(String, String)],
+    sync: bool,
+) -> Result<()> {
     let bytes = format_index(total_size, weight_map)?;
     let mut file = AtomicFile::create(path)?;
-    file.file()?.write_all(&bytes).map_err(|e| Error::io(&e, "can't write the index"))?;
+    file.file()?
+        .write_all(&bytes)
+        .map_err(|e| Error::io(&e, "can't write the index"))?;
     file.commit(sync)
 }
 
@@ -190,14 +222,23 @@ mod tests {
         assert_eq!(
             idx.weight_map,
             vec![
-                ("b".to_string(), "model-00002-of-00002.safetensors".to_string()),
-                ("a".to_string(), "model-00001-of-00002.safetensors".to_string())
+                (
+                    "b".to_string(),
+                    "model-00002-of-00002.safetensors".to_string()
+                ),
+                (
+                    "a".to_string(),
+                    "model-00001-of-00002.safetensors".to_string()
+                )
             ]
         );
         assert_eq!(idx.metadata[0].0, "total_size");
         assert_eq!(idx.metadata[0].1, serde_json::json!(28));
         // No metadata at all is fine.
-        assert!(parse_index(r#"{"weight_map": {}}"#).unwrap().metadata.is_empty());
+        assert!(parse_index(r#"{"weight_map": {}}"#)
+            .unwrap()
+            .metadata
+            .is_empty());
     }
 
     #[test]
@@ -206,10 +247,26 @@ mod tests {
         assert_eq!(kind("[]"), Kind::InvalidIndex);
         assert_eq!(kind("{}"), Kind::InvalidIndex);
         assert_eq!(kind(r#"{"weight_map": {"a": 1}}"#), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {"a": "x", "a": "y"}}"#), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {}, "weight_map": {}}"#), Kind::InvalidIndex);
-        for bad in ["../x.safetensors", "/etc/passwd", "a/../../b", "", ".", "sub/.."] {
-            let text = format!(r#"{{"weight_map": {{"a": {}}}}}"#, serde_json::to_string(bad).unwrap());
+        assert_eq!(
+            kind(r#"{"weight_map": {"a": "x", "a": "y"}}"#),
+            Kind::InvalidIndex
+        );
+        assert_eq!(
+            kind(r#"{"weight_map": {}, "weight_map": {}}"#),
+            Kind::InvalidIndex
+        );
+        for bad in [
+            "../x.safetensors",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            ".",
+            "sub/..",
+        ] {
+            let text = format!(
+                r#"{{"weight_map": {{"a": {}}}}}"#,
+                serde_json::to_string(bad).unwrap()
+            );
             assert_eq!(kind(&text), Kind::InvalidIndex, "{bad}");
         }
         assert!(parse_index(r#"{"weight_map": {"a": "sub/./x.safetensors"}}"#).is_ok());
@@ -217,7 +274,10 @@ mod tests {
 
     #[test]
     fn writes_sorted_pretty_json_that_reads_back() {
-        let map = vec![("z".to_string(), "m-2.safetensors".to_string()), ("a".to_string(), "m-1.safetensors".to_string())];
+        let map = vec![
+            ("z".to_string(), "m-2.safetensors".to_string()),
+            ("a".to_string(), "m-1.safetensors".to_string()),
+        ];
         let bytes = format_index(40, &map).unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert_eq!(
@@ -226,6 +286,11 @@ mod tests {
         );
         let back = parse_index(&text).unwrap();
         assert_eq!(back.weight_map.len(), 2);
-        assert_eq!(format_index(1, &[map[0].clone(), map[0].clone()]).unwrap_err().kind, Kind::DuplicateName);
+        assert_eq!(
+            format_index(1, &[map[0].clone(), map[0].clone()])
+                .unwrap_err()
+                .kind,
+            Kind::DuplicateName
+        );
     }
 }

@@ -40,7 +40,11 @@ pub enum Sel {
 impl Sel {
     /// The whole of a dimension of extent `d`.
     pub fn all(d: usize) -> Sel {
-        Sel::Range { start: 0, count: d, step: 1 }
+        Sel::Range {
+            start: 0,
+            count: d,
+            step: 1,
+        }
     }
 
     /// Number of indices selected.
@@ -67,7 +71,9 @@ impl Sel {
     /// Whether this selects `0..d` in order.
     fn is_full(&self, d: usize) -> bool {
         match self {
-            Sel::Range { start, count, step } => *count == d && (*start == 0) && (*step == 1 || d <= 1),
+            Sel::Range { start, count, step } => {
+                *count == d && (*start == 0) && (*step == 1 || d <= 1)
+            }
             Sel::List(v) => v.len() == d && v.iter().enumerate().all(|(i, &x)| i == x),
         }
     }
@@ -112,9 +118,15 @@ impl Sel {
                     return Ok(());
                 }
                 if *step == 0 {
-                    return Err(Error::tensor(Kind::InvalidSlice, name, "a slice step must be positive"));
+                    return Err(Error::tensor(
+                        Kind::InvalidSlice,
+                        name,
+                        "a slice step must be positive",
+                    ));
                 }
-                let last = (count - 1).checked_mul(*step).and_then(|x| x.checked_add(*start));
+                let last = (count - 1)
+                    .checked_mul(*step)
+                    .and_then(|x| x.checked_add(*start));
                 match last {
                     Some(l) if l < d => Ok(()),
                     Some(l) => Err(out_of_range(l)),
@@ -170,13 +182,27 @@ impl Plan {
             // Validated headers guarantee the tensor's numel fits.
             strides[j] = strides[j + 1] * shape[j + 1];
         }
-        let k = (0..n).rev().find(|&j| !sels[j].is_full(shape[j])).unwrap_or(0);
+        let k = (0..n)
+            .rev()
+            .find(|&j| !sels[j].is_full(shape[j]))
+            .unwrap_or(0);
         let inner = if n == 0 { 1 } else { strides[k] };
         let out_shape: Vec<usize> = sels.iter().map(Sel::len).collect();
         let Some(out_numel) = out_shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
-            return Err(Error::tensor(Kind::Overflow, name, "the slice has too many elements"));
+            return Err(Error::tensor(
+                Kind::Overflow,
+                name,
+                "the slice has too many elements",
+            ));
         };
-        Ok(Plan { sels, strides, k, inner, out_shape, out_numel })
+        Ok(Plan {
+            sels,
+            strides,
+            k,
+            inner,
+            out_shape,
+            out_numel,
+        })
     }
 
     /// Shape of the result.
@@ -223,7 +249,10 @@ impl Plan {
                 }
             }
         }
-        Ok(ByteRanges { inner: self.ranges(), bits })
+        Ok(ByteRanges {
+            inner: self.ranges(),
+            bits,
+        })
     }
 
     /// The byte ranges `(offset, length)` relative to the tensor start that
@@ -232,7 +261,8 @@ impl Plan {
     /// increasing order, those less than [`GAP`] bytes apart merged (the
     /// cursor reads such gaps through), repeats fetched once.
     pub fn fetch_ranges(&self, bits: usize, name: &str) -> Result<Vec<(usize, usize)>> {
-        let mut runs: Vec<(usize, usize)> = self.byte_ranges(bits, name)?.filter(|r| r.1 > 0).collect();
+        let mut runs: Vec<(usize, usize)> =
+            self.byte_ranges(bits, name)?.filter(|r| r.1 > 0).collect();
         runs.sort_unstable();
         let mut out: Vec<(usize, usize)> = Vec::new();
         for (off, len) in runs {
@@ -246,7 +276,11 @@ impl Plan {
     }
 
     fn base_of(&self, outer: &[usize]) -> usize {
-        outer.iter().enumerate().map(|(j, &p)| self.sels[j].get(p) * self.strides[j]).sum()
+        outer
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| self.sels[j].get(p) * self.strides[j])
+            .sum()
     }
 }
 
@@ -335,7 +369,9 @@ impl Iterator for ByteRanges<'_> {
     fn next(&mut self) -> Option<(usize, usize)> {
         // Offsets and lengths are within the tensor (or a repeat of its
         // runs), whose bit size was checked not to overflow.
-        self.inner.next().map(|(off, len)| (off * self.bits / 8, len * self.bits / 8))
+        self.inner
+            .next()
+            .map(|(off, len)| (off * self.bits / 8, len * self.bits / 8))
     }
 }
 
@@ -357,8 +393,21 @@ pub struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     /// A cursor over `ranges` of the tensor at absolute offset `base` with
     /// `limit` bytes.
-    pub fn new(src: &'a dyn Source, base: usize, limit: usize, ranges: ByteRanges<'a>) -> Cursor<'a> {
-        Cursor { src, base, limit, ranges, current: None, window: Vec::new(), window_start: 0 }
+    pub fn new(
+        src: &'a dyn Source,
+        base: usize,
+        limit: usize,
+        ranges: ByteRanges<'a>,
+    ) -> Cursor<'a> {
+        Cursor {
+            src,
+            base,
+            limit,
+            ranges,
+            current: None,
+            window: Vec::new(),
+            window_start: 0,
+        }
     }
 
     /// Fills `out` with the next `out.len()` bytes of the runs.
@@ -370,12 +419,20 @@ impl<'a> Cursor<'a> {
                 Some(r) => r,
                 None => match self.ranges.next() {
                     Some(r) => r,
-                    None => return Err(Error::new(Kind::InvalidSlice, "internal error: the slice ran out of bytes")),
+                    None => {
+                        return Err(Error::new(
+                            Kind::InvalidSlice,
+                            "internal error: the slice ran out of bytes",
+                        ))
+                    }
                 },
             };
             let n = len.min(out.len() - done);
             if off.checked_add(len).map_or(true, |e| e > self.limit) {
-                return Err(Error::new(Kind::InvalidSlice, "internal error: the slice runs past its tensor"));
+                return Err(Error::new(
+                    Kind::InvalidSlice,
+                    "internal error: the slice runs past its tensor",
+                ));
             }
             let dst = &mut out[done..done + n];
             match view {
@@ -454,7 +511,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self, n: usize) -> usize {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((self.0 >> 33) % n.max(1) as u64) as usize
         }
     }
@@ -470,12 +530,20 @@ mod tests {
             }
             2 if d > 0 => {
                 let i = rng.next(d);
-                Sel::Range { start: i, count: 1, step: 1 }
+                Sel::Range {
+                    start: i,
+                    count: 1,
+                    step: 1,
+                }
             }
             3 if d > 0 => Sel::List((0..rng.next(2 * d + 1)).map(|_| rng.next(d)).collect()),
             4 if d > 0 => {
                 let start = rng.next(d);
-                Sel::Range { start, count: d - start, step: 1 }
+                Sel::Range {
+                    start,
+                    count: d - start,
+                    step: 1,
+                }
             }
             _ => Sel::List((0..d).collect()),
         }
@@ -517,13 +585,40 @@ mod tests {
     #[test]
     fn contiguous_selections_are_one_run() {
         let shape = [10, 4, 3];
-        let rows = Plan::new(&shape, vec![Sel::Range { start: 2, count: 5, step: 1 }, Sel::all(4), Sel::all(3)], "t")
-            .unwrap();
+        let rows = Plan::new(
+            &shape,
+            vec![
+                Sel::Range {
+                    start: 2,
+                    count: 5,
+                    step: 1,
+                },
+                Sel::all(4),
+                Sel::all(3),
+            ],
+            "t",
+        )
+        .unwrap();
         assert_eq!(rows.ranges().collect::<Vec<_>>(), vec![(24, 60)]);
         let all = Plan::new(&shape, vec![Sel::all(10), Sel::all(4), Sel::all(3)], "t").unwrap();
         assert_eq!(all.ranges().collect::<Vec<_>>(), vec![(0, 120)]);
-        let col = Plan::new(&[3, 4], vec![Sel::all(3), Sel::Range { start: 1, count: 1, step: 1 }], "t").unwrap();
-        assert_eq!(col.ranges().collect::<Vec<_>>(), vec![(1, 1), (5, 1), (9, 1)]);
+        let col = Plan::new(
+            &[3, 4],
+            vec![
+                Sel::all(3),
+                Sel::Range {
+                    start: 1,
+                    count: 1,
+                    step: 1,
+                },
+            ],
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            col.ranges().collect::<Vec<_>>(),
+            vec![(1, 1), (5, 1), (9, 1)]
+        );
         let scalar = Plan::new(&[], vec![], "t").unwrap();
         assert_eq!(scalar.ranges().collect::<Vec<_>>(), vec![(0, 1)]);
         assert_eq!(scalar.out_shape(), &[] as &[usize]);
@@ -533,29 +628,115 @@ mod tests {
     fn out_of_range_and_rank_errors() {
         let e = Plan::new(&[3, 4], vec![Sel::List(vec![3]), Sel::all(4)], "w").unwrap_err();
         assert_eq!(e.kind, Kind::InvalidSlice);
-        assert!(e.message.contains("index 4 is out of range for dimension 1"), "{}", e.message);
-        let e = Plan::new(&[3, 4], vec![Sel::all(3), Sel::Range { start: 1, count: 3, step: 2 }], "w").unwrap_err();
+        assert!(
+            e.message
+                .contains("index 4 is out of range for dimension 1"),
+            "{}",
+            e.message
+        );
+        let e = Plan::new(
+            &[3, 4],
+            vec![
+                Sel::all(3),
+                Sel::Range {
+                    start: 1,
+                    count: 3,
+                    step: 2,
+                },
+            ],
+            "w",
+        )
+        .unwrap_err();
         assert!(e.message.contains("index 6"), "{}", e.message);
-        let e = Plan::new(&[3], vec![Sel::Range { start: 1, count: usize::MAX, step: usize::MAX }], "w").unwrap_err();
+        let e = Plan::new(
+            &[3],
+            vec![Sel::Range {
+                start: 1,
+                count: usize::MAX,
+                step: usize::MAX,
+            }],
+            "w",
+        )
+        .unwrap_err();
         assert_eq!(e.kind, Kind::InvalidSlice);
-        assert_eq!(Plan::new(&[3, 4], vec![Sel::all(3)], "w").unwrap_err().kind, Kind::InvalidSlice);
-        assert_eq!(Plan::new(&[], vec![Sel::all(1)], "w").unwrap_err().kind, Kind::InvalidSlice);
+        assert_eq!(
+            Plan::new(&[3, 4], vec![Sel::all(3)], "w").unwrap_err().kind,
+            Kind::InvalidSlice
+        );
+        assert_eq!(
+            Plan::new(&[], vec![Sel::all(1)], "w").unwrap_err().kind,
+            Kind::InvalidSlice
+        );
         // An empty range may start anywhere.
-        assert!(Plan::new(&[3], vec![Sel::Range { start: 9, count: 0, step: 1 }], "w").is_ok());
+        assert!(Plan::new(
+            &[3],
+            vec![Sel::Range {
+                start: 9,
+                count: 0,
+                step: 1
+            }],
+            "w"
+        )
+        .is_ok());
     }
 
     #[test]
     fn sub_byte_slices_must_land_on_byte_boundaries() {
         // F4 [4, 4]: a row is 16 bits, so whole rows are aligned.
-        let p = Plan::new(&[4, 4], vec![Sel::Range { start: 1, count: 2, step: 1 }, Sel::all(4)], "f").unwrap();
-        assert_eq!(p.byte_ranges(4, "f").unwrap().collect::<Vec<_>>(), vec![(2, 4)]);
+        let p = Plan::new(
+            &[4, 4],
+            vec![
+                Sel::Range {
+                    start: 1,
+                    count: 2,
+                    step: 1,
+                },
+                Sel::all(4),
+            ],
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            p.byte_ranges(4, "f").unwrap().collect::<Vec<_>>(),
+            vec![(2, 4)]
+        );
         // One element is half a byte.
         let p = Plan::new(&[4, 4], vec![Sel::all(4), Sel::List(vec![1])], "f").unwrap();
-        assert_eq!(p.byte_ranges(4, "f").err().map(|e| e.kind), Some(Kind::Misaligned));
+        assert_eq!(
+            p.byte_ranges(4, "f").err().map(|e| e.kind),
+            Some(Kind::Misaligned)
+        );
         // F4 [4, 3]: one row is 12 bits, two rows are 3 bytes.
-        let two = Plan::new(&[4, 3], vec![Sel::Range { start: 0, count: 2, step: 1 }, Sel::all(3)], "f").unwrap();
-        assert_eq!(two.byte_ranges(4, "f").unwrap().collect::<Vec<_>>(), vec![(0, 3)]);
-        let one = Plan::new(&[4, 3], vec![Sel::Range { start: 1, count: 1, step: 1 }, Sel::all(3)], "f").unwrap();
+        let two = Plan::new(
+            &[4, 3],
+            vec![
+                Sel::Range {
+                    start: 0,
+                    count: 2,
+                    step: 1,
+                },
+                Sel::all(3),
+            ],
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            two.byte_ranges(4, "f").unwrap().collect::<Vec<_>>(),
+            vec![(0, 3)]
+        );
+        let one = Plan::new(
+            &[4, 3],
+            vec![
+                Sel::Range {
+                    start: 1,
+                    count: 1,
+                    step: 1,
+                },
+                Sel::all(3),
+            ],
+            "f",
+        )
+        .unwrap();
         assert!(one.byte_ranges(4, "f").is_err());
     }
 
@@ -565,7 +746,13 @@ mod tests {
         let mut rng = Lcg(7);
         // U8 and F32 tensors (elements of 1 and 4 bytes) at offset 100 of a
         // larger source, with extents that put rows near and far apart.
-        let shapes: Vec<Vec<usize>> = vec![vec![9], vec![6, 7], vec![40, 3000], vec![3, 2, 20000], vec![2, 1, 5]];
+        let shapes: Vec<Vec<usize>> = vec![
+            vec![9],
+            vec![6, 7],
+            vec![40, 3000],
+            vec![3, 2, 20000],
+            vec![2, 1, 5],
+        ];
         for shape in &shapes {
             for bits in [8usize, 32] {
                 let numel: usize = shape.iter().product();
@@ -580,14 +767,20 @@ mod tests {
                         assert!(w[1].0 > w[0].0 + w[0].1 + GAP, "{ranges:?}");
                     }
                     assert!(ranges.iter().all(|&(o, l)| l > 0 && o + l <= nbytes));
-                    let parts: Vec<(usize, &[u8])> = ranges.iter().map(|&(o, l)| (100 + o, &bytes[100 + o..100 + o + l])).collect();
+                    let parts: Vec<(usize, &[u8])> = ranges
+                        .iter()
+                        .map(|&(o, l)| (100 + o, &bytes[100 + o..100 + o + l]))
+                        .collect();
                     let src = Segments::new(bytes.len() as u64, parts).unwrap();
                     let n = plan.out_numel() * bits / 8;
                     let mut want = vec![0u8; n];
                     let mem = Memory(&bytes);
-                    Cursor::new(&mem, 100, nbytes, plan.byte_ranges(bits, "t").unwrap()).fill(&mut want).unwrap();
+                    Cursor::new(&mem, 100, nbytes, plan.byte_ranges(bits, "t").unwrap())
+                        .fill(&mut want)
+                        .unwrap();
                     let mut got = vec![0u8; n];
-                    let mut cur = Cursor::new(&src, 100, nbytes, plan.byte_ranges(bits, "t").unwrap());
+                    let mut cur =
+                        Cursor::new(&src, 100, nbytes, plan.byte_ranges(bits, "t").unwrap());
                     for c in got.chunks_mut(5000) {
                         cur.fill(c).unwrap();
                     }
@@ -596,9 +789,29 @@ mod tests {
             }
         }
         // Rows far apart are fetched apart; close ones together.
-        let far = Plan::new(&[100, 10000], vec![Sel::List(vec![90, 2]), Sel::all(10000)], "t").unwrap();
-        assert_eq!(far.fetch_ranges(8, "t").unwrap(), vec![(20000, 10000), (900000, 10000)]);
-        let near = Plan::new(&[100, 100], vec![Sel::List(vec![5, 1, 5]), Sel::Range { start: 0, count: 2, step: 1 }], "t").unwrap();
+        let far = Plan::new(
+            &[100, 10000],
+            vec![Sel::List(vec![90, 2]), Sel::all(10000)],
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            far.fetch_ranges(8, "t").unwrap(),
+            vec![(20000, 10000), (900000, 10000)]
+        );
+        let near = Plan::new(
+            &[100, 100],
+            vec![
+                Sel::List(vec![5, 1, 5]),
+                Sel::Range {
+                    start: 0,
+                    count: 2,
+                    step: 1,
+                },
+            ],
+            "t",
+        )
+        .unwrap();
         assert_eq!(near.fetch_ranges(8, "t").unwrap(), vec![(100, 402)]);
     }
 
@@ -623,11 +836,28 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
         // A U8 tensor [20, 50] stored at offset 1000.
         let shape = [20usize, 50];
-        let sels = vec![Sel::Range { start: 3, count: 4, step: 2 }, Sel::Range { start: 10, count: 5, step: 1 }];
-        let want: Vec<u8> = reference(&shape, &sels).iter().map(|&i| bytes[1000 + i]).collect();
+        let sels = vec![
+            Sel::Range {
+                start: 3,
+                count: 4,
+                step: 2,
+            },
+            Sel::Range {
+                start: 10,
+                count: 5,
+                step: 1,
+            },
+        ];
+        let want: Vec<u8> = reference(&shape, &sels)
+            .iter()
+            .map(|&i| bytes[1000 + i])
+            .collect();
         let plan = Plan::new(&shape, sels, "t").unwrap();
         for (mapped, chunk) in [(true, 1usize), (true, 7), (false, 3), (false, 20)] {
-            let src = Counting { mem: Memory(&bytes), reads: Default::default() };
+            let src = Counting {
+                mem: Memory(&bytes),
+                reads: Default::default(),
+            };
             let mem = Memory(&bytes);
             let s: &dyn Source = if mapped { &mem } else { &src };
             let mut cur = Cursor::new(s, 1000, 1000, plan.byte_ranges(8, "t").unwrap());
@@ -636,7 +866,11 @@ mod tests {
                 cur.fill(c).unwrap();
             }
             assert_eq!(got, want);
-            assert!(src.reads.borrow().iter().all(|&(o, n)| o >= 1000 && o + n <= 2000));
+            assert!(src
+                .reads
+                .borrow()
+                .iter()
+                .all(|&(o, n)| o >= 1000 && o + n <= 2000));
             if !mapped {
                 // Rows 3..9 step 2, columns 10..15: from the first byte
                 // needed to the last, in one read.

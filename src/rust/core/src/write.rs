@@ -54,7 +54,12 @@ impl FileSink {
     /// flushed to disk before the rename, and disk writes start as it is
     /// written so the final flush has less to do.
     pub fn create(target: &Path, sync: bool) -> Result<FileSink> {
-        Ok(FileSink { file: AtomicFile::create(target)?, sync, written: 0, flushed: 0 })
+        Ok(FileSink {
+            file: AtomicFile::create(target)?,
+            sync,
+            written: 0,
+            flushed: 0,
+        })
     }
 
     /// Flushes (with `sync`, to disk) and renames the file over its target;
@@ -67,7 +72,8 @@ impl FileSink {
 impl Sink for FileSink {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         let file = self.file.file()?;
-        file.write_all(bytes).map_err(|e| Error::io(&e, "can't write the file"))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io(&e, "can't write the file"))?;
         self.written += bytes.len() as u64;
         if self.sync && self.written - self.flushed >= WRITEBACK {
             start_writeback(file, self.flushed, self.written - self.flushed);
@@ -93,9 +99,15 @@ impl<'a> MemSink<'a> {
 
 impl Sink for MemSink<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        let end = self.pos.checked_add(bytes.len()).filter(|&e| e <= self.out.len());
+        let end = self
+            .pos
+            .checked_add(bytes.len())
+            .filter(|&e| e <= self.out.len());
         let Some(end) = end else {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: the output buffer is too small"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: the output buffer is too small",
+            ));
         };
         self.out[self.pos..end].copy_from_slice(bytes);
         self.pos = end;
@@ -155,7 +167,12 @@ impl<S: Sink> Writer<S> {
     /// Validates the tensors' descriptions and the metadata, builds the
     /// header (see [`format::layout`]) and writes it to `sink`. Tensors are
     /// encoded with up to `threads` threads.
-    pub fn new(specs: Vec<TensorSpec>, metadata: Option<&[(String, String)]>, mut sink: S, threads: usize) -> Result<Writer<S>> {
+    pub fn new(
+        specs: Vec<TensorSpec>,
+        metadata: Option<&[(String, String)]>,
+        mut sink: S,
+        threads: usize,
+    ) -> Result<Writer<S>> {
         let layout = format::layout(&specs, metadata)?;
         if layout.file_len().is_none() {
             return Err(Error::new(Kind::Overflow, "the file size overflows"));
@@ -231,7 +248,10 @@ impl<S: Sink> Writer<S> {
         let st = &mut self.st;
         st.advance_if_done();
         let Some(i) = st.current() else {
-            return Err(Error::new(Kind::InvalidArgument, "every tensor was written already"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "every tensor was written already",
+            ));
         };
         let (b, e) = st.offsets[i];
         if bytes.len() > e - b - st.bytes_done {
@@ -262,7 +282,11 @@ impl<S: Sink> Writer<S> {
             return Err(Error::tensor(
                 Kind::InvalidArgument,
                 name,
-                format!("tensor `{name}` got {} of its {} bytes", st.bytes_done, e - b),
+                format!(
+                    "tensor `{name}` got {} of its {} bytes",
+                    st.bytes_done,
+                    e - b
+                ),
             ));
         }
         Ok(self.sink)
@@ -271,7 +295,13 @@ impl<S: Sink> Writer<S> {
 
 /// [`Writer::write`] with a writer thread: blocks travel to it and come
 /// back empty, so at most `BUFFERS` blocks exist at a time.
-fn write_pipelined<S: Sink>(st: &mut State, sink: &mut S, inputs: &[Input<'_>], budget: usize, poll: Poll<'_>) -> Result<()> {
+fn write_pipelined<S: Sink>(
+    st: &mut State,
+    sink: &mut S,
+    inputs: &[Input<'_>],
+    budget: usize,
+    poll: Poll<'_>,
+) -> Result<()> {
     const BUFFERS: usize = 3;
     let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     let (to_main, spare) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -287,17 +317,23 @@ fn write_pipelined<S: Sink>(st: &mut State, sink: &mut S, inputs: &[Input<'_>], 
         // Owns the sender: dropping it ends the writer's loop.
         let mut emit = move |b: Vec<u8>| -> Result<Vec<u8>> {
             // The writer hung up: it failed, and says why below.
-            to_writer.send(b).map_err(|_| Error::new(Kind::Io, "the writer stopped"))?;
+            to_writer
+                .send(b)
+                .map_err(|_| Error::new(Kind::Io, "the writer stopped"))?;
             if made < BUFFERS {
                 made += 1;
                 return Ok(Vec::new());
             }
-            spare.recv().map_err(|_| Error::new(Kind::Io, "the writer stopped"))
+            spare
+                .recv()
+                .map_err(|_| Error::new(Kind::Io, "the writer stopped"))
         };
         let threads = st.threads - 1;
         let produced = st.produce(inputs, budget, threads, &mut emit, poll);
         drop(emit);
-        let written = writer.join().unwrap_or_else(|_| Err(Error::new(Kind::Io, "the writer thread panicked")));
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(Kind::Io, "the writer thread panicked")));
         // A write error explains a failure to send, so it comes first.
         written?;
         produced
@@ -314,7 +350,10 @@ impl State {
     /// bytes of the right size.
     fn check_inputs(&self, inputs: &[Input<'_>]) -> Result<()> {
         if inputs.len() != self.specs.len() {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: one input per tensor is needed"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: one input per tensor is needed",
+            ));
         }
         for ((spec, input), &(b, e)) in self.specs.iter().zip(inputs).zip(&self.offsets) {
             let name = spec.name.as_str();
@@ -326,14 +365,20 @@ impl State {
                         return Err(Error::tensor(
                             Kind::InvalidArgument,
                             name,
-                            format!("tensor `{name}` has {} values but its shape needs {numel}", values.len()),
+                            format!(
+                                "tensor `{name}` has {} values but its shape needs {numel}",
+                                values.len()
+                            ),
                         ));
                     }
                     if matches!(values, Src::Complex(_)) && spec.dtype != Dtype::C64 {
                         return Err(Error::tensor(
                             Kind::Conversion,
                             name,
-                            format!("tensor `{name}` is complex and can only be written as C64, not {}", spec.dtype),
+                            format!(
+                                "tensor `{name}` is complex and can only be written as C64, not {}",
+                                spec.dtype
+                            ),
                         ));
                     }
                 }
@@ -428,7 +473,8 @@ impl State {
                     let rows = n_rows(&shape);
                     let r0 = self.rows_done;
                     let r1 = (r0 + rows_per_block(spec.dtype, &shape, room)).min(rows);
-                    let len = row_offset(spec.dtype, &shape, r1) - row_offset(spec.dtype, &shape, r0);
+                    let len =
+                        row_offset(spec.dtype, &shape, r1) - row_offset(spec.dtype, &shape, r0);
                     if !buf.is_empty() && buf.len() + len > BLOCK {
                         buf = emit(buf)?;
                         buf.clear();
@@ -436,7 +482,16 @@ impl State {
                     let before = buf.len();
                     // Zeroed: the sub-byte encoders OR their bits in.
                     buf.resize(before + len, 0);
-                    encode_par(spec, values, rounding, &shape, r0, r1, &mut buf[before..], threads)?;
+                    encode_par(
+                        spec,
+                        values,
+                        rounding,
+                        &shape,
+                        r0,
+                        r1,
+                        &mut buf[before..],
+                        threads,
+                    )?;
                     self.rows_done = r1;
                     self.bytes_done += len;
                     self.written += len;
@@ -493,9 +548,13 @@ fn encode_par(
     } else {
         1
     };
-    let threads = threads.min(out.len() / PARALLEL_MIN_BLOCK).min(rows / align).max(1);
+    let threads = threads
+        .min(out.len() / PARALLEL_MIN_BLOCK)
+        .min(rows / align)
+        .max(1);
     if threads == 1 {
-        return encode_with(dtype, values, shape, r0, r1, out, rounding).map_err(|e| conversion_error(spec, e, rounding));
+        return encode_with(dtype, values, shape, r0, r1, out, rounding)
+            .map_err(|e| conversion_error(spec, e, rounding));
     }
     let per = rows.div_ceil(threads).next_multiple_of(align);
     let mut parts = Vec::with_capacity(threads);
@@ -503,7 +562,8 @@ fn encode_par(
     let mut a = r0;
     while a < r1 {
         let b = (a + per).min(r1);
-        let (head, tail) = rest.split_at_mut(row_offset(dtype, shape, b) - row_offset(dtype, shape, a));
+        let (head, tail) =
+            rest.split_at_mut(row_offset(dtype, shape, b) - row_offset(dtype, shape, a));
         parts.push((a, b, head));
         rest = tail;
         a = b;
@@ -512,7 +572,9 @@ fn encode_par(
         let mut parts = parts.into_iter();
         let first = parts.next();
         let enc = move |a, b, o: &mut [u8]| encode_with(dtype, values, shape, a, b, o, rounding);
-        let handles: Vec<_> = parts.map(|(a, b, o)| s.spawn(move || enc(a, b, o))).collect();
+        let handles: Vec<_> = parts
+            .map(|(a, b, o)| s.spawn(move || enc(a, b, o)))
+            .collect();
         let mut res = vec![first.map_or(Ok(()), |(a, b, o)| enc(a, b, o))];
         for h in handles {
             res.push(h.join().unwrap_or(Err(EncodeError::Mismatch)));
@@ -552,7 +614,9 @@ fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Er
     };
     let why = match bad.value {
         Num::Na => format!("NA can't be stored as {dtype}"),
-        v if rounding == Rounding::Exact && convert::fits_rounded(dtype, v) => format!("{dtype} can't hold it exactly"),
+        v if rounding == Rounding::Exact && convert::fits_rounded(dtype, v) => {
+            format!("{dtype} can't hold it exactly")
+        }
         Num::F(x) if dtype.is_integer() && x.is_finite() && x.fract() != 0.0 => {
             format!("{dtype} holds whole numbers only")
         }
@@ -561,7 +625,11 @@ fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Er
     Error::tensor(
         Kind::Conversion,
         name,
-        format!("can't convert element {} of tensor `{name}` (value {}): {why}", bad.index + 1, describe(bad.value)),
+        format!(
+            "can't convert element {} of tensor `{name}` (value {}): {why}",
+            bad.index + 1,
+            describe(bad.value)
+        ),
     )
 }
 
@@ -571,7 +639,11 @@ mod tests {
     use crate::io::{read_header, Memory, Source};
 
     fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
-        TensorSpec { name: name.to_string(), dtype, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+        }
     }
 
     fn ok() -> impl FnMut() -> Result<()> {
@@ -580,15 +652,31 @@ mod tests {
 
     /// The bytes the writer makes for these tensors, one `write` call with
     /// budget `budget` at a time (putting `Later` bytes in pieces of 3).
-    fn file_of(specs: &[TensorSpec], inputs: &[Input<'_>], later: &[&[u8]], threads: usize, budget: usize) -> Vec<u8> {
-        let mut w = Writer::new(specs.to_vec(), Some(&[("k".into(), "v".into())]), Vec::new(), threads).unwrap();
+    fn file_of(
+        specs: &[TensorSpec],
+        inputs: &[Input<'_>],
+        later: &[&[u8]],
+        threads: usize,
+        budget: usize,
+    ) -> Vec<u8> {
+        let mut w = Writer::new(
+            specs.to_vec(),
+            Some(&[("k".into(), "v".into())]),
+            Vec::new(),
+            threads,
+        )
+        .unwrap();
         let mut calls = 0;
         while let Some(i) = w.current() {
             calls += 1;
             assert!(calls < 100_000, "no progress");
             match inputs[i] {
                 Input::Later => {
-                    let k = specs[..i].iter().zip(inputs).filter(|(_, x)| matches!(x, Input::Later)).count();
+                    let k = specs[..i]
+                        .iter()
+                        .zip(inputs)
+                        .filter(|(_, x)| matches!(x, Input::Later))
+                        .count();
                     for piece in later[k].chunks(3) {
                         w.put(piece, &mut ok()).unwrap();
                     }
@@ -617,32 +705,52 @@ mod tests {
             spec("later", Dtype::U16, &[2, 4]),
             spec("empty", Dtype::F64, &[0, 3]),
         ];
-        let inputs = [Input::Values(Src::Real(&big), Rounding::Nearest), Input::Values(Src::Integer(&ints), Rounding::Nearest), Input::Bytes(&raw), Input::Later, Input::Later];
+        let inputs = [
+            Input::Values(Src::Real(&big), Rounding::Nearest),
+            Input::Values(Src::Integer(&ints), Rounding::Nearest),
+            Input::Bytes(&raw),
+            Input::Later,
+            Input::Later,
+        ];
         let want = file_of(&specs, &inputs, &[&later, &[]], 1, usize::MAX);
         for (threads, budget) in [(2, usize::MAX), (2, 1), (1, 5 << 20), (3, 1 << 20)] {
-            assert!(file_of(&specs, &inputs, &[&later, &[]], threads, budget) == want, "{threads} {budget}");
+            assert!(
+                file_of(&specs, &inputs, &[&later, &[]], threads, budget) == want,
+                "{threads} {budget}"
+            );
         }
         // What the reader makes of it: the header in the order given, the
         // data ordered by alignment (F64, F32, I16, U16, U8), each tensor
         // at a multiple of its element size.
         let src = Memory(&want);
         let header = read_header(&src).unwrap();
-        let listed: Vec<&str> = header.json_order.iter().map(|&i| header.tensors[i].name.as_str()).collect();
+        let listed: Vec<&str> = header
+            .json_order
+            .iter()
+            .map(|&i| header.tensors[i].name.as_str())
+            .collect();
         assert_eq!(listed, ["big", "ints", "raw", "later", "empty"]);
         let stored: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(stored, ["empty", "big", "ints", "later", "raw"]);
         for t in &header.tensors {
-            assert_eq!((header.data_start() + t.begin) % format::alignment(t.dtype), 0, "{}", t.name);
+            assert_eq!(
+                (header.data_start() + t.begin) % format::alignment(t.dtype),
+                0,
+                "{}",
+                t.name
+            );
         }
         let find = |name: &str| header.tensors.iter().find(|t| t.name == name).unwrap();
         let t = find("later");
         let mut back = vec![0u8; 16];
-        src.read_at(header.data_start() + t.begin, &mut back).unwrap();
+        src.read_at(header.data_start() + t.begin, &mut back)
+            .unwrap();
         assert_eq!(back, later);
         // ints is column-major in R: row 1 of the [3, 4] tensor is 0, 3, 6, 9.
         let t = find("ints");
         let mut row = vec![0u8; 8];
-        src.read_at(header.data_start() + t.begin, &mut row).unwrap();
+        src.read_at(header.data_start() + t.begin, &mut row)
+            .unwrap();
         assert_eq!(row, [0, 0, 3, 0, 6, 0, 9, 0]);
     }
 
@@ -650,18 +758,28 @@ mod tests {
     fn integer64_values_are_written_exactly_on_any_number_of_threads() {
         // 2^21 rows x 2 columns of int64 values beyond double's 2^53.
         let n = 1 << 22;
-        let vals: Vec<i64> = (0..n as i64).map(|i| (1 << 60) + i * 3 - (i % 7) * (1 << 40)).collect();
+        let vals: Vec<i64> = (0..n as i64)
+            .map(|i| (1 << 60) + i * 3 - (i % 7) * (1 << 40))
+            .collect();
         let specs = [spec("w", Dtype::I64, &[n / 2, 2])];
         let inputs = [Input::Values(Src::Int64(&vals), Rounding::Exact)];
         let want = file_of(&specs, &inputs, &[], 1, usize::MAX);
         for threads in [2, 3] {
-            assert!(file_of(&specs, &inputs, &[], threads, 1 << 20) == want, "{threads}");
+            assert!(
+                file_of(&specs, &inputs, &[], threads, 1 << 20) == want,
+                "{threads}"
+            );
         }
         let src = Memory(&want);
         let header = read_header(&src).unwrap();
         let t = &header.tensors[0];
         let mut back = vec![0i64; n];
-        let task = crate::read::Task::new(t, header.data_start(), crate::read::Dest::Values(convert::Target::Int64(convert::Out::new(&mut back)))).unwrap();
+        let task = crate::read::Task::new(
+            t,
+            header.data_start(),
+            crate::read::Dest::Values(convert::Target::Int64(convert::Out::new(&mut back))),
+        )
+        .unwrap();
         crate::read::read_tasks(&src, std::slice::from_ref(&task), 2, &mut ok()).unwrap();
         drop(task);
         assert!(back == vals);
@@ -669,9 +787,21 @@ mod tests {
         let mut with_na = vals.clone();
         with_na[n - 1] = i64::MIN;
         let mut w = Writer::new(specs.to_vec(), None, Vec::new(), 2).unwrap();
-        let e = w.write(&[Input::Values(Src::Int64(&with_na), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[Input::Values(Src::Int64(&with_na), Rounding::Exact)],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        assert!(e.message.contains(&format!("element {n} of tensor `w` (value NA): NA can't be stored as I64")), "{}", e.message);
+        assert!(
+            e.message.contains(&format!(
+                "element {n} of tensor `w` (value NA): NA can't be stored as I64"
+            )),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -680,39 +810,124 @@ mod tests {
         let two = [1.0, 2.0];
         let mut w = Writer::new(specs.clone(), None, Vec::new(), 1).unwrap();
         let header = w.written();
-        let e = w.write(&[Input::Values(Src::Real(&two), Rounding::Nearest), Input::Bytes(&[1, 2])], usize::MAX, &mut ok()).unwrap_err();
-        assert_eq!((e.kind, e.tensor.as_deref()), (Kind::InvalidArgument, Some("b")));
+        let e = w
+            .write(
+                &[
+                    Input::Values(Src::Real(&two), Rounding::Nearest),
+                    Input::Bytes(&[1, 2]),
+                ],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.tensor.as_deref()),
+            (Kind::InvalidArgument, Some("b"))
+        );
         assert_eq!(w.written(), header, "nothing of the data was written");
-        let e = w.write(&[Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]]), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[
+                    Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]]), Rounding::Nearest),
+                    Input::Later,
+                ],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        let e = w.write(&[Input::Values(Src::Real(&[1.0, 1e300]), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[
+                    Input::Values(Src::Real(&[1.0, 1e300]), Rounding::Nearest),
+                    Input::Later,
+                ],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        assert!(e.message.contains("element 2 of tensor `a` (value 1e300)"), "{}", e.message);
+        assert!(
+            e.message.contains("element 2 of tensor `a` (value 1e300)"),
+            "{}",
+            e.message
+        );
         // With `Exact`, only values the dtype holds exactly.
         let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
-        let e = w.write(&[Input::Values(Src::Real(&[0.5, 1.0 / 3.0, 2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
-        assert!(e.message.contains("element 2 of tensor `h`") && e.message.contains("F16 can't hold it exactly"), "{}", e.message);
+        let e = w
+            .write(
+                &[Input::Values(
+                    Src::Real(&[0.5, 1.0 / 3.0, 2.0]),
+                    Rounding::Exact,
+                )],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
+        assert!(
+            e.message.contains("element 2 of tensor `h`")
+                && e.message.contains("F16 can't hold it exactly"),
+            "{}",
+            e.message
+        );
         let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
-        let e = w.write(&[Input::Values(Src::Real(&[0.5, 1e6, 2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[Input::Values(Src::Real(&[0.5, 1e6, 2.0]), Rounding::Exact)],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert!(e.message.contains("out of range for F16"), "{}", e.message);
         let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
-        w.write(&[Input::Values(Src::Real(&[0.5, f64::NAN, -2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap();
+        w.write(
+            &[Input::Values(
+                Src::Real(&[0.5, f64::NAN, -2.0]),
+                Rounding::Exact,
+            )],
+            usize::MAX,
+            &mut ok(),
+        )
+        .unwrap();
         // A tensor not finished, or given too many bytes.
         let mut w = Writer::new(specs, None, Vec::new(), 1).unwrap();
-        w.write(&[Input::Values(Src::Real(&two), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap();
+        w.write(
+            &[
+                Input::Values(Src::Real(&two), Rounding::Nearest),
+                Input::Later,
+            ],
+            usize::MAX,
+            &mut ok(),
+        )
+        .unwrap();
         assert_eq!(w.current(), Some(1));
         assert!(w.put(&[1, 2, 3, 4], &mut ok()).is_err());
         w.put(&[1, 2], &mut ok()).unwrap();
-        assert_eq!(w.finish().err().map(|e| e.kind), Some(Kind::InvalidArgument));
+        assert_eq!(
+            w.finish().err().map(|e| e.kind),
+            Some(Kind::InvalidArgument)
+        );
     }
 
     #[test]
     fn a_failing_poll_stops_the_write() {
         let big = vec![1.0; 3 << 20];
         for threads in [1, 2] {
-            let mut w = Writer::new(vec![spec("x", Dtype::F64, &[3 << 20])], None, Vec::new(), threads).unwrap();
+            let mut w = Writer::new(
+                vec![spec("x", Dtype::F64, &[3 << 20])],
+                None,
+                Vec::new(),
+                threads,
+            )
+            .unwrap();
             let mut stop = || Err(Error::new(Kind::Interrupted, "stop"));
-            let e = w.write(&[Input::Values(Src::Real(&big), Rounding::Nearest)], usize::MAX, &mut stop).unwrap_err();
+            let e = w
+                .write(
+                    &[Input::Values(Src::Real(&big), Rounding::Nearest)],
+                    usize::MAX,
+                    &mut stop,
+                )
+                .unwrap_err();
             assert_eq!(e.kind, Kind::Interrupted);
         }
     }

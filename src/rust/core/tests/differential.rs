@@ -46,7 +46,18 @@ impl Rng {
 }
 
 const NAMES: [&str; 12] = [
-    "w", "bias", "layer.0.weight", "", "é", "a\"b", "tab\there", "model.embed_tokens", "x/y", "\u{1F600}", "__meta", "A",
+    "w",
+    "bias",
+    "layer.0.weight",
+    "",
+    "é",
+    "a\"b",
+    "tab\there",
+    "model.embed_tokens",
+    "x/y",
+    "\u{1F600}",
+    "__meta",
+    "A",
 ];
 
 /// A valid file: (JSON header bytes including padding, data section).
@@ -65,14 +76,26 @@ fn base_file(rng: &mut Rng) -> (Vec<u8>, Vec<u8>) {
         } else if dtype.bits() % 8 != 0 {
             shape.push(4);
         }
-        let name = format!("{}{}", rng.pick(&NAMES), if rng.chance(50) { i.to_string() } else { String::new() });
+        let name = format!(
+            "{}{}",
+            rng.pick(&NAMES),
+            if rng.chance(50) {
+                i.to_string()
+            } else {
+                String::new()
+            }
+        );
         if specs.iter().any(|s: &TensorSpec| s.name == name) {
             continue;
         }
         specs.push(TensorSpec { name, dtype, shape });
     }
     let meta: Option<Vec<(String, String)>> = if rng.chance(50) {
-        Some((0..rng.below(3)).map(|i| (format!("k{i}"), rng.pick(&NAMES).to_string())).collect())
+        Some(
+            (0..rng.below(3))
+                .map(|i| (format!("k{i}"), rng.pick(&NAMES).to_string()))
+                .collect(),
+        )
     } else {
         None
     };
@@ -109,7 +132,9 @@ fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return Vec::new();
     }
-    (0..=hay.len() - needle.len()).filter(|&i| &hay[i..i + needle.len()] == needle).collect()
+    (0..=hay.len() - needle.len())
+        .filter(|&i| &hay[i..i + needle.len()] == needle)
+        .collect()
 }
 
 fn splice(v: &mut Vec<u8>, at: (usize, usize), with: &[u8]) {
@@ -133,10 +158,17 @@ const BIG: [&str; 14] = [
     "9007199254740993",
 ];
 
-const DTYPE_SWAPS: [&str; 10] = ["F32", "f32", "F128", "C128", "BOOL", "F4", "U8", "F6_E3M2", "\"", "I64 "];
+const DTYPE_SWAPS: [&str; 10] = [
+    "F32", "f32", "F128", "C128", "BOOL", "F4", "U8", "F6_E3M2", "\"", "I64 ",
+];
 
 /// Applies one mutation to the file parts; returns a short label.
-fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut Option<u64>) -> &'static str {
+fn mutate(
+    rng: &mut Rng,
+    json: &mut Vec<u8>,
+    data: &mut Vec<u8>,
+    len_field: &mut Option<u64>,
+) -> &'static str {
     match rng.below(17) {
         0 if !json.is_empty() => {
             let i = rng.below(json.len());
@@ -154,7 +186,9 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
                 json.remove(i);
                 "delete"
             } else {
-                let c = *rng.pick(&[b'{', b'}', b'[', b']', b',', b':', b'"', b'\\', b'0', b'9', b'-', b' ', 0u8]);
+                let c = *rng.pick(&[
+                    b'{', b'}', b'[', b']', b',', b':', b'"', b'\\', b'0', b'9', b'-', b' ', 0u8,
+                ]);
                 json.insert(i, c);
                 "insert"
             }
@@ -165,8 +199,15 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
                 return "none";
             }
             let at = *rng.pick(&nums);
-            let v: u128 = std::str::from_utf8(&json[at.0..at.1]).unwrap_or("0").parse().unwrap_or(0);
-            let new = if rng.chance(50) { v + 1 } else { v.saturating_sub(1) };
+            let v: u128 = std::str::from_utf8(&json[at.0..at.1])
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            let new = if rng.chance(50) {
+                v + 1
+            } else {
+                v.saturating_sub(1)
+            };
             splice(json, at, new.to_string().as_bytes());
             "off-by-one"
         }
@@ -177,17 +218,25 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             }
             let start = *rng.pick(&hits) + 9;
             let end = start + json[start..].iter().take_while(|&&c| c != b'"').count();
-            let new: String = if rng.chance(60) { rng.pick(&ALL).name().to_string() } else { rng.pick(&DTYPE_SWAPS).to_string() };
+            let new: String = if rng.chance(60) {
+                rng.pick(&ALL).name().to_string()
+            } else {
+                rng.pick(&DTYPE_SWAPS).to_string()
+            };
             splice(json, (start, end), new.as_bytes());
             "dtype"
         }
         5 => {
             // Duplicate a tensor entry (same name), at the end of the object.
             let text = String::from_utf8_lossy(json).to_string();
-            let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&text) else {
+            let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_str::<serde_json::Value>(&text)
+            else {
                 return "none";
             };
-            let Some((k, v)) = map.iter().find(|(k, _)| *k != "__metadata__") else { return "none" };
+            let Some((k, v)) = map.iter().find(|(k, _)| *k != "__metadata__") else {
+                return "none";
+            };
             let mut v = v.clone();
             if rng.chance(50) {
                 if let Some(o) = v.get_mut("data_offsets") {
@@ -200,14 +249,28 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             "duplicate-tensor"
         }
         6 => {
-            let entry: &[u8] = if rng.chance(50) { b"\"__metadata__\":{\"a\":\"b\"}," } else { b"\"__metadata__\":null," };
+            let entry: &[u8] = if rng.chance(50) {
+                b"\"__metadata__\":{\"a\":\"b\"},"
+            } else {
+                b"\"__metadata__\":null,"
+            };
             if let Some(open) = json.iter().position(|&c| c == b'{') {
                 json.splice(open + 1..open + 1, entry.iter().copied());
             }
             "metadata-insert"
         }
         7 => {
-            let &pad = rng.pick(&[&b" "[..], b"\t", b"\n", b"\r", b"\0", b"\xef\xbb\xbf", b"\x0b", b"\x0c", b"  \n"]);
+            let &pad = rng.pick(&[
+                &b" "[..],
+                b"\t",
+                b"\n",
+                b"\r",
+                b"\0",
+                b"\xef\xbb\xbf",
+                b"\x0b",
+                b"\x0c",
+                b"  \n",
+            ]);
             let at = if rng.chance(50) { 0 } else { json.len() };
             json.splice(at..at, pad.iter().copied());
             "whitespace"
@@ -258,16 +321,26 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
         }
         12 => {
             let hits = find_all(json, b"\"__metadata__\":{");
-            let Some(&h) = hits.first() else { return "none" };
+            let Some(&h) = hits.first() else {
+                return "none";
+            };
             let at = h + 16;
-            let &ins = rng.pick(&[&b"\"n\":1,"[..], b"\"n\":null,", b"\"n\":{},", b"\"n\":[\"a\"],", b"\"k0\":\"dup\","]);
+            let &ins = rng.pick(&[
+                &b"\"n\":1,"[..],
+                b"\"n\":null,",
+                b"\"n\":{},",
+                b"\"n\":[\"a\"],",
+                b"\"k0\":\"dup\",",
+            ]);
             json.splice(at..at, ins.iter().copied());
             "metadata-value"
         }
         13 => {
             // Escape the first letter of a key: "w" -> "\u0077".
             let hits = find_all(json, b"{\"");
-            let Some(&h) = hits.get(rng.below(hits.len().max(1))) else { return "none" };
+            let Some(&h) = hits.get(rng.below(hits.len().max(1))) else {
+                return "none";
+            };
             let at = h + 2;
             if at < json.len() && json[at].is_ascii_alphanumeric() {
                 let esc = format!("\\u{:04x}", json[at]);
@@ -306,8 +379,16 @@ fn mutate(rng: &mut Rng, json: &mut Vec<u8>, data: &mut Vec<u8>, len_field: &mut
             // Non-UTF-8 or unusual text inside a string.
             let quotes = find_all(json, b"\"");
             if let Some(&q) = quotes.get(rng.below(quotes.len().max(1))) {
-                let &ins =
-                    rng.pick(&[&b"\xff"[..], b"\xc3", b"\xed\xa0\x80", b"\\ud800", b"\\u0000", b"\\x", b"\x01", b"\\/"]);
+                let &ins = rng.pick(&[
+                    &b"\xff"[..],
+                    b"\xc3",
+                    b"\xed\xa0\x80",
+                    b"\\ud800",
+                    b"\\u0000",
+                    b"\\x",
+                    b"\x01",
+                    b"\\/",
+                ]);
                 json.splice(q + 1..q + 1, ins.iter().copied());
             }
             "string"
@@ -320,7 +401,9 @@ fn kind_of(e: &SafeTensorError) -> Option<Kind> {
         SafeTensorError::HeaderTooSmall => Kind::HeaderTooSmall,
         SafeTensorError::HeaderTooLarge => Kind::HeaderTooLarge,
         SafeTensorError::InvalidHeaderLength => Kind::InvalidHeaderLength,
-        SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => Kind::InvalidHeader,
+        SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) => {
+            Kind::InvalidHeader
+        }
         SafeTensorError::InvalidOffset(_) => Kind::InvalidOffset,
         SafeTensorError::TensorInvalidInfo => Kind::InvalidTensorInfo,
         SafeTensorError::MetadataIncompleteBuffer => Kind::IncompleteBuffer,
@@ -333,7 +416,8 @@ fn kind_of(e: &SafeTensorError) -> Option<Kind> {
 /// Whether two tensors of the header share their `data_offsets`: the
 /// reference sorts them in hash order then, so which one it blames varies.
 fn has_tied_offsets(json: &[u8]) -> bool {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(json) else {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(json)
+    else {
         return false;
     };
     let mut seen = std::collections::HashSet::new();
@@ -358,7 +442,9 @@ fn compare(file: &[u8], label: &'static str, tally: &mut Tally) {
     tally.cases += 1;
     *tally.by_mutation.entry(label).or_default() += 1;
     let ours = read_header(&Memory(file));
-    let theirs = catch_unwind(AssertUnwindSafe(|| safetensors::SafeTensors::deserialize(file)));
+    let theirs = catch_unwind(AssertUnwindSafe(|| {
+        safetensors::SafeTensors::deserialize(file)
+    }));
     let theirs = match theirs {
         Ok(r) => r,
         Err(_) => {
@@ -366,7 +452,10 @@ fn compare(file: &[u8], label: &'static str, tally: &mut Tally) {
             // `buffer_end + 8 + n` for tensors near usize::MAX bytes; we
             // must reject such a file.
             tally.reference_panics += 1;
-            assert!(ours.is_err(), "[{label}] the reference panicked on a file we accept");
+            assert!(
+                ours.is_err(),
+                "[{label}] the reference panicked on a file we accept"
+            );
             return;
         }
     };
@@ -395,7 +484,10 @@ fn compare(file: &[u8], label: &'static str, tally: &mut Tally) {
                 );
             }
         }
-        (Ok(_), Err(r)) => panic!("[{label}] we accept, the reference rejects ({r}): {:?}", String::from_utf8_lossy(file)),
+        (Ok(_), Err(r)) => panic!(
+            "[{label}] we accept, the reference rejects ({r}): {:?}",
+            String::from_utf8_lossy(file)
+        ),
         (Err(e), Ok(_)) => panic!(
             "[{label}] the reference accepts, we reject ({:?}: {}): {:?}",
             e.kind,
@@ -409,10 +501,27 @@ fn same_tensors(file: &[u8], h: &Header, st: &safetensors::SafeTensors<'_>, labe
     assert_eq!(h.tensors.len(), st.len(), "[{label}] tensor count");
     let start = h.data_start();
     for t in &h.tensors {
-        let view = st.tensor(&t.name).unwrap_or_else(|_| panic!("[{label}] the reference lacks `{}`", t.name));
-        assert_eq!(format!("{:?}", view.dtype()), t.dtype.name(), "[{label}] dtype of `{}`", t.name);
-        assert_eq!(view.shape(), &t.shape[..], "[{label}] shape of `{}`", t.name);
-        assert_eq!(view.data(), &file[start + t.begin..start + t.end], "[{label}] bytes of `{}`", t.name);
+        let view = st
+            .tensor(&t.name)
+            .unwrap_or_else(|_| panic!("[{label}] the reference lacks `{}`", t.name));
+        assert_eq!(
+            format!("{:?}", view.dtype()),
+            t.dtype.name(),
+            "[{label}] dtype of `{}`",
+            t.name
+        );
+        assert_eq!(
+            view.shape(),
+            &t.shape[..],
+            "[{label}] shape of `{}`",
+            t.name
+        );
+        assert_eq!(
+            view.data(),
+            &file[start + t.begin..start + t.end],
+            "[{label}] bytes of `{}`",
+            t.name
+        );
     }
     let (_, meta) = safetensors::SafeTensors::read_metadata(file).expect("accepted above");
     let ours: Option<HashMap<String, String>> = h.metadata.clone().map(|m| m.into_iter().collect());
@@ -420,9 +529,12 @@ fn same_tensors(file: &[u8], h: &Header, st: &safetensors::SafeTensors<'_>, labe
 }
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/testthat/fixtures");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/testthat/fixtures");
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().and_then(|x| x.to_str()) == Some("safetensors") {
@@ -480,7 +592,12 @@ fn reader_agrees_with_the_reference_on_mutated_headers() {
     eprintln!(
         "differential: {} cases, {} both accept, {} both reject ({} with the same error kind), \
          {} duplicate names (ours stricter), {} reference panics\nby mutation: {kinds:?}",
-        tally.cases, tally.both_accept, tally.both_reject, tally.same_kind, tally.duplicate_names, tally.reference_panics
+        tally.cases,
+        tally.both_accept,
+        tally.both_reject,
+        tally.same_kind,
+        tally.duplicate_names,
+        tally.reference_panics
     );
     assert!(tally.cases >= 20_000);
     // The mutations must exercise both outcomes substantially.
@@ -494,13 +611,20 @@ fn duplicate_names_are_our_only_stricter_case() {
     let json = br#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[8,16]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#;
     let file = assemble(json, &[7]);
     assert!(safetensors::SafeTensors::deserialize(&file).is_ok());
-    assert_eq!(read_header(&Memory(&file)).unwrap_err().kind, Kind::DuplicateName);
+    assert_eq!(
+        read_header(&Memory(&file)).unwrap_err().kind,
+        Kind::DuplicateName
+    );
 }
 
 #[test]
 fn every_dtype_agrees_on_size_and_name() {
     for d in ALL {
-        let json = format!(r#"{{"t":{{"dtype":"{}","shape":[8],"data_offsets":[0,{}]}}}}"#, d.name(), d.bits());
+        let json = format!(
+            r#"{{"t":{{"dtype":"{}","shape":[8],"data_offsets":[0,{}]}}}}"#,
+            d.name(),
+            d.bits()
+        );
         let file = assemble(json.as_bytes(), &vec![0u8; d.bits()]);
         let st = safetensors::SafeTensors::deserialize(&file).expect("reference accepts");
         let h = read_header(&Memory(&file)).expect("we accept");

@@ -17,19 +17,37 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 fn main() {
     let root = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let root = Path::new(&root);
-    let shapes: [&[usize]; 7] = [&[], &[4], &[0], &[2, 4], &[3, 1, 8], &[2, 0, 3], &[2, 2, 2, 2]];
+    let shapes: [&[usize]; 7] = [
+        &[],
+        &[4],
+        &[0],
+        &[2, 4],
+        &[3, 1, 8],
+        &[2, 0, 3],
+        &[2, 2, 2, 2],
+    ];
     let mut k = 0;
     for (di, &dtype) in ALL.iter().enumerate() {
         for (si, shape) in shapes.iter().enumerate() {
             let n: usize = shape.iter().product();
-            let Some(nbytes) = dtype.bytes_for(n) else { continue };
+            let Some(nbytes) = dtype.bytes_for(n) else {
+                continue;
+            };
             let meta = vec![("format".to_string(), "pt".to_string())];
-            let specs = [TensorSpec { name: format!("w{si}"), dtype, shape: shape.to_vec() }];
+            let specs = [TensorSpec {
+                name: format!("w{si}"),
+                dtype,
+                shape: shape.to_vec(),
+            }];
             let l = layout(&specs, (si % 2 == 0).then_some(&meta[..])).expect("layout");
             let mut file = l.prefix.clone();
             file.extend((0..nbytes).map(|i| (i * 37 + di) as u8));
             write(&root.join("header"), &format!("file-{k}"), &file);
-            write(&root.join("header"), &format!("json-{k}"), &l.prefix[N_LEN..]);
+            write(
+                &root.join("header"),
+                &format!("json-{k}"),
+                &l.prefix[N_LEN..],
+            );
             write(&root.join("deserialize"), &format!("file-{k}"), &file);
             let mut s = vec![di as u8, shape.len() as u8];
             s.extend(shape.iter().map(|&d| d as u8));
@@ -43,18 +61,38 @@ fn main() {
     let specs: Vec<TensorSpec> = ALL
         .iter()
         .enumerate()
-        .map(|(i, &dtype)| TensorSpec { name: format!("t{i}"), dtype, shape: if i == 3 { vec![0, 5] } else { vec![2, 4] } })
+        .map(|(i, &dtype)| TensorSpec {
+            name: format!("t{i}"),
+            dtype,
+            shape: if i == 3 { vec![0, 5] } else { vec![2, 4] },
+        })
         .collect();
-    let l = layout(&specs, Some(&[("a".into(), "b".into()), ("c".into(), "\u{e9}\n".into())])).expect("layout");
+    let l = layout(
+        &specs,
+        Some(&[("a".into(), "b".into()), ("c".into(), "\u{e9}\n".into())]),
+    )
+    .expect("layout");
     let mut file = l.prefix.clone();
     let len = l.file_len().expect("size") - file.len();
     file.extend((0..len).map(|i| (i * 13) as u8));
     write(&root.join("header"), "multi", &file);
     write(&root.join("deserialize"), "multi", &file);
-    write(&root.join("header"), "empty", &layout(&[], None).expect("layout").prefix);
-    for (i, shape) in [vec![], vec![5], vec![2, 3], vec![3, 1, 5], vec![2, 3, 4, 5], vec![33, 2, 35], vec![4, 0, 2]]
-        .iter()
-        .enumerate()
+    write(
+        &root.join("header"),
+        "empty",
+        &layout(&[], None).expect("layout").prefix,
+    );
+    for (i, shape) in [
+        vec![],
+        vec![5],
+        vec![2, 3],
+        vec![3, 1, 5],
+        vec![2, 3, 4, 5],
+        vec![33, 2, 35],
+        vec![4, 0, 2],
+    ]
+    .iter()
+    .enumerate()
     {
         let mut s = vec![shape.len() as u8];
         s.extend(shape.iter().map(|&d| d as u8));
@@ -63,9 +101,15 @@ fn main() {
     }
     // Slices: dtype, rank, shape, selection count, selections, chunk sizes, data.
     let slices: [&[u8]; 5] = [
-        &[17, 2, 3, 4, 2, 1, 0, 3, 1, 0, 2, 1, 3, 2, 5, 7, 1, 2, 3, 4, 5, 6, 7, 8],
-        &[4, 3, 2, 3, 4, 3, 0, 2, 1, 0, 3, 2, 1, 1, 1, 1, 2, 0, 1, 2, 3, 9, 9, 9, 9, 1, 2, 3],
-        &[1, 2, 4, 6, 2, 1, 1, 2, 1, 1, 0, 6, 1, 2, 1, 0, 0, 0, 8, 8, 8, 8, 0x12, 0x34, 0x56],
+        &[
+            17, 2, 3, 4, 2, 1, 0, 3, 1, 0, 2, 1, 3, 2, 5, 7, 1, 2, 3, 4, 5, 6, 7, 8,
+        ],
+        &[
+            4, 3, 2, 3, 4, 3, 0, 2, 1, 0, 3, 2, 1, 1, 1, 1, 2, 0, 1, 2, 3, 9, 9, 9, 9, 1, 2, 3,
+        ],
+        &[
+            1, 2, 4, 6, 2, 1, 1, 2, 1, 1, 0, 6, 1, 2, 1, 0, 0, 0, 8, 8, 8, 8, 0x12, 0x34, 0x56,
+        ],
         &[21, 1, 7, 1, 0, 4, 2, 0, 1, 6, 1, 3, 5, 0, 0, 0, 0, 1, 2, 3],
         &[2, 0, 0, 3, 3, 3, 3, 0xaa, 0xbb, 0xcc],
     ];

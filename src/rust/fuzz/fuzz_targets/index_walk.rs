@@ -5,7 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&rank, rest)) = data.split_first() else { return };
+    let Some((&rank, rest)) = data.split_first() else {
+        return;
+    };
     let rank = (rank % 7) as usize;
     if rest.len() < rank {
         return;

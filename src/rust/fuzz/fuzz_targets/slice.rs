@@ -41,11 +41,19 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
     for _ in 0..nsel {
         sels.push(sel(&mut u)?);
     }
-    let chunks: Vec<usize> = (0..4).map(|_| u8::arbitrary(&mut u).map(|c| c as usize)).collect::<arbitrary::Result<_>>()?;
+    let chunks: Vec<usize> = (0..4)
+        .map(|_| u8::arbitrary(&mut u).map(|c| c as usize))
+        .collect::<arbitrary::Result<_>>()?;
     let n: usize = shape.iter().product();
-    let Some(nbytes) = dtype.bytes_for(n) else { return Ok(()) };
+    let Some(nbytes) = dtype.bytes_for(n) else {
+        return Ok(());
+    };
     let seed = u.bytes(u.len().min(nbytes))?.to_vec();
-    let bytes: Vec<u8> = if seed.is_empty() { vec![0x3c; nbytes] } else { seed.iter().copied().cycle().take(nbytes).collect() };
+    let bytes: Vec<u8> = if seed.is_empty() {
+        vec![0x3c; nbytes]
+    } else {
+        seed.iter().copied().cycle().take(nbytes).collect()
+    };
     fuzzcheck::check_slice(dtype, &shape, sels, &bytes, &chunks);
     Ok(())
 }
