@@ -35,6 +35,20 @@ load_raw_ <- function(buf, names, mode, threads) .Call(wrap__load_raw_, buf, nam
 #' @noRd
 handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, names, mode, threads)
 
+#' Reads the index file at `path`: `list(names, files, metadata)`.
+#' @noRd
+read_index_ <- function(path) .Call(wrap__read_index_, path)
+
+#' Parses an index from its bytes (a raw vector, such as an index fetched
+#' over HTTP): `list(names, files, metadata)`.
+#' @noRd
+parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
+
+#' Writes an index file atomically: `total_size`, and each tensor of
+#' `names` mapped to the shard in `files`.
+#' @noRd
+write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
+
 #' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 #' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
 #' as a vector of 0-based indices, in mode `"raw"` or `c("array", int64,
@@ -50,20 +64,6 @@ handle_slice_ <- function(x, name, specs, is_range, mode, segments) .Call(wrap__
 #' remote file, one request each.
 #' @noRd
 slice_fetches_ <- function(x, name, specs, is_range) .Call(wrap__slice_fetches_, x, name, specs, is_range)
-
-#' Reads the index file at `path`: `list(names, files, metadata)`.
-#' @noRd
-read_index_ <- function(path) .Call(wrap__read_index_, path)
-
-#' Parses an index from its bytes (a raw vector, such as an index fetched
-#' over HTTP): `list(names, files, metadata)`.
-#' @noRd
-parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
-
-#' Writes an index file atomically: `total_size`, and each tensor of
-#' `names` mapped to the shard in `files`.
-#' @noRd
-write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
 
 #' Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
 #' validating its header.

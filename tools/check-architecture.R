@@ -20,7 +20,7 @@
 
 layers <- c(
   "errors.R", "utils.R", "dtypes.R", "format.R", "progress.R", "http.R", "sources.R",
-  "frameworks.R", "torch.R", "tensors.R", "write.R", "shards.R", "open.R",
+  "frameworks.R", "torch.R", "tensors.R", "write.R", "shards.R", "open.R", "slice.R",
   "info.R", "load.R", "save.R", "model.R", "safetensors-class.R", "safetensors-package.R"
 )
 # Files outside the layers: generated wrappers (any file may call them).

@@ -10,6 +10,7 @@ mod load;
 mod open;
 mod robj;
 mod shards;
+mod slice;
 mod sources;
 mod tensors;
 mod torch;
@@ -23,6 +24,7 @@ extendr_module! {
     use load;
     use open;
     use shards;
+    use slice;
     use sources;
     use torch;
     use write;
