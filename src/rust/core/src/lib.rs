@@ -21,6 +21,7 @@ pub mod io;
 pub mod read;
 pub mod shards;
 pub mod slice;
+pub mod sniff;
 pub mod write;
 
 /// The callback long operations call between blocks, on the thread that
