@@ -1,11 +1,13 @@
 //! The R bindings of the safetensors core (crate `safetensors-core`): glue
 //! only, one module per R file of the same name (R/load.R and load.rs, and
-//! so on), plus `robj` (the R API made safe) and `tensors` (the one place
-//! tensors become R objects). See ARCHITECTURE.md.
+//! so on), plus `robj` (the R API made safe) and `decimal` (64-bit integers
+//! as decimal strings). See ARCHITECTURE.md.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod decimal;
 mod dtypes;
+mod info;
 mod load;
 mod open;
 mod robj;

@@ -12,7 +12,7 @@ use extendr_api::prelude::*;
 use extendr_ffi::{
     cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE,
     Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL, RAW, REAL,
-    SET_STRING_ELT, SEXP, SEXPTYPE, TYPEOF,
+    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, TYPEOF,
 };
 use safetensors_core::error::{Error, Kind, Result};
 
@@ -517,6 +517,24 @@ pub fn named_list(names: &[&str], values: Vec<Robj>) -> Robj {
     let mut list: Robj = List::from_values(values).into();
     set_names(&mut list, names.iter().copied());
     list
+}
+
+/// A named list (raw API); `values` run in order, each result stored at
+/// once.
+///
+/// # Safety
+/// Only inside [`build`]; the result is unprotected; each value function
+/// returns an unprotected fresh object or a reachable one.
+pub unsafe fn named_list_sexp(names: &[&str], values: &mut [&mut dyn FnMut() -> SEXP]) -> SEXP {
+    unsafe {
+        let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, values.len()));
+        for (i, f) in values.iter_mut().enumerate() {
+            SET_VECTOR_ELT(list, i as isize, f());
+        }
+        r_set_attr(list, R_NamesSymbol, r_strings(names.iter().copied()));
+        Rf_unprotect(1);
+        list
+    }
 }
 
 /// The error as the condition data R's `st_check()` turns into a classed

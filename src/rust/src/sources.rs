@@ -23,8 +23,9 @@ use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::{self, Header, N_LEN};
 use safetensors_core::io::{self, Backend, FileSource, Memory, Segments, Source};
 
+use crate::info::{check_strings, info_robj};
 use crate::robj::{raw_bytes, threads_from_r, to_r};
-use crate::tensors::{check_strings, info_robj, Loader, Mode};
+use crate::tensors::{Loader, Mode};
 
 /// Where an open source's bytes live.
 pub enum Backing {
@@ -407,7 +408,7 @@ fn is_open_(x: Robj) -> bool {
     with_open(&x, |_| Ok(())).is_ok()
 }
 
-/// Header facts of an open source (see `tensors::info_robj()`).
+/// Header facts of an open source (see `info::info_robj()`).
 /// @noRd
 #[extendr]
 fn handle_info_(x: Robj) -> Robj {

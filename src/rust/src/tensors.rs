@@ -1,6 +1,6 @@
-//! The R objects the package returns for tensors and headers (R/tensors.R
-//! shapes them further): the one place that decides what R vector a tensor
-//! becomes, allocates it, and hands its memory to the core's read engine.
+//! The R objects the package returns for tensors (R/tensors.R shapes them
+//! further): the one place that decides what R vector a tensor becomes,
+//! allocates it, and hands its memory to the core's read engine.
 //!
 //! A tensor becomes, in mode `Array`, an R vector of the dtype's natural
 //! type ([`dtypes::r_type_name`]) with `dim` (or `shape = integer(0)` for a
@@ -13,7 +13,7 @@
 use extendr_api::prelude::*;
 use extendr_ffi::{
     R_ClassSymbol, R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect,
-    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, VECTOR_ELT,
+    SET_VECTOR_ELT, SEXP, SEXPTYPE, VECTOR_ELT,
 };
 use safetensors_core::convert::{self, r_type, DecodeStats, Out, RType, Target};
 use safetensors_core::dtype::{Dtype, ALL};
@@ -23,9 +23,11 @@ use safetensors_core::io::{Segments, Source};
 use safetensors_core::read::{self, Dest, Fetch, Piece, Task};
 use safetensors_core::slice::Plan;
 
+use crate::decimal::{fill_decimal, Scratch};
+use crate::info::header_sexp;
 use crate::robj::{
-    self, build, check_interrupt_now, r_char, r_reals, r_set_attr, r_shape, r_strings, r_sym,
-    r_vec, vec_data,
+    self, build, check_interrupt_now, named_list_sexp, r_reals, r_set_attr, r_shape, r_strings,
+    r_sym, r_vec, vec_data,
 };
 
 /// What I64 and U64 tensors become in mode `Array` (R's `int64 =`).
@@ -223,7 +225,7 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
 
 /// R objects shared by the attributes of many tensors, built once per call:
 /// symbols and one `"dtype"` string per dtype.
-struct Shared {
+pub(crate) struct Shared {
     dtype_sym: SEXP,
     shape_sym: SEXP,
     dtypes: [SEXP; ALL.len()],
@@ -236,7 +238,7 @@ struct Shared {
 impl Shared {
     /// # Safety
     /// Only inside [`build`]; call [`Shared::release`] before returning.
-    unsafe fn new() -> Shared {
+    pub(crate) unsafe fn new() -> Shared {
         // SAFETY: symbols are never collected.
         unsafe {
             Shared {
@@ -250,7 +252,7 @@ impl Shared {
     }
 
     /// The `"dtype"` attribute value for `d`, protected until `release`.
-    unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
+    pub(crate) unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
         let slot = &mut self.dtypes[d as usize];
         if slot.is_null() {
             // SAFETY: inside build; protected until release.
@@ -274,7 +276,7 @@ impl Shared {
         self.integer64
     }
 
-    unsafe fn release(&self) {
+    pub(crate) unsafe fn release(&self) {
         unsafe { Rf_unprotect(self.protected) };
     }
 }
@@ -305,101 +307,6 @@ unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, elem: Elem, shared
             Rf_setAttrib(x, R_ClassSymbol, shared.integer64());
         }
     }
-}
-
-/// A buffer of 64-bit integers the read engine fills (column-major), for
-/// a tensor read as decimal strings, which are made from it afterwards on
-/// R's thread.
-struct Scratch {
-    /// From `Box::into_raw`, so writes through it are allowed; freed on drop.
-    ptr: *mut u64,
-    len: usize,
-}
-
-impl Scratch {
-    fn new(len: usize) -> Result<Scratch> {
-        let mut v: Vec<u64> = Vec::new();
-        v.try_reserve_exact(len).map_err(|_| {
-            Error::new(
-                Kind::Memory,
-                format!("can't allocate a buffer of {len} 64-bit integers"),
-            )
-        })?;
-        v.resize(len, 0);
-        let ptr = Box::into_raw(v.into_boxed_slice()) as *mut u64;
-        Ok(Scratch { ptr, len })
-    }
-
-    /// The values, once the engine is done writing them.
-    fn values(&self) -> &[u64] {
-        // SAFETY: `ptr` holds `len` initialised values for self's lifetime
-        // (dangling and aligned when `len` is 0, as Box gives it).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed
-        // slice, freed only here.
-        unsafe {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.ptr, self.len,
-            )))
-        }
-    }
-}
-
-/// The decimal digits of `v` (negated when `negative`), at the end of `buf`;
-/// returns where they start.
-fn decimal(v: u64, negative: bool, buf: &mut [u8; 21]) -> usize {
-    let mut at = buf.len();
-    let mut v = v;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if negative {
-        at -= 1;
-        buf[at] = b'-';
-    }
-    at
-}
-
-/// Strings made per `build` call (and between interrupt checks).
-const STRINGS_PER_CALL: usize = 1 << 16;
-
-/// Fills the character vector `x` with the decimal strings of `values`,
-/// 64-bit integers of `dtype` (I64 or U64), in chunks, checking for Ctrl-C
-/// in between.
-fn fill_decimal(x: SEXP, values: &[u64], dtype: Dtype) -> Result<()> {
-    let signed = dtype == Dtype::I64;
-    let mut start = 0;
-    while start < values.len() {
-        let end = (start + STRINGS_PER_CALL).min(values.len());
-        // SAFETY: inside build; `x` is a character vector of at least
-        // `values.len()` elements, kept alive by the caller; each new
-        // string is stored at once.
-        build(|| unsafe {
-            let mut buf = [0u8; 21];
-            for (i, &v) in values[start..end].iter().enumerate() {
-                let negative = signed && (v as i64) < 0;
-                let magnitude = if signed { (v as i64).unsigned_abs() } else { v };
-                let at = decimal(magnitude, negative, &mut buf);
-                // SAFETY (from_utf8_unchecked): ASCII digits and a sign.
-                let s = std::str::from_utf8_unchecked(&buf[at..]);
-                SET_STRING_ELT(x, (start + i) as isize, r_char(s));
-            }
-            x
-        })?;
-        start = end;
-        check_interrupt_now()?;
-    }
-    Ok(())
 }
 
 /// The R objects of some tensors, allocated with their attributes but not
@@ -877,194 +784,4 @@ pub fn read_slice(
             ],
         )
     })
-}
-
-/// Checks that every name and metadata string can become an R string.
-pub fn check_strings(header: &Header) -> Result<()> {
-    for t in &header.tensors {
-        robj::check_r_string(&t.name, "tensor name")?;
-    }
-    for (k, v) in header.metadata.iter().flatten() {
-        robj::check_r_string(k, "metadata key")?;
-        robj::check_r_string(v, "metadata value")?;
-    }
-    Ok(())
-}
-
-/// The parsed header as CRAN 0.2.x exposed it in the `"metadata"`
-/// attribute: a named list in header order, one `list(dtype, shape,
-/// data_offsets)` per tensor, and `__metadata__` as a named list of strings.
-///
-/// # Safety
-/// Only inside [`build`]; the result is unprotected.
-unsafe fn header_sexp(header: &Header) -> SEXP {
-    unsafe {
-        let n = header.tensors.len() + header.metadata_position.is_some() as usize;
-        let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, n));
-        let names = Rf_protect(r_vec(SEXPTYPE::STRSXP, n));
-        // Shared by every entry: R copies them before any change.
-        let entry_names = Rf_protect(r_strings(["dtype", "shape", "data_offsets"].into_iter()));
-        // jsonlite turned an empty shape into list(); keep that for 0.2.x code.
-        let empty_shape = Rf_protect(r_vec(SEXPTYPE::VECSXP, 0));
-        let mut shared = Shared::new();
-        let mut pos = 0isize;
-        let put_metadata = |pos: &mut isize| {
-            SET_STRING_ELT(names, *pos, r_char("__metadata__"));
-            let value = match &header.metadata {
-                None => extendr_ffi::R_NilValue,
-                Some(m) => {
-                    let v = Rf_protect(r_vec(SEXPTYPE::VECSXP, m.len()));
-                    for (i, (_, x)) in m.iter().enumerate() {
-                        SET_VECTOR_ELT(v, i as isize, r_strings([x.as_str()].into_iter()));
-                    }
-                    r_set_attr(
-                        v,
-                        R_NamesSymbol,
-                        r_strings(m.iter().map(|(k, _)| k.as_str())),
-                    );
-                    Rf_unprotect(1);
-                    v
-                }
-            };
-            SET_VECTOR_ELT(list, *pos, value);
-            *pos += 1;
-        };
-        for (json_pos, &file_pos) in header.json_order.iter().enumerate() {
-            if header.metadata_position == Some(json_pos) {
-                put_metadata(&mut pos);
-            }
-            let t = &header.tensors[file_pos];
-            let entry = r_vec(SEXPTYPE::VECSXP, 3);
-            SET_VECTOR_ELT(list, pos, entry);
-            SET_STRING_ELT(names, pos, r_char(&t.name));
-            pos += 1;
-            SET_VECTOR_ELT(entry, 0, shared.dtype(t.dtype));
-            SET_VECTOR_ELT(
-                entry,
-                1,
-                if t.shape.is_empty() {
-                    empty_shape
-                } else {
-                    r_shape(&t.shape)
-                },
-            );
-            let offsets = if t.end <= i32::MAX as usize {
-                robj::r_ints(&[t.begin as i32, t.end as i32])
-            } else {
-                r_reals(&[t.begin as f64, t.end as f64])
-            };
-            SET_VECTOR_ELT(entry, 2, offsets);
-            Rf_setAttrib(entry, R_NamesSymbol, entry_names);
-        }
-        if header.metadata_position == Some(header.tensors.len()) {
-            put_metadata(&mut pos);
-        }
-        Rf_setAttrib(list, R_NamesSymbol, names);
-        shared.release();
-        Rf_unprotect(4);
-        list
-    }
-}
-
-/// A named list (raw API); `values` run in order, each result stored at
-/// once.
-///
-/// # Safety
-/// Only inside [`build`]; the result is unprotected; each value function
-/// returns an unprotected fresh object or a reachable one.
-unsafe fn named_list_sexp(names: &[&str], values: &mut [&mut dyn FnMut() -> SEXP]) -> SEXP {
-    unsafe {
-        let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, values.len()));
-        for (i, f) in values.iter_mut().enumerate() {
-            SET_VECTOR_ELT(list, i as isize, f());
-        }
-        r_set_attr(list, R_NamesSymbol, r_strings(names.iter().copied()));
-        Rf_unprotect(1);
-        list
-    }
-}
-
-/// Header facts for `safe_info()` and handles, one element per tensor in
-/// the order the header lists them: `list(name, dtype, shape, numel, begin,
-/// end, metadata, header_len, file_len, header)`, `header` as
-/// [`header_sexp`] makes it.
-pub fn info_robj(header: &Header, file_len: u64) -> Result<Robj> {
-    let ts: Vec<&TensorInfo> = header
-        .json_order
-        .iter()
-        .map(|&i| &header.tensors[i])
-        .collect();
-    let numel: Vec<f64> = ts.iter().map(|t| t.numel() as f64).collect();
-    let begin: Vec<f64> = ts.iter().map(|t| t.begin as f64).collect();
-    let end: Vec<f64> = ts.iter().map(|t| t.end as f64).collect();
-    // SAFETY: inside build; every value is stored as soon as it is made.
-    build(|| unsafe {
-        named_list_sexp(
-            &[
-                "name",
-                "dtype",
-                "shape",
-                "numel",
-                "begin",
-                "end",
-                "metadata",
-                "header_len",
-                "file_len",
-                "header",
-            ],
-            &mut [
-                &mut || r_strings(ts.iter().map(|t| t.name.as_str())),
-                &mut || r_strings(ts.iter().map(|t| t.dtype.name())),
-                &mut || {
-                    let v = Rf_protect(r_vec(SEXPTYPE::VECSXP, ts.len()));
-                    for (i, t) in ts.iter().enumerate() {
-                        SET_VECTOR_ELT(v, i as isize, r_shape(&t.shape));
-                    }
-                    Rf_unprotect(1);
-                    v
-                },
-                &mut || r_reals(&numel),
-                &mut || r_reals(&begin),
-                &mut || r_reals(&end),
-                &mut || match &header.metadata {
-                    None => extendr_ffi::R_NilValue,
-                    Some(m) => {
-                        let v = Rf_protect(r_strings(m.iter().map(|(_, v)| v.as_str())));
-                        r_set_attr(
-                            v,
-                            R_NamesSymbol,
-                            r_strings(m.iter().map(|(k, _)| k.as_str())),
-                        );
-                        Rf_unprotect(1);
-                        v
-                    }
-                },
-                &mut || r_reals(&[header.header_len as f64]),
-                &mut || r_reals(&[file_len as f64]),
-                &mut || header_sexp(header),
-            ],
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimal_strings_are_exact_at_the_extremes() {
-        let mut buf = [0u8; 21];
-        let cases: [(u64, bool, &str); 6] = [
-            (0, false, "0"),
-            (7, true, "-7"),
-            (u64::MAX, false, "18446744073709551615"),
-            (i64::MIN.unsigned_abs(), true, "-9223372036854775808"),
-            (i64::MAX as u64, false, "9223372036854775807"),
-            (1 << 53 | 1, false, "9007199254740993"),
-        ];
-        for (v, negative, want) in cases {
-            let at = decimal(v, negative, &mut buf);
-            assert_eq!(std::str::from_utf8(&buf[at..]).unwrap(), want);
-        }
-    }
 }
