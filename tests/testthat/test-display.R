@@ -1,4 +1,4 @@
-# Formatting helpers for printed output (R/format.R).
+# Formatting helpers for printed output (R/display.R).
 
 test_that("format_count() and format_bytes() round to one decimal", {
   expect_identical(
