@@ -69,3 +69,8 @@ format_file <- function(label) {
     cli::format_inline("{.file {label}}")
   }
 }
+
+# A byte count or offset as text, never in scientific notation.
+fmt_num <- function(x) {
+  format(x, scientific = FALSE)
+}
