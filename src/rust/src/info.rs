@@ -13,7 +13,7 @@ use safetensors_core::format::{Header, TensorInfo};
 use crate::robj::{
     self, build, named_list_sexp, r_char, r_reals, r_set_attr, r_shape, r_strings, r_vec,
 };
-use crate::tensors::Shared;
+use crate::tensors::AttrCache;
 
 /// Checks that every name and metadata string can become an R string.
 pub fn check_strings(header: &Header) -> Result<()> {
@@ -42,7 +42,7 @@ pub(crate) unsafe fn header_sexp(header: &Header) -> SEXP {
         let entry_names = Rf_protect(r_strings(["dtype", "shape", "data_offsets"].into_iter()));
         // jsonlite turned an empty shape into list(); keep that for 0.2.x code.
         let empty_shape = Rf_protect(r_vec(SEXPTYPE::VECSXP, 0));
-        let mut shared = Shared::new();
+        let mut attrs = AttrCache::new();
         let mut pos = 0isize;
         let put_metadata = |pos: &mut isize| {
             SET_STRING_ELT(names, *pos, r_char("__metadata__"));
@@ -74,7 +74,7 @@ pub(crate) unsafe fn header_sexp(header: &Header) -> SEXP {
             SET_VECTOR_ELT(list, pos, entry);
             SET_STRING_ELT(names, pos, r_char(&t.name));
             pos += 1;
-            SET_VECTOR_ELT(entry, 0, shared.dtype(t.dtype));
+            SET_VECTOR_ELT(entry, 0, attrs.dtype(t.dtype));
             SET_VECTOR_ELT(
                 entry,
                 1,
@@ -96,7 +96,7 @@ pub(crate) unsafe fn header_sexp(header: &Header) -> SEXP {
             put_metadata(&mut pos);
         }
         Rf_setAttrib(list, R_NamesSymbol, names);
-        shared.release();
+        attrs.release();
         Rf_unprotect(4);
         list
     }

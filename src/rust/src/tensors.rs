@@ -15,12 +15,12 @@ use extendr_ffi::{
     R_ClassSymbol, R_DimSymbol, R_NamesSymbol, Rf_protect, Rf_setAttrib, Rf_unprotect,
     SET_VECTOR_ELT, SEXP, SEXPTYPE, VECTOR_ELT,
 };
-use safetensors_core::convert::{self, r_type, DecodeStats, Out, RType, Target};
+use safetensors_core::convert::{self, r_type, DecodeStats, RType, SharedSlice, SharedVector};
 use safetensors_core::dtype::{Dtype, ALL};
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::{Header, TensorInfo};
 use safetensors_core::io::{Segments, Source};
-use safetensors_core::read::{self, Dest, Fetch, Piece, Task};
+use safetensors_core::read::{self, Fetch, Piece, ReadInto, Task};
 use safetensors_core::slice::Plan;
 
 use crate::decimal::{fill_decimal, Scratch};
@@ -98,13 +98,13 @@ impl Mode {
 /// What is being built: a whole tensor or a slice of one (their errors
 /// differ).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum What {
+pub enum TensorOrSlice {
     Tensor,
     Slice,
 }
 
 /// One tensor's R object to build: its name, dtype and (result) shape.
-pub struct Want<'a> {
+pub struct TensorDesc<'a> {
     pub name: &'a str,
     pub dtype: Dtype,
     pub shape: &'a [usize],
@@ -159,7 +159,7 @@ fn sexptype(elem: Elem) -> SEXPTYPE {
     }
 }
 
-fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
+fn spec_of(w: &TensorDesc<'_>, mode: Mode, what: TensorOrSlice) -> Result<Spec> {
     let numel = w.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let nbytes = numel
         .and_then(|n| n.checked_mul(w.dtype.bits()))
@@ -182,7 +182,7 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
         Mode::Array { int64, uint8 } => {
             if let Some(&d) = w.shape.iter().find(|&&d| d > i32::MAX as usize) {
                 return Err(match what {
-                    What::Tensor => Error::tensor(
+                    TensorOrSlice::Tensor => Error::tensor(
                         Kind::Unsupported,
                         w.name,
                         format!(
@@ -191,7 +191,7 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
                             w.name
                         ),
                     ),
-                    What::Slice => Error::tensor(
+                    TensorOrSlice::Slice => Error::tensor(
                         Kind::InvalidSlice,
                         w.name,
                         format!("the slice has extent {d}, larger than .Machine$integer.max, the largest R `dim`"),
@@ -204,7 +204,7 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
                 (Dtype::I64 | Dtype::U64, Int64::Character, _) => Elem::Decimal,
                 _ => elem_of(r_type(w.dtype)),
             };
-            let copy = what == What::Tensor
+            let copy = what == TensorOrSlice::Tensor
                 && convert::is_trivial_layout(w.shape)
                 && matches!(
                     (w.dtype, elem),
@@ -225,7 +225,7 @@ fn spec_of(w: &Want<'_>, mode: Mode, what: What) -> Result<Spec> {
 
 /// R objects shared by the attributes of many tensors, built once per call:
 /// symbols and one `"dtype"` string per dtype.
-pub(crate) struct Shared {
+pub(crate) struct AttrCache {
     dtype_sym: SEXP,
     shape_sym: SEXP,
     dtypes: [SEXP; ALL.len()],
@@ -235,13 +235,13 @@ pub(crate) struct Shared {
     protected: i32,
 }
 
-impl Shared {
+impl AttrCache {
     /// # Safety
-    /// Only inside [`build`]; call [`Shared::release`] before returning.
-    pub(crate) unsafe fn new() -> Shared {
+    /// Only inside [`build`]; call [`AttrCache::release`] before returning.
+    pub(crate) unsafe fn new() -> AttrCache {
         // SAFETY: symbols are never collected.
         unsafe {
-            Shared {
+            AttrCache {
                 dtype_sym: r_sym("dtype"),
                 shape_sym: r_sym("shape"),
                 dtypes: [std::ptr::null_mut(); ALL.len()],
@@ -288,23 +288,29 @@ impl Shared {
 /// # Safety
 /// Inside [`build`], with `x` protected and its length matching the shape,
 /// whose extents fit an int in mode `Array` ([`spec_of`] checked).
-unsafe fn set_tensor_attrs(x: SEXP, w: &Want<'_>, mode: Mode, elem: Elem, shared: &mut Shared) {
+unsafe fn set_tensor_attrs(
+    x: SEXP,
+    w: &TensorDesc<'_>,
+    mode: Mode,
+    elem: Elem,
+    attrs: &mut AttrCache,
+) {
     unsafe {
         match mode {
             Mode::Array { .. } => {
                 if w.shape.is_empty() {
-                    r_set_attr(x, shared.shape_sym, r_vec(SEXPTYPE::INTSXP, 0));
+                    r_set_attr(x, attrs.shape_sym, r_vec(SEXPTYPE::INTSXP, 0));
                 } else {
                     r_set_attr(x, R_DimSymbol, r_shape(w.shape));
                 }
             }
-            Mode::Raw => r_set_attr(x, shared.shape_sym, r_shape(w.shape)),
+            Mode::Raw => r_set_attr(x, attrs.shape_sym, r_shape(w.shape)),
         }
-        let d = shared.dtype(w.dtype);
-        Rf_setAttrib(x, shared.dtype_sym, d);
+        let d = attrs.dtype(w.dtype);
+        Rf_setAttrib(x, attrs.dtype_sym, d);
         if elem == Elem::Integer64 {
             // Sets the object bit too.
-            Rf_setAttrib(x, R_ClassSymbol, shared.integer64());
+            Rf_setAttrib(x, R_ClassSymbol, attrs.integer64());
         }
     }
 }
@@ -324,15 +330,15 @@ pub struct Tensors {
 const STRING_BYTES: usize = 64;
 
 impl Tensors {
-    /// Allocates the R objects of `wants` (with their attributes) in a new
+    /// Allocates the R objects of `descs` (with their attributes) in a new
     /// list. The memory is checked against what the machine has first, and
     /// R's heap grown once for all of them.
-    pub fn allocate(wants: &[Want<'_>], mode: Mode, what: What) -> Result<Tensors> {
-        let mut specs = Vec::with_capacity(wants.len());
+    pub fn allocate(descs: &[TensorDesc<'_>], mode: Mode, what: TensorOrSlice) -> Result<Tensors> {
+        let mut specs = Vec::with_capacity(descs.len());
         let mut total = 0usize;
         let mut largest = 0usize;
         let mut strings = 0usize;
-        for w in wants {
+        for w in descs {
             let spec = spec_of(w, mode, what)?;
             let bytes = robj::vec_bytes(spec.ty, spec.len)?;
             total = total.saturating_add(bytes);
@@ -362,13 +368,13 @@ impl Tensors {
             // stored.
             unsafe {
                 let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, specs.len()));
-                let mut shared = Shared::new();
-                for (k, (spec, w)) in specs.iter().zip(wants).enumerate() {
+                let mut attrs = AttrCache::new();
+                for (k, (spec, w)) in specs.iter().zip(descs).enumerate() {
                     let x = r_vec(spec.ty, spec.len);
                     SET_VECTOR_ELT(list, k as isize, x);
-                    set_tensor_attrs(x, w, mode, spec.elem, &mut shared);
+                    set_tensor_attrs(x, w, mode, spec.elem, &mut attrs);
                 }
-                shared.release();
+                attrs.release();
                 Rf_unprotect(1);
                 list
             }
@@ -385,14 +391,14 @@ impl Tensors {
     /// # Safety
     /// Nothing else may touch the vector's data while the destination is
     /// used; `self` must outlive it.
-    unsafe fn dest(&self, k: usize) -> Dest<'_> {
+    unsafe fn read_into(&self, k: usize) -> ReadInto<'_> {
         let spec = self.specs[k];
         let len = spec.len;
         if let Some(scratch) = &self.scratch[k] {
             // SAFETY: the buffer holds the tensor's `len` values, and only
             // the destination writes them while it is used.
-            return Dest::Values(Target::Bits64(unsafe {
-                Out::from_raw(scratch.ptr, scratch.len)
+            return ReadInto::Values(SharedVector::Bits64(unsafe {
+                SharedSlice::from_raw(scratch.ptr, scratch.len)
             }));
         }
         // SAFETY: element k exists and has the spec's type and length (not
@@ -405,15 +411,25 @@ impl Tensors {
                     SEXPTYPE::INTSXP => len * 4,
                     _ => len,
                 };
-                Dest::Bytes(Out::from_raw(ptr, nbytes))
+                ReadInto::Bytes(SharedSlice::from_raw(ptr, nbytes))
             } else {
-                Dest::Values(match spec.elem {
-                    Elem::Integer => Target::Integer(Out::from_raw(ptr as *mut i32, len)),
-                    Elem::Logical => Target::Logical(Out::from_raw(ptr as *mut i32, len)),
-                    Elem::Complex => Target::Complex(Out::from_raw(ptr as *mut [f64; 2], len)),
-                    Elem::Byte => Target::Byte(Out::from_raw(ptr, len)),
-                    Elem::Integer64 => Target::Int64(Out::from_raw(ptr as *mut i64, len)),
-                    Elem::Real | Elem::Decimal => Target::Real(Out::from_raw(ptr as *mut f64, len)),
+                ReadInto::Values(match spec.elem {
+                    Elem::Integer => {
+                        SharedVector::Integer(SharedSlice::from_raw(ptr as *mut i32, len))
+                    }
+                    Elem::Logical => {
+                        SharedVector::Logical(SharedSlice::from_raw(ptr as *mut i32, len))
+                    }
+                    Elem::Complex => {
+                        SharedVector::Complex(SharedSlice::from_raw(ptr as *mut [f64; 2], len))
+                    }
+                    Elem::Byte => SharedVector::Byte(SharedSlice::from_raw(ptr, len)),
+                    Elem::Integer64 => {
+                        SharedVector::Int64(SharedSlice::from_raw(ptr as *mut i64, len))
+                    }
+                    Elem::Real | Elem::Decimal => {
+                        SharedVector::Real(SharedSlice::from_raw(ptr as *mut f64, len))
+                    }
                 })
             }
         }
@@ -427,7 +443,7 @@ impl Tensors {
     /// `self` must outlive it.
     unsafe fn task(&self, k: usize, info: &TensorInfo, data_start: usize) -> Result<Task<'_>> {
         // SAFETY: the caller's promise.
-        let task = Task::new(info, data_start, unsafe { self.dest(k) })?;
+        let task = Task::new(info, data_start, unsafe { self.read_into(k) })?;
         Ok(if self.specs[k].count_i32_min {
             task.counting_i32_min()
         } else {
@@ -466,7 +482,7 @@ impl Tensors {
     ) -> Result<DecodeStats> {
         // SAFETY: the vector lives in `self.list` for this call and only
         // the read writes it.
-        let dest = unsafe { self.dest(0) };
+        let dest = unsafe { self.read_into(0) };
         read::read_slice(
             src,
             info,
@@ -481,8 +497,13 @@ impl Tensors {
     /// buffers, and each I32 tensor read as integer that holds
     /// `NA_integer_`'s bit pattern replaced by a double copy (which keeps
     /// the value).
-    pub fn finish(self, wants: &[Want<'_>], mode: Mode, stats: &[DecodeStats]) -> Result<Robj> {
-        for (k, (scratch, w)) in self.scratch.iter().zip(wants).enumerate() {
+    pub fn finish(
+        self,
+        descs: &[TensorDesc<'_>],
+        mode: Mode,
+        stats: &[DecodeStats],
+    ) -> Result<Robj> {
+        for (k, (scratch, w)) in self.scratch.iter().zip(descs).enumerate() {
             if let Some(scratch) = scratch {
                 // SAFETY: element k is the character vector of the
                 // tensor's length, kept alive by `self.list`.
@@ -500,8 +521,8 @@ impl Tensors {
             // protected list right after allocation; the old one is read
             // before that.
             unsafe {
-                let mut shared = Shared::new();
-                for (k, ((spec, w), st)) in specs.iter().zip(wants).zip(stats).enumerate() {
+                let mut attrs = AttrCache::new();
+                for (k, ((spec, w), st)) in specs.iter().zip(descs).zip(stats).enumerate() {
                     if st.int_min == 0 || spec.ty != SEXPTYPE::INTSXP {
                         continue;
                     }
@@ -514,11 +535,11 @@ impl Tensors {
                     for i in 0..spec.len {
                         *dst.add(i) = *src.add(i) as f64;
                     }
-                    set_tensor_attrs(y, w, mode, Elem::Real, &mut shared);
+                    set_tensor_attrs(y, w, mode, Elem::Real, &mut attrs);
                     SET_VECTOR_ELT(list.get(), k as isize, y);
                     Rf_unprotect(2);
                 }
-                shared.release();
+                attrs.release();
                 list.get()
             }
         })
@@ -537,20 +558,20 @@ pub fn read_tensors(
     threads: usize,
     with_header: bool,
 ) -> Result<Robj> {
-    let wants: Vec<Want<'_>> = which
+    let descs: Vec<TensorDesc<'_>> = which
         .iter()
         .map(|&i| {
             let t = &header.tensors[i];
-            Want {
+            TensorDesc {
                 name: &t.name,
                 dtype: t.dtype,
                 shape: &t.shape,
             }
         })
         .collect();
-    let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
+    let tensors = Tensors::allocate(&descs, mode, TensorOrSlice::Tensor)?;
     let stats = tensors.read(src, header, which, threads)?;
-    let list = tensors.finish(&wants, mode, &stats)?;
+    let list = tensors.finish(&descs, mode, &stats)?;
     let max_offset = which
         .iter()
         .map(|&i| header.data_start() + header.tensors[i].end)
@@ -558,7 +579,7 @@ pub fn read_tensors(
         .unwrap_or(0);
     read_result(
         list,
-        &wants,
+        &descs,
         &stats,
         max_offset,
         with_header.then_some(header),
@@ -569,7 +590,7 @@ pub fn read_tensors(
 /// inexact, int_min, max_offset)`, `tensors` (the filled `list`) named.
 fn read_result(
     list: Robj,
-    wants: &[Want<'_>],
+    descs: &[TensorDesc<'_>],
     stats: &[DecodeStats],
     max_offset: usize,
     header: Option<&Header>,
@@ -582,7 +603,7 @@ fn read_result(
         r_set_attr(
             list.get(),
             R_NamesSymbol,
-            r_strings(wants.iter().map(|w| w.name)),
+            r_strings(descs.iter().map(|w| w.name)),
         );
         let mut tensors = || list.get();
         let mut head = || header.map_or(extendr_ffi::R_NilValue, |h| header_sexp(h));
@@ -659,8 +680,8 @@ impl Loader {
         max: usize,
     ) -> Result<(Loader, Vec<Fetch>)> {
         let infos: Vec<TensorInfo> = which.iter().map(|&i| header.tensors[i].clone()).collect();
-        let wants = wants_of(&infos);
-        let tensors = Tensors::allocate(&wants, mode, What::Tensor)?;
+        let descs = descs_of(&infos);
+        let tensors = Tensors::allocate(&descs, mode, TensorOrSlice::Tensor)?;
         let fetches = read::plan_fetches(&header.tensors, header.data_start(), which, max)?;
         let pieces: Vec<Piece> = fetches
             .iter()
@@ -732,22 +753,22 @@ impl Loader {
                 "internal error: the read is finished",
             ));
         };
-        let wants = wants_of(&self.infos);
-        let list = tensors.finish(&wants, self.mode, &self.stats)?;
+        let descs = descs_of(&self.infos);
+        let list = tensors.finish(&descs, self.mode, &self.stats)?;
         let max_offset = self
             .infos
             .iter()
             .map(|t| self.data_start + t.end)
             .max()
             .unwrap_or(0);
-        read_result(list, &wants, &self.stats, max_offset, None)
+        read_result(list, &descs, &self.stats, max_offset, None)
     }
 }
 
-fn wants_of(infos: &[TensorInfo]) -> Vec<Want<'_>> {
+fn descs_of(infos: &[TensorInfo]) -> Vec<TensorDesc<'_>> {
     infos
         .iter()
-        .map(|t| Want {
+        .map(|t| TensorDesc {
             name: &t.name,
             dtype: t.dtype,
             shape: &t.shape,
@@ -764,14 +785,14 @@ pub fn read_slice(
     plan: &Plan,
     mode: Mode,
 ) -> Result<Robj> {
-    let want = [Want {
+    let desc = [TensorDesc {
         name: &info.name,
         dtype: info.dtype,
         shape: plan.out_shape(),
     }];
-    let tensors = Tensors::allocate(&want, mode, What::Slice)?;
+    let tensors = Tensors::allocate(&desc, mode, TensorOrSlice::Slice)?;
     let stats = tensors.read_slice(src, header, info, plan)?;
-    let list = tensors.finish(&want, mode, &[stats])?;
+    let list = tensors.finish(&desc, mode, &[stats])?;
     // SAFETY: inside build; every value is stored as soon as it is made.
     build(|| unsafe {
         named_list_sexp(

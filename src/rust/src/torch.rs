@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{R_MakeExternalPtr, R_NilValue};
-use safetensors_core::convert::Out;
+use safetensors_core::convert::SharedSlice;
 use safetensors_core::error::{Error, Kind, Result as CoreResult};
 use safetensors_core::io::{FileSource, Source};
 use safetensors_core::read::{self, Task};
@@ -202,7 +202,8 @@ fn read_piece(open: &Open, name: &str, from: f64, n: usize, out: &Robj) -> CoreR
     // SAFETY: `out` is a raw vector of at least `n` bytes (checked by the
     // callers) that R keeps alive for the call; only this function writes
     // it meanwhile.
-    let dest = unsafe { Out::from_raw(vec_data(out.get(), extendr_ffi::SEXPTYPE::RAWSXP), n) };
+    let dest =
+        unsafe { SharedSlice::from_raw(vec_data(out.get(), extendr_ffi::SEXPTYPE::RAWSXP), n) };
     let task = Task::bytes(open.header.data_start() + info.begin + from, dest);
     open.with_source(|src| {
         read::read_tasks(

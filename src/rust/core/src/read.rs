@@ -3,8 +3,8 @@
 //!
 //! The caller allocates each destination (an R vector, a torch tensor's
 //! staging buffer) and describes it as a [`Task`]: where the tensor's bytes
-//! are, and whether they are copied as they are ([`Dest::Bytes`]) or
-//! converted by the kernels ([`Dest::Values`]). [`read_tasks`] plans the
+//! are, and whether they are copied as they are ([`ReadInto::Bytes`]) or
+//! converted by the kernels ([`ReadInto::Values`]). [`read_tasks`] plans the
 //! work as jobs (a block of rows of a large tensor, or a span of adjacent
 //! small tensors read with one call), which write disjoint parts of the
 //! destinations, so threads can run them in any order. Only the calling
@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::convert::{self, decode_rows, n_rows, row_len, DecodeStats, Out, Target};
+use crate::convert::{self, decode_rows, n_rows, row_len, DecodeStats, SharedSlice, SharedVector};
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::TensorInfo;
@@ -45,21 +45,22 @@ pub fn default_threads() -> usize {
         .min(2)
 }
 
-/// Where one tensor's bytes go.
+/// What the read engine reads one tensor into: its bytes as stored, or its
+/// values decoded into an R vector.
 #[derive(Clone, Copy)]
-pub enum Dest<'a> {
+pub enum ReadInto<'a> {
     /// The bytes as stored (row-major, little-endian): a raw copy.
-    Bytes(Out<'a, u8>),
+    Bytes(SharedSlice<'a, u8>),
     /// Values converted and permuted to column-major by the kernels.
-    Values(Target<'a>),
+    Values(SharedVector<'a>),
 }
 
-impl Dest<'_> {
+impl ReadInto<'_> {
     /// The destination's address and size in bytes.
     fn memory(&self) -> (*mut u8, usize) {
         match self {
-            Dest::Bytes(o) => o.memory(),
-            Dest::Values(t) => t.memory(),
+            ReadInto::Bytes(o) => o.memory(),
+            ReadInto::Values(t) => t.memory(),
         }
     }
 }
@@ -72,7 +73,7 @@ pub struct Task<'a> {
     /// Absolute offset of the bytes in the source.
     off: usize,
     nbytes: usize,
-    dest: Dest<'a>,
+    dest: ReadInto<'a>,
     count_i32_min: bool,
     /// The outer rows (of the kernel shape) this task reads: all of them,
     /// unless [`Task::rows`] restricted it to a piece.
@@ -83,13 +84,13 @@ impl<'a> Task<'a> {
     /// Reads tensor `info`, whose data section starts at absolute offset
     /// `data_start`, into `dest`, which must be exactly the tensor's size:
     /// its bytes, or its elements of a type the dtype decodes into.
-    pub fn new(info: &TensorInfo, data_start: usize, dest: Dest<'a>) -> Result<Task<'a>> {
+    pub fn new(info: &TensorInfo, data_start: usize, dest: ReadInto<'a>) -> Result<Task<'a>> {
         let off = data_start.checked_add(info.begin).ok_or_else(|| {
             Error::tensor(Kind::Overflow, &info.name, "the tensor's offset overflows")
         })?;
         let fits = match &dest {
-            Dest::Bytes(o) => o.len() == info.nbytes(),
-            Dest::Values(t) => t.len() == info.numel() && convert::decodes_into(info.dtype, t),
+            ReadInto::Bytes(o) => o.len() == info.nbytes(),
+            ReadInto::Values(t) => t.len() == info.numel() && convert::decodes_into(info.dtype, t),
         };
         if !fits {
             return Err(mismatch(&info.name));
@@ -134,14 +135,14 @@ impl<'a> Task<'a> {
 
     /// Copies bytes `[off, off + dest.len())` of the source, as they are:
     /// part of a tensor read in pieces (torch's staging buffer).
-    pub fn bytes(off: usize, dest: Out<'a, u8>) -> Task<'a> {
+    pub fn bytes(off: usize, dest: SharedSlice<'a, u8>) -> Task<'a> {
         let n = dest.len();
         Task {
             dtype: Dtype::U8,
             shape: vec![n],
             off,
             nbytes: n,
-            dest: Dest::Bytes(dest),
+            dest: ReadInto::Bytes(dest),
             count_i32_min: false,
             rows: (0, n),
         }
@@ -150,7 +151,7 @@ impl<'a> Task<'a> {
     /// Also counts, in the notes, the I32 values equal to `i32::MIN` among
     /// bytes copied as they are (R's `NA_integer_`).
     pub fn counting_i32_min(mut self) -> Task<'a> {
-        self.count_i32_min = matches!(self.dest, Dest::Bytes(_)) && self.dtype == Dtype::I32;
+        self.count_i32_min = matches!(self.dest, ReadInto::Bytes(_)) && self.dtype == Dtype::I32;
         self
     }
 
@@ -288,7 +289,7 @@ fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
         populate_write(ptr, size);
     }
     match t.dest {
-        Dest::Bytes(out) => {
+        ReadInto::Bytes(out) => {
             // SAFETY: this job owns the whole destination, whose size is
             // the task's (checked when the task was made), as is `bytes`'s.
             let dst = unsafe { out.part(0, out.len()) };
@@ -300,7 +301,7 @@ fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
                 });
             }
         }
-        Dest::Values(target) => {
+        ReadInto::Values(target) => {
             let rows = n_rows(&t.shape);
             // SAFETY: this job owns all rows of the tensor.
             notes.add(unsafe { decode_rows(t.dtype, bytes, &t.shape, 0, rows, target) }?);
@@ -329,7 +330,7 @@ fn run_job(
             let t = &tasks[task];
             let (b0, b1) = (t.row_offset(r0), t.row_offset(r1));
             match t.dest {
-                Dest::Bytes(out) => {
+                ReadInto::Bytes(out) => {
                     // SAFETY: bytes [b0, b1) of the destination are rows
                     // [r0, r1), which only this job writes.
                     let dst = unsafe { out.part(b0, b1 - b0) };
@@ -347,7 +348,7 @@ fn run_job(
                         });
                     }
                 }
-                Dest::Values(target) => {
+                ReadInto::Values(target) => {
                     let bytes = bytes_at(src, t.off + b0, b1 - b0, buf)?;
                     // SAFETY: rows [r0, r1) are only this job's.
                     notes[task]
@@ -590,7 +591,7 @@ pub fn read_slice(
     info: &TensorInfo,
     data_start: usize,
     plan: &Plan,
-    dest: Dest<'_>,
+    dest: ReadInto<'_>,
     poll: Poll<'_>,
 ) -> Result<DecodeStats> {
     let name = info.name.as_str();
@@ -605,8 +606,8 @@ pub fn read_slice(
         ));
     };
     let fits = match &dest {
-        Dest::Bytes(o) => o.len() == nbytes,
-        Dest::Values(t) => t.len() == numel && convert::decodes_into(dtype, t),
+        ReadInto::Bytes(o) => o.len() == nbytes,
+        ReadInto::Values(t) => t.len() == numel && convert::decodes_into(dtype, t),
     };
     let off = data_start.checked_add(info.begin);
     let (true, Some(off)) = (fits, off) else {
@@ -615,7 +616,7 @@ pub fn read_slice(
     let ranges = plan.byte_ranges(dtype.bits(), name)?;
     let mut cursor = Cursor::new(src, off, info.nbytes(), ranges);
     match dest {
-        Dest::Bytes(out) => {
+        ReadInto::Bytes(out) => {
             // SAFETY: the destination is borrowed whole for this call.
             let out = unsafe { out.part(0, out.len()) };
             let mut done = 0;
@@ -627,7 +628,7 @@ pub fn read_slice(
             }
             Ok(DecodeStats::default())
         }
-        Dest::Values(target) => {
+        ReadInto::Values(target) => {
             let mut stats = DecodeStats::default();
             if numel == 0 {
                 return Ok(stats);
@@ -657,7 +658,7 @@ pub fn read_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::Dst;
+    use crate::convert::VectorMut;
     use crate::io::{read_header, Memory, Segments};
     use crate::slice::Sel;
     use std::cell::RefCell;
@@ -714,7 +715,12 @@ mod tests {
                 .iter()
                 .zip(outs.iter_mut())
                 .map(|(&i, o)| {
-                    Task::new(&header.tensors[i], base, Dest::Bytes(Out::new(o))).unwrap()
+                    Task::new(
+                        &header.tensors[i],
+                        base,
+                        ReadInto::Bytes(SharedSlice::new(o)),
+                    )
+                    .unwrap()
                 })
                 .collect();
             read_tasks(&src, &tasks, 2, &mut never()).unwrap();
@@ -764,7 +770,7 @@ mod tests {
             let t = Task::new(
                 &header.tensors[i],
                 base,
-                Dest::Values(Target::Real(Out::new(&mut out))),
+                ReadInto::Values(SharedVector::Real(SharedSlice::new(&mut out))),
             )
             .unwrap();
             read_tasks(&mem, std::slice::from_ref(&t), 1, &mut never()).unwrap();
@@ -775,7 +781,7 @@ mod tests {
             let t = Task::new(
                 &header.tensors[i],
                 base,
-                Dest::Values(Target::Integer(Out::new(&mut out))),
+                ReadInto::Values(SharedVector::Integer(SharedSlice::new(&mut out))),
             )
             .unwrap();
             read_tasks(&mem, std::slice::from_ref(&t), 1, &mut never()).unwrap();
@@ -819,14 +825,14 @@ mod tests {
                         }
                         let dest = if i == 0 {
                             // SAFETY: as below.
-                            Dest::Values(Target::Integer(unsafe {
-                                Out::from_raw(int_out.as_mut_ptr(), int_out.len())
+                            ReadInto::Values(SharedVector::Integer(unsafe {
+                                SharedSlice::from_raw(int_out.as_mut_ptr(), int_out.len())
                             }))
                         } else {
                             let o = &mut outs[k];
                             // SAFETY: each output is written by one task per piece, and outlives it.
-                            Dest::Values(Target::Real(unsafe {
-                                Out::from_raw(o.as_mut_ptr(), o.len())
+                            ReadInto::Values(SharedVector::Real(unsafe {
+                                SharedSlice::from_raw(o.as_mut_ptr(), o.len())
                             }))
                         };
                         let t = Task::new(&header.tensors[i], base, dest).unwrap();
@@ -879,7 +885,7 @@ mod tests {
             let t = Task::new(
                 &header.tensors[2],
                 base,
-                Dest::Values(Target::Real(Out::new(&mut out))),
+                ReadInto::Values(SharedVector::Real(SharedSlice::new(&mut out))),
             )
             .unwrap();
             assert_eq!(t.rows(r0, r1).is_ok(), ok, "rows {r0}..{r1}");
@@ -895,19 +901,34 @@ mod tests {
         let base = header.data_start();
         let mut short = vec![0u8; 23];
         assert_eq!(
-            Task::new(t, base, Dest::Bytes(Out::new(&mut short)))
+            Task::new(t, base, ReadInto::Bytes(SharedSlice::new(&mut short)))
                 .err()
                 .unwrap()
                 .kind,
             Kind::InvalidArgument
         );
         let mut five = vec![0.0f64; 5];
-        assert!(Task::new(t, base, Dest::Values(Target::Real(Out::new(&mut five)))).is_err());
+        assert!(Task::new(
+            t,
+            base,
+            ReadInto::Values(SharedVector::Real(SharedSlice::new(&mut five)))
+        )
+        .is_err());
         // F32 is never read into an R integer or logical vector.
         let mut ints = vec![0i32; 6];
-        assert!(Task::new(t, base, Dest::Values(Target::Integer(Out::new(&mut ints)))).is_err());
+        assert!(Task::new(
+            t,
+            base,
+            ReadInto::Values(SharedVector::Integer(SharedSlice::new(&mut ints)))
+        )
+        .is_err());
         let mut ok = vec![0.0f64; 6];
-        assert!(Task::new(t, base, Dest::Values(Target::Real(Out::new(&mut ok)))).is_ok());
+        assert!(Task::new(
+            t,
+            base,
+            ReadInto::Values(SharedVector::Real(SharedSlice::new(&mut ok)))
+        )
+        .is_ok());
     }
 
     #[test]
@@ -921,7 +942,7 @@ mod tests {
         let task = Task::new(
             &header.tensors[0],
             header.data_start(),
-            Dest::Values(Target::Real(Out::new(&mut out))),
+            ReadInto::Values(SharedVector::Real(SharedSlice::new(&mut out))),
         )
         .unwrap();
         let mut polls = 0;
@@ -946,7 +967,7 @@ mod tests {
         let src = Memory(&bytes);
         let header = read_header(&src).unwrap();
         let mut piece = vec![0u8; 56];
-        let task = Task::bytes(header.data_start() + 200, Out::new(&mut piece));
+        let task = Task::bytes(header.data_start() + 200, SharedSlice::new(&mut piece));
         read_tasks(&src, std::slice::from_ref(&task), 1, &mut never()).unwrap();
         assert_eq!(piece[..], data[200..]);
     }
@@ -979,7 +1000,7 @@ mod tests {
             t,
             header.data_start(),
             &plan,
-            Dest::Values(Target::Integer(Out::new(&mut vals))),
+            ReadInto::Values(SharedVector::Integer(SharedSlice::new(&mut vals))),
             &mut never(),
         )
         .unwrap();
@@ -991,7 +1012,7 @@ mod tests {
             t,
             header.data_start(),
             &plan,
-            Dest::Bytes(Out::new(&mut raw)),
+            ReadInto::Bytes(SharedSlice::new(&mut raw)),
             &mut never(),
         )
         .unwrap();
@@ -1006,10 +1027,10 @@ mod tests {
             t,
             header.data_start(),
             &plan,
-            Dest::Values(Target::Real(Out::new(&mut wrong))),
+            ReadInto::Values(SharedVector::Real(SharedSlice::new(&mut wrong))),
             &mut never(),
         );
         assert_eq!(e.unwrap_err().kind, Kind::InvalidArgument);
-        let _ = Dst::Real(&mut []);
+        let _ = VectorMut::Real(&mut []);
     }
 }

@@ -777,7 +777,9 @@ mod tests {
         let task = crate::read::Task::new(
             t,
             header.data_start(),
-            crate::read::Dest::Values(convert::Target::Int64(convert::Out::new(&mut back))),
+            crate::read::ReadInto::Values(convert::SharedVector::Int64(convert::SharedSlice::new(
+                &mut back,
+            ))),
         )
         .unwrap();
         crate::read::read_tasks(&src, std::slice::from_ref(&task), 2, &mut ok()).unwrap();

@@ -4,7 +4,7 @@
 //! validation claims, and conversions that agree however they are split.
 
 use safetensors_core::convert::{
-    self, decode, encode, n_rows, r_type, row_len, DecodeStats, Dst, EncodeError, RType, Src,
+    self, decode, encode, n_rows, r_type, row_len, DecodeStats, VectorMut, EncodeError, RType, Src,
 };
 use safetensors_core::dtype::Dtype;
 use safetensors_core::error::Kind;
@@ -92,7 +92,7 @@ pub fn check_header_invariants(h: &Header, json_len: usize, data_len: usize) {
     assert_eq!(sorted(&back.metadata), sorted(&h.metadata));
 }
 
-/// Target (a): `data` as a whole file, and as a bare JSON header with a few
+/// SharedVector (a): `data` as a whole file, and as a bare JSON header with a few
 /// data-section lengths.
 pub fn check_header_bytes(data: &[u8]) {
     match io::read_header(&Memory(data)) {
@@ -130,7 +130,7 @@ pub fn check_header_bytes(data: &[u8]) {
     }
 }
 
-/// Target (b): `data` as a whole file; every tensor is converted to every R
+/// SharedVector (b): `data` as a whole file; every tensor is converted to every R
 /// type it can become, whole and in blocks, and encoded back.
 pub fn check_file(data: &[u8], per: usize) {
     let Ok(h) = io::read_header(&Memory(data)) else {
@@ -179,12 +179,12 @@ impl Values {
         }
     }
 
-    fn dst(&mut self) -> Dst<'_> {
+    fn dst(&mut self) -> VectorMut<'_> {
         match self {
-            Values::Real(v) => Dst::Real(v),
-            Values::Int(v) => Dst::Integer(v),
-            Values::Lgl(v) => Dst::Logical(v),
-            Values::Cplx(v) => Dst::Complex(v),
+            Values::Real(v) => VectorMut::Real(v),
+            Values::Int(v) => VectorMut::Integer(v),
+            Values::Lgl(v) => VectorMut::Logical(v),
+            Values::Cplx(v) => VectorMut::Complex(v),
         }
     }
 
@@ -359,7 +359,7 @@ pub fn check_tensor(dtype: Dtype, shape: &[usize], bytes: &[u8], per: usize) {
     }
 }
 
-/// Target (c): the block index walker against brute force, for any shape
+/// SharedVector (c): the block index walker against brute force, for any shape
 /// and any split of the rows into blocks.
 pub fn check_walk(shape: &[usize], splits: &[usize]) {
     let Some(n) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
@@ -500,7 +500,7 @@ fn put_bits(out: &mut [u8], i: usize, bits: usize, v: u64) {
     }
 }
 
-/// Target (c): slicing. The planner against brute force for any shape and
+/// SharedVector (c): slicing. The planner against brute force for any shape and
 /// selection (valid or not); the byte cursor, through a memory view and
 /// through reads with arbitrary chunk sizes, against gathering the
 /// selected elements' bits; and decoding the slice against decoding the
@@ -643,7 +643,7 @@ pub fn check_slice(dtype: Dtype, shape: &[usize], sels: Vec<Sel>, bytes: &[u8], 
     }
 }
 
-/// Target (d): shard index files (`model.safetensors.index.json`), which
+/// SharedVector (d): shard index files (`model.safetensors.index.json`), which
 /// come from the same untrusted source as the shards. An accepted index
 /// names each tensor once and only shard files inside its directory.
 pub fn check_index(data: &[u8]) {

@@ -33,8 +33,9 @@ pub fn r_type(dtype: Dtype) -> RType {
     }
 }
 
-/// Where decoded values go: an R vector's data, column-major.
-pub enum Dst<'a> {
+/// An R vector's data (column-major) by element type, borrowed exclusively:
+/// where [`decode`] puts the values of one thread's rows.
+pub enum VectorMut<'a> {
     /// `double`
     Real(&'a mut [f64]),
     /// `integer`
@@ -45,55 +46,56 @@ pub enum Dst<'a> {
     Complex(&'a mut [[f64; 2]]),
     /// `raw`: U8 values as they are
     Byte(&'a mut [u8]),
-    /// bit64's `integer64` (see [`Target::Int64`])
+    /// bit64's `integer64` (see [`SharedVector::Int64`])
     Int64(&'a mut [i64]),
-    /// 64-bit integers' bits (see [`Target::Bits64`])
+    /// 64-bit integers' bits (see [`SharedVector::Bits64`])
     Bits64(&'a mut [u64]),
 }
 
-/// A tensor's R vector as a pointer and length, so that several threads can
-/// each write the elements of their own outer rows (disjoint sets of
-/// elements) without holding overlapping `&mut` slices.
-pub struct Out<'a, T> {
+/// A slice that several threads share: a tensor's R vector as a pointer
+/// and length, so that several threads can each write the elements of
+/// their own outer rows (disjoint sets of elements) without holding
+/// overlapping `&mut` slices.
+pub struct SharedSlice<'a, T> {
     pub(super) ptr: *mut T,
     len: usize,
     _borrow: PhantomData<&'a mut [T]>,
 }
 
-impl<T> Clone for Out<'_, T> {
+impl<T> Clone for SharedSlice<'_, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<T> Copy for Out<'_, T> {}
+impl<T> Copy for SharedSlice<'_, T> {}
 
-// SAFETY: an `Out` is a `&mut [T]` split by rows: `decode_rows` requires
+// SAFETY: a `SharedSlice` is a `&mut [T]` split by rows: `decode_rows` requires
 // that threads sharing one write disjoint elements, so sending it to
 // another thread is sending part of a `&mut [T]`, which is Send for T: Send.
-unsafe impl<T: Send> Send for Out<'_, T> {}
+unsafe impl<T: Send> Send for SharedSlice<'_, T> {}
 
-// SAFETY: as above; `&Out` only gives the same row-disjoint access.
-unsafe impl<T: Send> Sync for Out<'_, T> {}
+// SAFETY: as above; `&SharedSlice` only gives the same row-disjoint access.
+unsafe impl<T: Send> Sync for SharedSlice<'_, T> {}
 
-impl<'a, T> Out<'a, T> {
-    /// Borrows `x` for the lifetime of the `Out`.
+impl<'a, T> SharedSlice<'a, T> {
+    /// Borrows `x` for the lifetime of the `SharedSlice`.
     pub fn new(x: &'a mut [T]) -> Self {
-        Out {
+        SharedSlice {
             ptr: x.as_mut_ptr(),
             len: x.len(),
             _borrow: PhantomData,
         }
     }
 
-    /// An `Out` over `len` elements at `ptr`.
+    /// A `SharedSlice` over `len` elements at `ptr`.
     ///
     /// # Safety
     /// `ptr` must be valid for reads and writes of `len` elements for `'a`
     /// (dangling but aligned when `len` is 0), and only accessed through
-    /// this `Out` meanwhile.
+    /// this `SharedSlice` meanwhile.
     pub unsafe fn from_raw(ptr: *mut T, len: usize) -> Self {
-        Out {
+        SharedSlice {
             ptr,
             len,
             _borrow: PhantomData,
@@ -131,7 +133,7 @@ impl<'a, T> Out<'a, T> {
     /// Writes element `i`.
     ///
     /// # Safety
-    /// As for [`Out::part`] with the range `[i, i + 1)`.
+    /// As for [`SharedSlice::part`] with the range `[i, i + 1)`.
     #[inline(always)]
     unsafe fn set(self, i: usize, v: T) {
         debug_assert!(i < self.len);
@@ -140,51 +142,52 @@ impl<'a, T> Out<'a, T> {
     }
 }
 
-/// A decode destination that threads can share (see [`decode_rows`]).
+/// An R vector's data by element type, as [`SharedSlice`]s: the decode
+/// destination that threads share (see [`decode_rows`]).
 #[derive(Clone, Copy)]
-pub enum Target<'a> {
+pub enum SharedVector<'a> {
     /// `double`
-    Real(Out<'a, f64>),
+    Real(SharedSlice<'a, f64>),
     /// `integer`
-    Integer(Out<'a, i32>),
+    Integer(SharedSlice<'a, i32>),
     /// `logical`
-    Logical(Out<'a, i32>),
+    Logical(SharedSlice<'a, i32>),
     /// `complex` as (re, im) pairs
-    Complex(Out<'a, [f64; 2]>),
+    Complex(SharedSlice<'a, [f64; 2]>),
     /// `raw`: U8 values as they are, one byte each.
-    Byte(Out<'a, u8>),
+    Byte(SharedSlice<'a, u8>),
     /// bit64's `integer64` (a double vector holding int64 bits): I64
     /// values as they are, U64 values above `i64::MAX` as its `NA`
     /// (`i64::MIN`), counted in [`DecodeStats::na`] with the I64 values
     /// equal to `i64::MIN`.
-    Int64(Out<'a, i64>),
+    Int64(SharedSlice<'a, i64>),
     /// The bits of I64 (two's complement) and U64 values, for the caller
     /// to turn into something else (decimal strings).
-    Bits64(Out<'a, u64>),
+    Bits64(SharedSlice<'a, u64>),
 }
 
-impl<'a> Target<'a> {
+impl<'a> SharedVector<'a> {
     /// The first element's address and the size in bytes.
     pub fn memory(&self) -> (*mut u8, usize) {
         match self {
-            Target::Real(o) => o.memory(),
-            Target::Integer(o) | Target::Logical(o) => o.memory(),
-            Target::Complex(o) => o.memory(),
-            Target::Byte(o) => o.memory(),
-            Target::Int64(o) => o.memory(),
-            Target::Bits64(o) => o.memory(),
+            SharedVector::Real(o) => o.memory(),
+            SharedVector::Integer(o) | SharedVector::Logical(o) => o.memory(),
+            SharedVector::Complex(o) => o.memory(),
+            SharedVector::Byte(o) => o.memory(),
+            SharedVector::Int64(o) => o.memory(),
+            SharedVector::Bits64(o) => o.memory(),
         }
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
-            Target::Real(o) => o.len(),
-            Target::Integer(o) | Target::Logical(o) => o.len(),
-            Target::Complex(o) => o.len(),
-            Target::Byte(o) => o.len(),
-            Target::Int64(o) => o.len(),
-            Target::Bits64(o) => o.len(),
+            SharedVector::Real(o) => o.len(),
+            SharedVector::Integer(o) | SharedVector::Logical(o) => o.len(),
+            SharedVector::Complex(o) => o.len(),
+            SharedVector::Byte(o) => o.len(),
+            SharedVector::Int64(o) => o.len(),
+            SharedVector::Bits64(o) => o.len(),
         }
     }
 
@@ -194,16 +197,16 @@ impl<'a> Target<'a> {
     }
 }
 
-impl<'a> From<Dst<'a>> for Target<'a> {
-    fn from(d: Dst<'a>) -> Self {
+impl<'a> From<VectorMut<'a>> for SharedVector<'a> {
+    fn from(d: VectorMut<'a>) -> Self {
         match d {
-            Dst::Real(x) => Target::Real(Out::new(x)),
-            Dst::Integer(x) => Target::Integer(Out::new(x)),
-            Dst::Logical(x) => Target::Logical(Out::new(x)),
-            Dst::Complex(x) => Target::Complex(Out::new(x)),
-            Dst::Byte(x) => Target::Byte(Out::new(x)),
-            Dst::Int64(x) => Target::Int64(Out::new(x)),
-            Dst::Bits64(x) => Target::Bits64(Out::new(x)),
+            VectorMut::Real(x) => SharedVector::Real(SharedSlice::new(x)),
+            VectorMut::Integer(x) => SharedVector::Integer(SharedSlice::new(x)),
+            VectorMut::Logical(x) => SharedVector::Logical(SharedSlice::new(x)),
+            VectorMut::Complex(x) => SharedVector::Complex(SharedSlice::new(x)),
+            VectorMut::Byte(x) => SharedVector::Byte(SharedSlice::new(x)),
+            VectorMut::Int64(x) => SharedVector::Int64(SharedSlice::new(x)),
+            VectorMut::Bits64(x) => SharedVector::Bits64(SharedSlice::new(x)),
         }
     }
 }
@@ -258,10 +261,10 @@ pub fn decode(
     shape: &[usize],
     row0: usize,
     row1: usize,
-    dst: Dst<'_>,
+    dst: VectorMut<'_>,
 ) -> Result<DecodeStats> {
     // SAFETY: `dst` is borrowed exclusively for this call.
-    unsafe { decode_rows(dtype, src, shape, row0, row1, Target::from(dst)) }
+    unsafe { decode_rows(dtype, src, shape, row0, row1, SharedVector::from(dst)) }
 }
 
 /// [`decode`] into a target that other threads may be filling too.
@@ -276,7 +279,7 @@ pub unsafe fn decode_rows(
     shape: &[usize],
     row0: usize,
     row1: usize,
-    dst: Target<'_>,
+    dst: SharedVector<'_>,
 ) -> Result<DecodeStats> {
     let mut stats = DecodeStats::default();
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
@@ -307,7 +310,7 @@ pub unsafe fn decode_rows(
         };
     }
     match dst {
-        Target::Real(out) => match dtype {
+        SharedVector::Real(out) => match dtype {
             Dtype::F64 => k!(8, out, |b| f64::from_le_bytes(b)),
             Dtype::F32 => k!(4, out, |b| widen_f32(u32::from_le_bytes(b))),
             Dtype::F16 => k!(2, out, |b| decode_f16(u16::from_le_bytes(b))),
@@ -359,7 +362,7 @@ pub unsafe fn decode_rows(
             // C64 is always read as complex (decodes_into).
             Dtype::C64 => return Err(mismatch("C64 is read as complex")),
         },
-        Target::Integer(out) => match dtype {
+        SharedVector::Integer(out) => match dtype {
             Dtype::I32 => {
                 k!(4, out, |b| i32::from_le_bytes(b));
                 stats.int_min = count_int_min(src, need);
@@ -371,10 +374,10 @@ pub unsafe fn decode_rows(
             Dtype::Bool => k!(1, out, |b| (b[0] != 0) as i32),
             _ => return Err(mismatch("the dtype isn't read as integer")),
         },
-        Target::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
+        SharedVector::Logical(out) => k!(1, out, |b| (b[0] != 0) as i32),
         // U8 only (decodes_into).
-        Target::Byte(out) => k!(1, out, |b| b[0]),
-        Target::Int64(out) => {
+        SharedVector::Byte(out) => k!(1, out, |b| b[0]),
+        SharedVector::Int64(out) => {
             let mut na = 0;
             match dtype {
                 Dtype::I64 => k!(8, out, |b| {
@@ -397,8 +400,8 @@ pub unsafe fn decode_rows(
             stats.na = na;
         }
         // I64 and U64 only (decodes_into).
-        Target::Bits64(out) => k!(8, out, |b| u64::from_le_bytes(b)),
-        Target::Complex(out) => {
+        SharedVector::Bits64(out) => k!(8, out, |b| u64::from_le_bytes(b)),
+        SharedVector::Complex(out) => {
             k!(8, out, |b| {
                 let re = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 let im = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -413,14 +416,16 @@ pub unsafe fn decode_rows(
 /// dtype but C64, integer from the dtypes [`r_type`] reads as integer and
 /// BOOL, logical from BOOL, complex from C64, raw from U8, integer64 and
 /// 64-bit words from I64 and U64.
-pub fn decodes_into(dtype: Dtype, dst: &Target<'_>) -> bool {
+pub fn decodes_into(dtype: Dtype, dst: &SharedVector<'_>) -> bool {
     match dst {
-        Target::Real(_) => dtype != Dtype::C64,
-        Target::Integer(_) => r_type(dtype) == RType::Integer || dtype == Dtype::Bool,
-        Target::Logical(_) => dtype == Dtype::Bool,
-        Target::Complex(_) => dtype == Dtype::C64,
-        Target::Byte(_) => dtype == Dtype::U8,
-        Target::Int64(_) | Target::Bits64(_) => matches!(dtype, Dtype::I64 | Dtype::U64),
+        SharedVector::Real(_) => dtype != Dtype::C64,
+        SharedVector::Integer(_) => r_type(dtype) == RType::Integer || dtype == Dtype::Bool,
+        SharedVector::Logical(_) => dtype == Dtype::Bool,
+        SharedVector::Complex(_) => dtype == Dtype::C64,
+        SharedVector::Byte(_) => dtype == Dtype::U8,
+        SharedVector::Int64(_) | SharedVector::Bits64(_) => {
+            matches!(dtype, Dtype::I64 | Dtype::U64)
+        }
     }
 }
 
@@ -460,7 +465,7 @@ unsafe fn kernel<const W: usize, T: Copy + Default>(
     shape: &[usize],
     row0: usize,
     row1: usize,
-    out: Out<'_, T>,
+    out: SharedSlice<'_, T>,
     mut conv: impl FnMut([u8; W]) -> T,
 ) {
     let rl = row_len(shape);

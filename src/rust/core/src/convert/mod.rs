@@ -18,7 +18,8 @@ mod transpose;
 mod tests;
 
 pub use decode::{
-    count_i32_min, decode, decode_rows, decodes_into, r_type, DecodeStats, Dst, Out, RType, Target,
+    count_i32_min, decode, decode_rows, decodes_into, r_type, DecodeStats, RType, SharedSlice,
+    SharedVector, VectorMut,
 };
 pub use encode::{encode, encode_with, fits_rounded, BadValue, EncodeError, Num, Rounding, Src};
 pub use index::{block_rows, for_each_index, is_trivial_layout, kernel_shape, n_rows, row_len};

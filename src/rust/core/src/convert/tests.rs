@@ -84,9 +84,17 @@ fn tensors_without_elements_visit_nothing() {
             panic!("{shape:?} visited ({rm}, {cm})")
         });
         let mut out: Vec<f64> = Vec::new();
-        decode(Dtype::F64, &[], &shape, 0, rows, Dst::Real(&mut out)).unwrap();
+        decode(Dtype::F64, &[], &shape, 0, rows, VectorMut::Real(&mut out)).unwrap();
         let mut ints: Vec<i32> = Vec::new();
-        decode(Dtype::U8, &[], &shape, 0, rows, Dst::Integer(&mut ints)).unwrap();
+        decode(
+            Dtype::U8,
+            &[],
+            &shape,
+            0,
+            rows,
+            VectorMut::Integer(&mut ints),
+        )
+        .unwrap();
         encode(Dtype::F64, Src::Real(&[]), &shape, 0, rows, &mut []).unwrap();
     }
     // An empty row range visits nothing either.
@@ -101,25 +109,80 @@ fn inconsistent_arguments_are_errors_that_write_nothing() {
     // destination keeps its filler.
     let mut short = vec![-1.0; 5];
     assert_eq!(
-        decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Real(&mut short))
-            .unwrap_err()
-            .kind,
+        decode(
+            Dtype::U8,
+            &bytes,
+            &[2, 3],
+            0,
+            2,
+            VectorMut::Real(&mut short)
+        )
+        .unwrap_err()
+        .kind,
         Kind::InvalidArgument
     );
     let mut out = vec![-1.0; 6];
-    assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 3, Dst::Real(&mut out)).is_err());
-    assert!(decode(Dtype::U8, &bytes[..5], &[2, 3], 0, 2, Dst::Real(&mut out)).is_err());
-    assert!(decode(Dtype::U8, &bytes, &[2, 3], 2, 1, Dst::Real(&mut out)).is_err());
+    assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 3, VectorMut::Real(&mut out)).is_err());
+    assert!(decode(
+        Dtype::U8,
+        &bytes[..5],
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Real(&mut out)
+    )
+    .is_err());
+    assert!(decode(Dtype::U8, &bytes, &[2, 3], 2, 1, VectorMut::Real(&mut out)).is_err());
     assert_eq!(out, vec![-1.0; 6]);
     let mut ints = vec![-1; 6];
-    assert!(decode(Dtype::F16, &[0; 12], &[2, 3], 0, 2, Dst::Integer(&mut ints)).is_err());
-    assert!(decode(Dtype::C64, &[0; 48], &[2, 3], 0, 2, Dst::Integer(&mut ints)).is_err());
-    assert!(decode(Dtype::I8, &bytes, &[2, 3], 0, 2, Dst::Logical(&mut ints)).is_err());
+    assert!(decode(
+        Dtype::F16,
+        &[0; 12],
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Integer(&mut ints)
+    )
+    .is_err());
+    assert!(decode(
+        Dtype::C64,
+        &[0; 48],
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Integer(&mut ints)
+    )
+    .is_err());
+    assert!(decode(
+        Dtype::I8,
+        &bytes,
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Logical(&mut ints)
+    )
+    .is_err());
     assert_eq!(ints, vec![-1; 6]);
     let mut cplx = vec![[-1.0, -1.0]; 6];
-    assert!(decode(Dtype::F64, &[0; 48], &[2, 3], 0, 2, Dst::Complex(&mut cplx)).is_err());
+    assert!(decode(
+        Dtype::F64,
+        &[0; 48],
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Complex(&mut cplx)
+    )
+    .is_err());
     let mut reals = vec![-1.0; 6];
-    assert!(decode(Dtype::C64, &[0; 48], &[2, 3], 0, 2, Dst::Real(&mut reals)).is_err());
+    assert!(decode(
+        Dtype::C64,
+        &[0; 48],
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Real(&mut reals)
+    )
+    .is_err());
     assert_eq!(reals, vec![-1.0; 6]);
     // Encoding: values or output of the wrong length, rows past the end.
     let vals = [1.0; 6];
@@ -252,7 +315,15 @@ fn encode_all(
 fn decode_real(dtype: Dtype, bytes: &[u8], shape: &[usize]) -> Vec<f64> {
     let n: usize = shape.iter().product();
     let mut out = vec![0.0; n];
-    decode(dtype, bytes, shape, 0, n_rows(shape), Dst::Real(&mut out)).unwrap();
+    decode(
+        dtype,
+        bytes,
+        shape,
+        0,
+        n_rows(shape),
+        VectorMut::Real(&mut out),
+    )
+    .unwrap();
     out
 }
 
@@ -286,7 +357,15 @@ fn layout_is_row_major_on_disk() {
     let bytes = encode_all(Dtype::U8, Src::Real(&x), &[2, 3]).unwrap();
     assert_eq!(bytes, vec![1, 3, 5, 2, 4, 6]);
     let mut back = vec![0i32; 6];
-    decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Integer(&mut back)).unwrap();
+    decode(
+        Dtype::U8,
+        &bytes,
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Integer(&mut back),
+    )
+    .unwrap();
     assert_eq!(back, vec![1, 2, 3, 4, 5, 6]);
     // F4 packs the first element in the low nibble.
     let bytes = encode_all(Dtype::F4, Src::Real(&[1.0, 6.0]), &[2]).unwrap();
@@ -327,23 +406,39 @@ fn integers_and_complex_round_trip() {
     let ints = [0, 1, -5, i32::MAX, -i32::MAX];
     let bytes = encode_all(Dtype::I32, Src::Integer(&ints), &[5]).unwrap();
     let mut back = vec![0; 5];
-    decode(Dtype::I32, &bytes, &[5], 0, 5, Dst::Integer(&mut back)).unwrap();
+    decode(
+        Dtype::I32,
+        &bytes,
+        &[5],
+        0,
+        5,
+        VectorMut::Integer(&mut back),
+    )
+    .unwrap();
     assert_eq!(back, ints);
     let bytes = encode_all(Dtype::Bool, Src::Logical(&[1, 0, 1]), &[3]).unwrap();
     assert_eq!(bytes, vec![1, 0, 1]);
     let z = [[1.5, -2.0], [0.0, 3.25]];
     let bytes = encode_all(Dtype::C64, Src::Complex(&z), &[2]).unwrap();
     let mut back = vec![[0.0; 2]; 2];
-    decode(Dtype::C64, &bytes, &[2], 0, 2, Dst::Complex(&mut back)).unwrap();
+    decode(
+        Dtype::C64,
+        &bytes,
+        &[2],
+        0,
+        2,
+        VectorMut::Complex(&mut back),
+    )
+    .unwrap();
     assert_eq!(back, z);
     let big = (1u64 << 60).to_le_bytes();
     let mut out = [0.0];
-    let stats = decode(Dtype::U64, &big, &[1], 0, 1, Dst::Real(&mut out)).unwrap();
+    let stats = decode(Dtype::U64, &big, &[1], 0, 1, VectorMut::Real(&mut out)).unwrap();
     assert_eq!(stats.inexact, 1);
     let min = i32::MIN.to_le_bytes();
     let mut out = [0];
     assert_eq!(
-        decode(Dtype::I32, &min, &[1], 0, 1, Dst::Integer(&mut out))
+        decode(Dtype::I32, &min, &[1], 0, 1, VectorMut::Integer(&mut out))
             .unwrap()
             .int_min,
         1
@@ -384,7 +479,7 @@ fn sub_byte_blocks_start_on_byte_boundaries() {
         &shape,
         0,
         4,
-        Dst::Real(&mut out),
+        VectorMut::Real(&mut out),
     )
     .unwrap();
     decode(
@@ -393,7 +488,7 @@ fn sub_byte_blocks_start_on_byte_boundaries() {
         &shape,
         4,
         8,
-        Dst::Real(&mut out),
+        VectorMut::Real(&mut out),
     )
     .unwrap();
     assert_eq!(out, vals);
@@ -498,7 +593,7 @@ fn decode_blocks(
         .step_by(step)
         .map(|r| (r, (r + step).min(rows)))
         .collect();
-    let run = |target: Target<'_>| {
+    let run = |target: SharedVector<'_>| {
         let one = |(r0, r1): (usize, usize)| {
             let (b0, b1) = (
                 dtype.bytes_for(r0 * rl).unwrap(),
@@ -520,22 +615,22 @@ fn decode_blocks(
     match rt {
         RType::Real => {
             let mut out = vec![f64::from_bits(1); n];
-            run(Target::Real(Out::new(&mut out)));
+            run(SharedVector::Real(SharedSlice::new(&mut out)));
             out.iter().map(|&v| [v, 0.0]).collect()
         }
         RType::Integer | RType::Logical => {
             let mut out = vec![-7i32; n];
-            let o = Out::new(&mut out);
+            let o = SharedSlice::new(&mut out);
             run(if rt == RType::Integer {
-                Target::Integer(o)
+                SharedVector::Integer(o)
             } else {
-                Target::Logical(o)
+                SharedVector::Logical(o)
             });
             out.iter().map(|&v| [v as f64, 0.0]).collect()
         }
         RType::Complex => {
             let mut out = vec![[f64::from_bits(1); 2]; n];
-            run(Target::Complex(Out::new(&mut out)));
+            run(SharedVector::Complex(SharedSlice::new(&mut out)));
             out
         }
     }
@@ -628,7 +723,7 @@ fn decode_words(
         .step_by(step)
         .map(|r| (r, (r + step).min(rows)))
         .collect();
-    let run = |target: Target<'_>| {
+    let run = |target: SharedVector<'_>| {
         let one = |(r0, r1): (usize, usize)| {
             let (b0, b1) = (
                 dtype.bytes_for(r0 * rl).unwrap(),
@@ -652,17 +747,17 @@ fn decode_words(
     match kind {
         Word::Byte => {
             let mut out = vec![0xa5u8; n];
-            let st = run(Target::Byte(Out::new(&mut out)));
+            let st = run(SharedVector::Byte(SharedSlice::new(&mut out)));
             (out.iter().map(|&v| v as u64).collect(), st)
         }
         Word::Int64 => {
             let mut out = vec![7i64; n];
-            let st = run(Target::Int64(Out::new(&mut out)));
+            let st = run(SharedVector::Int64(SharedSlice::new(&mut out)));
             (out.iter().map(|&v| v as u64).collect(), st)
         }
         Word::Bits64 => {
             let mut out = vec![7u64; n];
-            let st = run(Target::Bits64(Out::new(&mut out)));
+            let st = run(SharedVector::Bits64(SharedSlice::new(&mut out)));
             (out, st)
         }
     }
@@ -725,16 +820,24 @@ fn integer64_marks_what_it_cannot_hold_as_na() {
     let vals: [u64; 5] = [0, i64::MAX as u64, 1 << 63, u64::MAX, 5];
     let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut out = [0i64; 5];
-    let st = decode(Dtype::U64, &bytes, &[5], 0, 5, Dst::Int64(&mut out)).unwrap();
+    let st = decode(Dtype::U64, &bytes, &[5], 0, 5, VectorMut::Int64(&mut out)).unwrap();
     assert_eq!(out, [0, i64::MAX, i64::MIN, i64::MIN, 5]);
     assert_eq!(st.na, 2);
     // As I64 the same bits are -2^63 (integer64's NA) and -1.
-    let st = decode(Dtype::I64, &bytes, &[5], 0, 5, Dst::Int64(&mut out)).unwrap();
+    let st = decode(Dtype::I64, &bytes, &[5], 0, 5, VectorMut::Int64(&mut out)).unwrap();
     assert_eq!(out, [0, i64::MAX, i64::MIN, -1, 5]);
     assert_eq!(st.na, 1);
     let mut words = [0u64; 5];
     assert_eq!(
-        decode(Dtype::U64, &bytes, &[5], 0, 5, Dst::Bits64(&mut words)).unwrap(),
+        decode(
+            Dtype::U64,
+            &bytes,
+            &[5],
+            0,
+            5,
+            VectorMut::Bits64(&mut words)
+        )
+        .unwrap(),
         DecodeStats::default()
     );
     assert_eq!(words, vals);
@@ -746,21 +849,29 @@ fn byte_and_64_bit_targets_refuse_other_dtypes_and_sizes() {
     let mut raw = vec![9u8; 6];
     for d in [Dtype::I8, Dtype::Bool, Dtype::F8E4M3] {
         assert!(
-            decode(d, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw)).is_err(),
+            decode(d, &bytes, &[2, 3], 0, 2, VectorMut::Byte(&mut raw)).is_err(),
             "{d}"
         );
     }
-    assert!(decode(Dtype::U8, &bytes, &[2, 3], 0, 2, Dst::Byte(&mut raw[..5])).is_err());
+    assert!(decode(
+        Dtype::U8,
+        &bytes,
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Byte(&mut raw[..5])
+    )
+    .is_err());
     assert_eq!(raw, vec![9u8; 6]);
     let mut ints = vec![9i64; 6];
     let mut words = vec![9u64; 6];
     for d in [Dtype::F64, Dtype::U32, Dtype::C64, Dtype::U8] {
         assert!(
-            decode(d, &bytes, &[2, 3], 0, 2, Dst::Int64(&mut ints)).is_err(),
+            decode(d, &bytes, &[2, 3], 0, 2, VectorMut::Int64(&mut ints)).is_err(),
             "{d}"
         );
         assert!(
-            decode(d, &bytes, &[2, 3], 0, 2, Dst::Bits64(&mut words)).is_err(),
+            decode(d, &bytes, &[2, 3], 0, 2, VectorMut::Bits64(&mut words)).is_err(),
             "{d}"
         );
     }
@@ -770,7 +881,7 @@ fn byte_and_64_bit_targets_refuse_other_dtypes_and_sizes() {
         &[2, 3],
         0,
         2,
-        Dst::Int64(&mut ints)
+        VectorMut::Int64(&mut ints)
     )
     .is_err());
     assert!(decode(
@@ -779,7 +890,7 @@ fn byte_and_64_bit_targets_refuse_other_dtypes_and_sizes() {
         &[2, 3],
         0,
         2,
-        Dst::Bits64(&mut words[..5])
+        VectorMut::Bits64(&mut words[..5])
     )
     .is_err());
     assert_eq!(ints, vec![9i64; 6]);
@@ -791,7 +902,15 @@ fn integer64_values_are_written_exactly() {
     let vals = [0, -1, (1 << 53) + 1, i64::MAX, -i64::MAX, 42];
     let bytes = encode_all(Dtype::I64, Src::Int64(&vals), &[2, 3]).unwrap();
     let mut back = [0i64; 6];
-    decode(Dtype::I64, &bytes, &[2, 3], 0, 2, Dst::Int64(&mut back)).unwrap();
+    decode(
+        Dtype::I64,
+        &bytes,
+        &[2, 3],
+        0,
+        2,
+        VectorMut::Int64(&mut back),
+    )
+    .unwrap();
     assert_eq!(back, vals);
     // Row-major on disk: R's x[1, 2] is element 1 in the file.
     assert_eq!(bytes[8..16], ((1i64 << 53) + 1).to_le_bytes());
@@ -844,7 +963,7 @@ fn decode_counts_inexact_and_int_min_across_blocks() {
             &shape,
             r0,
             r1,
-            Dst::Real(&mut out),
+            VectorMut::Real(&mut out),
         )
         .unwrap()
         .inexact;
@@ -856,9 +975,16 @@ fn decode_counts_inexact_and_int_min_across_blocks() {
         .collect();
     let mut out = vec![0; n];
     assert_eq!(
-        decode(Dtype::I32, &ints, &shape, 0, 20, Dst::Integer(&mut out))
-            .unwrap()
-            .int_min,
+        decode(
+            Dtype::I32,
+            &ints,
+            &shape,
+            0,
+            20,
+            VectorMut::Integer(&mut out)
+        )
+        .unwrap()
+        .int_min,
         7
     );
     assert_eq!(count_i32_min(&ints), 7);

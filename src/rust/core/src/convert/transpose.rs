@@ -1,7 +1,7 @@
 //! The tiled transposes the decoding and encoding kernels run on: square
 //! tiles, strips of columns, and prefetching the next tile's runs.
 
-use super::decode::Out;
+use super::decode::SharedSlice;
 
 /// The first `W` bytes of `s`.
 #[inline(always)]
@@ -39,7 +39,7 @@ pub(super) unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; 
     stride: usize,
     rows: usize,
     cols: usize,
-    out: Out<'_, T>,
+    out: SharedSlice<'_, T>,
     dbase: usize,
     dstride: usize,
     conv: &mut F,
@@ -51,7 +51,7 @@ pub(super) unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; 
     unsafe fn one<const W: usize, T: Copy, F: FnMut([u8; W]) -> T>(
         tile: &mut [[T; KTILE]; KTILE],
         (src, base, stride, conv): (&[u8], usize, usize, &mut F),
-        (out, dbase, dstride): (Out<'_, T>, usize, usize),
+        (out, dbase, dstride): (SharedSlice<'_, T>, usize, usize),
         (ib, jb, ti, tj): (usize, usize, usize, usize),
     ) {
         for i in 0..ti {
