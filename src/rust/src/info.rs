@@ -34,6 +34,11 @@ pub fn check_strings(header: &Header) -> Result<()> {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub(crate) unsafe fn header_sexp(header: &Header) -> SEXP {
+    // SAFETY: inside build (the caller's promise); the list, its names and
+    // the shared values are protected while the entries are made (4, plus
+    // the cache's, released at the end), and each new entry is stored in
+    // the protected list at once, at an index below `n` (one per tensor
+    // and one for `__metadata__` when the header has it).
     unsafe {
         let n = header.tensors.len() + header.metadata_position.is_some() as usize;
         let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, n));

@@ -42,6 +42,8 @@ struct AllocRequest {
 unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
     let req = unsafe { &*(data as *const AllocRequest) };
+    // SAFETY: called by R_tryCatchError on R's thread; an allocation
+    // failure is an R error that the handler catches.
     unsafe { Rf_allocVector(req.ty, req.len) }
 }
 
@@ -134,10 +136,10 @@ pub fn reserve_vector_heap(rest: usize, bytes: usize) {
         return;
     }
     let reserve = bytes.saturating_add(bytes / 4);
-    // SAFETY: R_NilValue is a valid SEXP once R runs.
     let mut req = AllocRequest {
         ty: SEXPTYPE::RAWSXP,
         len: reserve as R_xlen_t,
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         out: unsafe { R_NilValue },
         failed: false,
     };
@@ -161,6 +163,8 @@ unsafe extern "C" fn reserve_toplevel(data: *mut c_void) {
     unsafe extern "C" fn body(data: *mut c_void) -> SEXP {
         // SAFETY: `data` points to the AllocRequest on the caller's stack.
         let req = unsafe { &*(data as *const AllocRequest) };
+        // SAFETY: called by R_tryCatchError on R's thread; an allocation
+        // failure is an R error that the handler catches.
         unsafe {
             Rf_allocVector(req.ty, req.len);
             R_NilValue
@@ -191,10 +195,10 @@ pub fn vec_bytes(ty: SEXPTYPE, len: usize) -> Result<usize> {
 pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
     let bytes = vec_bytes(ty, len)?;
     check_available(bytes)?;
-    // SAFETY: R_NilValue is a valid SEXP once R runs.
     let mut req = AllocRequest {
         ty,
         len: len as R_xlen_t,
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         out: unsafe { R_NilValue },
         failed: false,
     };
@@ -213,10 +217,12 @@ pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
     // No R allocation happens between here and from_sexp, so the fresh
     // vector can't be collected meanwhile.
     let sexp = req.out;
+    // SAFETY: R_NilValue is a valid SEXP once R runs.
     if sexp == unsafe { R_NilValue } && !req.failed {
         // Another condition ended the R code: only an interrupt can.
         return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
     }
+    // SAFETY: as above.
     if sexp == unsafe { R_NilValue } {
         return Err(Error::new(
             Kind::Memory,
@@ -307,6 +313,7 @@ unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP 
             job.done = true;
             out
         }
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         None => unsafe { R_NilValue },
     }
 }
@@ -340,9 +347,9 @@ unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
 /// it returns, and hold nothing with a destructor across R calls (an R
 /// error jumps over its frame).
 pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
-    // SAFETY: R_NilValue is a valid SEXP once R runs.
     let mut job = Build {
         f: Some(f),
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         out: unsafe { R_NilValue },
         done: false,
         failed: false,
@@ -375,6 +382,8 @@ pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_vec(ty: SEXPTYPE, len: usize) -> SEXP {
+    // SAFETY: inside build (the caller's promise), which catches an R
+    // allocation error.
     unsafe { Rf_allocVector(ty, len as R_xlen_t) }
 }
 
@@ -383,6 +392,8 @@ pub unsafe fn r_vec(ty: SEXPTYPE, len: usize) -> SEXP {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_char(s: &str) -> SEXP {
+    // SAFETY: inside build (the caller's promise); `s` is valid UTF-8 of
+    // `s.len()` bytes, fewer than 2^31 (check_r_string), read, not kept.
     unsafe {
         Rf_mkCharLenCE(
             s.as_ptr() as *const std::os::raw::c_char,
@@ -397,6 +408,9 @@ pub unsafe fn r_char(s: &str) -> SEXP {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_strings<'a>(s: impl ExactSizeIterator<Item = &'a str>) -> SEXP {
+    // SAFETY: inside build (the caller's promise); the vector is protected
+    // while its strings are made, each stored at once, at an index below
+    // its length (`s` is exact-sized).
     unsafe {
         let v = Rf_protect(r_vec(SEXPTYPE::STRSXP, s.len()));
         for (i, x) in s.enumerate() {
@@ -412,6 +426,8 @@ pub unsafe fn r_strings<'a>(s: impl ExactSizeIterator<Item = &'a str>) -> SEXP {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_ints(x: &[i32]) -> SEXP {
+    // SAFETY: inside build (the caller's promise); the new vector has
+    // `x.len()` ints, and INTEGER() is called only when it has any.
     unsafe {
         let v = r_vec(SEXPTYPE::INTSXP, x.len());
         if !x.is_empty() {
@@ -426,6 +442,8 @@ pub unsafe fn r_ints(x: &[i32]) -> SEXP {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_reals(x: &[f64]) -> SEXP {
+    // SAFETY: inside build (the caller's promise); the new vector has
+    // `x.len()` doubles, and REAL() is called only when it has any.
     unsafe {
         let v = r_vec(SEXPTYPE::REALSXP, x.len());
         if !x.is_empty() {
@@ -441,6 +459,7 @@ pub unsafe fn r_reals(x: &[f64]) -> SEXP {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_shape(shape: &[usize]) -> SEXP {
+    // SAFETY: inside build, the callees' contract, passed on.
     unsafe {
         if shape.iter().all(|&d| d <= i32::MAX as usize) {
             let v: Vec<i32> = shape.iter().map(|&d| d as i32).collect();
@@ -457,6 +476,8 @@ pub unsafe fn r_shape(shape: &[usize]) -> SEXP {
 /// # Safety
 /// Only inside [`build`], with a value valid for the attribute.
 pub unsafe fn r_set_attr(x: SEXP, sym: SEXP, value: SEXP) {
+    // SAFETY: inside build (the caller's promise); `value` is protected
+    // while Rf_setAttrib may allocate.
     unsafe {
         Rf_protect(value);
         Rf_setAttrib(x, sym, value);
@@ -470,8 +491,11 @@ pub unsafe fn r_set_attr(x: SEXP, sym: SEXP, value: SEXP) {
 /// `name` has no NUL; R symbols are never collected.
 pub unsafe fn r_sym(name: &str) -> SEXP {
     let Ok(c) = std::ffi::CString::new(name) else {
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         return unsafe { R_NilValue };
     };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; R
+    // copies the name into the symbol, which is never collected.
     unsafe { Rf_install(c.as_ptr()) }
 }
 
@@ -526,6 +550,9 @@ pub fn named_list(names: &[&str], values: Vec<Robj>) -> Robj {
 /// Only inside [`build`]; the result is unprotected; each value function
 /// returns an unprotected fresh object or a reachable one.
 pub unsafe fn named_list_sexp(names: &[&str], values: &mut [&mut dyn FnMut() -> SEXP]) -> SEXP {
+    // SAFETY: inside build (the caller's promise); the list is protected
+    // while its values and names are made, and each value is stored at
+    // once, at an index below its length.
     unsafe {
         let list = Rf_protect(r_vec(SEXPTYPE::VECSXP, values.len()));
         for (i, f) in values.iter_mut().enumerate() {
@@ -573,6 +600,8 @@ pub fn to_r(res: Result<Robj>) -> Robj {
 }
 
 unsafe extern "C" fn check_interrupt(_: *mut c_void) {
+    // SAFETY: called by R_ToplevelExec on R's thread, which catches the
+    // jump of an interrupt.
     unsafe { R_CheckUserInterrupt() };
 }
 

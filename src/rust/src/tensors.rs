@@ -252,6 +252,9 @@ impl AttrCache {
     }
 
     /// The `"dtype"` attribute value for `d`, protected until `release`.
+    ///
+    /// # Safety
+    /// Only inside [`build`], on a cache made there.
     pub(crate) unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
         let slot = &mut self.dtypes[d as usize];
         if slot.is_null() {
@@ -265,6 +268,9 @@ impl AttrCache {
     }
 
     /// The class attribute of bit64's vectors, protected until `release`.
+    ///
+    /// # Safety
+    /// Only inside [`build`], on a cache made there.
     unsafe fn integer64(&mut self) -> SEXP {
         if self.integer64.is_null() {
             // SAFETY: inside build; protected until release.
@@ -276,7 +282,15 @@ impl AttrCache {
         self.integer64
     }
 
+    /// Unprotects the values the cache made; they must not be used after.
+    ///
+    /// # Safety
+    /// Only inside [`build`], once, when the values the cache protected are
+    /// the top of R's protection stack (everything protected since they
+    /// were has been unprotected).
     pub(crate) unsafe fn release(&self) {
+        // SAFETY: exactly the values this cache protected, as the caller
+        // promises they are the top of the stack.
         unsafe { Rf_unprotect(self.protected) };
     }
 }
@@ -286,8 +300,9 @@ impl AttrCache {
 /// `"integer64"` for `elem` Integer64), `dtype` and `shape` for raw bytes.
 ///
 /// # Safety
-/// Inside [`build`], with `x` protected and its length matching the shape,
-/// whose extents fit an int in mode `Array` ([`spec_of`] checked).
+/// Inside [`build`], with `x` protected (or in a protected list) and its
+/// length matching the shape, whose extents fit an int in mode `Array`
+/// ([`spec_of`] checked).
 unsafe fn set_tensor_attrs(
     x: SEXP,
     w: &TensorDesc<'_>,
@@ -295,6 +310,9 @@ unsafe fn set_tensor_attrs(
     elem: Elem,
     attrs: &mut AttrCache,
 ) {
+    // SAFETY: inside build with `x` protected (the caller's promise); each
+    // attribute value is protected by r_set_attr or the cache while it is
+    // set, and `dim` fits an int (spec_of checked).
     unsafe {
         match mode {
             Mode::Array { .. } => {
@@ -526,7 +544,8 @@ impl Tensors {
                     if st.int_min == 0 || spec.ty != SEXPTYPE::INTSXP {
                         continue;
                     }
-                    let x = Rf_protect(VECTOR_ELT(list.get(), k as isize));
+                    // `x` stays in the list until `y` replaces it.
+                    let x = VECTOR_ELT(list.get(), k as isize);
                     let y = Rf_protect(r_vec(SEXPTYPE::REALSXP, spec.len));
                     let (src, dst) = (
                         vec_data(x, SEXPTYPE::INTSXP) as *const i32,
@@ -535,9 +554,11 @@ impl Tensors {
                     for i in 0..spec.len {
                         *dst.add(i) = *src.add(i) as f64;
                     }
-                    set_tensor_attrs(y, w, mode, Elem::Real, &mut attrs);
                     SET_VECTOR_ELT(list.get(), k as isize, y);
-                    Rf_unprotect(2);
+                    Rf_unprotect(1);
+                    // `y` is in the list now; what the cache protects stays
+                    // on top of R's protection stack until it is released.
+                    set_tensor_attrs(y, w, mode, Elem::Real, &mut attrs);
                 }
                 attrs.release();
                 list.get()

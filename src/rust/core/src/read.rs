@@ -658,7 +658,6 @@ pub fn read_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::VectorMut;
     use crate::io::{read_header, Memory, Segments};
     use crate::slice::Sel;
     use std::cell::RefCell;
@@ -1031,6 +1030,5 @@ mod tests {
             &mut never(),
         );
         assert_eq!(e.unwrap_err().kind, Kind::InvalidArgument);
-        let _ = VectorMut::Real(&mut []);
     }
 }

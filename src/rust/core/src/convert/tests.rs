@@ -1056,7 +1056,7 @@ fn ref_encode(
                     out[pos / 8 + 1] |= (word >> 8) as u8;
                 }
             }
-        } else if first_bad.is_none_or(|b| c < b) {
+        } else if first_bad.map_or(true, |b| c < b) {
             first_bad = Some(c);
         }
     }
