@@ -8,15 +8,25 @@
 #    environment gives a faster debug build)
 # 3. cargo test in src/rust           the Rust workspace: the core crate
 #                                      (no R) and the bindings
+#    Rust gates, one test each:        cargo fmt --check (and rustfmt on the
+#                                      fuzz crate); cargo clippy --workspace
+#                                      --all-targets -D warnings (the lints
+#                                      of [workspace.lints] included); the
+#                                      MSRV stated alike (tools/check-msrv.sh);
+#                                      cargo +MSRV test --workspace, the
+#                                      floor toolchain installed with rustup
+#                                      when missing (skipped, with a message,
+#                                      where rustup or the network is not
+#                                      there)
 # 4. testthat against the installed package (tools/run-testthat.R)
 # 5. tools/check-architecture.R       the layers ARCHITECTURE.md describes,
 #    tools/check-nonapi.R             R's API only in the Rust code
 # 6. with SAFETENSORS_CHECK=true: the CRAN check (tools/check.sh)
 #
 # Its last line is always "N passed, N failed, N skipped", summed over cargo
-# (ignored tests count as skipped), testthat (expectations, as testthat's
-# own summary counts them; errors count as failed) and the architecture
-# checks. It exits non-zero if
+# (ignored tests count as skipped), the Rust gates, testthat (expectations,
+# as testthat's own summary counts them; errors count as failed) and the
+# architecture checks. It exits non-zero if
 # anything failed or a step broke. Works from any directory, without a
 # terminal or standard input.
 
@@ -93,6 +103,70 @@ if command -v cargo >/dev/null 2>&1; then
 else
   echo "cargo not found"
   note_broken "cargo-test"
+fi
+
+# --- 3b. Rust gates ------------------------------------------------------------------------
+# Each counts as one test: passed, failed, or skipped when its tool is missing.
+gate_pass() { passed=$((passed + 1)); echo "passed: $1"; }
+gate_fail() { note_broken "$1"; echo "FAILED: $1"; }
+gate_skip() { skipped=$((skipped + 1)); echo "skipped: $1"; }
+
+step "rustfmt (cargo fmt --check)"
+if command -v cargo >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1; then
+  # The fuzz crate is a workspace of its own; rustfmt checks its files
+  # without resolving its dependencies.
+  if (cd src/rust && cargo fmt --check &&
+      rustfmt --check --edition 2021 fuzz/src/*.rs fuzz/fuzz_targets/*.rs fuzz/examples/*.rs); then
+    gate_pass "rustfmt"
+  else
+    gate_fail "rustfmt(run cargo fmt in src/rust and src/rust/fuzz)"
+  fi
+else
+  gate_skip "rustfmt (not installed: rustup component add rustfmt)"
+fi
+
+step "clippy (cargo clippy --workspace --all-targets -- -D warnings)"
+if command -v cargo >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+  if (cd src/rust && cargo clippy --workspace --all-targets -j "$CARGO_BUILD_JOBS" -- -D warnings 2>&1); then
+    gate_pass "clippy"
+  else
+    gate_fail "clippy"
+  fi
+else
+  gate_skip "clippy (not installed: rustup component add clippy)"
+fi
+
+step "MSRV stated alike (tools/check-msrv.sh)"
+if bash tools/check-msrv.sh; then
+  gate_pass "msrv-stated"
+else
+  gate_fail "msrv-stated"
+fi
+
+# The floor: the workspace's tests with the oldest rustc the package says it
+# supports, in a target directory of its own (kept between runs).
+msrv=$(sed -n 's/^Config\/safetensors\/MSRV:[[:space:]]*//p' DESCRIPTION | tr -d '[:space:]')
+step "cargo +$msrv test --workspace (the MSRV)"
+floor_ready=no
+if ! command -v rustup >/dev/null 2>&1; then
+  gate_skip "MSRV test (rustup not found, so rustc $msrv can't be installed)"
+elif rustup run "$msrv" rustc --version >/dev/null 2>&1; then
+  floor_ready=yes
+elif rustup toolchain install "$msrv" --profile minimal >"$work/msrv-install.log" 2>&1; then
+  floor_ready=yes
+else
+  tail -n 5 "$work/msrv-install.log"
+  gate_skip "MSRV test (rustup could not install $msrv: offline?)"
+fi
+if [ "$floor_ready" = yes ]; then
+  rustup run "$msrv" rustc --version
+  if (cd src/rust && CARGO_TARGET_DIR=target/msrv cargo "+$msrv" test --workspace -j "$CARGO_BUILD_JOBS" 2>&1) >"$work/msrv.log"; then
+    grep '^test result:' "$work/msrv.log"
+    gate_pass "msrv-test"
+  else
+    tail -n 40 "$work/msrv.log"
+    gate_fail "msrv-test(rustc $msrv)"
+  fi
 fi
 
 # --- 4. testthat ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! validation claims, and conversions that agree however they are split.
 
 use safetensors_core::convert::{
-    self, decode, encode, n_rows, r_type, row_len, DecodeStats, VectorMut, EncodeError, RType, Src,
+    self, decode, encode, n_rows, r_type, row_len, DecodeStats, EncodeError, RType, Src, VectorMut,
 };
 use safetensors_core::dtype::Dtype;
 use safetensors_core::error::Kind;
