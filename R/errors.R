@@ -91,11 +91,15 @@
 #'   safetensors has no `torch_cdouble()`); field `dtype`.
 #' * `safetensors_error_unknown_framework`: a `framework` that is not
 #'   registered in [safetensors_frameworks].
-#' * `safetensors_error_framework_not_installed`: the packages a framework
-#'   needs (or torch's LibTorch) are not installed; field `package`.
 #' * `safetensors_error_package_not_installed`: a package a function needs
 #'   for what it was asked is not installed (curl for URLs, bit64 for
-#'   `int64 = "integer64"`); field `package`.
+#'   `int64 = "integer64"`, the packages of a framework such as torch, or
+#'   torch's LibTorch); field `package`. Catch this class for any missing
+#'   package.
+#' * `safetensors_error_framework_not_installed`: a subclass of
+#'   `safetensors_error_package_not_installed` for the packages of a
+#'   framework (and LibTorch), kept for code written for safetensors 0.4.0,
+#'   where the two classes were unrelated.
 #'
 #' @section Loading into torch modules:
 #' [safe_load_model()] checks the file against the module before it changes
@@ -138,14 +142,21 @@ NULL
 
 # Errors and warnings of the package, all raised through these helpers so
 # their classes stay consistent:
-#   c("safetensors_error_<kind>", ["safetensors_error_format",]
-#     "safetensors_error", "rlang_error", "error", "condition")
+#   c("safetensors_error_<kind>", [its parent kind's class,]
+#     ["safetensors_error_format",] "safetensors_error", "rlang_error",
+#     "error", "condition")
+
+# Kinds that are a case of another kind, whose class follows theirs: a
+# framework's missing package is a missing package (0.4.0 raised two
+# unrelated classes; code that catches either keeps working).
+kind_parents <- c(framework_not_installed = "package_not_installed")
 
 # `message` is a cli template, interpolated in the caller's environment.
 st_abort <- function(kind, message, ..., format = FALSE, call = parent.frame(),
                      .envir = parent.frame()) {
+  parent <- if (kind %in% names(kind_parents)) kind_parents[[kind]]
   class <- c(
-    paste0("safetensors_error_", kind),
+    paste0("safetensors_error_", c(kind, parent)),
     if (isTRUE(format)) "safetensors_error_format",
     "safetensors_error"
   )

@@ -17,7 +17,8 @@
 #' Asking for a framework that is not registered is an error of class
 #' `safetensors_error_unknown_framework` listing the known ones; one whose
 #' packages are not installed, of class
-#' `safetensors_error_framework_not_installed` naming them (in field
+#' `safetensors_error_framework_not_installed` (a subclass of
+#' `safetensors_error_package_not_installed`) naming them (in field
 #' `package`). So is `"torch"` when the torch package is installed but
 #' LibTorch (`torch::install_torch()`) is not.
 #'

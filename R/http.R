@@ -75,21 +75,8 @@ http_scrub <- function(text) {
 
 # ---- settings -----------------------------------------------------------------
 
-# Option `name`: a number from `lower` to `upper`, or `default`.
-http_number_option <- function(name, default, lower, upper, call) {
-  x <- getOption(name, default)
-  if (!(is.numeric(x) && length(x) == 1 && !is.na(x) && x >= lower && x <= upper)) {
-    st_abort(
-      "invalid_argument",
-      "Option {.code {name}} must be a number from {lower} to {upper}, not {.obj_type_friendly {x}}.",
-      call = call
-    )
-  }
-  x
-}
-
-http_timeout <- function(call) http_number_option("safetensors.http_timeout", 30, 1, 86400, call)
-http_retries <- function(call) http_number_option("safetensors.http_retries", 3, 0, 10, call)
+http_timeout <- function(call) number_option("safetensors.http_timeout", 30, 1, 86400, call)
+http_retries <- function(call) number_option("safetensors.http_retries", 3, 0, 10, call)
 
 # Seconds to wait before retry `k` (from 1): 0.25, 0.5, 1, 2, ...
 http_backoff <- function(k) {

@@ -80,7 +80,9 @@
 #'   extension, is one (created if missing), which gets `model.safetensors`
 #'   or, with `max_shard_size`, shards and their index (see "Sharded
 #'   checkpoints" in [safe_save_file()]).
-#' @param ... Must be empty.
+#' @param ... Must be empty: the arguments after it are named. (In 0.4.0,
+#'   `safe_save_model()` took `metadata`, `max_shard_size` and `sync` by
+#'   position; a call that still does is an error that says to name them.)
 #' @param strict Whether names the file and the module don't share are an
 #'   error. Default `TRUE`.
 #' @param backend How a file is read: `"mmap"` (the default) maps it into
@@ -149,7 +151,12 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap",
 
 #' @rdname safe_load_model
 #' @export
-safe_save_model <- function(model, path, metadata = NULL, max_shard_size = NULL, sync = TRUE) {
+safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = NULL, sync = TRUE) {
+  check_dots_empty_st(
+    ...,
+    .example = "metadata = list(format = \"pt\")",
+    .formals = c("metadata", "max_shard_size", "sync")
+  )
   check_torch_module(model)
   check_string(path)
   check_bool(sync)
@@ -187,23 +194,35 @@ safe_save_model <- function(model, path, metadata = NULL, max_shard_size = NULL,
   invisible(path)
 }
 
-# `...` of safe_load_model() exists so that the arguments after it are
-# named; anything in it is a mistake.
-check_dots_empty_st <- function(..., call = parent.frame()) {
+# `...` of safe_load_model() and safe_save_model() exists so that the
+# arguments after it are named; anything in it is a mistake. `.example` is
+# a named argument of the caller, shown for unnamed ones; an unknown name
+# close to one of `.formals` gets a suggestion. (The dotted names keep a
+# caller's `...` from matching these arguments.)
+check_dots_empty_st <- function(..., .example = "strict = FALSE", .formals = character(), .call = parent.frame()) {
   if (...length() == 0) {
     return(invisible())
   }
   nms <- names(list(...)) %||% rep("", ...length())
   named <- nms[nms != ""]
   n_unnamed <- sum(nms == "")
+  example <- .example
+  meant <- character()
+  for (a in named) {
+    guess <- closest_name(a, .formals)
+    if (!is.null(guess)) {
+      meant <- c(meant, i = sprintf("Did you mean {.arg %s} instead of {.arg %s}?", guess, cli_escape(a)))
+    }
+  }
   st_abort(
     "invalid_argument",
     c(
       "{.arg ...} must be empty.",
       x = if (length(named) > 0) "Unknown argument{?s}: {.arg {named}}.",
-      x = if (n_unnamed > 0) "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code strict = FALSE}."
+      x = if (n_unnamed > 0) "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code {example}}.",
+      meant
     ),
-    call = call
+    call = .call
   )
 }
 

@@ -100,7 +100,10 @@
 #'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
 #'   or `https://` URL of either (see "Remote files"), a folder holding a
 #'   checkpoint (its index, else its `model.safetensors`), a raw vector
-#'   holding a whole file, or a binary connection (read into memory).
+#'   holding a whole file, or a binary connection (read into memory). For
+#'   `safe_slice()`, also a handle from `safe_open()`; anything else is
+#'   opened and closed again. (`safe_slice()` called it `x` in 0.4.0;
+#'   `x =` still works.)
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.

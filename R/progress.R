@@ -10,9 +10,11 @@
 # for two seconds (option `cli.progress_show_after`). The results are the
 # same either way.
 
-# Tensors of a load are read in groups of about this many bytes.
-progress_group_bytes <- function() {
-  getOption("safetensors.progress_group_bytes", 64 * 2^20)
+# With a progress bar, loads read and saves write about this many bytes
+# between updates of the bar (option `safetensors.progress_group_bytes`,
+# default 64 MiB); loads and saves of less get no bar.
+progress_group_bytes <- function(call = parent.frame()) {
+  number_option("safetensors.progress_group_bytes", 64 * 2^20, 1, Inf, call)
 }
 
 # Whether a progress bar may be shown: an interactive session, not knitr or

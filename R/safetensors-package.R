@@ -25,30 +25,45 @@
 #' checkpoints.
 #'
 #' @section Options:
-#' * `safetensors.progress`: whether loads and saves of more than 64 MiB of
-#'   tensors show a progress bar once they have run for two seconds (cli's
-#'   option `cli.progress_show_after`). Default `TRUE`. The bar is shown only in
-#'   interactive sessions, never in knitr documents or testthat tests (see
-#'   [rlang::is_interactive()]); set the option to `FALSE` to never show
-#'   it. With a bar, a load reads the tensors in groups of about 64 MiB and
-#'   a save writes them one by one, so that the bar moves; the results are
-#'   the same, and Ctrl-C interrupts either (a save interrupted leaves no
-#'   partial file).
+#' Every option of the package, with its default. An option of the wrong
+#' kind is an error of class `safetensors_error_invalid_argument` when it
+#' is used (`safetensors.progress` is on only when `TRUE`).
+#' * `safetensors.progress`: whether loads and saves of more than
+#'   `safetensors.progress_group_bytes` of tensors show a progress bar once
+#'   they have run for two seconds (cli's option `cli.progress_show_after`).
+#'   Default `TRUE`. The bar is shown only in interactive sessions, never in
+#'   knitr documents or testthat tests (see [rlang::is_interactive()]); set
+#'   the option to `FALSE` to never show it. With a bar, a load reads the
+#'   tensors in groups and a save writes them a group at a time, so that
+#'   the bar moves; the results are the same, and Ctrl-C interrupts either
+#'   (a save interrupted leaves no partial file).
+#' * `safetensors.progress_group_bytes`: the size in bytes of those groups,
+#'   and so how often the bar moves: a number of at least 1. Default
+#'   `64 * 2^20` (64 MiB). Loads and saves of less than one group show no
+#'   bar.
 #' * `safetensors.threads`: how many threads large reads and writes use: a
 #'   positive whole number. Default: the number of available cores, at most
 #'   2. Each R object is still allocated by R's main thread, and the
 #'   results do not depend on the number of threads; `1` turns threads off.
-#' * `safetensors.http_headers`, `safetensors.http_timeout`,
-#'   `safetensors.http_retries`: see "Remote files" below.
+#' * `safetensors.http_headers`: headers sent with requests for remote
+#'   files, such as credentials: a named character vector, such as
+#'   `c(Authorization = "Bearer <token>")`. Default `NULL` (none). Sent only
+#'   to the host of the URL given (see "Remote files").
+#' * `safetensors.http_timeout`: seconds to wait for a connection, and for a
+#'   transfer that has stalled (no byte received) before it fails: a number
+#'   from 1 to 86400. Default 30.
+#' * `safetensors.http_retries`: how many times a request that failed on a
+#'   server error (5xx, 429) or a dropped or refused connection is tried
+#'   again, after 0.25, 0.5, 1, ... seconds (a transfer dropped midway
+#'   resumes where it stopped): a number from 0 to 10. Default 3.
 #'
 #' @section Remote files:
 #' The reading functions accept `http://` and `https://` URLs and fetch
 #' only the bytes they need with HTTP range requests (see "Remote files" in
 #' [safe_open()]), through the \pkg{curl} package, so proxies, CA
 #' certificates and libcurl's settings apply as R users set them.
-#' * Credentials: option `safetensors.http_headers`, a named character
-#'   vector such as `c(Authorization = "Bearer <token>")`, is sent with
-#'   every request to the host (scheme, name and port) of the URL given,
+#' * Credentials: option `safetensors.http_headers` is sent with every
+#'   request to the host (scheme, name and port) of the URL given,
 #'   whatever it is, and with redirects on that host, never to another host
 #'   a redirect leads to. The `HF_TOKEN` environment variable is sent as
 #'   `Authorization: Bearer <token>` only to `huggingface.co` and `hf.co`
@@ -56,13 +71,8 @@
 #'   URLs, nor to any other host), unless the option sets `Authorization`.
 #'   Tokens, passwords in URLs and query values are never shown in
 #'   messages.
-#' * `safetensors.http_timeout`: seconds to wait for a connection, and for a
-#'   transfer that has stalled (no byte received) before it fails. Default
-#'   30.
-#' * `safetensors.http_retries`: how many times a request that failed on a
-#'   server error (5xx, 429) or a dropped or refused connection is tried
-#'   again, after 0.25, 0.5, 1, ... seconds; a transfer dropped midway
-#'   resumes where it stopped. Default 3.
+#' * Timeouts and retries: options `safetensors.http_timeout` and
+#'   `safetensors.http_retries` (see "Options").
 #' * Redirects are followed (at most 10). Ctrl-C stops a transfer at once.
 #'
 #' @section Errors:

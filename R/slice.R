@@ -101,14 +101,16 @@ print.safetensors_slice <- function(x, ...) {
 }
 
 #' @rdname safe_open
-#' @param x A handle from `safe_open()`, or anything `safe_open()` accepts,
-#'   URLs included (which is then opened and closed again).
 #' @param name The name of the tensor to slice.
 #' @param drop Whether to drop extents of one from the result, as for
 #'   arrays. Default `TRUE`.
 #' @export
-safe_slice <- function(x, name, ..., drop = TRUE, int64 = NULL, uint8 = NULL) {
+safe_slice <- function(path, name, ..., drop = TRUE, int64 = NULL, uint8 = NULL) {
+  if ("x" %in% ...names()) {
+    return(slice_with_x(sys.call(), parent.frame(), environment()))
+  }
   idx <- index_dots(...)
+  x <- path
   if (!inherits(x, "safetensors_file")) {
     x <- safe_open(x, backend = "read")
     on.exit(close(x), add = TRUE)
@@ -119,6 +121,28 @@ safe_slice <- function(x, name, ..., drop = TRUE, int64 = NULL, uint8 = NULL) {
     int64 %||% own$int64 %||% "double", uint8 %||% own$uint8 %||% "integer", hget(x, "framework")
   )
   read_slice(x, tensor_name(x, name), idx, drop, choices = choices)
+}
+
+# safe_slice() called its first argument `x` in 0.4.0: `call`, a call that
+# names it so, is evaluated again (in `env`, its caller's frame) with the
+# name `path`, so R matches its arguments as it did then. A call whose `x`
+# came through another function's `...` can't be rewritten and is an error
+# (of `error_call`, safe_slice()'s frame).
+slice_with_x <- function(call, env, error_call) {
+  nms <- names(call)
+  if (!"x" %in% nms || "path" %in% nms) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "{.fn safe_slice} has no argument {.arg x}.",
+        i = "Its first argument is {.arg path} (a handle, or anything {.fn safe_open} accepts)."
+      ),
+      call = error_call
+    )
+  }
+  names(call)[nms == "x"] <- "path"
+  call[[1]] <- safe_slice
+  eval(call, env)
 }
 
 # The indices in `...`, one per dimension, an empty one (the first of

@@ -104,6 +104,21 @@ closest_name <- function(x, choices) {
   if (length(near) == 1) near else NULL
 }
 
+# Option `name`: a number from `lower` to `upper` (`Inf`: no limit), or
+# `default` when it is not set.
+number_option <- function(name, default, lower, upper, call) {
+  x <- getOption(name, default)
+  if (!(is.numeric(x) && length(x) == 1 && !is.na(x) && x >= lower && x <= upper)) {
+    range <- if (is.infinite(upper)) "a number of at least {lower}" else "a number from {lower} to {upper}"
+    st_abort(
+      "invalid_argument",
+      paste0("Option {.code {name}} must be ", range, ", not {.obj_type_friendly {x}}."),
+      call = call
+    )
+  }
+  x
+}
+
 # The thread count passed to the Rust core: option `safetensors.threads`,
 # or 0 for the core's default (the available cores, at most 2).
 st_threads <- function(call = parent.frame()) {

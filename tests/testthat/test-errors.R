@@ -68,3 +68,25 @@ test_that("?safetensors-conditions documents every class raised, and no other", 
   documented <- unique(regmatches(text, gregexpr("safetensors_(error|warning)_[a-z_]*[a-z]", text))[[1]])
   expect_setequal(documented, raised)
 })
+
+test_that("a framework's missing package is also a missing package", {
+  # One class for any missing package; the framework's is a subclass, so
+  # code written for either class of 0.4.0 catches it.
+  cnd <- expect_error(
+    st_abort("framework_not_installed", "Needs {.pkg p}.", package = "p"),
+    class = "safetensors_error_package_not_installed"
+  )
+  expect_identical(
+    class(cnd)[1:3],
+    c("safetensors_error_framework_not_installed", "safetensors_error_package_not_installed", "safetensors_error")
+  )
+  expect_identical(cnd$package, "p")
+  caught <- tryCatch(
+    st_abort("framework_not_installed", "Needs {.pkg p}.", package = "p"),
+    safetensors_error_framework_not_installed = function(e) "framework"
+  )
+  expect_identical(caught, "framework")
+  # Other kinds get no parent class.
+  cnd <- expect_error(st_abort("package_not_installed", "Needs {.pkg q}.", package = "q"), class = "safetensors_error")
+  expect_identical(class(cnd)[1:2], c("safetensors_error_package_not_installed", "safetensors_error"))
+})

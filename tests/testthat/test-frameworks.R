@@ -109,7 +109,7 @@ test_that("the constructor's `meta` is the tensor's 0.2.x header entry", {
 test_that("unknown arguments reach the constructor, which rejects them as in 0.2.x", {
   local_fake_framework()
   path <- local_contract_file()
-  expect_error(safe_load_file(path, framework = "fake", client = "x"), "unused argument")
+  expect_error(safe_load_file(path, framework = "fake", client = "x"), "unused argument", class = "simpleError")
   expect_error(safe_load_file(path, framework = "r", device = "x"), class = "safetensors_error_invalid_argument")
   expect_error(safe_load_file(path, framework = "raw", device = "x"), class = "safetensors_error_invalid_argument")
   con <- file(path, "rb")
@@ -159,8 +159,7 @@ test_that("a buffer that disagrees with its meta is an error that leaves no file
   path <- file.path(dir, "x.safetensors")
   expect_error(safe_save_file(bad, path), class = "safetensors_error_invalid_argument")
   expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
-  expect_error(safe_serialize(bad), class = "safetensors_error_invalid_argument")
-  expect_error(safe_serialize(bad), "need 4")
+  expect_error(safe_serialize(bad), "need 4", class = "safetensors_error_invalid_argument")
 
   registerS3method("safe_tensor_buffer", "not_raw_tensor", function(x) 1:3)
   registerS3method("safe_tensor_meta", "not_raw_tensor", function(x) list(shape = list(3), dtype = "U8"))
@@ -183,6 +182,7 @@ test_that("a framework whose package is missing is a classed error naming it", {
     quote(safetensors$new(path, framework = "ghost"))
   )) {
     cnd <- expect_error(eval(call), class = "safetensors_error_framework_not_installed")
+    expect_s3_class(cnd, "safetensors_error_package_not_installed")
     expect_s3_class(cnd, "safetensors_error")
     expect_identical(cnd$package, "notapackage.safetensors.test")
     expect_match(conditionMessage(cnd), "notapackage.safetensors.test", fixed = TRUE)

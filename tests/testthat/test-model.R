@@ -151,6 +151,23 @@ test_that("without torch, the model functions say torch is missing", {
   expect_error(safe_save_model(list(), tempfile()), class = "safetensors_error_framework_not_installed")
 })
 
+test_that("safe_save_model() takes its options by name, after `...`", {
+  # Checked before the model, so without torch too. 0.4.0 took them by
+  # position: such a call now says to name them.
+  expect_identical(
+    names(formals(safe_save_model)),
+    c("model", "path", "...", "metadata", "max_shard_size", "sync")
+  )
+  expect_identical(names(formals(safe_save_model))[2:3], names(formals(safe_save_file))[2:3])
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  expect_snapshot(error = TRUE, {
+    safe_save_model(list(), path, list(format = "pt"))
+    safe_save_model(list(), path, metdata = list(format = "pt"))
+  })
+  expect_error(safe_save_model(list(), path, NULL, NULL, TRUE), class = "safetensors_error_invalid_argument")
+  expect_false(file.exists(path))
+})
+
 # A separate test: a test that ends before its snapshot would drop it from
 # _snaps/ on machines without torch.
 test_that("`model`, `...` and torch are checked first", {

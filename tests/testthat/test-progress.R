@@ -213,3 +213,24 @@ test_that("framework tensors save tensor by tensor with the bar, and torch loads
   }
   expect_identical(attributes(got), attributes(ref))
 })
+
+test_that("option safetensors.progress_group_bytes sets the group size, and is checked", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  x <- progress_tensors()
+  safe_save_file(x, path)
+  local_progress(group = 200)
+  expect_identical(progress_group_bytes(), 200)
+  expect_identical(safe_load_file(path), safe_load_file(path, tensors = names(x)))
+  for (bad in list(0, -1, NA_real_, "64MB", c(1, 2), TRUE)) {
+    withr::local_options(safetensors.progress_group_bytes = bad)
+    expect_error(safe_load_file(path), class = "safetensors_error_invalid_argument")
+    expect_error(safe_save_file(x, path), class = "safetensors_error_invalid_argument")
+  }
+  withr::local_options(safetensors.progress_group_bytes = "64MB")
+  expect_snapshot(error = TRUE, progress_group_bytes())
+  # Unset, it is 64 MiB; without a bar it is never read.
+  withr::local_options(safetensors.progress_group_bytes = NULL)
+  expect_identical(progress_group_bytes(), 64 * 2^20)
+  withr::local_options(safetensors.progress = FALSE, safetensors.progress_group_bytes = "64MB")
+  expect_no_error(safe_load_file(path))
+})

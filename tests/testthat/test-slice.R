@@ -106,6 +106,34 @@ test_that("safe_slice() is the function form and accepts paths", {
   expect_error(safe_slice(h, "arr", 1, 1, 1, drop = NA), class = "safetensors_error_invalid_argument")
 })
 
+test_that("safe_slice() takes `path` first, as the other readers do, and `x =` as 0.4.0 named it", {
+  expect_identical(names(formals(safe_slice))[1], names(formals(safe_open))[1])
+  expect_identical(names(formals(safe_slice))[1], names(formals(safe_info))[1])
+  path <- local_lazy_file()
+  h <- safe_open(path)
+  withr::defer(close(h))
+  want <- safe_slice(h, "arr", 2, , 3:4)
+  expect_identical(safe_slice(path = h, name = "arr", 2, , 3:4), want)
+  # `x =` in any position, with the other arguments by name or position.
+  expect_identical(safe_slice(x = h, "arr", 2, , 3:4), want)
+  expect_identical(safe_slice("arr", x = h, 2, , 3:4), want)
+  expect_identical(safe_slice(x = h, name = "arr", 2, , 3:4), want)
+  expect_identical(safe_slice(2, x = path, name = "arr", , 3:4), want)
+  expect_identical(safe_slice(x = h, "arr", 2, , 3:4, drop = FALSE), safe_slice(h, "arr", 2, , 3:4, drop = FALSE))
+  expect_identical(do.call(safe_slice, list(x = h, name = "arr", 2, quote(expr = ), 3:4)), want)
+  # Arguments are evaluated once.
+  n <- 0
+  expect_identical(safe_slice(x = h, "arr", {
+    n <- n + 1
+    2
+  }, , 3:4), want)
+  expect_identical(n, 1)
+  # An `x` that came through another function's `...` can't be told apart.
+  f <- function(...) safe_slice(...)
+  expect_snapshot(error = TRUE, f(x = h, "arr", 2, , 3:4))
+  expect_error(safe_slice(path = h, x = 1, "arr"), class = "safetensors_error_invalid_argument")
+})
+
 test_that("slice errors are classed and nothing wraps around", {
   path <- local_lazy_file()
   h <- safe_open(path)

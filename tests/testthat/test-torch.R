@@ -154,8 +154,8 @@ test_that("`device` is taken as the constructor takes it", {
   expect_identical(device(list()), "cpu")
   expect_identical(device(list(device = "cuda")), "cuda")
   expect_identical(device(list("meta")), "meta")
-  expect_error(device(list(client = "x")), "unused argument")
-  expect_error(device(list("cpu", "cuda")), "unused argument")
+  expect_error(device(list(client = "x")), "unused argument", class = "simpleError")
+  expect_error(device(list("cpu", "cuda")), "unused argument", class = "simpleError")
   # On the CPU, a tensor is returned as it is, not copied.
   x <- structure(list(), class = "no_methods")
   expect_identical(safetensors:::torch_to_device(x, "cpu"), x)
@@ -573,7 +573,10 @@ test_that("torch without LibTorch is a classed error from every reader", {
     env = c(callr::rcmd_safe_env(), TORCH_HOME = withr::local_tempdir(), TORCH_INSTALL = "0")
   )
   for (g in got) {
-    expect_identical(g$class[1:2], c("safetensors_error_framework_not_installed", "safetensors_error"))
+    expect_identical(
+      g$class[1:3],
+      c("safetensors_error_framework_not_installed", "safetensors_error_package_not_installed", "safetensors_error")
+    )
     expect_identical(g$package, "torch")
   }
 })
@@ -650,7 +653,7 @@ test_that("`device` is passed to the tensors", {
     expect_identical(got$a$shape, c(2L, 3L))
   }
   expect_identical(safe_deserialize(bytes, framework = "torch", device = torch::torch_device("cpu"))$a$device$type, "cpu")
-  expect_error(safe_deserialize(bytes, framework = "torch", client = "x"), "unused argument")
+  expect_error(safe_deserialize(bytes, framework = "torch", client = "x"), "unused argument", class = "simpleError")
   skip_if_not(torch::cuda_is_available(), "CUDA is not available")
   gpu <- safe_deserialize(bytes, framework = "torch", device = "cuda")
   expect_identical(gpu$a$device$type, "cuda")

@@ -45,7 +45,7 @@ test_that("arg_choice() takes exact choices and the default's first", {
   for (bad in list("Read", "r", "", NA_character_, 1, c("read", "read"), NULL)) {
     expect_error(f(bad), class = "safetensors_error_invalid_argument")
   }
-  err <- expect_error(f("x"))
+  err <- expect_error(f("x"), class = "safetensors_error_invalid_argument")
   expect_identical(conditionCall(err), quote(f("x")))
 })
 
