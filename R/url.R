@@ -1,6 +1,12 @@
 # URLs of remote files: recognising, parsing (scheme, host, port, path),
 # resolving a reference against a base (RFC 3986 section 5.2), escaping a
 # shard's file name as a path, and redacting credentials for messages.
+#
+# This is the package's one URL parser, rather than curl::curl_parse_url(),
+# which curl 5.0 (Debian 12's r-cran-curl) doesn't have: requiring a newer
+# curl would shut out systems that install R packages from their
+# distribution, and using it where present would make a second code path
+# that only some machines test. test-url.R holds it to RFC 3986's examples.
 
 # Whether `x` is an http(s) URL.
 is_url <- function(x) {

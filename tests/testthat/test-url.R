@@ -36,3 +36,28 @@ test_that("URLs are parsed, resolved and redacted", {
   )
   expect_identical(url_redact("http://h/a/b.safetensors"), "http://h/a/b.safetensors")
 })
+
+test_that("references resolve as RFC 3986's examples do (section 5.4), fragments dropped", {
+  base <- "http://a/b/c/d;p?q"
+  cases <- list(
+    # 5.4.1, normal examples
+    c("g:h", "g:h"), c("g", "http://a/b/c/g"), c("./g", "http://a/b/c/g"), c("g/", "http://a/b/c/g/"),
+    c("/g", "http://a/g"), c("//g", "http://g"), c("?y", "http://a/b/c/d;p?y"),
+    c("g?y", "http://a/b/c/g?y"), c("#s", "http://a/b/c/d;p?q"), c("g#s", "http://a/b/c/g"),
+    c("g?y#s", "http://a/b/c/g?y"), c(";x", "http://a/b/c/;x"), c("g;x", "http://a/b/c/g;x"),
+    c("g;x?y#s", "http://a/b/c/g;x?y"), c("", "http://a/b/c/d;p?q"), c(".", "http://a/b/c/"),
+    c("./", "http://a/b/c/"), c("..", "http://a/b/"), c("../", "http://a/b/"), c("../g", "http://a/b/g"),
+    c("../..", "http://a/"), c("../../", "http://a/"), c("../../g", "http://a/g"),
+    # 5.4.2, abnormal examples
+    c("../../../g", "http://a/g"), c("../../../../g", "http://a/g"), c("/./g", "http://a/g"),
+    c("/../g", "http://a/g"), c("g.", "http://a/b/c/g."), c(".g", "http://a/b/c/.g"),
+    c("g..", "http://a/b/c/g.."), c("..g", "http://a/b/c/..g"), c("./../g", "http://a/b/g"),
+    c("./g/.", "http://a/b/c/g/"), c("g/./h", "http://a/b/c/g/h"), c("g/../h", "http://a/b/c/h"),
+    c("g;x=1/./y", "http://a/b/c/g;x=1/y"), c("g;x=1/../y", "http://a/b/c/y"),
+    c("g?y/./x", "http://a/b/c/g?y/./x"), c("g?y/../x", "http://a/b/c/g?y/../x"),
+    c("g#s/./x", "http://a/b/c/g"), c("g#s/../x", "http://a/b/c/g"), c("http:g", "http:g")
+  )
+  for (k in cases) {
+    expect_identical(url_resolve(base, k[[1]]), k[[2]], label = sprintf("url_resolve(base, %s)", encodeString(k[[1]], quote = '"')))
+  }
+})
