@@ -1,8 +1,9 @@
 //! The safetensors format as the R package `safetensors` reads and writes
 //! it, with no R in sight: dtypes, errors, header parsing and validation,
 //! file access and atomic writes, small floats, the conversion kernels,
-//! slice planning, the shard index, and the two engines every load and
-//! every save goes through ([`read`] and [`write`]).
+//! slice planning, the shard index, the two engines every load and every
+//! save goes through ([`read`] and [`write`]), and the helper thread that
+//! reads ahead for frameworks copying tensors in pieces ([`ahead`]).
 //!
 //! The R binding crate (`safetensors-r`, one level up) only converts between
 //! R objects and these types. Long operations take a `poll` callback, called
@@ -12,6 +13,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod ahead;
 pub mod convert;
 pub mod dtype;
 pub mod error;

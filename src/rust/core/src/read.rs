@@ -404,6 +404,9 @@ pub fn read_tasks(
             }
         }
     }
+    // A file that changed under the read (or whose map lost pages) is an
+    // error, never silently mixed or zeroed values.
+    src.verify()?;
     Ok(notes.iter().map(Notes::get).collect())
 }
 
@@ -587,6 +590,20 @@ fn slice_rows_per_block(shape: &[usize], dtype: Dtype) -> usize {
 /// (with small gaps between runs read through), never bytes outside the
 /// tensor.
 pub fn read_slice(
+    src: &dyn Source,
+    info: &TensorInfo,
+    data_start: usize,
+    plan: &Plan,
+    dest: ReadInto<'_>,
+    poll: Poll<'_>,
+) -> Result<DecodeStats> {
+    let stats = slice_into(src, info, data_start, plan, dest, poll)?;
+    src.verify()?;
+    Ok(stats)
+}
+
+/// [`read_slice`] without the final check.
+fn slice_into(
     src: &dyn Source,
     info: &TensorInfo,
     data_start: usize,

@@ -23,8 +23,8 @@ mod sys;
 #[path = "windows.rs"]
 mod sys;
 
-use sys::Stamp;
 pub use sys::{populate_write, start_writeback};
+use sys::{MapGuard, Stamp};
 
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,24 @@ pub enum Backend {
     Read,
     /// A read-only private memory map, faulted in on demand.
     Mmap,
+    /// A map for a file on a local file system, positioned reads for one on
+    /// a network or FUSE file system (see [`FileSource::open_at`]).
+    Auto,
+}
+
+impl Backend {
+    /// The backend named `name`: `"auto"`, `"mmap"` or `"read"`.
+    pub fn from_name(name: &str) -> Result<Backend> {
+        match name {
+            "auto" => Ok(Backend::Auto),
+            "mmap" => Ok(Backend::Mmap),
+            "read" => Ok(Backend::Read),
+            _ => Err(Error::new(
+                Kind::InvalidArgument,
+                format!("unknown backend `{name}`"),
+            )),
+        }
+    }
 }
 
 /// Where tensor bytes come from.
@@ -70,6 +88,15 @@ pub trait Source {
     /// file's pages on top of the result; later views fault them in again.
     fn done_with(&self, off: usize, n: usize) {
         let _ = (off, n);
+    }
+
+    /// Errors when the bytes read since the source was opened may not be
+    /// its own: a file that changed since (its size or modification stamp
+    /// differ), or whose map lost pages under a read. Readers call it after
+    /// copying, so that a change racing with a copy is an error, never
+    /// silently mixed or zeroed data.
+    fn verify(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -229,16 +256,49 @@ impl Source for Segments<'_> {
     }
 }
 
-/// An open file, read with `pread` or through a memory map.
+/// An open file, read with `pread` or through a memory map; or the part of
+/// it from a byte offset on (`base`: a file a connection is positioned in).
 pub struct FileSource {
     file: File,
     stamp: Stamp,
-    map: Option<Mmap>,
+    /// Where the source starts in the file; offsets are relative to it.
+    base: usize,
+    map: Option<Map>,
+}
+
+/// A memory map of a whole file, registered with the guard that keeps a
+/// truncation of the file from ending the process (Unix; see `sigbus.rs`).
+struct Map {
+    /// `None` when the guard's table is full (a map asked for explicitly).
+    guard: Option<MapGuard>,
+    bytes: Mmap,
+}
+
+impl Map {
+    fn damaged(&self) -> bool {
+        self.guard.as_ref().is_some_and(MapGuard::damaged)
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // Unregistered before it is unmapped (the field drops after this).
+        self.guard = None;
+    }
 }
 
 impl FileSource {
     /// Opens `path` for reading with `backend`.
     pub fn open(path: &Path, backend: Backend) -> Result<FileSource> {
+        FileSource::open_at(path, backend, 0)
+    }
+
+    /// Opens `path` for reading with `backend`, as a source that starts at
+    /// byte `base` of the file (which must not be past its end).
+    /// [`Backend::Auto`] maps a file on a local file system and reads one on
+    /// a network or FUSE file system with `pread`; it also reads with
+    /// `pread` where a map could not be guarded against truncation.
+    pub fn open_at(path: &Path, backend: Backend, base: u64) -> Result<FileSource> {
         let file = sys::open_read(path).map_err(|e| Error::io(&e, "can't open the file"))?;
         let meta = file
             .metadata()
@@ -252,22 +312,60 @@ impl FileSource {
                 "the path is not a regular file (a FIFO, socket or device)",
             ));
         }
-        let map = match backend {
-            Backend::Read => None,
-            Backend::Mmap if meta.len() == 0 => None,
+        let Some(base) = usize::try_from(base)
+            .ok()
+            .filter(|&b| b as u64 <= meta.len())
+        else {
+            return Err(Error::new(
+                Kind::IncompleteBuffer,
+                format!(
+                    "the file has {} bytes, fewer than the {base} before the position to read from",
+                    meta.len()
+                ),
+            ));
+        };
+        let want_map = match backend {
+            Backend::Read => false,
+            Backend::Mmap => true,
+            Backend::Auto => sys::is_local(&file, path),
+        };
+        let map = if want_map && meta.len() > 0 {
             // SAFETY: the map is private and read-only, so we never write
             // through it. Another process can still truncate or rewrite the
-            // file; every access goes through `view`, which checks the
-            // file's size and modification stamp first, so a changed file
-            // becomes an error instead of a SIGBUS or silently mixed data
-            // (short of a change racing with the copy itself).
-            Backend::Mmap => Some(
-                unsafe { MmapOptions::new().map_copy_read_only(&file) }
-                    .map_err(|e| Error::io(&e, "can't memory-map the file"))?,
-            ),
+            // file: every view checks the file's size and modification
+            // stamp first, and a page that vanishes under a read in progress
+            // (a truncation racing with the copy) is answered by the guard
+            // with zeros and a mark that `verify` reports, instead of a
+            // SIGBUS that would end the process.
+            let bytes = unsafe { MmapOptions::new().map_copy_read_only(&file) }
+                .map_err(|e| Error::io(&e, "can't memory-map the file"))?;
+            let guard = MapGuard::register(bytes.as_ptr(), bytes.len());
+            if guard.is_none() && backend == Backend::Auto {
+                // An unguarded map is used only when asked for.
+                None
+            } else {
+                Some(Map { guard, bytes })
+            }
+        } else {
+            None
         };
         let stamp = sys::stamp(&file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
-        Ok(FileSource { file, stamp, map })
+        Ok(FileSource {
+            file,
+            stamp,
+            base,
+            map,
+        })
+    }
+
+    /// How the file is read: [`Backend::Mmap`] or [`Backend::Read`] (what
+    /// [`Backend::Auto`] chose).
+    pub fn backend(&self) -> Backend {
+        if self.map.is_some() {
+            Backend::Mmap
+        } else {
+            Backend::Read
+        }
     }
 
     /// Errors when the file no longer has the size and stamp it had when
@@ -295,19 +393,52 @@ impl FileSource {
         }
         Ok(())
     }
+
+    /// Errors when a page of the map vanished under a read (see
+    /// [`Map`]): what was read from it since is not the file's.
+    fn check_map(&self) -> Result<()> {
+        if self.map.as_ref().is_some_and(Map::damaged) {
+            return Err(Error::new(
+                Kind::FileChanged,
+                "the file was truncated (or could not be read) while it was being read",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes `[off, off + n)` of the map (offsets relative to `base`), if
+    /// the file is mapped, without any check.
+    fn mapped(&self, off: usize, n: usize) -> Option<Option<&[u8]>> {
+        let map = self.map.as_ref()?;
+        Some(
+            off.checked_add(self.base)
+                .and_then(|start| start.checked_add(n).map(|end| (start, end)))
+                .and_then(|(start, end)| map.bytes.get(start..end)),
+        )
+    }
+
+    /// Maps the pages of bytes `[off, off + n)` ahead of a read of them
+    /// (see `sys::prefetch`); for a file read with `pread`, nothing. Safe to
+    /// call from another thread while the bytes before them are read.
+    pub fn prefetch(&self, off: usize, n: usize) {
+        if let Some(Some(bytes)) = self.mapped(off, n) {
+            sys::prefetch(bytes);
+        }
+    }
 }
 
 impl Source for FileSource {
     fn len(&self) -> u64 {
-        self.stamp.len
+        self.stamp.len - self.base as u64
     }
 
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
-        let Some(map) = &self.map else {
+        let Some(bytes) = self.mapped(off, n) else {
             return Ok(None);
         };
+        self.check_map()?;
         self.check_unchanged()?;
-        match off.checked_add(n).and_then(|end| map.get(off..end)) {
+        match bytes {
             Some(s) => Ok(Some(s)),
             None => Err(Error::new(
                 Kind::FileChanged,
@@ -328,7 +459,10 @@ impl Source for FileSource {
     }
 
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
-        match sys::read_exact_at(&self.file, buf, off as u64) {
+        let Some(at) = off.checked_add(self.base) else {
+            return Err(Error::new(Kind::Overflow, "the offset overflows"));
+        };
+        match sys::read_exact_at(&self.file, buf, at as u64) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::new(
                 Kind::FileChanged,
@@ -344,12 +478,18 @@ impl Source for FileSource {
 
     fn done_with(&self, off: usize, n: usize) {
         if let Some(map) = &self.map {
-            if let Some(bytes) = map.get(off.min(map.len())..off.saturating_add(n).min(map.len())) {
-                // SAFETY: `bytes` lies in our private read-only map, which is
-                // never written, so dropping its pages loses nothing.
-                unsafe { sys::release_pages(bytes) };
-            }
+            let len = map.bytes.len();
+            let start = off.saturating_add(self.base).min(len);
+            let end = off.saturating_add(self.base).saturating_add(n).min(len);
+            // SAFETY: `bytes` lies in our private read-only map, which is
+            // never written, so dropping its pages loses nothing.
+            unsafe { sys::release_pages(&map.bytes[start..end]) };
         }
+    }
+
+    fn verify(&self) -> Result<()> {
+        self.check_map()?;
+        self.check_unchanged()
     }
 }
 
@@ -591,7 +731,7 @@ mod tests {
             };
             assert_eq!(whole(&src), bytes);
             #[cfg(target_os = "linux")]
-            let addr = src.map.as_ref().map(|m| m.as_ptr() as usize);
+            let addr = src.map.as_ref().map(|m| m.bytes.as_ptr() as usize);
             #[cfg(target_os = "linux")]
             if let Some(a) = addr {
                 assert!(resident_kib(a) >= 1000, "the view faulted the map in");
@@ -621,7 +761,7 @@ mod tests {
         let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13 % 251) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
         let src = FileSource::open(&path, Backend::Mmap).unwrap();
-        let addr = src.map.as_ref().unwrap().as_ptr() as usize;
+        let addr = src.map.as_ref().unwrap().bytes.as_ptr() as usize;
         // A view touches nothing: a slice reading a few rows faults in only those.
         let v = src.view(0, bytes.len()).unwrap().unwrap();
         assert!(resident_kib(addr) <= 8, "a view alone mapped pages");
@@ -761,12 +901,128 @@ mod tests {
             truncated.unwrap();
             let err = match backend {
                 Backend::Read => src.read_at(100, &mut buf).unwrap_err(),
-                Backend::Mmap => src.view(100, 16).unwrap_err(),
+                Backend::Mmap | Backend::Auto => src.view(100, 16).unwrap_err(),
             };
             assert_eq!(err.kind, Kind::FileChanged);
             std::fs::write(&p, vec![7u8; 4096]).unwrap();
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_source_may_start_past_the_start_of_its_file() {
+        let dir = tempdir();
+        let p = dir.join("at.bin");
+        let json = br#"{"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]}}"#;
+        let mut bytes = b"what came before".to_vec();
+        let base = bytes.len();
+        bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(json);
+        bytes.extend_from_slice(&[7, 8, 9]);
+        std::fs::write(&p, &bytes).unwrap();
+        for backend in [Backend::Read, Backend::Mmap, Backend::Auto] {
+            let src = FileSource::open_at(&p, backend, base as u64).unwrap();
+            assert_eq!(src.len(), (bytes.len() - base) as u64);
+            let header = read_header(&src).unwrap();
+            let at = header.data_start();
+            let mut got = [0u8; 3];
+            src.read_at(at, &mut got).unwrap();
+            assert_eq!(got, [7, 8, 9]);
+            if backend != Backend::Read {
+                assert_eq!(src.view(at, 3).unwrap(), Some(&[7u8, 8, 9][..]));
+            }
+            assert!(src.read_at(at + 1, &mut got).is_err(), "past the end");
+            src.done_with(0, usize::MAX);
+            assert!(src.verify().is_ok());
+        }
+        // At the end: an empty source; past it: an error.
+        let end = FileSource::open_at(&p, Backend::Auto, bytes.len() as u64).unwrap();
+        assert!(end.is_empty());
+        let e = FileSource::open_at(&p, Backend::Auto, bytes.len() as u64 + 1).err();
+        assert_eq!(e.unwrap().kind, Kind::IncompleteBuffer);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_truncation_under_a_map_read_is_an_error_not_a_crash() {
+        let dir = tempdir();
+        let p = dir.join("bus.bin");
+        let n = 64 * 4096;
+        std::fs::write(&p, vec![9u8; n]).unwrap();
+        for backend in [Backend::Auto, Backend::Mmap] {
+            let src = FileSource::open(&p, backend).unwrap();
+            if src.backend() != Backend::Mmap {
+                // The temporary directory is on a network file system.
+                assert_eq!(backend, Backend::Auto);
+                continue;
+            }
+            let v = src.view(0, n).unwrap().unwrap();
+            assert!(src.verify().is_ok());
+            // Truncated while the view is in use: its pages past the new end
+            // vanish, and reading them would be a SIGBUS.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(4096)
+                .unwrap();
+            let sum: u64 = v.iter().map(|&b| u64::from(b)).sum();
+            // The first page is the file's; the rest read as zeros.
+            assert_eq!(sum, 9 * 4096);
+            let e = src.verify().unwrap_err();
+            assert_eq!(e.kind, Kind::FileChanged);
+            assert!(e.message.contains("truncated"), "{}", e.message);
+            // Every later view says so too, even once the file is whole again.
+            std::fs::write(&p, vec![9u8; n]).unwrap();
+            assert_eq!(src.view(0, 10).unwrap_err().kind, Kind::FileChanged);
+            drop(src);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_sigbus_outside_the_maps_read_still_ends_the_process() {
+        // Run in a child: the test binary itself, asked to fault.
+        if std::env::var_os("ST_SIGBUS_CHILD").is_some() {
+            let dir = tempdir();
+            let p = dir.join("other.bin");
+            std::fs::write(&p, vec![1u8; 8192]).unwrap();
+            // A guarded map, so that the handler is installed ...
+            let ours = FileSource::open(&p, Backend::Mmap).unwrap();
+            assert_eq!(ours.backend(), Backend::Mmap);
+            // ... and a map of someone else's, which the handler leaves alone.
+            let f = File::open(&p).unwrap();
+            // SAFETY: the test truncates the file to show the fault.
+            let theirs = unsafe { MmapOptions::new().map(&f) }.unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            let x = std::hint::black_box(theirs[4096]);
+            println!("survived {x}");
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "io::tests::a_sigbus_outside_the_maps_read_still_ends_the_process",
+                "--nocapture",
+            ])
+            .env("ST_SIGBUS_CHILD", "1")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGBUS),
+            "{:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     #[test]

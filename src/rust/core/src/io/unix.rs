@@ -6,6 +6,10 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+#[path = "sigbus.rs"]
+mod sigbus;
+pub use sigbus::MapGuard;
+
 #[cfg(target_os = "linux")]
 use crate::error::Kind;
 use crate::error::{Error, Result};
@@ -237,4 +241,103 @@ pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBu
         crate::error::Kind::Io,
         "anonymous files are not supported on this system",
     ))
+}
+
+/// Whether `file` lies on a local file system, where memory-mapping it is
+/// the fastest way to read it. Network and FUSE file systems (NFS,
+/// SMB/CIFS, 9p, FUSE, Ceph, AFS, Lustre, ...) are not: a map of them
+/// faults page by page over the network, where positioned reads fetch large
+/// blocks, and their files may change on another machine. When the system
+/// can't say, the file counts as local.
+pub fn is_local(file: &File, _path: &Path) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        // The f_type of file systems whose files live elsewhere (linux/magic.h
+        // and the file systems' own sources).
+        const REMOTE: [u32; 18] = [
+            0x6969,      // NFS
+            0x517B,      // SMB
+            0xFF53_4D42, // CIFS
+            0xFE53_4D42, // SMB2
+            0x0102_1997, // 9p (v9fs)
+            0x6573_5546, // FUSE (sshfs, s3fs, virtiofs, ...)
+            0x0065_735F, // fuseblk
+            0x00C3_6400, // Ceph
+            0x5346_414F, // AFS
+            0x6B41_4653, // kAFS
+            0x7375_7245, // Coda
+            0x564C,      // NCP
+            0x0BD0_0BD0, // Lustre
+            0x4750_4653, // GPFS
+            0x2003_0528, // OrangeFS
+            0x786F_4256, // VirtualBox shared folders
+            0x0116_1970, // GFS2
+            0x7461_636F, // OCFS2
+        ];
+        // SAFETY: a zeroed statfs is valid for fstatfs to fill in.
+        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid open descriptor and a writable statfs.
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut s) } != 0 {
+            return true;
+        }
+        // f_type is a signed word on some targets; the magic numbers are
+        // 32-bit.
+        !REMOTE.contains(&(s.f_type as u32))
+    }
+    #[cfg(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "openbsd",
+        target_os = "netbsd"
+    ))]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed statfs is valid for fstatfs to fill in.
+        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid open descriptor and a writable statfs.
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut s) } != 0 {
+            return true;
+        }
+        (s.f_flags as u64) & (libc::MNT_LOCAL as u64) != 0
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "openbsd",
+        target_os = "netbsd"
+    )))]
+    {
+        let _ = file;
+        true
+    }
+}
+
+/// Maps the pages under `bytes` (part of a read-only file map) ahead of a
+/// read, from a helper thread while the caller reads the bytes before them:
+/// `MADV_POPULATE_READ` where the system has it (Linux 5.14 and later),
+/// else `MADV_WILLNEED`, which starts reading pages that are not in the
+/// page cache without mapping them.
+pub fn prefetch(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let page = page_size();
+    let start = (bytes.as_ptr() as usize) / page * page;
+    let len = (bytes.as_ptr() as usize).saturating_add(bytes.len()) - start;
+    #[cfg(target_os = "linux")]
+    // SAFETY: pages of a read-only map that covers `bytes` (rounded down to
+    // its page start, inside the map as maps are page-aligned); the call
+    // only faults them in, and its failure is harmless.
+    if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_READ) } == 0 {
+        return;
+    }
+    // SAFETY: as above; the advice changes no contents.
+    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED) };
 }

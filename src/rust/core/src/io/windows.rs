@@ -52,6 +52,8 @@ extern "system" {
     fn GetFileInformationByHandle(file: RawHandle, info: *mut ByHandleFileInformation) -> i32;
     fn MoveFileExW(existing: *const u16, new: *const u16, flags: u32) -> i32;
     fn VirtualUnlock(address: *mut c_void, size: usize) -> i32;
+    fn GetVolumePathNameW(file_name: *const u16, volume: *mut u16, len: u32) -> i32;
+    fn GetDriveTypeW(root: *const u16) -> u32;
 }
 
 /// What identifies a file's contents for change detection: a file
@@ -319,6 +321,51 @@ pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBu
         Kind::Io,
         "anonymous files are not supported on this system",
     ))
+}
+
+/// `DRIVE_REMOTE`: what `GetDriveTypeW` says of a network drive.
+const DRIVE_REMOTE: u32 = 4;
+
+/// Whether the file at `path` lies on a local drive, where memory-mapping
+/// it is the fastest way to read it: not on a network share (a UNC path or
+/// a mapped network drive, which `GetDriveTypeW` calls remote). When the
+/// system can't say, the file counts as local.
+pub fn is_local(_file: &File, path: &Path) -> bool {
+    let Ok(wide) = wide_path(path) else {
+        return true;
+    };
+    let mut root = vec![0u16; wide.len().max(260) + 1];
+    // SAFETY: `wide` is NUL-terminated and `root` is a writable buffer of
+    // the length given, which the call fills with a NUL-terminated path.
+    let ok = unsafe { GetVolumePathNameW(wide.as_ptr(), root.as_mut_ptr(), root.len() as u32) };
+    if ok == 0 {
+        return true;
+    }
+    // SAFETY: `root` holds a NUL-terminated path.
+    unsafe { GetDriveTypeW(root.as_ptr()) != DRIVE_REMOTE }
+}
+
+/// Does nothing: a mapped file's pages fault in in clusters (see
+/// [`populate_read`]).
+pub fn prefetch(bytes: &[u8]) {
+    let _ = bytes;
+}
+
+/// Windows refuses to truncate a file while it is mapped
+/// (`ERROR_USER_MAPPED_FILE`), so no page of a map can vanish under a
+/// read: the guard of the Unix version has nothing to do here.
+pub struct MapGuard;
+
+impl MapGuard {
+    /// Always a guard.
+    pub fn register(_ptr: *const u8, _len: usize) -> Option<MapGuard> {
+        Some(MapGuard)
+    }
+
+    /// Never: no page of a map vanishes on Windows.
+    pub fn damaged(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,238 @@
+//! Reading ahead: a helper thread that works on the next piece of a read
+//! while the caller copies the current one.
+//!
+//! A framework that copies tensors into its own memory (torch, through
+//! `R/frameworks.R`) takes a file's bytes one piece at a time: a view of a
+//! memory map, or a staging buffer the file was read into. Each piece
+//! costs the system work before the copy can start (faulting in the map's
+//! pages, reading the file into the buffer). [`ReadAhead`] does that work
+//! for piece k + 1 on its own thread while the caller copies piece k:
+//! positioned reads into the other of two staging buffers (double
+//! buffering), or the map's pages faulted in ([`FileSource::prefetch`]),
+//! which reads them from disk if they are not in the page cache.
+//!
+//! Jobs run one at a time, in the order given; [`ReadAhead::wait`] returns
+//! the result of the oldest one, calling `poll` while it waits.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, Kind, Result};
+use crate::io::{FileSource, Source};
+use crate::Poll;
+
+/// A job of the helper thread.
+enum Job {
+    /// Read bytes `[off, off + n)` of the source into `dest`.
+    Read { off: usize, dest: Dest },
+    /// Fault in the pages of bytes `[off, off + n)` of the map.
+    Prefetch { off: usize, n: usize },
+}
+
+/// Memory the caller lent the helper: `n` bytes at `ptr`.
+struct Dest {
+    ptr: *mut u8,
+    n: usize,
+}
+
+// SAFETY: the caller of `ReadAhead::read` guarantees that the memory stays
+// valid and that nothing else touches it until the job's `wait` returns, so
+// the helper thread has exclusive use of it meanwhile.
+unsafe impl Send for Dest {}
+
+/// A helper thread reading ahead in one file.
+pub struct ReadAhead {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Result<()>>,
+    pending: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    /// Starts the helper thread for `src`.
+    pub fn new(src: Arc<FileSource>) -> Result<ReadAhead> {
+        let (jobs, todo) = mpsc::channel::<Job>();
+        let (tell, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("safetensors-ahead".into())
+            .spawn(move || {
+                for job in todo {
+                    let res = match job {
+                        Job::Read { off, dest } => {
+                            // SAFETY: see `Dest`: this thread alone uses the
+                            // memory until the caller's wait returns, which it
+                            // can't before this job's result is sent.
+                            let buf = unsafe { std::slice::from_raw_parts_mut(dest.ptr, dest.n) };
+                            src.read_at(off, buf)
+                        }
+                        Job::Prefetch { off, n } => {
+                            src.prefetch(off, n);
+                            Ok(())
+                        }
+                    };
+                    if tell.send(res).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::io(&e, "can't start a thread"))?;
+        Ok(ReadAhead {
+            jobs: Some(jobs),
+            done,
+            pending: 0,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&mut self, job: Job) -> Result<()> {
+        let stopped = || Error::new(Kind::Io, "the read-ahead thread stopped");
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Reads bytes `[off, off + n)` of the source into the `n` bytes at
+    /// `dest`, on the helper thread.
+    ///
+    /// # Safety
+    /// `dest` must be valid for writes of `n` bytes, and nothing else may
+    /// read or write them, until [`ReadAhead::wait`] returned this job's
+    /// result (or the `ReadAhead` was dropped).
+    pub unsafe fn read(&mut self, off: usize, dest: *mut u8, n: usize) -> Result<()> {
+        self.send(Job::Read {
+            off,
+            dest: Dest { ptr: dest, n },
+        })
+    }
+
+    /// Faults in the map's pages of bytes `[off, off + n)` on the helper
+    /// thread (nothing for a file read without a map).
+    pub fn prefetch(&mut self, off: usize, n: usize) -> Result<()> {
+        self.send(Job::Prefetch { off, n })
+    }
+
+    /// Jobs sent whose result was not taken yet.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Waits for the oldest pending job and returns its result, calling
+    /// `poll` every few milliseconds meanwhile (an error from `poll` is
+    /// returned at once; the job then completes before the `ReadAhead` is
+    /// dropped).
+    pub fn wait(&mut self, poll: Poll<'_>) -> Result<()> {
+        if self.pending == 0 {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: no read ahead to wait for",
+            ));
+        }
+        loop {
+            match self.done.recv_timeout(Duration::from_millis(20)) {
+                Ok(res) => {
+                    self.pending -= 1;
+                    return res;
+                }
+                Err(RecvTimeoutError::Timeout) => poll()?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::new(Kind::Io, "the read-ahead thread stopped"))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Ends the thread's loop once it has done what it was given, and
+        // waits for it: memory lent to it must not outlive the job.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::Backend;
+
+    fn never() -> impl FnMut() -> Result<()> {
+        || Ok(())
+    }
+
+    #[test]
+    fn reads_ahead_into_buffers_in_order() {
+        let dir = std::env::temp_dir().join(format!("st-ahead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.bin");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        for backend in [Backend::Read, Backend::Mmap] {
+            let src = Arc::new(FileSource::open(&p, backend).unwrap());
+            let mut ra = ReadAhead::new(Arc::clone(&src)).unwrap();
+            let mut a = vec![0u8; 40_000];
+            let mut b = vec![0u8; 40_000];
+            // SAFETY: `a` and `b` are untouched until their waits return.
+            unsafe {
+                ra.read(0, a.as_mut_ptr(), 40_000).unwrap();
+                ra.read(40_000, b.as_mut_ptr(), 30_000).unwrap();
+            }
+            ra.prefetch(70_000, 30_000).unwrap();
+            assert_eq!(ra.pending(), 3);
+            ra.wait(&mut never()).unwrap();
+            assert_eq!(a[..], bytes[..40_000]);
+            ra.wait(&mut never()).unwrap();
+            assert_eq!(b[..30_000], bytes[40_000..70_000]);
+            ra.wait(&mut never()).unwrap();
+            // Past the end: the error comes back from the wait.
+            // SAFETY: as above.
+            unsafe { ra.read(90_000, a.as_mut_ptr(), 20_000).unwrap() };
+            assert_eq!(ra.wait(&mut never()).unwrap_err().kind, Kind::FileChanged);
+            assert!(ra.wait(&mut never()).is_err(), "nothing pending");
+            // Dropped with a job in flight: the drop waits for it.
+            // SAFETY: as above; `a` outlives `ra`.
+            unsafe { ra.read(0, a.as_mut_ptr(), 40_000).unwrap() };
+            drop(ra);
+            assert_eq!(a[..], bytes[..40_000]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_while_waiting_is_returned() {
+        let dir = std::env::temp_dir().join(format!("st-ahead-i-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("b.bin");
+        std::fs::write(&p, vec![1u8; 1 << 20]).unwrap();
+        let src = Arc::new(FileSource::open(&p, Backend::Read).unwrap());
+        let mut ra = ReadAhead::new(src).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        // Many reads, so that the first wait has to wait.
+        for _ in 0..200 {
+            // SAFETY: `buf` outlives `ra`, and the reads only write it.
+            unsafe { ra.read(0, buf.as_mut_ptr(), 1 << 20).unwrap() };
+        }
+        let mut poll = || Err(Error::new(Kind::Interrupted, "stop"));
+        // Either the first job was quick (Ok) or the poll stopped the wait.
+        for _ in 0..200 {
+            match ra.wait(&mut poll) {
+                Ok(()) => continue,
+                Err(e) => {
+                    assert_eq!(e.kind, Kind::Interrupted);
+                    break;
+                }
+            }
+        }
+        drop(ra);
+        assert_eq!(buf, vec![1u8; 1 << 20]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
