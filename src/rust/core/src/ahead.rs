@@ -1,15 +1,12 @@
-//! Reading ahead: a helper thread that works on the next piece of a read
+//! Reading ahead: a helper thread that reads the next piece of a file
 //! while the caller copies the current one.
 //!
 //! A framework that copies tensors into its own memory (torch, through
-//! `R/frameworks.R`) takes a file's bytes one piece at a time: a view of a
-//! memory map, or a staging buffer the file was read into. Each piece
-//! costs the system work before the copy can start (faulting in the map's
-//! pages, reading the file into the buffer). [`ReadAhead`] does that work
-//! for piece k + 1 on its own thread while the caller copies piece k:
-//! positioned reads into the other of two staging buffers (double
-//! buffering), or the map's pages faulted in ([`FileSource::prefetch`]),
-//! which reads them from disk if they are not in the page cache.
+//! `R/frameworks.R`) takes a file read without a map one piece at a time,
+//! from a staging buffer the file was read into. [`ReadAhead`] reads piece
+//! k + 1 into the other of two staging buffers on its own thread while the
+//! caller copies piece k (double buffering). (From a map, the next piece
+//! needs no thread: `FileSource::prefetch` asks the kernel to read it.)
 //!
 //! Jobs run one at a time, in the order given; [`ReadAhead::wait`] returns
 //! the result of the oldest one, calling `poll` while it waits.
@@ -23,12 +20,11 @@ use crate::error::{Error, Kind, Result};
 use crate::io::{FileSource, Source};
 use crate::Poll;
 
-/// A job of the helper thread.
-enum Job {
-    /// Read bytes `[off, off + n)` of the source into `dest`.
-    Read { off: usize, dest: Dest },
-    /// Fault in the pages of bytes `[off, off + n)` of the map.
-    Prefetch { off: usize, n: usize },
+/// A job of the helper thread: read bytes `[off, off + dest.n)` of the
+/// source into `dest`.
+struct Job {
+    off: usize,
+    dest: Dest,
 }
 
 /// Memory the caller lent the helper: `n` bytes at `ptr`.
@@ -58,20 +54,12 @@ impl ReadAhead {
         let thread = std::thread::Builder::new()
             .name("safetensors-ahead".into())
             .spawn(move || {
-                for job in todo {
-                    let res = match job {
-                        Job::Read { off, dest } => {
-                            // SAFETY: see `Dest`: this thread alone uses the
-                            // memory until the caller's wait returns, which it
-                            // can't before this job's result is sent.
-                            let buf = unsafe { std::slice::from_raw_parts_mut(dest.ptr, dest.n) };
-                            src.read_at(off, buf)
-                        }
-                        Job::Prefetch { off, n } => {
-                            src.prefetch(off, n);
-                            Ok(())
-                        }
-                    };
+                for Job { off, dest } in todo {
+                    // SAFETY: see `Dest`: this thread alone uses the memory
+                    // until the caller's wait returns, which it can't before
+                    // this job's result is sent.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(dest.ptr, dest.n) };
+                    let res = src.read_at(off, buf);
                     if tell.send(res).is_err() {
                         break;
                     }
@@ -105,16 +93,10 @@ impl ReadAhead {
     /// read or write them, until [`ReadAhead::wait`] returned this job's
     /// result (or the `ReadAhead` was dropped).
     pub unsafe fn read(&mut self, off: usize, dest: *mut u8, n: usize) -> Result<()> {
-        self.send(Job::Read {
+        self.send(Job {
             off,
             dest: Dest { ptr: dest, n },
         })
-    }
-
-    /// Faults in the map's pages of bytes `[off, off + n)` on the helper
-    /// thread (nothing for a file read without a map).
-    pub fn prefetch(&mut self, off: usize, n: usize) -> Result<()> {
-        self.send(Job::Prefetch { off, n })
     }
 
     /// Jobs sent whose result was not taken yet.
@@ -185,13 +167,11 @@ mod tests {
                 ra.read(0, a.as_mut_ptr(), 40_000).unwrap();
                 ra.read(40_000, b.as_mut_ptr(), 30_000).unwrap();
             }
-            ra.prefetch(70_000, 30_000).unwrap();
-            assert_eq!(ra.pending(), 3);
+            assert_eq!(ra.pending(), 2);
             ra.wait(&mut never()).unwrap();
             assert_eq!(a[..], bytes[..40_000]);
             ra.wait(&mut never()).unwrap();
             assert_eq!(b[..30_000], bytes[40_000..70_000]);
-            ra.wait(&mut never()).unwrap();
             // Past the end: the error comes back from the wait.
             // SAFETY: as above.
             unsafe { ra.read(90_000, a.as_mut_ptr(), 20_000).unwrap() };

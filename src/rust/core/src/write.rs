@@ -17,14 +17,15 @@
 //! With two or more threads, a writer thread hands each block to the sink
 //! while the calling thread (and helpers) encode the next one.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 use crate::convert::{self, encode_with, n_rows, row_len, EncodeError, Num, Rounding, Src};
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, TensorSpec};
-use crate::io::{start_writeback, AtomicFile};
+use crate::io::{start_writeback, sync_polling, AtomicFile};
 use crate::Poll;
 
 /// Bytes encoded between two polls, and gathered before a write.
@@ -77,6 +78,82 @@ impl Sink for FileSink {
         self.written += bytes.len() as u64;
         if self.sync && self.written - self.flushed >= WRITEBACK {
             start_writeback(file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+        Ok(())
+    }
+}
+
+/// A file written in place from a byte offset: the file a connection
+/// writes, whose owner may write more after this file. Nothing is renamed
+/// (the connection refers to this file), and a failure leaves the bytes
+/// written so far, as a failed write to a connection does.
+pub struct PlacedSink {
+    file: File,
+    sync: bool,
+    written: u64,
+    flushed: u64,
+    start: u64,
+}
+
+impl PlacedSink {
+    /// Opens the regular file at `path` for writing at byte `at`, which must
+    /// be its size: the bytes before are left alone, and a file of another
+    /// size is not the one the caller meant. With `sync`, the data is
+    /// flushed to disk by [`PlacedSink::commit`].
+    pub fn open(path: &Path, at: u64, sync: bool) -> Result<PlacedSink> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(&e, "can't open the file for writing"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't stat the file"))?;
+        if !meta.is_file() || meta.len() != at {
+            return Err(Error::new(
+                Kind::Io,
+                format!(
+                    "the file is not a regular file of {at} bytes (it has {})",
+                    meta.len()
+                ),
+            ));
+        }
+        file.seek(SeekFrom::Start(at))
+            .map_err(|e| Error::io(&e, "can't seek in the file"))?;
+        Ok(PlacedSink {
+            file,
+            sync,
+            written: 0,
+            flushed: 0,
+            start: at,
+        })
+    }
+
+    /// Flushes the data (with `sync`, to disk); `poll` is called while the
+    /// flush to disk runs.
+    pub fn commit(mut self, poll: Poll<'_>) -> Result<()> {
+        self.file
+            .flush()
+            .map_err(|e| Error::io(&e, "can't write the file"))?;
+        if self.sync {
+            sync_polling(&self.file, poll)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for PlacedSink {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(&e, "can't write the file"))?;
+        self.written += bytes.len() as u64;
+        if self.sync && self.written - self.flushed >= WRITEBACK {
+            start_writeback(
+                &self.file,
+                self.start + self.flushed,
+                self.written - self.flushed,
+            );
             self.flushed = self.written;
         }
         Ok(())
@@ -217,6 +294,12 @@ impl<S: Sink> Writer<S> {
     /// The sink, for callers that drain it between calls (a stream).
     pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
+    }
+
+    /// The same writer, where it is, with `sink` getting the bytes from
+    /// here on; and the sink it had.
+    pub fn with_sink<T: Sink>(self, sink: T) -> (Writer<T>, S) {
+        (Writer { sink, st: self.st }, self.sink)
     }
 
     /// Writes tensors from `inputs` (one per tensor, in the caller's order),
@@ -690,6 +773,50 @@ mod tests {
         let out = w.finish().unwrap();
         assert_eq!(out.len(), len);
         out
+    }
+
+    #[test]
+    fn a_stream_continues_in_place_in_the_file_it_was_writing() {
+        let dir = std::env::temp_dir().join(format!("st-placed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.bin");
+        let specs = [spec("a", Dtype::U8, &[5]), spec("b", Dtype::U16, &[3])];
+        let (a, b): (Vec<u8>, Vec<u8>) = ((1..=5).collect(), (10..16).collect());
+        let inputs = [Input::Later, Input::Later];
+        let want = file_of(&specs, &inputs, &[&a, &b], 1, usize::MAX);
+        for sync in [false, true] {
+            // What the connection wrote before, then the header through it.
+            let mut w = Writer::new(
+                specs.to_vec(),
+                Some(&[("k".into(), "v".into())]),
+                Vec::new(),
+                1,
+            )
+            .unwrap();
+            let header = std::mem::take(w.sink_mut());
+            let mut before = b"before".to_vec();
+            before.extend_from_slice(&header);
+            std::fs::write(&path, &before).unwrap();
+            // A file of another size is not the connection's.
+            let wrong = before.len() as u64 + 1;
+            assert_eq!(
+                PlacedSink::open(&path, wrong, sync).err().unwrap().kind,
+                Kind::Io
+            );
+            let placed = PlacedSink::open(&path, before.len() as u64, sync).unwrap();
+            let (mut w, rest) = w.with_sink(placed);
+            assert!(rest.is_empty());
+            // In the order of the data section.
+            while let Some(i) = w.current() {
+                w.put(if i == 0 { &a } else { &b }, &mut ok()).unwrap();
+            }
+            w.finish().unwrap().commit(&mut ok()).unwrap();
+            let got = std::fs::read(&path).unwrap();
+            assert_eq!(&got[..6], b"before");
+            assert_eq!(got[6..], want[..]);
+        }
+        assert!(PlacedSink::open(&dir, 0, false).is_err(), "a directory");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

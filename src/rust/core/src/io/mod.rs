@@ -417,9 +417,9 @@ impl FileSource {
         )
     }
 
-    /// Maps the pages of bytes `[off, off + n)` ahead of a read of them
-    /// (see `sys::prefetch`); for a file read with `pread`, nothing. Safe to
-    /// call from another thread while the bytes before them are read.
+    /// Starts reading bytes `[off, off + n)` of a mapped file into the page
+    /// cache ahead of a read of them, without waiting and without mapping
+    /// them (see `sys::prefetch`); for a file read with `pread`, nothing.
     pub fn prefetch(&self, off: usize, n: usize) {
         if let Some(Some(bytes)) = self.mapped(off, n) {
             sys::prefetch(bytes);
@@ -644,7 +644,7 @@ impl AtomicFile {
 /// gigabytes can take seconds, and the user may interrupt meanwhile. On an
 /// error from `poll` the thread is left to finish on its own copy of the
 /// descriptor; the caller drops the file.
-fn sync_polling(file: &File, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+pub(crate) fn sync_polling(file: &File, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let copy = file
         .try_clone()
         .map_err(|e| Error::io(&e, "can't flush the file to disk"))?;

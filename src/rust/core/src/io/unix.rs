@@ -319,11 +319,11 @@ pub fn is_local(file: &File, _path: &Path) -> bool {
     }
 }
 
-/// Maps the pages under `bytes` (part of a read-only file map) ahead of a
-/// read, from a helper thread while the caller reads the bytes before them:
-/// `MADV_POPULATE_READ` where the system has it (Linux 5.14 and later),
-/// else `MADV_WILLNEED`, which starts reading pages that are not in the
-/// page cache without mapping them.
+/// Starts reading the pages under `bytes` (part of a read-only file map)
+/// into the page cache, without waiting and without mapping them, ahead of
+/// a read of them (`MADV_WILLNEED`): a file not in the page cache is read
+/// from disk while the caller copies the bytes before these, and the
+/// process's memory does not grow until the read maps them.
 pub fn prefetch(bytes: &[u8]) {
     if bytes.is_empty() {
         return;
@@ -331,13 +331,8 @@ pub fn prefetch(bytes: &[u8]) {
     let page = page_size();
     let start = (bytes.as_ptr() as usize) / page * page;
     let len = (bytes.as_ptr() as usize).saturating_add(bytes.len()) - start;
-    #[cfg(target_os = "linux")]
     // SAFETY: pages of a read-only map that covers `bytes` (rounded down to
-    // its page start, inside the map as maps are page-aligned); the call
-    // only faults them in, and its failure is harmless.
-    if unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_READ) } == 0 {
-        return;
-    }
-    // SAFETY: as above; the advice changes no contents.
+    // its page start, inside the map as maps are page-aligned); the advice
+    // changes no contents, and its failure is harmless.
     unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED) };
 }

@@ -345,7 +345,7 @@ pub fn is_local(_file: &File, path: &Path) -> bool {
     unsafe { GetDriveTypeW(root.as_ptr()) != DRIVE_REMOTE }
 }
 
-/// Does nothing: a mapped file's pages fault in in clusters (see
+/// Does nothing: a mapped file's pages are read in clusters on a fault (see
 /// [`populate_read`]).
 pub fn prefetch(bytes: &[u8]) {
     let _ = bytes;
