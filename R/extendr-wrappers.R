@@ -18,11 +18,37 @@ NULL
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
 
-#' Reads tensors `names` (`NULL`: all) from the file at `path` in mode
-#' `"raw"` or `c("array", int64, uint8)` on `threads` threads (0: the
-#' default): `list(tensors, header, inexact, int_min, na, max_offset)`.
+#' A reader of the pieces of the source of handle `x` at byte `offsets`
+#' (in the source) of byte lengths `sizes`, handed out in that order by
+#' [`piece_next_`]. With `views`, pieces the source holds in memory (a map,
+#' a raw vector) are handed out as views; otherwise (or for a file read
+#' with positioned reads) as staging raw vectors allocated here. With
+#' `threads` above 1, a helper thread reads the next piece of a file into
+#' a staging vector ahead.
 #' @noRd
-load_file_ <- function(path, names, mode, backend, threads) .Call(wrap__load_file_, path, names, mode, backend, threads)
+piece_reader_ <- function(x, offsets, sizes, views, threads) .Call(wrap__piece_reader_, x, offsets, sizes, views, threads)
+
+#' The next piece of reader `r`: a view (an external pointer to its first
+#' byte, which keeps the memory alive) or a staging raw vector whose first
+#' bytes are the piece (it may be longer). The piece handed out before is
+#' finished first (see the module's documentation); the bytes are valid
+#' until the next call.
+#' @noRd
+piece_next_ <- function(r) .Call(wrap__piece_next_, r)
+
+#' Finishes reader `r`: the last piece handed out (its pages let go of, the
+#' source verified), and the helper thread stopped. Returns `NULL`; calling
+#' it again does nothing.
+#' @noRd
+piece_end_ <- function(r) .Call(wrap__piece_end_, r)
+
+#' Reads tensors `names` (`NULL`: all) from the file at `path` (from byte
+#' `base` on: 0 for a whole file) in mode `"raw"` or `c("array", int64,
+#' uint8)` with `backend` (`"auto"`, `"mmap"` or `"read"`) on `threads`
+#' threads (0: the default): `list(tensors, header, inexact, int_min, na,
+#' max_offset)`.
+#' @noRd
+load_file_ <- function(path, base, names, mode, backend, threads) .Call(wrap__load_file_, path, base, names, mode, backend, threads)
 
 #' [`load_file_`] for a raw vector holding a whole file.
 #' @noRd
@@ -65,10 +91,17 @@ handle_slice_ <- function(x, name, specs, is_range, mode, segments) .Call(wrap__
 #' @noRd
 slice_fetches_ <- function(x, name, specs, is_range) .Call(wrap__slice_fetches_, x, name, specs, is_range)
 
-#' Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
-#' validating its header.
+#' Opens the file at `path` with backend `"auto"`, `"mmap"` or `"read"`,
+#' from byte `base` on (0 for a whole file), reading and validating its
+#' header.
 #' @noRd
-open_file_ <- function(path, backend) .Call(wrap__open_file_, path, backend)
+open_file_ <- function(path, backend, base) .Call(wrap__open_file_, path, backend, base)
+
+#' How the source of handle `x` is read: `"mmap"` or `"read"` for a file
+#' (what `"auto"` chose), `"memory"` for a raw vector, `"remote"` for a
+#' file over HTTP.
+#' @noRd
+handle_backend_ <- function(x) .Call(wrap__handle_backend_, x)
 
 #' Opens a raw vector holding a whole file; the handle keeps it alive.
 #' @noRd
@@ -108,7 +141,7 @@ close_ <- function(x) .Call(wrap__close_, x)
 #' @noRd
 is_open_ <- function(x) .Call(wrap__is_open_, x)
 
-#' Header facts of an open source (see `tensors::info_robj()`).
+#' Header facts of an open source (see `info::info_robj()`).
 #' @noRd
 handle_info_ <- function(x) .Call(wrap__handle_info_, x)
 
@@ -121,41 +154,6 @@ header_len_ <- function(prefix) .Call(wrap__header_len_, prefix)
 #' section was not read; its length is taken to be what the tensors cover.
 #' @noRd
 info_header_ <- function(prefix) .Call(wrap__info_header_, prefix)
-
-#' A view of tensor `name` of an open handle for torch: an external
-#' pointer whose address is the tensor's first byte, in the handle's map
-#' or raw vector, which it keeps alive; `NULL` when the source holds no
-#' bytes in memory (`backend = "read"`), or the tensor has none. A map's
-#' pages are mapped at once, as the loader does.
-#' @noRd
-tensor_view_ <- function(x, name) .Call(wrap__tensor_view_, x, name)
-
-#' Lets go of the mapped pages of tensor `name` once torch copied them
-#' (see `Source::done_with`).
-#' @noRd
-tensor_view_done_ <- function(x, name) .Call(wrap__tensor_view_done_, x, name)
-
-#' [`tensor_view_`] of bytes `[from, from + n)` of tensor `name` only, a
-#' piece that R/torch.R copies before it asks for the next one, so that a
-#' map holds the pages of one piece at a time (with
-#' [`tensor_view_piece_done_`]).
-#' @noRd
-tensor_view_piece_ <- function(x, name, from, n) .Call(wrap__tensor_view_piece_, x, name, from, n)
-
-#' [`tensor_view_done_`] of bytes `[from, from + n)` of tensor `name`.
-#' @noRd
-tensor_view_piece_done_ <- function(x, name, from, n) .Call(wrap__tensor_view_piece_done_, x, name, from, n)
-
-#' Fills the raw vector `out` (a staging buffer R/torch.R allocated, never
-#' seen by users) with bytes `[from, from + length(out))` of tensor `name`
-#' of an open handle, through the read engine. Returns `NULL`.
-#' @noRd
-tensor_bytes_ <- function(x, name, from, out) .Call(wrap__tensor_bytes_, x, name, from, out)
-
-#' [`tensor_bytes_`] into the first `n` bytes of `out` only, so that one
-#' staging buffer serves pieces of every size.
-#' @noRd
-tensor_piece_bytes_ <- function(x, name, from, n, out) .Call(wrap__tensor_piece_bytes_, x, name, from, n, out)
 
 #' Opens a save of the tensors `spec` describes (see R/write.R), to the
 #' file at `path` (`to = "file"`, atomically; with `sync`, flushed to disk
@@ -175,9 +173,22 @@ writer_write_ <- function(w, budget) .Call(wrap__writer_write_, w, budget)
 
 #' Appends the first `n` bytes of the raw vector `bytes` (a framework's
 #' buffer, or torch's staging buffer) to the tensor whose turn it is.
-#' Returns `list(written, current)`.
+#' With `detach` (and a file or raw vector as the output), the bytes are
+#' written on a helper thread while R goes on (filling another staging
+#' vector): R must leave `bytes` alone until its next call to the writer,
+#' which waits for the thread first. Returns `list(written, current)`; a
+#' detached put reports the bytes as written and `current` as `NA`.
 #' @noRd
-writer_put_ <- function(w, bytes, n) .Call(wrap__writer_put_, w, bytes, n)
+writer_put_ <- function(w, bytes, n, detach) .Call(wrap__writer_put_, w, bytes, n, detach)
+
+#' Moves a stream writer's output (nothing pending: R took the header and
+#' wrote it to its file connection) to the file at `path` itself, in place
+#' from byte `at` (where the connection is, and the file's size), so that
+#' the rest goes through the engine instead of R's connection; with `sync`,
+#' flushed to disk on commit. Returns `NULL`; on an error (the file is not
+#' a regular file of `at` bytes), the writer stays a stream.
+#' @noRd
+writer_place_ <- function(w, path, at, sync) .Call(wrap__writer_place_, w, path, at, sync)
 
 #' A stream's pending bytes (and nothing pending afterwards), as a raw
 #' vector.

@@ -76,17 +76,45 @@
 #' @param tensors Names of the tensors to read, in the order wanted. `NULL`
 #'   (the default) reads all of them, in the order the header lists them. Only the bytes of the
 #'   tensors asked for are read from the file.
-#' @param backend How a file is read: `"read"` (the default) copies each
-#'   tensor from the file into its R vector with positioned reads; `"mmap"`
-#'   maps the file into memory and converts from the mapping, letting go of
-#'   each part of the mapping once converted, so that either way the memory
-#'   held is the result's. Ignored for URLs.
+#' @param backend How a file's bytes are reached: `"auto"` (the default),
+#'   `"mmap"` or `"read"`; see "Backends". The same in [safe_open()] and
+#'   [safe_load_model()].
 #' @param int64 What I64 and U64 tensors become with `framework = "r"`:
 #'   `"double"` (the default), `"integer64"` (bit64's class) or
 #'   `"character"` (exact decimal strings). See "64-bit integers".
 #' @param uint8 What U8 tensors become with `framework = "r"`: `"integer"`
 #'   (the default) or `"raw"`, a raw array with the tensor's `dim`, one byte
 #'   per value.
+#' @section Backends:
+#' `backend` chooses how the bytes of a file (or of the file a file
+#' connection reads) are reached:
+#' * `"auto"` (the default): a memory map for a file on a local file
+#'   system; positioned reads for a file on a network or FUSE file system
+#'   (NFS, SMB/CIFS, 9p, sshfs and other FUSE file systems, Ceph, AFS,
+#'   Lustre and the like on Linux; one not marked local on macOS; a network
+#'   drive or share on Windows), where a map would fault page by page over
+#'   the network and the file may change on another machine.
+#' * `"mmap"`: a memory map, on any file system.
+#' * `"read"`: positioned reads (`pread`) into the result, or, for a
+#'   framework that copies tensors itself (torch), into a staging buffer
+#'   that the next piece is read into on a helper thread while torch copies
+#'   the current one.
+#'
+#' Either way, the memory held is the result's: the pages of a map are let
+#' go of as they are copied. Raw vectors are read where they are, and URLs
+#' with HTTP range requests, whatever `backend`.
+#'
+#' A file that changes while it is read gives an error of class
+#' `safetensors_error_file_changed`, never a crash or silently wrong values:
+#' its size and modification time are checked before each read and after
+#' each copy. A map is where this matters most: reading a page of a mapped
+#' file that another process truncated raises a bus error (SIGBUS), which
+#' would end R. The package guards every map it reads (on Linux and macOS;
+#' Windows refuses to truncate a mapped file): such a page reads as zeros,
+#' and the read that met it ends with that error. A file replaced by
+#' renaming another over it (as [safe_save_file()] does) is not a change:
+#' what was opened keeps reading the old file.
+#'
 #' @section Threads:
 #' Large reads and writes are split between threads (each R vector is still
 #' allocated once, by R's main thread). The number of threads is the option
@@ -139,40 +167,36 @@
 #' w <- safe_load_file(path, framework = "torch", device = "cpu")$weight
 #' w$dtype
 #' w
-safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap"),
+safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("auto", "mmap", "read"),
                            int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
-  backend <- arg_choice(backend, c("read", "mmap"))
+  backend <- arg_choice(backend, backends)
   choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
+  args <- list(...)
   if (is_index_path(path)) {
-    return(load_index(path, tensors, framework, list(...), backend, choices))
+    return(load_index(path, tensors, framework, args, backend, choices))
   }
-  if (is_url(path)) {
-    return(load_through_handle(path, tensors, framework, list(...), backend, choices))
+  if (inherits(path, "connection")) {
+    return(load_connection(path, tensors, framework, args, backend, choices))
   }
-  if (inherits(path, "connection") && framework != "r") {
-    return(load_stream(path, tensors, framework, list(...)))
-  }
-  if (torch_direct(framework) && (is.character(path) || is.raw(path))) {
-    return(load_through_handle(path, tensors, framework, list(...), backend))
+  if (is_url(path) || !is.null(framework_hooks(framework))) {
+    return(load_through_handle(path, tensors, framework, args, backend, choices))
   }
   if (is.character(path) && progress_enabled()) {
     check_string(path)
     size <- file.size(path.expand(path))
     if (!is.na(size) && progress_wanted(size)) {
-      return(load_through_handle(path, tensors, framework, list(...), backend, choices))
+      return(load_through_handle(path, tensors, framework, args, backend, choices))
     }
   }
   mode <- read_mode(framework, choices$int64, choices$uint8)
   res <- if (is.character(path)) {
     check_string(path)
-    load_file_(core_path(path), tensors, mode, backend, st_threads())
+    load_file_(core_path(path), 0, tensors, mode, backend, st_threads())
   } else if (is.raw(path)) {
     load_raw_(path, tensors, mode, st_threads())
-  } else if (inherits(path, "connection")) {
-    load_raw_(read_connection(path), tensors, mode, st_threads())
   } else {
     st_abort(
       "invalid_argument",
@@ -180,7 +204,7 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
     )
   }
   # The message is built only on error (cli formatting takes milliseconds).
-  finish_load(st_check(res, sprintf("Can't read %s.", describe_source(path))), framework, list(...))
+  finish_load(st_check(res, sprintf("Can't read %s.", describe_source(path))), framework, args)
 }
 
 # safe_load_file() for an index: the tensors asked for (all by default), with
@@ -201,8 +225,8 @@ safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL,
   framework <- check_framework(framework)
   choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
-  if (torch_direct(framework)) {
-    return(load_through_handle(buffer, tensors, framework, list(...), "read"))
+  if (!is.null(framework_hooks(framework))) {
+    return(load_through_handle(buffer, tensors, framework, list(...), "auto"))
   }
   mode <- read_mode(framework, choices$int64, choices$uint8)
   res <- st_check(load_raw_(buffer, tensors, mode, st_threads()), "Can't read the raw vector.")
@@ -221,18 +245,36 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
   if (is.null(tensors)) tensors else utf8_strings(tensors, "tensor name", call)
 }
 
-# safe_load_file() for a connection and a framework other than "r": reads
-# the header, then each tensor in data order, straight into its framework
-# tensor (with no copy of the whole file in memory), skipping those not
-# asked for, then checks that the connection ends there.
-load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
-  check_framework_args(framework, args, call = call)
+# safe_load_file() for a connection (opened, binary, if it is not, and
+# closed again). A connection that is a file is read through the same
+# engine as its path, and left positioned after the data (open_connection());
+# another is read to its end: into memory for framework "r" and "raw",
+# tensor by tensor into the framework's tensors for the others
+# (load_stream()), never holding the whole file in memory.
+load_connection <- function(con, tensors, framework, args, backend, choices, call = parent.frame()) {
   if (!isOpen(con)) {
     open(con, "rb")
     on.exit(close(con), add = TRUE)
   }
-  part <- list(label = "<connection>")
-  info <- check_part(info_header_(read_header_bytes(con, part, call)), part, call = call)
+  part <- open_connection(con, backend, verb = "read", stream = framework != "r", call = call)
+  if (is.null(part$ptr)) {
+    return(load_stream(con, part, tensors, framework, args, call = call))
+  }
+  h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
+    label = part$label, metadata = part$info$metadata, kind = part_kind(part), choices = choices
+  )
+  on.exit(close(h), add = TRUE)
+  load_handle(h, tensors, framework, args, call = call)
+}
+
+# safe_load_file() for a connection that is not a file and a framework
+# other than "r": the header was read (`part`, open_connection()); reads
+# each tensor in data order, straight into its framework tensor (with no
+# copy of the whole file in memory), skipping those not asked for, then
+# checks that the connection ends there.
+load_stream <- function(con, part, tensors, framework, args, call = parent.frame()) {
+  check_framework_args(framework, args, call = call)
+  info <- part$info
   wanted <- tensors %||% info$name
   absent <- wanted[!wanted %in% info$name]
   if (length(absent) > 0) {
@@ -243,10 +285,12 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
       call = call
     )
   }
-  direct <- torch_direct(framework)
-  if (direct) {
-    device <- torch_device_arg(args)
-    check_torch_dtypes(info$dtype[match(wanted, info$name)], wanted, call = call)
+  hooks <- framework_hooks(framework)
+  if (!is.null(hooks)) {
+    check_framework_dtypes(info$dtype[match(wanted, info$name)], wanted, hooks$dtypes, framework, call = call)
+    if (is.function(hooks$setup)) {
+      hooks$setup(environment())
+    }
   } else if (framework != "raw") {
     constructor <- safetensors_frameworks[[framework]]$constructor
   }
@@ -263,8 +307,8 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
       read_chunks(con, nbytes, 8 * 1024^2, part, nm, call)
       next
     }
-    value <- if (direct) {
-      torch_read_stream(con, nm, info$dtype[[i]], info$shape[[i]], device, part, call)
+    value <- if (!is.null(hooks)) {
+      read_stream_into(con, nm, info$dtype[[i]], info$shape[[i]], hooks, args, part, call)
     } else {
       raw <- read_exact(con, nbytes, part, nm, call)
       if (framework == "raw") {
@@ -290,7 +334,7 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
 load_through_handle <- function(path, tensors, framework, args, backend, choices = NULL, call = parent.frame()) {
   part <- open_part(path, backend, whole = is.null(tensors), call = call)
   h <- new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
-    label = part$label, metadata = part$info$metadata, kind = backend, choices = choices
+    label = part$label, metadata = part$info$metadata, kind = part_kind(part), choices = choices
   )
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
@@ -315,8 +359,9 @@ load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
       bar <- progress_bar("Loading", hget(h, "label"), sum(sizes))
     }
   }
-  if (torch_direct(framework)) {
-    res <- read_into_torch(h, nms, args, call = call, bar = bar)
+  hooks <- framework_hooks(framework)
+  if (!is.null(hooks)) {
+    res <- read_into_framework(h, nms, framework, hooks, args, call = call, bar = bar)
     return(as_loaded(res$tensors, combined_header(h), res$max_offset))
   }
   res <- read_parts(h, nms, mode, call = call, bar = bar, sizes = sizes)

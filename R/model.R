@@ -6,7 +6,7 @@
 # Loading checks every name, shape and dtype against the module's state
 # dict before it touches the module, then torch copies each tensor from
 # views of the file's bytes straight into the parameter's own memory
-# (torch_read_into(), R/torch.R), piece by piece: no tensor is ever held
+# (torch_fill(), R/torch.R), piece by piece: no tensor is ever held
 # twice. Tied weights (state dict entries that are the same view of the
 # same storage) are found in R, from torch's own description of each
 # tensor's storage: no address passes through Rust.
@@ -47,11 +47,13 @@
 #'   `safetensors_error_unsupported_dtype`.
 #'
 #' Then torch copies each tensor from the file's bytes (a memory map, or
-#' with `backend = "read"` a staging buffer the file is read into) into
+#' with `backend = "read"` a staging buffer the file is read into, ahead of
+#' the copy; see "Backends" in [safe_load_file()]) into
 #' the module's own tensor, converting its dtype and moving it to the
-#' tensor's device on the way, in pieces of at most 16 MiB: besides the
-#' module, a load holds one piece at a time, so a checkpoint as large as
-#' the memory left for it loads. No gradient is recorded, and each
+#' tensor's device on the way, in pieces of at most 32 MiB (16 MiB through
+#' the staging buffer, of which there are two): besides the module, a load
+#' holds one piece (or two) at a time, so a checkpoint as large as the
+#' memory left for it loads. No gradient is recorded, and each
 #' parameter keeps its `requires_grad`. An error while copying (a file
 #' changed or truncated meanwhile, an interrupt) leaves the module partly
 #' loaded.
@@ -71,6 +73,7 @@
 #' every module new parameters, which unties tied weights: tie them again
 #' after it.
 #'
+#' @inheritParams safe_load_file
 #' @param model A torch module (an `nn_module`).
 #' @param path For `safe_load_model()`: a `.safetensors` file, a sharded
 #'   checkpoint's index (`model.safetensors.index.json`), a folder holding
@@ -85,10 +88,6 @@
 #'   position; a call that still does is an error that says to name them.)
 #' @param strict Whether names the file and the module don't share are an
 #'   error. Default `TRUE`.
-#' @param backend How a file is read: `"mmap"` (the default) maps it into
-#'   memory and torch copies from the mapping; `"read"` reads it piece by
-#'   piece into a staging buffer, which is faster on network filesystems
-#'   where mapping is slow.
 #' @param metadata `NULL` (the default) or a named list or character vector
 #'   of single strings, stored as the file's `__metadata__`, with the
 #'   names of tied weights left out (see "Tied weights"). Transformers'
@@ -132,11 +131,11 @@
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
 #' unlink(path)
-safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap", "read")) {
+safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("auto", "mmap", "read")) {
   check_dots_empty_st(...)
   check_torch_module(model)
   check_bool(strict)
-  backend <- arg_choice(backend, c("mmap", "read"))
+  backend <- arg_choice(backend, backends)
   h <- path
   if (!inherits(path, "safetensors_file")) {
     h <- open_model_source(path, backend)
@@ -443,32 +442,46 @@ cap_lines <- function(lines, type, n = 10) {
 # Reads the tensors `plan$load` of handle `h` (its handle_table() `tab`)
 # into the tensors of the same name in `state` (of `plan$shapes` and torch
 # dtypes `plan$types`), file by file in the order of their bytes, with
-# gradients off.
+# gradients off: piece by piece (read_part_pieces()), each piece copied by
+# torch_fill() from a view of the map or a staging vector into a view of
+# the module's tensor, converting its dtype and moving it to its device.
 load_tensors <- function(h, tab, state, plan, call = parent.frame()) {
   at <- match(plan$load, tab$name)
   parts <- hget(h, "parts")
-  part_of <- hget(h, "part_of")
+  part_of <- hget(h, "part_of")[match(plan$load, hget(h, "names"))]
   known <- torch_dtype_names()
   sizes <- tab$bytes[at]
   bar <- if (progress_wanted(sizes)) progress_bar("Loading", hget(h, "label"), sum(sizes))
   torch_local_cpu()
-  cache <- new.env(parent = emptyenv())
   torch::with_no_grad({
-    for (j in order(part_of[at], tab$begin[at])) {
-      k <- at[[j]]
-      name <- tab$name[[k]]
-      shape <- as.numeric(unlist(tab$shape[[k]]))
-      dest <- state[[name]]
-      if (!identical(shape, plan$shapes[[j]])) {
-        # One element in both (check_load_shapes()).
-        dest <- dest$view(shape)
-      }
-      type <- plan$types[[j]]
-      dest_size <- if (type %in% names(known)) tensor_bytes(known[[type]], 1)
-      torch_read_into(parts[[part_of[[k]]]], name, tab$dtype[[k]], shape, dest, call, cache, dest_size = dest_size)
-      if (!is.null(bar)) {
-        cli::cli_progress_update(inc = tab$bytes[[k]], id = bar)
-      }
+    for (p in sort(unique(part_of))) {
+      js <- which(part_of == p)
+      js <- js[order(tab$begin[at[js]])]
+      # Planned on the larger element, the file's or the module's, so that
+      # neither side of a converting copy exceeds a piece.
+      plan_sizes <- lapply(js, function(j) {
+        type <- plan$types[[j]]
+        if (type %in% names(known)) tensor_bytes(known[[type]], 1) else state[[plan$load[[j]]]]$element_size()
+      })
+      read_part_pieces(parts[[p]], plan$load[js], tab$dtype[at[js]], tab$shape[at[js]],
+        target = function(i) {
+          j <- js[[i]]
+          dest <- state[[plan$load[[j]]]]
+          shape <- as.numeric(unlist(tab$shape[[at[[j]]]]))
+          # One element in both, of other shapes (check_load_shapes()).
+          if (!identical(shape, plan$shapes[[j]])) dest$view(shape) else dest
+        },
+        fill = torch_fill,
+        done = function(i, x) {
+          if (!is.null(bar)) {
+            cli::cli_progress_update(inc = sizes[[js[[i]]]], id = bar)
+          }
+        },
+        views = TRUE,
+        call = call,
+        plan_sizes = plan_sizes,
+        setup = torch_setup
+      )
     }
   })
   invisible()

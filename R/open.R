@@ -52,20 +52,20 @@
 #' bytes and shape, with `drop = TRUE` removing every extent of one.
 #'
 #' @section Files that change:
-#' The handle checks the file's size and modification time before it
-#' touches the memory map, so a file truncated, rewritten or replaced in
-#' place while open gives an error of class `safetensors_error_file_changed`
-#' instead of crashing R with a bus error (and with `backend = "read"`, a
-#' read past the new end is the same error). A file replaced by renaming
+#' A file truncated, rewritten or replaced in place while a handle is open
+#' gives an error of class `safetensors_error_file_changed` on the next
+#' read, and one that changes while a read is in progress gives the same
+#' error at the end of that read, never a crash or silently wrong values
+#' (see "Backends" in [safe_load_file()]). A file replaced by renaming
 #' another over it (as [safe_save_file()] does) is not affected: the handle
-#' keeps reading the old file until it is closed. Concurrent changes that
-#' race with a read in progress are not detected.
+#' keeps reading the old file until it is closed.
 #'
-#' On Windows, a file that a handle memory-maps (the default backend) can't
-#' be replaced or deleted until the handle is closed: [safe_save_file()] to
-#' that path is then an error of class `safetensors_error_io` that says so,
-#' and the file is left as it was. With `backend = "read"`, the file can be
-#' replaced while open, as on Linux and macOS.
+#' On Windows, a file that a handle memory-maps (a local file, by default)
+#' can't be replaced or deleted until the handle is closed:
+#' [safe_save_file()] to that path is then an error of class
+#' `safetensors_error_io` that says so, and the file is left as it was.
+#' With `backend = "read"`, the file can be replaced while open, as on
+#' Linux and macOS.
 #'
 #' @section Remote files:
 #' `path` may be an `http://` or `https://` URL, of a file or of a shard
@@ -111,10 +111,7 @@
 #'   constructor, for example `device = "cuda"` for torch; must be empty for
 #'   `"r"` and `"raw"`. For `safe_slice()`: one index per dimension of the
 #'   tensor, as for `h$slice(name)[...]` (see "Slice indices").
-#' @param backend How a file is read: `"mmap"` (the default) maps it into
-#'   memory and copies from the mapping; `"read"` reads each tensor with
-#'   positioned reads, which is faster on network filesystems where mapping
-#'   is slow. Ignored for URLs, raw vectors and connections.
+#' @inheritParams safe_load_file
 #' @param int64 What I64 and U64 tensors become with `framework = "r"`:
 #'   `"double"` (the default), `"integer64"` (bit64's class) or
 #'   `"character"` (exact decimal strings); see [safe_load_file()]. The
@@ -161,11 +158,11 @@
 #' h <- safe_open(safe_serialize(list(id = c(2^53, 2^53 + 2)), dtype = "int64"), int64 = "character")
 #' h$id
 #' close(h)
-safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
+safe_open <- function(path, framework = "r", ..., backend = c("auto", "mmap", "read"),
                       int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
-  backend <- arg_choice(backend, c("mmap", "read"))
+  backend <- arg_choice(backend, backends)
   choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)
@@ -182,7 +179,7 @@ open_handle <- function(path, framework, args, backend, whole = FALSE, choices =
   part <- open_part(path, backend, whole = whole, call = call)
   new_handle(list(part), part$info$name, rep(1L, length(part$info$name)), framework, args, backend,
     label = part$label, metadata = part$info$metadata,
-    kind = if (part_is_remote(part)) "remote" else if (isTRUE(part$memory) || !is.character(path)) "memory" else backend,
+    kind = part_kind(part),
     choices = choices
   )
 }
@@ -463,9 +460,12 @@ read_tensors <- function(x, names, call = parent.frame()) {
 
 # Reads tensors `names` of handle `x` as `framework` makes them:
 # `list(tensors, max_offset)`, the tensors a named list without attributes.
+# A framework with the read fast path (framework_hooks()) gets them piece
+# by piece into its own memory; any other from raw vectors.
 read_handle <- function(x, names, framework, args, call = parent.frame()) {
-  if (torch_direct(framework)) {
-    return(read_into_torch(x, names, args, call = call))
+  hooks <- framework_hooks(framework)
+  if (!is.null(hooks)) {
+    return(read_into_framework(x, names, framework, hooks, args, call = call))
   }
   mode <- handle_mode(x, framework)
   res <- read_parts(x, names, mode, call = call)
@@ -473,34 +473,50 @@ read_handle <- function(x, names, framework, args, call = parent.frame()) {
   list(tensors = strip_loaded(finish_load(res, framework, args, call = call)), max_offset = res$max_offset)
 }
 
-# Reads tensors `names` of handle `x` straight into torch tensors (see
-# R/torch.R), updating the cli progress `bar` if given. Returns
-# list(tensors, max_offset) as read_handle() does.
-read_into_torch <- function(x, names, args, call = parent.frame(), bar = NULL) {
-  device <- torch_device_arg(args)
-  torch_local_cpu()
-  at <- match(names, hget(x, "names"))
-  parts <- hget(x, "parts")
-  part_of <- hget(x, "part_of")[at]
-  pos <- hget(x, "pos")[at]
-  dtypes <- vapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info$dtype[[pos[[k]]]], character(1))
-  check_torch_dtypes(dtypes, names, call = call)
+# Reads tensors `names` of handle `h` into tensors the framework allocates,
+# through the fast path of its entry `hooks` (framework_hooks()): in file
+# order, part by part. Returns list(tensors, max_offset) as read_handle()
+# does; a cli progress `bar` moves after each tensor.
+read_into_framework <- function(h, names, framework, hooks, args, call = parent.frame(), bar = NULL) {
+  at <- match(names, hget(h, "names"))
+  parts <- hget(h, "parts")
+  part_of <- hget(h, "part_of")[at]
+  pos <- hget(h, "pos")[at]
+  info_of <- function(field) lapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info[[field]][[pos[[k]]]])
+  dtypes <- unlist(info_of("dtype"))
+  shapes <- info_of("shape")
+  check_framework_dtypes(dtypes, names, hooks$dtypes, framework, call = call)
+  begin <- unlist(info_of("begin"))
   out <- vector("list", length(names))
-  max_offset <- 0
+  finish <- hooks$finish %||% function(x, ...) x
   # In file order: a part streamed from a server that ignores ranges can
   # only be read forwards, and a disk reads faster so.
-  begin <- vapply(seq_along(names), function(k) parts[[part_of[[k]]]]$info$begin[[pos[[k]]]], numeric(1))
-  for (k in order(part_of, begin)) {
-    part <- parts[[part_of[[k]]]]
-    info <- part$info
-    out[k] <- list(torch_read_part(part, names[[k]], info$dtype[[pos[[k]]]], info$shape[[pos[[k]]]], device, call))
-    max_offset <- max(max_offset, 8 + info$header_len + info$end[[pos[[k]]]])
-    if (!is.null(bar)) {
-      cli::cli_progress_update(inc = info$end[[pos[[k]]]] - info$begin[[pos[[k]]]], id = bar)
-    }
+  for (p in unique(part_of[order(part_of)])) {
+    k <- which(part_of == p)
+    k <- k[order(begin[k])]
+    part <- parts[[p]]
+    read_part_pieces(
+      part, names[k], dtypes[k], shapes[k],
+      target = function(j) do.call(hooks$new, c(list(dtypes[[k[[j]]]], as.numeric(unlist(shapes[[k[[j]]]]))), args)),
+      fill = hooks$fill,
+      done = function(j, x) {
+        i <- k[[j]]
+        out[i] <<- list(do.call(finish, c(list(x), args)))
+        if (!is.null(bar)) {
+          cli::cli_progress_update(inc = tensor_bytes(dtypes[[i]], shapes[[i]]), id = bar)
+        }
+      },
+      views = isTRUE(hooks$views),
+      call = call,
+      setup = hooks$setup
+    )
   }
+  end <- vapply(seq_along(names), function(k) {
+    info <- parts[[part_of[[k]]]]$info
+    8 + info$header_len + info$end[[pos[[k]]]]
+  }, numeric(1))
   names(out) <- names
-  list(tensors = out, max_offset = max_offset)
+  list(tensors = out, max_offset = if (length(end) > 0) max(end) else 0)
 }
 
 #' @export
@@ -519,7 +535,7 @@ format.safetensors_file <- function(x, ..., n = 20) {
     remote = "read over HTTP on demand",
     shards = sprintf(
       "%d shards, %s", length(parts),
-      if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand"
+      if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (length(parts) > 0 && part_kind(parts[[1]]) == "mmap") "memory-mapped" else "read on demand"
     )
   )
   lines <- c(

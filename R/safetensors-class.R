@@ -59,7 +59,7 @@ safetensors <- R6::R6Class("safetensors",
       if (inherits(path, "connection")) {
         self$con <- path
       }
-      private$handle <- safe_open(path, framework = framework, ..., backend = "mmap", int64 = int64, uint8 = uint8)
+      private$handle <- safe_open(path, framework = framework, ..., int64 = int64, uint8 = uint8)
       self$metadata <- combined_header(private$handle)
       invisible(self)
     },

@@ -115,8 +115,8 @@ NULL
 
 # The built-in "torch" framework is registered when the namespace loads,
 # not when the package is built: the registry then holds the namespace's own
-# constructor object, whose identity torch_direct() checks, even where a
-# tool rewrites the namespace's functions in place (covr does).
+# functions, even where a tool rewrites them in place (covr does), and the
+# dtypes torch reads, from the dtype table of the compiled code.
 .onLoad <- function(libname, pkgname) {
   register_torch()
 }

@@ -71,7 +71,12 @@
 #' A connection is written from its current position; it need not be
 #' seekable (`gzcon()`, pipes, sockets). One that is not yet open is opened
 #' only once the tensors are known to be writable, and closed again. A
-#' connection is not written atomically.
+#' connection is not written atomically, and is left positioned after the
+#' file. A [file()] connection opened for binary writing (as
+#' `torch::torch_save()` opens one) is written as the file it is: once the
+#' header, written through the connection, shows up in the file at its
+#' path, the engine writes the tensors (framework tensors, such as torch's)
+#' into that file in place, without the copies of R's connection code.
 #'
 #' @param tensors A named list of tensors: R vectors or arrays (double,
 #'   integer, logical, raw, complex or bit64's integer64), or objects with
@@ -93,7 +98,10 @@
 #'   of dtypes for some of them. An unknown name is an error of class
 #'   `safetensors_error_invalid_argument` suggesting the closest known one.
 #' @param sync Whether to flush the file to disk (fsync) before renaming it
-#'   over the target. Default `TRUE`.
+#'   over the target. Default `TRUE`. A connection is flushed to disk only
+#'   when it is a file connection written in place (see above) and `sync =
+#'   TRUE` is given explicitly; other connections never are, as R's own
+#'   writes to connections are not.
 #' @inheritSection safe_load_file Threads
 #' @param max_shard_size `NULL` (the default) to write one file, or the
 #'   largest shard of a sharded checkpoint: a number of bytes, or a string
@@ -169,7 +177,8 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
     check_string(path)
     save_spec_file(spec, path, sync)
   } else if (inherits(path, "connection")) {
-    write_spec(spec, "connection", path)
+    # A connection is flushed to disk only when asked to (`sync` given).
+    write_spec(spec, "connection", path, sync = !missing(sync) && sync)
   } else {
     st_abort(
       "invalid_argument",

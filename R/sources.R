@@ -83,23 +83,34 @@ check_part <- function(res, part, verb = "read", call = parent.frame()) {
   st_check(res, source_what(part$label, verb), call = call)
 }
 
+# The choices of `backend`, the default first (see "Backends" in
+# ?safe_load_file).
+backends <- c("auto", "mmap", "read")
+
 # Opens one file (or URL, raw vector, or connection) as a part of a
 # handle: `list(ptr, label, info)`, `info` the header facts
 # (handle_info_()); a remote part also has `url`, `cache` (where it
 # redirects to) and, when its server ignores ranges, `stream` (see
 # open_remote()). `verb` heads the message of
 # an error while opening; `whole` says that all of the file will be read.
+# A connection is opened as its file when it is one (open_connection()),
+# else read into memory.
 open_part <- function(path, backend, verb = "open", whole = FALSE, call = parent.frame()) {
   if (is_url(path)) {
     return(open_remote(path, verb, whole, call = call))
   }
+  if (inherits(path, "connection")) {
+    if (!isOpen(path)) {
+      open(path, "rb")
+      on.exit(close(path), add = TRUE)
+    }
+    return(open_connection(path, backend, verb, call = call))
+  }
   ptr <- if (is.character(path)) {
     check_string(path, call = call)
-    open_file_(core_path(path, call), backend)
+    open_file_(core_path(path, call), backend, 0)
   } else if (is.raw(path)) {
     open_raw_(path)
-  } else if (inherits(path, "connection")) {
-    open_raw_(read_connection(path))
   } else {
     st_abort(
       "invalid_argument",
@@ -111,6 +122,13 @@ open_part <- function(path, backend, verb = "open", whole = FALSE, call = parent
   part$ptr <- check_part(ptr, part, verb, call = call)
   part$info <- check_part(handle_info_(part$ptr), part, call = call)
   part
+}
+
+# How a part is read: "mmap" or "read" for a file (what "auto" chose),
+# "memory" for a raw vector (or a small remote file held whole), "remote"
+# for a file over HTTP.
+part_kind <- function(part) {
+  check_part(handle_backend_(part$ptr), part)
 }
 
 # Closes a part: its file or buffer, and a remote part's stream.
@@ -308,6 +326,7 @@ read_header_bytes <- function(con, part, call) {
     open(con, "rb")
     on.exit(close(con), add = TRUE)
   }
+  check_binary_connection(con, call)
   prefix <- readBin(con, "raw", 8L)
   n <- check_part(header_len_(prefix), part, call = call)
   json <- readBin(con, "raw", n)
@@ -322,18 +341,129 @@ read_header_bytes <- function(con, part, call) {
   c(prefix, json)
 }
 
-# Reads one safetensors file from a connection (opening it, binary, if
-# needed) from its current position to its end: the header, then the data
-# it describes, which must end the connection. Sizes come from the header,
-# so the whole file is read into a vector allocated once.
-read_connection <- function(con, call = parent.frame()) {
-  if (!isOpen(con)) {
-    open(con, "rb")
-    on.exit(close(con), add = TRUE)
+# A connection opened in text mode can't carry a binary file (R's readBin()
+# and writeBin() refuse it): an error of class
+# `safetensors_error_invalid_argument` that says how to open it.
+check_binary_connection <- function(con, call = parent.frame()) {
+  if (isOpen(con) && identical(summary(con)$text, "text")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "{.arg path} must be a connection opened in binary mode, not in text mode.",
+        i = "Open it with {.code \"rb\"} to read or {.code \"wb\"} to write, or pass it unopened."
+      ),
+      call = call
+    )
   }
-  part <- list(label = "<connection>")
+}
+
+# Opens the open connection `con` as a part, reading its header through
+# it. A connection that is a file (connection_file()) is opened as that
+# file from the connection's position (read through the same engine as a
+# path, with `backend`), and left positioned just after the data; any
+# other is read into memory to its end (read_connection()). With `stream`,
+# such a connection is not read further: the part is `list(label, info,
+# prefix)` (no `ptr`), and the caller reads the data from `con`.
+open_connection <- function(con, backend, verb = "open", stream = FALSE, call = parent.frame()) {
+  part <- list(ptr = NULL, label = "<connection>", info = NULL)
   prefix <- read_header_bytes(con, part, call)
   info <- check_part(info_header_(prefix), part, call = call)
+  file <- connection_file(con, prefix, info$file_len)
+  if (!is.null(file)) {
+    part$ptr <- check_part(open_file_(core_path(file$path, call), backend, file$at), part, verb, call = call)
+    part$info <- check_part(handle_info_(part$ptr), part, call = call)
+    seek(con, file$at + info$file_len)
+    return(part)
+  }
+  if (stream) {
+    part$info <- info
+    part$prefix <- prefix
+    return(part)
+  }
+  part$ptr <- check_part(open_raw_(read_connection(con, prefix, info, call)), part, verb, call = call)
+  part$info <- check_part(handle_info_(part$ptr), part, call = call)
+  part
+}
+
+# Where the open connection `con` reads when it is a file: `list(path, at)`
+# (the file's path and where the safetensors file starts in it), or NULL.
+# It is one when it has class "file" (a compressed file opened with file()
+# has class "gzfile" and the like), is open for binary reading and
+# seekable, and the file at its description (a path, relative to the
+# working directory when the connection was opened) has the size the
+# connection sees, with the bytes just read through it (`prefix`, the
+# header) at that position, followed by exactly the `file_len -
+# length(prefix)` bytes of data the header describes. The connection is
+# left where it was; any disagreement or failure is NULL (the connection is
+# then read as a stream).
+connection_file <- function(con, prefix, file_len) {
+  about <- summary(con)
+  path <- about$description
+  if (!identical(about$class, "file") || !grepl("b", about$mode, fixed = TRUE) ||
+    !identical(about[["can read"]], "yes") || !isSeekable(con) || path %in% c("", "stdin")) {
+    return(NULL)
+  }
+  tryCatch(
+    {
+      here <- seek(con)
+      at <- here - length(prefix)
+      seek(con, 0, origin = "end")
+      size <- seek(con, here, origin = "start")
+      if (!isTRUE(at >= 0 && size == at + file_len && file_test("-f", path) && file.size(path) == size)) {
+        return(NULL)
+      }
+      if (!identical(file_bytes(path, at, length(prefix)), prefix)) {
+        return(NULL)
+      }
+      list(path = path, at = at)
+    },
+    error = function(e) NULL,
+    warning = function(w) NULL
+  )
+}
+
+# Where the open connection `con` writes when it is a file: `list(path,
+# at)` (the file's path and the connection's position), or NULL. It is one
+# when it has class "file", is open for binary writing and seekable, and,
+# once its buffer is flushed, the file at its description is a regular file
+# whose size is the connection's position (so writing there appends, as
+# the connection would). The caller still checks that the bytes it writes
+# through the connection show up in that file before writing it directly.
+connection_file_write <- function(con) {
+  about <- summary(con)
+  path <- about$description
+  if (!identical(about$class, "file") || !grepl("b", about$mode, fixed = TRUE) ||
+    !identical(about[["can write"]], "yes") || !isSeekable(con) || path %in% c("", "stdout", "stderr")) {
+    return(NULL)
+  }
+  tryCatch(
+    {
+      flush(con)
+      at <- seek(con, rw = "write")
+      if (!isTRUE(at >= 0 && file_test("-f", path) && file.size(path) == at)) {
+        return(NULL)
+      }
+      list(path = path, at = at)
+    },
+    error = function(e) NULL,
+    warning = function(w) NULL
+  )
+}
+
+# `n` bytes of the file at `path` from byte `at` on (fewer at its end).
+file_bytes <- function(path, at, n) {
+  con <- file(path, "rb")
+  on.exit(close(con), add = TRUE)
+  seek(con, at)
+  readBin(con, "raw", n)
+}
+
+# Reads the rest of one safetensors file from connection `con` (open),
+# after its header `prefix` (whose facts are `info`, info_header_()): the
+# data the header describes, which must end the connection. Sizes come from
+# the header, so the whole file is read into a vector allocated once.
+read_connection <- function(con, prefix, info, call = parent.frame()) {
+  part <- list(label = "<connection>")
   data <- read_exact(con, info$file_len - length(prefix), part, NULL, call)
   check_stream_end(con, info, part, call)
   c(prefix, data)

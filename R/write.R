@@ -213,7 +213,7 @@ framework_bytes <- function(spec, i, call, size = NULL) {
 # tensors are known to be writable, and closed again). R vectors are
 # converted by the engine; framework tensors' bytes are fetched when their
 # turn comes, one tensor at a time (torch tensors in pieces through one
-# reusable buffer). With a cli progress `bar`, the engine writes about
+# reusable buffer, write_pieces()). With a cli progress `bar`, the engine writes about
 # progress_group_bytes() per call and the bar moves in between. `label`
 # names the output in messages. A failure leaves no file behind.
 write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label = target,
@@ -249,6 +249,9 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   # tensors are fetched piece by piece; otherwise the file is made in memory
   # first, so that a value that can't be converted leaves the connection
   # untouched.
+  if (to == "connection") {
+    check_binary_connection(target, call)
+  }
   stream <- to == "connection" && any(spec$kinds == "later")
   if (to == "connection" && !stream) {
     bytes <- write_spec(spec, "raw", call = call)
@@ -265,6 +268,7 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   # commit it does nothing.
   on.exit(writer_abort_(w), add = TRUE)
   send <- function() NULL
+  placed <- NULL
   if (stream) {
     con <- target
     if (!isOpen(con)) {
@@ -272,7 +276,15 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
       on.exit(close(con), add = TRUE)
     }
     send <- function() writeBin(check(writer_take_(w)), con)
+    # A file connection gets the rest written by the engine, in place.
+    placed <- place_connection(w, con, sync, check)
+    if (!is.null(placed)) {
+      send <- function() NULL
+    }
   }
+  # Puts on a helper thread while R fills the next piece, unless R must
+  # send each piece on itself.
+  detach <- !stream || !is.null(placed)
   # Bytes written so far (the header's, to start with), for the bar.
   last <- if (is.null(bar)) 0 else check(writer_write_(w, 0))$written
   moved <- function(state) {
@@ -296,19 +308,51 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
       next
     }
     put <- function(bytes, n = length(bytes)) {
-      moved(check(writer_put_(w, bytes, n)))
+      moved(check(writer_put_(w, bytes, n, detach)))
       send()
     }
     x <- spec$tensors[[i]]
-    if (inherits(x, "torch_tensor")) {
-      torch_write_chunks(x, put, cache = stage)
+    entry <- framework_writer(x)
+    if (!is.null(entry)) {
+      write_pieces(x, entry, spec$dtypes[[i]], spec$shapes[[i]], put, stage, helper = detach, call = call)
     } else {
       put(framework_bytes(spec, i, call))
     }
   }
   out <- check(writer_commit_(w))
-  if (stream) {
+  if (!is.null(placed)) {
+    # The connection writes on after the file.
+    seek(con, placed$at + out, rw = "write")
+  } else if (stream) {
     writeBin(out, con)
   }
   out
+}
+
+# Makes the stream writer `w` write the rest of its file straight into the
+# file of connection `con` when the connection is a file
+# (connection_file_write()): the header goes through the connection
+# first, and only if it then shows up in the file at the connection's path
+# (so that path names the connection's file) does the engine write the
+# data there, in place after it (writer_place_(), flushed to disk with
+# `sync`). Returns `list(at)`, where the connection's file started, or
+# NULL (the header was written through the connection, and the rest goes
+# the same way).
+place_connection <- function(w, con, sync, check) {
+  file <- connection_file_write(con)
+  if (is.null(file)) {
+    return(NULL)
+  }
+  header <- check(writer_take_(w))
+  writeBin(header, con)
+  flush(con)
+  end <- file$at + length(header)
+  if (!isTRUE(file.size(file$path) == end) || !identical(file_bytes(file$path, file$at, length(header)), header)) {
+    return(NULL)
+  }
+  res <- writer_place_(w, core_path(file$path), end, sync)
+  if (inherits(res, "safetensors_rust_error")) {
+    return(NULL)
+  }
+  list(at = file$at)
 }

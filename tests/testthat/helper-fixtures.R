@@ -117,3 +117,13 @@ as_loaded_dtype <- function(x, dtype) {
   attr(x, "dtype") <- NULL
   safe_deserialize(safe_serialize(list(x = x), dtype = dtype))$x
 }
+
+# Counts calls of function `fun` of namespace `ns` while `code` runs.
+count_calls <- function(fun, code, ns = "safetensors") {
+  n <- 0
+  bump <- function() n <<- n + 1
+  suppressMessages(trace(fun, call("(", as.call(list(bump))), print = FALSE, where = asNamespace(ns)))
+  on.exit(suppressMessages(untrace(fun, where = asNamespace(ns))), add = TRUE)
+  force(code)
+  n
+}

@@ -264,3 +264,151 @@ test_that("frameworks removed by setting them to NULL are not listed", {
     safe_load_file(path, framework = 1)
   })
 })
+
+# ---- the fast paths --------------------------------------------------------
+
+# A framework with the read and write hooks, in plain R: a tensor is an
+# environment that collects the bytes of its pieces (checking that they
+# come in order) and becomes a fake_tensor when finished. `log` counts the
+# hooks' calls.
+local_fast_framework <- function(dtypes = NULL, views = FALSE, env = parent.frame()) {
+  frameworks <- utils::getFromNamespace("safetensors_frameworks", ns = "safetensors")
+  log <- new.env()
+  log$setup <- 0
+  log$pieces <- list()
+  frameworks[["fast"]] <- list(
+    constructor = function(raw, meta, device = "host") fake_tensor(raw, meta$dtype, unlist(meta$shape), device),
+    packages = character(),
+    dtypes = dtypes,
+    views = views,
+    setup = function(.env, helper) log$setup <- log$setup + 1,
+    new = function(dtype, shape, device = "host") {
+      x <- new.env()
+      x$dtype <- dtype
+      x$shape <- shape
+      x$chunks <- list()
+      x$at <- 0
+      x
+    },
+    fill = function(x, bytes, piece) {
+      stopifnot(is.raw(bytes), piece$offset == x$at, length(bytes) >= piece$size)
+      x$chunks[[length(x$chunks) + 1]] <- bytes[seq_len(piece$size)]
+      x$at <- x$at + piece$size
+      log$pieces[[length(log$pieces) + 1]] <- piece
+    },
+    finish = function(x, device = "host") fake_tensor(c(raw(), unlist(x$chunks)), x$dtype, x$shape, device),
+    class = "fake_tensor",
+    write = function(x, piece, buffer) x$bytes[piece$offset + seq_len(piece$size)]
+  )
+  withr::defer(rm("fast", envir = frameworks), envir = env)
+  registerS3method("safe_tensor_meta", "fake_tensor", function(x) list(shape = as.list(x$shape), dtype = x$dtype))
+  registerS3method("safe_tensor_buffer", "fake_tensor", function(x) stop("the write hook is used instead"))
+  log
+}
+
+test_that("a framework's read hooks get every tensor, piece by piece, from every loader", {
+  log <- local_fast_framework()
+  x <- contract_tensors()
+  # Over 16 MiB: read in two pieces.
+  x$big <- structure(as.raw(seq_len(17 * 2^20) %% 251), dtype = "U8", shape = 17 * 2^20)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  bytes <- read_bytes(path)
+  want <- as_fake(safe_load_file(path, framework = "raw"), device = "dev")
+  check <- function(got, label) {
+    expect_identical(unclass(got)[names(want)], unclass(want)[names(want)], label = label)
+  }
+  for (backend in c("auto", "mmap", "read")) {
+    check(safe_load_file(path, framework = "fast", backend = backend, device = "dev"), backend)
+    h <- safe_open(path, framework = "fast", backend = backend, device = "dev")
+    check(h[names(want)], paste("safe_open", backend))
+    close(h)
+  }
+  check(safe_deserialize(bytes, framework = "fast", device = "dev"), "raw vector")
+  for (con in list(file(path, "rb"), rawConnection(bytes))) {
+    check(safe_load_file(con, framework = "fast", device = "dev"), class(con)[[1]])
+    close(con)
+  }
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(x, file.path(dir, "model.safetensors"), max_shard_size = 2^20)
+  got <- safe_load_file(index, framework = "fast", device = "dev")
+  check(got[names(want)], "shards")
+  # The big tensor came in two pieces, each with its place in the tensor.
+  big <- Filter(function(p) identical(p$shape, 16 * 2^20) || identical(p$shape, 2^20), log$pieces)
+  expect_identical(vapply(big[1:2], function(p) p$offset, numeric(1)), c(0, 16 * 2^20))
+  expect_gt(log$setup, 0)
+})
+
+test_that("a framework's dtypes are checked before anything is read", {
+  log <- local_fast_framework(dtypes = c("F64", "I32"))
+  path <- local_contract_file()
+  cnd <- expect_error(safe_load_file(path, framework = "fast"), class = "safetensors_error_unsupported_dtype")
+  expect_identical(cnd$dtype, "F32")
+  expect_identical(cnd$tensor, "arr")
+  expect_snapshot(error = TRUE, safe_load_file(path, framework = "fast", tensors = "bf16"))
+  expect_length(log$pieces, 0)
+  expect_identical(names(safe_load_file(path, framework = "fast", tensors = c("int", "vec"))), c("int", "vec"))
+})
+
+test_that("a framework's write hook writes its tensors piece by piece", {
+  local_fast_framework()
+  x <- list(a = fake_tensor(as.raw(1:12), "F32", c(3, 1)), b = 1:3)
+  x$big <- fake_tensor(as.raw(seq_len(17 * 2^20) %% 7), "U8", 17 * 2^20)
+  bytes <- safe_serialize(x)
+  expect_identical(as_fake(safe_deserialize(bytes, framework = "raw"))$big$bytes, x$big$bytes)
+  expect_identical(safe_deserialize(bytes, framework = "raw")$a, structure(as.raw(1:12), dtype = "F32", shape = c(3L, 1L)))
+  # A piece of the wrong size is an error.
+  frameworks <- utils::getFromNamespace("safetensors_frameworks", ns = "safetensors")
+  frameworks$fast$write <- function(x, piece, buffer) raw(1)
+  expect_snapshot(error = TRUE, safe_serialize(x["a"]))
+})
+
+test_that("pieces are handed out as views or staging vectors, and checked", {
+  path <- fixture("multi.safetensors")
+  bytes <- read_bytes(path)
+  info <- safe_info(path)
+  info <- info[info$bytes > 0, ]
+  # Each tensor whole, then the first 3 bytes of the I64 one.
+  offsets <- c(info$begin, info$begin[[1]])
+  sizes <- c(info$bytes, 3)
+  check <- function(res) safetensors:::st_check(res, "Can't read.")
+  for (backend in c("auto", "mmap", "read")) {
+    for (views in c(TRUE, FALSE)) {
+      for (threads in c(1, 2)) {
+        label <- paste(backend, views, threads)
+        h <- safe_open(path, backend = backend)
+        ptr <- safetensors:::hget(h, "parts")[[1]]$ptr
+        rd <- check(safetensors:::piece_reader_(ptr, offsets, sizes, views, threads))
+        for (k in seq_along(offsets)) {
+          got <- check(safetensors:::piece_next_(rd))
+          if (views && backend != "read") {
+            expect_identical(typeof(got), "externalptr", label = label)
+          } else {
+            expect_identical(got[seq_len(sizes[[k]])], bytes[offsets[[k]] + seq_len(sizes[[k]])], label = label)
+          }
+        }
+        expect_error(check(safetensors:::piece_next_(rd)), class = "safetensors_error_invalid_argument")
+        expect_null(check(safetensors:::piece_end_(rd)))
+        expect_null(check(safetensors:::piece_end_(rd)))
+        # Pieces are checked against the source before any byte is read.
+        for (bad in list(list(length(bytes) - 2, 3), list(-1, 1), list(0.5, 1), list(0, 2^60))) {
+          expect_error(check(safetensors:::piece_reader_(ptr, bad[[1]], bad[[2]], views, threads)), class = "safetensors_error_invalid_argument")
+        }
+        expect_error(check(safetensors:::piece_reader_(ptr, c(1, 2), 1, views, threads)), class = "safetensors_error_invalid_argument")
+        # A reader keeps its file open after the handle is closed.
+        rd <- check(safetensors:::piece_reader_(ptr, offsets, sizes, views, threads))
+        close(h)
+        expect_error(check(safetensors:::piece_reader_(ptr, offsets, sizes, views, threads)), class = "safetensors_error_closed")
+        got <- check(safetensors:::piece_next_(rd))
+        if (typeof(got) == "raw") expect_identical(got[seq_len(sizes[[1]])], bytes[offsets[[1]] + seq_len(sizes[[1]])])
+        rm(rd)
+        gc()
+      }
+    }
+  }
+  # Views of a raw vector point into it.
+  h <- safe_open(bytes)
+  rd <- check(safetensors:::piece_reader_(safetensors:::hget(h, "parts")[[1]]$ptr, offsets, sizes, TRUE, 2))
+  expect_identical(typeof(check(safetensors:::piece_next_(rd))), "externalptr")
+  close(h)
+})

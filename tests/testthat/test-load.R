@@ -509,3 +509,21 @@ test_that("int64 = \"integer64\" without bit64 is a classed error saying how to 
   # The other choices don't need it.
   expect_no_error(safe_load_file(path, int64 = "character"))
 })
+
+test_that("a file truncated while a load runs gives its values or a classed error, never a crash", {
+  res <- race_truncation(function(path) {
+    vapply(safetensors::safe_load_file(path), sum, numeric(1))
+  })
+  expect_race_safe(res)
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+  res <- race_truncation(
+    function(path) {
+      x <- safetensors::safe_load_file(path, framework = "torch")
+      vapply(x, function(t) torch::as_array(t$sum()), numeric(1))
+    },
+    setup = function() invisible(torch::torch_zeros(1))
+  )
+  expect_race_safe(res)
+})
+

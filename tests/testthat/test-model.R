@@ -420,12 +420,7 @@ test_that("tensors are read in pieces into any layout", {
     writeBin(bytes, path)
     h <- safe_open(path, backend = backend)
     part <- safetensors:::hget(h, "parts")[[1]]
-    info <- part$info
-    read_into <- function(name, dest, chunk) {
-      i <- match(name, info$name)
-      torch$with_no_grad(safetensors:::torch_read_into(part, name, info$dtype[[i]], info$shape[[i]], dest, NULL, chunk = chunk))
-      dest
-    }
+    read_into <- function(name, dest, chunk) torch_read_piecewise(part, name, dest, chunk)
     for (chunk in c(1, 4, 100, 1000, 1e6)) {
       label <- paste(backend, chunk)
       expect_true(torch$torch_equal(read_into("a", torch$torch_zeros(4, 6, 10), chunk), base), label = label)
@@ -566,3 +561,22 @@ test_that("Python's load_model() reads what safe_save_model() writes", {
   want <- trained(torch::torch_tensor(c(1L, 4L, 8L, 10L)))
   expect_true(torch::torch_allclose(y, want, rtol = 1e-6, atol = 1e-6))
 })
+
+test_that("a file truncated while a module loads gives its values or a classed error, never a crash", {
+  skip_if_no_torch()
+  res <- race_truncation(
+    function(path) {
+      for (p in model$parameters) torch::with_no_grad(p$zero_())
+      safetensors::safe_load_model(model, path)
+      vapply(model$parameters, function(t) torch::as_array(t$sum()), numeric(1))
+    },
+    setup = function() {
+      net <- torch::nn_module(initialize = function() {
+        for (k in 1:12) self[[paste0("t", k)]] <- torch::nn_parameter(torch::torch_zeros(2^21, dtype = torch::torch_float64()))
+      })
+      model <<- net()
+    }
+  )
+  expect_race_safe(res)
+})
+

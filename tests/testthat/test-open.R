@@ -90,7 +90,7 @@ test_that("malformed files fail at open with the file's error class", {
   expect_error(safe_open(raw(8), backend = "nope"), class = "safetensors_error_invalid_argument")
   # Exact matches only, as with the other choices.
   err <- expect_error(safe_open(raw(8), backend = "mm"), class = "safetensors_error_invalid_argument")
-  expect_match(cli::ansi_strip(conditionMessage(err)), '`backend` must be one of "mmap" or "read", not "mm".', fixed = TRUE)
+  expect_match(cli::ansi_strip(conditionMessage(err)), '`backend` must be one of "auto", "mmap" or "read", not "mm".', fixed = TRUE)
   expect_error(safe_open(raw(8), backend = c("read", "mmap")), class = "safetensors_error_invalid_argument")
   expect_error(safe_open(raw(8), backend = NA), class = "safetensors_error_invalid_argument")
 })

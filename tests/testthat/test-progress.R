@@ -18,15 +18,6 @@ local_progress <- function(group = 100, .env = parent.frame()) {
   withr::local_message_sink(withr::local_tempfile(.local_envir = .env), .local_envir = .env)
 }
 
-# Counts calls of function `fun` of namespace `ns` while `code` runs.
-count_calls <- function(fun, code, ns = "safetensors") {
-  n <- 0
-  bump <- function() n <<- n + 1
-  suppressMessages(trace(fun, call("(", as.call(list(bump))), print = FALSE, where = asNamespace(ns)))
-  on.exit(suppressMessages(untrace(fun, where = asNamespace(ns))), add = TRUE)
-  force(code)
-  n
-}
 
 progress_tensors <- function() {
   list(

@@ -294,6 +294,62 @@ test_that("files are written to any binary connection, opened or not, seekable o
   expect_identical(read_bytes(path), c(as.raw(1:3), safe_serialize(x)))
 })
 
+test_that("a file connection is written in place as a file, and left after it", {
+  bytes_tensor <- function(bytes, shape) structure(list(bytes = bytes, shape = shape), class = "st_test_bytes")
+  registerS3method("safe_tensor_meta", "st_test_bytes", function(x) list(shape = as.list(x$shape), dtype = "U8"))
+  registerS3method("safe_tensor_buffer", "st_test_bytes", function(x) x$bytes)
+  # Framework tensors go out as they are made: through the engine, into the
+  # connection's file.
+  x <- list(a = bytes_tensor(as.raw(1:6), c(2, 3)), b = matrix(rnorm(4), 2), c = bytes_tensor(as.raw(7:9), 3))
+  bytes <- safe_serialize(x)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  con <- file(path, "wb")
+  writeBin(as.raw(1:3), con)
+  placed <- count_calls("writer_place_", safe_save_file(x, con))
+  expect_identical(placed, 1)
+  # Left where the file ends, to write on.
+  expect_identical(seek(con, rw = "write"), 3 + length(bytes))
+  writeBin(as.raw(4), con)
+  close(con)
+  expect_identical(read_bytes(path), c(as.raw(1:3), bytes, as.raw(4)))
+  # Read back through a file connection at its position, which is left
+  # after the data.
+  con <- file(path, "rb")
+  readBin(con, "raw", 3)
+  expect_error(safe_load_file(con), class = "safetensors_error_incomplete_buffer")
+  close(con)
+  writeBin(c(as.raw(1:3), bytes), path)
+  con <- file(path, "rb")
+  readBin(con, "raw", 3)
+  expect_identical(safe_load_file(con, framework = "raw")$c, structure(as.raw(7:9), dtype = "U8", shape = 3L))
+  expect_identical(seek(con), 3 + length(bytes))
+  close(con)
+  # A file connection whose path no longer names its file (the working
+  # directory changed since it was opened) is written through the
+  # connection: the header written through it does not show up there.
+  dir <- withr::local_tempdir()
+  other <- withr::local_tempdir()
+  withr::with_dir(dir, con <- file("rel.safetensors", "wb"))
+  file.create(file.path(other, "rel.safetensors"))
+  withr::with_dir(other, {
+    placed <- count_calls("writer_place_", safe_save_file(x, con))
+    close(con)
+  })
+  expect_identical(placed, 0)
+  expect_identical(read_bytes(file.path(dir, "rel.safetensors")), bytes)
+  expect_identical(file.size(file.path(other, "rel.safetensors")), 0)
+  # A text-mode connection can't carry the file: a classed error before
+  # anything is written.
+  con <- file(path, "w")
+  expect_snapshot(error = TRUE, safe_save_file(x, con))
+  close(con)
+  expect_identical(file.size(path), 0)
+  writeBin(bytes, path)
+  con <- file(path, "r")
+  expect_error(safe_load_file(con), class = "safetensors_error_invalid_argument")
+  close(con)
+})
+
 test_that("objects with safe_tensor_meta() and safe_tensor_buffer() methods are written as their bytes", {
   bytes_tensor <- function(bytes, shape) structure(list(bytes = bytes, shape = shape), class = "st_test_bytes")
   registerS3method("safe_tensor_meta", "st_test_bytes", function(x) list(shape = as.list(x$shape), dtype = "U8"))

@@ -150,27 +150,31 @@ test_that("the constructor's bytes must fill the tensor exactly", {
 })
 
 test_that("`device` is taken as the constructor takes it", {
-  device <- safetensors:::torch_device_arg
-  expect_identical(device(list()), "cpu")
-  expect_identical(device(list(device = "cuda")), "cuda")
-  expect_identical(device(list("meta")), "meta")
-  expect_error(device(list(client = "x")), "unused argument", class = "simpleError")
-  expect_error(device(list("cpu", "cuda")), "unused argument", class = "simpleError")
+  # The tensor read goes through torch_finish() with the read's `...`.
+  finish <- function(...) do.call(safetensors:::torch_finish, c(list(x), list(...)))
   # On the CPU, a tensor is returned as it is, not copied.
   x <- structure(list(), class = "no_methods")
-  expect_identical(safetensors:::torch_to_device(x, "cpu"), x)
+  expect_identical(finish(), x)
+  expect_identical(finish(device = "cpu"), x)
+  expect_identical(finish("cpu"), x)
+  expect_error(finish(client = "x"), "unused argument", class = "simpleError")
+  expect_error(finish("cpu", "cuda"), "unused argument", class = "simpleError")
+  expect_identical(formals(safetensors_frameworks$torch$constructor)$device, "cpu")
 })
 
-test_that("torch reads the file's bytes itself only through the built-in constructor", {
-  direct <- safetensors:::torch_direct
-  expect_true(direct("torch"))
-  expect_false(direct("r"))
-  expect_false(direct("raw"))
+test_that("torch reads the file's bytes itself through its fast path, unless replaced", {
+  hooks <- safetensors:::framework_hooks
+  expect_identical(hooks("torch")$fill, safetensors:::torch_fill)
+  expect_true(hooks("torch")$views)
+  expect_null(hooks("r"))
+  expect_null(hooks("raw"))
   frameworks <- safetensors_frameworks
   ctor <- frameworks[["torch"]]
   withr::defer(frameworks[["torch"]] <- ctor)
   frameworks[["torch"]] <- list(constructor = function(raw, meta, ...) raw, packages = "torch")
-  expect_false(direct("torch"))
+  expect_null(hooks("torch"))
+  # Writing too: the replaced entry has no `write` hook.
+  expect_null(safetensors:::framework_writer(structure(list(), class = "torch_tensor")))
 })
 
 test_that("torch without LibTorch is a classed error", {
@@ -181,7 +185,7 @@ test_that("torch without LibTorch is a classed error", {
   expect_match(conditionMessage(cnd), "install_torch()", fixed = TRUE)
 })
 
-# The row-major element ranges [from, to) that torch_pieces()'s pieces of a
+# The row-major element ranges [from, to) that tensor_pieces()'s pieces of a
 # tensor of `shape` cover, one row each.
 piece_ranges <- function(pieces, shape) {
   rank <- length(shape)
@@ -199,8 +203,8 @@ piece_ranges <- function(pieces, shape) {
   }, numeric(2)))
 }
 
-test_that("torch tensors are written in pieces that cover them in order", {
-  pieces <- safetensors:::torch_pieces
+test_that("tensors are copied in pieces that cover them in order", {
+  pieces <- safetensors:::tensor_pieces
   shapes <- list(7, c(3, 5), c(2, 3, 4), c(1, 1, 9), c(4, 1, 3), c(5, 7, 1), c(0, 3), c(3, 0, 2), numeric(0))
   for (shape in shapes) {
     for (size in c(1, 2, 8)) {
@@ -233,82 +237,6 @@ test_that("torch tensors are written in pieces that cover them in order", {
   whole <- list(list(select = integer(), start = NULL, n = NULL))
   expect_identical(pieces(c(4, 6), 4, 96), whole)
   expect_identical(pieces(numeric(0), 8, 1), whole)
-})
-
-# The first tensor of multi.safetensors with at least `min_bytes` bytes, as
-# `path`, `name`, `nbytes`, `begin` and `bytes` (the file's) in `env`.
-local_multi_tensor <- function(min_bytes, env = parent.frame()) {
-  path <- fixture("multi.safetensors")
-  info <- safe_info(path)
-  name <- info$name[info$bytes >= min_bytes][[1]]
-  vals <- list(
-    path = path, name = name, nbytes = info$bytes[info$name == name], begin = info$begin[info$name == name],
-    bytes = read_bytes(path)
-  )
-  list2env(vals, env)
-  invisible(vals)
-}
-check_read <- function(res) safetensors:::st_check(res, "Can't read.")
-
-test_that("the views and pieces torch copies from are checked before any byte", {
-  local_multi_tensor(1)
-  for (backend in c("mmap", "read")) {
-    h <- safe_open(path, backend = backend)
-    part <- safetensors:::hget(h, "parts")[[1]]
-    # A view of the mapped bytes keeps the map alive; without a map, none.
-    view <- check_read(safetensors:::tensor_view_(part$ptr, name))
-    if (backend == "mmap") expect_identical(typeof(view), "externalptr") else expect_null(view)
-    # Pieces: inside the tensor, into a raw vector.
-    out <- raw(nbytes)
-    expect_null(check_read(safetensors:::tensor_bytes_(part$ptr, name, 0, out)))
-    expect_identical(out, bytes[begin + seq_len(nbytes)])
-    half <- raw(nbytes %/% 2)
-    check_read(safetensors:::tensor_bytes_(part$ptr, name, nbytes - length(half), half))
-    expect_identical(half, bytes[begin + nbytes - length(half) + seq_along(half)])
-    for (bad in list(list(1, out), list(-1, half), list(0.5, half), list(0, 1:4))) {
-      expect_error(check_read(safetensors:::tensor_bytes_(part$ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
-    }
-    expect_error(check_read(safetensors:::tensor_bytes_(part$ptr, "nope", 0, out)), class = "safetensors_error_tensor_not_found")
-    expect_error(check_read(safetensors:::tensor_view_(part$ptr, "nope")), class = "safetensors_error_tensor_not_found")
-    close(h)
-    expect_error(check_read(safetensors:::tensor_bytes_(part$ptr, name, 0, out)), class = "safetensors_error_closed")
-    expect_error(check_read(safetensors:::tensor_view_(part$ptr, name)), class = "safetensors_error_closed")
-  }
-  # A view of a raw vector's bytes points into the vector.
-  h <- safe_open(bytes)
-  part <- safetensors:::hget(h, "parts")[[1]]
-  expect_identical(typeof(check_read(safetensors:::tensor_view_(part$ptr, name))), "externalptr")
-  close(h)
-})
-
-test_that("pieces of views and of reads are checked before any byte", {
-  local_multi_tensor(8)
-  for (backend in c("mmap", "read")) {
-    h <- safe_open(path, backend = backend)
-    ptr <- safetensors:::hget(h, "parts")[[1]]$ptr
-    view <- check_read(safetensors:::tensor_view_piece_(ptr, name, 2, nbytes - 2))
-    if (backend == "mmap") expect_identical(typeof(view), "externalptr") else expect_null(view)
-    expect_null(check_read(safetensors:::tensor_view_piece_(ptr, name, 3, 0)))
-    expect_null(check_read(safetensors:::tensor_view_piece_done_(ptr, name, 2, nbytes - 2)))
-    # Into the first bytes of a larger buffer, which keeps the rest.
-    out <- as.raw(rep(255, nbytes + 3))
-    expect_null(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 2, nbytes - 2, out)))
-    expect_identical(out, c(bytes[begin + 2 + seq_len(nbytes - 2)], as.raw(rep(255, 5))))
-    for (bad in list(c(-1, 1), c(0.5, 1), c(0, nbytes + 1), c(nbytes, 1), c(1, -1), c(1, 1.5))) {
-      for (f in list(safetensors:::tensor_view_piece_, safetensors:::tensor_view_piece_done_)) {
-        expect_error(check_read(f(ptr, name, bad[[1]], bad[[2]])), class = "safetensors_error_invalid_argument")
-      }
-      expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, bad[[1]], bad[[2]], out)), class = "safetensors_error_invalid_argument")
-    }
-    # Not more than the buffer holds, and only into a raw vector.
-    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, raw(3))), class = "safetensors_error_invalid_argument")
-    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 0, 4, 1:4)), class = "safetensors_error_invalid_argument")
-    expect_error(check_read(safetensors:::tensor_view_piece_(ptr, "nope", 0, 1)), class = "safetensors_error_tensor_not_found")
-    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, "nope", 0, 1, out)), class = "safetensors_error_tensor_not_found")
-    close(h)
-    expect_error(check_read(safetensors:::tensor_view_piece_(ptr, name, 0, 1)), class = "safetensors_error_closed")
-    expect_error(check_read(safetensors:::tensor_piece_bytes_(ptr, name, 0, 1, out)), class = "safetensors_error_closed")
-  }
 })
 
 # ---- torch ---------------------------------------------------------------
@@ -447,7 +375,9 @@ test_that("torch tensors are written piece by piece, in row-major order", {
   skip_if_no_torch()
   pieces <- function(x, chunk) {
     out <- list()
-    safetensors:::torch_write_chunks(x, function(b, n) out[[length(out) + 1]] <<- b[seq_len(n)], chunk = chunk)
+    put <- function(b, n) out[[length(out) + 1]] <<- b[seq_len(n)]
+    meta <- safe_tensor_meta(x)
+    safetensors:::write_pieces(x, safetensors_frameworks$torch, meta$dtype, unlist(meta$shape), put, new.env(), chunk = chunk)
     out
   }
   base <- torch::torch_arange(1, 4 * 6 * 10)$view(c(4, 6, 10))

@@ -29,7 +29,7 @@ test_that("the writer checks its use and cleans up after itself", {
   # which may be anonymous).
   expect_false(file.exists(path))
   # Bytes for a tensor whose values the writer converts itself.
-  expect_identical(writer_put_(w, raw(12), 12)$kind, "invalid_argument")
+  expect_identical(writer_put_(w, raw(12), 12, FALSE)$kind, "invalid_argument")
   # An error abandons the save: its temporary file is gone.
   expect_length(list.files(dir, all.files = TRUE, no.. = TRUE), 0)
   expect_identical(writer_commit_(w)$kind, "closed")
@@ -71,6 +71,74 @@ test_that("the writer checks its use and cleans up after itself", {
   gc()
   expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "w.safetensors")
   expect_identical(readBin(path, "raw", 1e4), before)
+})
+
+# Two framework tensors (written with writer_put_()) around an R vector.
+later_spec <- function() {
+  registerS3method("safe_tensor_meta", "st_test_later", function(x) list(shape = list(length(x$bytes)), dtype = "U8"))
+  registerS3method("safe_tensor_buffer", "st_test_later", function(x) x$bytes)
+  later <- function(bytes) structure(list(bytes = bytes), class = "st_test_later")
+  x <- list(a = later(as.raw(1:5)), v = c(1.5, 2), b = later(as.raw(11:13)))
+  list(x = x, spec = tensor_spec(x, NULL, NULL), bytes = safe_serialize(x))
+}
+
+# Drives writer `w` to the end, putting each framework tensor's bytes in
+# pieces of `piece` bytes (detached or not); returns what commit returns.
+drive_writer <- function(w, x, detach, piece = 2) {
+  repeat {
+    i <- writer_write_(w, Inf)$current
+    if (i == 0) break
+    b <- x[[i]]$bytes
+    for (s in seq(1, length(b), by = piece)) {
+      # A new vector each time: the detached put keeps it referenced.
+      state <- writer_put_(w, b[s:min(length(b), s + piece - 1)], min(piece, length(b) - s + 1), detach)
+      expect_false(inherits(state, "safetensors_rust_error"))
+      if (detach) expect_identical(state$current, NA_real_)
+    }
+  }
+  writer_commit_(w)
+}
+
+test_that("puts on a helper thread write the same file, and their errors come with the next call", {
+  t <- later_spec()
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "d.safetensors")
+  for (detach in c(FALSE, TRUE)) {
+    expect_identical(drive_writer(writer_open_(t$spec, "file", path, FALSE, 0L), t$x, detach), as.numeric(length(t$bytes)))
+    expect_identical(read_bytes(path), t$bytes)
+    expect_identical(drive_writer(writer_open_(t$spec, "raw", "", FALSE, 0L), t$x, detach), t$bytes)
+  }
+  # More bytes than the tensor has: the detached put fails on its thread,
+  # and the next call says so and abandons the save.
+  w <- writer_open_(t$spec, "file", file.path(dir, "e.safetensors"), FALSE, 0L)
+  writer_write_(w, Inf)
+  expect_false(inherits(writer_put_(w, as.raw(1:9), 9, TRUE), "safetensors_rust_error"))
+  expect_identical(writer_write_(w, Inf)$kind, "invalid_argument")
+  expect_identical(writer_commit_(w)$kind, "closed")
+  expect_identical(list.files(dir), "d.safetensors")
+  # A save dropped with a put in flight waits for it.
+  w <- writer_open_(t$spec, "file", file.path(dir, "f.safetensors"), FALSE, 0L)
+  writer_write_(w, Inf)
+  writer_put_(w, as.raw(1:5), 5, TRUE)
+  rm(w)
+  gc()
+  expect_identical(list.files(dir), "d.safetensors")
+})
+
+test_that("a stream writer goes on in place in its file", {
+  t <- later_spec()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  w <- writer_open_(t$spec, "stream", "", FALSE, 0L)
+  header <- writer_take_(w)
+  writeBin(c(charToRaw("before"), header), path)
+  at <- 6 + length(header)
+  # Not a regular file of that size: an error, and the writer stays a stream.
+  expect_identical(writer_place_(w, path, at + 1, FALSE)$kind, "io")
+  expect_identical(writer_place_(w, dirname(path), 0, FALSE)$kind, "io")
+  expect_null(writer_place_(w, path, at, TRUE))
+  expect_identical(writer_place_(w, path, at, FALSE)$kind, "invalid_argument")
+  expect_identical(drive_writer(w, t$x, TRUE), as.numeric(length(t$bytes)))
+  expect_identical(read_bytes(path), c(charToRaw("before"), t$bytes))
 })
 
 test_that("a connection gets nothing when a value can't be converted", {

@@ -1,227 +1,372 @@
-//! The bytes R torch copies tensors from (R/torch.R). No address ever
-//! travels as text and nothing here writes into torch's memory: torch
-//! itself copies, with `copy_()`, from a view (`torch_tensor_from_buffer()`)
-//! of either
-//! * the tensor's bytes where the source holds them in memory (a memory
-//!   map or a raw vector): an external pointer whose address is the
-//!   tensor's first byte and which keeps that memory alive, or
-//! * an R raw vector R allocated as a staging buffer, which
-//!   `tensor_bytes_()` fills from the file with the read engine.
+//! The bytes a framework copies tensors from, piece by piece
+//! (R/frameworks.R): a framework with the read hooks (torch) allocates each
+//! tensor itself and copies each piece into it. No address ever travels
+//! as text and nothing here writes into a framework's memory: the
+//! framework itself copies from either
+//! * a view of the piece where the source holds it in memory (a memory map
+//!   or a raw vector): an external pointer whose address is the piece's
+//!   first byte and which keeps that memory alive, or
+//! * one of two staging raw vectors (allocated by R, on R's thread), which
+//!   the core reads the piece into.
 //!
-//! Writes go the other way through a staging raw vector that torch fills
-//! and `writer_put_()` (write.rs) writes.
+//! A reader ([`piece_reader_`]) hands the pieces of one source out in the
+//! order given ([`piece_next_`]); while the framework copies piece k, a
+//! helper thread ([`ReadAhead`]) reads piece k + 1 into the other staging
+//! vector, or, from a map, the kernel is asked to read its pages into the
+//! page cache (without mapping them, so memory does not grow). Handing out
+//! the next piece first finishes the previous one: its pages of the map are
+//! let go of, and the source is verified, so a file that changed or was
+//! truncated under the copy is an error (`file_changed`), never silently
+//! wrong bytes.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use extendr_api::prelude::*;
-use extendr_ffi::{R_MakeExternalPtr, R_NilValue};
-use safetensors_core::convert::SharedSlice;
-use safetensors_core::error::{Error, Kind, Result as CoreResult};
-use safetensors_core::io::{FileSource, Source};
-use safetensors_core::read::{self, Task};
+use extendr_ffi::{R_ExternalPtrProtected, R_MakeExternalPtr, R_NilValue, SEXPTYPE, VECTOR_ELT};
+use safetensors_core::ahead::ReadAhead;
+use safetensors_core::error::{Error, Kind, Result};
+use safetensors_core::io::{FileSource, Memory, Source};
 
-use crate::robj::{check_interrupt_now, slice_of, to_r, vec_data};
-use crate::sources::{with_open, Backing, Open};
+use crate::robj::{alloc, check_interrupt_now, to_r, vec_data};
+use crate::sources::{with_open, Backing};
 
 /// What keeps a memory map alive for the views of it.
 struct MapOwner(#[allow(unused)] Arc<FileSource>);
 
-/// A view of tensor `name` of an open handle for torch: an external
-/// pointer whose address is the tensor's first byte, in the handle's map
-/// or raw vector, which it keeps alive; `NULL` when the source holds no
-/// bytes in memory (`backend = "read"`), or the tensor has none. A map's
-/// pages are mapped at once, as the loader does.
-/// @noRd
-#[extendr]
-fn tensor_view_(x: Robj, name: &str) -> Robj {
-    to_r(with_open(&x, |open| {
-        let info = &open.header.tensors[open.find(name)?];
-        view_of(
-            &x,
-            open,
-            open.header.data_start() + info.begin,
-            info.nbytes(),
-        )
-    }))
+/// Where a reader's pieces come from.
+enum Origin {
+    /// A file, mapped or read with positioned reads.
+    File(Arc<FileSource>),
+    /// A raw vector, kept alive by the reader's protected slot (element 1).
+    Memory { ptr: *const u8, len: usize },
 }
 
-/// Lets go of the mapped pages of tensor `name` once torch copied them
-/// (see `Source::done_with`).
-/// @noRd
-#[extendr]
-fn tensor_view_done_(x: Robj, name: &str) -> Robj {
-    to_r(with_open(&x, |open| {
-        let info = &open.header.tensors[open.find(name)?];
-        open.with_source(|src| {
-            src.done_with(open.header.data_start() + info.begin, info.nbytes());
-            Ok(().into())
-        })
-    }))
-}
-
-/// [`tensor_view_`] of bytes `[from, from + n)` of tensor `name` only, a
-/// piece that R/torch.R copies before it asks for the next one, so that a
-/// map holds the pages of one piece at a time (with
-/// [`tensor_view_piece_done_`]).
-/// @noRd
-#[extendr]
-fn tensor_view_piece_(x: Robj, name: &str, from: f64, n: f64) -> Robj {
-    to_r(with_open(&x, |open| {
-        let (off, n) = piece_of(open, name, from, n)?;
-        view_of(&x, open, off, n)
-    }))
-}
-
-/// [`tensor_view_done_`] of bytes `[from, from + n)` of tensor `name`.
-/// @noRd
-#[extendr]
-fn tensor_view_piece_done_(x: Robj, name: &str, from: f64, n: f64) -> Robj {
-    to_r(with_open(&x, |open| {
-        let (off, n) = piece_of(open, name, from, n)?;
-        open.with_source(|src| {
-            src.done_with(off, n);
-            Ok(().into())
-        })
-    }))
-}
-
-/// The offset in the source of bytes `[from, from + n)` of tensor `name`,
-/// and `n`, checked to lie inside the tensor.
-fn piece_of(open: &Open, name: &str, from: f64, n: f64) -> CoreResult<(usize, usize)> {
-    let info = &open.header.tensors[open.find(name)?];
-    let whole =
-        |v: f64| (v >= 0.0 && v.fract() == 0.0 && v <= usize::MAX as f64).then_some(v as usize);
-    let (Some(from), Some(n)) = (whole(from), whole(n)) else {
-        return Err(Error::tensor(
-            Kind::InvalidArgument,
-            name,
-            "internal error: a piece must be whole bytes",
-        ));
-    };
-    if !from.checked_add(n).is_some_and(|end| end <= info.nbytes()) {
-        return Err(Error::tensor(
-            Kind::InvalidArgument,
-            name,
-            "internal error: the piece runs past the tensor",
-        ));
-    }
-    Ok((open.header.data_start() + info.begin + from, n))
-}
-
-/// A view of bytes `[off, off + n)` of the source of `open` (the handle
-/// `x`), as [`tensor_view_`] describes it.
-fn view_of(x: &Robj, open: &Open, off: usize, n: usize) -> CoreResult<Robj> {
-    if n == 0 {
-        return Ok(().into());
-    }
-    let (addr, keep): (*const u8, Robj) = match &open.backing {
-        Backing::File(file) => match file.view_whole(off, n)? {
-            Some(bytes) => (
-                bytes.as_ptr(),
-                ExternalPtr::new(MapOwner(Arc::clone(file))).into(),
-            ),
-            None => return Ok(().into()),
-        },
-        Backing::Remote { .. } => return Ok(().into()),
-        Backing::Memory { ptr, .. } => {
-            // The handle's protected slot holds the raw vector.
-            // SAFETY: `x` is the handle's external pointer (with_open
-            // checked it); its protected slot is the raw vector.
-            let raw = unsafe { Robj::from_sexp(extendr_ffi::R_ExternalPtrProtected(x.get())) };
-            // SAFETY: the bytes lie inside the vector (the header was
-            // validated against its length, and pieces against the tensor).
-            (unsafe { ptr.add(off) }, raw)
+impl Origin {
+    fn with_source<T>(&self, f: impl FnOnce(&dyn Source) -> Result<T>) -> Result<T> {
+        match self {
+            Origin::File(file) => f(file.as_ref()),
+            Origin::Memory { ptr, len } => {
+                // SAFETY: the raw vector stays alive (R never moves vectors)
+                // for as long as the reader's protected slot holds it.
+                let bytes: &[u8] = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+                f(&Memory(bytes))
+            }
         }
-    };
-    // SAFETY: torch only reads through the view (R/torch.R copies from
-    // it), for as long as R keeps the external pointer, whose protected
-    // slot keeps the map (an Arc of it) or the raw vector alive; no
-    // finalizer is needed, as the pointer owns nothing itself.
-    Ok(unsafe {
-        Robj::from_sexp(R_MakeExternalPtr(
-            addr as *mut std::os::raw::c_void,
-            R_NilValue,
-            keep.get(),
-        ))
-    })
+    }
 }
 
-/// Fills the raw vector `out` (a staging buffer R/torch.R allocated, never
-/// seen by users) with bytes `[from, from + length(out))` of tensor `name`
-/// of an open handle, through the read engine. Returns `NULL`.
-/// @noRd
-#[extendr]
-fn tensor_bytes_(x: Robj, name: &str, from: f64, out: Robj) -> Robj {
-    to_r(with_open(&x, |open| {
-        let n = raw_len(&out)?;
-        read_piece(open, name, from, n, &out)
-    }))
+/// How the pieces are handed out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hand {
+    /// Views of the source's memory.
+    Views,
+    /// The staging raw vectors (elements 2 and 3 of the protected slot, or
+    /// only 2 when there is one piece), filled by the core.
+    Stage,
 }
 
-/// [`tensor_bytes_`] into the first `n` bytes of `out` only, so that one
-/// staging buffer serves pieces of every size.
-/// @noRd
-#[extendr]
-fn tensor_piece_bytes_(x: Robj, name: &str, from: f64, n: f64, out: Robj) -> Robj {
-    to_r(with_open(&x, |open| {
-        let len = raw_len(&out)?;
-        let n = (n >= 0.0 && n.fract() == 0.0 && n <= len as f64).then_some(n as usize);
-        let Some(n) = n else {
-            return Err(Error::tensor(
+/// A source's pieces, handed out one at a time.
+struct Reader {
+    /// The helper thread, if any. Dropped first: it joins the thread, which
+    /// may be writing a staging vector, before anything else goes.
+    ahead: Option<ReadAhead>,
+    from: Origin,
+    hand: Hand,
+    /// Each piece's offset in the source and length in bytes.
+    pieces: Vec<(usize, usize)>,
+    /// The data of the staging vectors.
+    stage: Vec<*mut u8>,
+    /// The next piece to hand out.
+    next: usize,
+    /// Pieces whose read was sent to the helper (staging).
+    sent: usize,
+    /// The piece handed out last, not finished yet.
+    held: Option<usize>,
+    done: bool,
+}
+
+impl Reader {
+    /// Asks the helper to read piece `k` into staging vector `k % 2`.
+    fn send(&mut self, k: usize) -> Result<()> {
+        let Some(&(off, n)) = self.pieces.get(k) else {
+            return Ok(());
+        };
+        let Some(ahead) = self.ahead.as_mut() else {
+            return Ok(());
+        };
+        // SAFETY: staging vector k % 2 is at least n bytes (allocated for
+        // the largest piece), kept alive by the protected slot, and
+        // untouched until this job's wait: R copies from the other one
+        // (k - 1) meanwhile, and gets this one only from `next` after the
+        // wait.
+        unsafe { ahead.read(off, self.stage[k % 2], n)? };
+        self.sent = k + 1;
+        Ok(())
+    }
+
+    /// Finishes the piece handed out last: lets go of its mapped pages, and
+    /// checks that the source did not change under the copy.
+    fn release(&mut self) -> Result<()> {
+        let Some(k) = self.held.take() else {
+            return Ok(());
+        };
+        let (off, n) = self.pieces[k];
+        self.from.with_source(|src| {
+            if self.hand == Hand::Views {
+                src.done_with(off, n);
+            }
+            src.verify()
+        })
+    }
+
+    /// Piece `self.next`: where it is handed out from.
+    fn next(&mut self) -> Result<Handed> {
+        self.release()?;
+        let k = self.next;
+        let Some(&(off, n)) = self.pieces.get(k) else {
+            return Err(Error::new(
                 Kind::InvalidArgument,
-                name,
-                "internal error: the piece is larger than its buffer",
+                "internal error: every piece was read",
             ));
         };
-        read_piece(open, name, from, n, &out)
+        self.next += 1;
+        match self.hand {
+            Hand::Views => {
+                let addr = self.from.with_source(|src| match src.view_whole(off, n)? {
+                    Some(bytes) => Ok(bytes.as_ptr()),
+                    None => Err(Error::new(
+                        Kind::InvalidArgument,
+                        "internal error: the source holds no bytes in memory",
+                    )),
+                })?;
+                if let (Origin::File(file), Some(&(off, n))) = (&self.from, self.pieces.get(k + 1))
+                {
+                    file.prefetch(off, n);
+                }
+                self.held = Some(k);
+                Ok(Handed::View(addr))
+            }
+            Hand::Stage => {
+                if self.ahead.is_some() {
+                    // The first call sends pieces 0 and 1; later ones send
+                    // piece k + 1 into the vector R just finished with.
+                    while self.sent <= (k + 1).min(self.pieces.len() - 1) {
+                        self.send(self.sent)?;
+                    }
+                    if let Some(a) = self.ahead.as_mut() {
+                        a.wait(&mut check_interrupt_now)?;
+                    }
+                } else {
+                    // SAFETY: staging vector k % 2 holds at least n bytes and
+                    // is not in R's hands (R finished with it).
+                    let buf = unsafe { std::slice::from_raw_parts_mut(self.stage[k % 2], n) };
+                    self.from.with_source(|src| src.read_at(off, buf))?;
+                }
+                self.held = Some(k);
+                // The bytes just read are checked by the next release.
+                Ok(Handed::Stage(k % 2))
+            }
+        }
+    }
+
+    /// Finishes the last piece and stops the helper thread.
+    fn end(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let res = self.release();
+        // Joins the helper, which may still work on a piece never handed out.
+        self.ahead = None;
+        res
+    }
+}
+
+/// Where [`Reader::next`] put a piece.
+enum Handed {
+    /// At this address of the source's memory.
+    View(*const u8),
+    /// In staging vector 0 or 1.
+    Stage(usize),
+}
+
+fn with_reader<T>(r: &Robj, f: impl FnOnce(&mut Reader) -> Result<T>) -> Result<T> {
+    let bad = || Error::new(Kind::InvalidArgument, "internal error: not a piece reader");
+    let Ok(ptr) = <&ExternalPtr<RefCell<Reader>>>::try_from(r) else {
+        return Err(bad());
+    };
+    let Ok(cell) = ptr.try_addr() else {
+        return Err(bad());
+    };
+    let Ok(mut reader) = cell.try_borrow_mut() else {
+        return Err(bad());
+    };
+    f(&mut reader)
+}
+
+/// Whole bytes from R's doubles.
+fn whole(v: f64) -> Option<usize> {
+    (v >= 0.0 && v.fract() == 0.0 && v < 2f64.powi(53)).then_some(v as usize)
+}
+
+/// A reader of the pieces of the source of handle `x` at byte `offsets`
+/// (in the source) of byte lengths `sizes`, handed out in that order by
+/// [`piece_next_`]. With `views`, pieces the source holds in memory (a map,
+/// a raw vector) are handed out as views; otherwise (or for a file read
+/// with positioned reads) as staging raw vectors allocated here. With
+/// `threads` above 1, a helper thread reads the next piece of a file into
+/// a staging vector ahead.
+/// @noRd
+#[extendr]
+fn piece_reader_(x: Robj, offsets: &[f64], sizes: &[f64], views: bool, threads: i32) -> Robj {
+    to_r(with_open(&x, |open| {
+        let bad = || Error::new(Kind::InvalidArgument, "internal error: invalid pieces");
+        if offsets.len() != sizes.len() {
+            return Err(bad());
+        }
+        let (from, keep, in_memory) = match &open.backing {
+            Backing::File(file) => (
+                Origin::File(Arc::clone(file)),
+                ().into(),
+                file.backend() == safetensors_core::io::Backend::Mmap,
+            ),
+            Backing::Memory { ptr, len } => {
+                // SAFETY: `x` is the handle's external pointer (with_open
+                // checked it); its protected slot is the raw vector.
+                let raw = unsafe { Robj::from_sexp(R_ExternalPtrProtected(x.get())) };
+                (
+                    Origin::Memory {
+                        ptr: *ptr,
+                        len: *len,
+                    },
+                    raw,
+                    true,
+                )
+            }
+            Backing::Remote { .. } => return Err(bad()),
+        };
+        let len = from.with_source(|s| Ok(s.len()))?;
+        let mut pieces = Vec::with_capacity(offsets.len());
+        for (&o, &s) in offsets.iter().zip(sizes) {
+            let (Some(o), Some(s)) = (whole(o), whole(s)) else {
+                return Err(bad());
+            };
+            if !o.checked_add(s).is_some_and(|e| e as u64 <= len) {
+                return Err(bad());
+            }
+            pieces.push((o, s));
+        }
+        let hand = if views && in_memory {
+            Hand::Views
+        } else {
+            Hand::Stage
+        };
+        let mut stage_robjs: Vec<Robj> = Vec::new();
+        if hand == Hand::Stage {
+            let most = pieces.iter().map(|p| p.1).max().unwrap_or(0);
+            for _ in 0..pieces.len().min(2) {
+                stage_robjs.push(alloc(SEXPTYPE::RAWSXP, most)?);
+            }
+        }
+        let stage = stage_robjs
+            .iter()
+            // SAFETY: fresh raw vectors, alive while `stage_robjs` (and then
+            // the protected slot) holds them.
+            .map(|r| unsafe { vec_data(r.get(), SEXPTYPE::RAWSXP) })
+            .collect();
+        let ahead = match &from {
+            Origin::File(file)
+                if hand == Hand::Stage && threads_wanted(threads) && pieces.len() > 1 =>
+            {
+                Some(ReadAhead::new(Arc::clone(file))?)
+            }
+            _ => None,
+        };
+        let reader = Reader {
+            ahead,
+            from,
+            hand,
+            pieces,
+            stage,
+            next: 0,
+            sent: 0,
+            held: None,
+            done: false,
+        };
+        let ptr: Robj = ExternalPtr::new(RefCell::new(reader)).into();
+        let mut slot = vec![keep];
+        slot.extend(stage_robjs);
+        let slot: Robj = List::from_values(slot).into();
+        // SAFETY: both are valid R objects; the protected slot keeps the raw
+        // vector the views point into and the staging vectors alive for as
+        // long as the reader lives (its finalizer joins the helper thread
+        // before they can go).
+        unsafe { extendr_ffi::R_SetExternalPtrProtected(ptr.get(), slot.get()) };
+        Ok(ptr)
     }))
 }
 
-/// The length of the raw vector `out`.
-fn raw_len(out: &Robj) -> CoreResult<usize> {
-    // SAFETY: `out` is checked to be a raw vector; R keeps it alive for the
-    // call.
-    unsafe { slice_of::<u8>(out.get(), extendr_ffi::SEXPTYPE::RAWSXP) }
-        .map(<[u8]>::len)
-        .ok_or_else(|| Error::new(Kind::InvalidArgument, "the buffer must be a raw vector"))
+fn threads_wanted(threads: i32) -> bool {
+    crate::robj::threads_from_r(threads) > 1
 }
 
-/// Reads bytes `[from, from + n)` of tensor `name` into the first `n`
-/// bytes of the raw vector `out` (at least `n` long), through the read
-/// engine.
-fn read_piece(open: &Open, name: &str, from: f64, n: usize, out: &Robj) -> CoreResult<Robj> {
-    let info = &open.header.tensors[open.find(name)?];
-    let from = (from >= 0.0 && from.fract() == 0.0).then_some(from as usize);
-    let Some(from) = from.filter(|&f| f.checked_add(n).is_some_and(|e| e <= info.nbytes())) else {
-        return Err(Error::tensor(
-            Kind::InvalidArgument,
-            name,
-            "internal error: the piece runs past the tensor",
-        ));
-    };
-    // SAFETY: `out` is a raw vector of at least `n` bytes (checked by the
-    // callers) that R keeps alive for the call; only this function writes
-    // it meanwhile.
-    let dest =
-        unsafe { SharedSlice::from_raw(vec_data(out.get(), extendr_ffi::SEXPTYPE::RAWSXP), n) };
-    let task = Task::bytes(open.header.data_start() + info.begin + from, dest);
-    open.with_source(|src| {
-        read::read_tasks(
-            src,
-            std::slice::from_ref(&task),
-            1,
-            &mut check_interrupt_now,
-        )
-    })?;
-    Ok(().into())
+/// The next piece of reader `r`: a view (an external pointer to its first
+/// byte, which keeps the memory alive) or a staging raw vector whose first
+/// bytes are the piece (it may be longer). The piece handed out before is
+/// finished first (see the module's documentation); the bytes are valid
+/// until the next call.
+/// @noRd
+#[extendr]
+fn piece_next_(r: Robj) -> Robj {
+    to_r(with_reader(&r, |reader| {
+        let keep_memory = match &reader.from {
+            Origin::File(file) => Some(Arc::clone(file)),
+            Origin::Memory { .. } => None,
+        };
+        // SAFETY: `r` is the reader's external pointer (with_reader checked
+        // it); its protected slot is the list made by piece_reader_.
+        let slot = unsafe { R_ExternalPtrProtected(r.get()) };
+        match reader.next()? {
+            Handed::Stage(i) => {
+                // SAFETY: elements 1 and 2 of the slot are the staging
+                // vectors (piece_reader_ made one per piece, up to two).
+                Ok(unsafe { Robj::from_sexp(VECTOR_ELT(slot, 1 + i as isize)) })
+            }
+            Handed::View(addr) => {
+                let keep: Robj = match keep_memory {
+                    Some(file) => ExternalPtr::new(MapOwner(file)).into(),
+                    // SAFETY: element 0 of the slot is the raw vector.
+                    None => unsafe { Robj::from_sexp(VECTOR_ELT(slot, 0)) },
+                };
+                // SAFETY: R torch only reads through the view, for as long as
+                // R keeps the external pointer, whose protected slot keeps the
+                // map (an Arc of it) or the raw vector alive; no finalizer is
+                // needed, as the pointer owns nothing itself.
+                Ok(unsafe {
+                    Robj::from_sexp(R_MakeExternalPtr(
+                        addr as *mut std::os::raw::c_void,
+                        R_NilValue,
+                        keep.get(),
+                    ))
+                })
+            }
+        }
+    }))
+}
+
+/// Finishes reader `r`: the last piece handed out (its pages let go of, the
+/// source verified), and the helper thread stopped. Returns `NULL`; calling
+/// it again does nothing.
+/// @noRd
+#[extendr]
+fn piece_end_(r: Robj) -> Robj {
+    to_r(with_reader(&r, |reader| reader.end().map(|()| ().into())))
 }
 
 extendr_module! {
-    mod torch;
-    fn tensor_view_;
-    fn tensor_view_done_;
-    fn tensor_view_piece_;
-    fn tensor_view_piece_done_;
-    fn tensor_bytes_;
-    fn tensor_piece_bytes_;
+    mod frameworks;
+    fn piece_reader_;
+    fn piece_next_;
+    fn piece_end_;
 }

@@ -7,6 +7,7 @@
 
 mod decimal;
 mod dtypes;
+mod frameworks;
 mod info;
 mod load;
 mod open;
@@ -15,7 +16,6 @@ mod shards;
 mod slice;
 mod sources;
 mod tensors;
-mod torch;
 mod write;
 
 use extendr_api::prelude::*;
@@ -23,11 +23,11 @@ use extendr_api::prelude::*;
 extendr_module! {
     mod safetensors;
     use dtypes;
+    use frameworks;
     use load;
     use open;
     use shards;
     use slice;
     use sources;
-    use torch;
     use write;
 }

@@ -24,13 +24,20 @@ fn load(open: Result<Open>, names: &Robj, mode: &Robj, threads: i32) -> Result<R
     })
 }
 
-/// Reads tensors `names` (`NULL`: all) from the file at `path` in mode
-/// `"raw"` or `c("array", int64, uint8)` on `threads` threads (0: the
-/// default): `list(tensors, header, inexact, int_min, na, max_offset)`.
+/// Reads tensors `names` (`NULL`: all) from the file at `path` (from byte
+/// `base` on: 0 for a whole file) in mode `"raw"` or `c("array", int64,
+/// uint8)` with `backend` (`"auto"`, `"mmap"` or `"read"`) on `threads`
+/// threads (0: the default): `list(tensors, header, inexact, int_min, na,
+/// max_offset)`.
 /// @noRd
 #[extendr]
-fn load_file_(path: &str, names: Robj, mode: Robj, backend: &str, threads: i32) -> Robj {
-    to_r(load(Open::file(path, backend), &names, &mode, threads))
+fn load_file_(path: &str, base: f64, names: Robj, mode: Robj, backend: &str, threads: i32) -> Robj {
+    to_r(load(
+        Open::file(path, backend, base),
+        &names,
+        &mode,
+        threads,
+    ))
 }
 
 /// [`load_file_`] for a raw vector holding a whole file.

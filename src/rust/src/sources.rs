@@ -78,21 +78,21 @@ impl Open {
         Ok(Open::with_header(Backing::Remote { len }, header))
     }
 
-    /// Opens the file at `path` with `backend` (`"mmap"` or `"read"`).
-    pub fn file(path: &str, backend: &str) -> Result<Open> {
-        let backend = match backend {
-            "read" => Backend::Read,
-            "mmap" => Backend::Mmap,
-            _ => {
-                return Err(Error::new(
-                    Kind::InvalidArgument,
-                    format!("unknown backend `{backend}`"),
-                ))
-            }
-        };
-        Open::new(Backing::File(Arc::new(FileSource::open(
+    /// Opens the file at `path` with `backend` (`"auto"`, `"mmap"` or
+    /// `"read"`), as a source starting at byte `base` of the file (a file
+    /// connection's position).
+    pub fn file(path: &str, backend: &str, base: f64) -> Result<Open> {
+        let backend = Backend::from_name(backend)?;
+        if !(base >= 0.0 && base.fract() == 0.0 && base < 2f64.powi(53)) {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: invalid offset",
+            ));
+        }
+        Open::new(Backing::File(Arc::new(FileSource::open_at(
             Path::new(path),
             backend,
+            base as u64,
         )?)))
     }
 
@@ -241,12 +241,30 @@ fn new_handle(open: Open) -> Robj {
     .into()
 }
 
-/// Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
-/// validating its header.
+/// Opens the file at `path` with backend `"auto"`, `"mmap"` or `"read"`,
+/// from byte `base` on (0 for a whole file), reading and validating its
+/// header.
 /// @noRd
 #[extendr]
-fn open_file_(path: &str, backend: &str) -> Robj {
-    to_r(Open::file(path, backend).map(new_handle))
+fn open_file_(path: &str, backend: &str, base: f64) -> Robj {
+    to_r(Open::file(path, backend, base).map(new_handle))
+}
+
+/// How the source of handle `x` is read: `"mmap"` or `"read"` for a file
+/// (what `"auto"` chose), `"memory"` for a raw vector, `"remote"` for a
+/// file over HTTP.
+/// @noRd
+#[extendr]
+fn handle_backend_(x: Robj) -> Robj {
+    to_r(with_open(&x, |open| {
+        Ok(match &open.backing {
+            Backing::File(f) if f.backend() == Backend::Mmap => "mmap",
+            Backing::File(_) => "read",
+            Backing::Memory { .. } => "memory",
+            Backing::Remote { .. } => "remote",
+        }
+        .into())
+    }))
 }
 
 /// Opens a raw vector holding a whole file; the handle keeps it alive.
@@ -444,6 +462,7 @@ fn info_header_(prefix: Robj) -> Robj {
 extendr_module! {
     mod sources;
     fn open_file_;
+    fn handle_backend_;
     fn open_raw_;
     fn open_remote_;
     fn remote_plan_;

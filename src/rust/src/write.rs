@@ -21,7 +21,7 @@ use safetensors_core::convert::{Rounding, Src};
 use safetensors_core::dtype::Dtype;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::TensorSpec;
-use safetensors_core::write::{FileSink, Input, MemSink, Writer};
+use safetensors_core::write::{FileSink, Input, MemSink, PlacedSink, Writer};
 
 use crate::robj::{
     alloc, check_interrupt_now, named_list, raw_bytes, slice_of, threads_from_r, to_r, vec_data,
@@ -36,12 +36,70 @@ enum Out {
     Raw(Writer<MemSink<'static>>),
     /// A connection: R takes the pending bytes after each call.
     Stream(Writer<Vec<u8>>),
+    /// The file a file connection writes, in place from its position
+    /// (`writer_place_()`).
+    Placed(Writer<PlacedSink>),
 }
 
 /// What R's external pointer owns: a save in progress, or nothing once
 /// committed or aborted.
 pub struct SaveHandle {
     state: RefCell<Option<Out>>,
+    /// A put running on a helper thread (`writer_put_()` with `detach`),
+    /// which owns the save meanwhile.
+    pending: RefCell<Option<Pending>>,
+}
+
+/// A put on a helper thread, and the raw vector it reads, kept (protected)
+/// until the thread is joined.
+struct Pending {
+    thread: std::thread::JoinHandle<(Out, Result<()>)>,
+    _bytes: Robj,
+}
+
+/// The first `n` bytes of a raw vector R keeps alive and leaves alone
+/// while a helper thread writes them out.
+struct Lent {
+    ptr: *const u8,
+    n: usize,
+}
+
+// SAFETY: R keeps the vector alive (Pending holds it) and does not modify
+// it until the thread is joined (R/frameworks.R alternates two staging
+// vectors, and every writer call joins the thread first).
+unsafe impl Send for Lent {}
+
+impl SaveHandle {
+    /// Waits for a put on the helper thread, if any, and takes the save
+    /// back; the put's result.
+    fn settle(&self) -> Result<()> {
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
+        };
+        let Some(p) = pending.take() else {
+            return Ok(());
+        };
+        let (out, res) = p
+            .thread
+            .join()
+            .map_err(|_| Error::new(Kind::Io, "the writer thread panicked"))?;
+        let Ok(mut state) = self.state.try_borrow_mut() else {
+            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
+        };
+        if res.is_ok() {
+            *state = Some(out);
+        }
+        // On an error the save is dropped (a file sink removes its
+        // temporary file), as with_writer does.
+        res
+    }
+}
+
+impl Drop for SaveHandle {
+    fn drop(&mut self) {
+        // The thread reads a raw vector that goes with this handle.
+        let _ = self.settle();
+    }
 }
 
 /// Positions of the description's fields (R/write.R builds it).
@@ -251,6 +309,7 @@ fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>)
     let Ok(handle) = ptr.try_addr() else {
         return Err(closed());
     };
+    handle.settle()?;
     let Ok(mut state) = handle.state.try_borrow_mut() else {
         return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
     };
@@ -331,6 +390,7 @@ fn writer_open_(spec: List, to: &str, path: &str, sync: bool, threads: i32) -> R
         };
         let ptr: Robj = ExternalPtr::new(SaveHandle {
             state: RefCell::new(Some(out)),
+            pending: RefCell::new(None),
         })
         .into();
         let keep: Robj = List::from_values([spec.into(), raw]).into();
@@ -349,6 +409,7 @@ fn progress(out: &mut Out) -> Robj {
         Out::File(w) => (w.written(), w.current()),
         Out::Raw(w) => (w.written(), w.current()),
         Out::Stream(w) => (w.written(), w.current()),
+        Out::Placed(w) => (w.written(), w.current()),
     };
     named_list(
         &["written", "current"],
@@ -379,6 +440,7 @@ fn writer_write_(w: Robj, budget: f64) -> Robj {
             Out::File(w) => w.write(inputs, budget, poll)?,
             Out::Raw(w) => w.write(inputs, budget, poll)?,
             Out::Stream(w) => w.write(inputs, budget, poll)?,
+            Out::Placed(w) => w.write(inputs, budget, poll)?,
         };
         Ok(progress(out))
     }))
@@ -386,40 +448,142 @@ fn writer_write_(w: Robj, budget: f64) -> Robj {
 
 /// Appends the first `n` bytes of the raw vector `bytes` (a framework's
 /// buffer, or torch's staging buffer) to the tensor whose turn it is.
-/// Returns `list(written, current)`.
+/// With `detach` (and a file or raw vector as the output), the bytes are
+/// written on a helper thread while R goes on (filling another staging
+/// vector): R must leave `bytes` alone until its next call to the writer,
+/// which waits for the thread first. Returns `list(written, current)`; a
+/// detached put reports the bytes as written and `current` as `NA`.
 /// @noRd
 #[extendr]
-fn writer_put_(w: Robj, bytes: Robj, n: f64) -> Robj {
-    to_r(with_writer(&w, |out, inputs| {
-        let current = match out {
-            Out::File(w) => w.current(),
-            Out::Raw(w) => w.current(),
-            Out::Stream(w) => w.current(),
+fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
+    to_r((|| {
+        let part = with_writer(&w, |out, inputs| {
+            let current = match out {
+                Out::File(w) => w.current(),
+                Out::Raw(w) => w.current(),
+                Out::Stream(w) => w.current(),
+                Out::Placed(w) => w.current(),
+            };
+            if !matches!(current.map(|i| inputs[i]), Some(Input::Later)) {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "internal error: bytes were given for a tensor the writer converts from its values",
+                ));
+            }
+            let all = raw_bytes(&bytes)?;
+            let Some(part) = (n >= 0.0 && n.fract() == 0.0)
+                .then_some(n as usize)
+                .and_then(|n| all.get(..n))
+            else {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "internal error: more bytes asked for than given",
+                ));
+            };
+            if detach && !matches!(out, Out::Stream(_)) {
+                return Ok(Some(Lent {
+                    ptr: part.as_ptr(),
+                    n: part.len(),
+                }));
+            }
+            let poll = &mut check_interrupt_now;
+            match out {
+                Out::File(w) => w.put(part, poll)?,
+                Out::Raw(w) => w.put(part, poll)?,
+                Out::Stream(w) => w.put(part, poll)?,
+                Out::Placed(w) => w.put(part, poll)?,
+            };
+            Ok(None)
+        })?;
+        let Some(lent) = part else {
+            return with_writer(&w, |out, _| Ok(progress(out)));
         };
-        if !matches!(current.map(|i| inputs[i]), Some(Input::Later)) {
-            return Err(Error::new(
-                Kind::InvalidArgument,
-                "internal error: bytes were given for a tensor the writer converts from its values",
-            ));
-        }
-        let all = raw_bytes(&bytes)?;
-        let Some(part) = (n >= 0.0 && n.fract() == 0.0)
-            .then_some(n as usize)
-            .and_then(|n| all.get(..n))
+        // Hands the save to a helper thread for this put.
+        let ptr = <&ExternalPtr<SaveHandle>>::try_from(&w)
+            .map_err(|_| Error::new(Kind::Closed, "the file being written is closed"))?;
+        let handle = ptr
+            .try_addr()
+            .map_err(|_| Error::new(Kind::Closed, "the file being written is closed"))?;
+        let Some(mut out) = handle
+            .state
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut s| s.take())
         else {
-            return Err(Error::new(
-                Kind::InvalidArgument,
-                "internal error: more bytes asked for than given",
-            ));
+            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
         };
-        let poll = &mut check_interrupt_now;
-        match out {
-            Out::File(w) => w.put(part, poll)?,
-            Out::Raw(w) => w.put(part, poll)?,
-            Out::Stream(w) => w.put(part, poll)?,
+        let written = match &out {
+            Out::File(w) => w.written(),
+            Out::Raw(w) => w.written(),
+            Out::Stream(w) => w.written(),
+            Out::Placed(w) => w.written(),
+        } + lent.n;
+        let thread = std::thread::Builder::new()
+            .name("safetensors-put".into())
+            .spawn(move || {
+                let lent = lent;
+                // SAFETY: see `Lent`: the vector stays alive and unmodified
+                // until this thread is joined.
+                let bytes = unsafe { std::slice::from_raw_parts(lent.ptr, lent.n) };
+                // Interrupts are checked on R's thread, between calls.
+                let poll = &mut || Ok(());
+                let res = match &mut out {
+                    Out::File(w) => w.put(bytes, poll),
+                    Out::Raw(w) => w.put(bytes, poll),
+                    Out::Stream(w) => w.put(bytes, poll),
+                    Out::Placed(w) => w.put(bytes, poll),
+                }
+                .map(|_| ());
+                (out, res)
+            })
+            .map_err(|e| Error::io(&e, "can't start a thread"))?;
+        let Ok(mut pending) = handle.pending.try_borrow_mut() else {
+            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
         };
-        Ok(progress(out))
-    }))
+        *pending = Some(Pending {
+            thread,
+            _bytes: bytes,
+        });
+        Ok(named_list(
+            &["written", "current"],
+            vec![(written as f64).into(), Robj::from(Rfloat::na())],
+        ))
+    })())
+}
+
+/// Moves a stream writer's output (nothing pending: R took the header and
+/// wrote it to its file connection) to the file at `path` itself, in place
+/// from byte `at` (where the connection is, and the file's size), so that
+/// the rest goes through the engine instead of R's connection; with `sync`,
+/// flushed to disk on commit. Returns `NULL`; on an error (the file is not
+/// a regular file of `at` bytes), the writer stays a stream.
+/// @noRd
+#[extendr]
+fn writer_place_(w: Robj, path: &str, at: f64, sync: bool) -> Robj {
+    to_r((|| {
+        let bad = || Error::new(Kind::InvalidArgument, "internal error: not a stream writer");
+        let ptr = <&ExternalPtr<SaveHandle>>::try_from(&w).map_err(|_| bad())?;
+        let handle = ptr.try_addr().map_err(|_| bad())?;
+        handle.settle()?;
+        let mut state = handle.state.try_borrow_mut().map_err(|_| bad())?;
+        if !matches!(&*state, Some(Out::Stream(s)) if s.written() > 0) {
+            return Err(bad());
+        }
+        if !(at >= 0.0 && at.fract() == 0.0 && at < 2f64.powi(53)) {
+            return Err(bad());
+        }
+        let sink = PlacedSink::open(Path::new(path), at as u64, sync)?;
+        let Some(Out::Stream(mut stream)) = state.take() else {
+            return Err(bad());
+        };
+        if !stream.sink_mut().is_empty() {
+            *state = Some(Out::Stream(stream));
+            return Err(bad());
+        }
+        let (placed, _) = stream.with_sink(sink);
+        *state = Some(Out::Placed(placed));
+        Ok(().into())
+    })())
 }
 
 /// A stream's pending bytes (and nothing pending afterwards), as a raw
@@ -450,6 +614,7 @@ fn writer_commit_(w: Robj) -> Robj {
         let Ok(handle) = ptr.try_addr() else {
             return Err(closed());
         };
+        handle.settle()?;
         let Ok(mut state) = handle.state.try_borrow_mut() else {
             return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
         };
@@ -472,6 +637,11 @@ fn writer_commit_(w: Robj) -> Robj {
                 let rest = w.finish()?;
                 Ok(Robj::from(&rest[..]))
             }
+            Out::Placed(w) => {
+                let size = w.file_len();
+                w.finish()?.commit(&mut check_interrupt_now)?;
+                Ok(Robj::from(size as f64))
+            }
         }
     })())
 }
@@ -487,6 +657,7 @@ fn writer_abort_(w: Robj) -> Robj {
     let Ok(handle) = ptr.try_addr() else {
         return false.into();
     };
+    let _ = handle.settle();
     let Ok(mut state) = handle.state.try_borrow_mut() else {
         return false.into();
     };
@@ -498,6 +669,7 @@ extendr_module! {
     fn writer_open_;
     fn writer_write_;
     fn writer_put_;
+    fn writer_place_;
     fn writer_take_;
     fn writer_commit_;
     fn writer_abort_;

@@ -1,0 +1,78 @@
+# A file truncated while it is being read, for real: `race_truncation()`
+# runs `reps` loads in one child R process (callr) while a second child
+# truncates the file at a random moment of each load, and returns what
+# each load gave: "ok" (the values were the file's) or its error's classes.
+# A crash (a SIGBUS the package did not catch) fails the test.
+#
+# The file holds `n_tensors` F64 tensors `t1`, `t2`, ... of `n` elements
+# each, tensor k holding (k - 1) * n + 1:n, so that a load is checked by
+# its sums. `load` is a function of the path run in the loading child,
+# returning the loaded tensors' sums (NULL if they can't be computed);
+# `setup` runs once there first (to attach torch, or build a module). The
+# truncation comes at a random moment within the time a first, untimed
+# load took.
+race_truncation <- function(load, setup = function() NULL, reps = 5, n = 2^21, n_tensors = 12) {
+  skip_on_cran()
+  skip_on_os("windows") # Windows refuses to truncate a mapped file.
+  skip_if_not_installed("callr")
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "race.safetensors")
+  want <- vapply(seq_len(n_tensors), function(k) (k - 1) * n * n + n * (n + 1) / 2, numeric(1))
+  truncator <- callr::r_bg(
+    function(path, dir, reps) {
+      deadline <- Sys.time() + 120
+      for (k in seq_len(reps)) {
+        go <- file.path(dir, paste0("go", k))
+        while (!file.exists(go) && Sys.time() < deadline) Sys.sleep(0.002)
+        Sys.sleep(stats::runif(1, 0, as.numeric(readLines(go))))
+        con <- file(path, "r+b")
+        seek(con, file.size(path) %/% 3, rw = "write")
+        truncate(con)
+        close(con)
+        file.create(file.path(dir, paste0("done", k)))
+      }
+    },
+    args = list(path = path, dir = dir, reps = reps)
+  )
+  withr::defer(truncator$kill())
+  res <- callr::r(
+    function(path, dir, reps, n, n_tensors, want, load, setup) {
+      setup()
+      write <- function() {
+        x <- lapply(seq_len(n_tensors), function(j) (j - 1) * n + seq_len(n))
+        names(x) <- paste0("t", seq_len(n_tensors))
+        safetensors::safe_save_file(x, path, sync = FALSE)
+      }
+      write()
+      took <- system.time(load(path))[["elapsed"]]
+      out <- character()
+      deadline <- Sys.time() + 120
+      for (k in seq_len(reps)) {
+        write()
+        # Complete before the other child sees it.
+        writeLines(format(took), file.path(dir, "go"))
+        file.rename(file.path(dir, "go"), file.path(dir, paste0("go", k)))
+        out[[k]] <- tryCatch(
+          {
+            sums <- load(path)
+            if (isTRUE(all.equal(unname(sums), want, tolerance = 0))) "ok" else "wrong values"
+          },
+          error = function(e) paste(class(e), collapse = " ")
+        )
+        while (!file.exists(file.path(dir, paste0("done", k))) && Sys.time() < deadline) Sys.sleep(0.002)
+      }
+      out
+    },
+    args = list(path = path, dir = dir, reps = reps, n = n, n_tensors = n_tensors, want = want, load = load, setup = setup),
+    libpath = .libPaths()
+  )
+  res
+}
+
+# Every load gave the file's values or a classed error of the package, and
+# at least one met the truncation.
+expect_race_safe <- function(res) {
+  ok <- res == "ok" | grepl("safetensors_error", res, fixed = TRUE)
+  expect_true(all(ok), label = paste(res, collapse = "; "))
+  expect_true(any(grepl("safetensors_error_file_changed", res, fixed = TRUE)), label = paste(res, collapse = "; "))
+}
