@@ -4,7 +4,9 @@
 #
 # IMPL: "ours" (this package, from R_LIBS), "cran" (safetensors 0.2.1, from
 # R_LIBS, with user-registered frameworks as compat.md section 5.2 shows) or
-# "readbin" (base R readBin of the whole file, the R raw-copy limit).
+# "readbin" (base R readBin of the whole file, the R raw-copy limit). The
+# cases whose names start with "torch_" need R torch (driver.py runs them
+# only when it is installed).
 # Only the call is timed; package loading and input preparation are not.
 # Peak RSS is VmHWM after the call, reset (clear_refs 5) just before it;
 # "rss_base" is VmRSS at the reset.
@@ -90,6 +92,29 @@ if (startsWith(case, "save_")) {
   dtype <- if (case == "save_f64") "F64" else "F32"
   options(bench.dtype = dtype)
 }
+if (startsWith(case, "torch_")) {
+  suppressPackageStartupMessages(library(torch))
+  invisible(torch_zeros(1))
+  if (case %in% c("torch_save", "torch_save_sync")) {
+    # 16 F32 tensors of ROWS x 4096, as case.py makes them.
+    out <- rest[[1]]
+    torch_manual_seed(1)
+    input <- setNames(lapply(1:16, function(i) torch_randn(as.integer(rest[[2]]), 4096)), sprintf("t%02d", 1:16))
+    unlink(out)
+  }
+  if (case == "torch_model") {
+    # 128 BF16 linear layers of 8192 -> ROWS, the shape of the shards'
+    # tensors, as case.py builds them.
+    net <- nn_module(initialize = function(rows) {
+      self$layers <- nn_module_list(lapply(1:128, function(i) nn_linear(8192, rows, bias = FALSE)))
+    })
+    model <- net(as.integer(rest[[2]]))
+    model$to(dtype = torch_bfloat16())
+  }
+}
+# Bytes of the torch tensors in `x` (object.size() does not see them).
+torch_bytes <- function(x) sum(vapply(x, function(t) t$numel() * t$element_size(), numeric(1)))
+
 framework_of <- function(x) if (x %in% c("array", "rawarray")) if (impl == "cran") "rarray" else "r" else x
 # "rawarray": R arrays with U8 tensors as raw arrays. The argument is given
 # only then, so that builds from before it (A/B runs) run the other cases.
@@ -101,7 +126,9 @@ c0 <- proc.time()
 t0 <- now()
 res <- switch(paste(impl, case),
   "ours load" = do.call(safe_load_file, c(
-    list(rest[[1]], framework = framework_of(rest[[2]]), backend = Sys.getenv("BENCH_BACKEND", "read")),
+    list(rest[[1]], framework = framework_of(rest[[2]])),
+    # The default backend unless BENCH_BACKEND names one.
+    if (nzchar(Sys.getenv("BENCH_BACKEND"))) list(backend = Sys.getenv("BENCH_BACKEND")),
     uint8_arg(rest[[2]])
   )),
   "cran load" = safe_load_file(rest[[1]], framework = framework_of(rest[[2]])),
@@ -131,14 +158,33 @@ res <- switch(paste(impl, case),
     input
   },
   "readbin load" = list(readBin(rest[[1]], "raw", file.size(rest[[1]]))),
+  # torch users' paths (issue 22), each with the package's defaults.
+  "ours torch_load" = torch_load(rest[[1]]),
+  "ours torch_file" = ,
+  "ours torch_f32" = ,
+  "ours torch_bf16" = ,
+  "ours torch_shards" = safe_load_file(rest[[1]], framework = "torch"),
+  "ours torch_model" = {
+    safe_load_model(model, rest[[1]], strict = FALSE)
+    list()
+  },
+  "ours torch_save" = {
+    torch_save(input, out)
+    list()
+  },
+  "ours torch_save_sync" = {
+    torch_save(input, out)
+    fsync_path(out)
+    list()
+  },
   stop("unknown case ", impl, " ", case)
 )
 elapsed <- now() - t0
 cpu <- sum((proc.time() - c0)[c("user.self", "sys.self")])
 st <- status()
 # The returned objects, attributes (the header list) included.
-out_bytes <- as.numeric(object.size(res))
-if (startsWith(case, "save_")) unlink(out)
+out_bytes <- if (startsWith(case, "torch_")) torch_bytes(res) else as.numeric(object.size(res))
+if (startsWith(case, "save_") || startsWith(case, "torch_save")) unlink(out)
 cat(sprintf(
   '{"time": %.6f, "cpu": %.6f, "rss_peak": %.0f, "rss_base": %.0f, "out_bytes": %.0f}\n',
   elapsed, cpu, st[["hwm"]], base, out_bytes

@@ -2,9 +2,10 @@
 
     python case.py IMPL CASE ARGS...
 
-IMPL is "py" (safetensors.numpy) or "limit" (the raw-copy limit: np.fromfile
-of the file, or a copy of its bytes into fresh memory). Only the call is
-timed; imports and input preparation are not. Peak RSS is VmHWM after the
+IMPL is "py" (safetensors.numpy), "torch" (safetensors.torch, run by a
+Python that has torch: the torch cases of driver.py) or "limit" (the
+raw-copy limit: np.fromfile of the file, or a copy of its bytes into fresh
+memory). Only the call is timed; imports and input preparation are not. Peak RSS is VmHWM after the
 call, reset (clear_refs 5) just before it; "rss_base" is VmRSS at the reset.
 """
 
@@ -39,8 +40,67 @@ def fsync_path(path):
         os.close(fd)
 
 
+def shard_files(index):
+    with open(index) as f:
+        idx = json.load(f)
+    base = os.path.dirname(index)
+    return [os.path.join(base, name) for name in sorted(set(idx["weight_map"].values()))]
+
+
+def torch_case(case, args):
+    """The torch cases: Python's side of R's torch_* cases in case.R."""
+    import torch
+    from safetensors.torch import load_file, load_model, save_file
+
+    prep = None
+    if case in ("save", "save_sync"):
+        torch.manual_seed(1)
+        prep = {"t%02d" % i: torch.randn(int(args[1]), 4096) for i in range(1, 17)}
+        if os.path.exists(args[0]):
+            os.unlink(args[0])
+    elif case == "model":
+        class Net(torch.nn.Module):
+            def __init__(self, rows):
+                super().__init__()
+                self.layers = torch.nn.ModuleList([torch.nn.Linear(8192, rows, bias=False) for _ in range(128)])
+
+        prep = Net(int(args[1])).to(torch.bfloat16)
+    base = reset_peak()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    out_bytes = 0
+    if case == "load":
+        # Lazy tensors over a map, then copied: both sides end with the
+        # data in process memory.
+        res = {k: v.clone() for k, v in load_file(args[0]).items()}
+    elif case == "shards":
+        res = {}
+        for f in shard_files(args[0]):
+            res.update({k: v.clone() for k, v in load_file(f).items()})
+    elif case == "model":
+        for f in shard_files(os.path.join(args[0], "model.safetensors.index.json")):
+            load_model(prep, f, strict=False)
+        res = {}
+    elif case in ("save", "save_sync"):
+        save_file(prep, args[0])
+        if case == "save_sync":
+            fsync_path(args[0])
+        res = {}
+    else:
+        raise SystemExit(f"unknown case torch {case}")
+    elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    st = status()
+    out_bytes = sum(v.numel() * v.element_size() for v in res.values())
+    if case in ("save", "save_sync"):
+        os.unlink(args[0])
+    print(json.dumps({"time": elapsed, "cpu": cpu, "rss_peak": st["VmHWM"], "rss_base": base, "out_bytes": out_bytes}))
+
+
 def main():
     impl, case, *args = sys.argv[1:]
+    if impl == "torch":
+        return torch_case(case, args)
     from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
 

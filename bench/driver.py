@@ -3,11 +3,18 @@ writes all runs to a JSON file (bench/report.py turns it into the table).
 
     python driver.py --data DIR --lib LIB [--cran-lib CLIB] [--reps 5]
                      [--base-lib BLIB [--base-label LABEL]]
+                     [--torch-python PY] [--torch-scale S]
                      [--out results.json] [--only CASE,CASE]
 
 Runs go round-robin (rep 1 of every case and implementation, then rep 2,
 ...), so slow drift on a shared machine spreads over all of them. Before
 each run, the file it reads is read once, so the page cache is warm.
+
+The torch cases (TORCH_CASES, issue 22) run when R torch (with LibTorch)
+is installed beside this package and a Python with torch and safetensors
+is given (--torch-python, default $TORCH_PY): their data files are written
+by gen-torch.R into DIR/torch; without them the cases are skipped, and
+say so.
 
 With --base-lib, an implementation "base" runs every case and command that
 "ours" runs (not the 1-thread variants), with R_LIBS=BLIB: an older build of
@@ -43,6 +50,19 @@ SAVE_CASES = [
     ("save_f32", "save R doubles as F32 + fsync", 1.0),
 ]
 LIMIT_FILES = ["f64", "i32", "u8", "f32", "small", "tiny"]
+# torch users' paths (issue 22): (case id, what, data key in torch.json,
+# Python's case (case.py "torch ...") or None, what the ratio is taken
+# against ("py", or another case of this package), target ratio).
+TORCH_CASES = [
+    ("torch_load", "`torch_load()` of a `torch_save()` file, 16 x F32[4096, 4096]", "torchsave", None, "torch_file", 1.1),
+    ("torch_file", "`safe_load_file(path, framework = \"torch\")` of that file", "torchsave", None, None, None),
+    ("torch_f32", "`safe_load_file(framework = \"torch\")`, 16 x F32[4096, 4096]; Python `load_file()` + `clone()`", "f32", "load", "py", 1.1),
+    ("torch_bf16", "the same, one shard of 32 x BF16[2048, 8192]", "bf16", "load", "py", 1.1),
+    ("torch_shards", "the same, 4 shards of 32 x BF16[2048, 8192] from their index", "shards", "shards", "py", 1.1),
+    ("torch_model", "`safe_load_model()` of those shards into 128 BF16 linear layers; Python `load_model()` per shard", "shards", "model", "py", 1.0),
+    ("torch_save", "`torch_save()` of 16 x F32[4096, 4096]; Python `save_file()`", "save", "save", "py", 1.2),
+    ("torch_save_sync", "the same, then fsync of the file", "save", "save_sync", "py", 1.2),
+]
 
 
 def sh(cmd):
@@ -90,9 +110,12 @@ def plan(args, man):
     """Every run: (case, impl, argv, env, file to warm)."""
     py = [sys.executable, os.path.join(HERE, "case.py")]
     rs = ["Rscript", os.path.join(HERE, "case.R")]
-    ours_env = {"R_LIBS": args.lib}
-    cran_env = {"R_LIBS": args.cran_lib} if args.cran_lib else None
-    base_env = {"R_LIBS": args.base_lib} if args.base_lib else None
+    # Each library first, then what R_LIBS already holds (R torch, for the
+    # torch cases).
+    more = os.pathsep + os.environ["R_LIBS"] if os.environ.get("R_LIBS") else ""
+    ours_env = {"R_LIBS": args.lib + more}
+    cran_env = {"R_LIBS": args.cran_lib + more} if args.cran_lib else None
+    base_env = {"R_LIBS": args.base_lib + more} if args.base_lib else None
     runs = []
 
     def add(case, impl, argv, env, warm_path):
@@ -128,10 +151,55 @@ def plan(args, man):
         add(f"limit_{key}", "fromfile", py + ["limit", "fromfile", path], None, path)
         add(f"limit_{key}", "memcpy", py + ["limit", "memcpy", path], None, path)
         add(f"limit_{key}", "readbin", rs + ["readbin", "load", path], None, path)
+    tman = man.get("torch")
+    if tman:
+        tpy = [args.torch_python, os.path.join(HERE, "case.py"), "torch"]
+        for case, _, key, py_case, _, _ in TORCH_CASES:
+            if key == "save":
+                out = os.path.join(args.data, f"out-{case}.safetensors")
+                argv, py_argv, path = [out, str(tman["save"]["rows"])], [out, str(tman["save"]["rows"])], None
+            elif case == "torch_model":
+                rows = str(tman["shards"]["rows"])
+                argv, py_argv, path = [tman["shards"]["path"], rows], [tman["shards"]["dir"], rows], None
+            else:
+                path = tman[key]["path"]
+                argv, py_argv = [path], [path]
+            # Shards are warmed file by file (the index is tiny).
+            warm_path = path if key != "shards" else None
+            add(case, "ours", rs + ["ours", case] + argv, ours_env, warm_path)
+            if py_case:
+                add(case, "py", tpy + [py_case] + py_argv, None, warm_path)
     if args.only:
         keep = set(args.only.split(","))
         runs = [r for r in runs if r[0] in keep]
     return runs
+
+
+def torch_setup(args):
+    """The torch cases' data (DIR/torch, gen-torch.R) and manifest, or None
+    with the reason they are skipped."""
+    if not args.torch_python:
+        return None, "no Python with torch (--torch-python or $TORCH_PY)"
+    ok = subprocess.run([args.torch_python, "-c", "import torch, safetensors.torch, numpy"], capture_output=True)
+    if ok.returncode != 0:
+        return None, f"{args.torch_python} can't import torch and safetensors"
+    check = "quit(status = if (requireNamespace('torch', quietly = TRUE) && torch::torch_is_installed()) 0 else 1)"
+    env = {**os.environ, "R_LIBS": args.lib + os.pathsep + os.environ.get("R_LIBS", "")}
+    if subprocess.run(["Rscript", "-e", check], env=env, capture_output=True).returncode != 0:
+        return None, "R torch (with LibTorch) is not installed"
+    tdir = os.path.join(args.data, "torch")
+    gen = subprocess.run(["Rscript", os.path.join(HERE, "gen-torch.R"), tdir, str(args.torch_scale)], env=env,
+                         capture_output=True, text=True)
+    if gen.returncode != 0:
+        return None, "gen-torch.R failed: " + gen.stderr[-400:]
+    with open(os.path.join(tdir, "torch.json")) as f:
+        return json.load(f), ""
+
+
+def warm_dir(path):
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            warm(os.path.join(path, name))
 
 
 def main():
@@ -145,13 +213,25 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", default="")
     ap.add_argument("--save-rows", type=int, default=4096)
+    ap.add_argument("--torch-python", default=os.environ.get("BENCH_TORCH_PYTHON", os.environ.get("TORCH_PY", "")))
+    ap.add_argument("--torch-scale", type=float, default=1.0)
     args = ap.parse_args()
     with open(os.path.join(args.data, "manifest.json")) as f:
         man = json.load(f)
+    tman, why = torch_setup(args)
+    if tman:
+        man["torch"] = tman
+    else:
+        print(f"torch cases skipped: {why}", file=sys.stderr)
     # Saving: 8 R double matrices [rows, 4096] (1 GiB at rows = 4096).
     man["save"] = {"rows": args.save_rows, "n": 8, "data_bytes": 8 * args.save_rows * 4096 * 8}
     runs = plan(args, man)
     results = {"machine": machine(args), "manifest": man, "reps": args.reps, "runs": []}
+    if not tman:
+        results["torch_skipped"] = why
+    else:
+        results["machine"]["torch_python"] = sh(f"{args.torch_python} -c 'import torch; print(torch.__version__)'")
+        results["machine"]["torch_r"] = sh(f"R_LIBS={args.lib}:$R_LIBS Rscript -e 'cat(as.character(packageVersion(\"torch\")))'")
     total = len(runs) * args.reps
     done = 0
     for rep in range(args.reps):
@@ -166,6 +246,9 @@ def main():
             done += 1
             if warm_path:
                 warm(warm_path)
+            elif case in ("torch_shards", "torch_model"):
+                # Loads of the whole shard set: every shard warmed.
+                warm_dir(man["torch"]["shards"]["dir"])
             t0 = time.perf_counter()
             p = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True)
             wall = time.perf_counter() - t0

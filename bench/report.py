@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 
-from driver import LOAD_CASES, SAVE_CASES, LIMIT_FILES
+from driver import LOAD_CASES, SAVE_CASES, LIMIT_FILES, TORCH_CASES
 
 MiB = 1 << 20
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -112,6 +112,50 @@ def ab_table(runs, m, cases):
     return out
 
 
+def torch_table(runs, man, res):
+    """The torch cases (issue 22): this package against Python's
+    safetensors.torch, or torch_load() against safe_load_file()."""
+    out = ["### torch users' paths: this package against Python's safetensors.torch", ""]
+    if "torch" not in man:
+        out += [f"Not measured: {res.get('torch_skipped', 'no torch')}.", ""]
+        return out
+    m = res["machine"]
+    out.append(
+        f"R torch {m.get('torch_r', '?')} and Python torch {m.get('torch_python', '?')}, on the same files "
+        "(written by `bench/gen-torch.R`), every call with the package's defaults. Python's loads are "
+        "`load_file()` followed by `clone()` of every tensor, so both sides end with the data in process "
+        "memory; its model load is `load_model(strict = False)` per shard into the same module. Ratio = "
+        "this package's median wall time / the reference's (Python, or for `torch_load()` the "
+        "`safe_load_file()` of the same file). RSS = growth of peak RSS during the call, MiB; its limit is "
+        "the result + 64 MiB for loads, 64 MiB beyond the module (built before the call) for "
+        "`safe_load_model()` and beyond the tensors for saves.")
+    out.append("")
+    out.append("| case | what | reference | this package (min..max) | ratio | target | met | CPU ratio | RSS (limit) | RSS Python |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    for case, what, _, _, against, target in TORCH_CASES:
+        ours = times(runs, case, "ours")
+        if not ours:
+            continue
+        ref_case, ref_impl = (case, "py") if against == "py" else (against, "ours")
+        ref = times(runs, ref_case, ref_impl) if against else []
+        o = statistics.median(ours)
+        r = statistics.median(ref) if ref else None
+        ratio = o / r if r else None
+        met = "" if target is None or ratio is None else ("yes" if ratio <= target else "**no**")
+        co, cr = med(runs, case, "ours", "cpu")[0], med(runs, ref_case, ref_impl, "cpu")[0] if against else None
+        g = growth(runs, case, "ours")
+        outb = med(runs, case, "ours", "out_bytes")[0] or 0
+        limit = outb + 64 * MiB
+        rss_ok = "" if g is None else (" ok" if g <= limit else " **over**")
+        out.append(
+            f"| {case} | {what} | {fmt_t(r) + (' (' + ref_case + ')' if against and against != 'py' else '') if r else ''} | "
+            f"{fmt_t(o)} ({spread(runs, case, 'ours')}) | {'' if ratio is None else f'{ratio:.2f}'} | "
+            f"{'' if target is None else f'<= {target}'} | {met} | {'' if not (co and cr) else f'{co / cr:.2f}'} | "
+            f"{fmt_mb(g)} ({fmt_mb(limit)}){rss_ok} | {fmt_mb(growth(runs, case, 'py')) if against == 'py' else ''} |")
+    out.append("")
+    return out
+
+
 def fmt_t(t):
     return "n/a" if t is None else (f"{t * 1000:.1f} ms" if t < 0.1 else f"{t:.3f} s")
 
@@ -140,7 +184,8 @@ def main():
     out.append("")
 
     if any(r["impl"] == "base" for r in runs):
-        out.extend(ab_table(runs, m, [c for c, *_ in LOAD_CASES] + ["open_one"] + [c for c, *_ in SAVE_CASES]))
+        out.extend(ab_table(runs, m, [c for c, *_ in LOAD_CASES] + ["open_one"] + [c for c, *_ in SAVE_CASES]
+                            + [c for c, *_ in TORCH_CASES]))
 
     out.append("### Targets: this package against Python's safetensors")
     out.append("")
@@ -212,6 +257,8 @@ def main():
     out.append("|---|---|---|---|---|---|---|")
     out.extend(others)
     out.append("")
+
+    out.extend(torch_table(runs, man, res))
 
     out.append("### Raw-copy limits")
     out.append("")

@@ -32,6 +32,10 @@
 #   REPS=N              runs per cell (default 5)
 #   ONLY=case,case      run only these cases (ids as in the table)
 #   SCALE=S             shrink the 1 GiB files (e.g. 0.1) for a trial run
+#   TORCH_PY=PY         a Python with torch and safetensors (what R torch's
+#                       env.sh sets): with it, and R torch installed, the
+#                       torch cases run too (issue 22; data by gen-torch.R,
+#                       about 7 GB more); without, they are skipped
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -103,7 +107,7 @@ echo "== running (REPS=$reps)"
 results="$here/results.json"
 (cd "$here" && "$py" driver.py --data "$data" --lib "$lib" --cran-lib "$cran_lib" \
   --base-lib "$base_lib" --base-label "${BENCH_BASE_LABEL:-}" \
-  --reps "$reps" --out "$results" --save-rows "$save_rows" ${ONLY:+--only "$ONLY"})
+  --reps "$reps" --out "$results" --save-rows "$save_rows" --torch-scale "$scale" ${ONLY:+--only "$ONLY"})
 
 # 6. table
 (cd "$here" && "$py" report.py "$results" "$here/README.md")
