@@ -88,12 +88,16 @@
 #' @section Backends:
 #' `backend` chooses how the bytes of a file (or of the file a file
 #' connection reads) are reached:
-#' * `"auto"` (the default): a memory map for a file on a local file
-#'   system; positioned reads for a file on a network or FUSE file system
-#'   (NFS, SMB/CIFS, 9p, sshfs and other FUSE file systems, Ceph, AFS,
-#'   Lustre and the like on Linux; one not marked local on macOS; a network
-#'   drive or share on Windows), where a map would fault page by page over
-#'   the network and the file may change on another machine.
+#' * `"auto"` (the default): the fastest for the file and what it is read
+#'   into. R arrays (`framework = "r"`) are read with positioned reads,
+#'   which convert as fast as a map and hold less memory. Bytes
+#'   (`framework = "raw"`) and frameworks that copy tensors themselves
+#'   (torch, [safe_load_model()]) get a memory map for a file on a local
+#'   file system, positioned reads for a file on a network or FUSE file
+#'   system (NFS, SMB/CIFS, 9p, sshfs and other FUSE file systems, Ceph,
+#'   AFS, Lustre and the like on Linux; one not marked local on macOS; a
+#'   network drive or share on Windows), where a map would fault page by
+#'   page over the network and the file may change on another machine.
 #' * `"mmap"`: a memory map, on any file system.
 #' * `"read"`: positioned reads (`pread`) into the result, or, for a
 #'   framework that copies tensors itself (torch), into a staging buffer
@@ -171,7 +175,7 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
                            int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
-  backend <- arg_choice(backend, backends)
+  backend <- read_backend(arg_choice(backend, backends), framework)
   choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
   args <- list(...)

@@ -162,7 +162,7 @@ safe_open <- function(path, framework = "r", ..., backend = c("auto", "mmap", "r
                       int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   path <- resolve_folder(path)
   framework <- check_framework(framework)
-  backend <- arg_choice(backend, backends)
+  backend <- read_backend(arg_choice(backend, backends), framework)
   choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)

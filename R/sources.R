@@ -87,6 +87,20 @@ check_part <- function(res, part, verb = "read", call = parent.frame()) {
 # ?safe_load_file).
 backends <- c("auto", "mmap", "read")
 
+# The backend a file is read with for `framework`: "auto" chooses per
+# target. R arrays (framework "r") are made by the core's conversion
+# kernels, which read a file as fast with positioned reads as through a map
+# (every R-array case of bench/README.md within noise of the other) and
+# hold less memory so: on two threads, the map's pages the kernel maps
+# beside each block (fault-around, large folios) were let go of too late,
+# 150-300 MiB more at the peak for 1 GiB. So "auto" is "read" for them.
+# Bytes ("raw") and framework tensors (torch copies from views of the map)
+# get the core's "auto": a map for a local file, positioned reads on a
+# network file system.
+read_backend <- function(backend, framework) {
+  if (identical(backend, "auto") && identical(framework, "r")) "read" else backend
+}
+
 # Opens one file (or URL, raw vector, or connection) as a part of a
 # handle: `list(ptr, label, info)`, `info` the header facts
 # (handle_info_()); a remote part also has `url`, `cache` (where it

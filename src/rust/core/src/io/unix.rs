@@ -253,28 +253,6 @@ pub fn is_local(file: &File, _path: &Path) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use std::os::fd::AsRawFd;
-        // The f_type of file systems whose files live elsewhere (linux/magic.h
-        // and the file systems' own sources).
-        const REMOTE: [u32; 18] = [
-            0x6969,      // NFS
-            0x517B,      // SMB
-            0xFF53_4D42, // CIFS
-            0xFE53_4D42, // SMB2
-            0x0102_1997, // 9p (v9fs)
-            0x6573_5546, // FUSE (sshfs, s3fs, virtiofs, ...)
-            0x0065_735F, // fuseblk
-            0x00C3_6400, // Ceph
-            0x5346_414F, // AFS
-            0x6B41_4653, // kAFS
-            0x7375_7245, // Coda
-            0x564C,      // NCP
-            0x0BD0_0BD0, // Lustre
-            0x4750_4653, // GPFS
-            0x2003_0528, // OrangeFS
-            0x786F_4256, // VirtualBox shared folders
-            0x0116_1970, // GFS2
-            0x7461_636F, // OCFS2
-        ];
         // SAFETY: a zeroed statfs is valid for fstatfs to fill in.
         let mut s: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid open descriptor and a writable statfs.
@@ -283,7 +261,7 @@ pub fn is_local(file: &File, _path: &Path) -> bool {
         }
         // f_type is a signed word on some targets; the magic numbers are
         // 32-bit.
-        !REMOTE.contains(&(s.f_type as u32))
+        !is_remote_type(s.f_type as u32)
     }
     #[cfg(any(
         target_os = "macos",
@@ -319,6 +297,34 @@ pub fn is_local(file: &File, _path: &Path) -> bool {
     }
 }
 
+/// Whether a Linux file system type (statfs `f_type`) keeps its files
+/// elsewhere: a network, cluster or FUSE file system (the magic numbers of
+/// linux/magic.h and of the file systems' own sources).
+#[cfg(any(target_os = "linux", target_os = "android", test))]
+fn is_remote_type(f_type: u32) -> bool {
+    const REMOTE: [u32; 18] = [
+        0x6969,      // NFS
+        0x517B,      // SMB
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+        0x0102_1997, // 9p (v9fs)
+        0x6573_5546, // FUSE (sshfs, s3fs, virtiofs, ...)
+        0x0065_735F, // fuseblk
+        0x00C3_6400, // Ceph
+        0x5346_414F, // AFS
+        0x6B41_4653, // kAFS
+        0x7375_7245, // Coda
+        0x564C,      // NCP
+        0x0BD0_0BD0, // Lustre
+        0x4750_4653, // GPFS
+        0x2003_0528, // OrangeFS
+        0x786F_4256, // VirtualBox shared folders
+        0x0116_1970, // GFS2
+        0x7461_636F, // OCFS2
+    ];
+    REMOTE.contains(&f_type)
+}
+
 /// Starts reading the pages under `bytes` (part of a read-only file map)
 /// into the page cache, without waiting and without mapping them, ahead of
 /// a read of them (`MADV_WILLNEED`): a file not in the page cache is read
@@ -335,4 +341,36 @@ pub fn prefetch(bytes: &[u8]) {
     // its page start, inside the map as maps are page-aligned); the advice
     // changes no contents, and its failure is harmless.
     unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_fuse_file_systems_are_remote_and_disks_local() {
+        // NFS, CIFS as a signed 64-bit word would hold it, FUSE, 9p.
+        for t in [
+            0x6969u32,
+            (0xFF53_4D42u32 as i32) as i64 as u32,
+            0x6573_5546,
+            0x0102_1997,
+        ] {
+            assert!(is_remote_type(t), "{t:#x}");
+        }
+        // ext4, xfs, btrfs, tmpfs, overlayfs.
+        for t in [
+            0xEF53u32,
+            0x5846_5342,
+            0x9123_683E,
+            0x0102_1994,
+            0x794C_7630,
+        ] {
+            assert!(!is_remote_type(t), "{t:#x}");
+        }
+        // The test's own temporary files are on a local file system here.
+        let dir = std::env::temp_dir();
+        let f = File::open(&dir).unwrap();
+        let _ = is_local(&f, &dir);
+    }
 }
