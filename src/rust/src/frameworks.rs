@@ -28,7 +28,7 @@ use safetensors_core::ahead::ReadAhead;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::io::{FileSource, Memory, Source};
 
-use crate::robj::{alloc, check_interrupt_now, to_r, vec_data};
+use crate::robj::{alloc, check_interrupt_now, to_r, vec_data, with_cell};
 use crate::sources::{with_open, Backing};
 
 /// What keeps a memory map alive for the views of it.
@@ -192,17 +192,7 @@ enum Handed {
 }
 
 fn with_reader<T>(r: &Robj, f: impl FnOnce(&mut Reader) -> Result<T>) -> Result<T> {
-    let bad = || Error::new(Kind::InvalidArgument, "internal error: not a piece reader");
-    let Ok(ptr) = <&ExternalPtr<RefCell<Reader>>>::try_from(r) else {
-        return Err(bad());
-    };
-    let Ok(cell) = ptr.try_addr() else {
-        return Err(bad());
-    };
-    let Ok(mut reader) = cell.try_borrow_mut() else {
-        return Err(bad());
-    };
-    f(&mut reader)
+    with_cell(r, "a piece reader", f)
 }
 
 /// Whole bytes from R's doubles.

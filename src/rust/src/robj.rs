@@ -617,3 +617,24 @@ pub fn check_interrupt_now() -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs `f` on the `T` that the external pointer `x` owns in a `RefCell`
+/// (a loader, a piece reader): an error naming `what` if `x` is not one,
+/// or is in use.
+pub fn with_cell<T: 'static, R>(
+    x: &Robj,
+    what: &str,
+    f: impl FnOnce(&mut T) -> Result<R>,
+) -> Result<R> {
+    let bad = || Error::new(Kind::InvalidArgument, format!("internal error: not {what}"));
+    let Ok(ptr) = <&ExternalPtr<std::cell::RefCell<T>>>::try_from(x) else {
+        return Err(bad());
+    };
+    let Ok(cell) = ptr.try_addr() else {
+        return Err(bad());
+    };
+    let Ok(mut inner) = cell.try_borrow_mut() else {
+        return Err(bad());
+    };
+    f(&mut inner)
+}

@@ -24,7 +24,7 @@ use safetensors_core::format::{self, Header, N_LEN};
 use safetensors_core::io::{self, Backend, FileSource, Memory, Segments, Source};
 
 use crate::info::{check_strings, info_robj};
-use crate::robj::{raw_bytes, threads_from_r, to_r};
+use crate::robj::{raw_bytes, threads_from_r, to_r, with_cell};
 use crate::tensors::{Loader, Mode};
 
 /// Where an open source's bytes live.
@@ -357,17 +357,7 @@ fn remote_plan_(x: Robj, names: Robj, mode: Robj, max: f64) -> Robj {
 }
 
 fn with_loader<T>(x: &Robj, f: impl FnOnce(&mut Loader) -> Result<T>) -> Result<T> {
-    let bad = || Error::new(Kind::InvalidArgument, "internal error: not a loader");
-    let Ok(ptr) = <&ExternalPtr<RefCell<Loader>>>::try_from(x) else {
-        return Err(bad());
-    };
-    let Ok(cell) = ptr.try_addr() else {
-        return Err(bad());
-    };
-    let Ok(mut loader) = cell.try_borrow_mut() else {
-        return Err(bad());
-    };
-    f(&mut loader)
+    with_cell(x, "a loader", f)
 }
 
 /// Reads piece `piece` (from 1, counted over all fetches) of a remote read,

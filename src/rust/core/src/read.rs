@@ -597,20 +597,6 @@ pub fn read_slice(
     dest: ReadInto<'_>,
     poll: Poll<'_>,
 ) -> Result<DecodeStats> {
-    let stats = slice_into(src, info, data_start, plan, dest, poll)?;
-    src.verify()?;
-    Ok(stats)
-}
-
-/// [`read_slice`] without the final check.
-fn slice_into(
-    src: &dyn Source,
-    info: &TensorInfo,
-    data_start: usize,
-    plan: &Plan,
-    dest: ReadInto<'_>,
-    poll: Poll<'_>,
-) -> Result<DecodeStats> {
     let name = info.name.as_str();
     let dtype = info.dtype;
     let shape = plan.out_shape();
@@ -643,6 +629,8 @@ fn slice_into(
                 done += n;
                 poll()?;
             }
+            // A file that changed under the read is an error (see read_tasks).
+            src.verify()?;
             Ok(DecodeStats::default())
         }
         ReadInto::Values(target) => {
@@ -667,6 +655,7 @@ fn slice_into(
                 r0 = r1;
                 poll()?;
             }
+            src.verify()?;
             Ok(stats)
         }
     }

@@ -247,54 +247,36 @@ pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBu
 /// the fastest way to read it. Network and FUSE file systems (NFS,
 /// SMB/CIFS, 9p, FUSE, Ceph, AFS, Lustre, ...) are not: a map of them
 /// faults page by page over the network, where positioned reads fetch large
-/// blocks, and their files may change on another machine. When the system
-/// can't say, the file counts as local.
+/// blocks, and their files may change on another machine. Linux tells by
+/// the file system type, macOS and FreeBSD by the `MNT_LOCAL` flag; when
+/// the system can't say, the file counts as local.
 pub fn is_local(file: &File, _path: &Path) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a zeroed statfs is valid for fstatfs to fill in.
-        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid open descriptor and a writable statfs.
-        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut s) } != 0 {
-            return true;
-        }
-        // f_type is a signed word on some targets; the magic numbers are
-        // 32-bit.
-        !is_remote_type(s.f_type as u32)
-    }
-    #[cfg(any(
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "openbsd",
-        target_os = "netbsd"
-    ))]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a zeroed statfs is valid for fstatfs to fill in.
-        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid open descriptor and a writable statfs.
-        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut s) } != 0 {
-            return true;
-        }
-        (s.f_flags as u64) & (libc::MNT_LOCAL as u64) != 0
-    }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "openbsd",
-        target_os = "netbsd"
-    )))]
+    // f_type is a signed word on some targets; the magic numbers are 32-bit.
+    return fstatfs(file).map_or(true, |s| !is_remote_type(s.f_type as u32));
+    #[cfg(any(target_vendor = "apple", target_os = "freebsd"))]
+    return fstatfs(file).map_or(true, |s| (s.f_flags as u64) & (libc::MNT_LOCAL as u64) != 0);
+    #[allow(unreachable_code)]
     {
         let _ = file;
         true
     }
+}
+
+/// The file system facts of the open `file` (`fstatfs`), if the system
+/// gives them.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple",
+    target_os = "freebsd"
+))]
+fn fstatfs(file: &File) -> Option<libc::statfs> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed statfs is valid for fstatfs to fill in.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid open descriptor and a writable statfs.
+    (unsafe { libc::fstatfs(file.as_raw_fd(), &mut s) } == 0).then_some(s)
 }
 
 /// Whether a Linux file system type (statfs `f_type`) keeps its files
