@@ -28,7 +28,7 @@
 # held beside the module.
 #
 # Copies, writing. The writers (R/write.R) take a torch tensor in pieces of
-# at most 16 MiB (torch_write_piece()): torch copies each piece's logical
+# at most 4 MiB (torch_write_piece(), `write_bytes`): torch copies each piece's logical
 # values (any strides, storage offset or device) into one of two staging
 # raw vectors reused for the whole save, which the write engine writes out
 # on a helper thread while torch fills the other. Strided
@@ -278,13 +278,15 @@ torch_write_piece <- function(x, piece, buffer) {
 }
 
 # The view of torch tensor `x` that piece `p` of tensor_pieces() stands
-# for.
+# for. torch_narrow() rather than `x$narrow()`: the method's dispatch made
+# it 0.17 ms a call against 0.07 ms, a third of the cost of writing a
+# 4 MiB piece besides torch's copy.
 torch_piece_view <- function(x, p) {
   for (i in p$select) {
     x <- x$select(1, i)
   }
   if (!is.null(p$start)) {
-    x <- x$narrow(1, p$start, p$n)
+    x <- torch::torch_narrow(x, 1, p$start, p$n)
   }
   x
 }

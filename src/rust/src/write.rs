@@ -45,46 +45,100 @@ enum Out {
 /// committed or aborted.
 pub struct SaveHandle {
     state: RefCell<Option<Out>>,
-    /// A put running on a helper thread (`writer_put_()` with `detach`),
-    /// which owns the save meanwhile.
-    pending: RefCell<Option<Pending>>,
+    /// The helper thread of detached puts (`writer_put_()` with `detach`),
+    /// started with the first, and the put it is doing, if any (it owns the
+    /// save meanwhile).
+    helper: RefCell<Option<Helper>>,
+    pending: RefCell<Option<Robj>>,
 }
 
-/// A put on a helper thread, and the raw vector it reads, kept (protected)
-/// until the thread is joined.
-struct Pending {
-    thread: std::thread::JoinHandle<(Out, Result<()>)>,
-    _bytes: Robj,
+/// A thread that writes the bytes of detached puts, one at a time: it gets
+/// the save and the bytes, and gives the save back with the put's result.
+/// Starting a thread for each put cost about as much as writing a 4 MiB
+/// piece.
+struct Helper {
+    jobs: Option<std::sync::mpsc::Sender<(Out, Lent)>>,
+    done: std::sync::mpsc::Receiver<(Out, Result<()>)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Helper {
+    fn start() -> Result<Helper> {
+        let (jobs, todo) = std::sync::mpsc::channel::<(Out, Lent)>();
+        let (tell, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("safetensors-put".into())
+            .spawn(move || {
+                for (mut out, lent) in todo {
+                    // SAFETY: see `Lent`: the vector stays alive and unmodified
+                    // until the result is taken back (`settle`).
+                    let bytes = unsafe { std::slice::from_raw_parts(lent.ptr, lent.n) };
+                    // Interrupts are checked on R's thread, between calls.
+                    let poll = &mut || Ok(());
+                    let res = match &mut out {
+                        Out::File(w) => w.put(bytes, poll),
+                        Out::Raw(w) => w.put(bytes, poll),
+                        Out::Stream(w) => w.put(bytes, poll),
+                        Out::Placed(w) => w.put(bytes, poll),
+                    }
+                    .map(|_| ());
+                    if tell.send((out, res)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::io(&e, "can't start a thread"))?;
+        Ok(Helper {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The first `n` bytes of a raw vector R keeps alive and leaves alone
-/// while a helper thread writes them out.
+/// while the helper thread writes them out.
 struct Lent {
     ptr: *const u8,
     n: usize,
 }
 
-// SAFETY: R keeps the vector alive (Pending holds it) and does not modify
-// it until the thread is joined (R/frameworks.R alternates two staging
-// vectors, and every writer call joins the thread first).
+// SAFETY: R keeps the vector alive (`pending` holds it) and does not modify
+// it until the put's result is taken back (R/frameworks.R alternates two
+// staging vectors, and every writer call takes the result back first).
 unsafe impl Send for Lent {}
 
 impl SaveHandle {
     /// Waits for a put on the helper thread, if any, and takes the save
     /// back; the put's result.
     fn settle(&self) -> Result<()> {
+        let in_use = || Error::new(Kind::InvalidArgument, "the writer is in use");
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
-            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
+            return Err(in_use());
         };
-        let Some(p) = pending.take() else {
+        if pending.is_none() {
             return Ok(());
+        }
+        let Ok(helper) = self.helper.try_borrow() else {
+            return Err(in_use());
         };
-        let (out, res) = p
-            .thread
-            .join()
-            .map_err(|_| Error::new(Kind::Io, "the writer thread panicked"))?;
+        let got = helper.as_ref().and_then(|h| h.done.recv().ok());
+        // The bytes may go now.
+        *pending = None;
+        let Some((out, res)) = got else {
+            return Err(Error::new(Kind::Io, "the writer thread stopped"));
+        };
         let Ok(mut state) = self.state.try_borrow_mut() else {
-            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
+            return Err(in_use());
         };
         if res.is_ok() {
             *state = Some(out);
@@ -92,6 +146,38 @@ impl SaveHandle {
         // On an error the save is dropped (a file sink removes its
         // temporary file), as with_writer does.
         res
+    }
+
+    /// Hands the save and the bytes `lent` (of the raw vector `bytes`) to
+    /// the helper thread, started if need be.
+    fn detach(&self, lent: Lent, bytes: Robj) -> Result<()> {
+        let in_use = || Error::new(Kind::InvalidArgument, "the writer is in use");
+        let stopped = || Error::new(Kind::Io, "the writer thread stopped");
+        let (Ok(mut helper), Ok(mut pending), Ok(mut state)) = (
+            self.helper.try_borrow_mut(),
+            self.pending.try_borrow_mut(),
+            self.state.try_borrow_mut(),
+        ) else {
+            return Err(in_use());
+        };
+        if helper.is_none() {
+            *helper = Some(Helper::start()?);
+        }
+        let Some(jobs) = helper.as_ref().and_then(|h| h.jobs.as_ref()) else {
+            return Err(stopped());
+        };
+        let Some(out) = state.take() else {
+            return Err(Error::new(Kind::Closed, "the file being written is closed"));
+        };
+        // The bytes are kept before the thread can read them.
+        *pending = Some(bytes);
+        if jobs.send((out, lent)).is_err() {
+            // The save went with the job (a file sink removes its temporary
+            // file), unread.
+            *pending = None;
+            return Err(stopped());
+        }
+        Ok(())
     }
 }
 
@@ -302,6 +388,35 @@ fn spec_of(w: &Robj) -> Result<List> {
 /// gives. If `f` fails, the save is abandoned and its temporary file
 /// removed.
 fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>) -> Result<T> {
+    with_writer_out(w, |out| {
+        let spec = spec_of(w)?;
+        let values: Vec<Robj> = List::try_from(&field(&spec, 0)?)
+            .map_err(|_| malformed())?
+            .values()
+            .collect();
+        let kinds = field(&spec, 4)?;
+        let exact = field(&spec, 5)?;
+        let names = field(&spec, 1)?;
+        let (Some(kinds), Some(exact), Some(names)) = (
+            kinds.as_str_vector(),
+            exact.as_logical_slice(),
+            names.as_string_vector(),
+        ) else {
+            return Err(malformed());
+        };
+        if kinds.len() != values.len() || exact.len() != values.len() || names.len() != values.len()
+        {
+            return Err(malformed());
+        }
+        let inputs = inputs_of(&values, &kinds, exact, &names)?;
+        f(out, &inputs)
+    })
+}
+
+/// Runs `f` on the open save of writer `w`, without its inputs (a put of
+/// bytes needs none, and building them costs a walk over every tensor's
+/// description for each piece). If `f` fails, the save is abandoned.
+fn with_writer_out<T>(w: &Robj, f: impl FnOnce(&mut Out) -> Result<T>) -> Result<T> {
     let closed = || Error::new(Kind::Closed, "the file being written is closed");
     let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(w) else {
         return Err(closed());
@@ -316,30 +431,26 @@ fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>)
     let Some(out) = state.as_mut() else {
         return Err(closed());
     };
-    let spec = spec_of(w)?;
-    let values: Vec<Robj> = List::try_from(&field(&spec, 0)?)
-        .map_err(|_| malformed())?
-        .values()
-        .collect();
-    let kinds = field(&spec, 4)?;
-    let exact = field(&spec, 5)?;
-    let names = field(&spec, 1)?;
-    let (Some(kinds), Some(exact), Some(names)) = (
-        kinds.as_str_vector(),
-        exact.as_logical_slice(),
-        names.as_string_vector(),
-    ) else {
-        return Err(malformed());
-    };
-    if kinds.len() != values.len() || exact.len() != values.len() || names.len() != values.len() {
-        return Err(malformed());
-    }
-    let res = inputs_of(&values, &kinds, exact, &names).and_then(|inputs| f(out, &inputs));
+    let res = f(out);
     if res.is_err() {
-        // Dropping a file sink removes its temporary file.
         state.take();
     }
     res
+}
+
+/// Whether tensor `i` of writer `w`'s description has its bytes put by R
+/// (kind `"later"`).
+fn is_later(w: &Robj, i: usize) -> bool {
+    spec_of(w)
+        .and_then(|spec| field(&spec, 4))
+        .ok()
+        .and_then(|kinds| {
+            kinds
+                .as_str_iter()
+                .and_then(|mut k| k.nth(i))
+                .map(|k| k == "later")
+        })
+        .unwrap_or(false)
 }
 
 /// Opens a save of the tensors `spec` describes (see R/write.R), to the
@@ -390,6 +501,7 @@ fn writer_open_(spec: List, to: &str, path: &str, sync: bool, threads: i32) -> R
         };
         let ptr: Robj = ExternalPtr::new(SaveHandle {
             state: RefCell::new(Some(out)),
+            helper: RefCell::new(None),
             pending: RefCell::new(None),
         })
         .into();
@@ -457,14 +569,14 @@ fn writer_write_(w: Robj, budget: f64) -> Robj {
 #[extendr]
 fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
     to_r((|| {
-        let part = with_writer(&w, |out, inputs| {
+        let part = with_writer_out(&w, |out| {
             let current = match out {
                 Out::File(w) => w.current(),
                 Out::Raw(w) => w.current(),
                 Out::Stream(w) => w.current(),
                 Out::Placed(w) => w.current(),
             };
-            if !matches!(current.map(|i| inputs[i]), Some(Input::Later)) {
+            if !current.is_some_and(|i| is_later(&w, i)) {
                 return Err(Error::new(
                     Kind::InvalidArgument,
                     "internal error: bytes were given for a tensor the writer converts from its values",
@@ -481,10 +593,19 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
                 ));
             };
             if detach && !matches!(out, Out::Stream(_)) {
-                return Ok(Some(Lent {
-                    ptr: part.as_ptr(),
-                    n: part.len(),
-                }));
+                let written = match out {
+                    Out::File(w) => w.written(),
+                    Out::Raw(w) => w.written(),
+                    Out::Stream(w) => w.written(),
+                    Out::Placed(w) => w.written(),
+                };
+                return Ok(Some((
+                    Lent {
+                        ptr: part.as_ptr(),
+                        n: part.len(),
+                    },
+                    written + part.len(),
+                )));
             }
             let poll = &mut check_interrupt_now;
             match out {
@@ -495,55 +616,16 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
             };
             Ok(None)
         })?;
-        let Some(lent) = part else {
-            return with_writer(&w, |out, _| Ok(progress(out)));
+        let Some((lent, written)) = part else {
+            return with_writer_out(&w, |out| Ok(progress(out)));
         };
-        // Hands the save to a helper thread for this put.
+        // Hands the save to the helper thread for this put.
         let ptr = <&ExternalPtr<SaveHandle>>::try_from(&w)
             .map_err(|_| Error::new(Kind::Closed, "the file being written is closed"))?;
         let handle = ptr
             .try_addr()
             .map_err(|_| Error::new(Kind::Closed, "the file being written is closed"))?;
-        let Some(mut out) = handle
-            .state
-            .try_borrow_mut()
-            .ok()
-            .and_then(|mut s| s.take())
-        else {
-            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
-        };
-        let written = match &out {
-            Out::File(w) => w.written(),
-            Out::Raw(w) => w.written(),
-            Out::Stream(w) => w.written(),
-            Out::Placed(w) => w.written(),
-        } + lent.n;
-        let thread = std::thread::Builder::new()
-            .name("safetensors-put".into())
-            .spawn(move || {
-                let lent = lent;
-                // SAFETY: see `Lent`: the vector stays alive and unmodified
-                // until this thread is joined.
-                let bytes = unsafe { std::slice::from_raw_parts(lent.ptr, lent.n) };
-                // Interrupts are checked on R's thread, between calls.
-                let poll = &mut || Ok(());
-                let res = match &mut out {
-                    Out::File(w) => w.put(bytes, poll),
-                    Out::Raw(w) => w.put(bytes, poll),
-                    Out::Stream(w) => w.put(bytes, poll),
-                    Out::Placed(w) => w.put(bytes, poll),
-                }
-                .map(|_| ());
-                (out, res)
-            })
-            .map_err(|e| Error::io(&e, "can't start a thread"))?;
-        let Ok(mut pending) = handle.pending.try_borrow_mut() else {
-            return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
-        };
-        *pending = Some(Pending {
-            thread,
-            _bytes: bytes,
-        });
+        handle.detach(lent, bytes)?;
         Ok(named_list(
             &["written", "current"],
             vec![(written as f64).into(), Robj::from(Rfloat::na())],
