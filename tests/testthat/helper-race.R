@@ -10,40 +10,49 @@
 # returning the loaded tensors' sums (NULL if they can't be computed);
 # `setup` runs once there first (to attach torch, or build a module). The
 # truncation comes at a random moment within the time a first, untimed
-# load took.
-race_truncation <- function(load, setup = function() NULL, reps = 5, n = 2^21, n_tensors = 12) {
+# load took. With `shards` > 1 the tensors are saved as a shard set of that
+# many shards (`load` gets the index) and the second shard is the one
+# truncated.
+race_truncation <- function(load, setup = function() NULL, reps = 5, n = 2^21, n_tensors = 12, shards = 1) {
   skip_on_cran()
   skip_on_os("windows") # Windows refuses to truncate a mapped file.
   skip_if_not_installed("callr")
   dir <- withr::local_tempdir()
-  path <- file.path(dir, "race.safetensors")
+  path <- file.path(dir, "model.safetensors")
+  victim <- path
+  shard_size <- NULL
+  if (shards > 1) {
+    victim <- file.path(dir, sprintf("model-%05d-of-%05d.safetensors", 2, shards))
+    shard_size <- ceiling(n_tensors / shards) * n * 8
+  }
   want <- vapply(seq_len(n_tensors), function(k) (k - 1) * n * n + n * (n + 1) / 2, numeric(1))
   truncator <- callr::r_bg(
-    function(path, dir, reps) {
+    function(victim, dir, reps) {
       deadline <- Sys.time() + 120
       for (k in seq_len(reps)) {
         go <- file.path(dir, paste0("go", k))
         while (!file.exists(go) && Sys.time() < deadline) Sys.sleep(0.002)
         Sys.sleep(stats::runif(1, 0, as.numeric(readLines(go))))
-        con <- file(path, "r+b")
-        seek(con, file.size(path) %/% 3, rw = "write")
+        con <- file(victim, "r+b")
+        seek(con, file.size(victim) %/% 3, rw = "write")
         truncate(con)
         close(con)
         file.create(file.path(dir, paste0("done", k)))
       }
     },
-    args = list(path = path, dir = dir, reps = reps)
+    args = list(victim = victim, dir = dir, reps = reps)
   )
   withr::defer(truncator$kill())
   res <- callr::r(
-    function(path, dir, reps, n, n_tensors, want, load, setup) {
+    function(path, dir, reps, n, n_tensors, want, load, setup, shard_size) {
       setup()
       write <- function() {
         x <- lapply(seq_len(n_tensors), function(j) (j - 1) * n + seq_len(n))
         names(x) <- paste0("t", seq_len(n_tensors))
-        safetensors::safe_save_file(x, path, sync = FALSE)
+        # The index of a shard set, else the file.
+        invisible(safetensors::safe_save_file(x, path, sync = FALSE, max_shard_size = shard_size))
       }
-      write()
+      path <- write()
       took <- system.time(load(path))[["elapsed"]]
       out <- character()
       deadline <- Sys.time() + 120
@@ -63,7 +72,10 @@ race_truncation <- function(load, setup = function() NULL, reps = 5, n = 2^21, n
       }
       out
     },
-    args = list(path = path, dir = dir, reps = reps, n = n, n_tensors = n_tensors, want = want, load = load, setup = setup),
+    args = list(
+      path = path, dir = dir, reps = reps, n = n, n_tensors = n_tensors, want = want, load = load,
+      setup = setup, shard_size = shard_size
+    ),
     libpath = .libPaths()
   )
   res

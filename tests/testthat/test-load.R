@@ -511,19 +511,50 @@ test_that("int64 = \"integer64\" without bit64 is a classed error saying how to 
 })
 
 test_that("a file truncated while a load runs gives its values or a classed error, never a crash", {
-  res <- race_truncation(function(path) {
-    vapply(safetensors::safe_load_file(path), sum, numeric(1))
-  })
-  expect_race_safe(res)
+  # R arrays and torch tensors, through a map and through positioned reads
+  # (and the default, which picks one of them per target).
+  for (backend in c("mmap", "read", "auto")) {
+    res <- race_truncation(function(path) {
+      vapply(safetensors::safe_load_file(path, backend = backend), sum, numeric(1))
+    })
+    expect_race_safe(res)
+  }
   skip_if_not_installed("torch")
   skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
-  res <- race_truncation(
-    function(path) {
-      x <- safetensors::safe_load_file(path, framework = "torch")
-      vapply(x, function(t) torch::as_array(t$sum()), numeric(1))
-    },
-    setup = function() invisible(torch::torch_zeros(1))
-  )
-  expect_race_safe(res)
+  for (backend in c("mmap", "read", "auto")) {
+    res <- race_truncation(
+      function(path) {
+        x <- safetensors::safe_load_file(path, framework = "torch", backend = backend)
+        vapply(x, function(t) torch::as_array(t$sum()), numeric(1))
+      },
+      setup = function() invisible(torch::torch_zeros(1))
+    )
+    expect_race_safe(res)
+  }
+})
+
+test_that("a shard truncated while its set loads gives the values or a classed error, never a crash", {
+  for (backend in c("mmap", "read")) {
+    res <- race_truncation(
+      function(path) {
+        vapply(safetensors::safe_load_file(path, backend = backend), sum, numeric(1))
+      },
+      shards = 3
+    )
+    expect_race_safe(res)
+  }
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+  for (backend in c("mmap", "read")) {
+    res <- race_truncation(
+      function(path) {
+        x <- safetensors::safe_load_file(path, framework = "torch", backend = backend)
+        vapply(x, function(t) torch::as_array(t$sum()), numeric(1))
+      },
+      setup = function() invisible(torch::torch_zeros(1)),
+      shards = 3
+    )
+    expect_race_safe(res)
+  }
 })
 
