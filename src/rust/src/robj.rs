@@ -14,6 +14,7 @@ use extendr_ffi::{
     Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL, RAW, REAL,
     SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, TYPEOF,
 };
+use safetensors_core::dtype::{Dtype, ALL};
 use safetensors_core::error::{Error, Kind, Result};
 
 #[allow(improper_ctypes)] // SEXP is an opaque pointer, as in extendr-ffi.
@@ -541,6 +542,80 @@ pub fn named_list(names: &[&str], values: Vec<Robj>) -> Robj {
     let mut list: Robj = List::from_values(values).into();
     set_names(&mut list, names.iter().copied());
     list
+}
+
+/// R objects shared by the attributes of many tensors, built once per call:
+/// symbols and one `"dtype"` string per dtype.
+pub(crate) struct AttrCache {
+    /// The symbol `dtype`.
+    pub(crate) dtype_sym: SEXP,
+    /// The symbol `shape`.
+    pub(crate) shape_sym: SEXP,
+    dtypes: [SEXP; ALL.len()],
+    /// The class `"integer64"`, once needed.
+    integer64: SEXP,
+    /// How many of `dtypes` and `integer64` are protected.
+    protected: i32,
+}
+
+impl AttrCache {
+    /// # Safety
+    /// Only inside [`build`]; call [`AttrCache::release`] before returning.
+    pub(crate) unsafe fn new() -> AttrCache {
+        // SAFETY: symbols are never collected.
+        unsafe {
+            AttrCache {
+                dtype_sym: r_sym("dtype"),
+                shape_sym: r_sym("shape"),
+                dtypes: [std::ptr::null_mut(); ALL.len()],
+                integer64: std::ptr::null_mut(),
+                protected: 0,
+            }
+        }
+    }
+
+    /// The `"dtype"` attribute value for `d`, protected until `release`.
+    ///
+    /// # Safety
+    /// Only inside [`build`], on a cache made there.
+    pub(crate) unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
+        let slot = &mut self.dtypes[d as usize];
+        if slot.is_null() {
+            // SAFETY: inside build; protected until release.
+            unsafe {
+                *slot = Rf_protect(r_strings([d.name()].into_iter()));
+            }
+            self.protected += 1;
+        }
+        *slot
+    }
+
+    /// The class attribute of bit64's vectors, protected until `release`.
+    ///
+    /// # Safety
+    /// Only inside [`build`], on a cache made there.
+    pub(crate) unsafe fn integer64(&mut self) -> SEXP {
+        if self.integer64.is_null() {
+            // SAFETY: inside build; protected until release.
+            unsafe {
+                self.integer64 = Rf_protect(r_strings(["integer64"].into_iter()));
+            }
+            self.protected += 1;
+        }
+        self.integer64
+    }
+
+    /// Unprotects the values the cache made; they must not be used after.
+    ///
+    /// # Safety
+    /// Only inside [`build`], once, when the values the cache protected are
+    /// the top of R's protection stack (everything protected since they
+    /// were has been unprotected).
+    pub(crate) unsafe fn release(&self) {
+        // SAFETY: exactly the values this cache protected, as the caller
+        // promises they are the top of the stack.
+        unsafe { Rf_unprotect(self.protected) };
+    }
 }
 
 /// A named list (raw API); `values` run in order, each result stored at

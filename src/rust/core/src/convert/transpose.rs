@@ -1,7 +1,7 @@
 //! The tiled transposes the decoding and encoding kernels run on: square
 //! tiles, strips of columns, and prefetching the next tile's runs.
 
-use super::decode::SharedSlice;
+use super::shared::SharedSlice;
 
 /// The first `W` bytes of `s`.
 #[inline(always)]
