@@ -40,6 +40,10 @@ struct AllocRequest {
     failed: bool,
 }
 
+/// The body of [`alloc`]'s R_tryCatchError: allocates the vector.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the AllocRequest of `alloc`.
 unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
     let req = unsafe { &*(data as *const AllocRequest) };
@@ -48,6 +52,10 @@ unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     unsafe { Rf_allocVector(req.ty, req.len) }
 }
 
+/// The error handler of [`alloc`]'s R_tryCatchError: notes the failure.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the AllocRequest of `alloc`.
 unsafe extern "C" fn alloc_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
     unsafe {
@@ -61,6 +69,10 @@ unsafe extern "C" fn alloc_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
 /// implementation then returns NULL without calling the error handler, and
 /// anything else that jumps is stopped by the top-level context, so nothing
 /// unwinds through the Rust frames that called `alloc`.
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread, with `data` the AllocRequest of
+/// `alloc`.
 unsafe extern "C" fn alloc_toplevel(data: *mut c_void) {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack; the
     // body reads it and the handler sets its flag.
@@ -160,7 +172,12 @@ pub fn reserve_vector_heap(rest: usize, bytes: usize) {
 /// that the next allocations trigger would have to be a full one to free
 /// it, where a young-generation collection does (measured: two full
 /// collections of 1000 tensors took 63-69 ms, one full and one young 35-40).
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread, with `data` an AllocRequest.
 unsafe extern "C" fn reserve_toplevel(data: *mut c_void) {
+    /// # Safety
+    /// Called by R_tryCatchError on R's thread, with `data` an AllocRequest.
     unsafe extern "C" fn body(data: *mut c_void) -> SEXP {
         // SAFETY: `data` points to the AllocRequest on the caller's stack.
         let req = unsafe { &*(data as *const AllocRequest) };
@@ -305,6 +322,10 @@ struct Build<F> {
     failed: bool,
 }
 
+/// The body of [`build`]'s R_tryCatchError: runs the job's function once.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the `Build<F>` of `build`.
 unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     let job = unsafe { &mut *(data as *mut Build<F>) };
@@ -319,6 +340,10 @@ unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP 
     }
 }
 
+/// The error handler of [`build`]'s R_tryCatchError: notes the failure.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the `Build<F>` of `build`.
 unsafe extern "C" fn build_failed<F>(_cond: SEXP, data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     unsafe {
@@ -329,6 +354,10 @@ unsafe extern "C" fn build_failed<F>(_cond: SEXP, data: *mut c_void) -> SEXP {
 
 /// R_tryCatchError inside R_ToplevelExec, as for [`alloc`]: R errors reach
 /// the handler, an interrupt stops at the top-level context.
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread, with `data` the `Build<F>` of
+/// `build`.
 unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     unsafe {
@@ -674,6 +703,10 @@ pub fn to_r(res: Result<Robj>) -> Robj {
     }
 }
 
+/// Lets R act on a pending Ctrl-C.
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread (an interrupt jumps to it).
 unsafe extern "C" fn check_interrupt(_: *mut c_void) {
     // SAFETY: called by R_ToplevelExec on R's thread, which catches the
     // jump of an interrupt.

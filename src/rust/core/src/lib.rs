@@ -2,7 +2,7 @@
 //! it, with no R in sight: dtypes, errors, header parsing and validation,
 //! file access and atomic writes, small floats, the conversion kernels,
 //! slice planning, the shard index, and the two engines every load and
-//! every save goes through ([`read`] and [`write`]).
+//! every save goes through ([`read`] and [`write`](mod@write)).
 //!
 //! The R binding crate (`safetensors-r`, one level up) only converts between
 //! R objects and these types. Long operations take a `poll` callback, called
