@@ -43,7 +43,9 @@
 #' bytes <- readBin(path, "raw", file.size(path))
 #' readBin(bytes[(info$begin[2] + 1):info$end[2]], "double", 3, size = 4)
 safe_info <- function(path) {
-  res <- with_header(path, function(h) list(tab = handle_table(h), sharded = !is.null(hget(h, "index"))))
+  res <- with_header(path, function(h) {
+    list(tab = handle_table(h), sharded = !is.null(hget(h, "index")), origin = attr(h, "origin"))
+  })
   tab <- res$tab
   df <- data.frame(
     name = tab$name,
@@ -59,6 +61,7 @@ safe_info <- function(path) {
     df$file <- tab$file
   }
   class(df) <- c("safetensors_info", "data.frame")
+  attr(df, "origin") <- res$origin
   df
 }
 
@@ -90,7 +93,8 @@ format.safetensors_info <- function(x, ..., n = 20) {
     }
   })
   right <- vapply(x, is.numeric, logical(1))
-  lines <- c(head, format_columns(names(x), cols, right))
+  origin <- attr(x, "origin")
+  lines <- c(head, if (!is.null(origin)) paste("# From", format(origin)), format_columns(names(x), cols, right))
   if (rows > n) {
     lines <- c(lines, sprintf("# ... and %d more tensor%s", rows - n, if (rows - n == 1) "" else "s"))
   }
@@ -124,6 +128,11 @@ with_header <- function(path, fun, call = parent.frame()) {
       st_abort("closed", "Can't read {format_label(path)}: the handle is closed.", call = call)
     }
     return(fun(path))
+  }
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = FALSE, function(path, origin) {
+      with_header(path, function(h) fun(structure(h, origin = origin)), call = call)
+    }, mark = FALSE, call = call))
   }
   path <- resolve_folder(path, call = call)
   if (is_index_path(path)) {
@@ -199,7 +208,7 @@ safe_summary <- function(path, depth = 1) {
     st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {value_friendly(depth)}.")
   }
   res <- with_header(path, function(h) {
-    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"))
+    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"), origin = attr(h, "origin"))
   })
   tab <- res$tab
   module <- module_of(tab$name, depth)
@@ -232,7 +241,8 @@ safe_summary <- function(path, depth = 1) {
       by_dtype = by_dtype,
       by_module = by_module,
       depth = depth,
-      metadata = res$metadata
+      metadata = res$metadata,
+      origin = res$origin
     ),
     class = "safetensors_summary"
   )
@@ -276,6 +286,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
   label <- if (x$label %in% c("<raw vector>", "<connection>")) x$label else basename(x$label)
   lines <- c(
     paste0("<safetensors_summary> ", label),
+    if (!is.null(x$origin)) paste("From", format(x$origin)),
     sprintf(
       "%s, %s, %s",
       plural(x$tensors, "tensor"), plural(x$parameters, "parameter"), format_bytes(x$bytes)

@@ -146,6 +146,11 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   backend <- arg_choice(backend, c("read", "mmap"))
   choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = is.null(tensors), function(path, origin) {
+      safe_load_file(path, ..., framework = framework, tensors = tensors, backend = backend, int64 = int64, uint8 = uint8)
+    }))
+  }
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend, choices))
   }

@@ -144,7 +144,7 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap",
   tab <- handle_table(h)
   plan <- load_plan(tab, state, strict, format_label(h))
   load_tensors(h, tab, state, plan)
-  invisible(list(missing = plan$missing, unexpected = plan$unexpected))
+  invisible(structure(list(missing = plan$missing, unexpected = plan$unexpected), origin = attr(h, "origin")))
 }
 
 #' @rdname safe_load_model
@@ -233,6 +233,9 @@ check_torch_module <- function(model, call = parent.frame()) {
 # A handle over what safe_load_model() reads; a URL is read in file order
 # (load_tensors()), so a server that ignores ranges can stream it.
 open_model_source <- function(path, backend, call = parent.frame()) {
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = TRUE, function(path, origin) open_model_source(path, backend, call = call), call = call))
+  }
   open_handle(resolve_folder(path, call = call), "r", list(), backend, whole = TRUE, call = call)
 }
 

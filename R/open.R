@@ -166,6 +166,11 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
   choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = FALSE, function(path, origin) {
+      open_handle(path, framework, args, backend, choices = choices)
+    }))
+  }
   open_handle(path, framework, args, backend, choices = choices)
 }
 
@@ -519,8 +524,10 @@ format.safetensors_file <- function(x, ..., n = 20) {
       if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand"
     )
   )
+  origin <- attr(x, "origin")
   lines <- c(
     head,
+    if (!is.null(origin)) paste("From", format(origin)),
     sprintf(
       "%d tensor%s, %s, %s",
       length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src

@@ -19,8 +19,8 @@
 # tools/test.sh; needs only base R and codetools (a recommended package).
 
 layers <- c(
-  "errors.R", "utils.R", "dtypes.R", "format.R", "progress.R", "http.R", "sources.R",
-  "frameworks.R", "torch.R", "tensors.R", "write.R", "shards.R", "open.R",
+  "errors.R", "utils.R", "dtypes.R", "format.R", "progress.R", "http.R", "download.R", "sources.R",
+  "frameworks.R", "torch.R", "tensors.R", "write.R", "shards.R", "hf.R", "open.R",
   "info.R", "load.R", "save.R", "model.R", "safetensors-class.R", "safetensors-package.R"
 )
 # Files outside the layers: generated wrappers (any file may call them).

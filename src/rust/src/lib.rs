@@ -5,7 +5,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod download;
 mod dtypes;
+mod hf;
 mod load;
 mod open;
 mod robj;
@@ -19,7 +21,9 @@ use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use download;
     use dtypes;
+    use hf;
     use load;
     use open;
     use shards;

@@ -23,8 +23,8 @@ mod sys;
 #[path = "windows.rs"]
 mod sys;
 
-pub use sys::{populate_write, start_writeback};
 use sys::Stamp;
+pub use sys::{populate_write, start_writeback};
 
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +89,9 @@ pub fn read_header(src: &dyn Source) -> Result<Header> {
             if more <= have || src.read_at(0, &mut prefix[..more]).is_err() {
                 return Err(err);
             }
-            return Err(format::header_len(&prefix[..more], total).err().unwrap_or(err));
+            return Err(format::header_len(&prefix[..more], total)
+                .err()
+                .unwrap_or(err));
         }
     };
     // header_len checked N_LEN + n <= total, so this allocation is backed by the file.
@@ -110,7 +112,10 @@ impl Source for Memory<'_> {
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
         match off.checked_add(n).and_then(|end| self.0.get(off..end)) {
             Some(s) => Ok(Some(s)),
-            None => Err(Error::new(Kind::IncompleteBuffer, "the buffer ends before the tensor does")),
+            None => Err(Error::new(
+                Kind::IncompleteBuffer,
+                "the buffer ends before the tensor does",
+            )),
         }
     }
 
@@ -167,11 +172,17 @@ impl<'a> Segments<'a> {
 
     fn missing(&self, off: usize, n: usize) -> Error {
         if (off as u64).saturating_add(n as u64) > self.len {
-            Error::new(Kind::IncompleteBuffer, "the file ends before the tensor does")
+            Error::new(
+                Kind::IncompleteBuffer,
+                "the file ends before the tensor does",
+            )
         } else {
             Error::new(
                 Kind::InvalidArgument,
-                format!("internal error: bytes [{off}, {}) of the source were not fetched", off.saturating_add(n)),
+                format!(
+                    "internal error: bytes [{off}, {}) of the source were not fetched",
+                    off.saturating_add(n)
+                ),
             )
         }
     }
@@ -186,11 +197,15 @@ impl Source for Segments<'_> {
         if n == 0 {
             return Ok(Some(&[]));
         }
-        let Some(end) = off.checked_add(n) else { return Ok(None) };
+        let Some(end) = off.checked_add(n) else {
+            return Ok(None);
+        };
         // Bytes across segments, or not all fetched (a slice's cursor views
         // its whole tensor first), are for read_at, which copies what is
         // there and errors on the rest.
-        Ok(self.holding(off).and_then(|(start, bytes)| bytes.get(off - start..end - start)))
+        Ok(self
+            .holding(off)
+            .and_then(|(start, bytes)| bytes.get(off - start..end - start)))
     }
 
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
@@ -198,7 +213,9 @@ impl Source for Segments<'_> {
         let mut done = 0;
         while done < n {
             let at = off.checked_add(done).ok_or_else(|| self.missing(off, n))?;
-            let Some((start, bytes)) = self.holding(at) else { return Err(self.missing(off, n)) };
+            let Some((start, bytes)) = self.holding(at) else {
+                return Err(self.missing(off, n));
+            };
             let have = &bytes[at - start..];
             let k = have.len().min(n - done);
             buf[done..done + k].copy_from_slice(&have[..k]);
@@ -223,12 +240,17 @@ impl FileSource {
     /// Opens `path` for reading with `backend`.
     pub fn open(path: &Path, backend: Backend) -> Result<FileSource> {
         let file = sys::open_read(path).map_err(|e| Error::io(&e, "can't open the file"))?;
-        let meta = file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't stat the file"))?;
         if meta.is_dir() {
             return Err(Error::new(Kind::Io, "the path is a directory, not a file"));
         }
         if !meta.is_file() {
-            return Err(Error::new(Kind::Io, "the path is not a regular file (a FIFO, socket or device)"));
+            return Err(Error::new(
+                Kind::Io,
+                "the path is not a regular file (a FIFO, socket or device)",
+            ));
         }
         let map = match backend {
             Backend::Read => None,
@@ -251,13 +273,24 @@ impl FileSource {
     /// Errors when the file no longer has the size and stamp it had when
     /// opened.
     pub fn check_unchanged(&self) -> Result<()> {
-        let meta = self.file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
-        let now = sys::stamp(&self.file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't stat the file"))?;
+        let now =
+            sys::stamp(&self.file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
         if now != self.stamp {
-            let what = if now.len < self.stamp.len { "shrank" } else { "was modified" };
+            let what = if now.len < self.stamp.len {
+                "shrank"
+            } else {
+                "was modified"
+            };
             return Err(Error::new(
                 Kind::FileChanged,
-                format!("the file {what} after it was opened ({} bytes, now {})", self.stamp.len, now.len),
+                format!(
+                    "the file {what} after it was opened ({} bytes, now {})",
+                    self.stamp.len, now.len
+                ),
             ));
         }
         Ok(())
@@ -270,11 +303,16 @@ impl Source for FileSource {
     }
 
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
-        let Some(map) = &self.map else { return Ok(None) };
+        let Some(map) = &self.map else {
+            return Ok(None);
+        };
         self.check_unchanged()?;
         match off.checked_add(n).and_then(|end| map.get(off..end)) {
             Some(s) => Ok(Some(s)),
-            None => Err(Error::new(Kind::FileChanged, "the file is shorter than its header says")),
+            None => Err(Error::new(
+                Kind::FileChanged,
+                "the file is shorter than its header says",
+            )),
         }
     }
 
@@ -342,7 +380,12 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A fresh temporary name for `base` in `dir`.
 pub(crate) fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{}.{}-{}.tmp", base.to_string_lossy(), std::process::id(), n))
+    dir.join(format!(
+        ".{}.{}-{}.tmp",
+        base.to_string_lossy(),
+        std::process::id(),
+        n
+    ))
 }
 
 impl AtomicFile {
@@ -354,13 +397,21 @@ impl AtomicFile {
             _ => PathBuf::from("."),
         };
         let Some(base) = target.file_name() else {
-            return Err(Error::new(Kind::InvalidArgument, "the path must name a file"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "the path must name a file",
+            ));
         };
         if target.is_dir() {
             return Err(Error::new(Kind::InvalidArgument, "the path is a directory"));
         }
         if let Some(file) = sys::anonymous_in(&dir) {
-            return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: None, file: Some(file) });
+            return Ok(AtomicFile {
+                target: target.to_path_buf(),
+                dir,
+                temp: None,
+                file: Some(file),
+            });
         }
         AtomicFile::create_named(target, dir, base)
     }
@@ -372,7 +423,12 @@ impl AtomicFile {
             let temp = temp_name(&dir, base);
             match sys::create_new(&temp) {
                 Ok(file) => {
-                    return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: Some(temp), file: Some(file) })
+                    return Ok(AtomicFile {
+                        target: target.to_path_buf(),
+                        dir,
+                        temp: Some(temp),
+                        file: Some(file),
+                    })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) => return Err(Error::io(&e, "can't create a file in the target directory")),
@@ -384,7 +440,9 @@ impl AtomicFile {
 
     /// The open temporary file.
     pub fn file(&mut self) -> Result<&mut File> {
-        self.file.as_mut().ok_or_else(|| Error::new(Kind::Io, "the file is already closed"))
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::new(Kind::Io, "the file is already closed"))
     }
 
     /// Whether the file is anonymous (nothing to clean up if the process
@@ -402,11 +460,16 @@ impl AtomicFile {
     /// As [`AtomicFile::commit`], calling `poll` every few milliseconds
     /// while the fsync runs; an error from `poll` (an interrupt) abandons
     /// the write at once, leaving the target as it was.
-    pub fn commit_polling(mut self, sync: bool, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    pub fn commit_polling(
+        mut self,
+        sync: bool,
+        poll: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
         let Some(file) = self.file.as_mut() else {
             return Err(Error::new(Kind::Io, "the file is already closed"));
         };
-        file.flush().map_err(|e| Error::io(&e, "can't write the file"))?;
+        file.flush()
+            .map_err(|e| Error::io(&e, "can't write the file"))?;
         if sync {
             sync_polling(file, poll)?;
         }
@@ -414,14 +477,18 @@ impl AtomicFile {
             // Give the anonymous file a temporary name; from here on Drop
             // removes that name if the rename fails.
             let Some(base) = self.target.file_name().map(|b| b.to_os_string()) else {
-                return Err(Error::new(Kind::InvalidArgument, "the path must name a file"));
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "the path must name a file",
+                ));
             };
             self.temp = Some(sys::link_anonymous(file, &self.dir, &base)?);
         }
         let Some(temp) = self.temp.clone() else {
             return Err(Error::new(Kind::Io, "the temporary file has no name"));
         };
-        sys::replace(&temp, &self.target).map_err(|e| Error::io(&e, "can't replace the target file"))?;
+        sys::replace(&temp, &self.target)
+            .map_err(|e| Error::io(&e, "can't replace the target file"))?;
         // Renamed: nothing left to remove.
         self.temp = None;
         self.file = None;
@@ -438,7 +505,9 @@ impl AtomicFile {
 /// error from `poll` the thread is left to finish on its own copy of the
 /// descriptor; the caller drops the file.
 fn sync_polling(file: &File, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-    let copy = file.try_clone().map_err(|e| Error::io(&e, "can't flush the file to disk"))?;
+    let copy = file
+        .try_clone()
+        .map_err(|e| Error::io(&e, "can't flush the file to disk"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(copy.sync_all());
@@ -465,13 +534,162 @@ impl Drop for AtomicFile {
     }
 }
 
+/// A download's file, filled at offsets in any order (parallel ranges of
+/// one file arrive interleaved) and renamed over its target once complete.
+///
+/// Writes are combined: bytes that continue a pending run are appended to
+/// it, and a run is written (`pwrite`) once it holds [`PartialFile::RUN`]
+/// bytes, so the small pieces an HTTP client delivers (16 KiB) cost one
+/// system call per megabyte. [`PartialFile::flush`] writes every pending
+/// run; only then are the bytes in the file (a caller recording progress
+/// for a later resume records what was flushed).
+pub struct PartialFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// Pending runs: (offset, bytes).
+    runs: Vec<(u64, Vec<u8>)>,
+}
+
+impl PartialFile {
+    /// Bytes a run collects before it is written.
+    pub const RUN: usize = 1 << 20;
+
+    /// Opens `path`, creating it if missing and keeping what it holds (a
+    /// download to resume).
+    pub fn open(path: &Path) -> Result<PartialFile> {
+        let file = sys::open_rw(path)
+            .map_err(|e| Error::io(&e, "can't open the file being downloaded"))?;
+        Ok(PartialFile {
+            path: path.to_path_buf(),
+            file: Some(file),
+            runs: Vec::new(),
+        })
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Closed, "the file being downloaded is closed"))
+    }
+
+    /// Writes `bytes` at offset `off`, or keeps them to write with the run
+    /// they continue.
+    pub fn write_at(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        off.checked_add(bytes.len() as u64)
+            .ok_or_else(|| Error::new(Kind::Overflow, "the download's offset overflows"))?;
+        let at = self
+            .runs
+            .iter()
+            .position(|(start, run)| *start + run.len() as u64 == off);
+        let k = match at {
+            Some(k) => k,
+            None => {
+                self.runs.push((off, Vec::with_capacity(Self::RUN)));
+                self.runs.len() - 1
+            }
+        };
+        self.runs[k].1.extend_from_slice(bytes);
+        if self.runs[k].1.len() >= Self::RUN {
+            let (start, run) = self.runs.swap_remove(k);
+            self.write_run(start, &run)?;
+        }
+        Ok(())
+    }
+
+    fn write_run(&self, off: u64, run: &[u8]) -> Result<()> {
+        sys::write_all_at(self.file()?, run, off)
+            .map_err(|e| Error::io(&e, "can't write the file being downloaded"))
+    }
+
+    /// Writes every pending run.
+    pub fn flush(&mut self) -> Result<()> {
+        for (off, run) in std::mem::take(&mut self.runs) {
+            self.write_run(off, &run)?;
+        }
+        Ok(())
+    }
+
+    /// The file's length now (pending runs not counted).
+    pub fn size(&self) -> Result<u64> {
+        let meta = self
+            .file()?
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't read the file being downloaded"))?;
+        Ok(meta.len())
+    }
+
+    /// Cuts the file to `len` bytes, dropping pending runs (a download that
+    /// starts over).
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.runs.clear();
+        self.file()?
+            .set_len(len)
+            .map_err(|e| Error::io(&e, "can't truncate the file being downloaded"))
+    }
+
+    /// Flushes, checks that the file holds `len` bytes, closes it and
+    /// renames it over `target` in one step.
+    pub fn commit(mut self, target: &Path, len: u64) -> Result<()> {
+        self.flush()?;
+        let have = self.size()?;
+        if have != len {
+            return Err(Error::new(
+                Kind::IncompleteBuffer,
+                format!("the downloaded file has {have} bytes where {len} were expected"),
+            ));
+        }
+        self.file = None;
+        sys::replace(&self.path, target)
+            .map_err(|e| Error::io(&e, "can't move the downloaded file into place"))
+    }
+
+    /// Closes the file, keeping it (and writing pending runs) for a later
+    /// resume.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.file = None;
+        Ok(())
+    }
+}
+
+/// An exclusive lock held on a lock file until dropped, the lock Python's
+/// `filelock` takes (`flock` on Unix, the first byte's `LockFileEx` on
+/// Windows), so that R and Python processes sharing a cache exclude each
+/// other.
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` (created if missing) without waiting;
+    /// `None` when someone else holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let file = sys::open_lock(path).map_err(|e| Error::io(&e, "can't open the lock file"))?;
+        match sys::try_lock(&file) {
+            Ok(true) => Ok(Some(FileLock { file })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::io(&e, "can't lock the lock file")),
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        sys::unlock(&self.file);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tempdir() -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!("st-io-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let d = std::env::temp_dir().join(format!(
+            "st-io-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -485,7 +703,8 @@ mod tests {
         for line in smaps.lines() {
             let first = line.split_whitespace().next().unwrap_or("");
             if let Some((a, b)) = first.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
                     inside = a <= addr && addr < b;
                     continue;
                 }
@@ -556,7 +775,9 @@ mod tests {
         let w = src.view_whole(4096, bytes.len() - 8192).unwrap().unwrap();
         let kib = resident_kib(addr);
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut ver = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+        let mut ver = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|x| x.parse::<u32>().ok());
         if (ver.next().unwrap_or(0), ver.next().unwrap_or(0)) >= (5, 14) {
             assert!(kib >= 1000, "only {kib} KiB mapped by a whole view");
         }
@@ -592,8 +813,10 @@ mod tests {
     }
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -621,14 +844,20 @@ mod tests {
         let target = dir.join("n.bin");
         std::fs::write(&target, b"old").unwrap();
         {
-            let mut f = AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
+            let mut f =
+                AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin"))
+                    .unwrap();
             f.file().unwrap().write_all(b"partial").unwrap();
             let names = entries(&dir);
             assert_eq!(names.len(), 2);
-            assert!(names[0].starts_with(".n.bin.") && names[0].ends_with(".tmp"), "{names:?}");
+            assert!(
+                names[0].starts_with(".n.bin.") && names[0].ends_with(".tmp"),
+                "{names:?}"
+            );
         }
         assert_eq!(entries(&dir), vec!["n.bin"]);
-        let mut f = AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
+        let mut f =
+            AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
         f.file().unwrap().write_all(b"new").unwrap();
         f.commit(true).unwrap();
         assert_eq!(entries(&dir), vec!["n.bin"]);
@@ -661,7 +890,11 @@ mod tests {
             let mut buf = [0u8; 16];
             src.read_at(100, &mut buf).unwrap();
             assert_eq!(buf, [7u8; 16]);
-            let truncated = std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(10);
+            let truncated = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(10);
             // Windows refuses to truncate a mapped file (ERROR_USER_MAPPED_FILE),
             // which protects the map as well.
             #[cfg(windows)]
@@ -692,7 +925,9 @@ mod tests {
         // With no writer, a blocking open would never return.
         let e = FileSource::open(&fifo, Backend::Read).err().unwrap();
         assert_eq!(e.kind, Kind::Io);
-        let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap).err().unwrap();
+        let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap)
+            .err()
+            .unwrap();
         assert_eq!(e.kind, Kind::Io);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -701,7 +936,15 @@ mod tests {
     fn segments_serve_their_bytes_and_nothing_else() {
         let file: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
         // Two segments that touch ([10, 40) and [40, 60)) and one apart.
-        let src = Segments::new(200, vec![(100, &file[100..150]), (10, &file[10..40]), (40, &file[40..60])]).unwrap();
+        let src = Segments::new(
+            200,
+            vec![
+                (100, &file[100..150]),
+                (10, &file[10..40]),
+                (40, &file[40..60]),
+            ],
+        )
+        .unwrap();
         assert_eq!(src.len(), 200);
         assert_eq!(src.view(12, 5).unwrap(), Some(&file[12..17]));
         assert_eq!(src.view(100, 50).unwrap(), Some(&file[100..150]));
@@ -712,14 +955,28 @@ mod tests {
         src.read_at(10, &mut buf).unwrap();
         assert_eq!(buf, file[10..60]);
         // Bytes not fetched, or past the end, are no view and a read error.
-        for (off, n) in [(0, 5), (55, 10), (60, 1), (99, 2), (149, 2), (190, 20), (usize::MAX - 1, 4)] {
+        for (off, n) in [
+            (0, 5),
+            (55, 10),
+            (60, 1),
+            (99, 2),
+            (149, 2),
+            (190, 20),
+            (usize::MAX - 1, 4),
+        ] {
             assert_eq!(src.view(off, n).unwrap(), None, "view({off}, {n})");
             let mut b = vec![0u8; n];
             assert!(src.read_at(off, &mut b).is_err(), "read_at({off}, {n})");
         }
         let mut b = vec![0u8; 20];
-        assert_eq!(src.read_at(190, &mut b).unwrap_err().kind, Kind::IncompleteBuffer);
-        assert_eq!(src.read_at(60, &mut b[..5]).unwrap_err().kind, Kind::InvalidArgument);
+        assert_eq!(
+            src.read_at(190, &mut b).unwrap_err().kind,
+            Kind::IncompleteBuffer
+        );
+        assert_eq!(
+            src.read_at(60, &mut b[..5]).unwrap_err().kind,
+            Kind::InvalidArgument
+        );
         // Overlapping segments, or segments past the end, are refused.
         assert!(Segments::new(200, vec![(0, &file[0..20]), (10, &file[10..30])]).is_err());
         assert!(Segments::new(100, vec![(90, &file[90..120])]).is_err());
@@ -735,18 +992,21 @@ mod tests {
         let data_start = file.len();
         file.extend_from_slice(&[1, 2, 3, 4]);
         let prefix = &file[..data_start];
-        let header = read_header(&Segments::new(file.len() as u64, vec![(0, prefix)]).unwrap()).unwrap();
+        let header =
+            read_header(&Segments::new(file.len() as u64, vec![(0, prefix)]).unwrap()).unwrap();
         assert_eq!(header.data_start(), data_start);
         // A length that says the file is longer or shorter than its tensors.
         for len in [file.len() + 1, file.len() - 1] {
-            let e = read_header(&Segments::new(len as u64, vec![(0, prefix)]).unwrap()).unwrap_err();
+            let e =
+                read_header(&Segments::new(len as u64, vec![(0, prefix)]).unwrap()).unwrap_err();
             assert_eq!(e.kind, Kind::IncompleteBuffer, "{len}");
         }
         // A length shorter than the header itself.
         let e = read_header(&Segments::new(20, vec![(0, &prefix[..20])]).unwrap()).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidHeaderLength);
         // The header's bytes must be there.
-        let e = read_header(&Segments::new(file.len() as u64, vec![(0, &prefix[..30])]).unwrap()).unwrap_err();
+        let e = read_header(&Segments::new(file.len() as u64, vec![(0, &prefix[..30])]).unwrap())
+            .unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
         // A server that ignores ranges streams the file: the header is read
         // from the length and the header alone, however long the data.
@@ -760,7 +1020,75 @@ mod tests {
 
     #[test]
     fn missing_file_is_file_not_found() {
-        let e = FileSource::open(Path::new("/nonexistent/x.safetensors"), Backend::Read).err().unwrap();
+        let e = FileSource::open(Path::new("/nonexistent/x.safetensors"), Backend::Read)
+            .err()
+            .unwrap();
         assert_eq!(e.kind, Kind::FileNotFound);
+    }
+
+    #[test]
+    fn partial_file_combines_writes_in_any_order() {
+        let dir = tempdir();
+        let path = dir.join("blob.incomplete");
+        let target = dir.join("blob");
+        let data: Vec<u8> = (0..3 * PartialFile::RUN + 123)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut f = PartialFile::open(&path).unwrap();
+        // Two interleaved ranges, in pieces of 16 KiB.
+        let half = data.len() / 2;
+        let mut a = 0;
+        let mut b = half;
+        while a < half || b < data.len() {
+            if b < data.len() {
+                let n = (data.len() - b).min(16384);
+                f.write_at(b as u64, &data[b..b + n]).unwrap();
+                b += n;
+            }
+            if a < half {
+                let n = (half - a).min(16384);
+                f.write_at(a as u64, &data[a..a + n]).unwrap();
+                a += n;
+            }
+        }
+        // Short of the full length: refused, and the file kept.
+        let short = PartialFile::open(&dir.join("other")).unwrap();
+        assert_eq!(
+            short.commit(&target, 10).unwrap_err().kind,
+            Kind::IncompleteBuffer
+        );
+        assert!(!target.exists());
+        f.commit(&target, data.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn partial_file_resumes_and_truncates() {
+        let dir = tempdir();
+        let path = dir.join("x.incomplete");
+        let mut f = PartialFile::open(&path).unwrap();
+        f.write_at(0, b"hello").unwrap();
+        assert_eq!(f.size().unwrap(), 0);
+        f.close().unwrap();
+        let mut f = PartialFile::open(&path).unwrap();
+        assert_eq!(f.size().unwrap(), 5);
+        f.write_at(5, b" world").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        f.truncate(2).unwrap();
+        assert_eq!(f.size().unwrap(), 2);
+    }
+
+    #[test]
+    fn file_lock_excludes_until_dropped() {
+        let dir = tempdir();
+        let path = dir.join("a.lock");
+        let held = FileLock::try_acquire(&path).unwrap();
+        assert!(held.is_some());
+        // A second open file description is refused while the first holds it.
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        drop(held);
+        assert!(FileLock::try_acquire(&path).unwrap().is_some());
     }
 }

@@ -23,13 +23,21 @@ pub struct Stamp {
 
 /// The stamp of an open file from its metadata.
 pub fn stamp(_file: &File, meta: &Metadata) -> std::io::Result<Stamp> {
-    Ok(Stamp { len: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec(), ino: meta.ino() })
+    Ok(Stamp {
+        len: meta.len(),
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        ino: meta.ino(),
+    })
 }
 
 /// Opens `path` for reading, non-blocking, so that a FIFO can't stall the
 /// open until a writer comes (no effect on reads of regular files).
 pub fn open_read(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Fills `buf` from offset `off` of `file`, without moving a file position
@@ -41,7 +49,69 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<(
 /// Creates a new file for writing, failing if `path` exists; readable and
 /// writable as the umask allows (not 0600).
 pub fn create_new(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(0o666).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(path)
+}
+
+/// Opens `path` for reading and writing at offsets, creating it (as the
+/// umask allows) if missing, never truncating it.
+pub fn open_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(path)
+}
+
+/// Writes all of `buf` at offset `off` of `file` (pwrite), without moving a
+/// file position.
+pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    file.write_all_at(buf, off)
+}
+
+/// Opens (creating it, group-writable as the umask allows, as Python's
+/// `filelock` does for the Hub cache) a lock file.
+pub fn open_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o664)
+        .open(path)
+}
+
+/// Takes an exclusive `flock(2)` lock on `file` without waiting: `Ok(false)`
+/// when another open file description holds it. This is the lock Python's
+/// `filelock` (and so `huggingface_hub`) takes, so the two exclude each
+/// other. A file system without `flock` (some network file systems) is
+/// `Ok(true)`: the lock is then advisory in name only, as `filelock` falls
+/// back to a lock file's existence there.
+pub fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; flock only changes its lock.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(true),
+        _ => Err(err),
+    }
+}
+
+/// Releases the lock [`try_lock`] took (closing the file releases it too).
+pub fn unlock(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; failure leaves the lock to the close.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
 /// Moves `from` over `to` in one step (rename(2) replaces atomically).
@@ -104,7 +174,13 @@ pub fn populate_read(bytes: &[u8]) {
         // to its page start, inside the map as maps are page-aligned);
         // MADV_POPULATE_READ only faults them in, and its failure (an I/O
         // error shows up again at the read) is harmless.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ) };
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_READ,
+            )
+        };
     }
     #[cfg(not(target_os = "linux"))]
     let _ = bytes;
@@ -136,7 +212,12 @@ pub fn start_writeback(file: &File, off: u64, len: u64) {
         // SAFETY: a valid open descriptor; the call only schedules I/O and
         // its failure is harmless (fsync later does the work).
         unsafe {
-            libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                off as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -152,7 +233,12 @@ pub fn anonymous_in(dir: &Path) -> Option<File> {
     if !Path::new("/proc/self/fd").is_dir() {
         return None;
     }
-    OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir).ok()
+    OpenOptions::new()
+        .write(true)
+        .mode(0o666)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -173,11 +259,22 @@ pub fn link_anonymous(file: &File, dir: &Path, base: &OsStr) -> Result<PathBuf> 
     for _ in 0..16 {
         let temp = super::temp_name(dir, base);
         let Ok(to) = CString::new(temp.as_os_str().as_bytes()) else {
-            return Err(Error::new(Kind::InvalidArgument, "the path contains a NUL byte"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "the path contains a NUL byte",
+            ));
         };
         // SAFETY: both paths are valid NUL-terminated strings that outlive
         // the call; linkat only reads them.
-        let rc = unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
         if rc == 0 {
             return Ok(temp);
         }
@@ -186,10 +283,16 @@ pub fn link_anonymous(file: &File, dir: &Path, base: &OsStr) -> Result<PathBuf> 
             break;
         }
     }
-    Err(Error::io(&last, "can't link the new file into its directory"))
+    Err(Error::io(
+        &last,
+        "can't link the new file into its directory",
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]
 pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBuf> {
-    Err(Error::new(crate::error::Kind::Io, "anonymous files are not supported on this system"))
+    Err(Error::new(
+        crate::error::Kind::Io,
+        "anonymous files are not supported on this system",
+    ))
 }

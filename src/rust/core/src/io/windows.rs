@@ -47,11 +47,41 @@ const ERROR_SHARING_VIOLATION: i32 = 32;
 const ERROR_HANDLE_EOF: i32 = 38;
 const ERROR_USER_MAPPED_FILE: i32 = 1224;
 
+const ERROR_LOCK_VIOLATION: i32 = 33;
+const LOCKFILE_FAIL_IMMEDIATELY: u32 = 0x1;
+const LOCKFILE_EXCLUSIVE_LOCK: u32 = 0x2;
+
+/// `OVERLAPPED`, whose offset fields name the start of a locked range.
+#[repr(C)]
+#[derive(Default)]
+struct Overlapped {
+    internal: usize,
+    internal_high: usize,
+    offset: u32,
+    offset_high: u32,
+    event: usize,
+}
+
 #[link(name = "kernel32")]
 extern "system" {
     fn GetFileInformationByHandle(file: RawHandle, info: *mut ByHandleFileInformation) -> i32;
     fn MoveFileExW(existing: *const u16, new: *const u16, flags: u32) -> i32;
     fn VirtualUnlock(address: *mut c_void, size: usize) -> i32;
+    fn LockFileEx(
+        file: RawHandle,
+        flags: u32,
+        reserved: u32,
+        low: u32,
+        high: u32,
+        overlapped: *mut Overlapped,
+    ) -> i32;
+    fn UnlockFileEx(
+        file: RawHandle,
+        reserved: u32,
+        low: u32,
+        high: u32,
+        overlapped: *mut Overlapped,
+    ) -> i32;
 }
 
 /// What identifies a file's contents for change detection: a file
@@ -101,9 +131,9 @@ pub fn open_read(path: &Path) -> io::Result<File> {
     match OpenOptions::new().read(true).open(path) {
         // Opening a directory without FILE_FLAG_BACKUP_SEMANTICS is refused
         // as "access denied"; say what it is instead.
-        Err(e) if e.raw_os_error() == Some(ERROR_ACCESS_DENIED) && path.is_dir() => {
-            Err(io::Error::new(e.kind(), "the path is a directory, not a file"))
-        }
+        Err(e) if e.raw_os_error() == Some(ERROR_ACCESS_DENIED) && path.is_dir() => Err(
+            io::Error::new(e.kind(), "the path is a directory, not a file"),
+        ),
         res => res,
     }
 }
@@ -119,9 +149,9 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
             Ok(0) => break,
             Ok(n) => {
                 buf = &mut buf[n..];
-                off = off
-                    .checked_add(n as u64)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow"))?;
+                off = off.checked_add(n as u64).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow")
+                })?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A read that starts at or past the end of the file.
@@ -132,7 +162,10 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
     if buf.is_empty() {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer"))
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "failed to fill whole buffer",
+        ))
     }
 }
 
@@ -142,6 +175,90 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
 /// is open.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// Opens `path` for reading and writing at offsets, creating it if
+/// missing, never truncating it; shared for read, write and delete, so
+/// that [`replace`] can rename it.
+pub fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Writes all of `buf` at offset `off` of `file` with positioned writes
+/// (`WriteFile` with an offset; the handle's file position moves, which
+/// nothing here relies on).
+pub fn write_all_at(file: &File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.seek_write(buf, off) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffer",
+                ))
+            }
+            Ok(n) => {
+                buf = &buf[n..];
+                off = off.checked_add(n as u64).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow")
+                })?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating it) a lock file.
+pub fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Takes an exclusive lock on the first byte of `file` without waiting
+/// (`LockFileEx`): `Ok(false)` when another handle holds it. Python's
+/// `filelock` locks the same byte (`msvcrt.locking`), so the two exclude
+/// each other.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    let mut overlapped = Overlapped::default();
+    // SAFETY: the handle is open for as long as `file` lives; `overlapped`
+    // is a zeroed OVERLAPPED naming offset 0, which the call only reads for
+    // a lock that completes (or fails) at once.
+    let ok = unsafe {
+        LockFileEx(
+            file.as_raw_handle(),
+            LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            1,
+            0,
+            &mut overlapped,
+        )
+    };
+    if ok != 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(ERROR_LOCK_VIOLATION) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Releases the lock [`try_lock`] took.
+pub fn unlock(file: &File) {
+    let mut overlapped = Overlapped::default();
+    // SAFETY: as in try_lock; failure leaves the lock to the close.
+    unsafe { UnlockFileEx(file.as_raw_handle(), 0, 1, 0, &mut overlapped) };
 }
 
 /// Paths at least this long get the `\\?\` prefix, which lifts the
@@ -155,10 +272,16 @@ const LONG_PATH: usize = 248;
 fn wide_path(path: &Path) -> io::Result<Vec<u16>> {
     let mut wide: Vec<u16> = path.as_os_str().encode_wide().collect();
     if wide.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the path contains a NUL character"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path contains a NUL character",
+        ));
     }
     if wide.len() >= LONG_PATH {
-        let abs: Vec<u16> = std::path::absolute(path)?.as_os_str().encode_wide().collect();
+        let abs: Vec<u16> = std::path::absolute(path)?
+            .as_os_str()
+            .encode_wide()
+            .collect();
         let s = |text: &str| -> Vec<u16> { text.encode_utf16().collect() };
         let bs = u16::from(b'\\');
         wide = if abs.starts_with(&s(r"\\?\")) || abs.starts_with(&s(r"\\.\")) {
@@ -192,13 +315,20 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     loop {
         // SAFETY: both are NUL-terminated UTF-16 strings that outlive the
         // call, which only reads them.
-        let ok =
-            unsafe { MoveFileExW(from_w.as_ptr(), to_w.as_ptr(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) };
+        let ok = unsafe {
+            MoveFileExW(
+                from_w.as_ptr(),
+                to_w.as_ptr(),
+                MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+            )
+        };
         if ok != 0 {
             return Ok(());
         }
         let err = io::Error::last_os_error();
-        let Some(code) = in_use(&err, to) else { return Err(err) };
+        let Some(code) = in_use(&err, to) else {
+            return Err(err);
+        };
         if wait_ms > REPLACE_WAIT_MAX_MS {
             return Err(io::Error::new(
                 err.kind(),
@@ -299,7 +429,10 @@ pub fn anonymous_in(_dir: &Path) -> Option<File> {
 
 /// Never called, since [`anonymous_in`] makes no anonymous file.
 pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBuf> {
-    Err(Error::new(Kind::Io, "anonymous files are not supported on this system"))
+    Err(Error::new(
+        Kind::Io,
+        "anonymous files are not supported on this system",
+    ))
 }
 
 #[cfg(test)]
@@ -314,21 +447,28 @@ mod tests {
 
     fn tempdir() -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
-        let d =
-            std::env::temp_dir().join(format!("st-win-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let d = std::env::temp_dir().join(format!(
+            "st-win-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
 
     fn pattern(n: usize, seed: u32) -> Vec<u8> {
-        (0..n as u32).map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8).collect()
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+            .collect()
     }
 
     fn save(target: &Path, bytes: &[u8], sync: bool) -> Result<()> {
@@ -340,8 +480,16 @@ mod tests {
     /// The message `replace` gives for a target in use, as the user sees it.
     fn assert_in_use(err: &Error) {
         assert_eq!(err.kind, Kind::Io);
-        assert!(err.message.starts_with("can't replace the target file: "), "{}", err.message);
-        assert!(err.message.contains("open or memory-mapped elsewhere"), "{}", err.message);
+        assert!(
+            err.message.starts_with("can't replace the target file: "),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("open or memory-mapped elsewhere"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("close it first"), "{}", err.message);
     }
 
@@ -353,7 +501,11 @@ mod tests {
         let mut f = AtomicFile::create(&target).unwrap();
         assert!(!f.is_anonymous(), "Windows uses a named temporary file");
         f.file().unwrap().write_all(b"new").unwrap();
-        assert_eq!(entries(&dir).len(), 2, "the temporary file sits beside the target");
+        assert_eq!(
+            entries(&dir).len(),
+            2,
+            "the temporary file sits beside the target"
+        );
         assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
         f.commit(true).unwrap();
         assert_eq!(entries(&dir), vec!["m.safetensors"]);
@@ -376,7 +528,11 @@ mod tests {
         assert_eq!(src.view(0, old.len()).unwrap(), Some(&old[..]));
         let err = save(&target, &pattern(100, 2), true).unwrap_err();
         assert_in_use(&err);
-        assert!(err.message.ends_with("(os error 1224)") || err.message.ends_with("(os error 5)"), "{}", err.message);
+        assert!(
+            err.message.ends_with("(os error 1224)") || err.message.ends_with("(os error 5)"),
+            "{}",
+            err.message
+        );
         // The old file and the map are intact, and no temporary file is left.
         assert_eq!(entries(&dir), vec!["mapped.safetensors"]);
         assert_eq!(src.view(0, old.len()).unwrap(), Some(&old[..]));
@@ -396,14 +552,22 @@ mod tests {
         std::fs::write(&target, b"old").unwrap();
         // Held without sharing delete access for 50 ms, as a virus scanner
         // might; the replace waits it out.
-        let other = OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(&target).unwrap();
+        let other = OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ)
+            .open(&target)
+            .unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
             drop(other);
         });
         let t0 = std::time::Instant::now();
         save(&target, b"new", false).unwrap();
-        assert!(t0.elapsed() >= std::time::Duration::from_millis(40), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= std::time::Duration::from_millis(40),
+            "{:?}",
+            t0.elapsed()
+        );
         release.join().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(entries(&dir), vec!["busy.bin"]);
@@ -416,7 +580,11 @@ mod tests {
         let target = dir.join("open.bin");
         std::fs::write(&target, b"old").unwrap();
         // Open by a program that did not allow deleting it: sharing violation.
-        let other = OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(&target).unwrap();
+        let other = OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ)
+            .open(&target)
+            .unwrap();
         let err = save(&target, b"new", false).unwrap_err();
         assert_in_use(&err);
         assert_eq!(entries(&dir), vec!["open.bin"]);
@@ -506,7 +674,12 @@ mod tests {
             // Grown.
             std::fs::write(&p, &bytes).unwrap();
             let src = FileSource::open(&p, backend).unwrap();
-            OpenOptions::new().append(true).open(&p).unwrap().write_all(b"more").unwrap();
+            OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .write_all(b"more")
+                .unwrap();
             assert_eq!(src.check_unchanged().unwrap_err().kind, Kind::FileChanged);
             drop(src);
         }
@@ -514,12 +687,20 @@ mod tests {
         // io::tests::file_source_detects_truncation).
         std::fs::write(&p, &bytes).unwrap();
         let src = FileSource::open(&p, Backend::Read).unwrap();
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(100).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
         let err = src.check_unchanged().unwrap_err();
         assert_eq!(err.kind, Kind::FileChanged);
         assert!(err.message.contains("shrank"), "{}", err.message);
         let mut buf = [0u8; 16];
-        assert_eq!(src.read_at(4000, &mut buf).unwrap_err().kind, Kind::FileChanged);
+        assert_eq!(
+            src.read_at(4000, &mut buf).unwrap_err().kind,
+            Kind::FileChanged
+        );
         drop(src);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -528,10 +709,16 @@ mod tests {
     fn the_stamp_tells_files_apart_by_volume_and_index() {
         let dir = tempdir();
         let (a, b) = (dir.join("a.bin"), dir.join("b.bin"));
-        let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let when =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         for p in [&a, &b] {
             std::fs::write(p, b"same bytes").unwrap();
-            OpenOptions::new().write(true).open(p).unwrap().set_modified(when).unwrap();
+            OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
         }
         let stamp_of = |p: &Path| {
             let f = open_read(p).unwrap();
@@ -552,9 +739,16 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let file = open_read(&p).unwrap();
         let n = bytes.len();
-        for (off, len) in
-            [(0, 1), (0, n), (1, 4095), (4095, 2), (4096, 4096), (65535, 65538), (n - 1, 1), (n - 100, 100)]
-        {
+        for (off, len) in [
+            (0, 1),
+            (0, n),
+            (1, 4095),
+            (4095, 2),
+            (4096, 4096),
+            (65535, 65538),
+            (n - 1, 1),
+            (n - 100, 100),
+        ] {
             let mut buf = vec![0u8; len];
             read_exact_at(&file, &mut buf, off as u64).unwrap();
             assert_eq!(buf, &bytes[off..off + len], "at {off}+{len}");
@@ -586,7 +780,10 @@ mod tests {
         let mut buf = [0u8; 32];
         src.read_at(n - 32, &mut buf).unwrap();
         assert_eq!(&buf[..], &bytes[n - 32..]);
-        assert_eq!(src.read_at(n - 16, &mut buf).unwrap_err().kind, Kind::FileChanged);
+        assert_eq!(
+            src.read_at(n - 16, &mut buf).unwrap_err().kind,
+            Kind::FileChanged
+        );
         drop((file, src));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -638,18 +835,27 @@ mod tests {
     #[test]
     fn wide_paths_are_nul_terminated_and_prefixed_when_long() {
         let w = wide_path(Path::new(r"C:\x\Grüße.bin")).unwrap();
-        assert_eq!(String::from_utf16(&w[..w.len() - 1]).unwrap(), r"C:\x\Grüße.bin");
+        assert_eq!(
+            String::from_utf16(&w[..w.len() - 1]).unwrap(),
+            r"C:\x\Grüße.bin"
+        );
         assert_eq!(w.last(), Some(&0));
         let long = format!(r"C:\{}\f.bin", "d".repeat(300));
         let w = wide_path(Path::new(&long)).unwrap();
-        assert_eq!(String::from_utf16(&w[..w.len() - 1]).unwrap(), format!(r"\\?\{long}"));
+        assert_eq!(
+            String::from_utf16(&w[..w.len() - 1]).unwrap(),
+            format!(r"\\?\{long}")
+        );
         let unc = format!(r"\\server\share\{}\f.bin", "d".repeat(300));
         let w = wide_path(Path::new(&unc)).unwrap();
         assert_eq!(
             String::from_utf16(&w[..w.len() - 1]).unwrap(),
             format!(r"\\?\UNC\server\share\{}\f.bin", "d".repeat(300))
         );
-        assert_eq!(wide_path(Path::new("a\0b")).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            wide_path(Path::new("a\0b")).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[test]
