@@ -1,11 +1,18 @@
 # Whole-file downloads to disk, for the Hub cache (R/hf.R): a file fetched
-# with HTTP range requests in parallel (through the curl package's multi
-# interface, each response written at its offset by the Rust core,
-# src/rust/src/download.rs), atomically (into a partial file renamed over
-# the target once complete) and resumably (a record of what arrived is
-# kept beside the partial file, so that the next attempt, in this session
-# or another, asks only for the rest), with a progress bar over bytes. A
-# server that ignores ranges gets one request for the whole file.
+# into a partial file renamed over the target once complete (atomically),
+# with a record of what arrived kept beside it, so that the next attempt,
+# in this session or another, asks only for the rest (resumably), and a
+# progress bar over bytes. Two engines:
+#
+# * one range (a file below 32 MiB, one connection, a server on this
+#   machine, or one that ignores ranges): a new download goes through
+#   curl_fetch_disk(), whose bytes go from libcurl to the file without R
+#   code in between, as fast as the curl command; a download that resumes
+#   reads its range through a curl connection, checked before anything is
+#   written;
+# * parallel ranges (through the curl package's multi interface): each
+#   response's pieces are written at their offsets by the Rust core
+#   (src/rust/src/download.rs), which combines them into large writes.
 #
 # The partial file and its record are named after the target with the
 # suffixes below, which huggingface_hub never uses for its own partial
@@ -17,10 +24,13 @@
 download_partial <- function(dest) paste0(dest, ".safetensors-r.incomplete")
 download_record <- function(dest) paste0(dest, ".safetensors-r.progress")
 
-# Option `safetensors.http_connections`: how many ranges of one file are
-# fetched at once.
-download_connections <- function(call) {
-  http_number_option("safetensors.http_connections", 4, 1, 64, call)
+# How many ranges of the file at `url` are fetched at once: option
+# `safetensors.http_connections`, by default 4, or 1 for a server on this
+# machine, whose connections are not slower one by one than together: there
+# a single range, written by libcurl alone, takes the least work.
+download_connections <- function(url, call) {
+  local <- url_parse(url)$host %in% c("localhost", "[::1]") || startsWith(url_parse(url)$host, "127.")
+  http_number_option("safetensors.http_connections", if (local) 1 else 4, 1, 64, call)
 }
 
 # A file is split in ranges of at least this many bytes.
@@ -58,6 +68,14 @@ download_resume <- function(record, partial, size) {
   lines <- tryCatch(readLines(record, warn = FALSE), error = function(e) character())
   if (length(lines) < 3 || lines[[1]] != "safetensors-r download 1" || lines[[2]] != sprintf("size %.0f", size)) {
     return(NULL)
+  }
+  if (identical(lines[-(1:2)], "prefix")) {
+    # Written in order: whatever the partial file holds is the file's start.
+    have <- file.size(partial)
+    if (is.na(have) || have > size) {
+      return(NULL)
+    }
+    return(list(start = 0, end = size - 1, done = have))
   }
   fields <- strsplit(lines[-(1:2)], " ", fixed = TRUE)
   ok <- vapply(fields, function(f) length(f) == 4 && f[[1]] == "range" && all(grepl("^[0-9]{1,16}$", f[-1])), logical(1))
@@ -102,16 +120,18 @@ download_lock <- function(path, label, call = parent.frame()) {
   }
 }
 
-# Records the progress of a download (see download_resume()): written to
-# a temporary file and renamed, so that a record is whole or absent.
-download_save <- function(record, size, st) {
+# Records the progress of a download (see download_resume()): the bytes
+# each range holds, or with `prefix`, that the partial file is written in
+# order (its length is the progress). Written to a temporary file and
+# renamed, so that a record is whole or absent.
+download_save <- function(record, size, st, prefix = FALSE) {
   if (is.na(size)) {
     return(invisible())
   }
   lines <- c(
     "safetensors-r download 1",
     sprintf("size %.0f", size),
-    sprintf("range %.0f %.0f %.0f", st$start, st$end, st$done)
+    if (prefix) "prefix" else sprintf("range %.0f %.0f %.0f", st$start, st$end, st$done)
   )
   tmp <- paste0(record, ".tmp")
   ok <- tryCatch(
@@ -129,42 +149,39 @@ download_save <- function(record, size, st) {
 # Downloads `url`, a file of `size` bytes (NA when unknown), into `dest`.
 # The requests carry the headers http_headers_for() gives for `origin`
 # (the user's origin: credentials never go to another host). The file is
-# split in up to `safetensors.http_connections` ranges fetched at once; a
-# server that answers a range with the whole file (HTTP 200) gets one
-# request. Redirects are followed, server errors and dropped connections
-# retried from the byte they stopped at (`safetensors.http_retries` times
-# in a row without progress), and a URL that stops being accepted (a
-# signed CDN URL that expired: 401, 403, 404, 410) is replaced once by
-# `relocate()`, when given. `label` names the file in the progress bar.
-# An error or an interrupt leaves the partial file and its record for the
-# next attempt. Ranges are at least `min_part` bytes.
+# split in up to `download_connections()` ranges of at least `min_part`
+# bytes, fetched at once; a server that answers a range with the whole
+# file (HTTP 200) gets one request. Redirects are followed, server errors
+# and dropped connections retried from the byte they stopped at
+# (`safetensors.http_retries` times in a row without progress), and a URL
+# that stops being accepted (a signed CDN URL that expired: 401, 403, 404,
+# 410) is replaced once by `relocate()`, when given. `label` names the
+# file in the progress bar. An error or an interrupt leaves the partial
+# file and its record for the next attempt.
 download_file <- function(url, dest, size, label, origin, relocate = NULL, min_part = download_min_part,
                           call = parent.frame()) {
   check_curl(call = call)
   partial <- download_partial(dest)
   record <- download_record(dest)
-  what <- sprintf("Can't download %s.", format_file(label))
-  ptr <- st_check(partial_open_(core_path(partial, call)), what, call = call)
   resume <- download_resume(record, partial, size)
+  plan <- resume %||% download_plan(size, download_connections(url, call), min_part)
+  if (is.null(resume)) {
+    unlink(c(record, partial))
+  }
   st <- new.env(parent = emptyenv())
-  plan <- resume %||% download_plan(size, download_connections(call), min_part)
   st$start <- plan$start
   st$end <- plan$end
   st$done <- plan$done %||% numeric(length(plan$start))
-  if (is.null(resume)) {
-    unlink(record)
-    st_check(partial_truncate_(ptr, 0), what, call = call)
-  }
   st$url <- rep(url, length(st$start))
   st$complete <- !is.na(st$end) & st$done == st$end - st$start + 1
+  st$partial <- partial
+  st$ptr <- NULL
+  st$what <- sprintf("Can't download %s.", format_file(label))
   committed <- FALSE
   on.exit(
     if (!committed) {
       # What arrived stays for the next attempt.
-      if (!inherits(partial_flush_(ptr), "safetensors_rust_error")) {
-        download_save(record, size, st)
-      }
-      partial_close_(ptr)
+      if (download_close(st, call)) download_save(record, size, st, prefix = isTRUE(st$prefix))
     },
     add = TRUE
   )
@@ -173,22 +190,44 @@ download_file <- function(url, dest, size, label, origin, relocate = NULL, min_p
     bar <- progress_bar("Downloading", label, size)
     cli::cli_progress_update(set = sum(st$done), id = bar)
   }
-  download_run(st, ptr, size, origin, relocate, label, bar, record, call)
+  download_run(st, size, origin, relocate, bar, record, call)
   total <- if (is.na(size)) sum(st$done) else size
-  st_check(partial_commit_(ptr, core_path(dest, call), total), what, call = call)
+  st_check(partial_commit_(download_ptr(st, call), core_path(dest, call), total), st$what, call = call)
+  st$ptr <- NULL
   committed <- TRUE
   unlink(record)
   invisible(dest)
 }
 
-# Fetches the ranges of `st` not yet complete until all are, in rounds:
-# each round requests every incomplete range at once and waits for all of
-# them; what each answer was decides the next round (download_outcome()).
-download_run <- function(st, ptr, size, origin, relocate, label, bar, record, call) {
+# The partial file of download `st`, opened (created if missing) for
+# writing at offsets.
+download_ptr <- function(st, call) {
+  if (is.null(st$ptr)) {
+    st$ptr <- st_check(partial_open_(core_path(st$partial, call)), st$what, call = call)
+  }
+  st$ptr
+}
+
+# Closes the partial file of `st`, if open, writing what it holds; FALSE if
+# that failed (its record can't be trusted then).
+download_close <- function(st, call) {
+  if (is.null(st$ptr)) {
+    return(TRUE)
+  }
+  ok <- !inherits(partial_flush_(st$ptr), "safetensors_rust_error")
+  partial_close_(st$ptr)
+  st$ptr <- NULL
+  ok
+}
+
+# Fetches the ranges of `st` not yet complete until all are, in rounds: a
+# round requests every incomplete range at once and waits for all of them
+# (download_round(); one range alone goes through download_stream()); what
+# each answer was decides the next round.
+download_run <- function(st, size, origin, relocate, bar, record, call) {
   retries <- http_retries(call)
   timeout <- http_timeout(call)
   option <- http_header_option(call)
-  what <- sprintf("Can't download %s.", format_file(label))
   tries <- integer(length(st$start))
   hops <- integer(length(st$start))
   relocated <- FALSE
@@ -197,17 +236,15 @@ download_run <- function(st, ptr, size, origin, relocate, label, bar, record, ca
     if (length(todo) == 0) {
       return(invisible())
     }
-    if (is.na(size)) {
-      # A file of unknown length can only be asked for whole.
-      st_check(partial_truncate_(ptr, 0), what, call = call)
-      st$done[] <- 0
-    }
     before <- st$done
-    outcomes <- download_round(st, todo, ptr, size, origin, option, timeout, bar, record, call)
+    outcomes <- if (length(st$start) == 1) {
+      list(download_stream(st, size, origin, option, timeout, bar, record, call))
+    } else {
+      download_round(st, todo, size, origin, option, timeout, bar, record, call)
+    }
     if (isTRUE(st$single)) {
       # The server sent the whole file for the first range: it is the only
       # one now.
-      k <- 1
       keep <- function(x) x[1]
       st$start <- 0
       st$end <- st$end[[1]]
@@ -249,7 +286,8 @@ download_run <- function(st, ptr, size, origin, relocate, label, bar, record, ca
         if (tries[[1]] > retries) {
           http_no_range_abort(st$url[[k]], call)
         }
-        st_check(partial_truncate_(ptr, 0), what, call = call)
+        download_close(st, call)
+        unlink(st$partial)
         st$start <- 0
         st$end <- if (is.na(size)) NA_real_ else size - 1
         st$done <- 0
@@ -277,13 +315,148 @@ download_run <- function(st, ptr, size, origin, relocate, label, bar, record, ca
   }
 }
 
+# The one range of `st` (the whole file): a new download with
+# curl_fetch_disk() (libcurl writes the file; the record says it is
+# written in order), a resumed one through a curl connection, its answer
+# checked before a byte is written. Returns what the answer was, as
+# download_round() does for each range.
+download_stream <- function(st, size, origin, option, timeout, bar, record, call) {
+  url <- st$url[[1]]
+  if (st$done[[1]] > 0 && !is.na(size)) {
+    return(download_resume_stream(st, size, origin, option, timeout, bar, call))
+  }
+  download_close(st, call)
+  st$done[[1]] <- 0
+  st$prefix <- TRUE
+  download_save(record, size, st, prefix = TRUE)
+  headers <- http_headers_for(url, origin, option)
+  if (!is.na(size) && size > 0) {
+    headers[["Range"]] <- sprintf("bytes=0-%.0f", size - 1)
+  }
+  h <- curl::new_handle(
+    followlocation = FALSE, connecttimeout = timeout, low_speed_limit = 1, low_speed_time = timeout,
+    failonerror = TRUE, accept_encoding = "identity"
+  )
+  curl::handle_setheaders(h, .list = as.list(headers))
+  if (!is.null(bar)) {
+    shown <- 0
+    curl::handle_setopt(h, xferinfofunction = function(down, up) {
+      if (down[[2]] - shown >= download_bar_step) {
+        shown <<- down[[2]]
+        cli::cli_progress_update(set = down[[2]], id = bar)
+      }
+      TRUE
+    })
+  }
+  res <- tryCatch(curl::curl_fetch_disk(url, st$partial, handle = h), error = function(e) e)
+  d <- curl::handle_data(h)
+  status <- d$status_code
+  have <- file.size(st$partial)
+  ok <- status %in% c(200, 206) && !is.na(have)
+  if (ok && status == 206) {
+    range <- download_content_range(d$headers)
+    ok <- !is.null(range) && range[[1]] == 0 && (is.na(size) || is.na(range[[3]]) || range[[3]] == size)
+    if (!ok) {
+      unlink(st$partial)
+      return(download_problem("range", url, status, call))
+    }
+  }
+  if (inherits(res, "error")) {
+    msg <- conditionMessage(res)
+    if (grepl("aborted by an application callback|Callback aborted", msg)) {
+      return(download_failure("Failed writing", NULL, call))
+    }
+    if (ok && !is.na(size)) {
+      # A transfer that stopped: the file's start arrived.
+      st$done[[1]] <- have
+      return(list(kind = "retry", status = NA, message = msg))
+    }
+    unlink(st$partial)
+    if (status >= 400) {
+      return(download_outcome(status, http_parse_headers(d$headers), url, 1, st, size, NULL, call))
+    }
+    return(list(kind = "retry", status = NA, message = msg))
+  }
+  if (!ok) {
+    # A redirect or another status: its body is not the file.
+    unlink(st$partial)
+    return(download_outcome(status, http_parse_headers(d$headers), url, 1, st, size, NULL, call))
+  }
+  if (!is.na(size) && have > size) {
+    return(download_problem("long", url, status, call))
+  }
+  st$done[[1]] <- have
+  if (!is.null(bar)) cli::cli_progress_update(set = have, id = bar)
+  if (is.na(size) || have == size) list(kind = "complete") else {
+    list(kind = "retry", status = NA, message = "The server closed the connection before the end of the file.")
+  }
+}
+
+# The start, end and total of a Content-Range header in the raw headers
+# `raw` (total NA for `*`), or NULL.
+download_content_range <- function(raw) {
+  cr <- http_parse_headers(raw)[["content-range"]]
+  m <- regmatches(cr %||% "", regexec("^[Bb][Yy][Tt][Ee][Ss] +([0-9]+)-([0-9]+)/([0-9]+|\\*)$", trimws(cr %||% "")))[[1]]
+  if (length(m) == 0) {
+    return(NULL)
+  }
+  c(as.numeric(m[[2]]), as.numeric(m[[3]]), if (m[[4]] == "*") NA else as.numeric(m[[4]]))
+}
+
+# The rest of the one range of `st`, from the bytes it holds, through a
+# curl connection (http_open()): the answer's status and Content-Range are
+# checked before anything is written, so that a server that ignores the
+# range can't append the whole file to its start.
+download_resume_stream <- function(st, size, origin, option, timeout, bar, call) {
+  url <- st$url[[1]]
+  pos <- st$done[[1]]
+  headers <- http_headers_for(url, origin, option)
+  headers[["Range"]] <- sprintf("bytes=%.0f-%.0f", pos, size - 1)
+  resp <- http_attempt(url, headers, timeout)
+  if (is.character(resp)) {
+    return(list(kind = "retry", status = NA, message = resp))
+  }
+  on.exit(http_close(resp), add = TRUE)
+  if (resp$status == 200) {
+    return(list(kind = "norange"))
+  }
+  if (resp$status != 206) {
+    return(download_outcome(resp$status, resp$headers, url, 1, st, size, NULL, call))
+  }
+  http_check_range(resp, pos, size - 1, size, url, call)
+  st$prefix <- TRUE
+  ptr <- download_ptr(st, call)
+  repeat {
+    x <- http_read(resp, 8 * 1024^2)
+    if (is.character(x)) {
+      return(list(kind = "retry", status = NA, message = x))
+    }
+    if (length(x) == 0) {
+      break
+    }
+    if (pos + length(x) > size) {
+      return(download_problem("long", url, 206, call))
+    }
+    st_check(partial_write_(ptr, pos, x), st$what, call = call)
+    pos <- pos + length(x)
+    st$done[[1]] <- pos
+    if (!is.null(bar)) cli::cli_progress_update(set = pos, id = bar)
+  }
+  if (pos == size) list(kind = "complete") else {
+    list(kind = "retry", status = NA, message = "The server closed the connection before the end of the file.")
+  }
+}
+
 # One round: requests ranges `todo` of `st` at once, writes what arrives at
 # its offsets, and returns for each range what its answer was:
 # `list(kind, ...)`, `kind` one of "complete", "redirect" (`location`),
 # "refused" (`status`), "retry" (`status`, `message`), "norange" (the
 # server sent the whole file for a range that does not start it) or
 # "fatal" (`raise()`, the error to give).
-download_round <- function(st, todo, ptr, size, origin, option, timeout, bar, record, call) {
+download_round <- function(st, todo, size, origin, option, timeout, bar, record, call) {
+  st$prefix <- FALSE
+  st$single <- FALSE
+  ptr <- download_ptr(st, call)
   pool <- curl::new_pool(total_con = length(todo), host_con = length(todo), multiplex = FALSE)
   handles <- list()
   outcomes <- vector("list", length(st$start))
@@ -291,24 +464,37 @@ download_round <- function(st, todo, ptr, size, origin, option, timeout, bar, re
   # error (silenced: curl's callback would print it), and the problem is
   # reported after the round.
   problems <- vector("list", length(st$start))
+  # Where each range is (its callback's `pos`, kept there: the callbacks
+  # run for every 16 KiB that arrives, so they do as little as they can),
+  # copied into `st$done` by sync() every `download_bar_step` bytes and at
+  # the end, whatever the end.
+  envs <- vector("list", length(st$start))
+  sync <- function() {
+    for (j in todo) {
+      if (!is.null(envs[[j]]) && !(st$single && j > 1)) st$done[[j]] <- envs[[j]]$pos - st$start[[j]]
+    }
+  }
+  got <- sum(st$done)
+  mark <- got + download_bar_step
+  recorded <- got
   old <- options(show.error.messages = FALSE)
   on.exit(
     {
       options(old)
       for (h in handles) try(curl::multi_cancel(h), silent = TRUE)
+      sync()
     },
     add = TRUE
   )
-  shown <- sum(st$done)
-  recorded <- shown
   for (k in todo) {
     local({
       k <- k
       pos <- st$start[[k]] + st$done[[k]]
+      envs[[k]] <<- environment()
       ranged <- !is.na(size)
       headers <- http_headers_for(st$url[[k]], origin, option)
       if (ranged) {
-        headers[["Range"]] <- sprintf("bytes=%s-%s", fmt_num(pos), fmt_num(st$end[[k]]))
+        headers[["Range"]] <- sprintf("bytes=%.0f-%.0f", pos, st$end[[k]])
       }
       h <- curl::new_handle(
         url = st$url[[k]],
@@ -320,25 +506,28 @@ download_round <- function(st, todo, ptr, size, origin, option, timeout, bar, re
         accept_encoding = "identity"
       )
       curl::handle_setheaders(h, .list = as.list(headers))
-      writing <- NA
+      # 0: no byte seen yet; 1: the file's bytes, written; 2: another answer
+      # (an error page, a redirect's body), not written.
+      state <- 0L
       limit <- if (is.na(st$end[[k]])) Inf else st$end[[k]] + 1
       data <- function(x, final) {
         m <- length(x)
-        if (m == 0L) {
-          return(invisible())
-        }
-        if (is.na(writing)) {
-          writing <<- download_check(h, k, st, pos, size, ranged)
-          if (is.character(writing)) {
-            problems[[k]] <<- writing
+        if (state != 1L) {
+          if (state == 2L || m == 0L) {
+            return(invisible())
+          }
+          check <- download_check(h, k, st, pos, size, ranged)
+          if (is.character(check)) {
+            problems[[k]] <<- check
             stop("stop")
           }
-          if (writing && isTRUE(st$single)) limit <<- size
+          state <<- if (check) 1L else 2L
+          if (state == 2L) {
+            return(invisible())
+          }
+          if (st$single) limit <<- size
         }
-        if (!writing) {
-          return(invisible())
-        }
-        if (k > 1 && isTRUE(st$single)) {
+        if (k > 1L && st$single) {
           problems[[k]] <<- "superseded"
           stop("stop")
         }
@@ -352,32 +541,40 @@ download_round <- function(st, todo, ptr, size, origin, option, timeout, bar, re
           stop("stop")
         }
         pos <<- pos + m
-        st$done[[k]] <- pos - st$start[[k]]
-        got <- sum(st$done)
-        if (!is.null(bar) && got - shown >= download_bar_step) {
-          shown <<- got
-          cli::cli_progress_update(set = got, id = bar)
-        }
-        if (!is.na(size) && got - recorded >= download_record_step) {
-          recorded <<- got
-          if (!inherits(partial_flush_(ptr), "safetensors_rust_error")) download_save(record, size, st)
+        got <<- got + m
+        if (got >= mark) {
+          mark <<- got + download_bar_step
+          sync()
+          if (!is.null(bar)) {
+            cli::cli_progress_update(set = sum(st$done), id = bar)
+          }
+          if (!is.na(size) && got - recorded >= download_record_step) {
+            recorded <<- got
+            if (!inherits(partial_flush_(ptr), "safetensors_rust_error")) download_save(record, size, st)
+          }
         }
         invisible()
       }
       settle <- function(fun) {
-        outcomes[[k]] <<- if (k > 1 && isTRUE(st$single)) {
+        sync()
+        outcomes[[k]] <<- if (k > 1 && st$single) {
           list(kind = "complete")
         } else {
           tryCatch(fun(), error = function(e) list(kind = "fatal", raise = function() stop(e)))
         }
       }
-      done <- function(res) settle(function() download_outcome(res, k, st, size, problems[[k]], call))
+      done <- function(res) {
+        settle(function() {
+          download_outcome(res$status_code, http_parse_headers(res$headers), res$url, k, st, size, problems[[k]], call)
+        })
+      }
       fail <- function(msg) settle(function() download_failure(msg, problems[[k]], call))
       handles[[length(handles) + 1L]] <<- curl::multi_add(h, data = data, done = done, fail = fail, pool = pool)
     })
   }
   curl::multi_run(pool = pool)
   handles <- list()
+  sync()
   if (!is.null(bar)) {
     cli::cli_progress_update(set = sum(st$done), id = bar)
   }
@@ -414,21 +611,19 @@ download_check <- function(h, k, st, pos, size, ranged) {
   if (status != 206) {
     return(FALSE)
   }
-  cr <- http_parse_headers(d$headers)[["content-range"]]
-  m <- regmatches(cr %||% "", regexec("^[Bb][Yy][Tt][Ee][Ss] +([0-9]+)-([0-9]+)/([0-9]+|\\*)$", trimws(cr %||% "")))[[1]]
-  if (length(m) == 0 || as.numeric(m[[2]]) != pos ||
-    (!is.na(st$end[[k]]) && as.numeric(m[[3]]) != st$end[[k]]) ||
-    (!is.na(size) && m[[4]] != "*" && as.numeric(m[[4]]) != size)) {
+  range <- download_content_range(d$headers)
+  if (is.null(range) || range[[1]] != pos || (!is.na(st$end[[k]]) && range[[2]] != st$end[[k]]) ||
+    (!is.na(size) && !is.na(range[[3]]) && range[[3]] != size)) {
     return("range")
   }
   TRUE
 }
 
-# What the finished answer `res` to range `k` means (see download_round()).
-download_outcome <- function(res, k, st, size, problem, call) {
-  status <- res$status_code
+# What the finished answer to range `k`, of `status` with `headers` (a
+# named list), means (see download_round()).
+download_outcome <- function(status, headers, url, k, st, size, problem, call) {
   if (!is.null(problem)) {
-    return(download_problem(problem, res$url, status, call))
+    return(download_problem(problem, url, status, call))
   }
   if (status %in% c(200, 206)) {
     # A file of unknown length ends with its answer.
@@ -439,11 +634,11 @@ download_outcome <- function(res, k, st, size, problem, call) {
     return(list(kind = "retry", status = NA, message = "The server closed the connection before the end of the range."))
   }
   if (status %in% c(301, 302, 303, 307, 308)) {
-    location <- http_parse_headers(res$headers)[["location"]]
-    nxt <- if (!is.null(location) && nzchar(location)) url_resolve(res$url, trimws(location))
+    location <- headers[["location"]]
+    nxt <- if (!is.null(location) && nzchar(location)) url_resolve(url, trimws(location))
     if (is.null(nxt) || is.null(url_parse(nxt))) {
       return(list(kind = "fatal", raise = function() {
-        http_abort(res$url, status, "The server redirected without a Location, or to a URL that is not http or https.", call = call)
+        http_abort(url, status, "The server redirected without a Location, or to a URL that is not http or https.", call = call)
       }))
     }
     return(list(kind = "redirect", status = status, location = nxt))
@@ -454,7 +649,7 @@ download_outcome <- function(res, k, st, size, problem, call) {
   if ((status >= 500 && status != 501) || status == 429) {
     return(list(kind = "retry", status = status, message = NULL))
   }
-  list(kind = "fatal", raise = function() http_status_abort(res$url, status, call = call))
+  list(kind = "fatal", raise = function() http_status_abort(url, status, call = call))
 }
 
 # What a transfer of range `k` that failed without an answer means: a

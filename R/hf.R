@@ -19,6 +19,168 @@
 # files they need in the cache (R/download.R), as hf_hub_download() does;
 # lazy reads store nothing.
 
+#' Hugging Face Hub paths
+#'
+#' Every function that reads a file takes, besides paths and URLs, a path on
+#' the Hugging Face Hub written as Hugging Face's own tools write it
+#' (`huggingface_hub`'s file system, `HfFileSystem`):
+#' `hf://[datasets/|spaces/]OWNER/NAME[@REVISION][/PATH]`. Files come from
+#' the Hub's local cache when it has them, the cache that Python's
+#' `huggingface_hub` (and so `transformers` and `diffusers`), R's `hfhub`
+#' and other tools share, so a model any of them downloaded is read from
+#' disk; whole reads store what they download there, where the next R or
+#' Python session finds it. Results record the commit they came from.
+#'
+#' @section Paths:
+#' * `hf://openai-community/gpt2/model.safetensors`: a file of a model
+#'   repository at its default branch, `main`.
+#' * `hf://OWNER/NAME@REVISION/PATH`: at a branch, a tag or a commit (40
+#'   hexadecimal digits). `refs/pr/N` and `refs/convert/NAME` are written as
+#'   they are (`hf://OWNER/NAME@refs/pr/3/model.safetensors`); a `/` in
+#'   another branch name is written `%2F`.
+#' * `hf://datasets/OWNER/NAME/...` and `hf://spaces/OWNER/NAME/...`: a file
+#'   of a dataset or a Space.
+#' * A path that does not end in `.safetensors` or `.json` names a folder
+#'   (`hf://OWNER/NAME` is the repository's root, `hf://OWNER/NAME@REV/unet`
+#'   a folder in it) and means the checkpoint there, as a local folder does:
+#'   its `model.safetensors.index.json` (or
+#'   `diffusion_pytorch_model.safetensors.index.json`, or its only
+#'   `*.safetensors.index.json`) if it has one, with its shards, else its
+#'   `model.safetensors` (or `diffusion_pytorch_model.safetensors`, or its
+#'   only `*.safetensors` file).
+#'
+#' A malformed path (a repository not written `OWNER/NAME`, `..` in the
+#' path) is an error of class `safetensors_error_invalid_argument`, as
+#' `huggingface_hub` refuses it.
+#'
+#' @section The cache:
+#' The cache is the folder `HF_HUB_CACHE` names, else the older
+#' `HUGGINGFACE_HUB_CACHE`, else `hub` in `HF_HOME`, else
+#' `~/.cache/huggingface/hub` (`XDG_CACHE_HOME` replacing `~/.cache`), with
+#' `~` and `$VARIABLE`s expanded, as `huggingface_hub` finds it. In it,
+#' `models--OWNER--NAME` (`datasets--`, `spaces--`) holds `refs/BRANCH` (the
+#' commit a branch or tag pointed to when last asked), `snapshots/COMMIT/`
+#' (the files of a commit, as links to `blobs/`, or copies where links
+#' can't be made or `HF_HUB_DISABLE_SYMLINKS` is set), `blobs/ETAG` (each
+#' file once, named by its ETag: the SHA-256 of a large file) and
+#' `.no_exist/COMMIT/` (files the Hub said were missing).
+#'
+#' A path is resolved with as few requests as the revision allows:
+#' * a commit: the cache alone, with no request, when it has the file;
+#' * a branch or a tag: one request finds the commit (a `HEAD` of the
+#'   file's URL, or for a folder the Hub API's description of the
+#'   revision), then the cache is looked at. If the Hub can't be reached
+#'   (no answer, or a server error), the commit the cache last recorded for
+#'   that branch is read, if the cache has the file;
+#' * with `HF_HUB_OFFLINE=1` (or `TRANSFORMERS_OFFLINE=1`) no request is
+#'   made: a branch is read from the commit `refs/` records, and a file the
+#'   cache lacks is an error of class `safetensors_error_offline`.
+#'
+#' A file in the cache is a local file: memory-mapped by [safe_open()] (by
+#' default), read with positioned reads by [safe_load_file()].
+#'
+#' @section Downloads:
+#' Whole reads, [safe_load_file()] without `tensors` and
+#' [safe_load_model()], store a file the cache lacks (and the shards of a
+#' sharded checkpoint) as `huggingface_hub`'s `hf_hub_download()` does: the
+#' blob under its ETag, the link in the snapshot, the ref; Python's
+#' `try_to_load_from_cache()` and `hf_hub_download()` then find it. The
+#' file is fetched in up to four ranges at once (option
+#' `safetensors.http_connections`; one request for a server that ignores
+#' ranges) into `blobs/ETAG.safetensors-r.incomplete` and renamed into
+#' place once complete, so the cache never holds part of a file under the
+#' name of a whole one. An interrupted download (Ctrl-C, a dropped
+#' connection, a crash) keeps what arrived and a record of it
+#' (`blobs/ETAG.safetensors-r.progress`); the next attempt, in this session
+#' or another, asks only for the rest. While a blob downloads, the process
+#' holds the lock `huggingface_hub` takes for it
+#' (`.locks/models--OWNER--NAME/ETAG.lock`), so R and Python processes
+#' never download the same file at once: one waits for the other, then
+#' finds the file. In an interactive session a download of more than 64 MiB
+#' shows a progress bar (option `safetensors.progress`).
+#' `options(safetensors.hf_cache = FALSE)` turns storing off: whole reads
+#' then read the file over HTTP as they read any URL, and leave the cache
+#' as it was.
+#'
+#' Lazy reads, [safe_open()], [safe_info()], [safe_metadata()],
+#' [safe_summary()], [safe_slice()] and [safe_load_file()] with `tensors`,
+#' read a file the cache lacks with HTTP range requests (see "Remote
+#' files" in [safe_open()]) from its URL pinned to the commit, so that a
+#' branch that moves meanwhile can't mix two versions, and store nothing.
+#'
+#' @section Where a result came from:
+#' Results read from an `hf://` path carry attribute `"origin"`, an object
+#' of class `safetensors_origin`: a list with the repository (`type`,
+#' `repo`), the revision asked for (`revision`, `"main"` when none), the
+#' commit it named (`commit`), the file read (`file`, its path in the
+#' repository: a folder's checkpoint file, a sharded checkpoint's index)
+#' and `path`, the file in the cache that was read (`NULL` when it was read
+#' over HTTP). `format()` gives the path pinned to the commit, which reads
+#' the same bytes again: `hf://OWNER/NAME@COMMIT/PATH`. The lists of
+#' [safe_load_file()], the handles of [safe_open()], the data frames of
+#' [safe_info()], the summaries of [safe_summary()] and the list
+#' [safe_load_model()] returns carry it, and `print()` shows it.
+#'
+#' @section Tokens and endpoints:
+#' `HF_ENDPOINT` points to another Hub, such as a mirror (by default
+#' `https://huggingface.co`). Private and gated repositories need a token:
+#' `HF_TOKEN` (or the older `HUGGING_FACE_HUB_TOKEN`), else the token file
+#' that `hf auth login` (`huggingface-cli login`) writes, `HF_TOKEN_PATH`
+#' or `token` in `HF_HOME`; `HF_HUB_DISABLE_IMPLICIT_TOKEN` keeps it from
+#' being sent. The token is sent as `Authorization: Bearer` to
+#' `huggingface.co` and `hf.co` over https and to the host of
+#' `HF_ENDPOINT` over https (or plain http on this machine, `localhost` or
+#' `127.0.0.1`, for a local test server), never to a host a request is
+#' redirected to (the CDN that serves large files with signed URLs), and
+#' never appears in messages. Option `safetensors.http_headers` (see
+#' [safetensors-package]) adds headers to the endpoint's requests.
+#'
+#' @section Errors:
+#' The Hub's answers become classed errors (see [safetensors-conditions]),
+#' read from its `X-Error-Code` header as `huggingface_hub` reads them:
+#' `safetensors_error_repo_not_found` (no such repository, or a private one
+#' the token can't read), `safetensors_error_gated` (a gated model whose
+#' terms the account has not accepted: accept them on the model's page,
+#' then set a token), `safetensors_error_revision_not_found`,
+#' `safetensors_error_file_not_found` (a file not in the repository, or a
+#' folder without a checkpoint), `safetensors_error_offline`, and
+#' `safetensors_error_http` for other failures. They have fields `repo`,
+#' `revision`, `file` and `status` where these apply, and say what to do.
+#'
+#' @section The same in Python and in R's hfhub:
+#' | | safetensors | Python | hfhub |
+#' |---|---|---|---|
+#' | read a file (downloaded once, into the cache) | `safe_load_file("hf://o/n/model.safetensors")` | `load_file(hf_hub_download("o/n", "model.safetensors"))` | `safe_load_file(hub_download("o/n", "model.safetensors"))` |
+#' | at a revision | `"hf://o/n@v1.0/model.safetensors"` | `hf_hub_download(..., revision="v1.0")` | `hub_download(..., revision = "v1.0")` |
+#' | a sharded checkpoint | `safe_load_file("hf://o/n")` | `snapshot_download("o/n", allow_patterns=["*.safetensors*"])`, then each shard | `hub_snapshot("o/n", allow_patterns = "safetensors")`, then the index |
+#' | the cache only | `HF_HUB_OFFLINE=1` | `local_files_only=True`, or `HF_HUB_OFFLINE=1` | `local_files_only = TRUE` |
+#' | the header only, not downloading | `safe_info("hf://o/n/model.safetensors")` | `HfApi().get_safetensors_metadata("o/n")` | |
+#' | one tensor, not downloading | `safe_open("hf://o/n/model.safetensors")[["w"]]` | (downloads the file first) | |
+#' | a dataset | `"hf://datasets/o/n/x.safetensors"` | `repo_type="dataset"` | |
+#' | the commit read | `attr(x, "origin")$commit` | the snapshot folder's name | the snapshot folder's name |
+#'
+#' `load_file` is `safetensors.torch.load_file` (or `safetensors.numpy`);
+#' `hf_hub_download`, `snapshot_download` and `HfApi` are from
+#' `huggingface_hub`; `hub_download` and `hub_snapshot` from the R
+#' package hfhub, which reads and writes the same cache.
+#'
+#' @name safetensors-hub
+#' @aliases safetensors_origin
+#' @seealso `vignette("big-models")` for models on the Hub.
+#' @examplesIf interactive() && rlang::is_installed("curl")
+#' # The header of a model on the Hub, without downloading it
+#' safe_info("hf://openai-community/gpt2/model.safetensors")
+#'
+#' # Downloaded into the Hub cache once; read from it afterwards
+#' x <- safe_load_file("hf://openai-community/gpt2/model.safetensors")
+#' attr(x, "origin")
+#'
+#' # Pinned to the commit it came from: no request at all next time
+#' pinned <- format(attr(x, "origin"))
+#' pinned
+#' y <- safe_load_file(pinned)
+NULL
+
 # ---- paths --------------------------------------------------------------------
 
 # Whether `x` is an hf:// path.
@@ -746,14 +908,12 @@ new_origin <- function(p, revision, commit, file, local) {
 
 #' @export
 format.safetensors_origin <- function(x, ...) {
-  p <- list(type = x$type, repo = x$repo)
-  pinned <- hf_path_of(p, x$commit, x$file)
-  if (identical(x$revision, x$commit)) pinned else sprintf("%s (revision %s)", pinned, encodeString(x$revision, quote = "\""))
+  hf_path_of(list(type = x$type, repo = x$repo), x$commit, x$file)
 }
 
 #' @export
 print.safetensors_origin <- function(x, ...) {
-  cat("<safetensors_origin> ", format(x), "\n", sep = "")
+  cat("<safetensors_origin> ", describe_origin(x), "\n", sep = "")
   if (!is.null(x$path)) {
     cat("Read from the Hub cache: ", x$path, "\n", sep = "")
   } else {

@@ -74,8 +74,10 @@
 #' @param model A torch module (an `nn_module`).
 #' @param path For `safe_load_model()`: a `.safetensors` file, a sharded
 #'   checkpoint's index (`model.safetensors.index.json`), a folder holding
-#'   a checkpoint (see [safe_open()]), a raw vector holding a file, or a
-#'   handle from [safe_open()] (left open). For `safe_save_model()`: a
+#'   a checkpoint (see [safe_open()]), a URL of either, a Hugging Face Hub
+#'   path `hf://owner/name/...` (read from the Hub cache, where it is
+#'   stored first if missing: see [safetensors-hub]), a raw vector holding
+#'   a file, or a handle from [safe_open()] (left open). For `safe_save_model()`: a
 #'   file path, or a folder: a path that is a folder, or that has no file
 #'   extension, is one (created if missing), which gets `model.safetensors`
 #'   or, with `max_shard_size`, shards and their index (see "Sharded
@@ -100,7 +102,8 @@
 #'   names of the module's tensors the file did not hold (a tied group by
 #'   the first of its names, in sorted order), and the names of the file's
 #'   tensors that were not loaded, both empty character vectors after a
-#'   complete load. `safe_save_model()`: invisibly, the path written (for a
+#'   complete load (with attribute `"origin"` for an `hf://` path, see
+#'   [safetensors-hub]). `safe_save_model()`: invisibly, the path written (for a
 #'   sharded checkpoint, its index).
 #' @seealso [safe_load_file()] with `framework = "torch"` to read tensors
 #'   into new torch tensors; `vignette("torch", package = "safetensors")`.

@@ -99,8 +99,10 @@
 #'   checkpoint's index (a file ending in `.json`, such as
 #'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
 #'   or `https://` URL of either (see "Remote files"), a folder holding a
-#'   checkpoint (its index, else its `model.safetensors`), a raw vector
-#'   holding a whole file, or a binary connection (read into memory).
+#'   checkpoint (its index, else its `model.safetensors`), a Hugging Face
+#'   Hub path `hf://owner/name/...` (read from the Hub cache, else over
+#'   HTTP: see [safetensors-hub]), a raw vector holding a whole file, or a
+#'   binary connection (read into memory).
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.
@@ -121,7 +123,8 @@
 #'   (the default) or `"raw"` (one byte per value); see [safe_load_file()].
 #'   For `safe_slice()`, `NULL` (the default) uses the handle's choice
 #'   (`"integer"` for a path).
-#' @return `safe_open()`: a handle of class `safetensors_file`.
+#' @return `safe_open()`: a handle of class `safetensors_file` (for an
+#'   `hf://` path, with attribute `"origin"`, see [safetensors-hub]).
 #'   `safe_slice()`: the selected part of the tensor.
 #' @seealso [safe_load_file()] to read everything, [safe_info()] for the
 #'   header as a data frame.
@@ -527,7 +530,7 @@ format.safetensors_file <- function(x, ..., n = 20) {
   origin <- attr(x, "origin")
   lines <- c(
     head,
-    if (!is.null(origin)) paste("From", format(origin)),
+    if (!is.null(origin)) paste("From", describe_origin(origin)),
     sprintf(
       "%d tensor%s, %s, %s",
       length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src

@@ -8,8 +8,9 @@
 #' Tensors become plain R arrays, raw bytes, or torch tensors.
 #'
 #' @section Functions by task:
-#' * Read: [safe_load_file()] (a file, URL, raw vector, connection or
-#'   sharded checkpoint), [safe_deserialize()] (a raw vector).
+#' * Read: [safe_load_file()] (a file, URL, Hugging Face Hub path, raw
+#'   vector, connection or sharded checkpoint), [safe_deserialize()] (a raw
+#'   vector).
 #' * Write: [safe_save_file()] (atomically, optionally in shards),
 #'   [safe_serialize()].
 #' * Inspect without reading the data: [safe_info()], [safe_metadata()],
@@ -21,8 +22,8 @@
 #'
 #' The vignettes show them at work: `vignette("safetensors")` to get
 #' started, `vignette("python")` for moving weights between Python and R,
-#' and `vignette("big-models")` for lazy reading, slices and sharded
-#' checkpoints.
+#' and `vignette("big-models")` for lazy reading, slices, sharded
+#' checkpoints and models on the Hugging Face Hub ([safetensors-hub]).
 #'
 #' @section Options:
 #' * `safetensors.progress`: whether loads and saves of more than 64 MiB of
@@ -39,10 +40,15 @@
 #'   2. Each R object is still allocated by R's main thread, and the
 #'   results do not depend on the number of threads; `1` turns threads off.
 #' * `safetensors.http_headers`, `safetensors.http_timeout`,
-#'   `safetensors.http_retries`: see "Remote files" below.
+#'   `safetensors.http_retries`, `safetensors.http_connections`: see
+#'   "Remote files" below.
+#' * `safetensors.hf_cache`: whether whole reads of `hf://` paths store the
+#'   files they download in the Hugging Face Hub cache. Default `TRUE`; see
+#'   [safetensors-hub].
 #'
 #' @section Remote files:
-#' The reading functions accept `http://` and `https://` URLs and fetch
+#' The reading functions accept `http://` and `https://` URLs (and
+#' Hugging Face Hub paths, `hf://owner/name/...`, see [safetensors-hub]) and fetch
 #' only the bytes they need with HTTP range requests (see "Remote files" in
 #' [safe_open()]), through the \pkg{curl} package, so proxies, CA
 #' certificates and libcurl's settings apply as R users set them.
@@ -50,10 +56,12 @@
 #'   vector such as `c(Authorization = "Bearer <token>")`, is sent with
 #'   every request to the host (scheme, name and port) of the URL given,
 #'   whatever it is, and with redirects on that host, never to another host
-#'   a redirect leads to. The `HF_TOKEN` environment variable is sent as
+#'   a redirect leads to. The Hugging Face token (the `HF_TOKEN`
+#'   environment variable, or the token file of `hf auth login`) is sent as
 #'   `Authorization: Bearer <token>` only to `huggingface.co` and `hf.co`
-#'   over https (not to the CDNs that Hub URLs redirect to with signed
-#'   URLs, nor to any other host), unless the option sets `Authorization`.
+#'   over https and to the Hub `HF_ENDPOINT` names (not to the CDNs that
+#'   Hub URLs redirect to with signed URLs, nor to any other host), unless
+#'   the option sets `Authorization`.
 #'   Tokens, passwords in URLs and query values are never shown in
 #'   messages.
 #' * `safetensors.http_timeout`: seconds to wait for a connection, and for a
@@ -63,6 +71,9 @@
 #'   server error (5xx, 429) or a dropped or refused connection is tried
 #'   again, after 0.25, 0.5, 1, ... seconds; a transfer dropped midway
 #'   resumes where it stopped. Default 3.
+#' * `safetensors.http_connections`: how many ranges of a file a download
+#'   into the Hub cache fetches at once (files of less than 32 MiB take
+#'   one). Default 4.
 #' * Redirects are followed (at most 10). Ctrl-C stops a transfer at once.
 #'
 #' @section Errors:

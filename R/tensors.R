@@ -118,7 +118,7 @@ str.safetensors_tensors <- function(object, ...) {
   }
   origin <- attr(object, "origin", exact = TRUE)
   if (!is.null(origin)) {
-    cat(indent, "- attr(*, \"origin\")= ", format(origin), "\n", sep = "")
+    cat(indent, "- attr(*, \"origin\")= ", describe_origin(origin), "\n", sep = "")
   }
   invisible()
 }
@@ -166,7 +166,7 @@ format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
   }
   origin <- attr(x, "origin", exact = TRUE)
   if (!is.null(origin)) {
-    lines <- c(lines, paste0("attr(,\"origin\"): ", format(origin)))
+    lines <- c(lines, paste0("attr(,\"origin\"): ", describe_origin(origin)))
   }
   lines
 }

@@ -57,6 +57,10 @@ test_that("records of progress are trusted only when they fit the file", {
 
 test_that("a file arrives in parallel ranges, each written at its offset", {
   srv <- local_http_server()
+  # A server on this machine gets one connection unless told otherwise.
+  expect_identical(download_connections(srv$url("f.bin"), NULL), 1)
+  expect_identical(download_connections("https://cdn.example.org/f", NULL), 4)
+  withr::local_options(safetensors.http_connections = 4)
   src <- random_file(file.path(srv$dir, "f.bin"), 1e6)
   dest <- file.path(withr::local_tempdir(), "f.bin")
   origin <- url_origin(url_parse(srv$url("f.bin")))
@@ -79,6 +83,7 @@ test_that("a file arrives in parallel ranges, each written at its offset", {
 
 test_that("a server that ignores ranges sends the file once", {
   srv <- local_http_server()
+  withr::local_options(safetensors.http_connections = 4)
   src <- random_file(file.path(srv$dir, "f.bin"), 1e6)
   dest <- file.path(withr::local_tempdir(), "f.bin")
   origin <- url_origin(url_parse(srv$url("f.bin")))
@@ -107,6 +112,7 @@ test_that("files of unknown length and empty files", {
 
 test_that("dropped transfers resume where they stopped; server errors are retried", {
   srv <- local_http_server()
+  withr::local_options(safetensors.http_connections = 4)
   src <- random_file(file.path(srv$dir, "f.bin"), 1e6)
   dest <- file.path(withr::local_tempdir(), "f.bin")
   origin <- url_origin(url_parse(srv$url("f.bin")))
@@ -128,7 +134,7 @@ test_that("a download that fails resumes from its record, in a later attempt", {
   src <- random_file(file.path(srv$dir, "f.bin"), 1e6)
   dest <- file.path(withr::local_tempdir(), "f.bin")
   origin <- url_origin(url_parse(srv$url("f.bin")))
-  withr::local_options(safetensors.http_retries = 0)
+  withr::local_options(safetensors.http_retries = 0, safetensors.http_connections = 2)
   expect_error(
     download_file(srv$url("f.bin", "drop2"), dest, 1e6, "f.bin", origin, min_part = 5e5),
     class = "safetensors_error_http"
