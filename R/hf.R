@@ -520,7 +520,8 @@ hf_request <- function(url, method, retry, call) {
 }
 
 # What the Hub says of `file` at `revision` (a HEAD of its URL):
-# `list(commit, etag, size, location)`, `location` where to download it
+# `list(commit, etag, size, location, url, status)`, `etag` NULL when the
+# answer has none that can name a file, `location` where to download it
 # from (the CDN, for a large file). The Hub's errors are classed errors
 # (hf_response_abort()); a failure without an answer, or a server error,
 # is returned as `list(failed = message or status)`, to fall back to the
@@ -552,18 +553,15 @@ hf_meta <- function(p, revision, file, retry, call) {
       call = call
     )
   }
+  # The ETag names the file in the cache: anything but a plain name is none.
   etag <- res$headers[["x-linked-etag"]] %||% res$headers[["etag"]]
   etag <- if (!is.null(etag)) gsub('"', "", sub("^W/", "", etag), fixed = TRUE)
-  if (is.null(etag) || !grepl("^[A-Za-z0-9._+=-]{1,200}$", etag) || etag %in% c(".", "..")) {
-    http_abort(
-      res$url, status,
-      "The answer has no valid ETag, by which the cache names a file, so it can't be stored reliably.",
-      call = call
-    )
+  if (!is.null(etag) && (!grepl("^[A-Za-z0-9._+=-]{1,200}$", etag) || etag %in% c(".", ".."))) {
+    etag <- NULL
   }
   size <- http_size(res$headers[["x-linked-size"]] %||% if (!redirect) res$headers[["content-length"]])
   location <- if (redirect && !is.null(res$headers[["location"]])) url_resolve(res$url, trimws(res$headers[["location"]])) else res$url
-  list(commit = commit, etag = etag, size = size, location = location)
+  list(commit = commit, etag = etag, size = size, location = location, url = res$url, status = status)
 }
 
 # The Hub's description of `p`'s repository at `revision` (its API):
@@ -847,6 +845,14 @@ hf_download <- function(p, storage, commit, file, meta, call) {
       hf_mark_missing(storage, commit, file)
       hf_response_abort(p, commit, file, meta$response, call)
     }
+  }
+  if (is.null(meta$etag)) {
+    http_abort(
+      meta$url, meta$status,
+      "The answer has no valid ETag, by which the cache names a file, so it can't be stored reliably.",
+      hint = "Read it with `options(safetensors.hf_cache = FALSE)`, which stores nothing.",
+      call = call
+    )
   }
   blob <- file.path(storage, "blobs", meta$etag)
   dir.create(dirname(blob), recursive = TRUE, showWarnings = FALSE)

@@ -57,6 +57,8 @@ misbehave on purpose:
                               seconds apart
   {"hub_status": C}           the Hub answers every request with status C
   {"hub_no_commit": true}     no X-Repo-Commit (not a Hub)
+  {"hub_no_etag": true}       no ETag nor X-Linked-Etag
+  {"api_garbage": true}       the API answers with a web page
 """
 
 import hashlib
@@ -309,6 +311,8 @@ class HubHandler(Handler):
         if not target.startswith(base + os.sep) or not os.path.isfile(target):
             return self.error(404, "EntryNotFound", "Entry not found", commit_header)
         sha1, sha256 = file_digests(target)
+        if m.get("hub_no_etag"):
+            return self.simple(200, b"", commit_header + [("Content-Type", "text/plain")])
         if is_lfs(target):
             with lock:
                 blobs[sha256] = target
@@ -324,6 +328,8 @@ class HubHandler(Handler):
         return self.send_file(target, commit_header + [("ETag", '"%s"' % sha1)])
 
     def api_revision(self, kind, repo, revision):
+        if modes().get("api_garbage"):
+            return self.simple(200, b"<html>hello</html>", [("Content-Type", "text/html")])
         rdir = self.repo_dir(kind, repo)
         if self.check_access(kind, repo, rdir) is not True:
             return

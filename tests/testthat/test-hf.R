@@ -48,8 +48,15 @@ test_that("hf:// paths parse as huggingface_hub's file system writes them", {
     expect_error(hf_parse(bad), class = "safetensors_error_invalid_argument", label = bad)
   }
   expect_snapshot(safe_info("hf://gpt2"), error = TRUE)
-  expect_snapshot(safe_info("hf://dataset/o/n/x.safetensors"), error = TRUE)
-  expect_snapshot(safe_info("hf://o/n/../x.safetensors"), error = TRUE)
+  # What each kind of malformed path is told.
+  expect_snapshot({
+    for (bad in c(
+      "hf://", "hf://dataset/o/n/x.safetensors", "hf://buckets/o/b/x", "hf://o/n@/x", "hf://o--x/n",
+      "hf://o/n/../x.safetensors", "hf://o/n@a//b"
+    )) {
+      cat(bad, ":", conditionMessage(tryCatch(hf_parse(bad, call = NULL), error = identity)), "\n", sep = "")
+    }
+  })
 })
 
 test_that("URLs and display paths are those of huggingface_hub", {
@@ -143,6 +150,7 @@ test_that("the token comes from HF_TOKEN or the token file, and goes to the endp
 test_that("option safetensors.hf_cache is checked", {
   withr::local_options(safetensors.hf_cache = "yes")
   expect_error(hf_cache_option(NULL), class = "safetensors_error_invalid_argument")
+  expect_snapshot(safe_load_file("hf://o/n/model.safetensors"), error = TRUE)
 })
 
 # ---- the cache, written and read ----------------------------------------------------
@@ -395,7 +403,7 @@ test_that("offline without a cached copy is a classed error; with one, no reques
 
 test_that("a Hub that can't be reached falls back to the cache for a branch", {
   hub <- local_hub()
-  commit <- hub$commit("org/down", list("model.safetensors" = tiny_model()))
+  commit <- hub$commit("org/down", list("model.safetensors" = tiny_model(), "b.safetensors" = tiny_model(2)))
   safe_load_file("hf://org/down/model.safetensors")
   hub$modes(hub_status = 503)
   hub$clear()
@@ -408,9 +416,22 @@ test_that("a Hub that can't be reached falls back to the cache for a branch", {
   withr::local_options(safetensors.http_retries = 1)
   cnd <- expect_error(safe_load_file("hf://org/down/other.safetensors"), class = "safetensors_error_http")
   expect_identical(cnd$status, 503L)
-  # A server that is not a Hub.
+  # A server that is not a Hub, or not quite.
   hub$modes(hub_no_commit = TRUE)
   expect_snapshot(safe_info("hf://org/down/model.safetensors"), error = TRUE, transform = hub$scrub)
+  hub$modes(hub_no_etag = TRUE)
+  expect_snapshot(safe_load_file("hf://org/down/b.safetensors"), error = TRUE, transform = hub$scrub)
+  hub$modes(api_garbage = TRUE)
+  expect_snapshot(safe_info("hf://org/down"), error = TRUE, transform = hub$scrub)
+  # No server at all: retried, then an error that says how to read the
+  # cache alone.
+  hub$modes()
+  withr::local_envvar(HF_ENDPOINT = "http://127.0.0.1:1")
+  withr::local_options(safetensors.http_retries = 0)
+  expect_snapshot(
+    safe_info("hf://org/down/b.safetensors"),
+    error = TRUE, transform = function(x) gsub("after [0-9]+ ms", "after N ms", x)
+  )
 })
 
 test_that("datasets and spaces have their own URLs and cache folders", {
@@ -528,7 +549,7 @@ test_that("R and Python take the same lock on a blob", {
     "from filelock import FileLock",
     "with FileLock(sys.argv[1]):",
     "    open(sys.argv[2], 'w').close()",
-    "    time.sleep(1.5)"
+    "    time.sleep(2.5)"
   ), script)
   p <- withr::with_envvar(c(LD_LIBRARY_PATH = NA), processx::process$new(hub_python(), c(script, lock, ready)))
   withr::defer(if (p$is_alive()) p$kill())
@@ -536,7 +557,9 @@ test_that("R and Python take the same lock on a blob", {
   while (!file.exists(ready) && Sys.time() < deadline) Sys.sleep(0.05)
   expect_true(file.exists(ready))
   t0 <- Sys.time()
-  same_tensors(suppressMessages(safe_load_file("hf://org/lock/model.safetensors")), tiny_model())
-  expect_gt(as.numeric(Sys.time() - t0, units = "secs"), 0.5)
+  # R waits for the lock, and says so after two seconds.
+  expect_snapshot(got <- safe_load_file("hf://org/lock/model.safetensors"), transform = hub$scrub)
+  expect_gt(as.numeric(Sys.time() - t0, units = "secs"), 1.5)
+  same_tensors(got, tiny_model())
   p$wait(5000)
 })
