@@ -333,11 +333,7 @@ download_stream <- function(st, size, origin, option, timeout, bar, record, call
   if (!is.na(size) && size > 0) {
     headers[["Range"]] <- sprintf("bytes=0-%.0f", size - 1)
   }
-  h <- curl::new_handle(
-    followlocation = FALSE, connecttimeout = timeout, low_speed_limit = 1, low_speed_time = timeout,
-    failonerror = TRUE, accept_encoding = "identity"
-  )
-  curl::handle_setheaders(h, .list = as.list(headers))
+  h <- http_handle(headers, timeout, failonerror = TRUE)
   if (!is.null(bar)) {
     shown <- 0
     curl::handle_setopt(h, xferinfofunction = function(down, up) {
@@ -496,16 +492,7 @@ download_round <- function(st, todo, size, origin, option, timeout, bar, record,
       if (ranged) {
         headers[["Range"]] <- sprintf("bytes=%.0f-%.0f", pos, st$end[[k]])
       }
-      h <- curl::new_handle(
-        url = st$url[[k]],
-        followlocation = FALSE,
-        connecttimeout = timeout,
-        low_speed_limit = 1,
-        low_speed_time = timeout,
-        failonerror = FALSE,
-        accept_encoding = "identity"
-      )
-      curl::handle_setheaders(h, .list = as.list(headers))
+      h <- http_handle(headers, timeout, url = st$url[[k]], failonerror = FALSE)
       # 0: no byte seen yet; 1: the file's bytes, written; 2: another answer
       # (an error page, a redirect's body), not written.
       state <- 0L

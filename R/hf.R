@@ -486,13 +486,7 @@ hf_request <- function(url, method, retry, call) {
   current <- url
   repeat {
     headers <- http_headers_for(current, origin, option)
-    h <- curl::new_handle(
-      followlocation = FALSE, nobody = method == "HEAD", connecttimeout = timeout,
-      low_speed_limit = 1, low_speed_time = timeout, accept_encoding = "identity"
-    )
-    if (length(headers) > 0) {
-      curl::handle_setheaders(h, .list = as.list(headers))
-    }
+    h <- http_handle(headers, timeout, nobody = method == "HEAD")
     res <- tryCatch(curl::curl_fetch_memory(current, handle = h), error = function(e) conditionMessage(e))
     if (is.character(res) || (res$status_code >= 500 && res$status_code != 501) || identical(res$status_code, 429L)) {
       tries <- tries + 1

@@ -448,21 +448,29 @@ http_follow <- function(url, origin, range, accept, call) {
   }
 }
 
-# One request, no redirects followed: a response (see http_open()), or the
-# message of the failure when there was none.
-http_attempt <- function(url, headers, timeout) {
+# A curl handle for one request with `headers`, that follows no redirect,
+# gives up on a connection or a stalled transfer after `timeout` seconds,
+# and asks for the bytes as stored (byte ranges are of the file as stored:
+# no compressed bodies); `...` are more of curl's options.
+http_handle <- function(headers, timeout, ...) {
   h <- curl::new_handle(
     followlocation = FALSE,
     connecttimeout = timeout,
     low_speed_limit = 1,
     low_speed_time = timeout,
-    failonerror = FALSE,
-    # Byte ranges are of the file as stored: no compressed bodies.
-    accept_encoding = "identity"
+    accept_encoding = "identity",
+    ...
   )
   if (length(headers) > 0) {
     curl::handle_setheaders(h, .list = as.list(headers))
   }
+  h
+}
+
+# One request, no redirects followed: a response (see http_open()), or the
+# message of the failure when there was none.
+http_attempt <- function(url, headers, timeout) {
+  h <- http_handle(headers, timeout, failonerror = FALSE)
   con <- curl::curl(url, handle = h)
   failed <- tryCatch(
     {

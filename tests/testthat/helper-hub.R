@@ -15,19 +15,7 @@ local_hub <- function(env = parent.frame()) {
   root <- withr::local_tempdir(.local_envir = env)
   log <- withr::local_tempfile(fileext = ".jsonl", .local_envir = env)
   home <- withr::local_tempdir(.local_envir = env)
-  script <- normalizePath(test_path("hub-server.py"))
-  p <- withr::with_envvar(
-    c(LD_LIBRARY_PATH = NA),
-    processx::process$new(http_python(), c(script, root, log), stdin = "|", stdout = "|", stderr = "|")
-  )
-  withr::defer(if (p$is_alive()) p$kill(), envir = env)
-  ports <- NULL
-  deadline <- Sys.time() + 10
-  while (is.null(ports) && Sys.time() < deadline && p$is_alive()) {
-    p$poll_io(200)
-    line <- p$read_output_lines()
-    if (length(line) > 0) ports <- suppressWarnings(as.integer(strsplit(line[[1]], " ")[[1]]))
-  }
+  ports <- start_test_server("hub-server.py", c(root, log), env)
   if (length(ports) != 2 || anyNA(ports)) skip("the test Hub server did not start")
   endpoint <- sprintf("http://127.0.0.1:%d", ports[[1]])
   cache <- file.path(home, "hub")

@@ -235,9 +235,6 @@ class Handler(BaseHTTPRequestHandler):
 class HubHandler(Handler):
     server_name = "hub"
 
-    def repo_dir(self, kind, repo):
-        return os.path.join(ROOT, kind, *repo.split("/"))
-
     def check_access(self, kind, repo, rdir):
         """None when the request may read the repository, else the error sent."""
         singular = {"models": "model", "datasets": "dataset", "spaces": "space"}[kind]
@@ -266,13 +263,20 @@ class HubHandler(Handler):
             )
         return True
 
-    def commit_of(self, rdir, revision):
+    def commit_of(self, kind, repo, revision):
+        """The folder and the commit of `revision` of a repository, or None
+        once the error (no access, no such revision) is sent."""
+        rdir = os.path.join(ROOT, kind, *repo.split("/"))
+        if self.check_access(kind, repo, rdir) is not True:
+            return None
         refs = read_json(os.path.join(rdir, "refs.json"), {})
-        if revision in refs:
-            return refs[revision]
-        if re.match(r"^[0-9a-f]{40}$", revision) and os.path.isdir(os.path.join(rdir, "commits", revision)):
-            return revision
-        return None
+        commit = refs.get(revision)
+        if commit is None and re.match(r"^[0-9a-f]{40}$", revision) and os.path.isdir(os.path.join(rdir, "commits", revision)):
+            commit = revision
+        if commit is None:
+            self.error(404, "RevisionNotFound", "Invalid rev id: %s" % revision)
+            return None
+        return rdir, commit
 
     def do_GET(self):
         m = modes()
@@ -299,12 +303,10 @@ class HubHandler(Handler):
             parts = file.split("/", 2)
             if len(parts) == 3:
                 revision, file = "refs/%s/%s" % (parts[0], parts[1]), parts[2]
-        rdir = self.repo_dir(kind, repo)
-        if self.check_access(kind, repo, rdir) is not True:
+        found = self.commit_of(kind, repo, revision)
+        if found is None:
             return
-        commit = self.commit_of(rdir, revision)
-        if commit is None:
-            return self.error(404, "RevisionNotFound", "Invalid rev id: %s" % revision)
+        rdir, commit = found
         commit_header = [] if m.get("hub_no_commit") else [("X-Repo-Commit", commit)]
         base = os.path.realpath(os.path.join(rdir, "commits", commit))
         target = os.path.realpath(os.path.join(base, file))
@@ -330,12 +332,10 @@ class HubHandler(Handler):
     def api_revision(self, kind, repo, revision):
         if modes().get("api_garbage"):
             return self.simple(200, b"<html>hello</html>", [("Content-Type", "text/html")])
-        rdir = self.repo_dir(kind, repo)
-        if self.check_access(kind, repo, rdir) is not True:
+        found = self.commit_of(kind, repo, revision)
+        if found is None:
             return
-        commit = self.commit_of(rdir, revision)
-        if commit is None:
-            return self.error(404, "RevisionNotFound", "Invalid rev id: %s" % revision)
+        rdir, commit = found
         base = os.path.join(rdir, "commits", commit)
         files = []
         for dirpath, _, names in os.walk(base):

@@ -18,8 +18,12 @@ pub struct Partial {
     file: RefCell<Option<PartialFile>>,
 }
 
-fn with_partial<T>(p: &Robj, f: impl FnOnce(&mut PartialFile) -> Result<T>) -> Result<T> {
-    let closed = || Error::new(Kind::Closed, "the file being downloaded is closed");
+fn closed() -> Error {
+    Error::new(Kind::Closed, "the file being downloaded is closed")
+}
+
+/// Calls `f` with what the external pointer `p` holds.
+fn with_state<T>(p: &Robj, f: impl FnOnce(&mut Option<PartialFile>) -> Result<T>) -> Result<T> {
     let Ok(ptr) = <&ExternalPtr<Partial>>::try_from(p) else {
         return Err(closed());
     };
@@ -32,27 +36,18 @@ fn with_partial<T>(p: &Robj, f: impl FnOnce(&mut PartialFile) -> Result<T>) -> R
             "the file being downloaded is in use",
         ));
     };
-    let Some(file) = state.as_mut() else {
-        return Err(closed());
-    };
-    f(file)
+    f(&mut state)
+}
+
+fn with_partial<T>(p: &Robj, f: impl FnOnce(&mut PartialFile) -> Result<T>) -> Result<T> {
+    with_state(p, |state| match state.as_mut() {
+        Some(file) => f(file),
+        None => Err(closed()),
+    })
 }
 
 fn take_partial(p: &Robj) -> Result<PartialFile> {
-    let closed = || Error::new(Kind::Closed, "the file being downloaded is closed");
-    let Ok(ptr) = <&ExternalPtr<Partial>>::try_from(p) else {
-        return Err(closed());
-    };
-    let Ok(handle) = ptr.try_addr() else {
-        return Err(closed());
-    };
-    let Ok(mut state) = handle.file.try_borrow_mut() else {
-        return Err(Error::new(
-            Kind::InvalidArgument,
-            "the file being downloaded is in use",
-        ));
-    };
-    state.take().ok_or_else(closed)
+    with_state(p, |state| state.take().ok_or_else(closed))
 }
 
 /// A byte count or offset from R: a whole number from 0 to 2^53.

@@ -214,14 +214,10 @@ pub fn write_all_at(file: &File, mut buf: &[u8], mut off: u64) -> io::Result<()>
     Ok(())
 }
 
-/// Opens (creating it) a lock file.
+/// Opens (creating it) a lock file: as [`open_rw`] (Windows has no
+/// permission bits to give it).
 pub fn open_lock(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    open_rw(path)
 }
 
 /// Takes an exclusive lock on the first byte of `file` without waiting
