@@ -359,8 +359,8 @@ download_stream <- function(st, size, origin, option, timeout, bar, record, call
   }
   if (inherits(res, "error")) {
     msg <- conditionMessage(res)
-    if (grepl("aborted by an application callback|Callback aborted", msg)) {
-      return(download_failure("Failed writing", NULL, call))
+    if (curl_interrupted(msg)) {
+      return(download_failure(msg, NULL, call))
     }
     if (ok && !is.na(size)) {
       # A transfer that stopped: the file's start arrived.
@@ -647,16 +647,18 @@ download_failure <- function(msg, problem, call) {
   if (!is.null(problem)) {
     return(download_problem(problem, NULL, NA, call))
   }
-  if (grepl("Failed writing", msg, fixed = TRUE)) {
-    return(list(kind = "fatal", raise = function() {
-      stop(structure(
-        list(message = "Interrupted by the user.", call = NULL),
-        class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
-      ))
-    }))
+  if (grepl("Failed writing", msg, fixed = TRUE) || curl_interrupted(msg)) {
+    return(list(kind = "fatal", raise = function() interrupted_abort(call)))
   }
   list(kind = "retry", status = NA, message = msg)
 }
+
+# Whether `msg`, the error of a curl call, means that the user interrupted
+# it: curl turns Ctrl-C during a blocking request into an error.
+curl_interrupted <- function(msg) {
+  grepl("aborted by an application callback|Callback aborted", msg)
+}
+
 
 download_problem <- function(problem, url, status, call) {
   if (identical(problem, "norange")) {

@@ -181,13 +181,7 @@ st_check <- function(res, what, call = parent.frame()) {
     return(res)
   }
   if (identical(res$kind, "interrupted")) {
-    # Ctrl-C must give the prompt back at once: no cli formatting and no
-    # loading of cli or rlang (their first use in a session takes a large
-    # part of a second). The fields are those rlang::error_cnd() gives.
-    stop(structure(
-      list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
-      class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
-    ))
+    interrupted_abort(call)
   }
   st_abort(
     res$kind,
@@ -200,6 +194,17 @@ st_check <- function(res, what, call = parent.frame()) {
     format = res$format,
     call = call
   )
+}
+
+# The error for Ctrl-C. It must give the prompt back at once: no cli
+# formatting and no loading of cli or rlang (their first use in a session
+# takes a large part of a second). The fields are those rlang::error_cnd()
+# gives.
+interrupted_abort <- function(call) {
+  stop(structure(
+    list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
+    class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
+  ))
 }
 
 # The call of the frame whose environment is `env` (a call passes through).

@@ -219,7 +219,7 @@ hf_parse <- function(path, call = parent.frame()) {
   } else if (first %in% c(hf_types, "kernel", "bucket")) {
     bad(sprintf("The kind of repository is plural: `%ss/`.", first))
   } else if (first %in% c("kernels", "buckets")) {
-    bad(sprintf("%s are not read by this package; models, datasets and spaces are.", tools::toTitleCase(first)))
+    bad(sprintf("%s%s are not read by this package; models, datasets and spaces are.", toupper(substr(first, 1, 1)), substring(first, 2)))
   }
   body <- gsub("^/+|/+$", "", body)
   if (!nzchar(body)) {
@@ -488,6 +488,9 @@ hf_request <- function(url, method, retry, call) {
     headers <- http_headers_for(current, origin, option)
     h <- http_handle(headers, timeout, nobody = method == "HEAD")
     res <- tryCatch(curl::curl_fetch_memory(current, handle = h), error = function(e) conditionMessage(e))
+    if (is.character(res) && curl_interrupted(res)) {
+      interrupted_abort(call)
+    }
     if (is.character(res) || (res$status_code >= 500 && res$status_code != 501) || identical(res$status_code, 429L)) {
       tries <- tries + 1
       if (tries <= retries) {
