@@ -432,6 +432,10 @@ hf_link <- function(storage, commit, file, etag, new_blob) {
   unlink(pointer)
   depth <- lengths(regmatches(file, gregexpr("/", file, fixed = TRUE)))
   target <- paste0(strrep("../", 2 + depth), "blobs/", etag)
+  if (.Platform$OS.type == "windows") {
+    # As huggingface_hub makes them there (os.path.relpath()).
+    target <- gsub("/", "\\", target, fixed = TRUE)
+  }
   if (!env_true("HF_HUB_DISABLE_SYMLINKS") && isTRUE(suppressWarnings(file.symlink(target, pointer))) &&
     file.exists(pointer)) {
     return(invisible(pointer))
