@@ -879,6 +879,21 @@ hf_download <- function(p, storage, commit, file, meta, call) {
   file.path(storage, "snapshots", commit, file)
 }
 
+# Saving to an hf:// path is an error (rather than a file named `hf:`):
+# the package reads the Hub, it does not upload to it.
+check_not_hf <- function(path, call = parent.frame()) {
+  if (is_hf_path(path)) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "Can't write to {.val {path}}: files are saved locally, not to the Hugging Face Hub.",
+        i = "Save to a local path, then upload it with Python's {.code huggingface_hub.upload_file()} or {.code hf upload}."
+      ),
+      call = call
+    )
+  }
+}
+
 # Calls `fun` with where the hf:// path `path` is read from (hf_resolve())
 # and returns its result, with attribute "origin" set when `mark`.
 hf_read <- function(path, whole, fun, mark = TRUE, call = parent.frame()) {

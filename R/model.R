@@ -155,6 +155,7 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap",
 safe_save_model <- function(model, path, metadata = NULL, max_shard_size = NULL, sync = TRUE) {
   check_torch_module(model)
   check_string(path)
+  check_not_hf(path)
   check_bool(sync)
   metadata <- check_metadata(metadata, environment())
   limit <- if (!is.null(max_shard_size)) parse_size(max_shard_size)

@@ -209,6 +209,25 @@ test_that("a progress bar moves over the bytes", {
   })
   same_file(dest, src)
   expect_match(paste(readLines(sink, warn = FALSE), collapse = "\n"), "Downloading")
+  # In parallel ranges, the bar moves every 4 MiB (cli draws a second bar
+  # so soon after the first only when its timer ticks: the values given to
+  # it are checked instead).
+  withr::local_options(safetensors.http_connections = 4)
+  big <- random_file(file.path(srv$dir, "g.bin"), 1e7)
+  rec <- new.env()
+  rec$sets <- numeric()
+  suppressMessages(trace(
+    "cli_progress_update", bquote(assign("sets", c(get("sets", envir = .(rec)), set), envir = .(rec))),
+    print = FALSE, where = asNamespace("cli")
+  ))
+  withr::defer(suppressMessages(untrace("cli_progress_update", where = asNamespace("cli"))))
+  withr::with_message_sink(withr::local_tempfile(), {
+    download_file(srv$url("g.bin"), dest, 1e7, "g.bin", url_origin(url_parse(srv$url("g.bin"))), min_part = 1e6)
+  })
+  same_file(dest, big)
+  expect_true(any(rec$sets > 0 & rec$sets < 1e7))
+  expect_identical(rec$sets[[length(rec$sets)]], 1e7)
+  expect_false(is.unsorted(rec$sets))
 })
 
 test_that("a lock excludes every other holder until released", {

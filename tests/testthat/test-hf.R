@@ -147,6 +147,16 @@ test_that("the token comes from HF_TOKEN or the token file, and goes to the endp
   expect_true(allowed("http://localhost:8080/o/n"))
 })
 
+test_that("saving to an hf:// path is an error, not a folder named hf:", {
+  dir <- withr::local_tempdir()
+  withr::local_dir(dir)
+  expect_snapshot(safe_save_file(list(a = 1), "hf://o/n/model.safetensors"), error = TRUE)
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed())
+  expect_error(safe_save_model(torch::nn_linear(2, 2), "hf://o/n"), class = "safetensors_error_invalid_argument")
+})
+
 test_that("option safetensors.hf_cache is checked", {
   withr::local_options(safetensors.hf_cache = "yes")
   expect_error(hf_cache_option(NULL), class = "safetensors_error_invalid_argument")
