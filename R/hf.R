@@ -191,6 +191,10 @@ is_hf_path <- function(x) {
 # The kinds of repositories, as the first segment of a path names them.
 hf_types <- c(models = "model", datasets = "dataset", spaces = "space")
 
+# The revisions whose name holds a `/` that is written as it is in a path:
+# pull requests' and conversions' refs.
+hf_special_ref <- "^refs/(convert/[A-Za-z0-9_.-]+|pr/[0-9]+)"
+
 # The parts of the hf:// path `path`: `type` ("model", "dataset" or
 # "space"), `repo` ("owner/name"), `revision` (NULL when not given; "%2F"
 # in it stands for "/"), `file` (the path in the repository, "" for its
@@ -230,7 +234,7 @@ hf_parse <- function(path, call = parent.frame()) {
   if (at > 0 && lengths(regmatches(substr(body, 1, at - 1), gregexpr("/", substr(body, 1, at - 1), fixed = TRUE))) <= 1) {
     repo <- substr(body, 1, at - 1)
     rest <- substring(body, at + 1)
-    special <- regmatches(rest, regexpr("^refs/(convert/[A-Za-z0-9_.-]+|pr/[0-9]+)", rest))
+    special <- regmatches(rest, regexpr(hf_special_ref, rest))
     if (length(special) == 1) {
       revision <- special
       file <- sub("^/", "", substring(rest, nchar(special) + 1))
@@ -238,9 +242,9 @@ hf_parse <- function(path, call = parent.frame()) {
       revision <- sub("/.*$", "", rest)
       file <- if (grepl("/", rest, fixed = TRUE)) sub("^[^/]*/", "", rest) else ""
     }
-    revision <- utils::URLdecode(revision)
+    revision <- tryCatch(utils::URLdecode(revision), error = function(e) "", warning = function(w) "")
     if (!nzchar(revision)) {
-      bad("The revision after `@` is empty.")
+      bad("The revision after `@` is empty, or not a valid URL-encoded name.")
     }
   } else {
     parts <- strsplit(body, "/", fixed = TRUE)[[1]]
@@ -250,8 +254,9 @@ hf_parse <- function(path, call = parent.frame()) {
     repo <- paste(parts[1:2], collapse = "/")
     file <- paste(parts[-(1:2)], collapse = "/")
   }
-  names <- strsplit(repo, "/", fixed = TRUE)[[1]]
-  if (length(names) != 2 || !all(grepl("^[A-Za-z0-9_.-]{1,96}$", names)) || any(grepl("^[-.]|[-.]$", names)) ||
+  owner_name <- strsplit(repo, "/", fixed = TRUE)[[1]]
+  if (length(owner_name) != 2 || !all(grepl("^[A-Za-z0-9_.-]{1,96}$", owner_name)) ||
+    any(grepl("^[-.]|[-.]$", owner_name)) ||
     grepl("--|\\.\\.", repo) || endsWith(repo, ".git")) {
     bad(sprintf(
       "`%s` is not a repository name: `owner/name`, each of letters, digits, `-`, `_` and `.`, not starting or ending with `-` or `.`, without `--` or `..`.",
@@ -279,7 +284,7 @@ hf_parse <- function(path, call = parent.frame()) {
 hf_path_of <- function(p, revision, file) {
   prefix <- if (p$type == "model") "" else paste0(p$type, "s/")
   rev <- if (!is.null(revision)) paste0("@", gsub("/", "%2F", revision, fixed = TRUE)) else ""
-  if (!is.null(revision) && grepl("^refs/(convert/[A-Za-z0-9_.-]+|pr/[0-9]+)$", revision)) {
+  if (!is.null(revision) && grepl(paste0(hf_special_ref, "$"), revision)) {
     rev <- paste0("@", revision)
   }
   paste0("hf://", prefix, p$repo, rev, if (nzchar(file)) paste0("/", file))

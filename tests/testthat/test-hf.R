@@ -43,7 +43,8 @@ test_that("hf:// paths parse as huggingface_hub's file system writes them", {
   for (bad in c(
     "hf://", "hf://gpt2", "hf://model/o/n", "hf://datasets", "hf://buckets/o/b/x", "hf://o/n@/x",
     "hf://o--x/n", "hf://o/n..x", "hf://-o/n", "hf://o/n.git", "hf://o/n/a//b", "hf://o/n/../x",
-    "hf://o/n/./x", "hf://o/n@../x/y", "hf://o/n/C:/x", "hf://o/n/a\\b", "hf://o/n@a//b", paste0("hf://o/", strrep("n", 97))
+    "hf://o/n/./x", "hf://o/n@../x/y", "hf://o/n/C:/x", "hf://o/n/a\\b", "hf://o/n@a//b", paste0("hf://o/", strrep("n", 97)),
+    "hf://o/n@v%zz/x"
   )) {
     expect_error(hf_parse(bad), class = "safetensors_error_invalid_argument", label = bad)
   }
