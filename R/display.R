@@ -74,3 +74,14 @@ format_file <- function(label) {
 fmt_num <- function(x) {
   format(x, scientific = FALSE)
 }
+
+# What printed results show of where they came from (a
+# `safetensors_origin`, R/hf.R): the hf:// path pinned to the commit, and
+# the revision asked for when it was not the commit.
+describe_origin <- function(x) {
+  if (identical(x$revision, x$commit)) {
+    format(x)
+  } else {
+    sprintf("%s (revision %s)", format(x), encodeString(x$revision, quote = "\""))
+  }
+}

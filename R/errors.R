@@ -50,7 +50,9 @@
 #'
 #' @section Files and handles:
 #' * `safetensors_error_file_not_found`: the file (or a shard) does not
-#'   exist.
+#'   exist; for an `hf://` path, the file is not in the repository at that
+#'   revision (or the folder holds no checkpoint); fields `repo`,
+#'   `revision` and `file` then.
 #' * `safetensors_error_io`: any other failure of the operating system: a
 #'   path that is a directory, a FIFO or a device, permission denied, a full
 #'   disk, a failed rename.
@@ -66,6 +68,21 @@
 #'   ...), ignored range requests, or could not be reached; fields `status`
 #'   (the HTTP status, `NA` without a response) and `url` (credentials
 #'   redacted).
+#'
+#' @section Hugging Face Hub paths:
+#' Errors about an `hf://` path (see [safetensors-hub]) have field `repo`,
+#' and where they apply `revision`, `file`, `status` and `url`.
+#' * `safetensors_error_repo_not_found`: no such repository on the Hub, or
+#'   a private one that the token sent (if any) can't read.
+#' * `safetensors_error_gated`: a gated model whose terms the account of
+#'   the token has not accepted (or no token was sent).
+#' * `safetensors_error_revision_not_found`: the branch, tag or commit is
+#'   not in the repository.
+#' * `safetensors_error_offline`: `HF_HUB_OFFLINE` is set and the Hub cache
+#'   holds no copy of what was asked for.
+#'
+#' Other failures to reach the Hub are `safetensors_error_http`, and a
+#' missing file `safetensors_error_file_not_found` (above).
 #'
 #' @section Arguments and values:
 #' * `safetensors_error_invalid_argument`: an argument has the wrong type or
@@ -175,13 +192,7 @@ st_check <- function(res, what, call = parent.frame()) {
     return(res)
   }
   if (identical(res$kind, "interrupted")) {
-    # Ctrl-C must give the prompt back at once: no cli formatting and no
-    # loading of cli or rlang (their first use in a session takes a large
-    # part of a second). The fields are those rlang::error_cnd() gives.
-    stop(structure(
-      list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
-      class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
-    ))
+    interrupted_abort(call)
   }
   st_abort(
     res$kind,
@@ -194,6 +205,17 @@ st_check <- function(res, what, call = parent.frame()) {
     format = res$format,
     call = call
   )
+}
+
+# The error for Ctrl-C. It must give the prompt back at once: no cli
+# formatting and no loading of cli or rlang (their first use in a session
+# takes a large part of a second). The fields are those rlang::error_cnd()
+# gives.
+interrupted_abort <- function(call) {
+  stop(structure(
+    list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
+    class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
+  ))
 }
 
 # The call of the frame whose environment is `env` (a call passes through).

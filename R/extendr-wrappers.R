@@ -8,6 +8,44 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
+#' Opens (creating it if missing, keeping its bytes) the file a download
+#' fills.
+#' @noRd
+partial_open_ <- function(path) .Call(wrap__partial_open_, path)
+
+#' Writes the raw vector `bytes` at `offset` (combined with the bytes that
+#' precede it, see `PartialFile`). `NULL` on success.
+#' @noRd
+partial_write_ <- function(p, offset_, bytes) .Call(wrap__partial_write_, p, offset_, bytes)
+
+#' Writes every pending byte; returns the file's length.
+#' @noRd
+partial_flush_ <- function(p) .Call(wrap__partial_flush_, p)
+
+#' Cuts the file to `len` bytes, dropping pending bytes.
+#' @noRd
+partial_truncate_ <- function(p, len) .Call(wrap__partial_truncate_, p, len)
+
+#' Flushes the file, checks that it holds `len` bytes and renames it over
+#' `target`.
+#' @noRd
+partial_commit_ <- function(p, target, len) .Call(wrap__partial_commit_, p, target, len)
+
+#' Closes the file, keeping it and its bytes (a download to resume);
+#' closing twice is harmless.
+#' @noRd
+partial_close_ <- function(p) .Call(wrap__partial_close_, p)
+
+#' Takes the lock on `path` without waiting: an external pointer holding
+#' it, or `FALSE` when another process (or handle) holds it.
+#' @noRd
+lock_try_ <- function(path) .Call(wrap__lock_try_, path)
+
+#' Releases a lock (also released when the pointer is garbage-collected);
+#' releasing twice is harmless.
+#' @noRd
+lock_release_ <- function(l) .Call(wrap__lock_release_, l)
+
 #' Every dtype of the format in the reference implementation's order:
 #' `list(name, bits, r_type, default_for, torch, torch_type, aliases)`,
 #' columns of equal length: `r_type` is the R type it is read into,
@@ -17,6 +55,11 @@ NULL
 #' of the other names it may be given by (numpy's and torch's).
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
+
+#' The commit and the files of the API's answer (a raw vector of JSON):
+#' `list(commit, files)`.
+#' @noRd
+hf_revision_ <- function(bytes) .Call(wrap__hf_revision_, bytes)
 
 #' Reads tensors `names` (`NULL`: all) from the file at `path` in mode
 #' `"raw"` or `c("array", int64, uint8)` on `threads` threads (0: the
@@ -108,7 +151,7 @@ close_ <- function(x) .Call(wrap__close_, x)
 #' @noRd
 is_open_ <- function(x) .Call(wrap__is_open_, x)
 
-#' Header facts of an open source (see `tensors::info_robj()`).
+#' Header facts of an open source (see `info::info_robj()`).
 #' @noRd
 handle_info_ <- function(x) .Call(wrap__handle_info_, x)
 

@@ -19,8 +19,9 @@
 #'   `http://` or `https://` URL of either (the header is read with one
 #'   range request, two when it is over 64 KiB; see "Remote files" in
 #'   [safe_open()]), a folder holding a checkpoint (its index, else its
-#'   `model.safetensors`), a raw vector holding a file, a binary connection,
-#'   or a handle from [safe_open()].
+#'   `model.safetensors`), a Hugging Face Hub path `hf://owner/name/...`
+#'   (see [safetensors-hub]), a raw vector holding a file, a binary
+#'   connection, or a handle from [safe_open()].
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
 #'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
@@ -28,7 +29,8 @@
 #'   (number of elements), `bytes`, and `begin` and `end`, the tensor's
 #'   byte range as absolute 0-based offsets in the file (`end` exclusive), so
 #'   `begin - 8 - header length` is the header's `data_offsets` value; for
-#'   a sharded checkpoint, also `file`.
+#'   a sharded checkpoint, also `file`. Read from an `hf://` path, it has
+#'   attribute `"origin"` (see [safetensors-hub]).
 #'   `safe_metadata()`: a named character vector, or `NULL` if the file has
 #'   no `__metadata__`.
 #' @seealso [safe_open()] to read tensors lazily.
@@ -43,7 +45,9 @@
 #' bytes <- readBin(path, "raw", file.size(path))
 #' readBin(bytes[(info$begin[2] + 1):info$end[2]], "double", 3, size = 4)
 safe_info <- function(path) {
-  res <- with_header(path, function(h) list(tab = handle_table(h), sharded = !is.null(hget(h, "index"))))
+  res <- with_header(path, function(h) {
+    list(tab = handle_table(h), sharded = !is.null(hget(h, "index")), origin = attr(h, "origin"))
+  })
   tab <- res$tab
   df <- data.frame(
     name = tab$name,
@@ -59,6 +63,7 @@ safe_info <- function(path) {
     df$file <- tab$file
   }
   class(df) <- c("safetensors_info", "data.frame")
+  attr(df, "origin") <- res$origin
   df
 }
 
@@ -90,7 +95,8 @@ format.safetensors_info <- function(x, ..., n = 20) {
     }
   })
   right <- vapply(x, is.numeric, logical(1))
-  lines <- c(head, format_columns(names(x), cols, right))
+  origin <- attr(x, "origin")
+  lines <- c(head, if (!is.null(origin)) paste("# From", describe_origin(origin)), format_columns(names(x), cols, right))
   if (rows > n) {
     lines <- c(lines, sprintf("# ... and %d more tensor%s", rows - n, if (rows - n == 1) "" else "s"))
   }
@@ -124,6 +130,11 @@ with_header <- function(path, fun, call = parent.frame()) {
       st_abort("closed", "Can't read {format_label(path)}: the handle is closed.", call = call)
     }
     return(fun(path))
+  }
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = FALSE, function(path, origin) {
+      with_header(path, function(h) fun(structure(h, origin = origin)), call = call)
+    }, mark = FALSE, call = call))
   }
   path <- resolve_folder(path, call = call)
   if (is_index_path(path)) {
@@ -163,6 +174,7 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (only the header is fetched), a
 #'   folder holding a checkpoint (its index, else its `model.safetensors`), a
+#'   Hugging Face Hub path `hf://owner/name/...` (see [safetensors-hub]), a
 #'   raw vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,
@@ -173,8 +185,10 @@ with_header <- function(path, fun, call = parent.frame()) {
 #'   (the file), `tensors`, `parameters` and `bytes` (totals), `by_dtype`
 #'   and `by_module` (data frames with columns `dtype` or `module`,
 #'   `tensors`, `parameters` and `bytes`; dtypes by decreasing size, modules
-#'   in order of first appearance in the file), and `metadata` (as
-#'   [safe_metadata()] returns it). It prints as a short report.
+#'   in order of first appearance in the file), `metadata` (as
+#'   [safe_metadata()] returns it), and `origin` (for an `hf://` path, where
+#'   it came from, see [safetensors-hub]; else `NULL`). It prints as a short
+#'   report.
 #' @seealso [safe_info()] for one row per tensor.
 #' @export
 #' @examples
@@ -199,7 +213,7 @@ safe_summary <- function(path, depth = 1) {
     st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {value_friendly(depth)}.")
   }
   res <- with_header(path, function(h) {
-    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"))
+    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"), origin = attr(h, "origin"))
   })
   tab <- res$tab
   module <- module_of(tab$name, depth)
@@ -232,7 +246,8 @@ safe_summary <- function(path, depth = 1) {
       by_dtype = by_dtype,
       by_module = by_module,
       depth = depth,
-      metadata = res$metadata
+      metadata = res$metadata,
+      origin = res$origin
     ),
     class = "safetensors_summary"
   )
@@ -276,6 +291,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
   label <- if (x$label %in% c("<raw vector>", "<connection>")) x$label else basename(x$label)
   lines <- c(
     paste0("<safetensors_summary> ", label),
+    if (!is.null(x$origin)) paste("From", describe_origin(x$origin)),
     sprintf(
       "%s, %s, %s",
       plural(x$tensors, "tensor"), plural(x$parameters, "parameter"), format_bytes(x$bytes)

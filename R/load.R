@@ -51,7 +51,10 @@
 #'   checkpoint's index (a file name ending in `.json`, such as
 #'   `model.safetensors.index.json`), an `http://` or `https://` URL of
 #'   either, a folder holding a checkpoint (read from its index, else its
-#'   `model.safetensors`), a raw vector holding a whole file, or a binary
+#'   `model.safetensors`), a Hugging Face Hub path `hf://owner/name/...`
+#'   (a file or a folder; read from the Hub cache, where a whole read
+#'   stores it first: see [safetensors-hub]), a raw vector holding a whole
+#'   file, or a binary
 #'   connection (opened for reading, or not yet opened). A URL is read with HTTP range
 #'   requests: the header, then (without `tensors`) the data in one request
 #'   streamed into the result piece by piece, so that no second copy of the
@@ -97,7 +100,10 @@
 #'   `tensors`), with two attributes as in safetensors 0.2.x: `"metadata"`,
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
 #'   the file's `__metadata__` as a named list of strings), and
-#'   `"max_offset"`, the file offset just past the last tensor read.
+#'   `"max_offset"`, the file offset just past the last tensor read. Read
+#'   from an `hf://` path, it also has attribute `"origin"`: the
+#'   repository, revision, commit and file it came from (see
+#'   [safetensors-hub]).
 #'
 #'   For a sharded checkpoint, the tensors of the index's weight map (shard
 #'   by shard, in header order within each shard), with the tensors' header
@@ -146,6 +152,11 @@ safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend =
   backend <- arg_choice(backend, c("read", "mmap"))
   choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = is.null(tensors), function(path, origin) {
+      safe_load_file(path, ..., framework = framework, tensors = tensors, backend = backend, int64 = int64, uint8 = uint8)
+    }))
+  }
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, list(...), backend, choices))
   }

@@ -74,8 +74,10 @@
 #' @param model A torch module (an `nn_module`).
 #' @param path For `safe_load_model()`: a `.safetensors` file, a sharded
 #'   checkpoint's index (`model.safetensors.index.json`), a folder holding
-#'   a checkpoint (see [safe_open()]), a raw vector holding a file, or a
-#'   handle from [safe_open()] (left open). For `safe_save_model()`: a
+#'   a checkpoint (see [safe_open()]), a URL of either, a Hugging Face Hub
+#'   path `hf://owner/name/...` (read from the Hub cache, where it is
+#'   stored first if missing: see [safetensors-hub]), a raw vector holding
+#'   a file, or a handle from [safe_open()] (left open). For `safe_save_model()`: a
 #'   file path, or a folder: a path that is a folder, or that has no file
 #'   extension, is one (created if missing), which gets `model.safetensors`
 #'   or, with `max_shard_size`, shards and their index (see "Sharded
@@ -102,7 +104,8 @@
 #'   names of the module's tensors the file did not hold (a tied group by
 #'   the first of its names, in sorted order), and the names of the file's
 #'   tensors that were not loaded, both empty character vectors after a
-#'   complete load. `safe_save_model()`: invisibly, the path written (for a
+#'   complete load (with attribute `"origin"` for an `hf://` path, see
+#'   [safetensors-hub]). `safe_save_model()`: invisibly, the path written (for a
 #'   sharded checkpoint, its index).
 #' @seealso [safe_load_file()] with `framework = "torch"` to read tensors
 #'   into new torch tensors; `vignette("torch", package = "safetensors")`.
@@ -146,7 +149,7 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap",
   tab <- handle_table(h)
   plan <- load_plan(tab, state, strict, format_label(h))
   load_tensors(h, tab, state, plan)
-  invisible(list(missing = plan$missing, unexpected = plan$unexpected))
+  invisible(structure(list(missing = plan$missing, unexpected = plan$unexpected), origin = attr(h, "origin")))
 }
 
 #' @rdname safe_load_model
@@ -159,6 +162,7 @@ safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = 
   )
   check_torch_module(model)
   check_string(path)
+  check_not_hf(path)
   check_bool(sync)
   metadata <- check_metadata(metadata, environment())
   limit <- if (!is.null(max_shard_size)) parse_size(max_shard_size)
@@ -252,6 +256,9 @@ check_torch_module <- function(model, call = parent.frame()) {
 # A handle over what safe_load_model() reads; a URL is read in file order
 # (load_tensors()), so a server that ignores ranges can stream it.
 open_model_source <- function(path, backend, call = parent.frame()) {
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = TRUE, function(path, origin) open_model_source(path, backend, call = call), call = call))
+  }
   open_handle(resolve_folder(path, call = call), "r", list(), backend, whole = TRUE, call = call)
 }
 

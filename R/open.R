@@ -99,11 +99,12 @@
 #'   checkpoint's index (a file ending in `.json`, such as
 #'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
 #'   or `https://` URL of either (see "Remote files"), a folder holding a
-#'   checkpoint (its index, else its `model.safetensors`), a raw vector
-#'   holding a whole file, or a binary connection (read into memory). For
-#'   `safe_slice()`, also a handle from `safe_open()`; anything else is
-#'   opened and closed again. (`safe_slice()` called it `x` in 0.4.0;
-#'   `x =` still works.)
+#'   checkpoint (its index, else its `model.safetensors`), a Hugging Face
+#'   Hub path `hf://owner/name/...` (read from the Hub cache, else over
+#'   HTTP: see [safetensors-hub]), a raw vector holding a whole file, or a
+#'   binary connection (read into memory). For `safe_slice()`, also a handle
+#'   from `safe_open()`; anything else is opened and closed again.
+#'   (`safe_slice()` called it `x` in 0.4.0; `x =` still works.)
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.
@@ -124,7 +125,8 @@
 #'   (the default) or `"raw"` (one byte per value); see [safe_load_file()].
 #'   For `safe_slice()`, `NULL` (the default) uses the handle's choice
 #'   (`"integer"` for a path).
-#' @return `safe_open()`: a handle of class `safetensors_file`.
+#' @return `safe_open()`: a handle of class `safetensors_file` (for an
+#'   `hf://` path, with attribute `"origin"`, see [safetensors-hub]).
 #'   `safe_slice()`: the selected part of the tensor.
 #' @seealso [safe_load_file()] to read everything, [safe_info()] for the
 #'   header as a data frame.
@@ -169,6 +171,11 @@ safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
   choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = FALSE, function(path, origin) {
+      open_handle(path, framework, args, backend, choices = choices)
+    }))
+  }
   open_handle(path, framework, args, backend, choices = choices)
 }
 
@@ -522,8 +529,10 @@ format.safetensors_file <- function(x, ..., n = 20) {
       if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand"
     )
   )
+  origin <- attr(x, "origin")
   lines <- c(
     head,
+    if (!is.null(origin)) paste("From", describe_origin(origin)),
     sprintf(
       "%d tensor%s, %s, %s",
       length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src

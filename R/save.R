@@ -156,6 +156,7 @@
 safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sync = TRUE,
                            max_shard_size = NULL) {
   check_save_dots(..., formals = c("tensors", "path", "metadata", "dtype", "sync", "max_shard_size"))
+  check_not_hf(path)
   check_bool(sync)
   spec <- tensor_spec(tensors, dtype, metadata)
   if (!is.null(max_shard_size) || (is_string(path) && dir.exists(path))) {

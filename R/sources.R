@@ -13,22 +13,14 @@ is_index_path <- function(path) {
   is_string(path) && grepl("\\.json$", path, ignore.case = TRUE)
 }
 
-# The file a folder stands for: its shard index (model.safetensors.index.json,
-# or its only *.safetensors.index.json), else its model.safetensors (or its
-# only *.safetensors file). Any other `path` is returned as it is.
+# The file a folder stands for (checkpoint_in()): its shard index, else its
+# single file. Any other `path` is returned as it is.
 resolve_folder <- function(path, call = parent.frame()) {
   if (!is_string(path) || !dir.exists(path)) {
     return(path)
   }
-  pick <- function(usual, pattern) {
-    if (file.exists(file.path(path, usual))) {
-      return(file.path(path, usual))
-    }
-    found <- list.files(path, pattern = pattern)
-    if (length(found) == 1) file.path(path, found)
-  }
-  found <- pick("model.safetensors.index.json", "\\.safetensors\\.index\\.json$") %||%
-    pick("model.safetensors", "\\.safetensors$")
+  files <- list.files(path)
+  found <- checkpoint_in(files[!dir.exists(file.path(path, files))])
   if (is.null(found)) {
     st_abort(
       "file_not_found",
@@ -39,7 +31,27 @@ resolve_folder <- function(path, call = parent.frame()) {
       call = call
     )
   }
-  found
+  file.path(path, found)
+}
+
+# The checkpoint among the names of a folder's `files`: the shard index
+# model.safetensors.index.json (or diffusers'
+# diffusion_pytorch_model.safetensors.index.json, or the only
+# *.safetensors.index.json), else model.safetensors (or
+# diffusion_pytorch_model.safetensors, or the only *.safetensors); NULL if
+# none.
+checkpoint_in <- function(files) {
+  pick <- function(usual, pattern) {
+    for (f in usual) {
+      if (f %in% files) {
+        return(f)
+      }
+    }
+    found <- grep(pattern, files, value = TRUE)
+    if (length(found) == 1) found
+  }
+  pick(c("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"), "\\.safetensors\\.index\\.json$") %||%
+    pick(c("model.safetensors", "diffusion_pytorch_model.safetensors"), "\\.safetensors$")
 }
 
 # A path as the Rust core takes it: `~` expanded, in UTF-8.

@@ -81,6 +81,7 @@ as_loaded <- function(out, header, max_offset) {
 strip_loaded <- function(x) {
   attr(x, "metadata") <- NULL
   attr(x, "max_offset") <- NULL
+  attr(x, "origin") <- NULL
   class(x) <- setdiff(class(x), "safetensors_tensors")
   if (identical(class(x), "list")) {
     class(x) <- NULL
@@ -114,6 +115,10 @@ str.safetensors_tensors <- function(object, ...) {
   max_offset <- attr(object, "max_offset", exact = TRUE)
   if (!is.null(max_offset)) {
     cat(indent, "- attr(*, \"max_offset\")= ", format(max_offset, scientific = FALSE), "\n", sep = "")
+  }
+  origin <- attr(object, "origin", exact = TRUE)
+  if (!is.null(origin)) {
+    cat(indent, "- attr(*, \"origin\")= ", describe_origin(origin), "\n", sep = "")
   }
   invisible()
 }
@@ -158,6 +163,10 @@ format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
   max_offset <- attr(x, "max_offset", exact = TRUE)
   if (!is.null(max_offset)) {
     lines <- c(lines, paste0("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE)))
+  }
+  origin <- attr(x, "origin", exact = TRUE)
+  if (!is.null(origin)) {
+    lines <- c(lines, paste0("attr(,\"origin\"): ", describe_origin(origin)))
   }
   lines
 }

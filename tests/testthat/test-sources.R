@@ -164,3 +164,29 @@ test_that("the end check looks at what a connection holds without waiting", {
   withr::defer(close(p))
   expect_identical(names(safe_load_file(p)), "a")
 })
+
+test_that("a folder's checkpoint: its index, else its single file, diffusers' names included", {
+  expect_identical(checkpoint_in(c("config.json", "model.safetensors")), "model.safetensors")
+  expect_identical(
+    checkpoint_in(c("model.safetensors", "model.safetensors.index.json", "model-00001-of-00002.safetensors")),
+    "model.safetensors.index.json"
+  )
+  expect_identical(
+    checkpoint_in(c("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")),
+    "diffusion_pytorch_model.safetensors"
+  )
+  expect_identical(
+    checkpoint_in(c("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors.index.json")),
+    "diffusion_pytorch_model.safetensors.index.json"
+  )
+  expect_identical(checkpoint_in(c("a.safetensors", "README.md")), "a.safetensors")
+  expect_identical(checkpoint_in(c("w.safetensors.index.json", "w-1.safetensors", "w-2.safetensors")), "w.safetensors.index.json")
+  expect_null(checkpoint_in(c("a.safetensors", "b.safetensors")))
+  expect_null(checkpoint_in(character()))
+
+  dir <- withr::local_tempdir()
+  safe_save_file(list(x = 1:3), file.path(dir, "diffusion_pytorch_model.safetensors"))
+  safe_save_file(list(x = 4:6), file.path(dir, "diffusion_pytorch_model.fp16.safetensors"))
+  dir.create(file.path(dir, "sub.safetensors"))
+  expect_identical(as.vector(safe_load_file(dir)$x), 1:3)
+})

@@ -6,7 +6,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod decimal;
+mod download;
 mod dtypes;
+mod hf;
 mod info;
 mod load;
 mod open;
@@ -22,7 +24,9 @@ use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use download;
     use dtypes;
+    use hf;
     use load;
     use open;
     use shards;

@@ -1,8 +1,9 @@
 //! The safetensors format as the R package `safetensors` reads and writes
 //! it, with no R in sight: dtypes, errors, header parsing and validation,
 //! file access and atomic writes, small floats, the conversion kernels,
-//! slice planning, the shard index, and the two engines every load and
-//! every save goes through ([`read`] and [`write`](mod@write)).
+//! slice planning, the shard index, the Hub API's description of a
+//! repository, and the two engines every load and every save goes through
+//! ([`read`] and [`write`](mod@write)).
 //!
 //! The R binding crate (`safetensors-r`, one level up) only converts between
 //! R objects and these types. Long operations take a `poll` callback, called
@@ -17,6 +18,7 @@ pub mod dtype;
 pub mod error;
 pub mod floats;
 pub mod format;
+pub mod hub;
 pub mod io;
 pub mod read;
 pub mod shards;

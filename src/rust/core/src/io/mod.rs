@@ -534,6 +534,151 @@ impl Drop for AtomicFile {
     }
 }
 
+/// A download's file, filled at offsets in any order (parallel ranges of
+/// one file arrive interleaved) and renamed over its target once complete.
+///
+/// Writes are combined: bytes that continue a pending run are appended to
+/// it, and a run is written (`pwrite`) once it holds [`PartialFile::RUN`]
+/// bytes, so the small pieces an HTTP client delivers (16 KiB) cost one
+/// system call per megabyte. [`PartialFile::flush`] writes every pending
+/// run; only then are the bytes in the file (a caller recording progress
+/// for a later resume records what was flushed).
+pub struct PartialFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// Pending runs: (offset, bytes).
+    runs: Vec<(u64, Vec<u8>)>,
+}
+
+impl PartialFile {
+    /// Bytes a run collects before it is written.
+    pub const RUN: usize = 1 << 20;
+
+    /// Opens `path`, creating it if missing and keeping what it holds (a
+    /// download to resume).
+    pub fn open(path: &Path) -> Result<PartialFile> {
+        let file = sys::open_rw(path)
+            .map_err(|e| Error::io(&e, "can't open the file being downloaded"))?;
+        Ok(PartialFile {
+            path: path.to_path_buf(),
+            file: Some(file),
+            runs: Vec::new(),
+        })
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Closed, "the file being downloaded is closed"))
+    }
+
+    /// Writes `bytes` at offset `off`, or keeps them to write with the run
+    /// they continue.
+    pub fn write_at(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        off.checked_add(bytes.len() as u64)
+            .ok_or_else(|| Error::new(Kind::Overflow, "the download's offset overflows"))?;
+        let at = self
+            .runs
+            .iter()
+            .position(|(start, run)| *start + run.len() as u64 == off);
+        let k = match at {
+            Some(k) => k,
+            None => {
+                self.runs.push((off, Vec::with_capacity(Self::RUN)));
+                self.runs.len() - 1
+            }
+        };
+        self.runs[k].1.extend_from_slice(bytes);
+        if self.runs[k].1.len() >= Self::RUN {
+            let (start, run) = self.runs.swap_remove(k);
+            self.write_run(start, &run)?;
+        }
+        Ok(())
+    }
+
+    fn write_run(&self, off: u64, run: &[u8]) -> Result<()> {
+        sys::write_all_at(self.file()?, run, off)
+            .map_err(|e| Error::io(&e, "can't write the file being downloaded"))
+    }
+
+    /// Writes every pending run.
+    pub fn flush(&mut self) -> Result<()> {
+        for (off, run) in std::mem::take(&mut self.runs) {
+            self.write_run(off, &run)?;
+        }
+        Ok(())
+    }
+
+    /// The file's length now (pending runs not counted).
+    pub fn size(&self) -> Result<u64> {
+        let meta = self
+            .file()?
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't read the file being downloaded"))?;
+        Ok(meta.len())
+    }
+
+    /// Cuts the file to `len` bytes, dropping pending runs (a download that
+    /// starts over).
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.runs.clear();
+        self.file()?
+            .set_len(len)
+            .map_err(|e| Error::io(&e, "can't truncate the file being downloaded"))
+    }
+
+    /// Flushes, checks that the file holds `len` bytes, closes it and
+    /// renames it over `target` in one step.
+    pub fn commit(mut self, target: &Path, len: u64) -> Result<()> {
+        self.flush()?;
+        let have = self.size()?;
+        if have != len {
+            return Err(Error::new(
+                Kind::IncompleteBuffer,
+                format!("the downloaded file has {have} bytes where {len} were expected"),
+            ));
+        }
+        self.file = None;
+        sys::replace(&self.path, target)
+            .map_err(|e| Error::io(&e, "can't move the downloaded file into place"))
+    }
+
+    /// Closes the file, keeping it (and writing pending runs) for a later
+    /// resume.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.file = None;
+        Ok(())
+    }
+}
+
+/// An exclusive lock held on a lock file until dropped, the lock Python's
+/// `filelock` takes (`flock` on Unix, the first byte's `LockFileEx` on
+/// Windows), so that R and Python processes sharing a cache exclude each
+/// other.
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` (created if missing) without waiting;
+    /// `None` when someone else holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let file = sys::open_lock(path).map_err(|e| Error::io(&e, "can't open the lock file"))?;
+        match sys::try_lock(&file) {
+            Ok(true) => Ok(Some(FileLock { file })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::io(&e, "can't lock the lock file")),
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        sys::unlock(&self.file);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,5 +1024,71 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.kind, Kind::FileNotFound);
+    }
+
+    #[test]
+    fn partial_file_combines_writes_in_any_order() {
+        let dir = tempdir();
+        let path = dir.join("blob.incomplete");
+        let target = dir.join("blob");
+        let data: Vec<u8> = (0..3 * PartialFile::RUN + 123)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut f = PartialFile::open(&path).unwrap();
+        // Two interleaved ranges, in pieces of 16 KiB.
+        let half = data.len() / 2;
+        let mut a = 0;
+        let mut b = half;
+        while a < half || b < data.len() {
+            if b < data.len() {
+                let n = (data.len() - b).min(16384);
+                f.write_at(b as u64, &data[b..b + n]).unwrap();
+                b += n;
+            }
+            if a < half {
+                let n = (half - a).min(16384);
+                f.write_at(a as u64, &data[a..a + n]).unwrap();
+                a += n;
+            }
+        }
+        // Short of the full length: refused, and the file kept.
+        let short = PartialFile::open(&dir.join("other")).unwrap();
+        assert_eq!(
+            short.commit(&target, 10).unwrap_err().kind,
+            Kind::IncompleteBuffer
+        );
+        assert!(!target.exists());
+        f.commit(&target, data.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn partial_file_resumes_and_truncates() {
+        let dir = tempdir();
+        let path = dir.join("x.incomplete");
+        let mut f = PartialFile::open(&path).unwrap();
+        f.write_at(0, b"hello").unwrap();
+        assert_eq!(f.size().unwrap(), 0);
+        f.close().unwrap();
+        let mut f = PartialFile::open(&path).unwrap();
+        assert_eq!(f.size().unwrap(), 5);
+        f.write_at(5, b" world").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        f.truncate(2).unwrap();
+        assert_eq!(f.size().unwrap(), 2);
+    }
+
+    #[test]
+    fn file_lock_excludes_until_dropped() {
+        let dir = tempdir();
+        let path = dir.join("a.lock");
+        let held = FileLock::try_acquire(&path).unwrap();
+        assert!(held.is_some());
+        // A second open file description is refused while the first holds it.
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        drop(held);
+        assert!(FileLock::try_acquire(&path).unwrap().is_some());
     }
 }

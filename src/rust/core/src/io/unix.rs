@@ -56,6 +56,64 @@ pub fn create_new(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Opens `path` for reading and writing at offsets, creating it (as the
+/// umask allows) if missing, never truncating it.
+pub fn open_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(path)
+}
+
+/// Writes all of `buf` at offset `off` of `file` (pwrite), without moving a
+/// file position.
+pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    file.write_all_at(buf, off)
+}
+
+/// Opens (creating it, group-writable as the umask allows, as Python's
+/// `filelock` does for the Hub cache) a lock file.
+pub fn open_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o664)
+        .open(path)
+}
+
+/// Takes an exclusive `flock(2)` lock on `file` without waiting: `Ok(false)`
+/// when another open file description holds it. This is the lock Python's
+/// `filelock` (and so `huggingface_hub`) takes, so the two exclude each
+/// other. A file system without `flock` (some network file systems) is
+/// `Ok(true)`: the lock is then advisory in name only, as `filelock` falls
+/// back to a lock file's existence there.
+pub fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; flock only changes its lock.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(true),
+        _ => Err(err),
+    }
+}
+
+/// Releases the lock [`try_lock`] took (closing the file releases it too).
+pub fn unlock(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; failure leaves the lock to the close.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+}
+
 /// Moves `from` over `to` in one step (rename(2) replaces atomically).
 pub fn replace(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::rename(from, to)

@@ -47,11 +47,41 @@ const ERROR_SHARING_VIOLATION: i32 = 32;
 const ERROR_HANDLE_EOF: i32 = 38;
 const ERROR_USER_MAPPED_FILE: i32 = 1224;
 
+const ERROR_LOCK_VIOLATION: i32 = 33;
+const LOCKFILE_FAIL_IMMEDIATELY: u32 = 0x1;
+const LOCKFILE_EXCLUSIVE_LOCK: u32 = 0x2;
+
+/// `OVERLAPPED`, whose offset fields name the start of a locked range.
+#[repr(C)]
+#[derive(Default)]
+struct Overlapped {
+    internal: usize,
+    internal_high: usize,
+    offset: u32,
+    offset_high: u32,
+    event: usize,
+}
+
 #[link(name = "kernel32")]
 extern "system" {
     fn GetFileInformationByHandle(file: RawHandle, info: *mut ByHandleFileInformation) -> i32;
     fn MoveFileExW(existing: *const u16, new: *const u16, flags: u32) -> i32;
     fn VirtualUnlock(address: *mut c_void, size: usize) -> i32;
+    fn LockFileEx(
+        file: RawHandle,
+        flags: u32,
+        reserved: u32,
+        low: u32,
+        high: u32,
+        overlapped: *mut Overlapped,
+    ) -> i32;
+    fn UnlockFileEx(
+        file: RawHandle,
+        reserved: u32,
+        low: u32,
+        high: u32,
+        overlapped: *mut Overlapped,
+    ) -> i32;
 }
 
 /// What identifies a file's contents for change detection: a file
@@ -145,6 +175,86 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
 /// is open.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// Opens `path` for reading and writing at offsets, creating it if
+/// missing, never truncating it; shared for read, write and delete, so
+/// that [`replace`] can rename it.
+pub fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Writes all of `buf` at offset `off` of `file` with positioned writes
+/// (`WriteFile` with an offset; the handle's file position moves, which
+/// nothing here relies on).
+pub fn write_all_at(file: &File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.seek_write(buf, off) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffer",
+                ))
+            }
+            Ok(n) => {
+                buf = &buf[n..];
+                off = off.checked_add(n as u64).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow")
+                })?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating it) a lock file: as [`open_rw`] (Windows has no
+/// permission bits to give it).
+pub fn open_lock(path: &Path) -> io::Result<File> {
+    open_rw(path)
+}
+
+/// Takes an exclusive lock on the first byte of `file` without waiting
+/// (`LockFileEx`): `Ok(false)` when another handle holds it. Python's
+/// `filelock` locks the same byte (`msvcrt.locking`), so the two exclude
+/// each other.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    let mut overlapped = Overlapped::default();
+    // SAFETY: the handle is open for as long as `file` lives; `overlapped`
+    // is a zeroed OVERLAPPED naming offset 0, which the call only reads for
+    // a lock that completes (or fails) at once.
+    let ok = unsafe {
+        LockFileEx(
+            file.as_raw_handle(),
+            LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            1,
+            0,
+            &mut overlapped,
+        )
+    };
+    if ok != 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(ERROR_LOCK_VIOLATION) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Releases the lock [`try_lock`] took.
+pub fn unlock(file: &File) {
+    let mut overlapped = Overlapped::default();
+    // SAFETY: as in try_lock; failure leaves the lock to the close.
+    unsafe { UnlockFileEx(file.as_raw_handle(), 0, 1, 0, &mut overlapped) };
 }
 
 /// Paths at least this long get the `\\?\` prefix, which lifts the
