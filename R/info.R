@@ -63,7 +63,7 @@ safe_info <- function(path) {
 }
 
 #' @export
-format.safetensors_info <- function(x, ..., n = 20) {
+format.safetensors_info <- function(x, ..., n = 20, width = getOption("width", 80)) {
   # A subset that lost the columns this needs is formatted as a data frame.
   if (!info_complete(x)) {
     return(NextMethod())
@@ -90,7 +90,9 @@ format.safetensors_info <- function(x, ..., n = 20) {
     }
   })
   right <- vapply(x, is.numeric, logical(1))
-  lines <- c(head, format_columns(names(x), cols, right))
+  # Long tensor and shard file names are cut in the middle to fit.
+  shrink <- names(x) %in% c("name", "file")
+  lines <- c(head, format_columns(names(x), cols, right, width = width, shrink = shrink))
   if (rows > n) {
     lines <- c(lines, sprintf("# ... and %d more tensor%s", rows - n, if (rows - n == 1) "" else "s"))
   }
@@ -254,7 +256,7 @@ module_of <- function(names, depth) {
 }
 
 #' @export
-format.safetensors_summary <- function(x, ..., n = 20) {
+format.safetensors_summary <- function(x, ..., n = 20, width = getOption("width", 80)) {
   plural <- function(k, what) sprintf("%s %s%s", format_count(k), what, if (k == 1) "" else "s")
   table <- function(df, key) {
     shown <- df[seq_len(min(n, nrow(df))), , drop = FALSE]
@@ -266,7 +268,9 @@ format.safetensors_summary <- function(x, ..., n = 20) {
         vapply(shown$parameters, format_count, character(1)),
         vapply(shown$bytes, format_bytes, character(1))
       ),
-      right = c(FALSE, TRUE, TRUE, TRUE)
+      right = c(FALSE, TRUE, TRUE, TRUE),
+      width = width,
+      shrink = c(TRUE, FALSE, FALSE, FALSE)
     )
     if (nrow(df) > n) {
       lines <- c(lines, sprintf("  # ... and %d more", nrow(df) - n))
@@ -274,6 +278,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
     lines
   }
   label <- if (x$label %in% c("<raw vector>", "<connection>")) x$label else basename(x$label)
+  label <- truncate_middle(label, max(12, width - nchar("<safetensors_summary> ")))
   lines <- c(
     paste0("<safetensors_summary> ", label),
     sprintf(
@@ -290,7 +295,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
     )
   }
   if (length(x$metadata) > 0) {
-    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata))
+    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata, width))
   }
   lines
 }

@@ -20,7 +20,9 @@
 #'   reads it whole, and `str()` shows its type, dimensions and first
 #'   values (reading only those).
 #' * `format(h)`, `print(h)`: a table of name, dtype, shape and size, and
-#'   the metadata. [safe_info()] and [safe_metadata()] accept handles.
+#'   the metadata, fitted to `getOption("width")` (or `width =`): long
+#'   names are cut in the middle, and columns that don't fit are left out.
+#'   [safe_info()] and [safe_metadata()] accept handles.
 #' * `close(h)`: releases the file (or memory map) at once. Using a closed
 #'   handle is an error of class `safetensors_error_closed`; closing twice
 #'   is harmless. Handles are also released when garbage-collected, and a
@@ -504,9 +506,12 @@ read_into_torch <- function(x, names, args, call = parent.frame(), bar = NULL) {
 }
 
 #' @export
-format.safetensors_file <- function(x, ..., n = 20) {
-  head <- paste0("<safetensors_file> ", hget(x, "label"))
-  if (!handle_is_open(x)) {
+format.safetensors_file <- function(x, ..., n = 20, width = getOption("width", 80)) {
+  closed <- !handle_is_open(x)
+  # The label (a path or URL), cut in the middle to fit the line.
+  room <- width - nchar("<safetensors_file> ") - if (closed) nchar(" (closed)") else 0
+  head <- paste0("<safetensors_file> ", truncate_middle(hget(x, "label"), max(12, room)))
+  if (closed) {
     return(paste(head, "(closed)"))
   }
   nms <- hget(x, "names")
@@ -522,31 +527,31 @@ format.safetensors_file <- function(x, ..., n = 20) {
       if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (hget(x, "backend") == "mmap") "memory-mapped" else "read on demand"
     )
   )
-  lines <- c(
-    head,
-    sprintf(
-      "%d tensor%s, %s, %s",
-      length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src
-    )
+  about <- sprintf(
+    "%d tensor%s, %s, %s",
+    length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src
   )
+  # Wrapped to fit (strwrap() keeps lines shorter than its width).
+  lines <- c(head, strwrap(about, width + 1, exdent = 2))
   if (length(nms) > 0) {
     show <- seq_len(min(n, length(nms)))
-    tab <- data.frame(
-      name = encodeString(info$name[show], quote = ""),
-      dtype = info$dtype[show],
-      shape = vapply(info$shape[show], format_shape, character(1)),
-      size = vapply(info$bytes[show], format_bytes, character(1))
+    cols <- list(
+      encodeString(info$name[show]),
+      info$dtype[show],
+      vapply(info$shape[show], format_shape, character(1)),
+      vapply(info$bytes[show], format_bytes, character(1))
     )
-    cols <- lapply(names(tab), function(col) format(c(col, tab[[col]])))
-    rows <- do.call(paste, c(cols, sep = "  "))
-    lines <- c(lines, paste0("  ", trimws(rows, "right")))
+    lines <- c(lines, format_columns(
+      c("name", "dtype", "shape", "size"), cols,
+      width = width, shrink = c(TRUE, FALSE, FALSE, FALSE)
+    ))
     if (length(nms) > n) {
       lines <- c(lines, sprintf("  # ... and %d more", length(nms) - n))
     }
   }
   meta <- hget(x, "metadata")
   if (length(meta) > 0) {
-    lines <- c(lines, "Metadata:", format_metadata(meta))
+    lines <- c(lines, "Metadata:", format_metadata(meta, width))
   }
   lines
 }
