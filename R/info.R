@@ -18,9 +18,11 @@
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (the header is read with one
 #'   range request, two when it is over 64 KiB; see "Remote files" in
-#'   [safe_open()]), a folder holding a checkpoint (its index, else its
-#'   `model.safetensors`), a raw vector holding a file, a binary connection,
+#'   [safe_open()]), a folder holding a checkpoint (see "Folders" in
+#'   [safe_load_file()]), a raw vector holding a file, a binary connection,
 #'   or a handle from [safe_open()].
+#' @param ... Must be empty; an argument there is an error of class
+#'   `safetensors_error_invalid_argument` naming it.
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
 #'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
@@ -42,7 +44,9 @@
 #' info <- safe_info(path)
 #' bytes <- readBin(path, "raw", file.size(path))
 #' readBin(bytes[(info$begin[2] + 1):info$end[2]], "double", 3, size = 4)
-safe_info <- function(path) {
+safe_info <- function(path, ...) {
+  check_required(path)
+  check_dots_empty(...)
   res <- with_header(path, function(h) list(tab = handle_table(h), sharded = !is.null(hget(h, "index"))))
   tab <- res$tab
   df <- data.frame(
@@ -114,7 +118,9 @@ info_complete <- function(x) {
 
 #' @rdname safe_info
 #' @export
-safe_metadata <- function(path) {
+safe_metadata <- function(path, ...) {
+  check_required(path)
+  check_dots_empty(...)
   with_header(path, function(h) hget(h, "metadata"))
 }
 
@@ -164,13 +170,15 @@ with_header <- function(path, fun, call = parent.frame()) {
 #'
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (only the header is fetched), a
-#'   folder holding a checkpoint (its index, else its `model.safetensors`), a
+#'   folder holding a checkpoint (see "Folders" in [safe_load_file()]), a
 #'   raw vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,
 #'   make its module. Default 1.
 #' @param object A handle from [safe_open()].
-#' @param ... Unused; for compatibility with [summary()].
+#' @param ... For `safe_summary()`, must be empty (an argument there is an
+#'   error of class `safetensors_error_invalid_argument` naming it); for
+#'   `summary()`, unused.
 #' @return An object of class `safetensors_summary`: a list with `label`
 #'   (the file), `tensors`, `parameters` and `bytes` (totals), `by_dtype`
 #'   and `by_module` (data frames with columns `dtype` or `module`,
@@ -196,7 +204,9 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' s$by_module
 #' safe_summary(f, depth = 2)$by_module$module
 #' unlink(f)
-safe_summary <- function(path, depth = 1) {
+safe_summary <- function(path, depth = 1, ...) {
+  check_required(path)
+  check_dots_empty(...)
   if (!(is.numeric(depth) && length(depth) == 1 && !is.na(depth) && depth >= 1 && depth == trunc(depth))) {
     st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {value_friendly(depth)}.")
   }

@@ -10,8 +10,19 @@
 #' * `names(h)`: tensor names, in the order the header lists them; `length(h)`: their number.
 #' * `h[["w"]]` or `h$w`: tensor `w`, as [safe_load_file()] would return
 #'   it (`h[[i]]` also takes a position). `h[c("a", "b")]` returns a named
-#'   list. `h$slice` is reserved for the slice method: read a tensor named
-#'   `"slice"` with `h[["slice"]]`.
+#'   list; `as.list(h)` reads every tensor, as [safe_load_file()] returns
+#'   them.
+#' * The methods of Python's `safe_open()` (and of safetensors 0.2.x's
+#'   class), for code ported from them: `h$keys()`, the names sorted as
+#'   Python sorts them (by code point; `names(h)` keeps the header's
+#'   order); `h$get_tensor("w")`, as `h[["w"]]`; `h$get_slice("w")`, as
+#'   `h$slice("w")`, whose `$get_shape()` and `$get_dtype()` give its shape
+#'   and dtype; `h$metadata()`, the `__metadata__` by name (a named
+#'   character vector, or `NULL`), as [safe_metadata()] returns it.
+#' * `h$slice`, `h$keys`, `h$get_tensor`, `h$get_slice` and `h$metadata`
+#'   are these methods even for a file with a tensor of that name; read such
+#'   a tensor with `h[["keys"]]`, which always means the tensor. Tab
+#'   completion after `h$` offers both the methods and the tensors.
 #' * `h$slice("w")`: a slice object; indexing it as an array,
 #'   `h$slice("w")[1:10, ]`, reads only the bytes of the selected elements
 #'   and returns what `h[["w"]][1:10, ]` would (keeping the `"dtype"`
@@ -101,7 +112,7 @@
 #'   checkpoint's index (a file ending in `.json`, such as
 #'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
 #'   or `https://` URL of either (see "Remote files"), a folder holding a
-#'   checkpoint (its index, else its `model.safetensors`), a raw vector
+#'   checkpoint (see "Folders" in [safe_load_file()]), a raw vector
 #'   holding a whole file, or a binary connection (read into memory). For
 #'   `safe_slice()`, also a handle from `safe_open()`; anything else is
 #'   opened and closed again. (`safe_slice()` called it `x` in 0.4.0;
@@ -148,6 +159,16 @@
 #'
 #' # Python's f.get_slice("weight")[0:1, ::2], in R
 #' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
+#'
+#' # Python's spellings of the same
+#' h <- safe_open(path)
+#' h$keys()
+#' h$get_tensor("bias")
+#' h$get_slice("weight")[1, ]
+#' h$get_slice("weight")$get_shape()
+#' h$metadata()
+#' str(as.list(h))
+#' close(h)
 #' @examplesIf interactive() && rlang::is_installed("curl")
 #'
 #' # A model on the Hugging Face Hub: its header, then one tensor and a
@@ -165,6 +186,7 @@
 #' close(h)
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
                       int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
+  check_required(path)
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("mmap", "read"))
@@ -302,20 +324,19 @@ length.safetensors_file <- function(x) {
 
 #' @export
 `[[.safetensors_file` <- function(x, i, ...) {
+  check_one_index(...)
   name <- tensor_name(x, i)
   read_tensors(x, name)[[1]]
 }
 
 #' @export
 `$.safetensors_file` <- function(x, name) {
-  if (identical(name, "slice")) {
-    return(function(name) new_slice(x, name))
-  }
-  read_tensors(x, tensor_name(x, name))[[1]]
+  handle_method(x, name) %||% read_tensors(x, tensor_name(x, name))[[1]]
 }
 
 #' @export
-`[.safetensors_file` <- function(x, i) {
+`[.safetensors_file` <- function(x, i, ...) {
+  check_one_index(...)
   if (missing(i)) {
     i <- names(x)
   }
@@ -325,9 +346,61 @@ length.safetensors_file <- function(x) {
   out
 }
 
+# A handle is indexed by one vector of names or positions, as a list is.
+check_one_index <- function(..., call = parent.frame()) {
+  if (...length() > 0) {
+    n <- ...length() + 1
+    st_abort(
+      "invalid_argument",
+      c(
+        "A handle takes one index, not {n}.",
+        i = "Choose tensors by name or position, as in {.code h[[\"w\"]]} or {.code h[c(\"a\", \"b\")]}."
+      ),
+      call = call
+    )
+  }
+}
+
+# The names `h$name` gives a method for rather than a tensor: R's
+# `slice()`, and Python's `keys()`, `get_tensor()`, `get_slice()` and
+# `metadata()`. A tensor of one of these names is read with `h[["keys"]]`.
+handle_methods <- c("slice", "keys", "get_tensor", "get_slice", "metadata")
+
+# Method `name` of handle `x` (a closure over it), or NULL if `name` is not
+# one of `handle_methods`. Python's `keys()` sorts the names (by code
+# point, as Python compares strings); `metadata()` returns the
+# `__metadata__` as safe_metadata() does. Like `names(h)`, `keys()` and
+# `metadata()` answer from the header, also once the handle is closed.
+handle_method <- function(x, name) {
+  # Errors in the methods cite the user's `h$get_tensor("w")` (see
+  # error_frame()).
+  .st_entry <- TRUE
+  switch(name,
+    slice = ,
+    get_slice = function(name, ...) {
+      check_required(name)
+      check_dots_empty(...)
+      new_slice(x, name)
+    },
+    get_tensor = function(name, ...) {
+      check_required(name)
+      check_dots_empty(...)
+      read_tensors(x, tensor_name(x, name))[[1]]
+    },
+    keys = function(...) {
+      check_dots_empty(...)
+      sort(names(x), method = "radix")
+    },
+    metadata = function(...) {
+      check_dots_empty(...)
+      hget(x, "metadata")
+    }
+  )
+}
+
 #' @rawNamespace S3method(utils::.DollarNames, safetensors_file)
 .DollarNames.safetensors_file <- function(x, pattern = "") {
-  nms <- unique(c("slice", names(x)))
+  nms <- unique(c(handle_methods, names(x)))
   nms[grepl(pattern, nms)]
 }
 

@@ -14,32 +14,57 @@ is_index_path <- function(path) {
 }
 
 # The file a folder stands for: its shard index (model.safetensors.index.json,
-# or its only *.safetensors.index.json), else its model.safetensors (or its
-# only *.safetensors file). Any other `path` is returned as it is.
+# or its only *.safetensors.index.json), else its model.safetensors, else,
+# if it holds no index, its only *.safetensors file. Any other `path` is
+# returned as it is. A folder with none of these, or with several indexes
+# or files and none of the usual names, is an error that names them.
 resolve_folder <- function(path, call = parent.frame()) {
   if (!is_string(path) || !dir.exists(path)) {
     return(path)
   }
-  pick <- function(usual, pattern) {
-    if (file.exists(file.path(path, usual))) {
-      return(file.path(path, usual))
-    }
-    found <- list.files(path, pattern = pattern)
-    if (length(found) == 1) file.path(path, found)
+  indexes <- list.files(path, pattern = "\\.safetensors\\.index\\.json$")
+  files <- list.files(path, pattern = "\\.safetensors$")
+  found <- if ("model.safetensors.index.json" %in% indexes) {
+    "model.safetensors.index.json"
+  } else if (length(indexes) == 1) {
+    indexes
+  } else if ("model.safetensors" %in% files) {
+    "model.safetensors"
+  } else if (length(indexes) == 0 && length(files) == 1) {
+    files
   }
-  found <- pick("model.safetensors.index.json", "\\.safetensors\\.index\\.json$") %||%
-    pick("model.safetensors", "\\.safetensors$")
-  if (is.null(found)) {
+  if (!is.null(found)) {
+    return(file.path(path, found))
+  }
+  rule <- paste(
+    "A folder is read from its {.file model.safetensors.index.json} or its only shard index,",
+    "else its {.file model.safetensors}, else its only {.file .safetensors} file."
+  )
+  if (length(indexes) == 0 && length(files) == 0) {
     st_abort(
       "file_not_found",
-      c(
-        "Can't read the folder {.file {path}}: it holds no checkpoint.",
-        i = "A folder is read from its {.file model.safetensors.index.json} or its {.file model.safetensors}."
-      ),
+      c("Can't read the folder {.file {path}}: it holds no {.file .safetensors} file and no shard index.", i = rule),
       call = call
     )
   }
-  found
+  # Several candidates and none of the usual names: the user chooses.
+  head <- if (length(indexes) > 1) {
+    shown <- indexes
+    "it holds {length(shown)} shard indexes, none named {.file model.safetensors.index.json}."
+  } else {
+    shown <- files
+    "it holds {length(shown)} {.file .safetensors} files, none named {.file model.safetensors}, and no shard index."
+  }
+  st_abort(
+    "file_not_found",
+    c(
+      paste("Can't read the folder {.file {path}}:", head),
+      x = "{cli::qty(length(shown))}{?It/They} {?is/are} {.file {shown}}.",
+      i = "Give the path of the one to read, such as {.file {file.path(path, shown[[1]])}}.",
+      i = rule
+    ),
+    call = call
+  )
 }
 
 # A path as the Rust core takes it: `~` expanded, in UTF-8.

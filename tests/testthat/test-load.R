@@ -509,3 +509,11 @@ test_that("int64 = \"integer64\" without bit64 is a classed error saying how to 
   # The other choices don't need it.
   expect_no_error(safe_load_file(path, int64 = "character"))
 })
+
+test_that("`tensors` must name each tensor once", {
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  expect_error(safe_load_file(p, tensors = c("bias", "bias")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_deserialize(read_bytes(p), tensors = c("bias", "step", "bias")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(p, tensors = c("bias", "bias"), framework = "raw"), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, safe_load_file(p, tensors = c("bias", "step", "bias", "step", "weight")))
+})
