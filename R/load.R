@@ -302,7 +302,7 @@ load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
 }
 
 # safe_load_file() of a file path, URL (or raw vector) through a handle, so
-# that a progress bar can be updated between groups of tensors, tensors
+# that a progress bar can be updated between pieces of the data, tensors
 # read straight into torch, or a remote file's tensors fetched in pieces
 # (load_handle()). `choices`: the `int64` and `uint8` choices
 # (read_choices()).
@@ -332,7 +332,6 @@ load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
   }
   mode <- handle_mode(h, framework)
   bar <- NULL
-  sizes <- NULL
   if (progress_enabled()) {
     tab <- handle_table(h)
     sizes <- tab$bytes[match(nms, tab$name)]
@@ -344,7 +343,7 @@ load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
     res <- read_into_torch(h, nms, args, call = call, bar = bar)
     return(as_loaded(res$tensors, combined_header(h), res$max_offset))
   }
-  res <- read_parts(h, nms, mode, call = call, bar = bar, sizes = sizes)
+  res <- read_parts(h, nms, mode, call = call, bar = bar)
   res$header <- combined_header(h)
   finish_load(res, framework, args, call = call)
 }

@@ -489,10 +489,9 @@ combined_header <- function(x) {
 
 # Reads tensors `names` (a character vector of visible names) from the parts
 # that hold them, as the Rust reader returns them, in the order asked.
-# With a cli progress `bar`, each part's tensors are read in groups of
-# about progress_group_bytes() (their `sizes` in bytes), updating the bar
-# after each group.
-read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes = NULL) {
+# With a cli progress `bar`, each part is read in pieces (read_in_pieces()),
+# a remote one as it is fetched, moving the bar after each.
+read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL) {
   at <- match(names, hget(x, "names"))
   part_of <- hget(x, "part_of")[at]
   parts <- hget(x, "parts")
@@ -514,21 +513,32 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
       max_offset <- max(max_offset, res$max_offset)
       next
     }
-    groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
-    for (g in groups) {
-      res <- check_part(handle_read_(part$ptr, names[g], mode, st_threads()), part, call = call)
-      tensors[g] <- unname(res$tensors)
-      inexact[g] <- res$inexact
-      int_min[g] <- res$int_min
-      na[g] <- res$na
-      max_offset <- max(max_offset, res$max_offset)
-      if (!is.null(bar)) {
-        cli::cli_progress_update(inc = sum(sizes[g]), id = bar)
-      }
+    res <- if (is.null(bar)) {
+      check_part(handle_read_(part$ptr, names[k], mode, st_threads()), part, call = call)
+    } else {
+      read_in_pieces(part, names[k], mode, st_threads(), bar, call = call)
     }
+    tensors[k] <- unname(res$tensors)
+    inexact[k] <- res$inexact
+    int_min[k] <- res$int_min
+    na[k] <- res$na
+    max_offset <- max(max_offset, res$max_offset)
   }
   names(tensors) <- names
   list(tensors = tensors, inexact = inexact, int_min = int_min, na = na, max_offset = max_offset)
+}
+
+# Reads tensors `names` of a local part as handle_read_() does, in pieces
+# of about progress_group_bytes() (whole tensors together, or rows of a
+# larger one, so that the bar moves within a large tensor too), moving the
+# cli progress `bar` by each piece's bytes.
+read_in_pieces <- function(part, names, mode, threads, bar, call = parent.frame()) {
+  plan <- check_part(handle_plan_(part$ptr, names, mode, progress_group_bytes(call)), part, call = call)
+  for (p in seq_along(plan$pieces)) {
+    check_part(handle_read_piece_(part$ptr, plan$loader, p, threads), part, call = call)
+    cli::cli_progress_update(inc = plan$pieces[[p]], id = bar)
+  }
+  check_part(remote_finish_(plan$loader), part, call = call)
 }
 
 # Reads tensors as the handle's framework makes them; a named list.

@@ -126,9 +126,11 @@
 #' [safe_open()], [safe_load_file()], [safe_info()] and [safe_metadata()]
 #' read a checkpoint from its index or its folder.
 #' @section Progress:
-#' In an interactive session, saving more than 64 MiB of tensors to a file
-#' shows a progress bar once it has taken two seconds; option
-#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
+#' In an interactive session whose output can redraw it (a terminal,
+#' RStudio), saving more than 64 MiB of tensors to a file shows a progress
+#' bar over the bytes written once it has taken two seconds, and removes it
+#' when done; option `safetensors.progress = FALSE` turns it off (see
+#' [safetensors-package]).
 #' @seealso [safe_load_file()]
 #' @export
 #' @examples

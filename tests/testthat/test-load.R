@@ -459,7 +459,7 @@ test_that("the int64 and uint8 choices reach every load path", {
       # The progress bar's path reads through a handle.
       withr::local_options(
         rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 10,
-        cli.progress_show_after = 0, cli.dynamic = FALSE
+        cli.progress_show_after = 0, cli.dynamic = TRUE
       )
       withr::local_message_sink(withr::local_tempfile())
       same(safe_load_file(path, int64 = int64, uint8 = "raw"), "progress")

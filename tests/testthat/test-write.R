@@ -89,7 +89,7 @@ test_that("a connection gets nothing when a value can't be converted", {
 test_that("a save's progress bar moves within one large tensor", {
   withr::local_options(
     rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 2^20,
-    cli.progress_show_after = 0, cli.dynamic = FALSE
+    cli.progress_show_after = 0, cli.dynamic = TRUE
   )
   withr::local_message_sink(withr::local_tempfile())
   path <- withr::local_tempfile(fileext = ".safetensors")
