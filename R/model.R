@@ -108,11 +108,10 @@
 #'   into new torch tensors; `vignette("torch", package = "safetensors")`.
 #' @export
 #' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
-#' library(torch)
-#' net <- nn_module(
+#' net <- torch::nn_module(
 #'   initialize = function() {
-#'     self$embed <- nn_embedding(10, 4)
-#'     self$out <- nn_linear(4, 10, bias = FALSE)
+#'     self$embed <- torch::nn_embedding(10, 4)
+#'     self$out <- torch::nn_linear(4, 10, bias = FALSE)
 #'     self$out$weight <- self$embed$weight # tied
 #'   },
 #'   forward = function(x) self$out(self$embed(x))
@@ -125,10 +124,11 @@
 #'
 #' model <- net()
 #' safe_load_model(model, path)
-#' torch_equal(model(torch_tensor(1:3)), trained(torch_tensor(1:3)))
+#' x <- torch::torch_tensor(1:3)
+#' torch::torch_equal(model(x), trained(x))
 #'
 #' # Names the module and the file don't share
-#' other <- nn_linear(4, 10)
+#' other <- torch::nn_linear(4, 10)
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
 #' unlink(path)
