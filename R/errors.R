@@ -12,7 +12,12 @@
 #'
 #' Conditions about one tensor carry its name in the field `tensor`; those
 #' about a missing package carry it in `package`, and those about a dtype in
-#' `dtype`.
+#' `dtype`. An error's call (`conditionCall()`, printed as "Error in
+#' `safe_load_file()`") is the function you called, as you called it (a
+#' handle's `h$get_tensor("w")` or `h[-1]`, `safetensors$new(path)`), never
+#' one of the package's internal functions. A required argument left out
+#' and an argument a function doesn't take are errors of class
+#' `safetensors_error_invalid_argument` too.
 #'
 #' @section Malformed files (also `safetensors_error_format`):
 #' * `safetensors_error_header_too_small`: the input has fewer than the 8

@@ -322,8 +322,9 @@ length.safetensors_file <- function(x) {
   length(hget(x, "names"))
 }
 
+# `exact` is accepted as lists accept it; names always match exactly.
 #' @export
-`[[.safetensors_file` <- function(x, i, ...) {
+`[[.safetensors_file` <- function(x, i, ..., exact = TRUE) {
   check_one_index(...)
   name <- tensor_name(x, i)
   read_tensors(x, name)[[1]]
