@@ -12,7 +12,12 @@
 #'
 #' Conditions about one tensor carry its name in the field `tensor`; those
 #' about a missing package carry it in `package`, and those about a dtype in
-#' `dtype`.
+#' `dtype`. An error's call (`conditionCall()`, printed as "Error in
+#' `safe_load_file()`") is the function you called, as you called it (a
+#' handle's `h$get_tensor("w")` or `h[-1]`, `safetensors$new(path)`), never
+#' one of the package's internal functions. A required argument left out
+#' and an argument a function doesn't take are errors of class
+#' `safetensors_error_invalid_argument` too.
 #'
 #' @section Malformed files (also `safetensors_error_format`):
 #' * `safetensors_error_header_too_small`: the input has fewer than the 8
@@ -169,6 +174,8 @@ NULL
 kind_parents <- c(framework_not_installed = "package_not_installed")
 
 # `message` is a cli template, interpolated in the caller's environment.
+# The error cites the function the user called (error_frame()), whichever
+# of the frames below it `call` names.
 st_abort <- function(kind, message, ..., format = FALSE, call = parent.frame(),
                      .envir = parent.frame()) {
   parent <- if (kind %in% names(kind_parents)) kind_parents[[kind]]
@@ -177,7 +184,7 @@ st_abort <- function(kind, message, ..., format = FALSE, call = parent.frame(),
     if (isTRUE(format)) "safetensors_error_format",
     "safetensors_error"
   )
-  cli::cli_abort(message, class = class, ..., call = call, .envir = .envir)
+  cli::cli_abort(message, class = class, ..., call = error_frame(call), .envir = .envir)
 }
 
 st_warn <- function(kind, message, ..., .envir = parent.frame()) {
@@ -213,9 +220,61 @@ st_check <- function(res, what, call = parent.frame()) {
 # gives.
 interrupted_abort <- function(call) {
   stop(structure(
-    list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
+    list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(error_frame(call))),
     class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
   ))
+}
+
+# Errors cite the function the user called: `safe_save_file()`, `h[-1]`,
+# `safetensors$new("x")`, never the internal helper that noticed the
+# problem (`tensor_spec()`, `FUN(X[[i]], ...)`), whichever frame the helper
+# was given as its `call`. The entry is the outermost frame, from the
+# bottom of the stack up to the frame of `env`, that belongs to the package
+# (entry_index()). A frame marked `.st_entry <- "caller"` (the R6 class's
+# `initialize`, which R6's `$new()` calls) reports its caller instead. When
+# no frame up to `env` belongs to the package (a function of the tests, or
+# of another package, passing its own frame), or `env` is not a frame, it
+# is returned as it is; so is a call.
+error_frame <- function(env) {
+  j <- entry_index(env)
+  if (is.na(j)) {
+    return(env)
+  }
+  if (identical(entry_mark(sys.frame(j)), "caller")) {
+    return(sys.frame(sys.parents()[[j]]))
+  }
+  sys.frame(j)
+}
+
+# The number of the frame that error_frame() reports for `env`, before the
+# "caller" mark is followed; NA if there is none. A frame belongs to the
+# package if its function is one of the namespace (functions, S3 methods),
+# or if it or its function's enclosure is marked `.st_entry` (methods of
+# handles and of the R6 class, which are closures made at run time). Called
+# on the error path only.
+entry_index <- function(env) {
+  if (!is.environment(env)) {
+    return(NA_integer_)
+  }
+  frames <- sys.frames()
+  at <- Position(function(f) identical(f, env), frames, right = TRUE)
+  if (is.na(at)) {
+    return(NA_integer_)
+  }
+  ns <- topenv(environment(entry_index))
+  for (j in seq_len(at)) {
+    if (identical(environment(sys.function(j)), ns) || !is.null(entry_mark(frames[[j]]))) {
+      return(j)
+    }
+  }
+  NA_integer_
+}
+
+# The `.st_entry` mark of a frame, set in the frame or in its function's
+# enclosure; NULL if it has none.
+entry_mark <- function(frame) {
+  mark <- get0(".st_entry", envir = frame, inherits = FALSE)
+  if (is.null(mark)) get0(".st_entry", envir = parent.env(frame), inherits = FALSE) else mark
 }
 
 # The call of the frame whose environment is `env` (a call passes through).

@@ -78,6 +78,20 @@ load_raw_ <- function(buf, names, mode, threads) .Call(wrap__load_raw_, buf, nam
 #' @noRd
 handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, names, mode, threads)
 
+#' Starts reading whole tensors `names` of an open local handle in pieces
+#' of at most `max` bytes (whole tensors, or rows of a larger one), so that
+#' R can move a progress bar between them: allocates the tensors and plans
+#' the pieces. Returns `list(loader, pieces)`, the pieces' lengths in
+#' bytes, which `handle_read_piece_()` reads in turn and `remote_finish_()`
+#' finishes.
+#' @noRd
+handle_plan_ <- function(x, names, mode, max) .Call(wrap__handle_plan_, x, names, mode, max)
+
+#' Reads piece `piece` (from 1) of the read `loader` started by
+#' `handle_plan_()` from the handle's file or buffer, on `threads` threads.
+#' @noRd
+handle_read_piece_ <- function(x, loader, piece, threads) .Call(wrap__handle_read_piece_, x, loader, piece, threads)
+
 #' Reads the index file at `path`: `list(names, files, metadata)`.
 #' @noRd
 read_index_ <- function(path) .Call(wrap__read_index_, path)
@@ -137,7 +151,8 @@ remote_plan_ <- function(x, names, mode, max) .Call(wrap__remote_plan_, x, names
 #' @noRd
 remote_feed_ <- function(loader, piece, bytes, threads) .Call(wrap__remote_feed_, loader, piece, bytes, threads)
 
-#' The tensors of a remote read once every piece was fed: `list(tensors,
+#' The tensors of a read in pieces once every piece was read (fed from a
+#' remote file, or read by `handle_read_piece_()`): `list(tensors,
 #' inexact, int_min, max_offset)`, as `handle_read_()` returns them.
 #' @noRd
 remote_finish_ <- function(loader) .Call(wrap__remote_finish_, loader)

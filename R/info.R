@@ -18,10 +18,12 @@
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (the header is read with one
 #'   range request, two when it is over 64 KiB; see "Remote files" in
-#'   [safe_open()]), a folder holding a checkpoint (its index, else its
-#'   `model.safetensors`), a Hugging Face Hub path `hf://owner/name/...`
+#'   [safe_open()]), a folder holding a checkpoint (see "Folders" in
+#'   [safe_load_file()]), a Hugging Face Hub path `hf://owner/name/...`
 #'   (see [safetensors-hub]), a raw vector holding a file, a binary
 #'   connection, or a handle from [safe_open()].
+#' @param ... Must be empty; an argument there is an error of class
+#'   `safetensors_error_invalid_argument` naming it.
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
 #'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
@@ -44,7 +46,9 @@
 #' info <- safe_info(path)
 #' bytes <- readBin(path, "raw", file.size(path))
 #' readBin(bytes[(info$begin[2] + 1):info$end[2]], "double", 3, size = 4)
-safe_info <- function(path) {
+safe_info <- function(path, ...) {
+  check_required(path)
+  check_dots_empty(...)
   res <- with_header(path, function(h) {
     list(tab = handle_table(h), sharded = !is.null(hget(h, "index")), origin = attr(h, "origin"))
   })
@@ -68,7 +72,7 @@ safe_info <- function(path) {
 }
 
 #' @export
-format.safetensors_info <- function(x, ..., n = 20) {
+format.safetensors_info <- function(x, ..., n = 20, width = getOption("width", 80)) {
   # A subset that lost the columns this needs is formatted as a data frame.
   if (!info_complete(x)) {
     return(NextMethod())
@@ -96,7 +100,12 @@ format.safetensors_info <- function(x, ..., n = 20) {
   })
   right <- vapply(x, is.numeric, logical(1))
   origin <- attr(x, "origin")
-  lines <- c(head, if (!is.null(origin)) paste("# From", describe_origin(origin)), format_columns(names(x), cols, right))
+  # Long tensor and shard file names are cut in the middle to fit.
+  shrink <- names(x) %in% c("name", "file")
+  lines <- c(
+    head, if (!is.null(origin)) paste("# From", describe_origin(origin)),
+    format_columns(names(x), cols, right, width = width, shrink = shrink)
+  )
   if (rows > n) {
     lines <- c(lines, sprintf("# ... and %d more tensor%s", rows - n, if (rows - n == 1) "" else "s"))
   }
@@ -118,7 +127,9 @@ info_complete <- function(x) {
 
 #' @rdname safe_info
 #' @export
-safe_metadata <- function(path) {
+safe_metadata <- function(path, ...) {
+  check_required(path)
+  check_dots_empty(...)
   with_header(path, function(h) hget(h, "metadata"))
 }
 
@@ -173,14 +184,16 @@ with_header <- function(path, fun, call = parent.frame()) {
 #'
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (only the header is fetched), a
-#'   folder holding a checkpoint (its index, else its `model.safetensors`), a
+#'   folder holding a checkpoint (see "Folders" in [safe_load_file()]), a
 #'   Hugging Face Hub path `hf://owner/name/...` (see [safetensors-hub]), a
 #'   raw vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,
 #'   make its module. Default 1.
 #' @param object A handle from [safe_open()].
-#' @param ... Unused; for compatibility with [summary()].
+#' @param ... For `safe_summary()`, must be empty (an argument there is an
+#'   error of class `safetensors_error_invalid_argument` naming it); for
+#'   `summary()`, unused.
 #' @return An object of class `safetensors_summary`: a list with `label`
 #'   (the file), `tensors`, `parameters` and `bytes` (totals), `by_dtype`
 #'   and `by_module` (data frames with columns `dtype` or `module`,
@@ -208,7 +221,9 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' s$by_module
 #' safe_summary(f, depth = 2)$by_module$module
 #' unlink(f)
-safe_summary <- function(path, depth = 1) {
+safe_summary <- function(path, depth = 1, ...) {
+  check_required(path)
+  check_dots_empty(...)
   if (!(is.numeric(depth) && length(depth) == 1 && !is.na(depth) && depth >= 1 && depth == trunc(depth))) {
     st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {value_friendly(depth)}.")
   }
@@ -269,7 +284,7 @@ module_of <- function(names, depth) {
 }
 
 #' @export
-format.safetensors_summary <- function(x, ..., n = 20) {
+format.safetensors_summary <- function(x, ..., n = 20, width = getOption("width", 80)) {
   plural <- function(k, what) sprintf("%s %s%s", format_count(k), what, if (k == 1) "" else "s")
   table <- function(df, key) {
     shown <- df[seq_len(min(n, nrow(df))), , drop = FALSE]
@@ -281,7 +296,9 @@ format.safetensors_summary <- function(x, ..., n = 20) {
         vapply(shown$parameters, format_count, character(1)),
         vapply(shown$bytes, format_bytes, character(1))
       ),
-      right = c(FALSE, TRUE, TRUE, TRUE)
+      right = c(FALSE, TRUE, TRUE, TRUE),
+      width = width,
+      shrink = c(TRUE, FALSE, FALSE, FALSE)
     )
     if (nrow(df) > n) {
       lines <- c(lines, sprintf("  # ... and %d more", nrow(df) - n))
@@ -289,6 +306,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
     lines
   }
   label <- if (x$label %in% c("<raw vector>", "<connection>")) x$label else basename(x$label)
+  label <- truncate_middle(label, max(12, width - nchar("<safetensors_summary> ")))
   lines <- c(
     paste0("<safetensors_summary> ", label),
     if (!is.null(x$origin)) paste("From", describe_origin(x$origin)),
@@ -306,7 +324,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
     )
   }
   if (length(x$metadata) > 0) {
-    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata))
+    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata, width))
   }
   lines
 }

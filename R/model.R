@@ -111,11 +111,10 @@
 #'   into new torch tensors; `vignette("torch", package = "safetensors")`.
 #' @export
 #' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
-#' library(torch)
-#' net <- nn_module(
+#' net <- torch::nn_module(
 #'   initialize = function() {
-#'     self$embed <- nn_embedding(10, 4)
-#'     self$out <- nn_linear(4, 10, bias = FALSE)
+#'     self$embed <- torch::nn_embedding(10, 4)
+#'     self$out <- torch::nn_linear(4, 10, bias = FALSE)
 #'     self$out$weight <- self$embed$weight # tied
 #'   },
 #'   forward = function(x) self$out(self$embed(x))
@@ -128,15 +127,18 @@
 #'
 #' model <- net()
 #' safe_load_model(model, path)
-#' torch_equal(model(torch_tensor(1:3)), trained(torch_tensor(1:3)))
+#' x <- torch::torch_tensor(1:3)
+#' torch::torch_equal(model(x), trained(x))
 #'
 #' # Names the module and the file don't share
-#' other <- nn_linear(4, 10)
+#' other <- torch::nn_linear(4, 10)
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
 #' unlink(path)
 safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap", "read")) {
-  check_dots_empty_st(...)
+  check_required(model)
+  check_required(path)
+  check_dots_empty(..., .example = "strict = FALSE")
   check_torch_module(model)
   check_bool(strict)
   backend <- arg_choice(backend, c("mmap", "read"))
@@ -155,11 +157,9 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap",
 #' @rdname safe_load_model
 #' @export
 safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = NULL, sync = TRUE) {
-  check_dots_empty_st(
-    ...,
-    .example = "metadata = list(format = \"pt\")",
-    .formals = c("metadata", "max_shard_size", "sync")
-  )
+  check_required(model)
+  check_required(path)
+  check_dots_empty(..., .example = "metadata = list(format = \"pt\")")
   check_torch_module(model)
   check_string(path)
   check_not_hf(path)
@@ -196,38 +196,6 @@ safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = 
   }
   save_spec_file(spec, path, sync)
   invisible(path)
-}
-
-# `...` of safe_load_model() and safe_save_model() exists so that the
-# arguments after it are named; anything in it is a mistake. `.example` is
-# a named argument of the caller, shown for unnamed ones; an unknown name
-# close to one of `.formals` gets a suggestion. (The dotted names keep a
-# caller's `...` from matching these arguments.)
-check_dots_empty_st <- function(..., .example = "strict = FALSE", .formals = character(), .call = parent.frame()) {
-  if (...length() == 0) {
-    return(invisible())
-  }
-  nms <- names(list(...)) %||% rep("", ...length())
-  named <- nms[nms != ""]
-  n_unnamed <- sum(nms == "")
-  example <- .example
-  meant <- character()
-  for (a in named) {
-    guess <- closest_name(a, .formals)
-    if (!is.null(guess)) {
-      meant <- c(meant, i = sprintf("Did you mean {.arg %s} instead of {.arg %s}?", guess, cli_escape(a)))
-    }
-  }
-  st_abort(
-    "invalid_argument",
-    c(
-      "{.arg ...} must be empty.",
-      x = if (length(named) > 0) "Unknown argument{?s}: {.arg {named}}.",
-      x = if (n_unnamed > 0) "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code {example}}.",
-      meant
-    ),
-    call = .call
-  )
 }
 
 # torch and LibTorch installed, and `model` a module.

@@ -33,11 +33,16 @@
 #'   `safetensors.progress_group_bytes` of tensors show a progress bar once
 #'   they have run for two seconds (cli's option `cli.progress_show_after`).
 #'   Default `TRUE`. The bar is shown only in interactive sessions, never in
-#'   knitr documents or testthat tests (see [rlang::is_interactive()]); set
-#'   the option to `FALSE` to never show it. With a bar, a load reads the
-#'   tensors in groups and a save writes them a group at a time, so that
-#'   the bar moves; the results are the same, and Ctrl-C interrupts either
-#'   (a save interrupted leaves no partial file).
+#'   knitr documents or testthat tests (see [rlang::is_interactive()]), and
+#'   only where it can be redrawn in place and removed when done: in a
+#'   terminal or RStudio's console ([cli::is_dynamic_tty()]; elsewhere,
+#'   such as output to a file, each update would stay behind as a line of
+#'   its own). Set the option to `FALSE` to never show it. With a bar, a
+#'   load reads the data in groups of bytes (whole tensors together, or rows
+#'   of a large one) and a save writes a group at a time, so that the bar
+#'   moves over the bytes, within a large tensor too; the results are the
+#'   same, and Ctrl-C interrupts either (a save interrupted leaves no
+#'   partial file).
 #' * `safetensors.progress_group_bytes`: the size in bytes of those groups,
 #'   and so how often the bar moves: a number of at least 1. Default
 #'   `64 * 2^20` (64 MiB). Loads and saves of less than one group show no

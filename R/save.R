@@ -126,9 +126,11 @@
 #' [safe_open()], [safe_load_file()], [safe_info()] and [safe_metadata()]
 #' read a checkpoint from its index or its folder.
 #' @section Progress:
-#' In an interactive session, saving more than 64 MiB of tensors to a file
-#' shows a progress bar once it has taken two seconds; option
-#' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
+#' In an interactive session whose output can redraw it (a terminal,
+#' RStudio), saving more than 64 MiB of tensors to a file shows a progress
+#' bar over the bytes written once it has taken two seconds, and removes it
+#' when done; option `safetensors.progress = FALSE` turns it off (see
+#' [safetensors-package]).
 #' @seealso [safe_load_file()]
 #' @export
 #' @examples
@@ -155,7 +157,12 @@
 #' unlink(dir, recursive = TRUE)
 safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sync = TRUE,
                            max_shard_size = NULL) {
-  check_save_dots(..., formals = c("tensors", "path", "metadata", "dtype", "sync", "max_shard_size"))
+  check_required(tensors)
+  check_required(path)
+  # `...` exists for safetensors 0.2.x, whose writers accepted and ignored
+  # arguments such as `framework`; anything else is a mistake (a misspelled
+  # `metdata =` would otherwise write the file without its metadata).
+  check_dots_empty(..., .allow = "framework", .example = "dtype = \"F32\"")
   check_not_hf(path)
   check_bool(sync)
   spec <- tensor_spec(tensors, dtype, metadata)
@@ -196,30 +203,7 @@ save_spec_file <- function(spec, path, sync) {
 #' @rdname safe_save_file
 #' @export
 safe_serialize <- function(tensors, ..., metadata = NULL, dtype = NULL) {
-  check_save_dots(..., formals = c("tensors", "metadata", "dtype"))
+  check_required(tensors)
+  check_dots_empty(..., .allow = "framework", .example = "dtype = \"F32\"")
   write_spec(tensor_spec(tensors, dtype, metadata), "raw")
-}
-
-# `...` exists for safetensors 0.2.x, whose writers accepted and ignored
-# arguments such as `framework`; anything else is a mistake (a misspelled
-# `metdata =` would otherwise write the file without its metadata).
-check_save_dots <- function(..., formals, call = parent.frame()) {
-  nms <- names(list(...)) %||% rep("", ...length())
-  unknown <- nms[nms != "framework"]
-  if (length(unknown) == 0) {
-    return(invisible())
-  }
-  named <- unknown[unknown != ""]
-  n_unnamed <- sum(unknown == "")
-  message <- if (length(named) > 0) "Unknown argument{?s} in {.arg ...}: {.arg {named}}." else "{.arg ...} must be empty."
-  if (n_unnamed > 0) {
-    message <- c(message, x = "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code dtype = \"F32\"}.")
-  }
-  for (a in named) {
-    guess <- closest_name(a, formals)
-    if (!is.null(guess)) {
-      message <- c(message, i = sprintf("Did you mean {.arg %s} instead of {.arg %s}?", guess, cli_escape(a)))
-    }
-  }
-  st_abort("invalid_argument", message, call = call)
 }

@@ -14,44 +14,67 @@ is_index_path <- function(path) {
 }
 
 # The file a folder stands for (checkpoint_in()): its shard index, else its
-# single file. Any other `path` is returned as it is.
+# single file. Any other `path` is returned as it is. A folder with none of
+# these, or with several indexes or files and none of the usual names, is an
+# error that names them.
 resolve_folder <- function(path, call = parent.frame()) {
   if (!is_string(path) || !dir.exists(path)) {
     return(path)
   }
   files <- list.files(path)
-  found <- checkpoint_in(files[!dir.exists(file.path(path, files))])
-  if (is.null(found)) {
+  files <- files[!dir.exists(file.path(path, files))]
+  found <- checkpoint_in(files)
+  if (!is.null(found)) {
+    return(file.path(path, found))
+  }
+  indexes <- grep("\\.safetensors\\.index\\.json$", files, value = TRUE)
+  files <- grep("\\.safetensors$", files, value = TRUE)
+  rule <- paste(
+    "A folder is read from its {.file model.safetensors.index.json} or its only shard index,",
+    "else its {.file model.safetensors}, else its only {.file .safetensors} file",
+    "(diffusers' {.file diffusion_pytorch_model} names too)."
+  )
+  if (length(indexes) == 0 && length(files) == 0) {
     st_abort(
       "file_not_found",
-      c(
-        "Can't read the folder {.file {path}}: it holds no checkpoint.",
-        i = "A folder is read from its {.file model.safetensors.index.json} or its {.file model.safetensors}."
-      ),
+      c("Can't read the folder {.file {path}}: it holds no {.file .safetensors} file and no shard index.", i = rule),
       call = call
     )
   }
-  file.path(path, found)
+  # Several candidates and none of the usual names: the user chooses.
+  head <- if (length(indexes) > 1) {
+    shown <- indexes
+    "it holds {length(shown)} shard indexes, none named {.file model.safetensors.index.json}."
+  } else {
+    shown <- files
+    "it holds {length(shown)} {.file .safetensors} files, none named {.file model.safetensors}, and no shard index."
+  }
+  st_abort(
+    "file_not_found",
+    c(
+      paste("Can't read the folder {.file {path}}:", head),
+      x = "{cli::qty(length(shown))}{?It/They} {?is/are} {.file {shown}}.",
+      i = "Give the path of the one to read, such as {.file {file.path(path, shown[[1]])}}.",
+      i = rule
+    ),
+    call = call
+  )
 }
 
 # The checkpoint among the names of a folder's `files`: the shard index
 # model.safetensors.index.json (or diffusers'
-# diffusion_pytorch_model.safetensors.index.json, or the only
-# *.safetensors.index.json), else model.safetensors (or
-# diffusion_pytorch_model.safetensors, or the only *.safetensors); NULL if
-# none.
+# diffusion_pytorch_model.safetensors.index.json), else the only
+# *.safetensors.index.json, else model.safetensors (or
+# diffusion_pytorch_model.safetensors), else, when there is no index, the
+# only *.safetensors; NULL if none of these.
 checkpoint_in <- function(files) {
-  pick <- function(usual, pattern) {
-    for (f in usual) {
-      if (f %in% files) {
-        return(f)
-      }
-    }
-    found <- grep(pattern, files, value = TRUE)
-    if (length(found) == 1) found
-  }
-  pick(c("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"), "\\.safetensors\\.index\\.json$") %||%
-    pick(c("model.safetensors", "diffusion_pytorch_model.safetensors"), "\\.safetensors$")
+  first <- function(x) if (length(x) > 0) x[[1]]
+  indexes <- grep("\\.safetensors\\.index\\.json$", files, value = TRUE)
+  singles <- grep("\\.safetensors$", files, value = TRUE)
+  first(intersect(c("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"), files)) %||%
+    (if (length(indexes) == 1) indexes) %||%
+    first(intersect(c("model.safetensors", "diffusion_pytorch_model.safetensors"), files)) %||%
+    (if (length(indexes) == 0 && length(singles) == 1) singles)
 }
 
 # A path as the Rust core takes it: `~` expanded, in UTF-8.

@@ -124,8 +124,8 @@ str.safetensors_tensors <- function(object, ...) {
 }
 
 #' @export
-print.safetensors_tensors <- function(x, ..., n = 20) {
-  cat(format_loaded(x, n = n), sep = "\n")
+print.safetensors_tensors <- function(x, ..., n = 20, width = getOption("width", 80)) {
+  cat(format_loaded(x, n = n, width = width), sep = "\n")
   invisible(x)
 }
 
@@ -141,11 +141,16 @@ format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
     nms <- names(x) %||% rep("", k)
     about <- lapply(show, function(i) describe_tensor(.subset2(x, i)))
     cols <- list(
-      c("name", ifelse(nms[show] == "", "\"\"", encodeString(nms[show]))),
-      c("dtype", vapply(about, `[[`, "", "dtype")),
-      c("shape", vapply(about, `[[`, "", "shape"))
+      ifelse(nms[show] == "", "\"\"", encodeString(nms[show])),
+      vapply(about, `[[`, "", "dtype"),
+      vapply(about, `[[`, "", "shape")
     )
-    lead <- paste0("  ", do.call(paste, c(lapply(cols, format), sep = "  ")), "  ")
+    # Long names are cut in the middle to leave the values some room.
+    fit <- fit_columns(
+      c("name", "dtype", "shape"), cols,
+      width = width - max(10, width %/% 4), shrink = c(TRUE, FALSE, FALSE), drop = FALSE
+    )
+    lead <- paste0("  ", do.call(paste, c(fit$cells, sep = "  ")), "  ")
     # The values go after the other columns, in the space left.
     values <- vapply(seq_along(show), function(i) {
       fit_values(about[[i]]$values, about[[i]]$more, width - nchar(lead[[i + 1]], "width"))
@@ -158,7 +163,8 @@ format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
   }
   about <- describe_header(x)
   if (!is.null(about)) {
-    lines <- c(lines, paste0("attr(,\"metadata\"): ", about))
+    # Wrapped to fit (strwrap() keeps lines shorter than its width).
+    lines <- c(lines, strwrap(paste0("attr(,\"metadata\"): ", about), width + 1, exdent = 2))
   }
   max_offset <- attr(x, "max_offset", exact = TRUE)
   if (!is.null(max_offset)) {

@@ -39,14 +39,7 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
       call = call
     )
   }
-  dup <- unique(nms[duplicated(nms)])
-  if (length(dup) > 0) {
-    st_abort(
-      "duplicate_name",
-      c("Each tensor name must be unique.", x = "Repeated: {.val {dup}}."),
-      call = call
-    )
-  }
+  check_unique(nms, "duplicate_name", "Each tensor name must be unique.", call)
   if ("__metadata__" %in% nms) {
     st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
   }
@@ -207,6 +200,24 @@ framework_bytes <- function(spec, i, call, size = NULL) {
   bytes
 }
 
+# The message of a conversion error about a double the dtype can't hold,
+# with the value named as R names it: the core sees R's `NA` as the NaN it
+# is (a NaN with a payload), and says "value NaN: it is out of range" of
+# both, while an `NA` (or `NaN`) is not a number out of range but one the
+# dtype has no code for. Other messages are returned as they are.
+name_missing_value <- function(message, x, dtype) {
+  at <- regmatches(message, regexec("element ([0-9]+) of tensor .*[(]value NaN[)]: ", message))[[1]]
+  if (length(at) == 0 || !is.double(x) || is_integer64(x)) {
+    return(message)
+  }
+  v <- x[[as.numeric(at[[2]])]]
+  if (!is.na(v)) {
+    return(message)
+  }
+  value <- if (is.nan(v)) "NaN" else "NA"
+  sub("[(]value NaN[)]: .*$", sprintf("(value %s): %s can't be stored as %s", value, value, dtype), message)
+}
+
 # Writes the tensors `spec` describes `to` a "file" (`target`, a path,
 # written atomically; `sync`: flushed to disk first), a "raw" vector
 # (returned) or a "connection" (`target`; opened, if it is not, once the
@@ -226,6 +237,9 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
     }
     what <- if (to == "raw") "Can't serialize the tensors." else sprintf("Can't write %s.", describe_source(label))
     k <- match(res$tensor, spec$names)
+    if (identical(res$kind, "conversion") && !is.na(k) && spec$kinds[[k]] == "values") {
+      res$message <- name_missing_value(res$message, spec$tensors[[k]], spec$dtypes[[k]])
+    }
     if (identical(res$kind, "conversion") && !is.na(k) && spec$exact[[k]]) {
       # The dtype came from the tensor's attribute, not from the caller.
       name <- spec$names[[k]]

@@ -186,3 +186,10 @@ test_that("a server that doesn't answer times out; one that doesn't listen fails
   expect_identical(cnd$status, NA_integer_)
   expect_error(http_fetch("http:///x", 0, 9), class = "safetensors_error_http")
 })
+
+test_that("a bad HTTP option quotes the value given", {
+  withr::local_options(safetensors.http_timeout = -1)
+  expect_snapshot(error = TRUE, http_timeout(NULL))
+  withr::local_options(safetensors.http_timeout = "30")
+  expect_snapshot(error = TRUE, http_timeout(NULL))
+})

@@ -459,7 +459,7 @@ test_that("the int64 and uint8 choices reach every load path", {
       # The progress bar's path reads through a handle.
       withr::local_options(
         rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 10,
-        cli.progress_show_after = 0, cli.dynamic = FALSE
+        cli.progress_show_after = 0, cli.dynamic = TRUE
       )
       withr::local_message_sink(withr::local_tempfile())
       same(safe_load_file(path, int64 = int64, uint8 = "raw"), "progress")
@@ -508,4 +508,12 @@ test_that("int64 = \"integer64\" without bit64 is a classed error saying how to 
   expect_snapshot(error = TRUE, safe_load_file(path, int64 = "integer64"))
   # The other choices don't need it.
   expect_no_error(safe_load_file(path, int64 = "character"))
+})
+
+test_that("`tensors` must name each tensor once", {
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  expect_error(safe_load_file(p, tensors = c("bias", "bias")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_deserialize(read_bytes(p), tensors = c("bias", "step", "bias")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(p, tensors = c("bias", "bias"), framework = "raw"), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, safe_load_file(p, tensors = c("bias", "step", "bias", "step", "weight")))
 })

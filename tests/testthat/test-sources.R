@@ -190,3 +190,30 @@ test_that("a folder's checkpoint: its index, else its single file, diffusers' na
   dir.create(file.path(dir, "sub.safetensors"))
   expect_identical(as.vector(safe_load_file(dir)$x), 1:3)
 })
+
+test_that("a folder is read from its index or its only file, else the error names what it holds", {
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  dir <- withr::local_tempdir()
+  label <- function(x) gsub(dir, "<dir>", x, fixed = TRUE)
+  expect_snapshot(error = TRUE, safe_load_file(dir), transform = label)
+  # One file of any name is the checkpoint.
+  file.copy(p, file.path(dir, "weights.safetensors"))
+  writeLines("{}", file.path(dir, "config.json"))
+  expect_identical(resolve_folder(dir), file.path(dir, "weights.safetensors"))
+  expect_identical(safe_load_file(dir), safe_load_file(p))
+  # Two, and none is model.safetensors: the user chooses.
+  file.copy(p, file.path(dir, "other.safetensors"))
+  expect_error(safe_open(dir), class = "safetensors_error_file_not_found")
+  expect_snapshot(error = TRUE, safe_info(dir), transform = label)
+  file.copy(p, file.path(dir, "model.safetensors"))
+  expect_identical(resolve_folder(dir), file.path(dir, "model.safetensors"))
+  # Indexes come first; two of them with none the usual name are an error.
+  sub <- file.path(dir, "sub")
+  dir.create(sub)
+  writeLines("{}", file.path(sub, "a.safetensors.index.json"))
+  writeLines("{}", file.path(sub, "b.safetensors.index.json"))
+  file.copy(p, file.path(sub, "x.safetensors"))
+  expect_snapshot(error = TRUE, safe_metadata(sub), transform = label)
+  unlink(file.path(sub, "b.safetensors.index.json"))
+  expect_identical(resolve_folder(sub), file.path(sub, "a.safetensors.index.json"))
+})

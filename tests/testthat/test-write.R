@@ -89,7 +89,7 @@ test_that("a connection gets nothing when a value can't be converted", {
 test_that("a save's progress bar moves within one large tensor", {
   withr::local_options(
     rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 2^20,
-    cli.progress_show_after = 0, cli.dynamic = FALSE
+    cli.progress_show_after = 0, cli.dynamic = TRUE
   )
   withr::local_message_sink(withr::local_tempfile())
   path <- withr::local_tempfile(fileext = ".safetensors")
@@ -101,4 +101,18 @@ test_that("a save's progress bar moves within one large tensor", {
   safe_save_file(x, path)
   expect_gte(updates, 4)
   expect_identical(safe_load_file(path)$w, structure(x$w, dtype = "F64"))
+})
+
+test_that("NA and NaN in doubles are named as such when a dtype has no code for them", {
+  expect_snapshot(error = TRUE, {
+    safe_serialize(list(x = c(1, NA)), dtype = "I32")
+    safe_serialize(list(x = matrix(c(1, 2, NaN, 4), 2)), dtype = "I16")
+    safe_serialize(list(x = c(0.5, NA)), dtype = "F4")
+    safe_serialize(list(x = c(1, NA)), dtype = "BOOL")
+    safe_serialize(list(x = c(1L, NA)), dtype = "I32")
+    safe_serialize(list(x = c(1, 300)), dtype = "U8")
+  })
+  expect_identical(name_missing_value("other message", c(1, NA), "I32"), "other message")
+  expect_identical(name_missing_value("element 1 of tensor `x` (value NaN): it is out of range for I32", 1, "I32"),
+    "element 1 of tensor `x` (value NaN): it is out of range for I32")
 })

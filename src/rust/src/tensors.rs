@@ -598,7 +598,9 @@ fn read_result(
 /// from a source that is fetched rather than read (a file over HTTP): the
 /// R vectors are allocated first, each piece is read into them as it
 /// comes, and [`Loader::finish`] returns what [`read_tensors`] would have.
-/// Only one piece of the source is in memory at a time.
+/// Only one piece of the source is in memory at a time. A local file is
+/// read in the same pieces ([`Loader::read_piece`]) when R moves a progress
+/// bar between them.
 pub struct Loader {
     /// `None` once finished.
     tensors: Option<Tensors>,
@@ -653,6 +655,25 @@ impl Loader {
     /// Reads piece `p` (counted over all fetches, from 0), whose bytes are
     /// `bytes`, into the tensors, on up to `threads` threads.
     pub fn feed(&mut self, p: usize, bytes: &[u8], threads: usize) -> Result<()> {
+        if self
+            .pieces
+            .get(p)
+            .is_some_and(|piece| bytes.len() != piece.len)
+        {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: the piece's bytes don't match it",
+            ));
+        }
+        let off = self.pieces.get(p).map_or(0, |piece| piece.off);
+        let src = Segments::new(self.file_len, vec![(off, bytes)])?;
+        self.read_piece(p, &src, threads)
+    }
+
+    /// Reads piece `p` (counted over all fetches, from 0) from `src`, which
+    /// holds at least its bytes (the whole file, for a local read in
+    /// pieces), into the tensors, on up to `threads` threads.
+    pub fn read_piece(&mut self, p: usize, src: &dyn Source, threads: usize) -> Result<()> {
         let internal = |m: &str| Error::new(Kind::InvalidArgument, format!("internal error: {m}"));
         let Some(tensors) = &self.tensors else {
             return Err(internal("the read is finished"));
@@ -660,10 +681,9 @@ impl Loader {
         let Some(piece) = self.pieces.get(p) else {
             return Err(internal("no such piece"));
         };
-        if bytes.len() != piece.len || self.done[p] {
-            return Err(internal("the piece's bytes don't match it"));
+        if self.done[p] {
+            return Err(internal("the piece was read already"));
         }
-        let src = Segments::new(self.file_len, vec![(piece.off, bytes)])?;
         let mut slots = Vec::new();
         let mut tasks = Vec::new();
         for (k, (info, &pos)) in self.infos.iter().zip(&self.positions).enumerate() {
@@ -679,7 +699,7 @@ impl Loader {
             });
             slots.push(k);
         }
-        let stats = read::read_tasks(&src, &tasks, threads, &mut check_interrupt_now)?;
+        let stats = read::read_tasks(src, &tasks, threads, &mut check_interrupt_now)?;
         for (k, s) in slots.into_iter().zip(stats) {
             self.stats[k] = self.stats[k].merge(s);
         }
