@@ -623,10 +623,11 @@ format.safetensors_file <- function(x, ..., n = 20, width = getOption("width", 8
     length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src
   )
   origin <- attr(x, "origin")
-  # Wrapped to fit (strwrap() keeps lines shorter than its width).
+  # Wrapped to fit (strwrap() keeps lines shorter than its width); the
+  # origin is a path to copy, so it stays whole.
   lines <- c(
     head,
-    if (!is.null(origin)) strwrap(paste("From", describe_origin(origin)), width + 1, exdent = 2),
+    if (!is.null(origin)) paste("From", describe_origin(origin)),
     strwrap(about, width + 1, exdent = 2)
   )
   if (length(nms) > 0) {

@@ -201,7 +201,7 @@ test_that("a progress bar moves over the bytes", {
   dest <- file.path(withr::local_tempdir(), "f.bin")
   withr::local_options(
     rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 1,
-    cli.progress_show_after = 0, cli.dynamic = FALSE
+    cli.progress_show_after = 0, cli.dynamic = TRUE
   )
   sink <- withr::local_tempfile()
   withr::with_message_sink(sink, {
