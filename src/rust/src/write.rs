@@ -23,7 +23,9 @@ use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::TensorSpec;
 use safetensors_core::write::{FileSink, Input, MemSink, Writer};
 
-use crate::robj::{alloc, check_interrupt_now, named_list, raw_bytes, slice_of, threads_from_r, to_r, vec_data};
+use crate::robj::{
+    alloc, check_interrupt_now, named_list, raw_bytes, slice_of, threads_from_r, to_r, vec_data,
+};
 
 /// Where a writer's file goes.
 enum Out {
@@ -43,7 +45,9 @@ pub struct SaveHandle {
 }
 
 /// Positions of the description's fields (R/write.R builds it).
-const FIELDS: [&str; 7] = ["tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata"];
+const FIELDS: [&str; 8] = [
+    "tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata", "from",
+];
 
 fn field(spec: &List, i: usize) -> Result<Robj> {
     let named = spec.names().and_then(|mut names| names.nth(i)) == Some(FIELDS[i]);
@@ -54,19 +58,38 @@ fn field(spec: &List, i: usize) -> Result<Robj> {
 }
 
 fn malformed() -> Error {
-    Error::new(Kind::InvalidArgument, "internal error: malformed tensor description")
+    Error::new(
+        Kind::InvalidArgument,
+        "internal error: malformed tensor description",
+    )
 }
 
 fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
-    let bad = || Error::tensor(Kind::InvalidArgument, name, format!("the shape of tensor `{name}` is invalid"));
+    let bad = || {
+        Error::tensor(
+            Kind::InvalidArgument,
+            name,
+            format!("the shape of tensor `{name}` is invalid"),
+        )
+    };
     let v: Vec<f64> = if let Some(v) = x.as_real_slice() {
         v.to_vec()
     } else if let Some(v) = x.as_integer_slice() {
-        v.iter().map(|&d| if d == i32::MIN { -1.0 } else { d as f64 }).collect()
+        v.iter()
+            .map(|&d| if d == i32::MIN { -1.0 } else { d as f64 })
+            .collect()
     } else {
         return Err(bad());
     };
-    v.iter().map(|&d| if d >= 0.0 && d.fract() == 0.0 && d < 2f64.powi(63) { Ok(d as usize) } else { Err(bad()) }).collect()
+    v.iter()
+        .map(|&d| {
+            if d >= 0.0 && d.fract() == 0.0 && d < 2f64.powi(63) {
+                Ok(d as usize)
+            } else {
+                Err(bad())
+            }
+        })
+        .collect()
 }
 
 /// A file's metadata: `(key, value)` pairs.
@@ -86,18 +109,33 @@ fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Metadata>)> {
     let mut specs = Vec::with_capacity(names.len());
     for ((name, dtype), shape) in names.iter().zip(&dtypes).zip(shapes.values()) {
         let Some(dt) = Dtype::from_name(dtype) else {
-            return Err(Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{dtype}`")));
+            return Err(Error::tensor(
+                Kind::InvalidArgument,
+                name,
+                format!("unknown dtype `{dtype}`"),
+            ));
         };
-        specs.push(TensorSpec { name: name.to_string(), dtype: dt, shape: shape_of(&shape, name)? });
+        specs.push(TensorSpec {
+            name: name.to_string(),
+            dtype: dt,
+            shape: shape_of(&shape, name)?,
+        });
     }
     let meta = field(spec, 6)?;
     let metadata = if meta.is_null() {
         None
     } else {
         let (Some(values), Some(keys)) = (meta.as_str_vector(), meta.names()) else {
-            return Err(Error::new(Kind::InvalidArgument, "`metadata` must be a named character vector"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "`metadata` must be a named character vector",
+            ));
         };
-        Some(keys.zip(values).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Some(
+            keys.zip(values)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     };
     Ok((specs, metadata))
 }
@@ -127,37 +165,76 @@ fn int64_of(x: &Robj) -> Option<Src<'_>> {
     // keeps the vector alive for the borrow.
     unsafe {
         let v: &[f64] = slice_of(x.get(), extendr_ffi::SEXPTYPE::REALSXP)?;
-        Some(Src::Int64(std::slice::from_raw_parts(v.as_ptr() as *const i64, v.len())))
+        Some(Src::Int64(std::slice::from_raw_parts(
+            v.as_ptr() as *const i64,
+            v.len(),
+        )))
     }
 }
 
-/// Each tensor's input, from the description's `tensors`, `kinds` and
-/// `exact`: `"values"` (an R vector to convert, rounded to nearest or, where
-/// `exact`, written only if the dtype holds every value exactly),
-/// `"integer64"` (bit64's integer64, converted from its int64 values),
-/// `"bytes"` (a raw vector of the bytes as stored) or `"later"` (bytes R
-/// puts when the tensor's turn comes). `values` must outlive the inputs.
-fn inputs_of<'a>(values: &'a [Robj], kinds: &[&str], exact: &[Rbool], names: &[String]) -> Result<Vec<Input<'a>>> {
+/// Each tensor's input, from the description's `tensors`, `kinds`,
+/// `exact` and `from`: `"values"` (an R vector to convert, rounded to
+/// nearest or, where `exact`, written only if the dtype holds every value
+/// exactly), `"integer64"` (bit64's integer64, converted from its int64
+/// values, the same way), `"bytes"` (a raw vector of the bytes as stored in
+/// dtype `from`) or `"later"` (bytes of dtype `from` that R puts when the
+/// tensor's turn comes). `values` must outlive the inputs.
+fn inputs_of<'a>(
+    values: &'a [Robj],
+    kinds: &[&str],
+    exact: &[Rbool],
+    from: &[&str],
+    names: &[String],
+) -> Result<Vec<Input<'a>>> {
+    let dtype = |d: &str, name: &str| {
+        Dtype::from_name(d).ok_or_else(|| {
+            Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{d}`"))
+        })
+    };
     values
         .iter()
         .zip(kinds)
         .zip(exact)
+        .zip(from)
         .zip(names)
-        .map(|(((x, &kind), exact), name)| match kind {
-            "values" => {
-                let rounding = if exact.is_true() { Rounding::Exact } else { Rounding::Nearest };
-                src_of(x).map(|src| Input::Values(src, rounding)).ok_or_else(|| {
-                    Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not a vector"))
-                })
+        .map(|((((x, &kind), exact), &from), name)| {
+            let rounding = if exact.is_true() {
+                Rounding::Exact
+            } else {
+                Rounding::Nearest
+            };
+            match kind {
+                "values" => src_of(x)
+                    .map(|src| Input::Values(src, rounding))
+                    .ok_or_else(|| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("tensor `{name}` is not a vector"),
+                        )
+                    }),
+                "integer64" => int64_of(x)
+                    .map(|src| Input::Values(src, rounding))
+                    .ok_or_else(|| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("tensor `{name}` is not an integer64 vector"),
+                        )
+                    }),
+                "bytes" => {
+                    let from = dtype(from, name)?;
+                    raw_bytes(x).map(|b| Input::Bytes(b, from)).map_err(|_| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("the buffer of tensor `{name}` must be raw"),
+                        )
+                    })
+                }
+                "later" => Ok(Input::Later(dtype(from, name)?)),
+                _ => Err(malformed()),
             }
-            "integer64" => int64_of(x).map(|src| Input::Values(src, Rounding::Nearest)).ok_or_else(|| {
-                Error::tensor(Kind::InvalidArgument, name, format!("tensor `{name}` is not an integer64 vector"))
-            }),
-            "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
-                Error::tensor(Kind::InvalidArgument, name, format!("the buffer of tensor `{name}` must be raw"))
-            }),
-            "later" => Ok(Input::Later),
-            _ => Err(malformed()),
         })
         .collect()
 }
@@ -167,7 +244,10 @@ fn spec_of(w: &Robj) -> Result<List> {
     // SAFETY: `w` is an external pointer (checked by the caller through
     // `with_writer`); its protected slot is a list R/write.R stored.
     let slot = unsafe { Robj::from_sexp(R_ExternalPtrProtected(w.get())) };
-    let spec = List::try_from(&slot).ok().and_then(|l| l.elt(0).ok()).ok_or_else(malformed)?;
+    let spec = List::try_from(&slot)
+        .ok()
+        .and_then(|l| l.elt(0).ok())
+        .ok_or_else(malformed)?;
     List::try_from(&spec).map_err(|_| malformed())
 }
 
@@ -176,25 +256,40 @@ fn spec_of(w: &Robj) -> Result<List> {
 /// removed.
 fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>) -> Result<T> {
     let closed = || Error::new(Kind::Closed, "the file being written is closed");
-    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(w) else { return Err(closed()) };
-    let Ok(handle) = ptr.try_addr() else { return Err(closed()) };
+    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(w) else {
+        return Err(closed());
+    };
+    let Ok(handle) = ptr.try_addr() else {
+        return Err(closed());
+    };
     let Ok(mut state) = handle.state.try_borrow_mut() else {
         return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
     };
-    let Some(out) = state.as_mut() else { return Err(closed()) };
+    let Some(out) = state.as_mut() else {
+        return Err(closed());
+    };
     let spec = spec_of(w)?;
-    let values: Vec<Robj> = List::try_from(&field(&spec, 0)?).map_err(|_| malformed())?.values().collect();
+    let values: Vec<Robj> = List::try_from(&field(&spec, 0)?)
+        .map_err(|_| malformed())?
+        .values()
+        .collect();
     let kinds = field(&spec, 4)?;
     let exact = field(&spec, 5)?;
     let names = field(&spec, 1)?;
-    let (Some(kinds), Some(exact), Some(names)) = (kinds.as_str_vector(), exact.as_logical_slice(), names.as_string_vector())
-    else {
+    let from = field(&spec, 7)?;
+    let (Some(kinds), Some(exact), Some(names), Some(from)) = (
+        kinds.as_str_vector(),
+        exact.as_logical_slice(),
+        names.as_string_vector(),
+        from.as_str_vector(),
+    ) else {
         return Err(malformed());
     };
-    if kinds.len() != values.len() || exact.len() != values.len() || names.len() != values.len() {
+    let n = values.len();
+    if kinds.len() != n || exact.len() != n || names.len() != n || from.len() != n {
         return Err(malformed());
     }
-    let res = inputs_of(&values, &kinds, exact, &names).and_then(|inputs| f(out, &inputs));
+    let res = inputs_of(&values, &kinds, exact, &from, &names).and_then(|inputs| f(out, &inputs));
     if res.is_err() {
         // Dropping a file sink removes its temporary file.
         state.take();
@@ -216,7 +311,12 @@ fn writer_open_(spec: List, to: &str, path: &str, sync: bool, threads: i32) -> R
         let meta = metadata.as_deref();
         let mut raw: Robj = ().into();
         let out = match to {
-            "file" => Out::File(Writer::new(specs, meta, FileSink::create(Path::new(path), sync)?, threads)?),
+            "file" => Out::File(Writer::new(
+                specs,
+                meta,
+                FileSink::create(Path::new(path), sync)?,
+                threads,
+            )?),
             "stream" => Out::Stream(Writer::new(specs, meta, Vec::new(), threads)?),
             "raw" => {
                 // The size first, from a writer to nowhere (the header is
@@ -229,13 +329,24 @@ fn writer_open_(spec: List, to: &str, path: &str, sync: bool, threads: i32) -> R
                 // abort and the finalizer all take it out of the handle
                 // before the slot goes).
                 let bytes: &'static mut [u8] = unsafe {
-                    std::slice::from_raw_parts_mut(vec_data(raw.get(), extendr_ffi::SEXPTYPE::RAWSXP), probe.file_len())
+                    std::slice::from_raw_parts_mut(
+                        vec_data(raw.get(), extendr_ffi::SEXPTYPE::RAWSXP),
+                        probe.file_len(),
+                    )
                 };
                 Out::Raw(Writer::new(specs, meta, MemSink::new(bytes), threads)?)
             }
-            _ => return Err(Error::new(Kind::InvalidArgument, format!("unknown output `{to}`"))),
+            _ => {
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    format!("unknown output `{to}`"),
+                ))
+            }
         };
-        let ptr: Robj = ExternalPtr::new(SaveHandle { state: RefCell::new(Some(out)) }).into();
+        let ptr: Robj = ExternalPtr::new(SaveHandle {
+            state: RefCell::new(Some(out)),
+        })
+        .into();
         let keep: Robj = List::from_values([spec.into(), raw]).into();
         // SAFETY: both are valid R objects; the slot keeps the description
         // (whose vectors the writer reads at every call) and the raw
@@ -253,7 +364,13 @@ fn progress(out: &mut Out) -> Robj {
         Out::Raw(w) => (w.written(), w.current()),
         Out::Stream(w) => (w.written(), w.current()),
     };
-    named_list(&["written", "current"], vec![(written as f64).into(), (current.map_or(0, |i| i + 1) as f64).into()])
+    named_list(
+        &["written", "current"],
+        vec![
+            (written as f64).into(),
+            (current.map_or(0, |i| i + 1) as f64).into(),
+        ],
+    )
 }
 
 /// Writes the tensors whose values R holds, continuing where the writer
@@ -266,7 +383,11 @@ fn progress(out: &mut Out) -> Robj {
 fn writer_write_(w: Robj, budget: f64) -> Robj {
     to_r(with_writer(&w, |out, inputs| {
         // Inf: no limit; 0: nothing (the state only).
-        let budget = if budget >= usize::MAX as f64 { usize::MAX } else { budget.max(0.0) as usize };
+        let budget = if budget >= usize::MAX as f64 {
+            usize::MAX
+        } else {
+            budget.max(0.0) as usize
+        };
         let poll = &mut check_interrupt_now;
         match out {
             Out::File(w) => w.write(inputs, budget, poll)?,
@@ -289,21 +410,27 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64) -> Robj {
             Out::Raw(w) => w.current(),
             Out::Stream(w) => w.current(),
         };
-        if !matches!(current.map(|i| inputs[i]), Some(Input::Later)) {
+        let Some(Input::Later(from)) = current.map(|i| inputs[i]) else {
             return Err(Error::new(
                 Kind::InvalidArgument,
                 "internal error: bytes were given for a tensor the writer converts from its values",
             ));
-        }
+        };
         let all = raw_bytes(&bytes)?;
-        let Some(part) = (n >= 0.0 && n.fract() == 0.0).then_some(n as usize).and_then(|n| all.get(..n)) else {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: more bytes asked for than given"));
+        let Some(part) = (n >= 0.0 && n.fract() == 0.0)
+            .then_some(n as usize)
+            .and_then(|n| all.get(..n))
+        else {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: more bytes asked for than given",
+            ));
         };
         let poll = &mut check_interrupt_now;
         match out {
-            Out::File(w) => w.put(part, poll)?,
-            Out::Raw(w) => w.put(part, poll)?,
-            Out::Stream(w) => w.put(part, poll)?,
+            Out::File(w) => w.put(part, from, poll)?,
+            Out::Raw(w) => w.put(part, from, poll)?,
+            Out::Stream(w) => w.put(part, from, poll)?,
         };
         Ok(progress(out))
     }))
@@ -331,12 +458,18 @@ fn writer_take_(w: Robj) -> Robj {
 fn writer_commit_(w: Robj) -> Robj {
     to_r((|| {
         let closed = || Error::new(Kind::Closed, "the file being written is closed");
-        let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&w) else { return Err(closed()) };
-        let Ok(handle) = ptr.try_addr() else { return Err(closed()) };
+        let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&w) else {
+            return Err(closed());
+        };
+        let Ok(handle) = ptr.try_addr() else {
+            return Err(closed());
+        };
         let Ok(mut state) = handle.state.try_borrow_mut() else {
             return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
         };
-        let Some(out) = state.take() else { return Err(closed()) };
+        let Some(out) = state.take() else {
+            return Err(closed());
+        };
         match out {
             Out::File(w) => {
                 let size = w.file_len();
@@ -362,9 +495,15 @@ fn writer_commit_(w: Robj) -> Robj {
 /// @noRd
 #[extendr]
 fn writer_abort_(w: Robj) -> Robj {
-    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&w) else { return false.into() };
-    let Ok(handle) = ptr.try_addr() else { return false.into() };
-    let Ok(mut state) = handle.state.try_borrow_mut() else { return false.into() };
+    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&w) else {
+        return false.into();
+    };
+    let Ok(handle) = ptr.try_addr() else {
+        return false.into();
+    };
+    let Ok(mut state) = handle.state.try_borrow_mut() else {
+        return false.into();
+    };
     state.take().is_some().into()
 }
 

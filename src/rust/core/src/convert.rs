@@ -840,6 +840,18 @@ impl Num {
         }
     }
 
+    /// The value as a double for a dtype narrower than F64: an integer
+    /// beyond 2^53 is rounded to odd, so that rounding the double again to
+    /// the dtype (24 bits of precision at most) is rounding the integer
+    /// itself to nearest, not twice.
+    #[inline(always)]
+    fn real_narrow(self) -> Option<f64> {
+        match self {
+            Num::I(i) if i.unsigned_abs() > 1 << 53 => Some(round_to_odd(i)),
+            _ => self.real(),
+        }
+    }
+
     /// The value as an integer, if it is a whole number.
     #[inline(always)]
     fn int(self) -> Option<i128> {
@@ -848,6 +860,24 @@ impl Num {
             Num::I(i) => Some(i as i128),
             _ => None,
         }
+    }
+}
+
+/// `i` as a double rounded to odd: truncated to 53 significant bits, the
+/// last of them set if any bit was cut off.
+fn round_to_odd(i: i64) -> f64 {
+    let a = i.unsigned_abs();
+    let shift = (64 - a.leading_zeros()).saturating_sub(53);
+    let kept = a >> shift << shift;
+    // `kept` has at most 53 significant bits: the conversion is exact.
+    let mut x = kept as f64;
+    if kept != a {
+        x = f64::from_bits(x.to_bits() | 1);
+    }
+    if i < 0 {
+        -x
+    } else {
+        x
     }
 }
 
@@ -896,6 +926,7 @@ fn same(back: f64, v: f64) -> bool {
 pub fn fits_rounded(dtype: Dtype, v: Num) -> bool {
     let src_one: [f64; 1];
     let ints: [i32; 1];
+    let int64s: [i64; 1];
     let src = match v {
         Num::F(x) => {
             src_one = [x];
@@ -906,7 +937,10 @@ pub fn fits_rounded(dtype: Dtype, v: Num) -> bool {
                 ints = [i];
                 Src::Integer(&ints)
             }
-            Err(_) => return false,
+            Err(_) => {
+                int64s = [i];
+                Src::Int64(&int64s)
+            }
         },
         _ => return false,
     };
@@ -932,20 +966,12 @@ pub enum EncodeError {
     Mismatch,
 }
 
+/// `v` in integer type `T` if it is a whole number `T` holds. Nothing
+/// saturates: 2^63 is not I64's largest value (2^63 - 1, which no double
+/// holds), so it is out of range, as 2^64 is for U64.
 #[inline(always)]
 fn int_in<T: TryFrom<i128>>(v: Num) -> Option<T> {
     v.int().and_then(|i| T::try_from(i).ok())
-}
-
-/// Like [`int_in`] for the 64-bit types, whose largest value has no double:
-/// the double just above it (2^63 or 2^64, what reading that largest value
-/// gives) saturates to it, so loaded extremes can be saved back.
-#[inline(always)]
-fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Option<T> {
-    match v {
-        Num::F(x) if x == max_plus_one => Some(max),
-        _ => int_in(v),
-    }
 }
 
 /// Encodes outer rows `[row0, row1)` of a tensor whose values are `src`
@@ -1174,7 +1200,7 @@ fn encode_generic(
     }
     match dtype {
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
-        Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
+        Dtype::F32 => run!(4, |v| v.real_narrow().and_then(|x| {
             let f = narrow_f32(x);
             let fits = if exact { same(f as f64, x) } else { f.is_finite() || !x.is_finite() };
             fits.then(|| f.to_le_bytes())
@@ -1183,16 +1209,16 @@ fn encode_generic(
             let Some(c) = floats::codec(dtype) else {
                 return false;
             };
-            run!(2, |v| v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| (b as u16).to_le_bytes()))
+            run!(2, |v| v.real_narrow().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| (b as u16).to_le_bytes()))
         }
         Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E4M3Fnuz | Dtype::F8E5M2Fnuz => {
             let Some(c) = floats::codec(dtype) else {
                 return false;
             };
-            run!(1, |v| v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| [b as u8]))
+            run!(1, |v| v.real_narrow().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))).map(|b| [b as u8]))
         }
         Dtype::F8E8M0 => run!(1, |v| v
-            .real()
+            .real_narrow()
             .and_then(|x| keep(encode_e8m0(x).map(u32::from), x, &|b| decode_e8m0(b as u8)))
             .map(|b| [b as u8])),
         Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
@@ -1202,7 +1228,7 @@ fn encode_generic(
             let bits = dtype.bits();
             for_each_index(shape, row0, row1, |rm, cm| {
                 let v = get(src, cm);
-                match v.real().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))) {
+                match v.real_narrow().and_then(|x| keep(c.encode(x), x, &|b| c.decode(b))) {
                     Some(code) => {
                         let pos = rm * bits;
                         let word = code << (pos % 8);
@@ -1215,8 +1241,8 @@ fn encode_generic(
                 }
             });
         }
-        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0).map(i64::to_le_bytes)),
-        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0).map(u64::to_le_bytes)),
+        Dtype::I64 => run!(8, |v| int_in::<i64>(v).map(i64::to_le_bytes)),
+        Dtype::U64 => run!(8, |v| int_in::<u64>(v).map(u64::to_le_bytes)),
         Dtype::I32 => run!(4, |v| int_in::<i32>(v).map(i32::to_le_bytes)),
         Dtype::U32 => run!(4, |v| int_in::<u32>(v).map(u32::to_le_bytes)),
         Dtype::I16 => run!(2, |v| int_in::<i16>(v).map(i16::to_le_bytes)),
@@ -1227,7 +1253,7 @@ fn encode_generic(
         Dtype::C64 => run!(8, |v| {
             let (re, im) = match v {
                 Num::C(re, im) => (re, im),
-                other => match other.real() {
+                other => match other.real_narrow() {
                     Some(x) => (x, 0.0),
                     None => (f64::NAN, f64::NAN),
                 },
@@ -1452,11 +1478,21 @@ mod tests {
         assert!(encode_all(Dtype::Bool, Src::Integer(&[2]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
         assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
-        // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
-        assert_eq!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(), i64::MAX.to_le_bytes());
+        // 2^63 and 2^64, the doubles just past I64's and U64's largest
+        // values, are out of range: nothing saturates.
+        assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).is_err());
         assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
-        assert_eq!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(), u64::MAX.to_le_bytes());
-        assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
+        assert!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).is_err());
+        assert_eq!(encode_all(Dtype::U64, Src::Real(&[18446744073709549568.0]), &[1]).unwrap(), (u64::MAX - 2047).to_le_bytes());
+        assert_eq!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).unwrap(), i64::MIN.to_le_bytes());
+        assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854777856.0]), &[1]).is_err());
+        // Integers beyond 2^53 round once to a narrower float: 2^60 + 2^36 + 1
+        // is above the midpoint between two F32 values, which rounding it
+        // to a double first would make a tie, rounded down to even.
+        let i = (1i64 << 60) + (1 << 36) + 1;
+        assert_eq!(encode_all(Dtype::F32, Src::Int64(&[i, -i]), &[2]).unwrap(), [(i as f32).to_le_bytes(), (-i as f32).to_le_bytes()].concat());
+        assert_eq!(i as f32, ((1i64 << 60) + (1 << 37)) as f32);
+        assert_eq!(encode_all(Dtype::F64, Src::Int64(&[i]), &[1]).unwrap(), (i as f64).to_le_bytes());
         assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
         assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
     }

@@ -19,6 +19,7 @@ pub mod floats;
 pub mod format;
 pub mod io;
 pub mod read;
+pub mod recode;
 pub mod shards;
 pub mod slice;
 pub mod write;

@@ -25,6 +25,7 @@ use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, TensorSpec};
 use crate::io::{start_writeback, AtomicFile};
+use crate::recode::{self, RecodeError};
 use crate::Poll;
 
 /// Bytes encoded between two polls, and gathered before a write.
@@ -54,7 +55,12 @@ impl FileSink {
     /// flushed to disk before the rename, and disk writes start as it is
     /// written so the final flush has less to do.
     pub fn create(target: &Path, sync: bool) -> Result<FileSink> {
-        Ok(FileSink { file: AtomicFile::create(target)?, sync, written: 0, flushed: 0 })
+        Ok(FileSink {
+            file: AtomicFile::create(target)?,
+            sync,
+            written: 0,
+            flushed: 0,
+        })
     }
 
     /// Flushes (with `sync`, to disk) and renames the file over its target;
@@ -67,7 +73,8 @@ impl FileSink {
 impl Sink for FileSink {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         let file = self.file.file()?;
-        file.write_all(bytes).map_err(|e| Error::io(&e, "can't write the file"))?;
+        file.write_all(bytes)
+            .map_err(|e| Error::io(&e, "can't write the file"))?;
         self.written += bytes.len() as u64;
         if self.sync && self.written - self.flushed >= WRITEBACK {
             start_writeback(file, self.flushed, self.written - self.flushed);
@@ -93,9 +100,15 @@ impl<'a> MemSink<'a> {
 
 impl Sink for MemSink<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        let end = self.pos.checked_add(bytes.len()).filter(|&e| e <= self.out.len());
+        let end = self
+            .pos
+            .checked_add(bytes.len())
+            .filter(|&e| e <= self.out.len());
         let Some(end) = end else {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: the output buffer is too small"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: the output buffer is too small",
+            ));
         };
         self.out[self.pos..end].copy_from_slice(bytes);
         self.pos = end;
@@ -119,11 +132,14 @@ pub enum Input<'a> {
     /// kernels: rounded to nearest, or refused unless the dtype holds them
     /// exactly.
     Values(Src<'a>, Rounding),
-    /// The bytes as stored (row-major, little-endian).
-    Bytes(&'a [u8]),
-    /// Bytes the caller hands over with [`Writer::put`] when the tensor's
-    /// turn comes (a framework's tensor, fetched one at a time).
-    Later,
+    /// The bytes as stored (row-major, little-endian) in the given dtype:
+    /// written as they are when it is the tensor's, else converted to the
+    /// tensor's dtype element by element ([`recode`]).
+    Bytes(&'a [u8], Dtype),
+    /// Bytes of the given dtype that the caller hands over with
+    /// [`Writer::put`] when the tensor's turn comes (a framework's tensor,
+    /// fetched one at a time), converted as for [`Input::Bytes`].
+    Later(Dtype),
 }
 
 /// A file being written: its header is fixed, and the tensors follow in
@@ -143,9 +159,14 @@ struct State {
     prefix_len: usize,
     /// Position in `order` of the tensor being written.
     pos: usize,
-    /// Of that tensor: outer rows encoded (values) or bytes written.
+    /// Of that tensor: outer rows encoded (values), or elements converted
+    /// (bytes of another dtype); and bytes written.
     rows_done: usize,
     bytes_done: usize,
+    /// Of a tensor whose bytes the caller puts in another dtype: the bytes
+    /// taken, and those that don't make a whole group of elements yet.
+    in_done: usize,
+    carry: Vec<u8>,
     /// Bytes handed to the sink, header included.
     written: usize,
     threads: usize,
@@ -155,7 +176,12 @@ impl<S: Sink> Writer<S> {
     /// Validates the tensors' descriptions and the metadata, builds the
     /// header (see [`format::layout`]) and writes it to `sink`. Tensors are
     /// encoded with up to `threads` threads.
-    pub fn new(specs: Vec<TensorSpec>, metadata: Option<&[(String, String)]>, mut sink: S, threads: usize) -> Result<Writer<S>> {
+    pub fn new(
+        specs: Vec<TensorSpec>,
+        metadata: Option<&[(String, String)]>,
+        mut sink: S,
+        threads: usize,
+    ) -> Result<Writer<S>> {
         let layout = format::layout(&specs, metadata)?;
         if layout.file_len().is_none() {
             return Err(Error::new(Kind::Overflow, "the file size overflows"));
@@ -169,6 +195,8 @@ impl<S: Sink> Writer<S> {
             pos: 0,
             rows_done: 0,
             bytes_done: 0,
+            in_done: 0,
+            carry: Vec::new(),
             written: layout.prefix.len(),
             threads: threads.max(1),
         };
@@ -226,27 +254,47 @@ impl<S: Sink> Writer<S> {
 
     /// Appends `bytes` to the current tensor, whose input is
     /// [`Input::Later`]: the caller hands its bytes over in pieces, in
-    /// order. More bytes than the tensor has are an error.
-    pub fn put(&mut self, bytes: &[u8], poll: Poll<'_>) -> Result<usize> {
+    /// order, in the dtype the input names (converted to the tensor's).
+    /// More bytes than the tensor has are an error.
+    pub fn put(&mut self, bytes: &[u8], from: Dtype, poll: Poll<'_>) -> Result<usize> {
         let st = &mut self.st;
         st.advance_if_done();
         let Some(i) = st.current() else {
-            return Err(Error::new(Kind::InvalidArgument, "every tensor was written already"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "every tensor was written already",
+            ));
         };
-        let (b, e) = st.offsets[i];
-        if bytes.len() > e - b - st.bytes_done {
-            let name = &st.specs[i].name;
+        let spec = &st.specs[i];
+        let name = &spec.name;
+        let numel: usize = spec.shape.iter().product();
+        let have = from.bytes_for(numel).unwrap_or(usize::MAX);
+        if bytes.len() > have - st.in_done {
             return Err(Error::tensor(
                 Kind::InvalidArgument,
                 name,
-                format!("tensor `{name}` has {} bytes; more were given", e - b),
+                format!("tensor `{name}` has {have} bytes as {from}; more were given"),
             ));
         }
-        for chunk in bytes.chunks(4 * BLOCK) {
-            self.sink.put(chunk)?;
-            st.bytes_done += chunk.len();
-            st.written += chunk.len();
-            poll()?;
+        st.in_done += bytes.len();
+        if from == spec.dtype {
+            for chunk in bytes.chunks(4 * BLOCK) {
+                self.sink.put(chunk)?;
+                st.bytes_done += chunk.len();
+                st.written += chunk.len();
+                poll()?;
+            }
+        } else {
+            let mut pending = std::mem::take(&mut st.carry);
+            pending.extend_from_slice(bytes);
+            let whole = recode::group(from, spec.dtype) * from.bits() / 8;
+            let usable = pending.len() / whole * whole;
+            for chunk in pending[..usable].chunks(BLOCK / whole * whole) {
+                let out = st.recode_chunk(i, from, chunk)?;
+                self.sink.put(&out)?;
+                poll()?;
+            }
+            st.carry = pending.split_off(usable);
         }
         st.advance_if_done();
         Ok(st.written)
@@ -262,7 +310,11 @@ impl<S: Sink> Writer<S> {
             return Err(Error::tensor(
                 Kind::InvalidArgument,
                 name,
-                format!("tensor `{name}` got {} of its {} bytes", st.bytes_done, e - b),
+                format!(
+                    "tensor `{name}` got {} of its {} bytes",
+                    st.bytes_done,
+                    e - b
+                ),
             ));
         }
         Ok(self.sink)
@@ -271,7 +323,13 @@ impl<S: Sink> Writer<S> {
 
 /// [`Writer::write`] with a writer thread: blocks travel to it and come
 /// back empty, so at most `BUFFERS` blocks exist at a time.
-fn write_pipelined<S: Sink>(st: &mut State, sink: &mut S, inputs: &[Input<'_>], budget: usize, poll: Poll<'_>) -> Result<()> {
+fn write_pipelined<S: Sink>(
+    st: &mut State,
+    sink: &mut S,
+    inputs: &[Input<'_>],
+    budget: usize,
+    poll: Poll<'_>,
+) -> Result<()> {
     const BUFFERS: usize = 3;
     let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     let (to_main, spare) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -287,17 +345,23 @@ fn write_pipelined<S: Sink>(st: &mut State, sink: &mut S, inputs: &[Input<'_>], 
         // Owns the sender: dropping it ends the writer's loop.
         let mut emit = move |b: Vec<u8>| -> Result<Vec<u8>> {
             // The writer hung up: it failed, and says why below.
-            to_writer.send(b).map_err(|_| Error::new(Kind::Io, "the writer stopped"))?;
+            to_writer
+                .send(b)
+                .map_err(|_| Error::new(Kind::Io, "the writer stopped"))?;
             if made < BUFFERS {
                 made += 1;
                 return Ok(Vec::new());
             }
-            spare.recv().map_err(|_| Error::new(Kind::Io, "the writer stopped"))
+            spare
+                .recv()
+                .map_err(|_| Error::new(Kind::Io, "the writer stopped"))
         };
         let threads = st.threads - 1;
         let produced = st.produce(inputs, budget, threads, &mut emit, poll);
         drop(emit);
-        let written = writer.join().unwrap_or_else(|_| Err(Error::new(Kind::Io, "the writer thread panicked")));
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::new(Kind::Io, "the writer thread panicked")));
         // A write error explains a failure to send, so it comes first.
         written?;
         produced
@@ -309,12 +373,40 @@ impl State {
         self.order.get(self.pos).copied()
     }
 
+    /// Converts `src`, the next whole groups of elements of tensor `i`
+    /// given in dtype `from`, to the tensor's dtype, counting them done.
+    fn recode_chunk(&mut self, i: usize, from: Dtype, src: &[u8]) -> Result<Vec<u8>> {
+        let spec = &self.specs[i];
+        let n = src.len() * 8 / from.bits();
+        let len = spec
+            .dtype
+            .bytes_for(n)
+            .ok_or_else(|| Error::new(Kind::InvalidArgument, "internal error: a partial group"))?;
+        // Zeroed: the sub-byte encoders OR their bits in.
+        let mut out = vec![0u8; len];
+        recode::recode(from, spec.dtype, src, self.rows_done, &mut out).map_err(|e| match e {
+            RecodeError::Value(bad) => {
+                conversion_error(spec, EncodeError::Value(bad), Rounding::Nearest, true)
+            }
+            RecodeError::Mismatch => {
+                conversion_error(spec, EncodeError::Mismatch, Rounding::Nearest, true)
+            }
+        })?;
+        self.rows_done += n;
+        self.bytes_done += len;
+        self.written += len;
+        Ok(out)
+    }
+
     /// Checks that `inputs` (one per tensor, in the caller's order) fit
     /// the tensors' descriptions: values of the right length and type,
     /// bytes of the right size.
     fn check_inputs(&self, inputs: &[Input<'_>]) -> Result<()> {
         if inputs.len() != self.specs.len() {
-            return Err(Error::new(Kind::InvalidArgument, "internal error: one input per tensor is needed"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: one input per tensor is needed",
+            ));
         }
         for ((spec, input), &(b, e)) in self.specs.iter().zip(inputs).zip(&self.offsets) {
             let name = spec.name.as_str();
@@ -326,32 +418,44 @@ impl State {
                         return Err(Error::tensor(
                             Kind::InvalidArgument,
                             name,
-                            format!("tensor `{name}` has {} values but its shape needs {numel}", values.len()),
+                            format!(
+                                "tensor `{name}` has {} values but its shape needs {numel}",
+                                values.len()
+                            ),
                         ));
                     }
                     if matches!(values, Src::Complex(_)) && spec.dtype != Dtype::C64 {
                         return Err(Error::tensor(
                             Kind::Conversion,
                             name,
-                            format!("tensor `{name}` is complex and can only be written as C64, not {}", spec.dtype),
-                        ));
-                    }
-                }
-                Input::Bytes(bytes) => {
-                    if bytes.len() != e - b {
-                        return Err(Error::tensor(
-                            Kind::InvalidArgument,
-                            name,
                             format!(
-                                "the buffer of tensor `{name}` has {} bytes but dtype {} and its shape need {}",
-                                bytes.len(),
-                                spec.dtype,
-                                e - b
+                                "tensor `{name}` is complex and can only be written as C64, not {}",
+                                spec.dtype
                             ),
                         ));
                     }
                 }
-                Input::Later => {}
+                Input::Bytes(bytes, from) => {
+                    check_from(spec, from)?;
+                    let numel: usize = spec.shape.iter().product();
+                    let need = if from == spec.dtype {
+                        Some(e - b)
+                    } else {
+                        from.bytes_for(numel)
+                    };
+                    if Some(bytes.len()) != need {
+                        return Err(Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!(
+                                "the buffer of tensor `{name}` has {} bytes but dtype {from} and its shape need {}",
+                                bytes.len(),
+                                need.map_or_else(|| "a whole number of bytes".to_string(), |n| n.to_string())
+                            ),
+                        ));
+                    }
+                }
+                Input::Later(from) => check_from(spec, from)?,
             }
         }
         Ok(())
@@ -368,6 +472,8 @@ impl State {
             self.pos += 1;
             self.rows_done = 0;
             self.bytes_done = 0;
+            self.in_done = 0;
+            self.carry.clear();
         }
     }
 
@@ -375,7 +481,7 @@ impl State {
     fn worth_a_thread(&self, inputs: &[Input<'_>], budget: usize) -> bool {
         let mut total = 0usize;
         for &i in &self.order[self.pos.min(self.order.len())..] {
-            if matches!(inputs[i], Input::Later) || total >= budget {
+            if matches!(inputs[i], Input::Later(_)) || total >= budget {
                 break;
             }
             let (b, e) = self.offsets[i];
@@ -411,8 +517,26 @@ impl State {
             // small tensors are gathered into one block.
             let room = BLOCK.min(budget - this_call);
             match inputs[i] {
-                Input::Later => break,
-                Input::Bytes(bytes) => {
+                Input::Later(_) => break,
+                Input::Bytes(bytes, from) if from != spec.dtype => {
+                    // Whole groups of elements, about `room` bytes of output.
+                    let g = recode::group(from, spec.dtype);
+                    let numel: usize = spec.shape.iter().product();
+                    let per = (room.saturating_mul(8) / (g * spec.dtype.bits())).max(1) * g;
+                    let k = per.min(numel - self.rows_done);
+                    let (a, z) = (
+                        from.bits() * self.rows_done / 8,
+                        from.bits() * (self.rows_done + k) / 8,
+                    );
+                    let out = self.recode_chunk(i, from, &bytes[a..z])?;
+                    if !buf.is_empty() && buf.len() + out.len() > BLOCK {
+                        buf = emit(buf)?;
+                        buf.clear();
+                    }
+                    buf.extend_from_slice(&out);
+                    this_call += out.len();
+                }
+                Input::Bytes(bytes, _) => {
                     let n = (nbytes - self.bytes_done).min(room);
                     if !buf.is_empty() && buf.len() + n > BLOCK {
                         buf = emit(buf)?;
@@ -428,7 +552,8 @@ impl State {
                     let rows = n_rows(&shape);
                     let r0 = self.rows_done;
                     let r1 = (r0 + rows_per_block(spec.dtype, &shape, room)).min(rows);
-                    let len = row_offset(spec.dtype, &shape, r1) - row_offset(spec.dtype, &shape, r0);
+                    let len =
+                        row_offset(spec.dtype, &shape, r1) - row_offset(spec.dtype, &shape, r0);
                     if !buf.is_empty() && buf.len() + len > BLOCK {
                         buf = emit(buf)?;
                         buf.clear();
@@ -436,7 +561,16 @@ impl State {
                     let before = buf.len();
                     // Zeroed: the sub-byte encoders OR their bits in.
                     buf.resize(before + len, 0);
-                    encode_par(spec, values, rounding, &shape, r0, r1, &mut buf[before..], threads)?;
+                    encode_par(
+                        spec,
+                        values,
+                        rounding,
+                        &shape,
+                        r0,
+                        r1,
+                        &mut buf[before..],
+                        threads,
+                    )?;
                     self.rows_done = r1;
                     self.bytes_done += len;
                     self.written += len;
@@ -493,9 +627,13 @@ fn encode_par(
     } else {
         1
     };
-    let threads = threads.min(out.len() / PARALLEL_MIN_BLOCK).min(rows / align).max(1);
+    let threads = threads
+        .min(out.len() / PARALLEL_MIN_BLOCK)
+        .min(rows / align)
+        .max(1);
     if threads == 1 {
-        return encode_with(dtype, values, shape, r0, r1, out, rounding).map_err(|e| conversion_error(spec, e, rounding));
+        return encode_with(dtype, values, shape, r0, r1, out, rounding)
+            .map_err(|e| conversion_error(spec, e, rounding, false));
     }
     let per = rows.div_ceil(threads).next_multiple_of(align);
     let mut parts = Vec::with_capacity(threads);
@@ -503,7 +641,8 @@ fn encode_par(
     let mut a = r0;
     while a < r1 {
         let b = (a + per).min(r1);
-        let (head, tail) = rest.split_at_mut(row_offset(dtype, shape, b) - row_offset(dtype, shape, a));
+        let (head, tail) =
+            rest.split_at_mut(row_offset(dtype, shape, b) - row_offset(dtype, shape, a));
         parts.push((a, b, head));
         rest = tail;
         a = b;
@@ -512,7 +651,9 @@ fn encode_par(
         let mut parts = parts.into_iter();
         let first = parts.next();
         let enc = move |a, b, o: &mut [u8]| encode_with(dtype, values, shape, a, b, o, rounding);
-        let handles: Vec<_> = parts.map(|(a, b, o)| s.spawn(move || enc(a, b, o))).collect();
+        let handles: Vec<_> = parts
+            .map(|(a, b, o)| s.spawn(move || enc(a, b, o)))
+            .collect();
         let mut res = vec![first.map_or(Ok(()), |(a, b, o)| enc(a, b, o))];
         for h in handles {
             res.push(h.join().unwrap_or(Err(EncodeError::Mismatch)));
@@ -521,7 +662,7 @@ fn encode_par(
     });
     // Every failing part reports the same first bad value of the tensor.
     match results.into_iter().find_map(|r| r.err()) {
-        Some(e) => Err(conversion_error(spec, e, rounding)),
+        Some(e) => Err(conversion_error(spec, e, rounding, false)),
         None => Ok(()),
     }
 }
@@ -531,16 +672,45 @@ fn describe(v: Num) -> String {
     match v {
         Num::Na => "NA".to_string(),
         Num::I(i) => i.to_string(),
+        // R's NA is the NaN whose low word is 1954.
+        Num::F(x) if x.is_nan() && x.to_bits() & 0xffff_ffff == 1954 => "NA".to_string(),
         Num::F(x) if x.is_nan() => "NaN".to_string(),
         Num::F(x) if x.is_infinite() => if x > 0.0 { "Inf" } else { "-Inf" }.to_string(),
-        Num::F(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        // Whole numbers exactly, as far as the 64-bit integers go (2^63
+        // is 9223372036854775808, just past I64).
+        Num::F(x) if x.fract() == 0.0 && x.abs() < 1e20 => format!("{x:.0}"),
         Num::F(x) if x.abs() >= 1e-4 && x.abs() < 1e15 => format!("{x}"),
         Num::F(x) => format!("{x:e}"),
         Num::C(re, im) => format!("{re}{im:+}i"),
     }
 }
 
-fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Error {
+/// Bytes of dtype `from` can be written as the tensor's dtype: any real
+/// dtypes, complex only as itself.
+fn check_from(spec: &TensorSpec, from: Dtype) -> Result<()> {
+    if recode::supported(from, spec.dtype) {
+        return Ok(());
+    }
+    let name = &spec.name;
+    Err(Error::tensor(
+        Kind::Conversion,
+        name,
+        format!(
+            "tensor `{name}` is complex ({from}) and can only be written as {from}, not {}",
+            spec.dtype
+        ),
+    ))
+}
+
+/// The error for value `e` of tensor `spec`; `row_major`: its index counts
+/// elements in the order of the tensor's bytes (a framework's tensor),
+/// not R's column-major order.
+fn conversion_error(
+    spec: &TensorSpec,
+    e: EncodeError,
+    rounding: Rounding,
+    row_major: bool,
+) -> Error {
     let name = &spec.name;
     let dtype = spec.dtype;
     let EncodeError::Value(bad) = e else {
@@ -552,16 +722,32 @@ fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Er
     };
     let why = match bad.value {
         Num::Na => format!("NA can't be stored as {dtype}"),
-        v if rounding == Rounding::Exact && convert::fits_rounded(dtype, v) => format!("{dtype} can't hold it exactly"),
+        v if rounding == Rounding::Exact && convert::fits_rounded(dtype, v) => {
+            format!("{dtype} can't hold it exactly")
+        }
         Num::F(x) if dtype.is_integer() && x.is_finite() && x.fract() != 0.0 => {
             format!("{dtype} holds whole numbers only")
         }
+        Num::F(x) if x.is_nan() && (dtype.is_integer() || dtype == Dtype::Bool) => {
+            format!("{} can't be stored as {dtype}", describe(bad.value))
+        }
+        Num::F(x) if dtype == Dtype::Bool && x.is_finite() => format!("{dtype} holds 0 and 1 only"),
+        Num::I(_) if dtype == Dtype::Bool => format!("{dtype} holds 0 and 1 only"),
         _ => format!("it is out of range for {dtype}"),
     };
     Error::tensor(
         Kind::Conversion,
         name,
-        format!("can't convert element {} of tensor `{name}` (value {}): {why}", bad.index + 1, describe(bad.value)),
+        format!(
+            "can't convert element {}{} of tensor `{name}` (value {}): {why}",
+            bad.index + 1,
+            if row_major {
+                " (in row-major order)"
+            } else {
+                ""
+            },
+            describe(bad.value)
+        ),
     )
 }
 
@@ -571,7 +757,11 @@ mod tests {
     use crate::io::{read_header, Memory, Source};
 
     fn spec(name: &str, dtype: Dtype, shape: &[usize]) -> TensorSpec {
-        TensorSpec { name: name.to_string(), dtype, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+        }
     }
 
     fn ok() -> impl FnMut() -> Result<()> {
@@ -580,17 +770,33 @@ mod tests {
 
     /// The bytes the writer makes for these tensors, one `write` call with
     /// budget `budget` at a time (putting `Later` bytes in pieces of 3).
-    fn file_of(specs: &[TensorSpec], inputs: &[Input<'_>], later: &[&[u8]], threads: usize, budget: usize) -> Vec<u8> {
-        let mut w = Writer::new(specs.to_vec(), Some(&[("k".into(), "v".into())]), Vec::new(), threads).unwrap();
+    fn file_of(
+        specs: &[TensorSpec],
+        inputs: &[Input<'_>],
+        later: &[&[u8]],
+        threads: usize,
+        budget: usize,
+    ) -> Vec<u8> {
+        let mut w = Writer::new(
+            specs.to_vec(),
+            Some(&[("k".into(), "v".into())]),
+            Vec::new(),
+            threads,
+        )
+        .unwrap();
         let mut calls = 0;
         while let Some(i) = w.current() {
             calls += 1;
             assert!(calls < 100_000, "no progress");
             match inputs[i] {
-                Input::Later => {
-                    let k = specs[..i].iter().zip(inputs).filter(|(_, x)| matches!(x, Input::Later)).count();
+                Input::Later(from) => {
+                    let k = specs[..i]
+                        .iter()
+                        .zip(inputs)
+                        .filter(|(_, x)| matches!(x, Input::Later(_)))
+                        .count();
                     for piece in later[k].chunks(3) {
-                        w.put(piece, &mut ok()).unwrap();
+                        w.put(piece, from, &mut ok()).unwrap();
                     }
                 }
                 _ => {
@@ -617,32 +823,52 @@ mod tests {
             spec("later", Dtype::U16, &[2, 4]),
             spec("empty", Dtype::F64, &[0, 3]),
         ];
-        let inputs = [Input::Values(Src::Real(&big), Rounding::Nearest), Input::Values(Src::Integer(&ints), Rounding::Nearest), Input::Bytes(&raw), Input::Later, Input::Later];
+        let inputs = [
+            Input::Values(Src::Real(&big), Rounding::Nearest),
+            Input::Values(Src::Integer(&ints), Rounding::Nearest),
+            Input::Bytes(&raw, Dtype::U8),
+            Input::Later(Dtype::U16),
+            Input::Later(Dtype::F64),
+        ];
         let want = file_of(&specs, &inputs, &[&later, &[]], 1, usize::MAX);
         for (threads, budget) in [(2, usize::MAX), (2, 1), (1, 5 << 20), (3, 1 << 20)] {
-            assert!(file_of(&specs, &inputs, &[&later, &[]], threads, budget) == want, "{threads} {budget}");
+            assert!(
+                file_of(&specs, &inputs, &[&later, &[]], threads, budget) == want,
+                "{threads} {budget}"
+            );
         }
         // What the reader makes of it: the header in the order given, the
         // data ordered by alignment (F64, F32, I16, U16, U8), each tensor
         // at a multiple of its element size.
         let src = Memory(&want);
         let header = read_header(&src).unwrap();
-        let listed: Vec<&str> = header.json_order.iter().map(|&i| header.tensors[i].name.as_str()).collect();
+        let listed: Vec<&str> = header
+            .json_order
+            .iter()
+            .map(|&i| header.tensors[i].name.as_str())
+            .collect();
         assert_eq!(listed, ["big", "ints", "raw", "later", "empty"]);
         let stored: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(stored, ["empty", "big", "ints", "later", "raw"]);
         for t in &header.tensors {
-            assert_eq!((header.data_start() + t.begin) % format::alignment(t.dtype), 0, "{}", t.name);
+            assert_eq!(
+                (header.data_start() + t.begin) % format::alignment(t.dtype),
+                0,
+                "{}",
+                t.name
+            );
         }
         let find = |name: &str| header.tensors.iter().find(|t| t.name == name).unwrap();
         let t = find("later");
         let mut back = vec![0u8; 16];
-        src.read_at(header.data_start() + t.begin, &mut back).unwrap();
+        src.read_at(header.data_start() + t.begin, &mut back)
+            .unwrap();
         assert_eq!(back, later);
         // ints is column-major in R: row 1 of the [3, 4] tensor is 0, 3, 6, 9.
         let t = find("ints");
         let mut row = vec![0u8; 8];
-        src.read_at(header.data_start() + t.begin, &mut row).unwrap();
+        src.read_at(header.data_start() + t.begin, &mut row)
+            .unwrap();
         assert_eq!(row, [0, 0, 3, 0, 6, 0, 9, 0]);
     }
 
@@ -650,18 +876,28 @@ mod tests {
     fn integer64_values_are_written_exactly_on_any_number_of_threads() {
         // 2^21 rows x 2 columns of int64 values beyond double's 2^53.
         let n = 1 << 22;
-        let vals: Vec<i64> = (0..n as i64).map(|i| (1 << 60) + i * 3 - (i % 7) * (1 << 40)).collect();
+        let vals: Vec<i64> = (0..n as i64)
+            .map(|i| (1 << 60) + i * 3 - (i % 7) * (1 << 40))
+            .collect();
         let specs = [spec("w", Dtype::I64, &[n / 2, 2])];
         let inputs = [Input::Values(Src::Int64(&vals), Rounding::Exact)];
         let want = file_of(&specs, &inputs, &[], 1, usize::MAX);
         for threads in [2, 3] {
-            assert!(file_of(&specs, &inputs, &[], threads, 1 << 20) == want, "{threads}");
+            assert!(
+                file_of(&specs, &inputs, &[], threads, 1 << 20) == want,
+                "{threads}"
+            );
         }
         let src = Memory(&want);
         let header = read_header(&src).unwrap();
         let t = &header.tensors[0];
         let mut back = vec![0i64; n];
-        let task = crate::read::Task::new(t, header.data_start(), crate::read::Dest::Values(convert::Target::Int64(convert::Out::new(&mut back)))).unwrap();
+        let task = crate::read::Task::new(
+            t,
+            header.data_start(),
+            crate::read::Dest::Values(convert::Target::Int64(convert::Out::new(&mut back))),
+        )
+        .unwrap();
         crate::read::read_tasks(&src, std::slice::from_ref(&task), 2, &mut ok()).unwrap();
         drop(task);
         assert!(back == vals);
@@ -669,9 +905,21 @@ mod tests {
         let mut with_na = vals.clone();
         with_na[n - 1] = i64::MIN;
         let mut w = Writer::new(specs.to_vec(), None, Vec::new(), 2).unwrap();
-        let e = w.write(&[Input::Values(Src::Int64(&with_na), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[Input::Values(Src::Int64(&with_na), Rounding::Exact)],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        assert!(e.message.contains(&format!("element {n} of tensor `w` (value NA): NA can't be stored as I64")), "{}", e.message);
+        assert!(
+            e.message.contains(&format!(
+                "element {n} of tensor `w` (value NA): NA can't be stored as I64"
+            )),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -680,39 +928,229 @@ mod tests {
         let two = [1.0, 2.0];
         let mut w = Writer::new(specs.clone(), None, Vec::new(), 1).unwrap();
         let header = w.written();
-        let e = w.write(&[Input::Values(Src::Real(&two), Rounding::Nearest), Input::Bytes(&[1, 2])], usize::MAX, &mut ok()).unwrap_err();
-        assert_eq!((e.kind, e.tensor.as_deref()), (Kind::InvalidArgument, Some("b")));
+        let e = w
+            .write(
+                &[
+                    Input::Values(Src::Real(&two), Rounding::Nearest),
+                    Input::Bytes(&[1, 2], Dtype::U8),
+                ],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.tensor.as_deref()),
+            (Kind::InvalidArgument, Some("b"))
+        );
         assert_eq!(w.written(), header, "nothing of the data was written");
-        let e = w.write(&[Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]]), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[
+                    Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]]), Rounding::Nearest),
+                    Input::Later(Dtype::U8),
+                ],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        let e = w.write(&[Input::Values(Src::Real(&[1.0, 1e300]), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[
+                    Input::Values(Src::Real(&[1.0, 1e300]), Rounding::Nearest),
+                    Input::Later(Dtype::U8),
+                ],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert_eq!(e.kind, Kind::Conversion);
-        assert!(e.message.contains("element 2 of tensor `a` (value 1e300)"), "{}", e.message);
+        assert!(
+            e.message.contains("element 2 of tensor `a` (value 1e300)"),
+            "{}",
+            e.message
+        );
         // With `Exact`, only values the dtype holds exactly.
         let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
-        let e = w.write(&[Input::Values(Src::Real(&[0.5, 1.0 / 3.0, 2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
-        assert!(e.message.contains("element 2 of tensor `h`") && e.message.contains("F16 can't hold it exactly"), "{}", e.message);
+        let e = w
+            .write(
+                &[Input::Values(
+                    Src::Real(&[0.5, 1.0 / 3.0, 2.0]),
+                    Rounding::Exact,
+                )],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
+        assert!(
+            e.message.contains("element 2 of tensor `h`")
+                && e.message.contains("F16 can't hold it exactly"),
+            "{}",
+            e.message
+        );
         let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
-        let e = w.write(&[Input::Values(Src::Real(&[0.5, 1e6, 2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap_err();
+        let e = w
+            .write(
+                &[Input::Values(Src::Real(&[0.5, 1e6, 2.0]), Rounding::Exact)],
+                usize::MAX,
+                &mut ok(),
+            )
+            .unwrap_err();
         assert!(e.message.contains("out of range for F16"), "{}", e.message);
         let mut w = Writer::new(vec![spec("h", Dtype::F16, &[3])], None, Vec::new(), 1).unwrap();
-        w.write(&[Input::Values(Src::Real(&[0.5, f64::NAN, -2.0]), Rounding::Exact)], usize::MAX, &mut ok()).unwrap();
+        w.write(
+            &[Input::Values(
+                Src::Real(&[0.5, f64::NAN, -2.0]),
+                Rounding::Exact,
+            )],
+            usize::MAX,
+            &mut ok(),
+        )
+        .unwrap();
         // A tensor not finished, or given too many bytes.
         let mut w = Writer::new(specs, None, Vec::new(), 1).unwrap();
-        w.write(&[Input::Values(Src::Real(&two), Rounding::Nearest), Input::Later], usize::MAX, &mut ok()).unwrap();
+        w.write(
+            &[
+                Input::Values(Src::Real(&two), Rounding::Nearest),
+                Input::Later(Dtype::U8),
+            ],
+            usize::MAX,
+            &mut ok(),
+        )
+        .unwrap();
         assert_eq!(w.current(), Some(1));
-        assert!(w.put(&[1, 2, 3, 4], &mut ok()).is_err());
-        w.put(&[1, 2], &mut ok()).unwrap();
-        assert_eq!(w.finish().err().map(|e| e.kind), Some(Kind::InvalidArgument));
+        assert!(w.put(&[1, 2, 3, 4], Dtype::U8, &mut ok()).is_err());
+        w.put(&[1, 2], Dtype::U8, &mut ok()).unwrap();
+        assert_eq!(
+            w.finish().err().map(|e| e.kind),
+            Some(Kind::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn bytes_of_another_dtype_are_converted_as_values_are() {
+        // 1-D, so that the bytes' order is R's order too.
+        let vals: Vec<f32> = (0..(3 << 18)).map(|i| (i as f32 - 1000.0) / 70.0).collect();
+        let wide: Vec<f64> = vals.iter().map(|&v| v as f64).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let n = vals.len();
+        for to in [
+            Dtype::BF16,
+            Dtype::F16,
+            Dtype::F64,
+            Dtype::F8E4M3,
+            Dtype::F4,
+        ] {
+            let specs = [spec("w", to, &[n])];
+            let vals_in = [Input::Values(Src::Real(&wide), Rounding::Nearest)];
+            let small: Vec<f64>;
+            let vals_in = if to == Dtype::F8E4M3 || to == Dtype::F4 {
+                // In range for the small formats.
+                small = wide.iter().map(|v| v / 1e4).collect();
+                let b: Vec<u8> = small
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect();
+                let want = file_of(
+                    &specs,
+                    &[Input::Values(
+                        Src::Real(&small.iter().map(|v| *v as f32 as f64).collect::<Vec<_>>()),
+                        Rounding::Nearest,
+                    )],
+                    &[],
+                    1,
+                    usize::MAX,
+                );
+                assert!(
+                    file_of(&specs, &[Input::Bytes(&b, Dtype::F32)], &[], 2, 1 << 20) == want,
+                    "{to}"
+                );
+                assert!(
+                    file_of(&specs, &[Input::Later(Dtype::F32)], &[&b], 1, usize::MAX) == want,
+                    "{to}"
+                );
+                continue;
+            } else {
+                vals_in
+            };
+            let want = file_of(&specs, &vals_in, &[], 1, usize::MAX);
+            assert!(
+                file_of(&specs, &[Input::Bytes(&bytes, Dtype::F32)], &[], 2, 1 << 20) == want,
+                "{to}"
+            );
+            assert!(
+                file_of(
+                    &specs,
+                    &[Input::Later(Dtype::F32)],
+                    &[&bytes],
+                    1,
+                    usize::MAX
+                ) == want,
+                "{to}"
+            );
+        }
+        // A value the dtype can't hold names its element in row-major order.
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[2, 2])], None, Vec::new(), 1).unwrap();
+        let b: Vec<u8> = [1.0f32, 2.0, 1e6, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = w.put(&b, Dtype::F32, &mut ok()).unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        assert!(
+            e.message
+                .contains("element 3 (in row-major order) of tensor `h` (value 1000000)"),
+            "{}",
+            e.message
+        );
+        // More bytes than the tensor has in the given dtype, or a complex
+        // source written as something else, are refused.
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[2])], None, Vec::new(), 1).unwrap();
+        assert_eq!(
+            w.put(&[0; 12], Dtype::F32, &mut ok()).unwrap_err().kind,
+            Kind::InvalidArgument
+        );
+        let mut w = Writer::new(vec![spec("c", Dtype::F32, &[1])], None, Vec::new(), 1).unwrap();
+        let e = w
+            .write(&[Input::Bytes(&[0; 8], Dtype::C64)], usize::MAX, &mut ok())
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        // Integers: I64 bytes as I32, exact or refused.
+        let mut w = Writer::new(vec![spec("i", Dtype::I32, &[2])], None, Vec::new(), 1).unwrap();
+        let b: Vec<u8> = [5i64, 1 << 40]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = w
+            .write(&[Input::Bytes(&b, Dtype::I64)], usize::MAX, &mut ok())
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("value 1099511627776): it is out of range for I32"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn a_failing_poll_stops_the_write() {
         let big = vec![1.0; 3 << 20];
         for threads in [1, 2] {
-            let mut w = Writer::new(vec![spec("x", Dtype::F64, &[3 << 20])], None, Vec::new(), threads).unwrap();
+            let mut w = Writer::new(
+                vec![spec("x", Dtype::F64, &[3 << 20])],
+                None,
+                Vec::new(),
+                threads,
+            )
+            .unwrap();
             let mut stop = || Err(Error::new(Kind::Interrupted, "stop"));
-            let e = w.write(&[Input::Values(Src::Real(&big), Rounding::Nearest)], usize::MAX, &mut stop).unwrap_err();
+            let e = w
+                .write(
+                    &[Input::Values(Src::Real(&big), Rounding::Nearest)],
+                    usize::MAX,
+                    &mut stop,
+                )
+                .unwrap_err();
             assert_eq!(e.kind, Kind::Interrupted);
         }
     }
