@@ -60,10 +60,33 @@ read_index_ <- function(path) .Call(wrap__read_index_, path)
 #' @noRd
 parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
 
-#' Writes an index file atomically: `total_size`, and each tensor of
-#' `names` mapped to the shard in `files`.
+#' Begins a save to the checkpoint whose single file is `path`: follows
+#' symbolic links, refuses FIFOs, devices and folders, locks the folder
+#' (waiting for another save to it) and cleans up after killed saves.
+#' Returns `list(save, target, index)`: the save (an external pointer; it
+#' is abandoned, its temporary files removed, when garbage-collected
+#' uncommitted), and the paths of the single file and of the index.
 #' @noRd
-write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
+save_begin_ <- function(path) .Call(wrap__save_begin_, path)
+
+#' The name of shard `k` of `n` and the path to write it to:
+#' `list(name, temp)`.
+#' @noRd
+save_shard_ <- function(ck, k, n) .Call(wrap__save_shard_, ck, k, n)
+
+#' Commits a single-file save (the file was just renamed into place).
+#' @noRd
+save_commit_single_ <- function(ck) .Call(wrap__save_commit_single_, ck)
+
+#' Commits a sharded save: its index maps each tensor of `names` to the
+#' shard in `files` and says `total_size`.
+#' @noRd
+save_commit_shards_ <- function(ck, names, files, total_size, sync) .Call(wrap__save_commit_shards_, ck, names, files, total_size, sync)
+
+#' Abandons a save, removing its temporary files and releasing the
+#' folder; harmless after a commit. Returns whether a save was abandoned.
+#' @noRd
+save_abort_ <- function(ck) .Call(wrap__save_abort_, ck)
 
 #' Opens the file at `path` with backend `"mmap"` or `"read"`, reading and
 #' validating its header.

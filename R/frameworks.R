@@ -198,7 +198,9 @@ frame_formals <- function(env) {
     return(NULL)
   }
   frames <- sys.frames()
-  for (i in rev(seq_along(frames))) {
+  # The first: read_checkpoint() evaluates a function's body again in its
+  # frame, through eval(), whose frame shares the environment.
+  for (i in seq_along(frames)) {
     if (identical(frames[[i]], env)) {
       return(formals(sys.function(i)))
     }

@@ -125,6 +125,9 @@ with_header <- function(path, fun, call = parent.frame()) {
     }
     return(fun(path))
   }
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment(), call = call))
+  }
   path <- resolve_folder(path, call = call)
   if (is_index_path(path)) {
     h <- safe_open(path, backend = "read")

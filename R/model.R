@@ -176,15 +176,11 @@ safe_save_model <- function(model, path, metadata = NULL, max_shard_size = NULL,
       made <- TRUE
       on.exit(if (made) unlink(path, recursive = TRUE), add = TRUE)
     }
-    out <- save_shards(spec, path, limit %||% Inf, sync)
+    out <- save_checkpoint(spec, path, limit %||% Inf, sync)
     made <- FALSE
     return(invisible(out))
   }
-  if (!is.null(limit)) {
-    return(invisible(save_shards(spec, path, limit, sync)))
-  }
-  save_spec_file(spec, path, sync)
-  invisible(path)
+  invisible(save_checkpoint(spec, path, limit %||% Inf, sync))
 }
 
 # `...` of safe_load_model() exists so that the arguments after it are
@@ -233,6 +229,9 @@ check_torch_module <- function(model, call = parent.frame()) {
 # A handle over what safe_load_model() reads; a URL is read in file order
 # (load_tensors()), so a server that ignores ranges can stream it.
 open_model_source <- function(path, backend, call = parent.frame()) {
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment(), call = call))
+  }
   open_handle(resolve_folder(path, call = call), "r", list(), backend, whole = TRUE, call = call)
 }
 

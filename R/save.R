@@ -158,38 +158,21 @@ safe_save_file <- function(tensors, path, ..., metadata = NULL, dtype = NULL, sy
   check_save_dots(..., formals = c("tensors", "path", "metadata", "dtype", "sync", "max_shard_size"))
   check_bool(sync)
   spec <- tensor_spec(tensors, dtype, metadata)
-  if (!is.null(max_shard_size) || (is_string(path) && dir.exists(path))) {
-    if (!is.character(path)) {
-      st_abort("invalid_argument", "{.arg path} must be a file or directory path when {.arg max_shard_size} is given.")
-    }
-    limit <- if (is.null(max_shard_size)) Inf else parse_size(max_shard_size)
-    return(invisible(save_shards(spec, path, limit, sync)))
-  }
+  limit <- if (is.null(max_shard_size)) Inf else parse_size(max_shard_size)
   if (is.character(path)) {
-    check_string(path)
-    save_spec_file(spec, path, sync)
-  } else if (inherits(path, "connection")) {
-    write_spec(spec, "connection", path)
-  } else {
+    return(invisible(save_checkpoint(spec, path, limit, sync)))
+  }
+  if (!inherits(path, "connection")) {
     st_abort(
       "invalid_argument",
       "{.arg path} must be a file path or a connection, not {.obj_type_friendly {path}}."
     )
   }
-  invisible(path)
-}
-
-# Writes `spec` to the file `path` (atomically), with a progress bar when
-# the save is large enough to want one.
-save_spec_file <- function(spec, path, sync) {
-  bar <- NULL
-  if (progress_enabled()) {
-    sizes <- spec_sizes(spec)
-    if (progress_wanted(sizes)) {
-      bar <- progress_bar("Saving", path, sum(sizes))
-    }
+  if (!is.null(max_shard_size)) {
+    st_abort("invalid_argument", "{.arg path} must be a file or directory path when {.arg max_shard_size} is given.")
   }
-  write_spec(spec, "file", core_path(path), sync, bar = bar, label = path)
+  write_spec(spec, "connection", path)
+  invisible(path)
 }
 
 #' @rdname safe_save_file

@@ -13,12 +13,25 @@ is_index_path <- function(path) {
   is_string(path) && grepl("\\.json$", path, ignore.case = TRUE)
 }
 
-# The file a folder stands for: its shard index (model.safetensors.index.json,
-# or its only *.safetensors.index.json), else its model.safetensors (or its
-# only *.safetensors file). Any other `path` is returned as it is.
+# The file a checkpoint path stands for. A folder: its model.safetensors,
+# else its model.safetensors.index.json, else its only *.safetensors.index.json
+# or (failing that) its only *.safetensors file. A file path that does not
+# exist: the index beside it (`path` followed by ".index.json"), which a
+# sharded save to `path` writes, following a symbolic link that dangles
+# (a sharded save through a link writes beside the file it named). A single
+# file takes precedence over its index, as in transformers, which is what
+# makes each save's commit one step (see ?safe_save_file). Any other `path`
+# is returned as it is.
 resolve_folder <- function(path, call = parent.frame()) {
-  if (!is_string(path) || !dir.exists(path)) {
+  if (!is_string(path) || is_url(path)) {
     return(path)
+  }
+  if (!dir.exists(path)) {
+    if (file.exists(path) || is_index_path(path)) {
+      return(path)
+    }
+    index <- paste0(link_target(path), ".index.json")
+    return(if (file.exists(index)) index else path)
   }
   pick <- function(usual, pattern) {
     if (file.exists(file.path(path, usual))) {
@@ -27,19 +40,39 @@ resolve_folder <- function(path, call = parent.frame()) {
     found <- list.files(path, pattern = pattern)
     if (length(found) == 1) file.path(path, found)
   }
-  found <- pick("model.safetensors.index.json", "\\.safetensors\\.index\\.json$") %||%
-    pick("model.safetensors", "\\.safetensors$")
+  found <- if (file.exists(file.path(path, "model.safetensors"))) {
+    file.path(path, "model.safetensors")
+  } else {
+    pick("model.safetensors.index.json", "\\.safetensors\\.index\\.json$") %||%
+      pick("model.safetensors", "\\.safetensors$")
+  }
+  if (is_index_path(found) && file.exists(sub("\\.index\\.json$", "", found))) {
+    found <- sub("\\.index\\.json$", "", found)
+  }
   if (is.null(found)) {
     st_abort(
       "file_not_found",
       c(
         "Can't read the folder {.file {path}}: it holds no checkpoint.",
-        i = "A folder is read from its {.file model.safetensors.index.json} or its {.file model.safetensors}."
+        i = "A folder is read from its {.file model.safetensors} or its {.file model.safetensors.index.json}."
       ),
       call = call
     )
   }
   found
+}
+
+# `path` with its symbolic links followed to the file they name (which may
+# not exist); `path` itself when it is no link.
+link_target <- function(path) {
+  for (i in 1:40) {
+    to <- Sys.readlink(path)
+    if (is.na(to) || !nzchar(to)) {
+      return(path)
+    }
+    path <- if (grepl("^(/|[A-Za-z]:)", to)) to else file.path(dirname(path), to)
+  }
+  path
 }
 
 # A path as the Rust core takes it: `~` expanded, in UTF-8.
@@ -145,8 +178,29 @@ remote_piece <- 16 * 1024^2
 # no more requests. A server that ignores ranges (HTTP 200) is an error,
 # unless `whole`: then the part keeps the response open as its `stream`,
 # after the header, and reads the rest in file order (remote_bytes()).
+#
+# A transfer that fails while the first bytes arrive (a dropped
+# connection) is tried again from the start, with backoff, up to
+# `safetensors.http_retries` times, as later reads are.
 open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()) {
   check_curl(call = call)
+  retries <- http_retries(call)
+  tries <- 0
+  repeat {
+    part <- tryCatch(
+      open_remote_once(url, verb, whole, call),
+      safetensors_error_http = function(e) if (isTRUE(e$dropped) && tries < retries) e else stop(e)
+    )
+    if (!inherits(part, "error")) {
+      return(part)
+    }
+    tries <- tries + 1
+    Sys.sleep(http_backoff(tries))
+  }
+}
+
+# One try of open_remote().
+open_remote_once <- function(url, verb, whole, call) {
   # Where the URL redirects to, for the requests that follow.
   cache <- new.env(parent = emptyenv())
   part <- list(ptr = NULL, label = url_redact(url), info = NULL, url = url, cache = cache)
@@ -201,11 +255,11 @@ open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()
 }
 
 # `n` bytes of a response's body; a shorter body is an error as a truncated
-# file's is, a failed transfer an HTTP error.
+# file's is, a failed transfer an HTTP error (with field `dropped = TRUE`).
 remote_read_exact <- function(resp, n, url, call) {
   bytes <- http_read(resp, n)
   if (is.character(bytes)) {
-    http_abort(url, NA, bytes, call = call)
+    http_abort(url, NA, bytes, call = call, dropped = TRUE)
   }
   if (length(bytes) < n) {
     http_format_abort(url, "incomplete_buffer", sprintf("The server sent %d of the %s bytes asked for.", length(bytes), fmt_num(n)), call)
@@ -302,15 +356,78 @@ remote_segments <- function(part, ranges, call) {
 
 # ---- connections ------------------------------------------------------------
 
+# Opens connection `con` for reading (`mode = "rb"`) or writing (`"wb"`)
+# when it is not open, and returns whether it did (the caller then closes
+# it). A connection that can't be used is a classed error before anything
+# is read or written: `safetensors_error_closed` for one closed already (an
+# invalid connection), `safetensors_error_invalid_argument` for one open in
+# text mode or for the other direction, `safetensors_error_io` for one that
+# can't be opened; R's own condition is kept as `parent`.
+con_open <- function(con, mode, call) {
+  verb <- if (mode == "rb") "read" else "write"
+  open <- tryCatch(isOpen(con), error = function(e) e)
+  if (inherits(open, "error")) {
+    st_abort(
+      "closed",
+      c(sprintf("Can't %s the connection.", verb), x = "It is closed: it is no longer a valid connection."),
+      parent = open,
+      call = call
+    )
+  }
+  if (!open) {
+    con_io(open(con, mode), verb, call)
+    return(TRUE)
+  }
+  about <- summary(con)
+  if (identical(about$text, "text")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        sprintf("Can't %s the connection.", verb),
+        x = "It is open in text mode ({.val {about$mode}}); a safetensors file is binary.",
+        i = "Open it with {.code open(con, \"{mode}\")}, or pass it unopened."
+      ),
+      call = call
+    )
+  }
+  if (!identical(about[[paste("can", verb)]], "yes")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        sprintf("Can't %s the connection.", verb),
+        x = "It is open for {if (verb == 'read') 'writing' else 'reading'} only ({.val {about$mode}})."
+      ),
+      call = call
+    )
+  }
+  FALSE
+}
+
+# The value of `expr`, an operation on a connection that reads (`verb =
+# "read"`) or writes; an error it gives, or a warning (R warns, for
+# example, of a file it can't open before it fails, or of corrupt
+# compressed data), is an error of class `safetensors_error_io`, with R's
+# condition as `parent` (which the message shows).
+con_io <- function(expr, verb, call) {
+  fail <- function(cnd) {
+    st_abort("io", sprintf("Can't %s the connection.", verb), parent = cnd, call = call)
+  }
+  withCallingHandlers(tryCatch(expr, error = fail), warning = fail)
+}
+
+# Up to `n` bytes of connection `con` (see con_io()).
+con_read <- function(con, n, call) {
+  con_io(readBin(con, "raw", n), "read", call)
+}
+
 # Reads the header length and the header from a connection, nothing more.
 read_header_bytes <- function(con, part, call) {
-  if (!isOpen(con)) {
-    open(con, "rb")
+  if (con_open(con, "rb", call)) {
     on.exit(close(con), add = TRUE)
   }
-  prefix <- readBin(con, "raw", 8L)
+  prefix <- con_read(con, 8L, call)
   n <- check_part(header_len_(prefix), part, call = call)
-  json <- readBin(con, "raw", n)
+  json <- con_read(con, n, call)
   if (length(json) < n) {
     st_abort(
       "invalid_header_length",
@@ -327,8 +444,7 @@ read_header_bytes <- function(con, part, call) {
 # it describes, which must end the connection. Sizes come from the header,
 # so the whole file is read into a vector allocated once.
 read_connection <- function(con, call = parent.frame()) {
-  if (!isOpen(con)) {
-    open(con, "rb")
+  if (con_open(con, "rb", call)) {
     on.exit(close(con), add = TRUE)
   }
   part <- list(label = "<connection>")
@@ -344,7 +460,7 @@ read_connection <- function(con, call = parent.frame()) {
 # a polyglot file). The check never waits for more bytes (see
 # stream_has_more()).
 check_stream_end <- function(con, info, part, call) {
-  if (stream_has_more(con)) {
+  if (con_io(stream_has_more(con), "read", call)) {
     st_abort(
       "incomplete_buffer",
       c(
@@ -386,13 +502,13 @@ stream_has_more <- function(con) {
 
 # `n` bytes from a connection, or an error if it ends first.
 read_exact <- function(con, n, part, tensor, call) {
-  out <- readBin(con, "raw", n)
+  out <- con_read(con, n, call)
   if (length(out) < n) {
     # A connection may return less than asked before its end.
     more <- list(out)
     got <- length(out)
     repeat {
-      chunk <- readBin(con, "raw", n - got)
+      chunk <- con_read(con, n - got, call)
       if (length(chunk) == 0) break
       more[[length(more) + 1L]] <- chunk
       got <- got + length(chunk)
@@ -413,7 +529,7 @@ read_exact <- function(con, n, part, tensor, call) {
 read_chunks <- function(con, n, size, part, tensor, call, fill = NULL) {
   done <- 0
   while (done < n) {
-    chunk <- readBin(con, "raw", min(size, n - done))
+    chunk <- con_read(con, min(size, n - done), call)
     if (length(chunk) == 0) {
       stream_ended(part, done, n, tensor, call)
     }

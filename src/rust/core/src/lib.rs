@@ -12,6 +12,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod checkpoint;
 pub mod convert;
 pub mod dtype;
 pub mod error;

@@ -33,7 +33,10 @@ pub fn parse_index(text: &str) -> Result<Index> {
     let raw: RawIndex = serde_json::from_str(text)
         .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid: {e}")))?;
     let Some(weight_map) = raw.weight_map else {
-        return Err(Error::new(Kind::InvalidIndex, "the index has no `weight_map`"));
+        return Err(Error::new(
+            Kind::InvalidIndex,
+            "the index has no `weight_map`",
+        ));
     };
     let mut seen = HashSet::with_capacity(weight_map.len());
     for (name, file) in &weight_map {
@@ -46,7 +49,10 @@ pub fn parse_index(text: &str) -> Result<Index> {
         }
         check_shard_path(file)?;
     }
-    Ok(Index { weight_map, metadata: raw.metadata.unwrap_or_default() })
+    Ok(Index {
+        weight_map,
+        metadata: raw.metadata.unwrap_or_default(),
+    })
 }
 
 /// A shard file must be a relative path that stays in the index's
@@ -54,7 +60,8 @@ pub fn parse_index(text: &str) -> Result<Index> {
 pub fn check_shard_path(file: &str) -> Result<()> {
     let p = Path::new(file);
     let ok = !file.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && p.components().any(|c| matches!(c, Component::Normal(_)));
     if ok {
         Ok(())
@@ -66,9 +73,53 @@ pub fn check_shard_path(file: &str) -> Result<()> {
     }
 }
 
+/// The key of an index's `metadata` that holds the random id of the save
+/// that wrote it (see [`crate::checkpoint`]).
+pub const SAVE_ID_KEY: &str = "save_id";
+
+impl Index {
+    /// The id of the save that wrote this index, if it has one: 32
+    /// lower-case hexadecimal digits (anything else is ignored).
+    pub fn save_id(&self) -> Option<&str> {
+        let (_, v) = self.metadata.iter().find(|(k, _)| k == SAVE_ID_KEY)?;
+        let id = v.as_str()?;
+        (id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then_some(id)
+    }
+
+    /// The shard files, each once, in the order of the weight map.
+    pub fn files(&self) -> Vec<&str> {
+        let mut seen = HashSet::new();
+        self.weight_map
+            .iter()
+            .map(|(_, f)| f.as_str())
+            .filter(|f| seen.insert(*f))
+            .collect()
+    }
+}
+
+/// The name under which the save `id` writes shard `file` (a path relative
+/// to the index's directory) until it renames it into place:
+/// `dir/.name.<id>.tmp`. Readers of an index with that id read it there
+/// while it exists.
+pub fn pending_name(file: &str, id: &str) -> String {
+    match file.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.{name}.{id}.tmp"),
+        None => format!(".{file}.{id}.tmp"),
+    }
+}
+
 /// Serializes an index as transformers does: keys sorted, two-space indent,
-/// a final newline.
-pub fn format_index(total_size: u64, weight_map: &[(String, String)]) -> Result<Vec<u8>> {
+/// a final newline; with `save_id`, the metadata holds it (see
+/// [`SAVE_ID_KEY`]).
+pub fn format_index(
+    total_size: u64,
+    weight_map: &[(String, String)],
+    save_id: Option<&str>,
+) -> Result<Vec<u8>> {
     let mut map = BTreeMap::new();
     for (name, file) in weight_map {
         if map.insert(name.as_str(), file.as_str()).is_some() {
@@ -79,8 +130,13 @@ pub fn format_index(total_size: u64, weight_map: &[(String, String)]) -> Result<
             ));
         }
     }
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("total_size".to_string(), total_size.into());
+    if let Some(id) = save_id {
+        metadata.insert(SAVE_ID_KEY.to_string(), id.into());
+    }
     let index = serde_json::json!({
-        "metadata": { "total_size": total_size },
+        "metadata": metadata,
         "weight_map": map,
     });
     let mut out = serde_json::to_vec_pretty(&index)
@@ -104,8 +160,14 @@ impl<'de> Deserialize<'de> for RawIndex {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object with a `weight_map`")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawIndex, A::Error> {
-                let mut out = RawIndex { weight_map: None, metadata: None };
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawIndex, A::Error> {
+                let mut out = RawIndex {
+                    weight_map: None,
+                    metadata: None,
+                };
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "weight_map" => {
@@ -118,7 +180,9 @@ impl<'de> Deserialize<'de> for RawIndex {
                             if out.metadata.is_some() {
                                 return Err(de::Error::duplicate_field("metadata"));
                             }
-                            out.metadata = map.next_value::<Option<Ordered<serde_json::Value>>>()?.map(|o| o.0);
+                            out.metadata = map
+                                .next_value::<Option<Ordered<serde_json::Value>>>()?
+                                .map(|o| o.0);
                         }
                         _ => {
                             map.next_value::<de::IgnoredAny>()?;
@@ -143,7 +207,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Ordered<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Ordered<T>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(entry) = map.next_entry::<String, T>()? {
                     out.push(entry);
@@ -160,19 +227,28 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
 pub fn read_index(path: &Path) -> Result<Index> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(&e, "can't open the index"))?;
     if meta.len() > MAX_INDEX_SIZE {
-        return Err(Error::new(Kind::InvalidIndex, "the index is larger than 100,000,000 bytes"));
+        return Err(Error::new(
+            Kind::InvalidIndex,
+            "the index is larger than 100,000,000 bytes",
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(&e, "can't read the index"))?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Error::new(Kind::InvalidIndex, format!("the index is not valid UTF-8: {e}")))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::new(
+            Kind::InvalidIndex,
+            format!("the index is not valid UTF-8: {e}"),
+        )
+    })?;
     parse_index(text)
 }
 
-/// Writes an index file atomically (see [`format_index`]).
-pub fn write_index(path: &Path, total_size: u64, weight_map: &[(String, String)], sync: bool) -> Result<()> {
-    let bytes = format_index(total_size, weight_map)?;
+/// Writes `bytes` to the file `path` atomically (an index, or a copy of
+/// one).
+pub fn write_index_bytes(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
-    file.file()?.write_all(&bytes).map_err(|e| Error::io(&e, "can't write the index"))?;
+    file.file()?
+        .write_all(bytes)
+        .map_err(|e| Error::io(&e, "can't write the index"))?;
     file.commit(sync)
 }
 
@@ -190,14 +266,23 @@ mod tests {
         assert_eq!(
             idx.weight_map,
             vec![
-                ("b".to_string(), "model-00002-of-00002.safetensors".to_string()),
-                ("a".to_string(), "model-00001-of-00002.safetensors".to_string())
+                (
+                    "b".to_string(),
+                    "model-00002-of-00002.safetensors".to_string()
+                ),
+                (
+                    "a".to_string(),
+                    "model-00001-of-00002.safetensors".to_string()
+                )
             ]
         );
         assert_eq!(idx.metadata[0].0, "total_size");
         assert_eq!(idx.metadata[0].1, serde_json::json!(28));
         // No metadata at all is fine.
-        assert!(parse_index(r#"{"weight_map": {}}"#).unwrap().metadata.is_empty());
+        assert!(parse_index(r#"{"weight_map": {}}"#)
+            .unwrap()
+            .metadata
+            .is_empty());
     }
 
     #[test]
@@ -206,10 +291,26 @@ mod tests {
         assert_eq!(kind("[]"), Kind::InvalidIndex);
         assert_eq!(kind("{}"), Kind::InvalidIndex);
         assert_eq!(kind(r#"{"weight_map": {"a": 1}}"#), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {"a": "x", "a": "y"}}"#), Kind::InvalidIndex);
-        assert_eq!(kind(r#"{"weight_map": {}, "weight_map": {}}"#), Kind::InvalidIndex);
-        for bad in ["../x.safetensors", "/etc/passwd", "a/../../b", "", ".", "sub/.."] {
-            let text = format!(r#"{{"weight_map": {{"a": {}}}}}"#, serde_json::to_string(bad).unwrap());
+        assert_eq!(
+            kind(r#"{"weight_map": {"a": "x", "a": "y"}}"#),
+            Kind::InvalidIndex
+        );
+        assert_eq!(
+            kind(r#"{"weight_map": {}, "weight_map": {}}"#),
+            Kind::InvalidIndex
+        );
+        for bad in [
+            "../x.safetensors",
+            "/etc/passwd",
+            "a/../../b",
+            "",
+            ".",
+            "sub/..",
+        ] {
+            let text = format!(
+                r#"{{"weight_map": {{"a": {}}}}}"#,
+                serde_json::to_string(bad).unwrap()
+            );
             assert_eq!(kind(&text), Kind::InvalidIndex, "{bad}");
         }
         assert!(parse_index(r#"{"weight_map": {"a": "sub/./x.safetensors"}}"#).is_ok());
@@ -217,8 +318,11 @@ mod tests {
 
     #[test]
     fn writes_sorted_pretty_json_that_reads_back() {
-        let map = vec![("z".to_string(), "m-2.safetensors".to_string()), ("a".to_string(), "m-1.safetensors".to_string())];
-        let bytes = format_index(40, &map).unwrap();
+        let map = vec![
+            ("z".to_string(), "m-2.safetensors".to_string()),
+            ("a".to_string(), "m-1.safetensors".to_string()),
+        ];
+        let bytes = format_index(40, &map, None).unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert_eq!(
             text,
@@ -226,6 +330,33 @@ mod tests {
         );
         let back = parse_index(&text).unwrap();
         assert_eq!(back.weight_map.len(), 2);
-        assert_eq!(format_index(1, &[map[0].clone(), map[0].clone()]).unwrap_err().kind, Kind::DuplicateName);
+        assert_eq!(
+            format_index(1, &[map[0].clone(), map[0].clone()], None)
+                .unwrap_err()
+                .kind,
+            Kind::DuplicateName
+        );
+        // A save's id goes in the metadata, and is read back only when well formed.
+        let id = "0123456789abcdef0123456789abcdef";
+        let text = String::from_utf8(format_index(40, &map, Some(id)).unwrap()).unwrap();
+        assert!(text.starts_with("{\n  \"metadata\": {\n    \"save_id\": \"0123456789abcdef0123456789abcdef\",\n    \"total_size\": 40\n  },"), "{text}");
+        assert_eq!(parse_index(&text).unwrap().save_id(), Some(id));
+        for bad in [
+            "\"0123\"",
+            "7",
+            "\"0123456789ABCDEF0123456789ABCDEF\"",
+            "\"../../0123456789abcdef01234567\"",
+        ] {
+            let t = format!(r#"{{"metadata": {{"save_id": {bad}}}, "weight_map": {{}}}}"#);
+            assert_eq!(parse_index(&t).unwrap().save_id(), None, "{bad}");
+        }
+        assert_eq!(
+            pending_name("m-1.safetensors", id),
+            format!(".m-1.safetensors.{id}.tmp")
+        );
+        assert_eq!(
+            pending_name("sub/m-1.safetensors", id),
+            format!("sub/.m-1.safetensors.{id}.tmp")
+        );
     }
 }

@@ -23,8 +23,8 @@ mod sys;
 #[path = "windows.rs"]
 mod sys;
 
-pub use sys::{populate_write, start_writeback};
 use sys::Stamp;
+pub use sys::{lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
 
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +89,9 @@ pub fn read_header(src: &dyn Source) -> Result<Header> {
             if more <= have || src.read_at(0, &mut prefix[..more]).is_err() {
                 return Err(err);
             }
-            return Err(format::header_len(&prefix[..more], total).err().unwrap_or(err));
+            return Err(format::header_len(&prefix[..more], total)
+                .err()
+                .unwrap_or(err));
         }
     };
     // header_len checked N_LEN + n <= total, so this allocation is backed by the file.
@@ -110,7 +112,10 @@ impl Source for Memory<'_> {
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
         match off.checked_add(n).and_then(|end| self.0.get(off..end)) {
             Some(s) => Ok(Some(s)),
-            None => Err(Error::new(Kind::IncompleteBuffer, "the buffer ends before the tensor does")),
+            None => Err(Error::new(
+                Kind::IncompleteBuffer,
+                "the buffer ends before the tensor does",
+            )),
         }
     }
 
@@ -167,11 +172,17 @@ impl<'a> Segments<'a> {
 
     fn missing(&self, off: usize, n: usize) -> Error {
         if (off as u64).saturating_add(n as u64) > self.len {
-            Error::new(Kind::IncompleteBuffer, "the file ends before the tensor does")
+            Error::new(
+                Kind::IncompleteBuffer,
+                "the file ends before the tensor does",
+            )
         } else {
             Error::new(
                 Kind::InvalidArgument,
-                format!("internal error: bytes [{off}, {}) of the source were not fetched", off.saturating_add(n)),
+                format!(
+                    "internal error: bytes [{off}, {}) of the source were not fetched",
+                    off.saturating_add(n)
+                ),
             )
         }
     }
@@ -186,11 +197,15 @@ impl Source for Segments<'_> {
         if n == 0 {
             return Ok(Some(&[]));
         }
-        let Some(end) = off.checked_add(n) else { return Ok(None) };
+        let Some(end) = off.checked_add(n) else {
+            return Ok(None);
+        };
         // Bytes across segments, or not all fetched (a slice's cursor views
         // its whole tensor first), are for read_at, which copies what is
         // there and errors on the rest.
-        Ok(self.holding(off).and_then(|(start, bytes)| bytes.get(off - start..end - start)))
+        Ok(self
+            .holding(off)
+            .and_then(|(start, bytes)| bytes.get(off - start..end - start)))
     }
 
     fn read_at(&self, off: usize, buf: &mut [u8]) -> Result<()> {
@@ -198,7 +213,9 @@ impl Source for Segments<'_> {
         let mut done = 0;
         while done < n {
             let at = off.checked_add(done).ok_or_else(|| self.missing(off, n))?;
-            let Some((start, bytes)) = self.holding(at) else { return Err(self.missing(off, n)) };
+            let Some((start, bytes)) = self.holding(at) else {
+                return Err(self.missing(off, n));
+            };
             let have = &bytes[at - start..];
             let k = have.len().min(n - done);
             buf[done..done + k].copy_from_slice(&have[..k]);
@@ -223,12 +240,17 @@ impl FileSource {
     /// Opens `path` for reading with `backend`.
     pub fn open(path: &Path, backend: Backend) -> Result<FileSource> {
         let file = sys::open_read(path).map_err(|e| Error::io(&e, "can't open the file"))?;
-        let meta = file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't stat the file"))?;
         if meta.is_dir() {
             return Err(Error::new(Kind::Io, "the path is a directory, not a file"));
         }
         if !meta.is_file() {
-            return Err(Error::new(Kind::Io, "the path is not a regular file (a FIFO, socket or device)"));
+            return Err(Error::new(
+                Kind::Io,
+                "the path is not a regular file (a FIFO, socket or device)",
+            ));
         }
         let map = match backend {
             Backend::Read => None,
@@ -251,13 +273,24 @@ impl FileSource {
     /// Errors when the file no longer has the size and stamp it had when
     /// opened.
     pub fn check_unchanged(&self) -> Result<()> {
-        let meta = self.file.metadata().map_err(|e| Error::io(&e, "can't stat the file"))?;
-        let now = sys::stamp(&self.file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't stat the file"))?;
+        let now =
+            sys::stamp(&self.file, &meta).map_err(|e| Error::io(&e, "can't stat the file"))?;
         if now != self.stamp {
-            let what = if now.len < self.stamp.len { "shrank" } else { "was modified" };
+            let what = if now.len < self.stamp.len {
+                "shrank"
+            } else {
+                "was modified"
+            };
             return Err(Error::new(
                 Kind::FileChanged,
-                format!("the file {what} after it was opened ({} bytes, now {})", self.stamp.len, now.len),
+                format!(
+                    "the file {what} after it was opened ({} bytes, now {})",
+                    self.stamp.len, now.len
+                ),
             ));
         }
         Ok(())
@@ -270,11 +303,16 @@ impl Source for FileSource {
     }
 
     fn view(&self, off: usize, n: usize) -> Result<Option<&[u8]>> {
-        let Some(map) = &self.map else { return Ok(None) };
+        let Some(map) = &self.map else {
+            return Ok(None);
+        };
         self.check_unchanged()?;
         match off.checked_add(n).and_then(|end| map.get(off..end)) {
             Some(s) => Ok(Some(s)),
-            None => Err(Error::new(Kind::FileChanged, "the file is shorter than its header says")),
+            None => Err(Error::new(
+                Kind::FileChanged,
+                "the file is shorter than its header says",
+            )),
         }
     }
 
@@ -342,25 +380,81 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A fresh temporary name for `base` in `dir`.
 pub(crate) fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{}.{}-{}.tmp", base.to_string_lossy(), std::process::id(), n))
+    dir.join(format!(
+        ".{}.{}-{}.tmp",
+        base.to_string_lossy(),
+        std::process::id(),
+        n
+    ))
+}
+
+/// `path` with its symbolic links followed to the file they name (which
+/// need not exist: a dangling link names the file it would create), so
+/// that a save through a link replaces the file it points to and keeps
+/// the link. A path that is no link comes back as it is.
+pub fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    // As many links as Linux follows (ELOOP beyond).
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&p)
+                    .map_err(|e| Error::io(&e, "can't read the symbolic link"))?;
+                p = match p.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(Error::new(Kind::Io, "too many levels of symbolic links"))
+}
+
+/// Errors unless `target` (links followed) is a regular file or nothing:
+/// a save replaces regular files only. A directory is an invalid argument;
+/// a FIFO, a device or a socket is refused before anything is written (a
+/// rename would replace it with a regular file).
+pub fn check_file_target(target: &Path) -> Result<()> {
+    match std::fs::metadata(target) {
+        Ok(m) if m.is_dir() => Err(Error::new(Kind::InvalidArgument, "the path is a directory")),
+        Ok(m) if !m.is_file() => Err(Error::new(
+            Kind::Io,
+            format!(
+                "the path is {}, not a regular file; a save replaces regular files only",
+                sys::special_kind(&m)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl AtomicFile {
     /// Creates the temporary file in the target's directory, readable and
-    /// writable as the umask allows (not 0600).
+    /// writable as the umask allows (not 0600). A target that is a
+    /// symbolic link is followed ([`resolve_links`]): the file it names is
+    /// replaced and the link kept. A target that is not a regular file is
+    /// refused ([`check_file_target`]).
     pub fn create(target: &Path) -> Result<AtomicFile> {
+        let target = &resolve_links(target)?;
+        check_file_target(target)?;
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
         let Some(base) = target.file_name() else {
-            return Err(Error::new(Kind::InvalidArgument, "the path must name a file"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "the path must name a file",
+            ));
         };
-        if target.is_dir() {
-            return Err(Error::new(Kind::InvalidArgument, "the path is a directory"));
-        }
         if let Some(file) = sys::anonymous_in(&dir) {
-            return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: None, file: Some(file) });
+            return Ok(AtomicFile {
+                target: target.to_path_buf(),
+                dir,
+                temp: None,
+                file: Some(file),
+            });
         }
         AtomicFile::create_named(target, dir, base)
     }
@@ -372,7 +466,12 @@ impl AtomicFile {
             let temp = temp_name(&dir, base);
             match sys::create_new(&temp) {
                 Ok(file) => {
-                    return Ok(AtomicFile { target: target.to_path_buf(), dir, temp: Some(temp), file: Some(file) })
+                    return Ok(AtomicFile {
+                        target: target.to_path_buf(),
+                        dir,
+                        temp: Some(temp),
+                        file: Some(file),
+                    })
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) => return Err(Error::io(&e, "can't create a file in the target directory")),
@@ -384,7 +483,9 @@ impl AtomicFile {
 
     /// The open temporary file.
     pub fn file(&mut self) -> Result<&mut File> {
-        self.file.as_mut().ok_or_else(|| Error::new(Kind::Io, "the file is already closed"))
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::new(Kind::Io, "the file is already closed"))
     }
 
     /// Whether the file is anonymous (nothing to clean up if the process
@@ -402,11 +503,16 @@ impl AtomicFile {
     /// As [`AtomicFile::commit`], calling `poll` every few milliseconds
     /// while the fsync runs; an error from `poll` (an interrupt) abandons
     /// the write at once, leaving the target as it was.
-    pub fn commit_polling(mut self, sync: bool, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    pub fn commit_polling(
+        mut self,
+        sync: bool,
+        poll: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
         let Some(file) = self.file.as_mut() else {
             return Err(Error::new(Kind::Io, "the file is already closed"));
         };
-        file.flush().map_err(|e| Error::io(&e, "can't write the file"))?;
+        file.flush()
+            .map_err(|e| Error::io(&e, "can't write the file"))?;
         if sync {
             sync_polling(file, poll)?;
         }
@@ -414,14 +520,18 @@ impl AtomicFile {
             // Give the anonymous file a temporary name; from here on Drop
             // removes that name if the rename fails.
             let Some(base) = self.target.file_name().map(|b| b.to_os_string()) else {
-                return Err(Error::new(Kind::InvalidArgument, "the path must name a file"));
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "the path must name a file",
+                ));
             };
             self.temp = Some(sys::link_anonymous(file, &self.dir, &base)?);
         }
         let Some(temp) = self.temp.clone() else {
             return Err(Error::new(Kind::Io, "the temporary file has no name"));
         };
-        sys::replace(&temp, &self.target).map_err(|e| Error::io(&e, "can't replace the target file"))?;
+        sys::replace(&temp, &self.target)
+            .map_err(|e| Error::io(&e, "can't replace the target file"))?;
         // Renamed: nothing left to remove.
         self.temp = None;
         self.file = None;
@@ -438,7 +548,9 @@ impl AtomicFile {
 /// error from `poll` the thread is left to finish on its own copy of the
 /// descriptor; the caller drops the file.
 fn sync_polling(file: &File, poll: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-    let copy = file.try_clone().map_err(|e| Error::io(&e, "can't flush the file to disk"))?;
+    let copy = file
+        .try_clone()
+        .map_err(|e| Error::io(&e, "can't flush the file to disk"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(copy.sync_all());
@@ -471,7 +583,11 @@ mod tests {
 
     fn tempdir() -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!("st-io-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let d = std::env::temp_dir().join(format!(
+            "st-io-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -485,7 +601,8 @@ mod tests {
         for line in smaps.lines() {
             let first = line.split_whitespace().next().unwrap_or("");
             if let Some((a, b)) = first.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
                     inside = a <= addr && addr < b;
                     continue;
                 }
@@ -556,7 +673,9 @@ mod tests {
         let w = src.view_whole(4096, bytes.len() - 8192).unwrap().unwrap();
         let kib = resident_kib(addr);
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut ver = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+        let mut ver = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|x| x.parse::<u32>().ok());
         if (ver.next().unwrap_or(0), ver.next().unwrap_or(0)) >= (5, 14) {
             assert!(kib >= 1000, "only {kib} KiB mapped by a whole view");
         }
@@ -592,8 +711,10 @@ mod tests {
     }
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -621,14 +742,20 @@ mod tests {
         let target = dir.join("n.bin");
         std::fs::write(&target, b"old").unwrap();
         {
-            let mut f = AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
+            let mut f =
+                AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin"))
+                    .unwrap();
             f.file().unwrap().write_all(b"partial").unwrap();
             let names = entries(&dir);
             assert_eq!(names.len(), 2);
-            assert!(names[0].starts_with(".n.bin.") && names[0].ends_with(".tmp"), "{names:?}");
+            assert!(
+                names[0].starts_with(".n.bin.") && names[0].ends_with(".tmp"),
+                "{names:?}"
+            );
         }
         assert_eq!(entries(&dir), vec!["n.bin"]);
-        let mut f = AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
+        let mut f =
+            AtomicFile::create_named(&target, dir.clone(), std::ffi::OsStr::new("n.bin")).unwrap();
         f.file().unwrap().write_all(b"new").unwrap();
         f.commit(true).unwrap();
         assert_eq!(entries(&dir), vec!["n.bin"]);
@@ -661,7 +788,11 @@ mod tests {
             let mut buf = [0u8; 16];
             src.read_at(100, &mut buf).unwrap();
             assert_eq!(buf, [7u8; 16]);
-            let truncated = std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(10);
+            let truncated = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(10);
             // Windows refuses to truncate a mapped file (ERROR_USER_MAPPED_FILE),
             // which protects the map as well.
             #[cfg(windows)]
@@ -692,7 +823,9 @@ mod tests {
         // With no writer, a blocking open would never return.
         let e = FileSource::open(&fifo, Backend::Read).err().unwrap();
         assert_eq!(e.kind, Kind::Io);
-        let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap).err().unwrap();
+        let e = FileSource::open(Path::new("/dev/zero"), Backend::Mmap)
+            .err()
+            .unwrap();
         assert_eq!(e.kind, Kind::Io);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -701,7 +834,15 @@ mod tests {
     fn segments_serve_their_bytes_and_nothing_else() {
         let file: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
         // Two segments that touch ([10, 40) and [40, 60)) and one apart.
-        let src = Segments::new(200, vec![(100, &file[100..150]), (10, &file[10..40]), (40, &file[40..60])]).unwrap();
+        let src = Segments::new(
+            200,
+            vec![
+                (100, &file[100..150]),
+                (10, &file[10..40]),
+                (40, &file[40..60]),
+            ],
+        )
+        .unwrap();
         assert_eq!(src.len(), 200);
         assert_eq!(src.view(12, 5).unwrap(), Some(&file[12..17]));
         assert_eq!(src.view(100, 50).unwrap(), Some(&file[100..150]));
@@ -712,14 +853,28 @@ mod tests {
         src.read_at(10, &mut buf).unwrap();
         assert_eq!(buf, file[10..60]);
         // Bytes not fetched, or past the end, are no view and a read error.
-        for (off, n) in [(0, 5), (55, 10), (60, 1), (99, 2), (149, 2), (190, 20), (usize::MAX - 1, 4)] {
+        for (off, n) in [
+            (0, 5),
+            (55, 10),
+            (60, 1),
+            (99, 2),
+            (149, 2),
+            (190, 20),
+            (usize::MAX - 1, 4),
+        ] {
             assert_eq!(src.view(off, n).unwrap(), None, "view({off}, {n})");
             let mut b = vec![0u8; n];
             assert!(src.read_at(off, &mut b).is_err(), "read_at({off}, {n})");
         }
         let mut b = vec![0u8; 20];
-        assert_eq!(src.read_at(190, &mut b).unwrap_err().kind, Kind::IncompleteBuffer);
-        assert_eq!(src.read_at(60, &mut b[..5]).unwrap_err().kind, Kind::InvalidArgument);
+        assert_eq!(
+            src.read_at(190, &mut b).unwrap_err().kind,
+            Kind::IncompleteBuffer
+        );
+        assert_eq!(
+            src.read_at(60, &mut b[..5]).unwrap_err().kind,
+            Kind::InvalidArgument
+        );
         // Overlapping segments, or segments past the end, are refused.
         assert!(Segments::new(200, vec![(0, &file[0..20]), (10, &file[10..30])]).is_err());
         assert!(Segments::new(100, vec![(90, &file[90..120])]).is_err());
@@ -735,18 +890,21 @@ mod tests {
         let data_start = file.len();
         file.extend_from_slice(&[1, 2, 3, 4]);
         let prefix = &file[..data_start];
-        let header = read_header(&Segments::new(file.len() as u64, vec![(0, prefix)]).unwrap()).unwrap();
+        let header =
+            read_header(&Segments::new(file.len() as u64, vec![(0, prefix)]).unwrap()).unwrap();
         assert_eq!(header.data_start(), data_start);
         // A length that says the file is longer or shorter than its tensors.
         for len in [file.len() + 1, file.len() - 1] {
-            let e = read_header(&Segments::new(len as u64, vec![(0, prefix)]).unwrap()).unwrap_err();
+            let e =
+                read_header(&Segments::new(len as u64, vec![(0, prefix)]).unwrap()).unwrap_err();
             assert_eq!(e.kind, Kind::IncompleteBuffer, "{len}");
         }
         // A length shorter than the header itself.
         let e = read_header(&Segments::new(20, vec![(0, &prefix[..20])]).unwrap()).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidHeaderLength);
         // The header's bytes must be there.
-        let e = read_header(&Segments::new(file.len() as u64, vec![(0, &prefix[..30])]).unwrap()).unwrap_err();
+        let e = read_header(&Segments::new(file.len() as u64, vec![(0, &prefix[..30])]).unwrap())
+            .unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
         // A server that ignores ranges streams the file: the header is read
         // from the length and the header alone, however long the data.
@@ -760,7 +918,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_file_not_found() {
-        let e = FileSource::open(Path::new("/nonexistent/x.safetensors"), Backend::Read).err().unwrap();
+        let e = FileSource::open(Path::new("/nonexistent/x.safetensors"), Backend::Read)
+            .err()
+            .unwrap();
         assert_eq!(e.kind, Kind::FileNotFound);
     }
 }

@@ -3,12 +3,10 @@
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-#[cfg(target_os = "linux")]
-use crate::error::Kind;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// What identifies a file's contents for change detection: a file
 /// truncated, rewritten or replaced in place changes one of these.
@@ -23,13 +21,21 @@ pub struct Stamp {
 
 /// The stamp of an open file from its metadata.
 pub fn stamp(_file: &File, meta: &Metadata) -> std::io::Result<Stamp> {
-    Ok(Stamp { len: meta.len(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec(), ino: meta.ino() })
+    Ok(Stamp {
+        len: meta.len(),
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        ino: meta.ino(),
+    })
 }
 
 /// Opens `path` for reading, non-blocking, so that a FIFO can't stall the
 /// open until a writer comes (no effect on reads of regular files).
 pub fn open_read(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Fills `buf` from offset `off` of `file`, without moving a file position
@@ -41,7 +47,11 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<(
 /// Creates a new file for writing, failing if `path` exists; readable and
 /// writable as the umask allows (not 0600).
 pub fn create_new(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(0o666).open(path)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(path)
 }
 
 /// Moves `from` over `to` in one step (rename(2) replaces atomically).
@@ -104,7 +114,13 @@ pub fn populate_read(bytes: &[u8]) {
         // to its page start, inside the map as maps are page-aligned);
         // MADV_POPULATE_READ only faults them in, and its failure (an I/O
         // error shows up again at the read) is harmless.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_POPULATE_READ) };
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_POPULATE_READ,
+            )
+        };
     }
     #[cfg(not(target_os = "linux"))]
     let _ = bytes;
@@ -136,7 +152,12 @@ pub fn start_writeback(file: &File, off: u64, len: u64) {
         // SAFETY: a valid open descriptor; the call only schedules I/O and
         // its failure is harmless (fsync later does the work).
         unsafe {
-            libc::sync_file_range(file.as_raw_fd(), off as libc::off64_t, len as libc::off64_t, libc::SYNC_FILE_RANGE_WRITE);
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                off as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -152,7 +173,12 @@ pub fn anonymous_in(dir: &Path) -> Option<File> {
     if !Path::new("/proc/self/fd").is_dir() {
         return None;
     }
-    OpenOptions::new().write(true).mode(0o666).custom_flags(libc::O_TMPFILE).open(dir).ok()
+    OpenOptions::new()
+        .write(true)
+        .mode(0o666)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -173,11 +199,22 @@ pub fn link_anonymous(file: &File, dir: &Path, base: &OsStr) -> Result<PathBuf> 
     for _ in 0..16 {
         let temp = super::temp_name(dir, base);
         let Ok(to) = CString::new(temp.as_os_str().as_bytes()) else {
-            return Err(Error::new(Kind::InvalidArgument, "the path contains a NUL byte"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "the path contains a NUL byte",
+            ));
         };
         // SAFETY: both paths are valid NUL-terminated strings that outlive
         // the call; linkat only reads them.
-        let rc = unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
         if rc == 0 {
             return Ok(temp);
         }
@@ -186,10 +223,68 @@ pub fn link_anonymous(file: &File, dir: &Path, base: &OsStr) -> Result<PathBuf> 
             break;
         }
     }
-    Err(Error::io(&last, "can't link the new file into its directory"))
+    Err(Error::io(
+        &last,
+        "can't link the new file into its directory",
+    ))
 }
 
 #[cfg(not(target_os = "linux"))]
 pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBuf> {
-    Err(Error::new(crate::error::Kind::Io, "anonymous files are not supported on this system"))
+    Err(Error::new(
+        crate::error::Kind::Io,
+        "anonymous files are not supported on this system",
+    ))
+}
+
+/// What a file that is neither a regular file nor a directory is, for
+/// messages.
+pub fn special_kind(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// An exclusive lock on a directory, held until dropped: `flock(2)` on the
+/// directory itself, so that no file is created for it. `None` inside when
+/// the file system has no such locks (some network file systems): saves
+/// then go on without one.
+pub struct DirLock {
+    _held: Option<File>,
+}
+
+/// Locks `dir` exclusively, waiting for another holder (another process's
+/// save) and calling `poll` every 10 ms meanwhile.
+pub fn lock_dir(dir: &Path, poll: &mut dyn FnMut() -> Result<()>) -> Result<DirLock> {
+    use std::os::fd::AsRawFd;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| Error::io(&e, "can't open the folder"))?;
+    loop {
+        // SAFETY: a valid open descriptor; flock only takes a lock on it.
+        if unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(DirLock { _held: Some(d) });
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {
+                poll()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Some(libc::EINTR) => {}
+            // No locks here (ENOLCK, EOPNOTSUPP, EINVAL, EBADF on NFS).
+            _ => return Ok(DirLock { _held: None }),
+        }
+    }
 }

@@ -52,7 +52,15 @@ extern "system" {
     fn GetFileInformationByHandle(file: RawHandle, info: *mut ByHandleFileInformation) -> i32;
     fn MoveFileExW(existing: *const u16, new: *const u16, flags: u32) -> i32;
     fn VirtualUnlock(address: *mut c_void, size: usize) -> i32;
+    fn CreateMutexW(attributes: *mut c_void, initial_owner: i32, name: *const u16) -> RawHandle;
+    fn WaitForSingleObject(handle: RawHandle, milliseconds: u32) -> u32;
+    fn ReleaseMutex(handle: RawHandle) -> i32;
+    fn CloseHandle(handle: RawHandle) -> i32;
 }
+
+const WAIT_OBJECT_0: u32 = 0;
+const WAIT_ABANDONED: u32 = 0x80;
+const WAIT_TIMEOUT: u32 = 0x102;
 
 /// What identifies a file's contents for change detection: a file
 /// truncated, rewritten or replaced in place changes one of these. They
@@ -101,9 +109,9 @@ pub fn open_read(path: &Path) -> io::Result<File> {
     match OpenOptions::new().read(true).open(path) {
         // Opening a directory without FILE_FLAG_BACKUP_SEMANTICS is refused
         // as "access denied"; say what it is instead.
-        Err(e) if e.raw_os_error() == Some(ERROR_ACCESS_DENIED) && path.is_dir() => {
-            Err(io::Error::new(e.kind(), "the path is a directory, not a file"))
-        }
+        Err(e) if e.raw_os_error() == Some(ERROR_ACCESS_DENIED) && path.is_dir() => Err(
+            io::Error::new(e.kind(), "the path is a directory, not a file"),
+        ),
         res => res,
     }
 }
@@ -119,9 +127,9 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
             Ok(0) => break,
             Ok(n) => {
                 buf = &mut buf[n..];
-                off = off
-                    .checked_add(n as u64)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow"))?;
+                off = off.checked_add(n as u64).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow")
+                })?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // A read that starts at or past the end of the file.
@@ -132,7 +140,10 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
     if buf.is_empty() {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer"))
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "failed to fill whole buffer",
+        ))
     }
 }
 
@@ -155,10 +166,16 @@ const LONG_PATH: usize = 248;
 fn wide_path(path: &Path) -> io::Result<Vec<u16>> {
     let mut wide: Vec<u16> = path.as_os_str().encode_wide().collect();
     if wide.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the path contains a NUL character"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path contains a NUL character",
+        ));
     }
     if wide.len() >= LONG_PATH {
-        let abs: Vec<u16> = std::path::absolute(path)?.as_os_str().encode_wide().collect();
+        let abs: Vec<u16> = std::path::absolute(path)?
+            .as_os_str()
+            .encode_wide()
+            .collect();
         let s = |text: &str| -> Vec<u16> { text.encode_utf16().collect() };
         let bs = u16::from(b'\\');
         wide = if abs.starts_with(&s(r"\\?\")) || abs.starts_with(&s(r"\\.\")) {
@@ -192,13 +209,20 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     loop {
         // SAFETY: both are NUL-terminated UTF-16 strings that outlive the
         // call, which only reads them.
-        let ok =
-            unsafe { MoveFileExW(from_w.as_ptr(), to_w.as_ptr(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) };
+        let ok = unsafe {
+            MoveFileExW(
+                from_w.as_ptr(),
+                to_w.as_ptr(),
+                MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+            )
+        };
         if ok != 0 {
             return Ok(());
         }
         let err = io::Error::last_os_error();
-        let Some(code) = in_use(&err, to) else { return Err(err) };
+        let Some(code) = in_use(&err, to) else {
+            return Err(err);
+        };
         if wait_ms > REPLACE_WAIT_MAX_MS {
             return Err(io::Error::new(
                 err.kind(),
@@ -233,6 +257,71 @@ fn in_use(err: &io::Error, to: &Path) -> Option<i32> {
         _ => false,
     };
     in_use.then_some(code)
+}
+
+/// What a file that is neither a regular file nor a directory is, for
+/// messages.
+pub fn special_kind(_meta: &Metadata) -> &'static str {
+    "a special file"
+}
+
+/// An exclusive lock on a directory, held until dropped: a named mutex of
+/// the session whose name comes from the directory's canonical path, so
+/// that no file is created for it. The system releases it if its owner
+/// dies (the next owner sees it abandoned, and takes it). `None` inside
+/// when it can't be had: saves then go on without one.
+pub struct DirLock(Option<RawHandle>);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // SAFETY: a mutex handle this thread owns (R calls on one
+            // thread); releasing and closing it ends the lock.
+            unsafe {
+                ReleaseMutex(h);
+                CloseHandle(h);
+            }
+        }
+    }
+}
+
+/// Locks `dir` exclusively, waiting for another holder (another process's
+/// save) and calling `poll` every 50 ms meanwhile.
+pub fn lock_dir(dir: &Path, poll: &mut dyn FnMut() -> Result<()>) -> Result<DirLock> {
+    let canonical =
+        std::fs::canonicalize(dir).map_err(|e| Error::io(&e, "can't open the folder"))?;
+    // FNV-1a of the lower-cased path: file names are case-insensitive.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.to_string_lossy().to_lowercase().bytes() {
+        hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name: Vec<u16> = OsStr::new(&format!("Local\\safetensors-save-{hash:016x}"))
+        .encode_wide()
+        .chain([0])
+        .collect();
+    // SAFETY: a NUL-terminated UTF-16 name that outlives the call; no
+    // security attributes.
+    let h = unsafe { CreateMutexW(std::ptr::null_mut(), 0, name.as_ptr()) };
+    if h.is_null() {
+        return Ok(DirLock(None));
+    }
+    let lock = DirLock(Some(h));
+    loop {
+        // SAFETY: a valid mutex handle.
+        match unsafe { WaitForSingleObject(h, 50) } {
+            WAIT_OBJECT_0 | WAIT_ABANDONED => return Ok(lock),
+            WAIT_TIMEOUT => poll()?,
+            _ => {
+                // Not owned: close without releasing.
+                let mut lock = lock;
+                if let Some(h) = lock.0.take() {
+                    // SAFETY: a valid handle, closed once.
+                    unsafe { CloseHandle(h) };
+                }
+                return Ok(lock);
+            }
+        }
+    }
 }
 
 /// Does nothing: Windows can't flush a directory as Unix does, and needs
@@ -299,7 +388,10 @@ pub fn anonymous_in(_dir: &Path) -> Option<File> {
 
 /// Never called, since [`anonymous_in`] makes no anonymous file.
 pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBuf> {
-    Err(Error::new(Kind::Io, "anonymous files are not supported on this system"))
+    Err(Error::new(
+        Kind::Io,
+        "anonymous files are not supported on this system",
+    ))
 }
 
 #[cfg(test)]
@@ -314,21 +406,28 @@ mod tests {
 
     fn tempdir() -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
-        let d =
-            std::env::temp_dir().join(format!("st-win-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let d = std::env::temp_dir().join(format!(
+            "st-win-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
 
     fn pattern(n: usize, seed: u32) -> Vec<u8> {
-        (0..n as u32).map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8).collect()
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+            .collect()
     }
 
     fn save(target: &Path, bytes: &[u8], sync: bool) -> Result<()> {
@@ -340,8 +439,16 @@ mod tests {
     /// The message `replace` gives for a target in use, as the user sees it.
     fn assert_in_use(err: &Error) {
         assert_eq!(err.kind, Kind::Io);
-        assert!(err.message.starts_with("can't replace the target file: "), "{}", err.message);
-        assert!(err.message.contains("open or memory-mapped elsewhere"), "{}", err.message);
+        assert!(
+            err.message.starts_with("can't replace the target file: "),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("open or memory-mapped elsewhere"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("close it first"), "{}", err.message);
     }
 
@@ -353,7 +460,11 @@ mod tests {
         let mut f = AtomicFile::create(&target).unwrap();
         assert!(!f.is_anonymous(), "Windows uses a named temporary file");
         f.file().unwrap().write_all(b"new").unwrap();
-        assert_eq!(entries(&dir).len(), 2, "the temporary file sits beside the target");
+        assert_eq!(
+            entries(&dir).len(),
+            2,
+            "the temporary file sits beside the target"
+        );
         assert_eq!(std::fs::read(&target).unwrap(), b"old contents");
         f.commit(true).unwrap();
         assert_eq!(entries(&dir), vec!["m.safetensors"]);
@@ -376,7 +487,11 @@ mod tests {
         assert_eq!(src.view(0, old.len()).unwrap(), Some(&old[..]));
         let err = save(&target, &pattern(100, 2), true).unwrap_err();
         assert_in_use(&err);
-        assert!(err.message.ends_with("(os error 1224)") || err.message.ends_with("(os error 5)"), "{}", err.message);
+        assert!(
+            err.message.ends_with("(os error 1224)") || err.message.ends_with("(os error 5)"),
+            "{}",
+            err.message
+        );
         // The old file and the map are intact, and no temporary file is left.
         assert_eq!(entries(&dir), vec!["mapped.safetensors"]);
         assert_eq!(src.view(0, old.len()).unwrap(), Some(&old[..]));
@@ -396,14 +511,22 @@ mod tests {
         std::fs::write(&target, b"old").unwrap();
         // Held without sharing delete access for 50 ms, as a virus scanner
         // might; the replace waits it out.
-        let other = OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(&target).unwrap();
+        let other = OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ)
+            .open(&target)
+            .unwrap();
         let release = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
             drop(other);
         });
         let t0 = std::time::Instant::now();
         save(&target, b"new", false).unwrap();
-        assert!(t0.elapsed() >= std::time::Duration::from_millis(40), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= std::time::Duration::from_millis(40),
+            "{:?}",
+            t0.elapsed()
+        );
         release.join().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(entries(&dir), vec!["busy.bin"]);
@@ -416,7 +539,11 @@ mod tests {
         let target = dir.join("open.bin");
         std::fs::write(&target, b"old").unwrap();
         // Open by a program that did not allow deleting it: sharing violation.
-        let other = OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(&target).unwrap();
+        let other = OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ)
+            .open(&target)
+            .unwrap();
         let err = save(&target, b"new", false).unwrap_err();
         assert_in_use(&err);
         assert_eq!(entries(&dir), vec!["open.bin"]);
@@ -506,7 +633,12 @@ mod tests {
             // Grown.
             std::fs::write(&p, &bytes).unwrap();
             let src = FileSource::open(&p, backend).unwrap();
-            OpenOptions::new().append(true).open(&p).unwrap().write_all(b"more").unwrap();
+            OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .write_all(b"more")
+                .unwrap();
             assert_eq!(src.check_unchanged().unwrap_err().kind, Kind::FileChanged);
             drop(src);
         }
@@ -514,12 +646,20 @@ mod tests {
         // io::tests::file_source_detects_truncation).
         std::fs::write(&p, &bytes).unwrap();
         let src = FileSource::open(&p, Backend::Read).unwrap();
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(100).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
         let err = src.check_unchanged().unwrap_err();
         assert_eq!(err.kind, Kind::FileChanged);
         assert!(err.message.contains("shrank"), "{}", err.message);
         let mut buf = [0u8; 16];
-        assert_eq!(src.read_at(4000, &mut buf).unwrap_err().kind, Kind::FileChanged);
+        assert_eq!(
+            src.read_at(4000, &mut buf).unwrap_err().kind,
+            Kind::FileChanged
+        );
         drop(src);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -528,10 +668,16 @@ mod tests {
     fn the_stamp_tells_files_apart_by_volume_and_index() {
         let dir = tempdir();
         let (a, b) = (dir.join("a.bin"), dir.join("b.bin"));
-        let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let when =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         for p in [&a, &b] {
             std::fs::write(p, b"same bytes").unwrap();
-            OpenOptions::new().write(true).open(p).unwrap().set_modified(when).unwrap();
+            OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
         }
         let stamp_of = |p: &Path| {
             let f = open_read(p).unwrap();
@@ -552,9 +698,16 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         let file = open_read(&p).unwrap();
         let n = bytes.len();
-        for (off, len) in
-            [(0, 1), (0, n), (1, 4095), (4095, 2), (4096, 4096), (65535, 65538), (n - 1, 1), (n - 100, 100)]
-        {
+        for (off, len) in [
+            (0, 1),
+            (0, n),
+            (1, 4095),
+            (4095, 2),
+            (4096, 4096),
+            (65535, 65538),
+            (n - 1, 1),
+            (n - 100, 100),
+        ] {
             let mut buf = vec![0u8; len];
             read_exact_at(&file, &mut buf, off as u64).unwrap();
             assert_eq!(buf, &bytes[off..off + len], "at {off}+{len}");
@@ -586,7 +739,10 @@ mod tests {
         let mut buf = [0u8; 32];
         src.read_at(n - 32, &mut buf).unwrap();
         assert_eq!(&buf[..], &bytes[n - 32..]);
-        assert_eq!(src.read_at(n - 16, &mut buf).unwrap_err().kind, Kind::FileChanged);
+        assert_eq!(
+            src.read_at(n - 16, &mut buf).unwrap_err().kind,
+            Kind::FileChanged
+        );
         drop((file, src));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -638,18 +794,27 @@ mod tests {
     #[test]
     fn wide_paths_are_nul_terminated_and_prefixed_when_long() {
         let w = wide_path(Path::new(r"C:\x\Grüße.bin")).unwrap();
-        assert_eq!(String::from_utf16(&w[..w.len() - 1]).unwrap(), r"C:\x\Grüße.bin");
+        assert_eq!(
+            String::from_utf16(&w[..w.len() - 1]).unwrap(),
+            r"C:\x\Grüße.bin"
+        );
         assert_eq!(w.last(), Some(&0));
         let long = format!(r"C:\{}\f.bin", "d".repeat(300));
         let w = wide_path(Path::new(&long)).unwrap();
-        assert_eq!(String::from_utf16(&w[..w.len() - 1]).unwrap(), format!(r"\\?\{long}"));
+        assert_eq!(
+            String::from_utf16(&w[..w.len() - 1]).unwrap(),
+            format!(r"\\?\{long}")
+        );
         let unc = format!(r"\\server\share\{}\f.bin", "d".repeat(300));
         let w = wide_path(Path::new(&unc)).unwrap();
         assert_eq!(
             String::from_utf16(&w[..w.len() - 1]).unwrap(),
             format!(r"\\?\UNC\server\share\{}\f.bin", "d".repeat(300))
         );
-        assert_eq!(wide_path(Path::new("a\0b")).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            wide_path(Path::new("a\0b")).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 
     #[test]
