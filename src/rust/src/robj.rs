@@ -10,9 +10,9 @@ use std::os::raw::c_void;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE, Rf_protect,
-    Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL, RAW, REAL, SET_STRING_ELT, SEXP, SEXPTYPE,
-    TYPEOF,
+    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_error, Rf_install,
+    Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL,
+    RAW, REAL, SET_STRING_ELT, SEXP, SEXPTYPE, TYPEOF,
 };
 use safetensors_core::error::{Error, Kind, Result};
 
@@ -24,7 +24,10 @@ extern "C" {
         handler: Option<unsafe extern "C" fn(SEXP, *mut c_void) -> SEXP>,
         hdata: *mut c_void,
     ) -> SEXP;
-    fn R_ToplevelExec(fun: Option<unsafe extern "C" fn(*mut c_void)>, data: *mut c_void) -> std::os::raw::c_int;
+    fn R_ToplevelExec(
+        fun: Option<unsafe extern "C" fn(*mut c_void)>,
+        data: *mut c_void,
+    ) -> std::os::raw::c_int;
     fn R_CheckUserInterrupt();
 }
 
@@ -80,7 +83,11 @@ fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(name))?;
-        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
     };
     Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
 }
@@ -128,10 +135,20 @@ pub fn reserve_vector_heap(rest: usize, bytes: usize) {
     }
     let reserve = bytes.saturating_add(bytes / 4);
     // SAFETY: R_NilValue is a valid SEXP once R runs.
-    let mut req = AllocRequest { ty: SEXPTYPE::RAWSXP, len: reserve as R_xlen_t, out: unsafe { R_NilValue }, failed: false };
+    let mut req = AllocRequest {
+        ty: SEXPTYPE::RAWSXP,
+        len: reserve as R_xlen_t,
+        out: unsafe { R_NilValue },
+        failed: false,
+    };
     // SAFETY: as in `alloc`: errors are caught by R_tryCatchError, anything
     // else by R_ToplevelExec; the outcome doesn't matter here.
-    let _ = unsafe { R_ToplevelExec(Some(reserve_toplevel), &mut req as *mut AllocRequest as *mut c_void) };
+    let _ = unsafe {
+        R_ToplevelExec(
+            Some(reserve_toplevel),
+            &mut req as *mut AllocRequest as *mut c_void,
+        )
+    };
 }
 
 /// Allocates the vector `data` (an AllocRequest) asks for and drops it at
@@ -161,7 +178,12 @@ unsafe extern "C" fn reserve_toplevel(data: *mut c_void) {
 pub fn vec_bytes(ty: SEXPTYPE, len: usize) -> Result<usize> {
     len.checked_mul(elt_size(ty))
         .filter(|b| *b <= isize::MAX as usize)
-        .ok_or_else(|| Error::new(Kind::Memory, format!("a vector of {len} elements is too large")))
+        .ok_or_else(|| {
+            Error::new(
+                Kind::Memory,
+                format!("a vector of {len} elements is too large"),
+            )
+        })
 }
 
 /// Allocates an R vector of `len` elements without initialising it. A
@@ -170,11 +192,21 @@ pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
     let bytes = vec_bytes(ty, len)?;
     check_available(bytes)?;
     // SAFETY: R_NilValue is a valid SEXP once R runs.
-    let mut req = AllocRequest { ty, len: len as R_xlen_t, out: unsafe { R_NilValue }, failed: false };
+    let mut req = AllocRequest {
+        ty,
+        len: len as R_xlen_t,
+        out: unsafe { R_NilValue },
+        failed: false,
+    };
     // SAFETY: the callback only allocates; an R error inside it is caught
     // by R_tryCatchError (out = R_NilValue), and an interrupt by
     // R_ToplevelExec (returns FALSE), so nothing unwinds through Rust.
-    let ok = unsafe { R_ToplevelExec(Some(alloc_toplevel), &mut req as *mut AllocRequest as *mut c_void) };
+    let ok = unsafe {
+        R_ToplevelExec(
+            Some(alloc_toplevel),
+            &mut req as *mut AllocRequest as *mut c_void,
+        )
+    };
     if ok == 0 {
         return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
     }
@@ -186,7 +218,10 @@ pub fn alloc(ty: SEXPTYPE, len: usize) -> Result<Robj> {
         return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
     }
     if sexp == unsafe { R_NilValue } {
-        return Err(Error::new(Kind::Memory, format!("R can't allocate a vector of {bytes} bytes")));
+        return Err(Error::new(
+            Kind::Memory,
+            format!("R can't allocate a vector of {bytes} bytes"),
+        ));
     }
     // SAFETY: a fresh vector from Rf_allocVector; from_sexp protects it.
     Ok(unsafe { Robj::from_sexp(sexp) })
@@ -204,7 +239,9 @@ pub unsafe fn vec_data(x: SEXP, ty: SEXPTYPE) -> *mut u8 {
         if Rf_xlength(x) == 0 {
             return match ty {
                 SEXPTYPE::RAWSXP => std::ptr::NonNull::<u8>::dangling().as_ptr(),
-                SEXPTYPE::INTSXP | SEXPTYPE::LGLSXP => std::ptr::NonNull::<i32>::dangling().as_ptr() as *mut u8,
+                SEXPTYPE::INTSXP | SEXPTYPE::LGLSXP => {
+                    std::ptr::NonNull::<i32>::dangling().as_ptr() as *mut u8
+                }
                 _ => std::ptr::NonNull::<f64>::dangling().as_ptr() as *mut u8,
             };
         }
@@ -259,18 +296,44 @@ struct Build<F> {
     done: bool,
     /// Set by the error handler: an R error (out of memory).
     failed: bool,
+    /// Set when `f` panicked: what the panic said.
+    panicked: Option<String>,
+}
+
+/// What a panic's payload says (a `&str` or a `String`, as `panic!` makes).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic".to_string()
+    }
 }
 
 unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     let job = unsafe { &mut *(data as *mut Build<F>) };
-    match job.f.take() {
-        Some(f) => {
-            let out = f();
+    let Some(f) = job.f.take() else {
+        return unsafe { R_NilValue };
+    };
+    // A panic must not unwind out of this `extern "C"` function (Rust
+    // aborts the process then): it is caught here and becomes an R error,
+    // raised below with nothing left to drop in this frame, so that R's
+    // jump to the error handler also undoes the protections `f` made.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(out) => {
             job.done = true;
             out
         }
-        None => unsafe { R_NilValue },
+        Err(payload) => {
+            job.panicked = Some(panic_text(&*payload));
+            drop(payload);
+            // SAFETY: a constant format and argument; R jumps to the
+            // handler of the R_tryCatchError around this call, over this
+            // frame, which holds nothing with a destructor.
+            unsafe { Rf_error(c"%s".as_ptr(), c"internal error".as_ptr()) }
+        }
     }
 }
 
@@ -294,8 +357,10 @@ unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
 
 /// Runs `f`, which builds R objects with the raw API (the `r_*` functions
 /// below), under one `R_tryCatchError` inside `R_ToplevelExec`: an R error
-/// inside it (R out of memory) becomes [`Kind::Memory`] here, and Ctrl-C
-/// [`Kind::Interrupted`], without unwinding through Rust frames. One call
+/// inside it (R out of memory) becomes [`Kind::Memory`] here, Ctrl-C
+/// [`Kind::Interrupted`], and a panic an internal error of kind
+/// [`Kind::InvalidArgument`] naming it, without unwinding through Rust
+/// frames or ending the R session. One call
 /// costs about as much as a few allocations, so objects are built in bulk,
 /// not one call each.
 ///
@@ -304,13 +369,33 @@ unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
 /// error jumps over its frame).
 pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
     // SAFETY: R_NilValue is a valid SEXP once R runs.
-    let mut job = Build { f: Some(f), out: unsafe { R_NilValue }, done: false, failed: false };
+    let mut job = Build {
+        f: Some(f),
+        out: unsafe { R_NilValue },
+        done: false,
+        failed: false,
+        panicked: None,
+    };
     // SAFETY: the callbacks only run `f` and record how it ended; R errors
     // are caught by R_tryCatchError and interrupts by R_ToplevelExec; the
     // data pointer outlives the call.
-    let ok = unsafe { R_ToplevelExec(Some(build_toplevel::<F>), &mut job as *mut Build<F> as *mut c_void) };
+    let ok = unsafe {
+        R_ToplevelExec(
+            Some(build_toplevel::<F>),
+            &mut job as *mut Build<F> as *mut c_void,
+        )
+    };
+    if let Some(what) = job.panicked {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            format!("internal error: {what}"),
+        ));
+    }
     if job.failed {
-        return Err(Error::new(Kind::Memory, "R ran out of memory while building the result"));
+        return Err(Error::new(
+            Kind::Memory,
+            "R ran out of memory while building the result",
+        ));
     }
     if ok == 0 || !job.done {
         return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
@@ -333,7 +418,13 @@ pub unsafe fn r_vec(ty: SEXPTYPE, len: usize) -> SEXP {
 /// # Safety
 /// Only inside [`build`]; the result is unprotected.
 pub unsafe fn r_char(s: &str) -> SEXP {
-    unsafe { Rf_mkCharLenCE(s.as_ptr() as *const std::os::raw::c_char, s.len() as i32, cetype_t::CE_UTF8) }
+    unsafe {
+        Rf_mkCharLenCE(
+            s.as_ptr() as *const std::os::raw::c_char,
+            s.len() as i32,
+            cetype_t::CE_UTF8,
+        )
+    }
 }
 
 /// A character vector of the strings `s`.
@@ -424,7 +515,10 @@ pub fn check_r_string(s: &str, what: &str) -> Result<()> {
     if s.contains('\0') {
         return Err(Error::new(
             Kind::InvalidHeader,
-            format!("{what} {:?} contains a NUL character, which R strings can't hold", s),
+            format!(
+                "{what} {:?} contains a NUL character, which R strings can't hold",
+                s
+            ),
         ));
     }
     Ok(())
@@ -475,7 +569,13 @@ pub fn error_robj(e: &Error) -> Robj {
     };
     let mut out = named_list(
         &["kind", "message", "tensor", "format", "hint"],
-        vec![e.kind.class().into(), e.message.replace('\0', "\\0").into(), tensor, e.kind.is_format().into(), hint],
+        vec![
+            e.kind.class().into(),
+            e.message.replace('\0', "\\0").into(),
+            tensor,
+            e.kind.is_format().into(),
+            hint,
+        ],
     );
     set_attr(&mut out, "class", "safetensors_rust_error".into());
     out
@@ -504,4 +604,55 @@ pub fn check_interrupt_now() -> Result<()> {
         return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts an embedded R in this process, once (R runs on one thread:
+    /// the tests that use it run on the thread that starts it, one test).
+    fn start_r() {
+        if std::env::var_os("R_HOME").is_none() {
+            let out = std::process::Command::new("R")
+                .arg("RHOME")
+                .output()
+                .expect("R on the PATH");
+            std::env::set_var("R_HOME", String::from_utf8_lossy(&out.stdout).trim());
+        }
+        let mut args = [
+            c"R".as_ptr() as *mut _,
+            c"--slave".as_ptr() as *mut _,
+            c"--no-save".as_ptr() as *mut _,
+        ];
+        // SAFETY: R's documented embedding sequence, once per process; the
+        // arguments outlive the call. The stack limit is lifted because the
+        // test harness runs this on a thread R didn't measure.
+        unsafe {
+            extendr_ffi::Rf_initialize_R(3, args.as_mut_ptr());
+            extendr_ffi::R_CStackLimit = usize::MAX;
+            extendr_ffi::setup_Rmainloop();
+        }
+    }
+
+    #[test]
+    fn a_panic_while_building_is_an_error_and_r_goes_on() {
+        start_r();
+        // SAFETY: R runs; the closures allocate and protect as `build` asks.
+        let ok = build(|| unsafe { r_vec(SEXPTYPE::INTSXP, 3) }).unwrap();
+        assert_eq!(ok.len(), 3);
+        let e = build(|| unsafe {
+            // A protection left unbalanced by the panic is undone by R.
+            Rf_protect(r_vec(SEXPTYPE::REALSXP, 10));
+            panic!("boom {}", 42);
+        })
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument);
+        assert_eq!(e.message, "internal error: boom 42");
+        // R still works, and its protection stack is balanced.
+        let again = build(|| unsafe { r_vec(SEXPTYPE::RAWSXP, 5) }).unwrap();
+        assert_eq!(again.len(), 5);
+        let alloc_ok = alloc(SEXPTYPE::REALSXP, 4).unwrap();
+        assert_eq!(alloc_ok.len(), 4);
+    }
 }
