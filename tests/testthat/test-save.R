@@ -394,6 +394,136 @@ test_that("names and metadata are written as UTF-8 whatever their encoding", {
   expect_false(file.exists(path))
 })
 
+test_that("strings not valid in their encoding are errors that show them escaped once, never rewritten", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  # Native strings with bytes invalid in this UTF-8 session (enc2utf8()
+  # would write "\xff" as "<ff>", a different name).
+  skip_if_not(l10n_info()[["UTF-8"]], "needs a UTF-8 session")
+  bad <- "bad\xff"
+  expect_false(validUTF8(bad))
+  expect_error(safe_save_file(setNames(list(1), bad), path), class = "safetensors_error_invalid_argument")
+  expect_error(safe_save_file(list(a = 1), path, metadata = list(k = "ok\xe9")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_save_file(list(a = 1), path, metadata = setNames(list("v"), "k\xe9")), class = "safetensors_error_invalid_argument")
+  marked <- "caf\xe9"
+  Encoding(marked) <- "bytes"
+  utf8_bad <- "x\xff"
+  Encoding(utf8_bad) <- "UTF-8"
+  expect_false(file.exists(path))
+  expect_snapshot(error = TRUE, {
+    safe_serialize(setNames(list(1, 2), c("a", bad)))
+    safe_serialize(list(a = 1), metadata = list(k = "ok\xe9"))
+    safe_serialize(setNames(list(1), marked))
+    safe_serialize(setNames(list(1), utf8_bad))
+  })
+  # Valid UTF-8, Latin-1 and ASCII are fine, as is UTF-8 marked as native.
+  ok <- c("caf\u00e9", iconv("caf\u00e9", "UTF-8", "latin1"), "plain")
+  expect_identical(names(safe_deserialize(safe_serialize(setNames(list(1, 2, 3), c(ok[1], "b", ok[3]))))), c("caf\u00e9", "b", "plain"))
+  expect_identical(names(safe_deserialize(safe_serialize(setNames(list(1), ok[2])))), "caf\u00e9")
+})
+
+test_that("a save refuses FIFOs and devices before writing, and writes through symbolic links", {
+  skip_on_os("windows")
+  dir <- withr::local_tempdir()
+  x <- list(a = 1:3)
+  # A FIFO: refused, and left a FIFO (a rename would have replaced it).
+  fifo <- file.path(dir, "fifo.safetensors")
+  skip_if(system2("mkfifo", shQuote(fifo)) != 0, "mkfifo is not available")
+  cnd <- expect_error(safe_save_file(x, fifo), class = "safetensors_error_io")
+  expect_match(conditionMessage(cnd), "a FIFO", fixed = TRUE)
+  expect_identical(unname(system2("test", c("-p", shQuote(fifo)))), 0L)
+  expect_snapshot(safe_save_file(x, fifo), error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE))
+  expect_error(safe_save_file(x, fifo, max_shard_size = 10), class = "safetensors_error_io")
+  # A device: a node of /dev/null's kind made here (needs root), so that
+  # a regression could only replace this one; else the system's
+  # /dev/full, which only root could replace.
+  node <- file.path(dir, "null.safetensors")
+  made <- suppressWarnings(system2("mknod", c(shQuote(node), "c", "1", "3"), stdout = FALSE, stderr = FALSE)) == 0
+  device <- if (made) node else "/dev/full"
+  if (made || Sys.info()[["effective_user"]] != "root") {
+    cnd <- expect_error(safe_save_file(x, device), class = "safetensors_error_io")
+    expect_match(conditionMessage(cnd), "a character device", fixed = TRUE)
+    expect_identical(unname(system2("test", c("-c", shQuote(device)))), 0L)
+  }
+  # A symbolic link to a file: the file is replaced, the link kept.
+  target <- file.path(dir, "real.safetensors")
+  safe_save_file(list(old = 1), target)
+  link <- file.path(dir, "link.safetensors")
+  file.symlink("real.safetensors", link)
+  expect_identical(safe_save_file(x, link), link)
+  expect_identical(Sys.readlink(link), "real.safetensors")
+  expect_named(safe_load_file(target), "a")
+  expect_named(safe_load_file(link), "a")
+  # A dangling link: the file it names is created.
+  dangling <- file.path(dir, "dangling.safetensors")
+  file.symlink("made.safetensors", dangling)
+  safe_save_file(x, dangling)
+  expect_identical(Sys.readlink(dangling), "made.safetensors")
+  expect_named(safe_load_file(file.path(dir, "made.safetensors")), "a")
+  # A link to a folder is the folder.
+  sub <- file.path(dir, "sub")
+  dir.create(sub)
+  file.symlink("sub", file.path(dir, "to-sub"))
+  safe_save_file(x, file.path(dir, "to-sub"))
+  expect_identical(list.files(sub), "model.safetensors")
+  # Shards through a link go beside the file it names; the link, dangling
+  # once the single file is gone, still loads them (its index).
+  safe_save_file(list(a = runif(100), b = runif(100)), link, max_shard_size = 1000)
+  expect_false(file.exists(target))
+  expect_true(file.exists(file.path(dir, "real.safetensors.index.json")))
+  expect_named(safe_load_file(link), c("a", "b"))
+  # Nothing else was left in the folder.
+  expect_setequal(
+    list.files(dir, all.files = TRUE, no.. = TRUE),
+    c(
+      "fifo.safetensors", if (made) "null.safetensors", "link.safetensors", "dangling.safetensors",
+      "made.safetensors", "sub", "to-sub", "real.safetensors.index.json",
+      "real-00001-of-00002.safetensors", "real-00002-of-00002.safetensors"
+    )
+  )
+})
+
+test_that("tensors given as bytes of another dtype are converted by value", {
+  # framework = "raw" returns each tensor's bytes with its dtype and shape.
+  raw <- safe_load_file(safe_serialize(list(f = matrix(c(1.5, -2, 65504, 0.1), 2), i = c(1L, 300L))), framework = "raw")
+  back <- safe_deserialize(safe_serialize(raw, dtype = c(f = "F16", i = "I16")))
+  expect_identical(attr(back$f, "dtype"), "F16")
+  expect_identical(as.vector(back$f), c(1.5, -2, 65504, 0.0999755859375))
+  expect_identical(back$i, structure(c(1L, 300L), dim = 2L, dtype = "I16"))
+  # The same bytes as converting the values themselves.
+  expect_identical(
+    safe_serialize(raw, dtype = "BF16"),
+    safe_serialize(list(f = matrix(c(1.5, -2, 65504, 0.1), 2), i = c(1L, 300L)), dtype = "BF16")
+  )
+  # A value the dtype can't hold is an error naming it, counted in the
+  # order of the bytes (row-major).
+  raw$f <- safe_load_file(safe_serialize(list(f = matrix(c(1, 2, 1e6, 3), 2))), framework = "raw")$f
+  cnd <- expect_error(safe_serialize(raw, dtype = c(f = "F16")), class = "safetensors_error_conversion")
+  expect_identical(cnd$tensor, "f")
+  expect_snapshot(safe_serialize(raw, dtype = c(f = "F16")), error = TRUE)
+  expect_error(safe_serialize(raw, dtype = c(i = "U8")), class = "safetensors_error_conversion")
+})
+
+test_that("torch tensors take the dtype asked for, converted by value; one dtype converts the floating-point ones", {
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+  x <- list(
+    w = torch::torch_tensor(matrix(c(0.1, 2, -3, 65504), 2), dtype = torch::torch_float32()),
+    ids = torch::torch_tensor(c(1L, 2L, 3L), dtype = torch::torch_int64()),
+    mask = torch::torch_tensor(c(TRUE, FALSE))
+  )
+  dtypes <- function(bytes) vapply(header_of(bytes), `[[`, "", "dtype")
+  bytes <- safe_serialize(x, dtype = "BF16")
+  expect_identical(dtypes(bytes), c(w = "BF16", ids = "I64", mask = "BOOL"))
+  # The values R converts the same way: torch's row-major matrix.
+  want <- safe_serialize(list(w = matrix(c(0.1, 2, -3, 65504), 2), ids = c(1, 2, 3), mask = c(TRUE, FALSE)), dtype = c(w = "BF16", ids = "I64"))
+  expect_identical(bytes, want)
+  expect_identical(dtypes(safe_serialize(x, dtype = c(ids = "I32", w = "F16"))), c(w = "F16", ids = "I32", mask = "BOOL"))
+  # Out of range for the dtype asked: an error, not an infinity.
+  big <- list(w = torch::torch_tensor(c(1, 1e6), dtype = torch::torch_float32()))
+  expect_error(safe_serialize(big, dtype = "F16"), class = "safetensors_error_conversion")
+  expect_error(safe_serialize(list(f = torch::torch_tensor(c(1.5))), dtype = c(f = "I32")), class = "safetensors_error_conversion")
+})
+
 test_that("the \"dtype\" attribute keeps a dtype only where it holds the values exactly", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(list(w = c(0.5, 1.25, -3)), path, dtype = "F16")

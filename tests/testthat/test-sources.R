@@ -164,3 +164,92 @@ test_that("the end check looks at what a connection holds without waiting", {
   withr::defer(close(p))
   expect_identical(names(safe_load_file(p)), "a")
 })
+
+test_that("every error a connection gives while read or written is classed, R's own as parent", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  bytes <- safe_serialize(list(a = 1:3))
+  writeBin(bytes, path)
+  x <- list(a = 1)
+  readers <- list(
+    safe_load_file = function(con) safe_load_file(con),
+    raw = function(con) safe_load_file(con, framework = "raw"),
+    safe_info = function(con) safe_info(con),
+    safe_open = function(con) safe_open(con)
+  )
+  for (r in names(readers)) {
+    read <- readers[[r]]
+    # Text mode.
+    con <- file(path, "r")
+    expect_error(read(con), class = "safetensors_error_invalid_argument", label = r)
+    close(con)
+    # Open for writing only.
+    con <- file(withr::local_tempfile(), "wb")
+    expect_error(read(con), class = "safetensors_error_invalid_argument", label = r)
+    close(con)
+    # Closed (destroyed).
+    con <- file(path, "rb")
+    close(con)
+    cnd <- expect_error(read(con), class = "safetensors_error_closed", label = r)
+    expect_s3_class(cnd$parent, "error")
+    # A file that can't be opened: R's warning saying why is the parent.
+    cnd <- expect_error(read(file(file.path(withr::local_tempdir(), "none"))), class = "safetensors_error_io", label = r)
+    expect_match(conditionMessage(cnd$parent), "No such file", fixed = TRUE)
+  }
+  out <- withr::local_tempfile()
+  for (mode in c("w", "rb")) {
+    con <- file(if (mode == "rb") path else out, mode)
+    expect_error(safe_save_file(x, con), class = "safetensors_error_invalid_argument", label = mode)
+    close(con)
+  }
+  con <- file(out, "wb")
+  close(con)
+  expect_error(safe_save_file(x, con), class = "safetensors_error_closed")
+  expect_error(safe_save_file(x, file(file.path(withr::local_tempdir(), "no", "dir"))), class = "safetensors_error_io")
+  expect_identical(read_bytes(path), bytes)
+  # A broken gzcon(): corrupt compressed data.
+  gz <- withr::local_tempfile(fileext = ".gz")
+  g <- gzfile(gz, "wb")
+  writeBin(bytes, g)
+  close(g)
+  damaged <- read_bytes(gz)
+  damaged[20:30] <- as.raw(0xff)
+  writeBin(damaged, gz)
+  cnd <- expect_error(safe_load_file(gzcon(file(gz, "rb"))), class = "safetensors_error")
+  expect_false(inherits(cnd, "simpleError"))
+  # A socket whose writer closes it halfway through the file.
+  skip_on_cran()
+  skip_if_not_installed("callr")
+  con <- local_socket_sending(bytes[seq_len(length(bytes) - 4)], hold = 0)
+  expect_error(safe_load_file(con), class = "safetensors_error_incomplete_buffer")
+  con <- local_socket_sending(bytes[1:20], hold = 0)
+  expect_error(safe_info(con), class = "safetensors_error_invalid_header_length")
+  expect_snapshot(error = TRUE, transform = function(s) gsub(path, "<path>", s, fixed = TRUE), {
+    safe_load_file(file(path, "r"))
+    safe_save_file(x, file(path, "rb"))
+  })
+})
+
+test_that("a checkpoint path resolves to its single file, else to the index beside it", {
+  dir <- withr::local_tempdir()
+  file <- file.path(dir, "model.safetensors")
+  index <- file.path(dir, "model.safetensors.index.json")
+  expect_error(resolve_folder(dir), class = "safetensors_error_file_not_found")
+  expect_identical(resolve_folder(file), file)
+  safe_save_file(list(a = runif(200), b = runif(200)), dir, max_shard_size = 1000)
+  expect_identical(resolve_folder(dir), index)
+  expect_identical(resolve_folder(file), index)
+  expect_identical(resolve_folder(index), index)
+  # A single file beside an index takes precedence, as in transformers.
+  writeBin(safe_serialize(list(single = 1)), file)
+  expect_identical(resolve_folder(dir), file)
+  expect_identical(resolve_folder(file), file)
+  # Other names: the only index, with its own single file first.
+  other <- withr::local_tempdir()
+  safe_save_file(list(a = runif(200), b = runif(200)), file.path(other, "m.safetensors"), max_shard_size = 1000)
+  expect_identical(resolve_folder(other), file.path(other, "m.safetensors.index.json"))
+  writeBin(safe_serialize(list(single = 1)), file.path(other, "m.safetensors"))
+  expect_identical(resolve_folder(other), file.path(other, "m.safetensors"))
+  # Not a local path: as given.
+  expect_identical(resolve_folder("https://example.org/model.safetensors"), "https://example.org/model.safetensors")
+  expect_identical(resolve_folder(raw(2)), raw(2))
+})

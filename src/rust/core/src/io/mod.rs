@@ -424,7 +424,8 @@ pub fn check_file_target(target: &Path) -> Result<()> {
                 "the path is {}, not a regular file; a save replaces regular files only",
                 sys::special_kind(&m)
             ),
-        )),
+        )
+        .with_hint("To write to it, pass a connection, as in `file(path, \"wb\")`.")),
         _ => Ok(()),
     }
 }
