@@ -149,12 +149,15 @@ read_checkpoint <- function(path, env, call = env) {
 }
 
 # What identifies the checkpoint a reader found at `target` (a file or an
-# index): its path, whether it exists, and an index's bytes.
+# index): its path, its size and modification time (a file replaced by
+# another save, even one with the same tensors, has another), and an
+# index's bytes.
 checkpoint_identity <- function(target) {
-  bytes <- if (is_index_path(target)) {
-    tryCatch(readBin(target, "raw", file.size(target)), error = function(e) NULL, warning = function(w) NULL)
+  info <- file.info(target, extra_cols = FALSE)
+  bytes <- if (is_index_path(target) && !is.na(info$size)) {
+    tryCatch(readBin(target, "raw", info$size), error = function(e) NULL, warning = function(w) NULL)
   }
-  list(target, file.exists(target), bytes)
+  list(target, info$size, as.numeric(info$mtime), bytes)
 }
 
 # Opens the shards of the index at `path` (a file or a URL) for a handle:
