@@ -18,9 +18,10 @@
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (the header is read with one
 #'   range request, two when it is over 64 KiB; see "Remote files" in
-#'   [safe_open()]), a folder holding a checkpoint (its index, else its
-#'   `model.safetensors`), a raw vector holding a file, a binary connection,
-#'   or a handle from [safe_open()].
+#'   [safe_open()]), a folder holding a checkpoint (its
+#'   `model.safetensors`, else its index; see [safe_save_file()]), a raw
+#'   vector holding a file, a binary connection, or a handle from
+#'   [safe_open()].
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
 #'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
@@ -165,7 +166,7 @@ with_header <- function(path, fun, call = parent.frame()) {
 #'
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (only the header is fetched), a
-#'   folder holding a checkpoint (its index, else its `model.safetensors`), a
+#'   folder holding a checkpoint (its `model.safetensors`, else its index), a
 #'   raw vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,

@@ -50,8 +50,9 @@
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
 #'   `model.safetensors.index.json`), an `http://` or `https://` URL of
-#'   either, a folder holding a checkpoint (read from its index, else its
-#'   `model.safetensors`), a raw vector holding a whole file, or a binary
+#'   either, a folder holding a checkpoint (read from its `model.safetensors`,
+#'   else its index; a file path that doesn't exist reads the index beside
+#'   it, see "Files, folders and shard sets" in [safe_save_file()]), a raw vector holding a whole file, or a binary
 #'   connection (opened for reading, or not yet opened). A URL is read with HTTP range
 #'   requests: the header, then (without `tensors`) the data in one request
 #'   streamed into the result piece by piece, so that no second copy of the

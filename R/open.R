@@ -99,7 +99,7 @@
 #'   checkpoint's index (a file ending in `.json`, such as
 #'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
 #'   or `https://` URL of either (see "Remote files"), a folder holding a
-#'   checkpoint (its index, else its `model.safetensors`), a raw vector
+#'   checkpoint (its `model.safetensors`, else its index), a raw vector
 #'   holding a whole file, or a binary connection (read into memory).
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
