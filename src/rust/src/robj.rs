@@ -315,6 +315,7 @@ unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP 
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     let job = unsafe { &mut *(data as *mut Build<F>) };
     let Some(f) = job.f.take() else {
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         return unsafe { R_NilValue };
     };
     // A panic must not unwind out of this `extern "C"` function (Rust
@@ -368,9 +369,9 @@ unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
 /// it returns, and hold nothing with a destructor across R calls (an R
 /// error jumps over its frame).
 pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
-    // SAFETY: R_NilValue is a valid SEXP once R runs.
     let mut job = Build {
         f: Some(f),
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
         out: unsafe { R_NilValue },
         done: false,
         failed: false,
@@ -638,9 +639,12 @@ mod tests {
     #[test]
     fn a_panic_while_building_is_an_error_and_r_goes_on() {
         start_r();
-        // SAFETY: R runs; the closures allocate and protect as `build` asks.
+        // SAFETY (all the closures below): R runs; they allocate as `build`
+        // asks, inside it.
+        // SAFETY: as above.
         let ok = build(|| unsafe { r_vec(SEXPTYPE::INTSXP, 3) }).unwrap();
         assert_eq!(ok.len(), 3);
+        // SAFETY: as above.
         let e = build(|| unsafe {
             // A protection left unbalanced by the panic is undone by R.
             Rf_protect(r_vec(SEXPTYPE::REALSXP, 10));
@@ -650,6 +654,7 @@ mod tests {
         assert_eq!(e.kind, Kind::InvalidArgument);
         assert_eq!(e.message, "internal error: boom 42");
         // R still works, and its protection stack is balanced.
+        // SAFETY: as above.
         let again = build(|| unsafe { r_vec(SEXPTYPE::RAWSXP, 5) }).unwrap();
         assert_eq!(again.len(), 5);
         let alloc_ok = alloc(SEXPTYPE::REALSXP, 4).unwrap();

@@ -399,25 +399,10 @@ mod tests {
         || Ok(())
     }
 
-    fn tempdir() -> PathBuf {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "st-ckpt-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::io::test_dirs::entries;
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+    fn tempdir() -> PathBuf {
+        crate::io::test_dirs::tempdir("ckpt")
     }
 
     fn write(path: &Path, text: &str) {
@@ -489,31 +474,21 @@ mod tests {
             std::fs::read_to_string(dir.join(&shards3[2])).unwrap(),
             "b-3"
         );
+        let two_shards = [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "model.safetensors.index.json",
+        ];
         // Fewer shards: the others go.
         save_shards(&dir, 2, "c");
-        assert_eq!(
-            entries(&dir),
-            [
-                "config.json",
-                "model-00001-of-00002.safetensors",
-                "model-00002-of-00002.safetensors",
-                "model.safetensors.index.json"
-            ]
-        );
+        assert_eq!(entries(&dir), two_shards);
         // A single file: the index and its shards go.
         save_single(&dir, "d");
         assert_eq!(entries(&dir), ["config.json", "model.safetensors"]);
         // Shards again: the single file goes.
         save_shards(&dir, 2, "e");
-        assert_eq!(
-            entries(&dir),
-            [
-                "config.json",
-                "model-00001-of-00002.safetensors",
-                "model-00002-of-00002.safetensors",
-                "model.safetensors.index.json"
-            ]
-        );
+        assert_eq!(entries(&dir), two_shards);
         // Once done, the index holds no save id.
         let idx = shards::read_index(&dir.join("model.safetensors.index.json")).unwrap();
         assert!(idx.save_id().is_none());

@@ -847,7 +847,7 @@ impl Num {
     #[inline(always)]
     fn real_narrow(self) -> Option<f64> {
         match self {
-            Num::I(i) if i.unsigned_abs() > 1 << 53 => Some(round_to_odd(i)),
+            Num::I(i) if i.unsigned_abs() > 1 << 53 => Some(round_to_odd(i as i128)),
             _ => self.real(),
         }
     }
@@ -864,10 +864,11 @@ impl Num {
 }
 
 /// `i` as a double rounded to odd: truncated to 53 significant bits, the
-/// last of them set if any bit was cut off.
-fn round_to_odd(i: i64) -> f64 {
+/// last of them set if any bit was cut off. Rounding that double again to
+/// a format of at most 51 bits of precision rounds `i` itself correctly.
+pub fn round_to_odd(i: i128) -> f64 {
     let a = i.unsigned_abs();
-    let shift = (64 - a.leading_zeros()).saturating_sub(53);
+    let shift = (128 - a.leading_zeros()).saturating_sub(53);
     let kept = a >> shift << shift;
     // `kept` has at most 53 significant bits: the conversion is exact.
     let mut x = kept as f64;

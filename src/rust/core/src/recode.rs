@@ -5,7 +5,7 @@
 //! nearest (ties to even), integers exact, and a value the dtype can't hold
 //! an error, never clamped or wrapped.
 
-use crate::convert::{encode_with, BadValue, EncodeError, Num, Rounding, Src};
+use crate::convert::{encode_with, round_to_odd, BadValue, EncodeError, Num, Rounding, Src};
 use crate::dtype::Dtype;
 use crate::floats;
 
@@ -83,21 +83,10 @@ fn int_at(dtype: Dtype, src: &[u8], i: usize) -> i128 {
 /// F64; for narrower dtypes rounded to odd beyond 2^53, so that the second
 /// rounding (to at most 24 bits of precision) is the only one that counts.
 fn int_to_f64(v: i128, to: Dtype) -> f64 {
-    let a = v.unsigned_abs();
-    if to == Dtype::F64 || a <= 1 << 53 {
-        return v as f64;
-    }
-    let bits = 128 - a.leading_zeros();
-    let shift = bits.saturating_sub(53);
-    let kept = a >> shift << shift;
-    let mut x = kept as f64;
-    if kept != a {
-        x = f64::from_bits(x.to_bits() | 1);
-    }
-    if v < 0 {
-        -x
+    if to == Dtype::F64 || v.unsigned_abs() <= 1 << 53 {
+        v as f64
     } else {
-        x
+        round_to_odd(v)
     }
 }
 

@@ -207,7 +207,7 @@ fn oracle_e8m0(x: f64) -> Want {
     if x.is_nan() {
         return Want::NaN;
     }
-    if !(x > 0.0) || x.is_infinite() || x < 1.5 * 2f64.powi(-128) {
+    if x <= 0.0 || x.is_infinite() || x < 1.5 * 2f64.powi(-128) {
         return Want::Error;
     }
     let e = x.log2().floor() as i32;

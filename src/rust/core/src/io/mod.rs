@@ -578,19 +578,41 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Folders for tests, here and in the modules that write files.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_dirs {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    fn tempdir() -> PathBuf {
+    /// A new empty folder under the system's temporary folder.
+    pub fn tempdir(prefix: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
         let d = std::env::temp_dir().join(format!(
-            "st-io-{}-{}",
+            "st-{prefix}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The names in `dir`, sorted.
+    pub fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> PathBuf {
+        test_dirs::tempdir("io")
     }
 
     /// Pages of the current process's mapping that contains `addr` which are
@@ -711,14 +733,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use test_dirs::entries;
 
     #[test]
     #[cfg(target_os = "linux")]

@@ -400,28 +400,13 @@ mod tests {
     use crate::io::{AtomicFile, Backend, FileSource, Source};
     use std::io::Write;
     use std::os::windows::fs::OpenOptionsExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     const FILE_SHARE_READ: u32 = 0x1;
 
-    fn tempdir() -> PathBuf {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "st-win-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::io::test_dirs::entries;
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+    fn tempdir() -> PathBuf {
+        crate::io::test_dirs::tempdir("win")
     }
 
     fn pattern(n: usize, seed: u32) -> Vec<u8> {
