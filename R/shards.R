@@ -205,6 +205,9 @@ open_shard_set <- function(path, backend, whole = FALSE, call = parent.frame()) 
     have <- part$info$name
     absent <- wanted[!wanted %in% have]
     if (length(absent) > 0) {
+      # A shard of another save, renamed over this one's after the index
+      # was read, holds other tensors.
+      if (!remote) stop_if_replaced(path, idx, label, call)
       st_abort(
         "invalid_index",
         c(
@@ -220,7 +223,18 @@ open_shard_set <- function(path, backend, whole = FALSE, call = parent.frame()) 
     names <- c(names, keep)
     part_of <- c(part_of, rep(f, length(keep)))
   }
-  if (!remote && !identical(tryCatch(read_index_(path), error = function(e) NULL), idx)) {
+  if (!remote) {
+    stop_if_replaced(path, idx, label, call)
+  }
+  done <- TRUE
+  list(index = idx, files = files, parts = parts, names = names, part_of = part_of, label = label)
+}
+
+# An error of class safetensors_error_file_changed (which read_checkpoint()
+# retries) if the index at `path` is no longer `idx`, as read_index() read
+# it: a save replaced the checkpoint while its shards were opened.
+stop_if_replaced <- function(path, idx, label, call) {
+  if (!identical(read_index_(path), idx)) {
     st_abort(
       "file_changed",
       c(
@@ -232,8 +246,6 @@ open_shard_set <- function(path, backend, whole = FALSE, call = parent.frame()) 
       call = call
     )
   }
-  done <- TRUE
-  list(index = idx, files = files, parts = parts, names = names, part_of = part_of, label = label)
 }
 
 # Opens shard `file` of a local index in folder `dir`: under its temporary

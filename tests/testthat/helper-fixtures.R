@@ -117,3 +117,17 @@ as_loaded_dtype <- function(x, dtype) {
   attr(x, "dtype") <- NULL
   safe_deserialize(safe_serialize(list(x = x), dtype = dtype))$x
 }
+
+# Replaces function `name` of the package's namespace until the calling test
+# ends (testthat 3.1.6 has no local_mocked_bindings()).
+local_package_function <- function(name, value, .env = parent.frame()) {
+  ns <- asNamespace("safetensors")
+  old <- get(name, envir = ns)
+  set <- function(f) {
+    unlockBinding(name, ns)
+    assign(name, f, envir = ns)
+    lockBinding(name, ns)
+  }
+  set(value)
+  withr::defer(set(old), envir = .env)
+}

@@ -495,3 +495,23 @@ test_that("readers during saves get one whole checkpoint or the other, never a m
   expect_true(any(vapply(wants, identical, logical(1), final)))
   expect_false(any(grepl("^\\.", all_files(dir))))
 })
+
+test_that("a shard set replaced while its shards are opened is read again, not reported as a bad index", {
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  old <- read_index(index)
+  # Another save: other tensors in shards of the same names.
+  other <- setNames(set_tensors(2, 6), sprintf("other.%d", 1:6))
+  safe_save_file(other, dir, max_shard_size = 800)
+  cnd <- expect_error(stop_if_replaced(index, old, index, NULL), class = "safetensors_error_file_changed")
+  expect_true(cnd$checkpoint_changed)
+  expect_silent(stop_if_replaced(index, read_index(index), index, NULL))
+  # A reader that read the old index and then opens the new shards finds
+  # them without its tensors: the index changed, so it says so (and a
+  # read starts over), instead of calling the index malformed.
+  local({
+    local_package_function("read_index", function(path, call) old)
+    expect_error(open_shard_set(index, "read"), class = "safetensors_error_file_changed")
+  })
+  expect_named(safe_load_file(dir), names(other))
+})
