@@ -60,6 +60,11 @@ read_index_ <- function(path) .Call(wrap__read_index_, path)
 #' @noRd
 parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
 
+#' Whether the file of open handle `x` is still at `path` (see
+#' `FileSource::is_at`); `FALSE` for other handles.
+#' @noRd
+file_is_at_ <- function(x, path) .Call(wrap__file_is_at_, x, path)
+
 #' Begins a save to the checkpoint whose single file is `path`: follows
 #' symbolic links, refuses FIFOs, devices and folders, locks the folder
 #' (waiting for another save to it) and cleans up after killed saves.

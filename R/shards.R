@@ -207,7 +207,7 @@ open_shard_set <- function(path, backend, whole = FALSE, call = parent.frame()) 
     if (length(absent) > 0) {
       # A shard of another save, renamed over this one's after the index
       # was read, holds other tensors.
-      if (!remote) stop_if_replaced(path, idx, label, call)
+      if (!remote) stop_if_replaced(path, idx, label, call, parts[seq_len(f)])
       st_abort(
         "invalid_index",
         c(
@@ -224,17 +224,21 @@ open_shard_set <- function(path, backend, whole = FALSE, call = parent.frame()) 
     part_of <- c(part_of, rep(f, length(keep)))
   }
   if (!remote) {
-    stop_if_replaced(path, idx, label, call)
+    stop_if_replaced(path, idx, label, call, parts)
   }
   done <- TRUE
   list(index = idx, files = files, parts = parts, names = names, part_of = part_of, label = label)
 }
 
 # An error of class safetensors_error_file_changed (which read_checkpoint()
-# retries) if the index at `path` is no longer `idx`, as read_index() read
-# it: a save replaced the checkpoint while its shards were opened.
-stop_if_replaced <- function(path, idx, label, call) {
-  if (!identical(read_index_(path), idx)) {
+# retries) if a save replaced the checkpoint while its shards were opened:
+# the index at `path` is no longer `idx` (as read_index() read it), or a
+# shard of `parts` (those opened so far, see open_shard()) is no longer at
+# its path (or its temporary one). Both are needed: a save of the same
+# tensors writes the same index bytes again, and then only the shards tell.
+stop_if_replaced <- function(path, idx, label, call, parts = list()) {
+  moved <- function(p) !file_is_at_(p$ptr, p$label) && !(!is.null(p$pending) && file_is_at_(p$ptr, p$pending))
+  if (!identical(read_index_(path), idx) || any(vapply(parts, moved, logical(1)))) {
     st_abort(
       "file_changed",
       c(
@@ -251,7 +255,8 @@ stop_if_replaced <- function(path, idx, label, call) {
 # Opens shard `file` of a local index in folder `dir`: under its temporary
 # name `pending` (NA if none) while a save renames it into place, else
 # under its name. A temporary file renamed between the check and the open
-# is found under its name.
+# is found under its name. The part's `label` is the shard's path, and
+# `pending` its temporary path.
 open_shard <- function(dir, file, pending, backend, whole, call) {
   path <- file.path(dir, file)
   part <- NULL
@@ -263,5 +268,6 @@ open_shard <- function(dir, file, pending, backend, whole, call) {
   }
   part <- part %||% open_part(path, backend, whole = whole, call = call)
   part$label <- path
+  if (!is.na(pending)) part$pending <- file.path(dir, pending)
   part
 }

@@ -634,3 +634,18 @@ test_that("character arrays can't be written; the error says how to convert them
   expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
   expect_snapshot(error = TRUE, safe_serialize(x))
 })
+
+test_that("conversion and target messages say what is wrong", {
+  dir <- withr::local_tempdir()
+  complex_bytes <- structure(as.raw(rep(0, 8)), dtype = "C64", shape = 1L)
+  expect_snapshot(error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE), {
+    safe_serialize(list(x = c(1, NaN)), dtype = "I32")
+    safe_serialize(list(x = c(1, NA)), dtype = "U8")
+    safe_serialize(list(x = c(0, 1, 2)), dtype = "BOOL")
+    safe_serialize(list(x = c(0.5, 2.5)), dtype = "I16")
+    safe_serialize(list(x = 1e300), dtype = "F32")
+    safe_serialize(list(x = complex_bytes), dtype = c(x = "F32"))
+    safe_save_file(list(x = 1), file.path(dir, "no", "such", "x.safetensors"))
+    safe_save_file(list(x = 1, y = 2), file.path(dir, "no", "m.safetensors"), max_shard_size = 10)
+  })
+})

@@ -515,3 +515,17 @@ test_that("a shard set replaced while its shards are opened is read again, not r
   })
   expect_named(safe_load_file(dir), names(other))
 })
+
+test_that("a checkpoint replaced while it is opened says so", {
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  old <- read_index(index)
+  h <- open_shard_set(index, "read")
+  withr::defer(for (p in h$parts) close_part(p))
+  expect_silent(stop_if_replaced(index, old, index, NULL, h$parts))
+  # The same tensors saved again: the same index bytes, other shard files.
+  safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  expect_identical(read_index(index), old)
+  expect_error(stop_if_replaced(index, old, index, NULL, h$parts), class = "safetensors_error_file_changed")
+  expect_snapshot(stop_if_replaced(index, old, index, NULL, h$parts), error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE))
+})

@@ -253,3 +253,21 @@ test_that("a checkpoint path resolves to its single file, else to the index besi
   expect_identical(resolve_folder("https://example.org/model.safetensors"), "https://example.org/model.safetensors")
   expect_identical(resolve_folder(raw(2)), raw(2))
 })
+
+test_that("connection and folder messages say what is wrong", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  writeBin(safe_serialize(list(a = 1)), path)
+  dir <- withr::local_tempdir()
+  write_only <- file(withr::local_tempfile(), "wb")
+  withr::defer(close(write_only))
+  # (A closed connection's message is not snapshotted: R gives its number
+  # to the next connection opened, and the snapshot opens some.)
+  closed <- file(path, "rb")
+  close(closed)
+  cnd <- expect_error(safe_load_file(closed), class = "safetensors_error_closed")
+  expect_match(conditionMessage(cnd), "It is closed: it is no longer a valid connection.", fixed = TRUE)
+  expect_snapshot(error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE), {
+    safe_info(write_only)
+    safe_load_file(dir)
+  })
+})

@@ -12,6 +12,7 @@ use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::shards;
 
 use crate::robj::{check_interrupt_now, check_r_string, named_list, raw_bytes, to_r};
+use crate::sources::{with_open, Backing};
 
 fn json_to_robj(v: &serde_json::Value) -> Robj {
     match v {
@@ -87,6 +88,20 @@ fn index_robj(index: &shards::Index) -> Result<Robj> {
             pending,
         ],
     ))
+}
+
+/// Whether the file of open handle `x` is still at `path` (see
+/// `FileSource::is_at`); `FALSE` for other handles.
+/// @noRd
+#[extendr]
+fn file_is_at_(x: Robj, path: &str) -> bool {
+    with_open(&x, |open| {
+        Ok(match &open.backing {
+            Backing::File(f) => f.is_at(Path::new(path)),
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
 }
 
 /// A save to a checkpoint in progress, or nothing once committed or
@@ -222,6 +237,7 @@ extendr_module! {
     mod shards;
     fn read_index_;
     fn parse_index_;
+    fn file_is_at_;
     fn save_begin_;
     fn save_shard_;
     fn save_commit_single_;

@@ -270,6 +270,20 @@ impl FileSource {
         Ok(FileSource { file, stamp, map })
     }
 
+    /// Whether `path` names this file now, as it was when opened (the same
+    /// file, by its identity and modification time, not only its bytes):
+    /// a reader of a shard set checks that no save replaced a shard it
+    /// opened.
+    pub fn is_at(&self, path: &Path) -> bool {
+        let Ok(file) = sys::open_read(path) else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        sys::stamp(&file, &meta).is_ok_and(|s| s == self.stamp)
+    }
+
     /// Errors when the file no longer has the size and stamp it had when
     /// opened.
     pub fn check_unchanged(&self) -> Result<()> {
@@ -930,6 +944,23 @@ mod tests {
         let len = prefix.len() as u64 + 300;
         let header = read_header(&Segments::new(len, vec![(0, &prefix)]).unwrap()).unwrap();
         assert_eq!(header.data_start(), prefix.len());
+    }
+
+    #[test]
+    fn a_file_source_knows_whether_a_path_names_it() {
+        let dir = tempdir();
+        let p = dir.join("s.bin");
+        std::fs::write(&p, b"same bytes").unwrap();
+        let src = FileSource::open(&p, Backend::Read).unwrap();
+        assert!(src.is_at(&p));
+        assert!(!src.is_at(&dir.join("none")));
+        // Another file with the same bytes renamed over it is another file.
+        let q = dir.join("t.bin");
+        std::fs::write(&q, b"same bytes").unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        assert!(!src.is_at(&p));
+        drop(src);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
