@@ -608,33 +608,14 @@ pub fn check_interrupt_now() -> Result<()> {
 }
 
 #[cfg(test)]
+#[path = "../test-support/embedded_r.rs"]
+mod embedded_r;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Starts an embedded R in this process, once (R runs on one thread:
-    /// the tests that use it run on the thread that starts it, one test).
-    fn start_r() {
-        if std::env::var_os("R_HOME").is_none() {
-            let out = std::process::Command::new("R")
-                .arg("RHOME")
-                .output()
-                .expect("R on the PATH");
-            std::env::set_var("R_HOME", String::from_utf8_lossy(&out.stdout).trim());
-        }
-        let mut args = [
-            c"R".as_ptr() as *mut _,
-            c"--slave".as_ptr() as *mut _,
-            c"--no-save".as_ptr() as *mut _,
-        ];
-        // SAFETY: R's documented embedding sequence, once per process; the
-        // arguments outlive the call. The stack limit is lifted because the
-        // test harness runs this on a thread R didn't measure.
-        unsafe {
-            extendr_ffi::Rf_initialize_R(3, args.as_mut_ptr());
-            extendr_ffi::R_CStackLimit = usize::MAX;
-            extendr_ffi::setup_Rmainloop();
-        }
-    }
+    use super::embedded_r::start_r;
 
     #[test]
     fn a_panic_while_building_is_an_error_and_r_goes_on() {
