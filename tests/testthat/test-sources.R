@@ -192,7 +192,9 @@ test_that("every error a connection gives while read or written is classed, R's 
     cnd <- expect_error(read(con), class = "safetensors_error_closed", label = r)
     expect_s3_class(cnd$parent, "error")
     # A file that can't be opened: R's warning saying why is the parent.
-    cnd <- expect_error(read(file(file.path(withr::local_tempdir(), "none"))), class = "safetensors_error_io", label = r)
+    con <- file(file.path(withr::local_tempdir(), "none"))
+    cnd <- expect_error(read(con), class = "safetensors_error_io", label = r)
+    close(con)
     expect_match(conditionMessage(cnd$parent), "No such file", fixed = TRUE)
   }
   out <- withr::local_tempfile()
@@ -204,7 +206,9 @@ test_that("every error a connection gives while read or written is classed, R's 
   con <- file(out, "wb")
   close(con)
   expect_error(safe_save_file(x, con), class = "safetensors_error_closed")
-  expect_error(safe_save_file(x, file(file.path(withr::local_tempdir(), "no", "dir"))), class = "safetensors_error_io")
+  con <- file(file.path(withr::local_tempdir(), "no", "dir"))
+  expect_error(safe_save_file(x, con), class = "safetensors_error_io")
+  close(con)
   expect_identical(read_bytes(path), bytes)
   # A broken gzcon(): corrupt compressed data.
   gz <- withr::local_tempfile(fileext = ".gz")
@@ -214,7 +218,9 @@ test_that("every error a connection gives while read or written is classed, R's 
   damaged <- read_bytes(gz)
   damaged[20:30] <- as.raw(0xff)
   writeBin(damaged, gz)
-  cnd <- expect_error(safe_load_file(gzcon(file(gz, "rb"))), class = "safetensors_error")
+  con <- gzcon(file(gz, "rb"))
+  cnd <- expect_error(safe_load_file(con), class = "safetensors_error")
+  close(con)
   expect_false(inherits(cnd, "simpleError"))
   # A socket whose writer closes it halfway through the file.
   skip_on_cran()
@@ -223,9 +229,15 @@ test_that("every error a connection gives while read or written is classed, R's 
   expect_error(safe_load_file(con), class = "safetensors_error_incomplete_buffer")
   con <- local_socket_sending(bytes[1:20], hold = 0)
   expect_error(safe_info(con), class = "safetensors_error_invalid_header_length")
-  expect_snapshot(error = TRUE, transform = function(s) gsub(path, "<path>", s, fixed = TRUE), {
-    safe_load_file(file(path, "r"))
-    safe_save_file(x, file(path, "rb"))
+  text <- file(path, "r")
+  read_only <- file(path, "rb")
+  withr::defer({
+    close(text)
+    close(read_only)
+  })
+  expect_snapshot(error = TRUE, {
+    safe_load_file(text)
+    safe_save_file(x, read_only)
   })
 })
 
