@@ -4,7 +4,8 @@
 # exactly, is rounded correctly where the dtype is a narrower float, or is
 # an error of class safetensors_error_conversion; nothing is clamped or
 # wrapped around. (The Rust side has property tests of the same rules:
-# src/rust/core/tests/conversions.rs.)
+# src/rust/core/tests/conversions.rs.) SAFETENSORS_ORACLE_RANDOM sets how
+# many random doubles join the boundary values (1000 by default).
 
 oracle_python <- function() {
   find_python("oracle_python", "import numpy, ml_dtypes; ml_dtypes.float4_e2m1fn")
@@ -38,7 +39,7 @@ refused <- function(v, dtype) {
 # rounding midpoints, subnormals, 2^53, 2^63, 2^64, the integer ranges),
 # a few ulps either way, both signs, with zeros, infinities, NaN, NA, and
 # random doubles of every magnitude.
-boundary_doubles <- function(n_random = 1000) {
+boundary_doubles <- function(n_random = as.integer(Sys.getenv("SAFETENSORS_ORACLE_RANDOM", "1000"))) {
   anchors <- c(
     0, 2^-1074, 2^-1022, 1, 1.5, 0.1, 65504, 65520, 65536, 448, 464, 480, 240, 248, 57344, 61440,
     7.5, 7.75, 28, 30, 6, 7, 3.4028234663852886e38, 3.4028235677973366e38, 3.3895313892515355e38,
