@@ -303,25 +303,50 @@ wait_child_started <- function(child) {
   Sys.time()
 }
 
-# A large save in a child process, killed (SIGKILL) at a random moment
-# within about its duration: afterwards the checkpoint loads as before or
-# as that save, never a mix; the folder may hold what the kill left until
-# the next save to the checkpoint.
+# A large save in a child process, killed (SIGKILL) at a random moment:
+# after a random delay within about its duration, or as soon as its first
+# temporary file appears (mid-write), or as soon as the checkpoint's index
+# or single file changes (just after its commit, while it renames shards).
+# Afterwards the checkpoint loads as before or as that save, never a mix;
+# the folder may hold what the kill left until the next save to the
+# checkpoint.
 model_save_killed <- function(m, k, duration) {
   ck <- m$cks[[k]]
   set <- random_tensors(big = 4e6)
   p <- ck$paths[[sample(length(ck$paths), 1)]]
   size <- sample(list(NULL, 4e5), 1)[[1]]
   if (is.null(size) && is_index_path(p)) size <- 4e5
+  when <- sample(c("delay", "temporary file", "commit"), 1)
   delay <- runif(1, 0, 1.2 * duration)
-  m$log <- c(m$log, sprintf("%d killed save %s shard %s after %.3f s", m$step, basename(p), format(size %||% "NULL"), delay))
+  m$log <- c(m$log, sprintf(
+    "%d killed save %s shard %s at %s", m$step, basename(p), format(size %||% "NULL"),
+    if (when == "delay") sprintf("%.3f s", delay) else when
+  ))
   before <- list.files(ck$dir, all.files = TRUE, no.. = TRUE)
+  stamp <- function() {
+    f <- file.path(ck$dir, paste0(ck$stem, c(".safetensors", ".safetensors.index.json")))
+    file.info(f, extra_cols = FALSE)[, c("size", "mtime")]
+  }
+  was <- stamp()
   child <- start_saving_child(p, set, size)
   wait_child_started(child)
-  Sys.sleep(delay)
+  if (when == "delay") {
+    Sys.sleep(delay)
+  } else {
+    deadline <- Sys.time() + 30
+    repeat {
+      hit <- if (when == "commit") {
+        !identical(stamp(), was)
+      } else {
+        any(is_save_leftover(list.files(ck$dir, all.files = TRUE, no.. = TRUE)))
+      }
+      if (hit || !child$proc$is_alive() || Sys.time() > deadline) break
+    }
+  }
   child$proc$kill()
   child$proc$wait(5000)
   unlink(child$flag)
+  model_count(m, paste("kill at", when))
   new <- expected_of(set)
   got <- tryCatch(model_values(safe_load_file(ck$paths[[1]])), error = function(e) e)
   if (identical(got, new$values) && !identical(got, ck$want$values)) {
