@@ -529,3 +529,28 @@ test_that("a checkpoint replaced while it is opened says so", {
   expect_error(stop_if_replaced(index, old, index, NULL, h$parts), class = "safetensors_error_file_changed")
   expect_snapshot(stop_if_replaced(index, old, index, NULL, h$parts), error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE))
 })
+
+test_that("a save killed while renaming its shards leaves a checkpoint readers read whole, which the next save finishes", {
+  dir <- withr::local_tempdir()
+  x <- set_tensors(1, 6)
+  index <- safe_save_file(x, dir, max_shard_size = 800)
+  # As a save killed after its commit leaves the folder: the index names
+  # its save id, and a shard is still under its temporary name.
+  id <- strrep("0123456789abcdef", 2)
+  idx <- jsonlite::read_json(index)
+  idx$metadata$save_id <- id
+  jsonlite::write_json(idx, index, auto_unbox = TRUE)
+  shard <- "model-00003-of-00003.safetensors"
+  pending <- paste0(".", shard, ".", id, ".tmp")
+  file.rename(file.path(dir, shard), file.path(dir, pending))
+  expect_identical(as_values(safe_load_file(dir)), as_values(x))
+  expect_identical(as_values(safe_load_file(file.path(dir, "model.safetensors"))), as_values(x))
+  h <- safe_open(dir)
+  expect_identical(as.vector(h[["layer.6.weight"]]), as.vector(x[["layer.6.weight"]]))
+  close(h)
+  # Any save to the name first renames it into place (and then replaces
+  # the checkpoint); here one that fails, so the checkpoint stays.
+  expect_error(safe_save_file(list(a = c(1L, NA)), dir, dtype = c(a = "I32")), class = "safetensors_error_conversion")
+  expect_identical(all_files(dir), c(sprintf("model-%05d-of-00003.safetensors", 1:3), "model.safetensors.index.json"))
+  expect_identical(as_values(safe_load_file(dir)), as_values(x))
+})
