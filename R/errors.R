@@ -59,13 +59,18 @@
 #'   revision (or the folder holds no checkpoint); fields `repo`,
 #'   `revision` and `file` then.
 #' * `safetensors_error_io`: any other failure of the operating system: a
-#'   path that is a directory, a FIFO or a device, permission denied, a full
-#'   disk, a failed rename.
+#'   path that is a directory, a FIFO or a device (read from, or saved to:
+#'   a save refuses them before writing), permission denied, a full disk, a
+#'   failed rename; and an error of a connection being read or written
+#'   (R's own condition as `parent`).
 #' * `safetensors_error_memory`: the result doesn't fit in memory; raised
 #'   before the result is allocated.
 #' * `safetensors_error_file_changed`: the file under an open handle
-#'   ([safe_open()]) was truncated or rewritten in place.
-#' * `safetensors_error_closed`: a closed handle was used.
+#'   ([safe_open()]) was truncated or rewritten in place; or a checkpoint
+#'   was replaced by other saves, again and again, while it was being
+#'   opened (50 times: a reader starts over each time).
+#' * `safetensors_error_closed`: a closed handle was used, or a closed
+#'   connection given.
 #' * `safetensors_error_interrupted`: the user interrupted a load or a save
 #'   (Ctrl-C); a save leaves no partial file.
 #' * `safetensors_error_http`: an `http://` or `https://` URL could not be
@@ -91,7 +96,9 @@
 #'
 #' @section Arguments and values:
 #' * `safetensors_error_invalid_argument`: an argument has the wrong type or
-#'   value (the message quotes it), an argument in `...` that the framework
+#'   value (the message quotes it), a tensor name or metadata string that
+#'   can't be written as UTF-8 (shown escaped), a connection open in text
+#'   mode or in the wrong direction, an argument in `...` that the framework
 #'   doesn't take (the message suggests the argument probably meant, such
 #'   as `tensors =` for `tensor =`), a value that is not a tensor, or a
 #'   framework buffer that disagrees with its description.
@@ -102,10 +109,12 @@
 #'   `NA`, of the wrong type, or the number of indices is not the tensor's
 #'   rank.
 #' * `safetensors_error_conversion`: a value can't be written in the
-#'   tensor's dtype (out of range, a fraction for an integer dtype, `NA` in
-#'   an integer or logical tensor), or, where the dtype came from the
-#'   tensor's `"dtype"` attribute alone, isn't held exactly by it (see
-#'   [safe_save_file()]); fields `tensor` and, for the attribute, `dtype`.
+#'   tensor's dtype (out of range, 2^63 as I64 and 2^64 as U64 included;
+#'   beyond a float dtype's largest value; a fraction for an integer dtype;
+#'   `NaN` or an infinity where the dtype has none; `NA` in an integer or
+#'   logical tensor), or, where the dtype came from the tensor's `"dtype"`
+#'   attribute alone, isn't held exactly by it (see [safe_save_file()]);
+#'   fields `tensor` and, for the attribute, `dtype`.
 #' * `safetensors_error_unsupported`: a valid file holds something R can't
 #'   represent as asked, such as a dimension over `.Machine$integer.max`.
 #' * `safetensors_error_unsupported_dtype`: a dtype the framework has no
@@ -283,7 +292,9 @@ frame_call <- function(env) {
     return(env)
   }
   frames <- sys.frames()
-  for (i in rev(seq_along(frames))) {
+  # The first: read_checkpoint() evaluates a function's body again in its
+  # frame, through eval(), whose frame shares the environment.
+  for (i in seq_along(frames)) {
     if (identical(frames[[i]], env)) {
       return(sys.call(i))
     }

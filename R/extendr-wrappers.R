@@ -101,10 +101,38 @@ read_index_ <- function(path) .Call(wrap__read_index_, path)
 #' @noRd
 parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
 
-#' Writes an index file atomically: `total_size`, and each tensor of
-#' `names` mapped to the shard in `files`.
+#' Whether the file of open handle `x` is still at `path` (see
+#' `FileSource::is_at`); `FALSE` for other handles.
 #' @noRd
-write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
+file_is_at_ <- function(x, path) .Call(wrap__file_is_at_, x, path)
+
+#' Begins a save to the checkpoint whose single file is `path`: follows
+#' symbolic links, refuses FIFOs, devices and folders, locks the folder
+#' (waiting for another save to it) and cleans up after killed saves.
+#' Returns `list(save, target, index)`: the save (an external pointer; it
+#' is abandoned, its temporary files removed, when garbage-collected
+#' uncommitted), and the paths of the single file and of the index.
+#' @noRd
+save_begin_ <- function(path) .Call(wrap__save_begin_, path)
+
+#' The name of shard `k` of `n` and the path to write it to:
+#' `list(name, temp)`.
+#' @noRd
+save_shard_ <- function(ck, k, n) .Call(wrap__save_shard_, ck, k, n)
+
+#' Commits a single-file save (the file was just renamed into place).
+#' @noRd
+save_commit_single_ <- function(ck) .Call(wrap__save_commit_single_, ck)
+
+#' Commits a sharded save: its index maps each tensor of `names` to the
+#' shard in `files` and says `total_size`.
+#' @noRd
+save_commit_shards_ <- function(ck, names, files, total_size, sync) .Call(wrap__save_commit_shards_, ck, names, files, total_size, sync)
+
+#' Abandons a save, removing its temporary files and releasing the
+#' folder; harmless after a commit. Returns whether a save was abandoned.
+#' @noRd
+save_abort_ <- function(ck) .Call(wrap__save_abort_, ck)
 
 #' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 #' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else

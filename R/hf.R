@@ -183,11 +183,6 @@ NULL
 
 # ---- paths --------------------------------------------------------------------
 
-# Whether `x` is an hf:// path.
-is_hf_path <- function(x) {
-  is_string(x) && startsWith(x, "hf://")
-}
-
 # The kinds of repositories, as the first segment of a path names them.
 hf_types <- c(models = "model", datasets = "dataset", spaces = "space")
 

@@ -167,8 +167,8 @@ http_backoff <- function(k) {
 # ---- errors -------------------------------------------------------------------
 
 # An error of class `safetensors_error_http` about `url`, with the status
-# code (NA for a failure without a response).
-http_abort <- function(url, status, detail, hint = NULL, call) {
+# code (NA for a failure without a response) and the fields in `...`.
+http_abort <- function(url, status, detail, hint = NULL, call, ...) {
   shown <- url_redact(url)
   st_abort(
     "http",
@@ -179,6 +179,7 @@ http_abort <- function(url, status, detail, hint = NULL, call) {
     ),
     status = as.integer(status),
     url = shown,
+    ...,
     call = call
   )
 }

@@ -147,6 +147,9 @@ with_header <- function(path, fun, call = parent.frame()) {
       with_header(path, function(h) fun(structure(h, origin = origin)), call = call)
     }, mark = FALSE, call = call))
   }
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment(), call = call))
+  }
   path <- resolve_folder(path, call = call)
   if (is_index_path(path)) {
     h <- safe_open(path, backend = "read")

@@ -158,6 +158,9 @@
 safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("read", "mmap"),
                            int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   check_required(path)
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment()))
+  }
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("read", "mmap"))
@@ -256,8 +259,7 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
 # asked for, then checks that the connection ends there.
 load_stream <- function(con, tensors, framework, args, call = parent.frame()) {
   check_framework_args(framework, args, call = call)
-  if (!isOpen(con)) {
-    open(con, "rb")
+  if (con_open(con, "rb", call)) {
     on.exit(close(con), add = TRUE)
   }
   part <- list(label = "<connection>")

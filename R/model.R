@@ -187,15 +187,11 @@ safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = 
       made <- TRUE
       on.exit(if (made) unlink(path, recursive = TRUE), add = TRUE)
     }
-    out <- save_shards(spec, path, limit %||% Inf, sync)
+    out <- save_checkpoint(spec, path, limit %||% Inf, sync)
     made <- FALSE
     return(invisible(out))
   }
-  if (!is.null(limit)) {
-    return(invisible(save_shards(spec, path, limit, sync)))
-  }
-  save_spec_file(spec, path, sync)
-  invisible(path)
+  invisible(save_checkpoint(spec, path, limit %||% Inf, sync))
 }
 
 # torch and LibTorch installed, and `model` a module.
@@ -226,6 +222,9 @@ check_torch_module <- function(model, call = parent.frame()) {
 open_model_source <- function(path, backend, call = parent.frame()) {
   if (is_hf_path(path)) {
     return(hf_read(path, whole = TRUE, function(path, origin) open_model_source(path, backend, call = call), call = call))
+  }
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment(), call = call))
   }
   open_handle(resolve_folder(path, call = call), "r", list(), backend, whole = TRUE, call = call)
 }

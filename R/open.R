@@ -189,6 +189,9 @@
 safe_open <- function(path, framework = "r", ..., backend = c("mmap", "read"),
                       int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
   check_required(path)
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment()))
+  }
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- arg_choice(backend, c("mmap", "read"))
@@ -218,64 +221,17 @@ open_handle <- function(path, framework, args, backend, whole = FALSE, choices =
   )
 }
 
-# Opens every shard of the index at `path` and presents the tensors of the
-# weight map as one handle: shards in file-name order, each shard's tensors
-# in header order. The weight map is an allowlist (a shard's other tensors are
-# hidden), and each tensor it names must be in the shard it names. The
-# shards of an index URL are at URLs relative to it. `whole`: every tensor
-# will be read (see open_part()). `choices`: the `int64` and `uint8`
-# choices (read_choices()).
+# A handle over the shards of the index at `path` (see open_shard_set()),
+# presenting the tensors of its weight map as one set. `whole`: every
+# tensor will be read (see open_part()). `choices`: the `int64` and
+# `uint8` choices (read_choices()).
 open_index <- function(path, framework, args, backend, whole = FALSE, choices = NULL, call = parent.frame()) {
-  check_string(path, call = call)
-  remote <- is_url(path)
-  if (!remote) {
-    path <- core_path(path, call)
-  }
-  idx <- read_index(path, call = call)
-  files <- sort(unique(idx$files), method = "radix")
-  shard_path <- function(file) {
-    if (remote) url_resolve(path, url_path_escape(file)) else file.path(dirname(path), file)
-  }
-  label <- source_label(path)
-  parts <- vector("list", length(files))
-  done <- FALSE
-  on.exit(
-    if (!done) {
-      for (p in parts) if (!is.null(p)) close_part(p)
-    },
-    add = TRUE
-  )
-  names <- character()
-  part_of <- integer()
-  for (f in seq_along(files)) {
-    part <- open_part(shard_path(files[[f]]), backend, whole = whole, call = call)
-    part$file <- files[[f]]
-    parts[[f]] <- part
-    wanted <- idx$names[idx$files == files[[f]]]
-    have <- part$info$name
-    absent <- wanted[!wanted %in% have]
-    if (length(absent) > 0) {
-      st_abort(
-        "invalid_index",
-        c(
-          cli_escape(source_what(label)),
-          x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {files[[f]]}}, which does not contain it."
-        ),
-        tensor = absent[[1]],
-        format = TRUE,
-        call = call
-      )
-    }
-    keep <- have[have %in% wanted]
-    names <- c(names, keep)
-    part_of <- c(part_of, rep(f, length(keep)))
-  }
-  done <- TRUE
-  new_handle(parts, names, part_of, framework, args, backend,
-    label = label,
-    metadata = if (length(parts) > 0) parts[[1]]$info$metadata,
+  set <- open_shard_set(path, backend, whole = whole, call = call)
+  new_handle(set$parts, set$names, set$part_of, framework, args, backend,
+    label = set$label,
+    metadata = if (length(set$parts) > 0) set$parts[[1]]$info$metadata,
     kind = "shards",
-    index = idx,
+    index = set$index,
     choices = choices
   )
 }

@@ -262,25 +262,45 @@ group_by_size <- function(sizes, limit) {
 
 # `x` in UTF-8, whatever encoding R marks its strings with: every string
 # that reaches the Rust core must be UTF-8 (a file's header is, and Python
-# reads nothing else); strings that can't be converted are an error naming
-# their position, before anything is done.
+# reads nothing else). A string that can't be converted (bytes invalid in
+# its encoding, or marked "bytes") is an error naming it, before anything
+# is done; nothing is replaced (enc2utf8() would write "\xff" as "<ff>").
 utf8_strings <- function(x, what, call) {
   if (length(x) == 0) {
     return(x)
   }
-  out <- enc2utf8(x)
-  bad <- which(!validUTF8(out) | Encoding(x) == "bytes")
+  enc <- Encoding(x)
+  native <- enc == "unknown" & !validUTF8(x)
+  out <- x
+  if (any(native) && !l10n_info()[["UTF-8"]]) {
+    # Bytes in the session's encoding: those iconv() can convert.
+    out[native] <- iconv(x[native], "", "UTF-8")
+    native <- native & is.na(out)
+  }
+  bad <- which(native | enc == "bytes" | (enc == "UTF-8" & !validUTF8(x)))
   if (length(bad) > 0) {
-    shown <- encodeString(x[[bad[[1]]]])
+    i <- bad[[1]]
+    why <- if (enc[[i]] == "bytes") "marked as bytes" else "not valid in its encoding"
     st_abort(
       "invalid_argument",
       c(
         "Each {what} must be text that can be written as UTF-8.",
-        x = "The {what} at position {bad[[1]]} ({shown}) is not: it is in no known encoding, or marked as bytes.",
+        x = paste0("The {what} at position {i}, \"", cli_escape(escape_bytes(x[[i]])), "\", is {why}."),
         i = "Mark its encoding with {.fn Encoding}, or convert it with {.fn iconv}."
       ),
       call = call
     )
   }
+  out <- enc2utf8(out)
   out
+}
+
+# A string as readable ASCII text: its bytes outside printable ASCII as
+# "\xff" escapes (and backslashes doubled), once, whatever its encoding.
+escape_bytes <- function(x) {
+  b <- as.integer(charToRaw(x))
+  keep <- b >= 0x20 & b < 0x7f
+  out <- ifelse(keep, vapply(b, function(v) rawToChar(as.raw(v)), character(1)), sprintf("\\x%02x", b))
+  out[b == 0x5c] <- "\\\\"
+  paste(out, collapse = "")
 }

@@ -6,13 +6,17 @@
 
 # Describes `tensors` for the Rust writer (src/rust/src/write.rs), as a
 # named list: `tensors` (each tensor's R object), `names`, `dtypes` (the
-# format's names, whatever spelling was given), `shapes` (row-major,
-# outermost first), `kinds` ("values": an R vector the kernels convert and
-# permute to row-major; "integer64": the same for bit64's integer64, whose
-# doubles hold int64 bits; "bytes": a raw vector of the bytes as stored, as
-# framework = "raw" returns them; "later": a framework tensor whose bytes
-# are fetched when its turn comes) and `metadata` (a named character
-# vector, or NULL).
+# dtypes to write, by the format's names, whatever spelling was given),
+# `shapes` (row-major, outermost first), `kinds` ("values": an R vector the
+# kernels convert and permute to row-major; "integer64": the same for
+# bit64's integer64, whose doubles hold int64 bits; "bytes": a raw vector
+# of the bytes as stored, as framework = "raw" returns them; "later": a
+# framework tensor whose bytes are fetched when its turn comes), `exact`
+# (whether the dtype came from the tensor's "dtype" attribute alone, so
+# that it must hold every value exactly), `metadata` (a named character
+# vector, or NULL) and `from` (the dtype of the bytes of "bytes" and
+# "later" tensors, which the engine converts when it is not the dtype to
+# write; "" for the others).
 tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
@@ -21,45 +25,25 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
       call = call
     )
   }
-  nms <- names(tensors)
-  if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
-    st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
-  }
-  nms <- utf8_strings(nms %||% character(), "tensor name", call)
-  # An empty name in a list built in R is a missing one (`list(a = 1, 2)`);
-  # a loaded list may hold the empty name its file had.
-  unnamed <- as.character(which(nms == ""))
-  if (length(unnamed) > 0 && !inherits(tensors, "safetensors_tensors")) {
-    st_abort(
-      "invalid_argument",
-      c(
-        "{.arg tensors} must be a named list; every tensor needs a name.",
-        x = "{cli::qty(length(unnamed))}Tensor{?s} {unnamed} {?has/have} none."
-      ),
-      call = call
-    )
-  }
-  check_unique(nms, "duplicate_name", "Each tensor name must be unique.", call)
-  if ("__metadata__" %in% nms) {
-    st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
-  }
-  dtypes <- resolve_dtypes(tensors, nms, dtype, call)
-  # Where the "dtype" attribute alone chose the dtype, values are written
-  # only if it holds them exactly (the write engine checks).
-  chosen <- if (is.null(dtype)) character() else if (is.null(names(dtype))) nms else names(dtype)
-  exact <- vapply(tensors, function(x) is_string(attr(x, "dtype", exact = TRUE)), logical(1), USE.NAMES = FALSE) &
-    !nms %in% chosen
-  r_types <- names(default_dtypes())
+  nms <- check_tensor_list_names(tensors, call)
   n <- length(tensors)
   values <- vector("list", n)
   shapes <- vector("list", n)
   kinds <- character(n)
+  # Each tensor's own dtype: the "dtype" attribute, or the default for its
+  # R type, or its framework's or raw vector's dtype.
+  own <- character(n)
+  attr_dtype <- logical(n)
+  r_types <- names(default_dtypes())
   for (i in seq_len(n)) {
     x <- tensors[[i]]
+    d <- attr(x, "dtype", exact = TRUE)
+    attr_dtype[[i]] <- is_string(d)
     if (is_integer64(x)) {
       values[i] <- list(x)
       shapes[[i]] <- r_shape(x)
       kinds[[i]] <- "integer64"
+      own[[i]] <- if (is_string(d)) d else default_dtypes()[["integer64"]]
     } else if (is.object(x)) {
       # Framework tensors: described now, their bytes fetched one at a time
       # while writing (write_spec()), so that only one tensor's buffer
@@ -67,16 +51,20 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
       meta <- safe_tensor_meta(x)
       values[i] <- list(x)
       shapes[[i]] <- as.numeric(unlist(meta$shape))
-      dtypes[[i]] <- meta$dtype
+      own[[i]] <- meta$dtype
+      attr_dtype[[i]] <- FALSE
       kinds[[i]] <- "later"
-    } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && !is.null(attr(x, "dtype"))) {
+    } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && is_string(d)) {
       values[i] <- list(x)
       shapes[[i]] <- as.numeric(attr(x, "shape"))
+      own[[i]] <- d
+      attr_dtype[[i]] <- FALSE
       kinds[[i]] <- "bytes"
     } else if (typeof(x) %in% r_types) {
       values[i] <- list(x)
       shapes[[i]] <- r_shape(x)
       kinds[[i]] <- "values"
+      own[[i]] <- if (is_string(d)) d else default_dtypes()[[typeof(x)]]
     } else {
       st_abort(
         "invalid_argument",
@@ -89,33 +77,67 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
     }
   }
   # "dtype" attributes and framework tensors' dtypes in any spelling.
-  dtypes <- as_dtype(dtypes, nms, call = call)
+  own <- as_dtype(own, nms, call = call)
+  chosen <- chosen_dtypes(dtype, own, nms, call)
+  dtypes <- own
+  dtypes[!is.na(chosen)] <- chosen[!is.na(chosen)]
+  bytes_in <- kinds %in% c("bytes", "later")
+  from <- rep("", n)
+  from[bytes_in] <- own[bytes_in]
   list(
     tensors = values, names = nms, dtypes = dtypes, shapes = shapes, kinds = kinds,
-    exact = exact & kinds == "values", metadata = check_metadata(metadata, call)
+    # Where the "dtype" attribute alone chose the dtype, values are written
+    # only if it holds them exactly (the write engine checks).
+    exact = attr_dtype & is.na(chosen) & !bytes_in,
+    metadata = check_metadata(metadata, call),
+    from = from
   )
 }
 
-# Whether `x` is a vector of bit64's 64-bit integers (doubles holding the
-# bits of int64 values).
-is_integer64 <- function(x) {
-  inherits(x, "integer64") && typeof(x) == "double"
+# The names of the list `tensors`, in UTF-8: every tensor needs one, and
+# one of them may be the empty name (PyTorch's forward hooks name an
+# output so, and the format allows it); a list without names, or with
+# several tensors without one, is an error naming them.
+check_tensor_list_names <- function(tensors, call) {
+  nms <- names(tensors)
+  if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
+    st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
+  }
+  nms <- utf8_strings(nms %||% character(), "tensor name", call)
+  unnamed <- which(nms == "")
+  if (length(unnamed) > 1) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "{.arg tensors} must be a named list; every tensor needs a name.",
+        x = "Tensors {unnamed} have none.",
+        i = "One tensor may have the empty name {.val {''}}, as in {.code list(w = x, y)}; two can't."
+      ),
+      call = call
+    )
+  }
+  check_unique(nms, "duplicate_name", "Each tensor name must be unique.", call)
+  if ("__metadata__" %in% nms) {
+    st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
+  }
+  nms
 }
 
-r_shape <- function(x) {
-  dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
+# Whether `dtypes` (the format's names) are floating-point dtypes.
+is_float_dtype <- function(dtypes) {
+  startsWith(dtypes, "F") | dtypes == "BF16"
 }
 
-# The dtype of each tensor: the `dtype` argument (as the format names it),
-# else the tensor's "dtype" attribute (as given), else the default for its R
-# type.
-resolve_dtypes <- function(tensors, nms, dtype, call) {
-  defaults <- default_dtypes()
-  out <- vapply(tensors, function(x) {
-    d <- attr(x, "dtype", exact = TRUE)
-    if (is_string(d)) d else defaults[if (is_integer64(x)) "integer64" else typeof(x)] %||% NA_character_
-  }, character(1), USE.NAMES = FALSE)
-  out[is.na(out)] <- "U8"
+# The dtype the `dtype` argument asks for each tensor (NA where it asks
+# none). A single unnamed floating-point dtype applies to the
+# floating-point tensors (`own`, each tensor's own dtype, says which are),
+# as "save my model in BF16" means: integer, logical and complex tensors
+# keep their dtype unless named, and a list that has no floating-point
+# tensor is an error rather than a silent no-op. Any other single dtype
+# (an integer dtype, BOOL, C64) applies to every tensor. A named vector
+# applies to the tensors it names.
+chosen_dtypes <- function(dtype, own, nms, call) {
+  out <- rep(NA_character_, length(own))
   if (is.null(dtype)) {
     return(out)
   }
@@ -127,7 +149,22 @@ resolve_dtypes <- function(tensors, nms, dtype, call) {
     if (length(dtype) != 1) {
       st_abort("invalid_argument", "{.arg dtype} must be a single dtype or a vector named by tensor.", call = call)
     }
-    out[] <- dtype
+    if (!is_float_dtype(dtype)) {
+      out[] <- dtype
+      return(out)
+    }
+    floats <- is_float_dtype(own)
+    if (length(own) > 0 && !any(floats)) {
+      st_abort(
+        "invalid_argument",
+        c(
+          "A single floating-point {.arg dtype} applies to the floating-point tensors, and {.arg tensors} has none.",
+          i = "Name the tensors to convert, as in {.code dtype = c({encodeString(nms[[1]], quote = '\"')} = \"{dtype}\")}."
+        ),
+        call = call
+      )
+    }
+    out[floats] <- dtype
     return(out)
   }
   unknown <- setdiff(names(dtype), nms)
@@ -136,6 +173,16 @@ resolve_dtypes <- function(tensors, nms, dtype, call) {
   }
   out[match(names(dtype), nms)] <- unname(dtype)
   out
+}
+
+# Whether `x` is a vector of bit64's 64-bit integers (doubles holding the
+# bits of int64 values).
+is_integer64 <- function(x) {
+  inherits(x, "integer64") && typeof(x) == "double"
+}
+
+r_shape <- function(x) {
+  dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
 }
 
 check_metadata <- function(metadata, call) {
@@ -169,7 +216,7 @@ spec_sizes <- function(spec) {
 
 # The tensors `k` of a tensor_spec(), with its metadata.
 spec_subset <- function(spec, k) {
-  fields <- c("tensors", "names", "dtypes", "shapes", "kinds", "exact")
+  fields <- c("tensors", "names", "dtypes", "shapes", "kinds", "exact", "from")
   spec[fields] <- lapply(spec[fields], function(v) v[k])
   spec
 }
@@ -185,7 +232,7 @@ framework_bytes <- function(spec, i, call, size = NULL) {
       call = call
     )
   }
-  size <- size %||% tensor_bytes(spec$dtypes[[i]], spec$shapes[[i]])
+  size <- size %||% tensor_bytes(spec$from[[i]], spec$shapes[[i]])
   if (length(bytes) != size) {
     st_abort(
       "invalid_argument",
@@ -198,24 +245,6 @@ framework_bytes <- function(spec, i, call, size = NULL) {
     )
   }
   bytes
-}
-
-# The message of a conversion error about a double the dtype can't hold,
-# with the value named as R names it: the core sees R's `NA` as the NaN it
-# is (a NaN with a payload), and says "value NaN: it is out of range" of
-# both, while an `NA` (or `NaN`) is not a number out of range but one the
-# dtype has no code for. Other messages are returned as they are.
-name_missing_value <- function(message, x, dtype) {
-  at <- regmatches(message, regexec("element ([0-9]+) of tensor .*[(]value NaN[)]: ", message))[[1]]
-  if (length(at) == 0 || !is.double(x) || is_integer64(x)) {
-    return(message)
-  }
-  v <- x[[as.numeric(at[[2]])]]
-  if (!is.na(v)) {
-    return(message)
-  }
-  value <- if (is.nan(v)) "NaN" else "NA"
-  sub("[(]value NaN[)]: .*$", sprintf("(value %s): %s can't be stored as %s", value, value, dtype), message)
 }
 
 # Writes the tensors `spec` describes `to` a "file" (`target`, a path,
@@ -237,9 +266,6 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
     }
     what <- if (to == "raw") "Can't serialize the tensors." else sprintf("Can't write %s.", describe_source(label))
     k <- match(res$tensor, spec$names)
-    if (identical(res$kind, "conversion") && !is.na(k) && spec$kinds[[k]] == "values") {
-      res$message <- name_missing_value(res$message, spec$tensors[[k]], spec$dtypes[[k]])
-    }
     if (identical(res$kind, "conversion") && !is.na(k) && spec$exact[[k]]) {
       # The dtype came from the tensor's attribute, not from the caller.
       name <- spec$names[[k]]
@@ -267,11 +293,10 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   if (to == "connection" && !stream) {
     bytes <- write_spec(spec, "raw", call = call)
     con <- target
-    if (!isOpen(con)) {
-      open(con, "wb")
+    if (con_open(con, "wb", call)) {
       on.exit(close(con), add = TRUE)
     }
-    writeBin(bytes, con)
+    con_io(writeBin(bytes, con), "write", call)
     return(invisible())
   }
   w <- check(writer_open_(spec, if (stream) "stream" else to, if (to == "file") target else "", sync, st_threads()))
@@ -281,11 +306,10 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   send <- function() NULL
   if (stream) {
     con <- target
-    if (!isOpen(con)) {
-      open(con, "wb")
+    if (con_open(con, "wb", call)) {
       on.exit(close(con), add = TRUE)
     }
-    send <- function() writeBin(check(writer_take_(w)), con)
+    send <- function() con_io(writeBin(check(writer_take_(w)), con), "write", call)
   }
   # Bytes written so far (the header's, to start with), for the bar.
   last <- if (is.null(bar)) 0 else check(writer_write_(w, 0))$written
@@ -322,7 +346,7 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   }
   out <- check(writer_commit_(w))
   if (stream) {
-    writeBin(out, con)
+    con_io(writeBin(out, con), "write", call)
   }
   out
 }

@@ -145,3 +145,17 @@ expect_fits_widths <- function(x, widths = c(40, 80, 120)) {
     expect_lte(max(nchar(out, "width")), w, label = sprintf("the widest line at width %d", w))
   }
 }
+
+# Replaces function `name` of the package's namespace until the calling test
+# ends (testthat 3.1.6 has no local_mocked_bindings()).
+local_package_function <- function(name, value, .env = parent.frame()) {
+  ns <- asNamespace("safetensors")
+  old <- get(name, envir = ns)
+  set <- function(f) {
+    unlockBinding(name, ns)
+    assign(name, f, envir = ns)
+    lockBinding(name, ns)
+  }
+  set(value)
+  withr::defer(set(old), envir = .env)
+}

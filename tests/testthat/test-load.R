@@ -319,20 +319,6 @@ expected_exact <- function(t, as = identity) {
   x
 }
 
-# Replaces function `name` of the package's namespace until the calling test
-# ends (testthat 3.1.6 has no local_mocked_bindings()).
-local_package_function <- function(name, value, .env = parent.frame()) {
-  ns <- asNamespace("safetensors")
-  old <- get(name, envir = ns)
-  set <- function(f) {
-    unlockBinding(name, ns)
-    assign(name, f, envir = ns)
-    lockBinding(name, ns)
-  }
-  set(value)
-  withr::defer(set(old), envir = .env)
-}
-
 test_that("int64 = \"character\" reads every I64 and U64 value exactly, silently", {
   for (file in c("dtype-I64.safetensors", "dtype-U64.safetensors")) {
     e <- expected_fixtures()[[file]]

@@ -10,9 +10,9 @@ use std::os::raw::c_void;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE,
-    Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL, RAW, REAL,
-    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, TYPEOF,
+    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_error, Rf_install,
+    Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL,
+    RAW, REAL, SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, TYPEOF,
 };
 use safetensors_core::dtype::{Dtype, ALL};
 use safetensors_core::error::{Error, Kind, Result};
@@ -320,6 +320,19 @@ struct Build<F> {
     done: bool,
     /// Set by the error handler: an R error (out of memory).
     failed: bool,
+    /// Set when `f` panicked: what the panic said.
+    panicked: Option<String>,
+}
+
+/// What a panic's payload says (a `&str` or a `String`, as `panic!` makes).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic".to_string()
+    }
 }
 
 /// The body of [`build`]'s R_tryCatchError: runs the job's function once.
@@ -329,14 +342,27 @@ struct Build<F> {
 unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     let job = unsafe { &mut *(data as *mut Build<F>) };
-    match job.f.take() {
-        Some(f) => {
-            let out = f();
+    let Some(f) = job.f.take() else {
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
+        return unsafe { R_NilValue };
+    };
+    // A panic must not unwind out of this `extern "C"` function (Rust
+    // aborts the process then): it is caught here and becomes an R error,
+    // raised below with nothing left to drop in this frame, so that R's
+    // jump to the error handler also undoes the protections `f` made.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(out) => {
             job.done = true;
             out
         }
-        // SAFETY: R_NilValue is a valid SEXP once R runs.
-        None => unsafe { R_NilValue },
+        Err(payload) => {
+            job.panicked = Some(panic_text(&*payload));
+            drop(payload);
+            // SAFETY: a constant format and argument; R jumps to the
+            // handler of the R_tryCatchError around this call, over this
+            // frame, which holds nothing with a destructor.
+            unsafe { Rf_error(c"%s".as_ptr(), c"internal error".as_ptr()) }
+        }
     }
 }
 
@@ -368,8 +394,10 @@ unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
 
 /// Runs `f`, which builds R objects with the raw API (the `r_*` functions
 /// below), under one `R_tryCatchError` inside `R_ToplevelExec`: an R error
-/// inside it (R out of memory) becomes [`Kind::Memory`] here, and Ctrl-C
-/// [`Kind::Interrupted`], without unwinding through Rust frames. One call
+/// inside it (R out of memory) becomes [`Kind::Memory`] here, Ctrl-C
+/// [`Kind::Interrupted`], and a panic an internal error of kind
+/// [`Kind::InvalidArgument`] naming it, without unwinding through Rust
+/// frames or ending the R session. One call
 /// costs about as much as a few allocations, so objects are built in bulk,
 /// not one call each.
 ///
@@ -383,6 +411,7 @@ pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
         out: unsafe { R_NilValue },
         done: false,
         failed: false,
+        panicked: None,
     };
     // SAFETY: the callbacks only run `f` and record how it ended; R errors
     // are caught by R_tryCatchError and interrupts by R_ToplevelExec; the
@@ -393,6 +422,12 @@ pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
             &mut job as *mut Build<F> as *mut c_void,
         )
     };
+    if let Some(what) = job.panicked {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            format!("internal error: {what}"),
+        ));
+    }
     if job.failed {
         return Err(Error::new(
             Kind::Memory,
@@ -724,4 +759,40 @@ pub fn check_interrupt_now() -> Result<()> {
         return Err(Error::new(Kind::Interrupted, "interrupted by the user"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[path = "../test-support/embedded_r.rs"]
+mod embedded_r;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::embedded_r::start_r;
+
+    #[test]
+    fn a_panic_while_building_is_an_error_and_r_goes_on() {
+        start_r();
+        // SAFETY (all the closures below): R runs; they allocate as `build`
+        // asks, inside it.
+        // SAFETY: as above.
+        let ok = build(|| unsafe { r_vec(SEXPTYPE::INTSXP, 3) }).unwrap();
+        assert_eq!(ok.len(), 3);
+        // SAFETY: as above.
+        let e = build(|| unsafe {
+            // A protection left unbalanced by the panic is undone by R.
+            Rf_protect(r_vec(SEXPTYPE::REALSXP, 10));
+            panic!("boom {}", 42);
+        })
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument);
+        assert_eq!(e.message, "internal error: boom 42");
+        // R still works, and its protection stack is balanced.
+        // SAFETY: as above.
+        let again = build(|| unsafe { r_vec(SEXPTYPE::RAWSXP, 5) }).unwrap();
+        assert_eq!(again.len(), 5);
+        let alloc_ok = alloc(SEXPTYPE::REALSXP, 4).unwrap();
+        assert_eq!(alloc_ok.len(), 4);
+    }
 }

@@ -45,8 +45,8 @@ pub struct SaveHandle {
 }
 
 /// Positions of the description's fields (R/write.R builds it).
-const FIELDS: [&str; 7] = [
-    "tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata",
+const FIELDS: [&str; 8] = [
+    "tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata", "from",
 ];
 
 fn field(spec: &List, i: usize) -> Result<Robj> {
@@ -172,31 +172,39 @@ fn int64_of(x: &Robj) -> Option<Src<'_>> {
     }
 }
 
-/// Each tensor's input, from the description's `tensors`, `kinds` and
-/// `exact`: `"values"` (an R vector to convert, rounded to nearest or, where
-/// `exact`, written only if the dtype holds every value exactly),
-/// `"integer64"` (bit64's integer64, converted from its int64 values),
-/// `"bytes"` (a raw vector of the bytes as stored) or `"later"` (bytes R
-/// puts when the tensor's turn comes). `values` must outlive the inputs.
+/// Each tensor's input, from the description's `tensors`, `kinds`,
+/// `exact` and `from`: `"values"` (an R vector to convert, rounded to
+/// nearest or, where `exact`, written only if the dtype holds every value
+/// exactly), `"integer64"` (bit64's integer64, converted from its int64
+/// values, the same way), `"bytes"` (a raw vector of the bytes as stored in
+/// dtype `from`) or `"later"` (bytes of dtype `from` that R puts when the
+/// tensor's turn comes). `values` must outlive the inputs.
 fn inputs_of<'a>(
     values: &'a [Robj],
     kinds: &[&str],
     exact: &[Rbool],
+    from: &[&str],
     names: &[String],
 ) -> Result<Vec<Input<'a>>> {
+    let dtype = |d: &str, name: &str| {
+        Dtype::from_name(d).ok_or_else(|| {
+            Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{d}`"))
+        })
+    };
     values
         .iter()
         .zip(kinds)
         .zip(exact)
+        .zip(from)
         .zip(names)
-        .map(|(((x, &kind), exact), name)| match kind {
-            "values" => {
-                let rounding = if exact.is_true() {
-                    Rounding::Exact
-                } else {
-                    Rounding::Nearest
-                };
-                src_of(x)
+        .map(|((((x, &kind), exact), &from), name)| {
+            let rounding = if exact.is_true() {
+                Rounding::Exact
+            } else {
+                Rounding::Nearest
+            };
+            match kind {
+                "values" => src_of(x)
                     .map(|src| Input::Values(src, rounding))
                     .ok_or_else(|| {
                         Error::tensor(
@@ -204,26 +212,29 @@ fn inputs_of<'a>(
                             name,
                             format!("tensor `{name}` is not a vector"),
                         )
+                    }),
+                "integer64" => int64_of(x)
+                    .map(|src| Input::Values(src, rounding))
+                    .ok_or_else(|| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("tensor `{name}` is not an integer64 vector"),
+                        )
+                    }),
+                "bytes" => {
+                    let from = dtype(from, name)?;
+                    raw_bytes(x).map(|b| Input::Bytes(b, from)).map_err(|_| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("the buffer of tensor `{name}` must be raw"),
+                        )
                     })
+                }
+                "later" => Ok(Input::Later(dtype(from, name)?)),
+                _ => Err(malformed()),
             }
-            "integer64" => int64_of(x)
-                .map(|src| Input::Values(src, Rounding::Nearest))
-                .ok_or_else(|| {
-                    Error::tensor(
-                        Kind::InvalidArgument,
-                        name,
-                        format!("tensor `{name}` is not an integer64 vector"),
-                    )
-                }),
-            "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
-                Error::tensor(
-                    Kind::InvalidArgument,
-                    name,
-                    format!("the buffer of tensor `{name}` must be raw"),
-                )
-            }),
-            "later" => Ok(Input::Later),
-            _ => Err(malformed()),
         })
         .collect()
 }
@@ -265,17 +276,20 @@ fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>)
     let kinds = field(&spec, 4)?;
     let exact = field(&spec, 5)?;
     let names = field(&spec, 1)?;
-    let (Some(kinds), Some(exact), Some(names)) = (
+    let from = field(&spec, 7)?;
+    let (Some(kinds), Some(exact), Some(names), Some(from)) = (
         kinds.as_str_vector(),
         exact.as_logical_slice(),
         names.as_string_vector(),
+        from.as_str_vector(),
     ) else {
         return Err(malformed());
     };
-    if kinds.len() != values.len() || exact.len() != values.len() || names.len() != values.len() {
+    let n = values.len();
+    if kinds.len() != n || exact.len() != n || names.len() != n || from.len() != n {
         return Err(malformed());
     }
-    let res = inputs_of(&values, &kinds, exact, &names).and_then(|inputs| f(out, &inputs));
+    let res = inputs_of(&values, &kinds, exact, &from, &names).and_then(|inputs| f(out, &inputs));
     if res.is_err() {
         // Dropping a file sink removes its temporary file.
         state.take();
@@ -396,12 +410,12 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64) -> Robj {
             Out::Raw(w) => w.current(),
             Out::Stream(w) => w.current(),
         };
-        if !matches!(current.map(|i| inputs[i]), Some(Input::Later)) {
+        let Some(Input::Later(from)) = current.map(|i| inputs[i]) else {
             return Err(Error::new(
                 Kind::InvalidArgument,
                 "internal error: bytes were given for a tensor the writer converts from its values",
             ));
-        }
+        };
         let all = raw_bytes(&bytes)?;
         let Some(part) = (n >= 0.0 && n.fract() == 0.0)
             .then_some(n as usize)
@@ -414,9 +428,9 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64) -> Robj {
         };
         let poll = &mut check_interrupt_now;
         match out {
-            Out::File(w) => w.put(part, poll)?,
-            Out::Raw(w) => w.put(part, poll)?,
-            Out::Stream(w) => w.put(part, poll)?,
+            Out::File(w) => w.put(part, from, poll)?,
+            Out::Raw(w) => w.put(part, from, poll)?,
+            Out::Stream(w) => w.put(part, from, poll)?,
         };
         Ok(progress(out))
     }))

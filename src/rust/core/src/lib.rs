@@ -13,6 +13,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod checkpoint;
 pub mod convert;
 pub mod dtype;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod format;
 pub mod hub;
 pub mod io;
 pub mod read;
+pub mod recode;
 pub mod shards;
 pub mod slice;
 pub mod sniff;

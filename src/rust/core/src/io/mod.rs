@@ -24,7 +24,7 @@ mod sys;
 mod sys;
 
 use sys::Stamp;
-pub use sys::{populate_write, start_writeback};
+pub use sys::{lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
 
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +270,20 @@ impl FileSource {
         Ok(FileSource { file, stamp, map })
     }
 
+    /// Whether `path` names this file now, as it was when opened (the same
+    /// file, by its identity and modification time, not only its bytes):
+    /// a reader of a shard set checks that no save replaced a shard it
+    /// opened.
+    pub fn is_at(&self, path: &Path) -> bool {
+        let Ok(file) = sys::open_read(path) else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        sys::stamp(&file, &meta).is_ok_and(|s| s == self.stamp)
+    }
+
     /// Errors when the file no longer has the size and stamp it had when
     /// opened.
     pub fn check_unchanged(&self) -> Result<()> {
@@ -388,10 +402,57 @@ pub(crate) fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
     ))
 }
 
+/// `path` with its symbolic links followed to the file they name (which
+/// need not exist: a dangling link names the file it would create), so
+/// that a save through a link replaces the file it points to and keeps
+/// the link. A path that is no link comes back as it is.
+pub fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    // As many links as Linux follows (ELOOP beyond).
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&p)
+                    .map_err(|e| Error::io(&e, "can't read the symbolic link"))?;
+                p = match p.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(Error::new(Kind::Io, "too many levels of symbolic links"))
+}
+
+/// Errors unless `target` (links followed) is a regular file or nothing:
+/// a save replaces regular files only. A directory is an invalid argument;
+/// a FIFO, a device or a socket is refused before anything is written (a
+/// rename would replace it with a regular file).
+pub fn check_file_target(target: &Path) -> Result<()> {
+    match std::fs::metadata(target) {
+        Ok(m) if m.is_dir() => Err(Error::new(Kind::InvalidArgument, "the path is a directory")),
+        Ok(m) if !m.is_file() => Err(Error::new(
+            Kind::Io,
+            format!(
+                "the path is {}, not a regular file; a save replaces regular files only",
+                sys::special_kind(&m)
+            ),
+        )
+        .with_hint("To write to it, pass a connection, as in `file(path, \"wb\")`.")),
+        _ => Ok(()),
+    }
+}
+
 impl AtomicFile {
     /// Creates the temporary file in the target's directory, readable and
-    /// writable as the umask allows (not 0600).
+    /// writable as the umask allows (not 0600). A target that is a
+    /// symbolic link is followed ([`resolve_links`]): the file it names is
+    /// replaced and the link kept. A target that is not a regular file is
+    /// refused ([`check_file_target`]).
     pub fn create(target: &Path) -> Result<AtomicFile> {
+        let target = &resolve_links(target)?;
+        check_file_target(target)?;
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -402,9 +463,6 @@ impl AtomicFile {
                 "the path must name a file",
             ));
         };
-        if target.is_dir() {
-            return Err(Error::new(Kind::InvalidArgument, "the path is a directory"));
-        }
         if let Some(file) = sys::anonymous_in(&dir) {
             return Ok(AtomicFile {
                 target: target.to_path_buf(),
@@ -679,19 +737,41 @@ impl Drop for FileLock {
     }
 }
 
+/// Folders for tests, here and in the modules that write files.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_dirs {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    fn tempdir() -> PathBuf {
+    /// A new empty folder under the system's temporary folder.
+    pub fn tempdir(prefix: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
         let d = std::env::temp_dir().join(format!(
-            "st-io-{}-{}",
+            "st-{prefix}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The names in `dir`, sorted.
+    pub fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> PathBuf {
+        test_dirs::tempdir("io")
     }
 
     /// Pages of the current process's mapping that contains `addr` which are
@@ -812,14 +892,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use test_dirs::entries;
 
     #[test]
     #[cfg(target_os = "linux")]
@@ -1016,6 +1089,23 @@ mod tests {
         let len = prefix.len() as u64 + 300;
         let header = read_header(&Segments::new(len, vec![(0, &prefix)]).unwrap()).unwrap();
         assert_eq!(header.data_start(), prefix.len());
+    }
+
+    #[test]
+    fn a_file_source_knows_whether_a_path_names_it() {
+        let dir = tempdir();
+        let p = dir.join("s.bin");
+        std::fs::write(&p, b"same bytes").unwrap();
+        let src = FileSource::open(&p, Backend::Read).unwrap();
+        assert!(src.is_at(&p));
+        assert!(!src.is_at(&dir.join("none")));
+        // Another file with the same bytes renamed over it is another file.
+        let q = dir.join("t.bin");
+        std::fs::write(&q, b"same bytes").unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        assert!(!src.is_at(&p));
+        drop(src);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,12 +3,10 @@
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-#[cfg(target_os = "linux")]
-use crate::error::Kind;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// What identifies a file's contents for change detection: a file
 /// truncated, rewritten or replaced in place changes one of these.
@@ -295,4 +293,56 @@ pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBu
         crate::error::Kind::Io,
         "anonymous files are not supported on this system",
     ))
+}
+
+/// What a file that is neither a regular file nor a directory is, for
+/// messages.
+pub fn special_kind(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// An exclusive lock on a directory, held until dropped: `flock(2)` on the
+/// directory itself, so that no file is created for it. `None` inside when
+/// the file system has no such locks (some network file systems): saves
+/// then go on without one.
+pub struct DirLock {
+    _held: Option<File>,
+}
+
+/// Locks `dir` exclusively, waiting for another holder (another process's
+/// save) and calling `poll` every 10 ms meanwhile.
+pub fn lock_dir(dir: &Path, poll: &mut dyn FnMut() -> Result<()>) -> Result<DirLock> {
+    use std::os::fd::AsRawFd;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| Error::io(&e, "can't open the folder"))?;
+    loop {
+        // SAFETY: a valid open descriptor; flock only takes a lock on it.
+        if unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(DirLock { _held: Some(d) });
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {
+                poll()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Some(libc::EINTR) => {}
+            // No locks here (ENOLCK, EOPNOTSUPP, EINVAL, EBADF on NFS).
+            _ => return Ok(DirLock { _held: None }),
+        }
+    }
 }

@@ -82,7 +82,15 @@ extern "system" {
         high: u32,
         overlapped: *mut Overlapped,
     ) -> i32;
+    fn CreateMutexW(attributes: *mut c_void, initial_owner: i32, name: *const u16) -> RawHandle;
+    fn WaitForSingleObject(handle: RawHandle, milliseconds: u32) -> u32;
+    fn ReleaseMutex(handle: RawHandle) -> i32;
+    fn CloseHandle(handle: RawHandle) -> i32;
 }
+
+const WAIT_OBJECT_0: u32 = 0;
+const WAIT_ABANDONED: u32 = 0x80;
+const WAIT_TIMEOUT: u32 = 0x102;
 
 /// What identifies a file's contents for change detection: a file
 /// truncated, rewritten or replaced in place changes one of these. They
@@ -361,6 +369,71 @@ fn in_use(err: &io::Error, to: &Path) -> Option<i32> {
     in_use.then_some(code)
 }
 
+/// What a file that is neither a regular file nor a directory is, for
+/// messages.
+pub fn special_kind(_meta: &Metadata) -> &'static str {
+    "a special file"
+}
+
+/// An exclusive lock on a directory, held until dropped: a named mutex of
+/// the session whose name comes from the directory's canonical path, so
+/// that no file is created for it. The system releases it if its owner
+/// dies (the next owner sees it abandoned, and takes it). `None` inside
+/// when it can't be had: saves then go on without one.
+pub struct DirLock(Option<RawHandle>);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // SAFETY: a mutex handle this thread owns (R calls on one
+            // thread); releasing and closing it ends the lock.
+            unsafe {
+                ReleaseMutex(h);
+                CloseHandle(h);
+            }
+        }
+    }
+}
+
+/// Locks `dir` exclusively, waiting for another holder (another process's
+/// save) and calling `poll` every 50 ms meanwhile.
+pub fn lock_dir(dir: &Path, poll: &mut dyn FnMut() -> Result<()>) -> Result<DirLock> {
+    let canonical =
+        std::fs::canonicalize(dir).map_err(|e| Error::io(&e, "can't open the folder"))?;
+    // FNV-1a of the lower-cased path: file names are case-insensitive.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.to_string_lossy().to_lowercase().bytes() {
+        hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name: Vec<u16> = OsStr::new(&format!("Local\\safetensors-save-{hash:016x}"))
+        .encode_wide()
+        .chain([0])
+        .collect();
+    // SAFETY: a NUL-terminated UTF-16 name that outlives the call; no
+    // security attributes.
+    let h = unsafe { CreateMutexW(std::ptr::null_mut(), 0, name.as_ptr()) };
+    if h.is_null() {
+        return Ok(DirLock(None));
+    }
+    let lock = DirLock(Some(h));
+    loop {
+        // SAFETY: a valid mutex handle.
+        match unsafe { WaitForSingleObject(h, 50) } {
+            WAIT_OBJECT_0 | WAIT_ABANDONED => return Ok(lock),
+            WAIT_TIMEOUT => poll()?,
+            _ => {
+                // Not owned: close without releasing.
+                let mut lock = lock;
+                if let Some(h) = lock.0.take() {
+                    // SAFETY: a valid handle, closed once.
+                    unsafe { CloseHandle(h) };
+                }
+                return Ok(lock);
+            }
+        }
+    }
+}
+
 /// Does nothing: Windows can't flush a directory as Unix does, and needs
 /// not, since [`replace`] asks for `MOVEFILE_WRITE_THROUGH`, which returns
 /// only once the move itself is on disk.
@@ -437,28 +510,13 @@ mod tests {
     use crate::io::{AtomicFile, Backend, FileSource, Source};
     use std::io::Write;
     use std::os::windows::fs::OpenOptionsExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     const FILE_SHARE_READ: u32 = 0x1;
 
-    fn tempdir() -> PathBuf {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "st-win-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::io::test_dirs::entries;
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+    fn tempdir() -> PathBuf {
+        crate::io::test_dirs::tempdir("win")
     }
 
     fn pattern(n: usize, seed: u32) -> Vec<u8> {
