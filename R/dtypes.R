@@ -65,6 +65,14 @@ dtype_suggestion <- function(x) {
   if (identical(best, tolower(canonical))) canonical else best
 }
 
+# Dtypes of numpy and torch that the format lacks, by their names in lower
+# case: what each is, and the nearest dtype the format has.
+absent_dtypes <- list(
+  c128 = c("complex128", "C64"), complex128 = c("complex128", "C64"), cdouble = c("complex128", "C64"),
+  c32 = c("complex32", "C64"), complex32 = c("complex32", "C64"), chalf = c("complex32", "C64"),
+  f128 = c("float128", "F64"), float128 = c("float128", "F64"), longdouble = c("float128", "F64")
+)
+
 # The format's names of dtypes `x` (a character vector of any accepted
 # spellings), or an error of class safetensors_error_invalid_argument for
 # the first unknown one, suggesting the closest known name. The error
@@ -75,7 +83,9 @@ as_dtype <- function(x, tensors = NULL, call = parent.frame()) {
   bad <- which(is.na(out))
   if (length(bad) > 0) {
     given <- x[[bad[[1]]]]
-    suggestion <- dtype_suggestion(given)
+    absent <- absent_dtypes[[sub("^torch[.]", "", tolower(given))]]
+    suggestion <- if (is.null(absent)) dtype_suggestion(given)
+    nearest <- absent[2]
     tensor <- if (!is.null(tensors)) tensors[[bad[[1]]]]
     st_abort(
       "invalid_argument",
@@ -85,7 +95,8 @@ as_dtype <- function(x, tensors = NULL, call = parent.frame()) {
         } else {
           "Tensor {.val {tensor}} has unknown dtype {.val {given}}."
         },
-        i = "Did you mean {.val {suggestion}}?",
+        x = if (!is.null(absent)) "The safetensors format has no {absent[[1]]}; the nearest dtype it has is {.val {nearest}}.",
+        i = if (!is.null(suggestion)) "Did you mean {.val {suggestion}}?",
         i = "A dtype is a safetensors name such as {.val BF16} or a numpy or torch name such as {.val bfloat16}, in any case."
       ),
       dtype = given,

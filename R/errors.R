@@ -12,7 +12,12 @@
 #'
 #' Conditions about one tensor carry its name in the field `tensor`; those
 #' about a missing package carry it in `package`, and those about a dtype in
-#' `dtype`.
+#' `dtype`. An error's call (`conditionCall()`, printed as "Error in
+#' `safe_load_file()`") is the function you called, as you called it (a
+#' handle's `h$get_tensor("w")` or `h[-1]`, `safetensors$new(path)`), never
+#' one of the package's internal functions. A required argument left out
+#' and an argument a function doesn't take are errors of class
+#' `safetensors_error_invalid_argument` too.
 #'
 #' @section Malformed files (also `safetensors_error_format`):
 #' * `safetensors_error_header_too_small`: the input has fewer than the 8
@@ -50,15 +55,22 @@
 #'
 #' @section Files and handles:
 #' * `safetensors_error_file_not_found`: the file (or a shard) does not
-#'   exist.
+#'   exist; for an `hf://` path, the file is not in the repository at that
+#'   revision (or the folder holds no checkpoint); fields `repo`,
+#'   `revision` and `file` then.
 #' * `safetensors_error_io`: any other failure of the operating system: a
-#'   path that is a directory, a FIFO or a device, permission denied, a full
-#'   disk, a failed rename.
+#'   path that is a directory, a FIFO or a device (read from, or saved to:
+#'   a save refuses them before writing), permission denied, a full disk, a
+#'   failed rename; and an error of a connection being read or written
+#'   (R's own condition as `parent`).
 #' * `safetensors_error_memory`: the result doesn't fit in memory; raised
 #'   before the result is allocated.
 #' * `safetensors_error_file_changed`: the file under an open handle
-#'   ([safe_open()]) was truncated or rewritten in place.
-#' * `safetensors_error_closed`: a closed handle was used.
+#'   ([safe_open()]) was truncated or rewritten in place; or a checkpoint
+#'   was replaced by other saves, again and again, while it was being
+#'   opened (50 times: a reader starts over each time).
+#' * `safetensors_error_closed`: a closed handle was used, or a closed
+#'   connection given.
 #' * `safetensors_error_interrupted`: the user interrupted a load or a save
 #'   (Ctrl-C); a save leaves no partial file.
 #' * `safetensors_error_http`: an `http://` or `https://` URL could not be
@@ -67,9 +79,26 @@
 #'   (the HTTP status, `NA` without a response) and `url` (credentials
 #'   redacted).
 #'
+#' @section Hugging Face Hub paths:
+#' Errors about an `hf://` path (see [safetensors-hub]) have field `repo`,
+#' and where they apply `revision`, `file`, `status` and `url`.
+#' * `safetensors_error_repo_not_found`: no such repository on the Hub, or
+#'   a private one that the token sent (if any) can't read.
+#' * `safetensors_error_gated`: a gated model whose terms the account of
+#'   the token has not accepted (or no token was sent).
+#' * `safetensors_error_revision_not_found`: the branch, tag or commit is
+#'   not in the repository.
+#' * `safetensors_error_offline`: `HF_HUB_OFFLINE` is set and the Hub cache
+#'   holds no copy of what was asked for.
+#'
+#' Other failures to reach the Hub are `safetensors_error_http`, and a
+#' missing file `safetensors_error_file_not_found` (above).
+#'
 #' @section Arguments and values:
 #' * `safetensors_error_invalid_argument`: an argument has the wrong type or
-#'   value (the message quotes it), an argument in `...` that the framework
+#'   value (the message quotes it), a tensor name or metadata string that
+#'   can't be written as UTF-8 (shown escaped), a connection open in text
+#'   mode or in the wrong direction, an argument in `...` that the framework
 #'   doesn't take (the message suggests the argument probably meant, such
 #'   as `tensors =` for `tensor =`), a value that is not a tensor, or a
 #'   framework buffer that disagrees with its description.
@@ -80,10 +109,12 @@
 #'   `NA`, of the wrong type, or the number of indices is not the tensor's
 #'   rank.
 #' * `safetensors_error_conversion`: a value can't be written in the
-#'   tensor's dtype (out of range, a fraction for an integer dtype, `NA` in
-#'   an integer or logical tensor), or, where the dtype came from the
-#'   tensor's `"dtype"` attribute alone, isn't held exactly by it (see
-#'   [safe_save_file()]); fields `tensor` and, for the attribute, `dtype`.
+#'   tensor's dtype (out of range, 2^63 as I64 and 2^64 as U64 included;
+#'   beyond a float dtype's largest value; a fraction for an integer dtype;
+#'   `NaN` or an infinity where the dtype has none; `NA` in an integer or
+#'   logical tensor), or, where the dtype came from the tensor's `"dtype"`
+#'   attribute alone, isn't held exactly by it (see [safe_save_file()]);
+#'   fields `tensor` and, for the attribute, `dtype`.
 #' * `safetensors_error_unsupported`: a valid file holds something R can't
 #'   represent as asked, such as a dimension over `.Machine$integer.max`.
 #' * `safetensors_error_unsupported_dtype`: a dtype the framework has no
@@ -152,6 +183,8 @@ NULL
 kind_parents <- c(framework_not_installed = "package_not_installed")
 
 # `message` is a cli template, interpolated in the caller's environment.
+# The error cites the function the user called (error_frame()), whichever
+# of the frames below it `call` names.
 st_abort <- function(kind, message, ..., format = FALSE, call = parent.frame(),
                      .envir = parent.frame()) {
   parent <- if (kind %in% names(kind_parents)) kind_parents[[kind]]
@@ -160,7 +193,7 @@ st_abort <- function(kind, message, ..., format = FALSE, call = parent.frame(),
     if (isTRUE(format)) "safetensors_error_format",
     "safetensors_error"
   )
-  cli::cli_abort(message, class = class, ..., call = call, .envir = .envir)
+  cli::cli_abort(message, class = class, ..., call = error_frame(call), .envir = .envir)
 }
 
 st_warn <- function(kind, message, ..., .envir = parent.frame()) {
@@ -175,13 +208,7 @@ st_check <- function(res, what, call = parent.frame()) {
     return(res)
   }
   if (identical(res$kind, "interrupted")) {
-    # Ctrl-C must give the prompt back at once: no cli formatting and no
-    # loading of cli or rlang (their first use in a session takes a large
-    # part of a second). The fields are those rlang::error_cnd() gives.
-    stop(structure(
-      list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(call)),
-      class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
-    ))
+    interrupted_abort(call)
   }
   st_abort(
     res$kind,
@@ -196,13 +223,78 @@ st_check <- function(res, what, call = parent.frame()) {
   )
 }
 
+# The error for Ctrl-C. It must give the prompt back at once: no cli
+# formatting and no loading of cli or rlang (their first use in a session
+# takes a large part of a second). The fields are those rlang::error_cnd()
+# gives.
+interrupted_abort <- function(call) {
+  stop(structure(
+    list(message = "Interrupted by the user.", trace = NULL, parent = NULL, call = frame_call(error_frame(call))),
+    class = c("safetensors_error_interrupted", "safetensors_error", "rlang_error", "error", "condition")
+  ))
+}
+
+# Errors cite the function the user called: `safe_save_file()`, `h[-1]`,
+# `safetensors$new("x")`, never the internal helper that noticed the
+# problem (`tensor_spec()`, `FUN(X[[i]], ...)`), whichever frame the helper
+# was given as its `call`. The entry is the outermost frame, from the
+# bottom of the stack up to the frame of `env`, that belongs to the package
+# (entry_index()). A frame marked `.st_entry <- "caller"` (the R6 class's
+# `initialize`, which R6's `$new()` calls) reports its caller instead. When
+# no frame up to `env` belongs to the package (a function of the tests, or
+# of another package, passing its own frame), or `env` is not a frame, it
+# is returned as it is; so is a call.
+error_frame <- function(env) {
+  j <- entry_index(env)
+  if (is.na(j)) {
+    return(env)
+  }
+  if (identical(entry_mark(sys.frame(j)), "caller")) {
+    return(sys.frame(sys.parents()[[j]]))
+  }
+  sys.frame(j)
+}
+
+# The number of the frame that error_frame() reports for `env`, before the
+# "caller" mark is followed; NA if there is none. A frame belongs to the
+# package if its function is one of the namespace (functions, S3 methods),
+# or if it or its function's enclosure is marked `.st_entry` (methods of
+# handles and of the R6 class, which are closures made at run time). Called
+# on the error path only.
+entry_index <- function(env) {
+  if (!is.environment(env)) {
+    return(NA_integer_)
+  }
+  frames <- sys.frames()
+  at <- Position(function(f) identical(f, env), frames, right = TRUE)
+  if (is.na(at)) {
+    return(NA_integer_)
+  }
+  ns <- topenv(environment(entry_index))
+  for (j in seq_len(at)) {
+    if (identical(environment(sys.function(j)), ns) || !is.null(entry_mark(frames[[j]]))) {
+      return(j)
+    }
+  }
+  NA_integer_
+}
+
+# The `.st_entry` mark of a frame, set in the frame or in its function's
+# enclosure; NULL if it has none.
+entry_mark <- function(frame) {
+  mark <- get0(".st_entry", envir = frame, inherits = FALSE)
+  if (is.null(mark)) get0(".st_entry", envir = parent.env(frame), inherits = FALSE) else mark
+}
+
 # The call of the frame whose environment is `env` (a call passes through).
 frame_call <- function(env) {
   if (!is.environment(env)) {
     return(env)
   }
   frames <- sys.frames()
-  for (i in rev(seq_along(frames))) {
+  # The first: read_checkpoint() evaluates a function's body again in its
+  # frame, through eval(), whose frame shares the environment.
+  for (i in seq_along(frames)) {
     if (identical(frames[[i]], env)) {
       return(sys.call(i))
     }

@@ -8,6 +8,44 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
+#' Opens (creating it if missing, keeping its bytes) the file a download
+#' fills.
+#' @noRd
+partial_open_ <- function(path) .Call(wrap__partial_open_, path)
+
+#' Writes the raw vector `bytes` at `offset` (combined with the bytes that
+#' precede it, see `PartialFile`). `NULL` on success.
+#' @noRd
+partial_write_ <- function(p, offset_, bytes) .Call(wrap__partial_write_, p, offset_, bytes)
+
+#' Writes every pending byte; returns the file's length.
+#' @noRd
+partial_flush_ <- function(p) .Call(wrap__partial_flush_, p)
+
+#' Cuts the file to `len` bytes, dropping pending bytes.
+#' @noRd
+partial_truncate_ <- function(p, len) .Call(wrap__partial_truncate_, p, len)
+
+#' Flushes the file, checks that it holds `len` bytes and renames it over
+#' `target`.
+#' @noRd
+partial_commit_ <- function(p, target, len) .Call(wrap__partial_commit_, p, target, len)
+
+#' Closes the file, keeping it and its bytes (a download to resume);
+#' closing twice is harmless.
+#' @noRd
+partial_close_ <- function(p) .Call(wrap__partial_close_, p)
+
+#' Takes the lock on `path` without waiting: an external pointer holding
+#' it, or `FALSE` when another process (or handle) holds it.
+#' @noRd
+lock_try_ <- function(path) .Call(wrap__lock_try_, path)
+
+#' Releases a lock (also released when the pointer is garbage-collected);
+#' releasing twice is harmless.
+#' @noRd
+lock_release_ <- function(l) .Call(wrap__lock_release_, l)
+
 #' Every dtype of the format in the reference implementation's order:
 #' `list(name, bits, r_type, default_for, torch, torch_type, aliases)`,
 #' columns of equal length: `r_type` is the R type it is read into,
@@ -42,6 +80,11 @@ piece_next_ <- function(r) .Call(wrap__piece_next_, r)
 #' @noRd
 piece_end_ <- function(r) .Call(wrap__piece_end_, r)
 
+#' The commit and the files of the API's answer (a raw vector of JSON):
+#' `list(commit, files)`.
+#' @noRd
+hf_revision_ <- function(bytes) .Call(wrap__hf_revision_, bytes)
+
 #' Reads tensors `names` (`NULL`: all) from the file at `path` (from byte
 #' `base` on: 0 for a whole file) in mode `"raw"` or `c("array", int64,
 #' uint8)` with `backend` (`"auto"`, `"mmap"` or `"read"`) on `threads`
@@ -61,6 +104,20 @@ load_raw_ <- function(buf, names, mode, threads) .Call(wrap__load_raw_, buf, nam
 #' @noRd
 handle_read_ <- function(x, names, mode, threads) .Call(wrap__handle_read_, x, names, mode, threads)
 
+#' Starts reading whole tensors `names` of an open local handle in pieces
+#' of at most `max` bytes (whole tensors, or rows of a larger one), so that
+#' R can move a progress bar between them: allocates the tensors and plans
+#' the pieces. Returns `list(loader, pieces)`, the pieces' lengths in
+#' bytes, which `handle_read_piece_()` reads in turn and `remote_finish_()`
+#' finishes.
+#' @noRd
+handle_plan_ <- function(x, names, mode, max) .Call(wrap__handle_plan_, x, names, mode, max)
+
+#' Reads piece `piece` (from 1) of the read `loader` started by
+#' `handle_plan_()` from the handle's file or buffer, on `threads` threads.
+#' @noRd
+handle_read_piece_ <- function(x, loader, piece, threads) .Call(wrap__handle_read_piece_, x, loader, piece, threads)
+
 #' Reads the index file at `path`: `list(names, files, metadata)`.
 #' @noRd
 read_index_ <- function(path) .Call(wrap__read_index_, path)
@@ -70,10 +127,38 @@ read_index_ <- function(path) .Call(wrap__read_index_, path)
 #' @noRd
 parse_index_ <- function(bytes) .Call(wrap__parse_index_, bytes)
 
-#' Writes an index file atomically: `total_size`, and each tensor of
-#' `names` mapped to the shard in `files`.
+#' Whether the file of open handle `x` is still at `path` (see
+#' `FileSource::is_at`); `FALSE` for other handles.
 #' @noRd
-write_index_ <- function(path, total_size, names, files, sync) .Call(wrap__write_index_, path, total_size, names, files, sync)
+file_is_at_ <- function(x, path) .Call(wrap__file_is_at_, x, path)
+
+#' Begins a save to the checkpoint whose single file is `path`: follows
+#' symbolic links, refuses FIFOs, devices and folders, locks the folder
+#' (waiting for another save to it) and cleans up after killed saves.
+#' Returns `list(save, target, index)`: the save (an external pointer; it
+#' is abandoned, its temporary files removed, when garbage-collected
+#' uncommitted), and the paths of the single file and of the index.
+#' @noRd
+save_begin_ <- function(path) .Call(wrap__save_begin_, path)
+
+#' The name of shard `k` of `n` and the path to write it to:
+#' `list(name, temp)`.
+#' @noRd
+save_shard_ <- function(ck, k, n) .Call(wrap__save_shard_, ck, k, n)
+
+#' Commits a single-file save (the file was just renamed into place).
+#' @noRd
+save_commit_single_ <- function(ck) .Call(wrap__save_commit_single_, ck)
+
+#' Commits a sharded save: its index maps each tensor of `names` to the
+#' shard in `files` and says `total_size`.
+#' @noRd
+save_commit_shards_ <- function(ck, names, files, total_size, sync) .Call(wrap__save_commit_shards_, ck, names, files, total_size, sync)
+
+#' Abandons a save, removing its temporary files and releasing the
+#' folder; harmless after a commit. Returns whether a save was abandoned.
+#' @noRd
+save_abort_ <- function(ck) .Call(wrap__save_abort_, ck)
 
 #' Reads a slice of tensor `name`: `specs[[j]]` selects along dimension
 #' `j`, as `c(start, count, step)` (0-based) when `is_range[j]` is 1, else
@@ -127,7 +212,8 @@ remote_plan_ <- function(x, names, mode, max) .Call(wrap__remote_plan_, x, names
 #' @noRd
 remote_feed_ <- function(loader, piece, bytes, threads) .Call(wrap__remote_feed_, loader, piece, bytes, threads)
 
-#' The tensors of a remote read once every piece was fed: `list(tensors,
+#' The tensors of a read in pieces once every piece was read (fed from a
+#' remote file, or read by `handle_read_piece_()`): `list(tensors,
 #' inexact, int_min, max_offset)`, as `handle_read_()` returns them.
 #' @noRd
 remote_finish_ <- function(loader) .Call(wrap__remote_finish_, loader)

@@ -192,8 +192,8 @@ check_framework_args <- function(framework, args, call = parent.frame()) {
 }
 
 # The error for arguments in `...` when `framework` ("r" or "raw") passes
-# none on: it shows them, and suggests the argument of the calling function
-# (the one whose frame is `call`) that each was probably meant to be, such
+# none on: it shows them, and suggests the argument of the function the
+# user called (see error_frame()) that each was probably meant to be, such
 # as `tensors =` for `tensor = "a"` or `framework = "raw"` for an unnamed
 # "raw".
 abort_dots_not_empty <- function(framework, args, call) {
@@ -239,32 +239,6 @@ dots_hint <- function(name, value, formal) {
   }
   if (is.character(value) && "tensors" %in% formal) {
     return(paste0("To read only some tensors, name them: {.code tensors = ", cli_escape(format_arg_value(value)), "}."))
-  }
-  NULL
-}
-
-# A value as code in a message: short atomic values deparsed, others
-# described, as `<a double matrix>`.
-format_arg_value <- function(x) {
-  if (is.atomic(x) && !is.object(x) && length(x) <= 5 && is.null(dim(x))) {
-    text <- deparse1(x)
-    if (nchar(text) <= 40) {
-      return(text)
-    }
-  }
-  paste0("<", cli::format_inline("{.obj_type_friendly {x}}"), ">")
-}
-
-# The formal arguments of the function whose frame is `env`, or NULL.
-frame_formals <- function(env) {
-  if (!is.environment(env)) {
-    return(NULL)
-  }
-  frames <- sys.frames()
-  for (i in rev(seq_along(frames))) {
-    if (identical(frames[[i]], env)) {
-      return(formals(sys.function(i)))
-    }
   }
   NULL
 }
@@ -578,12 +552,14 @@ write_pieces <- function(x, entry, dtype, shape, put, cache, helper = FALSE, chu
 #' safe_load_file(path, framework = "torch")$x
 #' safe_load_file(path)$x
 safe_tensor_buffer <- function(x) {
+  check_required(x)
   UseMethod("safe_tensor_buffer")
 }
 
 #' @rdname safe_tensor_buffer
 #' @export
 safe_tensor_meta <- function(x) {
+  check_required(x)
   UseMethod("safe_tensor_meta")
 }
 
@@ -597,7 +573,7 @@ safe_tensor_meta.default <- function(x) {
   no_tensor_method(x, "safe_tensor_meta")
 }
 
-no_tensor_method <- function(x, generic, call = parent.frame(2)) {
+no_tensor_method <- function(x, generic, call = parent.frame()) {
   st_abort(
     "invalid_argument",
     c(

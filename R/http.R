@@ -26,8 +26,87 @@ check_curl <- function(installed = requireNamespace("curl", quietly = TRUE), cal
 
 # ---- credentials ------------------------------------------------------------
 
-# Hugging Face hosts, the only ones HF_TOKEN is sent to (over https).
+# Hugging Face hosts: the Hub's token goes to them over https, whatever
+# HF_ENDPOINT says.
 hf_hosts <- c("huggingface.co", "hf.co")
+
+# The Hub's endpoint as huggingface_hub reads it: HF_ENDPOINT without its
+# trailing slashes, by default https://huggingface.co.
+hf_endpoint <- function() {
+  endpoint <- sub("/+$", "", Sys.getenv("HF_ENDPOINT"))
+  if (nzchar(endpoint)) endpoint else "https://huggingface.co"
+}
+
+# Whether environment variable `name` is true as huggingface_hub reads it.
+env_true <- function(name) {
+  toupper(Sys.getenv(name)) %in% c("1", "ON", "YES", "TRUE")
+}
+
+# A path from the environment as huggingface_hub expands it: `~` and then
+# `$NAME` and `${NAME}` of variables that are set.
+expand_env_path <- function(path) {
+  path <- path.expand(path)
+  m <- gregexpr("\\$(\\{[A-Za-z_][A-Za-z0-9_]*\\}|[A-Za-z_][A-Za-z0-9_]*)", path)
+  regmatches(path, m) <- lapply(regmatches(path, m), function(vars) {
+    vapply(vars, function(v) {
+      value <- Sys.getenv(gsub("[${}]", "", v), NA)
+      if (is.na(value)) v else value
+    }, character(1), USE.NAMES = FALSE)
+  })
+  path
+}
+
+# The Hugging Face home folder: HF_HOME, else `huggingface` in
+# XDG_CACHE_HOME or ~/.cache.
+hf_home <- function() {
+  home <- Sys.getenv("HF_HOME")
+  if (!nzchar(home)) {
+    cache <- Sys.getenv("XDG_CACHE_HOME")
+    home <- file.path(if (nzchar(cache)) cache else "~/.cache", "huggingface")
+  }
+  expand_env_path(home)
+}
+
+# The user's Hub token as huggingface_hub finds it: HF_TOKEN (or the older
+# HUGGING_FACE_HUB_TOKEN), else the token file that `hf auth login` writes
+# (HF_TOKEN_PATH, by default `token` in the home folder), without spaces
+# and line breaks; NULL when there is none, or when
+# HF_HUB_DISABLE_IMPLICIT_TOKEN is set (unless `all`: the tokens a message
+# must never show).
+hf_token <- function(all = FALSE) {
+  clean <- function(x) {
+    x <- trimws(gsub("[\r\n]", "", x))
+    if (length(x) == 1 && !is.na(x) && nzchar(x)) x
+  }
+  env <- clean(Sys.getenv("HF_TOKEN")) %||% clean(Sys.getenv("HUGGING_FACE_HUB_TOKEN"))
+  path <- Sys.getenv("HF_TOKEN_PATH")
+  path <- if (nzchar(path)) expand_env_path(path) else file.path(hf_home(), "token")
+  from_file <- function() {
+    if (file.exists(path) && !dir.exists(path)) {
+      clean(paste(tryCatch(readLines(path, warn = FALSE), error = function(e) ""), collapse = ""))
+    }
+  }
+  if (all) {
+    return(unique(c(env, clean(Sys.getenv("HUGGING_FACE_HUB_TOKEN")), from_file())))
+  }
+  if (env_true("HF_HUB_DISABLE_IMPLICIT_TOKEN")) {
+    return(NULL)
+  }
+  env %||% from_file()
+}
+
+# Whether the parsed URL `u` may receive the Hub's token: https on
+# huggingface.co or hf.co, or the origin of HF_ENDPOINT when that is https,
+# or http on this machine (a local server, for tests). Never a host a
+# request is redirected to, such as the CDN of large files.
+hf_token_allowed <- function(u) {
+  if (u$scheme == "https" && u$host %in% hf_hosts && u$port == 443) {
+    return(TRUE)
+  }
+  e <- url_parse(hf_endpoint())
+  !is.null(e) && identical(url_origin(u), url_origin(e)) &&
+    (u$scheme == "https" || u$host %in% c("127.0.0.1", "localhost", "[::1]"))
+}
 
 # Option `safetensors.http_headers`: a named character vector (or NULL).
 http_header_option <- function(call = parent.frame()) {
@@ -50,23 +129,25 @@ http_header_option <- function(call = parent.frame()) {
 
 # The headers a request to `url` carries: option `safetensors.http_headers`
 # when `url` has the origin (scheme, host, port) of the URL the user gave,
-# `origin`, so not after a redirect to another host; and HF_TOKEN as a
-# bearer token when `url` is https on huggingface.co or hf.co (and no
-# Authorization header was set), whatever the redirects before.
+# `origin`, so not after a redirect to another host; and the Hub's token
+# (hf_token()) as a bearer token when `url` may receive it
+# (hf_token_allowed(); and no Authorization header was set), whatever the
+# redirects before.
 http_headers_for <- function(url, origin, option = http_header_option()) {
   u <- url_parse(url)
   headers <- if (identical(url_origin(u), origin)) option else character()
-  token <- Sys.getenv("HF_TOKEN")
-  if (nzchar(token) && u$scheme == "https" && u$host %in% hf_hosts &&
-    !"authorization" %in% tolower(names(headers))) {
-    headers[["Authorization"]] <- paste("Bearer", token)
+  if (!"authorization" %in% tolower(names(headers)) && hf_token_allowed(u)) {
+    token <- hf_token()
+    if (!is.null(token)) {
+      headers[["Authorization"]] <- paste("Bearer", token)
+    }
   }
   headers
 }
 
 # `text` with every credential the package may send replaced by "***".
 http_scrub <- function(text) {
-  secrets <- c(Sys.getenv("HF_TOKEN"), unname(tryCatch(http_header_option(), error = function(e) character())))
+  secrets <- c(hf_token(all = TRUE), unname(tryCatch(http_header_option(), error = function(e) character())))
   for (s in secrets[nchar(secrets) >= 4]) {
     text <- gsub(s, "***", text, fixed = TRUE)
   }
@@ -86,8 +167,8 @@ http_backoff <- function(k) {
 # ---- errors -------------------------------------------------------------------
 
 # An error of class `safetensors_error_http` about `url`, with the status
-# code (NA for a failure without a response).
-http_abort <- function(url, status, detail, hint = NULL, call) {
+# code (NA for a failure without a response) and the fields in `...`.
+http_abort <- function(url, status, detail, hint = NULL, call, ...) {
   shown <- url_redact(url)
   st_abort(
     "http",
@@ -98,6 +179,7 @@ http_abort <- function(url, status, detail, hint = NULL, call) {
     ),
     status = as.integer(status),
     url = shown,
+    ...,
     call = call
   )
 }
@@ -115,11 +197,11 @@ http_status_abort <- function(url, status, call) {
   u <- url_parse(url)
   hint <- NULL
   if (status %in% c(401, 403)) {
-    hint <- if (u$host %in% hf_hosts) {
-      if (nzchar(Sys.getenv("HF_TOKEN"))) {
-        "The token in the HF_TOKEN environment variable has no access to this repository; gated models need their terms accepted on the Hub."
+    hint <- if (hf_token_allowed(u)) {
+      if (!is.null(hf_token())) {
+        "The Hugging Face token (HF_TOKEN or the token file of `hf auth login`) has no access to this repository; gated models need their terms accepted on the Hub."
       } else {
-        "Private and gated models need a token: set the HF_TOKEN environment variable."
+        "Private and gated models need a token: set the HF_TOKEN environment variable, or log in with `hf auth login`."
       }
     } else {
       "Credentials go in option `safetensors.http_headers`, such as `c(Authorization = \"Bearer ...\")`."
@@ -240,21 +322,29 @@ http_follow <- function(url, origin, range, accept, call) {
   }
 }
 
-# One request, no redirects followed: a response (see http_open()), or the
-# message of the failure when there was none.
-http_attempt <- function(url, headers, timeout) {
+# A curl handle for one request with `headers`, that follows no redirect,
+# gives up on a connection or a stalled transfer after `timeout` seconds,
+# and asks for the bytes as stored (byte ranges are of the file as stored:
+# no compressed bodies); `...` are more of curl's options.
+http_handle <- function(headers, timeout, ...) {
   h <- curl::new_handle(
     followlocation = FALSE,
     connecttimeout = timeout,
     low_speed_limit = 1,
     low_speed_time = timeout,
-    failonerror = FALSE,
-    # Byte ranges are of the file as stored: no compressed bodies.
-    accept_encoding = "identity"
+    accept_encoding = "identity",
+    ...
   )
   if (length(headers) > 0) {
     curl::handle_setheaders(h, .list = as.list(headers))
   }
+  h
+}
+
+# One request, no redirects followed: a response (see http_open()), or the
+# message of the failure when there was none.
+http_attempt <- function(url, headers, timeout) {
+  h <- http_handle(headers, timeout, failonerror = FALSE)
   con <- curl::curl(url, handle = h)
   failed <- tryCatch(
     {

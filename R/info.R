@@ -18,9 +18,12 @@
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (the header is read with one
 #'   range request, two when it is over 64 KiB; see "Remote files" in
-#'   [safe_open()]), a folder holding a checkpoint (its index, else its
-#'   `model.safetensors`), a raw vector holding a file, a binary connection,
-#'   or a handle from [safe_open()].
+#'   [safe_open()]), a folder holding a checkpoint (see "Folders" in
+#'   [safe_load_file()]), a Hugging Face Hub path `hf://owner/name/...`
+#'   (see [safetensors-hub]), a raw vector holding a file, a binary
+#'   connection, or a handle from [safe_open()].
+#' @param ... Must be empty; an argument there is an error of class
+#'   `safetensors_error_invalid_argument` naming it.
 #' @return `safe_info()`: a data frame (of class `safetensors_info`, which
 #'   prints shapes as `[2, 3]` and at most `n = 20` rows) with one row per
 #'   tensor in the order its header lists them and columns `name`, `dtype`, `shape` (a list column of integer
@@ -28,7 +31,8 @@
 #'   (number of elements), `bytes`, and `begin` and `end`, the tensor's
 #'   byte range as absolute 0-based offsets in the file (`end` exclusive), so
 #'   `begin - 8 - header length` is the header's `data_offsets` value; for
-#'   a sharded checkpoint, also `file`.
+#'   a sharded checkpoint, also `file`. Read from an `hf://` path, it has
+#'   attribute `"origin"` (see [safetensors-hub]).
 #'   `safe_metadata()`: a named character vector, or `NULL` if the file has
 #'   no `__metadata__`.
 #' @seealso [safe_open()] to read tensors lazily.
@@ -42,8 +46,12 @@
 #' info <- safe_info(path)
 #' bytes <- readBin(path, "raw", file.size(path))
 #' readBin(bytes[(info$begin[2] + 1):info$end[2]], "double", 3, size = 4)
-safe_info <- function(path) {
-  res <- with_header(path, function(h) list(tab = handle_table(h), sharded = !is.null(hget(h, "index"))))
+safe_info <- function(path, ...) {
+  check_required(path)
+  check_dots_empty(...)
+  res <- with_header(path, function(h) {
+    list(tab = handle_table(h), sharded = !is.null(hget(h, "index")), origin = attr(h, "origin"))
+  })
   tab <- res$tab
   df <- data.frame(
     name = tab$name,
@@ -59,11 +67,12 @@ safe_info <- function(path) {
     df$file <- tab$file
   }
   class(df) <- c("safetensors_info", "data.frame")
+  attr(df, "origin") <- res$origin
   df
 }
 
 #' @export
-format.safetensors_info <- function(x, ..., n = 20) {
+format.safetensors_info <- function(x, ..., n = 20, width = getOption("width", 80)) {
   # A subset that lost the columns this needs is formatted as a data frame.
   if (!info_complete(x)) {
     return(NextMethod())
@@ -90,7 +99,13 @@ format.safetensors_info <- function(x, ..., n = 20) {
     }
   })
   right <- vapply(x, is.numeric, logical(1))
-  lines <- c(head, format_columns(names(x), cols, right))
+  origin <- attr(x, "origin")
+  # Long tensor and shard file names are cut in the middle to fit.
+  shrink <- names(x) %in% c("name", "file")
+  lines <- c(
+    head, if (!is.null(origin)) paste("# From", describe_origin(origin)),
+    format_columns(names(x), cols, right, width = width, shrink = shrink)
+  )
   if (rows > n) {
     lines <- c(lines, sprintf("# ... and %d more tensor%s", rows - n, if (rows - n == 1) "" else "s"))
   }
@@ -112,7 +127,9 @@ info_complete <- function(x) {
 
 #' @rdname safe_info
 #' @export
-safe_metadata <- function(path) {
+safe_metadata <- function(path, ...) {
+  check_required(path)
+  check_dots_empty(...)
   with_header(path, function(h) hget(h, "metadata"))
 }
 
@@ -124,6 +141,14 @@ with_header <- function(path, fun, call = parent.frame()) {
       st_abort("closed", "Can't read {format_label(path)}: the handle is closed.", call = call)
     }
     return(fun(path))
+  }
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = FALSE, function(path, origin) {
+      with_header(path, function(h) fun(structure(h, origin = origin)), call = call)
+    }, mark = FALSE, call = call))
+  }
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment(), call = call))
   }
   path <- resolve_folder(path, call = call)
   if (is_index_path(path)) {
@@ -162,19 +187,24 @@ with_header <- function(path, fun, call = parent.frame()) {
 #'
 #' @param path A path to a `.safetensors` file or a shard index, an
 #'   `http://` or `https://` URL of either (only the header is fetched), a
-#'   folder holding a checkpoint (its index, else its `model.safetensors`), a
+#'   folder holding a checkpoint (see "Folders" in [safe_load_file()]), a
+#'   Hugging Face Hub path `hf://owner/name/...` (see [safetensors-hub]), a
 #'   raw vector holding a file, a binary connection, or a handle from
 #'   [safe_open()].
 #' @param depth How many leading parts of a tensor's name, split at `"."`,
 #'   make its module. Default 1.
 #' @param object A handle from [safe_open()].
-#' @param ... Unused; for compatibility with [summary()].
+#' @param ... For `safe_summary()`, must be empty (an argument there is an
+#'   error of class `safetensors_error_invalid_argument` naming it); for
+#'   `summary()`, unused.
 #' @return An object of class `safetensors_summary`: a list with `label`
 #'   (the file), `tensors`, `parameters` and `bytes` (totals), `by_dtype`
 #'   and `by_module` (data frames with columns `dtype` or `module`,
 #'   `tensors`, `parameters` and `bytes`; dtypes by decreasing size, modules
-#'   in order of first appearance in the file), and `metadata` (as
-#'   [safe_metadata()] returns it). It prints as a short report.
+#'   in order of first appearance in the file), `metadata` (as
+#'   [safe_metadata()] returns it), and `origin` (for an `hf://` path, where
+#'   it came from, see [safetensors-hub]; else `NULL`). It prints as a short
+#'   report.
 #' @seealso [safe_info()] for one row per tensor.
 #' @export
 #' @examples
@@ -194,12 +224,14 @@ with_header <- function(path, fun, call = parent.frame()) {
 #' s$by_module
 #' safe_summary(f, depth = 2)$by_module$module
 #' unlink(f)
-safe_summary <- function(path, depth = 1) {
+safe_summary <- function(path, depth = 1, ...) {
+  check_required(path)
+  check_dots_empty(...)
   if (!(is.numeric(depth) && length(depth) == 1 && !is.na(depth) && depth >= 1 && depth == trunc(depth))) {
     st_abort("invalid_argument", "{.arg depth} must be a whole number of at least 1, not {value_friendly(depth)}.")
   }
   res <- with_header(path, function(h) {
-    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"))
+    list(tab = handle_table(h), label = hget(h, "label"), metadata = hget(h, "metadata"), origin = attr(h, "origin"))
   })
   tab <- res$tab
   module <- module_of(tab$name, depth)
@@ -232,7 +264,8 @@ safe_summary <- function(path, depth = 1) {
       by_dtype = by_dtype,
       by_module = by_module,
       depth = depth,
-      metadata = res$metadata
+      metadata = res$metadata,
+      origin = res$origin
     ),
     class = "safetensors_summary"
   )
@@ -254,7 +287,7 @@ module_of <- function(names, depth) {
 }
 
 #' @export
-format.safetensors_summary <- function(x, ..., n = 20) {
+format.safetensors_summary <- function(x, ..., n = 20, width = getOption("width", 80)) {
   plural <- function(k, what) sprintf("%s %s%s", format_count(k), what, if (k == 1) "" else "s")
   table <- function(df, key) {
     shown <- df[seq_len(min(n, nrow(df))), , drop = FALSE]
@@ -266,7 +299,9 @@ format.safetensors_summary <- function(x, ..., n = 20) {
         vapply(shown$parameters, format_count, character(1)),
         vapply(shown$bytes, format_bytes, character(1))
       ),
-      right = c(FALSE, TRUE, TRUE, TRUE)
+      right = c(FALSE, TRUE, TRUE, TRUE),
+      width = width,
+      shrink = c(TRUE, FALSE, FALSE, FALSE)
     )
     if (nrow(df) > n) {
       lines <- c(lines, sprintf("  # ... and %d more", nrow(df) - n))
@@ -274,8 +309,10 @@ format.safetensors_summary <- function(x, ..., n = 20) {
     lines
   }
   label <- if (x$label %in% c("<raw vector>", "<connection>")) x$label else basename(x$label)
+  label <- truncate_middle(label, max(12, width - nchar("<safetensors_summary> ")))
   lines <- c(
     paste0("<safetensors_summary> ", label),
+    if (!is.null(x$origin)) paste("From", describe_origin(x$origin)),
     sprintf(
       "%s, %s, %s",
       plural(x$tensors, "tensor"), plural(x$parameters, "parameter"), format_bytes(x$bytes)
@@ -290,7 +327,7 @@ format.safetensors_summary <- function(x, ..., n = 20) {
     )
   }
   if (length(x$metadata) > 0) {
-    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata))
+    lines <- c(lines, "", "Metadata:", format_metadata(x$metadata, width))
   }
   lines
 }

@@ -50,8 +50,10 @@
 #' @param path A path to a `.safetensors` file, a path to a sharded
 #'   checkpoint's index (a file name ending in `.json`, such as
 #'   `model.safetensors.index.json`), an `http://` or `https://` URL of
-#'   either, a folder holding a checkpoint (read from its index, else its
-#'   `model.safetensors`), a raw vector holding a whole file, or a binary
+#'   either, a folder holding a checkpoint (see "Folders"), a Hugging Face
+#'   Hub path `hf://owner/name/...` (a file or a folder; read from the Hub
+#'   cache, where a whole read stores it first: see [safetensors-hub]), a
+#'   raw vector holding a whole file, or a binary
 #'   connection (opened for reading, or not yet opened). A URL is read with HTTP range
 #'   requests: the header, then (without `tensors`) the data in one request
 #'   streamed into the result piece by piece, so that no second copy of the
@@ -129,7 +131,10 @@
 #'   `tensors`), with two attributes as in safetensors 0.2.x: `"metadata"`,
 #'   the parsed header (one `list(dtype, shape, data_offsets)` per tensor, and
 #'   the file's `__metadata__` as a named list of strings), and
-#'   `"max_offset"`, the file offset just past the last tensor read.
+#'   `"max_offset"`, the file offset just past the last tensor read. Read
+#'   from an `hf://` path, it also has attribute `"origin"`: the
+#'   repository, revision, commit and file it came from (see
+#'   [safetensors-hub]).
 #'
 #'   For a sharded checkpoint, the tensors of the index's weight map (shard
 #'   by shard, in header order within each shard), with the tensors' header
@@ -144,9 +149,20 @@
 #'   instead of printing the whole header; in every other way it is a plain
 #'   named list (`x[1:2]`, `c()` and `lapply()` return plain lists, and
 #'   `x$w` prints in full).
+#' @section Folders:
+#' A folder is read from its shard index `model.safetensors.index.json`,
+#' else its only file ending in `.safetensors.index.json`, else its
+#' `model.safetensors`, else (if it holds no index) its only `.safetensors`
+#' file, whatever its name: a folder holding just `weights.safetensors` is
+#' read from that file. A folder with several indexes or files and none of
+#' the usual names, or with none, is an error of class
+#' `safetensors_error_file_not_found` that lists them; give the path of the
+#' one to read. Other files (configurations, tokenizers) are ignored.
 #' @section Progress:
-#' In an interactive session, loading more than 64 MiB of tensors from a
-#' file shows a progress bar once it has taken two seconds; option
+#' In an interactive session whose output can redraw it (a terminal,
+#' RStudio), loading more than 64 MiB of tensors from a file or a URL shows
+#' a progress bar over the bytes read (moving within a large tensor too)
+#' once it has taken two seconds, and removes it when done; option
 #' `safetensors.progress = FALSE` turns it off (see [safetensors-package]).
 #' @seealso [safe_save_file()] to write files, [safe_serialize()] to write
 #'   raw vectors, [safe_open()] to read tensors one at a time.
@@ -173,11 +189,20 @@
 #' w
 safe_load_file <- function(path, ..., framework = "r", tensors = NULL, backend = c("auto", "mmap", "read"),
                            int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
+  check_required(path)
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment()))
+  }
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- read_backend(arg_choice(backend, backends), framework)
   choices <- read_choices(int64, uint8, framework)
   tensors <- check_tensor_names(tensors)
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = is.null(tensors), function(path, origin) {
+      safe_load_file(path, ..., framework = framework, tensors = tensors, backend = backend, int64 = int64, uint8 = uint8)
+    }))
+  }
   args <- list(...)
   if (is_index_path(path)) {
     return(load_index(path, tensors, framework, args, backend, choices))
@@ -223,6 +248,7 @@ load_index <- function(path, tensors, framework, args, backend, choices = NULL, 
 #' @export
 safe_deserialize <- function(buffer, ..., framework = "r", tensors = NULL,
                              int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
+  check_required(buffer)
   if (!is.raw(buffer)) {
     st_abort("invalid_argument", "{.arg buffer} must be a raw vector, not {.obj_type_friendly {buffer}}.")
   }
@@ -246,7 +272,13 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
       call = call
     )
   }
-  if (is.null(tensors)) tensors else utf8_strings(tensors, "tensor name", call)
+  if (is.null(tensors)) {
+    return(NULL)
+  }
+  tensors <- utf8_strings(tensors, "tensor name", call)
+  # The result could not be saved back, or indexed by name.
+  check_unique(tensors, "invalid_argument", "{.arg tensors} must name each tensor once.", call)
+  tensors
 }
 
 # safe_load_file() for a connection (opened, binary, if it is not, and
@@ -256,8 +288,7 @@ check_tensor_names <- function(tensors, call = parent.frame()) {
 # tensor by tensor into the framework's tensors for the others
 # (load_stream()), never holding the whole file in memory.
 load_connection <- function(con, tensors, framework, args, backend, choices, call = parent.frame()) {
-  if (!isOpen(con)) {
-    open(con, "rb")
+  if (con_open(con, "rb", call)) {
     on.exit(close(con), add = TRUE)
   }
   part <- open_connection(con, backend, verb = "read", stream = framework != "r", call = call)
@@ -331,7 +362,7 @@ load_stream <- function(con, part, tensors, framework, args, call = parent.frame
 }
 
 # safe_load_file() of a file path, URL (or raw vector) through a handle, so
-# that a progress bar can be updated between groups of tensors, tensors
+# that a progress bar can be updated between pieces of the data, tensors
 # read straight into torch, or a remote file's tensors fetched in pieces
 # (load_handle()). `choices`: the `int64` and `uint8` choices
 # (read_choices()).
@@ -342,6 +373,12 @@ load_through_handle <- function(path, tensors, framework, args, backend, choices
   )
   on.exit(close(h), add = TRUE)
   load_handle(h, tensors, framework, args, call = call)
+}
+
+# as.list() of a handle: every tensor, as safe_load_file() returns them.
+#' @export
+as.list.safetensors_file <- function(x, ...) {
+  load_handle(x, NULL, hget(x, "framework"), hget(x, "args"))
 }
 
 # Reads the tensors `tensors` (all by default) of handle `h` as
@@ -355,7 +392,6 @@ load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
   }
   mode <- handle_mode(h, framework)
   bar <- NULL
-  sizes <- NULL
   if (progress_enabled()) {
     tab <- handle_table(h)
     sizes <- tab$bytes[match(nms, tab$name)]
@@ -368,7 +404,7 @@ load_handle <- function(h, tensors, framework, args, call = parent.frame()) {
     res <- read_into_framework(h, nms, framework, hooks, args, call = call, bar = bar)
     return(as_loaded(res$tensors, combined_header(h), res$max_offset))
   }
-  res <- read_parts(h, nms, mode, call = call, bar = bar, sizes = sizes)
+  res <- read_parts(h, nms, mode, call = call, bar = bar)
   res$header <- combined_header(h)
   finish_load(res, framework, args, call = call)
 }

@@ -77,8 +77,10 @@
 #' @param model A torch module (an `nn_module`).
 #' @param path For `safe_load_model()`: a `.safetensors` file, a sharded
 #'   checkpoint's index (`model.safetensors.index.json`), a folder holding
-#'   a checkpoint (see [safe_open()]), a raw vector holding a file, or a
-#'   handle from [safe_open()] (left open). For `safe_save_model()`: a
+#'   a checkpoint (see [safe_open()]), a URL of either, a Hugging Face Hub
+#'   path `hf://owner/name/...` (read from the Hub cache, where it is
+#'   stored first if missing: see [safetensors-hub]), a raw vector holding
+#'   a file, or a handle from [safe_open()] (left open). For `safe_save_model()`: a
 #'   file path, or a folder: a path that is a folder, or that has no file
 #'   extension, is one (created if missing), which gets `model.safetensors`
 #'   or, with `max_shard_size`, shards and their index (see "Sharded
@@ -101,17 +103,17 @@
 #'   names of the module's tensors the file did not hold (a tied group by
 #'   the first of its names, in sorted order), and the names of the file's
 #'   tensors that were not loaded, both empty character vectors after a
-#'   complete load. `safe_save_model()`: invisibly, the path written (for a
+#'   complete load (with attribute `"origin"` for an `hf://` path, see
+#'   [safetensors-hub]). `safe_save_model()`: invisibly, the path written (for a
 #'   sharded checkpoint, its index).
 #' @seealso [safe_load_file()] with `framework = "torch"` to read tensors
 #'   into new torch tensors; `vignette("torch", package = "safetensors")`.
 #' @export
 #' @examplesIf rlang::is_installed("torch") && torch::torch_is_installed()
-#' library(torch)
-#' net <- nn_module(
+#' net <- torch::nn_module(
 #'   initialize = function() {
-#'     self$embed <- nn_embedding(10, 4)
-#'     self$out <- nn_linear(4, 10, bias = FALSE)
+#'     self$embed <- torch::nn_embedding(10, 4)
+#'     self$out <- torch::nn_linear(4, 10, bias = FALSE)
 #'     self$out$weight <- self$embed$weight # tied
 #'   },
 #'   forward = function(x) self$out(self$embed(x))
@@ -124,15 +126,18 @@
 #'
 #' model <- net()
 #' safe_load_model(model, path)
-#' torch_equal(model(torch_tensor(1:3)), trained(torch_tensor(1:3)))
+#' x <- torch::torch_tensor(1:3)
+#' torch::torch_equal(model(x), trained(x))
 #'
 #' # Names the module and the file don't share
-#' other <- nn_linear(4, 10)
+#' other <- torch::nn_linear(4, 10)
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
 #' unlink(path)
 safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("auto", "mmap", "read")) {
-  check_dots_empty_st(...)
+  check_required(model)
+  check_required(path)
+  check_dots_empty(..., .example = "strict = FALSE")
   check_torch_module(model)
   check_bool(strict)
   backend <- arg_choice(backend, backends)
@@ -145,19 +150,18 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("auto",
   tab <- handle_table(h)
   plan <- load_plan(tab, state, strict, format_label(h))
   load_tensors(h, tab, state, plan)
-  invisible(list(missing = plan$missing, unexpected = plan$unexpected))
+  invisible(structure(list(missing = plan$missing, unexpected = plan$unexpected), origin = attr(h, "origin")))
 }
 
 #' @rdname safe_load_model
 #' @export
 safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = NULL, sync = TRUE) {
-  check_dots_empty_st(
-    ...,
-    .example = "metadata = list(format = \"pt\")",
-    .formals = c("metadata", "max_shard_size", "sync")
-  )
+  check_required(model)
+  check_required(path)
+  check_dots_empty(..., .example = "metadata = list(format = \"pt\")")
   check_torch_module(model)
   check_string(path)
+  check_not_hf(path)
   check_bool(sync)
   metadata <- check_metadata(metadata, environment())
   limit <- if (!is.null(max_shard_size)) parse_size(max_shard_size)
@@ -182,47 +186,11 @@ safe_save_model <- function(model, path, ..., metadata = NULL, max_shard_size = 
       made <- TRUE
       on.exit(if (made) unlink(path, recursive = TRUE), add = TRUE)
     }
-    out <- save_shards(spec, path, limit %||% Inf, sync)
+    out <- save_checkpoint(spec, path, limit %||% Inf, sync)
     made <- FALSE
     return(invisible(out))
   }
-  if (!is.null(limit)) {
-    return(invisible(save_shards(spec, path, limit, sync)))
-  }
-  save_spec_file(spec, path, sync)
-  invisible(path)
-}
-
-# `...` of safe_load_model() and safe_save_model() exists so that the
-# arguments after it are named; anything in it is a mistake. `.example` is
-# a named argument of the caller, shown for unnamed ones; an unknown name
-# close to one of `.formals` gets a suggestion. (The dotted names keep a
-# caller's `...` from matching these arguments.)
-check_dots_empty_st <- function(..., .example = "strict = FALSE", .formals = character(), .call = parent.frame()) {
-  if (...length() == 0) {
-    return(invisible())
-  }
-  nms <- names(list(...)) %||% rep("", ...length())
-  named <- nms[nms != ""]
-  n_unnamed <- sum(nms == "")
-  example <- .example
-  meant <- character()
-  for (a in named) {
-    guess <- closest_name(a, .formals)
-    if (!is.null(guess)) {
-      meant <- c(meant, i = sprintf("Did you mean {.arg %s} instead of {.arg %s}?", guess, cli_escape(a)))
-    }
-  }
-  st_abort(
-    "invalid_argument",
-    c(
-      "{.arg ...} must be empty.",
-      x = if (length(named) > 0) "Unknown argument{?s}: {.arg {named}}.",
-      x = if (n_unnamed > 0) "{n_unnamed} argument{?s} without a name: name {?it/them}, as in {.code {example}}.",
-      meant
-    ),
-    call = .call
-  )
+  invisible(save_checkpoint(spec, path, limit %||% Inf, sync))
 }
 
 # torch and LibTorch installed, and `model` a module.
@@ -251,6 +219,12 @@ check_torch_module <- function(model, call = parent.frame()) {
 # A handle over what safe_load_model() reads; a URL is read in file order
 # (load_tensors()), so a server that ignores ranges can stream it.
 open_model_source <- function(path, backend, call = parent.frame()) {
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = TRUE, function(path, origin) open_model_source(path, backend, call = call), call = call))
+  }
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment(), call = call))
+  }
   open_handle(resolve_folder(path, call = call), "r", list(), backend, whole = TRUE, call = call)
 }
 

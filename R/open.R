@@ -10,8 +10,19 @@
 #' * `names(h)`: tensor names, in the order the header lists them; `length(h)`: their number.
 #' * `h[["w"]]` or `h$w`: tensor `w`, as [safe_load_file()] would return
 #'   it (`h[[i]]` also takes a position). `h[c("a", "b")]` returns a named
-#'   list. `h$slice` is reserved for the slice method: read a tensor named
-#'   `"slice"` with `h[["slice"]]`.
+#'   list; `as.list(h)` reads every tensor, as [safe_load_file()] returns
+#'   them.
+#' * The methods of Python's `safe_open()` (and of safetensors 0.2.x's
+#'   class), for code ported from them: `h$keys()`, the names sorted as
+#'   Python sorts them (by code point; `names(h)` keeps the header's
+#'   order); `h$get_tensor("w")`, as `h[["w"]]`; `h$get_slice("w")`, as
+#'   `h$slice("w")`, whose `$get_shape()` and `$get_dtype()` give its shape
+#'   and dtype; `h$metadata()`, the `__metadata__` by name (a named
+#'   character vector, or `NULL`), as [safe_metadata()] returns it.
+#' * `h$slice`, `h$keys`, `h$get_tensor`, `h$get_slice` and `h$metadata`
+#'   are these methods even for a file with a tensor of that name; read such
+#'   a tensor with `h[["keys"]]`, which always means the tensor. Tab
+#'   completion after `h$` offers both the methods and the tensors.
 #' * `h$slice("w")`: a slice object; indexing it as an array,
 #'   `h$slice("w")[1:10, ]`, reads only the bytes of the selected elements
 #'   and returns what `h[["w"]][1:10, ]` would (keeping the `"dtype"`
@@ -20,7 +31,9 @@
 #'   reads it whole, and `str()` shows its type, dimensions and first
 #'   values (reading only those).
 #' * `format(h)`, `print(h)`: a table of name, dtype, shape and size, and
-#'   the metadata. [safe_info()] and [safe_metadata()] accept handles.
+#'   the metadata, fitted to `getOption("width")` (or `width =`): long
+#'   names are cut in the middle, and columns that don't fit are left out.
+#'   [safe_info()] and [safe_metadata()] accept handles.
 #' * `close(h)`: releases the file (or memory map) at once. Using a closed
 #'   handle is an error of class `safetensors_error_closed`; closing twice
 #'   is harmless. Handles are also released when garbage-collected, and a
@@ -99,11 +112,12 @@
 #'   checkpoint's index (a file ending in `.json`, such as
 #'   `model.safetensors.index.json`; see [safe_save_file()]), an `http://`
 #'   or `https://` URL of either (see "Remote files"), a folder holding a
-#'   checkpoint (its index, else its `model.safetensors`), a raw vector
-#'   holding a whole file, or a binary connection (read into memory). For
-#'   `safe_slice()`, also a handle from `safe_open()`; anything else is
-#'   opened and closed again. (`safe_slice()` called it `x` in 0.4.0;
-#'   `x =` still works.)
+#'   checkpoint (see "Folders" in [safe_load_file()]), a Hugging Face Hub
+#'   path `hf://owner/name/...` (read from the Hub cache, else over HTTP:
+#'   see [safetensors-hub]), a raw vector holding a whole file, or a binary
+#'   connection (read into memory). For `safe_slice()`, also a handle from
+#'   `safe_open()`; anything else is opened and closed again.
+#'   (`safe_slice()` called it `x` in 0.4.0; `x =` still works.)
 #' @param framework What tensors become: `"r"` (the default) for R arrays,
 #'   `"raw"` for raw vectors, or a framework registered in
 #'   [safetensors_frameworks] such as `"torch"`.
@@ -121,7 +135,8 @@
 #'   (the default) or `"raw"` (one byte per value); see [safe_load_file()].
 #'   For `safe_slice()`, `NULL` (the default) uses the handle's choice
 #'   (`"integer"` for a path).
-#' @return `safe_open()`: a handle of class `safetensors_file`.
+#' @return `safe_open()`: a handle of class `safetensors_file` (for an
+#'   `hf://` path, with attribute `"origin"`, see [safetensors-hub]).
 #'   `safe_slice()`: the selected part of the tensor.
 #' @seealso [safe_load_file()] to read everything, [safe_info()] for the
 #'   header as a data frame.
@@ -143,6 +158,16 @@
 #'
 #' # Python's f.get_slice("weight")[0:1, ::2], in R
 #' safe_slice(path, "weight", 1, seq(1, 3, by = 2), drop = FALSE)
+#'
+#' # Python's spellings of the same
+#' h <- safe_open(path)
+#' h$keys()
+#' h$get_tensor("bias")
+#' h$get_slice("weight")[1, ]
+#' h$get_slice("weight")$get_shape()
+#' h$metadata()
+#' str(as.list(h))
+#' close(h)
 #' @examplesIf interactive() && rlang::is_installed("curl")
 #'
 #' # A model on the Hugging Face Hub: its header, then one tensor and a
@@ -160,12 +185,21 @@
 #' close(h)
 safe_open <- function(path, framework = "r", ..., backend = c("auto", "mmap", "read"),
                       int64 = c("double", "integer64", "character"), uint8 = c("integer", "raw")) {
+  check_required(path)
+  if (retry_reads(path)) {
+    return(read_checkpoint(path, environment()))
+  }
   path <- resolve_folder(path)
   framework <- check_framework(framework)
   backend <- read_backend(arg_choice(backend, backends), framework)
   choices <- read_choices(int64, uint8, framework)
   args <- list(...)
   check_framework_args(framework, args)
+  if (is_hf_path(path)) {
+    return(hf_read(path, whole = FALSE, function(path, origin) {
+      open_handle(path, framework, args, backend, choices = choices)
+    }))
+  }
   open_handle(path, framework, args, backend, choices = choices)
 }
 
@@ -184,64 +218,17 @@ open_handle <- function(path, framework, args, backend, whole = FALSE, choices =
   )
 }
 
-# Opens every shard of the index at `path` and presents the tensors of the
-# weight map as one handle: shards in file-name order, each shard's tensors
-# in header order. The weight map is an allowlist (a shard's other tensors are
-# hidden), and each tensor it names must be in the shard it names. The
-# shards of an index URL are at URLs relative to it. `whole`: every tensor
-# will be read (see open_part()). `choices`: the `int64` and `uint8`
-# choices (read_choices()).
+# A handle over the shards of the index at `path` (see open_shard_set()),
+# presenting the tensors of its weight map as one set. `whole`: every
+# tensor will be read (see open_part()). `choices`: the `int64` and
+# `uint8` choices (read_choices()).
 open_index <- function(path, framework, args, backend, whole = FALSE, choices = NULL, call = parent.frame()) {
-  check_string(path, call = call)
-  remote <- is_url(path)
-  if (!remote) {
-    path <- core_path(path, call)
-  }
-  idx <- read_index(path, call = call)
-  files <- sort(unique(idx$files), method = "radix")
-  shard_path <- function(file) {
-    if (remote) url_resolve(path, url_path_escape(file)) else file.path(dirname(path), file)
-  }
-  label <- source_label(path)
-  parts <- vector("list", length(files))
-  done <- FALSE
-  on.exit(
-    if (!done) {
-      for (p in parts) if (!is.null(p)) close_part(p)
-    },
-    add = TRUE
-  )
-  names <- character()
-  part_of <- integer()
-  for (f in seq_along(files)) {
-    part <- open_part(shard_path(files[[f]]), backend, whole = whole, call = call)
-    part$file <- files[[f]]
-    parts[[f]] <- part
-    wanted <- idx$names[idx$files == files[[f]]]
-    have <- part$info$name
-    absent <- wanted[!wanted %in% have]
-    if (length(absent) > 0) {
-      st_abort(
-        "invalid_index",
-        c(
-          cli_escape(source_what(label)),
-          x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {files[[f]]}}, which does not contain it."
-        ),
-        tensor = absent[[1]],
-        format = TRUE,
-        call = call
-      )
-    }
-    keep <- have[have %in% wanted]
-    names <- c(names, keep)
-    part_of <- c(part_of, rep(f, length(keep)))
-  }
-  done <- TRUE
-  new_handle(parts, names, part_of, framework, args, backend,
-    label = label,
-    metadata = if (length(parts) > 0) parts[[1]]$info$metadata,
+  set <- open_shard_set(path, backend, whole = whole, call = call)
+  new_handle(set$parts, set$names, set$part_of, framework, args, backend,
+    label = set$label,
+    metadata = if (length(set$parts) > 0) set$parts[[1]]$info$metadata,
     kind = "shards",
-    index = idx,
+    index = set$index,
     choices = choices
   )
 }
@@ -295,22 +282,22 @@ length.safetensors_file <- function(x) {
   length(hget(x, "names"))
 }
 
+# `exact` is accepted as lists accept it; names always match exactly.
 #' @export
-`[[.safetensors_file` <- function(x, i, ...) {
+`[[.safetensors_file` <- function(x, i, ..., exact = TRUE) {
+  check_one_index(...)
   name <- tensor_name(x, i)
   read_tensors(x, name)[[1]]
 }
 
 #' @export
 `$.safetensors_file` <- function(x, name) {
-  if (identical(name, "slice")) {
-    return(function(name) new_slice(x, name))
-  }
-  read_tensors(x, tensor_name(x, name))[[1]]
+  handle_method(x, name) %||% read_tensors(x, tensor_name(x, name))[[1]]
 }
 
 #' @export
-`[.safetensors_file` <- function(x, i) {
+`[.safetensors_file` <- function(x, i, ...) {
+  check_one_index(...)
   if (missing(i)) {
     i <- names(x)
   }
@@ -320,9 +307,61 @@ length.safetensors_file <- function(x) {
   out
 }
 
+# A handle is indexed by one vector of names or positions, as a list is.
+check_one_index <- function(..., call = parent.frame()) {
+  if (...length() > 0) {
+    n <- ...length() + 1
+    st_abort(
+      "invalid_argument",
+      c(
+        "A handle takes one index, not {n}.",
+        i = "Choose tensors by name or position, as in {.code h[[\"w\"]]} or {.code h[c(\"a\", \"b\")]}."
+      ),
+      call = call
+    )
+  }
+}
+
+# The names `h$name` gives a method for rather than a tensor: R's
+# `slice()`, and Python's `keys()`, `get_tensor()`, `get_slice()` and
+# `metadata()`. A tensor of one of these names is read with `h[["keys"]]`.
+handle_methods <- c("slice", "keys", "get_tensor", "get_slice", "metadata")
+
+# Method `name` of handle `x` (a closure over it), or NULL if `name` is not
+# one of `handle_methods`. Python's `keys()` sorts the names (by code
+# point, as Python compares strings); `metadata()` returns the
+# `__metadata__` as safe_metadata() does. Like `names(h)`, `keys()` and
+# `metadata()` answer from the header, also once the handle is closed.
+handle_method <- function(x, name) {
+  # Errors in the methods cite the user's `h$get_tensor("w")` (see
+  # error_frame()).
+  .st_entry <- TRUE
+  switch(name,
+    slice = ,
+    get_slice = function(name, ...) {
+      check_required(name)
+      check_dots_empty(...)
+      new_slice(x, name)
+    },
+    get_tensor = function(name, ...) {
+      check_required(name)
+      check_dots_empty(...)
+      read_tensors(x, tensor_name(x, name))[[1]]
+    },
+    keys = function(...) {
+      check_dots_empty(...)
+      sort(names(x), method = "radix")
+    },
+    metadata = function(...) {
+      check_dots_empty(...)
+      hget(x, "metadata")
+    }
+  )
+}
+
 #' @rawNamespace S3method(utils::.DollarNames, safetensors_file)
 .DollarNames.safetensors_file <- function(x, pattern = "") {
-  nms <- unique(c("slice", names(x)))
+  nms <- unique(c(handle_methods, names(x)))
   nms[grepl(pattern, nms)]
 }
 
@@ -411,10 +450,9 @@ combined_header <- function(x) {
 
 # Reads tensors `names` (a character vector of visible names) from the parts
 # that hold them, as the Rust reader returns them, in the order asked.
-# With a cli progress `bar`, each part's tensors are read in groups of
-# about progress_group_bytes() (their `sizes` in bytes), updating the bar
-# after each group.
-read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes = NULL) {
+# With a cli progress `bar`, each part is read in pieces (read_in_pieces()),
+# a remote one as it is fetched, moving the bar after each.
+read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL) {
   at <- match(names, hget(x, "names"))
   part_of <- hget(x, "part_of")[at]
   parts <- hget(x, "parts")
@@ -436,21 +474,32 @@ read_parts <- function(x, names, mode, call = parent.frame(), bar = NULL, sizes 
       max_offset <- max(max_offset, res$max_offset)
       next
     }
-    groups <- if (is.null(bar)) list(k) else lapply(byte_groups(sizes[k]), function(g) k[g])
-    for (g in groups) {
-      res <- check_part(handle_read_(part$ptr, names[g], mode, st_threads()), part, call = call)
-      tensors[g] <- unname(res$tensors)
-      inexact[g] <- res$inexact
-      int_min[g] <- res$int_min
-      na[g] <- res$na
-      max_offset <- max(max_offset, res$max_offset)
-      if (!is.null(bar)) {
-        cli::cli_progress_update(inc = sum(sizes[g]), id = bar)
-      }
+    res <- if (is.null(bar)) {
+      check_part(handle_read_(part$ptr, names[k], mode, st_threads()), part, call = call)
+    } else {
+      read_in_pieces(part, names[k], mode, st_threads(), bar, call = call)
     }
+    tensors[k] <- unname(res$tensors)
+    inexact[k] <- res$inexact
+    int_min[k] <- res$int_min
+    na[k] <- res$na
+    max_offset <- max(max_offset, res$max_offset)
   }
   names(tensors) <- names
   list(tensors = tensors, inexact = inexact, int_min = int_min, na = na, max_offset = max_offset)
+}
+
+# Reads tensors `names` of a local part as handle_read_() does, in pieces
+# of about progress_group_bytes() (whole tensors together, or rows of a
+# larger one, so that the bar moves within a large tensor too), moving the
+# cli progress `bar` by each piece's bytes.
+read_in_pieces <- function(part, names, mode, threads, bar, call = parent.frame()) {
+  plan <- check_part(handle_plan_(part$ptr, names, mode, progress_group_bytes(call)), part, call = call)
+  for (p in seq_along(plan$pieces)) {
+    check_part(handle_read_piece_(part$ptr, plan$loader, p, threads), part, call = call)
+    cli::cli_progress_update(inc = plan$pieces[[p]], id = bar)
+  }
+  check_part(remote_finish_(plan$loader), part, call = call)
 }
 
 # Reads tensors as the handle's framework makes them; a named list.
@@ -520,9 +569,12 @@ read_into_framework <- function(h, names, framework, hooks, args, call = parent.
 }
 
 #' @export
-format.safetensors_file <- function(x, ..., n = 20) {
-  head <- paste0("<safetensors_file> ", hget(x, "label"))
-  if (!handle_is_open(x)) {
+format.safetensors_file <- function(x, ..., n = 20, width = getOption("width", 80)) {
+  closed <- !handle_is_open(x)
+  # The label (a path or URL), cut in the middle to fit the line.
+  room <- width - nchar("<safetensors_file> ") - if (closed) nchar(" (closed)") else 0
+  head <- paste0("<safetensors_file> ", truncate_middle(hget(x, "label"), max(12, room)))
+  if (closed) {
     return(paste(head, "(closed)"))
   }
   nms <- hget(x, "names")
@@ -538,31 +590,37 @@ format.safetensors_file <- function(x, ..., n = 20) {
       if (is_url(hget(x, "label"))) "read over HTTP on demand" else if (length(parts) > 0 && part_kind(parts[[1]]) == "mmap") "memory-mapped" else "read on demand"
     )
   )
+  about <- sprintf(
+    "%d tensor%s, %s, %s",
+    length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src
+  )
+  origin <- attr(x, "origin")
+  # Wrapped to fit (strwrap() keeps lines shorter than its width); the
+  # origin is a path to copy, so it stays whole.
   lines <- c(
     head,
-    sprintf(
-      "%d tensor%s, %s, %s",
-      length(nms), if (length(nms) == 1) "" else "s", format_bytes(sum(info$bytes)), src
-    )
+    if (!is.null(origin)) paste("From", describe_origin(origin)),
+    strwrap(about, width + 1, exdent = 2)
   )
   if (length(nms) > 0) {
     show <- seq_len(min(n, length(nms)))
-    tab <- data.frame(
-      name = encodeString(info$name[show], quote = ""),
-      dtype = info$dtype[show],
-      shape = vapply(info$shape[show], format_shape, character(1)),
-      size = vapply(info$bytes[show], format_bytes, character(1))
+    cols <- list(
+      encodeString(info$name[show]),
+      info$dtype[show],
+      vapply(info$shape[show], format_shape, character(1)),
+      vapply(info$bytes[show], format_bytes, character(1))
     )
-    cols <- lapply(names(tab), function(col) format(c(col, tab[[col]])))
-    rows <- do.call(paste, c(cols, sep = "  "))
-    lines <- c(lines, paste0("  ", trimws(rows, "right")))
+    lines <- c(lines, format_columns(
+      c("name", "dtype", "shape", "size"), cols,
+      width = width, shrink = c(TRUE, FALSE, FALSE, FALSE)
+    ))
     if (length(nms) > n) {
       lines <- c(lines, sprintf("  # ... and %d more", length(nms) - n))
     }
   }
   meta <- hget(x, "metadata")
   if (length(meta) > 0) {
-    lines <- c(lines, "Metadata:", format_metadata(meta))
+    lines <- c(lines, "Metadata:", format_metadata(meta, width))
   }
   lines
 }

@@ -2,13 +2,16 @@
 # is wanted, and the bar itself.
 #
 # A load or save with a bar gives R control back between steps so that it
-# can update it: loads read tensors in groups of about 64 MiB through a
-# handle (R/open.R), saves write about 64 MiB per call of the writer
-# (R/write.R). A bar is wanted in an interactive session (not knitr or
-# testthat) when option `safetensors.progress` is not FALSE and there is
+# can update it: loads read about 64 MiB per call (whole tensors, or rows
+# of a larger one) through a handle (R/open.R), saves write about 64 MiB
+# per call of the writer (R/write.R), so the bar moves within a large
+# tensor too. A bar is wanted in an interactive session (not knitr or
+# testthat) whose output can redraw a line (cli::is_dynamic_tty(): a
+# terminal, RStudio; elsewhere each update would stay behind as a line of
+# its own), when option `safetensors.progress` is not FALSE and there is
 # enough data for it to matter; cli shows it only once an operation has run
-# for two seconds (option `cli.progress_show_after`). The results are the
-# same either way.
+# for two seconds (option `cli.progress_show_after`), and removes it when
+# done. The results are the same either way.
 
 # With a progress bar, loads read and saves write about this many bytes
 # between updates of the bar (option `safetensors.progress_group_bytes`,
@@ -40,9 +43,11 @@ is_interactive <- function() {
 }
 
 # Whether a load or save of `bytes` bytes gets a progress bar: less than two
-# groups would hardly move the bar.
+# groups would hardly move the bar, and an output that can't redraw a line
+# would keep every update of it. (cli is loaded only here, once a large
+# load or save may want a bar.)
 progress_wanted <- function(bytes) {
-  progress_enabled() && sum(bytes) > progress_group_bytes()
+  progress_enabled() && sum(bytes) > progress_group_bytes() && cli::is_dynamic_tty()
 }
 
 # A cli progress bar over `total` bytes, closed when `.envir` exits.
@@ -56,14 +61,4 @@ progress_bar <- function(verb, label, total, .envir = parent.frame()) {
     clear = TRUE,
     .envir = .envir
   )
-}
-
-# Splits tensors of `sizes` bytes, in order, into groups of about `limit`
-# bytes (a larger tensor is a group of its own). Returns a list of index
-# vectors.
-byte_groups <- function(sizes, limit = progress_group_bytes()) {
-  if (length(sizes) == 0) {
-    return(list())
-  }
-  split(seq_along(sizes), group_by_size(sizes, limit))
 }

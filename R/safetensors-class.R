@@ -54,6 +54,9 @@ safetensors <- R6::R6Class("safetensors",
 
     initialize = function(path, ..., framework = "r", int64 = c("double", "integer64", "character"),
                           uint8 = c("integer", "raw")) {
+      # Errors cite the user's `safetensors$new()` (see error_frame()).
+      .st_entry <- "caller"
+      check_required(path)
       self$framework <- check_framework(framework)
       self$args <- list(...)
       if (inherits(path, "connection")) {
@@ -70,6 +73,7 @@ safetensors <- R6::R6Class("safetensors",
     },
 
     get_tensor = function(name) {
+      .st_entry <- TRUE
       if (!is_string(name)) {
         st_abort("invalid_argument", "{.arg name} must be a single string, not {value_friendly(name)}.")
       }

@@ -8,8 +8,9 @@
 #' Tensors become plain R arrays, raw bytes, or torch tensors.
 #'
 #' @section Functions by task:
-#' * Read: [safe_load_file()] (a file, URL, raw vector, connection or
-#'   sharded checkpoint), [safe_deserialize()] (a raw vector).
+#' * Read: [safe_load_file()] (a file, URL, Hugging Face Hub path, raw
+#'   vector, connection or sharded checkpoint), [safe_deserialize()] (a raw
+#'   vector).
 #' * Write: [safe_save_file()] (atomically, optionally in shards),
 #'   [safe_serialize()].
 #' * Inspect without reading the data: [safe_info()], [safe_metadata()],
@@ -21,8 +22,8 @@
 #'
 #' The vignettes show them at work: `vignette("safetensors")` to get
 #' started, `vignette("python")` for moving weights between Python and R,
-#' and `vignette("big-models")` for lazy reading, slices and sharded
-#' checkpoints.
+#' and `vignette("big-models")` for lazy reading, slices, sharded
+#' checkpoints and models on the Hugging Face Hub ([safetensors-hub]).
 #'
 #' @section Options:
 #' Every option of the package, with its default. An option of the wrong
@@ -32,11 +33,16 @@
 #'   `safetensors.progress_group_bytes` of tensors show a progress bar once
 #'   they have run for two seconds (cli's option `cli.progress_show_after`).
 #'   Default `TRUE`. The bar is shown only in interactive sessions, never in
-#'   knitr documents or testthat tests (see [rlang::is_interactive()]); set
-#'   the option to `FALSE` to never show it. With a bar, a load reads the
-#'   tensors in groups and a save writes them a group at a time, so that
-#'   the bar moves; the results are the same, and Ctrl-C interrupts either
-#'   (a save interrupted leaves no partial file).
+#'   knitr documents or testthat tests (see [rlang::is_interactive()]), and
+#'   only where it can be redrawn in place and removed when done: in a
+#'   terminal or RStudio's console ([cli::is_dynamic_tty()]; elsewhere,
+#'   such as output to a file, each update would stay behind as a line of
+#'   its own). Set the option to `FALSE` to never show it. With a bar, a
+#'   load reads the data in groups of bytes (whole tensors together, or rows
+#'   of a large one) and a save writes a group at a time, so that the bar
+#'   moves over the bytes, within a large tensor too; the results are the
+#'   same, and Ctrl-C interrupts either (a save interrupted leaves no
+#'   partial file).
 #' * `safetensors.progress_group_bytes`: the size in bytes of those groups,
 #'   and so how often the bar moves: a number of at least 1. Default
 #'   `64 * 2^20` (64 MiB). Loads and saves of less than one group show no
@@ -56,23 +62,34 @@
 #'   server error (5xx, 429) or a dropped or refused connection is tried
 #'   again, after 0.25, 0.5, 1, ... seconds (a transfer dropped midway
 #'   resumes where it stopped): a number from 0 to 10. Default 3.
+#' * `safetensors.http_connections`: how many ranges of a file a download
+#'   into the Hub cache fetches at once: a number from 1 to 64 (files
+#'   of less than 32 MiB take one). Default 4, or 1 for a server on this
+#'   machine (loopback), where one range is fastest.
+#' * `safetensors.hf_cache`: whether whole reads of `hf://` paths store the
+#'   files they download in the Hugging Face Hub cache. Default `TRUE`; see
+#'   [safetensors-hub].
 #'
 #' @section Remote files:
-#' The reading functions accept `http://` and `https://` URLs and fetch
+#' The reading functions accept `http://` and `https://` URLs (and
+#' Hugging Face Hub paths, `hf://owner/name/...`, see [safetensors-hub]) and fetch
 #' only the bytes they need with HTTP range requests (see "Remote files" in
 #' [safe_open()]), through the \pkg{curl} package, so proxies, CA
 #' certificates and libcurl's settings apply as R users set them.
 #' * Credentials: option `safetensors.http_headers` is sent with every
 #'   request to the host (scheme, name and port) of the URL given,
 #'   whatever it is, and with redirects on that host, never to another host
-#'   a redirect leads to. The `HF_TOKEN` environment variable is sent as
+#'   a redirect leads to. The Hugging Face token (the `HF_TOKEN`
+#'   environment variable, or the token file of `hf auth login`) is sent as
 #'   `Authorization: Bearer <token>` only to `huggingface.co` and `hf.co`
-#'   over https (not to the CDNs that Hub URLs redirect to with signed
-#'   URLs, nor to any other host), unless the option sets `Authorization`.
+#'   over https and to the Hub `HF_ENDPOINT` names (not to the CDNs that
+#'   Hub URLs redirect to with signed URLs, nor to any other host), unless
+#'   the option sets `Authorization`.
 #'   Tokens, passwords in URLs and query values are never shown in
 #'   messages.
-#' * Timeouts and retries: options `safetensors.http_timeout` and
-#'   `safetensors.http_retries` (see "Options").
+#' * Timeouts, retries and parallel downloads: options
+#'   `safetensors.http_timeout`, `safetensors.http_retries` and
+#'   `safetensors.http_connections` (see "Options").
 #' * Redirects are followed (at most 10). Ctrl-C stops a transfer at once.
 #'
 #' @section Errors:

@@ -50,69 +50,226 @@ parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
   size
 }
 
-# safe_save_file() into a checkpoint: shards of at most `limit` bytes and
-# their index, or a single file when everything fits in one shard (as
-# transformers does), replacing the checkpoint that was there as a whole
-# (see the section "Sharded checkpoints" of ?safe_save_file): new files
-# under names the old checkpoint doesn't use, then the commit (the index
-# replaced, or removed for a single file), then the old files removed.
-save_shards <- function(spec, path, limit, sync, call = parent.frame()) {
+# ---- saving -------------------------------------------------------------
+
+# safe_save_file() to the file path or folder `path`: the checkpoint of that
+# name (see "Files, folders and shard sets" in ?safe_save_file), a single
+# file, or shards of at most `limit` bytes and their index when the tensors
+# need more than one (as transformers does), replacing what was there as a
+# whole. The core's save (src/rust/core/src/checkpoint.rs) locks the folder,
+# cleans up after killed saves, names each shard's temporary file and
+# commits. Returns the path written: `path` itself for a single file (its
+# model.safetensors for a folder), the index for shards.
+save_checkpoint <- function(spec, path, limit, sync, call = parent.frame()) {
   check_string(path, call = call)
+  given <- path
   path <- core_path(path, call)
-  base <- if (dir.exists(path)) {
-    file.path(path, "model.safetensors")
-  } else {
-    sub("\\.index\\.json$", "", path)
+  folder <- dir.exists(path)
+  base <- if (folder) file.path(path, "model.safetensors") else sub("\\.index\\.json$", "", path)
+  # The paths returned, as the caller spelled `path`.
+  shown <- if (folder) file.path(given, "model.safetensors") else sub("\\.index\\.json$", "", given)
+  # Messages are built on error only (cli formatting takes milliseconds).
+  check <- function(res, target = given) {
+    if (inherits(res, "safetensors_rust_error")) st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
+    res
   }
-  dir <- dirname(base)
-  index <- paste0(base, ".index.json")
-  old <- committed_files(dir, base, index)
+  ck <- check(save_begin_(base))
+  # Abandons the save on an error or an interrupt: its temporary files go,
+  # the folder is released; after a commit it does nothing.
+  on.exit(save_abort_(ck$save), add = TRUE)
   sizes <- spec_sizes(spec)
   shard <- group_by_size(sizes, limit)
   n <- max(c(0L, shard))
-  bar <- if (progress_wanted(sizes)) progress_bar("Saving", path, sum(sizes))
-  write <- function(target, k) {
-    write_spec(spec_subset(spec, k), "file", target, sync, bar = bar, call = call)
-  }
+  bar <- if (progress_enabled() && progress_wanted(sizes)) progress_bar("Saving", given, sum(sizes))
   if (n <= 1) {
-    write(base, seq_along(sizes))
-    # The commit: without the old index, the folder is the new file.
-    remove_files(c(if (file.exists(index)) index, setdiff(old, normalizePath(base))))
-    return(base)
+    # The file a folder or an index path stands for, else the path given.
+    write_spec(spec, "file", ck$target, sync, bar = bar, label = shown, call = call)
+    check(save_commit_single_(ck$save))
+    return(shown)
   }
-  stem <- sub("\\.safetensors$", "", basename(base))
-  files <- sprintf("%s-%05d-of-%05d.safetensors", stem, seq_len(n), n)
-  if (any(normalizePath(file.path(dir, files), mustWork = FALSE) %in% old)) {
-    files <- sprintf("%s-%05d-of-%05d.b.safetensors", stem, seq_len(n), n)
-  }
+  files <- character(n)
   for (s in seq_len(n)) {
-    write(file.path(dir, files[[s]]), which(shard == s))
+    sh <- check(save_shard_(ck$save, s, n))
+    files[[s]] <- sh$name
+    # Errors name the shard as it will be called, not its temporary file.
+    label <- file.path(dirname(shown), sh$name)
+    write_spec(spec_subset(spec, which(shard == s)), "file", sh$temp, sync, bar = bar, label = label, call = call)
   }
-  # The commit: the new index replaces the old one (or the single file,
-  # which the index takes precedence over) in one step.
-  res <- write_index_(index, sum(sizes), spec$names, files[shard], sync)
-  st_check(res, sprintf("Can't write %s.", describe_source(index)), call = call)
-  remove_files(setdiff(old, normalizePath(file.path(dir, files))))
+  index <- paste0(shown, ".index.json")
+  check(save_commit_shards_(ck$save, spec$names, files[shard], sum(sizes), sync), index)
   index
 }
 
-# The files of the checkpoint `dir` holds now: the shards its index names
-# (full paths) and the single file `base`, whichever exist. An index that
-# can't be read names nothing (it is replaced all the same).
-committed_files <- function(dir, base, index) {
-  shards <- if (file.exists(index)) {
-    idx <- tryCatch(read_index_(index), error = function(e) NULL)
-    if (is.list(idx) && !inherits(idx, "safetensors_rust_error")) file.path(dir, unique(idx$files))
-  }
-  existing <- c(shards, base)
-  normalizePath(existing[file.exists(existing)])
+# ---- reading ------------------------------------------------------------
+
+# Reading state: whether a read_checkpoint() is running (reads inside it
+# don't start their own).
+checkpoint_state <- new.env(parent = emptyenv())
+
+# Whether a read of `path` goes through read_checkpoint(): a local path,
+# outside another such read.
+retry_reads <- function(path) {
+  is_string(path) && !is_url(path) && !is_hf_path(path) && !isTRUE(checkpoint_state$reading)
 }
 
-# Removes files of a replaced checkpoint; one that can't be removed (open
-# elsewhere, on Windows) is left, unreferenced.
-remove_files <- function(files) {
-  for (f in files) {
-    unlink(f)
+# Reads the checkpoint `path` (a file, an index or a folder) again if it
+# was replaced while it was read. A reading function whose first statement
+# is `if (retry_reads(path)) return(read_checkpoint(path, environment()))`
+# has its body evaluated again, in its own frame (`env`, so that its
+# errors name its call), with `path` set to the file `path` resolves to
+# (resolve_folder()). A concurrent save may remove the single file a reader
+# found (its shards replace it), the index (a single file replaces it) or
+# a shard (another save's shards replace them): the reader then fails with
+# safetensors_error_file_not_found, or open_shard_set() with
+# safetensors_error_file_changed. When what `path` resolves to is the same
+# after the failure, the failure is the answer; when it changed, the read
+# starts over, up to 50 times, with waits from 1 ms to 50 ms. `call` names
+# the caller in the error when no checkpoint can be found at all.
+read_checkpoint <- function(path, env, call = env) {
+  body <- body(sys.function(sys.parent()))
+  checkpoint_state$reading <- TRUE
+  on.exit(checkpoint_state$reading <- FALSE, add = TRUE)
+  for (attempt in 1:50) {
+    target <- resolve_folder(path, call = call)
+    seen <- checkpoint_identity(target)
+    assign("path", target, envir = env)
+    res <- tryCatch(
+      eval(body, env),
+      safetensors_error_file_not_found = function(e) e,
+      safetensors_error_file_changed = function(e) e
+    )
+    if (!inherits(res, "safetensors_error")) {
+      return(res)
+    }
+    now <- tryCatch(checkpoint_identity(resolve_folder(path, call = call)), error = function(e) NULL)
+    if (identical(now, seen) && !isTRUE(res$checkpoint_changed)) {
+      break
+    }
+    Sys.sleep(min(0.001 * 2^(attempt - 1), 0.05))
   }
-  invisible()
+  stop(res)
+}
+
+# What identifies the checkpoint a reader found at `target` (a file or an
+# index): its path, its size and modification time (a file replaced by
+# another save, even one with the same tensors, has another), and an
+# index's bytes.
+checkpoint_identity <- function(target) {
+  info <- file.info(target, extra_cols = FALSE)
+  bytes <- if (is_index_path(target) && !is.na(info$size)) {
+    tryCatch(readBin(target, "raw", info$size), error = function(e) NULL, warning = function(w) NULL)
+  }
+  list(target, info$size, as.numeric(info$mtime), bytes)
+}
+
+# Opens the shards of the index at `path` (a file or a URL) for a handle:
+# `list(index, files, parts, names, part_of, label)`, the shards in
+# file-name order, each shard's tensors in header order. The weight map is
+# an allowlist (a shard's other tensors are hidden), and each tensor it
+# names must be in the shard it names. The shards of an index URL are at
+# URLs relative to it. A shard of a local index written by a save that
+# is still renaming its shards into place is read under its temporary
+# name while that exists; and the index is read again once every shard is
+# open: if it changed (another save replaced the checkpoint meanwhile),
+# the shards may be of two saves, and the result is an error of class
+# safetensors_error_file_changed, which read_checkpoint() retries.
+# `whole`: every tensor will be read (see open_part()).
+open_shard_set <- function(path, backend, whole = FALSE, call = parent.frame()) {
+  check_string(path, call = call)
+  remote <- is_url(path)
+  if (!remote) {
+    path <- core_path(path, call)
+  }
+  idx <- read_index(path, call = call)
+  files <- sort(unique(idx$files), method = "radix")
+  label <- source_label(path)
+  parts <- vector("list", length(files))
+  done <- FALSE
+  on.exit(
+    if (!done) {
+      for (p in parts) if (!is.null(p)) close_part(p)
+    },
+    add = TRUE
+  )
+  names <- character()
+  part_of <- integer()
+  for (f in seq_along(files)) {
+    file <- files[[f]]
+    if (remote) {
+      part <- open_part(url_resolve(path, url_path_escape(file)), backend, whole = whole, call = call)
+    } else {
+      pending <- idx$pending[[match(file, idx$files)]]
+      part <- open_shard(dirname(path), file, pending, backend, whole, call)
+    }
+    part$file <- file
+    parts[[f]] <- part
+    wanted <- idx$names[idx$files == file]
+    have <- part$info$name
+    absent <- wanted[!wanted %in% have]
+    if (length(absent) > 0) {
+      # A shard of another save, renamed over this one's after the index
+      # was read, holds other tensors.
+      if (!remote) stop_if_replaced(path, idx, label, call, parts[seq_len(f)])
+      st_abort(
+        "invalid_index",
+        c(
+          cli_escape(source_what(label)),
+          x = "The weight map puts tensor {.val {absent[[1]]}} in {.file {file}}, which does not contain it."
+        ),
+        tensor = absent[[1]],
+        format = TRUE,
+        call = call
+      )
+    }
+    keep <- have[have %in% wanted]
+    names <- c(names, keep)
+    part_of <- c(part_of, rep(f, length(keep)))
+  }
+  if (!remote) {
+    stop_if_replaced(path, idx, label, call, parts)
+  }
+  done <- TRUE
+  list(index = idx, files = files, parts = parts, names = names, part_of = part_of, label = label)
+}
+
+# An error of class safetensors_error_file_changed (which read_checkpoint()
+# retries) if a save replaced the checkpoint while its shards were opened:
+# the index at `path` is no longer `idx` (as read_index() read it), or a
+# shard of `parts` (those opened so far, see open_shard()) is no longer at
+# its path (or its temporary one). Both are needed: a save of the same
+# tensors writes the same index bytes again, and then only the shards tell.
+stop_if_replaced <- function(path, idx, label, call, parts = list()) {
+  moved <- function(p) !file_is_at_(p$ptr, p$label) && !(!is.null(p$pending) && file_is_at_(p$ptr, p$pending))
+  if (!identical(read_index_(path), idx) || any(vapply(parts, moved, logical(1)))) {
+    st_abort(
+      "file_changed",
+      c(
+        cli_escape(source_what(label)),
+        x = "The checkpoint was replaced while its shards were opened (a save to it ran meanwhile).",
+        i = "Read it again."
+      ),
+      checkpoint_changed = TRUE,
+      call = call
+    )
+  }
+}
+
+# Opens shard `file` of a local index in folder `dir`: under its temporary
+# name `pending` (NA if none) while a save renames it into place, else
+# under its name. A temporary file renamed between the check and the open
+# is found under its name. The part's `label` is the shard's path, and
+# `pending` its temporary path.
+open_shard <- function(dir, file, pending, backend, whole, call) {
+  path <- file.path(dir, file)
+  part <- NULL
+  if (!is.na(pending) && file.exists(file.path(dir, pending))) {
+    part <- tryCatch(
+      open_part(file.path(dir, pending), backend, whole = whole, call = call),
+      safetensors_error_file_not_found = function(e) NULL
+    )
+  }
+  part <- part %||% open_part(path, backend, whole = whole, call = call)
+  part$label <- path
+  if (!is.na(pending)) part$pending <- file.path(dir, pending)
+  part
 }

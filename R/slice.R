@@ -80,6 +80,17 @@ slice_head <- function(x, m = 10) {
   out[seq_len(min(m, length(out)))]
 }
 
+# Python's slice methods: `s$get_shape()` and `s$get_dtype()`; other
+# names are the slice's fields.
+#' @export
+`$.safetensors_slice` <- function(x, name) {
+  switch(name,
+    get_shape = function() .subset2(x, "shape"),
+    get_dtype = function() .subset2(x, "dtype"),
+    .subset2(x, name)
+  )
+}
+
 #' @export
 format.safetensors_slice <- function(x, ...) {
   sprintf(
@@ -109,6 +120,8 @@ safe_slice <- function(path, name, ..., drop = TRUE, int64 = NULL, uint8 = NULL)
   if ("x" %in% ...names()) {
     return(slice_with_x(sys.call(), parent.frame(), environment()))
   }
+  check_required(path)
+  check_required(name)
   idx <- index_dots(...)
   x <- path
   if (!inherits(x, "safetensors_file")) {

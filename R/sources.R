@@ -13,33 +13,94 @@ is_index_path <- function(path) {
   is_string(path) && grepl("\\.json$", path, ignore.case = TRUE)
 }
 
-# The file a folder stands for: its shard index (model.safetensors.index.json,
-# or its only *.safetensors.index.json), else its model.safetensors (or its
-# only *.safetensors file). Any other `path` is returned as it is.
+# The file a checkpoint path stands for. A folder: its checkpoint
+# (checkpoint_in()), a single file taking precedence over its index, as in
+# transformers, which is what makes each save's commit one step (see
+# ?safe_save_file); a folder with none, or with several candidates and none
+# of the usual names, is an error that names them. A file path that does
+# not exist: the index beside it (`path` followed by ".index.json"), which a
+# sharded save to `path` writes, following a symbolic link that dangles (a
+# sharded save through a link writes beside the file it named). Any other
+# `path` (URLs, hf:// paths, raw vectors, connections) is returned as it is.
 resolve_folder <- function(path, call = parent.frame()) {
-  if (!is_string(path) || !dir.exists(path)) {
+  if (!is_string(path) || is_url(path) || is_hf_path(path)) {
     return(path)
   }
-  pick <- function(usual, pattern) {
-    if (file.exists(file.path(path, usual))) {
-      return(file.path(path, usual))
+  if (!dir.exists(path)) {
+    if (file.exists(path) || is_index_path(path)) {
+      return(path)
     }
-    found <- list.files(path, pattern = pattern)
-    if (length(found) == 1) file.path(path, found)
+    index <- paste0(link_target(path), ".index.json")
+    return(if (file.exists(index)) index else path)
   }
-  found <- pick("model.safetensors.index.json", "\\.safetensors\\.index\\.json$") %||%
-    pick("model.safetensors", "\\.safetensors$")
-  if (is.null(found)) {
+  files <- list.files(path)
+  files <- files[!dir.exists(file.path(path, files))]
+  found <- checkpoint_in(files)
+  if (!is.null(found)) {
+    single <- sub("\\.index\\.json$", "", found)
+    return(file.path(path, if (single %in% files) single else found))
+  }
+  indexes <- grep("\\.safetensors\\.index\\.json$", files, value = TRUE)
+  files <- grep("\\.safetensors$", files, value = TRUE)
+  rule <- paste(
+    "A folder is read from its {.file model.safetensors}, else its {.file model.safetensors.index.json}",
+    "or its only shard index, else its only {.file .safetensors} file",
+    "(diffusers' {.file diffusion_pytorch_model} names too)."
+  )
+  if (length(indexes) == 0 && length(files) == 0) {
     st_abort(
       "file_not_found",
-      c(
-        "Can't read the folder {.file {path}}: it holds no checkpoint.",
-        i = "A folder is read from its {.file model.safetensors.index.json} or its {.file model.safetensors}."
-      ),
+      c("Can't read the folder {.file {path}}: it holds no {.file .safetensors} file and no shard index.", i = rule),
       call = call
     )
   }
-  found
+  # Several candidates and none of the usual names: the user chooses.
+  head <- if (length(indexes) > 1) {
+    shown <- indexes
+    "it holds {length(shown)} shard indexes, none named {.file model.safetensors.index.json}."
+  } else {
+    shown <- files
+    "it holds {length(shown)} {.file .safetensors} files, none named {.file model.safetensors}, and no shard index."
+  }
+  st_abort(
+    "file_not_found",
+    c(
+      paste("Can't read the folder {.file {path}}:", head),
+      x = "{cli::qty(length(shown))}{?It/They} {?is/are} {.file {shown}}.",
+      i = "Give the path of the one to read, such as {.file {file.path(path, shown[[1]])}}.",
+      i = rule
+    ),
+    call = call
+  )
+}
+
+# The checkpoint among the names of a folder's `files`, as transformers
+# looks for one: model.safetensors (or diffusers'
+# diffusion_pytorch_model.safetensors), else the shard index
+# model.safetensors.index.json (or diffusion_pytorch_model's), else the
+# only *.safetensors.index.json, else, when there is no index, the only
+# *.safetensors; NULL if none of these.
+checkpoint_in <- function(files) {
+  first <- function(x) if (length(x) > 0) x[[1]]
+  indexes <- grep("\\.safetensors\\.index\\.json$", files, value = TRUE)
+  singles <- grep("\\.safetensors$", files, value = TRUE)
+  first(intersect(c("model.safetensors", "diffusion_pytorch_model.safetensors"), files)) %||%
+    first(intersect(c("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"), files)) %||%
+    (if (length(indexes) == 1) indexes) %||%
+    (if (length(indexes) == 0 && length(singles) == 1) singles)
+}
+
+# `path` with its symbolic links followed to the file they name (which may
+# not exist); `path` itself when it is no link.
+link_target <- function(path) {
+  for (i in 1:40) {
+    to <- Sys.readlink(path)
+    if (is.na(to) || !nzchar(to)) {
+      return(path)
+    }
+    path <- if (grepl("^(/|[A-Za-z]:)", to)) to else file.path(dirname(path), to)
+  }
+  path
 }
 
 # A path as the Rust core takes it: `~` expanded, in UTF-8.
@@ -114,8 +175,7 @@ open_part <- function(path, backend, verb = "open", whole = FALSE, call = parent
     return(open_remote(path, verb, whole, call = call))
   }
   if (inherits(path, "connection")) {
-    if (!isOpen(path)) {
-      open(path, "rb")
+    if (con_open(path, "rb", call)) {
       on.exit(close(path), add = TRUE)
     }
     return(open_connection(path, backend, verb, call = call))
@@ -177,8 +237,29 @@ remote_piece <- 16 * 1024^2
 # no more requests. A server that ignores ranges (HTTP 200) is an error,
 # unless `whole`: then the part keeps the response open as its `stream`,
 # after the header, and reads the rest in file order (remote_bytes()).
+#
+# A transfer that fails while the first bytes arrive (a dropped
+# connection) is tried again from the start, with backoff, up to
+# `safetensors.http_retries` times, as later reads are.
 open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()) {
   check_curl(call = call)
+  retries <- http_retries(call)
+  tries <- 0
+  repeat {
+    part <- tryCatch(
+      open_remote_once(url, verb, whole, call),
+      safetensors_error_http = function(e) if (isTRUE(e$dropped) && tries < retries) e else stop(e)
+    )
+    if (!inherits(part, "error")) {
+      return(part)
+    }
+    tries <- tries + 1
+    Sys.sleep(http_backoff(tries))
+  }
+}
+
+# One try of open_remote().
+open_remote_once <- function(url, verb, whole, call) {
   # Where the URL redirects to, for the requests that follow.
   cache <- new.env(parent = emptyenv())
   part <- list(ptr = NULL, label = url_redact(url), info = NULL, url = url, cache = cache)
@@ -233,11 +314,11 @@ open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()
 }
 
 # `n` bytes of a response's body; a shorter body is an error as a truncated
-# file's is, a failed transfer an HTTP error.
+# file's is, a failed transfer an HTTP error (with field `dropped = TRUE`).
 remote_read_exact <- function(resp, n, url, call) {
   bytes <- http_read(resp, n)
   if (is.character(bytes)) {
-    http_abort(url, NA, bytes, call = call)
+    http_abort(url, NA, bytes, call = call, dropped = TRUE)
   }
   if (length(bytes) < n) {
     http_format_abort(url, "incomplete_buffer", sprintf("The server sent %d of the %s bytes asked for.", length(bytes), fmt_num(n)), call)
@@ -334,16 +415,78 @@ remote_segments <- function(part, ranges, call) {
 
 # ---- connections ------------------------------------------------------------
 
+# Opens connection `con` for reading (`mode = "rb"`) or writing (`"wb"`)
+# when it is not open, and returns whether it did (the caller then closes
+# it). A connection that can't be used is a classed error before anything
+# is read or written: `safetensors_error_closed` for one closed already (an
+# invalid connection), `safetensors_error_invalid_argument` for one open in
+# text mode or for the other direction, `safetensors_error_io` for one that
+# can't be opened; R's own condition is kept as `parent`.
+con_open <- function(con, mode, call) {
+  verb <- if (mode == "rb") "read" else "write"
+  open <- tryCatch(isOpen(con), error = function(e) e)
+  if (inherits(open, "error")) {
+    st_abort(
+      "closed",
+      c(sprintf("Can't %s the connection.", verb), x = "It is closed: it is no longer a valid connection."),
+      parent = open,
+      call = call
+    )
+  }
+  if (!open) {
+    con_io(open(con, mode), verb, call)
+    return(TRUE)
+  }
+  about <- summary(con)
+  if (identical(about$text, "text")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        sprintf("Can't %s the connection.", verb),
+        x = "It is open in text mode ({.val {about$mode}}); a safetensors file is binary.",
+        i = "Open it with {.code open(con, \"{mode}\")}, or pass it unopened."
+      ),
+      call = call
+    )
+  }
+  if (!identical(about[[paste("can", verb)]], "yes")) {
+    st_abort(
+      "invalid_argument",
+      c(
+        sprintf("Can't %s the connection.", verb),
+        x = "It is open for {if (verb == 'read') 'writing' else 'reading'} only ({.val {about$mode}})."
+      ),
+      call = call
+    )
+  }
+  FALSE
+}
+
+# The value of `expr`, an operation on a connection that reads (`verb =
+# "read"`) or writes; an error it gives, or a warning (R warns, for
+# example, of a file it can't open before it fails, or of corrupt
+# compressed data), is an error of class `safetensors_error_io`, with R's
+# condition as `parent` (which the message shows).
+con_io <- function(expr, verb, call) {
+  fail <- function(cnd) {
+    st_abort("io", sprintf("Can't %s the connection.", verb), parent = cnd, call = call)
+  }
+  withCallingHandlers(tryCatch(expr, error = fail), warning = fail)
+}
+
+# Up to `n` bytes of connection `con` (see con_io()).
+con_read <- function(con, n, call) {
+  con_io(readBin(con, "raw", n), "read", call)
+}
+
 # Reads the header length and the header from a connection, nothing more.
 read_header_bytes <- function(con, part, call) {
-  if (!isOpen(con)) {
-    open(con, "rb")
+  if (con_open(con, "rb", call)) {
     on.exit(close(con), add = TRUE)
   }
-  check_binary_connection(con, call)
-  prefix <- readBin(con, "raw", 8L)
+  prefix <- con_read(con, 8L, call)
   n <- check_part(header_len_(prefix), part, call = call)
-  json <- readBin(con, "raw", n)
+  json <- con_read(con, n, call)
   if (length(json) < n) {
     st_abort(
       "invalid_header_length",
@@ -353,22 +496,6 @@ read_header_bytes <- function(con, part, call) {
     )
   }
   c(prefix, json)
-}
-
-# A connection opened in text mode can't carry a binary file (R's readBin()
-# and writeBin() refuse it): an error of class
-# `safetensors_error_invalid_argument` that says how to open it.
-check_binary_connection <- function(con, call = parent.frame()) {
-  if (isOpen(con) && identical(summary(con)$text, "text")) {
-    st_abort(
-      "invalid_argument",
-      c(
-        "{.arg path} must be a connection opened in binary mode, not in text mode.",
-        i = "Open it with {.code \"rb\"} to read or {.code \"wb\"} to write, or pass it unopened."
-      ),
-      call = call
-    )
-  }
 }
 
 # Opens the open connection `con` as a part, reading its header through
@@ -488,7 +615,7 @@ read_connection <- function(con, prefix, info, call = parent.frame()) {
 # a polyglot file). The check never waits for more bytes (see
 # stream_has_more()).
 check_stream_end <- function(con, info, part, call) {
-  if (stream_has_more(con)) {
+  if (con_io(stream_has_more(con), "read", call)) {
     st_abort(
       "incomplete_buffer",
       c(
@@ -530,13 +657,13 @@ stream_has_more <- function(con) {
 
 # `n` bytes from a connection, or an error if it ends first.
 read_exact <- function(con, n, part, tensor, call) {
-  out <- readBin(con, "raw", n)
+  out <- con_read(con, n, call)
   if (length(out) < n) {
     # A connection may return less than asked before its end.
     more <- list(out)
     got <- length(out)
     repeat {
-      chunk <- readBin(con, "raw", n - got)
+      chunk <- con_read(con, n - got, call)
       if (length(chunk) == 0) break
       more[[length(more) + 1L]] <- chunk
       got <- got + length(chunk)
@@ -557,7 +684,7 @@ read_exact <- function(con, n, part, tensor, call) {
 read_chunks <- function(con, n, size, part, tensor, call, fill = NULL) {
   done <- 0
   while (done < n) {
-    chunk <- readBin(con, "raw", min(size, n - done))
+    chunk <- con_read(con, min(size, n - done), call)
     if (length(chunk) == 0) {
       stream_ended(part, done, n, tensor, call)
     }

@@ -81,6 +81,7 @@ as_loaded <- function(out, header, max_offset) {
 strip_loaded <- function(x) {
   attr(x, "metadata") <- NULL
   attr(x, "max_offset") <- NULL
+  attr(x, "origin") <- NULL
   class(x) <- setdiff(class(x), "safetensors_tensors")
   if (identical(class(x), "list")) {
     class(x) <- NULL
@@ -115,12 +116,16 @@ str.safetensors_tensors <- function(object, ...) {
   if (!is.null(max_offset)) {
     cat(indent, "- attr(*, \"max_offset\")= ", format(max_offset, scientific = FALSE), "\n", sep = "")
   }
+  origin <- attr(object, "origin", exact = TRUE)
+  if (!is.null(origin)) {
+    cat(indent, "- attr(*, \"origin\")= ", describe_origin(origin), "\n", sep = "")
+  }
   invisible()
 }
 
 #' @export
-print.safetensors_tensors <- function(x, ..., n = 20) {
-  cat(format_loaded(x, n = n), sep = "\n")
+print.safetensors_tensors <- function(x, ..., n = 20, width = getOption("width", 80)) {
+  cat(format_loaded(x, n = n, width = width), sep = "\n")
   invisible(x)
 }
 
@@ -136,11 +141,16 @@ format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
     nms <- names(x) %||% rep("", k)
     about <- lapply(show, function(i) describe_tensor(.subset2(x, i)))
     cols <- list(
-      c("name", ifelse(nms[show] == "", "\"\"", encodeString(nms[show]))),
-      c("dtype", vapply(about, `[[`, "", "dtype")),
-      c("shape", vapply(about, `[[`, "", "shape"))
+      ifelse(nms[show] == "", "\"\"", encodeString(nms[show])),
+      vapply(about, `[[`, "", "dtype"),
+      vapply(about, `[[`, "", "shape")
     )
-    lead <- paste0("  ", do.call(paste, c(lapply(cols, format), sep = "  ")), "  ")
+    # Long names are cut in the middle to leave the values some room.
+    fit <- fit_columns(
+      c("name", "dtype", "shape"), cols,
+      width = width - max(10, width %/% 4), shrink = c(TRUE, FALSE, FALSE), drop = FALSE
+    )
+    lead <- paste0("  ", do.call(paste, c(fit$cells, sep = "  ")), "  ")
     # The values go after the other columns, in the space left.
     values <- vapply(seq_along(show), function(i) {
       fit_values(about[[i]]$values, about[[i]]$more, width - nchar(lead[[i + 1]], "width"))
@@ -153,11 +163,16 @@ format_loaded <- function(x, n = 20, width = getOption("width", 80)) {
   }
   about <- describe_header(x)
   if (!is.null(about)) {
-    lines <- c(lines, paste0("attr(,\"metadata\"): ", about))
+    # Wrapped to fit (strwrap() keeps lines shorter than its width).
+    lines <- c(lines, strwrap(paste0("attr(,\"metadata\"): ", about), width + 1, exdent = 2))
   }
   max_offset <- attr(x, "max_offset", exact = TRUE)
   if (!is.null(max_offset)) {
     lines <- c(lines, paste0("attr(,\"max_offset\"): ", format(max_offset, scientific = FALSE)))
+  }
+  origin <- attr(x, "origin", exact = TRUE)
+  if (!is.null(origin)) {
+    lines <- c(lines, paste0("attr(,\"origin\"): ", describe_origin(origin)))
   }
   lines
 }

@@ -115,3 +115,8 @@ url_redact <- function(url) {
   }
   paste0(m[[2]], authority, m[[4]], query)
 }
+
+# Whether `x` is a Hugging Face Hub path, hf://... (R/hf.R resolves them).
+is_hf_path <- function(x) {
+  is_string(x) && startsWith(x, "hf://")
+}

@@ -6,13 +6,17 @@
 
 # Describes `tensors` for the Rust writer (src/rust/src/write.rs), as a
 # named list: `tensors` (each tensor's R object), `names`, `dtypes` (the
-# format's names, whatever spelling was given), `shapes` (row-major,
-# outermost first), `kinds` ("values": an R vector the kernels convert and
-# permute to row-major; "integer64": the same for bit64's integer64, whose
-# doubles hold int64 bits; "bytes": a raw vector of the bytes as stored, as
-# framework = "raw" returns them; "later": a framework tensor whose bytes
-# are fetched when its turn comes) and `metadata` (a named character
-# vector, or NULL).
+# dtypes to write, by the format's names, whatever spelling was given),
+# `shapes` (row-major, outermost first), `kinds` ("values": an R vector the
+# kernels convert and permute to row-major; "integer64": the same for
+# bit64's integer64, whose doubles hold int64 bits; "bytes": a raw vector
+# of the bytes as stored, as framework = "raw" returns them; "later": a
+# framework tensor whose bytes are fetched when its turn comes), `exact`
+# (whether the dtype came from the tensor's "dtype" attribute alone, so
+# that it must hold every value exactly), `metadata` (a named character
+# vector, or NULL) and `from` (the dtype of the bytes of "bytes" and
+# "later" tensors, which the engine converts when it is not the dtype to
+# write; "" for the others).
 tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   if (!is.list(tensors) || (is.object(tensors) && !inherits(tensors, "safetensors_tensors"))) {
     st_abort(
@@ -21,52 +25,25 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
       call = call
     )
   }
-  nms <- names(tensors)
-  if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
-    st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
-  }
-  nms <- utf8_strings(nms %||% character(), "tensor name", call)
-  # An empty name in a list built in R is a missing one (`list(a = 1, 2)`);
-  # a loaded list may hold the empty name its file had.
-  unnamed <- as.character(which(nms == ""))
-  if (length(unnamed) > 0 && !inherits(tensors, "safetensors_tensors")) {
-    st_abort(
-      "invalid_argument",
-      c(
-        "{.arg tensors} must be a named list; every tensor needs a name.",
-        x = "{cli::qty(length(unnamed))}Tensor{?s} {unnamed} {?has/have} none."
-      ),
-      call = call
-    )
-  }
-  dup <- unique(nms[duplicated(nms)])
-  if (length(dup) > 0) {
-    st_abort(
-      "duplicate_name",
-      c("Each tensor name must be unique.", x = "Repeated: {.val {dup}}."),
-      call = call
-    )
-  }
-  if ("__metadata__" %in% nms) {
-    st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
-  }
-  dtypes <- resolve_dtypes(tensors, nms, dtype, call)
-  # Where the "dtype" attribute alone chose the dtype, values are written
-  # only if it holds them exactly (the write engine checks).
-  chosen <- if (is.null(dtype)) character() else if (is.null(names(dtype))) nms else names(dtype)
-  exact <- vapply(tensors, function(x) is_string(attr(x, "dtype", exact = TRUE)), logical(1), USE.NAMES = FALSE) &
-    !nms %in% chosen
-  r_types <- names(default_dtypes())
+  nms <- check_tensor_list_names(tensors, call)
   n <- length(tensors)
   values <- vector("list", n)
   shapes <- vector("list", n)
   kinds <- character(n)
+  # Each tensor's own dtype: the "dtype" attribute, or the default for its
+  # R type, or its framework's or raw vector's dtype.
+  own <- character(n)
+  attr_dtype <- logical(n)
+  r_types <- names(default_dtypes())
   for (i in seq_len(n)) {
     x <- tensors[[i]]
+    d <- attr(x, "dtype", exact = TRUE)
+    attr_dtype[[i]] <- is_string(d)
     if (is_integer64(x)) {
       values[i] <- list(x)
       shapes[[i]] <- r_shape(x)
       kinds[[i]] <- "integer64"
+      own[[i]] <- if (is_string(d)) d else default_dtypes()[["integer64"]]
     } else if (is.object(x)) {
       # Framework tensors: described now, their bytes fetched one at a time
       # while writing (write_spec()), so that only one tensor's buffer
@@ -74,16 +51,20 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
       meta <- safe_tensor_meta(x)
       values[i] <- list(x)
       shapes[[i]] <- as.numeric(unlist(meta$shape))
-      dtypes[[i]] <- meta$dtype
+      own[[i]] <- meta$dtype
+      attr_dtype[[i]] <- FALSE
       kinds[[i]] <- "later"
-    } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && !is.null(attr(x, "dtype"))) {
+    } else if (is.raw(x) && is.null(dim(x)) && !is.null(attr(x, "shape")) && is_string(d)) {
       values[i] <- list(x)
       shapes[[i]] <- as.numeric(attr(x, "shape"))
+      own[[i]] <- d
+      attr_dtype[[i]] <- FALSE
       kinds[[i]] <- "bytes"
     } else if (typeof(x) %in% r_types) {
       values[i] <- list(x)
       shapes[[i]] <- r_shape(x)
       kinds[[i]] <- "values"
+      own[[i]] <- if (is_string(d)) d else default_dtypes()[[typeof(x)]]
     } else {
       st_abort(
         "invalid_argument",
@@ -96,33 +77,67 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
     }
   }
   # "dtype" attributes and framework tensors' dtypes in any spelling.
-  dtypes <- as_dtype(dtypes, nms, call = call)
+  own <- as_dtype(own, nms, call = call)
+  chosen <- chosen_dtypes(dtype, own, nms, call)
+  dtypes <- own
+  dtypes[!is.na(chosen)] <- chosen[!is.na(chosen)]
+  bytes_in <- kinds %in% c("bytes", "later")
+  from <- rep("", n)
+  from[bytes_in] <- own[bytes_in]
   list(
     tensors = values, names = nms, dtypes = dtypes, shapes = shapes, kinds = kinds,
-    exact = exact & kinds == "values", metadata = check_metadata(metadata, call)
+    # Where the "dtype" attribute alone chose the dtype, values are written
+    # only if it holds them exactly (the write engine checks).
+    exact = attr_dtype & is.na(chosen) & !bytes_in,
+    metadata = check_metadata(metadata, call),
+    from = from
   )
 }
 
-# Whether `x` is a vector of bit64's 64-bit integers (doubles holding the
-# bits of int64 values).
-is_integer64 <- function(x) {
-  inherits(x, "integer64") && typeof(x) == "double"
+# The names of the list `tensors`, in UTF-8: every tensor needs one, and
+# one of them may be the empty name (PyTorch's forward hooks name an
+# output so, and the format allows it); a list without names, or with
+# several tensors without one, is an error naming them.
+check_tensor_list_names <- function(tensors, call) {
+  nms <- names(tensors)
+  if (length(tensors) > 0 && (is.null(nms) || anyNA(nms))) {
+    st_abort("invalid_argument", "{.arg tensors} must be a named list; every tensor needs a name.", call = call)
+  }
+  nms <- utf8_strings(nms %||% character(), "tensor name", call)
+  unnamed <- which(nms == "")
+  if (length(unnamed) > 1) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "{.arg tensors} must be a named list; every tensor needs a name.",
+        x = "Tensors {unnamed} have none.",
+        i = "One tensor may have the empty name {.val {''}}, as in {.code list(w = x, y)}; two can't."
+      ),
+      call = call
+    )
+  }
+  check_unique(nms, "duplicate_name", "Each tensor name must be unique.", call)
+  if ("__metadata__" %in% nms) {
+    st_abort("invalid_argument", "A tensor can't be named {.val __metadata__}; that key holds the metadata.", call = call)
+  }
+  nms
 }
 
-r_shape <- function(x) {
-  dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
+# Whether `dtypes` (the format's names) are floating-point dtypes.
+is_float_dtype <- function(dtypes) {
+  startsWith(dtypes, "F") | dtypes == "BF16"
 }
 
-# The dtype of each tensor: the `dtype` argument (as the format names it),
-# else the tensor's "dtype" attribute (as given), else the default for its R
-# type.
-resolve_dtypes <- function(tensors, nms, dtype, call) {
-  defaults <- default_dtypes()
-  out <- vapply(tensors, function(x) {
-    d <- attr(x, "dtype", exact = TRUE)
-    if (is_string(d)) d else defaults[if (is_integer64(x)) "integer64" else typeof(x)] %||% NA_character_
-  }, character(1), USE.NAMES = FALSE)
-  out[is.na(out)] <- "U8"
+# The dtype the `dtype` argument asks for each tensor (NA where it asks
+# none). A single unnamed floating-point dtype applies to the
+# floating-point tensors (`own`, each tensor's own dtype, says which are),
+# as "save my model in BF16" means: integer, logical and complex tensors
+# keep their dtype unless named, and a list that has no floating-point
+# tensor is an error rather than a silent no-op. Any other single dtype
+# (an integer dtype, BOOL, C64) applies to every tensor. A named vector
+# applies to the tensors it names.
+chosen_dtypes <- function(dtype, own, nms, call) {
+  out <- rep(NA_character_, length(own))
   if (is.null(dtype)) {
     return(out)
   }
@@ -134,7 +149,22 @@ resolve_dtypes <- function(tensors, nms, dtype, call) {
     if (length(dtype) != 1) {
       st_abort("invalid_argument", "{.arg dtype} must be a single dtype or a vector named by tensor.", call = call)
     }
-    out[] <- dtype
+    if (!is_float_dtype(dtype)) {
+      out[] <- dtype
+      return(out)
+    }
+    floats <- is_float_dtype(own)
+    if (length(own) > 0 && !any(floats)) {
+      st_abort(
+        "invalid_argument",
+        c(
+          "A single floating-point {.arg dtype} applies to the floating-point tensors, and {.arg tensors} has none.",
+          i = "Name the tensors to convert, as in {.code dtype = c({encodeString(nms[[1]], quote = '\"')} = \"{dtype}\")}."
+        ),
+        call = call
+      )
+    }
+    out[floats] <- dtype
     return(out)
   }
   unknown <- setdiff(names(dtype), nms)
@@ -143,6 +173,16 @@ resolve_dtypes <- function(tensors, nms, dtype, call) {
   }
   out[match(names(dtype), nms)] <- unname(dtype)
   out
+}
+
+# Whether `x` is a vector of bit64's 64-bit integers (doubles holding the
+# bits of int64 values).
+is_integer64 <- function(x) {
+  inherits(x, "integer64") && typeof(x) == "double"
+}
+
+r_shape <- function(x) {
+  dim(x) %||% if (length(x) == 1 && identical(attr(x, "shape"), integer(0))) integer(0) else length(x)
 }
 
 check_metadata <- function(metadata, call) {
@@ -176,7 +216,7 @@ spec_sizes <- function(spec) {
 
 # The tensors `k` of a tensor_spec(), with its metadata.
 spec_subset <- function(spec, k) {
-  fields <- c("tensors", "names", "dtypes", "shapes", "kinds", "exact")
+  fields <- c("tensors", "names", "dtypes", "shapes", "kinds", "exact", "from")
   spec[fields] <- lapply(spec[fields], function(v) v[k])
   spec
 }
@@ -192,7 +232,7 @@ framework_bytes <- function(spec, i, call, size = NULL) {
       call = call
     )
   }
-  size <- size %||% tensor_bytes(spec$dtypes[[i]], spec$shapes[[i]])
+  size <- size %||% tensor_bytes(spec$from[[i]], spec$shapes[[i]])
   if (length(bytes) != size) {
     st_abort(
       "invalid_argument",
@@ -249,18 +289,14 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   # tensors are fetched piece by piece; otherwise the file is made in memory
   # first, so that a value that can't be converted leaves the connection
   # untouched.
-  if (to == "connection") {
-    check_binary_connection(target, call)
-  }
   stream <- to == "connection" && any(spec$kinds == "later")
   if (to == "connection" && !stream) {
     bytes <- write_spec(spec, "raw", call = call)
     con <- target
-    if (!isOpen(con)) {
-      open(con, "wb")
+    if (con_open(con, "wb", call)) {
       on.exit(close(con), add = TRUE)
     }
-    writeBin(bytes, con)
+    con_io(writeBin(bytes, con), "write", call)
     return(invisible())
   }
   w <- check(writer_open_(spec, if (stream) "stream" else to, if (to == "file") target else "", sync, st_threads()))
@@ -271,13 +307,12 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   placed <- NULL
   if (stream) {
     con <- target
-    if (!isOpen(con)) {
-      open(con, "wb")
+    if (con_open(con, "wb", call)) {
       on.exit(close(con), add = TRUE)
     }
-    send <- function() writeBin(check(writer_take_(w)), con)
+    send <- function() con_io(writeBin(check(writer_take_(w)), con), "write", call)
     # A file connection gets the rest written by the engine, in place.
-    placed <- place_connection(w, con, sync, check)
+    placed <- place_connection(w, con, sync, check, call)
     if (!is.null(placed)) {
       send <- function() NULL
     }
@@ -314,7 +349,9 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
     x <- spec$tensors[[i]]
     entry <- framework_writer(x)
     if (!is.null(entry)) {
-      write_pieces(x, entry, spec$dtypes[[i]], spec$shapes[[i]], put, stage, helper = detach, call = call)
+      # The framework's own dtype (`from`): the engine converts to the one
+      # the file stores.
+      write_pieces(x, entry, spec$from[[i]], spec$shapes[[i]], put, stage, helper = detach, call = call)
     } else {
       put(framework_bytes(spec, i, call))
     }
@@ -322,9 +359,9 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   out <- check(writer_commit_(w))
   if (!is.null(placed)) {
     # The connection writes on after the file.
-    seek(con, placed$at + out, rw = "write")
+    con_io(seek(con, placed$at + out, rw = "write"), "write", call)
   } else if (stream) {
-    writeBin(out, con)
+    con_io(writeBin(out, con), "write", call)
   }
   out
 }
@@ -338,14 +375,14 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
 # `sync`). Returns `list(at)`, where the connection's file started, or
 # NULL (the header was written through the connection, and the rest goes
 # the same way).
-place_connection <- function(w, con, sync, check) {
+place_connection <- function(w, con, sync, check, call) {
   file <- connection_file_write(con)
   if (is.null(file)) {
     return(NULL)
   }
   header <- check(writer_take_(w))
-  writeBin(header, con)
-  flush(con)
+  con_io(writeBin(header, con), "write", call)
+  con_io(flush(con), "write", call)
   end <- file$at + length(header)
   if (!isTRUE(file.size(file$path) == end) || !identical(file_bytes(file$path, file$at, length(header)), header)) {
     return(NULL)

@@ -8,9 +8,10 @@
 #   Rust (cargo, rustc)      must already be installed (rustup or apt);
 #                            this script only puts ~/.cargo/bin on PATH
 #   Python safetensors 0.8.0 + numpy (+ ml_dtypes for BF16/F8/F4), for the
-#                            interop tests (optional; skipped with
-#                            SAFETENSORS_NO_PYTHON=1; when pip fails those
-#                            tests skip)
+#                            interop tests, and huggingface_hub, for the
+#                            tests of the Hub cache both ways (optional;
+#                            skipped with SAFETENSORS_NO_PYTHON=1; when pip
+#                            fails those tests skip)
 #
 # Source it (`. tools/install-deps.sh`) to keep the PATH change, or run it.
 
@@ -89,6 +90,13 @@ _st_deps_main() {
     echo "install-deps: installing Python ml_dtypes with pip (BF16, F8 and F4 interop tests)"
     if ! python3 -m pip install --quiet --disable-pip-version-check ml_dtypes </dev/null; then
       echo "install-deps: WARNING: pip install ml_dtypes failed; the BF16/F8/F4 interop tests will skip." >&2
+    fi
+  fi
+  if [ "${SAFETENSORS_NO_PYTHON:-0}" != "1" ] && command -v python3 >/dev/null 2>&1 &&
+     ! python3 -c 'import huggingface_hub, filelock' >/dev/null 2>&1; then
+    echo "install-deps: installing Python huggingface_hub with pip (tests of the Hub cache with Python)"
+    if ! python3 -m pip install --quiet --disable-pip-version-check huggingface_hub </dev/null; then
+      echo "install-deps: WARNING: pip install huggingface_hub failed; the tests of the Hub cache with Python will skip." >&2
     fi
   fi
   return 0

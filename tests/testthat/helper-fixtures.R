@@ -127,3 +127,45 @@ count_calls <- function(fun, code, ns = "safetensors") {
   force(code)
   n
 }
+
+# A sharded checkpoint with long tensor names and a long metadata value,
+# for the tests of printing at several widths: the path of its index,
+# relative to the working directory, which is set to its folder so that the
+# label printed is the same on every machine.
+local_long_names <- function(env = parent.frame()) {
+  dir <- withr::local_tempdir(.local_envir = env)
+  withr::local_dir(dir, .local_envir = env)
+  x <- list(
+    "model.encoder.layers.10.self_attention.query_key_value.weight" = matrix(seq(0.5, 3, by = 0.5), 2),
+    "model.encoder.layers.10.self_attention.dense.bias" = c(0.25, -1, 2),
+    "lm_head.weight" = matrix(1:4, 2),
+    "model.embed_tokens.weight_with_an_extraordinarily_long_name_for_testing" = 1:3
+  )
+  safe_save_file(
+    x, "model.safetensors",
+    max_shard_size = 60, metadata = list(format = "pt", note = strrep("A long note. ", 12))
+  )
+}
+
+# Prints `x` at widths 40, 80 and 120 (by option), and checks that no line
+# is wider.
+expect_fits_widths <- function(x, widths = c(40, 80, 120)) {
+  for (w in widths) {
+    out <- withr::with_options(list(width = w), utils::capture.output(print(x)))
+    expect_lte(max(nchar(out, "width")), w, label = sprintf("the widest line at width %d", w))
+  }
+}
+
+# Replaces function `name` of the package's namespace until the calling test
+# ends (testthat 3.1.6 has no local_mocked_bindings()).
+local_package_function <- function(name, value, .env = parent.frame()) {
+  ns <- asNamespace("safetensors")
+  old <- get(name, envir = ns)
+  set <- function(f) {
+    unlockBinding(name, ns)
+    assign(name, f, envir = ns)
+    lockBinding(name, ns)
+  }
+  set(value)
+  withr::defer(set(old), envir = .env)
+}

@@ -17,6 +17,27 @@ skip_without_http <- function() {
   if (is.null(http_python())) skip("Python 3.7 or later is not available to serve HTTP")
 }
 
+# Starts test server `script` (in tests/testthat) with `args`, stopped when
+# `env` ends; returns the ports it prints on its first line (NA if it did
+# not start).
+start_test_server <- function(script, args, env) {
+  script <- normalizePath(test_path(script))
+  p <- withr::with_envvar(
+    c(LD_LIBRARY_PATH = NA),
+    processx::process$new(http_python(), c(script, args), stdin = "|", stdout = "|", stderr = "|")
+  )
+  withr::defer(if (p$is_alive()) p$kill(), envir = env)
+  deadline <- Sys.time() + 10
+  while (Sys.time() < deadline && p$is_alive()) {
+    p$poll_io(200)
+    line <- p$read_output_lines()
+    if (length(line) > 0) {
+      return(suppressWarnings(as.integer(strsplit(line[[1]], " ", fixed = TRUE)[[1]])))
+    }
+  }
+  NA_integer_
+}
+
 # Starts a server for the calling test; returns a list with `dir` (the
 # directory served), `url(path, modes, host)`, `log()` (the responses so
 # far, a data frame) and `clear()` (forgets them).
@@ -24,19 +45,7 @@ local_http_server <- function(env = parent.frame()) {
   skip_without_http()
   dir <- withr::local_tempdir(.local_envir = env)
   log <- withr::local_tempfile(fileext = ".jsonl", .local_envir = env)
-  script <- normalizePath(test_path("range-server.py"))
-  p <- withr::with_envvar(
-    c(LD_LIBRARY_PATH = NA),
-    processx::process$new(http_python(), c(script, dir, log), stdin = "|", stdout = "|", stderr = "|")
-  )
-  withr::defer(if (p$is_alive()) p$kill(), envir = env)
-  port <- NA
-  deadline <- Sys.time() + 10
-  while (is.na(port) && Sys.time() < deadline && p$is_alive()) {
-    p$poll_io(200)
-    line <- p$read_output_lines()
-    if (length(line) > 0) port <- suppressWarnings(as.integer(line[[1]]))
-  }
+  port <- start_test_server("range-server.py", c(dir, log), env)[[1]]
   if (is.na(port)) skip("the test HTTP server did not start")
   list(
     dir = dir,

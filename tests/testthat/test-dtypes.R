@@ -80,3 +80,14 @@ test_that("unknown dtype names suggest the closest known one", {
     as_dtype("BF61", tensors = "w")
   })
 })
+
+test_that("a dtype of numpy or torch the format lacks names the nearest one it has", {
+  expect_error(as_dtype("C128"), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, {
+    as_dtype("C128")
+    as_dtype("torch.cdouble", tensors = "z")
+    as_dtype("complex32")
+    as_dtype("float128")
+    safe_serialize(list(z = 1i), dtype = "complex128")
+  })
+})

@@ -90,3 +90,71 @@ test_that("a framework's missing package is also a missing package", {
   cnd <- expect_error(st_abort("package_not_installed", "Needs {.pkg q}.", package = "q"), class = "safetensors_error")
   expect_identical(class(cnd)[1:2], c("safetensors_error_package_not_installed", "safetensors_error"))
 })
+
+test_that("every error cites the function the user called, with the package's class", {
+  # Each exported function, S3 method, handle and slice method and the R6
+  # class with bad input: a missing argument, an argument too many (named
+  # or not), a value of the wrong kind, and errors found deep inside (in
+  # the Rust core, in a vapply() over indices, in a framework's method).
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  tf <- withr::local_tempfile(fileext = ".safetensors")
+  h <- safe_open(p)
+  withr::defer(close(h))
+  s <- h$slice("weight")
+  hc <- safe_open(p)
+  close(hc)
+  f <- safetensors$new(p)
+  calls <- alist(
+    safe_load_file(), safe_load_file(42), safe_load_file(p, "extra"), safe_load_file(p, tensors = c("bias", "bias")),
+    safe_load_file(p, tensors = "nope"),
+    safe_deserialize(), safe_deserialize(42), safe_deserialize(as.raw(1:3)),
+    safe_open(), safe_open(42), safe_open(p, "x"), safe_open("nope"), safe_open(p, device = "cpu"),
+    safe_slice(), safe_slice(p), safe_slice(p, "nope"), safe_slice(p, "weight", 9, 1),
+    safe_info(), safe_info(42), safe_info(p, "extra"), safe_info(p, tensors = "a"), safe_info("nope"),
+    safe_metadata(), safe_metadata(p, 1), safe_metadata("nope"),
+    safe_summary(), safe_summary(p, 0), safe_summary(p, 1, "x"),
+    safe_save_file(), safe_save_file(list(x = 1)), safe_save_file(list(x = factor("a")), tf),
+    safe_save_file(list(x = Sys.Date()), tf), safe_save_file(data.frame(a = 1), tf),
+    safe_save_file(list(x = c(1, NA)), tf, dtype = "I32"), safe_save_file(list(x = 1), tf, "F32"),
+    safe_save_file(list(x = 1), tf, metdata = list(a = "b")), safe_save_file(list(x = 1), file.path(tf, "no", "dir")),
+    safe_serialize(), safe_serialize(42), safe_serialize(list(x = 1), dtype = "C128"),
+    safe_serialize(list(x = c(1, NA)), dtype = "I32"),
+    safe_load_model(), safe_load_model(42, p), safe_save_model(), safe_save_model(42, tf),
+    safe_tensor_meta(), safe_tensor_meta(factor("a")), safe_tensor_buffer(), safe_tensor_buffer(factor("a")),
+    h[-1], h[[99]], h$nope, h[1, 2], h[[1, 2]], h[["nope"]], h[c("bias", "nope")], h[NA],
+    h$get_tensor("nope"), h$get_tensor(), h$get_tensor("bias", 2), h$keys(1), h$get_slice("nope"),
+    h$slice("nope"), h$slice(), h$metadata(1),
+    hc$bias, hc[["bias"]], hc[1:2], as.list(hc), summary(h, depth = 0), summary(hc),
+    s[9, 1], s[1], s[NA, 1], as.array(hc$slice("bias")),
+    safetensors$new("nope"), safetensors$new(), safetensors$new(p, "extra"), safetensors$new(p, framework = "nope"),
+    f$get_tensor("nope"), f$get_tensor(1)
+  )
+  for (cl in calls) {
+    e <- tryCatch(eval(cl), error = identity)
+    label <- deparse1(cl)
+    expect_true(inherits(e, "safetensors_error"), label = label)
+    expect_identical(if (inherits(e, "condition")) conditionCall(e), cl, label = label)
+  }
+  # Every exported function is among them.
+  called <- unique(vapply(calls, function(cl) deparse1(cl[[1]]), ""))
+  exported <- getNamespaceExports("safetensors")
+  fns <- exported[vapply(exported, function(n) is.function(getExportedValue("safetensors", n)), logical(1))]
+  expect_setequal(intersect(fns, called), fns)
+})
+
+test_that("error_frame() reports the outermost frame of the package, else what it was given", {
+  # A function outside the package calling one of it: the package's.
+  user <- function(x) safe_info(x)
+  e <- expect_error(user(42), class = "safetensors_error_invalid_argument")
+  expect_identical(conditionCall(e), quote(safe_info(x)))
+  # A function outside the package raising through the helpers with its
+  # own frame keeps it.
+  own <- function() st_abort("io", "Failed.")
+  e <- expect_error(own(), class = "safetensors_error_io")
+  expect_identical(conditionCall(e), quote(own()))
+  # Not a frame: passed on as it is.
+  expect_identical(error_frame(quote(f(1))), quote(f(1)))
+  expect_identical(error_frame(globalenv()), globalenv())
+  expect_identical(entry_index(new.env()), NA_integer_)
+  expect_null(entry_mark(globalenv()))
+})

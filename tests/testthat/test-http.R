@@ -11,7 +11,7 @@ test_that("a missing curl is a classed error that says how to install it", {
 })
 
 test_that("HF_TOKEN goes only to Hugging Face over https; option headers to the first origin", {
-  withr::local_envvar(HF_TOKEN = "hf_secret_token")
+  withr::local_envvar(HF_TOKEN = "hf_secret_token", HF_ENDPOINT = NA, HF_HUB_DISABLE_IMPLICIT_TOKEN = NA)
   withr::local_options(safetensors.http_headers = NULL)
   auth <- function(url, origin = url_origin(url_parse(url))) {
     h <- http_headers_for(url, origin)
@@ -121,7 +121,7 @@ test_that("HTTP errors are classed, with the status and the URL, secrets redacte
   expect_match(cnd$url, "token=***", fixed = TRUE)
   # Hub URLs get a hint about the token (no request made: an invalid port).
   expect_snapshot(http_status_abort("https://huggingface.co/org/m/resolve/main/model.safetensors", 401, call = NULL), error = TRUE)
-  withr::local_envvar(HF_TOKEN = NA)
+  withr::local_envvar(HF_TOKEN = NA, HUGGING_FACE_HUB_TOKEN = NA, HF_TOKEN_PATH = NA, HF_HOME = withr::local_tempdir())
   expect_snapshot(http_status_abort("https://huggingface.co/org/m/resolve/main/model.safetensors", 403, call = NULL), error = TRUE)
 })
 
@@ -185,4 +185,11 @@ test_that("a server that doesn't answer times out; one that doesn't listen fails
   cnd <- expect_error(http_fetch("http://127.0.0.1:1/x", 0, 9), class = "safetensors_error_http")
   expect_identical(cnd$status, NA_integer_)
   expect_error(http_fetch("http:///x", 0, 9), class = "safetensors_error_http")
+})
+
+test_that("a bad HTTP option quotes the value given", {
+  withr::local_options(safetensors.http_timeout = -1)
+  expect_snapshot(error = TRUE, http_timeout(NULL))
+  withr::local_options(safetensors.http_timeout = "30")
+  expect_snapshot(error = TRUE, http_timeout(NULL))
 })

@@ -186,3 +186,20 @@ test_that("safe_summary() of an empty file and its argument errors", {
     safe_summary(safe_serialize(list()), depth = "a")
   })
 })
+
+test_that("safe_info() and safe_summary() print to fit the width", {
+  index <- local_long_names()
+  info <- safe_info(index)
+  s <- safe_summary(index, depth = 4)
+  expect_fits_widths(info)
+  expect_fits_widths(s)
+  expect_snapshot({
+    print(info, width = 40)
+    print(info, width = 80)
+    print(info, width = 120)
+  })
+  expect_snapshot({
+    print(s, width = 40)
+    print(s, width = 120)
+  })
+})

@@ -60,9 +60,9 @@ test_that("a failing connection leaves its file and the session intact", {
   t <- local_target()
   x <- list(x = runif(10))
   open_before <- rownames(showConnections())
-  # Opened for reading only: R refuses the write (R's own error).
+  # Opened for reading only: refused before anything is written.
   con <- file(t$path, "rb")
-  expect_error(safe_save_file(x, con), class = "simpleError")
+  expect_error(safe_save_file(x, con), class = "safetensors_error_invalid_argument")
   close(con)
   expect_untouched(t)
   # Not yet opened: a conversion error comes before the file is opened
@@ -75,11 +75,11 @@ test_that("a failing connection leaves its file and the session intact", {
   # A destroyed connection.
   con <- file(t$path)
   close(con)
-  expect_error(safe_save_file(x, con), class = "simpleError")
+  expect_error(safe_save_file(x, con), class = "safetensors_error_closed")
   expect_untouched(t)
   # A read-only in-memory connection.
   con <- rawConnection(raw(0), "rb")
-  expect_error(safe_save_file(x, con), class = "simpleError")
+  expect_error(safe_save_file(x, con), class = "safetensors_error_invalid_argument")
   close(con)
   # No connection was left open, and saving through one still works.
   expect_identical(rownames(showConnections()), open_before)

@@ -319,20 +319,6 @@ expected_exact <- function(t, as = identity) {
   x
 }
 
-# Replaces function `name` of the package's namespace until the calling test
-# ends (testthat 3.1.6 has no local_mocked_bindings()).
-local_package_function <- function(name, value, .env = parent.frame()) {
-  ns <- asNamespace("safetensors")
-  old <- get(name, envir = ns)
-  set <- function(f) {
-    unlockBinding(name, ns)
-    assign(name, f, envir = ns)
-    lockBinding(name, ns)
-  }
-  set(value)
-  withr::defer(set(old), envir = .env)
-}
-
 test_that("int64 = \"character\" reads every I64 and U64 value exactly, silently", {
   for (file in c("dtype-I64.safetensors", "dtype-U64.safetensors")) {
     e <- expected_fixtures()[[file]]
@@ -459,7 +445,7 @@ test_that("the int64 and uint8 choices reach every load path", {
       # The progress bar's path reads through a handle.
       withr::local_options(
         rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 10,
-        cli.progress_show_after = 0, cli.dynamic = FALSE
+        cli.progress_show_after = 0, cli.dynamic = TRUE
       )
       withr::local_message_sink(withr::local_tempfile())
       same(safe_load_file(path, int64 = int64, uint8 = "raw"), "progress")
@@ -558,3 +544,10 @@ test_that("a shard truncated while its set loads gives the values or a classed e
   }
 })
 
+test_that("`tensors` must name each tensor once", {
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  expect_error(safe_load_file(p, tensors = c("bias", "bias")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_deserialize(read_bytes(p), tensors = c("bias", "step", "bias")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_load_file(p, tensors = c("bias", "bias"), framework = "raw"), class = "safetensors_error_invalid_argument")
+  expect_snapshot(error = TRUE, safe_load_file(p, tensors = c("bias", "step", "bias", "step", "weight")))
+})

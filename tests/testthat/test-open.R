@@ -221,8 +221,9 @@ test_that("a file rewritten in place under a memory map is an error", {
 test_that("handles complete names after $ and have a one-line str()", {
   path <- system.file("extdata", "example.safetensors", package = "safetensors")
   h <- safe_open(path)
-  expect_identical(utils::.DollarNames(h, ""), c("slice", names(h)))
+  expect_identical(utils::.DollarNames(h, ""), c("slice", "keys", "get_tensor", "get_slice", "metadata", names(h)))
   expect_identical(utils::.DollarNames(h, "^b"), "bias")
+  expect_identical(utils::.DollarNames(h, "^get"), c("get_tensor", "get_slice"))
   expect_output(str(h), "<safetensors_file> .*: 3 tensors$")
   close(h)
   expect_output(str(h), "3 tensors (closed)", fixed = TRUE)
@@ -276,4 +277,103 @@ test_that("sharded checkpoints open with the choices", {
   expect_identical(h$a, structure(c("1152921504606846976", "3"), dim = 2L, dtype = "I64"))
   expect_identical(h[["c"]], structure(as.raw(5:8), dim = 4L, dtype = "U8"))
   expect_identical(h$slice("b")[3:4], structure(as.raw(3:4), dim = 2L, dtype = "U8"))
+})
+
+test_that("handles speak Python's safe_open(): keys(), get_tensor(), get_slice(), metadata()", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  x <- list(zeta = c(1, 2), Alpha = 1:3, beta = matrix(1:6, 2), "\u00e9t\u00e9" = 1)
+  safe_save_file(x, path, metadata = list(format = "pt", b = "2"))
+  h <- safe_open(path)
+  withr::defer(close(h))
+  # Python sorts by code point; names() keeps the header's order.
+  expect_identical(h$keys(), c("Alpha", "beta", "zeta", "\u00e9t\u00e9"))
+  expect_identical(names(h), names(x))
+  expect_identical(h$get_tensor("beta"), h[["beta"]])
+  expect_identical(h$get_tensor(2), h[[2]])
+  expect_identical(h$get_slice("beta")[2, ], h$slice("beta")[2, ])
+  expect_identical(h$get_slice("beta")$get_shape(), c(2L, 3L))
+  expect_identical(h$get_slice("beta")$get_dtype(), "I32")
+  expect_identical(h$get_slice("beta")$name, "beta")
+  expect_identical(h$metadata(), c(b = "2", format = "pt"))
+  expect_identical(h$metadata(), safe_metadata(path))
+  # The same answers as Python's own reader.
+  skip_without_python()
+  out <- run_python(c(
+    "import json, sys",
+    "from safetensors import safe_open",
+    "with safe_open(sys.argv[1], 'np') as f:",
+    "    print(json.dumps({'keys': list(f.keys()), 'metadata': f.metadata()}))"
+  ), path)
+  py <- jsonlite::fromJSON(out)
+  expect_identical(h$keys(), enc2utf8(py$keys))
+  expect_identical(as.list(h$metadata()), py$metadata[names(h$metadata())])
+})
+
+test_that("a tensor named like a method is read with [[; $ gives the method", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(keys = 1:2, metadata = 3, get_tensor = 4, w = 5), path, metadata = list(k = "v"))
+  h <- safe_open(path)
+  withr::defer(close(h))
+  expect_type(h$keys, "closure")
+  expect_identical(h$keys(), c("get_tensor", "keys", "metadata", "w"))
+  expect_identical(h$metadata(), c(k = "v"))
+  expect_identical(as.vector(h[["keys"]]), 1:2)
+  expect_identical(as.vector(h[["metadata"]]), 3)
+  expect_identical(h$get_tensor("keys"), h[["keys"]])
+  expect_identical(as.vector(h$w), 5)
+  # Closed: the header's answers stay, reads are errors.
+  close(h)
+  expect_identical(h$keys(), c("get_tensor", "keys", "metadata", "w"))
+  expect_identical(h$metadata(), c(k = "v"))
+  expect_error(h$get_tensor("w"), class = "safetensors_error_closed")
+})
+
+test_that("as.list() of a handle reads every tensor, as safe_load_file() does", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(a = 1:3, b = matrix(c(0.5, 1), 1)), path, metadata = list(k = "v"))
+  h <- safe_open(path)
+  expect_identical(as.list(h), safe_load_file(path))
+  close(h)
+  h <- safe_open(path, framework = "raw")
+  expect_identical(as.list(h), safe_load_file(path, framework = "raw"))
+  close(h)
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(list(a = 1:3, b = 4:6), dir, max_shard_size = 12)
+  h <- safe_open(index)
+  expect_identical(as.list(h), safe_load_file(index))
+  close(h)
+  expect_error(as.list(h), class = "safetensors_error_closed")
+})
+
+test_that("the handle methods' errors cite them", {
+  path <- system.file("extdata", "example.safetensors", package = "safetensors")
+  h <- safe_open(path)
+  withr::defer(close(h))
+  expect_snapshot(error = TRUE, transform = function(x) gsub(path, "<path>", x, fixed = TRUE), {
+    h$get_tensor("nope")
+    h$get_tensor()
+    h$keys("extra")
+    h$get_slice("bias", 1)
+    h[1, 2]
+    h[["bias", "weight"]]
+  })
+  expect_identical(h[["bias", exact = FALSE]], h[["bias"]])
+  for (cl in alist(h$get_tensor("nope"), h$get_tensor(), h$keys("extra"), h$get_slice("bias", 1), h[1, 2])) {
+    e <- expect_error(eval(cl), class = "safetensors_error")
+    expect_identical(conditionCall(e), cl)
+  }
+})
+
+test_that("print() of a handle fits the width, cutting long names in the middle", {
+  index <- local_long_names()
+  h <- safe_open(index)
+  withr::defer(close(h))
+  expect_fits_widths(h)
+  expect_snapshot({
+    print(h, width = 40)
+    print(h, width = 80)
+    print(h, width = 120)
+  })
+  close(h)
+  expect_snapshot(print(h, width = 40))
 })

@@ -1,7 +1,8 @@
-# Progress bars: the grouped load and the streaming save must give exactly
-# what the one-call paths give. Tests are not interactive, so each test that
-# wants the bar path forces it with rlang's `rlang_interactive` option and
-# a tiny group size.
+# Progress bars: the load in pieces and the streaming save must give
+# exactly what the one-call paths give. Tests are not interactive and their
+# output can't redraw a line, so each test that wants the bar path forces
+# it with rlang's `rlang_interactive` option, cli's `cli.dynamic` and a
+# tiny group size.
 
 local_progress <- function(group = 100, .env = parent.frame()) {
   withr::local_options(
@@ -10,7 +11,7 @@ local_progress <- function(group = 100, .env = parent.frame()) {
       safetensors.progress = TRUE,
       safetensors.progress_group_bytes = group,
       cli.progress_show_after = 0,
-      cli.dynamic = FALSE
+      cli.dynamic = TRUE
     ),
     .local_envir = .env
   )
@@ -30,11 +31,13 @@ progress_tensors <- function() {
   )
 }
 
-test_that("the bar is off in tests, in knitr, when not interactive and by option", {
+test_that("the bar is off in tests, in knitr, when not interactive, where it can't be redrawn and by option", {
   expect_false(progress_enabled())
-  withr::local_options(rlang_interactive = TRUE)
+  withr::local_options(rlang_interactive = TRUE, cli.dynamic = TRUE)
   expect_true(progress_enabled())
   expect_true(progress_wanted(65 * 2^20))
+  # Output to a file or a pipe would keep every update as a line.
+  withr::with_options(list(cli.dynamic = FALSE), expect_false(progress_wanted(65 * 2^20)))
   expect_false(progress_wanted(c(32, 31) * 2^20))
   withr::local_options(safetensors.progress = FALSE)
   expect_false(progress_enabled())
@@ -63,35 +66,54 @@ test_that("is_interactive() decides as rlang::is_interactive() does", {
   }
 })
 
-test_that("byte_groups() splits tensors in order into groups of about the limit", {
-  expect_identical(byte_groups(numeric()), list())
-  expect_identical(unname(byte_groups(c(60, 30, 20, 200, 10), 100)), list(1:2, 3L, 4L, 5L))
-  expect_identical(unname(byte_groups(rep(1, 5), 100)), list(1:5))
-})
-
-test_that("a grouped load returns what the one-call load returns", {
+test_that("a load in pieces returns what the one-call load returns", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(progress_tensors(), path, metadata = list(k = "v"), dtype = c(d = "BF16", b = "I16"))
   fast <- safe_load_file(path)
   fast_sub <- safe_load_file(path, tensors = c("d", "a", "e"))
   fast_raw <- safe_load_file(path, framework = "raw", backend = "mmap")
   local_progress()
-  n <- count_calls("handle_read_", slow <- safe_load_file(path))
+  n <- count_calls("handle_read_piece_", slow <- safe_load_file(path))
   expect_gt(n, 2)
   expect_identical(slow, fast)
   expect_identical(safe_load_file(path, tensors = c("d", "a", "e")), fast_sub)
   expect_identical(safe_load_file(path, framework = "raw", backend = "mmap"), fast_raw)
+  # Every dtype and layout, read in pieces of rows.
+  all <- list(
+    f64 = array(seq(-1, 1, length.out = 120), c(4, 5, 6)), i64 = as.numeric(-20:20),
+    u8 = array(as.raw(0:59), c(3, 20)), b = rep(c(TRUE, FALSE, TRUE), 30), c = complex(real = 1:40, imaginary = -1),
+    i32 = matrix(c(1L, -2147483647L, 3:60), 6)
+  )
+  path2 <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(all, path2, dtype = c(i64 = "I64", b = "BOOL"))
+  withr::with_options(list(safetensors.progress = FALSE), want <- suppressWarnings(safe_load_file(path2, int64 = "character")))
+  expect_gt(count_calls("handle_read_piece_", got <- suppressWarnings(safe_load_file(path2, int64 = "character"))), 10)
+  expect_identical(got, want)
+})
+
+test_that("the bar moves within a tensor larger than a group", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  # Two tensors of 8000 bytes each, in groups of 1000 bytes: rows of them.
+  x <- list(a = matrix(as.numeric(1:1000), 100), b = matrix(as.numeric(1:1000), 10))
+  safe_save_file(x, path)
+  local_progress(group = 1000)
+  updates <- count_calls("cli_progress_update", y <- safe_load_file(path), ns = "cli")
+  expect_gte(updates, 16)
+  expect_identical(lapply(y, as.vector), lapply(x, as.vector))
+  h <- safe_open(path)
+  on.exit(close(h), add = TRUE)
+  expect_gte(count_calls("cli_progress_update", as.list(h), ns = "cli"), 16)
 })
 
 test_that("a small load takes the one-call path even when a bar may be shown", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(progress_tensors(), path)
   local_progress(group = 1e6)
-  expect_equal(count_calls("handle_read_", safe_load_file(path)), 0)
+  expect_equal(count_calls("handle_read_piece_", safe_load_file(path)), 0)
   expect_equal(count_calls("load_file_", safe_load_file(path)), 1)
 })
 
-test_that("grouped loads report errors as the one-call load does", {
+test_that("loads in pieces report errors as the one-call load does", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(progress_tensors(), path)
   local_progress()
@@ -107,7 +129,7 @@ test_that("a sharded checkpoint loads the same with a bar", {
   index <- safe_save_file(progress_tensors(), file.path(dir, "model.safetensors"), max_shard_size = 300)
   fast <- safe_load_file(index)
   local_progress()
-  n <- count_calls("handle_read_", slow <- safe_load_file(index))
+  n <- count_calls("handle_read_piece_", slow <- safe_load_file(index))
   expect_gt(n, length(list.files(dir, "-of-")))
   expect_identical(slow, fast)
 })
@@ -170,14 +192,13 @@ test_that("a streaming save that fails leaves no file and keeps the old one", {
   expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "x.safetensors")
 })
 
-test_that("the bar moves per group of bytes saved and per group loaded", {
+test_that("the bar moves per group of bytes saved and per piece loaded", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   local_progress()
   n <- count_calls("cli_progress_update", safe_save_file(progress_tensors(), path), ns = "cli")
   expect_equal(n, count_calls("writer_write_", safe_save_file(progress_tensors(), path)) - 1)
-  groups <- length(byte_groups(safe_info(path)$bytes))
   n <- count_calls("cli_progress_update", safe_load_file(path), ns = "cli")
-  expect_equal(n, groups)
+  expect_equal(n, count_calls("handle_read_piece_", safe_load_file(path)))
 })
 
 test_that("framework tensors save tensor by tensor with the bar, and torch loads with it", {

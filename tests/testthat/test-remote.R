@@ -27,6 +27,32 @@ test_that("headers come in one request of at most 64 KiB", {
   expect_true(all(is.na(log$auth)))
 })
 
+test_that("a connection dropped in the first request is retried as later ones are", {
+  srv <- local_http_server()
+  path <- serve(srv, http_model())
+  want <- safe_info(path)
+  # drop1: the first request for the path sends half of its bytes and
+  # drops the connection; the second is answered in full.
+  for (i in 1:5) {
+    srv$clear()
+    url <- srv$url(sprintf("model.safetensors?try=%d", i), "drop1")
+    expect_identical(safe_info(url)[, c("name", "dtype", "bytes")], want[, c("name", "dtype", "bytes")])
+    log <- srv$log()
+    expect_identical(log$range, rep("bytes=0-65535", 2))
+    expect_identical(log$sent, c(32768L, 65536L))
+  }
+  srv$clear()
+  expect_identical(safe_load_file(srv$url("model.safetensors?load", "drop1")), safe_load_file(path))
+  expect_identical(srv$log()$sent[1:2], c(32768L, 65536L))
+  # A server that drops more often than `safetensors.http_retries` allows
+  # is an HTTP error after 1 + retries requests.
+  withr::local_options(safetensors.http_retries = 1)
+  srv$clear()
+  cnd <- expect_error(safe_info(srv$url("model.safetensors?fail", "drop9")), class = "safetensors_error_http")
+  expect_true(is.na(cnd$status))
+  expect_identical(nrow(srv$log()), 2L)
+})
+
 test_that("a header longer than 64 KiB takes a second request for the rest", {
   srv <- local_http_server()
   x <- setNames(lapply(1:1500, function(i) c(i, i)), sprintf("model.layers.%04d.some_long_parameter_name.weight", 1:1500))

@@ -55,7 +55,8 @@ test_that("the `dtype` argument and attribute choose the dtype", {
   x <- list(a = c(1, 2), b = 3:4, c = structure(c(0.5, 1), dtype = "F16"))
   dtypes <- function(bytes) vapply(header_of(bytes), `[[`, "", "dtype")
   expect_identical(dtypes(safe_serialize(x)), c(a = "F64", b = "I32", c = "F16"))
-  expect_identical(dtypes(safe_serialize(x, dtype = "F32")), c(a = "F32", b = "F32", c = "F32"))
+  # A single floating-point dtype is for the floating-point tensors.
+  expect_identical(dtypes(safe_serialize(x, dtype = "F32")), c(a = "F32", b = "I32", c = "F32"))
   expect_identical(dtypes(safe_serialize(x, dtype = c(b = "U8", a = "BF16"))), c(a = "BF16", b = "U8", c = "F16"))
   expect_identical(dtypes(safe_serialize(x, dtype = c(c = "F64"))), c(a = "F64", b = "I32", c = "F64"))
   expect_identical(tensor_bytes(safe_serialize(x), "c"), as.raw(c(0x00, 0x38, 0x00, 0x3c)))
@@ -68,7 +69,34 @@ test_that("the `dtype` argument and attribute choose the dtype", {
     safe_serialize(list(a = structure(1, dtype = "f17"))),
     class = "safetensors_error_invalid_argument"
   )
-  expect_error(safe_serialize(list(a = 1 + 1i), dtype = "F64"), class = "safetensors_error_conversion")
+  expect_error(safe_serialize(list(a = 1 + 1i), dtype = c(a = "F64")), class = "safetensors_error_conversion")
+})
+
+test_that("a single floating-point dtype converts the floating-point tensors only; other single dtypes convert all", {
+  dtypes <- function(bytes) vapply(header_of(bytes), `[[`, "", "dtype")
+  x <- list(
+    w = runif(3), ids = 1:3, mask = c(TRUE, FALSE), bytes = as.raw(1:2), z = 1i,
+    h = structure(c(0.5, 1), dtype = "F16")
+  )
+  expect_identical(
+    dtypes(safe_serialize(x, dtype = "F16")),
+    c(w = "F16", ids = "I32", mask = "BOOL", bytes = "U8", z = "C64", h = "F16")
+  )
+  expect_identical(
+    dtypes(safe_serialize(x, dtype = c(ids = "I64", w = "BF16"))),
+    c(w = "BF16", ids = "I64", mask = "BOOL", bytes = "U8", z = "C64", h = "F16")
+  )
+  # Integer dtypes, BOOL and C64 apply to every tensor, as in 0.4.0.
+  expect_identical(dtypes(safe_serialize(list(ids = 1:3, v = c(1, 2)), dtype = "I64")), c(ids = "I64", v = "I64"))
+  expect_identical(dtypes(safe_serialize(list(ids = 0:1, v = c(0, 1)), dtype = "bool")), c(ids = "BOOL", v = "BOOL"))
+  # Raw vectors with a dtype and loaded arrays count by their dtype.
+  raw <- safe_load_file(safe_serialize(list(f = c(1.5, 2), i = 1:2)), framework = "raw")
+  expect_identical(dtypes(safe_serialize(raw, dtype = "F32")), c(f = "F32", i = "I32"))
+  # A single floating-point dtype for a list without floating-point tensors
+  # would convert nothing: an error that says how to name them.
+  expect_error(safe_serialize(list(ids = 1:3), dtype = "F32"), class = "safetensors_error_invalid_argument")
+  expect_snapshot(safe_serialize(list(ids = 1:3, mask = TRUE), dtype = "bfloat16"), error = TRUE)
+  expect_identical(safe_serialize(list(), dtype = "F16"), safe_serialize(list()))
 })
 
 test_that("each integer dtype holds its whole range", {
@@ -106,12 +134,23 @@ test_that("narrowing to floats rounds to nearest, ties to even", {
   expect_identical(tensor_bytes(safe_serialize(list(x = 1 + 2^-8 + 2^-30), dtype = "BF16"), "x"), as.raw(c(0x81, 0x3f)))
 })
 
-test_that("the doubles read from the 64-bit extremes save back as those extremes", {
-  expect_identical(
-    tensor_bytes(safe_serialize(list(x = 2^63), dtype = "I64"), "x"),
-    as.raw(c(rep(0xff, 7), 0x7f))
-  )
-  expect_identical(tensor_bytes(safe_serialize(list(x = 2^64), dtype = "U64"), "x"), as.raw(rep(0xff, 8)))
+test_that("2^63 as I64 and 2^64 as U64 are conversion errors, not the largest values", {
+  # The doubles just past the 64-bit ranges (each range's largest value has
+  # no double): nothing saturates.
+  expect_error(safe_serialize(list(x = c(1, 2^63, -2^63)), dtype = "I64"), class = "safetensors_error_conversion")
+  expect_error(safe_serialize(list(x = 2^64), dtype = "U64"), class = "safetensors_error_conversion")
+  expect_snapshot(error = TRUE, {
+    safe_serialize(list(x = c(1, 2^63, -2^63)), dtype = "I64")
+    safe_serialize(list(x = 2^64), dtype = "U64")
+  })
+  expect_identical(tensor_bytes(safe_serialize(list(x = -2^63), dtype = "I64"), "x"), as.raw(c(rep(0, 7), 0x80)))
+  expect_identical(tensor_bytes(safe_serialize(list(x = 2^64 - 2048), dtype = "U64"), "x"), as.raw(c(0, 0xf8, rep(0xff, 6))))
+  # What reading I64's largest value as a double gives (2^63, with a
+  # warning) can't be saved back as I64; integer64 saves it exactly.
+  big <- safe_serialize(list(x = bit64::as.integer64("9223372036854775807")))
+  y <- suppressWarnings(safe_deserialize(big))
+  expect_error(safe_serialize(y), class = "safetensors_error_conversion")
+  expect_identical(safe_serialize(safe_deserialize(big, int64 = "integer64")), big)
 })
 
 test_that("values a dtype can't hold are conversion errors", {
@@ -141,7 +180,7 @@ test_that("values a dtype can't hold are conversion errors", {
 
 test_that("NA in integer and logical tensors is an error", {
   expect_error(safe_serialize(list(x = c(1L, NA))), class = "safetensors_error_conversion")
-  expect_error(safe_serialize(list(x = c(1L, NA)), dtype = "F64"), class = "safetensors_error_conversion")
+  expect_error(safe_serialize(list(x = c(1L, NA)), dtype = c(x = "F64")), class = "safetensors_error_conversion")
   expect_error(safe_serialize(list(x = c(TRUE, NA))), class = "safetensors_error_conversion")
   expect_error(safe_serialize(list(x = NA), dtype = "U8"), class = "safetensors_error_conversion")
 })
@@ -155,10 +194,18 @@ test_that("tensors must be a list of uniquely named R arrays", {
   expect_error(safe_serialize(data.frame(a = 1)), class = "safetensors_error_invalid_argument")
   expect_error(safe_serialize(list(a = "text")), class = "safetensors_error_invalid_argument")
   expect_error(safe_serialize(list(a = list(1))), class = "safetensors_error_invalid_argument")
-  # A list named in part is refused, with the positions of the missing names.
+  # One tensor may have the empty name, as the format allows (PyTorch's
+  # forward hooks name an output so); two can't, nor a list without names.
   cnd <- expect_error(safe_serialize(list(a = 1, 2, 3)), class = "safetensors_error_invalid_argument")
   expect_match(conditionMessage(cnd), "Tensors 2 and 3 have none", fixed = TRUE)
-  expect_snapshot(safe_serialize(list(a = 1, 2)), error = TRUE)
+  expect_snapshot(error = TRUE, {
+    safe_serialize(list(a = 1, 2, 3))
+    safe_serialize(list(1, 2))
+  })
+  one <- safe_deserialize(safe_serialize(list(a = 1, 2L)))
+  expect_identical(names(one), c("a", ""))
+  expect_identical(one[[2]], structure(2L, dim = 1L, dtype = "I32"))
+  expect_identical(names(safe_deserialize(safe_serialize(setNames(list(1), "")))), "")
   # A loaded list keeps the empty name its file had.
   loaded <- safe_load_file(fixture("multi.safetensors"))
   expect_true("" %in% names(loaded))
@@ -244,10 +291,11 @@ test_that("saving what was loaded reproduces every file Python wrote, byte for b
     meta <- attr(x, "metadata")[["__metadata__"]]
     lossy <- vapply(e$tensors, function(t) isTRUE(t$inexact), TRUE)
     if (any(lossy)) {
-      # 64-bit integers beyond 2^53 were rounded (with a warning), so those
-      # tensors save as their rounded values; the rest round-trips exactly.
-      again <- suppressWarnings(safe_deserialize(safe_serialize(x, metadata = meta)))
-      expect_identical(again, x, label = file)
+      # 64-bit integers beyond 2^53 were rounded (with a warning); the
+      # largest ones rounded past their dtype's range (2^63 - 1 reads as
+      # 2^63), so saving them back is a conversion error, not a clamp. The
+      # rest round-trips exactly, and the raw bytes reproduce the file.
+      expect_error(safe_serialize(x, metadata = meta), class = "safetensors_error_conversion", label = file)
       expect_identical(safe_serialize(x[!lossy], metadata = meta), safe_serialize(raw[!lossy], metadata = meta))
       expect_identical(safe_serialize(raw, metadata = meta), bytes, label = file)
       next
@@ -402,6 +450,136 @@ test_that("names and metadata are written as UTF-8 whatever their encoding", {
   expect_false(file.exists(path))
 })
 
+test_that("strings not valid in their encoding are errors that show them escaped once, never rewritten", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  # Native strings with bytes invalid in this UTF-8 session (enc2utf8()
+  # would write "\xff" as "<ff>", a different name).
+  skip_if_not(l10n_info()[["UTF-8"]], "needs a UTF-8 session")
+  bad <- "bad\xff"
+  expect_false(validUTF8(bad))
+  expect_error(safe_save_file(setNames(list(1), bad), path), class = "safetensors_error_invalid_argument")
+  expect_error(safe_save_file(list(a = 1), path, metadata = list(k = "ok\xe9")), class = "safetensors_error_invalid_argument")
+  expect_error(safe_save_file(list(a = 1), path, metadata = setNames(list("v"), "k\xe9")), class = "safetensors_error_invalid_argument")
+  marked <- "caf\xe9"
+  Encoding(marked) <- "bytes"
+  utf8_bad <- "x\xff"
+  Encoding(utf8_bad) <- "UTF-8"
+  expect_false(file.exists(path))
+  expect_snapshot(error = TRUE, {
+    safe_serialize(setNames(list(1, 2), c("a", bad)))
+    safe_serialize(list(a = 1), metadata = list(k = "ok\xe9"))
+    safe_serialize(setNames(list(1), marked))
+    safe_serialize(setNames(list(1), utf8_bad))
+  })
+  # Valid UTF-8, Latin-1 and ASCII are fine, as is UTF-8 marked as native.
+  ok <- c("caf\u00e9", iconv("caf\u00e9", "UTF-8", "latin1"), "plain")
+  expect_identical(names(safe_deserialize(safe_serialize(setNames(list(1, 2, 3), c(ok[1], "b", ok[3]))))), c("caf\u00e9", "b", "plain"))
+  expect_identical(names(safe_deserialize(safe_serialize(setNames(list(1), ok[2])))), "caf\u00e9")
+})
+
+test_that("a save refuses FIFOs and devices before writing, and writes through symbolic links", {
+  skip_on_os("windows")
+  dir <- withr::local_tempdir()
+  x <- list(a = 1:3)
+  # A FIFO: refused, and left a FIFO (a rename would have replaced it).
+  fifo <- file.path(dir, "fifo.safetensors")
+  skip_if(system2("mkfifo", shQuote(fifo)) != 0, "mkfifo is not available")
+  cnd <- expect_error(safe_save_file(x, fifo), class = "safetensors_error_io")
+  expect_match(conditionMessage(cnd), "a FIFO", fixed = TRUE)
+  expect_identical(unname(system2("test", c("-p", shQuote(fifo)))), 0L)
+  expect_snapshot(safe_save_file(x, fifo), error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE))
+  expect_error(safe_save_file(x, fifo, max_shard_size = 10), class = "safetensors_error_io")
+  # A device: a node of /dev/null's kind made here (needs root), so that
+  # a regression could only replace this one; else the system's
+  # /dev/full, which only root could replace.
+  node <- file.path(dir, "null.safetensors")
+  made <- suppressWarnings(system2("mknod", c(shQuote(node), "c", "1", "3"), stdout = FALSE, stderr = FALSE)) == 0
+  device <- if (made) node else "/dev/full"
+  if (made || Sys.info()[["effective_user"]] != "root") {
+    cnd <- expect_error(safe_save_file(x, device), class = "safetensors_error_io")
+    expect_match(conditionMessage(cnd), "a character device", fixed = TRUE)
+    expect_identical(unname(system2("test", c("-c", shQuote(device)))), 0L)
+  }
+  # A symbolic link to a file: the file is replaced, the link kept.
+  target <- file.path(dir, "real.safetensors")
+  safe_save_file(list(old = 1), target)
+  link <- file.path(dir, "link.safetensors")
+  file.symlink("real.safetensors", link)
+  expect_identical(safe_save_file(x, link), link)
+  expect_identical(Sys.readlink(link), "real.safetensors")
+  expect_named(safe_load_file(target), "a")
+  expect_named(safe_load_file(link), "a")
+  # A dangling link: the file it names is created.
+  dangling <- file.path(dir, "dangling.safetensors")
+  file.symlink("made.safetensors", dangling)
+  safe_save_file(x, dangling)
+  expect_identical(Sys.readlink(dangling), "made.safetensors")
+  expect_named(safe_load_file(file.path(dir, "made.safetensors")), "a")
+  # A link to a folder is the folder.
+  sub <- file.path(dir, "sub")
+  dir.create(sub)
+  file.symlink("sub", file.path(dir, "to-sub"))
+  safe_save_file(x, file.path(dir, "to-sub"))
+  expect_identical(list.files(sub), "model.safetensors")
+  # Shards through a link go beside the file it names; the link, dangling
+  # once the single file is gone, still loads them (its index).
+  safe_save_file(list(a = runif(100), b = runif(100)), link, max_shard_size = 1000)
+  expect_false(file.exists(target))
+  expect_true(file.exists(file.path(dir, "real.safetensors.index.json")))
+  expect_named(safe_load_file(link), c("a", "b"))
+  # Nothing else was left in the folder.
+  expect_setequal(
+    list.files(dir, all.files = TRUE, no.. = TRUE),
+    c(
+      "fifo.safetensors", if (made) "null.safetensors", "link.safetensors", "dangling.safetensors",
+      "made.safetensors", "sub", "to-sub", "real.safetensors.index.json",
+      "real-00001-of-00002.safetensors", "real-00002-of-00002.safetensors"
+    )
+  )
+})
+
+test_that("tensors given as bytes of another dtype are converted by value", {
+  # framework = "raw" returns each tensor's bytes with its dtype and shape.
+  raw <- safe_load_file(safe_serialize(list(f = matrix(c(1.5, -2, 65504, 0.1), 2), i = c(1L, 300L))), framework = "raw")
+  back <- safe_deserialize(safe_serialize(raw, dtype = c(f = "F16", i = "I16")))
+  expect_identical(attr(back$f, "dtype"), "F16")
+  expect_identical(as.vector(back$f), c(1.5, -2, 65504, 0.0999755859375))
+  expect_identical(back$i, structure(c(1L, 300L), dim = 2L, dtype = "I16"))
+  # The same bytes as converting the values themselves.
+  expect_identical(
+    safe_serialize(raw, dtype = "BF16"),
+    safe_serialize(list(f = matrix(c(1.5, -2, 65504, 0.1), 2), i = c(1L, 300L)), dtype = "BF16")
+  )
+  # A value the dtype can't hold is an error naming it, counted in the
+  # order of the bytes (row-major).
+  raw$f <- safe_load_file(safe_serialize(list(f = matrix(c(1, 2, 1e6, 3), 2))), framework = "raw")$f
+  cnd <- expect_error(safe_serialize(raw, dtype = c(f = "F16")), class = "safetensors_error_conversion")
+  expect_identical(cnd$tensor, "f")
+  expect_snapshot(safe_serialize(raw, dtype = c(f = "F16")), error = TRUE)
+  expect_error(safe_serialize(raw, dtype = c(i = "U8")), class = "safetensors_error_conversion")
+})
+
+test_that("torch tensors take the dtype asked for, converted by value; one dtype converts the floating-point ones", {
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+  x <- list(
+    w = torch::torch_tensor(matrix(c(0.1, 2, -3, 65504), 2), dtype = torch::torch_float32()),
+    ids = torch::torch_tensor(c(1L, 2L, 3L), dtype = torch::torch_int64()),
+    mask = torch::torch_tensor(c(TRUE, FALSE))
+  )
+  dtypes <- function(bytes) vapply(header_of(bytes), `[[`, "", "dtype")
+  bytes <- safe_serialize(x, dtype = "BF16")
+  expect_identical(dtypes(bytes), c(w = "BF16", ids = "I64", mask = "BOOL"))
+  # The values R converts the same way: torch's row-major matrix.
+  want <- safe_serialize(list(w = matrix(c(0.1, 2, -3, 65504), 2), ids = c(1, 2, 3), mask = c(TRUE, FALSE)), dtype = c(w = "BF16", ids = "I64"))
+  expect_identical(bytes, want)
+  expect_identical(dtypes(safe_serialize(x, dtype = c(ids = "I32", w = "F16"))), c(w = "F16", ids = "I32", mask = "BOOL"))
+  # Out of range for the dtype asked: an error, not an infinity.
+  big <- list(w = torch::torch_tensor(c(1, 1e6), dtype = torch::torch_float32()))
+  expect_error(safe_serialize(big, dtype = "F16"), class = "safetensors_error_conversion")
+  expect_error(safe_serialize(list(f = torch::torch_tensor(c(1.5))), dtype = c(f = "I32")), class = "safetensors_error_conversion")
+})
+
 test_that("the \"dtype\" attribute keeps a dtype only where it holds the values exactly", {
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(list(w = c(0.5, 1.25, -3)), path, dtype = "F16")
@@ -435,7 +613,7 @@ test_that("dtypes may be named as numpy and torch name them, in any case, in the
     dtypes(safe_serialize(x, dtype = c(a = "bfloat16", b = "uint8", c = "Double", d = "f32"))),
     c(a = "BF16", b = "U8", c = "F64", d = "F32")
   )
-  expect_identical(dtypes(safe_serialize(x, dtype = "HALF")), c(a = "F16", b = "F16", c = "F16", d = "F16"))
+  expect_identical(dtypes(safe_serialize(x, dtype = "HALF")), c(a = "F16", b = "I32", c = "F16", d = "F16"))
   expect_identical(safe_serialize(x, dtype = "float8_e4m3fn"), safe_serialize(x, dtype = "F8_E4M3"))
   # What was written with an alias loads with the format's name.
   expect_identical(attr(safe_deserialize(safe_serialize(x))$c, "dtype"), "F16")
@@ -482,7 +660,7 @@ test_that("integer64 vectors convert to other dtypes by value; NA and out-of-ran
     safe_deserialize(safe_serialize(list(v = v), dtype = "uint64"), int64 = "character")$v,
     structure(c("1", "200", "3"), dim = 3L, dtype = "U64")
   )
-  expect_identical(safe_deserialize(safe_serialize(list(v = v), dtype = "F32"))$v, structure(c(1, 200, 3), dim = 3L, dtype = "F32"))
+  expect_identical(safe_deserialize(safe_serialize(list(v = v), dtype = c(v = "F32")))$v, structure(c(1, 200, 3), dim = 3L, dtype = "F32"))
   expect_error(safe_serialize(list(v = v), dtype = "I8"), class = "safetensors_error_conversion")
   expect_error(safe_serialize(list(v = -v), dtype = "U64"), class = "safetensors_error_conversion")
   na <- bit64::as.integer64(c(1, NA))
@@ -511,4 +689,19 @@ test_that("character arrays can't be written; the error says how to convert them
   x <- list(id = structure(c("9007199254740993", "1"), dim = 2L, dtype = "I64"))
   expect_error(safe_serialize(x), class = "safetensors_error_invalid_argument")
   expect_snapshot(error = TRUE, safe_serialize(x))
+})
+
+test_that("conversion and target messages say what is wrong", {
+  dir <- withr::local_tempdir()
+  complex_bytes <- structure(as.raw(rep(0, 8)), dtype = "C64", shape = 1L)
+  expect_snapshot(error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE), {
+    safe_serialize(list(x = c(1, NaN)), dtype = "I32")
+    safe_serialize(list(x = c(1, NA)), dtype = "U8")
+    safe_serialize(list(x = c(0, 1, 2)), dtype = "BOOL")
+    safe_serialize(list(x = c(0.5, 2.5)), dtype = "I16")
+    safe_serialize(list(x = 1e300), dtype = "F32")
+    safe_serialize(list(x = complex_bytes), dtype = c(x = "F32"))
+    safe_save_file(list(x = 1), file.path(dir, "no", "such", "x.safetensors"))
+    safe_save_file(list(x = 1, y = 2), file.path(dir, "no", "m.safetensors"), max_shard_size = 10)
+  })
 })

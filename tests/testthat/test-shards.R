@@ -222,10 +222,11 @@ test_that("saving into a folder replaces the checkpoint that was there, as a who
   expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.safetensors", 1:4), "model.safetensors.index.json"))
   expect_identical(load_dir(), lapply(set_tensors(2, 8), as.vector))
 
-  # The same shard names as the checkpoint there: the new shards take
-  # other names until the new index replaces the old one.
+  # The same shard names as the checkpoint there: the standard names
+  # again (the new shards wait under temporary names until the new index
+  # is in place).
   safe_save_file(set_tensors(3, 7), dir, max_shard_size = 800)
-  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.b.safetensors", 1:4), "model.safetensors.index.json"))
+  expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.safetensors", 1:4), "model.safetensors.index.json"))
   expect_identical(load_dir(), lapply(set_tensors(3, 7), as.vector))
   safe_save_file(set_tensors(4, 8), dir, max_shard_size = 800)
   expect_identical(checkpoint_files(dir), c(sprintf("model-%05d-of-00004.safetensors", 1:4), "model.safetensors.index.json"))
@@ -298,4 +299,258 @@ test_that("a save killed at any point leaves the old checkpoint or the new one, 
   }
   # Some kills landed before the commit and some after.
   expect_true("old" %in% seen)
+})
+
+# Every file of folder `dir`, dot files included.
+all_files <- function(dir) {
+  sort(list.files(dir, all.files = TRUE, no.. = TRUE, recursive = TRUE))
+}
+
+# `x` as loaded back: plain vectors by name.
+as_values <- function(x) lapply(x, as.vector)
+
+test_that("whatever form a save takes, the path it was given and its folder load what it saved", {
+  dir <- withr::local_tempdir()
+  writeLines("{}", file.path(dir, "config.json"))
+  file <- file.path(dir, "model.safetensors")
+  sets <- lapply(1:8, function(k) set_tensors(k, 3 + k %% 3))
+  # (path, shard size): a single file or shards, to the file path, the
+  # folder or the index path, each over what the one before left.
+  forms <- list(
+    list(file, "1kB"), list(file, NULL), list(dir, "1kB"), list(file, "1kB"), list(dir, NULL),
+    list(file.path(dir, "model.safetensors.index.json"), "1kB"), list(file, NULL), list(dir, "1kB")
+  )
+  for (k in seq_along(forms)) {
+    path <- forms[[k]][[1]]
+    size <- forms[[k]][[2]]
+    out <- safe_save_file(sets[[k]], path, max_shard_size = size)
+    want <- as_values(sets[[k]])
+    label <- sprintf("save %d to %s, max_shard_size %s", k, basename(path), format(size %||% "NULL"))
+    for (p in unique(c(path, dir, file, out))) {
+      expect_identical(as_values(safe_load_file(p)), want, label = paste(label, "- load", basename(p)))
+      expect_identical(safe_info(p)$name, names(want), label = label)
+      h <- safe_open(p)
+      expect_identical(names(h), names(want), label = label)
+      close(h)
+    }
+    sharded <- !is.null(size) && length(want) > 2
+    expected_files <- if (sharded) {
+      n <- length(unique(safe_info(out)$file))
+      c(sprintf("model-%05d-of-%05d.safetensors", seq_len(n), n), "model.safetensors.index.json")
+    } else {
+      "model.safetensors"
+    }
+    expect_identical(all_files(dir), sort(c("config.json", expected_files)), label = label)
+  }
+})
+
+test_that("the issue's case: a single file saved over shards replaces them", {
+  d <- withr::local_tempdir()
+  path <- file.path(d, "model.safetensors")
+  safe_save_file(list(old_a = runif(300), old_b = runif(300)), path, max_shard_size = "3kB")
+  # No file at the path: it loads through the index beside it.
+  expect_named(safe_load_file(path), c("old_a", "old_b"))
+  safe_save_file(list(new = 1:10), path)
+  expect_identical(all_files(d), "model.safetensors")
+  expect_named(safe_load_file(d), "new")
+  expect_identical(safe_info(d)$name, "new")
+  # Files the old index didn't name stay.
+  safe_save_file(list(old_a = runif(300), old_b = runif(300)), path, max_shard_size = "3kB")
+  writeLines("x", file.path(d, "model-00009-of-00009.safetensors"))
+  safe_save_file(list(new = 1:10), path)
+  expect_identical(all_files(d), c("model-00009-of-00009.safetensors", "model.safetensors"))
+})
+
+test_that("a failed sharded save leaves the old checkpoint as it was and no new file; its error names the shard", {
+  dir <- withr::local_tempdir()
+  safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  before <- all_files(dir)
+  bytes <- lapply(file.path(dir, before), read_bytes)
+  check_intact <- function(label) {
+    expect_identical(all_files(dir), before, label = label)
+    expect_identical(lapply(file.path(dir, before), read_bytes), bytes, label = label)
+  }
+  # The third tensor can't be converted: two shards were written already.
+  x <- set_tensors(2, 6)
+  x[[3]][[2]] <- NA
+  x[3] <- list(as.integer(x[[3]]))
+  cnd <- expect_error(safe_save_file(x, dir, max_shard_size = 800, dtype = c(layer.3.weight = "I32")), class = "safetensors_error_conversion")
+  check_intact("conversion error")
+  expect_match(conditionMessage(cnd), "model-00002-of-00003.safetensors", fixed = TRUE)
+  expect_snapshot(
+    safe_save_file(x, dir, max_shard_size = 800, dtype = c(layer.3.weight = "I32")),
+    error = TRUE,
+    transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE)
+  )
+  check_intact("snapshot")
+  # An error in the middle of the save (as an interrupt is): a framework
+  # tensor whose bytes can't be had, in the third shard.
+  registerS3method("safe_tensor_meta", "st_failing_tensor", function(x) list(shape = list(50), dtype = "F64"))
+  registerS3method("safe_tensor_buffer", "st_failing_tensor", function(x) stop("no bytes today"))
+  y <- set_tensors(3, 6)
+  y[[5]] <- structure(list(), class = "st_failing_tensor")
+  expect_error(safe_save_file(y, dir, max_shard_size = 800), "no bytes today")
+  check_intact("an error between shards")
+  # The next save works and leaves only its files.
+  safe_save_file(set_tensors(4, 2), dir, max_shard_size = 800)
+  expect_identical(all_files(dir), "model.safetensors")
+})
+
+test_that("a full disk fails a sharded save and leaves the old checkpoint as it was", {
+  skip_on_cran()
+  skip_if_not(Sys.info()[["sysname"]] == "Linux" && Sys.info()[["effective_user"]] == "root", "needs root on Linux")
+  dir <- withr::local_tempdir()
+  ok <- suppressWarnings(system2("mount", c("-t", "tmpfs", "-o", "size=256k", "tmpfs", shQuote(dir)), stdout = FALSE, stderr = FALSE))
+  skip_if(ok != 0, "can't mount a tmpfs here")
+  withr::defer(system2("umount", shQuote(dir)))
+  safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  before <- all_files(dir)
+  bytes <- lapply(file.path(dir, before), read_bytes)
+  big <- lapply(1:6, function(i) runif(10000))
+  names(big) <- sprintf("w%d", 1:6)
+  cnd <- expect_error(safe_save_file(big, dir, max_shard_size = 1e5), class = "safetensors_error_io")
+  expect_no_match(conditionMessage(cnd), "\\.tmp", fixed = FALSE)
+  expect_identical(all_files(dir), before)
+  expect_identical(lapply(file.path(dir, before), read_bytes), bytes)
+  safe_save_file(set_tensors(2, 6), dir, max_shard_size = 800)
+  expect_identical(as_values(safe_load_file(dir)), as_values(set_tensors(2, 6)))
+  # A read-only file system (which root can't write either).
+  before <- all_files(dir)
+  bytes <- lapply(file.path(dir, before), read_bytes)
+  skip_if(system2("mount", c("-o", "remount,ro", shQuote(dir)), stdout = FALSE, stderr = FALSE) != 0, "can't remount read-only")
+  expect_error(safe_save_file(set_tensors(3, 6), dir, max_shard_size = 800), class = "safetensors_error_io")
+  expect_error(safe_save_file(set_tensors(3, 2), dir), class = "safetensors_error_io")
+  expect_snapshot(safe_save_file(set_tensors(3, 2), dir), error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE))
+  expect_identical(all_files(dir), before)
+  expect_identical(lapply(file.path(dir, before), read_bytes), bytes)
+})
+
+test_that("a folder that can't be written fails the save, classed, and leaves it as it was", {
+  skip_on_cran()
+  skip_on_os("windows")
+  skip_if(Sys.info()[["effective_user"]] == "root", "root writes to read-only folders")
+  dir <- withr::local_tempdir()
+  safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  before <- all_files(dir)
+  Sys.chmod(dir, "555")
+  withr::defer(Sys.chmod(dir, "755"))
+  expect_error(safe_save_file(set_tensors(2, 6), dir, max_shard_size = 800), class = "safetensors_error_io")
+  expect_error(safe_save_file(set_tensors(2, 2), dir), class = "safetensors_error_io")
+  expect_identical(all_files(dir), before)
+})
+
+test_that("readers during saves get one whole checkpoint or the other, never a mix, and no warnings", {
+  skip_on_cran()
+  skip_if_not_installed("callr")
+  dir <- withr::local_tempdir()
+  a <- set_tensors(1, 8)
+  b <- set_tensors(2, 8)
+  c1 <- set_tensors(3, 3)
+  safe_save_file(a, dir, max_shard_size = 800)
+  wants <- list(as_values(a), as_values(b), as_values(c1))
+  # Two writers alternate between a sharded set, another sharded set of
+  # the same names, and a single file, for a few seconds each.
+  writer <- function(dir, sets, secs) {
+    end <- Sys.time() + secs
+    k <- 0
+    while (Sys.time() < end) {
+      k <- k + 1
+      x <- sets[[k %% length(sets) + 1]]
+      safetensors::safe_save_file(x, dir, max_shard_size = if (length(x) > 3) 800)
+    }
+    k
+  }
+  secs <- 4
+  w1 <- callr::r_bg(writer, list(dir, list(a, b, c1), secs), libpath = .libPaths())
+  w2 <- callr::r_bg(writer, list(dir, list(b, c1, a), secs), libpath = .libPaths())
+  withr::defer({
+    w1$kill()
+    w2$kill()
+  })
+  loads <- 0
+  bad <- 0
+  warned <- 0
+  end <- Sys.time() + secs
+  while (Sys.time() < end) {
+    got <- withCallingHandlers(
+      tryCatch(as_values(safe_load_file(dir)), error = function(e) e),
+      warning = function(w) {
+        warned <<- warned + 1
+        invokeRestart("muffleWarning")
+      }
+    )
+    loads <- loads + 1
+    if (inherits(got, "error") || !any(vapply(wants, identical, logical(1), got))) {
+      bad <- bad + 1
+    }
+  }
+  w1$wait(30000)
+  w2$wait(30000)
+  saves <- w1$get_result() + w2$get_result()
+  expect_gt(saves, 10)
+  expect_gt(loads, 10)
+  expect_identical(c(bad = bad, warned = warned), c(bad = 0, warned = 0))
+  # Once the saves end, the folder holds one checkpoint and nothing else.
+  final <- as_values(safe_load_file(dir))
+  expect_true(any(vapply(wants, identical, logical(1), final)))
+  expect_false(any(grepl("^\\.", all_files(dir))))
+})
+
+test_that("a shard set replaced while its shards are opened is read again, not reported as a bad index", {
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  old <- read_index(index)
+  # Another save: other tensors in shards of the same names.
+  other <- setNames(set_tensors(2, 6), sprintf("other.%d", 1:6))
+  safe_save_file(other, dir, max_shard_size = 800)
+  cnd <- expect_error(stop_if_replaced(index, old, index, NULL), class = "safetensors_error_file_changed")
+  expect_true(cnd$checkpoint_changed)
+  expect_silent(stop_if_replaced(index, read_index(index), index, NULL))
+  # A reader that read the old index and then opens the new shards finds
+  # them without its tensors: the index changed, so it says so (and a
+  # read starts over), instead of calling the index malformed.
+  local({
+    local_package_function("read_index", function(path, call) old)
+    expect_error(open_shard_set(index, "read"), class = "safetensors_error_file_changed")
+  })
+  expect_named(safe_load_file(dir), names(other))
+})
+
+test_that("a checkpoint replaced while it is opened says so", {
+  dir <- withr::local_tempdir()
+  index <- safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  old <- read_index(index)
+  h <- open_shard_set(index, "read")
+  withr::defer(for (p in h$parts) close_part(p))
+  expect_silent(stop_if_replaced(index, old, index, NULL, h$parts))
+  # The same tensors saved again: the same index bytes, other shard files.
+  safe_save_file(set_tensors(1, 6), dir, max_shard_size = 800)
+  expect_identical(read_index(index), old)
+  expect_error(stop_if_replaced(index, old, index, NULL, h$parts), class = "safetensors_error_file_changed")
+  expect_snapshot(stop_if_replaced(index, old, index, NULL, h$parts), error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE))
+})
+
+test_that("a save killed while renaming its shards leaves a checkpoint readers read whole, which the next save finishes", {
+  dir <- withr::local_tempdir()
+  x <- set_tensors(1, 6)
+  index <- safe_save_file(x, dir, max_shard_size = 800)
+  # As a save killed after its commit leaves the folder: the index names
+  # its save id, and a shard is still under its temporary name.
+  id <- strrep("0123456789abcdef", 2)
+  idx <- jsonlite::read_json(index)
+  idx$metadata$save_id <- id
+  jsonlite::write_json(idx, index, auto_unbox = TRUE)
+  shard <- "model-00003-of-00003.safetensors"
+  pending <- paste0(".", shard, ".", id, ".tmp")
+  file.rename(file.path(dir, shard), file.path(dir, pending))
+  expect_identical(as_values(safe_load_file(dir)), as_values(x))
+  expect_identical(as_values(safe_load_file(file.path(dir, "model.safetensors"))), as_values(x))
+  h <- safe_open(dir)
+  expect_identical(as.vector(h[["layer.6.weight"]]), as.vector(x[["layer.6.weight"]]))
+  close(h)
+  # Any save to the name first renames it into place (and then replaces
+  # the checkpoint); here one that fails, so the checkpoint stays.
+  expect_error(safe_save_file(list(a = c(1L, NA)), dir, dtype = c(a = "I32")), class = "safetensors_error_conversion")
+  expect_identical(all_files(dir), c(sprintf("model-%05d-of-00003.safetensors", 1:3), "model.safetensors.index.json"))
+  expect_identical(as_values(safe_load_file(dir)), as_values(x))
 })

@@ -284,7 +284,7 @@ test_that("a slice object acts as the array it stands for", {
   withr::defer(close(r))
   expect_snapshot(str(r$slice("cube")))
   # A tensor named "slice" is listed once after `$`.
-  expect_identical(utils::.DollarNames(h, ""), c("slice", "cube", "v", "s", "none"))
+  expect_identical(utils::.DollarNames(h, ""), c("slice", "keys", "get_tensor", "get_slice", "metadata", "cube", "v", "s", "none"))
   close(h)
   expect_snapshot(str(s))
   expect_error(as.array(s), class = "safetensors_error_closed")

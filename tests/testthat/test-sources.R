@@ -164,3 +164,180 @@ test_that("the end check looks at what a connection holds without waiting", {
   withr::defer(close(p))
   expect_identical(names(safe_load_file(p)), "a")
 })
+
+test_that("a folder's checkpoint: its single file, else its index, diffusers' names included", {
+  expect_identical(checkpoint_in(c("config.json", "model.safetensors")), "model.safetensors")
+  # transformers reads model.safetensors before the index.
+  expect_identical(
+    checkpoint_in(c("model.safetensors", "model.safetensors.index.json", "model-00001-of-00002.safetensors")),
+    "model.safetensors"
+  )
+  expect_identical(
+    checkpoint_in(c("model.safetensors.index.json", "model-00001-of-00002.safetensors")),
+    "model.safetensors.index.json"
+  )
+  expect_identical(
+    checkpoint_in(c("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")),
+    "diffusion_pytorch_model.safetensors"
+  )
+  expect_identical(
+    checkpoint_in(c("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors.index.json")),
+    "diffusion_pytorch_model.safetensors.index.json"
+  )
+  expect_identical(checkpoint_in(c("a.safetensors", "README.md")), "a.safetensors")
+  expect_identical(checkpoint_in(c("w.safetensors.index.json", "w-1.safetensors", "w-2.safetensors")), "w.safetensors.index.json")
+  expect_null(checkpoint_in(c("a.safetensors", "b.safetensors")))
+  expect_null(checkpoint_in(character()))
+
+  dir <- withr::local_tempdir()
+  safe_save_file(list(x = 1:3), file.path(dir, "diffusion_pytorch_model.safetensors"))
+  safe_save_file(list(x = 4:6), file.path(dir, "diffusion_pytorch_model.fp16.safetensors"))
+  dir.create(file.path(dir, "sub.safetensors"))
+  expect_identical(as.vector(safe_load_file(dir)$x), 1:3)
+})
+
+test_that("a folder is read from its index or its only file, else the error names what it holds", {
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  dir <- withr::local_tempdir()
+  label <- function(x) gsub(dir, "<dir>", x, fixed = TRUE)
+  expect_snapshot(error = TRUE, safe_load_file(dir), transform = label)
+  # One file of any name is the checkpoint.
+  file.copy(p, file.path(dir, "weights.safetensors"))
+  writeLines("{}", file.path(dir, "config.json"))
+  expect_identical(resolve_folder(dir), file.path(dir, "weights.safetensors"))
+  expect_identical(safe_load_file(dir), safe_load_file(p))
+  # Two, and none is model.safetensors: the user chooses.
+  file.copy(p, file.path(dir, "other.safetensors"))
+  expect_error(safe_open(dir), class = "safetensors_error_file_not_found")
+  expect_snapshot(error = TRUE, safe_info(dir), transform = label)
+  file.copy(p, file.path(dir, "model.safetensors"))
+  expect_identical(resolve_folder(dir), file.path(dir, "model.safetensors"))
+  # Indexes come first; two of them with none the usual name are an error.
+  sub <- file.path(dir, "sub")
+  dir.create(sub)
+  writeLines("{}", file.path(sub, "a.safetensors.index.json"))
+  writeLines("{}", file.path(sub, "b.safetensors.index.json"))
+  file.copy(p, file.path(sub, "x.safetensors"))
+  expect_snapshot(error = TRUE, safe_metadata(sub), transform = label)
+  unlink(file.path(sub, "b.safetensors.index.json"))
+  expect_identical(resolve_folder(sub), file.path(sub, "a.safetensors.index.json"))
+})
+
+test_that("every error a connection gives while read or written is classed, R's own as parent", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  bytes <- safe_serialize(list(a = 1:3))
+  writeBin(bytes, path)
+  x <- list(a = 1)
+  readers <- list(
+    safe_load_file = function(con) safe_load_file(con),
+    raw = function(con) safe_load_file(con, framework = "raw"),
+    safe_info = function(con) safe_info(con),
+    safe_open = function(con) safe_open(con)
+  )
+  for (r in names(readers)) {
+    read <- readers[[r]]
+    # Text mode.
+    con <- file(path, "r")
+    expect_error(read(con), class = "safetensors_error_invalid_argument", label = r)
+    close(con)
+    # Open for writing only.
+    con <- file(withr::local_tempfile(), "wb")
+    expect_error(read(con), class = "safetensors_error_invalid_argument", label = r)
+    close(con)
+    # Closed (destroyed).
+    con <- file(path, "rb")
+    close(con)
+    cnd <- expect_error(read(con), class = "safetensors_error_closed", label = r)
+    expect_s3_class(cnd$parent, "error")
+    # A file that can't be opened: R's warning saying why is the parent.
+    con <- file(file.path(withr::local_tempdir(), "none"))
+    cnd <- expect_error(read(con), class = "safetensors_error_io", label = r)
+    close(con)
+    expect_match(conditionMessage(cnd$parent), "No such file", fixed = TRUE)
+  }
+  out <- withr::local_tempfile()
+  for (mode in c("w", "rb")) {
+    con <- file(if (mode == "rb") path else out, mode)
+    expect_error(safe_save_file(x, con), class = "safetensors_error_invalid_argument", label = mode)
+    close(con)
+  }
+  con <- file(out, "wb")
+  close(con)
+  expect_error(safe_save_file(x, con), class = "safetensors_error_closed")
+  con <- file(file.path(withr::local_tempdir(), "no", "dir"))
+  expect_error(safe_save_file(x, con), class = "safetensors_error_io")
+  close(con)
+  expect_identical(read_bytes(path), bytes)
+  # A broken gzcon(): corrupt compressed data.
+  gz <- withr::local_tempfile(fileext = ".gz")
+  g <- gzfile(gz, "wb")
+  writeBin(bytes, g)
+  close(g)
+  damaged <- read_bytes(gz)
+  damaged[20:30] <- as.raw(0xff)
+  writeBin(damaged, gz)
+  con <- gzcon(file(gz, "rb"))
+  cnd <- expect_error(safe_load_file(con), class = "safetensors_error")
+  close(con)
+  expect_false(inherits(cnd, "simpleError"))
+  # A socket whose writer closes it halfway through the file.
+  skip_on_cran()
+  skip_if_not_installed("callr")
+  con <- local_socket_sending(bytes[seq_len(length(bytes) - 4)], hold = 0)
+  expect_error(safe_load_file(con), class = "safetensors_error_incomplete_buffer")
+  con <- local_socket_sending(bytes[1:20], hold = 0)
+  expect_error(safe_info(con), class = "safetensors_error_invalid_header_length")
+  text <- file(path, "r")
+  read_only <- file(path, "rb")
+  withr::defer({
+    close(text)
+    close(read_only)
+  })
+  expect_snapshot(error = TRUE, {
+    safe_load_file(text)
+    safe_save_file(x, read_only)
+  })
+})
+
+test_that("a checkpoint path resolves to its single file, else to the index beside it", {
+  dir <- withr::local_tempdir()
+  file <- file.path(dir, "model.safetensors")
+  index <- file.path(dir, "model.safetensors.index.json")
+  expect_error(resolve_folder(dir), class = "safetensors_error_file_not_found")
+  expect_identical(resolve_folder(file), file)
+  safe_save_file(list(a = runif(200), b = runif(200)), dir, max_shard_size = 1000)
+  expect_identical(resolve_folder(dir), index)
+  expect_identical(resolve_folder(file), index)
+  expect_identical(resolve_folder(index), index)
+  # A single file beside an index takes precedence, as in transformers.
+  writeBin(safe_serialize(list(single = 1)), file)
+  expect_identical(resolve_folder(dir), file)
+  expect_identical(resolve_folder(file), file)
+  # Other names: the only index, with its own single file first.
+  other <- withr::local_tempdir()
+  safe_save_file(list(a = runif(200), b = runif(200)), file.path(other, "m.safetensors"), max_shard_size = 1000)
+  expect_identical(resolve_folder(other), file.path(other, "m.safetensors.index.json"))
+  writeBin(safe_serialize(list(single = 1)), file.path(other, "m.safetensors"))
+  expect_identical(resolve_folder(other), file.path(other, "m.safetensors"))
+  # Not a local path: as given.
+  expect_identical(resolve_folder("https://example.org/model.safetensors"), "https://example.org/model.safetensors")
+  expect_identical(resolve_folder(raw(2)), raw(2))
+})
+
+test_that("connection and folder messages say what is wrong", {
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  writeBin(safe_serialize(list(a = 1)), path)
+  dir <- withr::local_tempdir()
+  write_only <- file(withr::local_tempfile(), "wb")
+  withr::defer(close(write_only))
+  # (A closed connection's message is not snapshotted: R gives its number
+  # to the next connection opened, and the snapshot opens some.)
+  closed <- file(path, "rb")
+  close(closed)
+  cnd <- expect_error(safe_load_file(closed), class = "safetensors_error_closed")
+  expect_match(conditionMessage(cnd), "It is closed: it is no longer a valid connection.", fixed = TRUE)
+  expect_snapshot(error = TRUE, transform = function(s) gsub(dir, "<dir>", s, fixed = TRUE), {
+    safe_info(write_only)
+    safe_load_file(dir)
+  })
+})

@@ -139,3 +139,14 @@ test_that("loads with the int64 and uint8 choices don't load rlang or cli", {
   }, libpath = .libPaths())
   expect_identical(loaded, c(rlang = FALSE, cli = FALSE))
 })
+
+test_that("print() of a loaded list with long names fits the width", {
+  index <- local_long_names()
+  x <- safe_load_file(index)
+  expect_fits_widths(x)
+  expect_snapshot({
+    print(x, width = 40)
+    print(x, width = 80)
+    print(x, width = 120)
+  })
+})

@@ -136,3 +136,26 @@ test_that("check_string() and check_bool() quote short values", {
     f("a", NA)
   })
 })
+
+test_that("an argument too many or one left out is a classed error citing the function", {
+  p <- system.file("extdata", "example.safetensors", package = "safetensors")
+  expect_snapshot(error = TRUE, {
+    safe_info(p, "extra")
+    safe_info(p, tensors = "bias")
+    safe_metadata(p, "extra", 2)
+    safe_summary(p, 1, "extra")
+    safe_info()
+    safe_save_file(list(a = 1))
+    safe_slice(p)
+  })
+  for (cl in alist(safe_info(p, "extra"), safe_metadata(p, x = 1), safe_summary(p, 1, 2), safe_info(), safe_slice(p))) {
+    e <- expect_error(eval(cl), class = "safetensors_error_invalid_argument")
+    expect_identical(conditionCall(e), cl)
+  }
+  # Arguments named in `.allow` pass.
+  f <- function(...) check_dots_empty(..., .allow = "framework")
+  expect_null(f(framework = "torch"))
+  expect_error(f("torch"), class = "safetensors_error_invalid_argument")
+  g <- function(x) check_required(x)
+  expect_null(g(1))
+})

@@ -6,11 +6,14 @@ test_that("tensors are described by name, in the engine's named form", {
     list(a = matrix(1:6, 2), b = structure(as.raw(1:4), dtype = "F16", shape = 2L), s = structure(2, shape = integer(0))),
     dtype = c(s = "F32"), metadata = list(k = "v")
   )
-  expect_named(spec, c("tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata"))
+  expect_named(spec, c("tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata", "from"))
   expect_identical(spec$names, c("a", "b", "s"))
   expect_identical(spec$dtypes, c("I32", "F16", "F32"))
   expect_identical(spec$shapes, list(c(2L, 3L), 2, integer(0)))
   expect_identical(spec$kinds, c("values", "bytes", "values"))
+  # The dtype of the bytes given, which the engine converts from.
+  expect_identical(spec$from, c("", "F16", ""))
+  expect_identical(tensor_spec(list(b = structure(as.raw(1:4), dtype = "F16", shape = 2L)), "F32", NULL)$from, "F16")
   expect_identical(spec$metadata, c(k = "v"))
   expect_identical(spec_sizes(spec), c(24, 4, 4))
   sub <- spec_subset(spec, c(3, 1))
@@ -157,7 +160,7 @@ test_that("a connection gets nothing when a value can't be converted", {
 test_that("a save's progress bar moves within one large tensor", {
   withr::local_options(
     rlang_interactive = TRUE, safetensors.progress = TRUE, safetensors.progress_group_bytes = 2^20,
-    cli.progress_show_after = 0, cli.dynamic = FALSE
+    cli.progress_show_after = 0, cli.dynamic = TRUE
   )
   withr::local_message_sink(withr::local_tempfile())
   path <- withr::local_tempfile(fileext = ".safetensors")
@@ -169,4 +172,15 @@ test_that("a save's progress bar moves within one large tensor", {
   safe_save_file(x, path)
   expect_gte(updates, 4)
   expect_identical(safe_load_file(path)$w, structure(x$w, dtype = "F64"))
+})
+
+test_that("NA and NaN in doubles are named as such when a dtype has no code for them", {
+  expect_snapshot(error = TRUE, {
+    safe_serialize(list(x = c(1, NA)), dtype = "I32")
+    safe_serialize(list(x = matrix(c(1, 2, NaN, 4), 2)), dtype = "I16")
+    safe_serialize(list(x = c(0.5, NA)), dtype = "F4")
+    safe_serialize(list(x = c(1, NA)), dtype = "BOOL")
+    safe_serialize(list(x = c(1L, NA)), dtype = "I32")
+    safe_serialize(list(x = c(1, 300)), dtype = "U8")
+  })
 })

@@ -11,9 +11,8 @@ use safetensors_core::error::Result;
 use safetensors_core::format::{Header, TensorInfo};
 
 use crate::robj::{
-    self, build, named_list_sexp, r_char, r_reals, r_set_attr, r_shape, r_strings, r_vec,
+    self, build, named_list_sexp, r_char, r_reals, r_set_attr, r_shape, r_strings, r_vec, AttrCache,
 };
-use crate::tensors::AttrCache;
 
 /// Checks that every name and metadata string can become an R string.
 pub fn check_strings(header: &Header) -> Result<()> {

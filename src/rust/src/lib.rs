@@ -6,8 +6,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod decimal;
+mod download;
 mod dtypes;
 mod frameworks;
+mod hf;
 mod info;
 mod load;
 mod open;
@@ -22,8 +24,10 @@ use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use download;
     use dtypes;
     use frameworks;
+    use hf;
     use load;
     use open;
     use shards;

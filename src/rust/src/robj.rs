@@ -10,10 +10,11 @@ use std::os::raw::c_void;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{
-    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_install, Rf_mkCharLenCE,
-    Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL, RAW, REAL,
-    SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, TYPEOF,
+    cetype_t, R_NamesSymbol, R_NilValue, R_xlen_t, Rf_allocVector, Rf_error, Rf_install,
+    Rf_mkCharLenCE, Rf_protect, Rf_setAttrib, Rf_unprotect, Rf_xlength, COMPLEX, INTEGER, LOGICAL,
+    RAW, REAL, SET_STRING_ELT, SET_VECTOR_ELT, SEXP, SEXPTYPE, TYPEOF,
 };
+use safetensors_core::dtype::{Dtype, ALL};
 use safetensors_core::error::{Error, Kind, Result};
 
 #[allow(improper_ctypes)] // SEXP is an opaque pointer, as in extendr-ffi.
@@ -39,6 +40,10 @@ struct AllocRequest {
     failed: bool,
 }
 
+/// The body of [`alloc`]'s R_tryCatchError: allocates the vector.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the AllocRequest of `alloc`.
 unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
     let req = unsafe { &*(data as *const AllocRequest) };
@@ -47,6 +52,10 @@ unsafe extern "C" fn alloc_body(data: *mut c_void) -> SEXP {
     unsafe { Rf_allocVector(req.ty, req.len) }
 }
 
+/// The error handler of [`alloc`]'s R_tryCatchError: notes the failure.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the AllocRequest of `alloc`.
 unsafe extern "C" fn alloc_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack.
     unsafe {
@@ -60,6 +69,10 @@ unsafe extern "C" fn alloc_failed(_cond: SEXP, data: *mut c_void) -> SEXP {
 /// implementation then returns NULL without calling the error handler, and
 /// anything else that jumps is stopped by the top-level context, so nothing
 /// unwinds through the Rust frames that called `alloc`.
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread, with `data` the AllocRequest of
+/// `alloc`.
 unsafe extern "C" fn alloc_toplevel(data: *mut c_void) {
     // SAFETY: `data` points to the AllocRequest on `alloc`'s stack; the
     // body reads it and the handler sets its flag.
@@ -159,7 +172,12 @@ pub fn reserve_vector_heap(rest: usize, bytes: usize) {
 /// that the next allocations trigger would have to be a full one to free
 /// it, where a young-generation collection does (measured: two full
 /// collections of 1000 tensors took 63-69 ms, one full and one young 35-40).
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread, with `data` an AllocRequest.
 unsafe extern "C" fn reserve_toplevel(data: *mut c_void) {
+    /// # Safety
+    /// Called by R_tryCatchError on R's thread, with `data` an AllocRequest.
     unsafe extern "C" fn body(data: *mut c_void) -> SEXP {
         // SAFETY: `data` points to the AllocRequest on the caller's stack.
         let req = unsafe { &*(data as *const AllocRequest) };
@@ -302,22 +320,56 @@ struct Build<F> {
     done: bool,
     /// Set by the error handler: an R error (out of memory).
     failed: bool,
+    /// Set when `f` panicked: what the panic said.
+    panicked: Option<String>,
 }
 
-unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
-    // SAFETY: `data` points to the Build<F> on `build`'s stack.
-    let job = unsafe { &mut *(data as *mut Build<F>) };
-    match job.f.take() {
-        Some(f) => {
-            let out = f();
-            job.done = true;
-            out
-        }
-        // SAFETY: R_NilValue is a valid SEXP once R runs.
-        None => unsafe { R_NilValue },
+/// What a panic's payload says (a `&str` or a `String`, as `panic!` makes).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic".to_string()
     }
 }
 
+/// The body of [`build`]'s R_tryCatchError: runs the job's function once.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the `Build<F>` of `build`.
+unsafe extern "C" fn build_body<F: FnOnce() -> SEXP>(data: *mut c_void) -> SEXP {
+    // SAFETY: `data` points to the Build<F> on `build`'s stack.
+    let job = unsafe { &mut *(data as *mut Build<F>) };
+    let Some(f) = job.f.take() else {
+        // SAFETY: R_NilValue is a valid SEXP once R runs.
+        return unsafe { R_NilValue };
+    };
+    // A panic must not unwind out of this `extern "C"` function (Rust
+    // aborts the process then): it is caught here and becomes an R error,
+    // raised below with nothing left to drop in this frame, so that R's
+    // jump to the error handler also undoes the protections `f` made.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(out) => {
+            job.done = true;
+            out
+        }
+        Err(payload) => {
+            job.panicked = Some(panic_text(&*payload));
+            drop(payload);
+            // SAFETY: a constant format and argument; R jumps to the
+            // handler of the R_tryCatchError around this call, over this
+            // frame, which holds nothing with a destructor.
+            unsafe { Rf_error(c"%s".as_ptr(), c"internal error".as_ptr()) }
+        }
+    }
+}
+
+/// The error handler of [`build`]'s R_tryCatchError: notes the failure.
+///
+/// # Safety
+/// Called by R on R's thread, with `data` the `Build<F>` of `build`.
 unsafe extern "C" fn build_failed<F>(_cond: SEXP, data: *mut c_void) -> SEXP {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     unsafe {
@@ -328,6 +380,10 @@ unsafe extern "C" fn build_failed<F>(_cond: SEXP, data: *mut c_void) -> SEXP {
 
 /// R_tryCatchError inside R_ToplevelExec, as for [`alloc`]: R errors reach
 /// the handler, an interrupt stops at the top-level context.
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread, with `data` the `Build<F>` of
+/// `build`.
 unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
     // SAFETY: `data` points to the Build<F> on `build`'s stack.
     unsafe {
@@ -338,8 +394,10 @@ unsafe extern "C" fn build_toplevel<F: FnOnce() -> SEXP>(data: *mut c_void) {
 
 /// Runs `f`, which builds R objects with the raw API (the `r_*` functions
 /// below), under one `R_tryCatchError` inside `R_ToplevelExec`: an R error
-/// inside it (R out of memory) becomes [`Kind::Memory`] here, and Ctrl-C
-/// [`Kind::Interrupted`], without unwinding through Rust frames. One call
+/// inside it (R out of memory) becomes [`Kind::Memory`] here, Ctrl-C
+/// [`Kind::Interrupted`], and a panic an internal error of kind
+/// [`Kind::InvalidArgument`] naming it, without unwinding through Rust
+/// frames or ending the R session. One call
 /// costs about as much as a few allocations, so objects are built in bulk,
 /// not one call each.
 ///
@@ -353,6 +411,7 @@ pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
         out: unsafe { R_NilValue },
         done: false,
         failed: false,
+        panicked: None,
     };
     // SAFETY: the callbacks only run `f` and record how it ended; R errors
     // are caught by R_tryCatchError and interrupts by R_ToplevelExec; the
@@ -363,6 +422,12 @@ pub fn build<F: FnOnce() -> SEXP>(f: F) -> Result<Robj> {
             &mut job as *mut Build<F> as *mut c_void,
         )
     };
+    if let Some(what) = job.panicked {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            format!("internal error: {what}"),
+        ));
+    }
     if job.failed {
         return Err(Error::new(
             Kind::Memory,
@@ -543,6 +608,80 @@ pub fn named_list(names: &[&str], values: Vec<Robj>) -> Robj {
     list
 }
 
+/// R objects shared by the attributes of many tensors, built once per call:
+/// symbols and one `"dtype"` string per dtype.
+pub(crate) struct AttrCache {
+    /// The symbol `dtype`.
+    pub(crate) dtype_sym: SEXP,
+    /// The symbol `shape`.
+    pub(crate) shape_sym: SEXP,
+    dtypes: [SEXP; ALL.len()],
+    /// The class `"integer64"`, once needed.
+    integer64: SEXP,
+    /// How many of `dtypes` and `integer64` are protected.
+    protected: i32,
+}
+
+impl AttrCache {
+    /// # Safety
+    /// Only inside [`build`]; call [`AttrCache::release`] before returning.
+    pub(crate) unsafe fn new() -> AttrCache {
+        // SAFETY: symbols are never collected.
+        unsafe {
+            AttrCache {
+                dtype_sym: r_sym("dtype"),
+                shape_sym: r_sym("shape"),
+                dtypes: [std::ptr::null_mut(); ALL.len()],
+                integer64: std::ptr::null_mut(),
+                protected: 0,
+            }
+        }
+    }
+
+    /// The `"dtype"` attribute value for `d`, protected until `release`.
+    ///
+    /// # Safety
+    /// Only inside [`build`], on a cache made there.
+    pub(crate) unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
+        let slot = &mut self.dtypes[d as usize];
+        if slot.is_null() {
+            // SAFETY: inside build; protected until release.
+            unsafe {
+                *slot = Rf_protect(r_strings([d.name()].into_iter()));
+            }
+            self.protected += 1;
+        }
+        *slot
+    }
+
+    /// The class attribute of bit64's vectors, protected until `release`.
+    ///
+    /// # Safety
+    /// Only inside [`build`], on a cache made there.
+    pub(crate) unsafe fn integer64(&mut self) -> SEXP {
+        if self.integer64.is_null() {
+            // SAFETY: inside build; protected until release.
+            unsafe {
+                self.integer64 = Rf_protect(r_strings(["integer64"].into_iter()));
+            }
+            self.protected += 1;
+        }
+        self.integer64
+    }
+
+    /// Unprotects the values the cache made; they must not be used after.
+    ///
+    /// # Safety
+    /// Only inside [`build`], once, when the values the cache protected are
+    /// the top of R's protection stack (everything protected since they
+    /// were has been unprotected).
+    pub(crate) unsafe fn release(&self) {
+        // SAFETY: exactly the values this cache protected, as the caller
+        // promises they are the top of the stack.
+        unsafe { Rf_unprotect(self.protected) };
+    }
+}
+
 /// A named list (raw API); `values` run in order, each result stored at
 /// once.
 ///
@@ -599,6 +738,10 @@ pub fn to_r(res: Result<Robj>) -> Robj {
     }
 }
 
+/// Lets R act on a pending Ctrl-C.
+///
+/// # Safety
+/// Called by R_ToplevelExec on R's thread (an interrupt jumps to it).
 unsafe extern "C" fn check_interrupt(_: *mut c_void) {
     // SAFETY: called by R_ToplevelExec on R's thread, which catches the
     // jump of an interrupt.
@@ -637,4 +780,40 @@ pub fn with_cell<T: 'static, R>(
         return Err(bad());
     };
     f(&mut inner)
+}
+
+#[cfg(test)]
+#[path = "../test-support/embedded_r.rs"]
+mod embedded_r;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::embedded_r::start_r;
+
+    #[test]
+    fn a_panic_while_building_is_an_error_and_r_goes_on() {
+        start_r();
+        // SAFETY (all the closures below): R runs; they allocate as `build`
+        // asks, inside it.
+        // SAFETY: as above.
+        let ok = build(|| unsafe { r_vec(SEXPTYPE::INTSXP, 3) }).unwrap();
+        assert_eq!(ok.len(), 3);
+        // SAFETY: as above.
+        let e = build(|| unsafe {
+            // A protection left unbalanced by the panic is undone by R.
+            Rf_protect(r_vec(SEXPTYPE::REALSXP, 10));
+            panic!("boom {}", 42);
+        })
+        .unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument);
+        assert_eq!(e.message, "internal error: boom 42");
+        // R still works, and its protection stack is balanced.
+        // SAFETY: as above.
+        let again = build(|| unsafe { r_vec(SEXPTYPE::RAWSXP, 5) }).unwrap();
+        assert_eq!(again.len(), 5);
+        let alloc_ok = alloc(SEXPTYPE::REALSXP, 4).unwrap();
+        assert_eq!(alloc_ok.len(), 4);
+    }
 }

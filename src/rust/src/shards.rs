@@ -1,14 +1,18 @@
-//! Sharded checkpoints (R/shards.R): the `model.safetensors.index.json`
-//! file beside the shards, read (from a file, or from bytes fetched over
-//! HTTP) and written by the core.
+//! Checkpoints (R/shards.R): the `model.safetensors.index.json` file beside
+//! the shards, read (from a file, or from bytes fetched over HTTP), and
+//! saves to a checkpoint's name, which replace it as a whole (the core's
+//! `checkpoint::Save` behind an external pointer).
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use extendr_api::prelude::*;
+use safetensors_core::checkpoint::Save;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::shards;
 
-use crate::robj::{check_r_string, named_list, raw_bytes, to_r};
+use crate::robj::{check_interrupt_now, check_r_string, named_list, raw_bytes, to_r};
+use crate::sources::{with_open, Backing};
 
 fn json_to_robj(v: &serde_json::Value) -> Robj {
     match v {
@@ -43,6 +47,10 @@ fn parse_index_(bytes: Robj) -> Robj {
     })())
 }
 
+/// `list(names, files, metadata, pending)`: each tensor's name and shard
+/// file, the index's metadata, and for each file the name a save writes it
+/// under until it renames it into place (`NA` when the index has no save
+/// id, as those of other writers).
 fn index_robj(index: &shards::Index) -> Result<Robj> {
     for (name, file) in &index.weight_map {
         check_r_string(name, "tensor name")?;
@@ -61,37 +69,178 @@ fn index_robj(index: &shards::Index) -> Result<Robj> {
         .iter()
         .map(|(_, v)| json_to_robj(v))
         .collect();
+    let pending: Robj = match index.save_id() {
+        Some(id) => Strings::from_values(
+            index
+                .weight_map
+                .iter()
+                .map(|(_, f)| shards::pending_name(f, id)),
+        )
+        .into(),
+        None => Strings::from_values(index.weight_map.iter().map(|_| Rstr::na())).into(),
+    };
     Ok(named_list(
-        &["names", "files", "metadata"],
-        vec![names.into(), files.into(), named_list(&keys, values)],
+        &["names", "files", "metadata", "pending"],
+        vec![
+            names.into(),
+            files.into(),
+            named_list(&keys, values),
+            pending,
+        ],
     ))
 }
 
-/// Writes an index file atomically: `total_size`, and each tensor of
-/// `names` mapped to the shard in `files`.
+/// Whether the file of open handle `x` is still at `path` (see
+/// `FileSource::is_at`); `FALSE` for other handles.
 /// @noRd
 #[extendr]
-fn write_index_(path: &str, total_size: f64, names: Robj, files: Robj, sync: bool) -> Robj {
-    to_r((|| -> Result<Robj> {
+fn file_is_at_(x: Robj, path: &str) -> bool {
+    with_open(&x, |open| {
+        Ok(match &open.backing {
+            Backing::File(f) => f.is_at(Path::new(path)),
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
+}
+
+/// A save to a checkpoint in progress, or nothing once committed or
+/// abandoned.
+struct SaveHandle(RefCell<Option<Save>>);
+
+/// Runs `f` on the save of `ck` (taking it out when `take`).
+fn with_save<T>(
+    ck: &Robj,
+    take: bool,
+    f: impl FnOnce(&mut Option<Save>) -> Result<T>,
+) -> Result<T> {
+    let closed = || Error::new(Kind::Closed, "internal error: the save is over");
+    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(ck) else {
+        return Err(closed());
+    };
+    let Ok(handle) = ptr.try_addr() else {
+        return Err(closed());
+    };
+    let Ok(mut state) = handle.0.try_borrow_mut() else {
+        return Err(closed());
+    };
+    if state.is_none() {
+        return Err(closed());
+    }
+    if take {
+        let mut owned = state.take();
+        return f(&mut owned);
+    }
+    f(&mut state)
+}
+
+/// Begins a save to the checkpoint whose single file is `path`: follows
+/// symbolic links, refuses FIFOs, devices and folders, locks the folder
+/// (waiting for another save to it) and cleans up after killed saves.
+/// Returns `list(save, target, index)`: the save (an external pointer; it
+/// is abandoned, its temporary files removed, when garbage-collected
+/// uncommitted), and the paths of the single file and of the index.
+/// @noRd
+#[extendr]
+fn save_begin_(path: &str) -> Robj {
+    to_r((|| {
+        let save = Save::begin(Path::new(path), &mut check_interrupt_now)?;
+        let target = save.target().to_string_lossy().into_owned();
+        let index = save.index_path().to_string_lossy().into_owned();
+        let ptr: Robj = ExternalPtr::new(SaveHandle(RefCell::new(Some(save)))).into();
+        Ok(named_list(
+            &["save", "target", "index"],
+            vec![ptr, target.into(), index.into()],
+        ))
+    })())
+}
+
+/// The name of shard `k` of `n` and the path to write it to:
+/// `list(name, temp)`.
+/// @noRd
+#[extendr]
+fn save_shard_(ck: Robj, k: f64, n: f64) -> Robj {
+    to_r(with_save(&ck, false, |save| {
+        let Some(save) = save.as_mut() else {
+            return Err(Error::new(Kind::Closed, "internal error: the save is over"));
+        };
+        let name = save.shard_name(k as usize, n as usize);
+        let temp = save.shard_temp(&name).to_string_lossy().into_owned();
+        Ok(named_list(
+            &["name", "temp"],
+            vec![name.into(), temp.into()],
+        ))
+    }))
+}
+
+/// Commits a single-file save (the file was just renamed into place).
+/// @noRd
+#[extendr]
+fn save_commit_single_(ck: Robj) -> Robj {
+    to_r(with_save(&ck, true, |save| {
+        if let Some(save) = save.take() {
+            save.commit_single();
+        }
+        Ok(().into())
+    }))
+}
+
+/// Commits a sharded save: its index maps each tensor of `names` to the
+/// shard in `files` and says `total_size`.
+/// @noRd
+#[extendr]
+fn save_commit_shards_(ck: Robj, names: Robj, files: Robj, total_size: f64, sync: bool) -> Robj {
+    to_r(with_save(&ck, true, |save| {
         let (Some(names), Some(files)) = (names.as_str_vector(), files.as_str_vector()) else {
-            return Err(Error::new(Kind::InvalidArgument, "malformed weight map"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: malformed weight map",
+            ));
         };
         if names.len() != files.len() || !(total_size >= 0.0 && total_size < 2f64.powi(63)) {
-            return Err(Error::new(Kind::InvalidArgument, "malformed weight map"));
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: malformed weight map",
+            ));
         }
         let map: Vec<(String, String)> = names
             .iter()
             .zip(&files)
             .map(|(n, f)| (n.to_string(), f.to_string()))
             .collect();
-        shards::write_index(Path::new(path), total_size as u64, &map, sync)?;
+        match save.take() {
+            Some(save) => save.commit_shards(&map, total_size as u64, sync)?,
+            None => return Err(Error::new(Kind::Closed, "internal error: the save is over")),
+        }
         Ok(().into())
-    })())
+    }))
+}
+
+/// Abandons a save, removing its temporary files and releasing the
+/// folder; harmless after a commit. Returns whether a save was abandoned.
+/// @noRd
+#[extendr]
+fn save_abort_(ck: Robj) -> Robj {
+    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&ck) else {
+        return false.into();
+    };
+    let Ok(handle) = ptr.try_addr() else {
+        return false.into();
+    };
+    let Ok(mut state) = handle.0.try_borrow_mut() else {
+        return false.into();
+    };
+    state.take().is_some().into()
 }
 
 extendr_module! {
     mod shards;
     fn read_index_;
     fn parse_index_;
-    fn write_index_;
+    fn file_is_at_;
+    fn save_begin_;
+    fn save_shard_;
+    fn save_commit_single_;
+    fn save_commit_shards_;
+    fn save_abort_;
 }

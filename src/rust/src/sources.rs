@@ -22,6 +22,7 @@ use extendr_ffi::{R_NilValue, R_SetExternalPtrProtected};
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::{self, Header, N_LEN};
 use safetensors_core::io::{self, Backend, FileSource, Memory, Segments, Source};
+use safetensors_core::read::Fetch;
 
 use crate::info::{check_strings, info_robj};
 use crate::robj::{raw_bytes, threads_from_r, to_r, with_cell};
@@ -128,6 +129,20 @@ impl Open {
         with_source(&self.backing, f)
     }
 
+    /// Starts reading whole tensors `names` in pieces of at most `max`
+    /// bytes (capped at 1 TiB): the [`Loader`], and the fetches its pieces
+    /// make up, in order.
+    pub fn start_loader(&self, names: &Robj, mode: Mode, max: f64) -> Result<(Loader, Vec<Fetch>)> {
+        let which = self.select(names)?;
+        Loader::new(
+            &self.header,
+            self.len(),
+            &which,
+            mode,
+            max.min(2f64.powi(40)) as usize,
+        )
+    }
+
     /// Runs `f` on the source, or for a remote file on the segments R
     /// fetched for this read: `segments` is `list(offsets, raw vectors)`
     /// (ignored for other sources).
@@ -168,7 +183,7 @@ impl Open {
     }
 
     /// The length of the file or buffer.
-    fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         match &self.backing {
             Backing::File(f) => f.len(),
             Backing::Memory { len, .. } => *len as u64,
@@ -323,14 +338,7 @@ fn remote_plan_(x: Robj, names: Robj, mode: Robj, max: f64) -> Robj {
                 "internal error: not a remote read",
             ));
         }
-        let which = open.select(&names)?;
-        let (loader, plan) = Loader::new(
-            &open.header,
-            open.len(),
-            &which,
-            mode,
-            max.min(2f64.powi(40)) as usize,
-        )?;
+        let (loader, plan) = open.start_loader(&names, mode, max)?;
         let offsets: Vec<f64> = plan.iter().map(|f| f.off as f64).collect();
         let lengths: Vec<f64> = plan.iter().map(|f| f.len as f64).collect();
         let pieces: Vec<Robj> = plan
@@ -356,7 +364,9 @@ fn remote_plan_(x: Robj, names: Robj, mode: Robj, max: f64) -> Robj {
     }))
 }
 
-fn with_loader<T>(x: &Robj, f: impl FnOnce(&mut Loader) -> Result<T>) -> Result<T> {
+/// Runs `f` on the loader behind the external pointer `x` (from
+/// `remote_plan_()` or `handle_plan_()`).
+pub fn with_loader<T>(x: &Robj, f: impl FnOnce(&mut Loader) -> Result<T>) -> Result<T> {
     with_cell(x, "a loader", f)
 }
 
@@ -378,7 +388,8 @@ fn remote_feed_(loader: Robj, piece: i32, bytes: Robj, threads: i32) -> Robj {
     }))
 }
 
-/// The tensors of a remote read once every piece was fed: `list(tensors,
+/// The tensors of a read in pieces once every piece was read (fed from a
+/// remote file, or read by `handle_read_piece_()`): `list(tensors,
 /// inexact, int_min, max_offset)`, as `handle_read_()` returns them.
 /// @noRd
 #[extendr]

@@ -16,7 +16,7 @@ use extendr_ffi::{
     SET_VECTOR_ELT, SEXP, SEXPTYPE, VECTOR_ELT,
 };
 use safetensors_core::convert::{self, r_type, DecodeStats, RType, SharedSlice, SharedVector};
-use safetensors_core::dtype::{Dtype, ALL};
+use safetensors_core::dtype::Dtype;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::format::{Header, TensorInfo};
 use safetensors_core::io::{Segments, Source};
@@ -27,7 +27,7 @@ use crate::decimal::{fill_decimal, Scratch};
 use crate::info::header_sexp;
 use crate::robj::{
     self, build, check_interrupt_now, named_list_sexp, r_reals, r_set_attr, r_shape, r_strings,
-    r_sym, r_vec, vec_data,
+    r_vec, vec_data, AttrCache,
 };
 
 /// What I64 and U64 tensors become in mode `Array` (R's `int64 =`).
@@ -220,78 +220,6 @@ fn spec_of(w: &TensorDesc<'_>, mode: Mode, what: TensorOrSlice) -> Result<Spec> 
                 count_i32_min: copy && w.dtype == Dtype::I32,
             })
         }
-    }
-}
-
-/// R objects shared by the attributes of many tensors, built once per call:
-/// symbols and one `"dtype"` string per dtype.
-pub(crate) struct AttrCache {
-    dtype_sym: SEXP,
-    shape_sym: SEXP,
-    dtypes: [SEXP; ALL.len()],
-    /// The class `"integer64"`, once needed.
-    integer64: SEXP,
-    /// How many of `dtypes` and `integer64` are protected.
-    protected: i32,
-}
-
-impl AttrCache {
-    /// # Safety
-    /// Only inside [`build`]; call [`AttrCache::release`] before returning.
-    pub(crate) unsafe fn new() -> AttrCache {
-        // SAFETY: symbols are never collected.
-        unsafe {
-            AttrCache {
-                dtype_sym: r_sym("dtype"),
-                shape_sym: r_sym("shape"),
-                dtypes: [std::ptr::null_mut(); ALL.len()],
-                integer64: std::ptr::null_mut(),
-                protected: 0,
-            }
-        }
-    }
-
-    /// The `"dtype"` attribute value for `d`, protected until `release`.
-    ///
-    /// # Safety
-    /// Only inside [`build`], on a cache made there.
-    pub(crate) unsafe fn dtype(&mut self, d: Dtype) -> SEXP {
-        let slot = &mut self.dtypes[d as usize];
-        if slot.is_null() {
-            // SAFETY: inside build; protected until release.
-            unsafe {
-                *slot = Rf_protect(r_strings([d.name()].into_iter()));
-            }
-            self.protected += 1;
-        }
-        *slot
-    }
-
-    /// The class attribute of bit64's vectors, protected until `release`.
-    ///
-    /// # Safety
-    /// Only inside [`build`], on a cache made there.
-    unsafe fn integer64(&mut self) -> SEXP {
-        if self.integer64.is_null() {
-            // SAFETY: inside build; protected until release.
-            unsafe {
-                self.integer64 = Rf_protect(r_strings(["integer64"].into_iter()));
-            }
-            self.protected += 1;
-        }
-        self.integer64
-    }
-
-    /// Unprotects the values the cache made; they must not be used after.
-    ///
-    /// # Safety
-    /// Only inside [`build`], once, when the values the cache protected are
-    /// the top of R's protection stack (everything protected since they
-    /// were has been unprotected).
-    pub(crate) unsafe fn release(&self) {
-        // SAFETY: exactly the values this cache protected, as the caller
-        // promises they are the top of the stack.
-        unsafe { Rf_unprotect(self.protected) };
     }
 }
 
@@ -670,7 +598,9 @@ fn read_result(
 /// from a source that is fetched rather than read (a file over HTTP): the
 /// R vectors are allocated first, each piece is read into them as it
 /// comes, and [`Loader::finish`] returns what [`read_tensors`] would have.
-/// Only one piece of the source is in memory at a time.
+/// Only one piece of the source is in memory at a time. A local file is
+/// read in the same pieces ([`Loader::read_piece`]) when R moves a progress
+/// bar between them.
 pub struct Loader {
     /// `None` once finished.
     tensors: Option<Tensors>,
@@ -725,6 +655,25 @@ impl Loader {
     /// Reads piece `p` (counted over all fetches, from 0), whose bytes are
     /// `bytes`, into the tensors, on up to `threads` threads.
     pub fn feed(&mut self, p: usize, bytes: &[u8], threads: usize) -> Result<()> {
+        if self
+            .pieces
+            .get(p)
+            .is_some_and(|piece| bytes.len() != piece.len)
+        {
+            return Err(Error::new(
+                Kind::InvalidArgument,
+                "internal error: the piece's bytes don't match it",
+            ));
+        }
+        let off = self.pieces.get(p).map_or(0, |piece| piece.off);
+        let src = Segments::new(self.file_len, vec![(off, bytes)])?;
+        self.read_piece(p, &src, threads)
+    }
+
+    /// Reads piece `p` (counted over all fetches, from 0) from `src`, which
+    /// holds at least its bytes (the whole file, for a local read in
+    /// pieces), into the tensors, on up to `threads` threads.
+    pub fn read_piece(&mut self, p: usize, src: &dyn Source, threads: usize) -> Result<()> {
         let internal = |m: &str| Error::new(Kind::InvalidArgument, format!("internal error: {m}"));
         let Some(tensors) = &self.tensors else {
             return Err(internal("the read is finished"));
@@ -732,10 +681,9 @@ impl Loader {
         let Some(piece) = self.pieces.get(p) else {
             return Err(internal("no such piece"));
         };
-        if bytes.len() != piece.len || self.done[p] {
-            return Err(internal("the piece's bytes don't match it"));
+        if self.done[p] {
+            return Err(internal("the piece was read already"));
         }
-        let src = Segments::new(self.file_len, vec![(piece.off, bytes)])?;
         let mut slots = Vec::new();
         let mut tasks = Vec::new();
         for (k, (info, &pos)) in self.infos.iter().zip(&self.positions).enumerate() {
@@ -751,7 +699,7 @@ impl Loader {
             });
             slots.push(k);
         }
-        let stats = read::read_tasks(&src, &tasks, threads, &mut check_interrupt_now)?;
+        let stats = read::read_tasks(src, &tasks, threads, &mut check_interrupt_now)?;
         for (k, s) in slots.into_iter().zip(stats) {
             self.stats[k] = self.stats[k].merge(s);
         }

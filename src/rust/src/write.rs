@@ -76,10 +76,10 @@ impl Helper {
                     // Interrupts are checked on R's thread, between calls.
                     let poll = &mut || Ok(());
                     let res = match &mut out {
-                        Out::File(w) => w.put(bytes, poll),
-                        Out::Raw(w) => w.put(bytes, poll),
-                        Out::Stream(w) => w.put(bytes, poll),
-                        Out::Placed(w) => w.put(bytes, poll),
+                        Out::File(w) => w.put(bytes, lent.from, poll),
+                        Out::Raw(w) => w.put(bytes, lent.from, poll),
+                        Out::Stream(w) => w.put(bytes, lent.from, poll),
+                        Out::Placed(w) => w.put(bytes, lent.from, poll),
                     }
                     .map(|_| ());
                     if tell.send((out, res)).is_err() {
@@ -106,10 +106,11 @@ impl Drop for Helper {
 }
 
 /// The first `n` bytes of a raw vector R keeps alive and leaves alone
-/// while the helper thread writes them out.
+/// while the helper thread writes them out, of dtype `from`.
 struct Lent {
     ptr: *const u8,
     n: usize,
+    from: Dtype,
 }
 
 // SAFETY: R keeps the vector alive (`pending` holds it) and does not modify
@@ -189,8 +190,8 @@ impl Drop for SaveHandle {
 }
 
 /// Positions of the description's fields (R/write.R builds it).
-const FIELDS: [&str; 7] = [
-    "tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata",
+const FIELDS: [&str; 8] = [
+    "tensors", "names", "dtypes", "shapes", "kinds", "exact", "metadata", "from",
 ];
 
 fn field(spec: &List, i: usize) -> Result<Robj> {
@@ -316,31 +317,39 @@ fn int64_of(x: &Robj) -> Option<Src<'_>> {
     }
 }
 
-/// Each tensor's input, from the description's `tensors`, `kinds` and
-/// `exact`: `"values"` (an R vector to convert, rounded to nearest or, where
-/// `exact`, written only if the dtype holds every value exactly),
-/// `"integer64"` (bit64's integer64, converted from its int64 values),
-/// `"bytes"` (a raw vector of the bytes as stored) or `"later"` (bytes R
-/// puts when the tensor's turn comes). `values` must outlive the inputs.
+/// Each tensor's input, from the description's `tensors`, `kinds`,
+/// `exact` and `from`: `"values"` (an R vector to convert, rounded to
+/// nearest or, where `exact`, written only if the dtype holds every value
+/// exactly), `"integer64"` (bit64's integer64, converted from its int64
+/// values, the same way), `"bytes"` (a raw vector of the bytes as stored in
+/// dtype `from`) or `"later"` (bytes of dtype `from` that R puts when the
+/// tensor's turn comes). `values` must outlive the inputs.
 fn inputs_of<'a>(
     values: &'a [Robj],
     kinds: &[&str],
     exact: &[Rbool],
+    from: &[&str],
     names: &[String],
 ) -> Result<Vec<Input<'a>>> {
+    let dtype = |d: &str, name: &str| {
+        Dtype::from_name(d).ok_or_else(|| {
+            Error::tensor(Kind::InvalidArgument, name, format!("unknown dtype `{d}`"))
+        })
+    };
     values
         .iter()
         .zip(kinds)
         .zip(exact)
+        .zip(from)
         .zip(names)
-        .map(|(((x, &kind), exact), name)| match kind {
-            "values" => {
-                let rounding = if exact.is_true() {
-                    Rounding::Exact
-                } else {
-                    Rounding::Nearest
-                };
-                src_of(x)
+        .map(|((((x, &kind), exact), &from), name)| {
+            let rounding = if exact.is_true() {
+                Rounding::Exact
+            } else {
+                Rounding::Nearest
+            };
+            match kind {
+                "values" => src_of(x)
                     .map(|src| Input::Values(src, rounding))
                     .ok_or_else(|| {
                         Error::tensor(
@@ -348,26 +357,29 @@ fn inputs_of<'a>(
                             name,
                             format!("tensor `{name}` is not a vector"),
                         )
+                    }),
+                "integer64" => int64_of(x)
+                    .map(|src| Input::Values(src, rounding))
+                    .ok_or_else(|| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("tensor `{name}` is not an integer64 vector"),
+                        )
+                    }),
+                "bytes" => {
+                    let from = dtype(from, name)?;
+                    raw_bytes(x).map(|b| Input::Bytes(b, from)).map_err(|_| {
+                        Error::tensor(
+                            Kind::InvalidArgument,
+                            name,
+                            format!("the buffer of tensor `{name}` must be raw"),
+                        )
                     })
+                }
+                "later" => Ok(Input::Later(dtype(from, name)?)),
+                _ => Err(malformed()),
             }
-            "integer64" => int64_of(x)
-                .map(|src| Input::Values(src, Rounding::Nearest))
-                .ok_or_else(|| {
-                    Error::tensor(
-                        Kind::InvalidArgument,
-                        name,
-                        format!("tensor `{name}` is not an integer64 vector"),
-                    )
-                }),
-            "bytes" => raw_bytes(x).map(Input::Bytes).map_err(|_| {
-                Error::tensor(
-                    Kind::InvalidArgument,
-                    name,
-                    format!("the buffer of tensor `{name}` must be raw"),
-                )
-            }),
-            "later" => Ok(Input::Later),
-            _ => Err(malformed()),
         })
         .collect()
 }
@@ -397,18 +409,20 @@ fn with_writer<T>(w: &Robj, f: impl FnOnce(&mut Out, &[Input<'_>]) -> Result<T>)
         let kinds = field(&spec, 4)?;
         let exact = field(&spec, 5)?;
         let names = field(&spec, 1)?;
-        let (Some(kinds), Some(exact), Some(names)) = (
+        let from = field(&spec, 7)?;
+        let (Some(kinds), Some(exact), Some(names), Some(from)) = (
             kinds.as_str_vector(),
             exact.as_logical_slice(),
             names.as_string_vector(),
+            from.as_str_vector(),
         ) else {
             return Err(malformed());
         };
-        if kinds.len() != values.len() || exact.len() != values.len() || names.len() != values.len()
-        {
+        let n = values.len();
+        if kinds.len() != n || exact.len() != n || names.len() != n || from.len() != n {
             return Err(malformed());
         }
-        let inputs = inputs_of(&values, &kinds, exact, &names)?;
+        let inputs = inputs_of(&values, &kinds, exact, &from, &names)?;
         f(out, &inputs)
     })
 }
@@ -438,19 +452,20 @@ fn with_writer_out<T>(w: &Robj, f: impl FnOnce(&mut Out) -> Result<T>) -> Result
     res
 }
 
-/// Whether tensor `i` of writer `w`'s description has its bytes put by R
-/// (kind `"later"`).
-fn is_later(w: &Robj, i: usize) -> bool {
-    spec_of(w)
-        .and_then(|spec| field(&spec, 4))
-        .ok()
-        .and_then(|kinds| {
-            kinds
-                .as_str_iter()
-                .and_then(|mut k| k.nth(i))
-                .map(|k| k == "later")
-        })
-        .unwrap_or(false)
+/// The dtype in which R puts the bytes of tensor `i` of writer `w`'s
+/// description and the tensor's own dtype, if R puts them (kind `"later"`).
+fn later_dtypes(w: &Robj, i: usize) -> Option<(Dtype, Dtype)> {
+    let spec = spec_of(w).ok()?;
+    let nth = |k: usize| -> Option<Dtype> {
+        let x = field(&spec, k).ok()?;
+        let name = x.as_str_iter()?.nth(i)?;
+        Dtype::from_name(name)
+    };
+    let kinds = field(&spec, 4).ok()?;
+    if kinds.as_str_iter()?.nth(i)? != "later" {
+        return None;
+    }
+    Some((nth(7)?, nth(2)?))
 }
 
 /// Opens a save of the tensors `spec` describes (see R/write.R), to the
@@ -576,12 +591,12 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
                 Out::Stream(w) => w.current(),
                 Out::Placed(w) => w.current(),
             };
-            if !current.is_some_and(|i| is_later(&w, i)) {
+            let Some((from, dtype)) = current.and_then(|i| later_dtypes(&w, i)) else {
                 return Err(Error::new(
                     Kind::InvalidArgument,
                     "internal error: bytes were given for a tensor the writer converts from its values",
                 ));
-            }
+            };
             let all = raw_bytes(&bytes)?;
             let Some(part) = (n >= 0.0 && n.fract() == 0.0)
                 .then_some(n as usize)
@@ -592,7 +607,9 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
                     "internal error: more bytes asked for than given",
                 ));
             };
-            if detach && !matches!(out, Out::Stream(_)) {
+            // Bytes the writer recodes to another dtype are put here: the
+            // bytes written would not be known in advance.
+            if detach && from == dtype && !matches!(out, Out::Stream(_)) {
                 let written = match out {
                     Out::File(w) => w.written(),
                     Out::Raw(w) => w.written(),
@@ -603,16 +620,17 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
                     Lent {
                         ptr: part.as_ptr(),
                         n: part.len(),
+                        from,
                     },
                     written + part.len(),
                 )));
             }
             let poll = &mut check_interrupt_now;
             match out {
-                Out::File(w) => w.put(part, poll)?,
-                Out::Raw(w) => w.put(part, poll)?,
-                Out::Stream(w) => w.put(part, poll)?,
-                Out::Placed(w) => w.put(part, poll)?,
+                Out::File(w) => w.put(part, from, poll)?,
+                Out::Raw(w) => w.put(part, from, poll)?,
+                Out::Stream(w) => w.put(part, from, poll)?,
+                Out::Placed(w) => w.put(part, from, poll)?,
             };
             Ok(None)
         })?;

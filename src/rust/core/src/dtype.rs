@@ -136,6 +136,25 @@ impl Dtype {
         }
     }
 
+    /// Whether elements are floating point (complex excluded).
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            Dtype::F4
+                | Dtype::F6E2M3
+                | Dtype::F6E3M2
+                | Dtype::F8E5M2
+                | Dtype::F8E4M3
+                | Dtype::F8E8M0
+                | Dtype::F8E4M3Fnuz
+                | Dtype::F8E5M2Fnuz
+                | Dtype::F16
+                | Dtype::BF16
+                | Dtype::F32
+                | Dtype::F64
+        )
+    }
+
     /// Whether elements are integers (BOOL excluded).
     pub fn is_integer(self) -> bool {
         matches!(

@@ -73,9 +73,53 @@ pub fn check_shard_path(file: &str) -> Result<()> {
     }
 }
 
+/// The key of an index's `metadata` that holds the random id of the save
+/// that wrote it (see [`crate::checkpoint`]).
+pub const SAVE_ID_KEY: &str = "save_id";
+
+impl Index {
+    /// The id of the save that wrote this index, if it has one: 32
+    /// lower-case hexadecimal digits (anything else is ignored).
+    pub fn save_id(&self) -> Option<&str> {
+        let (_, v) = self.metadata.iter().find(|(k, _)| k == SAVE_ID_KEY)?;
+        let id = v.as_str()?;
+        (id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then_some(id)
+    }
+
+    /// The shard files, each once, in the order of the weight map.
+    pub fn files(&self) -> Vec<&str> {
+        let mut seen = HashSet::new();
+        self.weight_map
+            .iter()
+            .map(|(_, f)| f.as_str())
+            .filter(|f| seen.insert(*f))
+            .collect()
+    }
+}
+
+/// The name under which the save `id` writes shard `file` (a path relative
+/// to the index's directory) until it renames it into place:
+/// `dir/.name.<id>.tmp`. Readers of an index with that id read it there
+/// while it exists.
+pub fn pending_name(file: &str, id: &str) -> String {
+    match file.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.{name}.{id}.tmp"),
+        None => format!(".{file}.{id}.tmp"),
+    }
+}
+
 /// Serializes an index as transformers does: keys sorted, two-space indent,
-/// a final newline.
-pub fn format_index(total_size: u64, weight_map: &[(String, String)]) -> Result<Vec<u8>> {
+/// a final newline; with `save_id`, the metadata holds it (see
+/// [`SAVE_ID_KEY`]).
+pub fn format_index(
+    total_size: u64,
+    weight_map: &[(String, String)],
+    save_id: Option<&str>,
+) -> Result<Vec<u8>> {
     let mut map = BTreeMap::new();
     for (name, file) in weight_map {
         if map.insert(name.as_str(), file.as_str()).is_some() {
@@ -86,8 +130,13 @@ pub fn format_index(total_size: u64, weight_map: &[(String, String)]) -> Result<
             ));
         }
     }
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("total_size".to_string(), total_size.into());
+    if let Some(id) = save_id {
+        metadata.insert(SAVE_ID_KEY.to_string(), id.into());
+    }
     let index = serde_json::json!({
-        "metadata": { "total_size": total_size },
+        "metadata": metadata,
         "weight_map": map,
     });
     let mut out = serde_json::to_vec_pretty(&index)
@@ -193,17 +242,12 @@ pub fn read_index(path: &Path) -> Result<Index> {
     parse_index(text)
 }
 
-/// Writes an index file atomically (see [`format_index`]).
-pub fn write_index(
-    path: &Path,
-    total_size: u64,
-    weight_map: &[(String, String)],
-    sync: bool,
-) -> Result<()> {
-    let bytes = format_index(total_size, weight_map)?;
+/// Writes `bytes` to the file `path` atomically (an index, or a copy of
+/// one).
+pub fn write_index_bytes(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let mut file = AtomicFile::create(path)?;
     file.file()?
-        .write_all(&bytes)
+        .write_all(bytes)
         .map_err(|e| Error::io(&e, "can't write the index"))?;
     file.commit(sync)
 }
@@ -278,7 +322,7 @@ mod tests {
             ("z".to_string(), "m-2.safetensors".to_string()),
             ("a".to_string(), "m-1.safetensors".to_string()),
         ];
-        let bytes = format_index(40, &map).unwrap();
+        let bytes = format_index(40, &map, None).unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert_eq!(
             text,
@@ -287,10 +331,32 @@ mod tests {
         let back = parse_index(&text).unwrap();
         assert_eq!(back.weight_map.len(), 2);
         assert_eq!(
-            format_index(1, &[map[0].clone(), map[0].clone()])
+            format_index(1, &[map[0].clone(), map[0].clone()], None)
                 .unwrap_err()
                 .kind,
             Kind::DuplicateName
+        );
+        // A save's id goes in the metadata, and is read back only when well formed.
+        let id = "0123456789abcdef0123456789abcdef";
+        let text = String::from_utf8(format_index(40, &map, Some(id)).unwrap()).unwrap();
+        assert!(text.starts_with("{\n  \"metadata\": {\n    \"save_id\": \"0123456789abcdef0123456789abcdef\",\n    \"total_size\": 40\n  },"), "{text}");
+        assert_eq!(parse_index(&text).unwrap().save_id(), Some(id));
+        for bad in [
+            "\"0123\"",
+            "7",
+            "\"0123456789ABCDEF0123456789ABCDEF\"",
+            "\"../../0123456789abcdef01234567\"",
+        ] {
+            let t = format!(r#"{{"metadata": {{"save_id": {bad}}}, "weight_map": {{}}}}"#);
+            assert_eq!(parse_index(&t).unwrap().save_id(), None, "{bad}");
+        }
+        assert_eq!(
+            pending_name("m-1.safetensors", id),
+            format!(".m-1.safetensors.{id}.tmp")
+        );
+        assert_eq!(
+            pending_name("sub/m-1.safetensors", id),
+            format!("sub/.m-1.safetensors.{id}.tmp")
         );
     }
 }

@@ -4,7 +4,10 @@
 //! file looks like and what to do about it.
 
 use crate::error::{Error, Kind};
-use crate::format::N_LEN;
+
+/// Fewer bytes than this are too few to call a file text (as many as the
+/// header length a safetensors file starts with).
+const MIN_TEXT: usize = 8;
 
 const TORCH_ZIP_HINT: &str =
     "Read it in R with `torch::load_state_dict()` (from the torch package), \
@@ -158,7 +161,7 @@ fn looks_like_text(prefix: &[u8]) -> Option<(String, Option<&'static str>)> {
         }
         Err(_) => return None,
     };
-    if text.len() < N_LEN
+    if text.len() < MIN_TEXT
         || text
             .chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{c}'))

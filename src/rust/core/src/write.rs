@@ -26,6 +26,7 @@ use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, TensorSpec};
 use crate::io::{start_writeback, sync_polling, AtomicFile};
+use crate::recode::{self, RecodeError};
 use crate::Poll;
 
 /// Bytes encoded between two polls, and gathered before a write.
@@ -208,11 +209,14 @@ pub enum Input<'a> {
     /// kernels: rounded to nearest, or refused unless the dtype holds them
     /// exactly.
     Values(Src<'a>, Rounding),
-    /// The bytes as stored (row-major, little-endian).
-    Bytes(&'a [u8]),
-    /// Bytes the caller hands over with [`Writer::put`] when the tensor's
-    /// turn comes (a framework's tensor, fetched one at a time).
-    Later,
+    /// The bytes as stored (row-major, little-endian) in the given dtype:
+    /// written as they are when it is the tensor's, else converted to the
+    /// tensor's dtype element by element ([`recode`]).
+    Bytes(&'a [u8], Dtype),
+    /// Bytes of the given dtype that the caller hands over with
+    /// [`Writer::put`] when the tensor's turn comes (a framework's tensor,
+    /// fetched one at a time), converted as for [`Input::Bytes`].
+    Later(Dtype),
 }
 
 /// A file being written: its header is fixed, and the tensors follow in
@@ -232,9 +236,14 @@ struct State {
     prefix_len: usize,
     /// Position in `order` of the tensor being written.
     pos: usize,
-    /// Of that tensor: outer rows encoded (values) or bytes written.
+    /// Of that tensor: outer rows encoded (values), or elements converted
+    /// (bytes of another dtype); and bytes written.
     rows_done: usize,
     bytes_done: usize,
+    /// Of a tensor whose bytes the caller puts in another dtype: the bytes
+    /// taken, and those that don't make a whole group of elements yet.
+    in_done: usize,
+    carry: Vec<u8>,
     /// Bytes handed to the sink, header included.
     written: usize,
     threads: usize,
@@ -263,6 +272,8 @@ impl<S: Sink> Writer<S> {
             pos: 0,
             rows_done: 0,
             bytes_done: 0,
+            in_done: 0,
+            carry: Vec::new(),
             written: layout.prefix.len(),
             threads: threads.max(1),
         };
@@ -326,8 +337,9 @@ impl<S: Sink> Writer<S> {
 
     /// Appends `bytes` to the current tensor, whose input is
     /// [`Input::Later`]: the caller hands its bytes over in pieces, in
-    /// order. More bytes than the tensor has are an error.
-    pub fn put(&mut self, bytes: &[u8], poll: Poll<'_>) -> Result<usize> {
+    /// order, in the dtype the input names (converted to the tensor's).
+    /// More bytes than the tensor has are an error.
+    pub fn put(&mut self, bytes: &[u8], from: Dtype, poll: Poll<'_>) -> Result<usize> {
         let st = &mut self.st;
         st.advance_if_done();
         let Some(i) = st.current() else {
@@ -336,20 +348,36 @@ impl<S: Sink> Writer<S> {
                 "every tensor was written already",
             ));
         };
-        let (b, e) = st.offsets[i];
-        if bytes.len() > e - b - st.bytes_done {
-            let name = &st.specs[i].name;
+        let spec = &st.specs[i];
+        let name = &spec.name;
+        let numel: usize = spec.shape.iter().product();
+        let have = from.bytes_for(numel).unwrap_or(usize::MAX);
+        if bytes.len() > have - st.in_done {
             return Err(Error::tensor(
                 Kind::InvalidArgument,
                 name,
-                format!("tensor `{name}` has {} bytes; more were given", e - b),
+                format!("tensor `{name}` has {have} bytes as {from}; more were given"),
             ));
         }
-        for chunk in bytes.chunks(4 * BLOCK) {
-            self.sink.put(chunk)?;
-            st.bytes_done += chunk.len();
-            st.written += chunk.len();
-            poll()?;
+        st.in_done += bytes.len();
+        if from == spec.dtype {
+            for chunk in bytes.chunks(4 * BLOCK) {
+                self.sink.put(chunk)?;
+                st.bytes_done += chunk.len();
+                st.written += chunk.len();
+                poll()?;
+            }
+        } else {
+            let mut pending = std::mem::take(&mut st.carry);
+            pending.extend_from_slice(bytes);
+            let whole = recode::group(from, spec.dtype) * from.bits() / 8;
+            let usable = pending.len() / whole * whole;
+            for chunk in pending[..usable].chunks(BLOCK / whole * whole) {
+                let out = st.recode_chunk(i, from, chunk)?;
+                self.sink.put(&out)?;
+                poll()?;
+            }
+            st.carry = pending.split_off(usable);
         }
         st.advance_if_done();
         Ok(st.written)
@@ -428,6 +456,31 @@ impl State {
         self.order.get(self.pos).copied()
     }
 
+    /// Converts `src`, the next whole groups of elements of tensor `i`
+    /// given in dtype `from`, to the tensor's dtype, counting them done.
+    fn recode_chunk(&mut self, i: usize, from: Dtype, src: &[u8]) -> Result<Vec<u8>> {
+        let spec = &self.specs[i];
+        let n = src.len() * 8 / from.bits();
+        let len = spec
+            .dtype
+            .bytes_for(n)
+            .ok_or_else(|| Error::new(Kind::InvalidArgument, "internal error: a partial group"))?;
+        // Zeroed: the sub-byte encoders OR their bits in.
+        let mut out = vec![0u8; len];
+        recode::recode(from, spec.dtype, src, self.rows_done, &mut out).map_err(|e| match e {
+            RecodeError::Value(bad) => {
+                conversion_error(spec, EncodeError::Value(bad), Rounding::Nearest, true)
+            }
+            RecodeError::Mismatch => {
+                conversion_error(spec, EncodeError::Mismatch, Rounding::Nearest, true)
+            }
+        })?;
+        self.rows_done += n;
+        self.bytes_done += len;
+        self.written += len;
+        Ok(out)
+    }
+
     /// Checks that `inputs` (one per tensor, in the caller's order) fit
     /// the tensors' descriptions: values of the right length and type,
     /// bytes of the right size.
@@ -465,21 +518,27 @@ impl State {
                         ));
                     }
                 }
-                Input::Bytes(bytes) => {
-                    if bytes.len() != e - b {
+                Input::Bytes(bytes, from) => {
+                    check_from(spec, from)?;
+                    let numel: usize = spec.shape.iter().product();
+                    let need = if from == spec.dtype {
+                        Some(e - b)
+                    } else {
+                        from.bytes_for(numel)
+                    };
+                    if Some(bytes.len()) != need {
                         return Err(Error::tensor(
                             Kind::InvalidArgument,
                             name,
                             format!(
-                                "the buffer of tensor `{name}` has {} bytes but dtype {} and its shape need {}",
+                                "the buffer of tensor `{name}` has {} bytes but dtype {from} and its shape need {}",
                                 bytes.len(),
-                                spec.dtype,
-                                e - b
+                                need.map_or_else(|| "a whole number of bytes".to_string(), |n| n.to_string())
                             ),
                         ));
                     }
                 }
-                Input::Later => {}
+                Input::Later(from) => check_from(spec, from)?,
             }
         }
         Ok(())
@@ -496,6 +555,8 @@ impl State {
             self.pos += 1;
             self.rows_done = 0;
             self.bytes_done = 0;
+            self.in_done = 0;
+            self.carry.clear();
         }
     }
 
@@ -503,7 +564,7 @@ impl State {
     fn worth_a_thread(&self, inputs: &[Input<'_>], budget: usize) -> bool {
         let mut total = 0usize;
         for &i in &self.order[self.pos.min(self.order.len())..] {
-            if matches!(inputs[i], Input::Later) || total >= budget {
+            if matches!(inputs[i], Input::Later(_)) || total >= budget {
                 break;
             }
             let (b, e) = self.offsets[i];
@@ -539,8 +600,26 @@ impl State {
             // small tensors are gathered into one block.
             let room = BLOCK.min(budget - this_call);
             match inputs[i] {
-                Input::Later => break,
-                Input::Bytes(bytes) => {
+                Input::Later(_) => break,
+                Input::Bytes(bytes, from) if from != spec.dtype => {
+                    // Whole groups of elements, about `room` bytes of output.
+                    let g = recode::group(from, spec.dtype);
+                    let numel: usize = spec.shape.iter().product();
+                    let per = (room.saturating_mul(8) / (g * spec.dtype.bits())).max(1) * g;
+                    let k = per.min(numel - self.rows_done);
+                    let (a, z) = (
+                        from.bits() * self.rows_done / 8,
+                        from.bits() * (self.rows_done + k) / 8,
+                    );
+                    let out = self.recode_chunk(i, from, &bytes[a..z])?;
+                    if !buf.is_empty() && buf.len() + out.len() > BLOCK {
+                        buf = emit(buf)?;
+                        buf.clear();
+                    }
+                    buf.extend_from_slice(&out);
+                    this_call += out.len();
+                }
+                Input::Bytes(bytes, _) => {
                     let n = (nbytes - self.bytes_done).min(room);
                     if !buf.is_empty() && buf.len() + n > BLOCK {
                         buf = emit(buf)?;
@@ -637,7 +716,7 @@ fn encode_par(
         .max(1);
     if threads == 1 {
         return encode_with(dtype, values, shape, r0, r1, out, rounding)
-            .map_err(|e| conversion_error(spec, e, rounding));
+            .map_err(|e| conversion_error(spec, e, rounding, false));
     }
     let per = rows.div_ceil(threads).next_multiple_of(align);
     let mut parts = Vec::with_capacity(threads);
@@ -666,7 +745,7 @@ fn encode_par(
     });
     // Every failing part reports the same first bad value of the tensor.
     match results.into_iter().find_map(|r| r.err()) {
-        Some(e) => Err(conversion_error(spec, e, rounding)),
+        Some(e) => Err(conversion_error(spec, e, rounding, false)),
         None => Ok(()),
     }
 }
@@ -676,16 +755,45 @@ fn describe(v: Num) -> String {
     match v {
         Num::Na => "NA".to_string(),
         Num::I(i) => i.to_string(),
+        // R's NA is the NaN whose low word is 1954.
+        Num::F(x) if x.is_nan() && x.to_bits() & 0xffff_ffff == 1954 => "NA".to_string(),
         Num::F(x) if x.is_nan() => "NaN".to_string(),
         Num::F(x) if x.is_infinite() => if x > 0.0 { "Inf" } else { "-Inf" }.to_string(),
-        Num::F(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
+        // Whole numbers exactly, as far as the 64-bit integers go (2^63
+        // is 9223372036854775808, just past I64).
+        Num::F(x) if x.fract() == 0.0 && x.abs() < 1e20 => format!("{x:.0}"),
         Num::F(x) if x.abs() >= 1e-4 && x.abs() < 1e15 => format!("{x}"),
         Num::F(x) => format!("{x:e}"),
         Num::C(re, im) => format!("{re}{im:+}i"),
     }
 }
 
-fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Error {
+/// Bytes of dtype `from` can be written as the tensor's dtype: any real
+/// dtypes, complex only as itself.
+fn check_from(spec: &TensorSpec, from: Dtype) -> Result<()> {
+    if recode::supported(from, spec.dtype) {
+        return Ok(());
+    }
+    let name = &spec.name;
+    Err(Error::tensor(
+        Kind::Conversion,
+        name,
+        format!(
+            "tensor `{name}` is complex ({from}) and can only be written as {from}, not {}",
+            spec.dtype
+        ),
+    ))
+}
+
+/// The error for value `e` of tensor `spec`; `row_major`: its index counts
+/// elements in the order of the tensor's bytes (a framework's tensor),
+/// not R's column-major order.
+fn conversion_error(
+    spec: &TensorSpec,
+    e: EncodeError,
+    rounding: Rounding,
+    row_major: bool,
+) -> Error {
     let name = &spec.name;
     let dtype = spec.dtype;
     let EncodeError::Value(bad) = e else {
@@ -703,14 +811,26 @@ fn conversion_error(spec: &TensorSpec, e: EncodeError, rounding: Rounding) -> Er
         Num::F(x) if dtype.is_integer() && x.is_finite() && x.fract() != 0.0 => {
             format!("{dtype} holds whole numbers only")
         }
+        // A NaN (R's NA among them) only fails where the dtype has no code
+        // for it: integers, BOOL, F4 and the F6 types.
+        Num::F(x) if x.is_nan() => {
+            format!("{} can't be stored as {dtype}", describe(bad.value))
+        }
+        Num::F(x) if dtype == Dtype::Bool && x.is_finite() => format!("{dtype} holds 0 and 1 only"),
+        Num::I(_) if dtype == Dtype::Bool => format!("{dtype} holds 0 and 1 only"),
         _ => format!("it is out of range for {dtype}"),
     };
     Error::tensor(
         Kind::Conversion,
         name,
         format!(
-            "can't convert element {} of tensor `{name}` (value {}): {why}",
+            "can't convert element {}{} of tensor `{name}` (value {}): {why}",
             bad.index + 1,
+            if row_major {
+                " (in row-major order)"
+            } else {
+                ""
+            },
             describe(bad.value)
         ),
     )
@@ -754,14 +874,14 @@ mod tests {
             calls += 1;
             assert!(calls < 100_000, "no progress");
             match inputs[i] {
-                Input::Later => {
+                Input::Later(from) => {
                     let k = specs[..i]
                         .iter()
                         .zip(inputs)
-                        .filter(|(_, x)| matches!(x, Input::Later))
+                        .filter(|(_, x)| matches!(x, Input::Later(_)))
                         .count();
                     for piece in later[k].chunks(3) {
-                        w.put(piece, &mut ok()).unwrap();
+                        w.put(piece, from, &mut ok()).unwrap();
                     }
                 }
                 _ => {
@@ -835,9 +955,9 @@ mod tests {
         let inputs = [
             Input::Values(Src::Real(&big), Rounding::Nearest),
             Input::Values(Src::Integer(&ints), Rounding::Nearest),
-            Input::Bytes(&raw),
-            Input::Later,
-            Input::Later,
+            Input::Bytes(&raw, Dtype::U8),
+            Input::Later(Dtype::U16),
+            Input::Later(Dtype::F64),
         ];
         let want = file_of(&specs, &inputs, &[&later, &[]], 1, usize::MAX);
         for (threads, budget) in [(2, usize::MAX), (2, 1), (1, 5 << 20), (3, 1 << 20)] {
@@ -943,7 +1063,7 @@ mod tests {
             .write(
                 &[
                     Input::Values(Src::Real(&two), Rounding::Nearest),
-                    Input::Bytes(&[1, 2]),
+                    Input::Bytes(&[1, 2], Dtype::U8),
                 ],
                 usize::MAX,
                 &mut ok(),
@@ -958,7 +1078,7 @@ mod tests {
             .write(
                 &[
                     Input::Values(Src::Complex(&[[1.0, 0.0], [0.0, 1.0]]), Rounding::Nearest),
-                    Input::Later,
+                    Input::Later(Dtype::U8),
                 ],
                 usize::MAX,
                 &mut ok(),
@@ -969,7 +1089,7 @@ mod tests {
             .write(
                 &[
                     Input::Values(Src::Real(&[1.0, 1e300]), Rounding::Nearest),
-                    Input::Later,
+                    Input::Later(Dtype::U8),
                 ],
                 usize::MAX,
                 &mut ok(),
@@ -1023,18 +1143,123 @@ mod tests {
         w.write(
             &[
                 Input::Values(Src::Real(&two), Rounding::Nearest),
-                Input::Later,
+                Input::Later(Dtype::U8),
             ],
             usize::MAX,
             &mut ok(),
         )
         .unwrap();
         assert_eq!(w.current(), Some(1));
-        assert!(w.put(&[1, 2, 3, 4], &mut ok()).is_err());
-        w.put(&[1, 2], &mut ok()).unwrap();
+        assert!(w.put(&[1, 2, 3, 4], Dtype::U8, &mut ok()).is_err());
+        w.put(&[1, 2], Dtype::U8, &mut ok()).unwrap();
         assert_eq!(
             w.finish().err().map(|e| e.kind),
             Some(Kind::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn bytes_of_another_dtype_are_converted_as_values_are() {
+        // 1-D, so that the bytes' order is R's order too.
+        let vals: Vec<f32> = (0..(3 << 18)).map(|i| (i as f32 - 1000.0) / 70.0).collect();
+        let wide: Vec<f64> = vals.iter().map(|&v| v as f64).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let n = vals.len();
+        for to in [
+            Dtype::BF16,
+            Dtype::F16,
+            Dtype::F64,
+            Dtype::F8E4M3,
+            Dtype::F4,
+        ] {
+            let specs = [spec("w", to, &[n])];
+            let vals_in = [Input::Values(Src::Real(&wide), Rounding::Nearest)];
+            let small: Vec<f64>;
+            let vals_in = if to == Dtype::F8E4M3 || to == Dtype::F4 {
+                // In range for the small formats.
+                small = wide.iter().map(|v| v / 1e4).collect();
+                let b: Vec<u8> = small
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect();
+                let want = file_of(
+                    &specs,
+                    &[Input::Values(
+                        Src::Real(&small.iter().map(|v| *v as f32 as f64).collect::<Vec<_>>()),
+                        Rounding::Nearest,
+                    )],
+                    &[],
+                    1,
+                    usize::MAX,
+                );
+                assert!(
+                    file_of(&specs, &[Input::Bytes(&b, Dtype::F32)], &[], 2, 1 << 20) == want,
+                    "{to}"
+                );
+                assert!(
+                    file_of(&specs, &[Input::Later(Dtype::F32)], &[&b], 1, usize::MAX) == want,
+                    "{to}"
+                );
+                continue;
+            } else {
+                vals_in
+            };
+            let want = file_of(&specs, &vals_in, &[], 1, usize::MAX);
+            assert!(
+                file_of(&specs, &[Input::Bytes(&bytes, Dtype::F32)], &[], 2, 1 << 20) == want,
+                "{to}"
+            );
+            assert!(
+                file_of(
+                    &specs,
+                    &[Input::Later(Dtype::F32)],
+                    &[&bytes],
+                    1,
+                    usize::MAX
+                ) == want,
+                "{to}"
+            );
+        }
+        // A value the dtype can't hold names its element in row-major order.
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[2, 2])], None, Vec::new(), 1).unwrap();
+        let b: Vec<u8> = [1.0f32, 2.0, 1e6, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = w.put(&b, Dtype::F32, &mut ok()).unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        assert!(
+            e.message
+                .contains("element 3 (in row-major order) of tensor `h` (value 1000000)"),
+            "{}",
+            e.message
+        );
+        // More bytes than the tensor has in the given dtype, or a complex
+        // source written as something else, are refused.
+        let mut w = Writer::new(vec![spec("h", Dtype::F16, &[2])], None, Vec::new(), 1).unwrap();
+        assert_eq!(
+            w.put(&[0; 12], Dtype::F32, &mut ok()).unwrap_err().kind,
+            Kind::InvalidArgument
+        );
+        let mut w = Writer::new(vec![spec("c", Dtype::F32, &[1])], None, Vec::new(), 1).unwrap();
+        let e = w
+            .write(&[Input::Bytes(&[0; 8], Dtype::C64)], usize::MAX, &mut ok())
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        // Integers: I64 bytes as I32, exact or refused.
+        let mut w = Writer::new(vec![spec("i", Dtype::I32, &[2])], None, Vec::new(), 1).unwrap();
+        let b: Vec<u8> = [5i64, 1 << 40]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = w
+            .write(&[Input::Bytes(&b, Dtype::I64)], usize::MAX, &mut ok())
+            .unwrap_err();
+        assert!(
+            e.message
+                .contains("value 1099511627776): it is out of range for I32"),
+            "{}",
+            e.message
         );
     }
 

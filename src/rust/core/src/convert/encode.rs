@@ -80,6 +80,18 @@ impl Num {
         }
     }
 
+    /// The value as a double for a dtype narrower than F64: an integer
+    /// beyond 2^53 is rounded to odd, so that rounding the double again to
+    /// the dtype (24 bits of precision at most) is rounding the integer
+    /// itself to nearest, not twice.
+    #[inline(always)]
+    fn real_narrow(self) -> Option<f64> {
+        match self {
+            Num::I(i) if i.unsigned_abs() > 1 << 53 => Some(round_to_odd(i as i128)),
+            _ => self.real(),
+        }
+    }
+
     /// The value as an integer, if it is a whole number.
     #[inline(always)]
     fn int(self) -> Option<i128> {
@@ -88,6 +100,25 @@ impl Num {
             Num::I(i) => Some(i as i128),
             _ => None,
         }
+    }
+}
+
+/// `i` as a double rounded to odd: truncated to 53 significant bits, the
+/// last of them set if any bit was cut off. Rounding that double again to
+/// a format of at most 51 bits of precision rounds `i` itself correctly.
+pub fn round_to_odd(i: i128) -> f64 {
+    let a = i.unsigned_abs();
+    let shift = (128 - a.leading_zeros()).saturating_sub(53);
+    let kept = a >> shift << shift;
+    // `kept` has at most 53 significant bits: the conversion is exact.
+    let mut x = kept as f64;
+    if kept != a {
+        x = f64::from_bits(x.to_bits() | 1);
+    }
+    if i < 0 {
+        -x
+    } else {
+        x
     }
 }
 
@@ -136,6 +167,7 @@ fn same(back: f64, v: f64) -> bool {
 pub fn fits_rounded(dtype: Dtype, v: Num) -> bool {
     let src_one: [f64; 1];
     let ints: [i32; 1];
+    let int64s: [i64; 1];
     let src = match v {
         Num::F(x) => {
             src_one = [x];
@@ -146,7 +178,10 @@ pub fn fits_rounded(dtype: Dtype, v: Num) -> bool {
                 ints = [i];
                 Src::Integer(&ints)
             }
-            Err(_) => return false,
+            Err(_) => {
+                int64s = [i];
+                Src::Int64(&int64s)
+            }
         },
         _ => return false,
     };
@@ -172,20 +207,12 @@ pub enum EncodeError {
     Mismatch,
 }
 
+/// `v` in integer type `T` if it is a whole number `T` holds. Nothing
+/// saturates: 2^63 is not I64's largest value (2^63 - 1, which no double
+/// holds), so it is out of range, as 2^64 is for U64.
 #[inline(always)]
 fn int_in<T: TryFrom<i128>>(v: Num) -> Option<T> {
     v.int().and_then(|i| T::try_from(i).ok())
-}
-
-/// Like [`int_in`] for the 64-bit types, whose largest value has no double:
-/// the double just above it (2^63 or 2^64, what reading that largest value
-/// gives) saturates to it, so loaded extremes can be saved back.
-#[inline(always)]
-fn int64_in<T: TryFrom<i128> + Copy>(v: Num, max: T, max_plus_one: f64) -> Option<T> {
-    match v {
-        Num::F(x) if x == max_plus_one => Some(max),
-        _ => int_in(v),
-    }
 }
 
 /// Encodes outer rows `[row0, row1)` of a tensor whose values are `src`
@@ -380,7 +407,7 @@ pub(super) fn encode_generic(
     }
     match dtype {
         Dtype::F64 => run!(8, |v| v.real().map(f64::to_le_bytes)),
-        Dtype::F32 => run!(4, |v| v.real().and_then(|x| {
+        Dtype::F32 => run!(4, |v| v.real_narrow().and_then(|x| {
             let f = narrow_f32(x);
             let fits = if exact {
                 same(f as f64, x)
@@ -394,7 +421,7 @@ pub(super) fn encode_generic(
                 return false;
             };
             run!(2, |v| v
-                .real()
+                .real_narrow()
                 .and_then(|x| keep(c.encode(x), x, &|b| c.decode(b)))
                 .map(|b| (b as u16).to_le_bytes()))
         }
@@ -403,12 +430,12 @@ pub(super) fn encode_generic(
                 return false;
             };
             run!(1, |v| v
-                .real()
+                .real_narrow()
                 .and_then(|x| keep(c.encode(x), x, &|b| c.decode(b)))
                 .map(|b| [b as u8]))
         }
         Dtype::F8E8M0 => run!(1, |v| v
-            .real()
+            .real_narrow()
             .and_then(|x| keep(encode_e8m0(x).map(u32::from), x, &|b| decode_e8m0(b as u8)))
             .map(|b| [b as u8])),
         Dtype::F6E2M3 | Dtype::F6E3M2 | Dtype::F4 => {
@@ -419,7 +446,7 @@ pub(super) fn encode_generic(
             for_each_index(shape, row0, row1, |rm, cm| {
                 let v = get(src, cm);
                 match v
-                    .real()
+                    .real_narrow()
                     .and_then(|x| keep(c.encode(x), x, &|b| c.decode(b)))
                 {
                     Some(code) => {
@@ -434,10 +461,8 @@ pub(super) fn encode_generic(
                 }
             });
         }
-        Dtype::I64 => run!(8, |v| int64_in(v, i64::MAX, 9223372036854775808.0)
-            .map(i64::to_le_bytes)),
-        Dtype::U64 => run!(8, |v| int64_in(v, u64::MAX, 18446744073709551616.0)
-            .map(u64::to_le_bytes)),
+        Dtype::I64 => run!(8, |v| int_in::<i64>(v).map(i64::to_le_bytes)),
+        Dtype::U64 => run!(8, |v| int_in::<u64>(v).map(u64::to_le_bytes)),
         Dtype::I32 => run!(4, |v| int_in::<i32>(v).map(i32::to_le_bytes)),
         Dtype::U32 => run!(4, |v| int_in::<u32>(v).map(u32::to_le_bytes)),
         Dtype::I16 => run!(2, |v| int_in::<i16>(v).map(i16::to_le_bytes)),
@@ -451,7 +476,7 @@ pub(super) fn encode_generic(
         Dtype::C64 => run!(8, |v| {
             let (re, im) = match v {
                 Num::C(re, im) => (re, im),
-                other => match other.real() {
+                other => match other.real_narrow() {
                     Some(x) => (x, 0.0),
                     None => (f64::NAN, f64::NAN),
                 },

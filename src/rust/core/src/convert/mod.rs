@@ -12,15 +12,19 @@
 mod decode;
 mod encode;
 mod index;
+mod shared;
 mod transpose;
 
 #[cfg(test)]
 mod tests;
 
 pub use decode::{
-    count_i32_min, decode, decode_rows, decodes_into, r_type, DecodeStats, RType, SharedSlice,
-    SharedVector, VectorMut,
+    count_i32_min, decode, decode_rows, decodes_into, r_type, DecodeStats, RType, SharedVector,
+    VectorMut,
 };
-pub use encode::{encode, encode_with, fits_rounded, BadValue, EncodeError, Num, Rounding, Src};
+pub use encode::{
+    encode, encode_with, fits_rounded, round_to_odd, BadValue, EncodeError, Num, Rounding, Src,
+};
 pub use index::{block_rows, for_each_index, is_trivial_layout, kernel_shape, n_rows, row_len};
+pub use shared::SharedSlice;
 pub use transpose::KTILE;

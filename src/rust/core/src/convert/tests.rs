@@ -386,17 +386,33 @@ fn rejects_unrepresentable_values() {
     assert!(encode_all(Dtype::Bool, Src::Integer(&[2]), &[1]).is_err());
     assert!(encode_all(Dtype::F32, Src::Real(&[1e39]), &[1]).is_err());
     assert!(encode_all(Dtype::F32, Src::Real(&[f64::INFINITY]), &[1]).is_ok());
-    // The double nearest i64::MAX (2^63) saturates; anything beyond is out of range.
-    assert_eq!(
-        encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).unwrap(),
-        i64::MAX.to_le_bytes()
-    );
+    // 2^63 and 2^64, the doubles just past I64's and U64's largest
+    // values, are out of range: nothing saturates.
+    assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854775808.0]), &[1]).is_err());
     assert!(encode_all(Dtype::I64, Src::Real(&[9223372036854777856.0]), &[1]).is_err());
+    assert!(encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).is_err());
     assert_eq!(
-        encode_all(Dtype::U64, Src::Real(&[18446744073709551616.0]), &[1]).unwrap(),
-        u64::MAX.to_le_bytes()
+        encode_all(Dtype::U64, Src::Real(&[18446744073709549568.0]), &[1]).unwrap(),
+        (u64::MAX - 2047).to_le_bytes()
     );
-    assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).is_ok());
+    assert_eq!(
+        encode_all(Dtype::I64, Src::Real(&[-9223372036854775808.0]), &[1]).unwrap(),
+        i64::MIN.to_le_bytes()
+    );
+    assert!(encode_all(Dtype::I64, Src::Real(&[-9223372036854777856.0]), &[1]).is_err());
+    // Integers beyond 2^53 round once to a narrower float: 2^60 + 2^36 + 1
+    // is above the midpoint between two F32 values, which rounding it
+    // to a double first would make a tie, rounded down to even.
+    let i = (1i64 << 60) + (1 << 36) + 1;
+    assert_eq!(
+        encode_all(Dtype::F32, Src::Int64(&[i, -i]), &[2]).unwrap(),
+        [(i as f32).to_le_bytes(), (-i as f32).to_le_bytes()].concat()
+    );
+    assert_eq!(i as f32, ((1i64 << 60) + (1 << 37)) as f32);
+    assert_eq!(
+        encode_all(Dtype::F64, Src::Int64(&[i]), &[1]).unwrap(),
+        (i as f64).to_le_bytes()
+    );
     assert!(encode_all(Dtype::C64, Src::Complex(&[[1e300, 0.0]]), &[1]).is_err());
     assert!(encode_all(Dtype::F8E4M3, Src::Real(&[1000.0]), &[1]).is_err());
 }

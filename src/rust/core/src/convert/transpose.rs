@@ -1,7 +1,7 @@
 //! The tiled transposes the decoding and encoding kernels run on: square
 //! tiles, strips of columns, and prefetching the next tile's runs.
 
-use super::decode::SharedSlice;
+use super::shared::SharedSlice;
 
 /// The first `W` bytes of `s`.
 #[inline(always)]
@@ -45,8 +45,11 @@ pub(super) unsafe fn transpose<const W: usize, T: Copy + Default, F: FnMut([u8; 
     conv: &mut F,
 ) {
     let mut tile = [[T::default(); KTILE]; KTILE];
-    // One tile of `ti` rows and `tj` columns; called with the constants
-    // KTILE for whole tiles, so that those loops unroll.
+    /// One tile of `ti` rows and `tj` columns; called with the constants
+    /// KTILE for whole tiles, so that those loops unroll.
+    ///
+    /// # Safety
+    /// As for `transpose`, for the tile's elements.
     #[inline(always)]
     unsafe fn one<const W: usize, T: Copy, F: FnMut([u8; W]) -> T>(
         tile: &mut [[T; KTILE]; KTILE],

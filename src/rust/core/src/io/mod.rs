@@ -23,7 +23,7 @@ mod sys;
 #[path = "windows.rs"]
 mod sys;
 
-pub use sys::{populate_write, start_writeback};
+pub use sys::{lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
 use sys::{MapGuard, Stamp};
 
 /// How a file's bytes are reached.
@@ -368,6 +368,20 @@ impl FileSource {
         }
     }
 
+    /// Whether `path` names this file now, as it was when opened (the same
+    /// file, by its identity and modification time, not only its bytes):
+    /// a reader of a shard set checks that no save replaced a shard it
+    /// opened.
+    pub fn is_at(&self, path: &Path) -> bool {
+        let Ok(file) = sys::open_read(path) else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        sys::stamp(&file, &meta).is_ok_and(|s| s == self.stamp)
+    }
+
     /// Errors when the file no longer has the size and stamp it had when
     /// opened.
     pub fn check_unchanged(&self) -> Result<()> {
@@ -528,10 +542,57 @@ pub(crate) fn temp_name(dir: &Path, base: &std::ffi::OsStr) -> PathBuf {
     ))
 }
 
+/// `path` with its symbolic links followed to the file they name (which
+/// need not exist: a dangling link names the file it would create), so
+/// that a save through a link replaces the file it points to and keeps
+/// the link. A path that is no link comes back as it is.
+pub fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    // As many links as Linux follows (ELOOP beyond).
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = std::fs::read_link(&p)
+                    .map_err(|e| Error::io(&e, "can't read the symbolic link"))?;
+                p = match p.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(Error::new(Kind::Io, "too many levels of symbolic links"))
+}
+
+/// Errors unless `target` (links followed) is a regular file or nothing:
+/// a save replaces regular files only. A directory is an invalid argument;
+/// a FIFO, a device or a socket is refused before anything is written (a
+/// rename would replace it with a regular file).
+pub fn check_file_target(target: &Path) -> Result<()> {
+    match std::fs::metadata(target) {
+        Ok(m) if m.is_dir() => Err(Error::new(Kind::InvalidArgument, "the path is a directory")),
+        Ok(m) if !m.is_file() => Err(Error::new(
+            Kind::Io,
+            format!(
+                "the path is {}, not a regular file; a save replaces regular files only",
+                sys::special_kind(&m)
+            ),
+        )
+        .with_hint("To write to it, pass a connection, as in `file(path, \"wb\")`.")),
+        _ => Ok(()),
+    }
+}
+
 impl AtomicFile {
     /// Creates the temporary file in the target's directory, readable and
-    /// writable as the umask allows (not 0600).
+    /// writable as the umask allows (not 0600). A target that is a
+    /// symbolic link is followed ([`resolve_links`]): the file it names is
+    /// replaced and the link kept. A target that is not a regular file is
+    /// refused ([`check_file_target`]).
     pub fn create(target: &Path) -> Result<AtomicFile> {
+        let target = &resolve_links(target)?;
+        check_file_target(target)?;
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -542,9 +603,6 @@ impl AtomicFile {
                 "the path must name a file",
             ));
         };
-        if target.is_dir() {
-            return Err(Error::new(Kind::InvalidArgument, "the path is a directory"));
-        }
         if let Some(file) = sys::anonymous_in(&dir) {
             return Ok(AtomicFile {
                 target: target.to_path_buf(),
@@ -674,19 +732,186 @@ impl Drop for AtomicFile {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A download's file, filled at offsets in any order (parallel ranges of
+/// one file arrive interleaved) and renamed over its target once complete.
+///
+/// Writes are combined: bytes that continue a pending run are appended to
+/// it, and a run is written (`pwrite`) once it holds [`PartialFile::RUN`]
+/// bytes, so the small pieces an HTTP client delivers (16 KiB) cost one
+/// system call per megabyte. [`PartialFile::flush`] writes every pending
+/// run; only then are the bytes in the file (a caller recording progress
+/// for a later resume records what was flushed).
+pub struct PartialFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// Pending runs: (offset, bytes).
+    runs: Vec<(u64, Vec<u8>)>,
+}
 
-    fn tempdir() -> PathBuf {
+impl PartialFile {
+    /// Bytes a run collects before it is written.
+    pub const RUN: usize = 1 << 20;
+
+    /// Opens `path`, creating it if missing and keeping what it holds (a
+    /// download to resume).
+    pub fn open(path: &Path) -> Result<PartialFile> {
+        let file = sys::open_rw(path)
+            .map_err(|e| Error::io(&e, "can't open the file being downloaded"))?;
+        Ok(PartialFile {
+            path: path.to_path_buf(),
+            file: Some(file),
+            runs: Vec::new(),
+        })
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Closed, "the file being downloaded is closed"))
+    }
+
+    /// Writes `bytes` at offset `off`, or keeps them to write with the run
+    /// they continue.
+    pub fn write_at(&mut self, off: u64, bytes: &[u8]) -> Result<()> {
+        off.checked_add(bytes.len() as u64)
+            .ok_or_else(|| Error::new(Kind::Overflow, "the download's offset overflows"))?;
+        let at = self
+            .runs
+            .iter()
+            .position(|(start, run)| *start + run.len() as u64 == off);
+        let k = match at {
+            Some(k) => k,
+            None => {
+                self.runs.push((off, Vec::with_capacity(Self::RUN)));
+                self.runs.len() - 1
+            }
+        };
+        self.runs[k].1.extend_from_slice(bytes);
+        if self.runs[k].1.len() >= Self::RUN {
+            let (start, run) = self.runs.swap_remove(k);
+            self.write_run(start, &run)?;
+        }
+        Ok(())
+    }
+
+    fn write_run(&self, off: u64, run: &[u8]) -> Result<()> {
+        sys::write_all_at(self.file()?, run, off)
+            .map_err(|e| Error::io(&e, "can't write the file being downloaded"))
+    }
+
+    /// Writes every pending run.
+    pub fn flush(&mut self) -> Result<()> {
+        for (off, run) in std::mem::take(&mut self.runs) {
+            self.write_run(off, &run)?;
+        }
+        Ok(())
+    }
+
+    /// The file's length now (pending runs not counted).
+    pub fn size(&self) -> Result<u64> {
+        let meta = self
+            .file()?
+            .metadata()
+            .map_err(|e| Error::io(&e, "can't read the file being downloaded"))?;
+        Ok(meta.len())
+    }
+
+    /// Cuts the file to `len` bytes, dropping pending runs (a download that
+    /// starts over).
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.runs.clear();
+        self.file()?
+            .set_len(len)
+            .map_err(|e| Error::io(&e, "can't truncate the file being downloaded"))
+    }
+
+    /// Flushes, checks that the file holds `len` bytes, closes it and
+    /// renames it over `target` in one step.
+    pub fn commit(mut self, target: &Path, len: u64) -> Result<()> {
+        self.flush()?;
+        let have = self.size()?;
+        if have != len {
+            return Err(Error::new(
+                Kind::IncompleteBuffer,
+                format!("the downloaded file has {have} bytes where {len} were expected"),
+            ));
+        }
+        self.file = None;
+        sys::replace(&self.path, target)
+            .map_err(|e| Error::io(&e, "can't move the downloaded file into place"))
+    }
+
+    /// Closes the file, keeping it (and writing pending runs) for a later
+    /// resume.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.file = None;
+        Ok(())
+    }
+}
+
+/// An exclusive lock held on a lock file until dropped, the lock Python's
+/// `filelock` takes (`flock` on Unix, the first byte's `LockFileEx` on
+/// Windows), so that R and Python processes sharing a cache exclude each
+/// other.
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` (created if missing) without waiting;
+    /// `None` when someone else holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let file = sys::open_lock(path).map_err(|e| Error::io(&e, "can't open the lock file"))?;
+        match sys::try_lock(&file) {
+            Ok(true) => Ok(Some(FileLock { file })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::io(&e, "can't lock the lock file")),
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        sys::unlock(&self.file);
+    }
+}
+
+/// Folders for tests, here and in the modules that write files.
+#[cfg(test)]
+pub(crate) mod test_dirs {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A new empty folder under the system's temporary folder.
+    pub fn tempdir(prefix: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
         let d = std::env::temp_dir().join(format!(
-            "st-io-{}-{}",
+            "st-{prefix}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The names in `dir`, sorted.
+    pub fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> PathBuf {
+        test_dirs::tempdir("io")
     }
 
     /// Pages of the current process's mapping that contains `addr` which are
@@ -807,14 +1032,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use test_dirs::entries;
 
     #[test]
     #[cfg(target_os = "linux")]
@@ -1130,10 +1348,93 @@ mod tests {
     }
 
     #[test]
+    fn a_file_source_knows_whether_a_path_names_it() {
+        let dir = tempdir();
+        let p = dir.join("s.bin");
+        std::fs::write(&p, b"same bytes").unwrap();
+        let src = FileSource::open(&p, Backend::Read).unwrap();
+        assert!(src.is_at(&p));
+        assert!(!src.is_at(&dir.join("none")));
+        // Another file with the same bytes renamed over it is another file.
+        let q = dir.join("t.bin");
+        std::fs::write(&q, b"same bytes").unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        assert!(!src.is_at(&p));
+        drop(src);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn missing_file_is_file_not_found() {
         let e = FileSource::open(Path::new("/nonexistent/x.safetensors"), Backend::Read)
             .err()
             .unwrap();
         assert_eq!(e.kind, Kind::FileNotFound);
+    }
+
+    #[test]
+    fn partial_file_combines_writes_in_any_order() {
+        let dir = tempdir();
+        let path = dir.join("blob.incomplete");
+        let target = dir.join("blob");
+        let data: Vec<u8> = (0..3 * PartialFile::RUN + 123)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut f = PartialFile::open(&path).unwrap();
+        // Two interleaved ranges, in pieces of 16 KiB.
+        let half = data.len() / 2;
+        let mut a = 0;
+        let mut b = half;
+        while a < half || b < data.len() {
+            if b < data.len() {
+                let n = (data.len() - b).min(16384);
+                f.write_at(b as u64, &data[b..b + n]).unwrap();
+                b += n;
+            }
+            if a < half {
+                let n = (half - a).min(16384);
+                f.write_at(a as u64, &data[a..a + n]).unwrap();
+                a += n;
+            }
+        }
+        // Short of the full length: refused, and the file kept.
+        let short = PartialFile::open(&dir.join("other")).unwrap();
+        assert_eq!(
+            short.commit(&target, 10).unwrap_err().kind,
+            Kind::IncompleteBuffer
+        );
+        assert!(!target.exists());
+        f.commit(&target, data.len() as u64).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), data);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn partial_file_resumes_and_truncates() {
+        let dir = tempdir();
+        let path = dir.join("x.incomplete");
+        let mut f = PartialFile::open(&path).unwrap();
+        f.write_at(0, b"hello").unwrap();
+        assert_eq!(f.size().unwrap(), 0);
+        f.close().unwrap();
+        let mut f = PartialFile::open(&path).unwrap();
+        assert_eq!(f.size().unwrap(), 5);
+        f.write_at(5, b" world").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        f.truncate(2).unwrap();
+        assert_eq!(f.size().unwrap(), 2);
+    }
+
+    #[test]
+    fn file_lock_excludes_until_dropped() {
+        let dir = tempdir();
+        let path = dir.join("a.lock");
+        let held = FileLock::try_acquire(&path).unwrap();
+        assert!(held.is_some());
+        // A second open file description is refused while the first holds it.
+        assert!(FileLock::try_acquire(&path).unwrap().is_none());
+        drop(held);
+        assert!(FileLock::try_acquire(&path).unwrap().is_some());
     }
 }

@@ -3,16 +3,14 @@
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 #[path = "sigbus.rs"]
 mod sigbus;
 pub use sigbus::MapGuard;
 
-#[cfg(target_os = "linux")]
-use crate::error::Kind;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 
 /// What identifies a file's contents for change detection: a file
 /// truncated, rewritten or replaced in place changes one of these.
@@ -58,6 +56,64 @@ pub fn create_new(path: &Path) -> std::io::Result<File> {
         .create_new(true)
         .mode(0o666)
         .open(path)
+}
+
+/// Opens `path` for reading and writing at offsets, creating it (as the
+/// umask allows) if missing, never truncating it.
+pub fn open_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .open(path)
+}
+
+/// Writes all of `buf` at offset `off` of `file` (pwrite), without moving a
+/// file position.
+pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    file.write_all_at(buf, off)
+}
+
+/// Opens (creating it, group-writable as the umask allows, as Python's
+/// `filelock` does for the Hub cache) a lock file.
+pub fn open_lock(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o664)
+        .open(path)
+}
+
+/// Takes an exclusive `flock(2)` lock on `file` without waiting: `Ok(false)`
+/// when another open file description holds it. This is the lock Python's
+/// `filelock` (and so `huggingface_hub`) takes, so the two exclude each
+/// other. A file system without `flock` (some network file systems) is
+/// `Ok(true)`: the lock is then advisory in name only, as `filelock` falls
+/// back to a lock file's existence there.
+pub fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; flock only changes its lock.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(true),
+        _ => Err(err),
+    }
+}
+
+/// Releases the lock [`try_lock`] took (closing the file releases it too).
+pub fn unlock(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; failure leaves the lock to the close.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
 }
 
 /// Moves `from` over `to` in one step (rename(2) replaces atomically).
@@ -241,6 +297,58 @@ pub fn link_anonymous(_file: &File, _dir: &Path, _base: &OsStr) -> Result<PathBu
         crate::error::Kind::Io,
         "anonymous files are not supported on this system",
     ))
+}
+
+/// What a file that is neither a regular file nor a directory is, for
+/// messages.
+pub fn special_kind(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// An exclusive lock on a directory, held until dropped: `flock(2)` on the
+/// directory itself, so that no file is created for it. `None` inside when
+/// the file system has no such locks (some network file systems): saves
+/// then go on without one.
+pub struct DirLock {
+    _held: Option<File>,
+}
+
+/// Locks `dir` exclusively, waiting for another holder (another process's
+/// save) and calling `poll` every 10 ms meanwhile.
+pub fn lock_dir(dir: &Path, poll: &mut dyn FnMut() -> Result<()>) -> Result<DirLock> {
+    use std::os::fd::AsRawFd;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| Error::io(&e, "can't open the folder"))?;
+    loop {
+        // SAFETY: a valid open descriptor; flock only takes a lock on it.
+        if unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(DirLock { _held: Some(d) });
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {
+                poll()?;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Some(libc::EINTR) => {}
+            // No locks here (ENOLCK, EOPNOTSUPP, EINVAL, EBADF on NFS).
+            _ => return Ok(DirLock { _held: None }),
+        }
+    }
 }
 
 /// Whether `file` lies on a local file system, where memory-mapping it is

@@ -47,6 +47,21 @@ const ERROR_SHARING_VIOLATION: i32 = 32;
 const ERROR_HANDLE_EOF: i32 = 38;
 const ERROR_USER_MAPPED_FILE: i32 = 1224;
 
+const ERROR_LOCK_VIOLATION: i32 = 33;
+const LOCKFILE_FAIL_IMMEDIATELY: u32 = 0x1;
+const LOCKFILE_EXCLUSIVE_LOCK: u32 = 0x2;
+
+/// `OVERLAPPED`, whose offset fields name the start of a locked range.
+#[repr(C)]
+#[derive(Default)]
+struct Overlapped {
+    internal: usize,
+    internal_high: usize,
+    offset: u32,
+    offset_high: u32,
+    event: usize,
+}
+
 #[link(name = "kernel32")]
 extern "system" {
     fn GetFileInformationByHandle(file: RawHandle, info: *mut ByHandleFileInformation) -> i32;
@@ -54,7 +69,30 @@ extern "system" {
     fn VirtualUnlock(address: *mut c_void, size: usize) -> i32;
     fn GetVolumePathNameW(file_name: *const u16, volume: *mut u16, len: u32) -> i32;
     fn GetDriveTypeW(root: *const u16) -> u32;
+    fn LockFileEx(
+        file: RawHandle,
+        flags: u32,
+        reserved: u32,
+        low: u32,
+        high: u32,
+        overlapped: *mut Overlapped,
+    ) -> i32;
+    fn UnlockFileEx(
+        file: RawHandle,
+        reserved: u32,
+        low: u32,
+        high: u32,
+        overlapped: *mut Overlapped,
+    ) -> i32;
+    fn CreateMutexW(attributes: *mut c_void, initial_owner: i32, name: *const u16) -> RawHandle;
+    fn WaitForSingleObject(handle: RawHandle, milliseconds: u32) -> u32;
+    fn ReleaseMutex(handle: RawHandle) -> i32;
+    fn CloseHandle(handle: RawHandle) -> i32;
 }
+
+const WAIT_OBJECT_0: u32 = 0;
+const WAIT_ABANDONED: u32 = 0x80;
+const WAIT_TIMEOUT: u32 = 0x102;
 
 /// What identifies a file's contents for change detection: a file
 /// truncated, rewritten or replaced in place changes one of these. They
@@ -147,6 +185,86 @@ pub fn read_exact_at(file: &File, mut buf: &mut [u8], mut off: u64) -> io::Resul
 /// is open.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// Opens `path` for reading and writing at offsets, creating it if
+/// missing, never truncating it; shared for read, write and delete, so
+/// that [`replace`] can rename it.
+pub fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Writes all of `buf` at offset `off` of `file` with positioned writes
+/// (`WriteFile` with an offset; the handle's file position moves, which
+/// nothing here relies on).
+pub fn write_all_at(file: &File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.seek_write(buf, off) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffer",
+                ))
+            }
+            Ok(n) => {
+                buf = &buf[n..];
+                off = off.checked_add(n as u64).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "file offset overflow")
+                })?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Opens (creating it) a lock file: as [`open_rw`] (Windows has no
+/// permission bits to give it).
+pub fn open_lock(path: &Path) -> io::Result<File> {
+    open_rw(path)
+}
+
+/// Takes an exclusive lock on the first byte of `file` without waiting
+/// (`LockFileEx`): `Ok(false)` when another handle holds it. Python's
+/// `filelock` locks the same byte (`msvcrt.locking`), so the two exclude
+/// each other.
+pub fn try_lock(file: &File) -> io::Result<bool> {
+    let mut overlapped = Overlapped::default();
+    // SAFETY: the handle is open for as long as `file` lives; `overlapped`
+    // is a zeroed OVERLAPPED naming offset 0, which the call only reads for
+    // a lock that completes (or fails) at once.
+    let ok = unsafe {
+        LockFileEx(
+            file.as_raw_handle(),
+            LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+            0,
+            1,
+            0,
+            &mut overlapped,
+        )
+    };
+    if ok != 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(ERROR_LOCK_VIOLATION) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Releases the lock [`try_lock`] took.
+pub fn unlock(file: &File) {
+    let mut overlapped = Overlapped::default();
+    // SAFETY: as in try_lock; failure leaves the lock to the close.
+    unsafe { UnlockFileEx(file.as_raw_handle(), 0, 1, 0, &mut overlapped) };
 }
 
 /// Paths at least this long get the `\\?\` prefix, which lifts the
@@ -251,6 +369,71 @@ fn in_use(err: &io::Error, to: &Path) -> Option<i32> {
         _ => false,
     };
     in_use.then_some(code)
+}
+
+/// What a file that is neither a regular file nor a directory is, for
+/// messages.
+pub fn special_kind(_meta: &Metadata) -> &'static str {
+    "a special file"
+}
+
+/// An exclusive lock on a directory, held until dropped: a named mutex of
+/// the session whose name comes from the directory's canonical path, so
+/// that no file is created for it. The system releases it if its owner
+/// dies (the next owner sees it abandoned, and takes it). `None` inside
+/// when it can't be had: saves then go on without one.
+pub struct DirLock(Option<RawHandle>);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // SAFETY: a mutex handle this thread owns (R calls on one
+            // thread); releasing and closing it ends the lock.
+            unsafe {
+                ReleaseMutex(h);
+                CloseHandle(h);
+            }
+        }
+    }
+}
+
+/// Locks `dir` exclusively, waiting for another holder (another process's
+/// save) and calling `poll` every 50 ms meanwhile.
+pub fn lock_dir(dir: &Path, poll: &mut dyn FnMut() -> Result<()>) -> Result<DirLock> {
+    let canonical =
+        std::fs::canonicalize(dir).map_err(|e| Error::io(&e, "can't open the folder"))?;
+    // FNV-1a of the lower-cased path: file names are case-insensitive.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.to_string_lossy().to_lowercase().bytes() {
+        hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name: Vec<u16> = OsStr::new(&format!("Local\\safetensors-save-{hash:016x}"))
+        .encode_wide()
+        .chain([0])
+        .collect();
+    // SAFETY: a NUL-terminated UTF-16 name that outlives the call; no
+    // security attributes.
+    let h = unsafe { CreateMutexW(std::ptr::null_mut(), 0, name.as_ptr()) };
+    if h.is_null() {
+        return Ok(DirLock(None));
+    }
+    let lock = DirLock(Some(h));
+    loop {
+        // SAFETY: a valid mutex handle.
+        match unsafe { WaitForSingleObject(h, 50) } {
+            WAIT_OBJECT_0 | WAIT_ABANDONED => return Ok(lock),
+            WAIT_TIMEOUT => poll()?,
+            _ => {
+                // Not owned: close without releasing.
+                let mut lock = lock;
+                if let Some(h) = lock.0.take() {
+                    // SAFETY: a valid handle, closed once.
+                    unsafe { CloseHandle(h) };
+                }
+                return Ok(lock);
+            }
+        }
+    }
 }
 
 /// Does nothing: Windows can't flush a directory as Unix does, and needs
@@ -374,28 +557,13 @@ mod tests {
     use crate::io::{AtomicFile, Backend, FileSource, Source};
     use std::io::Write;
     use std::os::windows::fs::OpenOptionsExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     const FILE_SHARE_READ: u32 = 0x1;
 
-    fn tempdir() -> PathBuf {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "st-win-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use crate::io::test_dirs::entries;
 
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+    fn tempdir() -> PathBuf {
+        crate::io::test_dirs::tempdir("win")
     }
 
     fn pattern(n: usize, seed: u32) -> Vec<u8> {
