@@ -902,7 +902,7 @@ mod tests {
         let path = dir.join("c.bin");
         let specs = [spec("a", Dtype::U8, &[5]), spec("b", Dtype::U16, &[3])];
         let (a, b): (Vec<u8>, Vec<u8>) = ((1..=5).collect(), (10..16).collect());
-        let inputs = [Input::Later, Input::Later];
+        let inputs = [Input::Later(Dtype::U8), Input::Later(Dtype::U16)];
         let want = file_of(&specs, &inputs, &[&a, &b], 1, usize::MAX);
         for sync in [false, true] {
             // What the connection wrote before, then the header through it.
@@ -928,7 +928,12 @@ mod tests {
             assert!(rest.is_empty());
             // In the order of the data section.
             while let Some(i) = w.current() {
-                w.put(if i == 0 { &a } else { &b }, &mut ok()).unwrap();
+                let (bytes, from) = if i == 0 {
+                    (&a, Dtype::U8)
+                } else {
+                    (&b, Dtype::U16)
+                };
+                w.put(bytes, from, &mut ok()).unwrap();
             }
             w.finish().unwrap().commit(&mut ok()).unwrap();
             let got = std::fs::read(&path).unwrap();
