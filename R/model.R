@@ -135,11 +135,14 @@
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
 #' unlink(path)
-safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap", "read")) {
+safe_load_model <- function(model, path, ..., rename = NULL, transform = NULL, strict = TRUE,
+                            backend = c("mmap", "read")) {
   check_required(model)
   check_required(path)
   check_dots_empty(..., .example = "strict = FALSE")
   check_torch_module(model)
+  check_rename(rename)
+  check_transform(transform)
   check_bool(strict)
   backend <- arg_choice(backend, c("mmap", "read"))
   h <- path
@@ -148,9 +151,9 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("mmap",
     on.exit(close(h), add = TRUE)
   }
   state <- model$state_dict()
-  tab <- handle_table(h)
-  plan <- load_plan(tab, state, strict, format_label(h))
-  load_tensors(h, tab, state, plan)
+  tab <- renamed_table(handle_table(h), rename)
+  plan <- load_plan(tab, state, strict, format_label(h), transform)
+  load_tensors(h, tab, state, plan, transform)
   invisible(structure(list(missing = plan$missing, unexpected = plan$unexpected), origin = attr(h, "origin")))
 }
 
@@ -270,11 +273,63 @@ storage_address <- function(x) {
 
 # ---- loading ----------------------------------------------------------------
 
-# What safe_load_model() loads: `load`, the names of the file's tensors to
-# read (each into the state dict entry of the same name), `missing` and
-# `unexpected`; every check made, as classed errors, before anything is
-# read. `tab` is the handle's handle_table(), `label` the file in messages.
-load_plan <- function(tab, state, strict, label, call = parent.frame()) {
+# The handle_table() `tab` of a checkpoint with its tensors renamed by
+# `rename` (checked by check_rename(), R/rename.R): `name` holds the
+# module's names, `from` the file's, and the tensors renamed to NA are
+# left out.
+renamed_table <- function(tab, rename, call = parent.frame()) {
+  to <- rename_names(tab$name, rename, call = call)
+  keep <- !is.na(to)
+  out <- lapply(tab, function(col) col[keep])
+  out$from <- tab$name[keep]
+  out$name <- to[keep]
+  out
+}
+
+# A classed error unless `transform` is NULL or a list of functions named by
+# valid regular expressions. Called once, at the boundary.
+check_transform <- function(transform, call = parent.frame()) {
+  if (is.null(transform)) {
+    return(invisible())
+  }
+  example <- "For example {.code list(\"c_(attn|proj|fc)\\\\.weight$\" = function(x) x$t())}."
+  if (!is.list(transform) || is.object(transform)) {
+    st_abort(
+      "invalid_argument",
+      c("{.arg transform} must be a named list of functions, not {value_friendly(transform)}.", i = example),
+      call = call
+    )
+  }
+  patterns <- names(transform)
+  if (length(transform) > 0 && (is.null(patterns) || anyNA(patterns) || any(!nzchar(patterns)))) {
+    st_abort(
+      "invalid_argument",
+      c("Every element of {.arg transform} must be named: its name is a regular expression over the model's names.", i = example),
+      call = call
+    )
+  }
+  bad <- which(!vapply(transform, is.function, logical(1)))
+  if (length(bad) > 0) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "Every element of {.arg transform} must be a function of one torch tensor.",
+        x = "{.val {patterns[[bad[[1]]]]}} is {value_friendly(transform[[bad[[1]]]])}."
+      ),
+      call = call
+    )
+  }
+  check_patterns(patterns, "transform", call)
+  invisible()
+}
+
+# What safe_load_model() loads: `load`, the names of the module's tensors
+# to read (each from the file's tensor `from`), `missing` (the module's
+# names) and `unexpected` (the file's); `shapes` and torch `types` of the
+# module's tensors; `transform`, transform_plan(). Every check made, as
+# classed errors, before anything is read. `tab` is renamed_table(),
+# `label` the file in messages.
+load_plan <- function(tab, state, strict, label, transform = NULL, call = parent.frame()) {
   in_file <- tab$name
   in_model <- names(state)
   covered <- character()
@@ -292,7 +347,8 @@ load_plan <- function(tab, state, strict, label, call = parent.frame()) {
     }
   }
   missing <- in_model[!in_model %in% c(in_file, covered)]
-  unexpected <- in_file[!in_file %in% in_model | in_file %in% extra]
+  odd <- which(!in_file %in% in_model | in_file %in% extra)
+  unexpected <- tab$from[odd]
   if (strict && (length(missing) > 0 || length(unexpected) > 0)) {
     tie_notes <- vapply(ties, function(t) {
       sprintf(
@@ -308,7 +364,10 @@ load_plan <- function(tab, state, strict, label, call = parent.frame()) {
           sprintf("The file lacks %s of the model's tensors: %s.", length(missing), format_names(missing))
         },
         x = if (length(unexpected) > 0) {
-          sprintf("The model has no place for %s of the file's tensors: %s.", length(unexpected), format_names(unexpected))
+          sprintf(
+            "The model has no place for %s of the file's tensors: %s.",
+            length(unexpected), format_names(in_file[odd], from = unexpected)
+          )
         },
         structure(tie_notes, names = rep("i", length(tie_notes))),
         i = "With {.code strict = FALSE}, the tensors both have are loaded and the others returned."
@@ -320,37 +379,169 @@ load_plan <- function(tab, state, strict, label, call = parent.frame()) {
   }
   load <- in_file[in_file %in% in_model & !in_file %in% extra]
   at <- match(load, in_file)
-  check_torch_dtypes(tab$dtype[at], load, call = call)
+  from <- tab$from[at]
+  check_torch_dtypes(tab$dtype[at], from, call = call)
   shapes <- unname(model_shapes[match(load, in_model)])
-  check_load_shapes(load, tab$shape[at], shapes, label, call)
+  tf <- transform_plan(load, from, tab$dtype[at], tab$shape[at], transform, strict, label, call)
+  check_load_shapes(load, tab$shape[at], shapes, label, call, from = from, tf = tf)
   types <- vapply(load, function(n) state[[n]]$dtype$.type(), character(1), USE.NAMES = FALSE)
-  check_load_dtypes(load, tab$dtype[at], types, state, label, call)
-  list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types)
+  dtypes <- ifelse(tf$fn > 0, tf$dtype, tab$dtype[at])
+  check_load_dtypes(load, dtypes, types, state, label, call, from = from, transformed = tf$fn > 0)
+  list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types, transform = tf)
 }
 
-# A classed error naming the tensors `names` whose `shapes` in the file
-# differ from their shapes in the model, `model`.
-check_load_shapes <- function(names, shapes, model, label, call) {
+# Which transform applies to each tensor `names` (the module's, from the
+# file's `from`, of file `dtypes` and `shapes`), and what it makes of it:
+# `fn`, the index in `transform` of the one pattern that matches each name
+# (0 for none); `shape` and `dtype` (the file's name of it, or torch's when
+# the file has none), the shape and dtype of the transform's result,
+# learnt by running it on a tensor of the "meta" device, which has a shape
+# and a dtype but no data. A name two patterns match, a pattern matching
+# none with `strict`, and a transform that fails or doesn't return a
+# tensor are errors of class `safetensors_error_transform`.
+transform_plan <- function(names, from, dtypes, shapes, transform, strict, label, call) {
+  n <- length(names)
+  out <- list(fn = integer(n), shape = vector("list", n), dtype = rep(NA_character_, n), patterns = names(transform))
+  if (length(transform) == 0) {
+    return(out)
+  }
+  patterns <- names(transform)
+  hits <- matrix(
+    vapply(patterns, function(p) grepl(p, names, perl = TRUE), logical(n)),
+    nrow = n, ncol = length(patterns)
+  )
+  twice <- which(rowSums(hits) > 1)
+  if (length(twice) > 0) {
+    lines <- vapply(twice, function(k) {
+      sprintf(
+        "%s matches %s.",
+        format_names(names[[k]], from = from[[k]]),
+        cli_escape(paste(encodeString(patterns[hits[k, ]], quote = "\""), collapse = " and "))
+      )
+    }, character(1))
+    st_abort(
+      "transform",
+      c(
+        "Can't load {label} into the model: a tensor's name must match at most one pattern of {.arg transform}.",
+        cap_lines(lines, "x"),
+        i = "Write one function that does both, under one pattern."
+      ),
+      tensor = names[twice],
+      file_tensor = from[twice],
+      call = call
+    )
+  }
+  unused <- patterns[colSums(hits) == 0]
+  if (strict && length(unused) > 0) {
+    st_abort(
+      "transform",
+      c(
+        "Can't load {label} into the model: {length(unused)} pattern{?s} of {.arg transform} match{?es/} none of its tensors: {.val {unused}}.",
+        i = "Patterns match the model's names (after {.arg rename}), such as {.val {names[[1]]}}.",
+        i = "With {.code strict = FALSE}, patterns that match nothing are allowed."
+      ),
+      pattern = unused,
+      call = call
+    )
+  }
+  out$fn <- as.integer(hits %*% seq_along(patterns))
+  for (k in which(out$fn > 0)) {
+    shape <- as.numeric(unlist(shapes[[k]]))
+    dt <- torch_dtype_of(dtypes[[k]], from[[k]], call = call)
+    meta <- if (length(shape) == 0) {
+      torch::torch_empty(1L, dtype = dt, device = "meta")$reshape(list())
+    } else {
+      torch::torch_empty(shape, dtype = dt, device = "meta")
+    }
+    y <- run_transform(transform, out$fn[[k]], meta, names[[k]], from[[k]], label, call)
+    out$shape[[k]] <- as.numeric(y$shape)
+    type <- y$dtype$.type()
+    known <- torch_dtype_names()
+    out$dtype[[k]] <- if (type %in% names(known)) known[[type]] else type
+  }
+  out
+}
+
+# The result of transform `fn` (an index in the list `transform`) on torch
+# tensor `x`, the file's `from` renamed `name`; a classed error if it fails
+# or returns anything but a torch tensor.
+run_transform <- function(transform, fn, x, name, from, label, call) {
+  pattern <- names(transform)[[fn]]
+  what <- format_names(name, from = from)
+  y <- tryCatch(transform[[fn]](x), error = function(e) {
+    st_abort(
+      "transform",
+      c(
+        paste0("Can't load {label} into the model: the transform {.val {pattern}} failed on ", what, "."),
+        i = if (identical(x$device$type, "meta")) {
+          "Transforms run first on tensors of the {.val meta} device, which have a shape and a dtype but no data: they must use no values."
+        }
+      ),
+      tensor = name,
+      file_tensor = from,
+      pattern = pattern,
+      parent = e,
+      call = call
+    )
+  })
+  if (!inherits(y, "torch_tensor")) {
+    st_abort(
+      "transform",
+      c(
+        "Can't load {label} into the model: the transform {.val {pattern}} must return a torch tensor.",
+        x = paste0("For ", what, " it returned {value_friendly(y)}.")
+      ),
+      tensor = name,
+      file_tensor = from,
+      pattern = pattern,
+      call = call
+    )
+  }
+  y
+}
+
+# A classed error naming the tensors `names` (from the file's `from`)
+# whose `shapes` in the file (or, where `tf` has a transform for them, the
+# shape of its result) differ from their shapes in the model, `model`.
+check_load_shapes <- function(names, shapes, model, label, call, from = names, tf = NULL) {
   file <- lapply(shapes, function(s) as.numeric(unlist(s)))
+  fn <- tf$fn %||% integer(length(names))
+  loaded <- file
+  loaded[fn > 0] <- tf$shape[fn > 0]
   # One element in both is a match whatever the shapes, as for PyTorch's
   # load_state_dict() (a scalar saved by Python, a one-element tensor in R
   # torch: BatchNorm's num_batches_tracked).
-  same <- mapply(function(a, b) identical(a, b) || (prod(a) == 1 && prod(b) == 1), file, model)
+  same <- mapply(function(a, b) identical(a, b) || (prod(a) == 1 && prod(b) == 1), loaded, model)
   bad <- which(!same)
   if (length(bad) == 0) {
     return(invisible())
   }
   lines <- vapply(bad, function(k) {
-    sprintf("%s: %s in the file, %s in the model.", format_names(names[[k]]), format_shape(file[[k]]), format_shape(model[[k]]))
+    after <- if (fn[[k]] > 0) {
+      sprintf(", %s after the transform %s", format_shape(loaded[[k]]), encodeString(tf$patterns[[fn[[k]]]], quote = "\""))
+    } else {
+      ""
+    }
+    sprintf(
+      "%s: %s in the file%s, %s in the model.",
+      format_names(names[[k]], from = from[[k]]), format_shape(file[[k]]), cli_escape(after), format_shape(model[[k]])
+    )
   }, character(1))
+  # Conv1D weights (GPT-2) are stored transposed.
+  flipped <- vapply(bad, function(k) fn[[k]] == 0 && length(file[[k]]) == 2 && identical(rev(file[[k]]), model[[k]]), logical(1))
   st_abort(
     "shape_mismatch",
     c(
       "Can't load {label} into the model: {length(bad)} tensor{?s} {?has/have} another shape in the file than in the model.",
-      cap_lines(lines, "x")
+      cap_lines(lines, "x"),
+      i = if (any(flipped)) {
+        "{sum(flipped)} of them {?is/are} the model's shape transposed: {.arg transform} can transpose {?it/them}, as in {.code transform = list(\"c_(attn|proj|fc)\\\\.weight$\" = function(x) x$t())}."
+      }
     ),
     tensor = names[bad],
+    file_tensor = from[bad],
     file_shape = file[bad],
+    transformed_shape = lapply(bad, function(k) if (fn[[k]] > 0) loaded[[k]]),
     model_shape = model[bad],
     call = call
   )
@@ -360,7 +551,8 @@ check_load_shapes <- function(names, shapes, model, label, call) {
 # converted to their dtype in the model (`types`, torch's names, of the
 # tensors of `state`) without losing their values: floats and complex
 # numbers into integers or booleans, complex into real.
-check_load_dtypes <- function(names, dtypes, types, state, label, call) {
+check_load_dtypes <- function(names, dtypes, types, state, label, call, from = names,
+                              transformed = logical(length(names))) {
   # The model's dtypes as the file's would name them, where they can.
   known <- torch_dtype_names()
   shown <- ifelse(types %in% names(known), known[types], types)
@@ -380,8 +572,8 @@ check_load_dtypes <- function(names, dtypes, types, state, label, call) {
   kind_name <- c("booleans", "integers", "floating-point numbers", "complex numbers")
   lines <- vapply(bad, function(k) {
     sprintf(
-      "%s: %s in the file (%s), %s in the model (%s).",
-      format_names(names[[k]]), dtypes[[k]], kind_name[[file_kind[[k]]]], shown[[k]], kind_name[[model_kind[[k]]]]
+      "%s: %s %s (%s), %s in the model (%s).",
+      format_names(names[[k]], from = from[[k]]), dtypes[[k]], if (transformed[[k]]) "after its transform" else "in the file", kind_name[[file_kind[[k]]]], shown[[k]], kind_name[[model_kind[[k]]]]
     )
   }, character(1))
   st_abort(
@@ -392,15 +584,22 @@ check_load_dtypes <- function(names, dtypes, types, state, label, call) {
       i = "Tensors convert among floats, among integers, and from booleans and integers to floats."
     ),
     tensor = names[bad],
+    file_tensor = from[bad],
     dtype = dtypes[bad],
     model_dtype = unname(shown[bad]),
     call = call
   )
 }
 
-# Names quoted for a message, at most `n` of them, as cli text.
-format_names <- function(x, n = 10) {
-  shown <- cli_escape(encodeString(utils::head(x, n), quote = "\""))
+# Names quoted for a message, at most `n` of them, as cli text; each name
+# that differs from its name in the file (`from`, see `rename`) with it.
+format_names <- function(x, n = 10, from = x) {
+  shown <- encodeString(utils::head(x, n), quote = "\"")
+  renamed <- utils::head(x != from, n)
+  shown[renamed] <- paste0(
+    shown[renamed], " (renamed from ", encodeString(utils::head(from, n)[renamed], quote = "\""), ")"
+  )
+  shown <- cli_escape(shown)
   more <- if (length(x) > n) sprintf(", and %d more", length(x) - n) else ""
   paste0(paste(shown, collapse = ", "), more)
 }
@@ -414,11 +613,14 @@ cap_lines <- function(lines, type, n = 10) {
   structure(out, names = rep(type, length(out)))
 }
 
-# Reads the tensors `plan$load` of handle `h` (its handle_table() `tab`)
+# Reads the tensors `plan$load` of handle `h` (its renamed_table() `tab`)
 # into the tensors of the same name in `state` (of `plan$shapes` and torch
 # dtypes `plan$types`), file by file in the order of their bytes, with
-# gradients off.
-load_tensors <- function(h, tab, state, plan, call = parent.frame()) {
+# gradients off. A tensor without a transform is copied from the file's
+# bytes straight into the module's tensor; one with a transform is read
+# into a new tensor of the file's dtype, which the transform's result is
+# copied from (load_transformed()).
+load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.frame()) {
   at <- match(plan$load, tab$name)
   parts <- hget(h, "parts")
   part_of <- hget(h, "part_of")
@@ -427,23 +629,87 @@ load_tensors <- function(h, tab, state, plan, call = parent.frame()) {
   bar <- if (progress_wanted(sizes)) progress_bar("Loading", hget(h, "label"), sum(sizes))
   torch_local_cpu()
   cache <- new.env(parent = emptyenv())
+  tf <- plan$transform
+  # Bytes of tensors that transforms made and dropped since R's last
+  # garbage collection, which is what frees them.
+  dropped <- 0
   torch::with_no_grad({
     for (j in order(part_of[at], tab$begin[at])) {
       k <- at[[j]]
       name <- tab$name[[k]]
+      from <- tab$from[[k]]
       shape <- as.numeric(unlist(tab$shape[[k]]))
-      dest <- state[[name]]
-      if (!identical(shape, plan$shapes[[j]])) {
-        # One element in both (check_load_shapes()).
-        dest <- dest$view(shape)
+      part <- parts[[part_of[[k]]]]
+      if (tf$fn[[j]] > 0) {
+        dropped <- dropped + load_transformed(part, tab, k, state[[name]], plan, j, transform, hget(h, "label"), cache, call)
+        if (dropped >= transform_garbage) {
+          gc(full = FALSE)
+          dropped <- 0
+        }
+      } else {
+        dest <- state[[name]]
+        if (!identical(shape, plan$shapes[[j]])) {
+          # One element in both (check_load_shapes()).
+          dest <- dest$view(shape)
+        }
+        type <- plan$types[[j]]
+        dest_size <- if (type %in% names(known)) tensor_bytes(known[[type]], 1)
+        torch_read_into(part, from, tab$dtype[[k]], shape, dest, call, cache, dest_size = dest_size)
       }
-      type <- plan$types[[j]]
-      dest_size <- if (type %in% names(known)) tensor_bytes(known[[type]], 1)
-      torch_read_into(parts[[part_of[[k]]]], name, tab$dtype[[k]], shape, dest, call, cache, dest_size = dest_size)
       if (!is.null(bar)) {
         cli::cli_progress_update(inc = tab$bytes[[k]], id = bar)
       }
     }
   })
+  if (dropped > 0) {
+    gc(full = FALSE)
+  }
   invisible()
+}
+
+# Bytes of tensors made by transforms that a load leaves for R's garbage
+# collector before it runs it.
+transform_garbage <- 32 * 1024^2
+
+# Reads tensor `k` of `tab` (the `j`th of `plan`) from `part` into a new
+# tensor of the file's dtype, runs its transform and copies the result
+# into `dest`; the bytes of the tensors made, which the caller's garbage
+# collection frees. A result of another shape than the transform gave on
+# the meta device is an error of class `safetensors_error_transform`.
+load_transformed <- function(part, tab, k, dest, plan, j, transform, label, cache, call) {
+  from <- tab$from[[k]]
+  shape <- as.numeric(unlist(tab$shape[[k]]))
+  x <- torch_empty_for(tab$dtype[[k]], shape, from, call)
+  torch_read_into(part, from, tab$dtype[[k]], shape, x, call, cache)
+  y <- run_transform(transform, plan$transform$fn[[j]], x, tab$name[[k]], from, label, call)
+  got <- as.numeric(y$shape)
+  want <- plan$transform$shape[[j]]
+  if (!identical(got, want)) {
+    pattern <- names(transform)[[plan$transform$fn[[j]]]]
+    st_abort(
+      "transform",
+      c(
+        paste0(
+          "Can't load {label} into the model: the transform {.val {pattern}} returned a tensor of shape ",
+          format_shape(got), " for ", format_names(tab$name[[k]], from = from), "."
+        ),
+        x = paste0("On the meta device it returned one of shape ", format_shape(want), ": it must not depend on the values."),
+        i = "The tensors loaded before it are loaded."
+      ),
+      tensor = tab$name[[k]],
+      file_tensor = from,
+      pattern = pattern,
+      call = call
+    )
+  }
+  if (!identical(got, plan$shapes[[j]])) {
+    # One element in both (check_load_shapes()).
+    y <- y$reshape(if (length(plan$shapes[[j]]) == 0) list() else plan$shapes[[j]])
+  }
+  dest$copy_(y)
+  made <- x$numel() * x$element_size()
+  if (!identical(storage_address(y), storage_address(x))) {
+    made <- made + y$numel() * y$element_size()
+  }
+  made
 }
