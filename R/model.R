@@ -331,6 +331,7 @@ check_transform <- function(transform, call = parent.frame()) {
 # `label` the file in messages.
 load_plan <- function(tab, state, strict, label, transform = NULL, call = parent.frame()) {
   in_file <- tab$name
+  tab$from <- tab$from %||% in_file
   in_model <- names(state)
   covered <- character()
   extra <- character()
@@ -416,7 +417,7 @@ transform_plan <- function(names, from, dtypes, shapes, transform, strict, label
       sprintf(
         "%s matches %s.",
         format_names(names[[k]], from = from[[k]]),
-        cli_escape(paste(encodeString(patterns[hits[k, ]], quote = "\""), collapse = " and "))
+        cli_escape(and_list(encodeString(patterns[hits[k, ]], quote = "\"")))
       )
     }, character(1))
     st_abort(
@@ -469,6 +470,10 @@ run_transform <- function(transform, fn, x, name, from, label, call) {
   pattern <- names(transform)[[fn]]
   what <- format_names(name, from = from)
   y <- tryCatch(transform[[fn]](x), error = function(e) {
+    # torch's errors carry LibTorch's C++ backtrace, which says nothing to
+    # the user of a transform.
+    e$message <- sub("\nException raised from .*", "", conditionMessage(e))
+    e$call <- NULL
     st_abort(
       "transform",
       c(
@@ -694,7 +699,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, label, cach
           format_shape(got), " for ", format_names(tab$name[[k]], from = from), "."
         ),
         x = paste0("On the meta device it returned one of shape ", format_shape(want), ": it must not depend on the values."),
-        i = "The tensors loaded before it are loaded."
+        i = "The model is partly loaded: the tensors before it were loaded."
       ),
       tensor = tab$name[[k]],
       file_tensor = from,

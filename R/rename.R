@@ -88,7 +88,7 @@ rename_names <- function(names, rename, call = parent.frame()) {
         "rename",
         c(
           "The function {.arg rename} must return a character vector as long as its input ({length(names)} name{?s}).",
-          x = "It returned {value_friendly(out)}{if (is.atomic(out)) paste0(' of length ', length(out)) else ''}."
+          x = if (is.character(out)) "It returned {length(out)} string{?s}." else "It returned {value_friendly(out)}."
         ),
         call = call
       )
@@ -136,7 +136,7 @@ check_renamed <- function(names, out, call) {
   from <- lapply(dup, function(d) names[kept][out[kept] == d])
   lines <- vapply(seq_along(dup), function(k) {
     paste0(
-      paste(encodeString(from[[k]], quote = "\""), collapse = " and "),
+      and_list(encodeString(from[[k]], quote = "\"")),
       if (length(from[[k]]) == 2) " both become " else " all become ", encodeString(dup[[k]], quote = "\""), "."
     )
   }, character(1))
@@ -154,6 +154,14 @@ check_renamed <- function(names, out, call) {
     to = dup,
     call = call
   )
+}
+
+# "a", "a and b", "a, b and c".
+and_list <- function(x) {
+  if (length(x) <= 1) {
+    return(paste(x, collapse = ""))
+  }
+  paste(paste(x[-length(x)], collapse = ", "), "and", x[[length(x)]])
 }
 
 # `"from" -> "to"` for each pair, as messages show a renaming.
