@@ -56,6 +56,57 @@
 #' changed or truncated meanwhile, an interrupt) leaves the module partly
 #' loaded.
 #'
+#' @section Renaming and transforming:
+#' A checkpoint saved by another implementation of the same model (Python's
+#' transformers, say, for an R port) often names its tensors otherwise, or
+#' stores some in another layout. `rename` and `transform` adapt it on the
+#' way in, with every check above made on the result before the module is
+#' touched:
+#' * `rename` gives each of the file's tensors the name of the module's
+#'   tensor it loads into: a function of the file's names (all at once)
+#'   returning as many new names, or a named character vector of
+#'   replacements, `c(pattern = replacement, ...)`, applied one after the
+#'   other to every name as [gsub()] with `perl = TRUE` does (every match
+#'   is replaced, and each replacement sees the names the ones before it
+#'   made; `\\1` refers to a group). A name that becomes `NA` (returned by
+#'   the function, or matched by a pattern whose replacement is `NA`) is
+#'   skipped: neither loaded nor unexpected. Two names that become one, or
+#'   a name that becomes empty, is an error of class
+#'   `safetensors_error_rename` naming them, as is a function that fails or
+#'   returns anything but as many strings.
+#' * `transform` is a named list of functions of one torch tensor returning
+#'   one, each named by a regular expression (Perl-compatible) over the
+#'   module's names (after `rename`). A tensor whose name matches a
+#'   pattern is read, in the file's dtype on the CPU, and the function's
+#'   result is loaded instead, converted to the dtype and device of the
+#'   module's tensor. A name may match at most one pattern: two are an
+#'   error (write one function doing both), as is, with `strict = TRUE`, a
+#'   pattern that matches none of the tensors loaded (a typo that would
+#'   leave a tensor untransformed).
+#'
+#' Each transform runs first on a tensor of the `"meta"` device, which has
+#' the file tensor's shape and dtype but no data, so that the shape and
+#' dtype of its result are checked with the others before anything is
+#' read: a transform must compute its result's shape from its input's
+#' shape, not from its values (`x$t()`, `x$permute()`, `x$reshape()`,
+#' `x$to(dtype = )`, arithmetic and slicing do; `x[x > 0]` or anything
+#' calling `as_array()` does not, and fails). A transform that fails or
+#' returns anything but a torch tensor is an error of class
+#' `safetensors_error_transform` naming the pattern and the tensor; a
+#' result of another shape or dtype than the module's tensor is a
+#' `safetensors_error_shape_mismatch` or `safetensors_error_dtype_mismatch`
+#' as above. Errors name a renamed tensor by both names, the module's and
+#' the file's.
+#'
+#' Memory: a tensor without a transform is still copied straight into the
+#' module's tensor. Those with one are read, one at a time, into a staging
+#' tensor as large as the largest of them (one per file dtype), so a load
+#' holds the module, its pieces of 16 MiB, and that tensor; a transform
+#' that returns a view of its input (`x$t()`) adds nothing, one that makes
+#' a new tensor (`x$t()$contiguous()`, `x * 2`) adds that tensor while it
+#' is copied, and R's garbage collector runs whenever such tensors add up
+#' to 32 MiB.
+#'
 #' @section Tied weights:
 #' Entries of the state dict that are the same view of the same memory
 #' (one parameter used by two modules, such as a language model's input
@@ -85,8 +136,18 @@
 #' @param ... Must be empty: the arguments after it are named. (In 0.4.0,
 #'   `safe_save_model()` took `metadata`, `max_shard_size` and `sync` by
 #'   position; a call that still does is an error that says to name them.)
+#' @param rename `NULL` (the default) to match the file's names as they
+#'   are, a function of the file's names returning the module's names, or
+#'   a named character vector of regular-expression replacements applied
+#'   in order, such as `c("^model\\." = "", "self_attn\\." = "attn.")`;
+#'   a name that becomes `NA` is skipped. See "Renaming and transforming".
+#' @param transform `NULL` (the default), or a named list of functions, each
+#'   of one torch tensor returning one, named by regular expressions over
+#'   the module's names, such as `list("c_(attn|proj|fc)\\.weight$" =
+#'   function(x) x$t())`. See "Renaming and transforming".
 #' @param strict Whether names the file and the module don't share are an
-#'   error. Default `TRUE`.
+#'   error, and, with `transform`, a pattern that matches no tensor.
+#'   Default `TRUE`.
 #' @param backend How a file is read: `"mmap"` (the default) maps it into
 #'   memory and torch copies from the mapping; `"read"` reads it piece by
 #'   piece into a staging buffer, which is faster on network filesystems
@@ -134,7 +195,20 @@
 #' other <- torch::nn_linear(4, 10)
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
-#' unlink(path)
+#'
+#' # A checkpoint with other names, its weight stored transposed (as
+#' # GPT-2's Conv1D layers store theirs)
+#' lin <- torch::nn_linear(4, 3)
+#' theirs <- tempfile(fileext = ".safetensors")
+#' safe_save_file(list(model.proj.weight = lin$weight$t(), model.proj.bias = lin$bias), theirs)
+#' model <- torch::nn_linear(4, 3)
+#' safe_load_model(
+#'   model, theirs,
+#'   rename = c("^model\\.proj\\." = ""),
+#'   transform = list("^weight$" = function(x) x$t())
+#' )
+#' torch::torch_equal(model$weight, lin$weight)
+#' unlink(c(path, theirs))
 safe_load_model <- function(model, path, ..., rename = NULL, transform = NULL, strict = TRUE,
                             backend = c("mmap", "read")) {
   check_required(model)
@@ -623,8 +697,8 @@ cap_lines <- function(lines, type, n = 10) {
 # dtypes `plan$types`), file by file in the order of their bytes, with
 # gradients off. A tensor without a transform is copied from the file's
 # bytes straight into the module's tensor; one with a transform is read
-# into a new tensor of the file's dtype, which the transform's result is
-# copied from (load_transformed()).
+# into a staging tensor, which the transform's result is copied from
+# (load_transformed()).
 load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.frame()) {
   at <- match(plan$load, tab$name)
   parts <- hget(h, "parts")
@@ -634,21 +708,20 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
   bar <- if (progress_wanted(sizes)) progress_bar("Loading", hget(h, "label"), sum(sizes))
   torch_local_cpu()
   cache <- new.env(parent = emptyenv())
-  tf <- plan$transform
-  # Bytes of tensors that transforms made and dropped since R's last
-  # garbage collection, which is what frees them.
+  stages <- transform_stages(tab, at, plan$transform$fn > 0, call)
+  # Bytes of the tensors transforms made (rather than views of the stage)
+  # and dropped since the last garbage collection, which frees them.
   dropped <- 0
   torch::with_no_grad({
     for (j in order(part_of[at], tab$begin[at])) {
       k <- at[[j]]
       name <- tab$name[[k]]
-      from <- tab$from[[k]]
       shape <- as.numeric(unlist(tab$shape[[k]]))
       part <- parts[[part_of[[k]]]]
-      if (tf$fn[[j]] > 0) {
-        dropped <- dropped + load_transformed(part, tab, k, state[[name]], plan, j, transform, hget(h, "label"), cache, call)
+      if (plan$transform$fn[[j]] > 0) {
+        dropped <- dropped + load_transformed(part, tab, k, state[[name]], plan, j, transform, stages, hget(h, "label"), cache, call)
         if (dropped >= transform_garbage) {
-          gc(full = FALSE)
+          gc()
           dropped <- 0
         }
       } else {
@@ -659,15 +732,18 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
         }
         type <- plan$types[[j]]
         dest_size <- if (type %in% names(known)) tensor_bytes(known[[type]], 1)
-        torch_read_into(part, from, tab$dtype[[k]], shape, dest, call, cache, dest_size = dest_size)
+        torch_read_into(part, tab$from[[k]], tab$dtype[[k]], shape, dest, call, cache, dest_size = dest_size)
       }
       if (!is.null(bar)) {
         cli::cli_progress_update(inc = tab$bytes[[k]], id = bar)
       }
     }
   })
-  if (dropped > 0) {
-    gc(full = FALSE)
+  if (dropped > 0 || length(stages) > 0) {
+    # The stages and what the transforms made, freed now rather than when R
+    # next collects garbage.
+    rm(stages)
+    gc()
   }
   invisible()
 }
@@ -676,16 +752,40 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
 # collector before it runs it.
 transform_garbage <- 32 * 1024^2
 
-# Reads tensor `k` of `tab` (the `j`th of `plan`) from `part` into a new
-# tensor of the file's dtype, runs its transform and copies the result
-# into `dest`; the bytes of the tensors made, which the caller's garbage
-# collection frees. A result of another shape than the transform gave on
-# the meta device is an error of class `safetensors_error_transform`.
-load_transformed <- function(part, tab, k, dest, plan, j, transform, label, cache, call) {
+# The staging tensors the tensors `at` of `tab` with a transform (`which`)
+# are read into, one per file dtype, as long as the largest of them: a
+# list named by dtype of one-dimensional torch tensors on the CPU.
+transform_stages <- function(tab, at, which, call) {
+  at <- at[which]
+  numel <- vapply(at, function(k) prod(as.numeric(unlist(tab$shape[[k]]))), numeric(1))
+  stages <- list()
+  for (dtype in unique(tab$dtype[at])) {
+    n <- max(numel[tab$dtype[at] == dtype])
+    if (n > 0) {
+      stages[[dtype]] <- torch_empty_for(dtype, n, tab$from[at][tab$dtype[at] == dtype][[1]], call)
+    }
+  }
+  stages
+}
+
+# Reads tensor `k` of `tab` (the `j`th of `plan`) from `part` into a view
+# of the staging tensor of its dtype (transform_stages()), runs its
+# transform and copies the result into `dest`; returns the bytes of the
+# result when it is a new tensor rather than a view of the stage (freed by
+# the caller's garbage collection). A result of another shape than the
+# transform gave on the meta device is an error of class
+# `safetensors_error_transform`.
+load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, label, cache, call) {
   from <- tab$from[[k]]
+  dtype <- tab$dtype[[k]]
   shape <- as.numeric(unlist(tab$shape[[k]]))
-  x <- torch_empty_for(tab$dtype[[k]], shape, from, call)
-  torch_read_into(part, from, tab$dtype[[k]], shape, x, call, cache)
+  n <- prod(shape)
+  x <- if (n == 0) {
+    torch_empty_for(dtype, shape, from, call)
+  } else {
+    stages[[dtype]]$narrow(1, 1, n)$view(if (length(shape) == 0) list() else shape)
+  }
+  torch_read_into(part, from, dtype, shape, x, call, cache)
   y <- run_transform(transform, plan$transform$fn[[j]], x, tab$name[[k]], from, label, call)
   got <- as.numeric(y$shape)
   want <- plan$transform$shape[[j]]
@@ -712,9 +812,5 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, label, cach
     y <- y$reshape(if (length(plan$shapes[[j]]) == 0) list() else plan$shapes[[j]])
   }
   dest$copy_(y)
-  made <- x$numel() * x$element_size()
-  if (!identical(storage_address(y), storage_address(x))) {
-    made <- made + y$numel() * y$element_size()
-  }
-  made
+  if (n == 0 || identical(storage_address(y), storage_address(x))) 0 else y$numel() * y$element_size()
 }
