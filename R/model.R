@@ -739,7 +739,8 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
       }
     }
   })
-  if (dropped > 0 || length(stages) > 0) {
+  staged <- sum(vapply(stages, function(x) x$numel() * x$element_size(), numeric(1)))
+  if (dropped + staged >= transform_garbage) {
     # The stages and what the transforms made, freed now rather than when R
     # next collects garbage.
     rm(stages)

@@ -38,8 +38,10 @@
 # stored transposed, as Conv1D keeps them) into an R module with its own
 # names, with safe_load_model(rename =, transform =): a transform that
 # returns a view (`x$t()`), one that makes a new tensor
-# (`x$t()$contiguous()`), and, as the reference, safe_load_model() of the
-# same weights saved in the module's own names and layout. The module is
+# (`x$t()$contiguous()`), and, as references, safe_load_model() of the
+# same weights saved in the module's own names and layout, and the route
+# without `rename` and `transform` (safe_load_file(), names and
+# transposes changed in R, then load_state_dict()). The module is
 # an embedding of 16384 x D and LAYERS blocks of four linear layers (D x
 # 3D, D x D, D x 4D, 4D x D) without biases, F32: with the defaults (D =
 # 4096, LAYERS = 5) 4 GiB, whose largest tensor is 256 MiB. A load with
@@ -104,8 +106,8 @@ make_surgery <- quote({
   model <- with_no_grad(net())
 })
 surgery_rename <- c("^model\\\\." = "", "\\\\.c_attn\\\\." = ".attn.", "\\\\.c_proj\\\\." = ".proj.", "\\\\.c_fc\\\\." = ".up.", "\\\\.mlp_proj\\\\." = ".down.")
-# The two checkpoints of the "surgery" cases: BENCH_FILE in the module's
-# layout, BENCH_FILE2 in Hugging Face's.
+# The two checkpoints of the "surgery" cases: BENCH_FILE with the names
+# and layout of the module, BENCH_FILE2 with those of Hugging Face.
 surgery_write <- quote({
   state <- model$state_dict()
   safe_save_file(state, f, sync = FALSE)
@@ -134,6 +136,12 @@ switch(Sys.getenv("BENCH_CASE"),
   surgery_plain = measure(make_surgery, quote(safe_load_model(model, f))),
   surgery_view = measure(make_surgery, quote(safe_load_model(model, Sys.getenv("BENCH_FILE2"),
     rename = surgery_rename, transform = list("\\\\.(attn|proj|up|down)\\\\.weight$" = function(x) x$t())))),
+  surgery_route = measure(make_surgery, quote({
+    state <- safe_load_file(Sys.getenv("BENCH_FILE2"), framework = "torch")
+    for (k in seq_along(surgery_rename)) names(state) <- gsub(names(surgery_rename)[[k]], surgery_rename[[k]], names(state))
+    for (n in grep("weight$", names(state), value = TRUE)) if (n != "wte.weight") state[[n]] <- state[[n]]$t()
+    model$load_state_dict(state)
+  })),
   surgery_copy = measure(make_surgery, quote(safe_load_model(model, Sys.getenv("BENCH_FILE2"),
     rename = surgery_rename, transform = list("\\\\.(attn|proj|up|down)\\\\.weight$" = function(x) x$t()$contiguous()))))
 )
@@ -219,7 +227,7 @@ for (rep in seq_len(reps)) {
       # The module cases read the checkpoint model_save wrote.
       if ("model" %in% groups && nm == "ours") c("model_save", "model_load", "model_load_read", "model_load_file", "model_state_dict"),
       if ("set" %in% groups && nm == "ours") c("set_save", "set_save_nosync"),
-      if ("surgery" %in% groups && nm == "ours") c("surgery_plain", "surgery_view", "surgery_copy")
+      if ("surgery" %in% groups && nm == "ours") c("surgery_plain", "surgery_view", "surgery_copy", "surgery_route")
     )
     for (case in cases) {
       # Loads read the file the torch_save() case wrote with the same package.
