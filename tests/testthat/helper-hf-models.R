@@ -218,17 +218,3 @@ hf_logits <- function(model, name) {
   })
   list(got = got, expected = expected$logits)
 }
-
-# Each tensor of module `model`'s state dict, copied, to compare after a
-# failed load.
-state_copy <- function(model) {
-  lapply(model$state_dict(), function(x) x$clone())
-}
-
-expect_state_equal <- function(model, before) {
-  after <- model$state_dict()
-  expect_identical(names(after), names(before))
-  for (n in names(before)) {
-    expect_true(torch::torch_equal(after[[n]], before[[n]]), info = n)
-  }
-}
