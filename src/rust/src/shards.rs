@@ -144,7 +144,7 @@ fn with_save<T>(
 #[extendr]
 fn save_begin_(path: &str) -> Robj {
     to_r((|| {
-        let save = Save::begin(Path::new(path), &mut check_interrupt_now)?;
+        let save = Save::begin_unless_held(Path::new(path), &mut check_interrupt_now)?;
         let target = save.target().to_string_lossy().into_owned();
         let index = save.index_path().to_string_lossy().into_owned();
         let ptr: Robj = ExternalPtr::new(SaveHandle(RefCell::new(Some(save)))).into();
