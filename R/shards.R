@@ -73,7 +73,7 @@ save_checkpoint <- function(spec, path, limit, sync, call = parent.frame()) {
     if (inherits(res, "safetensors_rust_error")) st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
     res
   }
-  ck <- check(save_begin_(base))
+  ck <- check(begin_save(base))
   # Abandons the save on an error or an interrupt: its temporary files go,
   # the folder is released; after a commit it does nothing.
   on.exit(save_abort_(ck$save), add = TRUE)
@@ -98,6 +98,18 @@ save_checkpoint <- function(spec, path, limit, sync, call = parent.frame()) {
   index <- paste0(shown, ".index.json")
   check(save_commit_shards_(ck$save, spec$names, files[shard], sum(sizes), sync), index)
   index
+}
+
+# Begins a save to the checkpoint whose single file is `base`
+# (save_begin_()). A folder that a writer of this session holds
+# (safe_writer(), until closed) is an error at once rather than a wait for
+# itself; a garbage collection first releases the folders of writers no
+# longer referenced.
+begin_save <- function(base) {
+  if (folder_held_(base)) {
+    gc(verbose = FALSE)
+  }
+  save_begin_(base)
 }
 
 # ---- reading ------------------------------------------------------------

@@ -304,3 +304,89 @@ escape_bytes <- function(x) {
   out[b == 0x5c] <- "\\\\"
   paste(out, collapse = "")
 }
+
+# The names `x` renamed by `rename`, as safe_convert() and safe_load_model()
+# take it: NULL (no change); a function of the names returning as many
+# new names (a character vector; NA for a name to skip); or a named
+# character vector of regular-expression replacements (Perl syntax, every
+# match replaced, as gsub() does), applied in order to each name, whose
+# value NA skips the names its pattern matches. Returns the new names, NA
+# where skipped. Two names that become one are an error of class
+# safetensors_error_duplicate_name naming both; `arg` names the argument
+# in messages.
+rename_names <- function(x, rename, arg = "rename", call = parent.frame()) {
+  if (is.null(rename)) {
+    return(x)
+  }
+  if (is.function(rename)) {
+    out <- rename(x)
+    if (!is.character(out) && !(is.logical(out) && all(is.na(out)))) {
+      st_abort(
+        "invalid_argument",
+        "The function {.arg {arg}} must return a character vector of new names, not {.obj_type_friendly {out}}.",
+        call = call
+      )
+    }
+    if (length(out) != length(x)) {
+      st_abort(
+        "invalid_argument",
+        "The function {.arg {arg}} must return one name for each of the {length(x)} name{?s} it is given, not {length(out)}.",
+        call = call
+      )
+    }
+    out <- as.character(out)
+  } else {
+    patterns <- names(rename)
+    if (!is.character(rename) || is.null(patterns) || anyNA(patterns) || any(patterns == "")) {
+      st_abort(
+        "invalid_argument",
+        c(
+          "{.arg {arg}} must be a function or a named character vector of replacements, not {value_friendly(rename)}.",
+          i = "For example {.code c(\"^model\\\\.\" = \"\", \"self_attn\\\\.\" = \"attn.\")}; a replacement {.code NA} skips the names its pattern matches."
+        ),
+        call = call
+      )
+    }
+    out <- x
+    for (k in seq_along(rename)) {
+      hit <- tryCatch(
+        grepl(patterns[[k]], out, perl = TRUE),
+        error = function(e) {
+          st_abort("invalid_argument", "{.arg {arg}} has an invalid regular expression {.val {patterns[[k]]}}.", parent = e, call = call)
+        }
+      )
+      hit <- hit & !is.na(out)
+      if (is.na(rename[[k]])) {
+        out[hit] <- NA_character_
+      } else {
+        out[hit] <- gsub(patterns[[k]], rename[[k]], out[hit], perl = TRUE)
+      }
+    }
+  }
+  kept <- which(!is.na(out))
+  dup <- kept[duplicated(out[kept]) | duplicated(out[kept], fromLast = TRUE)]
+  if (length(dup) > 0) {
+    first <- out[[dup[[1]]]]
+    from <- x[dup][out[dup] == first]
+    st_abort(
+      "duplicate_name",
+      c(
+        "{.arg {arg}} must give each name a name of its own.",
+        x = "{.val {from}} all become {.val {first}}.",
+        i = "Map a name to {.code NA} to skip it."
+      ),
+      tensor = first,
+      call = call
+    )
+  }
+  if (any(out[kept] == "")) {
+    # The format allows one empty name; a rename to it is a mistake far
+    # more often than not.
+    st_abort(
+      "invalid_argument",
+      "{.arg {arg}} must not make an empty name (from {.val {x[kept][out[kept] == ''][[1]]}}).",
+      call = call
+    )
+  }
+  out
+}

@@ -19,6 +19,7 @@ mod sources;
 mod tensors;
 mod torch;
 mod write;
+mod writer;
 
 use extendr_api::prelude::*;
 
@@ -34,4 +35,5 @@ extendr_module! {
     use sources;
     use torch;
     use write;
+    use writer;
 }

@@ -155,6 +155,14 @@ fn save_begin_(path: &str) -> Robj {
     })())
 }
 
+/// Whether a save of this process holds the folder of the file `path`
+/// (an open block writer's; see `Save::begin_unless_held`).
+/// @noRd
+#[extendr]
+fn folder_held_(path: &str) -> bool {
+    Save::is_held(Path::new(path))
+}
+
 /// The name of shard `k` of `n` and the path to write it to:
 /// `list(name, temp)`.
 /// @noRd
@@ -239,6 +247,7 @@ extendr_module! {
     fn parse_index_;
     fn file_is_at_;
     fn save_begin_;
+    fn folder_held_;
     fn save_shard_;
     fn save_commit_single_;
     fn save_commit_shards_;

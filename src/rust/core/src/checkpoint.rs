@@ -196,22 +196,26 @@ impl Save {
     /// save of this process holds (an open block writer) is an error at
     /// once, not a wait that can't end.
     pub fn begin_unless_held(target: &Path, poll: Poll<'_>) -> Result<Save> {
-        let resolved = io::resolve_links(target)?;
-        if let Some(dir) = resolved.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if dir.is_dir() && Held::is_held(dir) {
-                return Err(Error::new(
-                    Kind::Io,
-                    "a writer of this session is saving to its folder",
-                )
-                .with_hint("Close that writer first (`close(w)`), or write to another folder."));
-            }
+        if Save::is_held(target) {
+            return Err(
+                Error::new(Kind::Io, "a writer of this session is saving to its folder")
+                    .with_hint("Close that writer first (`close(w)`), or write to another folder."),
+            );
         }
         Save::begin(target, poll)
+    }
+
+    /// Whether a save of this process holds the folder of the file
+    /// `target` (links followed).
+    pub fn is_held(target: &Path) -> bool {
+        let Ok(resolved) = io::resolve_links(target) else {
+            return false;
+        };
+        let dir = match resolved.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        dir.is_dir() && Held::is_held(dir)
     }
 
     /// The single file's path (links resolved).
