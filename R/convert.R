@@ -7,11 +7,12 @@
 #' so memory stays bounded (about 64 MiB) whatever the size of the model.
 #'
 #' Floating-point conversions round to nearest, ties to even, bit for bit
-#' as PyTorch's `$to()` and numpy (and ml_dtypes) do: a value beyond the
-#' largest finite value of the new dtype becomes an infinity (or, for
-#' dtypes without infinities, is an error of class
-#' `safetensors_error_conversion`), and NaN stays NaN. Integer conversions
-#' need every value to fit (else `safetensors_error_conversion`).
+#' as PyTorch's `$to()` and numpy (and ml_dtypes) do; infinities and NaN
+#' stay what they are. A finite value beyond the new dtype's range (above
+#' 65504 as F16, say, where `$to()` would give an infinity) is an error of
+#' class `safetensors_error_conversion`, as for [safe_save_file()], and
+#' so is a fraction or an out-of-range value for an integer dtype: nothing
+#' is written at `path` then.
 #'
 #' @param source The checkpoint to read: anything [safe_open()] opens (a
 #'   file, a shard index, a folder holding a checkpoint, an `http(s)://`
@@ -107,7 +108,7 @@ convert_select <- function(select, names, call = parent.frame()) {
     st_abort("invalid_argument", "{.arg select} must be tensor names or a regular expression, not {value_friendly(select)}.", call = call)
   }
   if (length(select) == 1 && !select %in% names) {
-    hit <- tryCatch(grepl(select, names, perl = TRUE), error = function(e) {
+    hit <- tryCatch(suppressWarnings(grepl(select, names, perl = TRUE)), error = function(e) {
       st_abort("invalid_argument", "{.arg select} is neither a tensor name nor a valid regular expression: {.val {select}}.", call = call)
     })
     if (!any(hit)) {
@@ -127,7 +128,10 @@ convert_block_bytes <- 16 * 2^20
 
 # Copies tensor `name` of handle `h` (dtype `from`, shape `shape`) to
 # tensor `j` of writer `w` (dtype `to`), a block of rows at a time,
-# moving progress `bar` (NULL for none).
+# moving progress `bar` (NULL for none). From a local file or a raw
+# vector, the rows go from the source to the writer in Rust
+# (convert_rows_()), so no R vector is made per block; a remote file's are
+# fetched as a slice of raw bytes.
 convert_tensor <- function(h, w, name, j, from, to, shape, bar, call = parent.frame()) {
   rank <- length(shape)
   total <- shape_rows(shape)
@@ -137,13 +141,21 @@ convert_tensor <- function(h, w, name, j, from, to, shape, bar, call = parent.fr
   if ((dtype_bits(from) %% 8 != 0 || dtype_bits(to) %% 8 != 0) && per < total) {
     per <- max(8, per - per %% 8)
   }
+  at <- match(name, hget(h, "names"))
+  part <- hget(h, "parts")[[hget(h, "part_of")[[at]]]]
+  remote <- part_is_remote(part)
   r0 <- 0
   repeat {
     n <- min(per, total - r0)
-    idx <- if (rank == 0 || n == total) list(whole_index) else c(list(seq(r0 + 1, length.out = n)), rep(list(whole_index), rank - 1))
-    bytes <- read_slice(h, name, idx, drop = FALSE, call = call)
-    writer_put(w, j, r0, n, bytes, "bytes", from, call)
-    if (!is.null(bar)) cli::cli_progress_update(inc = length(bytes), id = bar)
+    if (remote) {
+      idx <- if (rank == 0 || n == total) list(whole_index) else c(list(seq(r0 + 1, length.out = n)), rep(list(whole_index), rank - 1))
+      bytes <- read_slice(h, name, idx, drop = FALSE, call = call)
+      writer_put(w, j, r0, n, bytes, "bytes", from, call)
+      done <- length(bytes)
+    } else {
+      done <- writer_check(w, j, convert_rows_(part$ptr, name, w$files[[w$shard[[j]]]], w$pos[[j]], r0, n), call)
+    }
+    if (!is.null(bar)) cli::cli_progress_update(inc = done, id = bar)
     r0 <- r0 + n
     if (r0 >= total) break
   }

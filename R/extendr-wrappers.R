@@ -8,6 +8,13 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
+#' Copies rows `[r0, r0 + n)` of tensor `name` of the open handle part
+#' `part` (a local file or a raw vector) to tensor `i` (1-based) of the
+#' block writer file `w`, converting its dtype to the writer's. Only those
+#' rows are in memory. Returns the bytes read.
+#' @noRd
+convert_rows_ <- function(part, name, w, i, r0, n) .Call(wrap__convert_rows_, part, name, w, i, r0, n)
+
 #' Opens (creating it if missing, keeping its bytes) the file a download
 #' fills.
 #' @noRd

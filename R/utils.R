@@ -350,7 +350,7 @@ rename_names <- function(x, rename, arg = "rename", call = parent.frame()) {
     out <- x
     for (k in seq_along(rename)) {
       hit <- tryCatch(
-        grepl(patterns[[k]], out, perl = TRUE),
+        suppressWarnings(grepl(patterns[[k]], out, perl = TRUE)),
         error = function(e) {
           st_abort("invalid_argument", "{.arg {arg}} has an invalid regular expression {.val {patterns[[k]]}}.", parent = e, call = call)
         }
@@ -372,7 +372,7 @@ rename_names <- function(x, rename, arg = "rename", call = parent.frame()) {
       "duplicate_name",
       c(
         "{.arg {arg}} must give each name a name of its own.",
-        x = "{.val {from}} all become {.val {first}}.",
+        x = "{.val {from}} {if (length(from) == 2) 'both' else 'all'} become {.val {first}}.",
         i = "Map a name to {.code NA} to skip it."
       ),
       tensor = first,

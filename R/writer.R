@@ -129,7 +129,7 @@ check_layout <- function(layout, call = parent.frame()) {
       "invalid_argument",
       c(
         "{.arg layout} must be a data frame with columns {.field name}, {.field dtype} and {.field shape}.",
-        i = if (is.list(layout)) "It has {?no columns/column{?s}} {.field {names(layout)}}.",
+        i = if (is.list(layout) && length(names(layout)) > 0) "Its columns are {.field {names(layout)}}.",
         i = "{.fn safe_info} of a file gives one."
       ),
       call = call
@@ -301,8 +301,12 @@ writer_write <- function(w, name, x, rows, call = parent.frame()) {
 # Writes rows `[r0, r0 + n)` (0-based) of tensor `i` of writer `w` from
 # `x` of `kind` (see placed_write_()); `from`: the dtype of bytes.
 writer_put <- function(w, i, r0, n, x, kind, from, call) {
-  s <- w$shard[[i]]
-  res <- placed_write_(w$files[[s]], w$pos[[i]], r0, n, x, kind, from)
+  writer_check(w, i, placed_write_(w$files[[w$shard[[i]]]], w$pos[[i]], r0, n, x, kind, from), call)
+}
+
+# `res`, unless it is an error of the Rust side in writing tensor `i` of
+# writer `w`: then that error, classed.
+writer_check <- function(w, i, res, call) {
   if (inherits(res, "safetensors_rust_error")) {
     st_check(res, sprintf("Can't write tensor \"%s\" to %s.", w$names[[i]], describe_source(w$label)), call = call)
   }
@@ -337,7 +341,10 @@ writer_rows <- function(rows, shape, name, call) {
   if (rows[[1]] < 1 || rows[[length(rows)]] > total) {
     st_abort(
       "invalid_argument",
-      "{.arg rows} must be within the {format_count(total)} row{?s} of tensor {.val {name}}, not {rows[[1]]} to {rows[[length(rows)]]}.",
+      c(
+        "{.arg rows} must be within the {total} row{?s} of tensor {.val {name}}.",
+        x = if (rows[[1]] == rows[[length(rows)]]) "Row {rows[[1]]} was given." else "Rows {rows[[1]]} to {rows[[length(rows)]]} were given."
+      ),
       tensor = name, call = call
     )
   }

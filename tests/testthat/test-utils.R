@@ -159,3 +159,25 @@ test_that("an argument too many or one left out is a classed error citing the fu
   g <- function(x) check_required(x)
   expect_null(g(1))
 })
+
+test_that("rename_names() renames by function or by replacements in order, NA skipping", {
+  x <- c("model.layers.0.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight")
+  expect_identical(rename_names(x, NULL), x)
+  expect_identical(
+    rename_names(x, c("^model\\." = "", "self_attn\\." = "attn.", "^lm_head" = NA)),
+    c("layers.0.attn.q_proj.weight", "norm.weight", NA)
+  )
+  # In order: a later pattern sees what earlier ones made.
+  expect_identical(rename_names("a.b", c("a" = "b", "b\\.b" = "c")), "c")
+  # Every match is replaced, as gsub() does.
+  expect_identical(rename_names("a.a.a", c("a" = "x")), "x.x.x")
+  expect_identical(rename_names(x, function(n) ifelse(startsWith(n, "lm"), NA, toupper(n)))[[3]], NA_character_)
+  expect_snapshot(error = TRUE, {
+    rename_names(c("a.weight", "b.weight"), c("^[ab]\\." = ""))
+    rename_names(x, function(n) 1)
+    rename_names(x, c("x", "y"))
+    rename_names(x, c(".*" = ""))
+  })
+  expect_error(rename_names(c("a", "b"), function(n) c("c", "c")), class = "safetensors_error_duplicate_name")
+  expect_error(rename_names(x, c("x", "y")), class = "safetensors_error_invalid_argument")
+})

@@ -5,6 +5,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod convert;
 mod decimal;
 mod download;
 mod dtypes;
@@ -25,6 +26,7 @@ use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use convert;
     use download;
     use dtypes;
     use hf;

@@ -26,11 +26,11 @@ use crate::write::{int64_of, specs_of, src_of};
 
 /// What R's external pointer owns: a file being written, or nothing once
 /// committed or abandoned.
-struct PlacedHandle(RefCell<Option<PlacedFile>>);
+pub(crate) struct PlacedHandle(RefCell<Option<PlacedFile>>);
 
 /// Runs `f` on the open file of `w`; with `take`, the file is taken out of
 /// the handle first (a commit), so that it is closed whatever `f` returns.
-fn with_placed<T>(
+pub(crate) fn with_placed<T>(
     w: &Robj,
     take: bool,
     f: impl FnOnce(&mut Option<PlacedFile>) -> Result<T>,
