@@ -60,8 +60,8 @@
 #' safe_convert(src, out, dtype = "BF16")
 #' safe_info(out)
 #'
-#' # Keep the embedding only, under another name
-#' safe_convert(src, out, select = "wte", rename = c("^transformer\\." = "model."))
+#' # Keep the floating-point tensors, under other names
+#' safe_convert(src, out, select = c("weight", "bias"), rename = c("^" = "linear."))
 #' names(safe_load_file(out))
 #' unlink(out)
 safe_convert <- function(source, path, dtype = NULL, rename = NULL, select = NULL, metadata = NULL,
@@ -71,7 +71,7 @@ safe_convert <- function(source, path, dtype = NULL, rename = NULL, select = NUL
   check_string(path)
   check_not_hf(path)
   check_bool(sync)
-  if (!is.null(rename) && !is.function(rename) && !is.character(rename)) {
+  if (!is.null(rename) && !is.function(rename) && !is.character(rename) && !(is.logical(rename) && all(is.na(rename)))) {
     st_abort("invalid_argument", "{.arg rename} must be a function or a named character vector, not {.obj_type_friendly {rename}}.")
   }
   limit <- if (is.null(max_shard_size)) Inf else parse_size(max_shard_size)

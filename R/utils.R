@@ -337,6 +337,10 @@ rename_names <- function(x, rename, arg = "rename", call = parent.frame()) {
     out <- as.character(out)
   } else {
     patterns <- names(rename)
+    # `c(pattern = NA)` is a logical vector.
+    if (is.logical(rename) && all(is.na(rename))) {
+      rename <- stats::setNames(as.character(rename), patterns)
+    }
     if (!is.character(rename) || is.null(patterns) || anyNA(patterns) || any(patterns == "")) {
       st_abort(
         "invalid_argument",

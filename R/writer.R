@@ -45,8 +45,8 @@
 #' * `safetensors_error_already_written`: some of the rows were written
 #'   already (a block written twice, or overlapping another);
 #' * `safetensors_error_shape_mismatch`: `x` is not the shape of the rows
-#'   (fields `tensor`, `shape`, `expected`), or a raw vector's length is
-#'   not their size in bytes;
+#'   (fields `tensor` and `expected`, the shape they need), or a raw
+#'   vector's length is not their size in bytes;
 #' * `safetensors_error_conversion`: a value the declared dtype can't hold;
 #' * `safetensors_error_misaligned`: rows of a sub-byte tensor (F4, F6)
 #'   that don't start and end on a byte boundary;

@@ -169,6 +169,7 @@ test_that("rename_names() renames by function or by replacements in order, NA sk
   )
   # In order: a later pattern sees what earlier ones made.
   expect_identical(rename_names("a.b", c("a" = "b", "b\\.b" = "c")), "c")
+  expect_identical(rename_names(x, c("^lm_head" = NA)), c(x[1:2], NA))
   # Every match is replaced, as gsub() does.
   expect_identical(rename_names("a.a.a", c("a" = "x")), "x.x.x")
   expect_identical(rename_names(x, function(n) ifelse(startsWith(n, "lm"), NA, toupper(n)))[[3]], NA_character_)
