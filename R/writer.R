@@ -172,19 +172,13 @@ check_layout <- function(layout, call = parent.frame()) {
 # temporary name. The writer is an environment of class
 # safetensors_writer; its methods are closures over it.
 open_writer <- function(path, lay, metadata, limit, sync, call = parent.frame()) {
-  given <- path
-  path <- core_path(path, call)
-  folder <- dir.exists(path)
-  base <- if (folder) file.path(path, "model.safetensors") else sub("\\.index\\.json$", "", path)
-  shown <- if (folder) file.path(given, "model.safetensors") else sub("\\.index\\.json$", "", given)
-  check <- function(res, target = given) {
-    if (inherits(res, "safetensors_rust_error")) st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
-    res
-  }
+  to <- save_target(path, call)
+  shown <- to$shown
+  check <- to$check
   sizes <- vapply(seq_along(lay$names), function(i) tensor_bytes(lay$dtypes[[i]], lay$shapes[[i]]), numeric(1))
   shard <- group_by_size(sizes, limit)
   n <- max(c(0L, shard))
-  ck <- check(begin_save(base))
+  ck <- check(begin_save(to$base))
   w <- new.env(parent = emptyenv())
   w$save <- ck$save
   w$names <- lay$names

@@ -3,25 +3,13 @@
 //! passing through R, so that no R vector is made per block.
 
 use extendr_api::prelude::*;
-use safetensors_core::error::{Error, Kind, Result};
+use safetensors_core::error::{Error, Kind};
 use safetensors_core::format::N_LEN;
 use safetensors_core::write::Input;
 
 use crate::robj::{check_interrupt_now, to_r};
 use crate::sources::with_open;
-use crate::writer::with_placed;
-
-/// A row number R passed as a double: a whole number from 0.
-fn whole(x: f64) -> Result<usize> {
-    if x >= 0.0 && x.fract() == 0.0 && x < 2f64.powi(53) {
-        Ok(x as usize)
-    } else {
-        Err(Error::new(
-            Kind::InvalidArgument,
-            "internal error: a row number must be a whole number",
-        ))
-    }
-}
+use crate::writer::{count, with_placed};
 
 /// Copies rows `[r0, r0 + n)` of tensor `name` of the open handle part
 /// `part` (a local file or a raw vector) to tensor `i` (1-based) of the
@@ -31,7 +19,7 @@ fn whole(x: f64) -> Result<usize> {
 #[extendr]
 fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Robj {
     to_r((|| {
-        let (r0, n) = (whole(r0)?, whole(n)?);
+        let (r0, n) = (count(r0)?, count(n)?);
         let (bytes, from) = with_open(&part, |open| {
             let t = &open.header.tensors[open.find(name)?];
             let rows = t.shape.first().copied().unwrap_or(1);
@@ -65,7 +53,7 @@ fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Ro
             let Some(file) = file.as_mut() else {
                 return Err(Error::new(Kind::Closed, "the writer is closed"));
             };
-            let i = whole(i)?.checked_sub(1).ok_or_else(|| {
+            let i = count(i)?.checked_sub(1).ok_or_else(|| {
                 Error::new(Kind::InvalidArgument, "internal error: no such tensor")
             })?;
             file.write_block(

@@ -11,7 +11,6 @@
 //! dropping an uncommitted file (`placed_abort_()`, or the garbage
 //! collector) leaves nothing behind.
 
-use std::cell::RefCell;
 use std::path::Path;
 
 use extendr_api::prelude::*;
@@ -21,38 +20,18 @@ use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::placed::PlacedFile;
 use safetensors_core::write::Input;
 
-use crate::robj::{check_interrupt_now, raw_bytes, threads_from_r, to_r};
+use crate::robj::{check_interrupt_now, raw_bytes, threads_from_r, to_r, Slot};
 use crate::write::{int64_of, specs_of, src_of};
 
-/// What R's external pointer owns: a file being written, or nothing once
-/// committed or abandoned.
-pub(crate) struct PlacedHandle(RefCell<Option<PlacedFile>>);
-
 /// Runs `f` on the open file of `w`; with `take`, the file is taken out of
-/// the handle first (a commit), so that it is closed whatever `f` returns.
+/// its external pointer first (a commit), so that it is closed whatever
+/// `f` returns.
 pub(crate) fn with_placed<T>(
     w: &Robj,
     take: bool,
     f: impl FnOnce(&mut Option<PlacedFile>) -> Result<T>,
 ) -> Result<T> {
-    let closed = || Error::new(Kind::Closed, "the writer is closed");
-    let Ok(ptr) = <&ExternalPtr<PlacedHandle>>::try_from(w) else {
-        return Err(closed());
-    };
-    let Ok(handle) = ptr.try_addr() else {
-        return Err(closed());
-    };
-    let Ok(mut state) = handle.0.try_borrow_mut() else {
-        return Err(Error::new(Kind::InvalidArgument, "the writer is in use"));
-    };
-    if state.is_none() {
-        return Err(closed());
-    }
-    if take {
-        let mut owned = state.take();
-        return f(&mut owned);
-    }
-    f(&mut state)
+    Slot::<PlacedFile>::with(w, take, "the writer is closed", f)
 }
 
 /// Opens the file at `path` (its temporary file; see `AtomicFile`) for the
@@ -71,12 +50,12 @@ fn placed_open_(spec: List, path: &str, sync: bool, threads: i32) -> Robj {
             threads_from_r(threads),
             sync,
         )?;
-        Ok(ExternalPtr::new(PlacedHandle(RefCell::new(Some(file)))).into())
+        Ok(Slot::new_ptr(file))
     })())
 }
 
 /// A count R passed as a double: a whole number from 0.
-fn count(x: f64) -> Result<usize> {
+pub(crate) fn count(x: f64) -> Result<usize> {
     if x >= 0.0 && x.fract() == 0.0 && x < 2f64.powi(53) {
         Ok(x as usize)
     } else {
@@ -178,16 +157,7 @@ fn placed_commit_(w: Robj) -> Robj {
 /// @noRd
 #[extendr]
 fn placed_abort_(w: Robj) -> Robj {
-    let Ok(ptr) = <&ExternalPtr<PlacedHandle>>::try_from(&w) else {
-        return false.into();
-    };
-    let Ok(handle) = ptr.try_addr() else {
-        return false.into();
-    };
-    let Ok(mut state) = handle.0.try_borrow_mut() else {
-        return false.into();
-    };
-    state.take().is_some().into()
+    Slot::<PlacedFile>::drop_value(&w).into()
 }
 
 extendr_module! {
