@@ -25,10 +25,19 @@ use crate::io::{self, start_writeback, AtomicFile};
 use crate::write::{Input, Sink, Writer};
 use crate::Poll;
 
-/// Bytes given to the sink at positions from `pos` on.
+/// Bytes between two writeback starts (as the write engine's file sink).
+const WRITEBACK: u64 = 32 << 20;
+
+/// Bytes given to the sink at positions from `pos` on. With `sync`, disk
+/// writes start every [`WRITEBACK`] bytes, so that dirty pages don't pile
+/// up until the system throttles the writes (and the commit's flush has
+/// less to do).
 struct At<'a> {
     file: &'a File,
     pos: u64,
+    sync: bool,
+    /// Where the bytes not yet sent to disk start.
+    unflushed: u64,
 }
 
 impl Sink for At<'_> {
@@ -36,6 +45,10 @@ impl Sink for At<'_> {
         io::write_all_at(self.file, bytes, self.pos)
             .map_err(|e| Error::io(&e, "can't write the file"))?;
         self.pos += bytes.len() as u64;
+        if self.sync && self.pos - self.unflushed >= WRITEBACK {
+            start_writeback(self.file, self.unflushed, self.pos - self.unflushed);
+            self.unflushed = self.pos;
+        }
         Ok(())
     }
 }
@@ -230,12 +243,17 @@ impl PlacedFile {
         }
         let (threads, sync) = (self.threads, self.sync);
         let file: &File = self.file.file()?;
-        let mut w = Writer::headless(vec![block], At { file, pos: at }, threads)?;
+        let sink = At {
+            file,
+            pos: at,
+            sync,
+            unflushed: at,
+        };
+        let mut w = Writer::headless(vec![block], sink, threads)?;
         w.write(&[input], usize::MAX, poll)?;
-        let len = w.file_len() as u64;
-        w.finish()?;
-        if sync && len > 0 {
-            start_writeback(file, at, len);
+        let sink = w.finish()?;
+        if sync && sink.pos > sink.unflushed {
+            start_writeback(file, sink.unflushed, sink.pos - sink.unflushed);
         }
         self.mark(i, r0, r0 + n);
         Ok(())
