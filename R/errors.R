@@ -132,6 +132,23 @@
 #'   framework (and LibTorch), kept for code written for safetensors 0.4.0,
 #'   where the two classes were unrelated.
 #'
+#' @section Writing in blocks:
+#' [safe_writer()] and [safe_convert()] write tensors a block of rows at a
+#' time; a block that fails counts as not written, and the writer stays
+#' usable.
+#' * `safetensors_error_already_written`: rows of a tensor were written
+#'   already (a block written twice, or overlapping another); field
+#'   `tensor`.
+#' * `safetensors_error_incomplete_write`: a writer was closed with rows
+#'   not written; field `tensors`, the names of the tensors not fully
+#'   written. Nothing is written at the path, and the writer stays open.
+#' * `safetensors_error_shape_mismatch` (below) when a block is not the
+#'   shape of its rows (fields `tensor` and `expected`, the shape the block
+#'   needs).
+#' * A save to a folder that a writer of the same R session holds until it
+#'   is closed is an error of class `safetensors_error_io`, rather than a
+#'   wait that can't end.
+#'
 #' @section Loading into torch modules:
 #' [safe_load_model()] checks the file against the module before it changes
 #' anything; the module is unchanged after these errors (but for the one

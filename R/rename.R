@@ -15,6 +15,10 @@ check_rename <- function(rename, arg = "rename", call = parent.frame()) {
   if (is.null(rename) || is.function(rename)) {
     return(invisible())
   }
+  # `c(pattern = NA)` is a logical vector.
+  if (is.logical(rename) && length(rename) > 0 && all(is.na(rename))) {
+    rename <- stats::setNames(as.character(rename), names(rename))
+  }
   if (!is.character(rename) || is.object(rename) || length(rename) == 0) {
     st_abort(
       "invalid_argument",

@@ -48,6 +48,9 @@ test_that("a replacement NA skips the names its pattern matches", {
   ))
   # A skipped name stays skipped whatever comes after.
   expect_identical(rename_names(c("a", "b"), c("a" = NA, ".*" = "c")), c(NA, "c"))
+  # Patterns that all skip make a logical vector, `c(pattern = NA)`.
+  expect_identical(rename_names(hf_names, c("^lm_head" = NA)), c(hf_names[-6], NA))
+  expect_identical(rename_names(c("a", "b"), c(a = NA, b = NA)), c(NA_character_, NA_character_))
 })
 
 test_that("a function gets every name at once and returns the new ones, NA to skip", {

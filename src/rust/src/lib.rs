@@ -5,6 +5,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod convert;
 mod decimal;
 mod download;
 mod dtypes;
@@ -19,11 +20,13 @@ mod sources;
 mod tensors;
 mod torch;
 mod write;
+mod writer;
 
 use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use convert;
     use download;
     use dtypes;
     use hf;
@@ -34,4 +37,5 @@ extendr_module! {
     use sources;
     use torch;
     use write;
+    use writer;
 }
