@@ -132,17 +132,52 @@
 #'   framework (and LibTorch), kept for code written for safetensors 0.4.0,
 #'   where the two classes were unrelated.
 #'
+#' @section Writing in blocks:
+#' [safe_writer()] and [safe_convert()] write tensors a block of rows at a
+#' time; a block that fails counts as not written, and the writer stays
+#' usable.
+#' * `safetensors_error_already_written`: rows of a tensor were written
+#'   already (a block written twice, or overlapping another); field
+#'   `tensor`.
+#' * `safetensors_error_incomplete_write`: a writer was closed with rows
+#'   not written; field `tensors`, the names of the tensors not fully
+#'   written. Nothing is written at the path, and the writer stays open.
+#' * `safetensors_error_shape_mismatch` (below) when a block is not the
+#'   shape of its rows (fields `tensor` and `expected`, the shape the block
+#'   needs).
+#' * A save to a folder that a writer of the same R session holds until it
+#'   is closed is an error of class `safetensors_error_io`, rather than a
+#'   wait that can't end.
+#'
 #' @section Loading into torch modules:
 #' [safe_load_model()] checks the file against the module before it changes
-#' anything; the module is unchanged after these errors.
+#' anything; the module is unchanged after these errors (but for the one
+#' case of `safetensors_error_transform` said below).
 #' * `safetensors_error_name_mismatch`: with `strict = TRUE`, the module has
 #'   tensors the file lacks, or the file has tensors the module has no place
 #'   for; fields `missing` and `unexpected`.
 #' * `safetensors_error_shape_mismatch`: tensors have other shapes in the
-#'   file than in the module; fields `tensor`, `file_shape`, `model_shape`.
+#'   file (or after their `transform`) than in the module; fields `tensor`
+#'   (the module's names), `file_tensor` (the file's, see `rename`),
+#'   `file_shape`, `transformed_shape` (`NULL` for a tensor without a
+#'   transform) and `model_shape`.
 #' * `safetensors_error_dtype_mismatch`: tensors whose dtype in the file
-#'   would lose values in the module's dtype (floats into integers or
-#'   booleans, complex into real); fields `tensor`, `dtype`, `model_dtype`.
+#'   (or after their `transform`) would lose values in the module's dtype
+#'   (floats into integers or booleans, complex into real); fields
+#'   `tensor`, `file_tensor`, `dtype`, `model_dtype`.
+#' * `safetensors_error_rename`: `rename` gives two of the file's tensors
+#'   the same name (fields `from`, a list of the file's names for each
+#'   name of `to`), or turns a name into the empty string (`from`, `to`);
+#'   or the function given as `rename` fails (the error it raised is the
+#'   `parent`) or returns anything but a character vector as long as its
+#'   input.
+#' * `safetensors_error_transform`: a function of `transform` fails, on the
+#'   "meta" device or on the values (the error it raised is the `parent`),
+#'   returns anything but a torch tensor, or a tensor whose shape differs
+#'   from the one it returned on the meta device (then the model is partly
+#'   loaded); a tensor's name matches two patterns; or, with
+#'   `strict = TRUE`, a pattern matches no tensor. Fields `tensor`,
+#'   `file_tensor` and `pattern` where they apply.
 #'
 #' @section Warnings:
 #' * `safetensors_warning_precision`: I64, U32 or U64 values beyond 2^53

@@ -8,6 +8,13 @@
 #' @useDynLib safetensors, .registration = TRUE
 NULL
 
+#' Copies rows `[r0, r0 + n)` of tensor `name` of the open handle part
+#' `part` (a local file or a raw vector) to tensor `i` (1-based) of the
+#' block writer file `w`, converting its dtype to the writer's. Only those
+#' rows are in memory. Returns the bytes read.
+#' @noRd
+convert_rows_ <- function(part, name, w, i, r0, n) .Call(wrap__convert_rows_, part, name, w, i, r0, n)
+
 #' Opens (creating it if missing, keeping its bytes) the file a download
 #' fills.
 #' @noRd
@@ -140,6 +147,11 @@ file_is_at_ <- function(x, path) .Call(wrap__file_is_at_, x, path)
 #' uncommitted), and the paths of the single file and of the index.
 #' @noRd
 save_begin_ <- function(path) .Call(wrap__save_begin_, path)
+
+#' Whether a save of this process holds the folder of the file `path`
+#' (an open block writer's; see `Save::begin_unless_held`).
+#' @noRd
+folder_held_ <- function(path) .Call(wrap__folder_held_, path)
 
 #' The name of shard `k` of `n` and the path to write it to:
 #' `list(name, temp)`.
@@ -291,5 +303,36 @@ writer_commit_ <- function(w) .Call(wrap__writer_commit_, w)
 #' or an earlier abort. Returns whether a save was abandoned.
 #' @noRd
 writer_abort_ <- function(w) .Call(wrap__writer_abort_, w)
+
+#' Opens the file at `path` (its temporary file; see `AtomicFile`) for the
+#' tensors `spec` describes (R/write.R's description), writing its header;
+#' blocks are encoded on `threads` threads (0: the default), and with
+#' `sync` the file is flushed to disk before it is renamed into place.
+#' @noRd
+placed_open_ <- function(spec, path, sync, threads) .Call(wrap__placed_open_, spec, path, sync, threads)
+
+#' Writes rows `[r0, r0 + n)` (0-based) of tensor `i` (1-based) from `x`:
+#' `kind` `"values"` (an R vector, the block's values in column-major
+#' order, rounded to nearest in the tensor's dtype), `"integer64"` (bit64's
+#' integer64, likewise) or `"bytes"` (a raw vector of the block's bytes as
+#' stored in dtype `from`, converted to the tensor's if it differs).
+#' Returns the rows of tensor `i` written so far.
+#' @noRd
+placed_write_ <- function(w, i, r0, n, x, kind, from) .Call(wrap__placed_write_, w, i, r0, n, x, kind, from)
+
+#' The rows written of each tensor, in the order declared.
+#' @noRd
+placed_rows_ <- function(w) .Call(wrap__placed_rows_, w)
+
+#' Commits the file: checks that every row of every tensor was written,
+#' flushes it (to disk with `sync`) and renames it into place. The writer
+#' is closed afterwards, whatever the outcome.
+#' @noRd
+placed_commit_ <- function(w) .Call(wrap__placed_commit_, w)
+
+#' Abandons the file, leaving nothing behind; harmless after a commit or
+#' an earlier abort. Returns whether a file was abandoned.
+#' @noRd
+placed_abort_ <- function(w) .Call(wrap__placed_abort_, w)
 
 # nolint end

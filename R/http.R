@@ -241,7 +241,13 @@ http_format_abort <- function(url, kind, detail, call) {
 # redirects every request to a CDN); if that URL fails (a signed URL
 # expires), the request starts again from `url`. Credentials follow the
 # same rules either way: those of the option go to `url`'s origin only.
-http_open <- function(url, range = NULL, accept = c(200, 206), cache = NULL, call = parent.frame()) {
+#
+# `failures`, an environment whose `n` counts the failed tries of one read
+# (see http_failures()), shares `safetensors.http_retries` between this
+# request and the caller's own retries (a resumed transfer), so that a read
+# makes at most 1 + retries attempts however they fail.
+http_open <- function(url, range = NULL, accept = c(200, 206), cache = NULL, failures = http_failures(),
+                      call = parent.frame()) {
   check_curl(call = call)
   start <- url_parse(url)
   if (is.null(start)) {
@@ -250,7 +256,7 @@ http_open <- function(url, range = NULL, accept = c(200, 206), cache = NULL, cal
   origin <- url_origin(start)
   if (!is.null(cache$location)) {
     resp <- tryCatch(
-      http_follow(cache$location, origin, range, accept, call),
+      http_follow(cache$location, origin, range, accept, failures, call),
       safetensors_error_http = function(e) NULL
     )
     if (!is.null(resp)) {
@@ -258,21 +264,27 @@ http_open <- function(url, range = NULL, accept = c(200, 206), cache = NULL, cal
     }
     cache$location <- NULL
   }
-  resp <- http_follow(url, origin, range, accept, call)
+  resp <- http_follow(url, origin, range, accept, failures, call)
   if (!is.null(cache) && !identical(resp$url, url)) {
     cache$location <- resp$url
   }
   resp
 }
 
+# A counter of the failed tries of one read, for http_open().
+http_failures <- function() {
+  failures <- new.env(parent = emptyenv())
+  failures$n <- 0
+  failures
+}
+
 # http_open() from `url`, with the credentials of `origin`.
-http_follow <- function(url, origin, range, accept, call) {
+http_follow <- function(url, origin, range, accept, failures, call) {
   timeout <- http_timeout(call)
   retries <- http_retries(call)
   option <- http_header_option(call)
   current <- url
   hops <- 0
-  tries <- 0
   repeat {
     headers <- http_headers_for(current, origin, option)
     if (!is.null(range)) {
@@ -281,11 +293,11 @@ http_follow <- function(url, origin, range, accept, call) {
     resp <- http_attempt(current, headers, timeout)
     if (is.character(resp)) {
       # No response (refused, reset, timed out): retry.
-      tries <- tries + 1
-      if (tries > retries) {
+      failures$n <- failures$n + 1
+      if (failures$n > retries) {
         http_abort(current, NA, resp, call = call)
       }
-      Sys.sleep(http_backoff(tries))
+      Sys.sleep(http_backoff(failures$n))
       next
     }
     status <- resp$status
@@ -312,9 +324,9 @@ http_follow <- function(url, origin, range, accept, call) {
     }
     http_close(resp)
     if ((status >= 500 && status != 501) || status == 429) {
-      tries <- tries + 1
-      if (tries <= retries) {
-        Sys.sleep(http_backoff(tries))
+      failures$n <- failures$n + 1
+      if (failures$n <= retries) {
+        Sys.sleep(http_backoff(failures$n))
         next
       }
     }
@@ -453,9 +465,9 @@ http_stream <- function(url, from, to, sizes, fun, total = NA_real_, cache = NUL
   retries <- http_retries(call)
   k <- 1L
   pos <- from
-  tries <- 0
+  failures <- http_failures()
   while (k <= length(sizes)) {
-    resp <- http_open(url, c(pos, to), accept = c(200, 206, 416), cache = cache, call = call)
+    resp <- http_open(url, c(pos, to), accept = c(200, 206, 416), cache = cache, failures = failures, call = call)
     on.exit(http_close(resp), add = TRUE)
     if (resp$status == 200) {
       http_no_range_abort(url, call)
@@ -491,11 +503,11 @@ http_stream <- function(url, from, to, sizes, fun, total = NA_real_, cache = NUL
     }
     http_close(resp)
     if (!is.null(dropped)) {
-      tries <- tries + 1
-      if (tries > retries) {
+      failures$n <- failures$n + 1
+      if (failures$n > retries) {
         http_abort(url, NA, dropped, call = call)
       }
-      Sys.sleep(http_backoff(tries))
+      Sys.sleep(http_backoff(failures$n))
     }
   }
   invisible()
@@ -540,9 +552,9 @@ http_no_range_abort <- function(url, call) {
 # `limit` bytes.
 http_get <- function(url, limit, call = parent.frame()) {
   retries <- http_retries(call)
-  tries <- 0
+  failures <- http_failures()
   repeat {
-    resp <- http_open(url, call = call)
+    resp <- http_open(url, failures = failures, call = call)
     on.exit(http_close(resp), add = TRUE)
     if (!is.na(resp$length) && resp$length > limit) {
       http_abort(url, resp$status, sprintf("The file has %s bytes, more than the limit of %s.", fmt_num(resp$length), fmt_num(limit)), call = call)
@@ -559,10 +571,10 @@ http_get <- function(url, limit, call = parent.frame()) {
       return(body)
     }
     http_close(resp)
-    tries <- tries + 1
-    if (tries > retries) {
+    failures$n <- failures$n + 1
+    if (failures$n > retries) {
       http_abort(url, NA, body, call = call)
     }
-    Sys.sleep(http_backoff(tries))
+    Sys.sleep(http_backoff(failures$n))
   }
 }

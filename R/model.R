@@ -58,6 +58,57 @@
 #' changed or truncated meanwhile, an interrupt) leaves the module partly
 #' loaded.
 #'
+#' @section Renaming and transforming:
+#' A checkpoint saved by another implementation of the same model (Python's
+#' transformers, say, for an R port) often names its tensors otherwise, or
+#' stores some in another layout. `rename` and `transform` adapt it on the
+#' way in, with every check above made on the result before the module is
+#' touched:
+#' * `rename` gives each of the file's tensors the name of the module's
+#'   tensor it loads into: a function of the file's names (all at once)
+#'   returning as many new names, or a named character vector of
+#'   replacements, `c(pattern = replacement, ...)`, applied one after the
+#'   other to every name as [gsub()] with `perl = TRUE` does (every match
+#'   is replaced, and each replacement sees the names the ones before it
+#'   made; `\\1` refers to a group). A name that becomes `NA` (returned by
+#'   the function, or matched by a pattern whose replacement is `NA`) is
+#'   skipped: neither loaded nor unexpected. Two names that become one, or
+#'   a name that becomes empty, is an error of class
+#'   `safetensors_error_rename` naming them, as is a function that fails or
+#'   returns anything but as many strings.
+#' * `transform` is a named list of functions of one torch tensor returning
+#'   one, each named by a regular expression (Perl-compatible) over the
+#'   module's names (after `rename`). A tensor whose name matches a
+#'   pattern is read, in the file's dtype on the CPU, and the function's
+#'   result is loaded instead, converted to the dtype and device of the
+#'   module's tensor. A name may match at most one pattern: two are an
+#'   error (write one function doing both), as is, with `strict = TRUE`, a
+#'   pattern that matches none of the tensors loaded (a typo that would
+#'   leave a tensor untransformed).
+#'
+#' Each transform runs first on a tensor of the `"meta"` device, which has
+#' the file tensor's shape and dtype but no data, so that the shape and
+#' dtype of its result are checked with the others before anything is
+#' read: a transform must compute its result's shape from its input's
+#' shape, not from its values (`x$t()`, `x$permute()`, `x$reshape()`,
+#' `x$to(dtype = )`, arithmetic and slicing do; `x[x > 0]` or anything
+#' calling `as_array()` does not, and fails). A transform that fails or
+#' returns anything but a torch tensor is an error of class
+#' `safetensors_error_transform` naming the pattern and the tensor; a
+#' result of another shape or dtype than the module's tensor is a
+#' `safetensors_error_shape_mismatch` or `safetensors_error_dtype_mismatch`
+#' as above. Errors name a renamed tensor by both names, the module's and
+#' the file's.
+#'
+#' Memory: a tensor without a transform is still copied straight into the
+#' module's tensor. Those with one are read, one at a time, into a staging
+#' tensor as large as the largest of them (one per file dtype), so a load
+#' holds the module, its pieces of 16 MiB, and that tensor; a transform
+#' that returns a view of its input (`x$t()`) adds nothing, one that makes
+#' a new tensor (`x$t()$contiguous()`, `x * 2`) adds that tensor while it
+#' is copied, and R's garbage collector runs whenever such tensors add up
+#' to 32 MiB.
+#'
 #' @section Tied weights:
 #' Entries of the state dict that are the same view of the same memory
 #' (one parameter used by two modules, such as a language model's input
@@ -88,8 +139,18 @@
 #' @param ... Must be empty: the arguments after it are named. (In 0.4.0,
 #'   `safe_save_model()` took `metadata`, `max_shard_size` and `sync` by
 #'   position; a call that still does is an error that says to name them.)
+#' @param rename `NULL` (the default) to match the file's names as they
+#'   are, a function of the file's names returning the module's names, or
+#'   a named character vector of regular-expression replacements applied
+#'   in order, such as `c("^model\\." = "", "self_attn\\." = "attn.")`;
+#'   a name that becomes `NA` is skipped. See "Renaming and transforming".
+#' @param transform `NULL` (the default), or a named list of functions, each
+#'   of one torch tensor returning one, named by regular expressions over
+#'   the module's names, such as `list("c_(attn|proj|fc)\\.weight$" =
+#'   function(x) x$t())`. See "Renaming and transforming".
 #' @param strict Whether names the file and the module don't share are an
-#'   error. Default `TRUE`.
+#'   error, and, with `transform`, a pattern that matches no tensor.
+#'   Default `TRUE`.
 #' @param metadata `NULL` (the default) or a named list or character vector
 #'   of single strings, stored as the file's `__metadata__`, with the
 #'   names of tied weights left out (see "Tied weights"). Transformers'
@@ -133,12 +194,28 @@
 #' other <- torch::nn_linear(4, 10)
 #' res <- safe_load_model(other, path, strict = FALSE)
 #' res
-#' unlink(path)
-safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("auto", "mmap", "read")) {
+#'
+#' # A checkpoint with other names, its weight stored transposed (as
+#' # GPT-2's Conv1D layers store theirs)
+#' lin <- torch::nn_linear(4, 3)
+#' theirs <- tempfile(fileext = ".safetensors")
+#' safe_save_file(list(model.proj.weight = lin$weight$t(), model.proj.bias = lin$bias), theirs)
+#' model <- torch::nn_linear(4, 3)
+#' safe_load_model(
+#'   model, theirs,
+#'   rename = c("^model\\.proj\\." = ""),
+#'   transform = list("^weight$" = function(x) x$t())
+#' )
+#' torch::torch_equal(model$weight, lin$weight)
+#' unlink(c(path, theirs))
+safe_load_model <- function(model, path, ..., rename = NULL, transform = NULL, strict = TRUE,
+                            backend = c("auto", "mmap", "read")) {
   check_required(model)
   check_required(path)
   check_dots_empty(..., .example = "strict = FALSE")
   check_torch_module(model)
+  check_rename(rename)
+  check_transform(transform)
   check_bool(strict)
   backend <- arg_choice(backend, backends)
   h <- path
@@ -147,9 +224,9 @@ safe_load_model <- function(model, path, ..., strict = TRUE, backend = c("auto",
     on.exit(close(h), add = TRUE)
   }
   state <- model$state_dict()
-  tab <- handle_table(h)
-  plan <- load_plan(tab, state, strict, format_label(h))
-  load_tensors(h, tab, state, plan)
+  tab <- renamed_table(handle_table(h), rename)
+  plan <- load_plan(tab, state, strict, format_label(h), transform)
+  load_tensors(h, tab, state, plan, transform)
   invisible(structure(list(missing = plan$missing, unexpected = plan$unexpected), origin = attr(h, "origin")))
 }
 
@@ -269,12 +346,65 @@ storage_address <- function(x) {
 
 # ---- loading ----------------------------------------------------------------
 
-# What safe_load_model() loads: `load`, the names of the file's tensors to
-# read (each into the state dict entry of the same name), `missing` and
-# `unexpected`; every check made, as classed errors, before anything is
-# read. `tab` is the handle's handle_table(), `label` the file in messages.
-load_plan <- function(tab, state, strict, label, call = parent.frame()) {
+# The handle_table() `tab` of a checkpoint with its tensors renamed by
+# `rename` (checked by check_rename(), R/rename.R): `name` holds the
+# module's names, `from` the file's, and the tensors renamed to NA are
+# left out.
+renamed_table <- function(tab, rename, call = parent.frame()) {
+  to <- rename_names(tab$name, rename, call = call)
+  keep <- !is.na(to)
+  out <- lapply(tab, function(col) col[keep])
+  out$from <- tab$name[keep]
+  out$name <- to[keep]
+  out
+}
+
+# A classed error unless `transform` is NULL or a list of functions named by
+# valid regular expressions. Called once, at the boundary.
+check_transform <- function(transform, call = parent.frame()) {
+  if (is.null(transform)) {
+    return(invisible())
+  }
+  example <- "For example {.code list(\"c_(attn|proj|fc)\\\\.weight$\" = function(x) x$t())}."
+  if (!is.list(transform) || is.object(transform)) {
+    st_abort(
+      "invalid_argument",
+      c("{.arg transform} must be a named list of functions, not {value_friendly(transform)}.", i = example),
+      call = call
+    )
+  }
+  patterns <- names(transform)
+  if (length(transform) > 0 && (is.null(patterns) || anyNA(patterns) || any(!nzchar(patterns)))) {
+    st_abort(
+      "invalid_argument",
+      c("Every element of {.arg transform} must be named: its name is a regular expression over the model's names.", i = example),
+      call = call
+    )
+  }
+  bad <- which(!vapply(transform, is.function, logical(1)))
+  if (length(bad) > 0) {
+    st_abort(
+      "invalid_argument",
+      c(
+        "Every element of {.arg transform} must be a function of one torch tensor.",
+        x = "{.val {patterns[[bad[[1]]]]}} is {value_friendly(transform[[bad[[1]]]])}."
+      ),
+      call = call
+    )
+  }
+  check_patterns(patterns, "transform", call)
+  invisible()
+}
+
+# What safe_load_model() loads: `load`, the names of the module's tensors
+# to read (each from the file's tensor `from`), `missing` (the module's
+# names) and `unexpected` (the file's); `shapes` and torch `types` of the
+# module's tensors; `transform`, transform_plan(). Every check made, as
+# classed errors, before anything is read. `tab` is renamed_table(),
+# `label` the file in messages.
+load_plan <- function(tab, state, strict, label, transform = NULL, call = parent.frame()) {
   in_file <- tab$name
+  tab$from <- tab$from %||% in_file
   in_model <- names(state)
   covered <- character()
   extra <- character()
@@ -291,7 +421,8 @@ load_plan <- function(tab, state, strict, label, call = parent.frame()) {
     }
   }
   missing <- in_model[!in_model %in% c(in_file, covered)]
-  unexpected <- in_file[!in_file %in% in_model | in_file %in% extra]
+  odd <- which(!in_file %in% in_model | in_file %in% extra)
+  unexpected <- tab$from[odd]
   if (strict && (length(missing) > 0 || length(unexpected) > 0)) {
     tie_notes <- vapply(ties, function(t) {
       sprintf(
@@ -307,7 +438,10 @@ load_plan <- function(tab, state, strict, label, call = parent.frame()) {
           sprintf("The file lacks %s of the model's tensors: %s.", length(missing), format_names(missing))
         },
         x = if (length(unexpected) > 0) {
-          sprintf("The model has no place for %s of the file's tensors: %s.", length(unexpected), format_names(unexpected))
+          sprintf(
+            "The model has no place for %s of the file's tensors: %s.",
+            length(unexpected), format_names(in_file[odd], from = unexpected)
+          )
         },
         structure(tie_notes, names = rep("i", length(tie_notes))),
         i = "With {.code strict = FALSE}, the tensors both have are loaded and the others returned."
@@ -319,37 +453,173 @@ load_plan <- function(tab, state, strict, label, call = parent.frame()) {
   }
   load <- in_file[in_file %in% in_model & !in_file %in% extra]
   at <- match(load, in_file)
-  check_torch_dtypes(tab$dtype[at], load, call = call)
+  from <- tab$from[at]
+  check_torch_dtypes(tab$dtype[at], from, call = call)
   shapes <- unname(model_shapes[match(load, in_model)])
-  check_load_shapes(load, tab$shape[at], shapes, label, call)
+  tf <- transform_plan(load, from, tab$dtype[at], tab$shape[at], transform, strict, label, call)
+  check_load_shapes(load, tab$shape[at], shapes, label, call, from = from, tf = tf)
   types <- vapply(load, function(n) state[[n]]$dtype$.type(), character(1), USE.NAMES = FALSE)
-  check_load_dtypes(load, tab$dtype[at], types, state, label, call)
-  list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types)
+  dtypes <- ifelse(tf$fn > 0, tf$dtype, tab$dtype[at])
+  check_load_dtypes(load, dtypes, types, state, label, call, from = from, transformed = tf$fn > 0)
+  list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types, transform = tf)
 }
 
-# A classed error naming the tensors `names` whose `shapes` in the file
-# differ from their shapes in the model, `model`.
-check_load_shapes <- function(names, shapes, model, label, call) {
+# Which transform applies to each tensor `names` (the module's, from the
+# file's `from`, of file `dtypes` and `shapes`), and what it makes of it:
+# `fn`, the index in `transform` of the one pattern that matches each name
+# (0 for none); `shape` and `dtype` (the file's name of it, or torch's when
+# the file has none), the shape and dtype of the transform's result,
+# learnt by running it on a tensor of the "meta" device, which has a shape
+# and a dtype but no data. A name two patterns match, a pattern matching
+# none with `strict`, and a transform that fails or doesn't return a
+# tensor are errors of class `safetensors_error_transform`.
+transform_plan <- function(names, from, dtypes, shapes, transform, strict, label, call) {
+  n <- length(names)
+  out <- list(fn = integer(n), shape = vector("list", n), dtype = rep(NA_character_, n), patterns = names(transform))
+  if (length(transform) == 0) {
+    return(out)
+  }
+  patterns <- names(transform)
+  hits <- matrix(
+    vapply(patterns, function(p) grepl(p, names, perl = TRUE), logical(n)),
+    nrow = n, ncol = length(patterns)
+  )
+  twice <- which(rowSums(hits) > 1)
+  if (length(twice) > 0) {
+    lines <- vapply(twice, function(k) {
+      sprintf(
+        "%s matches %s.",
+        format_names(names[[k]], from = from[[k]]),
+        cli_escape(and_list(encodeString(patterns[hits[k, ]], quote = "\"")))
+      )
+    }, character(1))
+    st_abort(
+      "transform",
+      c(
+        "Can't load {label} into the model: a tensor's name must match at most one pattern of {.arg transform}.",
+        cap_lines(lines, "x"),
+        i = "Write one function that does both, under one pattern."
+      ),
+      tensor = names[twice],
+      file_tensor = from[twice],
+      call = call
+    )
+  }
+  unused <- patterns[colSums(hits) == 0]
+  if (strict && length(unused) > 0) {
+    st_abort(
+      "transform",
+      c(
+        "Can't load {label} into the model: {length(unused)} pattern{?s} of {.arg transform} match{?es/} none of its tensors: {.val {unused}}.",
+        i = "Patterns match the model's names (after {.arg rename}), such as {.val {names[[1]]}}.",
+        i = "With {.code strict = FALSE}, patterns that match nothing are allowed."
+      ),
+      pattern = unused,
+      call = call
+    )
+  }
+  out$fn <- as.integer(hits %*% seq_along(patterns))
+  for (k in which(out$fn > 0)) {
+    shape <- as.numeric(unlist(shapes[[k]]))
+    dt <- torch_dtype_of(dtypes[[k]], from[[k]], call = call)
+    meta <- if (length(shape) == 0) {
+      torch::torch_empty(1L, dtype = dt, device = "meta")$reshape(list())
+    } else {
+      torch::torch_empty(shape, dtype = dt, device = "meta")
+    }
+    y <- run_transform(transform, out$fn[[k]], meta, names[[k]], from[[k]], label, call)
+    out$shape[[k]] <- as.numeric(y$shape)
+    type <- y$dtype$.type()
+    known <- torch_dtype_names()
+    out$dtype[[k]] <- if (type %in% names(known)) known[[type]] else type
+  }
+  out
+}
+
+# The result of transform `fn` (an index in the list `transform`) on torch
+# tensor `x`, the file's `from` renamed `name`; a classed error if it fails
+# or returns anything but a torch tensor.
+run_transform <- function(transform, fn, x, name, from, label, call) {
+  pattern <- names(transform)[[fn]]
+  what <- format_names(name, from = from)
+  y <- tryCatch(transform[[fn]](x), error = function(e) {
+    # torch's errors carry LibTorch's C++ backtrace, which says nothing to
+    # the user of a transform.
+    e$message <- sub("\nException raised from .*", "", conditionMessage(e))
+    e$call <- NULL
+    st_abort(
+      "transform",
+      c(
+        paste0("Can't load {label} into the model: the transform {.val {pattern}} failed on ", what, "."),
+        i = if (identical(x$device$type, "meta")) {
+          "Transforms run first on tensors of the {.val meta} device, which have a shape and a dtype but no data: they must use no values."
+        }
+      ),
+      tensor = name,
+      file_tensor = from,
+      pattern = pattern,
+      parent = e,
+      call = call
+    )
+  })
+  if (!inherits(y, "torch_tensor")) {
+    st_abort(
+      "transform",
+      c(
+        "Can't load {label} into the model: the transform {.val {pattern}} must return a torch tensor.",
+        x = paste0("For ", what, " it returned {value_friendly(y)}.")
+      ),
+      tensor = name,
+      file_tensor = from,
+      pattern = pattern,
+      call = call
+    )
+  }
+  y
+}
+
+# A classed error naming the tensors `names` (from the file's `from`)
+# whose `shapes` in the file (or, where `tf` has a transform for them, the
+# shape of its result) differ from their shapes in the model, `model`.
+check_load_shapes <- function(names, shapes, model, label, call, from = names, tf = NULL) {
   file <- lapply(shapes, function(s) as.numeric(unlist(s)))
+  fn <- tf$fn %||% integer(length(names))
+  loaded <- file
+  loaded[fn > 0] <- tf$shape[fn > 0]
   # One element in both is a match whatever the shapes, as for PyTorch's
   # load_state_dict() (a scalar saved by Python, a one-element tensor in R
   # torch: BatchNorm's num_batches_tracked).
-  same <- mapply(function(a, b) identical(a, b) || (prod(a) == 1 && prod(b) == 1), file, model)
+  same <- mapply(function(a, b) identical(a, b) || (prod(a) == 1 && prod(b) == 1), loaded, model)
   bad <- which(!same)
   if (length(bad) == 0) {
     return(invisible())
   }
   lines <- vapply(bad, function(k) {
-    sprintf("%s: %s in the file, %s in the model.", format_names(names[[k]]), format_shape(file[[k]]), format_shape(model[[k]]))
+    after <- if (fn[[k]] > 0) {
+      sprintf(", %s after the transform %s", format_shape(loaded[[k]]), encodeString(tf$patterns[[fn[[k]]]], quote = "\""))
+    } else {
+      ""
+    }
+    sprintf(
+      "%s: %s in the file%s, %s in the model.",
+      format_names(names[[k]], from = from[[k]]), format_shape(file[[k]]), cli_escape(after), format_shape(model[[k]])
+    )
   }, character(1))
+  # Conv1D weights (GPT-2) are stored transposed.
+  flipped <- vapply(bad, function(k) fn[[k]] == 0 && length(file[[k]]) == 2 && identical(rev(file[[k]]), model[[k]]), logical(1))
   st_abort(
     "shape_mismatch",
     c(
       "Can't load {label} into the model: {length(bad)} tensor{?s} {?has/have} another shape in the file than in the model.",
-      cap_lines(lines, "x")
+      cap_lines(lines, "x"),
+      i = if (any(flipped)) {
+        "{sum(flipped)} of them {?is/are} the model's shape transposed: {.arg transform} can transpose {?it/them}, as in {.code transform = list(\"c_(attn|proj|fc)\\\\.weight$\" = function(x) x$t())}."
+      }
     ),
     tensor = names[bad],
+    file_tensor = from[bad],
     file_shape = file[bad],
+    transformed_shape = lapply(bad, function(k) if (fn[[k]] > 0) loaded[[k]]),
     model_shape = model[bad],
     call = call
   )
@@ -359,7 +629,8 @@ check_load_shapes <- function(names, shapes, model, label, call) {
 # converted to their dtype in the model (`types`, torch's names, of the
 # tensors of `state`) without losing their values: floats and complex
 # numbers into integers or booleans, complex into real.
-check_load_dtypes <- function(names, dtypes, types, state, label, call) {
+check_load_dtypes <- function(names, dtypes, types, state, label, call, from = names,
+                              transformed = logical(length(names))) {
   # The model's dtypes as the file's would name them, where they can.
   known <- torch_dtype_names()
   shown <- ifelse(types %in% names(known), known[types], types)
@@ -379,8 +650,8 @@ check_load_dtypes <- function(names, dtypes, types, state, label, call) {
   kind_name <- c("booleans", "integers", "floating-point numbers", "complex numbers")
   lines <- vapply(bad, function(k) {
     sprintf(
-      "%s: %s in the file (%s), %s in the model (%s).",
-      format_names(names[[k]]), dtypes[[k]], kind_name[[file_kind[[k]]]], shown[[k]], kind_name[[model_kind[[k]]]]
+      "%s: %s %s (%s), %s in the model (%s).",
+      format_names(names[[k]], from = from[[k]]), dtypes[[k]], if (transformed[[k]]) "after its transform" else "in the file", kind_name[[file_kind[[k]]]], shown[[k]], kind_name[[model_kind[[k]]]]
     )
   }, character(1))
   st_abort(
@@ -391,15 +662,22 @@ check_load_dtypes <- function(names, dtypes, types, state, label, call) {
       i = "Tensors convert among floats, among integers, and from booleans and integers to floats."
     ),
     tensor = names[bad],
+    file_tensor = from[bad],
     dtype = dtypes[bad],
     model_dtype = unname(shown[bad]),
     call = call
   )
 }
 
-# Names quoted for a message, at most `n` of them, as cli text.
-format_names <- function(x, n = 10) {
-  shown <- cli_escape(encodeString(utils::head(x, n), quote = "\""))
+# Names quoted for a message, at most `n` of them, as cli text; each name
+# that differs from its name in the file (`from`, see `rename`) with it.
+format_names <- function(x, n = 10, from = x) {
+  shown <- encodeString(utils::head(x, n), quote = "\"")
+  renamed <- utils::head(x != from, n)
+  shown[renamed] <- paste0(
+    shown[renamed], " (renamed from ", encodeString(utils::head(from, n)[renamed], quote = "\""), ")"
+  )
+  shown <- cli_escape(shown)
   more <- if (length(x) > n) sprintf(", and %d more", length(x) - n) else ""
   paste0(paste(shown, collapse = ", "), more)
 }
@@ -413,50 +691,146 @@ cap_lines <- function(lines, type, n = 10) {
   structure(out, names = rep(type, length(out)))
 }
 
-# Reads the tensors `plan$load` of handle `h` (its handle_table() `tab`)
+# Reads the tensors `plan$load` of handle `h` (its renamed_table() `tab`)
 # into the tensors of the same name in `state` (of `plan$shapes` and torch
 # dtypes `plan$types`), file by file in the order of their bytes, with
-# gradients off: piece by piece (read_part_pieces()), each piece copied by
-# torch_fill() from a view of the map or a staging vector into a view of
-# the module's tensor, converting its dtype and moving it to its device.
-load_tensors <- function(h, tab, state, plan, call = parent.frame()) {
+# gradients off, file by file: the tensors without a transform piece by
+# piece (read_part_pieces()), each piece copied by torch_fill() from a view
+# of the map or a staging vector into a view of the module's tensor,
+# converting its dtype and moving it to its device; then each tensor with a
+# transform read into a staging tensor, which the transform's result is
+# copied from (load_transformed()).
+load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.frame()) {
   at <- match(plan$load, tab$name)
   parts <- hget(h, "parts")
-  part_of <- hget(h, "part_of")[match(plan$load, hget(h, "names"))]
+  # The part of each tensor, by its name in the file.
+  part_of <- hget(h, "part_of")[match(tab$from[at], hget(h, "names"))]
   known <- torch_dtype_names()
   sizes <- tab$bytes[at]
   bar <- if (progress_wanted(sizes)) progress_bar("Loading", hget(h, "label"), sum(sizes))
   torch_local_cpu()
+  stages <- transform_stages(tab, at, plan$transform$fn > 0, call)
+  # Bytes of the tensors transforms made (rather than views of the stage)
+  # and dropped since the last garbage collection, which frees them.
+  dropped <- 0
+  label <- hget(h, "label")
+  tick <- function(j) {
+    if (!is.null(bar)) {
+      cli::cli_progress_update(inc = sizes[[j]], id = bar)
+    }
+  }
   torch::with_no_grad({
     for (p in sort(unique(part_of))) {
       js <- which(part_of == p)
       js <- js[order(tab$begin[at[js]])]
+      plain <- js[plan$transform$fn[js] == 0]
       # Planned on the larger element, the file's or the module's, so that
       # neither side of a converting copy exceeds a piece.
-      plan_sizes <- lapply(js, function(j) {
+      plan_sizes <- lapply(plain, function(j) {
         type <- plan$types[[j]]
         if (type %in% names(known)) tensor_bytes(known[[type]], 1) else state[[plan$load[[j]]]]$element_size()
       })
-      read_part_pieces(parts[[p]], plan$load[js], tab$dtype[at[js]], tab$shape[at[js]],
+      read_part_pieces(parts[[p]], tab$from[at[plain]], tab$dtype[at[plain]], tab$shape[at[plain]],
         target = function(i) {
-          j <- js[[i]]
+          j <- plain[[i]]
           dest <- state[[plan$load[[j]]]]
           shape <- as.numeric(unlist(tab$shape[[at[[j]]]]))
           # One element in both, of other shapes (check_load_shapes()).
           if (!identical(shape, plan$shapes[[j]])) dest$view(shape) else dest
         },
         fill = torch_fill,
-        done = function(i, x) {
-          if (!is.null(bar)) {
-            cli::cli_progress_update(inc = sizes[[js[[i]]]], id = bar)
-          }
-        },
+        done = function(i, x) tick(plain[[i]]),
         views = TRUE,
         call = call,
         plan_sizes = plan_sizes,
         setup = torch_setup
       )
+      for (j in setdiff(js, plain)) {
+        dropped <- dropped + load_transformed(parts[[p]], tab, at[[j]], state[[plan$load[[j]]]], plan, j, transform, stages, label, call)
+        if (dropped >= transform_garbage) {
+          gc()
+          dropped <- 0
+        }
+        tick(j)
+      }
     }
   })
+  staged <- sum(vapply(stages, function(x) x$numel() * x$element_size(), numeric(1)))
+  if (dropped + staged >= transform_garbage) {
+    # The stages and what the transforms made, freed now rather than when R
+    # next collects garbage.
+    rm(stages)
+    gc()
+  }
   invisible()
+}
+
+# Bytes of tensors made by transforms that a load leaves for R's garbage
+# collector before it runs it.
+transform_garbage <- 32 * 1024^2
+
+# The staging tensors the tensors `at` of `tab` with a transform (`which`)
+# are read into, one per file dtype, as long as the largest of them: a
+# list named by dtype of one-dimensional torch tensors on the CPU.
+transform_stages <- function(tab, at, which, call) {
+  at <- at[which]
+  numel <- vapply(at, function(k) prod(as.numeric(unlist(tab$shape[[k]]))), numeric(1))
+  stages <- list()
+  for (dtype in unique(tab$dtype[at])) {
+    n <- max(numel[tab$dtype[at] == dtype])
+    if (n > 0) {
+      stages[[dtype]] <- torch_empty_for(dtype, n, tab$from[at][tab$dtype[at] == dtype][[1]], call)
+    }
+  }
+  stages
+}
+
+# Reads tensor `k` of `tab` (the `j`th of `plan`) from `part` into a view
+# of the staging tensor of its dtype (transform_stages()), runs its
+# transform and copies the result into `dest`; returns the bytes of the
+# result when it is a new tensor rather than a view of the stage (freed by
+# the caller's garbage collection). A result of another shape than the
+# transform gave on the meta device is an error of class
+# `safetensors_error_transform`.
+load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, label, call) {
+  from <- tab$from[[k]]
+  dtype <- tab$dtype[[k]]
+  shape <- as.numeric(unlist(tab$shape[[k]]))
+  n <- prod(shape)
+  x <- if (n == 0) {
+    torch_empty_for(dtype, shape, from, call)
+  } else {
+    stages[[dtype]]$narrow(1, 1, n)$view(if (length(shape) == 0) list() else shape)
+  }
+  read_part_pieces(part, from, dtype, list(shape),
+    target = function(i) x, fill = torch_fill, done = function(i, x) NULL, views = TRUE, call = call,
+    setup = torch_setup
+  )
+  y <- run_transform(transform, plan$transform$fn[[j]], x, tab$name[[k]], from, label, call)
+  got <- as.numeric(y$shape)
+  want <- plan$transform$shape[[j]]
+  if (!identical(got, want)) {
+    pattern <- names(transform)[[plan$transform$fn[[j]]]]
+    st_abort(
+      "transform",
+      c(
+        paste0(
+          "Can't load {label} into the model: the transform {.val {pattern}} returned a tensor of shape ",
+          format_shape(got), " for ", format_names(tab$name[[k]], from = from), "."
+        ),
+        x = paste0("On the meta device it returned one of shape ", format_shape(want), ": it must not depend on the values."),
+        i = "The model is partly loaded: the tensors before it were loaded."
+      ),
+      tensor = tab$name[[k]],
+      file_tensor = from,
+      pattern = pattern,
+      call = call
+    )
+  }
+  if (!identical(got, plan$shapes[[j]])) {
+    # One element in both (check_load_shapes()).
+    y <- y$reshape(if (length(plan$shapes[[j]]) == 0) list() else plan$shapes[[j]])
+  }
+  dest$copy_(y)
+  if (n == 0 || identical(storage_address(y), storage_address(x))) 0 else y$numel() * y$element_size()
 }

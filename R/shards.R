@@ -62,18 +62,11 @@ parse_size <- function(x, arg = "max_shard_size", call = parent.frame()) {
 # model.safetensors for a folder), the index for shards.
 save_checkpoint <- function(spec, path, limit, sync, call = parent.frame()) {
   check_string(path, call = call)
+  to <- save_target(path, call)
   given <- path
-  path <- core_path(path, call)
-  folder <- dir.exists(path)
-  base <- if (folder) file.path(path, "model.safetensors") else sub("\\.index\\.json$", "", path)
-  # The paths returned, as the caller spelled `path`.
-  shown <- if (folder) file.path(given, "model.safetensors") else sub("\\.index\\.json$", "", given)
-  # Messages are built on error only (cli formatting takes milliseconds).
-  check <- function(res, target = given) {
-    if (inherits(res, "safetensors_rust_error")) st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
-    res
-  }
-  ck <- check(save_begin_(base))
+  shown <- to$shown
+  check <- to$check
+  ck <- check(begin_save(to$base))
   # Abandons the save on an error or an interrupt: its temporary files go,
   # the folder is released; after a commit it does nothing.
   on.exit(save_abort_(ck$save), add = TRUE)
@@ -98,6 +91,37 @@ save_checkpoint <- function(spec, path, limit, sync, call = parent.frame()) {
   index <- paste0(shown, ".index.json")
   check(save_commit_shards_(ck$save, spec$names, files[shard], sum(sizes), sync), index)
   index
+}
+
+# What a save to `path` (a file, an index or a folder) writes:
+# `list(base, shown, check)`, the single file's path (a folder's
+# model.safetensors, an index's file), the same as the caller spelled
+# `path` (for the paths returned and messages), and a function that turns
+# a Rust error into a classed one citing `call`. (Messages are built on
+# error only: cli formatting takes milliseconds.)
+save_target <- function(path, call) {
+  given <- path
+  path <- core_path(path, call)
+  folder <- dir.exists(path)
+  base <- if (folder) file.path(path, "model.safetensors") else sub("\\.index\\.json$", "", path)
+  shown <- if (folder) file.path(given, "model.safetensors") else sub("\\.index\\.json$", "", given)
+  check <- function(res, target = given) {
+    if (inherits(res, "safetensors_rust_error")) st_check(res, sprintf("Can't write %s.", describe_source(target)), call = call)
+    res
+  }
+  list(base = base, shown = shown, check = check)
+}
+
+# Begins a save to the checkpoint whose single file is `base`
+# (save_begin_()). A folder that a writer of this session holds
+# (safe_writer(), until closed) is an error at once rather than a wait for
+# itself; a garbage collection first releases the folders of writers no
+# longer referenced.
+begin_save <- function(base) {
+  if (folder_held_(base)) {
+    gc(verbose = FALSE)
+  }
+  save_begin_(base)
 }
 
 # ---- reading ------------------------------------------------------------

@@ -240,30 +240,31 @@ remote_piece <- 16 * 1024^2
 #
 # A transfer that fails while the first bytes arrive (a dropped
 # connection) is tried again from the start, with backoff, up to
-# `safetensors.http_retries` times, as later reads are.
+# `safetensors.http_retries` times, as later reads are; the requests' own
+# retries count against the same budget.
 open_remote <- function(url, verb = "open", whole = FALSE, call = parent.frame()) {
   check_curl(call = call)
   retries <- http_retries(call)
-  tries <- 0
+  failures <- http_failures()
   repeat {
     part <- tryCatch(
-      open_remote_once(url, verb, whole, call),
-      safetensors_error_http = function(e) if (isTRUE(e$dropped) && tries < retries) e else stop(e)
+      open_remote_once(url, verb, whole, failures, call),
+      safetensors_error_http = function(e) if (isTRUE(e$dropped) && failures$n < retries) e else stop(e)
     )
     if (!inherits(part, "error")) {
       return(part)
     }
-    tries <- tries + 1
-    Sys.sleep(http_backoff(tries))
+    failures$n <- failures$n + 1
+    Sys.sleep(http_backoff(failures$n))
   }
 }
 
 # One try of open_remote().
-open_remote_once <- function(url, verb, whole, call) {
+open_remote_once <- function(url, verb, whole, failures, call) {
   # Where the URL redirects to, for the requests that follow.
   cache <- new.env(parent = emptyenv())
   part <- list(ptr = NULL, label = url_redact(url), info = NULL, url = url, cache = cache)
-  resp <- http_open(url, c(0, remote_probe - 1), accept = c(200, 206, 416), cache = cache, call = call)
+  resp <- http_open(url, c(0, remote_probe - 1), accept = c(200, 206, 416), cache = cache, failures = failures, call = call)
   keep <- FALSE
   on.exit(if (!keep) http_close(resp), add = TRUE)
   if (resp$status == 416) {

@@ -304,3 +304,4 @@ escape_bytes <- function(x) {
   out[b == 0x5c] <- "\\\\"
   paste(out, collapse = "")
 }
+

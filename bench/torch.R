@@ -33,10 +33,29 @@
 # ours without fsync against Python's save_file(), ours with fsync against
 # save_file() followed by fsync.
 #
+# Group "surgery" (issue 24) loads a checkpoint laid out as Hugging Face's
+# GPT-2 stores it (names under "model.", the weights of linear layers
+# stored transposed, as Conv1D keeps them) into an R module with its own
+# names, with safe_load_model(rename =, transform =): a transform that
+# returns a view (`x$t()`), one that makes a new tensor
+# (`x$t()$contiguous()`), and, as references, safe_load_model() of the
+# same weights saved in the module's own names and layout, and the route
+# without `rename` and `transform` (safe_load_file(), names and
+# transposes changed in R, then load_state_dict()). The module is
+# an embedding of 16384 x D and LAYERS blocks of four linear layers (D x
+# 3D, D x D, D x 4D, 4D x D) without biases, F32: with the defaults (D =
+# 4096, LAYERS = 5) 4 GiB, whose largest tensor is 256 MiB. A load with
+# transforms may add to the module at most 64 MiB and the largest
+# transformed tensor (its staging copy), and a transform that copies, that
+# tensor again. Needs about 2.5 times the checkpoint in free memory, and
+# twice it on disk in the temporary folder.
+#
 # Environment: BENCH_GROUPS, a comma-separated subset of "tensor" (the
-# 1 GiB tensor), "model" (the module) and "set" (the 16-tensor save),
-# default all three; BENCH_REPS, how many times each case runs (fresh
-# processes, interleaved), default 1.
+# 1 GiB tensor), "model" (the module), "set" (the 16-tensor save) and
+# "surgery" (rename and transform), default the first three; BENCH_REPS,
+# how many times each case runs (fresh processes, interleaved), default 1;
+# BENCH_SURGERY_D and BENCH_SURGERY_LAYERS, the size of the "surgery"
+# module (default 4096 and 5; 512 and 2 make a quick check).
 
 args <- commandArgs(trailingOnly = TRUE)
 if (length(args) == 0) {
@@ -71,6 +90,33 @@ make_model <- quote({
   })
   model <- net()
 })
+make_surgery <- quote({
+  d <- as.integer(Sys.getenv("BENCH_SURGERY_D", "4096"))
+  layers <- as.integer(Sys.getenv("BENCH_SURGERY_LAYERS", "5"))
+  block <- nn_module(initialize = function(d) {
+    self$attn <- nn_linear(d, 3 * d, bias = FALSE)
+    self$proj <- nn_linear(d, d, bias = FALSE)
+    self$up <- nn_linear(d, 4 * d, bias = FALSE)
+    self$down <- nn_linear(4 * d, d, bias = FALSE)
+  })
+  net <- nn_module(initialize = function() {
+    self$wte <- nn_embedding(16384, d)
+    self$h <- nn_module_list(lapply(seq_len(layers), function(i) block(d)))
+  })
+  model <- with_no_grad(net())
+})
+surgery_rename <- c("^model\\\\." = "", "\\\\.c_attn\\\\." = ".attn.", "\\\\.c_proj\\\\." = ".proj.", "\\\\.c_fc\\\\." = ".up.", "\\\\.mlp_proj\\\\." = ".down.")
+# The two checkpoints of the "surgery" cases: BENCH_FILE with the names
+# and layout of the module, BENCH_FILE2 with those of Hugging Face.
+surgery_write <- quote({
+  state <- model$state_dict()
+  safe_save_file(state, f, sync = FALSE)
+  hf <- c(attn = "c_attn", proj = "c_proj", up = "c_fc", down = "mlp_proj")
+  nms <- names(state)
+  for (k in names(hf)) nms <- sub(paste0("\\\\.", k, "\\\\."), paste0(".", hf[[k]], "."), nms)
+  out <- lapply(names(state), function(n) if (n == "wte.weight") state[[n]] else state[[n]]$t())
+  safe_save_file(setNames(out, paste0("model.", nms)), Sys.getenv("BENCH_FILE2"), sync = FALSE)
+})
 switch(Sys.getenv("BENCH_CASE"),
   save_path = measure(make, quote(safe_save_file(list(x = x), f))),
   save_path_t = measure(quote({x <- torch_randn(16384, 16384)$t()}), quote(safe_save_file(list(x = x), f))),
@@ -85,7 +131,19 @@ switch(Sys.getenv("BENCH_CASE"),
   model_load = measure(make_model, quote(safe_load_model(model, f))),
   model_load_read = measure(make_model, quote(safe_load_model(model, f, backend = "read"))),
   model_load_file = measure(make_model, quote(y <- safe_load_file(f, framework = "torch"))),
-  model_state_dict = measure(make_model, quote(model$load_state_dict(safe_load_file(f, framework = "torch"))))
+  model_state_dict = measure(make_model, quote(model$load_state_dict(safe_load_file(f, framework = "torch")))),
+  surgery_write = measure(make_surgery, surgery_write),
+  surgery_plain = measure(make_surgery, quote(safe_load_model(model, f))),
+  surgery_view = measure(make_surgery, quote(safe_load_model(model, Sys.getenv("BENCH_FILE2"),
+    rename = surgery_rename, transform = list("\\\\.(attn|proj|up|down)\\\\.weight$" = function(x) x$t())))),
+  surgery_route = measure(make_surgery, quote({
+    state <- safe_load_file(Sys.getenv("BENCH_FILE2"), framework = "torch")
+    for (k in seq_along(surgery_rename)) names(state) <- gsub(names(surgery_rename)[[k]], surgery_rename[[k]], names(state))
+    for (n in grep("weight$", names(state), value = TRUE)) if (n != "wte.weight") state[[n]] <- state[[n]]$t()
+    model$load_state_dict(state)
+  })),
+  surgery_copy = measure(make_surgery, quote(safe_load_model(model, Sys.getenv("BENCH_FILE2"),
+    rename = surgery_rename, transform = list("\\\\.(attn|proj|up|down)\\\\.weight$" = function(x) x$t()$contiguous()))))
 )
 '
 
@@ -132,10 +190,12 @@ run_py_case <- function(case, file) {
   )
 }
 
-run_case <- function(case, lib, file) {
+run_case <- function(case, lib, file, file2 = "") {
   if (grepl("save", case)) settle(file)
   env <- c(
-    paste0("R_LIBS=", lib), paste0("BENCH_CASE=", case), paste0("BENCH_FILE=", file)
+    paste0("R_LIBS=", lib), paste0("BENCH_CASE=", case), paste0("BENCH_FILE=", file), paste0("BENCH_FILE2=", file2),
+    paste0("BENCH_SURGERY_D=", Sys.getenv("BENCH_SURGERY_D", "4096")),
+    paste0("BENCH_SURGERY_LAYERS=", Sys.getenv("BENCH_SURGERY_LAYERS", "5"))
   )
   out <- system2(file.path(R.home("bin"), "Rscript"), c("-e", shQuote(case_code)),
     env = env, stdout = TRUE, stderr = FALSE
@@ -152,19 +212,30 @@ groups <- strsplit(Sys.getenv("BENCH_GROUPS", "tensor,model,set"), ",")[[1]]
 reps <- as.integer(Sys.getenv("BENCH_REPS", "1"))
 file <- tempfile(fileext = ".safetensors")
 model_file <- tempfile(fileext = ".safetensors")
-on.exit(unlink(c(file, model_file)))
+surgery_files <- tempfile(c("plain", "hf"), fileext = ".safetensors")
+on.exit(unlink(c(file, model_file, surgery_files)))
 res <- list()
+if ("surgery" %in% groups) {
+  # Written once, outside the rounds.
+  run_case("surgery_write", libs[["ours"]], surgery_files[[1]], surgery_files[[2]])
+  system2("sync")
+}
 for (rep in seq_len(reps)) {
   for (nm in names(libs)) {
     cases <- c(
       if ("tensor" %in% groups) c("save_path", "save_path_t", "torch_save", "load_path", "load_con", "torch_load", "safetensors_new"),
       # The module cases read the checkpoint model_save wrote.
       if ("model" %in% groups && nm == "ours") c("model_save", "model_load", "model_load_read", "model_load_file", "model_state_dict"),
-      if ("set" %in% groups && nm == "ours") c("set_save", "set_save_nosync")
+      if ("set" %in% groups && nm == "ours") c("set_save", "set_save_nosync"),
+      if ("surgery" %in% groups && nm == "ours") c("surgery_plain", "surgery_view", "surgery_copy", "surgery_route")
     )
     for (case in cases) {
       # Loads read the file the torch_save() case wrote with the same package.
-      r <- run_case(case, libs[[nm]], if (startsWith(case, "model_")) model_file else file)
+      r <- if (startsWith(case, "surgery_")) {
+        run_case(case, libs[[nm]], surgery_files[[1]], surgery_files[[2]])
+      } else {
+        run_case(case, libs[[nm]], if (startsWith(case, "model_")) model_file else file)
+      }
       r$package <- nm
       res[[length(res) + 1]] <- r
       print(r)

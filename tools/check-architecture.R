@@ -19,9 +19,9 @@
 # tools/test.sh; needs only base R and codetools (a recommended package).
 
 layers <- c(
-  "errors.R", "utils.R", "dtypes.R", "display.R", "progress.R", "url.R", "http.R", "sources.R", "download.R",
+  "errors.R", "utils.R", "dtypes.R", "display.R", "rename.R", "progress.R", "url.R", "http.R", "sources.R", "download.R",
   "frameworks.R", "torch.R", "tensors.R", "write.R", "shards.R", "hf.R", "open.R", "slice.R",
-  "info.R", "load.R", "save.R", "model.R", "safetensors-class.R", "safetensors-package.R"
+  "info.R", "load.R", "save.R", "writer.R", "convert.R", "model.R", "safetensors-class.R", "safetensors-package.R"
 )
 # Files outside the layers: generated wrappers (any file may call them).
 exempt <- "extendr-wrappers.R"

@@ -30,6 +30,17 @@ python_system2 <- function(...) {
   withr::with_envvar(c(LD_LIBRARY_PATH = NA), suppressWarnings(system2(...)))
 }
 
+# Python with numpy and ml_dtypes, the oracle of dtype conversions
+# (test-dtype-oracle.R, test-convert.R).
+oracle_python <- function() {
+  find_python("oracle_python", "import numpy, ml_dtypes; ml_dtypes.float4_e2m1fn")
+}
+
+skip_without_oracle <- function() {
+  skip_on_cran()
+  if (is.null(oracle_python())) skip("Python with numpy and ml_dtypes is not available")
+}
+
 skip_without_python <- function() {
   skip_on_cran()
   if (is.null(python_exe())) skip("Python with safetensors and numpy is not available")

@@ -7,15 +7,6 @@
 # src/rust/core/tests/conversions.rs.) SAFETENSORS_ORACLE_RANDOM sets how
 # many random doubles join the boundary values (1000 by default).
 
-oracle_python <- function() {
-  find_python("oracle_python", "import numpy, ml_dtypes; ml_dtypes.float4_e2m1fn")
-}
-
-skip_without_oracle <- function() {
-  skip_on_cran()
-  if (is.null(oracle_python())) skip("Python with numpy and ml_dtypes is not available")
-}
-
 run_oracle <- function(dir, mode) {
   run_python(readLines(test_path("dtype-oracle.py")), c(dir, mode), exe = oracle_python())
 }

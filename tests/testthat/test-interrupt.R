@@ -111,3 +111,36 @@ test_that("Ctrl-C stops a multi-gigabyte save and leaves no file", {
   expect_identical(readBin(path, "raw", 1e4), before)
   expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), "old.safetensors")
 })
+
+test_that("Ctrl-C stops safe_convert() and a writer's write; nothing is left, the writer stays usable", {
+  skip_if_not_large()
+  skip_on_os("windows")
+  n <- 1e9 # 4 GB of F32 zeros, sparse
+  path <- local_sparse_file(obj(entry("x", "F32", n, 0, 4 * n)), 4 * n)
+  dir <- withr::local_tempdir()
+  rs <- local_session()
+  convert <- function(p, out) safetensors::safe_convert(p, out, dtype = "BF16", max_shard_size = "500MB")
+  res <- interrupt_call(rs, convert, list(path, dir), after = 1)
+  expect_interrupted(res)
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
+  # The folder is free again: a save to it works.
+  expect_identical(rs$run(function(d) basename(safetensors::safe_save_file(list(a = 1), d)), list(dir)), "model.safetensors")
+  unlink(file.path(dir, "model.safetensors"))
+  # A write interrupted counts nothing; the writer goes on.
+  rs$run(function(d) {
+    lay <- data.frame(name = "x", dtype = "F16")
+    lay$shape <- list(c(2e8, 4))
+    w <<- safetensors::safe_writer(d, lay)
+    block <<- matrix(0.5, 1e8, 4)
+    NULL
+  }, list(dir))
+  write <- function() w$write("x", block, rows = 1:1e8)
+  res <- interrupt_call(rs, write, list(), after = 0.3)
+  # The engine polls between blocks of 4 MiB, but a write waits for the
+  # disk when the system throttles dirty pages: 2.1 s on a loaded machine.
+  expect_true(res$class %in% c("safetensors_error_interrupted", "interrupt"), label = res$class)
+  expect_lt(res$seconds, 5)
+  expect_identical(rs$run(function() { w$write("x", block[1:10, ], rows = 1:10); "ok" }), "ok")
+  rs$run(function() { w$abort(); NULL })
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
+})

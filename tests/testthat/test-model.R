@@ -587,3 +587,251 @@ test_that("a file truncated while a module loads gives its values or a classed e
   }
 })
 
+# ---- rename and transform ---------------------------------------------------
+
+test_that("without torch, renamed tensors are matched and shown by both names", {
+  state <- list(
+    embed.weight = fake_tensor(c(10, 4), storage = "0x1"),
+    head.weight = fake_tensor(c(10, 4), storage = "0x1"),
+    norm.weight = fake_tensor(4)
+  )
+  file <- fake_table(list(model.embed.weight = c(10L, 4L), model.norm.weight = 4L, model.extra = 2L, rope = 3L))
+  tab <- safetensors:::renamed_table(file, c("^model\\." = "", "^rope$" = NA))
+  expect_identical(tab$name, c("embed.weight", "norm.weight", "extra"))
+  expect_identical(tab$from, c("model.embed.weight", "model.norm.weight", "model.extra"))
+  expect_identical(tab$shape, list(c(10L, 4L), 4L, 2L))
+  # The skipped tensor is not unexpected; the unexpected one is the file's name.
+  expect_identical(
+    plan(tab, state, strict = FALSE),
+    list(load = c("embed.weight", "norm.weight"), missing = character(), unexpected = "model.extra")
+  )
+  cnd <- expect_error(plan(tab, state), class = "safetensors_error_name_mismatch")
+  expect_identical(cnd$unexpected, "model.extra")
+  tab$shape[[2]] <- 5L
+  cnd <- expect_error(plan(tab[c("name", "from", "dtype", "shape")], state, strict = FALSE), class = "safetensors_error_shape_mismatch")
+  expect_identical(cnd$tensor, "norm.weight")
+  expect_identical(cnd$file_tensor, "model.norm.weight")
+  expect_snapshot(error = TRUE, {
+    plan(safetensors:::renamed_table(file, c("^model\\." = "", "^rope$" = NA)), state)
+    plan(tab, state, strict = FALSE)
+    plan(safetensors:::renamed_table(file, c("^model\\." = "", "^rope$" = "norm.weight")), state)
+  })
+})
+
+test_that("`transform` must be a named list of functions", {
+  skip_if_no_torch()
+  model <- torch::nn_linear(2, 3)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_model(model, path)
+  expect_snapshot(error = TRUE, {
+    safe_load_model(model, path, transform = function(x) x)
+    safe_load_model(model, path, transform = list(function(x) x))
+    safe_load_model(model, path, transform = list(weight = "t"))
+    safe_load_model(model, path, transform = list("(" = function(x) x))
+    safe_load_model(model, path, rename = 1)
+  })
+  for (bad in list(c(weight = 1), list(a = function(x) x, function(x) x), structure(list(), class = "foo"))) {
+    expect_error(safe_load_model(model, path, transform = bad), class = "safetensors_error_invalid_argument")
+  }
+  # An empty list transforms nothing.
+  expect_identical(safe_load_model(model, path, transform = list()), list(missing = character(), unexpected = character()))
+})
+
+test_that("a GPT-2 that transformers saved loads with `transform`, logits as Python's", {
+  skip_if_no_torch()
+  model <- gpt2()
+  res <- safe_load_model(model, hf_fixture("gpt2"), transform = gpt2_transform)
+  expect_identical(res, list(missing = character(), unexpected = character()))
+  # The output projection is still tied to the embedding.
+  expect_true(model$lm_head$weight$is_set_to(model$transformer$wte$weight))
+  out <- hf_logits(model, "gpt2")
+  expect_identical(out$got$shape, c(2L, 8L, 100L))
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+  # The file's tensors, transposed, are the parameters.
+  file <- safe_load_file(hf_fixture("gpt2", "model.safetensors"), framework = "torch")
+  w <- file[["transformer.h.1.attn.c_proj.weight"]]
+  expect_true(torch::torch_equal(model$transformer$h[[2]]$attn$c_proj$weight, w$t()$to(dtype = torch::torch_float64())))
+  # A function as `rename`, the module's names as they are, and the same
+  # through a handle, the read backend and transforms that copy.
+  for (how in c("handle", "read", "contiguous")) {
+    model <- gpt2()
+    src <- if (how == "handle") safe_open(hf_fixture("gpt2"), framework = "torch") else hf_fixture("gpt2")
+    tf <- if (how == "contiguous") list("c_(attn|proj|fc)\\.weight$" = function(x) x$t()$contiguous() * 1) else gpt2_transform
+    safe_load_model(model, src, rename = identity, transform = tf, backend = if (how == "read") "read" else "mmap")
+    if (how == "handle") close(src)
+    out <- hf_logits(model, "gpt2")
+    expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6, label = how)
+  }
+})
+
+test_that("without its transform, GPT-2's square attn.c_proj.weight loads silently wrong", {
+  skip_if_no_torch()
+  model <- gpt2()
+  before <- state_copy(model)
+  # No transform: the four non-square Conv1D weights of each layer are
+  # caught, the square one is not.
+  cnd <- expect_error(safe_load_model(model, hf_fixture("gpt2")), class = "safetensors_error_shape_mismatch")
+  expect_length(cnd$tensor, 6)
+  expect_false(any(grepl("attn.c_proj", cnd$tensor, fixed = TRUE)))
+  expect_snapshot(error = TRUE, safe_load_model(model, hf_fixture("gpt2")), transform = function(x) gsub("'[^']*'", "<path>", x))
+  expect_state(model, before)
+  # Transposing only the weights the shape check catches loads, wrongly.
+  partial <- list("(c_attn|c_fc|mlp\\.c_proj)\\.weight$" = function(x) x$t())
+  safe_load_model(model, hf_fixture("gpt2"), transform = partial)
+  out <- hf_logits(model, "gpt2")
+  expect_gt(as.numeric((out$got - out$expected)$abs()$max()), 0.1)
+  # The full transform makes it right.
+  safe_load_model(model, hf_fixture("gpt2"), transform = gpt2_transform)
+  out <- hf_logits(model, "gpt2")
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+})
+
+test_that("a Llama that transformers saved loads with `rename`, logits as Python's", {
+  skip_if_no_torch()
+  model <- llama()
+  before <- state_copy(model)
+  # Its names match in 1 of 21 until renamed.
+  cnd <- expect_error(safe_load_model(model, hf_fixture("llama")), class = "safetensors_error_name_mismatch")
+  expect_length(cnd$unexpected, 20)
+  expect_state(model, before)
+  res <- safe_load_model(model, hf_fixture("llama"), rename = llama_rename)
+  expect_identical(res, list(missing = character(), unexpected = character()))
+  out <- hf_logits(model, "llama")
+  expect_identical(out$got$shape, c(2L, 8L, 100L))
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+  # The same with a function.
+  model <- llama()
+  fn <- function(x) {
+    for (k in seq_along(llama_rename)) x <- gsub(names(llama_rename)[[k]], llama_rename[[k]], x, perl = TRUE)
+    x
+  }
+  safe_load_model(model, hf_fixture("llama"), rename = fn)
+  out <- hf_logits(model, "llama")
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+  # A tensor skipped is neither loaded nor unexpected.
+  model <- llama()
+  res <- safe_load_model(model, hf_fixture("llama"), rename = c(llama_rename, "^lm_head\\." = NA), strict = FALSE)
+  expect_identical(res, list(missing = "lm_head.weight", unexpected = character()))
+  expect_error(
+    safe_load_model(model, hf_fixture("llama"), rename = c(llama_rename, "^lm_head\\." = NA)),
+    class = "safetensors_error_name_mismatch"
+  )
+})
+
+test_that("rename and transform errors leave the module untouched and say which name became which", {
+  skip_if_no_torch()
+  model <- llama()
+  before <- state_copy(model)
+  src <- hf_fixture("llama")
+  scrub <- function(x) gsub("'[^']*model\\.safetensors'", "<path>", x)
+  t_q <- function(f) list("attn\\.q_proj\\.weight$" = f)
+  expect_snapshot(error = TRUE, transform = scrub, {
+    # Two file names to one module name.
+    safe_load_model(model, src, rename = c(llama_rename, "\\.[kv]_proj\\." = ".kv."))
+    # Names the module lacks, shown with the file's.
+    safe_load_model(model, src, rename = c(llama_rename, "^lm_head\\." = "head."))
+    # A transform that fails, on the meta device or on values.
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) stop("no can do")))
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) x[x > 0]))
+    # One that returns something else than a tensor.
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) as.numeric(x$shape)))
+    # Another shape and dtype than the model's.
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) x[1:4, ]))
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) x$to(dtype = torch::torch_cfloat())))
+    # A name two patterns match, a pattern that matches nothing.
+    safe_load_model(model, src, rename = llama_rename, transform = list("q_proj" = identity, "attn\\." = identity))
+    safe_load_model(model, src, rename = llama_rename, transform = list("self_attn\\.q_proj" = identity))
+  })
+  expect_state(model, before)
+  cnd <- expect_error(
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) x[1:4, ])),
+    class = "safetensors_error_shape_mismatch"
+  )
+  expect_identical(cnd$file_tensor, c("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight"))
+  expect_identical(cnd$transformed_shape, list(c(4, 32), c(4, 32)))
+  cnd <- expect_error(
+    safe_load_model(model, src, rename = llama_rename, transform = t_q(function(x) stop("no"))),
+    class = "safetensors_error_transform"
+  )
+  expect_identical(cnd$pattern, "attn\\.q_proj\\.weight$")
+  expect_identical(cnd$tensor, "transformer.h.0.attn.q_proj.weight")
+  expect_identical(cnd$file_tensor, "model.layers.0.self_attn.q_proj.weight")
+  expect_error(
+    safe_load_model(model, src, rename = function(x) toupper(1)),
+    class = "safetensors_error_rename"
+  )
+  expect_state(model, before)
+  # With `strict = FALSE`, a pattern may match nothing.
+  safe_load_model(model, src, rename = llama_rename, transform = list("nothing" = identity), strict = FALSE)
+  out <- hf_logits(model, "llama")
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+})
+
+test_that("transforms see the file's dtype and their results convert to the module's", {
+  skip_if_no_torch()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(w = array(as.numeric(1:6), c(2, 3)), n = 5L, flag = TRUE), path)
+  net <- torch::nn_module(initialize = function() {
+    self$w <- torch::nn_parameter(torch::torch_zeros(3, 2, dtype = torch::torch_float16()))
+    self$n <- torch::nn_buffer(torch::torch_zeros(1, dtype = torch::torch_float64()))
+    self$flag <- torch::nn_buffer(torch::torch_zeros(1, dtype = torch::torch_int32()))
+  })
+  m <- net()
+  seen <- list()
+  spy <- function(f) function(x) {
+    seen[[length(seen) + 1]] <<- list(dtype = x$dtype$.type(), device = x$device$type)
+    f(x)
+  }
+  safe_load_model(m, path, transform = list(
+    "^w$" = spy(function(x) x$t()),
+    "^n$" = spy(function(x) x * 2L),
+    "^flag$" = spy(function(x) x$to(dtype = torch::torch_int64()))
+  ))
+  # Each ran twice: on a meta tensor, then on the file's values.
+  devices <- vapply(seen, function(s) s$device, character(1))
+  expect_identical(devices, c("meta", "meta", "meta", "cpu", "cpu", "cpu"))
+  expect_setequal(vapply(seen, function(s) s$dtype, character(1)), c("Double", "Int", "Bool"))
+  expect_identical(as.numeric(torch::as_array(m$w$to(dtype = torch::torch_float64()))), c(1, 3, 5, 2, 4, 6))
+  expect_identical(m$w$dtype$.type(), "Half")
+  expect_identical(as.numeric(torch::as_array(m$n)), 10)
+  expect_identical(as.integer(torch::as_array(m$flag)), 1L)
+  # A transform whose result's shape depends on the values fails after the
+  # meta check; the tensors before it are loaded.
+  m <- net()
+  cnd <- expect_error(
+    safe_load_model(m, path, transform = list("^w$" = function(x) if (x$device$type == "meta") x$t() else x)),
+    class = "safetensors_error_transform"
+  )
+  expect_snapshot(cat(gsub(path, "<path>", conditionMessage(cnd), fixed = TRUE)))
+})
+
+test_that("rename and transform read folders, shards, URLs and hf:// paths", {
+  skip_if_no_torch()
+  dir <- withr::local_tempdir()
+  tensors <- safe_load_file(hf_fixture("gpt2", "model.safetensors"))
+  dir.create(file.path(dir, "sharded"))
+  safe_save_file(tensors, file.path(dir, "sharded"), max_shard_size = 20000)
+  expect_gt(length(list.files(file.path(dir, "sharded"), "^model-")), 2)
+  for (src in c(file.path(dir, "sharded"), file.path(dir, "sharded", "model.safetensors.index.json"))) {
+    model <- gpt2()
+    safe_load_model(model, src, rename = c("^transformer\\." = "transformer."), transform = gpt2_transform)
+    out <- hf_logits(model, "gpt2")
+    expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6, label = src)
+  }
+  skip_without_http()
+  srv <- local_http_server()
+  file.copy(hf_fixture("gpt2", "model.safetensors"), srv$dir)
+  model <- gpt2()
+  safe_load_model(model, srv$url("model.safetensors"), transform = gpt2_transform)
+  out <- hf_logits(model, "gpt2")
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+  hub <- local_hub()
+  hub$commit("org/llama", list(
+    "config.json" = hf_fixture("llama", "config.json"),
+    "model.safetensors" = hf_fixture("llama", "model.safetensors")
+  ))
+  model <- llama()
+  safe_load_model(model, "hf://org/llama", rename = llama_rename)
+  out <- hf_logits(model, "llama")
+  expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
+})

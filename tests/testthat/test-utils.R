@@ -159,3 +159,4 @@ test_that("an argument too many or one left out is a classed error citing the fu
   g <- function(x) check_required(x)
   expect_null(g(1))
 })
+

@@ -5,6 +5,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod convert;
 mod decimal;
 mod download;
 mod dtypes;
@@ -19,11 +20,13 @@ mod slice;
 mod sources;
 mod tensors;
 mod write;
+mod writer;
 
 use extendr_api::prelude::*;
 
 extendr_module! {
     mod safetensors;
+    use convert;
     use download;
     use dtypes;
     use frameworks;
@@ -34,4 +37,5 @@ extendr_module! {
     use slice;
     use sources;
     use write;
+    use writer;
 }

@@ -748,6 +748,60 @@ unsafe extern "C" fn check_interrupt(_: *mut c_void) {
     unsafe { R_CheckUserInterrupt() };
 }
 
+/// A value R owns through an external pointer until it is taken out (a
+/// save committed or abandoned): the garbage collector drops what is left.
+pub struct Slot<T>(std::cell::RefCell<Option<T>>);
+
+impl<T: 'static> Slot<T> {
+    /// An external pointer holding `value`.
+    pub fn new_ptr(value: T) -> Robj {
+        ExternalPtr::new(Slot(std::cell::RefCell::new(Some(value)))).into()
+    }
+
+    /// Runs `f` on the value in the external pointer `x` (with `take`,
+    /// taken out of it first, so that it is dropped whatever `f` does); an
+    /// error of kind `Closed` saying `closed` if there is none.
+    pub fn with<R>(
+        x: &Robj,
+        take: bool,
+        closed: &str,
+        f: impl FnOnce(&mut Option<T>) -> Result<R>,
+    ) -> Result<R> {
+        let closed = || Error::new(Kind::Closed, closed);
+        let Ok(ptr) = <&ExternalPtr<Slot<T>>>::try_from(x) else {
+            return Err(closed());
+        };
+        let Ok(slot) = ptr.try_addr() else {
+            return Err(closed());
+        };
+        let Ok(mut state) = slot.0.try_borrow_mut() else {
+            return Err(Error::new(Kind::InvalidArgument, "it is in use"));
+        };
+        if state.is_none() {
+            return Err(closed());
+        }
+        if take {
+            let mut owned = state.take();
+            return f(&mut owned);
+        }
+        f(&mut state)
+    }
+
+    /// Drops the value in `x`; whether there was one.
+    pub fn drop_value(x: &Robj) -> bool {
+        let Ok(ptr) = <&ExternalPtr<Slot<T>>>::try_from(x) else {
+            return false;
+        };
+        let Ok(slot) = ptr.try_addr() else {
+            return false;
+        };
+        let Ok(mut state) = slot.0.try_borrow_mut() else {
+            return false;
+        };
+        state.take().is_some()
+    }
+}
+
 /// Errors if the user pressed Ctrl-C: the `poll` callback the core's
 /// engines call between blocks. R's interrupt unwinds only to
 /// R_ToplevelExec, so no Rust frame is skipped.

@@ -3,7 +3,6 @@
 //! saves to a checkpoint's name, which replace it as a whole (the core's
 //! `checkpoint::Save` behind an external pointer).
 
-use std::cell::RefCell;
 use std::path::Path;
 
 use extendr_api::prelude::*;
@@ -11,7 +10,7 @@ use safetensors_core::checkpoint::Save;
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::shards;
 
-use crate::robj::{check_interrupt_now, check_r_string, named_list, raw_bytes, to_r};
+use crate::robj::{check_interrupt_now, check_r_string, named_list, raw_bytes, to_r, Slot};
 use crate::sources::{with_open, Backing};
 
 fn json_to_robj(v: &serde_json::Value) -> Robj {
@@ -104,34 +103,13 @@ fn file_is_at_(x: Robj, path: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// A save to a checkpoint in progress, or nothing once committed or
-/// abandoned.
-struct SaveHandle(RefCell<Option<Save>>);
-
 /// Runs `f` on the save of `ck` (taking it out when `take`).
 fn with_save<T>(
     ck: &Robj,
     take: bool,
     f: impl FnOnce(&mut Option<Save>) -> Result<T>,
 ) -> Result<T> {
-    let closed = || Error::new(Kind::Closed, "internal error: the save is over");
-    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(ck) else {
-        return Err(closed());
-    };
-    let Ok(handle) = ptr.try_addr() else {
-        return Err(closed());
-    };
-    let Ok(mut state) = handle.0.try_borrow_mut() else {
-        return Err(closed());
-    };
-    if state.is_none() {
-        return Err(closed());
-    }
-    if take {
-        let mut owned = state.take();
-        return f(&mut owned);
-    }
-    f(&mut state)
+    Slot::<Save>::with(ck, take, "internal error: the save is over", f)
 }
 
 /// Begins a save to the checkpoint whose single file is `path`: follows
@@ -144,15 +122,23 @@ fn with_save<T>(
 #[extendr]
 fn save_begin_(path: &str) -> Robj {
     to_r((|| {
-        let save = Save::begin(Path::new(path), &mut check_interrupt_now)?;
+        let save = Save::begin_unless_held(Path::new(path), &mut check_interrupt_now)?;
         let target = save.target().to_string_lossy().into_owned();
         let index = save.index_path().to_string_lossy().into_owned();
-        let ptr: Robj = ExternalPtr::new(SaveHandle(RefCell::new(Some(save)))).into();
+        let ptr = Slot::new_ptr(save);
         Ok(named_list(
             &["save", "target", "index"],
             vec![ptr, target.into(), index.into()],
         ))
     })())
+}
+
+/// Whether a save of this process holds the folder of the file `path`
+/// (an open block writer's; see `Save::begin_unless_held`).
+/// @noRd
+#[extendr]
+fn folder_held_(path: &str) -> bool {
+    Save::is_held(Path::new(path))
 }
 
 /// The name of shard `k` of `n` and the path to write it to:
@@ -221,16 +207,7 @@ fn save_commit_shards_(ck: Robj, names: Robj, files: Robj, total_size: f64, sync
 /// @noRd
 #[extendr]
 fn save_abort_(ck: Robj) -> Robj {
-    let Ok(ptr) = <&ExternalPtr<SaveHandle>>::try_from(&ck) else {
-        return false.into();
-    };
-    let Ok(handle) = ptr.try_addr() else {
-        return false.into();
-    };
-    let Ok(mut state) = handle.0.try_borrow_mut() else {
-        return false.into();
-    };
-    state.take().is_some().into()
+    Slot::<Save>::drop_value(&ck).into()
 }
 
 extendr_module! {
@@ -239,6 +216,7 @@ extendr_module! {
     fn parse_index_;
     fn file_is_at_;
     fn save_begin_;
+    fn folder_held_;
     fn save_shard_;
     fn save_commit_single_;
     fn save_commit_shards_;

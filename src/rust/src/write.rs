@@ -241,7 +241,7 @@ fn shape_of(x: &Robj, name: &str) -> Result<Vec<usize>> {
 type Metadata = Vec<(String, String)>;
 
 /// The tensors' descriptions and the metadata of a description.
-fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Metadata>)> {
+pub(crate) fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Metadata>)> {
     let names = field(spec, 1)?;
     let dtypes = field(spec, 2)?;
     let shapes = List::try_from(&field(spec, 3)?).map_err(|_| malformed())?;
@@ -286,7 +286,7 @@ fn specs_of(spec: &List) -> Result<(Vec<TensorSpec>, Option<Metadata>)> {
 }
 
 /// The values of a vector, borrowed from R for as long as `x` lives.
-fn src_of(x: &Robj) -> Option<Src<'_>> {
+pub(crate) fn src_of(x: &Robj) -> Option<Src<'_>> {
     // SAFETY: each arm reads the vector as the type R stores; `x` keeps it
     // alive for the borrow.
     unsafe {
@@ -304,7 +304,7 @@ fn src_of(x: &Robj) -> Option<Src<'_>> {
 
 /// The values of bit64's `integer64` vector `x` (a double vector whose
 /// elements hold int64 bits), borrowed from R for as long as `x` lives.
-fn int64_of(x: &Robj) -> Option<Src<'_>> {
+pub(crate) fn int64_of(x: &Robj) -> Option<Src<'_>> {
     // SAFETY: a double vector's elements are 8 aligned bytes, which i64
     // reads as they are (bit64 stores each int64 value's bits there); `x`
     // keeps the vector alive for the borrow.

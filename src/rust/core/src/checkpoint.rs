@@ -55,6 +55,45 @@ pub struct Save {
     /// Temporary files of this save, removed if it doesn't commit.
     temps: Vec<PathBuf>,
     _lock: DirLock,
+    _held: Held,
+}
+
+/// The folders this process is saving to (one entry per save). A save
+/// holds its folder's lock until it ends, which a block writer's save does
+/// while the user writes blocks (R's `safe_writer()`); in a
+/// single-threaded caller (R), another save to that folder would wait for
+/// that lock forever, so [`Save::begin_unless_held`] makes it an error.
+static HELD: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// An entry of [`HELD`], until dropped.
+struct Held(PathBuf);
+
+impl Held {
+    fn key(dir: &Path) -> PathBuf {
+        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+    }
+
+    fn register(dir: &Path) -> Held {
+        let key = Held::key(dir);
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.push(key.clone());
+        Held(key)
+    }
+
+    fn is_held(dir: &Path) -> bool {
+        let key = Held::key(dir);
+        let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.contains(&key)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = held.iter().position(|d| d == &self.0) {
+            held.swap_remove(k);
+        }
+    }
 }
 
 /// A new random save id: 32 lower-case hexadecimal digits. (The standard
@@ -139,6 +178,7 @@ impl Save {
             .unwrap_or(&base)
             .to_string();
         let lock = io::lock_dir(&dir, poll)?;
+        let held = Held::register(&dir);
         let save = Save {
             dir,
             base,
@@ -146,9 +186,36 @@ impl Save {
             id: new_save_id(),
             temps: Vec::new(),
             _lock: lock,
+            _held: held,
         };
         save.recover();
         Ok(save)
+    }
+
+    /// As [`Save::begin`], for a caller with one thread: a folder that a
+    /// save of this process holds (an open block writer) is an error at
+    /// once, not a wait that can't end.
+    pub fn begin_unless_held(target: &Path, poll: Poll<'_>) -> Result<Save> {
+        if Save::is_held(target) {
+            return Err(
+                Error::new(Kind::Io, "a writer of this session is saving to its folder")
+                    .with_hint("Close that writer first (`close(w)`), or write to another folder."),
+            );
+        }
+        Save::begin(target, poll)
+    }
+
+    /// Whether a save of this process holds the folder of the file
+    /// `target` (links followed).
+    pub fn is_held(target: &Path) -> bool {
+        let Ok(resolved) = io::resolve_links(target) else {
+            return false;
+        };
+        let dir = match resolved.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        dir.is_dir() && Held::is_held(dir)
     }
 
     /// The single file's path (links resolved).
@@ -426,6 +493,20 @@ mod tests {
         let s = Save::begin(&dir.join("model.safetensors"), &mut ok()).unwrap();
         write(&s.target(), tag);
         s.commit_single();
+    }
+
+    #[test]
+    fn a_second_save_to_a_folder_of_this_process_is_an_error_not_a_deadlock() {
+        let dir = tempdir();
+        let first = Save::begin(&dir.join("a.safetensors"), &mut ok()).unwrap();
+        let err = Save::begin_unless_held(&dir.join("b.safetensors"), &mut ok())
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, Kind::Io);
+        assert!(err.hint.is_some());
+        drop(first);
+        assert!(Save::begin_unless_held(&dir.join("b.safetensors"), &mut ok()).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

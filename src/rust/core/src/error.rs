@@ -51,6 +51,8 @@ pub enum Kind {
     Memory,
     /// The user interrupted the operation.
     Interrupted,
+    /// Rows of a tensor being written in blocks were written already.
+    AlreadyWritten,
 }
 
 impl Kind {
@@ -79,6 +81,7 @@ impl Kind {
             Kind::Io => "io",
             Kind::Memory => "memory",
             Kind::Interrupted => "interrupted",
+            Kind::AlreadyWritten => "already_written",
         }
     }
 

@@ -23,6 +23,7 @@ pub mod floats;
 pub mod format;
 pub mod hub;
 pub mod io;
+pub mod placed;
 pub mod read;
 pub mod recode;
 pub mod shards;

@@ -98,6 +98,56 @@ fn num_of(v: i128) -> Num {
     }
 }
 
+/// F32 to BF16, the conversion of "save the model in bfloat16", on the
+/// bits: rounded to nearest, ties to even, as the general path rounds.
+/// Returns `false`, leaving `out` to be written again, when `src` holds a
+/// NaN or a finite value that rounds past BF16's largest: the general path
+/// encodes NaN as the value kernels do and refuses the other.
+fn f32_to_bf16(src: &[u8], out: &mut [u8]) -> bool {
+    /// Elements converted at once: a loop over a fixed-size array, without
+    /// branches, vectorizes.
+    const LANES: usize = 16;
+    fn one(b: u32) -> (u16, bool) {
+        // Adding half an ulp of BF16 (less one, plus the kept bit's
+        // parity, for ties to even) carries into the kept bits exactly when
+        // the dropped half rounds up.
+        let r = b.wrapping_add(0x7fff + ((b >> 16) & 1));
+        let nan = b & 0x7fff_ffff > 0x7f80_0000;
+        let overflow = (r & 0x7f80_0000 == 0x7f80_0000) & (b & 0x7f80_0000 != 0x7f80_0000);
+        ((r >> 16) as u16, nan | overflow)
+    }
+    let mut s = src.chunks_exact(4 * LANES);
+    let mut o = out.chunks_exact_mut(2 * LANES);
+    for (s, o) in (&mut s).zip(&mut o) {
+        let mut other = false;
+        let mut h = [0u16; LANES];
+        for k in 0..LANES {
+            let b = u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+            let (v, bad) = one(b);
+            h[k] = v;
+            other |= bad;
+        }
+        if other {
+            return false;
+        }
+        for k in 0..LANES {
+            o[2 * k..2 * k + 2].copy_from_slice(&h[k].to_le_bytes());
+        }
+    }
+    for (s, o) in s
+        .remainder()
+        .chunks_exact(4)
+        .zip(o.into_remainder().chunks_exact_mut(2))
+    {
+        let (v, bad) = one(u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+        if bad {
+            return false;
+        }
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+    true
+}
+
 /// Writes `src`, whole elements of dtype `from` in the order of their
 /// bytes, as dtype `to` into `out` (exactly their size, zeroed for the
 /// sub-byte dtypes, whose encoders OR their bits in). `first` is the index
@@ -127,6 +177,9 @@ pub fn recode(
         }),
         EncodeError::Mismatch => RecodeError::Mismatch,
     };
+    if from == Dtype::F32 && to == Dtype::BF16 && f32_to_bf16(src, out) {
+        return Ok(());
+    }
     if from.is_float() || !(to.is_integer() || to == Dtype::Bool) {
         // Through doubles: floats decode exactly, integers round once.
         let vals: Vec<f64> = if from.is_float() {
@@ -175,6 +228,58 @@ mod tests {
         let n = src.len() * 8 / from.bits();
         let mut out = vec![0u8; to.bytes_for(n).unwrap()];
         recode(from, to, src, 0, &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn f32_to_bf16_on_the_bits_is_the_general_path() {
+        // Random patterns, ties and their neighbours, subnormals, the
+        // largest values, infinities and NaN.
+        let mut bits: Vec<u32> = vec![
+            0,
+            0x8000_0000,
+            1,
+            0x007f_ffff,
+            0x0000_8000,
+            0x0001_8000,
+            0x3f80_8000,
+            0x3f81_8000,
+            0x3f80_7fff,
+            0x3f80_8001,
+            0x7f7f_7fff,
+            0x7f7f_8000,
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffc0_1234,
+        ];
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            bits.push(x);
+        }
+        for chunk in bits.chunks(7) {
+            let src: Vec<u8> = chunk.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let vals: Vec<f64> = chunk.iter().map(|&b| floats::widen_f32(b)).collect();
+            let mut want = vec![0u8; chunk.len() * 2];
+            let general = encode_with(
+                Dtype::BF16,
+                Src::Real(&vals),
+                &[vals.len()],
+                0,
+                vals.len(),
+                &mut want,
+                Rounding::Nearest,
+            );
+            let got = rec(Dtype::F32, Dtype::BF16, &src);
+            match general {
+                Ok(()) => assert_eq!(got.unwrap(), want, "{chunk:x?}"),
+                Err(_) => assert!(got.is_err(), "{chunk:x?}"),
+            }
+        }
     }
 
     #[test]

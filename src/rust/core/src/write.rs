@@ -256,25 +256,47 @@ impl<S: Sink> Writer<S> {
     pub fn new(
         specs: Vec<TensorSpec>,
         metadata: Option<&[(String, String)]>,
+        sink: S,
+        threads: usize,
+    ) -> Result<Writer<S>> {
+        Writer::start(specs, metadata, sink, threads, true)
+    }
+
+    /// A writer of the data section of `specs` alone, without a header:
+    /// the bytes of a block of a file whose header is written elsewhere
+    /// (see [`crate::placed`]), in the order of the data section.
+    pub fn headless(specs: Vec<TensorSpec>, sink: S, threads: usize) -> Result<Writer<S>> {
+        Writer::start(specs, None, sink, threads, false)
+    }
+
+    fn start(
+        specs: Vec<TensorSpec>,
+        metadata: Option<&[(String, String)]>,
         mut sink: S,
         threads: usize,
+        header: bool,
     ) -> Result<Writer<S>> {
         let layout = format::layout(&specs, metadata)?;
         if layout.file_len().is_none() {
             return Err(Error::new(Kind::Overflow, "the file size overflows"));
         }
-        sink.put(&layout.prefix)?;
+        let prefix_len = if header {
+            sink.put(&layout.prefix)?;
+            layout.prefix.len()
+        } else {
+            0
+        };
         let st = State {
             specs,
             offsets: layout.offsets,
             order: layout.order,
-            prefix_len: layout.prefix.len(),
+            prefix_len,
             pos: 0,
             rows_done: 0,
             bytes_done: 0,
             in_done: 0,
             carry: Vec::new(),
-            written: layout.prefix.len(),
+            written: prefix_len,
             threads: threads.max(1),
         };
         Ok(Writer { sink, st })

@@ -698,6 +698,12 @@ impl AtomicFile {
     }
 }
 
+/// Writes all of `buf` at byte `off` of `file`, without moving its cursor
+/// (a positioned write, from any thread).
+pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> std::io::Result<()> {
+    sys::write_all_at(file, buf, off)
+}
+
 /// fsyncs `file` on a helper thread, calling `poll` while it runs: flushing
 /// gigabytes can take seconds, and the user may interrupt meanwhile. On an
 /// error from `poll` the thread is left to finish on its own copy of the
