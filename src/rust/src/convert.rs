@@ -13,14 +13,20 @@ use crate::writer::{count, with_placed};
 
 /// Copies rows `[r0, r0 + n)` of tensor `name` of the open handle part
 /// `part` (a local file or a raw vector) to tensor `i` (1-based) of the
-/// block writer file `w`, converting its dtype to the writer's. Only those
-/// rows are in memory. Returns the bytes read.
+/// block writer file `w`, converting its dtype to the writer's. The rows
+/// are converted straight from the memory map or raw vector, else read
+/// into one buffer; from a map, their pages are let go of afterwards and
+/// the file is checked to be unchanged, so a file truncated meanwhile is an
+/// error rather than zeros in the output. Returns the bytes read.
 /// @noRd
 #[extendr]
 fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Robj {
     to_r((|| {
         let (r0, n) = (count(r0)?, count(n)?);
-        let (bytes, from) = with_open(&part, |open| {
+        let i = count(i)?
+            .checked_sub(1)
+            .ok_or_else(|| Error::new(Kind::InvalidArgument, "internal error: no such tensor"))?;
+        with_open(&part, |open| {
             let t = &open.header.tensors[open.find(name)?];
             let rows = t.shape.first().copied().unwrap_or(1);
             let per_row: usize = t.shape.iter().skip(1).product();
@@ -38,33 +44,37 @@ fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Ro
                     "internal error: rows not on byte boundaries",
                 ));
             };
-            let start = N_LEN + open.header.header_len + t.begin;
-            let mut buf = vec![0u8; b - a];
-            open.with_source(|src| match src.view(start + a, b - a)? {
-                Some(v) => {
-                    buf.copy_from_slice(v);
-                    Ok(())
-                }
-                None => src.read_at(start + a, &mut buf),
-            })?;
-            Ok((buf, t.dtype))
-        })?;
-        with_placed(&w, false, |file| {
-            let Some(file) = file.as_mut() else {
-                return Err(Error::new(Kind::Closed, "the writer is closed"));
-            };
-            let i = count(i)?.checked_sub(1).ok_or_else(|| {
-                Error::new(Kind::InvalidArgument, "internal error: no such tensor")
-            })?;
-            file.write_block(
-                i,
-                r0,
-                n,
-                Input::Bytes(&bytes, from),
-                &mut check_interrupt_now,
-            )
-        })?;
-        Ok(Robj::from(bytes.len() as f64))
+            let (start, len, from) = (N_LEN + open.header.header_len + t.begin + a, b - a, t.dtype);
+            open.with_source(|src| {
+                // From the map itself: no copy of the rows, and their pages
+                // are let go of below, so memory stays one block.
+                let read;
+                let bytes = match src.view_whole(start, len)? {
+                    Some(view) => view,
+                    None => {
+                        let mut buf = vec![0u8; len];
+                        src.read_at(start, &mut buf)?;
+                        read = buf;
+                        &read[..]
+                    }
+                };
+                with_placed(&w, false, |file| {
+                    let Some(file) = file.as_mut() else {
+                        return Err(Error::new(Kind::Closed, "the writer is closed"));
+                    };
+                    file.write_block(
+                        i,
+                        r0,
+                        n,
+                        Input::Bytes(bytes, from),
+                        &mut check_interrupt_now,
+                    )
+                })?;
+                src.done_with(start, len);
+                src.verify()?;
+                Ok(Robj::from(len as f64))
+            })
+        })
     })())
 }
 
