@@ -12,7 +12,8 @@
 # Copies, reading. Each tensor is allocated by torch (torch_new(),
 # `torch_empty()` on the CPU, asked for explicitly), then filled piece by
 # piece (torch_fill(), plan_pieces()) from views of the bytes in the memory
-# map or raw vector itself (one copy; pieces of at most 32 MiB), or from two
+# map or raw vector itself (one copy; pieces of at most 32 MiB, the first
+# 16 MiB of the next mapped in by a helper thread meanwhile), or from two
 # staging raw vectors the core reads the file into in turn, ahead of the
 # copy on a helper thread (`backend = "read"`; pieces of at most 16 MiB;
 # src/rust/src/frameworks.rs). From a

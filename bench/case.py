@@ -62,9 +62,11 @@ def torch_case(case, args):
         class Net(torch.nn.Module):
             def __init__(self, rows):
                 super().__init__()
-                self.layers = torch.nn.ModuleList([torch.nn.Linear(8192, rows, bias=False) for _ in range(128)])
+                # Each layer turned into BF16 at once, as case.R does.
+                self.layers = torch.nn.ModuleList(
+                    [torch.nn.Linear(8192, rows, bias=False).to(torch.bfloat16) for _ in range(128)])
 
-        prep = Net(int(args[1])).to(torch.bfloat16)
+        prep = Net(int(args[1]))
     base = reset_peak()
     c0 = time.process_time()
     t0 = time.perf_counter()

@@ -37,6 +37,21 @@ def times(runs, case, impl):
     return [r["time"] for r in runs if r["case"] == case and r["impl"] == impl and "error" not in r]
 
 
+def gated(runs, case, impl):
+    """Median time without R's garbage collections during the call (the
+    "gc" of case.R; none for Python or older results), which ratios are
+    gated on, and the median of those collections."""
+    rs = [r for r in runs if r["case"] == case and r["impl"] == impl and "error" not in r]
+    if not rs:
+        return None, None
+    return (statistics.median(r["time"] - r.get("gc", 0) for r in rs),
+            statistics.median(r.get("gc", 0) for r in rs))
+
+
+def fmt_gc(g):
+    return "" if not g else f"; R gc {fmt_t(g)}"
+
+
 # An A/B difference counts only with this many runs of each build.
 AB_MIN_RUNS = 3
 
@@ -126,7 +141,8 @@ def torch_table(runs, man, res):
         "`load_file()` followed by `clone()` of every tensor, so both sides end with the data in process "
         "memory; its model load is `load_model(strict = False)` per shard into the same module. Ratio = "
         "this package's median wall time / the reference's (Python, or for `torch_load()` the "
-        "`safe_load_file()` of the same file). RSS = growth of peak RSS during the call, MiB; its limit is "
+        "`safe_load_file()` of the same file), both without R's garbage collections during the call "
+        "(`gc.time()`; their median is shown as \"R gc\" where there were any). RSS = growth of peak RSS during the call, MiB; its limit is "
         "the result + 64 MiB for loads, 64 MiB beyond the module (built before the call) for "
         "`safe_load_model()` and beyond the tensors for saves.")
     out.append("")
@@ -139,8 +155,9 @@ def torch_table(runs, man, res):
         ref_case, ref_impl = (case, "py") if against == "py" else (against, "ours")
         ref = times(runs, ref_case, ref_impl) if against else []
         o = statistics.median(ours)
-        r = statistics.median(ref) if ref else None
-        ratio = o / r if r else None
+        og, gc = gated(runs, case, "ours")
+        r = gated(runs, ref_case, ref_impl)[0] if ref else None
+        ratio = og / r if r else None
         met = "" if target is None or ratio is None else ("yes" if ratio <= target else "**no**")
         co, cr = med(runs, case, "ours", "cpu")[0], med(runs, ref_case, ref_impl, "cpu")[0] if against else None
         g = growth(runs, case, "ours")
@@ -149,7 +166,7 @@ def torch_table(runs, man, res):
         rss_ok = "" if g is None else (" ok" if g <= limit else " **over**")
         out.append(
             f"| {case} | {what} | {fmt_t(r) + (' (' + ref_case + ')' if against and against != 'py' else '') if r else ''} | "
-            f"{fmt_t(o)} ({spread(runs, case, 'ours')}) | {'' if ratio is None else f'{ratio:.2f}'} | "
+            f"{fmt_t(o)} ({spread(runs, case, 'ours')}{fmt_gc(gc)}) | {'' if ratio is None else f'{ratio:.2f}'} | "
             f"{'' if target is None else f'<= {target}'} | {met} | {'' if not (co and cr) else f'{co / cr:.2f}'} | "
             f"{fmt_mb(g)} ({fmt_mb(limit)}){rss_ok} | {fmt_mb(growth(runs, case, 'py')) if against == 'py' else ''} |")
     out.append("")
@@ -190,7 +207,9 @@ def main():
     out.append("### Targets: this package against Python's safetensors")
     out.append("")
     out.append("Ratio = this package's median wall time / Python's (both in fresh processes, "
-               "same files, runs interleaved). CPU ratio = the same for CPU time (user + system, "
+               "same files, runs interleaved), this package's without R's garbage collections "
+               "during the call (`gc.time()`; their median is shown as \"R gc\" where there were "
+               "any: a fresh session's first large R vector costs one). CPU ratio = the same for CPU time (user + system, "
                "all threads), steadier than wall time on a shared machine. RSS = growth of peak RSS "
                "during the call (VmHWM after, reset just before, minus VmRSS before), MiB; its limit "
                "is the size of the returned R objects + 64 MiB for loads, 64 MiB for saves (whose "
@@ -203,6 +222,7 @@ def main():
     def row(case, what, data_bytes, target, limit_key, rss_limit):
         py, _ = med(runs, case, "py")
         ours, n = med(runs, case, "ours")
+        ours_g, gc = gated(runs, case, "ours")
         cpy, _ = med(runs, case, "py", "cpu")
         cours, _ = med(runs, case, "ours", "cpu")
         one, _ = med(runs, case, "ours_1t")
@@ -212,7 +232,7 @@ def main():
             cands = [med(runs, f"limit_{limit_key}", i)[0] for i in ("fromfile", "memcpy", "readbin")]
             cands = [c for c in cands if c is not None]
             lim = min(cands) if cands else None
-        ratio = ours / py if ours and py else None
+        ratio = ours_g / py if ours_g and py else None
         met = "" if target is None or ratio is None else ("yes" if ratio <= target else "**no**")
         g_ours, g_py = growth(runs, case, "ours"), growth(runs, case, "py")
         rss_ok = ""
@@ -220,7 +240,7 @@ def main():
             rss_ok = " ok" if g_ours <= rss_limit else " **over**"
         gbs = "" if not ours else f" ({data_bytes / ours / 1e9:.2f} GB/s)"
         out.append(
-            f"| {case} | {what}, {data_bytes / MiB:.0f} MiB | {fmt_t(py)} | {fmt_t(ours)}{gbs} | "
+            f"| {case} | {what}, {data_bytes / MiB:.0f} MiB | {fmt_t(py)} | {fmt_t(ours)}{gbs}{fmt_gc(gc).replace('; ', ' ')} | "
             f"{'' if ratio is None else f'{ratio:.2f}'} | {'' if target is None else f'<= {target}'} | {met} | "
             f"{'' if not (cpy and cours) else f'{cours / cpy:.2f}'} | "
             f"{fmt_mb(g_ours)} ({fmt_mb(rss_limit)}){rss_ok} | {fmt_mb(g_py)} |"
