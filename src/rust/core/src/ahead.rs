@@ -261,29 +261,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Bytes of the mapping holding `addr` that this process has mapped
-    /// in (its `Rss` in /proc/self/smaps).
-    #[cfg(target_os = "linux")]
-    fn mapped_rss(addr: usize) -> usize {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or("");
-            if let Some((a, b)) = first.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                {
-                    inside = a <= addr && addr < b;
-                    continue;
-                }
-            }
-            if inside && line.starts_with("Rss:") {
-                let kb: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-                return kb * 1024;
-            }
-        }
-        panic!("no mapping holds {addr:#x}");
-    }
-
     #[test]
     fn the_pager_maps_pages_in_without_changing_bytes() {
         let dir = std::env::temp_dir().join(format!("st-pager-{}", std::process::id()));
@@ -308,7 +285,10 @@ mod tests {
         let view = src.view(0, bytes.len()).unwrap().unwrap();
         // The second half mapped in, the first not (before any read).
         #[cfg(target_os = "linux")]
-        assert_eq!(mapped_rss(view.as_ptr() as usize), half);
+        assert_eq!(
+            crate::io::test_dirs::resident_kib(view.as_ptr() as usize),
+            half as u64 / 1024
+        );
         assert_eq!(view, &bytes[..]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -893,7 +893,8 @@ impl Drop for FileLock {
     }
 }
 
-/// Folders for tests, here and in the modules that write files.
+/// Folders for tests, here and in the modules that write files, and what a
+/// map holds in memory.
 #[cfg(test)]
 pub(crate) mod test_dirs {
     use std::path::{Path, PathBuf};
@@ -911,29 +912,10 @@ pub(crate) mod test_dirs {
         d
     }
 
-    /// The names in `dir`, sorted.
-    pub fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tempdir() -> PathBuf {
-        test_dirs::tempdir("io")
-    }
-
     /// Pages of the current process's mapping that contains `addr` which are
     /// resident, from /proc/self/smaps (Linux only).
     #[cfg(target_os = "linux")]
-    fn resident_kib(addr: usize) -> u64 {
+    pub fn resident_kib(addr: usize) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         for line in smaps.lines() {
@@ -952,6 +934,28 @@ mod tests {
             }
         }
         panic!("no mapping holds {addr:#x}");
+    }
+
+    /// The names in `dir`, sorted.
+    pub fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    use test_dirs::resident_kib;
+
+    fn tempdir() -> PathBuf {
+        test_dirs::tempdir("io")
     }
 
     #[test]
