@@ -146,6 +146,8 @@ def torch_table(runs, man, res):
         "the result + 64 MiB for loads, 64 MiB beyond the module (built before the call) for "
         "`safe_load_model()` and beyond the tensors for saves.")
     out.append("")
+    if m.get("torch_run"):
+        out += [f"These rows come from a later run than the tables above: {m['torch_run']}.", ""]
     out.append("| case | what | reference | this package (min..max) | ratio | target | met | CPU ratio | RSS (limit) | RSS Python |")
     out.append("|---|---|---|---|---|---|---|---|---|---|")
     for case, what, _, _, against, target in TORCH_CASES:
