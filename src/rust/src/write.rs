@@ -27,6 +27,18 @@ use crate::robj::{
     alloc, check_interrupt_now, named_list, raw_bytes, slice_of, threads_from_r, to_r, vec_data,
 };
 
+/// `$body` with `$w` bound to the writer in `$out`, whatever its sink.
+macro_rules! on_writer {
+    ($out:expr, $w:ident => $body:expr) => {
+        match $out {
+            Out::File($w) => $body,
+            Out::Raw($w) => $body,
+            Out::Stream($w) => $body,
+            Out::Placed($w) => $body,
+        }
+    };
+}
+
 /// Where a writer's file goes.
 enum Out {
     /// A file, written atomically.
@@ -75,13 +87,7 @@ impl Helper {
                     let bytes = unsafe { std::slice::from_raw_parts(lent.ptr, lent.n) };
                     // Interrupts are checked on R's thread, between calls.
                     let poll = &mut || Ok(());
-                    let res = match &mut out {
-                        Out::File(w) => w.put(bytes, lent.from, poll),
-                        Out::Raw(w) => w.put(bytes, lent.from, poll),
-                        Out::Stream(w) => w.put(bytes, lent.from, poll),
-                        Out::Placed(w) => w.put(bytes, lent.from, poll),
-                    }
-                    .map(|_| ());
+                    let res = on_writer!(&mut out, w => w.put(bytes, lent.from, poll)).map(|_| ());
                     if tell.send((out, res)).is_err() {
                         break;
                     }
@@ -532,12 +538,7 @@ fn writer_open_(spec: List, to: &str, path: &str, sync: bool, threads: i32) -> R
 /// `list(written, current)`: bytes written so far, header included, and
 /// the tensor (1-based) whose bytes come next, `0` when all were written.
 fn progress(out: &mut Out) -> Robj {
-    let (written, current) = match out {
-        Out::File(w) => (w.written(), w.current()),
-        Out::Raw(w) => (w.written(), w.current()),
-        Out::Stream(w) => (w.written(), w.current()),
-        Out::Placed(w) => (w.written(), w.current()),
-    };
+    let (written, current) = on_writer!(out, w => (w.written(), w.current()));
     named_list(
         &["written", "current"],
         vec![
@@ -563,12 +564,7 @@ fn writer_write_(w: Robj, budget: f64) -> Robj {
             budget.max(0.0) as usize
         };
         let poll = &mut check_interrupt_now;
-        match out {
-            Out::File(w) => w.write(inputs, budget, poll)?,
-            Out::Raw(w) => w.write(inputs, budget, poll)?,
-            Out::Stream(w) => w.write(inputs, budget, poll)?,
-            Out::Placed(w) => w.write(inputs, budget, poll)?,
-        };
+        on_writer!(out, w => w.write(inputs, budget, poll)?);
         Ok(progress(out))
     }))
 }
@@ -585,12 +581,7 @@ fn writer_write_(w: Robj, budget: f64) -> Robj {
 fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
     to_r((|| {
         let part = with_writer_out(&w, |out| {
-            let current = match out {
-                Out::File(w) => w.current(),
-                Out::Raw(w) => w.current(),
-                Out::Stream(w) => w.current(),
-                Out::Placed(w) => w.current(),
-            };
+            let current = on_writer!(out, w => w.current());
             let Some((from, dtype)) = current.and_then(|i| later_dtypes(&w, i)) else {
                 return Err(Error::new(
                     Kind::InvalidArgument,
@@ -610,12 +601,7 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
             // Bytes the writer recodes to another dtype are put here: the
             // bytes written would not be known in advance.
             if detach && from == dtype && !matches!(out, Out::Stream(_)) {
-                let written = match out {
-                    Out::File(w) => w.written(),
-                    Out::Raw(w) => w.written(),
-                    Out::Stream(w) => w.written(),
-                    Out::Placed(w) => w.written(),
-                };
+                let written = on_writer!(out, w => w.written());
                 return Ok(Some((
                     Lent {
                         ptr: part.as_ptr(),
@@ -626,12 +612,7 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
                 )));
             }
             let poll = &mut check_interrupt_now;
-            match out {
-                Out::File(w) => w.put(part, from, poll)?,
-                Out::Raw(w) => w.put(part, from, poll)?,
-                Out::Stream(w) => w.put(part, from, poll)?,
-                Out::Placed(w) => w.put(part, from, poll)?,
-            };
+            on_writer!(out, w => w.put(part, from, poll)?);
             Ok(None)
         })?;
         let Some((lent, written)) = part else {
