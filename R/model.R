@@ -709,6 +709,7 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
   sizes <- tab$bytes[at]
   bar <- if (progress_wanted(sizes)) progress_bar("Loading", hget(h, "label"), sum(sizes))
   torch_local_cpu()
+  torch_local_no_grad()
   stages <- transform_stages(tab, at, plan$transform$fn > 0, call)
   # Bytes of the tensors transforms made (rather than views of the stage)
   # and dropped since the last garbage collection, which frees them.
@@ -719,42 +720,40 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
       cli::cli_progress_update(inc = sizes[[j]], id = bar)
     }
   }
-  torch::with_no_grad({
-    for (p in sort(unique(part_of))) {
-      js <- which(part_of == p)
-      js <- js[order(tab$begin[at[js]])]
-      plain <- js[plan$transform$fn[js] == 0]
-      # Planned on the larger element, the file's or the module's, so that
-      # neither side of a converting copy exceeds a piece.
-      plan_sizes <- lapply(plain, function(j) {
-        type <- plan$types[[j]]
-        if (type %in% names(known)) tensor_bytes(known[[type]], 1) else state[[plan$load[[j]]]]$element_size()
-      })
-      read_part_pieces(parts[[p]], tab$from[at[plain]], tab$dtype[at[plain]], tab$shape[at[plain]],
-        target = function(i) {
-          j <- plain[[i]]
-          dest <- state[[plan$load[[j]]]]
-          shape <- as.numeric(unlist(tab$shape[[at[[j]]]]))
-          # One element in both, of other shapes (check_load_shapes()).
-          if (!identical(shape, plan$shapes[[j]])) dest$view(shape) else dest
-        },
-        fill = torch_fill,
-        done = function(i, x) tick(plain[[i]]),
-        views = TRUE,
-        call = call,
-        plan_sizes = plan_sizes,
-        setup = torch_setup
-      )
-      for (j in setdiff(js, plain)) {
-        dropped <- dropped + load_transformed(parts[[p]], tab, at[[j]], state[[plan$load[[j]]]], plan, j, transform, stages, label, call)
-        if (dropped >= transform_garbage) {
-          gc()
-          dropped <- 0
-        }
-        tick(j)
+  for (p in sort(unique(part_of))) {
+    js <- which(part_of == p)
+    js <- js[order(tab$begin[at[js]])]
+    plain <- js[plan$transform$fn[js] == 0]
+    # Planned on the larger element, the file's or the module's, so that
+    # neither side of a converting copy exceeds a piece.
+    plan_sizes <- lapply(plain, function(j) {
+      type <- plan$types[[j]]
+      if (type %in% names(known)) tensor_bytes(known[[type]], 1) else state[[plan$load[[j]]]]$element_size()
+    })
+    read_part_pieces(parts[[p]], tab$from[at[plain]], tab$dtype[at[plain]], tab$shape[at[plain]],
+      target = function(i) {
+        j <- plain[[i]]
+        dest <- state[[plan$load[[j]]]]
+        shape <- as.numeric(unlist(tab$shape[[at[[j]]]]))
+        # One element in both, of other shapes (check_load_shapes()).
+        if (!identical(shape, plan$shapes[[j]])) dest$view(shape) else dest
+      },
+      fill = torch_fill,
+      done = function(i, x) tick(plain[[i]]),
+      views = TRUE,
+      call = call,
+      plan_sizes = plan_sizes,
+      setup = torch_setup
+    )
+    for (j in setdiff(js, plain)) {
+      dropped <- dropped + load_transformed(parts[[p]], tab, at[[j]], state[[plan$load[[j]]]], plan, j, transform, stages, label, call)
+      if (dropped >= transform_garbage) {
+        gc()
+        dropped <- 0
       }
+      tick(j)
     }
-  })
+  }
   staged <- sum(vapply(stages, function(x) x$numel() * x$element_size(), numeric(1)))
   if (dropped + staged >= transform_garbage) {
     # The stages and what the transforms made, freed now rather than when R

@@ -183,10 +183,33 @@ check_libtorch <- function(installed = torch::torch_is_installed(), call = paren
 # package makes of its own memory (torch_tensor_from_buffer(), which takes
 # no device) must be CPU tensors whatever default a user set with
 # torch::with_device() or local_device(). Older torch has no default device.
+# Without such a default (torch's internal getter says NULL) there is
+# nothing to change: torch's local_device() would register its restore
+# with withr, whose closures R compiles on their second use in a session,
+# which cost 40-100 ms of the first torch_save() or load in a fresh process.
 torch_local_cpu <- function(.env = parent.frame()) {
   ns <- asNamespace("torch")
+  current <- ns[["cpp_get_current_default_device"]]
+  if (is.function(current) && is.null(current())) {
+    return(invisible())
+  }
   if (exists("local_device", envir = ns, inherits = FALSE)) {
     ns$local_device(torch::torch_device("cpu"), .env = .env)
+  }
+  invisible()
+}
+
+# Turns torch's gradient recording off until `.env` exits, as
+# torch::local_no_grad() does but restoring it with base::on.exit() (see
+# torch_local_cpu() on withr); with torch::local_no_grad() if torch has no
+# getter of the mode.
+torch_local_no_grad <- function(.env = parent.frame()) {
+  enabled <- asNamespace("torch")[["cpp_autograd_is_enabled"]]
+  if (!is.function(enabled)) {
+    torch::local_no_grad(.env = .env)
+  } else if (isTRUE(enabled())) {
+    torch::autograd_set_grad_mode(FALSE)
+    do.call(base::on.exit, list(quote(torch::autograd_set_grad_mode(TRUE)), add = TRUE), envir = .env)
   }
   invisible()
 }

@@ -267,6 +267,34 @@ test_that("a saved model loads into a fresh one, tied weights and all", {
   close(h)
 })
 
+test_that("a load leaves torch's gradient mode and default device as it found them", {
+  skip_if_no_torch()
+  model <- torch::nn_linear(3, 2)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_model(model, path)
+  grad_on <- function() torch::torch_ones(1, requires_grad = TRUE)$mul(2)$requires_grad
+  expect_true(grad_on())
+  safe_load_model(model, path)
+  expect_true(grad_on())
+  # Off when the load starts: still off after it.
+  torch::with_no_grad({
+    safe_load_model(model, path)
+    expect_false(grad_on())
+  })
+  expect_true(grad_on())
+  # A transform that fails on the values, with the mode turned off.
+  fails <- list(weight = function(x) if (x$device$type == "meta") x else stop("no"))
+  expect_error(safe_load_model(model, path, transform = fails), class = "safetensors_error_transform")
+  expect_true(grad_on())
+  # Under another default device the module is filled, and that default kept.
+  torch::with_device(device = "meta", {
+    safe_load_model(model, path, transform = list(bias = function(x) x * 1))
+    expect_identical(torch::torch_empty(1)$device$type, "meta")
+  })
+  expect_identical(torch::torch_empty(1)$device$type, "cpu")
+  expect_true(grad_on())
+})
+
 test_that("a folder gets one file, or shards and an index, and loads back", {
   skip_if_no_torch()
   net <- test_net()

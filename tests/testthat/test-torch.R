@@ -551,9 +551,14 @@ test_that("tensors are read on the CPU whatever torch's default device", {
       safe_load_file(path, framework = "torch"),
       safe_load_file(path, framework = "torch", backend = "mmap"),
       safe_deserialize(bytes, framework = "torch"),
-      safe_load_file(con, framework = "torch")
+      safe_load_file(con, framework = "torch"),
+      # The default device the caller set is still in force after the loads.
+      torch::torch_empty(1)$device$type
     )
   })
+  expect_identical(got[[5]], "meta")
+  got <- got[-5]
+  expect_identical(torch::torch_empty(1)$device$type, "cpu")
   for (y in got) {
     for (n in names(x)) {
       expect_identical(y[[n]]$device$type, "cpu", label = n)
