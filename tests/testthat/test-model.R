@@ -795,6 +795,36 @@ test_that("rename and transform errors leave the module untouched and say which 
   expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
 })
 
+test_that("a load with transforms gives their tensors' memory back", {
+  skip_if_no_torch()
+  skip_if_not(file.exists("/proc/self/status"), "needs /proc/self/status")
+  rss <- function() {
+    status <- readLines("/proc/self/status")
+    as.numeric(gsub("[^0-9]", "", grep("^VmRSS:", status, value = TRUE))) * 1024
+  }
+  # Weights of 64 MiB and 16 MiB, stored transposed; a transform that makes
+  # a new tensor for each. torch keeps freed blocks for reuse by tensors of
+  # the same size (its CPU block cache), which would hold the stage and
+  # both results, 144 MiB, after the load.
+  net <- torch::nn_module(initialize = function() {
+    self$a <- torch::nn_linear(2048, 8192, bias = FALSE)
+    self$b <- torch::nn_linear(2048, 2048, bias = FALSE)
+  })
+  model <- net()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  state <- model$state_dict()
+  safe_save_file(lapply(state, function(x) x$t()), path)
+  rm(state)
+  for (p in model$parameters) torch::with_no_grad(p$zero_())
+  invisible(gc())
+  flush <- asNamespace("torch")[["cpu_cache_flush"]]
+  if (is.function(flush)) flush()
+  before <- rss()
+  safe_load_model(model, path, transform = list("weight$" = function(x) x$t()$contiguous()))
+  expect_lt(rss() - before, 32 * 2^20)
+  expect_gt(as.numeric(model$a$weight$abs()$sum()), 0)
+})
+
 test_that("transforms see the file's dtype and their results convert to the module's", {
   skip_if_no_torch()
   path <- withr::local_tempfile(fileext = ".safetensors")
