@@ -47,15 +47,21 @@ fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Ro
             let (start, len, from) = (N_LEN + open.header.header_len + t.begin + a, b - a, t.dtype);
             open.with_source(|src| {
                 // From the map itself: no copy of the rows, and their pages
-                // are let go of below, so memory stays one block.
-                let read;
-                let bytes = match src.view_whole(start, len)? {
+                // are let go of below, so memory stays one block. Else read
+                // into the writer's scratch buffer, one for every block.
+                let view = src.view_whole(start, len)?;
+                let mut scratch = Vec::new();
+                let bytes = match view {
                     Some(view) => view,
                     None => {
-                        let mut buf = vec![0u8; len];
-                        src.read_at(start, &mut buf)?;
-                        read = buf;
-                        &read[..]
+                        scratch = with_placed(&w, false, |file| {
+                            Ok(file.as_mut().map(|f| f.take_scratch()).unwrap_or_default())
+                        })?;
+                        if scratch.len() < len {
+                            scratch.resize(len, 0);
+                        }
+                        src.read_at(start, &mut scratch[..len])?;
+                        &scratch[..len]
                     }
                 };
                 with_placed(&w, false, |file| {
@@ -70,6 +76,14 @@ fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Ro
                         &mut check_interrupt_now,
                     )
                 })?;
+                if view.is_none() {
+                    with_placed(&w, false, |file| {
+                        if let Some(file) = file.as_mut() {
+                            file.put_scratch(scratch);
+                        }
+                        Ok(())
+                    })?;
+                }
                 src.done_with(start, len);
                 src.verify()?;
                 Ok(Robj::from(len as f64))

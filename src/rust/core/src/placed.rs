@@ -22,7 +22,8 @@ use std::path::Path;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, TensorSpec};
 use crate::io::{self, start_writeback, AtomicFile};
-use crate::write::{Input, Sink, Writer};
+use crate::recode;
+use crate::write::{recode_into, Input, Sink, Writer};
 use crate::Poll;
 
 /// Bytes between two writeback starts (as the write engine's file sink).
@@ -64,6 +65,13 @@ pub struct PlacedFile {
     done: Vec<Vec<(usize, usize)>>,
     threads: usize,
     sync: bool,
+    /// A buffer lent to callers that read blocks before writing them
+    /// ([`PlacedFile::take_scratch`]), so that each block does not
+    /// allocate, zero and fault in a new one.
+    scratch: Vec<u8>,
+    /// The converted bytes of the last block of another dtype, kept for
+    /// the next one.
+    converted: Vec<u8>,
 }
 
 /// The rows of a tensor: the extent of its first dimension, one for a
@@ -116,7 +124,21 @@ impl PlacedFile {
             done,
             threads: threads.max(1),
             sync,
+            scratch: Vec::new(),
+            converted: Vec::new(),
         })
+    }
+
+    /// Lends the scratch buffer (empty at first): reading each block into
+    /// it and giving it back with [`PlacedFile::put_scratch`] reuses one
+    /// buffer for the whole file.
+    pub fn take_scratch(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.scratch)
+    }
+
+    /// Gives back the buffer [`PlacedFile::take_scratch`] lent.
+    pub fn put_scratch(&mut self, buf: Vec<u8>) {
+        self.scratch = buf;
     }
 
     /// The tensors' descriptions, in the order given.
@@ -243,15 +265,51 @@ impl PlacedFile {
         }
         let (threads, sync) = (self.threads, self.sync);
         let file: &File = self.file.file()?;
-        let sink = At {
+        let mut sink = At {
             file,
             pos: at,
             sync,
             unflushed: at,
         };
-        let mut w = Writer::headless(vec![block], sink, threads)?;
-        w.write(&[input], usize::MAX, poll)?;
-        let sink = w.finish()?;
+        let sink = match input {
+            // Bytes of another dtype (safe_convert()): converted on the
+            // writer's threads into a buffer kept for the next block, and
+            // written at once.
+            Input::Bytes(bytes, from)
+                if from != block.dtype && recode::supported(from, block.dtype) =>
+            {
+                let numel: usize = block.shape.iter().product();
+                let (Some(len), true) = (
+                    block.dtype.bytes_for(numel),
+                    from.bytes_for(numel) == Some(bytes.len()),
+                ) else {
+                    return Err(Error::tensor(
+                        Kind::InvalidArgument,
+                        &block.name,
+                        format!(
+                            "the block of tensor `{}` has {} bytes as {from}, not the size of its rows",
+                            block.name,
+                            bytes.len()
+                        ),
+                    ));
+                };
+                let mut out = std::mem::take(&mut self.converted);
+                if out.len() < len {
+                    out.resize(len, 0);
+                }
+                let first = r0.saturating_mul(row_numel(&block));
+                recode_into(&block, from, bytes, first, &mut out[..len], threads)?;
+                poll()?;
+                sink.put(&out[..len])?;
+                self.converted = out;
+                sink
+            }
+            _ => {
+                let mut w = Writer::headless(vec![block], sink, threads)?;
+                w.write(&[input], usize::MAX, poll)?;
+                w.finish()?
+            }
+        };
         if sync && sink.pos > sink.unflushed {
             start_writeback(file, sink.unflushed, sink.pos - sink.unflushed);
         }

@@ -104,34 +104,40 @@ fn num_of(v: i128) -> Num {
 /// NaN or a finite value that rounds past BF16's largest: the general path
 /// encodes NaN as the value kernels do and refuses the other.
 fn f32_to_bf16(src: &[u8], out: &mut [u8]) -> bool {
-    /// Elements converted at once: a loop over a fixed-size array, without
-    /// branches, vectorizes.
+    /// Elements converted at once. Each step is its own loop over
+    /// fixed-size arrays (bytes to words, round, words to bytes), with the
+    /// check folded into one flag tested at the end, so that each
+    /// vectorizes: 0.68 ns an element against 1.2 for one loop doing all
+    /// three with an exit per group.
     const LANES: usize = 16;
-    fn one(b: u32) -> (u16, bool) {
+    fn one(b: u32) -> (u16, u32) {
         // Adding half an ulp of BF16 (less one, plus the kept bit's
         // parity, for ties to even) carries into the kept bits exactly when
         // the dropped half rounds up.
         let r = b.wrapping_add(0x7fff + ((b >> 16) & 1));
-        let nan = b & 0x7fff_ffff > 0x7f80_0000;
-        let overflow = (r & 0x7f80_0000 == 0x7f80_0000) & (b & 0x7f80_0000 != 0x7f80_0000);
+        // Both sides are below 2^31, so a signed compare (which SSE2 has)
+        // is the unsigned one.
+        let nan = ((b & 0x7fff_ffff) as i32 > 0x7f80_0000) as u32;
+        let overflow =
+            ((r & 0x7f80_0000 == 0x7f80_0000) as u32) & ((b & 0x7f80_0000 != 0x7f80_0000) as u32);
         ((r >> 16) as u16, nan | overflow)
     }
+    let mut other = 0u32;
     let mut s = src.chunks_exact(4 * LANES);
     let mut o = out.chunks_exact_mut(2 * LANES);
     for (s, o) in (&mut s).zip(&mut o) {
-        let mut other = false;
+        let mut w = [0u32; LANES];
+        for (w, c) in w.iter_mut().zip(s.chunks_exact(4)) {
+            *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
         let mut h = [0u16; LANES];
-        for k in 0..LANES {
-            let b = u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
-            let (v, bad) = one(b);
-            h[k] = v;
+        for (h, &w) in h.iter_mut().zip(w.iter()) {
+            let (v, bad) = one(w);
+            *h = v;
             other |= bad;
         }
-        if other {
-            return false;
-        }
-        for k in 0..LANES {
-            o[2 * k..2 * k + 2].copy_from_slice(&h[k].to_le_bytes());
+        for (c, h) in o.chunks_exact_mut(2).zip(h.iter()) {
+            c.copy_from_slice(&h.to_le_bytes());
         }
     }
     for (s, o) in s
@@ -140,12 +146,10 @@ fn f32_to_bf16(src: &[u8], out: &mut [u8]) -> bool {
         .zip(o.into_remainder().chunks_exact_mut(2))
     {
         let (v, bad) = one(u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
-        if bad {
-            return false;
-        }
+        other |= bad;
         o.copy_from_slice(&v.to_le_bytes());
     }
-    true
+    other == 0
 }
 
 /// Writes `src`, whole elements of dtype `from` in the order of their

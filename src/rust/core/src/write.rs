@@ -394,8 +394,10 @@ impl<S: Sink> Writer<S> {
             pending.extend_from_slice(bytes);
             let whole = recode::group(from, spec.dtype) * from.bits() / 8;
             let usable = pending.len() / whole * whole;
+            let mut out = Vec::new();
             for chunk in pending[..usable].chunks(BLOCK / whole * whole) {
-                let out = st.recode_chunk(i, from, chunk)?;
+                out.clear();
+                st.recode_chunk(i, from, chunk, &mut out)?;
                 self.sink.put(&out)?;
                 poll()?;
             }
@@ -479,28 +481,23 @@ impl State {
     }
 
     /// Converts `src`, the next whole groups of elements of tensor `i`
-    /// given in dtype `from`, to the tensor's dtype, counting them done.
-    fn recode_chunk(&mut self, i: usize, from: Dtype, src: &[u8]) -> Result<Vec<u8>> {
+    /// given in dtype `from`, to the tensor's dtype, appending them to
+    /// `out` (converted in place there: no block of their own to allocate,
+    /// zero and copy again), and counts them done.
+    fn recode_chunk(&mut self, i: usize, from: Dtype, src: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let spec = &self.specs[i];
         let n = src.len() * 8 / from.bits();
         let len = spec
             .dtype
             .bytes_for(n)
             .ok_or_else(|| Error::new(Kind::InvalidArgument, "internal error: a partial group"))?;
-        // Zeroed: the sub-byte encoders OR their bits in.
-        let mut out = vec![0u8; len];
-        recode::recode(from, spec.dtype, src, self.rows_done, &mut out).map_err(|e| match e {
-            RecodeError::Value(bad) => {
-                conversion_error(spec, EncodeError::Value(bad), Rounding::Nearest, true)
-            }
-            RecodeError::Mismatch => {
-                conversion_error(spec, EncodeError::Mismatch, Rounding::Nearest, true)
-            }
-        })?;
+        let before = out.len();
+        out.resize(before + len, 0);
+        recode_into(spec, from, src, self.rows_done, &mut out[before..], 1)?;
         self.rows_done += n;
         self.bytes_done += len;
         self.written += len;
-        Ok(out)
+        Ok(())
     }
 
     /// Checks that `inputs` (one per tensor, in the caller's order) fit
@@ -633,13 +630,15 @@ impl State {
                         from.bits() * self.rows_done / 8,
                         from.bits() * (self.rows_done + k) / 8,
                     );
-                    let out = self.recode_chunk(i, from, &bytes[a..z])?;
-                    if !buf.is_empty() && buf.len() + out.len() > BLOCK {
+                    let len = spec.dtype.bytes_for(k).ok_or_else(|| {
+                        Error::new(Kind::InvalidArgument, "internal error: a partial group")
+                    })?;
+                    if !buf.is_empty() && buf.len() + len > BLOCK {
                         buf = emit(buf)?;
                         buf.clear();
                     }
-                    buf.extend_from_slice(&out);
-                    this_call += out.len();
+                    self.recode_chunk(i, from, &bytes[a..z], &mut buf)?;
+                    this_call += len;
                 }
                 Input::Bytes(bytes, _) => {
                     let n = (nbytes - self.bytes_done).min(room);
@@ -807,6 +806,88 @@ fn check_from(spec: &TensorSpec, from: Dtype) -> Result<()> {
     ))
 }
 
+/// Elements below which [`recode_into`] converts on one thread.
+const RECODE_PAR_MIN: usize = 1 << 20;
+
+/// Converts `src`, whole groups of elements of dtype `from` (the first
+/// being element `first` of tensor `spec`, for errors), into `out`, exactly
+/// their size in the tensor's dtype, splitting large blocks between
+/// `threads` threads. A value the dtype can't hold is the error
+/// [`Writer`] gives for it.
+pub fn recode_into(
+    spec: &TensorSpec,
+    from: Dtype,
+    src: &[u8],
+    first: usize,
+    out: &mut [u8],
+    threads: usize,
+) -> Result<()> {
+    let to = spec.dtype;
+    let mismatch = || conversion_error(spec, EncodeError::Mismatch, Rounding::Nearest, true);
+    let n = src.len() * 8 / from.bits();
+    if from.bytes_for(n) != Some(src.len()) || to.bytes_for(n) != Some(out.len()) {
+        return Err(mismatch());
+    }
+    if to.bits() < 8 {
+        // The sub-byte encoders OR their bits in.
+        out.fill(0);
+    }
+    let one = |src: &[u8], first: usize, out: &mut [u8]| {
+        recode::recode(from, to, src, first, out).map_err(|e| match e {
+            RecodeError::Value(bad) => {
+                conversion_error(spec, EncodeError::Value(bad), Rounding::Nearest, true)
+            }
+            RecodeError::Mismatch => mismatch(),
+        })
+    };
+    let g = recode::group(from, to);
+    let parts = threads.min(n / RECODE_PAR_MIN).max(1);
+    // Whole groups per thread, the last taking the rest.
+    let per = n / parts / g * g;
+    if parts == 1 || per == 0 {
+        return one(src, first, out);
+    }
+    let (Some(src_per), Some(out_per)) = (from.bytes_for(per), to.bytes_for(per)) else {
+        return Err(mismatch());
+    };
+    std::thread::scope(|sc| {
+        let mut jobs = Vec::with_capacity(parts);
+        let mut rest = (src, out);
+        for k in 0..parts {
+            let (s, o) = std::mem::take(&mut rest);
+            let (head, tail) = if k + 1 == parts {
+                ((s, o), (&[][..], &mut [][..]))
+            } else {
+                let (s1, s2) = s.split_at(src_per);
+                let (o1, o2) = o.split_at_mut(out_per);
+                ((s1, o1), (s2, o2))
+            };
+            rest = tail;
+            let at = first + k * per;
+            if k + 1 == parts {
+                // The last part on this thread.
+                jobs.push(Ok(one(head.0, at, head.1)));
+            } else {
+                jobs.push(Err(sc.spawn(move || one(head.0, at, head.1))));
+            }
+        }
+        // The first error in the order of the elements.
+        let mut result = Ok(());
+        for job in jobs {
+            let got = match job {
+                Ok(r) => r,
+                Err(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::new(Kind::Io, "a conversion thread panicked"))),
+            };
+            if result.is_ok() {
+                result = got;
+            }
+        }
+        result
+    })
+}
+
 /// The error for value `e` of tensor `spec`; `row_major`: its index counts
 /// elements in the order of the tensor's bytes (a framework's tensor),
 /// not R's column-major order.
@@ -873,6 +954,37 @@ mod tests {
 
     fn ok() -> impl FnMut() -> Result<()> {
         || Ok(())
+    }
+
+    #[test]
+    fn recode_into_on_threads_is_the_one_thread_result_and_names_the_first_bad_element() {
+        // Enough elements for three parts, not a multiple of them.
+        let n = 3 * RECODE_PAR_MIN + 5;
+        let t = spec("w", Dtype::BF16, &[n]);
+        let mut src = Vec::with_capacity(4 * n);
+        let mut x: u32 = 0x2545_f491;
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            // Finite values of every magnitude BF16 holds.
+            src.extend_from_slice(&(x & 0xbf7f_ffff).to_le_bytes());
+        }
+        let (mut one, mut three) = (vec![0u8; 2 * n], vec![0u8; 2 * n]);
+        recode_into(&t, Dtype::F32, &src, 0, &mut one, 1).unwrap();
+        recode_into(&t, Dtype::F32, &src, 0, &mut three, 3).unwrap();
+        assert_eq!(one, three);
+        // Elements past BF16's largest in the second and third parts: the
+        // error names the first, counted from `first`.
+        for k in [2 * RECODE_PAR_MIN + 7, RECODE_PAR_MIN + 3] {
+            src[4 * k..4 * k + 4].copy_from_slice(&f32::MAX.to_le_bytes());
+        }
+        let e = recode_into(&t, Dtype::F32, &src, 100, &mut three, 3).unwrap_err();
+        assert_eq!(e.kind, Kind::Conversion);
+        let at = format!("{}", 100 + RECODE_PAR_MIN + 3 + 1);
+        assert!(e.message.contains(&at), "{}", e.message);
+        // Sizes that disagree are refused.
+        assert!(recode_into(&t, Dtype::F32, &src[4..], 0, &mut three, 3).is_err());
     }
 
     /// The bytes the writer makes for these tensors, one `write` call with
