@@ -41,7 +41,10 @@
 # (`x$t()$contiguous()`), and, as references, safe_load_model() of the
 # same weights saved in the module's own names and layout, and the route
 # without `rename` and `transform` (safe_load_file(), names and
-# transposes changed in R, then load_state_dict()). The module is
+# transposes changed in R, then load_state_dict()); and Python doing the
+# same as transformers users write it (py_surgery_view, py_surgery_copy:
+# load_file(), renamed, `.t()` or `.t().contiguous()`, load_state_dict(),
+# which needs TORCH_PY or BENCH_PYTHON). The module is
 # an embedding of 16384 x D and LAYERS blocks of four linear layers (D x
 # 3D, D x D, D x 4D, 4D x D) without biases, F32: with the defaults (D =
 # 4096, LAYERS = 5) 4 GiB, whose largest tensor is 256 MiB. A load with
@@ -170,6 +173,69 @@ t, cpu = time.perf_counter() - t, time.process_time() - cpu
 print("%.2f\t%.0f\t%.0f\t%.2f" % (t, rss("VmHWM") - before, rss("RssAnon") - anon, cpu))
 '
 
+# The "surgery" loads in Python, as transformers users write them:
+# load_file() of the Hugging Face layout, names renamed, the linear weights
+# transposed (a view, or a contiguous copy), then load_state_dict() into
+# the same module.
+py_surgery_code <- '
+import gc, os, re, time, torch
+from safetensors.torch import load_file
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+d, layers = int(os.environ["BENCH_SURGERY_D"]), int(os.environ["BENCH_SURGERY_LAYERS"])
+class Block(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.attn = torch.nn.Linear(d, 3 * d, bias=False)
+        self.proj = torch.nn.Linear(d, d, bias=False)
+        self.up = torch.nn.Linear(d, 4 * d, bias=False)
+        self.down = torch.nn.Linear(4 * d, d, bias=False)
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = torch.nn.Embedding(16384, d)
+        self.h = torch.nn.ModuleList([Block(d) for _ in range(layers)])
+with torch.no_grad():
+    model = Net()
+rename = [(r"^model\\.", ""), (r"\\.c_attn\\.", ".attn."), (r"\\.c_proj\\.", ".proj."), (r"\\.c_fc\\.", ".up."), (r"\\.mlp_proj\\.", ".down.")]
+copy = os.environ["BENCH_CASE"] == "py_surgery_copy"
+gc.collect()
+open("/proc/self/clear_refs", "w").write("5")
+before, anon = rss("VmRSS"), rss("RssAnon")
+t, cpu = time.perf_counter(), time.process_time()
+state = {}
+for k, v in load_file(os.environ["BENCH_FILE2"]).items():
+    for a, b in rename:
+        k = re.sub(a, b, k)
+    if re.search(r"\\.(attn|proj|up|down)\\.weight$", k):
+        v = v.t().contiguous() if copy else v.t()
+    state[k] = v
+model.load_state_dict(state)
+del state
+gc.collect()
+t, cpu = time.perf_counter() - t, time.process_time() - cpu
+print("%.2f\t%.0f\t%.0f\t%.2f" % (t, rss("VmHWM") - before, rss("RssAnon") - anon, cpu))
+'
+
+run_py_surgery <- function(case, file2) {
+  python <- Sys.getenv("BENCH_PYTHON", Sys.getenv("TORCH_PY", "python3"))
+  out <- system2(python, c("-c", shQuote(py_surgery_code)),
+    env = c(
+      paste0("BENCH_CASE=", case), paste0("BENCH_FILE2=", file2),
+      paste0("BENCH_SURGERY_D=", Sys.getenv("BENCH_SURGERY_D", "4096")),
+      paste0("BENCH_SURGERY_LAYERS=", Sys.getenv("BENCH_SURGERY_LAYERS", "5"))
+    ),
+    stdout = TRUE, stderr = FALSE
+  )
+  v <- strsplit(utils::tail(out, 1), "\t")[[1]]
+  data.frame(
+    case = case, seconds = as.numeric(v[[1]]), rss_mib = as.numeric(v[[2]]), anon_after_mib = as.numeric(v[[3]]),
+    cpu_seconds = as.numeric(v[[4]])
+  )
+}
+
 # Each case starts with no dirty pages: the files the cases before it wrote
 # are flushed (outside the timing), and the one it writes is gone.
 settle <- function(file) {
@@ -237,6 +303,14 @@ for (rep in seq_len(reps)) {
         run_case(case, libs[[nm]], if (startsWith(case, "model_")) model_file else file)
       }
       r$package <- nm
+      res[[length(res) + 1]] <- r
+      print(r)
+    }
+  }
+  if ("surgery" %in% groups) {
+    for (case in c("py_surgery_view", "py_surgery_copy")) {
+      r <- run_py_surgery(case, surgery_files[[2]])
+      r$package <- "python"
       res[[length(res) + 1]] <- r
       print(r)
     }
