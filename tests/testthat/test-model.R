@@ -795,6 +795,16 @@ test_that("rename and transform errors leave the module untouched and say which 
   expect_lt(as.numeric((out$got - out$expected)$abs()$max()), 1e-6)
 })
 
+test_that("collections_since() tells whether R collected garbage since", {
+  seen <- safetensors:::collections_since()
+  # Read at once: the expectations allocate, which may start a collection.
+  before <- seen$collected
+  invisible(gc(full = FALSE))
+  after <- seen$collected
+  expect_false(before)
+  expect_true(after)
+})
+
 test_that("a load with transforms gives their tensors' memory back", {
   skip_if_no_torch()
   skip_if_not(file.exists("/proc/self/status"), "needs /proc/self/status")
