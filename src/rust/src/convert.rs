@@ -15,7 +15,7 @@ use crate::writer::{count, with_placed};
 /// `part` (a local file or a raw vector) to tensor `i` (1-based) of the
 /// block writer file `w`, converting its dtype to the writer's. The rows
 /// are converted straight from the memory map or raw vector, else read
-/// into one buffer; from a map, their pages are let go of afterwards and
+/// into the writer's scratch buffer, reused for every block; from a map, their pages are let go of afterwards and
 /// the file is checked to be unchanged, so a file truncated meanwhile is an
 /// error rather than zeros in the output. Returns the bytes read.
 /// @noRd
@@ -50,40 +50,29 @@ fn convert_rows_(part: Robj, name: &str, w: Robj, i: f64, r0: f64, n: f64) -> Ro
                 // are let go of below, so memory stays one block. Else read
                 // into the writer's scratch buffer, one for every block.
                 let view = src.view_whole(start, len)?;
-                let mut scratch = Vec::new();
-                let bytes = match view {
-                    Some(view) => view,
-                    None => {
-                        scratch = with_placed(&w, false, |file| {
-                            Ok(file.as_mut().map(|f| f.take_scratch()).unwrap_or_default())
-                        })?;
-                        if scratch.len() < len {
-                            scratch.resize(len, 0);
-                        }
-                        src.read_at(start, &mut scratch[..len])?;
-                        &scratch[..len]
-                    }
-                };
                 with_placed(&w, false, |file| {
                     let Some(file) = file.as_mut() else {
                         return Err(Error::new(Kind::Closed, "the writer is closed"));
                     };
-                    file.write_block(
-                        i,
-                        r0,
-                        n,
-                        Input::Bytes(bytes, from),
-                        &mut check_interrupt_now,
-                    )
-                })?;
-                if view.is_none() {
-                    with_placed(&w, false, |file| {
-                        if let Some(file) = file.as_mut() {
-                            file.put_scratch(scratch);
+                    let mut scratch = Vec::new();
+                    let bytes = match view {
+                        Some(view) => view,
+                        None => {
+                            scratch = file.take_scratch();
+                            if scratch.len() < len {
+                                scratch.resize(len, 0);
+                            }
+                            src.read_at(start, &mut scratch[..len])?;
+                            &scratch[..len]
                         }
-                        Ok(())
-                    })?;
-                }
+                    };
+                    let input = Input::Bytes(bytes, from);
+                    file.write_block(i, r0, n, input, &mut check_interrupt_now)?;
+                    if view.is_none() {
+                        file.put_scratch(scratch);
+                    }
+                    Ok(())
+                })?;
                 src.done_with(start, len);
                 src.verify()?;
                 Ok(Robj::from(len as f64))

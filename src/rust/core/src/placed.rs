@@ -22,8 +22,7 @@ use std::path::Path;
 use crate::error::{Error, Kind, Result};
 use crate::format::{self, TensorSpec};
 use crate::io::{self, start_writeback, AtomicFile};
-use crate::recode;
-use crate::write::{recode_into, Input, Sink, Writer};
+use crate::write::{check_bytes, recode_into, Input, Sink, Writer};
 use crate::Poll;
 
 /// Bytes between two writeback starts (as the write engine's file sink).
@@ -275,24 +274,12 @@ impl PlacedFile {
             // Bytes of another dtype (safe_convert()): converted on the
             // writer's threads into a buffer kept for the next block, and
             // written at once.
-            Input::Bytes(bytes, from)
-                if from != block.dtype && recode::supported(from, block.dtype) =>
-            {
+            Input::Bytes(bytes, from) if from != block.dtype => {
                 let numel: usize = block.shape.iter().product();
-                let (Some(len), true) = (
-                    block.dtype.bytes_for(numel),
-                    from.bytes_for(numel) == Some(bytes.len()),
-                ) else {
-                    return Err(Error::tensor(
-                        Kind::InvalidArgument,
-                        &block.name,
-                        format!(
-                            "the block of tensor `{}` has {} bytes as {from}, not the size of its rows",
-                            block.name,
-                            bytes.len()
-                        ),
-                    ));
-                };
+                let len = block.dtype.bytes_for(numel).ok_or_else(|| {
+                    Error::new(Kind::InvalidArgument, "internal error: a partial block")
+                })?;
+                check_bytes(&block, bytes, from, len)?;
                 let mut out = std::mem::take(&mut self.converted);
                 if out.len() < len {
                     out.resize(len, 0);

@@ -537,26 +537,7 @@ impl State {
                         ));
                     }
                 }
-                Input::Bytes(bytes, from) => {
-                    check_from(spec, from)?;
-                    let numel: usize = spec.shape.iter().product();
-                    let need = if from == spec.dtype {
-                        Some(e - b)
-                    } else {
-                        from.bytes_for(numel)
-                    };
-                    if Some(bytes.len()) != need {
-                        return Err(Error::tensor(
-                            Kind::InvalidArgument,
-                            name,
-                            format!(
-                                "the buffer of tensor `{name}` has {} bytes but dtype {from} and its shape need {}",
-                                bytes.len(),
-                                need.map_or_else(|| "a whole number of bytes".to_string(), |n| n.to_string())
-                            ),
-                        ));
-                    }
-                }
+                Input::Bytes(bytes, from) => check_bytes(spec, bytes, from, e - b)?,
                 Input::Later(from) => check_from(spec, from)?,
             }
         }
@@ -806,6 +787,31 @@ fn check_from(spec: &TensorSpec, from: Dtype) -> Result<()> {
     ))
 }
 
+/// Checks that `bytes`, given in dtype `from`, are all of tensor `spec`'s:
+/// `size` bytes when `from` is its dtype, else its elements in `from`.
+pub(crate) fn check_bytes(spec: &TensorSpec, bytes: &[u8], from: Dtype, size: usize) -> Result<()> {
+    check_from(spec, from)?;
+    let name = spec.name.as_str();
+    let numel: usize = spec.shape.iter().product();
+    let need = if from == spec.dtype {
+        Some(size)
+    } else {
+        from.bytes_for(numel)
+    };
+    if Some(bytes.len()) != need {
+        return Err(Error::tensor(
+            Kind::InvalidArgument,
+            name,
+            format!(
+                "the buffer of tensor `{name}` has {} bytes but dtype {from} and its shape need {}",
+                bytes.len(),
+                need.map_or_else(|| "a whole number of bytes".to_string(), |n| n.to_string())
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Elements below which [`recode_into`] converts on one thread.
 const RECODE_PAR_MIN: usize = 1 << 20;
 
@@ -851,40 +857,28 @@ pub fn recode_into(
         return Err(mismatch());
     };
     std::thread::scope(|sc| {
-        let mut jobs = Vec::with_capacity(parts);
-        let mut rest = (src, out);
-        for k in 0..parts {
-            let (s, o) = std::mem::take(&mut rest);
-            let (head, tail) = if k + 1 == parts {
-                ((s, o), (&[][..], &mut [][..]))
-            } else {
-                let (s1, s2) = s.split_at(src_per);
-                let (o1, o2) = o.split_at_mut(out_per);
-                ((s1, o1), (s2, o2))
-            };
-            rest = tail;
+        // Parts 0..parts - 1 on new threads, the last (with the rest) here.
+        let (mut s, mut o) = (src, out);
+        let mut others = Vec::with_capacity(parts - 1);
+        for k in 0..parts - 1 {
+            let (s1, s2) = s.split_at(src_per);
+            let (o1, o2) = o.split_at_mut(out_per);
             let at = first + k * per;
-            if k + 1 == parts {
-                // The last part on this thread.
-                jobs.push(Ok(one(head.0, at, head.1)));
-            } else {
-                jobs.push(Err(sc.spawn(move || one(head.0, at, head.1))));
-            }
+            others.push(sc.spawn(move || one(s1, at, o1)));
+            (s, o) = (s2, o2);
         }
+        let last = one(s, first + (parts - 1) * per, o);
         // The first error in the order of the elements.
         let mut result = Ok(());
-        for job in jobs {
-            let got = match job {
-                Ok(r) => r,
-                Err(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::new(Kind::Io, "a conversion thread panicked"))),
-            };
+        for h in others {
+            let got = h
+                .join()
+                .unwrap_or_else(|_| Err(Error::new(Kind::Io, "a conversion thread panicked")));
             if result.is_ok() {
                 result = got;
             }
         }
-        result
+        result.and(last)
     })
 }
 
