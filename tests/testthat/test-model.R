@@ -873,6 +873,73 @@ test_that("transforms see the file's dtype and their results convert to the modu
   expect_snapshot(cat(gsub(path, "<path>", conditionMessage(cnd), fixed = TRUE)))
 })
 
+test_that("a transform's result is loaded with its values whatever view, copy or write it makes", {
+  skip_if_no_torch()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  set.seed(3)
+  w <- array(runif(4 * 6 * 5), c(4, 6, 5))
+  safe_save_file(list(w = w), path)
+  file_w <- safe_load_file(path, framework = "torch")$w
+  meta <- function(x) x$device$type == "meta"
+  cases <- list(
+    transpose = function(x) x$transpose(1, 3),
+    permute = function(x) x$permute(c(2, 3, 1)),
+    reshape = function(x) x$view(c(24, 5)),
+    expand = function(x) x$unsqueeze(1)$expand(c(2, 4, 6, 5)),
+    # Views that start past the first element.
+    narrow = function(x) x$narrow(2, 3, 2),
+    select = function(x) x[2, , ],
+    copy = function(x) x$transpose(1, 3) * 2,
+    in_place = function(x) x$mul_(2),
+    view_in_place = function(x) x$transpose(1, 3)$mul_(-1),
+    # Told the meta device apart: a view there, not on the data.
+    branches = function(x) if (meta(x)) x$transpose(1, 3) else x$transpose(1, 3) + 1,
+    branches_in_place = function(x) if (meta(x)) x$transpose(1, 3) else x$transpose(1, 3)$add_(1)
+  )
+  for (nm in names(cases)) {
+    f <- cases[[nm]]
+    want <- f(file_w$clone())
+    net <- torch::nn_module(initialize = function(shape) {
+      self$w <- torch::nn_parameter(torch::torch_zeros(shape, dtype = torch::torch_float64()))
+    })
+    m <- net(want$shape)
+    safe_load_model(m, path, transform = list("^w$" = f))
+    expect_true(torch::torch_equal(m$w$detach(), want$to(dtype = torch::torch_float64())), label = nm)
+  }
+})
+
+test_that("a transform's view of the tensor is copied straight from the file, and what it keeps stays valid", {
+  skip_if_no_torch()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  set.seed(4)
+  safe_save_file(list(w = array(runif(512 * 256), c(512, 256))), path, dtype = "F32")
+  file_w <- safe_load_file(path, framework = "torch")$w
+  net <- torch::nn_module(initialize = function() {
+    self$w <- torch::nn_parameter(torch::torch_zeros(256, 512))
+  })
+  m <- net()
+  kept <- list()
+  safe_load_model(m, path, transform = list("^w$" = function(x) {
+    kept[[length(kept) + 1]] <<- x
+    x$t()
+  }))
+  expect_true(torch::torch_equal(m$w$detach(), file_w$t()))
+  expect_length(kept, 2)
+  # The tensor the function saw on the CPU is the load's own memory, not
+  # the file's, and was never read into: the view it made told the load
+  # which elements to copy from the file.
+  expect_identical(kept[[2]]$device$type, "cpu")
+  expect_identical(as.numeric(kept[[2]]$shape), c(512, 256))
+  expect_false(torch::torch_equal(kept[[2]], file_w))
+  invisible(gc())
+  kept[[2]]$fill_(1)
+  expect_identical(as.numeric(kept[[2]]$sum()), 512 * 256)
+  # Read through a raw vector (no map) as well.
+  m2 <- net()
+  safe_load_model(m2, readBin(path, "raw", file.size(path)), transform = list("^w$" = function(x) x$t()))
+  expect_true(torch::torch_equal(m2$w$detach(), file_w$t()))
+})
+
 test_that("rename and transform read folders, shards, URLs and hf:// paths", {
   skip_if_no_torch()
   dir <- withr::local_tempdir()
