@@ -10,8 +10,11 @@ NULL
 
 #' Copies rows `[r0, r0 + n)` of tensor `name` of the open handle part
 #' `part` (a local file or a raw vector) to tensor `i` (1-based) of the
-#' block writer file `w`, converting its dtype to the writer's. Only those
-#' rows are in memory. Returns the bytes read.
+#' block writer file `w`, converting its dtype to the writer's. The rows
+#' are converted straight from the memory map or raw vector, else read
+#' into the writer's scratch buffer, reused for every block; from a map, their pages are let go of afterwards and
+#' the file is checked to be unchanged, so a file truncated meanwhile is an
+#' error rather than zeros in the output. Returns the bytes read.
 #' @noRd
 convert_rows_ <- function(part, name, w, i, r0, n) .Call(wrap__convert_rows_, part, name, w, i, r0, n)
 

@@ -229,7 +229,10 @@ safe_load_model <- function(model, path, ..., rename = NULL, transform = NULL, s
     h <- open_model_source(path, backend)
     on.exit(close(h), add = TRUE)
   }
-  state <- model$state_dict()
+  # The parameters themselves rather than detached views of them, which
+  # cost torch's state_dict() two calls per tensor (29 ms for 128 here);
+  # the load copies into them with gradients off (load_tensors()).
+  state <- model$state_dict(keepvars = TRUE)
   tab <- renamed_table(handle_table(h), rename)
   plan <- load_plan(tab, state, strict, format_label(h), transform)
   load_tensors(h, tab, state, plan, transform)

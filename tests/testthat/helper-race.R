@@ -6,8 +6,8 @@
 # A crash (a SIGBUS the package did not catch) fails the test.
 #
 # The file holds `n_tensors` F64 tensors `t1`, `t2`, ... of `n` elements
-# each, tensor k holding (k - 1) * n + 1:n, so that a load is checked by
-# its sums. `load` is a function of the path run in the loading child,
+# each (of shape `dim`, R's, when given), tensor k holding
+# (k - 1) * n + 1:n, so that a load is checked by its sums. `load` is a function of the path run in the loading child,
 # returning the loaded tensors' sums (NULL if they can't be computed);
 # `setup` runs once there first (to attach torch, or build a module). With
 # `shards` > 1 the tensors are saved as a shard set of that many shards
@@ -22,7 +22,7 @@
 # first large allocations, the page cache) let all 12 loads of a shard set
 # finish first in about one run in ten.
 race_truncation <- function(load, setup = function() NULL, reps = 12, enough = 2, n = 2^21, n_tensors = 12,
-                            shards = 1) {
+                            shards = 1, dim = NULL) {
   skip_on_cran()
   skip_on_os("windows") # Windows refuses to truncate a mapped file.
   skip_if_not_installed("callr")
@@ -61,10 +61,13 @@ race_truncation <- function(load, setup = function() NULL, reps = 12, enough = 2
   )
   withr::defer(truncator$kill())
   res <- callr::r(
-    function(path, dir, reps, enough, n, n_tensors, want, load, setup, shard_size, victim, read_share) {
+    function(path, dir, reps, enough, n, n_tensors, want, load, setup, shard_size, victim, read_share, dim) {
       setup()
       write <- function() {
-        x <- lapply(seq_len(n_tensors), function(j) (j - 1) * n + seq_len(n))
+        x <- lapply(seq_len(n_tensors), function(j) {
+          values <- (j - 1) * n + seq_len(n)
+          if (is.null(dim)) values else array(values, dim)
+        })
         names(x) <- paste0("t", seq_len(n_tensors))
         # The index of a shard set, else the file.
         invisible(safetensors::safe_save_file(x, path, sync = FALSE, max_shard_size = shard_size))
@@ -100,7 +103,7 @@ race_truncation <- function(load, setup = function() NULL, reps = 12, enough = 2
     },
     args = list(
       path = path, dir = dir, reps = reps, enough = enough, n = n, n_tensors = n_tensors, want = want,
-      load = load, setup = setup, shard_size = shard_size, victim = victim, read_share = read_share
+      load = load, setup = setup, shard_size = shard_size, victim = victim, read_share = read_share, dim = dim
     ),
     libpath = .libPaths()
   )

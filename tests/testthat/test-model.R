@@ -615,6 +615,27 @@ test_that("a file truncated while a module loads gives its values or a classed e
   }
 })
 
+test_that("a file truncated while a transposing transform loads from it gives a classed error, never a crash", {
+  skip_if_no_torch()
+  # Transposed by torch straight from the map.
+  setup <- function() {
+    net <- torch::nn_module(initialize = function() {
+      for (k in 1:12) self[[paste0("t", k)]] <- torch::nn_parameter(torch::torch_zeros(2^11, 2^10, dtype = torch::torch_float64()))
+    })
+    model <<- net()
+  }
+  res <- race_truncation(
+    function(path) {
+      for (p in model$parameters) torch::with_no_grad(p$zero_())
+      safetensors::safe_load_model(model, path, transform = list("^t" = function(x) x$t()))
+      vapply(model$parameters, function(t) torch::as_array(t$sum()), numeric(1))
+    },
+    setup = setup,
+    dim = c(2^10, 2^11)
+  )
+  expect_race_safe(res)
+})
+
 # ---- rename and transform ---------------------------------------------------
 
 test_that("without torch, renamed tensors are matched and shown by both names", {
@@ -905,7 +926,39 @@ test_that("a transform's result is loaded with its values whatever view, copy or
     m <- net(want$shape)
     safe_load_model(m, path, transform = list("^w$" = f))
     expect_true(torch::torch_equal(m$w$detach(), want$to(dtype = torch::torch_float64())), label = nm)
+    # Copied into the parameter itself, without gradients: still a leaf.
+    expect_true(m$w$requires_grad)
+    expect_true(m$w$is_leaf)
   }
+})
+
+test_that("transposing transforms load every dtype's bytes exactly", {
+  skip_if_no_torch()
+  set.seed(5)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  small <- array(round(runif(37 * 53) * 100), c(37, 53))
+  dtypes <- c("F16", "BF16", "F32", "F64", "I64", "I32", "I16", "I8", "U8")
+  x <- setNames(rep(list(small), length(dtypes)), dtypes)
+  # Larger than the pieces of a load without transforms (32 MiB).
+  x$big <- array(runif(520 * 8200), c(520, 8200))
+  safe_save_file(x, path, dtype = setNames(c(dtypes, "F64"), names(x)))
+  file <- safe_load_file(path, framework = "torch")
+  net <- torch::nn_module(initialize = function() {
+    for (nm in names(file)) {
+      self[[nm]] <- torch::nn_buffer(torch::torch_zeros(rev(file[[nm]]$shape), dtype = file[[nm]]$dtype))
+    }
+  })
+  m <- net()
+  safe_load_model(m, path, transform = list("." = function(x) x$t()))
+  for (nm in names(file)) {
+    expect_true(torch::torch_equal(m[[nm]], file[[nm]]$t()), label = nm)
+  }
+  # Into a module of another dtype.
+  wide <- torch::nn_module(initialize = function() {
+    self$F16 <- torch::nn_buffer(torch::torch_zeros(53, 37, dtype = torch::torch_float64()))
+  })()
+  safe_load_model(wide, path, strict = FALSE, transform = list("^F16$" = function(x) x$t()))
+  expect_true(torch::torch_equal(wide$F16, file$F16$t()$to(dtype = torch::torch_float64())))
 })
 
 test_that("a transform's view of the tensor is copied straight from the file, and what it keeps stays valid", {
