@@ -550,13 +550,13 @@ transform_plan <- function(names, from, dtypes, shapes, transform, strict, label
   out
 }
 
-# Whether `y`, what a transform made of `x`, a tensor of the meta device
-# of file dtype `dtype`, is a view of it with the same values: its
-# storage's (torch's version counter, which views share, moves when `x`
-# is written) and not written by the transform (which would have moved it
-# already), of `x`'s dtype, and not of a BOOL or complex file dtype (whose
-# views torch reads as uint8, or may conjugate or negate). Such a
-# transform's result on a real tensor is a choice of its elements, which
+# Whether `y`, what a transform made of `x` (a tensor of the meta device,
+# of file dtype `dtype`), is a view of `x` with `x`'s values: it shares
+# `x`'s version counter (torch's, which views share: writing `x` moves
+# it), the transform did not write `x` (which would have moved it
+# already), it has `x`'s dtype, and the file's dtype is neither BOOL (read
+# as uint8) nor complex (whose views may conjugate or negate). Such a
+# result, on a real tensor, is a choice of its elements, which
 # load_transformed() can copy straight from the file.
 meta_view <- function(x, y, dtype) {
   if (dtype == "BOOL" || startsWith(dtype, "C") || x$`_version`() != 0 ||
