@@ -365,6 +365,12 @@ plan_pieces <- function(dtype, shape, chunk = stage_bytes, plan_size = NULL) {
   })
 }
 
+# Whether the bytes of `part` are in memory (a memory map or a raw vector),
+# where a framework can copy from views of them.
+part_in_memory <- function(part) {
+  !part_is_remote(part) && part_kind(part) %in% c("mmap", "memory")
+}
+
 # Reads tensors `names` (of `dtypes` and `shapes`, in the file order of
 # `part`, an open source of R/sources.R) piece by piece through `fill(x,
 # bytes, piece)`: for the j-th, `target(j)` gives the tensor to fill (a new
@@ -383,7 +389,7 @@ read_part_pieces <- function(part, names, dtypes, shapes, target, fill, done, vi
     return(invisible())
   }
   remote <- part_is_remote(part)
-  views <- views && !remote && part_kind(part) %in% c("mmap", "memory")
+  views <- views && part_in_memory(part)
   if (is.function(setup)) {
     setup(environment(), helper = !views && !remote && st_threads() > 1)
   }

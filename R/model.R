@@ -881,8 +881,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, lab
   } else {
     stages[[dtype]]$narrow(1, 1, n)$view(if (length(shape) == 0) list() else shape)
   }
-  early <- n > 0 && length(shape) > 0 && plan$transform$view[[j]] &&
-    !part_is_remote(part) && part_kind(part) %in% c("mmap", "memory")
+  early <- n > 0 && length(shape) > 0 && plan$transform$view[[j]] && part_in_memory(part)
   y <- NULL
   if (early) {
     version <- x$`_version`()
@@ -909,11 +908,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, lab
   )
   # A view of the stage made before it was read sees the data read.
   y <- y %||% checked_transform(transform, plan, j, x, tab$name[[k]], from, label, call)
-  if (!identical(as.numeric(y$shape), plan$shapes[[j]])) {
-    # One element in both (check_load_shapes()).
-    y <- y$reshape(if (length(plan$shapes[[j]]) == 0) list() else plan$shapes[[j]])
-  }
-  dest$copy_(y)
+  dest$copy_(reshaped(y, plan$shapes[[j]]))
   if (n == 0 || identical(storage_address(y), storage_address(x))) 0 else y$numel() * y$element_size()
 }
 
@@ -945,6 +940,13 @@ checked_transform <- function(transform, plan, j, x, name, from, label, call) {
   y
 }
 
+# Torch tensor `x` with shape `to`, the shape of the module's tensor it is
+# copied into: they differ only when both have one element
+# (check_load_shapes()).
+reshaped <- function(x, to) {
+  if (identical(as.numeric(x$shape), to)) x else x$reshape(if (length(to) == 0) list() else to)
+}
+
 # Copies into `dest` (of shape `to`) the view of shape `size` and strides
 # `stride` from the first element of file tensor `from` of `part` (of
 # `dtype` and `shape`), in one piece: torch gathers the elements from a
@@ -956,12 +958,7 @@ copy_file_view <- function(part, from, dtype, shape, dest, size, stride, to, cal
     target = function(i) dest,
     fill = function(dest, bytes, piece) {
       src <- torch::torch_tensor_from_buffer(bytes, shape = numel, dtype = torch_view_dtype(dtype))
-      src <- src$as_strided(size, stride, 0)
-      if (!identical(size, to)) {
-        # One element in both (check_load_shapes()).
-        src <- src$reshape(if (length(to) == 0) list() else to)
-      }
-      dest$copy_(src)
+      dest$copy_(reshaped(src$as_strided(size, stride, 0), to))
     },
     done = function(i, x) NULL, views = TRUE, call = call, chunk = Inf, setup = torch_setup
   )
