@@ -66,6 +66,14 @@ lock_release_ <- function(l) .Call(wrap__lock_release_, l)
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
 
+#' Asks the kernel to back the `n` bytes at `address` (torch's text of a
+#' pointer to a tensor it just allocated, which R references meanwhile)
+#' with huge pages before they are written (see
+#' `safetensors_core::io::advise_huge`): a hint that changes no byte, and
+#' does nothing for an address that is not mapped. Returns `NULL`.
+#' @noRd
+memory_huge_ <- function(address, n) .Call(wrap__memory_huge_, address, n)
+
 #' A reader of the pieces of the source of handle `x` at byte `offsets`
 #' (in the source) of byte lengths `sizes`, handed out in that order by
 #' [`piece_next_`]. With `views`, pieces the source holds in memory (a map,
@@ -281,6 +289,18 @@ writer_write_ <- function(w, budget) .Call(wrap__writer_write_, w, budget)
 #' detached put reports the bytes as written and `current` as `NA`.
 #' @noRd
 writer_put_ <- function(w, bytes, n, detach) .Call(wrap__writer_put_, w, bytes, n, detach)
+
+#' Writes the whole of the tensor whose turn it is, `n` bytes in its own
+#' dtype, from memory R torch owns at `address` (torch's text of the
+#' pointer: hexadecimal, with or without `0x`), to a file output, without
+#' a staging copy. R checked with torch that those bytes are the tensor's
+#' values, row-major from its storage's start on the CPU
+#' (torch_memory() in R/torch.R); the tensor stays referenced (R's caller
+#' holds it) and unchanged during this call. Only the kernel reads the memory (the
+#' file's `write()`), which reports an address it can't read as an error
+#' rather than faulting. Returns `list(written, current)`.
+#' @noRd
+writer_put_memory_ <- function(w, address, n) .Call(wrap__writer_put_memory_, w, address, n)
 
 #' Moves a stream writer's output (nothing pending: R took the header and
 #' wrote it to its file connection) to the file at `path` itself, in place

@@ -91,8 +91,19 @@
 #' buffer the file is read into, ahead of the copy; from other connections,
 #' through a small buffer, tensor by tensor, so the file is never held in
 #' memory as a whole. A `device` other than `"cpu"` then moves each tensor
-#' there. If the registered entry is replaced by one without the fast
-#' paths, its constructor is called instead with each tensor's bytes.
+#' there. On Linux, the memory of tensors of 4 MiB and more is backed by
+#' transparent huge pages where the system offers them (its default
+#' `madvise` mode): a fresh process loaded 1 GiB 15-30% faster (R arrays
+#' get the same). If the registered entry is replaced by one
+#' without the fast paths, its constructor is called instead with each
+#' tensor's bytes.
+#'
+#' Writing to a file or a file connection (as `torch_save()` does), a CPU
+#' tensor whose memory holds exactly the bytes the file stores (row-major
+#' from the start of its storage, in the file's dtype, neither complex nor a
+#' negated view; torch itself checks this) is written from that memory,
+#' without a copy; other tensors, and writes to raw vectors and other
+#' connections, go through staging buffers piece by piece.
 #'
 #' @format An environment. `"torch"` is registered by default.
 #' @seealso [safe_tensor_buffer()] for writing framework tensors.

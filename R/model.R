@@ -346,13 +346,6 @@ tied_groups <- function(state, shapes = lapply(state, function(x) x$shape)) {
   out
 }
 
-# The address of the storage of torch tensor `x`, as torch writes it, or NA
-# for none (a meta tensor's, or an empty storage's).
-storage_address <- function(x) {
-  ptr <- tryCatch(x$storage()$data_ptr(), error = function(e) NA_character_)
-  if (!is_string(ptr) || ptr %in% c("0", "0x0", "(nil)")) NA_character_ else ptr
-}
-
 # ---- loading ----------------------------------------------------------------
 
 # The handle_table() `tab` of a checkpoint with its tensors renamed by

@@ -320,6 +320,9 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   # Puts on a helper thread while R fills the next piece, unless R must
   # send each piece on itself.
   detach <- !stream || !is.null(placed)
+  # The engine writes a file itself (not a raw vector, nor a connection's
+  # bytes that R sends on).
+  in_place <- to == "file" || !is.null(placed)
   # Bytes written so far (the header's, to start with), for the bar.
   last <- if (is.null(bar)) 0 else check(writer_write_(w, 0))$written
   moved <- function(state) {
@@ -348,6 +351,17 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
     }
     x <- spec$tensors[[i]]
     entry <- framework_writer(x)
+    if (in_place && identical(entry$write, torch_write_piece) && identical(spec$from[[i]], spec$dtypes[[i]])) {
+      # A torch tensor whose memory holds the file's bytes goes from there
+      # to the file, in one pass: torch_save() of 1 GiB took a median 0.32 s
+      # of one core in fresh processes, against 0.46 s of two through the
+      # staging vectors (which take the rest).
+      address <- torch_memory(x, spec$dtypes[[i]], spec$shapes[[i]])
+      if (!is.null(address)) {
+        moved(check(writer_put_memory_(w, address, tensor_bytes(spec$dtypes[[i]], spec$shapes[[i]]))))
+        next
+      }
+    }
     if (!is.null(entry)) {
       # The framework's own dtype (`from`): the engine converts to the one
       # the file stores.

@@ -169,3 +169,20 @@ local_package_function <- function(name, value, .env = parent.frame()) {
   set(value)
   withr::defer(set(old), envir = .env)
 }
+
+# Skips unless the system backs memory with transparent huge pages only
+# where a process asks for them (Linux's `madvise` mode, its default): then
+# huge pages in this process are those the package asked for.
+skip_unless_huge_pages_on_request <- function() {
+  skip_on_os(c("windows", "mac", "solaris"))
+  mode <- tryCatch(readLines("/sys/kernel/mm/transparent_hugepage/enabled", warn = FALSE), error = function(e) "")
+  skip_if_not(any(grepl("[madvise]", mode, fixed = TRUE)), "transparent huge pages are not in madvise mode")
+}
+
+# kB of this process's anonymous memory in transparent huge pages, after a
+# garbage collection (so that no earlier object goes during a measure).
+huge_page_kb <- function() {
+  gc()
+  line <- grep("^AnonHugePages:", readLines("/proc/self/smaps_rollup"), value = TRUE)
+  as.numeric(gsub("[^0-9]", "", line))
+}

@@ -26,6 +26,36 @@ test_that("every fixture loads as numpy sees it, in the order its header lists t
   }
 })
 
+test_that("large tensors are read into huge pages where the system offers them", {
+  skip_unless_huge_pages_on_request()
+  # Over 32 MiB each, so that the C library maps new memory for them rather
+  # than reusing its heap's, whose pages may be in already: 40 and 36 MiB,
+  # at least 19 and 17 aligned 2 MiB pages.
+  x <- list(
+    d = matrix(seq_len(5 * 1024^2) / 7, 1024),
+    b = structure(as.raw(seq_len(36 * 1024^2) %% 251), dim = c(9216, 4096))
+  )
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  for (backend in c("read", "mmap")) {
+    before <- huge_page_kb()
+    y <- safe_load_file(path, backend = backend)
+    expect_gte(huge_page_kb() - before, 2048 * 19, label = backend)
+    expect_equal(y$d, x$d, ignore_attr = "dtype")
+    rm(y)
+    before <- huge_page_kb()
+    y <- safe_load_file(path, framework = "raw", backend = backend)
+    expect_gte(huge_page_kb() - before, 2048 * (19 + 17), label = backend)
+    expect_identical(as.vector(y$b), as.vector(t(x$b)))
+    rm(y)
+  }
+  # Small tensors are left alone.
+  safe_save_file(list(s = matrix(1, 512, 512)), path)
+  before <- huge_page_kb()
+  y <- safe_load_file(path)
+  expect_lte(huge_page_kb() - before, 0)
+})
+
 test_that("x[i, j, k] is Python's t[i - 1, j - 1, k - 1]", {
   # Independent of the helpers' aperm(): element [1, 2, 3] (0-based) of a [2, 3, 4]
   # tensor is row-major element 1 * 12 + 2 * 4 + 3 = 23 (0-based).

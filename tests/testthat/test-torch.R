@@ -412,6 +412,106 @@ test_that("torch tensors are written piece by piece, in row-major order", {
   expect_identical(rawConnectionValue(con), read_bytes(path))
 })
 
+test_that("torch tensors whose memory holds the file's bytes are written from it, the others through a copy", {
+  skip_if_no_torch()
+  base <- torch::torch_arange(1, 60)$view(c(3, 4, 5))
+  x <- list(
+    whole = torch::torch_randn(64, 33),
+    head_rows = base[1:1, , ], # offset 0, in a larger storage
+    grad = torch::torch_randn(5, 7, requires_grad = TRUE),
+    flags = torch::torch_tensor(c(TRUE, FALSE, TRUE))$view(c(3, 1)),
+    halves = torch::torch_randn(6, 6)$to(dtype = torch::torch_bfloat16()),
+    rows = base[2:3, , ], # a storage offset
+    transposed = base[1, , ]$t(),
+    expanded = torch::torch_tensor(1:3)$expand(c(4, 3)), # stride 0
+    complex = torch::torch_complex(torch::torch_randn(4), torch::torch_randn(4)),
+    scalar = torch::torch_tensor(2.5)$squeeze(),
+    empty = torch::torch_zeros(0, 3)
+  )
+  neg_view <- asNamespace("torch")[["torch__neg_view"]]
+  if (is.function(neg_view)) {
+    # Values that are the negated memory: only a copy writes them right.
+    x$negated <- neg_view(torch::torch_randn(4, 3))
+  }
+  # Told apart by their sizes in bytes.
+  direct <- c(whole = 64 * 33 * 4, head_rows = 80, grad = 140, flags = 3, halves = 72)
+  sizes <- numeric()
+  put <- safetensors:::writer_put_memory_
+  local_package_function("writer_put_memory_", function(w, address, n) {
+    sizes <<- c(sizes, n)
+    put(w, address, n)
+  })
+  want <- safe_serialize(x)
+  expect_length(sizes, 0) # a raw vector is always copied
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  expect_identical(read_bytes(path), want)
+  expect_setequal(sizes, direct)
+  # Through a file connection, as torch_save() writes.
+  sizes <- numeric()
+  con <- file(path, "wb")
+  safe_save_file(x, con)
+  close(con)
+  expect_identical(read_bytes(path), want)
+  expect_setequal(sizes, direct)
+  # Converted to another dtype: through a copy.
+  sizes <- numeric()
+  safe_save_file(x["whole"], path, dtype = "F16")
+  expect_length(sizes, 0)
+  got <- safe_load_file(path, framework = "torch")
+  expect_true(torch::torch_equal(got$whole, x$whole$to(dtype = torch::torch_float16())))
+})
+
+test_that("large torch tensors are read into huge pages where the system offers them", {
+  skip_if_no_torch()
+  skip_unless_huge_pages_on_request()
+  # Over 32 MiB (new memory, not the C library's heap; see test-load.R),
+  # with torch's cache of freed blocks (whose pages are in already) emptied
+  # between reads so that it can't serve them: 17 aligned 2 MiB pages.
+  x <- list(a = torch::torch_randn(9217, 1031), b = torch::torch_randn(3, 1031))
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  for (backend in c("mmap", "read")) {
+    safetensors:::torch_collect()
+    before <- huge_page_kb()
+    y <- safe_load_file(path, framework = "torch", backend = backend)
+    expect_gte(huge_page_kb() - before, 2048 * 17, label = backend)
+    expect_true(torch::torch_equal(y$a, x$a))
+    expect_true(torch::torch_equal(y$b, x$b))
+    rm(y)
+  }
+  # Addresses that are not one, or not mapped, are left alone.
+  for (bad in c("zz", "", "0x0", "0x10", "0xffffffffffffffffff")) {
+    expect_null(safetensors:::memory_huge_(bad, 8 * 1024^2))
+  }
+})
+
+test_that("a write from memory the kernel can't read is a classed error that leaves no file", {
+  skip_if_no_torch()
+  skip_on_os("windows")
+  dir <- withr::local_tempdir()
+  path <- file.path(dir, "out.safetensors")
+  spec <- safetensors:::tensor_spec(list(x = torch::torch_zeros(1024)), NULL, NULL)
+  w <- safetensors:::writer_open_(spec, "file", path, FALSE, 1L)
+  expect_equal(safetensors:::writer_write_(w, Inf)$current, 1)
+  # The first page, never mapped: write() reports EFAULT.
+  res <- safetensors:::writer_put_memory_(w, "0x10", 4096)
+  expect_s3_class(res, "safetensors_rust_error")
+  expect_identical(res$kind, "io")
+  safetensors:::writer_abort_(w)
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
+  # Addresses that are not one, or sizes that are not the tensor's, are
+  # refused before anything is written.
+  for (bad in list(list("zz", 4096), list("0x0", 4096), list("0x1000", 4095))) {
+    w <- safetensors:::writer_open_(spec, "file", path, FALSE, 1L)
+    safetensors:::writer_write_(w, Inf)
+    res <- safetensors:::writer_put_memory_(w, bad[[1]], bad[[2]])
+    expect_identical(res$kind, "invalid_argument")
+    safetensors:::writer_abort_(w)
+  }
+  expect_identical(list.files(dir, all.files = TRUE, no.. = TRUE), character())
+})
+
 test_that("tensors that require grad are written, and come back without grad", {
   skip_if_no_torch()
   x <- torch::torch_randn(3, 2, requires_grad = TRUE)

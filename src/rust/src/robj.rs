@@ -836,6 +836,22 @@ pub fn with_cell<T: 'static, R>(
     f(&mut inner)
 }
 
+/// The address torch writes for a pointer (`0x7f...`, or without the
+/// prefix where the C++ library prints none), if it is one and not null.
+pub(crate) fn parse_address(text: &str) -> Option<usize> {
+    let hex = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    if hex.is_empty()
+        || hex.len() > 2 * std::mem::size_of::<usize>()
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    usize::from_str_radix(hex, 16).ok().filter(|&a| a != 0)
+}
+
 #[cfg(test)]
 #[path = "../test-support/embedded_r.rs"]
 mod embedded_r;
@@ -869,5 +885,20 @@ mod tests {
         assert_eq!(again.len(), 5);
         let alloc_ok = alloc(SEXPTYPE::REALSXP, 4).unwrap();
         assert_eq!(alloc_ok.len(), 4);
+    }
+
+    #[test]
+    fn addresses_parse_as_torch_prints_them_and_nothing_else() {
+        assert_eq!(parse_address("0x7f3a5c000040"), Some(0x7f3a_5c00_0040));
+        assert_eq!(parse_address("0X10"), Some(16));
+        // MSVC's iostreams print pointers zero-padded, without the prefix.
+        assert_eq!(parse_address("000001F2A3B40080"), Some(0x1f2_a3b4_0080));
+        for bad in [
+            "", "0x", "0", "0x0", "(nil)", "+10", "-10", "0x1g", " 0x10", "0x10 ",
+        ] {
+            assert_eq!(parse_address(bad), None, "{bad:?}");
+        }
+        let long = format!("0x1{}", "0".repeat(2 * std::mem::size_of::<usize>()));
+        assert_eq!(parse_address(&long), None);
     }
 }

@@ -24,7 +24,8 @@ use safetensors_core::format::TensorSpec;
 use safetensors_core::write::{FileSink, Input, MemSink, PlacedSink, Writer};
 
 use crate::robj::{
-    alloc, check_interrupt_now, named_list, raw_bytes, slice_of, threads_from_r, to_r, vec_data,
+    alloc, check_interrupt_now, named_list, parse_address, raw_bytes, slice_of, threads_from_r,
+    to_r, vec_data,
 };
 
 /// `$body` with `$w` bound to the writer in `$out`, whatever its sink.
@@ -632,6 +633,54 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
     })())
 }
 
+/// Writes the whole of the tensor whose turn it is, `n` bytes in its own
+/// dtype, from memory R torch owns at `address` (torch's text of the
+/// pointer: hexadecimal, with or without `0x`), to a file output, without
+/// a staging copy. R checked with torch that those bytes are the tensor's
+/// values, row-major from its storage's start on the CPU
+/// (torch_memory() in R/torch.R); the tensor stays referenced (R's caller
+/// holds it) and unchanged during this call. Only the kernel reads the memory (the
+/// file's `write()`), which reports an address it can't read as an error
+/// rather than faulting. Returns `list(written, current)`.
+/// @noRd
+#[extendr]
+fn writer_put_memory_(w: Robj, address: &str, n: f64) -> Robj {
+    to_r(with_writer_out(&w, |out| {
+        let refuse = |what: &str| {
+            Error::new(
+                Kind::InvalidArgument,
+                format!("internal error: {what} for a write from memory"),
+            )
+        };
+        let ptr = parse_address(address).ok_or_else(|| refuse("an invalid address"))?;
+        let current = on_writer!(out, w => w.current());
+        let left = on_writer!(out, w => w.left());
+        // The whole tensor, in its own dtype: nothing is recoded (which
+        // would read the memory here) and no piece was put before.
+        let dtype = current
+            .and_then(|i| later_dtypes(&w, i))
+            .and_then(|(from, dtype)| (from == dtype).then_some(dtype));
+        let whole = (n >= 1.0 && n.fract() == 0.0 && n < 2f64.powi(53))
+            .then_some(n as usize)
+            .filter(|&n| Some(n) == left && ptr.checked_add(n).is_some());
+        let (Some(n), Some(dtype)) = (whole, dtype) else {
+            return Err(refuse("a tensor that is not whole in its own dtype"));
+        };
+        // SAFETY: torch allocated these `n` bytes for the tensor, which R
+        // references for this call (see above); nothing in this
+        // process writes them meanwhile. The slice is only passed to the
+        // file sinks' write(), never read in this process.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, n) };
+        let poll = &mut check_interrupt_now;
+        match out {
+            Out::File(w) => w.put(bytes, dtype, poll)?,
+            Out::Placed(w) => w.put(bytes, dtype, poll)?,
+            _ => return Err(refuse("an output that is not a file")),
+        };
+        Ok(progress(out))
+    }))
+}
+
 /// Moves a stream writer's output (nothing pending: R took the header and
 /// wrote it to its file connection) to the file at `path` itself, in place
 /// from byte `at` (where the connection is, and the file's size), so that
@@ -750,6 +799,7 @@ extendr_module! {
     fn writer_open_;
     fn writer_write_;
     fn writer_put_;
+    fn writer_put_memory_;
     fn writer_place_;
     fn writer_take_;
     fn writer_commit_;

@@ -20,7 +20,7 @@ use crate::convert::{self, decode_rows, n_rows, row_len, DecodeStats, SharedSlic
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::TensorInfo;
-use crate::io::{populate_write, Source};
+use crate::io::{advise_huge, populate_write, Source};
 use crate::slice::{Cursor, Plan};
 use crate::Poll;
 
@@ -35,6 +35,9 @@ const PARALLEL_MIN: usize = 4 << 20;
 const POPULATE: usize = 16 << 20;
 /// Destinations smaller than this are left to fault in as they are written.
 const POPULATE_MIN: usize = 256 << 10;
+/// Destinations at least this large get transparent huge pages, where the
+/// system gives them ([`advise_huge`]): smaller ones hold at most one.
+pub const HUGE_MIN: usize = 4 << 20;
 /// Bytes of a slice decoded between two polls.
 const SLICE_BLOCK: usize = 4 << 20;
 
@@ -245,7 +248,11 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
             // A piece of a tensor writes rows spread over all of its
             // (column-major) destination: no faulting in ahead.
             if t.is_whole() {
-                let (_, size) = t.dest.memory();
+                let (ptr, size) = t.dest.memory();
+                if size >= HUGE_MIN {
+                    // Before any job faults a page of it in.
+                    advise_huge(ptr as usize, size);
+                }
                 let mut b0 = 0;
                 while b0 < size {
                     let b1 = (b0 + POPULATE).min(size);
@@ -285,6 +292,9 @@ fn bytes_at<'b>(
 /// Fills all of task `t` from `bytes`, its whole data.
 fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
     let (ptr, size) = t.dest.memory();
+    if size >= HUGE_MIN {
+        advise_huge(ptr as usize, size);
+    }
     if size >= POPULATE_MIN {
         populate_write(ptr, size);
     }

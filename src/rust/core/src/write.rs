@@ -324,6 +324,14 @@ impl<S: Sink> Writer<S> {
         self.st.current()
     }
 
+    /// Bytes of the current tensor still to come, in its own dtype (all of
+    /// them until some are written), or `None` when all were written.
+    pub fn left(&mut self) -> Option<usize> {
+        let i = self.current()?;
+        let (b, e) = self.st.offsets[i];
+        Some(e - b - self.st.bytes_done)
+    }
+
     /// The sink, for callers that drain it between calls (a stream).
     pub fn sink_mut(&mut self) -> &mut S {
         &mut self.sink
@@ -1282,9 +1290,10 @@ mod tests {
             &mut ok(),
         )
         .unwrap();
-        assert_eq!(w.current(), Some(1));
+        assert_eq!((w.current(), w.left()), (Some(1), Some(3)));
         assert!(w.put(&[1, 2, 3, 4], Dtype::U8, &mut ok()).is_err());
         w.put(&[1, 2], Dtype::U8, &mut ok()).unwrap();
+        assert_eq!(w.left(), Some(1), "what is left of the tensor");
         assert_eq!(
             w.finish().err().map(|e| e.kind),
             Some(Kind::InvalidArgument)

@@ -23,7 +23,7 @@ mod sys;
 #[path = "windows.rs"]
 mod sys;
 
-pub use sys::{lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
+pub use sys::{advise_huge, lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
 use sys::{MapGuard, Stamp};
 
 /// How a file's bytes are reached.
