@@ -352,13 +352,17 @@ plan_pieces <- function(dtype, shape, chunk = stage_bytes, plan_size = NULL) {
   shape <- as.numeric(unlist(shape))
   size <- tensor_bytes(dtype, 1)
   rank <- length(shape)
-  pieces <- if (size < 1) {
-    list(list(select = integer(), start = NULL, n = NULL))
-  } else {
-    tensor_pieces(shape, max(size, plan_size %||% size), chunk)
+  if (rank == 0 || size < 1 || prod(shape) * max(size, plan_size %||% size) <= chunk) {
+    # One piece, the whole tensor (what the general case below makes of
+    # it, without its arithmetic: most tensors of a model are one piece).
+    return(list(list(
+      select = integer(), start = NULL, n = NULL, shape = shape, offset = 0,
+      size = tensor_bytes(dtype, shape), dtype = dtype
+    )))
   }
+  pieces <- tensor_pieces(shape, max(size, plan_size %||% size), chunk)
   # Row-major strides of the tensor, in elements.
-  stride <- if (rank == 0) numeric() else rev(cumprod(c(1, rev(shape[-1]))))
+  stride <- rev(cumprod(c(1, rev(shape[-1]))))
   lapply(pieces, function(p) {
     k <- length(p$select)
     first <- sum((p$select - 1) * stride[seq_len(k)])

@@ -323,7 +323,7 @@ open_model_source <- function(path, backend, call = parent.frame()) {
 # elements, meta tensors) are tied to nothing. Each `$` of a torch tensor
 # is a method dispatch, so tensors are asked little: their storage, and
 # their device and view only when they share an address.
-tied_groups <- function(state, shapes = lapply(state, function(x) x$shape)) {
+tied_groups <- function(state, shapes = lapply(state, torch_shape)) {
   nms <- names(state)
   keys <- rep(NA_character_, length(state))
   has <- vapply(shapes, function(s) prod(s) > 0, logical(1), USE.NAMES = FALSE)
@@ -336,7 +336,7 @@ tied_groups <- function(state, shapes = lapply(state, function(x) x$shape)) {
     at <- which(keys == key)
     while (length(at) > 1) {
       first <- state[[at[[1]]]]
-      same <- c(TRUE, vapply(at[-1], function(j) isTRUE(first$is_set_to(state[[j]])), logical(1)))
+      same <- c(TRUE, vapply(at[-1], function(j) torch_is_set_to(first, state[[j]]), logical(1)))
       if (sum(same) > 1) {
         out[[length(out) + 1]] <- nms[at[same]]
       }
@@ -411,7 +411,7 @@ load_plan <- function(tab, state, strict, label, transform = NULL, call = parent
   covered <- character()
   extra <- character()
   ties <- list()
-  model_shapes <- lapply(state, function(x) as.numeric(x$shape))
+  model_shapes <- lapply(state, function(x) as.numeric(torch_shape(x)))
   for (group in tied_groups(state, model_shapes)) {
     group <- sort(group, method = "radix")
     have <- group[group %in% in_file]
@@ -460,7 +460,7 @@ load_plan <- function(tab, state, strict, label, transform = NULL, call = parent
   shapes <- unname(model_shapes[match(load, in_model)])
   tf <- transform_plan(load, from, tab$dtype[at], tab$shape[at], transform, strict, label, call)
   check_load_shapes(load, tab$shape[at], shapes, label, call, from = from, tf = tf)
-  types <- vapply(load, function(n) state[[n]]$dtype$.type(), character(1), USE.NAMES = FALSE)
+  types <- vapply(load, function(n) torch_type(state[[n]]), character(1), USE.NAMES = FALSE)
   dtypes <- ifelse(tf$fn > 0, tf$dtype, tab$dtype[at])
   check_load_dtypes(load, dtypes, types, state, label, call, from = from, transformed = tf$fn > 0)
   list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types, transform = tf)
@@ -886,7 +886,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, lab
     stride <- as.numeric(y$stride())
     # Within the tensor's own elements, not the rest of the stage.
     inside <- length(size) > 0 && (any(size == 0) || sum((size - 1) * stride) < n)
-    if (same && inside && isTRUE(tryCatch(y$is_set_to(x$as_strided(size, stride, 0)), error = function(e) FALSE))) {
+    if (same && inside && isTRUE(tryCatch(torch_is_set_to(y, x$as_strided(size, stride, 0)), error = function(e) FALSE))) {
       copy_file_view(part, from, dtype, shape, dest, size, stride, plan$shapes[[j]], call)
       return(0)
     }
@@ -901,7 +901,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, lab
   )
   # A view of the stage made before it was read sees the data read.
   y <- y %||% checked_transform(transform, plan, j, x, tab$name[[k]], from, label, call)
-  dest$copy_(reshaped(y, plan$shapes[[j]]))
+  torch_copy(dest, reshaped(y, plan$shapes[[j]]))
   if (n == 0 || identical(storage_address(y), storage_address(x))) 0 else y$numel() * y$element_size()
 }
 
@@ -951,7 +951,7 @@ copy_file_view <- function(part, from, dtype, shape, dest, size, stride, to, cal
     target = function(i) dest,
     fill = function(dest, bytes, piece) {
       src <- torch::torch_tensor_from_buffer(bytes, shape = numel, dtype = torch_view_dtype(dtype))
-      dest$copy_(reshaped(src$as_strided(size, stride, 0), to))
+      torch_copy(dest, reshaped(src$as_strided(size, stride, 0), to))
     },
     done = function(i, x) NULL, views = TRUE, call = call, chunk = Inf, setup = torch_setup
   )

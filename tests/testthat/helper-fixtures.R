@@ -179,10 +179,16 @@ skip_unless_huge_pages_on_request <- function() {
   skip_if_not(any(grepl("[madvise]", mode, fixed = TRUE)), "transparent huge pages are not in madvise mode")
 }
 
-# kB of this process's anonymous memory in transparent huge pages, after a
-# garbage collection (so that no earlier object goes during a measure).
+# kB of this process's memory the kernel may back with transparent huge
+# pages (the mappings marked `THPeligible`: in `madvise` mode, those asked
+# for), after a garbage collection (so that no earlier object goes during a
+# measure). Whether it has free huge pages to give them is another matter,
+# which depends on the machine's state.
 huge_page_kb <- function() {
   gc()
-  line <- grep("^AnonHugePages:", readLines("/proc/self/smaps_rollup"), value = TRUE)
-  as.numeric(gsub("[^0-9]", "", line))
+  smaps <- readLines("/proc/self/smaps")
+  size <- as.numeric(gsub("[^0-9]", "", grep("^Size:", smaps, value = TRUE)))
+  eligible <- grep("^THPeligible:", smaps, value = TRUE)
+  stopifnot(length(size) == length(eligible))
+  sum(size[grepl("1", eligible, fixed = TRUE)])
 }

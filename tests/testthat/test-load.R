@@ -26,11 +26,11 @@ test_that("every fixture loads as numpy sees it, in the order its header lists t
   }
 })
 
-test_that("large tensors are read into huge pages where the system offers them", {
+test_that("large tensors are read into memory marked for huge pages, small ones not", {
   skip_unless_huge_pages_on_request()
   # Over 32 MiB each, so that the C library maps new memory for them rather
-  # than reusing its heap's, whose pages may be in already: 40 and 36 MiB,
-  # at least 19 and 17 aligned 2 MiB pages.
+  # than reusing its heap's: 40 and 36 MiB, all but their first and last
+  # pages marked (at least 19 and 17 times 2 MiB).
   x <- list(
     d = matrix(seq_len(5 * 1024^2) / 7, 1024),
     b = structure(as.raw(seq_len(36 * 1024^2) %% 251), dim = c(9216, 4096))

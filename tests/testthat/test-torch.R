@@ -462,12 +462,72 @@ test_that("torch tensors whose memory holds the file's bytes are written from it
   expect_true(torch::torch_equal(got$whole, x$whole$to(dtype = torch::torch_float16())))
 })
 
-test_that("large torch tensors are read into huge pages where the system offers them", {
+test_that("torch's functions called directly agree with its methods, which serve where it lacks them", {
+  skip_if_no_torch()
+  ns <- asNamespace("safetensors")
+  base <- torch::torch_arange(1, 24)$view(c(2, 3, 4))
+  cases <- list(
+    base, base[2, , ], base$permute(c(3, 1, 2)), torch::torch_zeros(0, 3),
+    torch::torch_tensor(c(TRUE, FALSE)), base$to(dtype = torch::torch_bfloat16()),
+    torch::torch_randn(3, 2, requires_grad = TRUE), torch::torch_empty(2, 2, device = "meta")
+  )
+  # Each answer, or "error" (torch has no meta kernel for is_set_to()).
+  answers <- function(...) lapply(rlang::enquos(...), function(q) tryCatch(rlang::eval_tidy(q), error = function(e) "error"))
+  methods <- function(x) {
+    answers(
+      shape = x$shape, type = x$dtype$.type(), device = x$device$type, neg = x$is_neg(),
+      set_to_self = x$is_set_to(x), set_to_base = x$is_set_to(base),
+      address = tryCatch(x$storage()$data_ptr(), error = function(e) NA_character_)
+    )
+  }
+  ours <- function(x) {
+    answers(
+      shape = ns$torch_shape(x), type = ns$torch_type(x), device = ns$torch_device_type(x),
+      neg = ns$torch_is_neg(x), set_to_self = ns$torch_is_set_to(x, x),
+      set_to_base = ns$torch_is_set_to(x, base), address = ns$storage_address(x)
+    )
+  }
+  check <- function() {
+    for (x in cases) {
+      want <- methods(x)
+      if (want$address %in% c("0", "0x0", "(nil)")) want$address <- NA_character_
+      expect_identical(ours(x), want)
+    }
+    y <- torch::torch_zeros(3, 4, dtype = torch::torch_bfloat16())
+    expect_true(ns$torch_copy(y, base[1, , ])$is_set_to(y))
+    expect_true(torch::torch_equal(y, base[1, , ]$to(dtype = torch::torch_bfloat16())))
+    # A load and a save through them.
+    path <- withr::local_tempfile(fileext = ".safetensors")
+    safe_save_file(list(a = base, b = base[2, , ]), path)
+    got <- safe_load_file(path, framework = "torch")
+    expect_true(torch::torch_equal(got$b, base[2, , ]))
+    model <- torch::nn_linear(4, 3)
+    w <- torch::torch_randn(3, 4)
+    safe_save_file(list(weight = w, bias = torch::torch_zeros(3)), path)
+    safe_load_model(model, path)
+    expect_true(torch::torch_equal(model$weight, w))
+  }
+  check()
+  # As with a torch whose internal functions are gone.
+  fns <- ns$torch_cpp_fns
+  withr::defer(rm(list = ls(fns), envir = fns))
+  for (name in c(
+    "cpp_tensor_dim", "cpp_dtype_to_string", "cpp_tensor_device", "cpp_device_type_to_string",
+    "cpp_torch_method_is_set_to_self_Tensor_tensor_Tensor", "cpp_torch_method_is_neg_self_Tensor",
+    "cpp_torch_method_copy__self_Tensor_src_Tensor", "cpp_Tensor_storage", "cpp_Storage_data_ptr"
+  )) {
+    expect_true(is.function(ns$torch_cpp(name, base)), label = name)
+    assign(name, FALSE, envir = fns)
+  }
+  check()
+})
+
+test_that("large torch tensors are read into memory marked for huge pages", {
   skip_if_no_torch()
   skip_unless_huge_pages_on_request()
   # Over 32 MiB (new memory, not the C library's heap; see test-load.R),
-  # with torch's cache of freed blocks (whose pages are in already) emptied
-  # between reads so that it can't serve them: 17 aligned 2 MiB pages.
+  # with torch's cache of freed blocks emptied between reads so that it
+  # can't serve them: 36 MiB, at least 17 times 2 MiB marked.
   x <- list(a = torch::torch_randn(9217, 1031), b = torch::torch_randn(3, 1031))
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(x, path)
