@@ -916,6 +916,14 @@ pub(crate) mod test_dirs {
     /// resident, from /proc/self/smaps (Linux only).
     #[cfg(target_os = "linux")]
     pub fn resident_kib(addr: usize) -> u64 {
+        smaps_kib(addr, "Rss")
+    }
+
+    /// Field `field` (in kB, such as `Rss` or `AnonHugePages`) of the current
+    /// process's mapping that contains `addr`, from /proc/self/smaps (Linux
+    /// only).
+    #[cfg(target_os = "linux")]
+    pub fn smaps_kib(addr: usize, field: &str) -> u64 {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         for line in smaps.lines() {
@@ -928,7 +936,7 @@ pub(crate) mod test_dirs {
                 }
             }
             if inside {
-                if let Some(v) = line.strip_prefix("Rss:") {
+                if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
                     return v.trim().trim_end_matches(" kB").trim().parse().unwrap();
                 }
             }

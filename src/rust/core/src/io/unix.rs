@@ -483,29 +483,6 @@ mod tests {
         let _ = is_local(&f, &dir);
     }
 
-    /// `AnonHugePages` (kB) of the mapping of this process holding `addr`.
-    #[cfg(target_os = "linux")]
-    fn huge_kb_at(addr: usize) -> Option<u64> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        let mut inside = false;
-        for line in smaps.lines() {
-            let head = line.split_whitespace().next().unwrap_or("");
-            if let Some((a, b)) = head.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                {
-                    inside = a <= addr && addr < b;
-                    continue;
-                }
-            }
-            if inside {
-                if let Some(kb) = line.strip_prefix("AnonHugePages:") {
-                    return kb.trim().trim_end_matches("kB").trim().parse().ok();
-                }
-            }
-        }
-        None
-    }
-
     #[test]
     #[cfg(target_os = "linux")]
     fn new_memory_advised_huge_gets_huge_pages_where_the_system_gives_them() {
@@ -539,7 +516,7 @@ mod tests {
                 std::ptr::write_bytes(p.cast::<u8>(), 7, n);
                 std::slice::from_raw_parts(p.cast::<u8>(), n)
             };
-            let kb = huge_kb_at(p as usize + n / 2).unwrap_or(0);
+            let kb = crate::io::test_dirs::smaps_kib(p as usize + n / 2, "AnonHugePages");
             let same = v.iter().all(|&b| b == 7);
             // SAFETY: the map made above, no longer used.
             unsafe { libc::munmap(p, n) };
