@@ -93,8 +93,8 @@
 #' memory as a whole. A `device` other than `"cpu"` then moves each tensor
 #' there. On Linux, the memory of tensors of 4 MiB and more is backed by
 #' transparent huge pages where the system offers them (its default
-#' `madvise` mode): a fresh process loaded 1 GiB 15-30% faster (R arrays
-#' get the same). If the registered entry is replaced by one
+#' `madvise` mode): loads of 1 GiB in fresh processes took 0.65-0.86 times
+#' as long (R arrays get the same). If the registered entry is replaced by one
 #' without the fast paths, its constructor is called instead with each
 #' tensor's bytes.
 #'

@@ -192,3 +192,29 @@ huge_page_kb <- function() {
   stopifnot(length(size) == length(eligible))
   sum(size[grepl("1", eligible, fixed = TRUE)])
 }
+
+# An address written in hexadecimal ("0x7f..."), as a number (exact below
+# 2^53, as every user-space address is).
+hex_address <- function(x) {
+  d <- match(strsplit(tolower(sub("^0x", "", x)), "")[[1]], c(0:9, letters[1:6])) - 1
+  sum(d * 16^(rev(seq_along(d)) - 1))
+}
+
+# The mapping of this process that holds the byte at `address` (a number,
+# or hexadecimal text as torch writes pointers): its size in kB and whether
+# the kernel may back it with transparent huge pages (`THPeligible`).
+smaps_mapping <- function(address) {
+  hex <- hex_address
+  at <- if (is.character(address)) hex(address) else address
+  smaps <- readLines("/proc/self/smaps")
+  heads <- grep("^[0-9a-f]+-[0-9a-f]+ ", smaps)
+  for (k in seq_along(heads)) {
+    range <- strsplit(strsplit(smaps[[heads[[k]]]], " ")[[1]][[1]], "-")[[1]]
+    if (hex(range[[1]]) <= at && at < hex(range[[2]])) {
+      block <- smaps[heads[[k]]:(if (k < length(heads)) heads[[k + 1]] - 1 else length(smaps))]
+      field <- function(name) as.numeric(gsub("[^0-9]", "", grep(paste0("^", name, ":"), block, value = TRUE)))
+      return(list(size_kb = field("Size"), eligible = field("THPeligible") == 1))
+    }
+  }
+  NULL
+}
