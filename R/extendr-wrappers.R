@@ -292,13 +292,13 @@ writer_put_ <- function(w, bytes, n, detach) .Call(wrap__writer_put_, w, bytes, 
 
 #' Writes the whole of the tensor whose turn it is, `n` bytes in its own
 #' dtype, from memory R torch owns at `address` (torch's text of the
-#' pointer: hexadecimal, with or without `0x`), to a file output, without
-#' a staging copy. R checked with torch that those bytes are the tensor's
-#' values, row-major from its storage's start on the CPU
-#' (torch_memory() in R/torch.R); the tensor stays referenced (R's caller
-#' holds it) and unchanged during this call. Only the kernel reads the memory (the
-#' file's `write()`), which reports an address it can't read as an error
-#' rather than faulting. Returns `list(written, current)`.
+#' pointer: hexadecimal, with or without `0x`), to a file output, without a
+#' staging copy. R checked with torch that those bytes are the tensor's
+#' values, row-major from its storage's start on the CPU (torch_memory() in
+#' R/torch.R); the tensor stays referenced (R's caller holds it) and
+#' unchanged during this call. Only the kernel reads the memory (the file's
+#' `write()`), which reports an address it can't read as an error rather
+#' than faulting. Returns `list(written, current)`.
 #' @noRd
 writer_put_memory_ <- function(w, address, n) .Call(wrap__writer_put_memory_, w, address, n)
 

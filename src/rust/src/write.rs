@@ -635,13 +635,13 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
 
 /// Writes the whole of the tensor whose turn it is, `n` bytes in its own
 /// dtype, from memory R torch owns at `address` (torch's text of the
-/// pointer: hexadecimal, with or without `0x`), to a file output, without
-/// a staging copy. R checked with torch that those bytes are the tensor's
-/// values, row-major from its storage's start on the CPU
-/// (torch_memory() in R/torch.R); the tensor stays referenced (R's caller
-/// holds it) and unchanged during this call. Only the kernel reads the memory (the
-/// file's `write()`), which reports an address it can't read as an error
-/// rather than faulting. Returns `list(written, current)`.
+/// pointer: hexadecimal, with or without `0x`), to a file output, without a
+/// staging copy. R checked with torch that those bytes are the tensor's
+/// values, row-major from its storage's start on the CPU (torch_memory() in
+/// R/torch.R); the tensor stays referenced (R's caller holds it) and
+/// unchanged during this call. Only the kernel reads the memory (the file's
+/// `write()`), which reports an address it can't read as an error rather
+/// than faulting. Returns `list(written, current)`.
 /// @noRd
 #[extendr]
 fn writer_put_memory_(w: Robj, address: &str, n: f64) -> Robj {
@@ -666,17 +666,20 @@ fn writer_put_memory_(w: Robj, address: &str, n: f64) -> Robj {
         let (Some(n), Some(dtype)) = (whole, dtype) else {
             return Err(refuse("a tensor that is not whole in its own dtype"));
         };
+        if !matches!(out, Out::File(_) | Out::Placed(_)) {
+            return Err(refuse("an output that is not a file"));
+        }
         // SAFETY: torch allocated these `n` bytes for the tensor, which R
-        // references for this call (see above); nothing in this
-        // process writes them meanwhile. The slice is only passed to the
-        // file sinks' write(), never read in this process.
+        // references for this call (see above); nothing in this process
+        // writes them meanwhile. The slice only goes to the file sinks'
+        // write(), never read in this process.
         let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, n) };
         let poll = &mut check_interrupt_now;
-        match out {
-            Out::File(w) => w.put(bytes, dtype, poll)?,
-            Out::Placed(w) => w.put(bytes, dtype, poll)?,
-            _ => return Err(refuse("an output that is not a file")),
-        };
+        if let Out::File(w) = out {
+            w.put(bytes, dtype, poll)?;
+        } else if let Out::Placed(w) = out {
+            w.put(bytes, dtype, poll)?;
+        }
         Ok(progress(out))
     }))
 }
