@@ -37,6 +37,12 @@ tensor_bytes <- function(dtype, shape) {
   ceiling(prod(as.numeric(unlist(shape))) * dtype_bits(dtype) / 8)
 }
 
+# The strides, in elements, of a row-major tensor of `shape` (a numeric
+# vector, outermost first; at least one dimension).
+row_major_strides <- function(shape) {
+  rev(cumprod(c(1, rev(shape[-1]))))
+}
+
 # Every accepted spelling of a dtype in lower case (the format's names, and
 # numpy's and torch's), naming the format's name of the dtype.
 dtype_spellings <- function() {

@@ -361,8 +361,7 @@ plan_pieces <- function(dtype, shape, chunk = stage_bytes, plan_size = NULL) {
     )))
   }
   pieces <- tensor_pieces(shape, max(size, plan_size %||% size), chunk)
-  # Row-major strides of the tensor, in elements.
-  stride <- rev(cumprod(c(1, rev(shape[-1]))))
+  stride <- row_major_strides(shape)
   lapply(pieces, function(p) {
     k <- length(p$select)
     first <- sum((p$select - 1) * stride[seq_len(k)])

@@ -535,8 +535,8 @@ transform_plan <- function(names, from, dtypes, shapes, transform, strict, label
     }
     y <- run_transform(transform, out$fn[[k]], meta, names[[k]], from[[k]], label, call)
     out$view[[k]] <- meta_view(meta, y, dtypes[[k]])
-    out$shape[[k]] <- as.numeric(y$shape)
-    type <- y$dtype$.type()
+    out$shape[[k]] <- as.numeric(torch_shape(y))
+    type <- torch_type(y)
     known <- torch_dtype_names()
     out$dtype[[k]] <- if (type %in% names(known)) known[[type]] else type
   }
@@ -553,7 +553,7 @@ transform_plan <- function(names, from, dtypes, shapes, transform, strict, label
 # load_transformed() can copy straight from the file.
 meta_view <- function(x, y, dtype) {
   if (dtype == "BOOL" || startsWith(dtype, "C") || x$`_version`() != 0 ||
-    !identical(y$dtype$.type(), x$dtype$.type())) {
+    !identical(torch_type(y), torch_type(x))) {
     return(FALSE)
   }
   before <- y$`_version`()
@@ -882,7 +882,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, lab
     # Unless the function told the meta device apart, a view of the stage
     # that it did not write.
     same <- identical(storage_address(y), storage_address(x)) && x$`_version`() == version
-    size <- as.numeric(y$shape)
+    size <- as.numeric(torch_shape(y))
     stride <- as.numeric(y$stride())
     # Within the tensor's own elements, not the rest of the stage.
     inside <- length(size) > 0 && (any(size == 0) || sum((size - 1) * stride) < n)
@@ -910,7 +910,7 @@ load_transformed <- function(part, tab, k, dest, plan, j, transform, stages, lab
 # the transform gave on the meta device.
 checked_transform <- function(transform, plan, j, x, name, from, label, call) {
   y <- run_transform(transform, plan$transform$fn[[j]], x, name, from, label, call)
-  got <- as.numeric(y$shape)
+  got <- as.numeric(torch_shape(y))
   want <- plan$transform$shape[[j]]
   if (!identical(got, want)) {
     pattern <- names(transform)[[plan$transform$fn[[j]]]]
@@ -937,7 +937,7 @@ checked_transform <- function(transform, plan, j, x, name, from, label, call) {
 # copied into: they differ only when both have one element
 # (check_load_shapes()).
 reshaped <- function(x, to) {
-  if (identical(as.numeric(x$shape), to)) x else x$reshape(if (length(to) == 0) list() else to)
+  if (identical(as.numeric(torch_shape(x)), to)) x else x$reshape(if (length(to) == 0) list() else to)
 }
 
 # Copies into `dest` (of shape `to`) the view of shape `size` and strides

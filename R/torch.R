@@ -113,7 +113,7 @@ safe_tensor_buffer.torch_tensor <- function(x) {
   # 32-bit size). The view does not own the vector's memory and is not used
   # after this function, which keeps `buf` referenced while it runs.
   x <- x$detach()
-  buf <- raw(prod(as.numeric(x$shape)) * x$element_size())
+  buf <- raw(prod(as.numeric(torch_shape(x))) * x$element_size())
   torch_copy_into(buf, x)
   buf
 }
@@ -221,10 +221,9 @@ torch_memory <- function(x, dtype, shape) {
   if (length(shape) == 0 || any(shape == 0) || startsWith(dtype, "C")) {
     return(NULL)
   }
-  stride <- rev(cumprod(c(1, rev(shape[-1]))))
   laid_out <- tryCatch(
     identical(torch_device_type(x), "cpu") && !torch_is_neg(x) &&
-      torch_is_set_to(x, x$as_strided(shape, stride, 0)),
+      torch_is_set_to(x, x$as_strided(shape, row_major_strides(shape), 0)),
     error = function(e) FALSE
   )
   address <- if (laid_out) storage_address(x) else NA
