@@ -173,7 +173,7 @@ fi
 step "testthat (tests/testthat, installed package)"
 if [ "$installed" = yes ]; then
   counts="$work/testthat-counts"
-  Rscript tools/run-testthat.R "$lib" "$counts"
+  Rscript tools/run-testthat.R "$lib" "$counts" "$work/testthat-failures"
   r_rc=$?
   if [ -s "$counts" ]; then
     read -r t_pass t_fail t_skip < "$counts"
@@ -231,6 +231,10 @@ else
 fi
 
 echo
+if [ -s "$work/testthat-failures" ]; then
+  echo "failed testthat expectations (details above, under each file):"
+  head -n 30 "$work/testthat-failures" | sed 's/^/  /'
+fi
 if [ -n "$broken" ]; then
   echo "broken steps (each counted as one failure):$broken"
 fi

@@ -170,27 +170,26 @@ local_package_function <- function(name, value, .env = parent.frame()) {
   withr::defer(set(old), envir = .env)
 }
 
-# Skips unless the system backs memory with transparent huge pages only
-# where a process asks for them (Linux's `madvise` mode, its default): then
-# huge pages in this process are those the package asked for.
-skip_unless_huge_pages_on_request <- function() {
+# Skips unless the system has transparent huge pages (Linux built with
+# them), where the package marks new memory for them with
+# madvise(MADV_HUGEPAGE). Whether the kernel then backs that memory with huge
+# pages depends on its settings and its free memory, not on the package:
+# tests look at the mark (smaps_mapping()).
+skip_without_huge_pages <- function() {
   skip_on_os(c("windows", "mac", "solaris"))
-  mode <- tryCatch(readLines("/sys/kernel/mm/transparent_hugepage/enabled", warn = FALSE), error = function(e) "")
-  skip_if_not(any(grepl("[madvise]", mode, fixed = TRUE)), "transparent huge pages are not in madvise mode")
+  skip_if_not(file.exists("/sys/kernel/mm/transparent_hugepage/enabled"), "this system has no transparent huge pages")
 }
 
-# kB of this process's memory the kernel may back with transparent huge
-# pages (the mappings marked `THPeligible`: in `madvise` mode, those asked
-# for), after a garbage collection (so that no earlier object goes during a
-# measure). Whether it has free huge pages to give them is another matter,
-# which depends on the machine's state.
-huge_page_kb <- function() {
-  gc()
-  smaps <- readLines("/proc/self/smaps")
-  size <- as.numeric(gsub("[^0-9]", "", grep("^Size:", smaps, value = TRUE)))
-  eligible <- grep("^THPeligible:", smaps, value = TRUE)
-  stopifnot(length(size) == length(eligible))
-  sum(size[grepl("1", eligible, fixed = TRUE)])
+# The address of R vector `x`'s header, as a number (the data follows it in
+# the same allocation), or NULL where R can't tell it (tracemem() needs R
+# built with memory profiling, as Debian's and CRAN's builds are).
+vector_address <- function(x) {
+  text <- tryCatch(tracemem(x), error = function(e) NULL)
+  if (is.null(text)) {
+    return(NULL)
+  }
+  untracemem(x)
+  hex_address(gsub("[<>]", "", text))
 }
 
 # An address written in hexadecimal ("0x7f..."), as a number (exact below
@@ -201,8 +200,9 @@ hex_address <- function(x) {
 }
 
 # The mapping of this process that holds the byte at `address` (a number,
-# or hexadecimal text as torch writes pointers): its size in kB and whether
-# the kernel may back it with transparent huge pages (`THPeligible`).
+# or hexadecimal text as torch writes pointers): its size in kB, and whether
+# it was marked for transparent huge pages (`madvise(MADV_HUGEPAGE)`, the
+# `hg` of its `VmFlags`).
 smaps_mapping <- function(address) {
   hex <- hex_address
   at <- if (is.character(address)) hex(address) else address
@@ -213,7 +213,8 @@ smaps_mapping <- function(address) {
     if (hex(range[[1]]) <= at && at < hex(range[[2]])) {
       block <- smaps[heads[[k]]:(if (k < length(heads)) heads[[k + 1]] - 1 else length(smaps))]
       field <- function(name) as.numeric(gsub("[^0-9]", "", grep(paste0("^", name, ":"), block, value = TRUE)))
-      return(list(size_kb = field("Size"), eligible = field("THPeligible") == 1))
+      flags <- strsplit(sub("^VmFlags:[[:space:]]*", "", grep("^VmFlags:", block, value = TRUE)), "[[:space:]]+")[[1]]
+      return(list(size_kb = field("Size"), advised = "hg" %in% flags))
     }
   }
   NULL

@@ -524,7 +524,7 @@ test_that("torch's functions called directly agree with its methods, which serve
 
 test_that("large torch tensors are read into memory marked for huge pages", {
   skip_if_no_torch()
-  skip_unless_huge_pages_on_request()
+  skip_without_huge_pages()
   # Over 32 MiB (new memory, not the C library's heap; see test-load.R),
   # with torch's cache of freed blocks emptied between reads so that it
   # can't serve them: 36 MiB, at least 17 times 2 MiB marked.
@@ -537,7 +537,7 @@ test_that("large torch tensors are read into memory marked for huge pages", {
     # The mapping in the middle of the tensor's memory (torch may free
     # other tensors meanwhile, so the whole process's total won't do).
     middle <- smaps_mapping(hex_address(safetensors:::storage_address(y$a)) + 18 * 1024^2)
-    expect_true(middle$eligible, label = backend)
+    expect_true(middle$advised, label = backend)
     expect_gte(middle$size_kb, 2048 * 17, label = backend)
     expect_true(torch::torch_equal(y$a, x$a))
     expect_true(torch::torch_equal(y$b, x$b))
