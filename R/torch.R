@@ -3,11 +3,16 @@
 # (R/frameworks.R, ?safetensors_frameworks): register_torch() registers
 # torch's hooks, and no loader names torch.
 #
-# No memory address ever passes between R and Rust as text, and the Rust
-# core never writes into torch's memory: torch copies, with its own
-# `copy_()`, between its tensors and views (`torch_tensor_from_buffer()`)
-# of memory the package owns, so devices, strides and dtype conversions are
-# torch's business.
+# Two ways bytes cross between the package and torch's memory:
+# * torch copies, with its own `copy_()`, between its tensors and views
+#   (`torch_tensor_from_buffer()`) of memory the package owns, so devices,
+#   strides and dtype conversions are torch's business;
+# * a CPU tensor whose memory holds exactly the file's bytes (its layout
+#   checked by torch itself, torch_memory()) is written to a file straight
+#   from that memory by the kernel's write() (writer_put_memory_()), which
+#   reports an address it can't read as an error. Its address goes to Rust
+#   as torch's text of it, as it does for the huge-page hint on new
+#   tensors (torch_empty_for()); the Rust code never writes torch's memory.
 #
 # Copies, reading. Each tensor is allocated by torch (torch_new(),
 # `torch_empty()` on the CPU, asked for explicitly), then filled piece by
@@ -16,28 +21,29 @@
 # 16 MiB of the next mapped in by a helper thread meanwhile), or from two
 # staging raw vectors the core reads the file into in turn, ahead of the
 # copy on a helper thread (`backend = "read"`; pieces of at most 16 MiB;
-# src/rust/src/frameworks.rs). From a
-# connection that is not a file, from pieces R's readBin() reads. A
-# `device` other than "cpu" adds torch's own copy to that device
-# (torch_finish()). The registered constructor, torch_tensor_from_raw(),
-# which receives a raw vector (slices, and callers of the 0.2.x contract),
-# copies it once, with torch's own clone() of a temporary view.
+# src/rust/src/frameworks.rs). From a connection that is not a file, from
+# pieces R's readBin() reads. A `device` other than "cpu" adds torch's own
+# copy to that device (torch_finish()). The registered constructor,
+# torch_tensor_from_raw(), which receives a raw vector (slices, and callers
+# of the 0.2.x contract), copies it once, with torch's own clone() of a
+# temporary view.
 #
 # Copies, into a module (R/model.R). torch_fill() fills an existing tensor
 # (a parameter or buffer, of any dtype, layout and device) the same way,
 # piece by piece, converting as copy_() does, so nothing but one piece is
 # held beside the module.
 #
-# Copies, writing. The writers (R/write.R) take a torch tensor in pieces of
-# at most 4 MiB (torch_write_piece(), `write_bytes`): torch copies each piece's logical
-# values (any strides, storage offset or device) into one of two staging
-# raw vectors reused for the whole save, which the write engine writes out
-# on a helper thread while torch fills the other. Strided
-# tensors (transposed, permuted) too: torch gathers each piece, which saves
-# a transposed 1 GiB tensor faster than one contiguous() copy of it did
-# (5.3 s against 6.2 s, bench/README.md) and holds one piece instead of a
-# second tensor. safe_tensor_buffer() copies a whole tensor once into a new
-# raw vector.
+# Copies, writing. A CPU tensor whose memory holds the file's bytes is
+# written from it (above). The writers (R/write.R) take any other torch
+# tensor in pieces of at most 4 MiB (torch_write_piece(), `write_bytes`):
+# torch copies each piece's logical values (any strides, storage offset or
+# device) into one of two staging raw vectors reused for the whole save,
+# which the write engine writes out on a helper thread while torch fills
+# the other. Strided tensors (transposed, permuted) too: torch gathers each
+# piece, which saves a transposed 1 GiB tensor faster than one contiguous()
+# copy of it did (5.3 s against 6.2 s, bench/README.md) and holds one piece
+# instead of a second tensor. safe_tensor_buffer() copies a whole tensor
+# once into a new raw vector.
 
 # safetensors dtype -> name of R torch's dtype function, for the dtypes R
 # torch has (from the dtype table, R/dtypes.R).
@@ -163,9 +169,13 @@ torch_shape <- function(x) {
 
 # `x$dtype$.type()`, such as "Float".
 torch_type <- function(x) {
-  f <- torch_cpp("cpp_dtype_to_string", x)
-  dtype <- x$dtype
-  if (is.null(f)) dtype$.type() else f(dtype)
+  to_string <- torch_cpp("cpp_dtype_to_string", x)
+  dtype_of <- torch_cpp("cpp_torch_tensor_dtype", x)
+  if (is.null(to_string) || is.null(dtype_of)) {
+    return(x$dtype$.type())
+  }
+  # The class torch's C++ side asks of a dtype (what `$dtype` wraps).
+  to_string(structure(dtype_of(x), class = "torch_dtype"))
 }
 
 # `x$device$type`, such as "cpu".

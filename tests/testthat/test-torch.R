@@ -514,7 +514,8 @@ test_that("torch's functions called directly agree with its methods, which serve
   for (name in c(
     "cpp_tensor_dim", "cpp_dtype_to_string", "cpp_tensor_device", "cpp_device_type_to_string",
     "cpp_torch_method_is_set_to_self_Tensor_tensor_Tensor", "cpp_torch_method_is_neg_self_Tensor",
-    "cpp_torch_method_copy__self_Tensor_src_Tensor", "cpp_Tensor_storage", "cpp_Storage_data_ptr"
+    "cpp_torch_method_copy__self_Tensor_src_Tensor", "cpp_Tensor_storage", "cpp_Storage_data_ptr",
+    "cpp_torch_tensor_dtype"
   )) {
     expect_true(is.function(ns$torch_cpp(name, base)), label = name)
     assign(name, FALSE, envir = fns)
