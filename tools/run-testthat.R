@@ -9,8 +9,9 @@
 # or a test file that failed to run counts as failed, skipped counts skipped
 # tests. FAILURES_FILE, if given, gets a line per failed expectation (file,
 # line, test and the first line of its message), which tools/test.sh repeats
-# next to its summary, where a CI log that keeps only its tail shows it. Exit status 0 when the suite ran (whatever its result); 2, and no
-# counts file, when it could not run at all.
+# next to its summary, where a CI log that keeps only its tail shows it.
+# Exit status 0 when the suite ran (whatever its result); 2, and no counts
+# file, when it could not run at all.
 
 args <- commandArgs(trailingOnly = TRUE)
 if (!length(args) %in% 2:3) {
