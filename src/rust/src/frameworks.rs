@@ -28,7 +28,6 @@ use extendr_ffi::{R_ExternalPtrProtected, R_MakeExternalPtr, R_NilValue, SEXPTYP
 use safetensors_core::ahead::{Pager, ReadAhead};
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::io::{advise_huge, FileSource, Memory, Source};
-use safetensors_core::read::HUGE_MIN;
 
 use crate::robj::{alloc, check_interrupt_now, parse_address, to_r, vec_data, with_cell};
 use crate::sources::{with_open, Backing};
@@ -405,7 +404,7 @@ fn piece_end_(r: Robj) -> Robj {
 #[extendr]
 fn memory_huge_(address: &str, n: f64) -> Robj {
     if let Some(ptr) = parse_address(address) {
-        if n >= HUGE_MIN as f64 && n < 2f64.powi(53) && ptr.checked_add(n as usize).is_some() {
+        if n >= 0.0 && n < 2f64.powi(53) && ptr.checked_add(n as usize).is_some() {
             advise_huge(ptr, n as usize);
         }
     }

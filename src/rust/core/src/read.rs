@@ -35,9 +35,6 @@ const PARALLEL_MIN: usize = 4 << 20;
 const POPULATE: usize = 16 << 20;
 /// Destinations smaller than this are left to fault in as they are written.
 const POPULATE_MIN: usize = 256 << 10;
-/// Destinations at least this large get transparent huge pages, where the
-/// system gives them ([`advise_huge`]): smaller ones hold at most one.
-pub const HUGE_MIN: usize = 4 << 20;
 /// Bytes of a slice decoded between two polls.
 const SLICE_BLOCK: usize = 4 << 20;
 
@@ -249,10 +246,8 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
             // (column-major) destination: no faulting in ahead.
             if t.is_whole() {
                 let (ptr, size) = t.dest.memory();
-                if size >= HUGE_MIN {
-                    // Before any job faults a page of it in.
-                    advise_huge(ptr as usize, size);
-                }
+                // Before any job faults a page of it in.
+                advise_huge(ptr as usize, size);
                 let mut b0 = 0;
                 while b0 < size {
                     let b1 = (b0 + POPULATE).min(size);
@@ -292,9 +287,7 @@ fn bytes_at<'b>(
 /// Fills all of task `t` from `bytes`, its whole data.
 fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
     let (ptr, size) = t.dest.memory();
-    if size >= HUGE_MIN {
-        advise_huge(ptr as usize, size);
-    }
+    advise_huge(ptr as usize, size);
     if size >= POPULATE_MIN {
         populate_write(ptr, size);
     }

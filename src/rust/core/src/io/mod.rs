@@ -23,8 +23,22 @@ mod sys;
 #[path = "windows.rs"]
 mod sys;
 
-pub use sys::{advise_huge, lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
+pub use sys::{lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
 use sys::{MapGuard, Stamp};
+
+/// New memory at least this large is marked for transparent huge pages
+/// ([`advise_huge`]): a smaller region holds at most one.
+pub const HUGE_MIN: usize = 4 << 20;
+
+/// Marks `[ptr, ptr + len)`, new memory this process owns and is about to
+/// write, for transparent huge pages where the system gives them (see the
+/// platform's `advise_huge`): a hint that changes no byte. Regions under
+/// [`HUGE_MIN`] are left alone.
+pub fn advise_huge(ptr: usize, len: usize) {
+    if len >= HUGE_MIN {
+        sys::advise_huge(ptr, len);
+    }
+}
 
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
