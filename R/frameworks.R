@@ -347,22 +347,45 @@ tensor_pieces <- function(shape, size, chunk, select = integer()) {
 # `offset` and `size` (bytes in the tensor's row-major bytes) and `dtype`.
 # Pieces are planned on elements of `plan_size` bytes (the larger of the
 # file's and a destination's, so that neither side of a copy that converts
-# exceeds `chunk`). A tensor of a sub-byte dtype is one piece.
+# exceeds `chunk`). A tensor of a sub-byte dtype is one piece: its pieces
+# would start inside bytes.
 plan_pieces <- function(dtype, shape, chunk = stage_bytes, plan_size = NULL) {
-  shape <- as.numeric(unlist(shape))
-  size <- tensor_bytes(dtype, 1)
+  plan_tensors_pieces(dtype, list(shape), chunk, plan_size)[[1]]
+}
+
+# plan_pieces() of each of the tensors of `dtypes` and `shapes` (a list),
+# planned on `plan_sizes` (a number per tensor, or NULL): one call for a
+# file's tensors, as most of a model's are one piece each, which is
+# planned here for all at once.
+plan_tensors_pieces <- function(dtypes, shapes, chunk = stage_bytes, plan_sizes = NULL) {
+  shapes <- lapply(shapes, function(s) as.numeric(unlist(s)))
+  tab <- dtype_table()
+  bits <- tab$bits[match(dtypes, tab$name)]
+  size <- bits / 8
+  numel <- vapply(shapes, prod, numeric(1))
+  plan <- if (is.null(plan_sizes)) size else pmax(size, as.numeric(unlist(plan_sizes)))
+  bytes <- ceiling(numel * bits / 8)
+  one <- lengths(shapes) == 0 | size < 1 | numel * plan <= chunk
+  lapply(seq_along(shapes), function(j) {
+    if (one[[j]]) {
+      # The whole tensor (what the general case makes of it, without its
+      # arithmetic).
+      return(list(list(
+        select = integer(), start = NULL, n = NULL, shape = shapes[[j]], offset = 0,
+        size = bytes[[j]], dtype = dtypes[[j]]
+      )))
+    }
+    split_pieces(dtypes[[j]], shapes[[j]], size[[j]], plan[[j]], chunk)
+  })
+}
+
+# The pieces of a tensor of `dtype` and `shape` (of elements of `size`
+# bytes, at least 1) larger than `chunk`, planned on elements of `plan`
+# bytes.
+split_pieces <- function(dtype, shape, size, plan, chunk) {
   rank <- length(shape)
-  if (rank == 0 || size < 1 || prod(shape) * max(size, plan_size %||% size) <= chunk) {
-    # One piece, the whole tensor (what the general case below makes of
-    # it, without its arithmetic: most tensors of a model are one piece).
-    return(list(list(
-      select = integer(), start = NULL, n = NULL, shape = shape, offset = 0,
-      size = tensor_bytes(dtype, shape), dtype = dtype
-    )))
-  }
-  pieces <- tensor_pieces(shape, max(size, plan_size %||% size), chunk)
   stride <- row_major_strides(shape)
-  lapply(pieces, function(p) {
+  lapply(tensor_pieces(shape, plan, chunk), function(p) {
     k <- length(p$select)
     first <- sum((p$select - 1) * stride[seq_len(k)])
     if (is.null(p$start)) {
@@ -408,7 +431,7 @@ read_part_pieces <- function(part, names, dtypes, shapes, target, fill, done, vi
     setup(environment(), helper = !views && !remote && st_threads() > 1)
   }
   chunk <- chunk %||% if (views) piece_bytes else stage_bytes
-  pieces <- lapply(seq_along(names), function(j) plan_pieces(dtypes[[j]], shapes[[j]], chunk, plan_sizes[[j]]))
+  pieces <- plan_tensors_pieces(dtypes, shapes, chunk, plan_sizes)
   start <- 8 + part$info$header_len + part$info$begin[match(names, part$info$name)]
   if (remote) {
     for (j in seq_along(names)) {

@@ -232,7 +232,7 @@ safe_load_model <- function(model, path, ..., rename = NULL, transform = NULL, s
   # The parameters themselves rather than detached views of them, which
   # cost torch's state_dict() two calls per tensor (29 ms for 128 here);
   # the load copies into them with gradients off (load_tensors()).
-  state <- model$state_dict(keepvars = TRUE)
+  state <- module_state(model)
   tab <- renamed_table(handle_table(h), rename)
   plan <- load_plan(tab, state, strict, format_label(h), transform)
   load_tensors(h, tab, state, plan, transform)
@@ -327,7 +327,7 @@ tied_groups <- function(state, shapes = lapply(state, torch_shape)) {
   nms <- names(state)
   keys <- rep(NA_character_, length(state))
   has <- vapply(shapes, function(s) prod(s) > 0, logical(1), USE.NAMES = FALSE)
-  keys[has] <- vapply(state[has], storage_address, character(1), USE.NAMES = FALSE)
+  keys[has] <- storage_addresses(state[has])
   shared <- !is.na(keys) & (duplicated(keys) | duplicated(keys, fromLast = TRUE))
   devices <- vapply(state[shared], function(x) as.character(x$device), character(1), USE.NAMES = FALSE)
   keys[shared] <- paste(devices, keys[shared])
@@ -460,7 +460,7 @@ load_plan <- function(tab, state, strict, label, transform = NULL, call = parent
   shapes <- unname(model_shapes[match(load, in_model)])
   tf <- transform_plan(load, from, tab$dtype[at], tab$shape[at], transform, strict, label, call)
   check_load_shapes(load, tab$shape[at], shapes, label, call, from = from, tf = tf)
-  types <- vapply(load, function(n) torch_type(state[[n]]), character(1), USE.NAMES = FALSE)
+  types <- torch_types(state[match(load, in_model)])
   dtypes <- ifelse(tf$fn > 0, tf$dtype, tab$dtype[at])
   check_load_dtypes(load, dtypes, types, state, label, call, from = from, transformed = tf$fn > 0)
   list(load = load, missing = missing, unexpected = unexpected, shapes = shapes, types = types, transform = tf)
@@ -752,10 +752,11 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
     plain <- js[plan$transform$fn[js] == 0]
     # Planned on the larger element, the file's or the module's, so that
     # neither side of a converting copy exceeds a piece.
-    plan_sizes <- lapply(plain, function(j) {
-      type <- plan$types[[j]]
-      if (type %in% names(known)) tensor_bytes(known[[type]], 1) else state[[plan$load[[j]]]]$element_size()
-    })
+    types <- plan$types[plain]
+    named <- types %in% names(known)
+    plan_sizes <- numeric(length(plain))
+    plan_sizes[named] <- ceiling(dtype_table()$bits[match(known[types[named]], dtype_table()$name)] / 8)
+    plan_sizes[!named] <- vapply(state[plan$load[plain[!named]]], function(x) x$element_size(), numeric(1))
     read_part_pieces(parts[[p]], tab$from[at[plain]], tab$dtype[at[plain]], tab$shape[at[plain]],
       target = function(i) {
         j <- plain[[i]]

@@ -311,6 +311,8 @@ test_that("a framework's read hooks get every tensor, piece by piece, from every
   x <- contract_tensors()
   # Over 16 MiB: read in two pieces.
   x$big <- structure(as.raw(seq_len(17 * 2^20) %% 251), dtype = "U8", shape = 17 * 2^20)
+  # Two elements a byte: one piece, as pieces would start inside bytes.
+  x$half <- structure(as.raw(seq_len(17 * 2^20) %% 253), dtype = "F4", shape = 34 * 2^20)
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(x, path)
   bytes <- read_bytes(path)
@@ -336,6 +338,8 @@ test_that("a framework's read hooks get every tensor, piece by piece, from every
   # The big tensor came in two pieces, each with its place in the tensor.
   big <- Filter(function(p) identical(p$shape, 16 * 2^20) || identical(p$shape, 2^20), log$pieces)
   expect_identical(vapply(big[1:2], function(p) p$offset, numeric(1)), c(0, 16 * 2^20))
+  half <- Filter(function(p) identical(p$dtype, "F4"), log$pieces)
+  expect_identical(unique(vapply(half, function(p) p$size, numeric(1))), 17 * 2^20)
   expect_gt(log$setup, 0)
 })
 

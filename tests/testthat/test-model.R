@@ -222,6 +222,60 @@ expect_state <- function(model, state) {
   }
 }
 
+test_that("a module's state is its state_dict(), walked without torch's method dispatch", {
+  skip_if_no_torch()
+  torch <- asNamespace("torch")
+  module_state <- safetensors:::module_state
+  # The same tensors (not copies) under the same names, in the same order.
+  expect_state <- function(model) {
+    want <- model$state_dict(keepvars = TRUE)
+    got <- module_state(model)
+    expect_identical(names(got), names(want))
+    for (n in names(want)) {
+      expect_true(identical(got[[n]], want[[n]]), label = n)
+    }
+    invisible(got)
+  }
+  block <- torch$nn_module(initialize = function() {
+    self$norm <- torch$nn_batch_norm1d(4)
+    self$scale <- torch$nn_parameter(torch$torch_ones(4))
+    self$register_buffer("steps", torch$torch_zeros(1))
+    self$register_buffer("cache", torch$torch_zeros(3), persistent = FALSE)
+  })
+  net <- torch$nn_module(initialize = function() {
+    self$embed <- torch$nn_embedding(10, 4)
+    self$body <- torch$nn_sequential(torch$nn_linear(4, 4), torch$nn_relu(), torch$nn_linear(4, 4, bias = FALSE))
+    self$blocks <- torch$nn_module_list(list(block(), block()))
+    self$act <- torch$nn_gelu()
+  })
+  model <- net()
+  got <- expect_state(model)
+  # Walked, not asked of torch.
+  walk <- safetensors:::walk_module_state
+  bodies <- lapply(torch$nn_Module$public_methods[c("state_dict", ".save_to_state_dict")], body)
+  expect_identical(names(walk(model, "", bodies)), names(got))
+  expect_true("blocks.1.norm.num_batches_tracked" %in% names(got))
+  expect_false(any(grepl("cache", names(got))))
+  expect_state(torch$nn_relu())
+  expect_identical(module_state(torch$nn_relu()), list())
+  # A module that says otherwise what its state is, at any depth, is asked.
+  own <- torch$nn_module(
+    initialize = function() self$w <- torch$nn_parameter(torch$torch_ones(2)),
+    state_dict = function(prefix = "", keepvars = FALSE) list(only = self$w)
+  )
+  saver <- torch$nn_module(
+    initialize = function() self$w <- torch$nn_parameter(torch$torch_ones(2)),
+    .save_to_state_dict = function(prefix, keepvars) list(renamed = self$w)
+  )
+  outer <- torch$nn_module(initialize = function(inner) {
+    self$lin <- torch$nn_linear(2, 2)
+    self$inner <- inner
+  })
+  expect_identical(names(expect_state(outer(own()))), c("lin.weight", "lin.bias", "only"))
+  expect_null(walk(outer(own()), "", bodies))
+  expect_identical(names(expect_state(outer(saver()))), c("lin.weight", "lin.bias", "renamed"))
+})
+
 test_that("a saved model loads into a fresh one, tied weights and all", {
   skip_if_no_torch()
   torch::torch_manual_seed(1)

@@ -488,11 +488,20 @@ test_that("torch's functions called directly agree with its methods, which serve
     )
   }
   check <- function() {
+    wants <- list()
     for (x in cases) {
       want <- methods(x)
       if (want$address %in% c("0", "0x0", "(nil)")) want$address <- NA_character_
       expect_identical(ours(x), want)
+      wants[[length(wants) + 1]] <- want
     }
+    # All at once, as the loads ask them, with the meta tensor's storage
+    # (no address) and a sparse tensor's (none: an error) among the others.
+    addresses <- vapply(wants, function(w) w$address, character(1))
+    expect_identical(ns$storage_addresses(cases), addresses)
+    sparse <- torch::torch_eye(2)$to_sparse()
+    expect_identical(ns$storage_addresses(c(cases, list(sparse))), c(addresses, NA))
+    expect_identical(ns$torch_types(cases), vapply(wants, function(w) w$type, character(1)))
     y <- torch::torch_zeros(3, 4, dtype = torch::torch_bfloat16())
     expect_true(ns$torch_copy(y, base[1, , ])$is_set_to(y))
     expect_true(torch::torch_equal(y, base[1, , ]$to(dtype = torch::torch_bfloat16())))
@@ -515,7 +524,7 @@ test_that("torch's functions called directly agree with its methods, which serve
     "cpp_tensor_dim", "cpp_dtype_to_string", "cpp_tensor_device", "cpp_device_type_to_string",
     "cpp_torch_method_is_set_to_self_Tensor_tensor_Tensor", "cpp_torch_method_is_neg_self_Tensor",
     "cpp_torch_method_copy__self_Tensor_src_Tensor", "cpp_Tensor_storage", "cpp_Storage_data_ptr",
-    "cpp_torch_tensor_dtype"
+    "cpp_torch_tensor_dtype", "cpp_tensor_from_buffer"
   )) {
     expect_true(is.function(ns$torch_cpp(name, base)), label = name)
     assign(name, FALSE, envir = fns)

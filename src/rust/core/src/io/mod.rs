@@ -453,16 +453,6 @@ impl FileSource {
             sys::prefetch(bytes);
         }
     }
-
-    /// Maps the pages of bytes `[off, off + n)` of a mapped file in one
-    /// call, as [`Source::view_whole`] does, reading them from disk first
-    /// if need be; for a file read with `pread`, or bytes past its end (a
-    /// truncated file: the read of them reports it), nothing.
-    pub fn populate(&self, off: usize, n: usize) {
-        if let Some(Some(bytes)) = self.mapped(off, n) {
-            sys::populate_read(bytes);
-        }
-    }
 }
 
 impl Source for FileSource {
