@@ -13,9 +13,9 @@
 //! A reader ([`piece_reader_`]) hands the pieces of one source out in the
 //! order given ([`piece_next_`]); while the framework copies piece k, a
 //! helper thread ([`ReadAhead`]) reads piece k + 1 into the other staging
-//! vector, or, from a map, the kernel is asked to read piece k + 1 into
-//! its page cache (`MADV_WILLNEED`), and the framework's copy faults its
-//! pages in. Handing out the next piece first finishes
+//! vector, or, from a map, a pager thread ([`Pager`]) maps the first pages
+//! of piece k + 1 in (with one thread, the kernel is only asked to read
+//! them into the page cache). Handing out the next piece first finishes
 //! the previous one: its pages of the map are let go of, and the source is
 //! verified, so a file that changed or was truncated under the copy is an
 //! error (`file_changed`), never silently wrong bytes.
@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use extendr_api::prelude::*;
 use extendr_ffi::{R_ExternalPtrProtected, R_MakeExternalPtr, R_NilValue, SEXPTYPE, VECTOR_ELT};
-use safetensors_core::ahead::ReadAhead;
+use safetensors_core::ahead::{Pager, ReadAhead};
 use safetensors_core::error::{Error, Kind, Result};
 use safetensors_core::io::{advise_huge, FileSource, Memory, Source};
 
@@ -67,11 +67,28 @@ enum Hand {
     Stage,
 }
 
+/// Bytes at the start of the next piece that the pager maps in while the
+/// current one (at most 32 MiB) is copied, when the page cache lacks them;
+/// the rest faults in as it is copied. From a cold page cache, a 1 GiB F32
+/// load into new tensors took 0.60-0.69 s with the pager, 0.71-0.83 s with
+/// the kernel only asked to read ahead (`MADV_WILLNEED`). From a warm one,
+/// pages fault in faster on torch's copying threads than a third thread
+/// maps them beside them on two cores: in 5 fresh processes, 4 GiB of
+/// shards into a module took a median 0.570 s without the pager, 0.664 s
+/// with it; so a piece the cache holds is left to faults.
+const MAP_AHEAD: usize = 16 << 20;
+
 /// A source's pieces, handed out one at a time.
 struct Reader {
     /// The helper thread, if any. Dropped first: it joins the thread, which
     /// may be writing a staging vector, before anything else goes.
     ahead: Option<ReadAhead>,
+    /// The pager thread of a mapped file's views, started for the first
+    /// piece the page cache lacks when `threads` allow it.
+    pager: Option<Pager>,
+    threads: bool,
+    /// The last piece the pager was asked to map in.
+    paged: Option<usize>,
     from: Origin,
     hand: Hand,
     /// Each piece's offset in the source and length in bytes.
@@ -115,10 +132,18 @@ impl Reader {
         let (off, n) = self.pieces[k];
         self.from.with_source(|src| {
             if self.hand == Hand::Views {
+                // Here rather than on the pager: with both cores copying,
+                // the pager ran late enough for two whole pieces to be held.
                 src.done_with(off, n);
             }
             src.verify()
         })
+    }
+
+    /// Whether bytes `[off, off + n)` of a mapped file are in the page
+    /// cache, as far as a sample of its pages shows (`FileSource::cached`).
+    fn cached(&self, off: usize, n: usize) -> bool {
+        matches!(&self.from, Origin::File(file) if file.cached(off, n))
     }
 
     /// Piece `self.next`: where it is handed out from.
@@ -134,23 +159,45 @@ impl Reader {
         self.next += 1;
         match self.hand {
             Hand::Views => {
-                // The framework's copy faults the pages in, on each of its
-                // threads. Mapping them first, in one call per piece
-                // (MADV_POPULATE_READ), on a thread of its own or before the
-                // copy, made every torch load slower (on 2 cores, 5 fresh
-                // processes each: 4 GiB of shards into a module 0.664 ->
-                // 0.570 s, into new tensors 1.266 -> 0.991 s, 1 GiB F32
-                // 0.302 -> 0.297 s), and no faster from a cold page cache.
-                let addr = self.from.with_source(|src| match src.view(off, n)? {
-                    Some(bytes) => Ok(bytes.as_ptr()),
-                    None => Err(Error::new(
-                        Kind::InvalidArgument,
-                        "internal error: the source holds no bytes in memory",
-                    )),
+                // The pager mapped (the start of) this piece in while the
+                // one before was copied, if the page cache lacked it; from
+                // now on it leaves the piece alone, so its pages are let go
+                // of for good. A first piece the cache lacks is mapped here
+                // in one call; pages the cache holds fault in as torch
+                // copies (MAP_AHEAD).
+                let paged = self.paged == Some(k);
+                if let Some(pager) = &self.pager {
+                    pager.handed(k);
+                }
+                let whole = !paged && !self.cached(off, n);
+                let addr = self.from.with_source(|src| {
+                    let view = if whole {
+                        src.view_whole(off, n)?
+                    } else {
+                        src.view(off, n)?
+                    };
+                    match view {
+                        Some(bytes) => Ok(bytes.as_ptr()),
+                        None => Err(Error::new(
+                            Kind::InvalidArgument,
+                            "internal error: the source holds no bytes in memory",
+                        )),
+                    }
                 })?;
                 if let (Origin::File(file), Some(&(off, n))) = (&self.from, self.pieces.get(k + 1))
                 {
-                    file.prefetch(off, n);
+                    if !self.cached(off, n) {
+                        if self.pager.is_none() && self.threads {
+                            self.pager = Some(Pager::new(Arc::clone(file))?);
+                        }
+                        match &self.pager {
+                            Some(pager) => {
+                                pager.map(k + 1, off, n.min(MAP_AHEAD));
+                                self.paged = Some(k + 1);
+                            }
+                            None => file.prefetch(off, n),
+                        }
+                    }
                 }
                 self.held = Some(k);
                 Ok(Handed::View(addr))
@@ -186,8 +233,9 @@ impl Reader {
         self.done = true;
         let res = self.release();
         // Joins the helper, which may still work on a piece never handed
-        // out.
+        // out, and the pager.
         self.ahead = None;
+        self.pager = None;
         res
     }
 }
@@ -284,6 +332,9 @@ fn piece_reader_(x: Robj, offsets: &[f64], sizes: &[f64], views: bool, threads: 
         };
         let reader = Reader {
             ahead,
+            pager: None,
+            threads: threads_wanted(threads),
+            paged: None,
             from,
             hand,
             pieces,

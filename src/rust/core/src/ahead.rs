@@ -5,13 +5,14 @@
 //! `R/frameworks.R`) takes a file read without a map one piece at a time,
 //! from a staging buffer the file was read into. [`ReadAhead`] reads piece
 //! k + 1 into the other of two staging buffers on its own thread while the
-//! caller copies piece k (double buffering).
+//! caller copies piece k (double buffering). From a map, [`Pager`] does
+//! the page-table work around the copies on its own thread instead.
 //!
 //! Jobs run one at a time, in the order given; [`ReadAhead::wait`] returns
 //! the result of the oldest one, calling `poll` while it waits.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -140,6 +141,88 @@ impl Drop for ReadAhead {
     }
 }
 
+/// Requests the pager takes before its caller waits for it.
+const PAGER_QUEUE: usize = 4;
+
+/// A helper thread that takes page-table work off the thread that copies
+/// from a memory map: it maps the first pages of piece k + 1 in (one
+/// `MADV_POPULATE_READ` call, [`FileSource::populate`]) while the caller
+/// copies piece k, unless they are all in the page cache already
+/// ([`FileSource::cached`]). Pages the kernel must read from disk are read
+/// ahead of the copy that way (a 1 GiB F32 load into torch from a cold
+/// cache took 0.60-0.69 s with it, 0.73-0.86 s without); cached pages fault
+/// in faster on the copying threads themselves than this thread maps them
+/// beside them on two cores (4 GiB of shards into a module in 5 fresh
+/// processes, a median 0.664 s mapped ahead against 0.570 s faulted in).
+/// Letting go of a piece's pages stays with the caller
+/// (with both cores copying, a thread doing it ran late enough for two
+/// whole pieces to be held).
+///
+/// Requests are about pages only, never about bytes: a range mapped late,
+/// or not at all, changes no value read. A piece is never mapped once the
+/// caller took it ([`Pager::handed`]), so pages the caller let go of stay
+/// let go of, however late the thread runs.
+pub struct Pager {
+    jobs: Option<SyncSender<(usize, usize, usize)>>,
+    /// The last piece handed to the caller; held while a piece is mapped.
+    handed: Arc<Mutex<usize>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pager {
+    /// Starts the pager thread for mapped file `src`, whose caller has
+    /// piece 0.
+    pub fn new(src: Arc<FileSource>) -> Result<Pager> {
+        // A caller more than a few requests ahead waits for the thread.
+        let (jobs, todo) = mpsc::sync_channel::<(usize, usize, usize)>(PAGER_QUEUE);
+        let handed = Arc::new(Mutex::new(0));
+        let taken = Arc::clone(&handed);
+        let thread = std::thread::Builder::new()
+            .name("safetensors-pager".into())
+            .spawn(move || {
+                for (k, off, n) in todo {
+                    let taken = taken.lock().unwrap_or_else(PoisonError::into_inner);
+                    if k > *taken && !src.cached(off, n) {
+                        src.populate(off, n);
+                    }
+                }
+            })
+            .map_err(|e| Error::io(&e, "can't start a thread"))?;
+        Ok(Pager {
+            jobs: Some(jobs),
+            handed,
+            thread: Some(thread),
+        })
+    }
+
+    /// Maps the pages of bytes `[off, off + n)`, part of piece `k`, in
+    /// soon, unless the caller takes piece `k` first.
+    pub fn map(&self, k: usize, off: usize, n: usize) {
+        // A thread that stopped only leaves the pages as they are.
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send((k, off, n));
+        }
+    }
+
+    /// Records that the caller takes piece `k` (waiting while the thread
+    /// maps it): no pages of it or of an earlier piece are mapped after.
+    pub fn handed(&self, k: usize) {
+        let mut taken = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        *taken = (*taken).max(k);
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        // Lets the thread finish what it was given, then waits for it (it
+        // holds the map).
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +264,61 @@ mod tests {
             unsafe { ra.read(0, a.as_mut_ptr(), 40_000).unwrap() };
             drop(ra);
             assert_eq!(a[..], bytes[..40_000]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Drops the pages of file `p` from the page cache where the system
+    /// lets it (not on tmpfs, whose pages are the file).
+    #[cfg(target_os = "linux")]
+    fn evict(p: &std::path::Path) {
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::File::open(p).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: a valid descriptor; the advice changes no contents.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+
+    #[test]
+    fn the_pager_maps_in_pages_the_page_cache_lacks_without_changing_bytes() {
+        let dir = std::env::temp_dir().join(format!("st-pager-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.bin");
+        let bytes: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        let half = 2 << 20;
+        for evicted in [true, false] {
+            #[cfg(target_os = "linux")]
+            if evicted {
+                evict(&p);
+            }
+            let src = Arc::new(FileSource::open(&p, Backend::Mmap).unwrap());
+            let cached = src.cached(half, half);
+            let pager = Pager::new(Arc::clone(&src)).unwrap();
+            // Piece 1 is taken: requests for it are dropped.
+            pager.handed(1);
+            pager.map(1, 0, half);
+            // More requests than the queue holds: the caller waits, never fails.
+            for _ in 0..4 * PAGER_QUEUE {
+                pager.map(2, half, half);
+            }
+            // Past the end (a truncated file): nothing happens.
+            pager.map(3, bytes.len(), half);
+            // Dropping it waits for what it was given.
+            drop(pager);
+            let view = src.view(0, bytes.len()).unwrap().unwrap();
+            // The second half mapped in unless the page cache had it, the
+            // first not (before any read).
+            #[cfg(target_os = "linux")]
+            assert_eq!(
+                crate::io::test_dirs::resident_kib(view.as_ptr() as usize),
+                if cached { 0 } else { half as u64 / 1024 },
+                "evicted: {evicted}"
+            );
+            assert_eq!(view, &bytes[..]);
+            // Read whole, the file is in the page cache.
+            assert_eq!(src.cached(0, bytes.len()), cfg!(unix));
+            let _ = evicted;
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

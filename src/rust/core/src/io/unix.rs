@@ -452,6 +452,26 @@ pub fn prefetch(bytes: &[u8]) {
     unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_WILLNEED) };
 }
 
+/// Whether every page under `bytes` (part of a read-only file map) is in
+/// the page cache, as `mincore()` says; false if it can't tell. Linux
+/// answers for the page cache only for a file this process may write (or
+/// owns); for another it counts only pages mapped here, so such a file
+/// reads as not cached.
+pub fn cached(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let page = page_size();
+    let start = (bytes.as_ptr() as usize) / page * page;
+    let len = (bytes.as_ptr() as usize).saturating_add(bytes.len()) - start;
+    let mut pages = vec![0u8; len.div_ceil(page)];
+    // SAFETY: pages of a map that covers `bytes` (rounded down to its page
+    // start, inside the map as maps are page-aligned); mincore writes one
+    // byte per page of the range into `pages`, which holds that many.
+    let done = unsafe { libc::mincore(start as *mut libc::c_void, len, pages.as_mut_ptr() as _) };
+    done == 0 && pages.iter().all(|p| p & 1 == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
