@@ -526,7 +526,8 @@ torch_write_piece <- function(x, piece, buffer) {
 # A tensor of torch dtype `dtype` and `shape` whose memory is the first
 # bytes of `buffer`, a raw vector or an external pointer to memory the
 # caller keeps alive while the tensor is used: torch_tensor_from_buffer()
-# without its `::` and closure (2 µs of 12 here, for every piece).
+# without its `::` and closure (5.5 µs instead of 14.5 here, for every
+# piece).
 torch_buffer_view <- function(buffer, shape, dtype) {
   f <- torch_fn("cpp_tensor_from_buffer")
   if (is.null(f)) {

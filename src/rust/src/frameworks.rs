@@ -14,8 +14,8 @@
 //! order given ([`piece_next_`]); while the framework copies piece k, a
 //! helper thread ([`ReadAhead`]) reads piece k + 1 into the other staging
 //! vector, or, from a map, a pager thread ([`Pager`]) maps the first pages
-//! of piece k + 1 in (with one thread, the kernel is only asked to read
-//! them into the page cache). Handing out the next piece first finishes
+//! of piece k + 1 in if the page cache lacks them (with one thread, the
+//! kernel is only asked to read them into the page cache). Handing out the next piece first finishes
 //! the previous one: its pages of the map are let go of, and the source is
 //! verified, so a file that changed or was truncated under the copy is an
 //! error (`file_changed`), never silently wrong bytes.
@@ -86,6 +86,7 @@ struct Reader {
     /// The pager thread of a mapped file's views, started for the first
     /// piece the page cache lacks when `threads` allow it.
     pager: Option<Pager>,
+    /// Whether a pager thread may be started (`threads` above 1).
     threads: bool,
     /// The last piece the pager was asked to map in.
     paged: Option<usize>,

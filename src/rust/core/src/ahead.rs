@@ -171,7 +171,7 @@ pub struct Pager {
 
 impl Pager {
     /// Starts the pager thread for mapped file `src`, whose caller has
-    /// piece 0.
+    /// taken no piece after the one it holds.
     pub fn new(src: Arc<FileSource>) -> Result<Pager> {
         // A caller more than a few requests ahead waits for the thread.
         let (jobs, todo) = mpsc::sync_channel::<(usize, usize, usize)>(PAGER_QUEUE);
