@@ -70,8 +70,9 @@ enum Hand {
 /// Bytes at the start of the next piece that the pager maps in while the
 /// current one (at most 32 MiB) is copied, when the page cache lacks them;
 /// the rest faults in as it is copied. From a cold page cache, a 1 GiB F32
-/// load into new tensors took 0.60-0.69 s with the pager, 0.71-0.83 s with
-/// the kernel only asked to read ahead (`MADV_WILLNEED`). From a warm one,
+/// load into new tensors took 0.60-0.69 s with the pager, 0.71-0.86 s with
+/// the kernel only asked to read ahead (`MADV_WILLNEED`; 7 fresh processes
+/// each, caches dropped before each). From a warm one,
 /// pages fault in faster on torch's copying threads than a third thread
 /// maps them beside them on two cores: in 5 fresh processes, 4 GiB of
 /// shards into a module took a median 0.570 s without the pager, 0.664 s

@@ -149,12 +149,10 @@ const PAGER_QUEUE: usize = 4;
 /// `MADV_POPULATE_READ` call, [`FileSource::populate`]) while the caller
 /// copies piece k, unless they are all in the page cache already
 /// ([`FileSource::cached`]). Pages the kernel must read from disk are read
-/// ahead of the copy that way (a 1 GiB F32 load into torch from a cold
-/// cache took 0.60-0.69 s with it, 0.73-0.86 s without); cached pages fault
-/// in faster on the copying threads themselves than this thread maps them
-/// beside them on two cores (4 GiB of shards into a module in 5 fresh
-/// processes, a median 0.664 s mapped ahead against 0.570 s faulted in).
-/// Letting go of a piece's pages stays with the caller
+/// ahead of the copy that way; pages in the cache fault in faster on the
+/// copying threads themselves than this thread maps them beside them on
+/// two cores (the measurements are at `MAP_AHEAD`, in the R package's
+/// `src/frameworks.rs`). Letting go of a piece's pages stays with the caller
 /// (with both cores copying, a thread doing it ran late enough for two
 /// whole pieces to be held).
 ///
