@@ -263,10 +263,14 @@ walk_module_state <- function(module, prefix, own) {
     return(NULL)
   }
   params <- private[["parameters_"]]
+  out <- params[!vapply(params, is.null, logical(1))]
+  # A buffer named as a parameter takes its place, as in torch's method.
   buffers <- private[["buffers_"]]
-  buffers <- buffers[!names(buffers) %in% private[["non_persistent_buffers_"]]]
-  out <- c(params, buffers)
-  out <- out[!vapply(out, is.null, logical(1))]
+  for (name in setdiff(names(buffers), private[["non_persistent_buffers_"]])) {
+    if (!is.null(buffers[[name]])) {
+      out[[name]] <- buffers[[name]]
+    }
+  }
   if (length(out) > 0) {
     names(out) <- paste0(prefix, names(out))
   }

@@ -258,6 +258,10 @@ test_that("a module's state is its state_dict(), walked without torch's method d
   expect_false(any(grepl("cache", names(got))))
   expect_state(torch$nn_relu())
   expect_identical(module_state(torch$nn_relu()), list())
+  # A buffer named as a parameter replaces it in place.
+  shadowed <- torch$nn_linear(2, 2)
+  shadowed$register_buffer("weight", torch$torch_zeros(1))
+  expect_identical(names(expect_state(shadowed)), c("weight", "bias"))
   # A module that says otherwise what its state is, at any depth, is asked.
   own <- torch$nn_module(
     initialize = function() self$w <- torch$nn_parameter(torch$torch_ones(2)),
