@@ -755,7 +755,7 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
     types <- plan$types[plain]
     named <- types %in% names(known)
     plan_sizes <- numeric(length(plain))
-    plan_sizes[named] <- ceiling(vapply(known[types[named]], dtype_bits, numeric(1), USE.NAMES = FALSE) / 8)
+    plan_sizes[named] <- vapply(known[types[named]], tensor_bytes, numeric(1), shape = 1, USE.NAMES = FALSE)
     plan_sizes[!named] <- vapply(state[plan$load[plain[!named]]], function(x) x$element_size(), numeric(1))
     read_part_pieces(parts[[p]], tab$from[at[plain]], tab$dtype[at[plain]], tab$shape[at[plain]],
       target = function(i) {

@@ -15,8 +15,9 @@
 //! helper thread ([`ReadAhead`]) reads piece k + 1 into the other staging
 //! vector, or, from a map, a pager thread ([`Pager`]) maps the first pages
 //! of piece k + 1 in if the page cache lacks them (with one thread, the
-//! kernel is only asked to read them into the page cache). Handing out the next piece first finishes
-//! the previous one: its pages of the map are let go of, and the source is
+//! kernel is only asked to read them into the page cache). Handing out the
+//! next piece first finishes the previous one: its pages of the map are let
+//! go of, and the source is
 //! verified, so a file that changed or was truncated under the copy is an
 //! error (`file_changed`), never silently wrong bytes.
 
@@ -72,11 +73,11 @@ enum Hand {
 /// the rest faults in as it is copied. From a cold page cache, a 1 GiB F32
 /// load into new tensors took 0.60-0.69 s with the pager, 0.71-0.86 s with
 /// the kernel only asked to read ahead (`MADV_WILLNEED`; 7 fresh processes
-/// each, caches dropped before each). From a warm one,
-/// pages fault in faster on torch's copying threads than a third thread
-/// maps them beside them on two cores: in 5 fresh processes, 4 GiB of
-/// shards into a module took a median 0.570 s without the pager, 0.664 s
-/// with it; so a piece the cache holds is left to faults.
+/// each, caches dropped before each). From a warm one, pages fault in
+/// faster on torch's copying threads than a third thread maps them beside
+/// them on two cores: in 5 fresh processes, 4 GiB of shards into a module
+/// took a median 0.570 s without the pager, 0.664 s with it; so a piece the
+/// cache holds is left to faults.
 const MAP_AHEAD: usize = 16 << 20;
 
 /// A source's pieces, handed out one at a time.
@@ -91,6 +92,9 @@ struct Reader {
     threads: bool,
     /// The last piece the pager was asked to map in.
     paged: Option<usize>,
+    /// The last piece asked about with [`Reader::cached`], and the answer:
+    /// each piece is asked about once, as the next one and then as its own.
+    known: Option<(usize, bool)>,
     from: Origin,
     hand: Hand,
     /// Each piece's offset in the source and length in bytes.
@@ -142,10 +146,20 @@ impl Reader {
         })
     }
 
-    /// Whether bytes `[off, off + n)` of a mapped file are in the page
-    /// cache, as far as a sample of its pages shows (`FileSource::cached`).
-    fn cached(&self, off: usize, n: usize) -> bool {
-        matches!(&self.from, Origin::File(file) if file.cached(off, n))
+    /// Whether piece `k` of a mapped file is in the page cache, as far as a
+    /// sample of its pages shows (`FileSource::cached`).
+    fn cached(&mut self, k: usize) -> bool {
+        if let Some((j, answer)) = self.known {
+            if j == k {
+                return answer;
+            }
+        }
+        let answer = match (&self.from, self.pieces.get(k)) {
+            (Origin::File(file), Some(&(off, n))) => file.cached(off, n),
+            _ => false,
+        };
+        self.known = Some((k, answer));
+        answer
     }
 
     /// Piece `self.next`: where it is handed out from.
@@ -171,7 +185,7 @@ impl Reader {
                 if let Some(pager) = &self.pager {
                     pager.handed(k);
                 }
-                let whole = !paged && !self.cached(off, n);
+                let whole = !paged && !self.cached(k);
                 let addr = self.from.with_source(|src| {
                     let view = if whole {
                         src.view_whole(off, n)?
@@ -186,9 +200,10 @@ impl Reader {
                         )),
                     }
                 })?;
+                let next_cached = self.cached(k + 1);
                 if let (Origin::File(file), Some(&(off, n))) = (&self.from, self.pieces.get(k + 1))
                 {
-                    if !self.cached(off, n) {
+                    if !next_cached {
                         if self.pager.is_none() && self.threads {
                             self.pager = Some(Pager::new(Arc::clone(file))?);
                         }
@@ -337,6 +352,7 @@ fn piece_reader_(x: Robj, offsets: &[f64], sizes: &[f64], views: bool, threads: 
             pager: None,
             threads: threads_wanted(threads),
             paged: None,
+            known: None,
             from,
             hand,
             pieces,

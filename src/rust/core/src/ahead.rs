@@ -147,11 +147,11 @@ const PAGER_QUEUE: usize = 4;
 /// A helper thread that takes page-table work off the thread that copies
 /// from a memory map: it maps the first pages of piece k + 1 in (one
 /// `MADV_POPULATE_READ` call, [`FileSource::populate`]) while the caller
-/// copies piece k, unless they are all in the page cache already
-/// ([`FileSource::cached`]). Pages the kernel must read from disk are read
-/// ahead of the copy that way; pages in the cache fault in faster on the
-/// copying threads themselves than this thread maps them beside them on
-/// two cores (the measurements are at `MAP_AHEAD`, in the R package's
+/// copies piece k. Its caller asks for pieces the page cache lacks
+/// ([`FileSource::cached`]): pages the kernel must read from disk are read
+/// ahead of the copy that way, while pages in the cache fault in faster on
+/// the copying threads themselves than this thread maps them beside them
+/// on two cores (the measurements are at `MAP_AHEAD`, in the R package's
 /// `src/frameworks.rs`). Letting go of a piece's pages stays with the caller
 /// (with both cores copying, a thread doing it ran late enough for two
 /// whole pieces to be held).
@@ -180,7 +180,7 @@ impl Pager {
             .spawn(move || {
                 for (k, off, n) in todo {
                     let taken = taken.lock().unwrap_or_else(PoisonError::into_inner);
-                    if k > *taken && !src.cached(off, n) {
+                    if k > *taken {
                         src.populate(off, n);
                     }
                 }
@@ -266,58 +266,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Drops the pages of file `p` from the page cache where the system
-    /// lets it (not on tmpfs, whose pages are the file).
-    #[cfg(target_os = "linux")]
-    fn evict(p: &std::path::Path) {
-        use std::os::unix::io::AsRawFd;
-        let f = std::fs::File::open(p).unwrap();
-        f.sync_all().unwrap();
-        // SAFETY: a valid descriptor; the advice changes no contents.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
-
     #[test]
-    fn the_pager_maps_in_pages_the_page_cache_lacks_without_changing_bytes() {
+    fn the_pager_maps_pages_in_without_changing_bytes() {
         let dir = std::env::temp_dir().join(format!("st-pager-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.bin");
         let bytes: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
         std::fs::write(&p, &bytes).unwrap();
+        let src = Arc::new(FileSource::open(&p, Backend::Mmap).unwrap());
+        let pager = Pager::new(Arc::clone(&src)).unwrap();
         let half = 2 << 20;
-        for evicted in [true, false] {
-            #[cfg(target_os = "linux")]
-            if evicted {
-                evict(&p);
-            }
-            let src = Arc::new(FileSource::open(&p, Backend::Mmap).unwrap());
-            let cached = src.cached(half, half);
-            let pager = Pager::new(Arc::clone(&src)).unwrap();
-            // Piece 1 is taken: requests for it are dropped.
-            pager.handed(1);
-            pager.map(1, 0, half);
-            // More requests than the queue holds: the caller waits, never fails.
-            for _ in 0..4 * PAGER_QUEUE {
-                pager.map(2, half, half);
-            }
-            // Past the end (a truncated file): nothing happens.
-            pager.map(3, bytes.len(), half);
-            // Dropping it waits for what it was given.
-            drop(pager);
-            let view = src.view(0, bytes.len()).unwrap().unwrap();
-            // The second half mapped in unless the page cache had it, the
-            // first not (before any read).
-            #[cfg(target_os = "linux")]
-            assert_eq!(
-                crate::io::test_dirs::resident_kib(view.as_ptr() as usize),
-                if cached { 0 } else { half as u64 / 1024 },
-                "evicted: {evicted}"
-            );
-            assert_eq!(view, &bytes[..]);
-            // Read whole, the file is in the page cache.
-            assert_eq!(src.cached(0, bytes.len()), cfg!(unix));
-            let _ = evicted;
+        // Piece 1 is taken: requests for it are dropped.
+        pager.handed(1);
+        pager.map(1, 0, half);
+        // More requests than the queue holds: the caller waits, never fails.
+        for _ in 0..4 * PAGER_QUEUE {
+            pager.map(2, half, half);
         }
+        // Past the end (a truncated file): nothing happens.
+        pager.map(3, bytes.len(), half);
+        // Dropping it waits for what it was given.
+        drop(pager);
+        let view = src.view(0, bytes.len()).unwrap().unwrap();
+        // The second half mapped in, the first not (before any read).
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            crate::io::test_dirs::resident_kib(view.as_ptr() as usize),
+            half as u64 / 1024
+        );
+        assert_eq!(view, &bytes[..]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
