@@ -26,12 +26,12 @@ test_that("every fixture loads as numpy sees it, in the order its header lists t
   }
 })
 
-test_that("large tensors are read into memory marked for huge pages, small ones not", {
+test_that("large tensors are read into memory marked for huge pages", {
   skip_without_huge_pages()
   # The mapping 20 MiB into a vector's memory: marked, all but the pages
   # the vector shares with its neighbours, for those of 4 MiB and more.
-  # Over 32 MiB each, so that the C library maps new memory for them rather
-  # than reusing its heap's: 40 and 36 MiB.
+  # Over 32 MiB each, so that the C library usually maps new memory for
+  # them rather than reusing its heap's: 40 and 36 MiB.
   middle <- function(v) {
     at <- vector_address(v)
     skip_if(is.null(at), "R can't tell a vector's address (no memory profiling)")
@@ -41,6 +41,9 @@ test_that("large tensors are read into memory marked for huge pages, small ones 
     d = matrix(seq_len(5 * 1024^2) / 7, 1024),
     b = structure(as.raw(seq_len(36 * 1024^2) %% 251), dim = c(9216, 4096))
   )
+  # The caller's vector as it was: R's heap may hand it memory an earlier
+  # large vector was marked in.
+  before <- middle(x$d)$advised
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(x, path)
   for (backend in c("read", "mmap")) {
@@ -53,12 +56,13 @@ test_that("large tensors are read into memory marked for huge pages, small ones 
     expect_gte(middle(y$b)$size_kb, 2048 * 17, label = backend)
     expect_identical(as.vector(y$b), as.vector(t(x$b)))
   }
-  # The vectors the caller made are not.
-  expect_false(middle(x$d)$advised)
-  # Nor are those under 4 MiB, which hold at most one huge page.
-  safe_save_file(list(s = matrix(1, 512, 512)), path)
-  y <- safe_load_file(path)
-  expect_false(smaps_mapping(vector_address(y$s) + 1024^2)$advised)
+  # The vectors the caller made are not marked by the loads.
+  expect_identical(middle(x$d)$advised, before)
+  # Nor are results under 4 MiB, which hold at most one huge page: the
+  # core's test of advise_huge() checks that on new memory of its own
+  # (io::tests, only_regions_of_huge_min_and_more_...), as the mapping
+  # of a small R vector may be memory an earlier large one was marked in
+  # (R's heap reuses it), which made a check here fail after other tests.
 })
 
 test_that("x[i, j, k] is Python's t[i - 1, j - 1, k - 1]", {

@@ -962,6 +962,18 @@ pub(crate) mod test_dirs {
     /// only).
     #[cfg(target_os = "linux")]
     pub fn smaps_kib(addr: usize, field: &str) -> u64 {
+        smaps_field(addr, field)
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Field `field` (such as `Rss` or `VmFlags`) of the current process's
+    /// mapping that contains `addr`, as /proc/self/smaps writes it (Linux
+    /// only).
+    #[cfg(target_os = "linux")]
+    pub fn smaps_field(addr: usize, field: &str) -> String {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         for line in smaps.lines() {
@@ -975,7 +987,7 @@ pub(crate) mod test_dirs {
             }
             if inside {
                 if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
-                    return v.trim().trim_end_matches(" kB").trim().parse().unwrap();
+                    return v.trim().to_string();
                 }
             }
         }
@@ -1042,6 +1054,38 @@ mod tests {
             assert_eq!(whole(&src), bytes);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn only_regions_of_huge_min_and_more_are_marked_for_huge_pages() {
+        if !Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            return;
+        }
+        for (len, marked) in [(HUGE_MIN - 4096, false), (HUGE_MIN, true)] {
+            // New memory of its own, in a mapping with no history.
+            // SAFETY: an anonymous private map of `len` bytes, unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            advise_huge(p as usize, len);
+            let flags = test_dirs::smaps_field(p as usize, "VmFlags");
+            // SAFETY: the map made above, no longer used.
+            unsafe { libc::munmap(p, len) };
+            assert_eq!(
+                flags.split_whitespace().any(|f| f == "hg"),
+                marked,
+                "{len} bytes: {flags}"
+            );
+        }
     }
 
     #[test]
