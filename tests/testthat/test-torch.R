@@ -462,6 +462,86 @@ test_that("torch tensors whose memory holds the file's bytes are written from it
   expect_true(torch::torch_equal(got$whole, x$whole$to(dtype = torch::torch_float16())))
 })
 
+test_that("torch tensors are described and located all at once, as each one alone would be", {
+  skip_if_no_torch()
+  ns <- asNamespace("safetensors")
+  base <- torch::torch_arange(1, 60)$view(c(3, 4, 5))
+  x <- list(
+    base, base[2:3, , ], base[1, , ]$t(), torch::torch_tensor(1:3)$expand(c(4, 3)),
+    torch::torch_tensor(2.5)$squeeze(), torch::torch_zeros(0, 3), torch::nn_linear(3, 2)$weight,
+    torch::torch_randn(6, 6)$to(dtype = torch::torch_bfloat16()), torch::torch_tensor(c(TRUE, FALSE)),
+    torch::torch_complex(torch::torch_randn(4), torch::torch_randn(4)),
+    torch::torch_empty(2, 3, device = "meta")
+  )
+  metas <- ns$torch_metas(x)
+  for (i in seq_along(x)) {
+    meta <- safe_tensor_meta(x[[i]])
+    expect_identical(metas$shapes[[i]], as.numeric(unlist(meta$shape)), label = i)
+    expect_identical(metas$dtypes[[i]], meta$dtype, label = i)
+  }
+  dtypes <- metas$dtypes
+  memories <- ns$torch_memories(x, dtypes, metas$shapes)
+  for (i in seq_along(x)) {
+    expect_identical(memories[[i]], ns$torch_memory(x[[i]], dtypes[[i]], metas$shapes[[i]]) %||% NA_character_, label = i)
+  }
+  # The whole tensor, its first rows, the parameter, the BF16 and BOOL ones.
+  expect_identical(which(!is.na(memories)), c(1L, 7L, 8L, 9L))
+  # A dtype safetensors lacks: NA here, and the method's error when saved,
+  # before any other tensor's.
+  cdouble <- torch::torch_complex(torch::torch_randn(2, dtype = torch::torch_double()), torch::torch_randn(2, dtype = torch::torch_double()))
+  expect_identical(ns$torch_metas(list(base, cdouble))$dtypes, c("F32", NA))
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  cnd <- expect_error(safe_save_file(list(a = base, b = cdouble, c = "text"), path), class = "safetensors_error_unsupported_dtype")
+  expect_identical(cnd$dtype, "ComplexDouble")
+  expect_false(file.exists(path))
+  # A class of its own before torch's may have a method of its own.
+  sub <- torch::torch_randn(2, 3)
+  class(sub) <- c("st_sub_tensor", class(sub))
+  expect_null(ns$torch_metas(list(base, sub)))
+  calls <- 0
+  registerS3method("safe_tensor_meta", "st_sub_tensor", function(x) {
+    calls <<- calls + 1
+    NextMethod()
+  })
+  safe_save_file(list(a = base, b = sub), path)
+  expect_identical(calls, 1)
+  got <- safe_load_file(path, framework = "torch")
+  expect_true(torch::torch_equal(got$b, sub))
+})
+
+test_that("a tensor's memory is located just before it is written when another framework's methods run during the write", {
+  skip_if_no_torch()
+  # The method of another framework's tensor, written first (an F64 one:
+  # the file holds tensors of larger dtypes first), moves a torch tensor's
+  # memory (set_() gives it another storage): its bytes must come from
+  # where its memory is when its turn comes.
+  victim <- torch::torch_zeros(4, 5)
+  ones <- torch::torch_ones(4, 5)
+  registerS3method("safe_tensor_meta", "st_moving_tensor", function(x) list(shape = list(1), dtype = "F64"))
+  registerS3method("safe_tensor_buffer", "st_moving_tensor", function(x) {
+    victim$set_(ones)
+    writeBin(2.5, raw(), endian = "little")
+  })
+  mover <- structure(list(), class = "st_moving_tensor")
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  for (to in c("file", "connection")) {
+    victim$set_(torch::torch_zeros(4, 5))
+    x <- list(a = mover, b = victim, c = torch::torch_arange(1, 10))
+    if (to == "file") {
+      safe_save_file(x, path)
+    } else {
+      con <- file(path, "wb")
+      safe_save_file(x, con)
+      close(con)
+    }
+    expect_identical(safe_info(path)$name, c("a", "b", "c"), label = to)
+    got <- safe_load_file(path, framework = "torch")
+    expect_true(torch::torch_equal(got$b, ones), label = to)
+    expect_true(torch::torch_equal(got$c, torch::torch_arange(1, 10)), label = to)
+    expect_identical(as.numeric(got$a), 2.5, label = to)
+  }
+})
+
 test_that("torch's functions called directly agree with its methods, which serve where it lacks them", {
   skip_if_no_torch()
   ns <- asNamespace("safetensors")
