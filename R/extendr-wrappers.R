@@ -66,14 +66,6 @@ lock_release_ <- function(l) .Call(wrap__lock_release_, l)
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
 
-#' Asks the kernel to back the `n` bytes at `address` (torch's text of a
-#' pointer to a tensor it just allocated, which R references meanwhile)
-#' with huge pages before they are written (see
-#' `safetensors_core::io::advise_huge`): a hint that changes no byte, and
-#' does nothing for an address that is not mapped. Returns `NULL`.
-#' @noRd
-memory_huge_ <- function(address, n) .Call(wrap__memory_huge_, address, n)
-
 #' A reader of the pieces of the source of handle `x` at byte `offsets`
 #' (in the source) of byte lengths `sizes`, handed out in that order by
 #' [`piece_next_`]. With `views`, pieces the source holds in memory (a map,

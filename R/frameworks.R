@@ -91,10 +91,7 @@
 #' buffer the file is read into, ahead of the copy; from other connections,
 #' through a small buffer, tensor by tensor, so the file is never held in
 #' memory as a whole. A `device` other than `"cpu"` then moves each tensor
-#' there. On Linux, the memory of tensors of 4 MiB and more is backed by
-#' transparent huge pages where the system offers them (its default
-#' `madvise` mode): loads of 1 GiB in fresh processes took 0.65-0.86 times
-#' as long (R arrays get the same). If the registered entry is replaced by one
+#' there. If the registered entry is replaced by one
 #' without the fast paths, its constructor is called instead with each
 #' tensor's bytes.
 #'

@@ -11,8 +11,7 @@
 #   checked by torch itself, torch_memory()) is written to a file straight
 #   from that memory by the kernel's write() (writer_put_memory_()), which
 #   reports an address it can't read as an error. Its address goes to Rust
-#   as torch's text of it, as it does for the huge-page hint on new
-#   tensors (torch_empty_for()); the Rust code never writes torch's memory.
+#   as torch's text of it; the Rust code never writes torch's memory.
 #
 # Copies, reading. Each tensor is allocated by torch (torch_new(),
 # `torch_empty()` on the CPU, asked for explicitly), then filled piece by
@@ -480,12 +479,12 @@ torch_local_no_grad <- function(.env = parent.frame()) {
 }
 
 # An uninitialised tensor of safetensors dtype `dtype` and `shape`, on the
-# CPU whatever torch's default device (with_device(), local_device()). A
-# large one's memory is to be backed by huge pages (memory_huge_(), a hint
-# to the kernel) before it is first written: a fresh process copied 1 GiB
-# into a new tensor in 0.19 s instead of 0.33 s, as every 4 KiB page of new
-# memory costs a fault and a clearing. torch_empty() makes the tensor
-# alone in a new storage, from its start.
+# CPU whatever torch's default device (with_device(), local_device()).
+# Its memory is not marked for transparent huge pages: on a VM whose
+# balloon takes back free memory in 2 MiB blocks (free page reporting),
+# each huge page is one the host must back anew, and a 1 GiB load in a
+# fresh process took 1.1-1.8 s with the mark against 0.27 s without
+# (bench/README.md).
 torch_empty_for <- function(dtype, shape, name, call) {
   # Looked up once per dtype (as torch_view_dtype()): a model's hundreds of
   # tensors took 25 us each asking anew.
@@ -493,20 +492,8 @@ torch_empty_for <- function(dtype, shape, name, call) {
   if (length(shape) == 0) {
     return(torch::torch_empty(1L, dtype = dt, device = "cpu")$reshape(list()))
   }
-  x <- torch::torch_empty(as.numeric(shape), dtype = dt, device = "cpu")
-  bytes <- tensor_bytes(dtype, shape)
-  if (bytes >= huge_bytes) {
-    address <- storage_address(x)
-    if (!is.na(address)) {
-      memory_huge_(address, bytes)
-    }
-  }
-  x
+  torch::torch_empty(as.numeric(shape), dtype = dt, device = "cpu")
 }
-
-# Tensors at least this large get huge pages (the core's HUGE_MIN): a
-# smaller one holds at most one, and the hint costs torch two calls.
-huge_bytes <- 4 * 1024^2
 
 # The torch dtype a tensor's bytes are viewed as: its own, but BOOL as
 # uint8, so that copying into a bool tensor turns any non-zero byte into

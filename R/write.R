@@ -36,10 +36,10 @@ tensor_spec <- function(tensors, dtype, metadata, call = parent.frame()) {
   attr_dtype <- logical(n)
   r_types <- names(default_dtypes())
   # Torch tensors described at once (torch_metas()); the others, and one
-  # it can't describe (which gets the method's error), when their turn
-  # comes below.
+  # it can't describe (which gets the method's error, in its turn), when
+  # their turn comes below.
   framework <- which(vapply(tensors, is_plain_torch, logical(1)))
-  metas <- if (length(framework) > 0) torch_metas(tensors[framework])
+  metas <- if (length(framework) > 0) tryCatch(torch_metas(tensors[framework]), error = function(e) NULL)
   slot <- integer(n)
   slot[framework] <- seq_along(framework)
   for (i in seq_len(n)) {

@@ -171,10 +171,9 @@ local_package_function <- function(name, value, .env = parent.frame()) {
 }
 
 # Skips unless the system has transparent huge pages (Linux built with
-# them), where the package marks new memory for them with
-# madvise(MADV_HUGEPAGE). Whether the kernel then backs that memory with huge
-# pages depends on its settings and its free memory, not on the package:
-# tests look at the mark (smaps_mapping()).
+# them), where memory can be marked for them with madvise(MADV_HUGEPAGE),
+# which the package's loads must not do: tests look at the mark
+# (smaps_mapping()).
 skip_without_huge_pages <- function() {
   skip_on_os(c("windows", "mac", "solaris"))
   skip_if_not(file.exists("/sys/kernel/mm/transparent_hugepage/enabled"), "this system has no transparent huge pages")

@@ -26,11 +26,12 @@ test_that("every fixture loads as numpy sees it, in the order its header lists t
   }
 })
 
-test_that("large tensors are read into memory marked for huge pages", {
+test_that("large tensors are read into memory not marked for huge pages", {
   skip_without_huge_pages()
-  # The mapping 20 MiB into a vector's memory: marked, all but the pages
-  # the vector shares with its neighbours, for those of 4 MiB and more.
-  # Over 32 MiB each, so that the C library usually maps new memory for
+  # Marked memory took a VM whose balloon takes back free 2 MiB blocks
+  # (free page reporting) far longer to fill: each huge page is one the
+  # host backs anew (bench/README.md). The mapping 20 MiB into a vector's
+  # memory, over 32 MiB each, so that the C library maps new memory for
   # them rather than reusing its heap's: 40 and 36 MiB.
   middle <- function(v) {
     at <- vector_address(v)
@@ -41,28 +42,16 @@ test_that("large tensors are read into memory marked for huge pages", {
     d = matrix(seq_len(5 * 1024^2) / 7, 1024),
     b = structure(as.raw(seq_len(36 * 1024^2) %% 251), dim = c(9216, 4096))
   )
-  # The caller's vector as it was: R's heap may hand it memory an earlier
-  # large vector was marked in.
-  before <- middle(x$d)$advised
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(x, path)
   for (backend in c("read", "mmap")) {
     y <- safe_load_file(path, backend = backend)
-    expect_true(middle(y$d)$advised, label = backend)
-    expect_gte(middle(y$d)$size_kb, 2048 * 19, label = backend)
+    expect_false(middle(y$d)$advised, label = backend)
     expect_equal(y$d, x$d, ignore_attr = "dtype")
     y <- safe_load_file(path, framework = "raw", backend = backend)
-    expect_true(middle(y$b)$advised, label = backend)
-    expect_gte(middle(y$b)$size_kb, 2048 * 17, label = backend)
+    expect_false(middle(y$b)$advised, label = backend)
     expect_identical(as.vector(y$b), as.vector(t(x$b)))
   }
-  # The vectors the caller made are not marked by the loads.
-  expect_identical(middle(x$d)$advised, before)
-  # Nor are results under 4 MiB, which hold at most one huge page: the
-  # core's test of advise_huge() checks that on new memory of its own
-  # (io::tests, only_regions_of_huge_min_and_more_...), as the mapping
-  # of a small R vector may be memory an earlier large one was marked in
-  # (R's heap reuses it), which made a check here fail after other tests.
 })
 
 test_that("x[i, j, k] is Python's t[i - 1, j - 1, k - 1]", {

@@ -612,30 +612,25 @@ test_that("torch's functions called directly agree with its methods, which serve
   check()
 })
 
-test_that("large torch tensors are read into memory marked for huge pages", {
+test_that("large torch tensors are read into memory not marked for huge pages", {
   skip_if_no_torch()
   skip_without_huge_pages()
-  # Over 32 MiB (new memory, not the C library's heap; see test-load.R),
-  # with torch's cache of freed blocks emptied between reads so that it
-  # can't serve them: 36 MiB, at least 17 times 2 MiB marked.
+  # Marked memory took a VM whose balloon takes back free 2 MiB blocks
+  # 1.1-1.8 s instead of 0.27 s for 1 GiB (see torch_empty_for()). Over
+  # 32 MiB (new memory, not the C library's heap; see test-load.R), with
+  # torch's cache of freed blocks emptied between reads.
   x <- list(a = torch::torch_randn(9217, 1031), b = torch::torch_randn(3, 1031))
   path <- withr::local_tempfile(fileext = ".safetensors")
   safe_save_file(x, path)
   for (backend in c("mmap", "read")) {
     safetensors:::torch_collect()
     y <- safe_load_file(path, framework = "torch", backend = backend)
-    # The mapping in the middle of the tensor's memory (torch may free
-    # other tensors meanwhile, so the whole process's total won't do).
+    # The mapping in the middle of the tensor's memory.
     middle <- smaps_mapping(hex_address(safetensors:::storage_address(y$a)) + 18 * 1024^2)
-    expect_true(middle$advised, label = backend)
-    expect_gte(middle$size_kb, 2048 * 17, label = backend)
+    expect_false(middle$advised, label = backend)
     expect_true(torch::torch_equal(y$a, x$a))
     expect_true(torch::torch_equal(y$b, x$b))
     rm(y)
-  }
-  # Addresses that are not one, or not mapped, are left alone.
-  for (bad in c("zz", "", "0x0", "0x10", "0xffffffffffffffffff")) {
-    expect_null(safetensors:::memory_huge_(bad, 8 * 1024^2))
   }
 })
 

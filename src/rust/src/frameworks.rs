@@ -1,9 +1,7 @@
 //! The bytes a framework copies tensors from, piece by piece
 //! (R/frameworks.R): a framework with the read hooks (torch) allocates each
-//! tensor itself and copies each piece into it. Nothing here writes into a
-//! framework's memory (its address, as torch prints it, comes here only
-//! for a hint to the kernel, [`memory_huge_`]): the framework itself copies
-//! from either
+//! tensor itself and copies each piece into it. Nothing here touches a
+//! framework's memory: the framework itself copies from either
 //! * a view of the piece where the source holds it in memory (a memory map
 //!   or a raw vector): an external pointer whose address is the piece's
 //!   first byte and which keeps that memory alive, or
@@ -28,9 +26,9 @@ use extendr_api::prelude::*;
 use extendr_ffi::{R_ExternalPtrProtected, R_MakeExternalPtr, R_NilValue, SEXPTYPE, VECTOR_ELT};
 use safetensors_core::ahead::{Pager, ReadAhead};
 use safetensors_core::error::{Error, Kind, Result};
-use safetensors_core::io::{advise_huge, FileSource, Memory, Source};
+use safetensors_core::io::{FileSource, Memory, Source};
 
-use crate::robj::{alloc, check_interrupt_now, parse_address, to_r, vec_data, with_cell};
+use crate::robj::{alloc, check_interrupt_now, to_r, vec_data, with_cell};
 use crate::sources::{with_open, Backing};
 
 /// What keeps a memory map alive for the views of it.
@@ -432,25 +430,8 @@ fn piece_end_(r: Robj) -> Robj {
     to_r(with_reader(&r, |reader| reader.end().map(|()| ().into())))
 }
 
-/// Asks the kernel to back the `n` bytes at `address` (torch's text of a
-/// pointer to a tensor it just allocated, which R references meanwhile)
-/// with huge pages before they are written (see
-/// `safetensors_core::io::advise_huge`): a hint that changes no byte, and
-/// does nothing for an address that is not mapped. Returns `NULL`.
-/// @noRd
-#[extendr]
-fn memory_huge_(address: &str, n: f64) -> Robj {
-    if let Some(ptr) = parse_address(address) {
-        if n >= 0.0 && n < 2f64.powi(53) && ptr.checked_add(n as usize).is_some() {
-            advise_huge(ptr, n as usize);
-        }
-    }
-    ().into()
-}
-
 extendr_module! {
     mod frameworks;
-    fn memory_huge_;
     fn piece_reader_;
     fn piece_next_;
     fn piece_end_;

@@ -20,7 +20,7 @@ use crate::convert::{self, decode_rows, n_rows, row_len, DecodeStats, SharedSlic
 use crate::dtype::Dtype;
 use crate::error::{Error, Kind, Result};
 use crate::format::TensorInfo;
-use crate::io::{advise_huge, populate_write, Source};
+use crate::io::{populate_write, Source};
 use crate::slice::{Cursor, Plan};
 use crate::Poll;
 
@@ -245,9 +245,7 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
             // A piece of a tensor writes rows spread over all of its
             // (column-major) destination: no faulting in ahead.
             if t.is_whole() {
-                let (ptr, size) = t.dest.memory();
-                // Before any job faults a page of it in.
-                advise_huge(ptr as usize, size);
+                let (_, size) = t.dest.memory();
                 let mut b0 = 0;
                 while b0 < size {
                     let b1 = (b0 + POPULATE).min(size);
@@ -287,7 +285,6 @@ fn bytes_at<'b>(
 /// Fills all of task `t` from `bytes`, its whole data.
 fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
     let (ptr, size) = t.dest.memory();
-    advise_huge(ptr as usize, size);
     if size >= POPULATE_MIN {
         populate_write(ptr, size);
     }

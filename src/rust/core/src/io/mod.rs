@@ -26,20 +26,6 @@ mod sys;
 pub use sys::{lock_dir, populate_write, replace, start_writeback, sync_dir, DirLock};
 use sys::{MapGuard, Stamp};
 
-/// New memory at least this large is marked for transparent huge pages
-/// ([`advise_huge`]): a smaller region holds at most one.
-pub const HUGE_MIN: usize = 4 << 20;
-
-/// Marks `[ptr, ptr + len)`, new memory this process owns and is about to
-/// write, for transparent huge pages where the system gives them (see the
-/// platform's `advise_huge`): a hint that changes no byte. Regions under
-/// [`HUGE_MIN`] are left alone.
-pub fn advise_huge(ptr: usize, len: usize) {
-    if len >= HUGE_MIN {
-        sys::advise_huge(ptr, len);
-    }
-}
-
 /// How a file's bytes are reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -1054,38 +1040,6 @@ mod tests {
             assert_eq!(whole(&src), bytes);
         }
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn only_regions_of_huge_min_and_more_are_marked_for_huge_pages() {
-        if !Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            return;
-        }
-        for (len, marked) in [(HUGE_MIN - 4096, false), (HUGE_MIN, true)] {
-            // New memory of its own, in a mapping with no history.
-            // SAFETY: an anonymous private map of `len` bytes, unmapped below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            advise_huge(p as usize, len);
-            let flags = test_dirs::smaps_field(p as usize, "VmFlags");
-            // SAFETY: the map made above, no longer used.
-            unsafe { libc::munmap(p, len) };
-            assert_eq!(
-                flags.split_whitespace().any(|f| f == "hg"),
-                marked,
-                "{len} bytes: {flags}"
-            );
-        }
     }
 
     #[test]

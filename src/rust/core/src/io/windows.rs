@@ -477,13 +477,6 @@ pub fn populate_read(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// Does nothing: Windows backs memory with large pages only for processes
-/// granted the "lock pages in memory" privilege, and only for memory
-/// allocated as such (`MEM_LARGE_PAGES`), not memory allocated already.
-pub fn advise_huge(ptr: usize, len: usize) {
-    let _ = (ptr, len);
-}
-
 /// Does nothing: Windows has no call that faults in fresh anonymous memory
 /// for writing ahead of the writes (`PrefetchVirtualMemory` reads from a
 /// backing file; a new vector has none), so its pages fault in as written.
