@@ -91,9 +91,9 @@
 #' `backend` chooses how the bytes of a file (or of the file a file
 #' connection reads) are reached:
 #' * `"auto"` (the default): the fastest for the file and what it is read
-#'   into. R arrays (`framework = "r"`) are read with positioned reads,
-#'   which convert as fast as a map and hold less memory. Bytes
-#'   (`framework = "raw"`) and frameworks that copy tensors themselves
+#'   into. R arrays and bytes (`framework = "r"` and `"raw"`) are read with
+#'   positioned reads, which fill them as fast as a map or faster and hold
+#'   less memory. Frameworks that copy tensors themselves
 #'   (torch, [safe_load_model()]) get a memory map for a file on a local
 #'   file system, positioned reads for a file on a network or FUSE file
 #'   system (NFS, SMB/CIFS, 9p, sshfs and other FUSE file systems, Ceph,

@@ -1,3 +1,9 @@
+# Skips unless R torch and its LibTorch are installed.
+skip_if_no_torch <- function() {
+  skip_if_not_installed("torch")
+  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
+}
+
 # Reads tensor `name` of `part` (an open part of a handle) into `dest`, an
 # existing torch tensor of its shape (any dtype, layout and device), piece
 # by piece as safe_load_model() does, in pieces of at most `chunk` bytes.

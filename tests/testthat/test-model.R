@@ -5,11 +5,6 @@
 # load_model()) from $TORCH_PY, a Python with torch and safetensors, and
 # skip without it.
 
-skip_if_no_torch <- function() {
-  skip_if_not_installed("torch")
-  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
-}
-
 # ---- without torch: stand-ins for torch tensors -----------------------------
 
 # A stand-in for a torch tensor with the fields and methods the checks use:

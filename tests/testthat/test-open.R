@@ -83,17 +83,20 @@ test_that("raw vectors stay alive under a handle", {
   expect_error(h$a4, class = "safetensors_error_closed")
 })
 
-test_that("backend \"auto\" reads R arrays with positioned reads and maps a local file for bytes", {
+test_that("backend \"auto\" reads R arrays and bytes with positioned reads and maps a local file for torch", {
   path <- local_lazy_file()
   kind <- function(h) {
     on.exit(close(h))
     c(safetensors:::part_kind(safetensors:::hget(h, "parts")[[1]]), format(h)[[2]])
   }
   expect_identical(kind(safe_open(path))[[1]], "read")
-  expect_identical(kind(safe_open(path, framework = "raw")), c("mmap", "17 tensors, 2.1 kB, memory-mapped"))
+  expect_identical(kind(safe_open(path, framework = "raw"))[[1]], "read")
+  expect_identical(kind(safe_open(path, framework = "raw", backend = "mmap")), c("mmap", "17 tensors, 2.1 kB, memory-mapped"))
   expect_identical(kind(safe_open(path, backend = "mmap"))[[1]], "mmap")
-  expect_identical(kind(safe_open(path, framework = "raw", backend = "read"))[[1]], "read")
   expect_identical(kind(safe_open(read_bytes(path)))[[1]], "memory")
+  skip_if_no_torch()
+  expect_identical(kind(safe_open(path, framework = "torch"))[[1]], "mmap")
+  expect_identical(kind(safe_open(path, framework = "torch", backend = "read"))[[1]], "read")
 })
 
 test_that("malformed files fail at open with the file's error class", {

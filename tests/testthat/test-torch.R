@@ -10,11 +10,6 @@ drop_dtype <- function(x) {
   x
 }
 
-skip_if_no_torch <- function() {
-  skip_if_not_installed("torch")
-  skip_if_not(torch::torch_is_installed(), "LibTorch is not installed")
-}
-
 # The JSON string torch keeps in __metadata__$`__r__`, parsed.
 torch_meta <- function(x) {
   jsonlite::parse_json(attr(x, "metadata")[["__metadata__"]][["__r__"]])
