@@ -19,8 +19,14 @@ say so.
 With --base-lib, an implementation "base" runs every case and command that
 "ours" runs (not the 1-thread variants), with R_LIBS=BLIB: an older build of
 this package, for an A/B comparison on the same data. Each "base" run sits
-next to its "ours" run, "ours" first in even reps and "base" first in odd
-ones, so neither always runs right after the other.
+next to its "ours" run.
+
+Within each rep, a case's runs (Python's, ours, base, ...) are rotated by
+the rep's number, so that over as many reps as a case has runs each takes
+each place once: on a VM whose balloon takes back free memory (free page
+reporting), a process's first touch of new memory costs a fault in the
+host unless the process just before it freed as much, and a fixed order
+measured that order (bench/README.md).
 """
 
 import argparse
@@ -196,6 +202,20 @@ def torch_setup(args):
         return json.load(f), ""
 
 
+def rotated(runs, rep):
+    """`runs` in the order of rep `rep`: each case's runs (consecutive in
+    `runs`) rotated left by `rep`."""
+    out, group = [], []
+    for r in runs + [None]:
+        if group and (r is None or r[0] != group[0][0]):
+            k = rep % len(group)
+            out.extend(group[k:] + group[:k])
+            group = []
+        if r is not None:
+            group.append(r)
+    return out
+
+
 def warm_dir(path):
     for name in sorted(os.listdir(path)):
         if name.endswith(".safetensors"):
@@ -235,14 +255,7 @@ def main():
     total = len(runs) * args.reps
     done = 0
     for rep in range(args.reps):
-        order = runs
-        if rep % 2 == 1:
-            # Swap each "ours"/"base" pair in odd reps.
-            order = list(runs)
-            for i in range(len(order) - 1):
-                if order[i][1] == "ours" and order[i + 1][1] == "base" and order[i][0] == order[i + 1][0]:
-                    order[i], order[i + 1] = order[i + 1], order[i]
-        for case, impl, argv, env, warm_path in order:
+        for case, impl, argv, env, warm_path in rotated(runs, rep):
             done += 1
             if warm_path:
                 warm(warm_path)

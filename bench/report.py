@@ -89,8 +89,8 @@ def ab_table(runs, m, cases):
         + (f", {m['base_label']}" if m.get("base_label") else "") + "), "
         
         "run with exactly the cases and commands of \"this package\" (the current build), each run "
-        "a fresh process, the two builds' runs next to each other in the same rounds (which of them "
-        "goes first alternates between rounds), same data files. Times are the call's wall time "
+        "a fresh process, the two builds' runs next to each other in the same rounds (each case's runs "
+        "take turns in each place from round to round), same data files. Times are the call's wall time "
         "as in the tables below, medians of the runs. Ratio = this package / base: below 1 is "
         "faster. Noise band: the run-to-run spread of both builds, each relative to its own "
         "median, from the smaller min/median of the two to the larger max/median. A difference "
