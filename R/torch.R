@@ -8,7 +8,7 @@
 #   (`torch_tensor_from_buffer()`) of memory the package owns, so devices,
 #   strides and dtype conversions are torch's business;
 # * a CPU tensor whose memory holds exactly the file's bytes (its layout
-#   checked by torch itself, torch_memory()) is written to a file straight
+#   checked by torch itself, torch_memories()) is written to a file straight
 #   from that memory by the kernel's write() (writer_put_memory_()), which
 #   reports an address it can't read as an error. Its address goes to Rust
 #   as torch's text of it; the Rust code never writes torch's memory.
@@ -340,25 +340,18 @@ storage_addresses <- function(xs) {
   out
 }
 
-# The address of the bytes of torch tensor `x` (of file dtype `dtype` and
-# `shape`), as torch writes it, when its memory holds exactly the bytes the
-# file stores: on the CPU, row-major from the start of its storage, and
-# without a negative bit (a lazy view whose values are its memory's
-# negated); else NULL. torch checks that the storage holds that view
-# (as_strided() refuses one past its end) and is_set_to() that `x` is it.
-# Complex tensors are left out: their conjugate bit is another lazy view.
-# The writer then writes the file from that memory (writer_put_memory_()),
-# without copying it first.
-torch_memory <- function(x, dtype, shape) {
-  address <- torch_memories(list(x), dtype, list(shape))
-  if (is.na(address)) NULL else address
-}
-
-# torch_memory() of each tensor of the list `xs` (of file `dtypes` and
-# `shapes`, a list), NA where it gives NULL: torch's functions looked up
-# once and one handler for all (a model's hundreds of tensors took 63 us
-# each one at a time), each tensor with a handler of its own only if one
-# of them fails.
+# The address of the bytes of each torch tensor of the list `xs` (of file
+# `dtypes` and `shapes`, a list), as torch writes it, when its memory holds
+# exactly the bytes the file stores: on the CPU, row-major from the start
+# of its storage, and without a negative bit (a lazy view whose values are
+# its memory's negated); else NA. torch checks that the storage holds that
+# view (as_strided() refuses one past its end) and is_set_to() that the
+# tensor is it. Complex tensors are left out: their conjugate bit is
+# another lazy view. The writer then writes the file from that memory
+# (writer_put_memory_()), without copying it first. torch's functions are
+# looked up once and one handler serves all (a model's hundreds of
+# tensors took 63 us each one at a time), each tensor with a handler of
+# its own only if one of them fails.
 torch_memories <- function(xs, dtypes, shapes) {
   out <- rep(NA_character_, length(xs))
   shapes <- lapply(shapes, function(s) as.numeric(unlist(s)))

@@ -367,12 +367,11 @@ write_spec <- function(spec, to, target = NULL, sync = TRUE, bar = NULL, label =
   # (300 tensors of 4 KiB took 0.3 ms each, one at a time) unless another
   # framework's methods run during the write, which could move a tensor's
   # memory: then just before each is written.
+  torch_entry <- vapply(entries[later], function(e) identical(e$write, torch_write_piece), logical(1))
   direct <- logical(length(spec$kinds))
-  direct[later] <- in_place & vapply(later, function(i) {
-    identical(entries[[i]]$write, torch_write_piece) && identical(spec$from[[i]], spec$dtypes[[i]])
-  }, logical(1))
+  direct[later] <- in_place & torch_entry & spec$from[later] == spec$dtypes[later]
   memory <- rep(NA_character_, length(spec$kinds))
-  asked <- all(vapply(entries[later], function(e) identical(e$write, torch_write_piece), logical(1)))
+  asked <- all(torch_entry)
   if (asked && any(direct)) {
     memory[direct] <- torch_memories(spec$tensors[direct], spec$dtypes[direct], spec$shapes[direct])
   }

@@ -476,8 +476,15 @@ test_that("torch tensors are described and located all at once, as each one alon
   }
   dtypes <- metas$dtypes
   memories <- ns$torch_memories(x, dtypes, metas$shapes)
+  # Each alone, through torch's methods.
+  alone <- function(t, shape) {
+    laid_out <- length(shape) > 0 && all(shape > 0) && t$device$type == "cpu" && !t$is_neg() &&
+      isTRUE(tryCatch(t$is_set_to(t$as_strided(shape, rev(cumprod(c(1, rev(shape[-1])))), 0)), error = function(e) FALSE))
+    if (laid_out) t$storage()$data_ptr() else NA_character_
+  }
   for (i in seq_along(x)) {
-    expect_identical(memories[[i]], ns$torch_memory(x[[i]], dtypes[[i]], metas$shapes[[i]]) %||% NA_character_, label = i)
+    want <- if (startsWith(dtypes[[i]], "C")) NA_character_ else alone(x[[i]], metas$shapes[[i]])
+    expect_identical(memories[[i]], want, label = i)
   }
   # The whole tensor, its first rows, the parameter, the BF16 and BOOL ones.
   expect_identical(which(!is.na(memories)), c(1L, 7L, 8L, 9L))

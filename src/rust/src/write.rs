@@ -637,7 +637,7 @@ fn writer_put_(w: Robj, bytes: Robj, n: f64, detach: bool) -> Robj {
 /// dtype, from memory R torch owns at `address` (torch's text of the
 /// pointer: hexadecimal, with or without `0x`), to a file output, without a
 /// staging copy. R checked with torch that those bytes are the tensor's
-/// values, row-major from its storage's start on the CPU (torch_memory() in
+/// values, row-major from its storage's start on the CPU (torch_memories() in
 /// R/torch.R); the tensor stays referenced (R's caller holds it) and
 /// unchanged during this call. Only the kernel reads the memory (the file's
 /// `write()`), which reports an address it can't read as an error rather

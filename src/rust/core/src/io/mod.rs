@@ -948,18 +948,6 @@ pub(crate) mod test_dirs {
     /// only).
     #[cfg(target_os = "linux")]
     pub fn smaps_kib(addr: usize, field: &str) -> u64 {
-        smaps_field(addr, field)
-            .trim_end_matches(" kB")
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    /// Field `field` (such as `Rss` or `VmFlags`) of the current process's
-    /// mapping that contains `addr`, as /proc/self/smaps writes it (Linux
-    /// only).
-    #[cfg(target_os = "linux")]
-    pub fn smaps_field(addr: usize, field: &str) -> String {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         for line in smaps.lines() {
@@ -973,7 +961,7 @@ pub(crate) mod test_dirs {
             }
             if inside {
                 if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
-                    return v.trim().to_string();
+                    return v.trim().trim_end_matches(" kB").trim().parse().unwrap();
                 }
             }
         }
