@@ -66,6 +66,19 @@ lock_release_ <- function(l) .Call(wrap__lock_release_, l)
 #' @noRd
 dtype_table_ <- function() .Call(wrap__dtype_table_)
 
+#' Reads tensors `names` of handle `x` (a local file or a raw vector) into
+#' memory R torch owns: the bytes of tensor `names[k]`, as stored, to
+#' `addresses[k]` (torch's text of the pointer), on up to `threads`
+#' threads. `fresh`: the memory is new, to be faulted in ahead (else see
+#' `Task::in_use()`). R checked with torch that each address is the start
+#' of a CPU tensor's storage that holds exactly those bytes, row-major, in the
+#' file's dtype (torch_memories() in R/torch.R), and R references the
+#' tensors for this call, during which nothing else uses them. A file is
+#' read with positioned reads whatever its backend (see [`Positioned`]) and
+#' verified after. Returns `NULL`; on error the memory is partly written.
+#' @noRd
+read_into_memory_ <- function(x, names, addresses, fresh, threads) .Call(wrap__read_into_memory_, x, names, addresses, fresh, threads)
+
 #' A reader of the pieces of the source of handle `x` at byte `offsets`
 #' (in the source) of byte lengths `sizes`, handed out in that order by
 #' [`piece_next_`]. With `views`, pieces the source holds in memory (a map,

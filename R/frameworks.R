@@ -84,11 +84,15 @@
 #' `safetensors_error_unsupported_dtype`; read such files with `framework =
 #' "r"` or `"raw"`. BOOL bytes other than 0 and 1 become true.
 #'
-#' Tensors are read into memory torch allocates, in one copy: from a file,
+#' Tensors are read into memory torch allocates, in one copy. From a file,
 #' a file connection (such as the one `torch_load()` opens) or a raw
-#' vector, torch copies each piece from the memory map or the vector itself,
-#' or (`backend = "read"`, files on network file systems) from a staging
-#' buffer the file is read into, ahead of the copy; from other connections,
+#' vector, a tensor with elements in a dtype other than BOOL and C64 is
+#' read straight into its memory, with positioned reads on the package's
+#' threads (`safetensors.threads`) whatever `backend`; torch copies the
+#' others (BOOL, whose true may be any non-zero byte in a file, C64,
+#' scalars) piece by piece from the memory map or the vector itself, or
+#' (`backend = "read"`, files on network file systems) from a staging
+#' buffer the file is read into, ahead of the copy. From other connections,
 #' through a small buffer, tensor by tensor, so the file is never held in
 #' memory as a whole. A `device` other than `"cpu"` then moves each tensor
 #' there. If the registered entry is replaced by one
@@ -416,9 +420,13 @@ part_in_memory <- function(part) {
 # vectors the core reads into, with the next piece read ahead on a helper
 # thread (pieces of `stage_bytes`, or `chunk`); a remote part's from one
 # range request per tensor, as they arrive. `setup(.env, helper)`, the
-# framework's hook, is called first.
+# framework's hook, is called first. With `memory` (the framework's
+# internal hook, torch_read_memories()), a local part's tensors whose
+# memory can take the file's bytes as stored skip the pieces: they are read
+# straight into it (read_into_memories(); `fresh`: the targets are new
+# tensors rather than a module's).
 read_part_pieces <- function(part, names, dtypes, shapes, target, fill, done, views, call,
-                             plan_sizes = NULL, chunk = NULL, setup = NULL) {
+                             plan_sizes = NULL, chunk = NULL, setup = NULL, memory = NULL, fresh = TRUE) {
   if (length(names) == 0) {
     return(invisible())
   }
@@ -426,6 +434,27 @@ read_part_pieces <- function(part, names, dtypes, shapes, target, fill, done, vi
   views <- views && part_in_memory(part)
   if (is.function(setup)) {
     setup(environment(), helper = !views && !remote && st_threads() > 1)
+  }
+  if (is.function(memory) && !remote) {
+    # Tensors whose memory holds the file's bytes as stored are read
+    # straight into it, the others piece by piece; in batches of about
+    # `memory_batch` bytes (a larger tensor alone), so that no more than a
+    # batch of new tensors waits for `done` (which may move each to a GPU),
+    # and a progress bar moves.
+    sizes <- vapply(seq_along(names), function(j) tensor_bytes(dtypes[[j]], unlist(shapes[[j]])), numeric(1))
+    batch <- cumsum(sizes) %/% memory_batch
+    for (b in unique(batch)) {
+      js <- which(batch == b)
+      xs <- lapply(js, target)
+      rest <- read_into_memories(part, names[js], dtypes[js], shapes[js], xs, memory, fresh,
+        done = function(k, x) done(js[[k]], x), call = call
+      )
+      read_part_pieces(part, names[js[rest]], dtypes[js[rest]], shapes[js[rest]],
+        target = function(k) xs[[rest[[k]]]], fill = fill, done = function(k, x) done(js[[rest[[k]]]], x),
+        views = views, call = call, plan_sizes = plan_sizes[js[rest]], chunk = chunk
+      )
+    }
+    return(invisible())
   }
   chunk <- chunk %||% if (views) piece_bytes else stage_bytes
   pieces <- plan_tensors_pieces(dtypes, shapes, chunk, plan_sizes)
@@ -460,6 +489,29 @@ read_part_pieces <- function(part, names, dtypes, shapes, target, fill, done, vi
   check_part(piece_end_(rd), part, call = call)
   invisible()
 }
+
+# Reads the tensors `names` of a local part (of file `dtypes` and `shapes`)
+# straight into the memory of the framework's tensors `xs` where `memory(xs,
+# dtypes, shapes)` gives its address (torch_read_memories()), in one call
+# of the core's read engine on the package's threads (`fresh`: the memory
+# is new, see read_into_memory_()), and calls `done(j, x)` for each.
+# Returns the positions of the tensors left to read piece by piece: those
+# without an address, and those sharing one (tied weights, which torch
+# then copies into in turn).
+read_into_memories <- function(part, names, dtypes, shapes, xs, memory, fresh, done, call) {
+  at <- memory(xs, dtypes, shapes)
+  direct <- which(!is.na(at) & !duplicated(at) & !duplicated(at, fromLast = TRUE))
+  if (length(direct) > 0) {
+    check_part(read_into_memory_(part$ptr, names[direct], at[direct], fresh, st_threads()), part, call = call)
+  }
+  for (j in direct) {
+    done(j, xs[[j]])
+  }
+  setdiff(seq_along(names), direct)
+}
+
+# Bytes of tensors read straight into memory at once (read_part_pieces()).
+memory_batch <- 256 * 1024^2
 
 # Reads a tensor of `dtype` and `shape` from the connection's current
 # position into a new tensor of the framework of `hooks`, piece by piece

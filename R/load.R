@@ -106,6 +106,12 @@
 #'   that the next piece is read into on a helper thread while torch copies
 #'   the current one.
 #'
+#' Whatever `backend`, tensors read into CPU torch tensors of their own
+#' dtype (but BOOL and C64; new tensors, or a module's in
+#' [safe_load_model()]) are read straight into them with positioned reads,
+#' which fill memory faster than a copy from a map; the map serves the
+#' tensors torch converts.
+#'
 #' Either way, the memory held is the result's: the pages of a map are let
 #' go of as they are copied. Raw vectors are read where they are, and URLs
 #' with HTTP range requests, whatever `backend`.

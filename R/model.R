@@ -4,12 +4,14 @@
 # safetensors.torch.load_model() and save_model() do.
 #
 # Loading checks every name, shape and dtype against the module's state
-# dict before it touches the module, then torch copies each tensor from
-# views of the file's bytes straight into the parameter's own memory
-# (torch_fill(), R/torch.R), piece by piece: no tensor is ever held
-# twice. Tied weights (state dict entries that are the same view of the
-# same storage) are found in R, from torch's own description of each
-# tensor's storage: no address passes through Rust.
+# dict before it touches the module, then reads each tensor into the
+# parameter's own memory: straight into it where torch shows that it holds
+# the file's bytes as stored (read_into_memories(), R/frameworks.R), else
+# torch copies it from views of the file's bytes piece by piece
+# (torch_fill(), R/torch.R): no tensor is ever held twice. Tied weights
+# (state dict entries that are the same view of the same storage) are found
+# in R, from torch's own description of each tensor's storage; an address
+# passes to Rust only to be read into.
 
 #' Load a checkpoint into a torch module, or save a module's weights
 #'
@@ -46,12 +48,14 @@
 #'   `model_dtype`). A dtype R torch has no type for is an error of class
 #'   `safetensors_error_unsupported_dtype`.
 #'
-#' Then torch copies each tensor from the file's bytes (a memory map, or
-#' with `backend = "read"` a staging buffer the file is read into, ahead of
-#' the copy; see "Backends" in [safe_load_file()]) into
-#' the module's own tensor, converting its dtype and moving it to the
-#' tensor's device on the way, in pieces of at most 32 MiB (16 MiB through
-#' the staging buffer, of which there are two): besides the module, a load
+#' Then each tensor is read into the module's own tensor. A CPU tensor of
+#' the file's dtype (other than BOOL and C64) is read straight into its
+#' memory with positioned reads; torch copies the others from the file's
+#' bytes (a memory map, or with `backend = "read"` a staging buffer the
+#' file is read into, ahead of the copy; see "Backends" in
+#' [safe_load_file()]), converting the dtype and moving them to the tensor's
+#' device on the way, in pieces of at most 32 MiB (16 MiB through the
+#' staging buffer, of which there are two): besides the module, a load
 #' holds one piece (or two) at a time, so a checkpoint as large as the
 #' memory left for it loads. No gradient is recorded, and each
 #' parameter keeps its `requires_grad`. An error while copying (a file
@@ -770,7 +774,9 @@ load_tensors <- function(h, tab, state, plan, transform = NULL, call = parent.fr
       views = TRUE,
       call = call,
       plan_sizes = plan_sizes,
-      setup = torch_setup
+      setup = torch_setup,
+      memory = function(xs, dtypes, shapes) torch_read_memories(xs, dtypes, shapes, bump = TRUE),
+      fresh = FALSE
     )
     for (j in setdiff(js, plain)) {
       if (dropped == 0) {

@@ -557,7 +557,8 @@ read_into_framework <- function(h, names, framework, hooks, args, call = parent.
       },
       views = isTRUE(hooks$views),
       call = call,
-      setup = hooks$setup
+      setup = hooks$setup,
+      memory = hooks$memory
     )
   }
   end <- vapply(seq_along(names), function(k) {

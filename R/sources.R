@@ -156,9 +156,10 @@ backends <- c("auto", "mmap", "read")
 # holds less memory so: on two threads, the map's pages the kernel maps
 # beside each block (fault-around, large folios) were let go of too late,
 # 150-300 MiB more at the peak for 1 GiB. So "auto" is "read" for them.
-# Framework tensors (torch copies from views of the map) get the core's
-# "auto": a map for a local file, positioned reads on a network file
-# system.
+# Framework tensors get the core's "auto": a map for a local file (torch
+# copies the tensors it converts from views of it; those it takes as stored
+# are read with positioned reads whatever the backend), positioned reads on
+# a network file system.
 read_backend <- function(backend, framework) {
   if (identical(backend, "auto") && framework %in% c("r", "raw")) "read" else backend
 }

@@ -387,6 +387,31 @@ torch_memories <- function(xs, dtypes, shapes) {
   out
 }
 
+# The address of the memory of each torch tensor of the list `xs` that a
+# read may write the bytes of file tensors of `dtypes` and `shapes` (a
+# list) to as they are stored (read_into_memories()), else NA: where the
+# tensor's dtype is the file's and its memory holds exactly those bytes
+# (torch_memories()). Not BOOL, whose true may be any non-zero byte in a
+# file (torch's copy makes it 1). `bump`: torch's version counter of each
+# such tensor moves on, as torch's copy_() into it would move it, so that
+# autograd refuses a backward pass through values a load replaced.
+torch_read_memories <- function(xs, dtypes, shapes, bump = FALSE) {
+  out <- rep(NA_character_, length(xs))
+  known <- torch_dtype_names()
+  as_file <- unname(known[torch_types(xs)])
+  same <- which(dtypes != "BOOL" & !is.na(as_file) & as_file == dtypes)
+  if (length(same) == 0) {
+    return(out)
+  }
+  out[same] <- torch_memories(xs[same], dtypes[same], shapes[same])
+  if (bump) {
+    for (x in xs[!is.na(out)]) {
+      torch_copy(x, x)
+    }
+  }
+  out
+}
+
 # The constructor registered for "torch", with safetensors 0.2.x's
 # signature: `raw` holds the tensor's bytes, `meta` its header entry.
 torch_tensor_from_raw <- function(raw, meta, device = "cpu") {
@@ -604,6 +629,9 @@ register_torch <- function() {
     fill = torch_fill,
     finish = torch_finish,
     views = TRUE,
+    # Internal (not a documented hook): the new tensors whose memory a read
+    # may fill itself (torch_read_memories()).
+    memory = torch_read_memories,
     class = "torch_tensor",
     write = torch_write_piece
   )

@@ -275,6 +275,41 @@ test_that("a module's state is its state_dict(), walked without torch's method d
   expect_identical(names(expect_state(outer(saver()))), c("lin.weight", "lin.bias", "renamed"))
 })
 
+test_that("parameters of the file's dtype are read straight into the module, the others copied by torch", {
+  skip_if_no_torch()
+  torch::torch_manual_seed(1)
+  net <- test_net()
+  trained <- net()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_model(trained, path)
+  calls <- list()
+  read <- safetensors:::read_into_memory_
+  local_package_function("read_into_memory_", function(x, names, addresses, fresh, threads) {
+    calls[[length(calls) + 1]] <<- list(names = names, fresh = fresh)
+    read(x, names, addresses, fresh, threads)
+  })
+  model <- net()
+  versions <- vapply(model$state_dict(), function(t) t$`_version`(), numeric(1))
+  safe_load_model(model, path)
+  expect_state(model, state_copy(trained))
+  # All but the BOOL mask, into memory in use (nothing faulted in ahead).
+  expect_setequal(unlist(lapply(calls, `[[`, "names")), c("embed.weight", "fc.weight", "fc.bias", "norm.weight", "norm.bias", "scale"))
+  expect_false(any(vapply(calls, `[[`, logical(1), "fresh")))
+  # Every tensor loaded moved on, as torch's copy_() moves it: autograd
+  # refuses to go back through values a load replaced.
+  after <- vapply(model$state_dict(), function(t) t$`_version`(), numeric(1))
+  expect_true(all(after > versions))
+  # Stored in another dtype: torch converts each, nothing is read straight.
+  calls <- list()
+  wide <- lapply(state_copy(trained), function(t) if (t$dtype == torch::torch_float32()) t$to(dtype = torch::torch_float64()) else t)
+  wide$head.weight <- NULL
+  safe_save_file(wide, path)
+  model <- net()
+  safe_load_model(model, path)
+  expect_length(calls, 0)
+  expect_state(model, state_copy(trained))
+})
+
 test_that("a saved model loads into a fresh one, tied weights and all", {
   skip_if_no_torch()
   torch::torch_manual_seed(1)

@@ -721,6 +721,102 @@ test_that("every loader gives the same torch tensors", {
   expect_identical(names(safe_load_file(con, framework = "torch", tensors = c("I8", "F64"))), c("I8", "F64"))
 })
 
+test_that("tensors torch takes as stored are read straight into their memory, the others piece by piece", {
+  skip_if_no_torch()
+  x <- torch_dtype_cases()
+  x$scalar <- torch::torch_tensor(2.5)$squeeze()
+  x$empty <- torch::torch_zeros(0, 3)
+  x$big <- torch::torch_randn(300, 7)
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(x, path)
+  bytes <- read_bytes(path)
+  # BOOL (a true may be any non-zero byte), complex (a conjugate bit),
+  # scalars and empty tensors go through torch's copy.
+  direct <- setdiff(names(x), c("BOOL", "C64", "scalar", "empty"))
+  calls <- list()
+  read <- safetensors:::read_into_memory_
+  local_package_function("read_into_memory_", function(x, names, addresses, fresh, threads) {
+    calls[[length(calls) + 1]] <<- list(names = names, fresh = fresh)
+    read(x, names, addresses, fresh, threads)
+  })
+  check <- function(got, label) {
+    expect_identical(names(got), names(x), label = label)
+    for (n in names(x)) expect_same_tensor(got[[n]], x[[n]], label = paste(label, n))
+    read <- unlist(lapply(calls, `[[`, "names"))
+    expect_setequal(read, direct)
+    expect_false(anyDuplicated(read) > 0, label = label)
+    expect_true(all(vapply(calls, `[[`, logical(1), "fresh")), label = label)
+    calls <<- list()
+  }
+  check(safe_load_file(path, framework = "torch"), "map")
+  check(safe_load_file(path, framework = "torch", backend = "read"), "read")
+  check(safe_load_file(bytes, framework = "torch"), "raw vector")
+  con <- file(path, "rb")
+  check(safe_load_file(con, framework = "torch"), "file connection")
+  close(con)
+  # In batches of tensors, each read once, with the rest between them.
+  local_package_function("memory_batch", 100)
+  check(safe_load_file(path, framework = "torch"), "batches")
+  # A stream has no positions to read at: all piece by piece.
+  con <- rawConnection(bytes)
+  got <- safe_load_file(con, framework = "torch")
+  close(con)
+  expect_length(calls, 0)
+  for (n in names(x)) expect_same_tensor(got[[n]], x[[n]], label = paste("rawConnection", n))
+})
+
+test_that("a read into memory refuses what it can't take before writing anything", {
+  skip_if_no_torch()
+  path <- withr::local_tempfile(fileext = ".safetensors")
+  safe_save_file(list(a = torch::torch_randn(4, 4), b = torch::torch_randn(4, 4)), path)
+  h <- safe_open(path, framework = "torch")
+  withr::defer(close(h))
+  part <- safetensors:::hget(h, "parts")[[1]]
+  read <- safetensors:::read_into_memory_
+  y <- torch::torch_zeros(8, 4)
+  at <- safetensors:::storage_address(y)
+  refused <- function(res, what) {
+    expect_s3_class(res, "safetensors_rust_error")
+    expect_match(res$message, what, fixed = TRUE)
+    expect_true(torch::torch_equal(y, torch::torch_zeros(8, 4)))
+  }
+  # The same memory twice (tied weights go through torch's copy instead).
+  refused(read(part$ptr, c("a", "b"), c(at, at), TRUE, 2L), "overlapping memory")
+  refused(read(part$ptr, c("a", "b"), c("0x0", at), TRUE, 2L), "invalid address")
+  refused(read(part$ptr, "a", c(at, at), TRUE, 2L), "as many names as addresses")
+  refused(read(part$ptr, "c", at, TRUE, 2L), "`c` is not in the file")
+  # Taken: the two tensors, one after the other in y's memory.
+  expect_null(read(part$ptr, "a", at, TRUE, 2L))
+  expect_true(torch::torch_equal(y[1:4, ], h$a))
+})
+
+test_that("the memory a read may take the file's bytes into is that of CPU tensors of the file's dtype, laid out as stored", {
+  skip_if_no_torch()
+  at <- safetensors:::torch_read_memories
+  base <- torch::torch_zeros(4, 6)
+  xs <- list(
+    base,
+    base[2:3, ], # a storage offset
+    base$t(), # transposed
+    base[1:2, ], # offset 0, in a larger storage: its first bytes
+    torch::torch_zeros(4, 6, dtype = torch::torch_float64()),
+    torch::torch_zeros(3, dtype = torch::torch_bool()),
+    torch::torch_zeros(2, 2)
+  )
+  dtypes <- c("F32", "F32", "F32", "F32", "F32", "BOOL", "F16")
+  shapes <- list(c(4, 6), c(2, 6), c(6, 4), c(2, 6), c(4, 6), 3, c(2, 2))
+  got <- at(xs, dtypes, shapes)
+  expect_identical(is.na(got), c(FALSE, TRUE, TRUE, FALSE, TRUE, TRUE, TRUE))
+  expect_identical(got[[1]], got[[4]])
+  expect_identical(got[[1]], safetensors:::storage_address(base))
+  # A module's parameters (loaded with gradients off): torch's version
+  # counter moves, as copy_() moves it.
+  w <- torch::nn_linear(3, 2)$weight
+  v <- w$`_version`()
+  expect_false(is.na(torch::with_no_grad(at(list(w), "F32", list(c(2, 3)), bump = TRUE))))
+  expect_gt(w$`_version`(), v)
+})
+
 test_that("the raw-vector constructor and the direct reads agree", {
   skip_if_no_torch()
   x <- torch_dtype_cases()

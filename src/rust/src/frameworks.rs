@@ -1,12 +1,18 @@
 //! The bytes a framework copies tensors from, piece by piece
 //! (R/frameworks.R): a framework with the read hooks (torch) allocates each
-//! tensor itself and copies each piece into it. Nothing here touches a
-//! framework's memory: the framework itself copies from either
+//! tensor itself and copies each piece into it. Nothing here but
+//! [`read_into_memory_`] (below) touches a framework's memory: the framework
+//! itself copies from either
 //! * a view of the piece where the source holds it in memory (a memory map
 //!   or a raw vector): an external pointer whose address is the piece's
 //!   first byte and which keeps that memory alive, or
 //! * one of two staging raw vectors (allocated by R, on R's thread), which
 //!   the core reads the piece into.
+//!
+//! [`read_into_memory_`] is the exception: tensors whose memory R torch
+//! showed to hold exactly the file's bytes (new CPU tensors, a module's
+//! parameters of the file's dtype) are read straight into it by the core's
+//! read engine, with no piece handed to R.
 //!
 //! A reader ([`piece_reader_`]) hands the pieces of one source out in the
 //! order given ([`piece_next_`]); while the framework copies piece k, a
@@ -25,10 +31,14 @@ use std::sync::Arc;
 use extendr_api::prelude::*;
 use extendr_ffi::{R_ExternalPtrProtected, R_MakeExternalPtr, R_NilValue, SEXPTYPE, VECTOR_ELT};
 use safetensors_core::ahead::{Pager, ReadAhead};
+use safetensors_core::convert::SharedSlice;
 use safetensors_core::error::{Error, Kind, Result};
-use safetensors_core::io::{FileSource, Memory, Source};
+use safetensors_core::io::{FileSource, Memory, Positioned, Source};
+use safetensors_core::read::{read_tasks, ReadInto, Task};
 
-use crate::robj::{alloc, check_interrupt_now, to_r, vec_data, with_cell};
+use crate::robj::{
+    alloc, check_interrupt_now, parse_address, threads_from_r, to_r, vec_data, with_cell,
+};
 use crate::sources::{with_open, Backing};
 
 /// What keeps a memory map alive for the views of it.
@@ -430,8 +440,78 @@ fn piece_end_(r: Robj) -> Robj {
     to_r(with_reader(&r, |reader| reader.end().map(|()| ().into())))
 }
 
+/// Reads tensors `names` of handle `x` (a local file or a raw vector) into
+/// memory R torch owns: the bytes of tensor `names[k]`, as stored, to
+/// `addresses[k]` (torch's text of the pointer), on up to `threads`
+/// threads. `fresh`: the memory is new, to be faulted in ahead (else see
+/// `Task::in_use()`). R checked with torch that each address is the start
+/// of a CPU tensor's storage that holds exactly those bytes, row-major, in the
+/// file's dtype (torch_memories() in R/torch.R), and R references the
+/// tensors for this call, during which nothing else uses them. A file is
+/// read with positioned reads whatever its backend (see [`Positioned`]) and
+/// verified after. Returns `NULL`; on error the memory is partly written.
+/// @noRd
+#[extendr]
+fn read_into_memory_(
+    x: Robj,
+    names: Strings,
+    addresses: Strings,
+    fresh: bool,
+    threads: i32,
+) -> Robj {
+    to_r(with_open(&x, |open| {
+        let bad = |what: &str| {
+            Error::new(
+                Kind::InvalidArgument,
+                format!("internal error: {what} for a read into memory"),
+            )
+        };
+        if names.len() != addresses.len() {
+            return Err(bad("as many names as addresses are needed"));
+        }
+        let header = &open.header;
+        let mut dests = Vec::with_capacity(names.len());
+        for (name, address) in names.iter().zip(addresses.iter()) {
+            let info = &header.tensors[open.find(name.as_ref())?];
+            let ptr = parse_address(address.as_ref()).ok_or_else(|| bad("an invalid address"))?;
+            let n = info.nbytes();
+            let end = ptr
+                .checked_add(n)
+                .ok_or_else(|| bad("an invalid address"))?;
+            dests.push((ptr, end, info));
+        }
+        // Every destination its own: tied weights share memory, and two
+        // threads must never write the same bytes (R sends such tensors
+        // through torch's copy_() instead).
+        let mut spans: Vec<(usize, usize)> = dests.iter().map(|d| (d.0, d.1)).collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[1].0 < w[0].1) {
+            return Err(bad("overlapping memory"));
+        }
+        let tasks = dests
+            .iter()
+            .map(|&(ptr, _, info)| {
+                // SAFETY: torch allocated `nbytes` bytes at `ptr` for this
+                // tensor, which R keeps alive and nothing else touches for
+                // this call (see above); the destinations are disjoint.
+                let dest = unsafe { SharedSlice::from_raw(ptr as *mut u8, info.nbytes()) };
+                let task = Task::new(info, header.data_start(), ReadInto::Bytes(dest))?;
+                Ok(if fresh { task } else { task.in_use() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let threads = threads_from_r(threads);
+        let poll = &mut check_interrupt_now;
+        match &open.backing {
+            Backing::File(file) => read_tasks(&Positioned(file.as_ref()), &tasks, threads, poll)?,
+            _ => open.with_source(|src| read_tasks(src, &tasks, threads, poll))?,
+        };
+        Ok(().into())
+    }))
+}
+
 extendr_module! {
     mod frameworks;
+    fn read_into_memory_;
     fn piece_reader_;
     fn piece_next_;
     fn piece_end_;

@@ -75,6 +75,9 @@ pub struct Task<'a> {
     nbytes: usize,
     dest: ReadInto<'a>,
     count_i32_min: bool,
+    /// Whether the destination is new memory, faulted in ahead of the copy
+    /// (see [`Task::in_use`]).
+    fresh: bool,
     /// The outer rows (of the kernel shape) this task reads: all of them,
     /// unless [`Task::rows`] restricted it to a piece.
     rows: (usize, usize),
@@ -104,6 +107,7 @@ impl<'a> Task<'a> {
             nbytes: info.nbytes(),
             dest,
             count_i32_min: false,
+            fresh: true,
             rows,
         })
     }
@@ -144,6 +148,7 @@ impl<'a> Task<'a> {
             nbytes: n,
             dest: ReadInto::Bytes(dest),
             count_i32_min: false,
+            fresh: true,
             rows: (0, n),
         }
     }
@@ -152,6 +157,15 @@ impl<'a> Task<'a> {
     /// bytes copied as they are (R's `NA_integer_`).
     pub fn counting_i32_min(mut self) -> Task<'a> {
         self.count_i32_min = matches!(self.dest, ReadInto::Bytes(_)) && self.dtype == Dtype::I32;
+        self
+    }
+
+    /// Says that the destination is memory already in use (a module's
+    /// parameters), whose pages are there: asking the kernel to fault them
+    /// in ahead would only walk them (40-60 ms a GiB here, where reading
+    /// the GiB into them takes 90-100 ms).
+    pub fn in_use(mut self) -> Task<'a> {
+        self.fresh = false;
         self
     }
 
@@ -244,7 +258,7 @@ fn plan_jobs(tasks: &[Task<'_>]) -> Vec<Job> {
         } else {
             // A piece of a tensor writes rows spread over all of its
             // (column-major) destination: no faulting in ahead.
-            if t.is_whole() {
+            if t.is_whole() && t.fresh {
                 let (_, size) = t.dest.memory();
                 let mut b0 = 0;
                 while b0 < size {
@@ -285,7 +299,7 @@ fn bytes_at<'b>(
 /// Fills all of task `t` from `bytes`, its whole data.
 fn fill_whole(t: &Task<'_>, bytes: &[u8], notes: &Notes) -> Result<()> {
     let (ptr, size) = t.dest.memory();
-    if size >= POPULATE_MIN {
+    if size >= POPULATE_MIN && t.fresh {
         populate_write(ptr, size);
     }
     match t.dest {
@@ -735,6 +749,35 @@ mod tests {
                 let t = &header.tensors[i];
                 assert_eq!(o[..], data[t.begin..t.end]);
             }
+        }
+    }
+
+    #[test]
+    fn memory_in_use_is_read_into_without_faulting_it_in_ahead() {
+        // Over SMALL, so that a new destination gets populate jobs.
+        let n = 3 << 20;
+        let json = format!(r#"{{"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#);
+        let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let bytes = file(&json, &data);
+        let src = Memory(&bytes);
+        let header = read_header(&src).unwrap();
+        for fresh in [true, false] {
+            let mut out = vec![0u8; n];
+            let task = Task::new(
+                &header.tensors[0],
+                header.data_start(),
+                ReadInto::Bytes(SharedSlice::new(&mut out)),
+            )
+            .unwrap();
+            let tasks = [if fresh { task } else { task.in_use() }];
+            let populates = plan_jobs(&tasks)
+                .iter()
+                .filter(|j| matches!(j, Job::Populate { .. }))
+                .count();
+            assert_eq!(populates > 0, fresh);
+            read_tasks(&src, &tasks, 2, &mut never()).unwrap();
+            drop(tasks);
+            assert_eq!(out, data);
         }
     }
 
