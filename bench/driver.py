@@ -30,6 +30,7 @@ measured that order (bench/README.md).
 """
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -204,12 +205,16 @@ def torch_setup(args):
 
 def rotated(runs, rep):
     """`runs` in the order of rep `rep`: each case's runs (consecutive in
-    `runs`) rotated left by `rep`."""
+    `runs`) in the rep-th of all their orders, taken in turn. Over as many
+    reps as there are orders (6 for three runs), each run takes each place
+    equally often and follows each other run equally often: on a VM whose
+    new memory is cheap only right after a process that freed as much,
+    a fixed cycle (a rotation) had base always right after ours."""
     out, group = [], []
     for r in runs + [None]:
         if group and (r is None or r[0] != group[0][0]):
-            k = rep % len(group)
-            out.extend(group[k:] + group[:k])
+            orders = list(itertools.permutations(range(len(group))))
+            out.extend(group[k] for k in orders[rep % len(orders)])
             group = []
         if r is not None:
             group.append(r)
