@@ -10,13 +10,16 @@
 # * a CPU tensor whose memory holds exactly the file's bytes (its layout
 #   checked by torch itself, torch_memories()) is written to a file straight
 #   from that memory by the kernel's write() (writer_put_memory_()), which
-#   reports an address it can't read as an error. Its address goes to Rust
-#   as torch's text of it; the Rust code never writes torch's memory.
+#   reports an address it can't read as an error, or, read, filled straight
+#   from the file by the core's positioned reads (torch_read_memories(),
+#   read_into_memory_()). Its address goes to Rust as torch's text of it,
+#   and Rust writes torch's memory only in that read.
 #
 # Copies, reading. Each tensor is allocated by torch (torch_new(),
-# `torch_empty()` on the CPU, asked for explicitly), then filled piece by
-# piece (torch_fill(), plan_pieces()) from views of the bytes in the memory
-# map or raw vector itself (one copy; pieces of at most 32 MiB, the first
+# `torch_empty()` on the CPU, asked for explicitly). One of the file's
+# dtype (but BOOL) is read straight into it (above); the others are
+# filled piece by piece (torch_fill(), plan_pieces()) from views of the
+# bytes in the memory map or raw vector itself (one copy; pieces of at most 32 MiB, the first
 # 16 MiB of the next mapped in by a helper thread meanwhile), or from two
 # staging raw vectors the core reads the file into in turn, ahead of the
 # copy on a helper thread (`backend = "read"`; pieces of at most 16 MiB;
@@ -27,10 +30,11 @@
 # of the 0.2.x contract), copies it once, with torch's own clone() of a
 # temporary view.
 #
-# Copies, into a module (R/model.R). torch_fill() fills an existing tensor
-# (a parameter or buffer, of any dtype, layout and device) the same way,
-# piece by piece, converting as copy_() does, so nothing but one piece is
-# held beside the module.
+# Copies, into a module (R/model.R). An existing tensor (a parameter or
+# buffer) is read into the same way: straight into it where it is a CPU
+# tensor of the file's dtype laid out as stored, else torch_fill() fills it
+# (of any dtype, layout and device) piece by piece, converting as copy_()
+# does, so nothing but one piece is held beside the module.
 #
 # Copies, writing. A CPU tensor whose memory holds the file's bytes is
 # written from it (above). The writers (R/write.R) take any other torch

@@ -1,18 +1,18 @@
 //! The bytes a framework copies tensors from, piece by piece
 //! (R/frameworks.R): a framework with the read hooks (torch) allocates each
-//! tensor itself and copies each piece into it. Nothing here but
-//! [`read_into_memory_`] (below) touches a framework's memory: the framework
-//! itself copies from either
+//! tensor itself and copies each piece into it. Apart from
+//! [`read_into_memory_`] (below), nothing here touches a framework's memory:
+//! the framework itself copies from either
 //! * a view of the piece where the source holds it in memory (a memory map
 //!   or a raw vector): an external pointer whose address is the piece's
 //!   first byte and which keeps that memory alive, or
 //! * one of two staging raw vectors (allocated by R, on R's thread), which
 //!   the core reads the piece into.
 //!
-//! [`read_into_memory_`] is the exception: tensors whose memory R torch
-//! showed to hold exactly the file's bytes (new CPU tensors, a module's
-//! parameters of the file's dtype) are read straight into it by the core's
-//! read engine, with no piece handed to R.
+//! [`read_into_memory_`] reads tensors whose memory R torch showed to hold
+//! exactly the file's bytes (new CPU tensors, a module's parameters of the
+//! file's dtype) straight into it with the core's read engine, with no
+//! piece handed to R.
 //!
 //! A reader ([`piece_reader_`]) hands the pieces of one source out in the
 //! order given ([`piece_next_`]); while the framework copies piece k, a
