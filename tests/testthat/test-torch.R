@@ -775,16 +775,19 @@ test_that("a read into memory refuses what it can't take before writing anything
   read <- safetensors:::read_into_memory_
   y <- torch::torch_zeros(8, 4)
   at <- safetensors:::storage_address(y)
+  messages <- character()
   refused <- function(res, what) {
     expect_s3_class(res, "safetensors_rust_error")
     expect_match(res$message, what, fixed = TRUE)
     expect_true(torch::torch_equal(y, torch::torch_zeros(8, 4)))
+    messages <<- c(messages, res$message)
   }
   # The same memory twice (tied weights go through torch's copy instead).
   refused(read(part$ptr, c("a", "b"), c(at, at), TRUE, 2L), "overlapping memory")
   refused(read(part$ptr, c("a", "b"), c("0x0", at), TRUE, 2L), "invalid address")
   refused(read(part$ptr, "a", c(at, at), TRUE, 2L), "as many names as addresses")
   refused(read(part$ptr, "c", at, TRUE, 2L), "`c` is not in the file")
+  expect_snapshot(writeLines(messages))
   # Taken: the two tensors, one after the other in y's memory.
   expect_null(read(part$ptr, "a", at, TRUE, 2L))
   expect_true(torch::torch_equal(y[1:4, ], h$a))
